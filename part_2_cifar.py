@@ -1,0 +1,718 @@
+"""Train SimpleCNN on CIFAR-100 with hyperparameters from wandb.config; the program a W&B sweep launches.
+
+    python part_2_cifar.py                          # one default run; downloads CIFAR-100 to ./data once
+    python part_2_cifar.py --learning_rate=0.005 --epochs 40 --wandb-mode offline
+    wandb sweep sweep_config.json && wandb agent <sweep-id>      # W&B Bayesian sweep (launches this file)
+    python local_sweep.py sweep_config.json --trials 30           # the same sweep without a W&B server
+
+The whole data set lives on the device as uint8; every epoch draws a permutation there, cuts batches by
+indexing and crops/flips them as batched tensor ops, so no PIL and no per-image Python is on the hot path.
+Validation accuracy (the sweep's metric) comes from 5,000 training images held out by a stratified,
+fixed split; the 10,000 test images are scored once, at the end, for the report.
+
+Last measured result: see README.md "Results" (each figure there names its machine and data).
+
+Sections, in order: settings, data, model, train/evaluate, files and logging, command line and main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import platform
+import signal
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Settings. Keys are exactly the parameter names in sweep_config.json; each is a `--key=value` option too.
+
+DEFAULTS = {
+    "learning_rate": 0.01,  # peak SGD learning rate after warm-up (swept 1e-4 .. 1e-2)
+    "momentum": 0.9,  # SGD Nesterov momentum, 0 <= m < 1 (swept 0.8 .. 0.99)
+    "batch_size": 256,  # training images per step (swept 64 .. 512)
+    "num_filters_1": 64,  # channels of the first 3x3 convolution
+    "num_filters_2": 128,  # channels of the second 3x3 convolution
+    "num_filters_3": 256,  # channels of the third 3x3 convolution; fc1 sees num_filters_3 * 4 * 4 inputs
+    "dropout_rate": 0.25,  # dropout before each fully connected layer, 0 <= p < 1
+    "epochs": 30,  # passes over the training split; the learning-rate schedule spans exactly this budget
+    "weight_decay": 5e-4,  # L2 penalty of SGD (the usual CIFAR value, e.g. He et al. 2016)
+    "label_smoothing": 0.1,  # cross-entropy label smoothing (Szegedy et al. 2016), 0 <= s < 1
+    "warmup_epochs": 1.0,  # linear learning-rate warm-up from 0, in epochs (may be fractional)
+    "lr_schedule": "cosine",  # after warm-up: "cosine" decays to 0 at the last step, "constant" keeps the peak
+    "seed": 0,  # seeds initialisation, batch order, augmentation and dropout (not the validation split)
+}
+LR_SCHEDULES = ("cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """A hyperparameter or option with a value the program cannot use; the message is one line for people."""
+
+
+def _integer(value: object) -> int:
+    """An int from an int, an integral float (W&B's q_uniform gives 35.0) or a string of either."""
+    number = float(value) if isinstance(value, str) else value
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number):
+        raise ValueError(f"not an integer: {value!r}")
+    return int(number)
+
+
+def _real(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"not a number: {value!r}")
+    number = float(value)  # raises ValueError for text that is not a number
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+# key -> (parse, check, what is allowed): one row per DEFAULTS key, and val_size (an option, recorded in the config).
+RULES = {
+    "learning_rate": (_real, lambda v: v > 0, "a number > 0"),
+    "momentum": (_real, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "batch_size": (_integer, lambda v: v >= 1, "an integer >= 1"),
+    "num_filters_1": (_integer, lambda v: v >= 1, "an integer >= 1"),
+    "num_filters_2": (_integer, lambda v: v >= 1, "an integer >= 1"),
+    "num_filters_3": (_integer, lambda v: v >= 1, "an integer >= 1"),
+    "dropout_rate": (_real, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "epochs": (_integer, lambda v: v >= 1, "an integer >= 1"),
+    "weight_decay": (_real, lambda v: v >= 0, "a number >= 0"),
+    "label_smoothing": (_real, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "warmup_epochs": (_real, lambda v: v >= 0, "a number >= 0"),
+    "lr_schedule": (str, lambda v: v in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+    "seed": (_integer, lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),
+    "val_size": (_integer, lambda v: v >= 1, "an integer >= 1, below the number of training images"),
+}
+
+
+def validate_config(config: dict) -> dict:
+    """Return the config with every DEFAULTS key parsed to its type; raise ConfigError naming the first bad key."""
+    clean = dict(config)
+    for key, (parse, check, allowed) in RULES.items():
+        if key not in config and key not in DEFAULTS:
+            continue
+        value = config.get(key, DEFAULTS.get(key))
+        try:
+            clean[key] = parse(value)
+            ok = check(clean[key])
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is not allowed: use {allowed}")
+    return clean
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data: CIFAR-100 files -> uint8 arrays -> stratified split -> uint8 tensors on the device, augmented in batches.
+
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # of the official archive, as torchvision checks it
+CIFAR100_DIR = "cifar-100-python"
+NUM_CLASSES = 100
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)  # per-channel mean of the 50,000 training images, in [0, 1]
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)  # per-channel standard deviation of the same images
+SPLIT_SEED = 20240601  # fixed, so every run and sweep trial is scored on the same validation images
+CROP_PADDING = 4  # pixels of zero padding around each image before the random 32x32 crop
+EVAL_BATCH_SIZE = 1000  # evaluation batch; no gradients, so large batches are cheap
+
+
+class DataError(RuntimeError):
+    """The data set is missing or malformed; the message names the file and what is wrong."""
+
+
+def read_cifar_pickle(path: Path) -> dict:
+    """One CIFAR pickle as a dict with str keys; Python 2 wrote the official files, so keys may be bytes."""
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f, encoding="latin1")
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: delete {path.parent} and run again to re-download") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path} is not a CIFAR-100 file: it holds a {type(raw).__name__}, not a dict")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def _images_and_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images as (N, 32, 32, 3) uint8 and fine labels as (N,) int64, checked against the CIFAR-100 format."""
+    batch = read_cifar_pickle(path)
+    if "data" not in batch or "fine_labels" not in batch:
+        raise DataError(f"{path} has no 'data' or 'fine_labels' entry: not a CIFAR-100 data file")
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        raise DataError(f"{path}: data has shape {data.shape} and dtype {data.dtype}, expected (N, 3072) uint8")
+    if labels.shape != (data.shape[0],):
+        raise DataError(f"{path}: {labels.size} labels for {data.shape[0]} images")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path}: labels span {labels.min()}..{labels.max()}, expected 0..{NUM_CLASSES - 1}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels  # rows are CHW planes -> NHWC
+
+
+def download_cifar100(data_dir: Path, url: str = CIFAR100_URL, md5: str = CIFAR100_MD5) -> None:
+    """Fetch the official archive (checksum verified by torchvision) and extract it into data_dir."""
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    archive = data_dir / Path(url).name
+    if not check_integrity(str(archive), md5):
+        print(f"downloading CIFAR-100 from {url} to {data_dir} ...", flush=True)
+        try:
+            download_url(url, str(data_dir), filename=archive.name, md5=md5)
+        except Exception as e:  # network errors come in many classes; all end the same way
+            raise DataError(
+                f"could not download CIFAR-100 ({type(e).__name__}: {e}); fetch {url} yourself and put it at "
+                f"{archive} (or its extracted folder at {data_dir / CIFAR100_DIR})"
+            ) from None
+        if not check_integrity(str(archive), md5):
+            raise DataError(f"{archive} does not match the CIFAR-100 checksum {md5}: delete it and run again")
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(data_dir, filter="data")
+
+
+def load_cifar100(data_dir: Path, download: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train_images, train_labels, test_images, test_labels) from <data_dir>/cifar-100-python/, fetched if absent."""
+    root = Path(data_dir) / CIFAR100_DIR
+    if not root.is_dir():
+        if not download:
+            raise DataError(f"{root} does not exist")
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        download_cifar100(Path(data_dir))
+    names = read_cifar_pickle(root / "meta").get("fine_label_names")
+    if names is None or len(names) != NUM_CLASSES:
+        found = "none" if names is None else len(names)
+        raise DataError(f"{root / 'meta'} lists {found} fine label names, expected {NUM_CLASSES}: not CIFAR-100")
+    return (*_images_and_labels(root / "train"), *_images_and_labels(root / "test"))
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train_indices, val_indices): val_size images, each class held out in proportion to its size."""
+    n = labels.size
+    if not 0 < val_size < n:
+        raise ConfigError(f"--val-size={val_size} is not allowed: use an integer in [1, {n - 1}] for {n} images")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    order = order[np.argsort(labels[order], kind="stable")]  # grouped by class, random inside each class
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    starts = np.cumsum(counts) - counts
+    rank = np.empty(n)
+    rank[order] = np.arange(n) - np.repeat(starts, counts)  # position of each image inside its class
+    # Taking the images with the smallest (rank + u) / class_size holds out the same fraction of every class.
+    key = (rank + rng.random(n)) / counts[labels]
+    val = np.sort(np.argsort(key, kind="stable")[:val_size])
+    return np.setdiff1d(np.arange(n), val), val
+
+
+@dataclass
+class DeviceData:
+    """The data set on the device: uint8 NHWC images (training ones padded for cropping), int64 labels."""
+
+    train_images: torch.Tensor  # (N_train, 32 + 2 * CROP_PADDING, 32 + 2 * CROP_PADDING, 3) uint8, zero border
+    train_labels: torch.Tensor  # (N_train,)
+    val_images: torch.Tensor  # (N_val, 32, 32, 3) uint8
+    val_labels: torch.Tensor
+    test_images: torch.Tensor  # (N_test, 32, 32, 3) uint8
+    test_labels: torch.Tensor
+
+
+def prepare_data(data_dir: Path, val_size: int, device: torch.device) -> DeviceData:
+    """Load CIFAR-100, split off the validation images and move everything to the device once."""
+    train_x, train_y, test_x, test_y = load_cifar100(Path(data_dir))
+    train_idx, val_idx = stratified_split(train_y, val_size)
+    p = CROP_PADDING
+    padded = np.pad(train_x[train_idx], ((0, 0), (p, p), (p, p), (0, 0)))  # zeros, like RandomCrop(padding=4)
+
+    def put(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return DeviceData(put(padded), put(train_y[train_idx]), put(train_x[val_idx]), put(train_y[val_idx]),
+                      put(test_x), put(test_y))
+
+
+def augment(padded: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crops of the padded images at `indices`, each flipped left-right with probability 1/2.
+
+    One gather does both: per-sample row and column indices, the columns reversed for flipped samples.
+    Returns (B, 32, 32, 3) uint8.
+    """
+    b, device = indices.numel(), padded.device
+    shift = torch.randint(0, 2 * CROP_PADDING + 1, (2, b, 1), device=device, generator=generator)
+    flip = torch.randint(0, 2, (b, 1), device=device, generator=generator, dtype=torch.bool)
+    ramp = torch.arange(32, device=device)
+    rows = shift[0] + ramp  # (B, 32)
+    cols = shift[1] + torch.where(flip, 31 - ramp, ramp)  # (B, 32)
+    return padded[indices[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 32, 32, 3) -> float (B, 3, 32, 32) in channels_last memory, standardised per channel."""
+    mean = torch.tensor(CIFAR100_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR100_STD, device=images.device).view(1, 3, 1, 1)
+    x = images.permute(0, 3, 1, 2).float()  # a view of NHWC memory is an NCHW tensor in channels_last
+    return x.mul_(1 / (255 * std)).sub_(mean / std)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model
+
+
+class SimpleCNN(nn.Module):
+    """Three conv-BN-ReLU-maxpool stages and three fully connected layers; 2,626,404 parameters by default."""
+
+    def __init__(self, num_filters_1: int = 64, num_filters_2: int = 128, num_filters_3: int = 256,
+                 dropout_rate: float = 0.25, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, num_filters_1, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(num_filters_1)
+        self.conv2 = nn.Conv2d(num_filters_1, num_filters_2, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(num_filters_2)
+        self.conv3 = nn.Conv2d(num_filters_2, num_filters_3, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(num_filters_3)
+        self.pool = nn.MaxPool2d(2)
+        self.dropout = nn.Dropout(dropout_rate)
+        self.fc1 = nn.Linear(num_filters_3 * 4 * 4, 512)
+        self.fc2 = nn.Linear(512, 256)
+        self.fc3 = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))  # (B, f1, 16, 16)
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))  # (B, f2, 8, 8)
+        x = self.pool(F.relu(self.bn3(self.conv3(x))))  # (B, f3, 4, 4)
+        x = self.dropout(torch.flatten(x, 1))  # (B, f3 * 16)
+        x = self.dropout(F.relu(self.fc1(x)))  # (B, 512)
+        x = self.dropout(F.relu(self.fc2(x)))  # (B, 256)
+        return self.fc3(x)  # (B, num_classes) logits
+
+
+def model_from_config(config: dict) -> SimpleCNN:
+    return SimpleCNN(config["num_filters_1"], config["num_filters_2"], config["num_filters_3"], config["dropout_rate"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Train / evaluate
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device=cuda is not allowed: no CUDA GPU is visible (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), else None for fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
+
+
+def learning_rate_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str) -> float:
+    """Linear warm-up to `peak`, then cosine decay to 0 at total_steps ("cosine") or flat ("constant").
+
+    The decay is tied to the epoch budget, so every run ends annealed however many epochs it was given.
+    """
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    """Full batches only (a tiny last batch would upset batch norm), but at least one."""
+    return max(1, num_images // batch_size)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, config: dict,
+                epoch: int, amp_dtype: torch.dtype | None) -> dict:
+    """One pass over the training split. Randomness depends only on (seed, epoch), so a resumed run repeats it."""
+    device = data.train_labels.device
+    n, batch_size = data.train_labels.numel(), config["batch_size"]
+    steps = steps_per_epoch(n, batch_size)
+    warmup_steps = round(config["warmup_epochs"] * steps)
+    generator = torch.Generator(device=device).manual_seed(config["seed"] * 100_003 + epoch)
+    torch.manual_seed(config["seed"] * 100_003 + epoch)  # dropout draws from the global generator
+    order = torch.randperm(n, device=device, generator=generator)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    model.train()
+    for step in range(steps):
+        lr = learning_rate_at((epoch - 1) * steps + step, config["epochs"] * steps, warmup_steps,
+                              config["learning_rate"], config["lr_schedule"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        indices = order[step * batch_size:(step + 1) * batch_size]
+        x = normalize(augment(data.train_images, indices, generator))
+        y = data.train_labels[indices]
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Summed on the device: no host synchronisation until the epoch ends.
+        loss_sum += loss.detach() * y.numel()
+        correct += (logits.argmax(1) == y).sum()
+    seen = min(n, steps * batch_size)
+    return {"train_loss": loss_sum.item() / seen, "train_accuracy": 100 * correct.item() / seen,
+            "learning_rate": lr, "train_images": seen}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None) -> dict:
+    """{"loss": mean cross-entropy, "accuracy": top-1 in percent} over all images, in large batches."""
+    model.eval()
+    loss_sum = torch.zeros((), device=labels.device)
+    correct = torch.zeros((), device=labels.device, dtype=torch.int64)
+    for start in range(0, labels.numel(), EVAL_BATCH_SIZE):
+        x = normalize(images[start:start + EVAL_BATCH_SIZE])
+        y = labels[start:start + EVAL_BATCH_SIZE]
+        with torch.autocast(labels.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    n = max(1, labels.numel())
+    return {"loss": loss_sum.item() / n, "accuracy": 100 * correct.item() / n}
+
+
+def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: dict | None = None) -> dict:
+    """Train one model; write best.pt, last.pt (every epoch), summary.json and curves.png; return the summary.
+
+    `on_epoch(metrics)` sees each epoch's metrics (W&B logging, sweep pruning); an exception it raises stops the
+    run with last.pt intact. `resume` is a loaded last.pt: training continues after its epoch.
+    A non-finite training loss ends the run early with status "diverged".
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = data.train_labels.device
+    amp_dtype = autocast_dtype(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
+    torch.manual_seed(config["seed"])
+    model = model_from_config(config).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
+                                nesterov=config["momentum"] > 0, weight_decay=config["weight_decay"])
+    state = {"history": [], "best_val_accuracy": 0.0, "best_epoch": 0, "epoch": 0, "seconds": 0.0}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        state = {key: resume[key] for key in state}
+    status, started = "finished", time.perf_counter() - state["seconds"]
+    for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
+        t0 = time.perf_counter()
+        metrics = train_epoch(model, optimizer, data, config, epoch, amp_dtype)
+        train_seconds = time.perf_counter() - t0
+        if not math.isfinite(metrics["train_loss"]):
+            status = "diverged"
+            print(f"epoch {epoch}: training loss is {metrics['train_loss']}; stopping (diverged)", flush=True)
+            break
+        val = evaluate(model, data.val_images, data.val_labels, amp_dtype)
+        metrics = {"epoch": epoch, "train_loss": metrics["train_loss"], "train_accuracy": metrics["train_accuracy"],
+                   "val_loss": val["loss"], "val_accuracy": val["accuracy"], "learning_rate": metrics["learning_rate"],
+                   "epoch_seconds": time.perf_counter() - t0,
+                   "train_images_per_second": metrics["train_images"] / train_seconds}
+        state["history"].append(metrics)
+        state["epoch"], state["seconds"] = epoch, time.perf_counter() - started
+        if epoch == 1 or metrics["val_accuracy"] > state["best_val_accuracy"]:
+            state["best_val_accuracy"], state["best_epoch"] = metrics["val_accuracy"], epoch
+            save_atomic({"model": model.state_dict(), "config": config, "val_accuracy": metrics["val_accuracy"],
+                         "epoch": epoch}, run_dir / "best.pt")
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": config, **state},
+                    run_dir / "last.pt")
+        print(format_epoch(metrics, config["epochs"]), flush=True)
+        if on_epoch is not None:
+            on_epoch(metrics)
+    summary = {"status": status, "config": config, "best_val_accuracy": state["best_val_accuracy"],
+               "best_epoch": state["best_epoch"], "epochs_completed": state["epoch"]}
+    if state["best_epoch"]:  # score the checkpoint that would be exported, not whatever the last epoch left
+        model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+        test = evaluate(model, data.test_images, data.test_labels, amp_dtype)
+        summary.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
+    rates = [m["train_images_per_second"] for m in state["history"]]
+    summary.update(train_images_per_second=float(np.median(rates)) if rates else None,
+                   total_seconds=time.perf_counter() - started, device=device_name(device), versions=versions(),
+                   history=state["history"])
+    write_json_atomic(summary, run_dir / "summary.json")
+    if state["history"]:
+        plot_learning_curve(state["history"], run_dir / "curves.png", title=f"{run_dir.name} ({summary['device']})")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Files and logging
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save to a temporary file, flushed to disk, then renamed: a crash never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or not one of ours; the message names the file."""
+
+
+def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) -> dict:
+    """Load a checkpoint as data only (weights_only=True: a checkpoint must not run code) and check its keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a plain-data checkpoint ({first_line})") from None
+    except Exception as e:  # zip/EOF/runtime errors all mean the same thing to a person
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+    missing = [key for key in needs if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is not a part_2_cifar checkpoint: it lacks {', '.join(missing)}")
+    return checkpoint
+
+
+def format_epoch(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch']:3d}/{epochs}  train_loss {m['train_loss']:.3f}  train_acc {m['train_accuracy']:5.2f}%  "
+            f"val_loss {m['val_loss']:.3f}  val_acc {m['val_accuracy']:5.2f}%  lr {m['learning_rate']:.2e}  "
+            f"{m['epoch_seconds']:.1f}s  {m['train_images_per_second']:,.0f} img/s")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def versions() -> dict:
+    import torchvision
+
+    found = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    try:
+        import wandb
+
+        found["wandb"] = wandb.__version__
+    except ImportError:
+        pass
+    return found
+
+
+def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        ax_loss.plot(epochs, [m[f"{split}_loss"] for m in history], label=split)
+        ax_acc.plot(epochs, [m[f"{split}_accuracy"] for m in history], label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def wandb_api_key_present() -> bool:
+    """True when W&B would find an API key (environment or ~/.netrc from `wandb login`) without prompting."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_wandb_mode(requested: str) -> str:
+    """--wandb-mode wins, then WANDB_MODE, then online with an API key, else offline: never a login prompt."""
+    mode = requested if requested != "auto" else os.environ.get("WANDB_MODE", "auto")
+    mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
+    if mode == "auto":
+        if wandb_api_key_present():
+            return "online"
+        print("W&B: no API key found, logging offline to ./wandb; upload later with: wandb sync wandb/offline-run-*",
+              flush=True)
+        return "offline"
+    if mode == "online" and not wandb_api_key_present():
+        raise ConfigError("--wandb-mode=online needs a W&B API key: run `wandb login`, set WANDB_API_KEY, "
+                          "or use --wandb-mode offline")
+    if mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"W&B mode {mode!r} is not allowed: use auto, online, offline or disabled")
+    return mode
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line and main
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived; last.pt holds the last finished epoch."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    for key, default in DEFAULTS.items():  # every swept key: `--key=value` and `--key value`, as `wandb agent` passes
+        parser.add_argument(f"--{key}", default=default, metavar=type(default).__name__.upper(),
+                            help=f"default {default}; {RULES[key][2]}")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds cifar-100-python/ (default ./data)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folders go here (default ./runs)")
+    parser.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--wandb-mode", choices=("auto", "online", "offline", "disabled"), default="auto",
+                        help="auto: WANDB_MODE if set, else online with an API key, else offline")
+    parser.add_argument("--wandb-project", default="cifar100-simplecnn", help="W&B project (ignored inside a sweep)")
+    parser.add_argument("--log-model", action=argparse.BooleanOptionalAction, default=True,
+                        help="upload best.pt as a W&B model artifact at the end (default on)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run whose last.pt is in RUN_DIR")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = validate_config({key: getattr(args, key) for key in DEFAULTS} | {"val_size": args.val_size})
+        device = pick_device(args.device)
+        mode = resolve_wandb_mode(args.wandb_mode)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # A resume comes from --resume, or from an agent relaunching a preempted run under the same WANDB_RUN_ID.
+    resume_dir = args.resume
+    if resume_dir is None and os.environ.get("WANDB_RUN_ID"):
+        candidate = args.runs_dir / os.environ["WANDB_RUN_ID"]
+        resume_dir = candidate if (candidate / "last.pt").is_file() else None
+    resume = None
+    if resume_dir is not None:
+        try:
+            resume = load_checkpoint(Path(resume_dir) / "last.pt", needs=("model", "optimizer", "config", "epoch"))
+        except CheckpointError as e:
+            print(f"error: cannot resume: {e}", file=sys.stderr)
+            return 2
+        config = resume["config"]
+        print(f"resuming {resume_dir} after epoch {resume['epoch']}", flush=True)
+
+    import wandb
+
+    in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
+    init = {"config": config, "mode": mode, "resume": "allow"}
+    if not in_sweep:  # inside a sweep the agent chooses project and id
+        init.update(project=args.wandb_project, id=Path(resume_dir).name if resume_dir else None)
+    run = wandb.init(**init)
+    try:
+        config = validate_config(dict(run.config))  # a sweep's values override the command line
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        run.summary["error"] = str(e)
+        run.finish(exit_code=2)
+        return 2
+    run.define_metric("val_accuracy", summary="max")
+    run_dir = Path(resume_dir) if resume_dir else args.runs_dir / run.id
+
+    def log_epoch(metrics: dict) -> None:
+        run.log(metrics)
+        run.summary["best_val_accuracy"] = max(metrics["val_accuracy"], run.summary.get("best_val_accuracy", 0.0))
+
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        data = prepare_data(args.data_dir, config["val_size"], device)
+        summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume)
+    except (DataError, ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        run.summary["error"] = str(e)
+        run.finish(exit_code=2 if isinstance(e, ConfigError) else 1)
+        return 2 if isinstance(e, ConfigError) else 1
+    except torch.OutOfMemoryError:
+        message = (f"out of memory on {device} with batch_size={config['batch_size']}, filters "
+                   f"{config['num_filters_1']}/{config['num_filters_2']}/{config['num_filters_3']}: "
+                   "try a smaller batch_size or fewer filters")
+        print(f"error: {message}", file=sys.stderr)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        run.summary["error"] = message
+        run.finish(exit_code=1)
+        return 1
+    except Interrupted as e:
+        print(f"interrupted by {e}: {run_dir / 'last.pt'} holds the last finished epoch; continue with "
+              f"--resume {run_dir}", file=sys.stderr, flush=True)
+        run.mark_preempting()
+        run.finish(exit_code=128 + e.signum)
+        return 128 + e.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status")
+                        if summary.get(key) is not None})
+    if summary["status"] == "diverged":
+        run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"]})
+    else:
+        run.summary.update({"test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"]})
+    if args.log_model and mode != "disabled" and summary["best_epoch"]:
+        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"config": config,
+                                  "val_accuracy": summary["best_val_accuracy"], "epoch": summary["best_epoch"]})
+        artifact.add_file(str(run_dir / "best.pt"))
+        run.log_artifact(artifact, aliases=["best", "latest"])
+    run.finish()
+    print(f"done: best val_accuracy {summary['best_val_accuracy']:.2f}% at epoch {summary['best_epoch']}, "
+          f"test_accuracy {summary.get('test_accuracy', float('nan')):.2f}%; files in {run_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
