@@ -260,6 +260,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CIFAR100_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR100_STD, device=images.device).view(1, 3, 1, 1)
     x = images.permute(0, 3, 1, 2).float()  # a view of NHWC memory is an NCHW tensor in channels_last
+    x = x.contiguous(memory_format=torch.channels_last)  # no copy unless the input was not dense NHWC
     return x.mul_(1 / (255 * std)).sub_(mean / std)
 
 
