@@ -109,7 +109,7 @@ def validate_config(config: dict) -> dict:
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ConfigError(f"{key}={value!r} is not allowed: use {allowed}")
+            raise ConfigError(f"{key}={value} is not allowed: use {allowed}")
     return clean
 
 
@@ -341,8 +341,45 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return max(1, num_images // batch_size)
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived; last.pt holds the last finished epoch."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopOnSignal:
+    """While active, SIGTERM and SIGINT only raise a flag; `check()` turns it into Interrupted between steps.
+
+    Raising from the handler itself could cut a checkpoint write or W&B's own code in half.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __enter__(self) -> StopOnSignal:
+        self.previous = {sig: signal.signal(sig, self._catch) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _catch(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+def _never_interrupted() -> None:
+    pass
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, config: dict,
-                epoch: int, amp_dtype: torch.dtype | None) -> dict:
+                epoch: int, amp_dtype: torch.dtype | None, check_interrupt=_never_interrupted) -> dict:
     """One pass over the training split. Randomness depends only on (seed, epoch), so a resumed run repeats it."""
     device = data.train_labels.device
     n, batch_size = data.train_labels.numel(), config["batch_size"]
@@ -355,6 +392,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Device
     correct = torch.zeros((), device=device, dtype=torch.int64)
     model.train()
     for step in range(steps):
+        check_interrupt()  # a Python flag test: no device synchronisation
         lr = learning_rate_at((epoch - 1) * steps + step, config["epochs"] * steps, warmup_steps,
                               config["learning_rate"], config["lr_schedule"])
         for group in optimizer.param_groups:
@@ -393,11 +431,13 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_d
     return {"loss": loss_sum.item() / n, "accuracy": 100 * correct.item() / n}
 
 
-def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: dict | None = None) -> dict:
+def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: dict | None = None,
+          check_interrupt=_never_interrupted) -> dict:
     """Train one model; write best.pt, last.pt (every epoch), summary.json and curves.png; return the summary.
 
     `on_epoch(metrics)` sees each epoch's metrics (W&B logging, sweep pruning); an exception it raises stops the
     run with last.pt intact. `resume` is a loaded last.pt: training continues after its epoch.
+    `check_interrupt()` is called before every step and may raise (StopOnSignal.check) to stop between steps.
     A non-finite training loss ends the run early with status "diverged".
     """
     run_dir = Path(run_dir)
@@ -418,7 +458,7 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
     status, started = "finished", time.perf_counter() - state["seconds"]
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         t0 = time.perf_counter()
-        metrics = train_epoch(model, optimizer, data, config, epoch, amp_dtype)
+        metrics = train_epoch(model, optimizer, data, config, epoch, amp_dtype, check_interrupt)
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(metrics["train_loss"]):
             status = "diverged"
@@ -589,18 +629,6 @@ def resolve_wandb_mode(requested: str) -> str:
 # Command line and main
 
 
-class Interrupted(Exception):
-    """SIGTERM or SIGINT arrived; last.pt holds the last finished epoch."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -669,10 +697,10 @@ def main(argv: list[str] | None = None) -> int:
         run.log(metrics)
         run.summary["best_val_accuracy"] = max(metrics["val_accuracy"], run.summary.get("best_val_accuracy", 0.0))
 
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        data = prepare_data(args.data_dir, config["val_size"], device)
-        summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume)
+        data = prepare_data(args.data_dir, config["val_size"], device)  # Ctrl-C here is a plain KeyboardInterrupt
+        with StopOnSignal() as stop:
+            summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume, check_interrupt=stop.check)
     except (DataError, ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         run.summary["error"] = str(e)
@@ -688,15 +716,16 @@ def main(argv: list[str] | None = None) -> int:
         run.summary["error"] = message
         run.finish(exit_code=1)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted while loading data: nothing to keep yet", file=sys.stderr)
+        run.finish(exit_code=128 + signal.SIGINT)
+        return 128 + signal.SIGINT
     except Interrupted as e:
         print(f"interrupted by {e}: {run_dir / 'last.pt'} holds the last finished epoch; continue with "
               f"--resume {run_dir}", file=sys.stderr, flush=True)
         run.mark_preempting()
         run.finish(exit_code=128 + e.signum)
         return 128 + e.signum
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
     run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status")
                         if summary.get(key) is not None})

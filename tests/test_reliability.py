@@ -1,0 +1,324 @@
+"""Faults end clearly and lose nothing: bad values, bad files, divergence, out of memory, signals, crashes mid-write."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST_CONFIG, ROOT, cli_args
+
+import part_2_cifar as trainer
+from synthetic_cifar100 import write_synthetic_cifar100
+
+
+def trainer_command(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "part_2_cifar.py"), *args]
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+class FakeRun:
+    """Stands in for a wandb Run inside main(): records what the trainer tells W&B."""
+
+    def __init__(self, config: dict):
+        self.config, self.summary, self.logged = dict(config), {}, []
+        self.id, self.exit_code, self.preempting = "fakerun", None, False
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+    def log(self, metrics):
+        self.logged.append(dict(metrics))
+
+    def mark_preempting(self):
+        self.preempting = True
+
+    def finish(self, exit_code=0):
+        self.exit_code = exit_code
+
+
+@pytest.fixture()
+def fake_wandb(monkeypatch):
+    """Patch wandb.init so main() talks to a FakeRun; `overrides` play the part of a sweep's values."""
+    import wandb
+
+    holder = {"overrides": {}}
+
+    def init(config, **kwargs):
+        holder["run"] = FakeRun({**config, **holder["overrides"]})
+        return holder["run"]
+
+    monkeypatch.setattr(wandb, "init", init)
+    return holder
+
+
+def fast_args(data_dir: Path, runs_dir: Path, **overrides) -> list[str]:
+    return cli_args({**FAST_CONFIG, **overrides}) + ["--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
+                                                     "--val-size", "200", "--wandb-mode", "offline", "--no-log-model"]
+
+
+# ------------------------------------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize("option, key", [
+    ("--learning_rate=0", "learning_rate"), ("--learning_rate=fast", "learning_rate"), ("--momentum=1", "momentum"),
+    ("--batch_size=0", "batch_size"), ("--batch_size=2.5", "batch_size"), ("--num_filters_2=0", "num_filters_2"),
+    ("--dropout_rate=1.0", "dropout_rate"), ("--epochs=0", "epochs"), ("--lr_schedule=step", "lr_schedule"),
+    ("--label_smoothing=-0.1", "label_smoothing"), ("--val-size=0", "val_size"), ("--learning_rate=nan", "learning_rate"),
+])
+def test_a_bad_value_is_one_line_naming_the_key_and_exit_2(option, key, capsys):
+    assert trainer.main([option, "--wandb-mode", "disabled"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith(f"error: {key}=") and "use " in line
+
+
+def test_a_bad_value_in_a_real_process_exits_2_before_any_work(tmp_path, offline_env):
+    result = subprocess.run(trainer_command("--momentum=1.5", "--runs-dir", str(tmp_path / "runs")), env=offline_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "momentum=1.5" in one_line_error(result.stderr) and "[0, 1)" in result.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_an_unknown_option_exits_2_with_one_line(tmp_path, offline_env):
+    result = subprocess.run(trainer_command("--learning-rate=0.1"), env=offline_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --learning-rate=0.1" in one_line_error(result.stderr)
+
+
+def test_a_bad_sweep_value_handed_over_by_the_agent_fails_the_run_in_one_line(tmp_path, offline_env, tiny_data_dir):
+    # The agent hands values to wandb.init through a params file; they override the command line.
+    params = tmp_path / "params.yaml"
+    params.write_text("batch_size:\n  value: 0\n")
+    env = {**offline_env, "WANDB_SWEEP_ID": "sweep123", "WANDB_SWEEP_PARAM_PATH": str(params)}
+    result = subprocess.run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs")), env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2
+    assert "batch_size=0" in one_line_error(result.stderr)
+    assert not list((tmp_path / "runs").glob("*/last.pt"))
+
+
+def test_a_bad_sweep_value_marks_the_wandb_run_failed_with_the_line(fake_wandb, tiny_data_dir, tmp_path, capsys):
+    fake_wandb["overrides"] = {"dropout_rate": 1.5}
+    assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs")) == 2
+    run = fake_wandb["run"]
+    assert run.exit_code == 2 and "dropout_rate=1.5" in run.summary["error"]
+    assert run.summary["error"] in capsys.readouterr().err
+
+
+def test_integral_floats_from_q_uniform_are_accepted_as_integers():
+    assert trainer.validate_config({"epochs": 35.0, "batch_size": "128.0"})["epochs"] == 35
+    with pytest.raises(trainer.ConfigError, match="epochs=35.5"):
+        trainer.validate_config({"epochs": 35.5})
+
+
+# ----------------------------------------------------------------------------------------- divergence, out of memory
+
+
+def test_a_diverging_run_stops_logs_diverged_and_exits_0(fake_wandb, tiny_data_dir, tmp_path):
+    args = fast_args(tiny_data_dir, tmp_path / "runs", learning_rate=1e12, epochs=3, warmup_epochs=0)
+    assert trainer.main(args) == 0
+    run = fake_wandb["run"]
+    summary = json.loads((tmp_path / "runs" / run.id / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["epochs_completed"] < 3
+    assert run.summary["diverged"] is True and run.summary["val_accuracy"] == summary["best_val_accuracy"]
+    assert run.exit_code == 0
+
+
+def test_out_of_memory_is_one_line_with_the_config_and_a_failed_run(fake_wandb, monkeypatch, tiny_data_dir, tmp_path,
+                                                                     capsys):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(trainer, "train_epoch", out_of_memory)
+    assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs", batch_size=512)) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert "out of memory" in line and "batch_size=512" in line and "8/16/32" in line
+    assert fake_wandb["run"].exit_code == 1 and "batch_size=512" in fake_wandb["run"].summary["error"]
+
+
+# ------------------------------------------------------------------------------------------------------ interruption
+
+
+def test_sigterm_in_process_marks_the_run_preempting_and_keeps_last_epoch(fake_wandb, monkeypatch, tiny_data_dir,
+                                                                          tmp_path):
+    real_train_epoch = trainer.train_epoch
+
+    def train_epoch_then_signal(*args, **kwargs):
+        if args[4] == 2:  # epoch 2 is under way when the signal lands
+            signal.raise_signal(signal.SIGTERM)
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_epoch", train_epoch_then_signal)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)) == 128 + signal.SIGTERM
+    run = fake_wandb["run"]
+    assert run.preempting and run.exit_code == 128 + signal.SIGTERM
+    assert trainer.load_checkpoint(tmp_path / "runs" / run.id / "last.pt")["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the caller's handler is back
+
+
+def start_and_interrupt(args: list[str], env: dict, cwd: Path, last_pt_glob: str, signum: int) -> tuple[int, str]:
+    """Start the trainer, send `signum` as soon as the first epoch's last.pt exists; return (exit code, stderr)."""
+    process = subprocess.Popen(trainer_command(*args), env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(cwd.glob(last_pt_glob)) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+def comparable(summary: dict) -> dict:
+    """A summary without wall-clock figures: what a deterministic CPU run must reproduce exactly."""
+    timing = {"epoch_seconds", "train_images_per_second"}
+    return {"history": [{k: v for k, v in m.items() if k not in timing} for m in summary["history"]],
+            **{k: summary[k] for k in ("best_val_accuracy", "best_epoch", "test_accuracy", "test_loss", "config")}}
+
+
+def test_sigterm_then_relaunch_with_the_same_run_id_ends_like_an_uninterrupted_run(tiny_data_dir, tmp_path,
+                                                                                   offline_env):
+    args = fast_args(tiny_data_dir, tmp_path / "runs", epochs=4)
+    reference = subprocess.run(trainer_command(*args), env={**offline_env, "WANDB_RUN_ID": "straight"}, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=240)
+    assert reference.returncode == 0, reference.stderr
+
+    env = {**offline_env, "WANDB_RUN_ID": "preempted"}  # what an agent sets when it relaunches a preempted run
+    code, stderr = start_and_interrupt(args, env, tmp_path, "runs/preempted/last.pt", signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    interrupted_at = trainer.load_checkpoint(tmp_path / "runs" / "preempted" / "last.pt")["epoch"]
+    assert 1 <= interrupted_at < 4
+
+    resumed = subprocess.run(trainer_command(*args), env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"preempted after epoch {interrupted_at}" in resumed.stdout
+    expected = json.loads((tmp_path / "runs" / "straight" / "summary.json").read_text())
+    got = json.loads((tmp_path / "runs" / "preempted" / "summary.json").read_text())
+    assert comparable(got) == comparable(expected)
+
+
+def test_sigint_then_resume_option_finishes_the_run(tiny_data_dir, tmp_path, offline_env):
+    args = fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)
+    code, stderr = start_and_interrupt(args, offline_env, tmp_path, "runs/*/last.pt", signal.SIGINT)
+    assert code == 128 + signal.SIGINT, stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    resumed = subprocess.run(trainer_command(*args, "--resume", str(run_dir)), env=offline_env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and [m["epoch"] for m in summary["history"]] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------------------------------------- bad files
+
+
+@pytest.fixture()
+def data_copy(tmp_path) -> Path:
+    write_synthetic_cifar100(tmp_path / "data", train_per_class=2, test_per_class=1)
+    return tmp_path / "data"
+
+
+def test_a_truncated_data_pickle_is_named(data_copy):
+    train = data_copy / "cifar-100-python" / "train"
+    train.write_bytes(train.read_bytes()[:5000])
+    with pytest.raises(trainer.DataError, match=r"cifar-100-python/train is truncated or corrupt"):
+        trainer.load_cifar100(data_copy, download=False)
+
+
+def test_a_meta_file_with_the_wrong_number_of_classes_is_named(data_copy):
+    meta = data_copy / "cifar-100-python" / "meta"
+    meta.write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(10)]}))
+    with pytest.raises(trainer.DataError, match=r"meta lists 10 fine label names, expected 100"):
+        trainer.load_cifar100(data_copy, download=False)
+
+
+def test_arrays_of_the_wrong_shape_are_named(data_copy):
+    test = data_copy / "cifar-100-python" / "test"
+    test.write_bytes(pickle.dumps({"data": np.zeros((4, 1024), np.uint8), "fine_labels": [0, 1, 2, 3]}))
+    with pytest.raises(trainer.DataError, match=r"cifar-100-python/test: data has shape \(4, 1024\)"):
+        trainer.load_cifar100(data_copy, download=False)
+
+
+def test_a_corrupt_data_file_ends_the_process_with_one_line(data_copy, tmp_path, offline_env):
+    (data_copy / "cifar-100-python" / "train").write_bytes(b"\x80\x04not a pickle at all")
+    result = subprocess.run(trainer_command(*fast_args(data_copy, tmp_path / "runs")), env=offline_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1
+    assert "cifar-100-python/train is truncated or corrupt" in one_line_error(result.stderr)
+
+
+@pytest.fixture()
+def good_checkpoint(tmp_path) -> Path:
+    model = trainer.SimpleCNN(8, 16, 32)
+    path = tmp_path / "best.pt"
+    trainer.save_atomic({"model": model.state_dict(), "config": {**trainer.DEFAULTS}, "epoch": 1}, path)
+    return path
+
+
+class Payload:
+    """A class pickled into a checkpoint: with weights_only=True loading it must be refused, not executed."""
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "truncated or corrupt"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 garbage" * 100), "truncated or corrupt"),
+    (lambda p: torch.save({"state": torch.zeros(3)}, p), "not a part_2_cifar checkpoint: it lacks model, config"),
+    (lambda p: torch.save({"model": {}, "config": Payload()}, p), "not a plain-data checkpoint"),
+    (lambda p: p.unlink(), "does not exist"),
+])
+def test_a_damaged_or_foreign_checkpoint_is_refused_clearly(good_checkpoint, damage, message):
+    assert trainer.load_checkpoint(good_checkpoint)["epoch"] == 1
+    damage(good_checkpoint)
+    with pytest.raises(trainer.CheckpointError, match=message):
+        trainer.load_checkpoint(good_checkpoint)
+
+
+def test_resuming_from_a_truncated_last_checkpoint_exits_2_with_one_line(tmp_path, offline_env):
+    run_dir = tmp_path / "runs" / "broken"
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    result = subprocess.run(trainer_command("--resume", str(run_dir), "--wandb-mode", "disabled"), env=offline_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "cannot resume" in one_line_error(result.stderr) and "last.pt" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------- atomic writes
+
+
+class FailsWhenPickled:
+    def __reduce__(self):
+        raise OSError("disk full (injected)")
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_file(good_checkpoint):
+    before = good_checkpoint.read_bytes()
+    with pytest.raises(OSError, match="injected"):
+        trainer.save_atomic({"model": torch.zeros(1000), "config": FailsWhenPickled()}, good_checkpoint)
+    assert good_checkpoint.read_bytes() == before
+    assert [p.name for p in good_checkpoint.parent.iterdir()] == ["best.pt"]  # no temporary left behind
+
+
+def test_a_crash_while_writing_the_summary_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "summary.json"
+    trainer.write_json_atomic({"best_val_accuracy": 12.5}, path)
+    with pytest.raises(TypeError):
+        trainer.write_json_atomic({"best_val_accuracy": object()}, path)
+    assert json.loads(path.read_text()) == {"best_val_accuracy": 12.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
