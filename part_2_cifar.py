@@ -431,13 +431,29 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_d
     return {"loss": loss_sum.item() / n, "accuracy": 100 * correct.item() / n}
 
 
+CHECKPOINT_SECONDS = 60.0  # write checkpoints at most this often, plus at the end and on any exception: a save
+# takes ~0.1 s and a GPU epoch ~0.3 s, so saving every epoch would slow a run by a third. A SIGKILL loses < 60 s.
+
+
+def to_cpu(obj: object) -> object:
+    """A copy of nested dicts/lists with every tensor cloned to host memory: a snapshot training cannot change."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: to_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [to_cpu(value) for value in obj]
+    return obj
+
+
 def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: dict | None = None,
           check_interrupt=_never_interrupted) -> dict:
-    """Train one model; write best.pt, last.pt (every epoch), summary.json and curves.png; return the summary.
+    """Train one model; write best.pt, last.pt, summary.json and curves.png into run_dir; return the summary.
 
-    `on_epoch(metrics)` sees each epoch's metrics (W&B logging, sweep pruning); an exception it raises stops the
-    run with last.pt intact. `resume` is a loaded last.pt: training continues after its epoch.
-    `check_interrupt()` is called before every step and may raise (StopOnSignal.check) to stop between steps.
+    `on_epoch(metrics)` sees each epoch's metrics (W&B logging, sweep pruning). `check_interrupt()` runs before
+    every step and may raise (StopOnSignal.check). Whatever ends the loop early, an exception included, the last
+    finished epoch is written to last.pt first. `resume` is a loaded last.pt: training continues after its epoch;
+    the schedule and all randomness are functions of (seed, epoch, step), so no RNG state needs saving.
     A non-finite training loss ends the run early with status "diverged".
     """
     run_dir = Path(run_dir)
@@ -455,31 +471,51 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         state = {key: resume[key] for key in state}
-    status, started = "finished", time.perf_counter() - state["seconds"]
-    for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
-        t0 = time.perf_counter()
-        metrics = train_epoch(model, optimizer, data, config, epoch, amp_dtype, check_interrupt)
-        train_seconds = time.perf_counter() - t0
-        if not math.isfinite(metrics["train_loss"]):
-            status = "diverged"
-            print(f"epoch {epoch}: training loss is {metrics['train_loss']}; stopping (diverged)", flush=True)
-            break
-        val = evaluate(model, data.val_images, data.val_labels, amp_dtype)
-        metrics = {"epoch": epoch, "train_loss": metrics["train_loss"], "train_accuracy": metrics["train_accuracy"],
-                   "val_loss": val["loss"], "val_accuracy": val["accuracy"], "learning_rate": metrics["learning_rate"],
-                   "epoch_seconds": time.perf_counter() - t0,
-                   "train_images_per_second": metrics["train_images"] / train_seconds}
-        state["history"].append(metrics)
-        state["epoch"], state["seconds"] = epoch, time.perf_counter() - started
-        if epoch == 1 or metrics["val_accuracy"] > state["best_val_accuracy"]:
-            state["best_val_accuracy"], state["best_epoch"] = metrics["val_accuracy"], epoch
-            save_atomic({"model": model.state_dict(), "config": config, "val_accuracy": metrics["val_accuracy"],
-                         "epoch": epoch}, run_dir / "best.pt")
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": config, **state},
-                    run_dir / "last.pt")
-        print(format_epoch(metrics, config["epochs"]), flush=True)
-        if on_epoch is not None:
-            on_epoch(metrics)
+    status, started, written_at = "finished", time.perf_counter() - state["seconds"], -math.inf
+    unsaved: dict[str, object] = {}  # file name -> end-of-epoch snapshot not yet on disk
+
+    def save_snapshots() -> None:
+        for name, snapshot in unsaved.items():
+            save_atomic(snapshot, run_dir / name)
+        unsaved.clear()
+
+    try:
+        for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
+            t0 = time.perf_counter()
+            metrics = train_epoch(model, optimizer, data, config, epoch, amp_dtype, check_interrupt)
+            train_seconds = time.perf_counter() - t0
+            if not math.isfinite(metrics["train_loss"]):
+                status = "diverged"
+                print(f"epoch {epoch}: training loss is {metrics['train_loss']}; stopping (diverged)", flush=True)
+                break
+            val = evaluate(model, data.val_images, data.val_labels, amp_dtype)
+            metrics = {"epoch": epoch, "train_loss": metrics["train_loss"], "train_accuracy": metrics["train_accuracy"],
+                       "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                       "learning_rate": metrics["learning_rate"], "epoch_seconds": time.perf_counter() - t0,
+                       "train_images_per_second": metrics["train_images"] / train_seconds}
+            state["history"].append(metrics)
+            state["epoch"], state["seconds"] = epoch, time.perf_counter() - started
+            if state["best_epoch"] == 0 or metrics["val_accuracy"] > state["best_val_accuracy"]:
+                state["best_val_accuracy"], state["best_epoch"] = metrics["val_accuracy"], epoch
+                unsaved["best.pt"] = {"model": to_cpu(model.state_dict()), "config": config,
+                                      "val_accuracy": metrics["val_accuracy"], "epoch": epoch}
+            unsaved["last.pt"] = to_cpu({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "config": config, **state})
+            if time.perf_counter() - written_at >= CHECKPOINT_SECONDS or epoch == config["epochs"]:
+                save_snapshots()
+                written_at = time.perf_counter()
+            print(format_epoch(metrics, config["epochs"]), flush=True)
+            if on_epoch is not None:
+                on_epoch(metrics)
+    finally:
+        save_snapshots()
+    return finish_run(model, data, run_dir, config, state, status, time.perf_counter() - started, amp_dtype)
+
+
+def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, state: dict, status: str,
+               seconds: float, amp_dtype: torch.dtype | None) -> dict:
+    """Score best.pt once on the test images; write summary.json and the learning curves; return the summary."""
+    device = data.test_labels.device
     summary = {"status": status, "config": config, "best_val_accuracy": state["best_val_accuracy"],
                "best_epoch": state["best_epoch"], "epochs_completed": state["epoch"]}
     if state["best_epoch"]:  # score the checkpoint that would be exported, not whatever the last epoch left
@@ -487,9 +523,8 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
         test = evaluate(model, data.test_images, data.test_labels, amp_dtype)
         summary.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     rates = [m["train_images_per_second"] for m in state["history"]]
-    summary.update(train_images_per_second=float(np.median(rates)) if rates else None,
-                   total_seconds=time.perf_counter() - started, device=device_name(device), versions=versions(),
-                   history=state["history"])
+    summary.update(train_images_per_second=float(np.median(rates)) if rates else None, total_seconds=seconds,
+                   device=device_name(device), versions=versions(), history=state["history"])
     write_json_atomic(summary, run_dir / "summary.json")
     if state["history"]:
         plot_learning_curve(state["history"], run_dir / "curves.png", title=f"{run_dir.name} ({summary['device']})")

@@ -76,7 +76,8 @@ def fast_args(data_dir: Path, runs_dir: Path, **overrides) -> list[str]:
     ("--learning_rate=0", "learning_rate"), ("--learning_rate=fast", "learning_rate"), ("--momentum=1", "momentum"),
     ("--batch_size=0", "batch_size"), ("--batch_size=2.5", "batch_size"), ("--num_filters_2=0", "num_filters_2"),
     ("--dropout_rate=1.0", "dropout_rate"), ("--epochs=0", "epochs"), ("--lr_schedule=step", "lr_schedule"),
-    ("--label_smoothing=-0.1", "label_smoothing"), ("--val-size=0", "val_size"), ("--learning_rate=nan", "learning_rate"),
+    ("--label_smoothing=-0.1", "label_smoothing"), ("--val-size=0", "val_size"),
+    ("--learning_rate=nan", "learning_rate"),
 ])
 def test_a_bad_value_is_one_line_naming_the_key_and_exit_2(option, key, capsys):
     assert trainer.main([option, "--wandb-mode", "disabled"]) == 2
@@ -169,6 +170,24 @@ def test_sigterm_in_process_marks_the_run_preempting_and_keeps_last_epoch(fake_w
     assert run.preempting and run.exit_code == 128 + signal.SIGTERM
     assert trainer.load_checkpoint(tmp_path / "runs" / run.id / "last.pt")["epoch"] == 1
     assert signal.getsignal(signal.SIGTERM) is handler_before  # the caller's handler is back
+
+
+def test_any_exception_first_saves_the_last_finished_epoch(monkeypatch, tiny_data_dir, tmp_path):
+    # Checkpoints are written at most once a minute; an exception must not lose the epochs since the last write.
+    monkeypatch.setattr(trainer, "CHECKPOINT_SECONDS", 3600.0)
+    config = trainer.validate_config({**FAST_CONFIG, "epochs": 5, "val_size": 200})
+    data = trainer.prepare_data(tiny_data_dir, 200, torch.device("cpu"))
+
+    def crash_after_epoch_3(metrics):
+        if metrics["epoch"] == 3:
+            raise RuntimeError("injected crash")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        trainer.train(config, data, tmp_path / "run", on_epoch=crash_after_epoch_3)
+    last = trainer.load_checkpoint(tmp_path / "run" / "last.pt", needs=("model", "optimizer", "epoch", "history"))
+    assert last["epoch"] == 3 and [m["epoch"] for m in last["history"]] == [1, 2, 3]
+    best = trainer.load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["epoch"] == max(last["history"], key=lambda m: m["val_accuracy"])["epoch"]
 
 
 def start_and_interrupt(args: list[str], env: dict, cwd: Path, last_pt_glob: str, signum: int) -> tuple[int, str]:
