@@ -125,6 +125,7 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)  # per-channel standard deviation of the
 SPLIT_SEED = 20240601  # fixed, so every run and sweep trial is scored on the same validation images
 CROP_PADDING = 4  # pixels of zero padding around each image before the random 32x32 crop
 EVAL_BATCH_SIZE = 1000  # evaluation batch; no gradients, so large batches are cheap
+PROGRESS_SECONDS = 15.0  # an epoch longer than this (a CPU) prints a progress line this often
 
 
 class DataError(RuntimeError):
@@ -391,8 +392,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     model.train()
+    shown_at = time.perf_counter()
     for step in range(steps):
         check_interrupt()  # a Python flag test: no device synchronisation
+        if time.perf_counter() - shown_at > PROGRESS_SECONDS:  # slow devices: show that a long epoch is alive
+            print(f"  epoch {epoch}: step {step}/{steps}", flush=True)
+            shown_at = time.perf_counter()
         lr = learning_rate_at((epoch - 1) * steps + step, config["epochs"] * steps, warmup_steps,
                               config["learning_rate"], config["lr_schedule"])
         for group in optimizer.param_groups:
