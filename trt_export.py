@@ -1,0 +1,616 @@
+"""Export the best SimpleCNN checkpoint to ONNX and a TensorRT engine, check both against PyTorch, and time them.
+
+    python trt_export.py --checkpoint best                            # best run in ./runs, fp16 engine
+    python trt_export.py --checkpoint runs/<run-id>/best.pt --precision int8 --batch-sizes 1,32,256,1024
+    python trt_export.py --checkpoint best --batch-sizes 1,64 --warmup-seconds 0.05 --min-seconds 0.2   # quick look
+
+Steps: checkpoint -> SimpleCNN (eval mode, built from the checkpoint's own config) -> ONNX with a dynamic batch
+dimension and the weights inside, checked by onnx.checker -> ONNX Runtime on the CPU must match PyTorch (max |logit
+difference| <= 1e-4, same top-1, at two batch sizes) -> TensorRT engine and a JSON beside it -> pycuda runner ->
+top-1 accuracy on the test images, PyTorch beside each exported model -> benchmark of every backend present.
+Without a GPU, TensorRT or pycuda it does all the rest and prints one `skipped:` line per part it could not run.
+Exit status: 0 all that ran passed; 1 a check that ran failed (parity, accuracy tolerance, engine build); 2 bad input.
+
+Benchmark method, as trtexec's: warm up for --warmup-seconds, then iterate for at least --min-seconds and
+--min-iterations on a fixed batch of test images. End-to-end time comes from the host clock around copy in +
+inference + copy out + synchronisation; GPU compute time from CUDA events around the inference call alone.
+Throughput is images / end-to-end time; latency is reported as mean, p50, p90 and p99 of the iterations.
+
+Files: <out>/model.onnx (+ model_fp16.onnx, model_int8_qdq.onnx when needed), <out>/model_<precision>.engine and
+its .json, <out>/timing.cache, <out>/benchmark.json; the plot goes to --plot (default images/inference_benchmark.png).
+<out> defaults to <run folder>/export, inside the git-ignored runs/.
+
+Last measured result: see README.md "TensorRT export" (each table names its machine and data).
+
+Sections, in order: settings, checkpoint and model, ONNX, backends, timing, accuracy and benchmark, reports, main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import trt_runtime
+from part_2_cifar import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    _Parser,
+    device_name,
+    load_checkpoint,
+    load_cifar100,
+    model_from_config,
+    normalize,
+    pick_device,
+    versions,
+    write_json_atomic,
+)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Settings
+
+PRECISION = "fp16"  # default engine precision: tensor cores and half the memory traffic of fp32
+BATCH_SIZES = (1, 32, 256, 1024)  # latency (1) to throughput (1024); the engine's profile spans min..max
+INPUT_NAME, OUTPUT_NAME = "images", "logits"  # ONNX and engine tensor names
+IMAGE_SHAPE = (3, 32, 32)  # one normalized CIFAR image, NCHW
+PARITY_IMAGES = 256  # test images compared logit by logit between PyTorch and ONNX Runtime
+PARITY_MAX_ABS_DIFF = 1e-4  # fp32 ONNX vs PyTorch on the CPU: only summation order differs
+FP16_PARITY_RELATIVE = 1e-2  # fp16 ONNX: max |diff| <= this x max |logit|; fp16 keeps ~3 significant digits
+FP16_TOP1_AGREEMENT = 99.0  # fp16 ONNX: % of images with PyTorch's top-1; near-ties may flip, nothing more
+# Points of top-1 accuracy an engine may trail PyTorch fp32 before the run fails. fp32 is not bit-exact either:
+# TensorRT allows TF32 in convolutions and matrix products by default.
+ACCURACY_TOLERANCE = {"fp32": 0.2, "fp16": 0.5, "int8": 1.5}
+CALIBRATION_IMAGES = 512  # training images ModelOpt calibrates int8 activation ranges on
+WARMUP_SECONDS = 0.2  # trtexec's --warmUp default
+MIN_SECONDS = 1.0  # trtexec runs --duration=3 s; 1 s keeps a CPU run of 4 batch sizes x 2 backends near 10 s
+MIN_ITERATIONS = 10  # trtexec's --iterations default
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoint and model
+
+
+def find_best_run(runs_dir: Path) -> Path:
+    """best.pt of the run whose summary.json has the highest best_val_accuracy (ties: first by folder name)."""
+    candidates = []
+    for summary_path in sorted(Path(runs_dir).glob("*/summary.json")):
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            print(f"note: {summary_path} is unreadable; that run is not considered", flush=True)
+            continue
+        accuracy = summary.get("best_val_accuracy") if isinstance(summary, dict) else None
+        if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and math.isfinite(accuracy) \
+                and (summary_path.parent / "best.pt").is_file():
+            candidates.append((accuracy, summary_path.parent / "best.pt"))
+    if not candidates:
+        raise CheckpointError(f"no run in {runs_dir} has a summary.json with best_val_accuracy and a best.pt: "
+                              "train one with part_2_cifar.py, or pass --checkpoint PATH")
+    return max(candidates, key=lambda c: c[0])[1]
+
+
+def resolve_checkpoint(spec: str, runs_dir: Path) -> Path:
+    """`best`, a run folder or a checkpoint file -> the checkpoint file."""
+    if spec == "best":
+        return find_best_run(runs_dir)
+    path = Path(spec)
+    return path / "best.pt" if path.is_dir() else path
+
+
+def load_model(path: Path) -> tuple[nn.Module, dict]:
+    """SimpleCNN rebuilt from the checkpoint's stored config, weights loaded, in eval mode; and the checkpoint."""
+    checkpoint = load_checkpoint(path)
+    try:
+        model = model_from_config(checkpoint["config"])
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path} does not fit the SimpleCNN its config describes ({type(e).__name__}: "
+                              f"{detail})") from None
+    return model.eval(), checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ONNX
+
+
+class HalfPrecision(nn.Module):
+    """The model in fp16 between fp32 input and output: an fp16 ONNX for TensorRT 11's strongly typed networks,
+    with the same fp32 interface as the fp32 ONNX, so every runner feeds both alike."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).half()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.half()).float()
+
+
+def export_onnx(model: nn.Module, path: Path) -> None:
+    """ONNX of `model` with input `images` (batch, 3, 32, 32), output `logits` (batch, classes), weights inside.
+
+    The dynamo exporter (torch.export), torch's default since 2.9; the TorchScript exporter is deprecated. Here it
+    takes a few seconds more, but it is the maintained path and `dynamic_shapes` gives a symbolic batch dimension.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, *IMAGE_SHAPE)  # batch 2: an example batch of 1 would be specialised away
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_shapes=({0: batch},), external_data=False, dynamo=True, verbose=False)
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)  # structure, types and shape inference
+
+
+def ort_session(path: Path):  # -> onnxruntime.InferenceSession on the CPU, the provider every install has
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def parity(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
+           images: np.ndarray) -> dict:
+    """Max |logit difference| and top-1 agreement (%) of two predictors, over `images` as one batch and as batch 1."""
+    diffs, agree, largest = [], [], 0.0
+    for batch in (images, images[:1]):  # two batch sizes through one file: the batch dimension must be dynamic
+        expected, got = reference(batch), candidate(batch)
+        if got.shape != expected.shape:
+            raise ValueError(f"logits of shape {got.shape} for a batch of {len(batch)}; expected {expected.shape}")
+        diffs.append(float(np.abs(got - expected).max()))
+        agree.extend(got.argmax(1) == expected.argmax(1))
+        largest = max(largest, float(np.abs(expected).max()))
+    return {"images": len(images), "batch_sizes": [len(images), 1], "max_abs_diff": max(diffs),
+            "max_abs_logit": largest, "top1_agreement": 100 * float(np.mean(agree))}
+
+
+def check_parity(result: dict, precision: str) -> bool:
+    if precision == "fp32":
+        return result["max_abs_diff"] <= PARITY_MAX_ABS_DIFF and result["top1_agreement"] == 100
+    return (result["max_abs_diff"] <= FP16_PARITY_RELATIVE * max(1.0, result["max_abs_logit"])
+            and result["top1_agreement"] >= FP16_TOP1_AGREEMENT)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Backends: a predictor maps float32 (B, 3, 32, 32) to float32 logits (B, classes); a step runs one timed iteration.
+
+Step = Callable[[], "float | None"]  # returns GPU compute seconds when it measures them, else None
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
+    """Mixed precision in `amp_dtype`, or plain fp32 when it is None."""
+    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
+def torch_predictor(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None):
+    model = model.to(device).to(memory_format=torch.channels_last)  # as the trainer runs it: faster convolutions
+
+    @torch.inference_mode()
+    def predict(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(images).to(device).contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            return model(x).float().cpu().numpy()
+
+    return predict
+
+
+def torch_step(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, images: np.ndarray) -> Step:
+    """One iteration: (GPU: pinned host -> device) inference (GPU: -> host, which waits for the GPU)."""
+    model = model.to(device).to(memory_format=torch.channels_last)
+    if device.type != "cuda":
+        x = torch.from_numpy(images).contiguous(memory_format=torch.channels_last)
+
+        @torch.inference_mode()
+        def cpu_step() -> None:
+            with autocast(device, amp_dtype):
+                model(x)
+
+        return cpu_step
+
+    host = torch.from_numpy(images).pin_memory()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    @torch.inference_mode()
+    def cuda_step() -> float:
+        x = host.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        start.record()
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        end.record()
+        logits.float().cpu()  # a copy to pageable memory waits for the stream, so `end` has happened
+        return start.elapsed_time(end) / 1000
+
+    return cuda_step
+
+
+def ort_predictor(session) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda images: session.run([OUTPUT_NAME], {INPUT_NAME: images})[0].astype(np.float32)
+
+
+def ort_step(session, images: np.ndarray) -> Step:
+    def step() -> None:
+        session.run([OUTPUT_NAME], {INPUT_NAME: images})
+
+    return step
+
+
+def trt_step(runner: trt_runtime.TrtRunner, images: np.ndarray, use_graph: bool) -> Step:
+    runner.set_batch(images)
+    if use_graph:
+        runner.capture_graph()
+    return lambda: runner.step(use_graph)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def time_iterations(step: Step, warmup_seconds: float, min_seconds: float, min_iterations: int,
+                    clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float]]:
+    """Warm up for `warmup_seconds` (at least one call), then call `step` until both `min_seconds` have passed and
+    `min_iterations` were made. Returns (end-to-end seconds of each call by `clock`, the seconds each call reported)."""
+    started = clock()
+    step()
+    while clock() - started < warmup_seconds:
+        step()
+    end_to_end: list[float] = []
+    reported: list[float] = []
+    started = clock()
+    while len(end_to_end) < min_iterations or clock() - started < min_seconds:
+        t0 = clock()
+        gpu_seconds = step()
+        end_to_end.append(clock() - t0)
+        if gpu_seconds is not None:
+            reported.append(gpu_seconds)
+    return end_to_end, reported
+
+
+def latency_stats(seconds: list[float], batch_size: int) -> dict:
+    """Latency mean and percentiles in ms, and throughput in images/s, of per-iteration times.
+
+    Percentiles are nearest-rank (the smallest time with at least p% of iterations at or below it), so each is a
+    time that some iteration took.
+    """
+    if not seconds:
+        raise ValueError("no iterations to summarise")
+    ms = np.asarray(seconds, dtype=np.float64) * 1000
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99], method="inverted_cdf")
+    return {"iterations": int(ms.size), "mean_ms": float(ms.mean()), "p50_ms": float(p50), "p90_ms": float(p90),
+            "p99_ms": float(p99), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+            "images_per_second": float(batch_size * ms.size / (ms.sum() / 1000))}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Accuracy and benchmark
+
+
+def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Logits for uint8 NHWC images, normalized as in training, in batches of `batch_size`."""
+    chunks = [predict(normalize(images[i:i + batch_size]).contiguous().numpy())
+              for i in range(0, len(images), batch_size)]
+    return np.concatenate(chunks)
+
+
+def accuracy_table(logits: dict[str, np.ndarray], labels: np.ndarray, reference: str) -> list[dict]:
+    """Top-1 of each backend, and its difference in points and its top-1 agreement with the reference backend."""
+    reference_top1 = logits[reference].argmax(1)
+    base = 100 * float(np.mean(reference_top1 == labels))
+    rows = []
+    for name, values in logits.items():
+        top1 = values.argmax(1)
+        accuracy = 100 * float(np.mean(top1 == labels))
+        rows.append({"backend": name, "top1_accuracy": accuracy, "points_vs_reference": accuracy - base,
+                     "top1_agreement_with_reference": 100 * float(np.mean(top1 == reference_top1))})
+    return rows
+
+
+def accuracy_failures(rows: list[dict], precision: str) -> list[str]:
+    """One message per TensorRT engine that trails the reference by more than ACCURACY_TOLERANCE[precision]."""
+    allowed = ACCURACY_TOLERANCE[precision]
+    return [f"{row['backend']} top-1 {row['top1_accuracy']:.2f}% trails PyTorch by {-row['points_vs_reference']:.2f} "
+            f"points; allowed {allowed} for {precision}"
+            for row in rows if row["backend"].startswith("tensorrt-") and row["points_vs_reference"] < -allowed]
+
+
+def batch_of(images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The first `batch_size` normalized test images, repeated from the start if there are fewer."""
+    return np.ascontiguousarray(images[np.arange(batch_size) % len(images)])
+
+
+def benchmark(steps: dict[str, Callable[[np.ndarray], Step]], images: np.ndarray, batch_sizes: list[int],
+              warmup_seconds: float, min_seconds: float, min_iterations: int) -> list[dict]:
+    """One row per backend and batch size: end-to-end statistics, and GPU compute statistics where measured."""
+    rows = []
+    for name, make_step in steps.items():
+        for batch_size in batch_sizes:
+            step = make_step(batch_of(images, batch_size))
+            end_to_end, gpu = time_iterations(step, warmup_seconds, min_seconds, min_iterations)
+            stats = latency_stats(end_to_end, batch_size)
+            rows.append({"backend": name, "batch_size": batch_size, "end_to_end": stats,
+                         "gpu_compute": latency_stats(gpu, batch_size) if gpu else None})
+            print(f"  {name} batch {batch_size}: {stats['images_per_second']:,.0f} img/s", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def markdown_benchmark(rows: list[dict]) -> str:
+    lines = ["| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms | GPU compute p50 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        e2e, gpu = row["end_to_end"], row["gpu_compute"]
+        gpu_p50 = f"{gpu['p50_ms']:.3f}" if gpu else "-"
+        lines.append(f"| {row['backend']} | {row['batch_size']} | {e2e['iterations']} | "
+                     f"{e2e['images_per_second']:,.0f} | {e2e['mean_ms']:.3f} | {e2e['p50_ms']:.3f} | "
+                     f"{e2e['p90_ms']:.3f} | {e2e['p99_ms']:.3f} | {gpu_p50} |")
+    return "\n".join(lines)
+
+
+def markdown_accuracy(rows: list[dict], images: int) -> str:
+    lines = [f"| backend | top-1 % ({images} test images) | points vs PyTorch | same top-1 as PyTorch % |",
+             "|---|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['backend']} | {row['top1_accuracy']:.2f} | {row['points_vs_reference']:+.2f} | "
+                     f"{row['top1_agreement_with_reference']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rate, ax_latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for backend in dict.fromkeys(row["backend"] for row in rows):
+        mine = [row for row in rows if row["backend"] == backend]
+        sizes = [row["batch_size"] for row in mine]
+        ax_rate.plot(sizes, [row["end_to_end"]["images_per_second"] for row in mine], marker="o", label=backend)
+        ax_latency.plot(sizes, [row["end_to_end"]["p50_ms"] for row in mine], marker="o", label=backend)
+    ax_rate.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s (end to end)", title="throughput")
+    ax_latency.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per batch (ms)",
+                   title="latency")
+    for ax in (ax_rate, ax_latency):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Main
+
+
+def batch_sizes_arg(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use positive integers separated by commas, "
+                                         "e.g. 1,32,256")
+    return sizes
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, metavar="PATH|best",
+                        help="a best.pt, a run folder, or `best`: the run in --runs-dir with the highest "
+                             "best_val_accuracy")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where `best` looks (default ./runs)")
+    parser.add_argument("--out", type=Path, help="output folder (default <run folder>/export)")
+    parser.add_argument("--precision", choices=trt_runtime.PRECISIONS, default=PRECISION,
+                        help=f"TensorRT engine precision (default {PRECISION})")
+    parser.add_argument("--batch-sizes", type=batch_sizes_arg, default=list(BATCH_SIZES), metavar="N,N,...",
+                        help=f"benchmarked batch sizes; the engine serves min..max (default "
+                             f"{','.join(map(str, BATCH_SIZES))})")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds cifar-100-python/ (default ./data)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where PyTorch runs")
+    parser.add_argument("--accuracy-images", type=int, default=0, help="test images scored (default 0: all)")
+    parser.add_argument("--warmup-seconds", type=float, default=WARMUP_SECONDS)
+    parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS, help="timed seconds per backend and batch")
+    parser.add_argument("--min-iterations", type=int, default=MIN_ITERATIONS)
+    parser.add_argument("--cuda-graph", action="store_true", help="also time the engine replayed as a CUDA graph")
+    parser.add_argument("--plot", type=Path, default=Path("images/inference_benchmark.png"))
+    args = parser.parse_args(argv)
+    for name in ("accuracy_images", "warmup_seconds", "min_seconds", "min_iterations"):
+        if getattr(args, name) < (1 if name == "min_iterations" else 0):
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: use a number >= "
+                         f"{1 if name == 'min_iterations' else 0}")
+    return args
+
+
+class Report:
+    """What ran, what was skipped and why, and what failed; the exit status comes from `failures`."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+        self.failures: list[str] = []
+
+    def skip(self, part: str, why: str) -> None:
+        self.skipped.append(f"{part}: {why}")
+        print(f"skipped: {part}: {why}", flush=True)
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+        print(f"FAILED: {message}", flush=True)
+
+
+def export_and_check(model: nn.Module, out: Path, precision: str, parity_images: np.ndarray,
+                     report: Report) -> tuple[Path, Path | None, dict]:
+    """fp32 ONNX (and the fp16 one when the precision is fp16), each checked against PyTorch in ONNX Runtime."""
+    reference = torch_predictor(copy.deepcopy(model), torch.device("cpu"), None)
+    results, fp16_path = {}, None
+    onnx_path = out / "model.onnx"
+    export_onnx(model, onnx_path)
+    results["fp32"] = parity(reference, ort_predictor(ort_session(onnx_path)), parity_images)
+    if precision == "fp16":  # TensorRT 11 needs it; on 10 it is the same check of what fp16 does to the logits
+        fp16_path = out / "model_fp16.onnx"
+        export_onnx(HalfPrecision(model), fp16_path)
+        results["fp16"] = parity(reference, ort_predictor(ort_session(fp16_path)), parity_images)
+    for name, result in results.items():
+        result["passed"] = check_parity(result, name)
+        line = (f"ONNX {name} vs PyTorch (ONNX Runtime CPU, {result['images']} test images, batch sizes "
+                f"{result['images']} and 1): max |logit diff| {result['max_abs_diff']:.2e}, same top-1 "
+                f"{result['top1_agreement']:.2f}%")
+        print(line, flush=True)
+        if not result["passed"]:
+            report.fail(f"{line}; allowed: "
+                        + ("<= 1e-4 and 100%" if name == "fp32" else f"<= {FP16_PARITY_RELATIVE} x max |logit| and "
+                                                                     f">= {FP16_TOP1_AGREEMENT}%"))
+    return onnx_path, fp16_path, results
+
+
+def build_tensorrt(args: argparse.Namespace, out: Path, onnx_path: Path, fp16_path: Path | None,
+                   calibration: Callable[[], np.ndarray], device: torch.device,
+                   report: Report) -> tuple[trt_runtime.TrtRunner | None, dict | None]:
+    """Build the engine and open a runner for it, or say why not. Returns (runner or None, engine JSON or None)."""
+    part = f"TensorRT {args.precision} engine"
+    if device.type != "cuda":
+        report.skip(f"{part}, its accuracy and benchmark", "no CUDA GPU (PyTorch sees none, or --device cpu)")
+        return None, None
+    why = trt_runtime.why_no_tensorrt()
+    if why:
+        report.skip(f"{part}, its accuracy and benchmark", why)
+        return None, None
+    source = onnx_path
+    if args.precision == "fp16" and not trt_runtime.uses_precision_flags():
+        source = fp16_path or onnx_path  # TensorRT 11: the precision comes from the graph
+    if args.precision == "int8":
+        why = trt_runtime.why_no_modelopt()
+        if why:
+            report.skip(f"{part}, its accuracy and benchmark", why)
+            return None, None
+        source = out / "model_int8_qdq.onnx"
+        trt_runtime.quantize_int8(onnx_path, calibration(), source, INPUT_NAME)
+    engine_path = out / f"model_{args.precision}.engine"
+    try:
+        info = trt_runtime.build_engine(source, engine_path, args.precision, args.batch_sizes,
+                                        torch.cuda.get_device_name(device), out / "timing.cache")
+    except trt_runtime.EngineError as e:
+        report.fail(str(e))
+        return None, None
+    print(f"TensorRT {info['tensorrt_version']} built {engine_path} ({info['typing']}) in {info['build_seconds']} s",
+          flush=True)
+    why = trt_runtime.why_no_pycuda()
+    if why:
+        report.skip(f"{part} accuracy and benchmark (the engine was built)", why)
+        return None, info
+    try:
+        return trt_runtime.TrtRunner(engine_path, max(args.batch_sizes)), info
+    except trt_runtime.EngineError as e:
+        report.fail(str(e))
+        return None, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        checkpoint_path = resolve_checkpoint(args.checkpoint, args.runs_dir)
+        model, checkpoint = load_model(checkpoint_path)
+        device = pick_device(args.device)
+        train_images, _, test_images, test_labels = load_cifar100(args.data_dir)
+    except (CheckpointError, ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    config = checkpoint["config"]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: let cuDNN pick kernels in the warm-up
+    out = args.out or checkpoint_path.parent / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    print(f"checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
+          f"{checkpoint.get('val_accuracy')}); filters {config['num_filters_1']}/{config['num_filters_2']}/"
+          f"{config['num_filters_3']}; PyTorch on {device_name(device)}", flush=True)
+
+    images = torch.from_numpy(test_images[:args.accuracy_images or None])
+    labels = test_labels[:len(images)]
+    normalized = normalize(images).contiguous().numpy()  # (N, 3, 32, 32) float32, for parity and benchmarks
+    onnx_path, fp16_path, onnx_parity = export_and_check(model, out, args.precision, normalized[:PARITY_IMAGES],
+                                                         report)
+
+    def calibration() -> np.ndarray:  # real training images, a fixed random subset across classes
+        pick = np.random.default_rng(0).permutation(len(train_images))[:CALIBRATION_IMAGES]
+        return normalize(torch.from_numpy(train_images[np.sort(pick)])).contiguous().numpy()
+
+    runner, engine_info = build_tensorrt(args, out, onnx_path, fp16_path, calibration, device, report)
+
+    # Accuracy: PyTorch fp32 first (the reference), then each exported model.
+    session = ort_session(onnx_path)
+    chunk = max(args.batch_sizes)
+    predictors = {f"pytorch-fp32 ({device.type})": torch_predictor(model, device, None),
+                  "onnxruntime-fp32 (cpu)": ort_predictor(session)}
+    if fp16_path is not None:
+        predictors["onnxruntime-fp16 (cpu)"] = ort_predictor(ort_session(fp16_path))
+    if runner is not None:
+        predictors[f"tensorrt-{args.precision}"] = runner
+    logits = {name: predict_all(predict, images, chunk) for name, predict in predictors.items()}
+    accuracy = accuracy_table(logits, labels, reference=next(iter(predictors)))
+    print(markdown_accuracy(accuracy, len(images)), flush=True)
+    for message in accuracy_failures(accuracy, args.precision):
+        report.fail(message)
+
+    # Benchmark every backend present.
+    steps: dict[str, Callable[[np.ndarray], Step]] = {
+        f"pytorch-fp32 ({device.type})": lambda x: torch_step(model, device, None, x),
+        "onnxruntime-fp32 (cpu)": lambda x: ort_step(session, x)}
+    if device.type == "cuda":
+        steps[f"pytorch-fp16-autocast ({device.type})"] = lambda x: torch_step(model, device, torch.float16, x)
+        if torch.cuda.is_bf16_supported():
+            steps[f"pytorch-bf16-autocast ({device.type})"] = lambda x: torch_step(model, device, torch.bfloat16, x)
+    else:
+        report.skip("PyTorch fp16/bf16 autocast benchmark", "no CUDA GPU; fp16/bf16 are timed on the GPU only")
+    if runner is not None:
+        steps[f"tensorrt-{args.precision}"] = lambda x: trt_step(runner, x, use_graph=False)
+        if args.cuda_graph:
+            steps[f"tensorrt-{args.precision}-cudagraph"] = lambda x: trt_step(runner, x, use_graph=True)
+    elif args.cuda_graph:
+        report.skip("CUDA-graph replay of the engine", "there is no engine runner on this machine (see above)")
+    print(f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and >= {args.min_iterations} "
+          f"iterations per backend and batch size", flush=True)
+    rows = benchmark(steps, normalized, args.batch_sizes, args.warmup_seconds, args.min_seconds, args.min_iterations)
+    print(markdown_benchmark(rows), flush=True)
+
+    machine = device_name(device)
+    found = versions()
+    for package in ("onnx", "onnxruntime"):
+        found[package] = __import__(package).__version__
+    if engine_info:
+        found["tensorrt"] = engine_info["tensorrt_version"]
+    write_json_atomic({"checkpoint": str(checkpoint_path), "config": config, "machine": machine, "versions": found,
+                       "data": {"data_dir": str(args.data_dir), "test_images": len(images)},
+                       "method": {"warmup_seconds": args.warmup_seconds, "min_seconds": args.min_seconds,
+                                  "min_iterations": args.min_iterations, "percentiles": "nearest-rank",
+                                  "end_to_end": "host clock around copy in + inference + copy out + sync",
+                                  "gpu_compute": "CUDA events around the inference call"},
+                       "onnx_parity": onnx_parity, "engine": engine_info, "accuracy": accuracy, "benchmark": rows,
+                       "skipped": report.skipped, "failures": report.failures}, out / "benchmark.json")
+    filters = f"{config['num_filters_1']}/{config['num_filters_2']}/{config['num_filters_3']}"
+    plot_benchmark(rows, args.plot, f"SimpleCNN {filters} inference on {machine}\ninputs: test images of "
+                                    f"{args.data_dir} (speed does not depend on their content)")
+    print(f"wrote {out / 'benchmark.json'} and {args.plot}", flush=True)
+    if report.failures:
+        print(f"{len(report.failures)} check(s) failed: " + "; ".join(report.failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
