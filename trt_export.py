@@ -73,7 +73,7 @@ FP16_TOP1_AGREEMENT = 99.0  # fp16 ONNX: % of images with PyTorch's top-1; near-
 ACCURACY_TOLERANCE = {"fp32": 0.2, "fp16": 0.5, "int8": 1.5}
 CALIBRATION_IMAGES = 512  # training images ModelOpt calibrates int8 activation ranges on
 WARMUP_SECONDS = 0.2  # trtexec's --warmUp default
-MIN_SECONDS = 1.0  # trtexec runs --duration=3 s; 1 s keeps a CPU run of 4 batch sizes x 2 backends near 10 s
+MIN_SECONDS = 1.0  # trtexec runs --duration=3 s; 1 s keeps the CPU backends' run short (--min-seconds 3 for parity)
 MIN_ITERATIONS = 10  # trtexec's --iterations default
 
 
@@ -382,8 +382,11 @@ def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
     ax_rate.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s (end to end)", title="throughput")
     ax_latency.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per batch (ms)",
                    title="latency")
+    sizes = sorted({row["batch_size"] for row in rows})
     for ax in (ax_rate, ax_latency):
-        ax.grid(alpha=0.3, which="both")
+        ax.set_xticks(sizes, [str(size) for size in sizes])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -520,6 +523,46 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_path: Path, fp16_pa
         return None, info
 
 
+def check_accuracy(model: nn.Module, device: torch.device, session, fp16_path: Path | None,
+                   runner: trt_runtime.TrtRunner | None, precision: str, images: torch.Tensor, labels: np.ndarray,
+                   batch_size: int, report: Report) -> list[dict]:
+    """Top-1 on the test images: PyTorch fp32 first (the reference), then each exported model; engines that trail
+    PyTorch by more than ACCURACY_TOLERANCE are reported as failures."""
+    predictors = {f"pytorch-fp32 ({device.type})": torch_predictor(model, device, None),
+                  "onnxruntime-fp32 (cpu)": ort_predictor(session)}
+    if fp16_path is not None:
+        predictors["onnxruntime-fp16 (cpu)"] = ort_predictor(ort_session(fp16_path))
+    if runner is not None:
+        predictors[f"tensorrt-{precision}"] = runner
+    logits = {name: predict_all(predict, images, batch_size) for name, predict in predictors.items()}
+    rows = accuracy_table(logits, labels, reference=next(iter(predictors)))
+    print(markdown_accuracy(rows, len(images)), flush=True)
+    for message in accuracy_failures(rows, precision):
+        report.fail(message)
+    return rows
+
+
+def backend_steps(model: nn.Module, device: torch.device, session, runner: trt_runtime.TrtRunner | None,
+                  precision: str, cuda_graph: bool, report: Report) -> dict[str, Callable[[np.ndarray], Step]]:
+    """backend name -> a function that makes its timed step for a batch, for every backend present."""
+    steps: dict[str, Callable[[np.ndarray], Step]] = {
+        f"pytorch-fp32 ({device.type})": lambda x: torch_step(model, device, None, x),
+        "onnxruntime-fp32 (cpu)": lambda x: ort_step(session, x)}
+    if device.type == "cuda":
+        steps["pytorch-fp16-autocast (cuda)"] = lambda x: torch_step(model, device, torch.float16, x)
+        if torch.cuda.is_bf16_supported():
+            steps["pytorch-bf16-autocast (cuda)"] = lambda x: torch_step(model, device, torch.bfloat16, x)
+    else:
+        report.skip("PyTorch fp16/bf16 autocast benchmark", "no CUDA GPU; fp16/bf16 are timed on the GPU only")
+    if runner is not None:
+        steps[f"tensorrt-{precision}"] = lambda x: trt_step(runner, x, use_graph=False)
+        if cuda_graph:
+            steps[f"tensorrt-{precision}-cudagraph"] = lambda x: trt_step(runner, x, use_graph=True)
+    elif cuda_graph:
+        report.skip("CUDA-graph replay of the engine", "there is no engine runner on this machine (see above)")
+    return steps
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -552,43 +595,18 @@ def main(argv: list[str] | None = None) -> int:
 
     runner, engine_info = build_tensorrt(args, out, onnx_path, fp16_path, calibration, device, report)
 
-    # Accuracy: PyTorch fp32 first (the reference), then each exported model.
     session = ort_session(onnx_path)
-    chunk = max(args.batch_sizes)
-    predictors = {f"pytorch-fp32 ({device.type})": torch_predictor(model, device, None),
-                  "onnxruntime-fp32 (cpu)": ort_predictor(session)}
-    if fp16_path is not None:
-        predictors["onnxruntime-fp16 (cpu)"] = ort_predictor(ort_session(fp16_path))
-    if runner is not None:
-        predictors[f"tensorrt-{args.precision}"] = runner
-    logits = {name: predict_all(predict, images, chunk) for name, predict in predictors.items()}
-    accuracy = accuracy_table(logits, labels, reference=next(iter(predictors)))
-    print(markdown_accuracy(accuracy, len(images)), flush=True)
-    for message in accuracy_failures(accuracy, args.precision):
-        report.fail(message)
-
-    # Benchmark every backend present.
-    steps: dict[str, Callable[[np.ndarray], Step]] = {
-        f"pytorch-fp32 ({device.type})": lambda x: torch_step(model, device, None, x),
-        "onnxruntime-fp32 (cpu)": lambda x: ort_step(session, x)}
-    if device.type == "cuda":
-        steps[f"pytorch-fp16-autocast ({device.type})"] = lambda x: torch_step(model, device, torch.float16, x)
-        if torch.cuda.is_bf16_supported():
-            steps[f"pytorch-bf16-autocast ({device.type})"] = lambda x: torch_step(model, device, torch.bfloat16, x)
-    else:
-        report.skip("PyTorch fp16/bf16 autocast benchmark", "no CUDA GPU; fp16/bf16 are timed on the GPU only")
-    if runner is not None:
-        steps[f"tensorrt-{args.precision}"] = lambda x: trt_step(runner, x, use_graph=False)
-        if args.cuda_graph:
-            steps[f"tensorrt-{args.precision}-cudagraph"] = lambda x: trt_step(runner, x, use_graph=True)
-    elif args.cuda_graph:
-        report.skip("CUDA-graph replay of the engine", "there is no engine runner on this machine (see above)")
+    accuracy = check_accuracy(model, device, session, fp16_path, runner, args.precision, images, labels,
+                              max(args.batch_sizes), report)
+    steps = backend_steps(model, device, session, runner, args.precision, args.cuda_graph, report)
     print(f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and >= {args.min_iterations} "
           f"iterations per backend and batch size", flush=True)
+    load_before = os.getloadavg()[0]  # other processes slow the CPU backends most: say how busy the machine was
     rows = benchmark(steps, normalized, args.batch_sizes, args.warmup_seconds, args.min_seconds, args.min_iterations)
+    load = max(load_before, os.getloadavg()[0])
     print(markdown_benchmark(rows), flush=True)
 
-    machine = device_name(device)
+    machine = f"{device_name(device)}; load average up to {load:.1f} on {os.cpu_count()} CPUs"
     found = versions()
     for package in ("onnx", "onnxruntime"):
         found[package] = __import__(package).__version__
