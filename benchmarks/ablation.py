@@ -1,0 +1,283 @@
+"""Tuning options for the project's training step, each measured as one change from the project's defaults.
+
+Imported by train_throughput.py (`--ablation`); nothing here edits part_2_cifar.py: the options are applied to the
+project's model and optimiser in a copy of its training loop (`variant_epoch`), whose first row ("mirror") shows
+that the copy runs as fast as part_2_cifar.train_epoch itself. Each variant gets a fresh model, untimed warm-up
+epochs, then timed epochs; compiled variants also report their first epoch (compilation included) and the epochs
+a run needs before the compile time pays for itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from benchlib import p2, project_model_and_optimizer, summarize, timed
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    change: str  # what differs from part_2_cifar's defaults, in words
+    amp: str = "auto"  # "auto" (the project's autocast_dtype), "bf16", "fp16" (with GradScaler) or "fp32"
+    channels_last: bool = True
+    sgd: str = "default"  # "default" (foreach on CUDA, for-loop on CPU), "for-loop", "foreach" or "fused"
+    compile_mode: str | None = None  # None for eager, else torch.compile's mode
+    cuda_graph: bool = False  # forward and backward captured with torch.cuda.make_graphed_callables
+    sync_per_step: bool = False  # loss.item() every step, as many training loops do to print the loss
+
+
+PROJECT = Variant("mirror", "none: the project's settings in the benchmark's copy of its loop")
+GPU_VARIANTS = [
+    PROJECT,
+    replace(PROJECT, name="fp16", change="fp16 autocast with GradScaler instead of bf16", amp="fp16"),
+    replace(PROJECT, name="fp32", change="no autocast (fp32; TF32 off, PyTorch's default)", amp="fp32"),
+    replace(PROJECT, name="nchw", change="channels_last off (NCHW model and input)", channels_last=False),
+    replace(PROJECT, name="sgd-for-loop", change="SGD foreach=False (a Python loop over parameters)",
+            sgd="for-loop"),
+    replace(PROJECT, name="sgd-fused", change="SGD fused=True (one kernel)", sgd="fused"),
+    replace(PROJECT, name="sync-per-step", change="loss.item() every step (a host sync per step)",
+            sync_per_step=True),
+    replace(PROJECT, name="cuda-graph", change="forward+backward as CUDA graphs (make_graphed_callables)",
+            cuda_graph=True),
+    replace(PROJECT, name="compile", change="torch.compile(model), mode default", compile_mode="default"),
+    replace(PROJECT, name="compile-ro", change="torch.compile(model, mode='reduce-overhead'): CUDA graphs",
+            compile_mode="reduce-overhead"),
+]
+CPU_VARIANTS = [
+    PROJECT,
+    replace(PROJECT, name="nchw", change="channels_last off (NCHW model and input)", channels_last=False),
+    replace(PROJECT, name="sgd-foreach", change="SGD foreach=True", sgd="foreach"),
+    replace(PROJECT, name="sgd-fused", change="SGD fused=True", sgd="fused"),
+    replace(PROJECT, name="compile", change="torch.compile(model), mode default", compile_mode="default"),
+]
+EXTRA_VARIANTS = [  # opt-in by name with --variants: minutes of autotuning on a GPU
+    replace(PROJECT, name="compile-max", change="torch.compile(model, mode='max-autotune-no-cudagraphs')",
+            compile_mode="max-autotune-no-cudagraphs"),
+    replace(PROJECT, name="bf16", change="bf16 autocast forced", amp="bf16"),
+]
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@contextlib.contextmanager
+def fresh_compile_cache() -> Iterator[None]:
+    """Empty on-disk caches for inductor and Triton, so compile times are those of a user's first run."""
+    saved = {key: os.environ.get(key) for key in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    with tempfile.TemporaryDirectory(prefix="compile-cache-") as tmp:
+        os.environ.update(TORCHINDUCTOR_CACHE_DIR=f"{tmp}/inductor", TRITON_CACHE_DIR=f"{tmp}/triton")
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def amp_dtype_of(variant: Variant, device: torch.device) -> torch.dtype | None:
+    return p2.autocast_dtype(device) if variant.amp == "auto" else AMP_DTYPES[variant.amp]
+
+
+def build(variant: Variant, config: dict, data: p2.DeviceData, device: torch.device):
+    """(model to call, model whose parameters train, optimiser, GradScaler or None) for one variant."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(config["seed"])
+    memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
+    model = p2.model_from_config(config).to(device, memory_format=memory_format)
+    options = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    optimizer = torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
+                                nesterov=config["momentum"] > 0, weight_decay=config["weight_decay"],
+                                **options.get(variant.sgd, {}))
+    amp_dtype = amp_dtype_of(variant, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    forward = model
+    if variant.cuda_graph:
+        crop = p2.CROP_PADDING
+        sample = p2.normalize(data.train_images[:config["batch_size"], crop:crop + 32, crop:crop + 32].contiguous())
+        if not variant.channels_last:
+            sample = sample.contiguous()
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
+                            cache_enabled=False):  # graphed callables need the autocast cache off
+            forward = torch.cuda.make_graphed_callables(model, (sample,))
+    elif variant.compile_mode is not None:
+        forward = torch.compile(model, mode=variant.compile_mode)
+    return forward, model, optimizer, scaler
+
+
+def variant_epoch(forward, model, optimizer, scaler, data: p2.DeviceData, config: dict, epoch: int,
+                  variant: Variant, device: torch.device) -> int:
+    """part_2_cifar.train_epoch with the variant's changes; returns the number of training images seen."""
+    n, batch_size = data.train_labels.numel(), config["batch_size"]
+    steps = p2.steps_per_epoch(n, batch_size)
+    warmup_steps = round(config["warmup_epochs"] * steps)
+    amp_dtype = amp_dtype_of(variant, device)
+    generator = torch.Generator(device=device).manual_seed(config["seed"] * 100_003 + epoch)
+    torch.manual_seed(config["seed"] * 100_003 + epoch)
+    order = torch.randperm(n, device=device, generator=generator)
+    loss_sum = torch.zeros((), device=device)
+    model.train()
+    for step in range(steps):
+        lr = p2.learning_rate_at((epoch - 1) * steps + step, config["epochs"] * steps, warmup_steps,
+                                 config["learning_rate"], config["lr_schedule"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        indices = order[step * batch_size:(step + 1) * batch_size]
+        x = p2.normalize(p2.augment(data.train_images, indices, generator))
+        if not variant.channels_last:
+            x = x.contiguous()
+        y = data.train_labels[indices]
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
+                            cache_enabled=not variant.cuda_graph):
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        loss_sum += loss.detach() * y.numel()
+        if variant.sync_per_step:
+            loss.item()
+    loss_sum.item()
+    return min(n, steps * batch_size)
+
+
+def measure_variant(variant: Variant, config: dict, data: p2.DeviceData, device: torch.device, warmup: int,
+                    repeats: int) -> dict:
+    """Images/s of one variant: setup and first epoch timed apart (compilation, graph capture), then the median."""
+    setup_seconds, built = timed(device, lambda: build(variant, config, data, device))
+    first_seconds, images = timed(device, lambda: variant_epoch(*built, data, config, 1, variant, device))
+    rates = []
+    for epoch in range(2, 2 + warmup - 1 + repeats):
+        seconds, images = timed(device, lambda e=epoch: variant_epoch(*built, data, config, e, variant, device))
+        if epoch > warmup:
+            rates.append(images / seconds)
+    stats = summarize(rates)
+    steady_epoch = images / stats["median"]
+    return {**asdict(variant), "train": stats, "setup_seconds": setup_seconds, "first_epoch_seconds": first_seconds,
+            "steady_epoch_seconds": steady_epoch, "first_epoch_extra_seconds": setup_seconds + first_seconds
+            - steady_epoch}
+
+
+def measure_project(config: dict, data: p2.DeviceData, device: torch.device, warmup: int, repeats: int) -> dict:
+    """part_2_cifar.train_epoch itself, the reference row."""
+    model, optimizer = project_model_and_optimizer(config, device)
+    amp_dtype = p2.autocast_dtype(device)
+    rates = []
+    for epoch in range(1, warmup + repeats + 1):
+        seconds, out = timed(device, lambda e=epoch: p2.train_epoch(model, optimizer, data, config, e, amp_dtype))
+        if epoch > warmup:
+            rates.append(out["train_images"] / seconds)
+    return {"name": "project", "change": "part_2_cifar.train_epoch itself (reference)", "train": summarize(rates)}
+
+
+def eval_batch_sizes(data: p2.DeviceData, config: dict, device: torch.device, repeats: int) -> list[dict]:
+    """part_2_cifar.evaluate on the test images with its EVAL_BATCH_SIZE set to each size in turn."""
+    model, _ = project_model_and_optimizer(config, device)
+    amp_dtype = p2.autocast_dtype(device)
+    n = data.test_labels.numel()
+    sizes = sorted({s for s in (250, 500, 1000, 2500, 5000, 10_000) if s <= n} | {n})
+    rows, original = [], p2.EVAL_BATCH_SIZE
+    try:
+        for size in sizes:
+            p2.EVAL_BATCH_SIZE = size  # evaluate() reads the module constant at call time
+            rates = []
+            for i in range(1 + repeats):
+                seconds, _ = timed(device, lambda: p2.evaluate(model, data.test_images, data.test_labels, amp_dtype))
+                if i > 0:
+                    rates.append(n / seconds)
+            rows.append({"eval_batch_size": size, "images": n, "eval": summarize(rates),
+                         "project_default": size == original})
+    finally:
+        p2.EVAL_BATCH_SIZE = original
+    return rows
+
+
+def compile_float_check(config: dict, data: p2.DeviceData, device: torch.device, mode: str = "default") -> list[dict]:
+    """Does a new trial's dropout or learning rate make torch.compile compile again?
+
+    Times the first training step of a compiled model (compilation included) for: a first compile; a new model with
+    the same floats in the same process; a new dropout in the same process; then after torch._dynamo.reset()
+    (what a new process sees, with inductor's on-disk cache warm) with the same and with new floats. The
+    learning rate never enters the compiled graph here (only the model is compiled), so it is varied together
+    with dropout in the last row.
+    """
+    cases = [("first compile (empty on-disk cache)", 0.25, 0.01, False),
+             ("same process, new model, same floats", 0.25, 0.01, False),
+             ("same process, new dropout_rate", 0.30, 0.01, False),
+             ("new process (reset), same floats as before", 0.25, 0.01, True),
+             ("new process (reset), new dropout_rate and learning_rate", 0.35, 0.02, True)]
+    torch._dynamo.reset()
+    rows = []
+    crop = p2.CROP_PADDING
+    x = p2.normalize(data.train_images[:config["batch_size"], crop:crop + 32, crop:crop + 32].contiguous())
+    y = data.train_labels[:config["batch_size"]]
+    amp_dtype = p2.autocast_dtype(device)
+    for label, dropout, lr, reset in cases:
+        if reset:
+            torch._dynamo.reset()
+        trial = {**config, "dropout_rate": dropout, "learning_rate": lr}
+        forward, model, optimizer, _ = build(replace(PROJECT, compile_mode=mode), trial, data, device)
+
+        def step(forward=forward, optimizer=optimizer) -> None:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = F.cross_entropy(forward(x).float(), y)
+            loss.backward()
+            optimizer.step()
+
+        first, _ = timed(device, step)
+        second, _ = timed(device, step)
+        rows.append({"case": label, "dropout_rate": dropout, "learning_rate": lr, "first_step_seconds": first,
+                     "second_step_seconds": second})
+        print(f"  compile check: {label}: first step {first:.1f} s, next {second:.3f} s", flush=True)
+    return rows
+
+
+def measure_or_error(variant: Variant, config: dict, data: p2.DeviceData, device: torch.device, warmup: int,
+                     repeats: int) -> dict:
+    """measure_variant's row, or the variant with the error that stopped it (an option this torch or GPU lacks)."""
+    try:
+        row = measure_variant(variant, config, data, device, warmup, repeats)
+        print(f"  ablation {variant.name}: {row['train']['median']:,.0f} img/s, first epoch extra "
+              f"{row['first_epoch_extra_seconds']:.1f} s", flush=True)
+    except Exception as e:
+        row = {**asdict(variant), "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}
+        print(f"  ablation {variant.name}: failed: {row['error']}", flush=True)
+    finally:
+        torch._dynamo.reset()
+    return row
+
+
+def run_ablation(variants: list[Variant], config: dict, data: p2.DeviceData, device: torch.device, warmup: int,
+                 repeats: int, eval_repeats: int, float_check: bool) -> dict:
+    """Every variant, each failure recorded as its error rather than ending the benchmark."""
+    rows = [measure_project(config, data, device, warmup, repeats)]
+    print(f"  ablation project: {rows[-1]['train']['median']:,.0f} img/s", flush=True)
+    for variant in variants:
+        with fresh_compile_cache():
+            rows.append(measure_or_error(variant, config, data, device, warmup, repeats))
+    eager = next((r for r in rows if r["name"] == "mirror" and "error" not in r), None)
+    for row in rows:
+        if row.get("compile_mode") or row.get("cuda_graph"):
+            if "error" not in row and eager is not None:
+                gain = eager["steady_epoch_seconds"] - row["steady_epoch_seconds"]
+                row["break_even_epochs"] = (row["first_epoch_extra_seconds"] - eager["first_epoch_extra_seconds"]) \
+                    / gain if gain > 0 else None
+    result = {"variants": rows, "eval_batch_sizes": eval_batch_sizes(data, config, device, eval_repeats)}
+    if float_check:
+        try:
+            with fresh_compile_cache():
+                result["compile_float_check"] = compile_float_check(config, data, device)
+        except Exception as e:
+            result["compile_float_check_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+    return result
