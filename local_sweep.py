@@ -538,11 +538,11 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial) -> float:
     trial.set_user_attr("device", p2.device_name(ctx.data.train_labels.device))
     maximize = ctx.sweep.direction == "maximize"
     best = -math.inf if maximize else math.inf
-    strict = bool((ctx.sweep.early_terminate or {}).get("strict"))
+    strict = (ctx.sweep.early_terminate or {}).get("strict", True) is True  # W&B's schema default is true
     history: list[dict] = list(resume["history"]) if resume else []
 
     def report(metrics: dict) -> None:
-        """W&B's default hyperband rule compares a run's best value so far; with strict, the current value."""
+        """W&B's hyperband compares the value at a band (strict, its default), or with strict false the best so far."""
         nonlocal best
         value = metrics[ctx.sweep.metric]
         best = max(best, value) if maximize else min(best, value)
@@ -684,6 +684,8 @@ def launch_workers(argv: list[str], workers: int) -> int:
         env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+        elif "OMP_NUM_THREADS" not in env:  # CPU workers: share the cores; oversubscribed torch threads spin (30x)
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
         print(f"worker {index}: pid", end=" ", flush=True)
         procs.append(subprocess.Popen(cmd, env=env))
@@ -718,7 +720,8 @@ def trial_rows(study: optuna.Study) -> list[dict]:
                "test_accuracy": t.user_attrs.get("test_accuracy"),
                "seconds": round(t.duration.total_seconds(), 1) if t.duration else None}
         row |= {key: config.get(key) for key in study.user_attrs.get("sweep_config", {}).get("parameters", {})}
-        row["note"] = t.user_attrs.get("failure") or ""
+        row["note"] = t.user_attrs.get("failure") or ("no reason recorded (interrupted)" if t.state == TrialState.FAIL
+                                                      else "")
         rows.append(row)
     return sorted(rows, key=lambda r: (r["value"] is None, sign * (r["value"] or 0), r["trial"]))
 
