@@ -1,0 +1,246 @@
+"""local_sweep.py: W&B distributions in Optuna, a sweep that finishes, resumes after SIGKILL, prunes, and refuses."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+import local_sweep
+import part_2_cifar as p2
+from local_sweep import SweepConfigError, translate_parameter
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters_2": {"value": 16},
+        "num_filters_3": {"value": 16}}  # a CPU epoch on the learnable data takes well under a second
+
+
+def draw(spec: dict, n: int = 1000) -> list:
+    """n values of a W&B parameter spec, sampled by Optuna's RandomSampler through the translation."""
+    param = translate_parameter("x", spec)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    return [param.sample(study.ask()) for _ in range(n)]
+
+
+def share_below(values: list, threshold: float) -> float:
+    return sum(v < threshold for v in values) / len(values)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Each W&B distribution, translated
+
+
+def test_constant_and_categorical():
+    assert set(draw({"value": 7}, 20)) == {7}
+    assert set(draw({"distribution": "constant", "value": "cosine"}, 20)) == {"cosine"}
+    values = draw({"values": [64, 128, 256]}, 900)
+    assert set(values) == {64, 128, 256} and all(250 < values.count(v) < 350 for v in (64, 128, 256))
+
+
+def test_int_uniform_given_or_inferred_from_integer_bounds():
+    for spec in ({"distribution": "int_uniform", "min": 2, "max": 5}, {"min": 2, "max": 5}):
+        values = draw(spec, 400)
+        assert set(values) == {2, 3, 4, 5} and all(type(v) is int for v in values)
+
+
+def test_uniform_given_or_inferred_from_float_bounds():
+    for spec in ({"distribution": "uniform", "min": 0.1, "max": 0.3}, {"min": 0.1, "max": 0.3}):
+        values = draw(spec)
+        assert all(0.1 <= v <= 0.3 for v in values)
+        assert abs(statistics.mean(values) - 0.2) < 0.01 and 0.45 < share_below(values, 0.2) < 0.55
+
+
+def test_q_uniform_gives_the_multiples_of_q_w_and_b_rounds_to():
+    epochs = draw({"distribution": "q_uniform", "min": 30, "max": 50, "q": 5}, 500)
+    assert set(epochs) == {30, 35, 40, 45, 50} and all(type(v) is int for v in epochs)  # int q: ints, as in W&B
+    quarters = draw({"distribution": "q_uniform", "min": 0.1, "max": 0.9, "q": 0.25}, 500)
+    assert {round(v, 9) for v in quarters} == {0.0, 0.25, 0.5, 0.75, 1.0}  # round(0.1 / 0.25) * 0.25 = 0
+
+
+@pytest.mark.parametrize("spec", [
+    {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+    {"distribution": "log_uniform", "min": math.log(1e-4), "max": math.log(1e-2)},  # bounds are natural logs
+    {"distribution": "inv_log_uniform_values", "min": 1e-4, "max": 1e-2},  # 1/X log-uniform <=> X log-uniform
+    {"distribution": "inv_log_uniform", "min": math.log(1e2), "max": math.log(1e4)},  # X = exp(-U(min, max))
+], ids=lambda spec: spec["distribution"])
+def test_log_uniform_family_is_uniform_in_log_space(spec):
+    values = draw(spec)
+    assert all(1e-4 * (1 - 1e-9) <= v <= 1e-2 * (1 + 1e-9) for v in values)
+    assert 0.45 < share_below(values, 1e-3) < 0.55  # the geometric midpoint; a linear uniform would give 0.09
+    assert 0.2 < share_below(values, 10**-3.5) < 0.3
+
+
+def test_q_log_uniform_quantizes_a_log_uniform_draw():
+    values = draw({"distribution": "q_log_uniform_values", "min": 1, "max": 1000, "q": 1})
+    assert all(type(v) is int and 1 <= v <= 1000 for v in values)
+    assert 0.45 < share_below(values, 32) < 0.55  # sqrt(1000) = 31.6
+    evens = draw({"distribution": "q_log_uniform", "min": math.log(2), "max": math.log(200), "q": 2}, 300)
+    assert all(v % 2 == 0 and 2 <= v <= 200 for v in evens)
+
+
+def test_normal_family_has_the_right_moments():
+    normal = draw({"distribution": "normal", "mu": 5, "sigma": 2}, 2000)
+    assert abs(statistics.mean(normal) - 5) < 0.15 and abs(statistics.stdev(normal) - 2) < 0.15
+    q_normal = draw({"distribution": "q_normal", "mu": 10, "sigma": 3, "q": 1}, 1000)
+    assert all(type(v) is int for v in q_normal) and abs(statistics.mean(q_normal) - 10) < 0.3
+    logs = [math.log(v) for v in draw({"distribution": "log_normal", "mu": 0, "sigma": 0.5}, 2000)]
+    assert abs(statistics.mean(logs)) < 0.05 and abs(statistics.stdev(logs) - 0.5) < 0.05
+    halves = draw({"distribution": "q_log_normal", "mu": 1, "sigma": 0.5, "q": 0.5}, 500)
+    assert all(v >= 0 and v / 0.5 == round(v / 0.5) for v in halves)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"distribution": "beta", "a": 2, "b": 5}, "beta"),
+    ({"distribution": "q_beta", "a": 2, "b": 5, "q": 0.1}, "q_beta"),
+    ({"values": [0.1, 0.5], "probabilities": [0.9, 0.1]}, "probabilities"),
+    ({"parameters": {"inner": {"value": 1}}}, "nested"),
+    ({"distribution": "zipf", "min": 1, "max": 9}, "zipf"),
+    ({"distribution": "uniform", "min": 0.5, "max": 0.1}, "above max"),
+])
+def test_what_optuna_cannot_honour_is_refused_naming_the_parameter(spec, words):
+    with pytest.raises(SweepConfigError, match=f"'x'.*{words}"):
+        translate_parameter("x", spec)
+
+
+def write_sweep(path: Path, parameters: dict, **top) -> Path:
+    path.write_text(json.dumps({"program": "part_2_cifar.py", "method": "bayes",
+                                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                                "parameters": TINY | parameters} | top))
+    return path
+
+
+def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
+    sweep = local_sweep.load_sweep(ROOT / "sweep_config.json")
+    sampler = local_sweep.make_sampler(sweep)
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._multivariate and sweep.direction == "maximize"
+    pruner = local_sweep.make_pruner(sweep)
+    assert isinstance(pruner, local_sweep.PruneUpTo) and pruner.last_step == 12
+    assert isinstance(pruner.inner, optuna.pruners.HyperbandPruner)
+    grid = local_sweep.load_sweep(write_sweep(tmp_path / "g.json", {"dropout_rate": {"values": [0.0, 0.5]},
+                                                                    "epochs": {"min": 1, "max": 3}}, method="grid"))
+    assert isinstance(local_sweep.make_sampler(grid), optuna.samplers.GridSampler) and local_sweep.grid_size(grid) == 6
+    rand = local_sweep.load_sweep(write_sweep(tmp_path / "r.json", {}, method="random",
+                                              metric={"name": "val_loss"}))
+    assert isinstance(local_sweep.make_sampler(rand), optuna.samplers.RandomSampler)
+    assert rand.direction == "minimize"  # W&B's default goal
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sweeps that train
+
+
+@pytest.fixture()
+def offline(monkeypatch, tmp_path):
+    """In-process runs: W&B offline, its files under tmp_path, no key to find; one torch thread."""
+    import torch
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine two spinning threads per process trained 30x slower
+    yield tmp_path
+    torch.set_num_threads(threads)
+
+
+def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
+    return [str(sweep), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--val-size", "100",
+            "--images-dir", str(runs_dir / "images"), *more]
+
+
+def load_study(runs_dir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=local_sweep.open_storage(None, runs_dir))
+
+
+def test_four_trial_sweep_finishes_and_writes_its_report(offline, learnable_data_dir, capsys):
+    sweep = write_sweep(offline / "four.json", {"learning_rate": {"distribution": "log_uniform_values", "min": 0.003,
+                                                                  "max": 0.1},
+                                                "dropout_rate": {"values": [0.0, 0.25]}, "epochs": {"value": 2}})
+    runs = offline / "runs"
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "4")) == 0
+    study = load_study(runs, "four")
+    assert sum(t.state in local_sweep.FINISHED for t in study.trials) == 4 == len(study.trials)
+    for t in study.trials:
+        assert json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text())["config"]["val_size"] == 100
+    rows = (runs / "four" / "trials.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("trial,state,value")
+    assert {p.name for p in (runs / "images").iterdir()} >= {"sweep_four_progress.png", "sweep_four_parallel.png"}
+    out = capsys.readouterr().out
+    assert "skipped the importance plot" in out  # 4 trials are too few to rank 2 parameters honestly
+    assert len(list(offline.glob("wandb/offline-run-*"))) == 4  # one W&B run per trial
+
+
+def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials(tmp_path, learnable_data_dir,
+                                                                            offline_env):
+    sweep = write_sweep(tmp_path / "kill.json", {"learning_rate": {"min": 0.01, "max": 0.05},
+                                                 "epochs": {"value": 3}}, method="random")
+    runs = tmp_path / "runs"
+    command = [sys.executable, str(ROOT / "local_sweep.py"),
+               *sweep_args(sweep, learnable_data_dir, runs, "--trials", "2", "--wandb-mode", "disabled")]
+    env = offline_env | {"OMP_NUM_THREADS": "1"}  # see the offline fixture
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    in_trial_1 = runs / "kill" / "trial-0001" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not in_trial_1.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # mid-trial: epoch 1 of 3 is saved
+    assert first.wait() == -signal.SIGKILL, first.stderr.read().decode()[-2000:]
+    trial_0 = (runs / "kill" / "trial-0000" / "summary.json").read_text()
+    dead_history = p2.load_checkpoint(in_trial_1, needs=("history",))["history"]
+    assert load_study(runs, "kill").trials[1].state == optuna.trial.TrialState.RUNNING
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = load_study(runs, "kill").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "died" in trials[1].user_attrs["failure"]
+    assert (runs / "kill" / "trial-0000" / "summary.json").read_text() == trial_0  # finished trial untouched
+    retry = trials[2]  # queued first on restart, resumed from the dead attempt's last.pt
+    assert retry.system_attrs["failed_trial"] == 1 and retry.params == trials[1].params
+    history = json.loads(Path(retry.user_attrs["run_dir"], "summary.json").read_text())["history"]
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert history[:len(dead_history)] == dead_history  # epochs the dead attempt finished were not run again
+
+
+def test_a_poor_trial_is_pruned_at_the_hyperband_band(offline, learnable_data_dir):
+    sweep = write_sweep(offline / "prune.json", {"learning_rate": {"min": 0.00001, "max": 0.1},
+                                                 "epochs": {"value": 3}},
+                        method="random", early_terminate={"type": "hyperband", "min_iter": 2, "eta": 3})
+    runs = offline / "runs"
+    study = optuna.create_study(study_name="prune", storage=local_sweep.open_storage(None, runs),
+                                direction="maximize")
+    study.enqueue_trial({"learning_rate": 0.05})  # learns: far above chance by epoch 2
+    study.enqueue_trial({"learning_rate": 0.00001})  # barely moves: below the first trial at the band
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")) == 0
+    good, poor = load_study(runs, "prune").trials
+    assert good.state.name == "COMPLETE" and good.user_attrs["epochs_completed"] == 3
+    assert poor.state.name == "PRUNED" and poor.user_attrs["epochs_completed"] == 2
+    assert json.loads(Path(poor.user_attrs["run_dir"], "summary.json").read_text())["status"] == "pruned"
+
+
+def test_unsupported_distribution_fails_before_any_training(offline, learnable_data_dir, capsys):
+    sweep = write_sweep(offline / "bad.json", {"dropout_rate": {"distribution": "beta", "a": 2, "b": 5}})
+    runs = offline / "runs"
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dropout_rate" in err and "beta" in err
+    assert not (runs / "bad").exists()
+
+
+def test_a_range_the_trainer_rejects_fails_before_any_training(offline, learnable_data_dir, capsys):
+    sweep = write_sweep(offline / "mom.json", {"momentum": {"min": 0.8, "max": 1.0}})
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, offline / "runs", "--trials", "2")) == 2
+    assert "momentum" in capsys.readouterr().err
