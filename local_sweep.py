@@ -35,6 +35,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -434,15 +435,23 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
 
     Only this machine's trials: another machine's process ids mean nothing here (databases: heartbeats do that).
     A reused pid only delays the failure until the heartbeat or a later run notices, never fails a live trial.
+    A worker claims its trial (user attr "worker", with the trial's start time) first thing; a trial left
+    unclaimed for GRACE_SECONDS lost its worker between Optuna's ask and the claim.
     """
-    host, failed = socket.gethostname(), []
+    host, failed, now = socket.gethostname(), [], datetime.now()
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker") or {}
-        if worker.get("host") != host or _alive(worker.get("pid", -1)):
+        if worker.get("started") != str(trial.datetime_start):  # not claimed yet (a retry has its dead one's)
+            if (now - trial.datetime_start).total_seconds() < GRACE_SECONDS:
+                continue  # a worker is between asking for the trial and claiming it
+            reason = "its worker died before claiming it"
+        elif worker["host"] != host or _alive(worker["pid"]):
             continue
+        else:
+            reason = f"worker pid {worker['pid']} died"
         try:
-            study._storage.set_trial_user_attr(trial._trial_id, "failure", f"worker pid {worker['pid']} died")
+            study._storage.set_trial_user_attr(trial._trial_id, "failure", reason)
             if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -518,7 +527,8 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial) -> float:
     import wandb
 
     study = trial.study
-    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    claim = {"host": socket.gethostname(), "pid": os.getpid(), "started": str(trial.datetime_start)}
+    trial.set_user_attr("worker", claim)  # see fail_dead_trials
     trial.set_user_attr("failure", "")  # a retry inherits the user attrs of the attempt that died
     if _surplus(study, trial, ctx.trials):
         trial.set_user_attr("failure", "surplus: the study already had enough finished or running trials")
@@ -687,9 +697,8 @@ def launch_workers(argv: list[str], workers: int) -> int:
         elif "OMP_NUM_THREADS" not in env:  # CPU workers: share the cores; oversubscribed torch threads spin (30x)
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
-        print(f"worker {index}: pid", end=" ", flush=True)
         procs.append(subprocess.Popen(cmd, env=env))
-        print(f"{procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""), flush=True)
+        print(f"worker {index}: pid {procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu else ""), flush=True)
 
     def forward(signum: int, frame: object) -> None:
         for proc in procs:
