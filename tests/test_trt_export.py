@@ -32,27 +32,34 @@ def needs_tensorrt(test):
 
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_data_dir, tmp_path_factory) -> Path:
-    """A run folder with best.pt and summary.json written by the trainer's own train() (1 epoch, small filters)."""
-    config = part_2_cifar.validate_config({**part_2_cifar.DEFAULTS, **FAST_CONFIG, "epochs": 1, "val_size": 200})
+def data_dir(learnable_data_dir) -> Path:
+    """10 separable classes: a model that has learned gives decisive logits and a meaningful accuracy table."""
+    return learnable_data_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_dir, tmp_path_factory) -> Path:
+    """A run folder with best.pt and summary.json written by the trainer's own train() (2 epochs, small filters)."""
+    config = part_2_cifar.validate_config({**part_2_cifar.DEFAULTS, **FAST_CONFIG, "val_size": 200})
     run_dir = tmp_path_factory.mktemp("trt_runs") / "tiny-run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy 2-core machine one thread is several times faster than two contending
     try:
-        data = part_2_cifar.prepare_data(tiny_data_dir, config["val_size"], torch.device("cpu"))
+        data = part_2_cifar.prepare_data(data_dir, config["val_size"], torch.device("cpu"))
         summary = part_2_cifar.train(config, data, run_dir)
     finally:
         torch.set_num_threads(threads)
-    assert summary["best_epoch"] == 1 and (run_dir / "best.pt").is_file() and (run_dir / "summary.json").is_file()
+    assert summary["test_accuracy"] > 15, summary  # it learned: chance is 10%
+    assert (run_dir / "best.pt").is_file() and (run_dir / "summary.json").is_file()
     return run_dir
 
 
 @pytest.fixture(scope="session")
-def cli_run(trained_run, tiny_data_dir, tmp_path_factory) -> dict:
+def cli_run(trained_run, data_dir, tmp_path_factory) -> dict:
     """One real `python trt_export.py --checkpoint best ...` on the CPU with a short benchmark; tests read its files."""
     work = tmp_path_factory.mktemp("trt_cli")
     command = [sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", "best",
-               "--runs-dir", str(trained_run.parent), "--data-dir", str(tiny_data_dir),
+               "--runs-dir", str(trained_run.parent), "--data-dir", str(data_dir),
                "--out", str(work / "export"), "--plot", str(work / "plot.png"),
                "--device", "cpu", "--batch-sizes", "1,4", "--warmup-seconds", "0", "--min-seconds", "0",
                "--min-iterations", "3"]
@@ -118,9 +125,9 @@ def test_onnx_has_named_dynamic_io_and_weights_inside(cli_run):
     assert not any(init.external_data for init in model.graph.initializer)
 
 
-def test_onnx_matches_pytorch_on_the_checkpoint_the_trainer_wrote(cli_run, trained_run, tiny_data_dir):
+def test_onnx_matches_pytorch_on_the_checkpoint_the_trainer_wrote(cli_run, trained_run, data_dir):
     model, _ = trt_export.load_model(trained_run / "best.pt")
-    images, _ = normalized_test_images(tiny_data_dir)
+    images, _ = normalized_test_images(data_dir)
     with torch.inference_mode():
         expected = model(torch.from_numpy(images)).numpy()
     got = trt_export.ort_session(cli_run["out"] / "model.onnx").run(["logits"], {"images": images})[0]
@@ -128,10 +135,10 @@ def test_onnx_matches_pytorch_on_the_checkpoint_the_trainer_wrote(cli_run, train
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
-def test_onnx_batch_dimension_is_dynamic(cli_run, trained_run, tiny_data_dir):
+def test_onnx_batch_dimension_is_dynamic(cli_run, trained_run, data_dir):
     model, _ = trt_export.load_model(trained_run / "best.pt")
     session = trt_export.ort_session(cli_run["out"] / "model.onnx")
-    images, _ = normalized_test_images(tiny_data_dir, 64)
+    images, _ = normalized_test_images(data_dir, 64)
     for batch_size in (3, 64):  # neither is the export's example batch of 2
         got = session.run(["logits"], {"images": images[:batch_size]})[0]
         with torch.inference_mode():
@@ -140,7 +147,7 @@ def test_onnx_batch_dimension_is_dynamic(cli_run, trained_run, tiny_data_dir):
         assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_fp16_onnx_computes_in_fp16_and_stays_close_to_pytorch(cli_run, trained_run, tiny_data_dir):
+def test_fp16_onnx_computes_in_fp16_and_stays_close_to_pytorch(cli_run, trained_run, data_dir):
     import onnx
 
     path = cli_run["out"] / "model_fp16.onnx"
@@ -148,7 +155,7 @@ def test_fp16_onnx_computes_in_fp16_and_stays_close_to_pytorch(cli_run, trained_
     assert any(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
     assert not any(w.data_type == onnx.TensorProto.FLOAT for w in weights)
     model, _ = trt_export.load_model(trained_run / "best.pt")
-    images, _ = normalized_test_images(tiny_data_dir)
+    images, _ = normalized_test_images(data_dir)
     result = trt_export.parity(trt_export.torch_predictor(model, torch.device("cpu"), None),
                                trt_export.ort_predictor(trt_export.ort_session(path)), images)
     assert result["max_abs_diff"] > 0  # it really is not the fp32 graph
@@ -280,7 +287,7 @@ def test_stub_only_or_absent_tensorrt_is_reported_not_used(monkeypatch):
 
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_engine_agrees_with_onnx_runtime(cli_run, tiny_data_dir, tmp_path, precision):
+def test_engine_agrees_with_onnx_runtime(cli_run, data_dir, tmp_path, precision):
     onnx_path = cli_run["out"] / ("model_fp16.onnx" if precision == "fp16" and not trt_runtime.uses_precision_flags()
                                   else "model.onnx")
     info = trt_runtime.build_engine(onnx_path, tmp_path / "m.engine", precision, [1, 16], torch.cuda.get_device_name(),
@@ -289,7 +296,7 @@ def test_engine_agrees_with_onnx_runtime(cli_run, tiny_data_dir, tmp_path, preci
     assert info["profile"]["min"] == [1, 3, 32, 32] and info["profile"]["max"] == [16, 3, 32, 32]
     assert (tmp_path / "timing.cache").stat().st_size > 0
     runner = trt_runtime.TrtRunner(tmp_path / "m.engine", max_batch_size=16)
-    images, _ = normalized_test_images(tiny_data_dir, 16)
+    images, _ = normalized_test_images(data_dir, 16)
     expected = trt_export.ort_session(cli_run["out"] / "model.onnx").run(["logits"], {"images": images})[0]
     for batch_size in (1, 16):
         got = runner(images[:batch_size])
@@ -303,9 +310,9 @@ def test_engine_agrees_with_onnx_runtime(cli_run, tiny_data_dir, tmp_path, preci
 
 
 @needs_tensorrt
-def test_cli_on_gpu_builds_engine_and_times_it_with_cuda_events(trained_run, tiny_data_dir, tmp_path):
+def test_cli_on_gpu_builds_engine_and_times_it_with_cuda_events(trained_run, data_dir, tmp_path):
     command = [sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", str(trained_run), "--data-dir",
-               str(tiny_data_dir), "--out", str(tmp_path / "export"), "--plot", str(tmp_path / "plot.png"),
+               str(data_dir), "--out", str(tmp_path / "export"), "--plot", str(tmp_path / "plot.png"),
                "--device", "cuda", "--precision", "fp16", "--batch-sizes", "1,8", "--warmup-seconds", "0.05",
                "--min-seconds", "0.1", "--cuda-graph"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
