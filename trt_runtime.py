@@ -11,7 +11,8 @@ Targets TensorRT 10.x and 11.x through the name-based API both share (`build_ser
 only numpy: trt_export.py imports it on every machine, and the tests run without a GPU. Each `why_no_*` function
 returns "" when the part can run, else one sentence saying why not.
 
-Type-checked against tensorrt-stubs (the 10.x API): mypy trt_runtime.py trt_export.py. pycuda ships no stubs.
+Type-checked against tensorrt-stubs (the 10.x API) with `python trt_typecheck.py`, which repairs the stubs' syntax
+first; pycuda and modelopt ship no stubs, so their imports carry narrow ignores.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 WORKSPACE_BYTES = 1 << 30  # builder scratch memory limit; SimpleCNN needs far less, big tactics may want more
 PRECISIONS = ("fp32", "fp16", "int8")
-INSTALL_HINT = ("on a GPU machine: pip install -r requirements-trt.txt --extra-index-url https://pypi.nvidia.com")
+INSTALL_HINT = "on a GPU machine: pip install --extra-index-url https://pypi.nvidia.com -r requirements-trt.txt"
 
 
 class EngineError(RuntimeError):
