@@ -430,11 +430,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds cifar-100-python/ (default ./data)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where PyTorch runs")
     parser.add_argument("--accuracy-images", type=int, default=0, help="test images scored (default 0: all)")
-    parser.add_argument("--warmup-seconds", type=float, default=WARMUP_SECONDS)
-    parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS, help="timed seconds per backend and batch")
-    parser.add_argument("--min-iterations", type=int, default=MIN_ITERATIONS)
+    parser.add_argument("--warmup-seconds", type=float, default=WARMUP_SECONDS,
+                        help=f"untimed iterations first, per backend and batch size (default {WARMUP_SECONDS})")
+    parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
+                        help=f"timed seconds per backend and batch size, at least (default {MIN_SECONDS})")
+    parser.add_argument("--min-iterations", type=int, default=MIN_ITERATIONS,
+                        help=f"timed iterations per backend and batch size, at least (default {MIN_ITERATIONS})")
     parser.add_argument("--cuda-graph", action="store_true", help="also time the engine replayed as a CUDA graph")
-    parser.add_argument("--plot", type=Path, default=Path("images/inference_benchmark.png"))
+    parser.add_argument("--plot", type=Path, default=Path("images/inference_benchmark.png"),
+                        help="throughput and latency figure (default images/inference_benchmark.png)")
     args = parser.parse_args(argv)
     for name in ("accuracy_images", "warmup_seconds", "min_seconds", "min_iterations"):
         if getattr(args, name) < (1 if name == "min_iterations" else 0):
