@@ -515,13 +515,15 @@ def _resume_from(ctx: WorkerContext, trial: optuna.Trial, run_dir: Path) -> dict
         return None
     shutil.copytree(previous, run_dir, dirs_exist_ok=True)
     try:
-        return p2.load_checkpoint(run_dir / "last.pt", needs=("model", "optimizer", "config", "epoch"))
+        checkpoint = p2.load_checkpoint(run_dir / "last.pt", needs=("model", "optimizer", "config", "epoch"))
     except p2.CheckpointError as e:
         print(f"trial {trial.number}: cannot resume ({e}); starting over", flush=True)
         return None
+    print(f"trial {trial.number} retries trial {history[-1]}: resuming after epoch {checkpoint['epoch']}", flush=True)
+    return checkpoint
 
 
-def run_trial(ctx: WorkerContext, trial: optuna.Trial) -> float:
+def run_trial(ctx: WorkerContext, trial: optuna.Trial, check_interrupt: Callable[[], None]) -> float:
     """Objective: train one config, report the metric every epoch, return its best value over the epochs."""
     import torch
     import wandb
@@ -566,8 +568,6 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial) -> float:
     run.define_metric("val_accuracy", summary="max")
 
     def on_epoch(metrics: dict) -> None:
-        if ctx.parent_pid is not None and os.getppid() != ctx.parent_pid:
-            raise KeyboardInterrupt("the local_sweep launcher is gone")
         history.append(metrics)
         run.log(metrics)
         report(metrics)
@@ -575,7 +575,7 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial) -> float:
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epoch']}: {ctx.sweep.metric} {best:.4g}")
 
     try:
-        summary = p2.train(config, ctx.data, run_dir, on_epoch=on_epoch, resume=resume)
+        summary = p2.train(config, ctx.data, run_dir, on_epoch=on_epoch, resume=resume, check_interrupt=check_interrupt)
     except optuna.TrialPruned:
         epoch = history[-1]["epoch"]
         trial.set_user_attr("status", "pruned")
@@ -595,9 +595,10 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial) -> float:
         run.summary["error"] = message
         run.finish(exit_code=1)
         raise TrialFailed(message) from None
-    except BaseException as e:  # KeyboardInterrupt (Ctrl-C, SIGTERM) or a bug: the trial becomes FAIL
-        trial.set_user_attr("failure", f"interrupted ({e})" if isinstance(e, KeyboardInterrupt) else repr(e))
-        run.finish(exit_code=130 if isinstance(e, KeyboardInterrupt) else 1)
+    except BaseException as e:  # Ctrl-C, SIGTERM (p2.Interrupted) or a bug: the trial becomes FAIL
+        interrupted = isinstance(e, p2.Interrupted)
+        trial.set_user_attr("failure", f"interrupted by {e}" if interrupted else repr(e))
+        run.finish(exit_code=128 + e.signum if interrupted else 1)
         raise
     trial.set_user_attr("status", summary["status"])
     trial.set_user_attr("epochs_completed", summary["epochs_completed"])
@@ -618,56 +619,54 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial) -> float:
 # Workers
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM and SIGINT end the current trial as Ctrl-C does; a second signal must not break the cleanup."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def work(ctx: WorkerContext, study: optuna.Study) -> int:
-    """Run trials until the study has ctx.trials finished ones; return an exit code."""
+    """Run trials until the study has ctx.trials finished ones; return an exit code.
+
+    SIGTERM and SIGINT stop training between steps (part_2_cifar.StopOnSignal); the trial becomes FAIL and is
+    queued for a retry, which resumes from its last.pt when the same command runs again.
+    """
     failures = 0
     current: list[int] = []  # the trial id this worker runs, for a retry when it is interrupted
 
-    def objective(trial: optuna.Trial) -> float:
-        current[:] = [trial._trial_id]
-        return run_trial(ctx, trial)
+    with p2.StopOnSignal() as stop:
 
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while True:
-            fail_dead_trials(study)
-            found = counts(study)
-            done = found[TrialState.COMPLETE] + found[TrialState.PRUNED]
-            if done + found[TrialState.RUNNING] >= ctx.trials:
-                return 0
-            if ctx.sweep.target is not None and done and _reached(study, ctx.sweep.target):
-                print(f"target {ctx.sweep.metric} {ctx.sweep.target} reached; stopping", flush=True)
-                return 0
+        def check_interrupt() -> None:
+            stop.check()
             if ctx.parent_pid is not None and os.getppid() != ctx.parent_pid:
-                return 1
-            current.clear()
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,))
-            last = study._storage.get_trial(current[0]) if current else None
-            if last is not None and last.user_attrs.get("failure", "").startswith("surplus"):
-                return 0
-            failures = failures + 1 if last is not None and last.state == TrialState.FAIL else 0
-            if failures >= MAX_FAILURES_IN_A_ROW:
-                print(f"error: {failures} trials in a row failed (last: {last.user_attrs.get('failure')}); stopping",
-                      file=sys.stderr, flush=True)
-                return 1
-    except KeyboardInterrupt as e:
-        if current:
-            trial = study._storage.get_trial(current[0])
-            if trial.state == TrialState.FAIL:
+                raise p2.Interrupted(signal.SIGHUP)  # the launcher was killed: stop as if the terminal hung up
+
+        def objective(trial: optuna.Trial) -> float:
+            current[:] = [trial._trial_id]
+            return run_trial(ctx, trial, check_interrupt)
+
+        try:
+            while True:
+                check_interrupt()
+                fail_dead_trials(study)
+                found = counts(study)
+                done = found[TrialState.COMPLETE] + found[TrialState.PRUNED]
+                if done + found[TrialState.RUNNING] >= ctx.trials:
+                    return 0
+                if ctx.sweep.target is not None and done and _reached(study, ctx.sweep.target):
+                    print(f"target {ctx.sweep.metric} {ctx.sweep.target} reached; stopping", flush=True)
+                    return 0
+                current.clear()
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+                last = study._storage.get_trial(current[0]) if current else None
+                if last is not None and last.user_attrs.get("failure", "").startswith("surplus"):
+                    return 0
+                failures = failures + 1 if last is not None and last.state == TrialState.FAIL else 0
+                if failures >= MAX_FAILURES_IN_A_ROW:
+                    print(f"error: {failures} trials in a row failed (last: {last.user_attrs.get('failure')}); "
+                          "stopping", file=sys.stderr, flush=True)
+                    return 1
+        except p2.Interrupted as e:
+            trial = study._storage.get_trial(current[0]) if current else None
+            if trial is not None and trial.state == TrialState.FAIL:
                 optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
-                print(f"interrupted ({e}): trial {trial.number} failed and is queued for a retry; run the same "
+                print(f"interrupted by {e}: trial {trial.number} failed and is queued for a retry; run the same "
                       "command again to continue", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            return 128 + e.signum
 
 
 def _reached(study: optuna.Study, target: float) -> bool:
@@ -820,7 +819,9 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
                   f"{MIN_TRIALS_FOR_IMPORTANCE}")
             continue
         try:
-            ax = plot(study)
+            with warnings.catch_warnings():  # matplotlib warns about axes of parameters with one value
+                warnings.simplefilter("ignore", UserWarning)
+                ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             print(f"skipped the {kind} plot: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             continue
