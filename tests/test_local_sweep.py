@@ -244,3 +244,28 @@ def test_a_range_the_trainer_rejects_fails_before_any_training(offline, learnabl
     sweep = write_sweep(offline / "mom.json", {"momentum": {"min": 0.8, "max": 1.0}})
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, offline / "runs", "--trials", "2")) == 2
     assert "momentum" in capsys.readouterr().err
+
+
+def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(offline, learnable_data_dir,
+                                                                              monkeypatch):
+    import torch
+
+    sweep = write_sweep(offline / "fail.json", {"learning_rate": {"values": [1e6, 0.04, 0.05]}, "epochs": {"value": 1}},
+                        method="random")
+    runs = offline / "runs"
+    study = optuna.create_study(study_name="fail", storage=local_sweep.open_storage(None, runs), direction="maximize")
+    for learning_rate in (1e6, 0.04, 0.05):
+        study.enqueue_trial({"learning_rate": learning_rate})
+    real_train = p2.train
+
+    def out_of_memory_at_004(config: dict, *args, **kwargs) -> dict:  # fault injection: no CPU runs out of memory
+        if config["learning_rate"] == 0.04:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr(p2, "train", out_of_memory_at_004)
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "1")) == 0
+    diverged, oom, fine = load_study(runs, "fail").trials
+    assert diverged.state.name == "FAIL" and diverged.user_attrs["failure"].startswith("diverged")
+    assert oom.state.name == "FAIL" and oom.user_attrs["failure"].startswith("out of memory with batch_size=64")
+    assert fine.state.name == "COMPLETE"
