@@ -65,8 +65,6 @@ MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials ranks noise; 
 # 2.51 (1.71-3.04), random 3.09; TPE took 6 ms a trial, GP 3 s and needs scipy. TPE's constant_liar also keeps
 # parallel workers from proposing the same config; GPSampler has no such option in Optuna 5.
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 
 class SweepConfigError(ValueError):
     """The sweep file asks for something this program cannot honour; the message is one line for people."""
@@ -869,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots
     try:
         sweep = load_sweep(args.sweep_config)
         study_name = args.study or sweep.raw.get("name") or args.sweep_config.stem
