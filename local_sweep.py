@@ -726,10 +726,13 @@ def trial_rows(study: optuna.Study) -> list[dict]:
                "test_accuracy": t.user_attrs.get("test_accuracy"),
                "seconds": round(t.duration.total_seconds(), 1) if t.duration else None}
         row |= {key: config.get(key) for key in study.user_attrs.get("sweep_config", {}).get("parameters", {})}
-        row["note"] = t.user_attrs.get("failure") or ("no reason recorded (interrupted)" if t.state == TrialState.FAIL
-                                                      else "")
+        notes = [t.user_attrs.get("failure") or ("no reason recorded" if t.state == TrialState.FAIL else "")]
+        if "failed_trial" in t.system_attrs:
+            notes.append(f"retry of trial {t.system_attrs['retry_history'][-1]}")
+        row["note"] = "; ".join(note for note in notes if note)
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["value"] is None, sign * (r["value"] or 0), r["trial"]))
+    order = {"COMPLETE": 0, "PRUNED": 1}  # a pruned trial's value is from the epoch it stopped at
+    return sorted(rows, key=lambda r: (order.get(r["state"], 2), sign * (r["value"] or 0), r["trial"]))
 
 
 def _format(value: Any) -> str:
@@ -880,12 +883,12 @@ def main(argv: list[str] | None = None) -> int:
         if sweep.method == "grid" and trials > grid_size(sweep):
             print(f"the grid has {grid_size(sweep)} points: running {grid_size(sweep)} trials, not {trials}")
             trials = grid_size(sweep)
+        device = p2.pick_device(args.device)
+        mode = p2.resolve_wandb_mode(args.wandb_mode)
         if args.workers > 1 and args.worker_of is None:
             code = launch_workers(argv, args.workers)
             write_report(study, sweep, args.runs_dir, args.images_dir)
             return code
-        device = p2.pick_device(args.device)
-        mode = p2.resolve_wandb_mode(args.wandb_mode)
     except (SweepConfigError, p2.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
