@@ -343,15 +343,19 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
 
 
 class Interrupted(Exception):
-    """SIGTERM or SIGINT arrived; last.pt holds the last finished epoch."""
+    """A stop signal arrived; last.pt holds the last finished epoch."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+# SIGUSR1 is the usual preemption notice on clusters (SLURM's --signal=USR1@120); the others stop a run too.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+
+
 class StopOnSignal:
-    """While active, SIGTERM and SIGINT only raise a flag; `check()` turns it into Interrupted between steps.
+    """While active, STOP_SIGNALS only raise a flag; `check()` turns it into Interrupted between steps.
 
     Raising from the handler itself could cut a checkpoint write or W&B's own code in half.
     """
@@ -360,7 +364,7 @@ class StopOnSignal:
         self.signum: int | None = None
 
     def __enter__(self) -> StopOnSignal:
-        self.previous = {sig: signal.signal(sig, self._catch) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -763,7 +767,10 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(f"interrupted by {e}: {run_dir / 'last.pt'} holds the last finished epoch; continue with "
               f"--resume {run_dir}", file=sys.stderr, flush=True)
-        run.mark_preempting()
+        # Requeue the run, except when a sweep agent sent SIGTERM to stop it early (Hyperband): requeueing would
+        # undo that. Preemptible sweeps send SIGUSR1 (README, "Sweeps"), which always requeues.
+        if not in_sweep or e.signum == getattr(signal, "SIGUSR1", None):
+            run.mark_preempting()
         run.finish(exit_code=128 + e.signum)
         return 128 + e.signum
 

@@ -45,6 +45,7 @@ def offline_env(tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     home = tmp_path / "home"
     home.mkdir()
+    # One thread: tiny models gain nothing from two, and a busy machine oversubscribed is many times slower.
     env.update(HOME=str(home), WANDB_DIR=str(tmp_path), WANDB_SILENT="true", PYTHONPATH=str(ROOT),
-               NETRC=str(home / ".netrc"))
+               NETRC=str(home / ".netrc"), OMP_NUM_THREADS="1")
     return env

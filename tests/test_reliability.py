@@ -154,22 +154,29 @@ def test_out_of_memory_is_one_line_with_the_config_and_a_failed_run(fake_wandb, 
 # ------------------------------------------------------------------------------------------------------ interruption
 
 
-def test_sigterm_in_process_marks_the_run_preempting_and_keeps_last_epoch(fake_wandb, monkeypatch, tiny_data_dir,
-                                                                          tmp_path):
+@pytest.mark.parametrize("signum, sweep, requeued", [
+    (signal.SIGTERM, False, True), (signal.SIGINT, False, True),
+    (signal.SIGTERM, True, False),  # a sweep agent stopping the run early (Hyperband) must not get it requeued
+    (signal.SIGUSR1, True, True),  # a cluster's preemption notice requeues, sweep or not
+])
+def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agent_stopped_it(
+        signum, sweep, requeued, fake_wandb, monkeypatch, tiny_data_dir, tmp_path):
     real_train_epoch = trainer.train_epoch
 
     def train_epoch_then_signal(*args, **kwargs):
         if args[4] == 2:  # epoch 2 is under way when the signal lands
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signum)
         return real_train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "train_epoch", train_epoch_then_signal)
-    handler_before = signal.getsignal(signal.SIGTERM)
-    assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)) == 128 + signal.SIGTERM
+    if sweep:
+        monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
+    handler_before = signal.getsignal(signum)
+    assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)) == 128 + signum
     run = fake_wandb["run"]
-    assert run.preempting and run.exit_code == 128 + signal.SIGTERM
+    assert run.preempting is requeued and run.exit_code == 128 + signum
     assert trainer.load_checkpoint(tmp_path / "runs" / run.id / "last.pt")["epoch"] == 1
-    assert signal.getsignal(signal.SIGTERM) is handler_before  # the caller's handler is back
+    assert signal.getsignal(signum) is handler_before  # the caller's handler is back
 
 
 def test_any_exception_first_saves_the_last_finished_epoch(monkeypatch, tiny_data_dir, tmp_path):
