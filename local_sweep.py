@@ -585,8 +585,7 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial, check_interrupt: Callable
         run.finish()
         raise
     except torch.OutOfMemoryError:
-        message = (f"out of memory with batch_size={config['batch_size']}, filters {config['num_filters_1']}/"
-                   f"{config['num_filters_2']}/{config['num_filters_3']}")
+        message = p2.out_of_memory_message(config, ctx.data.train_labels.device)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         trial.set_user_attr("failure", message)
@@ -835,13 +834,8 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
 # Command line and main
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = p2._Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_config", type=Path, help="a W&B sweep file (JSON or YAML), e.g. sweep_config.json")
     parser.add_argument("--trials", type=int, help="finished (COMPLETE + PRUNED) trials the study should reach")
     parser.add_argument("--study", help="study name (default: the sweep file's name, e.g. sweep_config)")

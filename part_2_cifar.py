@@ -673,6 +673,11 @@ def resolve_wandb_mode(requested: str) -> str:
 # Command line and main
 
 
+def out_of_memory_message(config: dict, device: torch.device) -> str:
+    return (f"out of memory on {device} with batch_size={config['batch_size']}, filters {config['num_filters_1']}/"
+            f"{config['num_filters_2']}/{config['num_filters_3']}: try a smaller batch_size or fewer filters")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -751,9 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         run.finish(exit_code=2 if isinstance(e, ConfigError) else 1)
         return 2 if isinstance(e, ConfigError) else 1
     except torch.OutOfMemoryError:
-        message = (f"out of memory on {device} with batch_size={config['batch_size']}, filters "
-                   f"{config['num_filters_1']}/{config['num_filters_2']}/{config['num_filters_3']}: "
-                   "try a smaller batch_size or fewer filters")
+        message = out_of_memory_message(config, device)
         print(f"error: {message}", file=sys.stderr)
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -267,5 +267,5 @@ def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(of
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "1")) == 0
     diverged, oom, fine = load_study(runs, "fail").trials
     assert diverged.state.name == "FAIL" and diverged.user_attrs["failure"].startswith("diverged")
-    assert oom.state.name == "FAIL" and oom.user_attrs["failure"].startswith("out of memory with batch_size=64")
+    assert oom.state.name == "FAIL" and oom.user_attrs["failure"].startswith("out of memory on cpu with batch_size=64")
     assert fine.state.name == "COMPLETE"
