@@ -835,7 +835,7 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = p2._Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = p2.OneLineErrorParser(__doc__)
     parser.add_argument("sweep_config", type=Path, help="a W&B sweep file (JSON or YAML), e.g. sweep_config.json")
     parser.add_argument("--trials", type=int, help="finished (COMPLETE + PRUNED) trials the study should reach")
     parser.add_argument("--study", help="study name (default: the sweep file's name, e.g. sweep_config)")

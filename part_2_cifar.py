@@ -678,13 +678,18 @@ def out_of_memory_message(config: dict, device: torch.device) -> str:
             f"{config['num_filters_2']}/{config['num_filters_3']}: try a smaller batch_size or fewer filters")
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser described by the first paragraph of a module docstring, with one-line errors."""
+
+    def __init__(self, docstring: str):
+        super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+
     def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(__doc__)
     for key, default in DEFAULTS.items():  # every swept key: `--key=value` and `--key value`, as `wandb agent` passes
         parser.add_argument(f"--{key}", default=default, metavar=type(default).__name__.upper(),
                             help=f"default {default}; {RULES[key][2]}")

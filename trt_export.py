@@ -49,7 +49,7 @@ from part_2_cifar import (
     CheckpointError,
     ConfigError,
     DataError,
-    _Parser,
+    OneLineErrorParser,
     device_name,
     load_checkpoint,
     load_cifar100,
@@ -416,7 +416,7 @@ def batch_sizes_arg(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(__doc__)
     parser.add_argument("--checkpoint", required=True, metavar="PATH|best",
                         help="a best.pt, a run folder, or `best`: the run in --runs-dir with the highest "
                              "best_val_accuracy")

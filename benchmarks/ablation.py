@@ -10,7 +10,10 @@ a run needs before the compile time pays for itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -84,7 +87,7 @@ def amp_dtype_of(variant: Variant, device: torch.device) -> torch.dtype | None:
     return p2.autocast_dtype(device) if variant.amp == "auto" else AMP_DTYPES[variant.amp]
 
 
-def build(variant: Variant, config: dict, data: p2.DeviceData, device: torch.device):
+def build(variant: Variant, config: dict, data: p2.DeviceData | None, device: torch.device):
     """(model to call, model whose parameters train, optimiser, GradScaler or None) for one variant."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -122,6 +125,7 @@ def variant_epoch(forward, model, optimizer, scaler, data: p2.DeviceData, config
     torch.manual_seed(config["seed"] * 100_003 + epoch)
     order = torch.randperm(n, device=device, generator=generator)
     loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
     model.train()
     for step in range(steps):
         lr = p2.learning_rate_at((epoch - 1) * steps + step, config["epochs"] * steps, warmup_steps,
@@ -146,9 +150,10 @@ def variant_epoch(forward, model, optimizer, scaler, data: p2.DeviceData, config
             scaler.step(optimizer)
             scaler.update()
         loss_sum += loss.detach() * y.numel()
+        correct += (logits.argmax(1) == y).sum()
         if variant.sync_per_step:
             loss.item()
-    loss_sum.item()
+    loss_sum.item(), correct.item()  # the project's one synchronisation per epoch
     return min(n, steps * batch_size)
 
 
@@ -203,31 +208,26 @@ def eval_batch_sizes(data: p2.DeviceData, config: dict, device: torch.device, re
     return rows
 
 
-def compile_float_check(config: dict, data: p2.DeviceData, device: torch.device, mode: str = "default") -> list[dict]:
-    """Does a new trial's dropout or learning rate make torch.compile compile again?
+FLOAT_CHECK_PROCESSES = [  # (case, dropout_rate, learning_rate) run in order in one process; then the next process
+    [("first compile in a new process, empty on-disk cache", 0.25, 0.01),
+     ("same process, new model, same floats", 0.25, 0.01),
+     ("same process, new model, new dropout_rate", 0.30, 0.01)],
+    [("new process, warm on-disk cache, same floats as the first", 0.25, 0.01),
+     ("new process, new dropout_rate and learning_rate", 0.35, 0.02)],
+]
 
-    Times the first training step of a compiled model (compilation included) for: a first compile; a new model with
-    the same floats in the same process; a new dropout in the same process; then after torch._dynamo.reset()
-    (what a new process sees, with inductor's on-disk cache warm) with the same and with new floats. The
-    learning rate never enters the compiled graph here (only the model is compiled), so it is varied together
-    with dropout in the last row.
-    """
-    cases = [("first compile (empty on-disk cache)", 0.25, 0.01, False),
-             ("same process, new model, same floats", 0.25, 0.01, False),
-             ("same process, new dropout_rate", 0.30, 0.01, False),
-             ("new process (reset), same floats as before", 0.25, 0.01, True),
-             ("new process (reset), new dropout_rate and learning_rate", 0.35, 0.02, True)]
-    torch._dynamo.reset()
-    rows = []
-    crop = p2.CROP_PADDING
-    x = p2.normalize(data.train_images[:config["batch_size"], crop:crop + 32, crop:crop + 32].contiguous())
-    y = data.train_labels[:config["batch_size"]]
+
+def first_steps(cases: list[tuple[str, float, float]], config: dict, device: torch.device, mode: str) -> list[dict]:
+    """In this process: the first and second training step of a freshly compiled model for each (case, p, lr)."""
+    batch = config["batch_size"]
+    generator = torch.Generator(device=device).manual_seed(0)
+    images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, device=device, generator=generator)
+    x, y = p2.normalize(images), torch.randint(0, p2.NUM_CLASSES, (batch,), device=device, generator=generator)
     amp_dtype = p2.autocast_dtype(device)
-    for label, dropout, lr, reset in cases:
-        if reset:
-            torch._dynamo.reset()
+    rows = []
+    for label, dropout, lr in cases:
         trial = {**config, "dropout_rate": dropout, "learning_rate": lr}
-        forward, model, optimizer, _ = build(replace(PROJECT, compile_mode=mode), trial, data, device)
+        forward, _, optimizer, _ = build(replace(PROJECT, compile_mode=mode), trial, None, device)
 
         def step(forward=forward, optimizer=optimizer) -> None:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -239,7 +239,29 @@ def compile_float_check(config: dict, data: p2.DeviceData, device: torch.device,
         second, _ = timed(device, step)
         rows.append({"case": label, "dropout_rate": dropout, "learning_rate": lr, "first_step_seconds": first,
                      "second_step_seconds": second})
-        print(f"  compile check: {label}: first step {first:.1f} s, next {second:.3f} s", flush=True)
+    return rows
+
+
+def compile_float_check(config: dict, device: torch.device, mode: str = "default") -> list[dict]:
+    """Does a new trial's dropout or learning rate make torch.compile compile again?
+
+    Real processes, since in-memory caches outlive torch._dynamo.reset(): the first runs a first compile, a new
+    model with the same floats and one with a new dropout; the second, sharing the first's on-disk inductor and
+    Triton caches, the same floats again and then new ones. The learning rate never enters the compiled graph
+    (only the model is compiled), so it changes together with dropout in the last row.
+    """
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="compile-cache-") as tmp:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor", "TRITON_CACHE_DIR": f"{tmp}/triton"}
+        for cases in FLOAT_CHECK_PROCESSES:
+            request = json.dumps({"cases": cases, "config": config, "device": str(device), "mode": mode})
+            done = subprocess.run([sys.executable, __file__, request], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"float check process exited {done.returncode}: {done.stderr.strip()[-500:]}")
+            rows += json.loads(done.stdout.strip().splitlines()[-1])
+            for row in rows[-len(cases):]:
+                print(f"  compile check: {row['case']}: first step {row['first_step_seconds']:.1f} s, next "
+                      f"{row['second_step_seconds']:.3f} s", flush=True)
     return rows
 
 
@@ -276,8 +298,13 @@ def run_ablation(variants: list[Variant], config: dict, data: p2.DeviceData, dev
     result = {"variants": rows, "eval_batch_sizes": eval_batch_sizes(data, config, device, eval_repeats)}
     if float_check:
         try:
-            with fresh_compile_cache():
-                result["compile_float_check"] = compile_float_check(config, data, device)
+            result["compile_float_check"] = compile_float_check(config, device)
         except Exception as e:
             result["compile_float_check_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
     return result
+
+
+if __name__ == "__main__":  # one process of compile_float_check: JSON request in argv, JSON rows as stdout's last line
+    request = json.loads(sys.argv[1])
+    print(json.dumps(first_steps(request["cases"], request["config"], torch.device(request["device"]),
+                                 request["mode"])))

@@ -9,9 +9,11 @@
 # One phase again, if a phase ran out of time or failed:  bash benchmarks/gpu_check.sh sweep
 # Phases: setup data throughput train ablation sweep compile (default: all, in that order: the most wanted
 # figures first, torch.compile's minutes of compiling last). Each has its own time limit (seconds below), so the
-# whole call stays inside ~9.5 minutes; a phase cut short still leaves its lines in the log. Results, logs and a
-# summary land in $OUT
-# (benchmarks/results/gpu-check when $OUT is unset). The last lines printed are the summary tables.
+# whole call stays inside ~9.5 minutes (570 s of limits; with the machine's start, ~12 of the 15 device minutes);
+# a phase cut short still leaves its lines in the log. Results, logs and a summary land in $OUT
+# (benchmarks/results/gpu-check when $OUT is unset); the last lines printed are the summary tables.
+# Rehearse the mechanics on a CPU first (tiny sizes, figures meaningless):
+#     GPU_CHECK_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/gc-out bash benchmarks/gpu_check.sh
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,7 +23,6 @@ PY="${PYTHON:-python3}"
 OUT="${OUT:-$HERE/results/gpu-check}"
 WORK="${GPU_CHECK_WORK:-/tmp/gpu_check}"
 DATA="$WORK/data"
-mkdir -p "$OUT" "$WORK"
 LOG="$OUT/gpu_check.log"
 cd "$ROOT" || exit 1
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled WANDB_SILENT=true MPLBACKEND=Agg
@@ -38,6 +39,7 @@ if [ "${1:-}" = "fetch" ]; then
     exit 0
 fi
 
+mkdir -p "$OUT" "$WORK"
 PHASES="${*:-setup data throughput train ablation sweep compile}"
 if [ -n "${GPU_CHECK_SMOKE:-}" ]; then  # a CPU rehearsal of this script's mechanics: tiny sizes, figures meaningless
     DATA_ARGS="--train-per-class 6 --test-per-class 2"

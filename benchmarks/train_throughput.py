@@ -261,8 +261,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--process-epochs", type=int, help="epochs of each whole-process run; 0 skips them")
     parser.add_argument("--ablation", action="store_true", help="also measure each tuning option")
     parser.add_argument("--only-ablation", action="store_true", help="measure the tuning options only")
-    parser.add_argument("--variants", help="comma-separated ablation variant names (default: the mode's list); "
-                        f"extra: {', '.join(v.name for v in ablation.EXTRA_VARIANTS)}")
+    parser.add_argument("--variants", help="comma-separated ablation variant names, or none (default: the mode's "
+                        f"list); extra: {', '.join(v.name for v in ablation.EXTRA_VARIANTS)}")
     parser.add_argument("--no-float-check", action="store_true", help="skip the torch.compile recompilation check")
     return parser.parse_args(argv)
 
@@ -271,6 +271,8 @@ def pick_variants(names: str | None, mode: str) -> list[ablation.Variant]:
     default = ablation.GPU_VARIANTS if mode == "gpu" else ablation.CPU_VARIANTS
     if not names:
         return default
+    if names == "none":  # the evaluation batches and the compile check only
+        return []
     known = {v.name: v for v in ablation.GPU_VARIANTS + ablation.CPU_VARIANTS + ablation.EXTRA_VARIANTS}
     unknown = [n for n in names.split(",") if n not in known]
     if unknown:
