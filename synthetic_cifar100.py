@@ -1,7 +1,7 @@
 """Write a small, learnable stand-in for CIFAR-100 in the real on-disk layout (cifar-100-python/{train,test,meta}).
 
-    python synthetic_cifar100.py data-synthetic --train-per-class 50 --test-per-class 10
-    python part_2_cifar.py --data-dir data-synthetic --val-size 500 --epochs 2 --wandb-mode offline
+    python synthetic_cifar100.py data-synthetic                 # 10,000 training and 1,000 test images
+    python part_2_cifar.py --data-dir data-synthetic --epochs 1 --wandb-mode offline
 
 For tests, benchmarks and trying the workflow without the 160 MB download. Each class is a fixed random
 4x4 colour pattern blown up to 32x32, and each image is its class pattern plus pixel noise, so a model
@@ -60,7 +60,8 @@ def write_synthetic_cifar100(data_dir: Path, train_per_class: int = 20, test_per
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir", type=Path, help="the folder to create cifar-100-python/ in")
-    parser.add_argument("--train-per-class", type=int, default=50)
+    parser.add_argument("--train-per-class", type=int, default=100, help="default 100: 10,000 images in all, "
+                        "enough for the trainer's default --val-size 5000")
     parser.add_argument("--test-per-class", type=int, default=10)
     parser.add_argument("--classes", type=int, default=NUM_CLASSES, help="how many of the 100 classes to use")
     parser.add_argument("--noise", type=float, default=40.0, help="pixel noise standard deviation (0..255 scale)")
