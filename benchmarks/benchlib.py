@@ -82,3 +82,9 @@ def project_model_and_optimizer(config: dict, device: torch.device) -> tuple[tor
     optimizer = torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
                                 nesterov=config["momentum"] > 0, weight_decay=config["weight_decay"])
     return model, optimizer
+
+
+def save_json(result: dict, path: Path) -> None:
+    """Write results atomically; callers save after every phase, so a run cut short keeps what it measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    p2.write_json_atomic(result, path)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import optuna
-from benchlib import ROOT, describe_data, machine_info, p2, summarize
+from benchlib import ROOT, describe_data, machine_info, p2, save_json, summarize
 
 from synthetic_cifar100 import write_synthetic_cifar100  # importable once benchlib has put ROOT on sys.path
 
@@ -98,12 +98,6 @@ def report(result: dict) -> str:
     return "\n".join(out)
 
 
-def save(result: dict, path: Path) -> None:
-    """Written after every worker count, so a run stopped by a time limit keeps what it measured."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,13 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as e:  # record it (out of memory at 8 workers, say) and measure the rest
                 row = {"workers": workers, "error": str(e)}
             result["runs"].append(row)
-            save(result, path)
+            save_json(result, path)
             print(f"  {workers} workers: " + (row.get("error") or f"{row['trials']} trials in "
                   f"{row['wall_seconds']:.0f} s, {row['trials_per_hour_steady']:.0f} trials/hour steady"), flush=True)
     result["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
     table = report(result)
     print("\n" + table, flush=True)
-    save(result | {"table": table}, path)
+    save_json(result | {"table": table}, path)
     print(f"\nwrote {path}")
     return 0
 

@@ -23,7 +23,6 @@ Last measured result: benchmarks/RESULTS.md (each figure with its machine, load 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 import ablation
 import conventional_baseline as conventional
 import torch
-from benchlib import ROOT, describe_data, machine_info, p2, project_model_and_optimizer, summarize, timed
+from benchlib import ROOT, describe_data, machine_info, p2, project_model_and_optimizer, save_json, summarize, timed
 
 from synthetic_cifar100 import write_synthetic_cifar100  # importable once benchlib has put ROOT on sys.path
 
@@ -239,12 +238,6 @@ def report(result: dict, mode: str) -> str:
 # Main
 
 
-def save(result: dict, path: Path) -> None:
-    """Write the JSON after every phase, so a run stopped by a time limit still leaves what it measured."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,18 +304,18 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("train", "eval"):
                 result["ratios"][key] = (result["epochs"][key]["project"]["median"]
                                          / result["epochs"][key]["conventional"]["median"])
-            save(result, path)
+            save_json(result, path)
             if sizes["run_epochs"] > 0:
                 print(f"train() for {sizes['run_epochs']} epochs:", flush=True)
                 result["train_run"] = time_train_run(config | {"epochs": sizes["run_epochs"]}, data, device)
-                save(result, path)
+                save_json(result, path)
             if sizes["process_epochs"] > 0:
                 print(f"whole processes, {sizes['process_epochs']} epochs each:", flush=True)
                 result["process"] = time_processes(data_dir, sizes["process_epochs"], sizes["val_size"], device,
                                                    workers, sizes["process_repeats"])
                 result["ratios"]["process"] = (result["process"]["conventional"]["median"]
                                                / result["process"]["project"]["median"])
-                save(result, path)
+                save_json(result, path)
         if args.ablation or args.only_ablation:
             print("ablation, one change at a time:", flush=True)
             ablation_config = config | {"epochs": sizes["warmup_epochs"] + sizes["ablation_repeats"] + 1}
@@ -332,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
     table = report(result, args.mode)
     print("\n" + table, flush=True)
-    save(result | {"table": table}, path)
+    save_json(result | {"table": table}, path)
     print(f"\nwrote {path}")
     return 0
 
