@@ -88,3 +88,11 @@ def save_json(result: dict, path: Path) -> None:
     """Write results atomically; callers save after every phase, so a run cut short keeps what it measured."""
     path.parent.mkdir(parents=True, exist_ok=True)
     p2.write_json_atomic(result, path)
+
+
+def publish(result: dict, table: str, path: Path) -> None:
+    """End of a benchmark: note the closing load average, print the table, save everything with it."""
+    result["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
+    print("\n" + table, flush=True)
+    save_json(result | {"table": table}, path)
+    print(f"\nwrote {path}")

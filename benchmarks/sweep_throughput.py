@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import optuna
-from benchlib import ROOT, describe_data, machine_info, p2, save_json, summarize
+from benchlib import ROOT, describe_data, machine_info, p2, publish, save_json, summarize
 
 from synthetic_cifar100 import write_synthetic_cifar100  # importable once benchlib has put ROOT on sys.path
 
@@ -140,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             save_json(result, path)
             print(f"  {workers} workers: " + (row.get("error") or f"{row['trials']} trials in "
                   f"{row['wall_seconds']:.0f} s, {row['trials_per_hour_steady']:.0f} trials/hour steady"), flush=True)
-    result["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
-    table = report(result)
-    print("\n" + table, flush=True)
-    save_json(result | {"table": table}, path)
-    print(f"\nwrote {path}")
+    publish(result, report(result), path)
     return 0
 
 

@@ -34,7 +34,17 @@ from pathlib import Path
 import ablation
 import conventional_baseline as conventional
 import torch
-from benchlib import ROOT, describe_data, machine_info, p2, project_model_and_optimizer, save_json, summarize, timed
+from benchlib import (
+    ROOT,
+    describe_data,
+    machine_info,
+    p2,
+    project_model_and_optimizer,
+    publish,
+    save_json,
+    summarize,
+    timed,
+)
 
 from synthetic_cifar100 import write_synthetic_cifar100  # importable once benchlib has put ROOT on sys.path
 
@@ -322,11 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             result["ablation"] = ablation.run_ablation(variants, ablation_config, data, device, sizes["warmup_epochs"],
                                                        sizes["ablation_repeats"], sizes["eval_repeats"],
                                                        float_check=not args.no_float_check)
-    result["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
-    table = report(result, args.mode)
-    print("\n" + table, flush=True)
-    save_json(result | {"table": table}, path)
-    print(f"\nwrote {path}")
+    publish(result, report(result, args.mode), path)
     return 0
 
 
