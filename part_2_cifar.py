@@ -326,6 +326,26 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
 
 
+def autocast(device_type: str, amp_dtype: torch.dtype | None, **options) -> torch.autocast:
+    """Mixed precision in `amp_dtype`, or plain fp32 when it is None."""
+    return torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None, **options)
+
+
+def make_optimizer(model: nn.Module, config: dict, **options) -> torch.optim.SGD:
+    """SGD as the config asks: Nesterov momentum (when momentum > 0) and weight decay; `options` e.g. fused=True."""
+    return torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
+                           nesterov=config["momentum"] > 0, weight_decay=config["weight_decay"], **options)
+
+
+def new_model_and_optimizer(config: dict, device: torch.device) -> tuple[SimpleCNN, torch.optim.SGD]:
+    """A freshly initialised model (seeded, channels_last, on the device) and its optimizer."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
+    torch.manual_seed(config["seed"])
+    model = model_from_config(config).to(device, memory_format=torch.channels_last)
+    return model, make_optimizer(model, config)
+
+
 def learning_rate_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str) -> float:
     """Linear warm-up to `peak`, then cosine decay to 0 at total_steps ("cosine") or flat ("constant").
 
@@ -411,7 +431,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Device
         indices = order[step * batch_size:(step + 1) * batch_size]
         x = normalize(augment(data.train_images, indices, generator))
         y = data.train_labels[indices]
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device.type, amp_dtype):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
         optimizer.zero_grad(set_to_none=True)
@@ -434,7 +454,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_d
     for start in range(0, labels.numel(), EVAL_BATCH_SIZE):
         x = normalize(images[start:start + EVAL_BATCH_SIZE])
         y = labels[start:start + EVAL_BATCH_SIZE]
-        with torch.autocast(labels.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(labels.device.type, amp_dtype):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -471,12 +491,7 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
     run_dir.mkdir(parents=True, exist_ok=True)
     device = data.train_labels.device
     amp_dtype = autocast_dtype(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
-    torch.manual_seed(config["seed"])
-    model = model_from_config(config).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
-                                nesterov=config["momentum"] > 0, weight_decay=config["weight_decay"])
+    model, optimizer = new_model_and_optimizer(config, device)
     state = {"history": [], "best_val_accuracy": 0.0, "best_epoch": 0, "epoch": 0, "seconds": 0.0}
     if resume is not None:
         model.load_state_dict(resume["model"])

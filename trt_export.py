@@ -50,6 +50,7 @@ from part_2_cifar import (
     ConfigError,
     DataError,
     OneLineErrorParser,
+    autocast,
     device_name,
     load_checkpoint,
     load_cifar100,
@@ -190,18 +191,13 @@ def check_parity(result: dict, precision: str) -> bool:
 Step = Callable[[], "float | None"]  # returns GPU compute seconds when it measures them, else None
 
 
-def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
-    """Mixed precision in `amp_dtype`, or plain fp32 when it is None."""
-    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-
-
 def torch_predictor(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None):
     model = model.to(device).to(memory_format=torch.channels_last)  # as the trainer runs it: faster convolutions
 
     @torch.inference_mode()
     def predict(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(images).to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
+        with autocast(device.type, amp_dtype):
             return model(x).float().cpu().numpy()
 
     return predict
@@ -215,7 +211,7 @@ def torch_step(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | 
 
         @torch.inference_mode()
         def cpu_step() -> None:
-            with autocast(device, amp_dtype):
+            with autocast(device.type, amp_dtype):
                 model(x)
 
         return cpu_step
@@ -227,7 +223,7 @@ def torch_step(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | 
     def cuda_step() -> float:
         x = host.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         start.record()
-        with autocast(device, amp_dtype):
+        with autocast(device.type, amp_dtype):
             logits = model(x)
         end.record()
         logits.float().cpu()  # a copy to pageable memory waits for the stream, so `end` has happened

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from benchlib import p2, project_model_and_optimizer, summarize, timed
+from benchlib import p2, summarize, timed
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,7 @@ def build(variant: Variant, config: dict, data: p2.DeviceData | None, device: to
     memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
     model = p2.model_from_config(config).to(device, memory_format=memory_format)
     options = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
-                                nesterov=config["momentum"] > 0, weight_decay=config["weight_decay"],
-                                **options.get(variant.sgd, {}))
+    optimizer = p2.make_optimizer(model, config, **options.get(variant.sgd, {}))
     amp_dtype = amp_dtype_of(variant, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     forward = model
@@ -106,8 +104,7 @@ def build(variant: Variant, config: dict, data: p2.DeviceData | None, device: to
         sample = p2.normalize(data.train_images[:config["batch_size"], crop:crop + 32, crop:crop + 32].contiguous())
         if not variant.channels_last:
             sample = sample.contiguous()
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
-                            cache_enabled=False):  # graphed callables need the autocast cache off
+        with p2.autocast(device.type, amp_dtype, cache_enabled=False):  # graphed callables need the cache off
             forward = torch.cuda.make_graphed_callables(model, (sample,))
     elif variant.compile_mode is not None:
         forward = torch.compile(model, mode=variant.compile_mode)
@@ -137,8 +134,7 @@ def variant_epoch(forward, model, optimizer, scaler, data: p2.DeviceData, config
         if not variant.channels_last:
             x = x.contiguous()
         y = data.train_labels[indices]
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
-                            cache_enabled=not variant.cuda_graph):
+        with p2.autocast(device.type, amp_dtype, cache_enabled=not variant.cuda_graph):
             logits = forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
         optimizer.zero_grad(set_to_none=True)
@@ -176,7 +172,7 @@ def measure_variant(variant: Variant, config: dict, data: p2.DeviceData, device:
 
 def measure_project(config: dict, data: p2.DeviceData, device: torch.device, warmup: int, repeats: int) -> dict:
     """part_2_cifar.train_epoch itself, the reference row."""
-    model, optimizer = project_model_and_optimizer(config, device)
+    model, optimizer = p2.new_model_and_optimizer(config, device)
     amp_dtype = p2.autocast_dtype(device)
     rates = []
     for epoch in range(1, warmup + repeats + 1):
@@ -188,7 +184,7 @@ def measure_project(config: dict, data: p2.DeviceData, device: torch.device, war
 
 def eval_batch_sizes(data: p2.DeviceData, config: dict, device: torch.device, repeats: int) -> list[dict]:
     """part_2_cifar.evaluate on the test images with its EVAL_BATCH_SIZE set to each size in turn."""
-    model, _ = project_model_and_optimizer(config, device)
+    model, _ = p2.new_model_and_optimizer(config, device)
     amp_dtype = p2.autocast_dtype(device)
     n = data.test_labels.numel()
     sizes = sorted({s for s in (250, 500, 1000, 2500, 5000, 10_000) if s <= n} | {n})
@@ -230,7 +226,7 @@ def first_steps(cases: list[tuple[str, float, float]], config: dict, device: tor
         forward, _, optimizer, _ = build(replace(PROJECT, compile_mode=mode), trial, None, device)
 
         def step(forward=forward, optimizer=optimizer) -> None:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with p2.autocast(device.type, amp_dtype):
                 loss = F.cross_entropy(forward(x).float(), y)
             loss.backward()
             optimizer.step()

@@ -73,17 +73,6 @@ def summarize(values: list[float]) -> dict:
     return {"median": median, "spread_percent": spread, "n": len(values), "values": values}
 
 
-def project_model_and_optimizer(config: dict, device: torch.device) -> tuple[torch.nn.Module, torch.optim.SGD]:
-    """The model and optimiser exactly as part_2_cifar.train() builds them (channels_last, Nesterov SGD)."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    torch.manual_seed(config["seed"])
-    model = p2.model_from_config(config).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
-                                nesterov=config["momentum"] > 0, weight_decay=config["weight_decay"])
-    return model, optimizer
-
-
 def save_json(result: dict, path: Path) -> None:
     """Write results atomically; callers save after every phase, so a run cut short keeps what it measured."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,9 +68,7 @@ def cifar100_loaders(data_dir: Path, val_size: int, batch_size: int, eval_batch_
 def make_model_and_optimizer(config: dict, device: torch.device) -> tuple[p2.SimpleCNN, torch.optim.SGD]:
     torch.manual_seed(config["seed"])
     model = p2.model_from_config(config).to(device)  # NCHW, fp32: the conventional default
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["learning_rate"], momentum=config["momentum"],
-                                nesterov=config["momentum"] > 0, weight_decay=config["weight_decay"])
-    return model, optimizer
+    return model, p2.make_optimizer(model, config)
 
 
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, config: dict,

@@ -39,7 +39,6 @@ from benchlib import (
     describe_data,
     machine_info,
     p2,
-    project_model_and_optimizer,
     publish,
     save_json,
     summarize,
@@ -96,7 +95,7 @@ TARGETS = {  # from issue 5, default config, batch 256
 def compare_epochs(config: dict, data: p2.DeviceData, loaders: tuple, device: torch.device, sizes: dict) -> dict:
     """Training then evaluation images/s of both pipelines, alternating so that load on the machine hits both."""
     amp_dtype = p2.autocast_dtype(device)
-    model, optimizer = project_model_and_optimizer(config, device)
+    model, optimizer = p2.new_model_and_optimizer(config, device)
     base_model, base_optimizer = conventional.make_model_and_optimizer(config, device)
     train_loader, val_loader, _ = loaders
     rates = {"project": [], "conventional": []}

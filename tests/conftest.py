@@ -18,6 +18,11 @@ FAST_CONFIG = {"num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 32, "ba
                "learning_rate": 0.01}
 
 
+def trainer_command(*args: str) -> list[str]:
+    """The trainer as a real process, with this interpreter."""
+    return [sys.executable, str(ROOT / "part_2_cifar.py"), *args]
+
+
 def cli_args(config: dict) -> list[str]:
     """--key=value arguments, the form `wandb agent` passes."""
     return [f"--{key}={value}" for key, value in config.items()]

@@ -6,21 +6,16 @@ import json
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, cli_args
+from conftest import FAST_CONFIG, cli_args, trainer_command
 
 import part_2_cifar as trainer
 from synthetic_cifar100 import write_synthetic_cifar100
-
-
-def trainer_command(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "part_2_cifar.py"), *args]
 
 
 def one_line_error(stderr: str) -> str:

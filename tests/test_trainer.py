@@ -9,7 +9,6 @@ import json
 import os
 import pty
 import subprocess
-import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, cli_args
+from conftest import FAST_CONFIG, cli_args, trainer_command
 
 import part_2_cifar as trainer
 from synthetic_cifar100 import write_synthetic_cifar100
@@ -26,7 +25,7 @@ CPU = torch.device("cpu")
 
 
 def run_trainer(args: list[str], env: dict, cwd: Path, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "part_2_cifar.py"), *args], env=env, cwd=cwd, text=True,
+    return subprocess.run(trainer_command(*args), env=env, cwd=cwd, text=True,
                           capture_output=True, timeout=timeout, **kwargs)
 
 
