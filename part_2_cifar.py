@@ -20,6 +20,7 @@ Sections, in order: settings, data, model, train/evaluate, files and logging, co
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -258,13 +259,21 @@ def augment(padded: torch.Tensor, indices: torch.Tensor, generator: torch.Genera
     return padded[indices[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+@functools.cache
+def _scale_and_shift(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """x * scale - shift == (x / 255 - mean) / std, per channel; made once per device, since building a tensor from
+    Python numbers copies from the host and would make every training step wait for the GPU."""
+    mean = torch.tensor(CIFAR100_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR100_STD, device=device).view(1, 3, 1, 1)
+    return 1 / (255 * std), mean / std
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 32, 32, 3) -> float (B, 3, 32, 32) in channels_last memory, standardised per channel."""
-    mean = torch.tensor(CIFAR100_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR100_STD, device=images.device).view(1, 3, 1, 1)
+    scale, shift = _scale_and_shift(images.device)
     x = images.permute(0, 3, 1, 2).float()  # a view of NHWC memory is an NCHW tensor in channels_last
     x = x.contiguous(memory_format=torch.channels_last)  # no copy unless the input was not dense NHWC
-    return x.mul_(1 / (255 * std)).sub_(mean / std)
+    return x.mul_(scale).sub_(shift)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
