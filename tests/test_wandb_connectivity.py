@@ -152,3 +152,21 @@ def test_inside_a_sweep_no_network_exits_1_with_one_line_before_training(offline
     assert line.startswith(f"error: W&B: {unreachable_server} gave no run") and "sweep abc123" in line
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("wandb/offline-run-*"))
     assert seconds < BOUND_S
+
+
+# ---------------------------------------------------------------------------------------------- bounded waits
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({}, "30.0 120.0"),
+    ({"WANDB_INIT_TIMEOUT": "5", "WANDB_FINISH_TIMEOUT": "7"}, "5.0 7.0"),
+])
+def test_a_run_waits_a_bounded_time_for_init_and_finish_unless_wandb_is_told_otherwise(offline_env, tmp_path,
+                                                                                       environment, expected):
+    # run.finish would wait for uploads forever by default; a connection lost mid-run cannot be staged honestly here
+    # (no W&B server to lose), so this checks that the bound reaches the run wandb makes.
+    code = ("import part_2_cifar as p; run = p.start_wandb_run({'mode': 'offline'}, in_sweep=False); "
+            "print(run.settings.init_timeout, run.settings.finish_timeout); run.finish()")
+    result = subprocess.run([sys.executable, "-c", code], env=offline_env | environment, cwd=tmp_path, text=True,
+                            capture_output=True, timeout=60)
+    assert result.stdout.strip() == expected, result.stderr
