@@ -664,8 +664,8 @@ def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
 
 
 # W&B's own defaults wait 90 s for wandb.init and forever for run.finish. A server that answers at all answers within
-# seconds, and training never needs it: what is not uploaded stays in the run's wandb folder for `wandb sync`. So a
-# node without a route to the server starts training after 30 s and exits at most 120 s after training. A value set
+# seconds, and training never needs it: what is not uploaded stays in the run's wandb folder for `wandb sync`. So on
+# a node without a route wandb.init gives up after 30 s, and run.finish waits at most 120 s for uploads. A value set
 # the wandb way (WANDB_INIT_TIMEOUT, WANDB_FINISH_TIMEOUT, a settings file) wins over these.
 WANDB_TIMEOUTS_S = {"init_timeout": 30.0, "finish_timeout": 120.0}
 
@@ -748,7 +748,7 @@ def start_wandb_run(init: dict, in_sweep: bool):
                   f"({type(e).__name__}: {_one_line(e)})")
     if in_sweep:
         raise WandbUnavailable(f"W&B: {reason}; a sweep run cannot log offline, so this run of sweep "
-                               f"{os.environ['WANDB_SWEEP_ID']} stops before training")
+                               f"{os.environ.get('WANDB_SWEEP_ID', '(unknown)')} stops before training")
     run = wandb.init(**(init | {"mode": "offline"}), settings=wandb.Settings(**timeouts))
     print(f"W&B: {reason}: logging offline to {run.settings.sync_dir}; upload later with: "
           f"wandb sync {run.settings.sync_dir}", flush=True)
