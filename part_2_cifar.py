@@ -20,16 +20,19 @@ Sections, in order: settings, data, model, train/evaluate, files and logging, co
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import math
 import os
 import pickle
 import platform
+import secrets
 import signal
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,24 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Settings. Keys are exactly the parameter names in sweep_config.json; each is a `--key=value` option too.
-
-DEFAULTS = {
-    "learning_rate": 0.01,  # peak SGD learning rate after warm-up (swept 1e-4 .. 1e-2)
-    "momentum": 0.9,  # SGD Nesterov momentum, 0 <= m < 1 (swept 0.8 .. 0.99)
-    "batch_size": 256,  # training images per step (swept 64 .. 512)
-    "num_filters_1": 64,  # channels of the first 3x3 convolution
-    "num_filters_2": 128,  # channels of the second 3x3 convolution
-    "num_filters_3": 256,  # channels of the third 3x3 convolution; fc1 sees num_filters_3 * 4 * 4 inputs
-    "dropout_rate": 0.25,  # dropout before each fully connected layer, 0 <= p < 1
-    "epochs": 30,  # passes over the training split; the learning-rate schedule spans exactly this budget
-    "weight_decay": 5e-4,  # L2 penalty of SGD (the usual CIFAR value, e.g. He et al. 2016)
-    "label_smoothing": 0.1,  # cross-entropy label smoothing (Szegedy et al. 2016), 0 <= s < 1
-    "warmup_epochs": 1.0,  # linear learning-rate warm-up from 0, in epochs (may be fractional)
-    "lr_schedule": "cosine",  # after warm-up: "cosine" decays to 0 at the last step, "constant" keeps the peak
-    "seed": 0,  # seeds initialisation, batch order, augmentation and dropout (not the validation split)
-}
-LR_SCHEDULES = ("cosine", "constant")
+# Settings: one row per key, the only place a hyperparameter is written down. Keys are exactly the parameter names
+# in sweep_config.json; each is a `--key=value` option too. The parser, validate_config and the README's table
+# (settings_table) are made from these rows.
 
 
 class ConfigError(ValueError):
@@ -80,40 +68,64 @@ def _real(value: object) -> float:
     return number
 
 
-# key -> (parse, check, what is allowed): one row per DEFAULTS key, and val_size (an option, recorded in the config).
-RULES = {
-    "learning_rate": (_real, lambda v: v > 0, "a number > 0"),
-    "momentum": (_real, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "batch_size": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "num_filters_1": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "num_filters_2": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "num_filters_3": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "dropout_rate": (_real, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "epochs": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "weight_decay": (_real, lambda v: v >= 0, "a number >= 0"),
-    "label_smoothing": (_real, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "warmup_epochs": (_real, lambda v: v >= 0, "a number >= 0"),
-    "lr_schedule": (str, lambda v: v in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
-    "seed": (_integer, lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),
-    "val_size": (_integer, lambda v: v >= 1, "an integer >= 1, below the number of training images"),
+@dataclass(frozen=True)
+class Setting:
+    default: object
+    parse: Callable[[object], object]  # _integer, _real or str
+    allowed: str  # an interval such as "[0, 1)" or "(0, inf)", or the choices as "{a, b}"
+    help: str
+
+    def accepts(self, value: object) -> bool:
+        if self.allowed.startswith("{"):
+            return value in self.allowed[1:-1].split(", ")
+        low, high = (float(bound) for bound in self.allowed[1:-1].split(","))
+        above = value >= low if self.allowed[0] == "[" else value > low
+        below = value <= high if self.allowed[-1] == "]" else value < high
+        return above and below
+
+
+SETTINGS = {
+    "learning_rate": Setting(0.01, _real, "(0, inf)", "peak SGD learning rate, after warm-up (swept 1e-4..1e-2)"),
+    "momentum": Setting(0.9, _real, "[0, 1)", "SGD Nesterov momentum (swept 0.8..0.99)"),
+    "batch_size": Setting(256, _integer, "[1, inf)", "training images per step (swept 64..512)"),
+    "num_filters_1": Setting(64, _integer, "[1, inf)", "channels of the first 3x3 convolution"),
+    "num_filters_2": Setting(128, _integer, "[1, inf)", "channels of the second 3x3 convolution"),
+    "num_filters_3": Setting(256, _integer, "[1, inf)", "channels of the third 3x3 convolution"),
+    "dropout_rate": Setting(0.25, _real, "[0, 1)", "dropout before each fully connected layer"),
+    "epochs": Setting(30, _integer, "[1, inf)", "the budget: the learning-rate schedule anneals to 0 at its end"),
+    "weight_decay": Setting(5e-4, _real, "[0, inf)", "L2 penalty of SGD (the usual CIFAR value, He et al. 2016)"),
+    "label_smoothing": Setting(0.1, _real, "[0, 1)", "cross-entropy label smoothing (Szegedy et al. 2016)"),
+    "warmup_epochs": Setting(1.0, _real, "[0, inf)", "linear learning-rate warm-up from 0, in epochs"),
+    "lr_schedule": Setting("cosine", str, "{cosine, constant}", "after warm-up: cosine decay to 0, or constant"),
+    "seed": Setting(0, _integer, "[0, 2147483648)", "initialisation, batch order, augmentation, dropout"),
+    "val_size": Setting(5000, _integer, "[1, inf)", "training images held out for validation, by class, with a "
+                                                    "fixed seed (--val-size; never swept)"),
 }
+DEFAULTS = {key: setting.default for key, setting in SETTINGS.items()}
 
 
 def validate_config(config: dict) -> dict:
-    """Return the config with every DEFAULTS key parsed to its type; raise ConfigError naming the first bad key."""
+    """The config with every settings key parsed to its type (None or absent: the default); extra keys are kept.
+
+    Raises ConfigError naming the first bad key and what is allowed.
+    """
     clean = dict(config)
-    for key, (parse, check, allowed) in RULES.items():
-        if key not in config and key not in DEFAULTS:
-            continue
-        value = config.get(key, DEFAULTS.get(key))
+    for key, setting in SETTINGS.items():
+        value = setting.default if config.get(key) is None else config[key]
         try:
-            clean[key] = parse(value)
-            ok = check(clean[key])
+            clean[key] = setting.parse(value)
+            ok = setting.accepts(clean[key])
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ConfigError(f"{key}={value} is not allowed: use {allowed}")
+            raise ConfigError(f"{key}={value} is not allowed: use a value in {setting.allowed}")
     return clean
+
+
+def settings_table() -> str:
+    """The README's table of hyperparameters, made from SETTINGS (a test keeps the README in step)."""
+    rows = [f"| `{key}` | {s.default} | {s.allowed} | {s.help} |" for key, s in SETTINGS.items()]
+    return "\n".join(["| key | default | allowed | what |", "| --- | --- | --- | --- |", *rows])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -129,6 +141,8 @@ SPLIT_SEED = 20240601  # fixed, so every run and sweep trial is scored on the sa
 CROP_PADDING = 4  # pixels of zero padding around each image before the random 32x32 crop
 EVAL_BATCH_SIZE = 1000  # evaluation batch; no gradients, so large batches are cheap
 PROGRESS_SECONDS = 15.0  # an epoch longer than this (a CPU) prints a progress line this often
+CHECKPOINT_SECONDS = 60.0  # write checkpoints at most this often, plus at the end and on any exception: a save
+# takes ~0.1 s and a GPU epoch ~0.3 s, so saving every epoch would slow a run by a third. A SIGKILL loses < 60 s.
 
 
 class DataError(RuntimeError):
@@ -388,7 +402,9 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SI
 class StopOnSignal:
     """While active, STOP_SIGNALS only raise a flag; `check()` turns it into Interrupted between steps.
 
-    Raising from the handler itself could cut a checkpoint write or W&B's own code in half.
+    Raising from the handler itself could cut a checkpoint write or W&B's own code in half. main() keeps it active
+    from its first line to its last, so a notice during start-up or the final upload never kills the process by the
+    signal's default action. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download.
     """
 
     def __init__(self) -> None:
@@ -403,6 +419,8 @@ class StopOnSignal:
             signal.signal(sig, handler)
 
     def _catch(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
 
     def check(self) -> None:
@@ -414,15 +432,37 @@ def _never_interrupted() -> None:
     pass
 
 
+class StopEarly(Exception):
+    """Raised by an `on_epoch` callback (a sweep's pruner) to end the run after that epoch with `status`."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's batch order, augmentation and dropout: a resumed run repeats an epoch exactly."""
+    return seed * 100_003 + epoch
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, config: dict,
-                epoch: int, amp_dtype: torch.dtype | None, check_interrupt=_never_interrupted) -> dict:
-    """One pass over the training split. Randomness depends only on (seed, epoch), so a resumed run repeats it."""
+                epoch: int, amp_dtype: torch.dtype | None, check_interrupt=_never_interrupted, *,
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                scaler: torch.amp.GradScaler | None = None,
+                after_step: Callable[[torch.Tensor], None] | None = None) -> dict:
+    """One pass over the training split. Randomness depends only on (seed, epoch), so a resumed run repeats it.
+
+    The keywords exist for benchmarks/ablation.py, which measures this very loop with one thing changed:
+    `forward` replaces model(x) (a compiled or CUDA-graphed model), `scaler` is a GradScaler for fp16, and
+    `after_step(loss)` runs after each step (e.g. loss.item(), the host sync many loops do to print the loss).
+    """
     device = data.train_labels.device
+    forward = forward or model
     n, batch_size = data.train_labels.numel(), config["batch_size"]
     steps = steps_per_epoch(n, batch_size)
     warmup_steps = round(config["warmup_epochs"] * steps)
-    generator = torch.Generator(device=device).manual_seed(config["seed"] * 100_003 + epoch)
-    torch.manual_seed(config["seed"] * 100_003 + epoch)  # dropout draws from the global generator
+    generator = torch.Generator(device=device).manual_seed(epoch_seed(config["seed"], epoch))
+    torch.manual_seed(epoch_seed(config["seed"], epoch))  # dropout draws from the global generator
     order = torch.randperm(n, device=device, generator=generator)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -441,11 +481,18 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Device
         x = normalize(augment(data.train_images, indices, generator))
         y = data.train_labels[indices]
         with autocast(device.type, amp_dtype):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if after_step is not None:
+            after_step(loss)
         # Summed on the device: no host synchronisation until the epoch ends.
         loss_sum += loss.detach() * y.numel()
         correct += (logits.argmax(1) == y).sum()
@@ -455,24 +502,21 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Device
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None) -> dict:
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None,
+             batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """{"loss": mean cross-entropy, "accuracy": top-1 in percent} over all images, in large batches."""
     model.eval()
     loss_sum = torch.zeros((), device=labels.device)
     correct = torch.zeros((), device=labels.device, dtype=torch.int64)
-    for start in range(0, labels.numel(), EVAL_BATCH_SIZE):
-        x = normalize(images[start:start + EVAL_BATCH_SIZE])
-        y = labels[start:start + EVAL_BATCH_SIZE]
+    for start in range(0, labels.numel(), batch_size):
+        x = normalize(images[start:start + batch_size])
+        y = labels[start:start + batch_size]
         with autocast(labels.device.type, amp_dtype):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     n = max(1, labels.numel())
     return {"loss": loss_sum.item() / n, "accuracy": 100 * correct.item() / n}
-
-
-CHECKPOINT_SECONDS = 60.0  # write checkpoints at most this often, plus at the end and on any exception: a save
-# takes ~0.1 s and a GPU epoch ~0.3 s, so saving every epoch would slow a run by a third. A SIGKILL loses < 60 s.
 
 
 def to_cpu(obj: object) -> object:
@@ -486,15 +530,18 @@ def to_cpu(obj: object) -> object:
     return obj
 
 
+RESUME_KEYS = ("model", "optimizer", "config", "epoch", "history", "best_val_accuracy", "best_epoch", "seconds")
+
+
 def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: dict | None = None,
-          check_interrupt=_never_interrupted) -> dict:
+          check_interrupt=_never_interrupted, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> dict:
     """Train one model; write best.pt, last.pt, summary.json and curves.png into run_dir; return the summary.
 
-    `on_epoch(metrics)` sees each epoch's metrics (W&B logging, sweep pruning). `check_interrupt()` runs before
-    every step and may raise (StopOnSignal.check). Whatever ends the loop early, an exception included, the last
-    finished epoch is written to last.pt first. `resume` is a loaded last.pt: training continues after its epoch;
-    the schedule and all randomness are functions of (seed, epoch, step), so no RNG state needs saving.
-    A non-finite training loss ends the run early with status "diverged".
+    `on_epoch(metrics)` sees each epoch's metrics (W&B logging, sweep pruning) and may raise StopEarly.
+    `check_interrupt()` runs before every step and may raise (StopOnSignal.check). Whatever ends the loop early, an
+    exception included, the last finished epoch is written to last.pt first. `resume` is a loaded last.pt: training
+    continues after its epoch; the schedule and all randomness are functions of (seed, epoch, step), so no RNG
+    state needs saving. A non-finite training loss ends the run early with status "diverged".
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -536,12 +583,15 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
                                       "val_accuracy": metrics["val_accuracy"], "epoch": epoch}
             unsaved["last.pt"] = to_cpu({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "config": config, **state})
-            if time.perf_counter() - written_at >= CHECKPOINT_SECONDS or epoch == config["epochs"]:
+            if time.perf_counter() - written_at >= checkpoint_seconds or epoch == config["epochs"]:
                 save_snapshots()
                 written_at = time.perf_counter()
             print(format_epoch(metrics, config["epochs"]), flush=True)
             if on_epoch is not None:
                 on_epoch(metrics)
+    except StopEarly as e:
+        status = e.status
+        print(f"stopped after epoch {state['epoch']}: {e}", flush=True)
     finally:
         save_snapshots()
     return finish_run(model, data, run_dir, config, state, status, time.perf_counter() - started, amp_dtype)
@@ -549,21 +599,67 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
 
 def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, state: dict, status: str,
                seconds: float, amp_dtype: torch.dtype | None) -> dict:
-    """Score best.pt once on the test images; write summary.json and the learning curves; return the summary."""
+    """Score best.pt once on the test images (not for a stopped run); write summary.json with the model's cost and
+    the learning curves; return the summary."""
     device = data.test_labels.device
     summary = {"status": status, "config": config, "best_val_accuracy": state["best_val_accuracy"],
                "best_epoch": state["best_epoch"], "epochs_completed": state["epoch"]}
-    if state["best_epoch"]:  # score the checkpoint that would be exported, not whatever the last epoch left
+    if state["best_epoch"] and status in ("finished", "diverged"):  # score what would be exported, not the last epoch
         model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
         test = evaluate(model, data.test_images, data.test_labels, amp_dtype)
         summary.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     rates = [m["train_images_per_second"] for m in state["history"]]
     summary.update(train_images_per_second=float(np.median(rates)) if rates else None, total_seconds=seconds,
-                   device=device_name(device), versions=versions(), history=state["history"])
+                   device=device_name(device), versions=versions(), **model_cost(model, device, amp_dtype),
+                   history=state["history"])
     write_json_atomic(summary, run_dir / "summary.json")
     if state["history"]:
         plot_learning_curve(state["history"], run_dir / "curves.png", title=f"{run_dir.name} ({summary['device']})")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Cost: what a model costs to deploy, recorded in every summary so a sweep's runs can be chosen on accuracy and cost.
+
+LATENCY_BATCH_SIZES = (1, 256)  # one image (interactive use) and a large batch (throughput)
+LATENCY_SECONDS = 0.5  # timed per batch size, after one warm-up call: about a second or two per run in all
+
+
+def flops_per_image(model: nn.Module) -> int:
+    """Forward-pass FLOPs of one 32x32 image, counted by PyTorch's FlopCounterMode (a multiply-add is 2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    return counter.get_total_flops()
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, batch_size: int,
+               seconds: float = LATENCY_SECONDS) -> float:
+    """Median wall time of one forward pass at `batch_size` on `device`, as evaluate() runs it, after a warm-up."""
+    model.eval()
+    x = torch.zeros(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    times: list[float] = []
+    with autocast(device.type, amp_dtype):
+        model(x)  # warm-up: cuDNN's kernel choice, lazy allocations
+        while len(times) < 3 or sum(times) < seconds * 1e3:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def model_cost(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None) -> dict:
+    """parameters, flops_per_image and latency_ms ({batch size: median ms}) with the device they were timed on."""
+    return {"parameters": sum(p.numel() for p in model.parameters()), "flops_per_image": flops_per_image(model),
+            "latency_ms": {str(b): latency_ms(model, device, amp_dtype, b) for b in LATENCY_BATCH_SIZES},
+            "latency_device": device_name(device)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -589,6 +685,21 @@ def write_json_atomic(obj: object, path: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
         os.replace(tmp, path)
     finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig: object, path: Path, dpi: int = 100) -> None:
+    """Save a matplotlib figure through a temporary file and close it: a reader never sees half a PNG."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
         tmp.unlink(missing_ok=True)
 
 
@@ -657,10 +768,7 @@ def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def wandb_api_key_present() -> bool:
@@ -695,8 +803,19 @@ def resolve_wandb_mode(requested: str) -> str:
     return mode
 
 
+def start_wandb_run(init: dict, in_sweep: bool):
+    """wandb.init(**init)."""
+    import wandb
+
+    return wandb.init(**init)
+
+
+def finish_wandb_run(run, exit_code: int = 0) -> None:
+    run.finish(exit_code=exit_code)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Command line and main
+# One training as one W&B run: what main(), every local sweep trial and every model-selection seed run.
 
 
 def out_of_memory_message(config: dict, device: torch.device) -> str:
@@ -704,125 +823,156 @@ def out_of_memory_message(config: dict, device: torch.device) -> str:
             f"{config['num_filters_2']}/{config['num_filters_3']}: try a smaller batch_size or fewer filters")
 
 
+def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Path, init: dict, *,
+                 check_interrupt: Callable[[], None] = _never_interrupted, resume: dict | None = None,
+                 on_epoch: Callable[[dict], None] | None = None, in_sweep: bool = False,
+                 log_model: bool = True) -> tuple[int, dict]:
+    """Train `config` as one W&B run (`init`: wandb.init's keywords but config) into run_dir; (exit code, summary).
+
+    Exit codes: 0 finished, diverged or stopped early (StopEarly from `on_epoch`); 1 out of memory or bad data;
+    2 a bad value (a sweep's, say); 128 + signal when `check_interrupt` raised Interrupted. The summary always has
+    "status"; a failure's has "error", the one line printed. W&B gets every epoch (step = epoch, so a relaunched
+    run never logs over its first launch), the summary keys, and best.pt as a model artifact if `log_model`.
+    """
+    run = start_wandb_run({**init, "config": config}, in_sweep)
+    failed, data = {"status": "failed"}, None
+    try:
+        config = validate_config(dict(run.config))  # a sweep's values override the command line
+        check_interrupt()
+        data = load_data()
+
+        def log_epoch(metrics: dict) -> None:
+            run.log(metrics, step=metrics["epoch"])
+            run.summary["best_val_accuracy"] = max(metrics["val_accuracy"], run.summary.get("best_val_accuracy", 0.0))
+            if on_epoch is not None:
+                on_epoch(metrics)
+
+        summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume, check_interrupt=check_interrupt)
+    except (ConfigError, DataError, CheckpointError) as e:
+        return _end_run(run, 2 if isinstance(e, ConfigError) else 1, failed | {"error": str(e)})
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        device = data.train_labels.device if data else "the device"
+        return _end_run(run, 1, failed | {"error": out_of_memory_message(config, device)})
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        kept = (f"{run_dir / 'last.pt'} holds the last finished epoch; continue with --resume {run_dir}"
+                if (Path(run_dir) / "last.pt").is_file() else "no epoch had finished; the same command starts again")
+        print(f"interrupted by {signal.Signals(signum).name}: {kept}", file=sys.stderr, flush=True)
+        # Requeue the run, except when a sweep agent sent SIGTERM to stop it early (Hyperband): requeueing would
+        # undo that. Preemptible sweeps send SIGUSR1 (README, "Sweeps"), which always requeues.
+        if not in_sweep or signum == getattr(signal, "SIGUSR1", None):
+            run.mark_preempting()
+        return _end_run(run, 128 + signum, {"status": "interrupted"})
+    run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status",
+                                                      "parameters", "flops_per_image", "latency_ms", "test_accuracy",
+                                                      "test_loss") if summary.get(key) is not None})
+    if summary["status"] == "diverged":
+        run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"]})
+    if log_model and init.get("mode") != "disabled" and summary["best_epoch"]:
+        import wandb
+
+        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"config": config,
+                                  "val_accuracy": summary["best_val_accuracy"], "epoch": summary["best_epoch"]})
+        artifact.add_file(str(Path(run_dir) / "best.pt"))
+        run.log_artifact(artifact, aliases=["best", "latest"])
+    return _end_run(run, 0, summary)
+
+
+def _end_run(run: object, code: int, summary: dict) -> tuple[int, dict]:
+    """Print a failure's line, record it in the W&B summary, finish the run with the exit code."""
+    if "error" in summary:
+        print(f"error: {summary['error']}", file=sys.stderr, flush=True)
+        run.summary["error"] = summary["error"]
+    finish_wandb_run(run, code)
+    return code, summary
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line and main
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser described by the first paragraph of a module docstring, with one-line errors."""
 
-    def __init__(self, docstring: str):
-        super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    def __init__(self, docstring: str, parents: tuple[argparse.ArgumentParser, ...] = ()):
+        super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                         parents=list(parents))
 
     def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineErrorParser(__doc__)
-    for key, default in DEFAULTS.items():  # every swept key: `--key=value` and `--key value`, as `wandb agent` passes
-        parser.add_argument(f"--{key}", default=default, metavar=type(default).__name__.upper(),
-                            help=f"default {default}; {RULES[key][2]}")
+def common_options() -> argparse.ArgumentParser:
+    """The options every command shares (trainer, local sweep, model selection): a parent for their parsers."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds cifar-100-python/ (default ./data)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folders go here (default ./runs)")
-    parser.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    parser.add_argument("--val-size", "--val_size", dest="val_size", metavar="N",
+                        help=f"default {DEFAULTS['val_size']}; {SETTINGS['val_size'].help}")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--wandb-mode", choices=("auto", "online", "offline", "disabled"), default="auto",
-                        help="auto: WANDB_MODE if set, else online with an API key, else offline")
+                        help="auto: WANDB_MODE if set, else online with W&B credentials, else offline")
     parser.add_argument("--wandb-project", default="cifar100-simplecnn", help="W&B project (ignored inside a sweep)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineErrorParser(__doc__, parents=(common_options(),))
+    for key, setting in SETTINGS.items():  # `--key=value` and `--key value`, as `wandb agent` passes them
+        if key != "val_size":  # a common option
+            parser.add_argument(f"--{key}", metavar=setting.parse.__name__.strip("_").upper(),
+                                help=f"default {setting.default}; {setting.allowed}; {setting.help}")
     parser.add_argument("--log-model", action=argparse.BooleanOptionalAction, default=True,
                         help="upload best.pt as a W&B model artifact at the end (default on)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run whose last.pt is in RUN_DIR")
     return parser.parse_args(argv)
 
 
+def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
+    """(run folder, its last.pt or None). A run resumes from --resume, or when an agent relaunches a preempted run
+    under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line."""
+    run_id = os.environ.get("WANDB_RUN_ID")
+    if args.resume is None and not (run_id and (args.runs_dir / run_id / "last.pt").is_file()):
+        return args.runs_dir / (run_id or secrets.token_hex(4)), None  # 8 characters in [0-9a-f]: a valid W&B id
+    run_dir = args.resume or args.runs_dir / run_id
+    resume = load_checkpoint(run_dir / "last.pt", needs=RESUME_KEYS)
+    for key, value in resume["config"].items():
+        if getattr(args, key, None) is not None and config[key] != value:
+            why = " (its schedule is fixed by its budget: start a new run to train longer)" if key == "epochs" else ""
+            print(f"--{key}={getattr(args, key)} ignored: the resumed run keeps {key}={value}{why}", flush=True)
+    print(f"resuming {run_dir} after epoch {resume['epoch']}", flush=True)
+    return run_dir, resume
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        config = validate_config({key: getattr(args, key) for key in DEFAULTS} | {"val_size": args.val_size})
-        device = pick_device(args.device)
-        mode = resolve_wandb_mode(args.wandb_mode)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    # A resume comes from --resume, or from an agent relaunching a preempted run under the same WANDB_RUN_ID.
-    resume_dir = args.resume
-    if resume_dir is None and os.environ.get("WANDB_RUN_ID"):
-        candidate = args.runs_dir / os.environ["WANDB_RUN_ID"]
-        resume_dir = candidate if (candidate / "last.pt").is_file() else None
-    resume = None
-    if resume_dir is not None:
+    with StopOnSignal() as stop:  # from the first line: a preemption notice during start-up or upload is kept
+        args = parse_args(argv)
         try:
-            resume = load_checkpoint(Path(resume_dir) / "last.pt", needs=("model", "optimizer", "config", "epoch"))
-        except CheckpointError as e:
-            print(f"error: cannot resume: {e}", file=sys.stderr)
+            config = validate_config({key: getattr(args, key) for key in SETTINGS})
+            device = pick_device(args.device)
+            mode = resolve_wandb_mode(args.wandb_mode)
+            run_dir, resume = find_resume(args, config)
+        except (ConfigError, CheckpointError) as e:
+            print(f"error: {'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}", file=sys.stderr)
             return 2
-        config = resume["config"]
-        print(f"resuming {resume_dir} after epoch {resume['epoch']}", flush=True)
-
-    import wandb
-
-    in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
-    init = {"config": config, "mode": mode, "resume": "allow"}
-    if not in_sweep:  # inside a sweep the agent chooses project and id
-        init.update(project=args.wandb_project, id=Path(resume_dir).name if resume_dir else None)
-    run = wandb.init(**init)
-    try:
-        config = validate_config(dict(run.config))  # a sweep's values override the command line
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        run.summary["error"] = str(e)
-        run.finish(exit_code=2)
-        return 2
-    run.define_metric("val_accuracy", summary="max")
-    run_dir = Path(resume_dir) if resume_dir else args.runs_dir / run.id
-
-    def log_epoch(metrics: dict) -> None:
-        run.log(metrics)
-        run.summary["best_val_accuracy"] = max(metrics["val_accuracy"], run.summary.get("best_val_accuracy", 0.0))
-
-    try:
-        data = prepare_data(args.data_dir, config["val_size"], device)  # Ctrl-C here is a plain KeyboardInterrupt
-        with StopOnSignal() as stop:
-            summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume, check_interrupt=stop.check)
-    except (DataError, ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        run.summary["error"] = str(e)
-        run.finish(exit_code=2 if isinstance(e, ConfigError) else 1)
-        return 2 if isinstance(e, ConfigError) else 1
-    except torch.OutOfMemoryError:
-        message = out_of_memory_message(config, device)
-        print(f"error: {message}", file=sys.stderr)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        run.summary["error"] = message
-        run.finish(exit_code=1)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted while loading data: nothing to keep yet", file=sys.stderr)
-        run.finish(exit_code=128 + signal.SIGINT)
-        return 128 + signal.SIGINT
-    except Interrupted as e:
-        print(f"interrupted by {e}: {run_dir / 'last.pt'} holds the last finished epoch; continue with "
-              f"--resume {run_dir}", file=sys.stderr, flush=True)
-        # Requeue the run, except when a sweep agent sent SIGTERM to stop it early (Hyperband): requeueing would
-        # undo that. Preemptible sweeps send SIGUSR1 (README, "Sweeps"), which always requeues.
-        if not in_sweep or e.signum == getattr(signal, "SIGUSR1", None):
-            run.mark_preempting()
-        run.finish(exit_code=128 + e.signum)
-        return 128 + e.signum
-
-    run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status")
-                        if summary.get(key) is not None})
-    if summary["status"] == "diverged":
-        run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"]})
-    else:
-        run.summary.update({"test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"]})
-    if args.log_model and mode != "disabled" and summary["best_epoch"]:
-        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"config": config,
-                                  "val_accuracy": summary["best_val_accuracy"], "epoch": summary["best_epoch"]})
-        artifact.add_file(str(run_dir / "best.pt"))
-        run.log_artifact(artifact, aliases=["best", "latest"])
-    run.finish()
-    print(f"done: best val_accuracy {summary['best_val_accuracy']:.2f}% at epoch {summary['best_epoch']}, "
-          f"test_accuracy {summary.get('test_accuracy', float('nan')):.2f}%; files in {run_dir}", flush=True)
-    return 0
+        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
+        init = {"mode": mode, "resume": "allow"}
+        if not in_sweep:  # inside a sweep the agent chooses project and id
+            init.update(project=args.wandb_project, id=run_dir.name)
+        config = resume["config"] if resume else config
+        val_size = config["val_size"]
+        code, summary = run_training(config, lambda: prepare_data(args.data_dir, val_size, device), run_dir, init,
+                                     check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
+                                     log_model=args.log_model)
+        if code == 0:
+            print(f"done: best val_accuracy {summary['best_val_accuracy']:.2f}% at epoch {summary['best_epoch']}, "
+                  f"test_accuracy {summary.get('test_accuracy', float('nan')):.2f}%; files in {run_dir}", flush=True)
+        if stop.signum is not None and code == 0:
+            print(f"{signal.Signals(stop.signum).name} arrived after training had finished: the run is complete",
+                  flush=True)
+        return code
 
 
 if __name__ == "__main__":
