@@ -1,11 +1,14 @@
 """trt_export.py and trt_runtime.py: ONNX export and parity, dynamic batch, timing statistics, checkpoint errors,
-the CLI end to end on a checkpoint the trainer wrote, and the TensorRT path (marked `tensorrt`, skipped without a GPU,
-TensorRT and pycuda, with the reason)."""
+choosing the checkpoint (select_model.py's selection.json, --within, the fallback at any depth), the CLI end to end on
+a checkpoint the trainer wrote; the TensorRT/CUDA layer on the CPU through stand-in tensorrt, pycuda, cuda-python and
+ModelOpt modules (profile, timing cache, graph capture, calibration arguments, error lines); and on a real GPU
+(marked `tensorrt`, skipped without a GPU, TensorRT and pycuda, with the reason)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -39,9 +42,10 @@ def data_dir(learnable_data_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(data_dir, tmp_path_factory) -> Path:
-    """A run folder with best.pt and summary.json written by the trainer's own train() (2 epochs, small filters)."""
+    """A run folder with best.pt and summary.json written by the trainer's own train() (2 epochs, small filters),
+    two levels down as a local sweep's trial is: <runs>/<study>/trial-0000."""
     config = part_2_cifar.validate_config({**part_2_cifar.DEFAULTS, **FAST_CONFIG, "val_size": 200})
-    run_dir = tmp_path_factory.mktemp("trt_runs") / "tiny-run"
+    run_dir = tmp_path_factory.mktemp("trt_runs") / "study" / "trial-0000"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy 2-core machine one thread is several times faster than two contending
     try:
@@ -59,7 +63,7 @@ def cli_run(trained_run, data_dir, tmp_path_factory) -> dict:
     """One real `python trt_export.py --checkpoint best ...` on the CPU with a short benchmark; tests read its files."""
     work = tmp_path_factory.mktemp("trt_cli")
     command = [sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", "best",
-               "--runs-dir", str(trained_run.parent), "--data-dir", str(data_dir),
+               "--runs-dir", str(trained_run.parent.parent), "--data-dir", str(data_dir),
                "--out", str(work / "export"), "--plot", str(work / "plot.png"),
                "--device", "cpu", "--batch-sizes", "1,4", "--warmup-seconds", "0", "--min-seconds", "0",
                "--min-iterations", "3"]
@@ -78,10 +82,12 @@ def normalized_test_images(data_dir: Path, count: int | None = None) -> tuple[np
 # The CLI end to end, without TensorRT
 
 
-def test_cli_exports_checks_benchmarks_and_says_what_it_skipped(cli_run):
+def test_cli_exports_checks_benchmarks_and_says_what_it_skipped(cli_run, trained_run):
     result, out = cli_run["result"], cli_run["out"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert f"exporting checkpoint {trained_run / 'best.pt'} " in result.stdout  # found two levels down
+    assert "not confirmed by select_model.py" in result.stdout  # there is no selection.json
     assert "| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms |" in result.stdout
     assert "ONNX fp32 vs PyTorch (ONNX Runtime CPU" in result.stdout
     skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped: ")]
@@ -255,23 +261,157 @@ def test_foreign_checkpoints_are_one_line_and_exit_2(trained_run, tmp_path, caps
         assert expected in line
 
 
-def test_best_picks_the_run_with_the_highest_best_val_accuracy(tmp_path, capsys):
-    runs = {"a": {"best_val_accuracy": 40.0}, "b": {"best_val_accuracy": 55.5}, "c": {"best_val_accuracy": 90.0},
-            "d": {"best_val_accuracy": "high"}, "e": None}
+def test_best_picks_the_run_with_the_highest_best_val_accuracy_at_any_depth(tmp_path, capsys):
+    runs = {"a": {"best_val_accuracy": 40.0}, "study/trial-0001": {"best_val_accuracy": 55.5},
+            "c": {"best_val_accuracy": 90.0}, "d": {"best_val_accuracy": "high"}, "e": None}
     for name, summary in runs.items():
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir(parents=True)
         (tmp_path / name / "summary.json").write_text("{not json" if summary is None else json.dumps(summary))
         if name != "c":  # c scored best but has no best.pt to export
             (tmp_path / name / "best.pt").write_bytes(b"")
-    assert trt_export.find_best_run(tmp_path) == tmp_path / "b" / "best.pt"
+    assert trt_export.find_best_run(tmp_path) == (tmp_path / "study" / "trial-0001", 55.5)
     assert trt_export.resolve_checkpoint(str(tmp_path / "a"), tmp_path) == tmp_path / "a" / "best.pt"  # a run folder
-    assert "e/summary.json is unreadable" in capsys.readouterr().out
+    assert trt_export.resolve_checkpoint("best", tmp_path) == tmp_path / "study" / "trial-0001" / "best.pt"
+    out = capsys.readouterr().out
+    assert "e/summary.json is missing or unreadable" in out
+    assert "not confirmed by select_model.py" in out
 
 
 def test_best_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
     assert trt_export.main(["--checkpoint", "best", "--runs-dir", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: no run in {tmp_path} has a summary.json with best_val_accuracy")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Choosing the checkpoint: select_model.py's selection.json, --within
+
+
+def copy_run(source: Path, run_dir: Path, best_val_accuracy: float) -> None:
+    """A run folder holding the trainer's real best.pt and summary.json, with a hand-written best_val_accuracy."""
+    run_dir.mkdir(parents=True)
+    shutil.copy(source / "best.pt", run_dir / "best.pt")
+    summary = json.loads((source / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "best_val_accuracy": best_val_accuracy}))
+
+
+def selection_config(name: str, runs: list[str], mean: float, flops: float, pareto: bool) -> dict:
+    return {"config": {"name": name}, "runs": runs, "val_accuracy_mean": mean, "val_accuracy_std": 1.0,
+            "val_accuracy_ci95": [mean - 2, mean + 2], "single_run_val_accuracy": mean + 1,
+            "test_accuracy_mean": mean - 1, "flops_per_image": flops, "latency_ms": {"1": 0.5, "256": 4.0},
+            "pareto": pareto}
+
+
+@pytest.fixture()
+def selection_runs(trained_run, tmp_path) -> Path:
+    """runs/ as select_model.py leaves it: sweep trials, retrained seeds in selection/, and selection.json naming
+    four configs: A best (60.0, 83.5 MFLOP), B cheaper within a point (59.5, 21 MFLOP), C off the front, D cheapest
+    but 5 points down. A lucky single trial (70.0) is the highest run of all: the selection must win over it."""
+    runs = tmp_path / "runs"
+    seeds = {"study/trial-0003": 59.0, "selection/a-seed1": 61.0, "selection/b-seed1": 58.0,
+             "selection/b-seed2": 61.5, "selection/c-seed1": 59.0, "selection/d-seed1": 55.0,
+             "study/trial-0007": 70.0}
+    for run, accuracy in seeds.items():
+        copy_run(trained_run, runs / run, accuracy)
+    configs = [selection_config("A", ["study/trial-0003", str(runs / "selection/a-seed1")], 60.0, 83.5e6, True),
+               selection_config("B", ["selection/b-seed1", "selection/b-seed2"], 59.5, 21e6, True),
+               selection_config("C", ["selection/c-seed1"], 59.0, 30e6, False),  # B is better and cheaper
+               selection_config("D", ["selection/d-seed1"], 55.0, 5e6, True)]
+    (runs / "selection.json").write_text(json.dumps({"configs": configs, "best": "selection/a-seed1"}))
+    return runs
+
+
+def test_best_exports_what_select_model_chose_not_the_luckiest_run(selection_runs, capsys):
+    assert trt_export.resolve_checkpoint("best", selection_runs) == selection_runs / "selection/a-seed1/best.pt"
+    assert "chosen by select_model.py" in capsys.readouterr().out
+
+
+def test_a_selection_json_below_runs_dir_is_found(selection_runs):
+    study = selection_runs.parent / "all-runs" / "cifar"
+    shutil.move(selection_runs, study)  # select_model.py was given runs/cifar; the export looks in runs/
+    assert trt_export.resolve_checkpoint("best", study.parent) == study / "selection/a-seed1/best.pt"
+
+
+@pytest.mark.parametrize(("points", "run"), [(0, "selection/a-seed1"), (1.0, "selection/b-seed2"),
+                                             (5.0, "selection/d-seed1")])
+def test_within_picks_the_cheapest_front_config_within_the_points_at_its_best_seed(selection_runs, points, run,
+                                                                                  capsys):
+    assert trt_export.resolve_checkpoint("best", selection_runs, within=points) == selection_runs / run / "best.pt"
+    assert f"its best seed is {selection_runs / run}" in capsys.readouterr().out
+
+
+def test_within_never_picks_a_config_off_the_front():
+    configs = [selection_config("best", ["x"], 60.0, 80e6, True), selection_config("off", ["y"], 59.9, 1e6, False),
+               selection_config("front", ["z"], 59.5, 20e6, True)]
+    assert trt_export.cheapest_within(configs, 1.0)["config"]["name"] == "front"
+
+
+def test_cli_within_exports_the_chosen_seed_normalizing_once_with_one_session_per_model(selection_runs, data_dir,
+                                                                                        tmp_path, monkeypatch,
+                                                                                        capsys):
+    normalize_calls, session_paths = [], []
+    real_normalize, real_session = trt_export.normalize, trt_export.ort_session
+    monkeypatch.setattr(trt_export, "normalize", lambda x: normalize_calls.append(len(x)) or real_normalize(x))
+    monkeypatch.setattr(trt_export, "ort_session", lambda path: session_paths.append(path) or real_session(path))
+    code = trt_export.main(["--checkpoint", "best", "--within", "1", "--runs-dir", str(selection_runs),
+                            "--data-dir", str(data_dir), "--out", str(tmp_path / "export"), "--plot",
+                            str(tmp_path / "plot.png"), "--device", "cpu", "--batch-sizes", "1,3",
+                            "--accuracy-images", "40", "--warmup-seconds", "0", "--min-seconds", "0",
+                            "--min-iterations", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    exported = selection_runs / "selection/b-seed2/best.pt"
+    assert f"exporting checkpoint {exported} " in out
+    assert json.loads((tmp_path / "export" / "benchmark.json").read_text())["checkpoint"] == str(exported)
+    assert normalize_calls == [40]  # the test images, once, for parity, accuracy (chunks of 3) and benchmark
+    assert sorted(path.name for path in session_paths) == ["model.onnx", "model_fp16.onnx"]
+
+
+def test_export_leaves_the_callers_model_as_it_was(trained_run, data_dir, tmp_path):
+    model, _ = trt_export.load_model(trained_run / "best.pt")
+    before = {name: (tensor.clone(), tensor.stride()) for name, tensor in model.state_dict().items()}
+    images, _ = normalized_test_images(data_dir, 8)
+    trt_export.export_and_check(model, tmp_path, "fp16", images, trt_export.Report())
+    placed = trt_export.on_device(model, torch.device("cpu"))
+    trt_export.torch_predictor(placed, torch.device("cpu"), None)(images)
+    assert not model.training
+    for name, tensor in model.state_dict().items():
+        assert tensor.stride() == before[name][1] and tensor.dtype == before[name][0].dtype, name  # not moved
+        assert torch.equal(tensor, before[name][0]), name
+    conv_weight = next(p for p in placed.parameters() if p.dim() == 4)
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last)  # the copy was placed as the trainer runs
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("{not json", "is unreadable (JSONDecodeError): rerun select_model.py"),
+    ('{"configs": [], "best": "selection/a-seed1"}', 'is not a select_model.py selection: it needs {"configs"'),
+    ('{"configs": [{"runs": ["x"], "val_accuracy_mean": 60, "pareto": true}], "best": "x"}',
+     "configs[0] needs numbers val_accuracy_mean and flops_per_image"),
+    ('{"configs": [{"runs": ["x"], "val_accuracy_mean": 60, "flops_per_image": 1, "pareto": true}], "best": "gone"}',
+     "gone/best.pt does not exist"),
+])
+def test_a_garbled_selection_json_is_one_line_and_exit_2(selection_runs, capsys, content, expected):
+    (selection_runs / "selection.json").write_text(content)
+    assert trt_export.main(["--checkpoint", "best", "--runs-dir", str(selection_runs)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and expected in line
+
+
+def test_within_without_a_selection_json_is_one_line_and_exit_2(trained_run, capsys):
+    runs = trained_run.parent.parent
+    assert trt_export.main(["--checkpoint", "best", "--within", "1", "--runs-dir", str(runs)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"error: --within needs a selection.json under {runs}: run select_model.py {runs} first"
+
+
+@pytest.mark.parametrize("args", [["--checkpoint", "runs/x/best.pt", "--within", "1"],
+                                  ["--checkpoint", "best", "--within", "-1"]])
+def test_within_needs_best_and_points_at_least_0(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        trt_export.main(args)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--within" in line and "use a number of points >= 0, with --checkpoint best" in line
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -288,8 +428,7 @@ def test_stub_only_or_absent_tensorrt_is_reported_not_used(monkeypatch):
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_agrees_with_onnx_runtime(cli_run, data_dir, tmp_path, precision):
-    onnx_path = cli_run["out"] / ("model_fp16.onnx" if precision == "fp16" and not trt_runtime.uses_precision_flags()
-                                  else "model.onnx")
+    onnx_path = cli_run["out"] / ("model_fp16.onnx" if precision == "fp16" else "model.onnx")  # strongly typed
     info = trt_runtime.build_engine(onnx_path, tmp_path / "m.engine", precision, [1, 16], torch.cuda.get_device_name(),
                                     tmp_path / "timing.cache")
     assert json.loads((tmp_path / "m.engine.json").read_text()) == info
