@@ -37,7 +37,7 @@ WORKSPACE_BYTES = 1 << 30  # builder scratch memory limit; SimpleCNN needs far l
 PRECISIONS = ("fp32", "fp16", "int8")
 MODELOPT_MIN_VERSION = (0, 42)  # before 0.42 every calibration step saw the same data (NVIDIA/Model-Optimizer#794)
 CALIBRATION_BATCH = 64  # images per int8 calibration step; ModelOpt reads a dynamic batch as 1 unless told
-INSTALL_HINT = "on a GPU machine: pip install -r requirements-trt.txt (see the README's export section)"
+INSTALL_HINT = "on a GPU machine: pip install --extra-index-url https://pypi.nvidia.com -r requirements-trt.txt"
 
 
 class EngineError(RuntimeError):
