@@ -622,7 +622,8 @@ def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, 
 # Cost: what a model costs to deploy, recorded in every summary so a sweep's runs can be chosen on accuracy and cost.
 
 LATENCY_BATCH_SIZES = (1, 256)  # one image (interactive use) and a large batch (throughput)
-LATENCY_SECONDS = 0.5  # timed per batch size, after one warm-up call: about a second or two per run in all
+LATENCY_SECONDS = 0.5  # timed per batch size, after one warm-up call: about a second or two per run in all ...
+LATENCY_REPEATS = 50  # ... or this many calls, if sooner: the median of 50 is steady, and tiny models finish fast
 
 
 def flops_per_image(model: nn.Module) -> int:
@@ -644,7 +645,7 @@ def latency_ms(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | 
     times: list[float] = []
     with autocast(device.type, amp_dtype):
         model(x)  # warm-up: cuDNN's kernel choice, lazy allocations
-        while len(times) < 3 or sum(times) < seconds * 1e3:
+        while len(times) < 3 or (sum(times) < seconds * 1e3 and len(times) < LATENCY_REPEATS):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
