@@ -133,3 +133,38 @@ def test_no_finished_run_is_one_line_and_exit_2(tmp_path, offline_env):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: no finished run")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_sweep_then_selection_then_export_of_what_was_chosen(learnable_data_dir, tmp_path, offline_env,
+                                                               monkeypatch, capsys):
+    import local_sweep
+    import trt_export
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    sweep = tmp_path / "tiny.json"
+    sweep.write_text(json.dumps({"program": "part_2_cifar.py", "method": "random",
+                                 "metric": {"name": "val_accuracy", "goal": "maximize"},
+                                 "parameters": {"num_filters_1": {"value": 8}, "num_filters_2": {"values": [8, 16]},
+                                                "num_filters_3": {"values": [16, 32]}, "batch_size": {"value": 64},
+                                                "learning_rate": {"min": 0.01, "max": 0.05},
+                                                "epochs": {"value": 2}}}))
+    runs = tmp_path / "runs"
+    assert local_sweep.main([str(sweep), "--trials", "3", "--data-dir", str(learnable_data_dir), "--runs-dir",
+                             str(runs), "--val-size", "100", "--images-dir", str(tmp_path / "images")]) == 0
+    assert len(list(runs.glob("tiny/trial-*/summary.json"))) == 3
+
+    monkeypatch.chdir(tmp_path)
+    assert select_model.main([str(runs), "--top", "2", "--seeds", "1", "--data-dir", str(learnable_data_dir),
+                              "--images-dir", str(tmp_path / "images")]) == 0
+    selection = json.loads((runs / "selection.json").read_text())
+    export = ["--runs-dir", str(runs), "--data-dir", str(learnable_data_dir), "--device", "cpu", "--batch-sizes",
+              "1,4", "--accuracy-images", "20", "--warmup-seconds", "0", "--min-seconds", "0", "--min-iterations",
+              "1", "--plot", str(tmp_path / "images" / "export.png")]
+    capsys.readouterr()
+    assert trt_export.main(["--checkpoint", "best", "--out", str(tmp_path / "best"), *export]) == 0
+    assert f"exporting checkpoint {runs / selection['best'] / 'best.pt'} " in capsys.readouterr().out
+
+    cheapest_front = min((c for c in selection["configs"] if c["pareto"]), key=lambda c: c["flops_per_image"])
+    seed = select_model.best_seed(cheapest_front, runs)
+    assert trt_export.main(["--checkpoint", "best", "--within", "100", "--out", str(tmp_path / "cheap"), *export]) == 0
+    assert f"exporting checkpoint {runs / seed / 'best.pt'} " in capsys.readouterr().out
