@@ -6,19 +6,14 @@ trials, on one machine or on several that share a PostgreSQL database.
     python local_sweep.py sweep_config.json --trials 200 --storage postgresql://user:pw@db-host/optuna  # each machine
     python local_sweep.py sweep_config.json --report                     # table and plots of an existing study
 
-Each trial is part_2_cifar.run_training (one W&B run, offline unless logged in, grouped by study) in the run folder
-<runs-dir>/<study>/trial-NNNN. `--trials N` is the number of finished (COMPLETE or PRUNED) trials the study reaches,
-however many processes and machines work on it: a process asks Optuna for a trial only while finished plus running
-trials are fewer than N, counted under a lock (a file lock beside a journal file or SQLite database, an advisory
-lock in PostgreSQL), so machines cannot overshoot. With nothing to ask for, a process waits for the running trials;
-once N are finished it stops, so the same command after the end does nothing and exits 0.
-
-A trial whose process died is failed and queued for a retry (Optuna's RetryHeartbeatStaleTrialCallback), which
-resumes after the dead attempt's last saved epoch when its run folder is readable here (same machine, or a shared
---runs-dir) and starts over when not. With the default journal file (one machine) that happens as soon as another
-process looks, since a dead process holds no file lock; with a database, once the trial's heartbeat (written every
---heartbeat-interval seconds) is older than --grace-period seconds. Ctrl-C or SIGTERM stops a trial between steps;
-it is failed and queued the same way, and the same command continues it.
+Each trial is one part_2_cifar.run_training (a W&B run, grouped by study) in <runs-dir>/<study>/trial-NNNN.
+`--trials N` counts finished (COMPLETE or PRUNED) trials across all processes and machines: a process asks for a
+trial only while finished plus running trials are fewer than N, counted under a lock (a file lock beside a journal
+file or SQLite database, an advisory lock in PostgreSQL); otherwise it waits, and stops once N are finished.
+A trial whose process died is failed and queued for a retry (RetryHeartbeatStaleTrialCallback) that resumes from
+the dead attempt's last.pt when its run folder is readable here: on the default journal file (one machine) as soon
+as another process looks, since a dead process holds no file lock; on a database once its heartbeat is older than
+--grace-period. Ctrl-C or SIGTERM stops a trial between steps; it is queued the same way.
 
 Sections: settings, storage and scheduling, one trial, workers, command line and main. The sweep file's translation
 is sweep_space.py; the report (table, trials.csv, plots) is sweep_report.py.
