@@ -14,22 +14,23 @@ Last measured (2026-11-27, 2-core AMD EPYC CPU without AVX512, so fp32; syntheti
 288 training images/s at batch 256, 1.27x a conventional PIL + DataLoader pipeline (benchmarks/RESULTS.md).
 CIFAR-100 accuracy: not measured yet (no copy of the data set and no GPU where this was written); README "Results".
 
-Sections, in order: settings, data, model, train/evaluate, files and logging, command line and main.
+Sections, in order: settings, data, model, train/evaluate, one training as one W&B run, command line and main.
+What a run writes (checkpoints, summary, figures, cost) is in run_files.py; the W&B connection in wandb_connect.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
 import pickle
-import platform
+import secrets
 import signal
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,25 +39,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Settings. Keys are exactly the parameter names in sweep_config.json; each is a `--key=value` option too.
+from run_files import (  # noqa: F401 (re-exported: the sweep, selection and export commands use them from here)
+    CheckpointError,
+    device_name,
+    flops_per_image,
+    load_checkpoint,
+    model_cost,
+    plot_learning_curve,
+    save_atomic,
+    save_figure,
+    to_cpu,
+    versions,
+    write_json_atomic,
+)
+from wandb_connect import WandbSettingsError, WandbUnavailable, resolve_wandb_mode, start_wandb_run
 
-DEFAULTS = {
-    "learning_rate": 0.01,  # peak SGD learning rate after warm-up (swept 1e-4 .. 1e-2)
-    "momentum": 0.9,  # SGD Nesterov momentum, 0 <= m < 1 (swept 0.8 .. 0.99)
-    "batch_size": 256,  # training images per step (swept 64 .. 512)
-    "num_filters_1": 64,  # channels of the first 3x3 convolution
-    "num_filters_2": 128,  # channels of the second 3x3 convolution
-    "num_filters_3": 256,  # channels of the third 3x3 convolution; fc1 sees num_filters_3 * 4 * 4 inputs
-    "dropout_rate": 0.25,  # dropout before each fully connected layer, 0 <= p < 1
-    "epochs": 30,  # passes over the training split; the learning-rate schedule spans exactly this budget
-    "weight_decay": 5e-4,  # L2 penalty of SGD (the usual CIFAR value, e.g. He et al. 2016)
-    "label_smoothing": 0.1,  # cross-entropy label smoothing (Szegedy et al. 2016), 0 <= s < 1
-    "warmup_epochs": 1.0,  # linear learning-rate warm-up from 0, in epochs (may be fractional)
-    "lr_schedule": "cosine",  # after warm-up: "cosine" decays to 0 at the last step, "constant" keeps the peak
-    "seed": 0,  # seeds initialisation, batch order, augmentation and dropout (not the validation split)
-}
-LR_SCHEDULES = ("cosine", "constant")
+# ----------------------------------------------------------------------------------------------------------------------
+# Settings: one row per key, the only place a hyperparameter is written down. Keys are exactly the parameter names
+# in sweep_config.json; each is a `--key=value` option too. The parser, validate_config and the README's table
+# (settings_table) are made from these rows.
 
 
 class ConfigError(ValueError):
@@ -80,40 +81,64 @@ def _real(value: object) -> float:
     return number
 
 
-# key -> (parse, check, what is allowed): one row per DEFAULTS key, and val_size (an option, recorded in the config).
-RULES = {
-    "learning_rate": (_real, lambda v: v > 0, "a number > 0"),
-    "momentum": (_real, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "batch_size": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "num_filters_1": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "num_filters_2": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "num_filters_3": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "dropout_rate": (_real, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "epochs": (_integer, lambda v: v >= 1, "an integer >= 1"),
-    "weight_decay": (_real, lambda v: v >= 0, "a number >= 0"),
-    "label_smoothing": (_real, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "warmup_epochs": (_real, lambda v: v >= 0, "a number >= 0"),
-    "lr_schedule": (str, lambda v: v in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
-    "seed": (_integer, lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),
-    "val_size": (_integer, lambda v: v >= 1, "an integer >= 1, below the number of training images"),
+@dataclass(frozen=True)
+class Setting:
+    default: object
+    parse: Callable[[object], object]  # _integer, _real or str
+    allowed: str  # an interval such as "[0, 1)" or "(0, inf)", or the choices as "{a, b}"
+    help: str
+
+    def accepts(self, value: object) -> bool:
+        if self.allowed.startswith("{"):
+            return value in self.allowed[1:-1].split(", ")
+        low, high = (float(bound) for bound in self.allowed[1:-1].split(","))
+        above = value >= low if self.allowed[0] == "[" else value > low
+        below = value <= high if self.allowed[-1] == "]" else value < high
+        return above and below
+
+
+SETTINGS = {
+    "learning_rate": Setting(0.01, _real, "(0, inf)", "peak SGD learning rate, after warm-up (swept 1e-4..1e-2)"),
+    "momentum": Setting(0.9, _real, "[0, 1)", "SGD Nesterov momentum (swept 0.8..0.99)"),
+    "batch_size": Setting(256, _integer, "[1, inf)", "training images per step (swept 64..512)"),
+    "num_filters_1": Setting(64, _integer, "[1, inf)", "channels of the first 3x3 convolution"),
+    "num_filters_2": Setting(128, _integer, "[1, inf)", "channels of the second 3x3 convolution"),
+    "num_filters_3": Setting(256, _integer, "[1, inf)", "channels of the third 3x3 convolution"),
+    "dropout_rate": Setting(0.25, _real, "[0, 1)", "dropout before each fully connected layer"),
+    "epochs": Setting(30, _integer, "[1, inf)", "the budget: the learning-rate schedule anneals to 0 at its end"),
+    "weight_decay": Setting(5e-4, _real, "[0, inf)", "L2 penalty of SGD (the usual CIFAR value, He et al. 2016)"),
+    "label_smoothing": Setting(0.1, _real, "[0, 1)", "cross-entropy label smoothing (Szegedy et al. 2016)"),
+    "warmup_epochs": Setting(1.0, _real, "[0, inf)", "linear learning-rate warm-up from 0, in epochs"),
+    "lr_schedule": Setting("cosine", str, "{cosine, constant}", "after warm-up: cosine decay to 0, or constant"),
+    "seed": Setting(0, _integer, "[0, 2147483648)", "initialisation, batch order, augmentation, dropout"),
+    "val_size": Setting(5000, _integer, "[1, inf)", "training images held out for validation, by class, with a "
+                                                    "fixed seed (--val-size; never swept)"),
 }
+DEFAULTS = {key: setting.default for key, setting in SETTINGS.items()}
 
 
 def validate_config(config: dict) -> dict:
-    """Return the config with every DEFAULTS key parsed to its type; raise ConfigError naming the first bad key."""
+    """The config with every settings key parsed to its type (None or absent: the default); extra keys are kept.
+
+    Raises ConfigError naming the first bad key and what is allowed.
+    """
     clean = dict(config)
-    for key, (parse, check, allowed) in RULES.items():
-        if key not in config and key not in DEFAULTS:
-            continue
-        value = config.get(key, DEFAULTS.get(key))
+    for key, setting in SETTINGS.items():
+        value = setting.default if config.get(key) is None else config[key]
         try:
-            clean[key] = parse(value)
-            ok = check(clean[key])
+            clean[key] = setting.parse(value)
+            ok = setting.accepts(clean[key])
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ConfigError(f"{key}={value} is not allowed: use {allowed}")
+            raise ConfigError(f"{key}={value} is not allowed: use a value in {setting.allowed}")
     return clean
+
+
+def settings_table() -> str:
+    """The README's table of hyperparameters, made from SETTINGS (a test keeps the README in step)."""
+    rows = [f"| `{key}` | {s.default} | {s.allowed} | {s.help} |" for key, s in SETTINGS.items()]
+    return "\n".join(["| key | default | allowed | what |", "| --- | --- | --- | --- |", *rows])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -129,6 +154,8 @@ SPLIT_SEED = 20240601  # fixed, so every run and sweep trial is scored on the sa
 CROP_PADDING = 4  # pixels of zero padding around each image before the random 32x32 crop
 EVAL_BATCH_SIZE = 1000  # evaluation batch; no gradients, so large batches are cheap
 PROGRESS_SECONDS = 15.0  # an epoch longer than this (a CPU) prints a progress line this often
+CHECKPOINT_SECONDS = 60.0  # write checkpoints at most this often, plus at the end and on any exception: a save
+# takes ~0.1 s and a GPU epoch ~0.3 s, so saving every epoch would slow a run by a third. A SIGKILL loses < 60 s.
 
 
 class DataError(RuntimeError):
@@ -388,7 +415,9 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SI
 class StopOnSignal:
     """While active, STOP_SIGNALS only raise a flag; `check()` turns it into Interrupted between steps.
 
-    Raising from the handler itself could cut a checkpoint write or W&B's own code in half.
+    Raising from the handler itself could cut a checkpoint write or W&B's own code in half. main() keeps it active
+    from its first line to its last, so a notice during start-up or the final upload never kills the process by the
+    signal's default action. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download.
     """
 
     def __init__(self) -> None:
@@ -403,6 +432,8 @@ class StopOnSignal:
             signal.signal(sig, handler)
 
     def _catch(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
 
     def check(self) -> None:
@@ -414,15 +445,37 @@ def _never_interrupted() -> None:
     pass
 
 
+class StopEarly(Exception):
+    """Raised by an `on_epoch` callback (a sweep's pruner) to end the run after that epoch with `status`."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's batch order, augmentation and dropout: a resumed run repeats an epoch exactly."""
+    return seed * 100_003 + epoch
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, config: dict,
-                epoch: int, amp_dtype: torch.dtype | None, check_interrupt=_never_interrupted) -> dict:
-    """One pass over the training split. Randomness depends only on (seed, epoch), so a resumed run repeats it."""
+                epoch: int, amp_dtype: torch.dtype | None, check_interrupt=_never_interrupted, *,
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                scaler: torch.amp.GradScaler | None = None,
+                after_step: Callable[[torch.Tensor], None] | None = None) -> dict:
+    """One pass over the training split. Randomness depends only on (seed, epoch), so a resumed run repeats it.
+
+    The keywords exist for benchmarks/ablation.py, which measures this very loop with one thing changed:
+    `forward` replaces model(x) (a compiled or CUDA-graphed model), `scaler` is a GradScaler for fp16, and
+    `after_step(loss)` runs after each step (e.g. loss.item(), the host sync many loops do to print the loss).
+    """
     device = data.train_labels.device
+    forward = forward or model
     n, batch_size = data.train_labels.numel(), config["batch_size"]
     steps = steps_per_epoch(n, batch_size)
     warmup_steps = round(config["warmup_epochs"] * steps)
-    generator = torch.Generator(device=device).manual_seed(config["seed"] * 100_003 + epoch)
-    torch.manual_seed(config["seed"] * 100_003 + epoch)  # dropout draws from the global generator
+    generator = torch.Generator(device=device).manual_seed(epoch_seed(config["seed"], epoch))
+    torch.manual_seed(epoch_seed(config["seed"], epoch))  # dropout draws from the global generator
     order = torch.randperm(n, device=device, generator=generator)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -441,11 +494,18 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Device
         x = normalize(augment(data.train_images, indices, generator))
         y = data.train_labels[indices]
         with autocast(device.type, amp_dtype):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if after_step is not None:
+            after_step(loss)
         # Summed on the device: no host synchronisation until the epoch ends.
         loss_sum += loss.detach() * y.numel()
         correct += (logits.argmax(1) == y).sum()
@@ -455,14 +515,15 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Device
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None) -> dict:
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None,
+             batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """{"loss": mean cross-entropy, "accuracy": top-1 in percent} over all images, in large batches."""
     model.eval()
     loss_sum = torch.zeros((), device=labels.device)
     correct = torch.zeros((), device=labels.device, dtype=torch.int64)
-    for start in range(0, labels.numel(), EVAL_BATCH_SIZE):
-        x = normalize(images[start:start + EVAL_BATCH_SIZE])
-        y = labels[start:start + EVAL_BATCH_SIZE]
+    for start in range(0, labels.numel(), batch_size):
+        x = normalize(images[start:start + batch_size])
+        y = labels[start:start + batch_size]
         with autocast(labels.device.type, amp_dtype):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
@@ -471,30 +532,24 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_d
     return {"loss": loss_sum.item() / n, "accuracy": 100 * correct.item() / n}
 
 
-CHECKPOINT_SECONDS = 60.0  # write checkpoints at most this often, plus at the end and on any exception: a save
-# takes ~0.1 s and a GPU epoch ~0.3 s, so saving every epoch would slow a run by a third. A SIGKILL loses < 60 s.
+def format_epoch(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch']:3d}/{epochs}  train_loss {m['train_loss']:.3f}  train_acc {m['train_accuracy']:5.2f}%  "
+            f"val_loss {m['val_loss']:.3f}  val_acc {m['val_accuracy']:5.2f}%  lr {m['learning_rate']:.2e}  "
+            f"{m['epoch_seconds']:.1f}s  {m['train_images_per_second']:,.0f} img/s")
 
 
-def to_cpu(obj: object) -> object:
-    """A copy of nested dicts/lists with every tensor cloned to host memory: a snapshot training cannot change."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {key: to_cpu(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [to_cpu(value) for value in obj]
-    return obj
+RESUME_KEYS = ("model", "optimizer", "config", "epoch", "history", "best_val_accuracy", "best_epoch", "seconds")
 
 
 def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: dict | None = None,
-          check_interrupt=_never_interrupted) -> dict:
+          check_interrupt=_never_interrupted, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> dict:
     """Train one model; write best.pt, last.pt, summary.json and curves.png into run_dir; return the summary.
 
-    `on_epoch(metrics)` sees each epoch's metrics (W&B logging, sweep pruning). `check_interrupt()` runs before
-    every step and may raise (StopOnSignal.check). Whatever ends the loop early, an exception included, the last
-    finished epoch is written to last.pt first. `resume` is a loaded last.pt: training continues after its epoch;
-    the schedule and all randomness are functions of (seed, epoch, step), so no RNG state needs saving.
-    A non-finite training loss ends the run early with status "diverged".
+    `on_epoch(metrics)` sees each epoch's metrics (W&B logging, sweep pruning) and may raise StopEarly.
+    `check_interrupt()` runs before every step and may raise (StopOnSignal.check). Whatever ends the loop early, an
+    exception included, the last finished epoch is written to last.pt first. `resume` is a loaded last.pt: training
+    continues after its epoch; the schedule and all randomness are functions of (seed, epoch, step), so no RNG
+    state needs saving. A non-finite training loss ends the run early with status "diverged".
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -536,12 +591,15 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
                                       "val_accuracy": metrics["val_accuracy"], "epoch": epoch}
             unsaved["last.pt"] = to_cpu({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "config": config, **state})
-            if time.perf_counter() - written_at >= CHECKPOINT_SECONDS or epoch == config["epochs"]:
+            if time.perf_counter() - written_at >= checkpoint_seconds or epoch == config["epochs"]:
                 save_snapshots()
                 written_at = time.perf_counter()
             print(format_epoch(metrics, config["epochs"]), flush=True)
             if on_epoch is not None:
                 on_epoch(metrics)
+    except StopEarly as e:
+        status = e.status
+        print(f"stopped after epoch {state['epoch']}: {e}", flush=True)
     finally:
         save_snapshots()
     return finish_run(model, data, run_dir, config, state, status, time.perf_counter() - started, amp_dtype)
@@ -549,17 +607,19 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
 
 def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, state: dict, status: str,
                seconds: float, amp_dtype: torch.dtype | None) -> dict:
-    """Score best.pt once on the test images; write summary.json and the learning curves; return the summary."""
+    """Score best.pt once on the test images (not for a stopped run); write summary.json with the model's cost and
+    the learning curves; return the summary."""
     device = data.test_labels.device
     summary = {"status": status, "config": config, "best_val_accuracy": state["best_val_accuracy"],
                "best_epoch": state["best_epoch"], "epochs_completed": state["epoch"]}
-    if state["best_epoch"]:  # score the checkpoint that would be exported, not whatever the last epoch left
+    if state["best_epoch"] and status in ("finished", "diverged"):  # score what would be exported, not the last epoch
         model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
         test = evaluate(model, data.test_images, data.test_labels, amp_dtype)
         summary.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     rates = [m["train_images_per_second"] for m in state["history"]]
     summary.update(train_images_per_second=float(np.median(rates)) if rates else None, total_seconds=seconds,
-                   device=device_name(device), versions=versions(), history=state["history"])
+                   device=device_name(device), versions=versions(),
+                   **model_cost(model, device, lambda: autocast(device.type, amp_dtype)), history=state["history"])
     write_json_atomic(summary, run_dir / "summary.json")
     if state["history"]:
         plot_learning_curve(state["history"], run_dir / "curves.png", title=f"{run_dir.name} ({summary['device']})")
@@ -567,196 +627,7 @@ def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Files and logging
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary file, flushed to disk, then renamed: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or not one of ours; the message names the file."""
-
-
-def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) -> dict:
-    """Load a checkpoint as data only (weights_only=True: a checkpoint must not run code) and check its keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a plain-data checkpoint ({first_line})") from None
-    except Exception as e:  # zip/EOF/runtime errors all mean the same thing to a person
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
-    missing = [key for key in needs if not isinstance(checkpoint, dict) or key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{path} is not a part_2_cifar checkpoint: it lacks {', '.join(missing)}")
-    return checkpoint
-
-
-def format_epoch(m: dict, epochs: int) -> str:
-    return (f"epoch {m['epoch']:3d}/{epochs}  train_loss {m['train_loss']:.3f}  train_acc {m['train_accuracy']:5.2f}%  "
-            f"val_loss {m['val_loss']:.3f}  val_acc {m['val_accuracy']:5.2f}%  lr {m['learning_rate']:.2e}  "
-            f"{m['epoch_seconds']:.1f}s  {m['train_images_per_second']:,.0f} img/s")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def versions() -> dict:
-    import torchvision
-
-    found = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
-    try:
-        import wandb
-
-        found["wandb"] = wandb.__version__
-    except ImportError:
-        pass
-    return found
-
-
-def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [m["epoch"] for m in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "val"):
-        ax_loss.plot(epochs, [m[f"{split}_loss"] for m in history], label=split)
-        ax_acc.plot(epochs, [m[f"{split}_accuracy"] for m in history], label=split)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-# W&B's own defaults wait 90 s for wandb.init and forever for run.finish. A server that answers at all answers within
-# seconds, and training never needs it: what is not uploaded stays in the run's wandb folder for `wandb sync`. So on
-# a node without a route wandb.init gives up after 30 s, and run.finish waits at most 120 s for uploads. A value set
-# the wandb way (WANDB_INIT_TIMEOUT, WANDB_FINISH_TIMEOUT, a settings file) wins over these.
-WANDB_TIMEOUTS_S = {"init_timeout": 30.0, "finish_timeout": 120.0}
-
-
-class WandbUnavailable(RuntimeError):
-    """Inside a sweep, the W&B server gave no run: this run stops before training. The message is one line."""
-
-
-def _one_line(error: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def wandb_settings():
-    """What wandb.init starts from: WANDB_* variables, settings files (`wandb login --host`), wandb's defaults."""
-    from wandb.sdk import wandb_setup
-
-    try:
-        return wandb_setup.singleton().settings
-    except ValueError as e:  # pydantic's ValidationError, e.g. WANDB_INIT_TIMEOUT=soon
-        raise ConfigError(f"W&B settings are not valid: {_one_line(e)}") from None
-
-
-def wandb_credentials_found(server: str) -> bool:
-    """True when wandb.init would find credentials for `server` without a prompt; never touches the network.
-
-    This is wandb's own lookup, the one wandb.init runs (wandb 0.31: wandb/sdk/lib/wbauth/authenticate.py):
-    WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, the key `wandb login` wrote to ~/.netrc (or $NETRC) under the server's
-    host, an api_key in a settings file. A hand-written netrc parse drifts from it: 0.31 logs in to
-    api.forge.coreweave.com, not api.wandb.ai.
-    """
-    from wandb.errors import AuthenticationError
-    from wandb.sdk.lib import wbauth
-
-    try:
-        found = wbauth.authenticate_session(host=server, source="part_2_cifar", prompt=False, update_session=False)
-    except (AuthenticationError, ValueError) as e:
-        raise ConfigError(f"W&B credentials for {server} are not usable: {_one_line(e)}") from None
-    return found is not None
-
-
-def resolve_wandb_mode(requested: str) -> str:
-    """--wandb-mode wins, then WANDB_MODE, then online with credentials, else offline: never a login prompt."""
-    mode = requested if requested != "auto" else os.environ.get("WANDB_MODE", "auto")
-    mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
-    if mode not in ("auto", "online", "offline", "disabled"):
-        raise ConfigError(f"W&B mode {mode!r} is not allowed: use auto, online, offline or disabled")
-    if mode in ("offline", "disabled"):
-        return mode
-    settings = wandb_settings()
-    if wandb_credentials_found(settings.base_url):
-        return "online"
-    if mode == "online":
-        raise ConfigError(f"--wandb-mode=online needs W&B credentials for {settings.base_url}: run `wandb login`, "
-                          "set WANDB_API_KEY, or use --wandb-mode offline")
-    print(f"W&B: no credentials for {settings.base_url}, logging offline to {settings.wandb_dir}; "
-          f"upload later with: wandb sync {settings.wandb_dir}/offline-run-*", flush=True)
-    return "offline"
-
-
-def start_wandb_run(init: dict, in_sweep: bool):
-    """wandb.init(**init) with bounded waits. An online run whose server gives no run goes offline, with one line.
-
-    Inside a sweep (`wandb agent` set WANDB_SWEEP_ID) it raises WandbUnavailable instead. Sweeps have no offline mode:
-    the server picks each next config, and Hyperband stops runs, from the metrics runs upload while they train. An
-    offline sweep run would train unseen; a non-zero exit is a failed run to the agent, which stops itself after
-    repeated failures (wandb_agent.py) instead of spending the sweep's budget blind.
-    """
-    import wandb
-
-    settings = wandb_settings()
-    timeouts = {key: getattr(settings, key) if key in settings.model_fields_set else default
-                for key, default in WANDB_TIMEOUTS_S.items()}
-    try:
-        return wandb.init(**init, settings=wandb.Settings(**timeouts))
-    except (wandb.errors.Error, TimeoutError) as e:  # CommError after init_timeout; TimeoutError past wandb's grace
-        if init.get("mode") != "online":
-            raise
-        reason = (f"{settings.base_url} gave no run within {timeouts['init_timeout']:g} s "
-                  f"({type(e).__name__}: {_one_line(e)})")
-    if in_sweep:
-        raise WandbUnavailable(f"W&B: {reason}; a sweep run cannot log offline, so this run of sweep "
-                               f"{os.environ.get('WANDB_SWEEP_ID', '(unknown)')} stops before training")
-    run = wandb.init(**(init | {"mode": "offline"}), settings=wandb.Settings(**timeouts))
-    print(f"W&B: {reason}: logging offline to {run.settings.sync_dir}; upload later with: "
-          f"wandb sync {run.settings.sync_dir}", flush=True)
-    return run
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Command line and main
+# One training as one W&B run: what main(), every local sweep trial and every model-selection seed run.
 
 
 def out_of_memory_message(config: dict, device: torch.device) -> str:
@@ -764,129 +635,160 @@ def out_of_memory_message(config: dict, device: torch.device) -> str:
             f"{config['num_filters_2']}/{config['num_filters_3']}: try a smaller batch_size or fewer filters")
 
 
+def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Path, init: dict, *,
+                 check_interrupt: Callable[[], None] = _never_interrupted, resume: dict | None = None,
+                 on_epoch: Callable[[dict], None] | None = None, in_sweep: bool = False,
+                 log_model: bool = True) -> tuple[int, dict]:
+    """Train `config` as one W&B run (`init`: wandb.init's keywords but config) into run_dir; (exit code, summary).
+
+    Exit codes: 0 finished, diverged or stopped early (StopEarly from `on_epoch`); 1 out of memory or bad data;
+    2 a bad value (a sweep's, say); 128 + signal when `check_interrupt` raised Interrupted. The summary always has
+    "status"; a failure's has "error", the one line printed. W&B gets every epoch (step = epoch, so a relaunched
+    run never logs over its first launch), the summary keys, and best.pt as a model artifact if `log_model`.
+    """
+    try:
+        run = start_wandb_run({**init, "config": config}, in_sweep)
+    except WandbUnavailable as e:  # inside a sweep, no server: nothing to log to, so nothing to train for
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1, {"status": "failed", "error": str(e)}
+    failed, data = {"status": "failed"}, None
+    try:
+        config = validate_config(dict(run.config))  # a sweep's values override the command line
+        check_interrupt()
+        data = load_data()
+
+        def log_epoch(metrics: dict) -> None:
+            run.log(metrics, step=metrics["epoch"])
+            run.summary["best_val_accuracy"] = max(metrics["val_accuracy"], run.summary.get("best_val_accuracy", 0.0))
+            if on_epoch is not None:
+                on_epoch(metrics)
+
+        summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume, check_interrupt=check_interrupt)
+    except (ConfigError, DataError, CheckpointError) as e:
+        return _end_run(run, 2 if isinstance(e, ConfigError) else 1, failed | {"error": str(e)})
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        device = data.train_labels.device if data else "the device"
+        return _end_run(run, 1, failed | {"error": out_of_memory_message(config, device)})
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        kept = (f"{run_dir / 'last.pt'} holds the last finished epoch; continue with --resume {run_dir}"
+                if (Path(run_dir) / "last.pt").is_file() else "no epoch had finished; the same command starts again")
+        print(f"interrupted by {signal.Signals(signum).name}: {kept}", file=sys.stderr, flush=True)
+        # Requeue the run, except when a sweep agent sent SIGTERM to stop it early (Hyperband): requeueing would
+        # undo that. Preemptible sweeps send SIGUSR1 (README, "Sweeps"), which always requeues.
+        if not in_sweep or signum == getattr(signal, "SIGUSR1", None):
+            run.mark_preempting()
+        return _end_run(run, 128 + signum, {"status": "interrupted"})
+    run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status",
+                                                      "parameters", "flops_per_image", "latency_ms", "test_accuracy",
+                                                      "test_loss") if summary.get(key) is not None})
+    if summary["status"] == "diverged":
+        run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"]})
+    if log_model and init.get("mode") != "disabled" and summary["best_epoch"]:
+        import wandb
+
+        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"config": config,
+                                  "val_accuracy": summary["best_val_accuracy"], "epoch": summary["best_epoch"]})
+        artifact.add_file(str(Path(run_dir) / "best.pt"))
+        run.log_artifact(artifact, aliases=["best", "latest"])
+    return _end_run(run, 0, summary)
+
+
+def _end_run(run: object, code: int, summary: dict) -> tuple[int, dict]:
+    """Print a failure's line, record it in the W&B summary, finish the run with the exit code."""
+    if "error" in summary:
+        print(f"error: {summary['error']}", file=sys.stderr, flush=True)
+        run.summary["error"] = summary["error"]
+    run.finish(exit_code=code)  # bounded: start_wandb_run set finish_timeout
+    return code, summary
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line and main
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser described by the first paragraph of a module docstring, with one-line errors."""
 
-    def __init__(self, docstring: str):
-        super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    def __init__(self, docstring: str, parents: tuple[argparse.ArgumentParser, ...] = ()):
+        super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                         parents=list(parents))
 
     def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineErrorParser(__doc__)
-    for key, default in DEFAULTS.items():  # every swept key: `--key=value` and `--key value`, as `wandb agent` passes
-        parser.add_argument(f"--{key}", default=default, metavar=type(default).__name__.upper(),
-                            help=f"default {default}; {RULES[key][2]}")
+def common_options() -> argparse.ArgumentParser:
+    """The options every command shares (trainer, local sweep, model selection): a parent for their parsers."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds cifar-100-python/ (default ./data)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folders go here (default ./runs)")
-    parser.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    parser.add_argument("--val-size", "--val_size", dest="val_size", metavar="N",
+                        help=f"default {DEFAULTS['val_size']}; {SETTINGS['val_size'].help}")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--wandb-mode", choices=("auto", "online", "offline", "disabled"), default="auto",
-                        help="auto: WANDB_MODE if set, else online with an API key, else offline")
+                        help="auto: WANDB_MODE if set, else online with W&B credentials, else offline")
     parser.add_argument("--wandb-project", default="cifar100-simplecnn", help="W&B project (ignored inside a sweep)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineErrorParser(__doc__, parents=(common_options(),))
+    for key, setting in SETTINGS.items():  # `--key=value` and `--key value`, as `wandb agent` passes them
+        if key != "val_size":  # a common option
+            parser.add_argument(f"--{key}", metavar=setting.parse.__name__.strip("_").upper(),
+                                help=f"default {setting.default}; {setting.allowed}; {setting.help}")
     parser.add_argument("--log-model", action=argparse.BooleanOptionalAction, default=True,
                         help="upload best.pt as a W&B model artifact at the end (default on)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run whose last.pt is in RUN_DIR")
     return parser.parse_args(argv)
 
 
+def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
+    """(run folder, its last.pt or None). A run resumes from --resume, or when an agent relaunches a preempted run
+    under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line."""
+    run_id = os.environ.get("WANDB_RUN_ID")
+    if args.resume is None and not (run_id and (args.runs_dir / run_id / "last.pt").is_file()):
+        return args.runs_dir / (run_id or secrets.token_hex(4)), None  # 8 characters in [0-9a-f]: a valid W&B id
+    run_dir = args.resume or args.runs_dir / run_id
+    resume = load_checkpoint(run_dir / "last.pt", needs=RESUME_KEYS)
+    for key, value in resume["config"].items():
+        if getattr(args, key, None) is not None and config[key] != value:
+            why = " (its schedule is fixed by its budget: start a new run to train longer)" if key == "epochs" else ""
+            print(f"--{key}={getattr(args, key)} ignored: the resumed run keeps {key}={value}{why}", flush=True)
+    print(f"resuming {run_dir} after epoch {resume['epoch']}", flush=True)
+    return run_dir, resume
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        config = validate_config({key: getattr(args, key) for key in DEFAULTS} | {"val_size": args.val_size})
-        device = pick_device(args.device)
-        mode = resolve_wandb_mode(args.wandb_mode)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    # A resume comes from --resume, or from an agent relaunching a preempted run under the same WANDB_RUN_ID.
-    resume_dir = args.resume
-    if resume_dir is None and os.environ.get("WANDB_RUN_ID"):
-        candidate = args.runs_dir / os.environ["WANDB_RUN_ID"]
-        resume_dir = candidate if (candidate / "last.pt").is_file() else None
-    resume = None
-    if resume_dir is not None:
+    with StopOnSignal() as stop:  # from the first line: a preemption notice during start-up or upload is kept
+        args = parse_args(argv)
         try:
-            resume = load_checkpoint(Path(resume_dir) / "last.pt", needs=("model", "optimizer", "config", "epoch"))
-        except CheckpointError as e:
-            print(f"error: cannot resume: {e}", file=sys.stderr)
+            config = validate_config({key: getattr(args, key) for key in SETTINGS})
+            device = pick_device(args.device)
+            mode = resolve_wandb_mode(args.wandb_mode)
+            run_dir, resume = find_resume(args, config)
+        except (ConfigError, CheckpointError, WandbSettingsError) as e:
+            print(f"error: {'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}", file=sys.stderr)
             return 2
-        config = resume["config"]
-        print(f"resuming {resume_dir} after epoch {resume['epoch']}", flush=True)
-
-    import wandb
-
-    in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
-    init = {"config": config, "mode": mode, "resume": "allow"}
-    if not in_sweep:  # inside a sweep the agent chooses project and id
-        init.update(project=args.wandb_project, id=Path(resume_dir).name if resume_dir else None)
-    try:
-        run = start_wandb_run(init, in_sweep)
-    except WandbUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    try:
-        config = validate_config(dict(run.config))  # a sweep's values override the command line
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        run.summary["error"] = str(e)
-        run.finish(exit_code=2)
-        return 2
-    run.define_metric("val_accuracy", summary="max")
-    run_dir = Path(resume_dir) if resume_dir else args.runs_dir / run.id
-
-    def log_epoch(metrics: dict) -> None:
-        run.log(metrics)
-        run.summary["best_val_accuracy"] = max(metrics["val_accuracy"], run.summary.get("best_val_accuracy", 0.0))
-
-    try:
-        data = prepare_data(args.data_dir, config["val_size"], device)  # Ctrl-C here is a plain KeyboardInterrupt
-        with StopOnSignal() as stop:
-            summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume, check_interrupt=stop.check)
-    except (DataError, ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        run.summary["error"] = str(e)
-        run.finish(exit_code=2 if isinstance(e, ConfigError) else 1)
-        return 2 if isinstance(e, ConfigError) else 1
-    except torch.OutOfMemoryError:
-        message = out_of_memory_message(config, device)
-        print(f"error: {message}", file=sys.stderr)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        run.summary["error"] = message
-        run.finish(exit_code=1)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted while loading data: nothing to keep yet", file=sys.stderr)
-        run.finish(exit_code=128 + signal.SIGINT)
-        return 128 + signal.SIGINT
-    except Interrupted as e:
-        print(f"interrupted by {e}: {run_dir / 'last.pt'} holds the last finished epoch; continue with "
-              f"--resume {run_dir}", file=sys.stderr, flush=True)
-        # Requeue the run, except when a sweep agent sent SIGTERM to stop it early (Hyperband): requeueing would
-        # undo that. Preemptible sweeps send SIGUSR1 (README, "Sweeps"), which always requeues.
-        if not in_sweep or e.signum == getattr(signal, "SIGUSR1", None):
-            run.mark_preempting()
-        run.finish(exit_code=128 + e.signum)
-        return 128 + e.signum
-
-    run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status")
-                        if summary.get(key) is not None})
-    if summary["status"] == "diverged":
-        run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"]})
-    else:
-        run.summary.update({"test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"]})
-    if args.log_model and mode != "disabled" and summary["best_epoch"]:
-        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"config": config,
-                                  "val_accuracy": summary["best_val_accuracy"], "epoch": summary["best_epoch"]})
-        artifact.add_file(str(run_dir / "best.pt"))
-        run.log_artifact(artifact, aliases=["best", "latest"])
-    run.finish()
-    print(f"done: best val_accuracy {summary['best_val_accuracy']:.2f}% at epoch {summary['best_epoch']}, "
-          f"test_accuracy {summary.get('test_accuracy', float('nan')):.2f}%; files in {run_dir}", flush=True)
-    return 0
+        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
+        init = {"mode": mode, "resume": "allow"}
+        if not in_sweep:  # inside a sweep the agent chooses project and id
+            init.update(project=args.wandb_project, id=run_dir.name)
+        config = resume["config"] if resume else config
+        val_size = config["val_size"]
+        code, summary = run_training(config, lambda: prepare_data(args.data_dir, val_size, device), run_dir, init,
+                                     check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
+                                     log_model=args.log_model)
+        if code == 0:
+            print(f"done: best val_accuracy {summary['best_val_accuracy']:.2f}% at epoch {summary['best_epoch']}, "
+                  f"test_accuracy {summary.get('test_accuracy', float('nan')):.2f}%; files in {run_dir}", flush=True)
+        if stop.signum is not None and code == 0:
+            print(f"{signal.Signals(stop.signum).name} arrived after training had finished: the run is complete",
+                  flush=True)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Export the best SimpleCNN checkpoint to ONNX and a TensorRT engine, check both against PyTorch, and time them.
 
-    python trt_export.py --checkpoint best                            # best run in ./runs, fp16 engine
+    python trt_export.py --checkpoint best                            # select_model.py's choice in ./runs, fp16
+    python trt_export.py --checkpoint best --within 1.0               # cheapest on its front within 1 point
     python trt_export.py --checkpoint runs/<run-id>/best.pt --precision int8 --batch-sizes 1,32,256,1024
     python trt_export.py --checkpoint best --batch-sizes 1,64 --warmup-seconds 0.05 --min-seconds 0.2   # quick look
 
 Steps: checkpoint -> SimpleCNN (eval mode, built from the checkpoint's own config) -> ONNX with a dynamic batch
 dimension and the weights inside, checked by onnx.checker -> ONNX Runtime on the CPU must match PyTorch (max |logit
-difference| <= 1e-4, same top-1, at two batch sizes) -> TensorRT engine and a JSON beside it -> pycuda runner ->
-top-1 accuracy on the test images, PyTorch beside each exported model -> benchmark of every backend present.
+difference| <= 1e-4, same top-1, at two batch sizes) -> TensorRT engine (strongly typed, batch 1..max) and a JSON
+beside it -> pycuda runner (cuda-python for the CUDA-graph replay) -> top-1 accuracy on the test images, PyTorch
+beside each exported model -> benchmark of every backend present.
 Without a GPU, TensorRT or pycuda it does all the rest and prints one `skipped:` line per part it could not run.
 Exit status: 0 all that ran passed; 1 a check that ran failed (parity, accuracy tolerance, engine build); 2 bad input.
 
@@ -24,6 +26,10 @@ Last measured result (2026-11-27, images/inference_benchmark.png): default Simpl
 shared with other jobs (load average ~6): ONNX Runtime 575-604 images/s at batch 256-1024 against 248-284 for
 PyTorch eager fp32; batch 1 p50 2.3 ms against 11 ms. fp32 ONNX max |logit diff| 9e-8, fp16 ONNX 1e-4. No GPU, so
 no TensorRT or CUDA numbers yet.
+
+`best` is what select_model.py chose (runs/selection.json); with no selection.json, the single run with the highest
+best_val_accuracy anywhere under --runs-dir, with a note that no new seeds confirmed it. The checkpoint exported is
+always printed.
 
 Sections, in order: settings, checkpoint and model, ONNX, backends, timing, accuracy and benchmark, reports, main.
 """
@@ -86,31 +92,120 @@ MIN_ITERATIONS = 10  # trtexec's --iterations default
 # Checkpoint and model
 
 
-def find_best_run(runs_dir: Path) -> Path:
-    """best.pt of the run whose summary.json has the highest best_val_accuracy (ties: first by folder name)."""
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def run_accuracy(run_dir: Path) -> float | None:
+    """best_val_accuracy from the run's summary.json if the run also has a best.pt to export; else None (why noted)."""
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        print(f"note: {summary_path} is missing or unreadable; that run is not considered", flush=True)
+        return None
+    accuracy = summary.get("best_val_accuracy") if isinstance(summary, dict) else None
+    return accuracy if _finite(accuracy) and (run_dir / "best.pt").is_file() else None
+
+
+def find_best_run(runs_dir: Path) -> tuple[Path, float]:
+    """The run folder at any depth under `runs_dir` (single runs, sweep trials in <study>/trial-NNNN, selection
+    seeds) whose summary.json has the highest best_val_accuracy (ties: first by path), and that accuracy."""
     candidates = []
-    for summary_path in sorted(Path(runs_dir).glob("*/summary.json")):
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError):
-            print(f"note: {summary_path} is unreadable; that run is not considered", flush=True)
-            continue
-        accuracy = summary.get("best_val_accuracy") if isinstance(summary, dict) else None
-        if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and math.isfinite(accuracy) \
-                and (summary_path.parent / "best.pt").is_file():
-            candidates.append((accuracy, summary_path.parent / "best.pt"))
+    for summary_path in sorted(Path(runs_dir).rglob("summary.json")):
+        accuracy = run_accuracy(summary_path.parent)
+        if accuracy is not None:
+            candidates.append((accuracy, summary_path.parent))
     if not candidates:
         raise CheckpointError(f"no run in {runs_dir} has a summary.json with best_val_accuracy and a best.pt: "
                               "train one with part_2_cifar.py, or pass --checkpoint PATH")
-    return max(candidates, key=lambda c: c[0])[1]
+    accuracy, run_dir = max(candidates, key=lambda c: c[0])
+    return run_dir, accuracy
 
 
-def resolve_checkpoint(spec: str, runs_dir: Path) -> Path:
-    """`best`, a run folder or a checkpoint file -> the checkpoint file."""
-    if spec == "best":
-        return find_best_run(runs_dir)
-    path = Path(spec)
-    return path / "best.pt" if path.is_dir() else path
+def find_selection(runs_dir: Path) -> Path | None:
+    """RUNS_DIR/selection.json, else the one selection.json at any depth below; None if there is none."""
+    if (runs_dir / "selection.json").is_file():
+        return runs_dir / "selection.json"
+    found = sorted(runs_dir.rglob("selection.json"))
+    if len(found) > 1:
+        raise CheckpointError(f"{len(found)} selection.json files under {runs_dir} ({', '.join(map(str, found))}): "
+                              "pass --runs-dir the folder of the one to export")
+    return found[0] if found else None
+
+
+def read_selection(path: Path) -> dict:
+    """select_model.py's selection.json, checked for what choosing a checkpoint reads; CheckpointError if not."""
+    try:
+        selection = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}): rerun select_model.py, "
+                              "or pass --checkpoint PATH") from None
+    not_selection = f"{path} is not a select_model.py selection"
+    if not (isinstance(selection, dict) and isinstance(selection.get("configs"), list) and selection["configs"]
+            and isinstance(selection.get("best"), str)):
+        raise CheckpointError(f'{not_selection}: it needs {{"configs": [...], "best": "<run folder>"}}')
+    for i, config in enumerate(selection["configs"]):
+        if not (isinstance(config, dict) and _finite(config.get("val_accuracy_mean"))
+                and _finite(config.get("flops_per_image")) and isinstance(config.get("pareto"), bool)
+                and isinstance(config.get("runs"), list) and config["runs"]
+                and all(isinstance(run, str) for run in config["runs"])):
+            raise CheckpointError(f"{not_selection}: configs[{i}] needs numbers val_accuracy_mean and "
+                                  "flops_per_image, pareto true/false and a list of run folders in runs")
+    return selection
+
+
+def cheapest_within(configs: list[dict], points: float) -> dict:
+    """The config on the Pareto front with the lowest flops_per_image whose val_accuracy_mean is within `points` of
+    the best mean (ties: the higher mean). The best config is on the front, so there is always one."""
+    best_mean = max(config["val_accuracy_mean"] for config in configs)
+    near = [c for c in configs if c["pareto"] and c["val_accuracy_mean"] >= best_mean - points]
+    if not near:
+        raise CheckpointError(f"no config on the Pareto front is within {points} points of the best mean "
+                              f"{best_mean:.2f}: the selection marks none of its best configs pareto")
+    return min(near, key=lambda c: (c["flops_per_image"], -c["val_accuracy_mean"]))
+
+
+def best_seed(config: dict, root: Path) -> Path:
+    """The run folder among the config's seeds whose best_val_accuracy is highest; folders are relative to `root`."""
+    scored = [(accuracy, root / run) for run in config["runs"]
+              if (accuracy := run_accuracy(root / run)) is not None]
+    if not scored:
+        raise CheckpointError(f"none of the runs of the chosen config ({', '.join(config['runs'])}) under {root} has "
+                              "a summary.json with best_val_accuracy and a best.pt")
+    return max(scored, key=lambda s: s[0])[1]
+
+
+def resolve_checkpoint(spec: str, runs_dir: Path, within: float | None = None) -> Path:
+    """`best`, a run folder or a checkpoint file -> the checkpoint file; for `best`, print how it was chosen.
+
+    `best` takes what select_model.py chose (selection.json under `runs_dir`: its `best`, or with `within`, the
+    cheapest config on the front within that many points of the best mean, at its best seed); without a selection,
+    the single run with the highest best_val_accuracy at any depth under `runs_dir`.
+    """
+    if spec != "best":
+        path = Path(spec)
+        return path / "best.pt" if path.is_dir() else path
+    selection_path = find_selection(runs_dir)
+    if selection_path is None:
+        if within is not None:
+            raise CheckpointError(f"--within needs a selection.json under {runs_dir}: run select_model.py "
+                                  f"{runs_dir} first")
+        run_dir, accuracy = find_best_run(runs_dir)
+        print(f"note: no selection.json under {runs_dir}: taking the single run with the highest "
+              f"best_val_accuracy ({accuracy:.2f}), not confirmed by select_model.py with new seeds", flush=True)
+        return run_dir / "best.pt"
+    selection, root = read_selection(selection_path), selection_path.parent
+    if within is None:
+        print(f"chosen by select_model.py ({selection_path}): {selection['best']}", flush=True)
+        return root / selection["best"] / "best.pt"
+    config = cheapest_within(selection["configs"], within)
+    best_mean = max(c["val_accuracy_mean"] for c in selection["configs"])
+    run_dir = best_seed(config, root)
+    print(f"--within {within:g} ({selection_path}): the cheapest config on the front within {within:g} points of "
+          f"the best mean val_accuracy {best_mean:.2f} has {config['val_accuracy_mean']:.2f} at "
+          f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {run_dir}", flush=True)
+    return run_dir / "best.pt"
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:
@@ -142,16 +237,24 @@ class HalfPrecision(nn.Module):
         return self.model(images.half()).float()
 
 
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of `model` on `device` in channels_last, as the trainer runs it; the caller's model stays as it was."""
+    return copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
+
+
 def export_onnx(model: nn.Module, path: Path) -> None:
-    """ONNX of `model` with input `images` (batch, 3, 32, 32), output `logits` (batch, classes), weights inside.
+    """ONNX of `model` (in eval mode) with input `images` (batch, 3, 32, 32), output `logits` (batch, classes),
+    weights inside.
 
     The dynamo exporter (torch.export), torch's default since 2.9; the TorchScript exporter is deprecated. Here it
     takes a few seconds more, but it is the maintained path and `dynamic_shapes` gives a symbolic batch dimension.
     """
+    if model.training:
+        raise ValueError("export_onnx needs a model in eval mode: dropout and batch statistics would be exported")
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, *IMAGE_SHAPE)  # batch 2: an example batch of 1 would be specialised away
     batch = torch.export.Dim("batch")
-    torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+    torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                       dynamic_shapes=({0: batch},), external_data=False, dynamo=True, verbose=False)
     import onnx
 
@@ -192,7 +295,7 @@ Step = Callable[[], "float | None"]  # returns GPU compute seconds when it measu
 
 
 def torch_predictor(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None):
-    model = model.to(device).to(memory_format=torch.channels_last)  # as the trainer runs it: faster convolutions
+    """`model` is already on `device` (see on_device)."""
 
     @torch.inference_mode()
     def predict(images: np.ndarray) -> np.ndarray:
@@ -204,8 +307,8 @@ def torch_predictor(model: nn.Module, device: torch.device, amp_dtype: torch.dty
 
 
 def torch_step(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, images: np.ndarray) -> Step:
-    """One iteration: (GPU: pinned host -> device) inference (GPU: -> host, which waits for the GPU)."""
-    model = model.to(device).to(memory_format=torch.channels_last)
+    """One iteration: (GPU: pinned host -> device) inference (GPU: -> host, which waits for the GPU). `model` is
+    already on `device` (see on_device)."""
     if device.type != "cuda":
         x = torch.from_numpy(images).contiguous(memory_format=torch.channels_last)
 
@@ -293,11 +396,25 @@ def latency_stats(seconds: list[float], batch_size: int) -> dict:
 # Accuracy and benchmark
 
 
-def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Logits for uint8 NHWC images, normalized as in training, in batches of `batch_size`."""
-    chunks = [predict(normalize(images[i:i + batch_size]).contiguous().numpy())
-              for i in range(0, len(images), batch_size)]
-    return np.concatenate(chunks)
+class Report:
+    """What ran, what was skipped and why, and what failed; the exit status comes from `failures`."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+        self.failures: list[str] = []
+
+    def skip(self, part: str, why: str) -> None:
+        self.skipped.append(f"{part}: {why}")
+        print(f"skipped: {part}: {why}", flush=True)
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+        print(f"FAILED: {message}", flush=True)
+
+
+def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits for normalized images (N, 3, 32, 32) in chunks of `batch_size`; the last chunk holds the remainder."""
+    return np.concatenate([predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def accuracy_table(logits: dict[str, np.ndarray], labels: np.ndarray, reference: str) -> list[dict]:
@@ -327,13 +444,18 @@ def batch_of(images: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def benchmark(steps: dict[str, Callable[[np.ndarray], Step]], images: np.ndarray, batch_sizes: list[int],
-              warmup_seconds: float, min_seconds: float, min_iterations: int) -> list[dict]:
-    """One row per backend and batch size: end-to-end statistics, and GPU compute statistics where measured."""
+              warmup_seconds: float, min_seconds: float, min_iterations: int, report: Report) -> list[dict]:
+    """One row per backend and batch size: end-to-end statistics, and GPU compute statistics where measured.
+    An engine that fails at one batch size is reported and the benchmark goes on."""
     rows = []
     for name, make_step in steps.items():
         for batch_size in batch_sizes:
-            step = make_step(batch_of(images, batch_size))
-            end_to_end, gpu = time_iterations(step, warmup_seconds, min_seconds, min_iterations)
+            try:
+                step = make_step(batch_of(images, batch_size))
+                end_to_end, gpu = time_iterations(step, warmup_seconds, min_seconds, min_iterations)
+            except trt_runtime.EngineError as e:
+                report.fail(f"{name} batch {batch_size}: {e}")
+                continue
             stats = latency_stats(end_to_end, batch_size)
             rows.append({"backend": name, "batch_size": batch_size, "end_to_end": stats,
                          "gpu_compute": latency_stats(gpu, batch_size) if gpu else None})
@@ -414,9 +536,12 @@ def batch_sizes_arg(text: str) -> list[int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineErrorParser(__doc__)
     parser.add_argument("--checkpoint", required=True, metavar="PATH|best",
-                        help="a best.pt, a run folder, or `best`: the run in --runs-dir with the highest "
-                             "best_val_accuracy")
+                        help="a best.pt, a run folder, or `best`: what select_model.py chose (selection.json under "
+                             "--runs-dir), else the run at any depth in --runs-dir with the highest best_val_accuracy")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where `best` looks (default ./runs)")
+    parser.add_argument("--within", type=float, metavar="POINTS",
+                        help="with `best`: the cheapest config (FLOPs) on selection.json's Pareto front whose mean "
+                             "val_accuracy is within POINTS of the best mean, at its best seed")
     parser.add_argument("--out", type=Path, help="output folder (default <run folder>/export)")
     parser.add_argument("--precision", choices=trt_runtime.PRECISIONS, default=PRECISION,
                         help=f"TensorRT engine precision (default {PRECISION})")
@@ -436,6 +561,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=Path("images/inference_benchmark.png"),
                         help="throughput and latency figure (default images/inference_benchmark.png)")
     args = parser.parse_args(argv)
+    if args.within is not None and (args.checkpoint != "best" or not math.isfinite(args.within) or args.within < 0):
+        parser.error(f"--within={args.within} is not allowed: use a number of points >= 0, with --checkpoint best")
     for name in ("accuracy_images", "warmup_seconds", "min_seconds", "min_iterations"):
         if getattr(args, name) < (1 if name == "min_iterations" else 0):
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: use a number >= "
@@ -443,35 +570,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-class Report:
-    """What ran, what was skipped and why, and what failed; the exit status comes from `failures`."""
-
-    def __init__(self) -> None:
-        self.skipped: list[str] = []
-        self.failures: list[str] = []
-
-    def skip(self, part: str, why: str) -> None:
-        self.skipped.append(f"{part}: {why}")
-        print(f"skipped: {part}: {why}", flush=True)
-
-    def fail(self, message: str) -> None:
-        self.failures.append(message)
-        print(f"FAILED: {message}", flush=True)
-
-
 def export_and_check(model: nn.Module, out: Path, precision: str, parity_images: np.ndarray,
-                     report: Report) -> tuple[Path, Path | None, dict]:
-    """fp32 ONNX (and the fp16 one when the precision is fp16), each checked against PyTorch in ONNX Runtime."""
-    reference = torch_predictor(copy.deepcopy(model), torch.device("cpu"), None)
-    results, fp16_path = {}, None
-    onnx_path = out / "model.onnx"
-    export_onnx(model, onnx_path)
-    results["fp32"] = parity(reference, ort_predictor(ort_session(onnx_path)), parity_images)
-    if precision == "fp16":  # TensorRT 11 needs it; on 10 it is the same check of what fp16 does to the logits
-        fp16_path = out / "model_fp16.onnx"
-        export_onnx(HalfPrecision(model), fp16_path)
-        results["fp16"] = parity(reference, ort_predictor(ort_session(fp16_path)), parity_images)
-    for name, result in results.items():
+                     report: Report) -> tuple[dict[str, Path], dict[str, object], dict]:
+    """fp32 ONNX (and the fp16 one when the precision is fp16), each checked against PyTorch in ONNX Runtime.
+    Returns ({"fp32": path, ...}, {"fp32": its ONNX Runtime session, ...}, the parity results)."""
+    reference = torch_predictor(on_device(model, torch.device("cpu")), torch.device("cpu"), None)
+    paths, sessions, results = {"fp32": out / "model.onnx"}, {}, {}
+    export_onnx(model, paths["fp32"])
+    if precision == "fp16":  # the engine is built from it; in ONNX Runtime it shows what fp16 does to the logits
+        paths["fp16"] = out / "model_fp16.onnx"
+        export_onnx(HalfPrecision(model).eval(), paths["fp16"])
+    for name, path in paths.items():
+        sessions[name] = ort_session(path)
+        result = results[name] = parity(reference, ort_predictor(sessions[name]), parity_images)
         result["passed"] = check_parity(result, name)
         line = (f"ONNX {name} vs PyTorch (ONNX Runtime CPU, {result['images']} test images, batch sizes "
                 f"{result['images']} and 1): max |logit diff| {result['max_abs_diff']:.2e}, same top-1 "
@@ -481,10 +592,10 @@ def export_and_check(model: nn.Module, out: Path, precision: str, parity_images:
             allowed = (f"<= {PARITY_MAX_ABS_DIFF} and 100%" if name == "fp32"
                        else f"<= {FP16_PARITY_RELATIVE} x max |logit| ({result['max_abs_logit']:.3g})")
             report.fail(f"{line}; allowed: {allowed}")
-    return onnx_path, fp16_path, results
+    return paths, sessions, results
 
 
-def build_tensorrt(args: argparse.Namespace, out: Path, onnx_path: Path, fp16_path: Path | None,
+def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Path],
                    calibration: Callable[[], np.ndarray], device: torch.device,
                    report: Report) -> tuple[trt_runtime.TrtRunner | None, dict | None]:
     """Build the engine and open a runner for it, or say why not. Returns (runner or None, engine JSON or None)."""
@@ -492,29 +603,25 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_path: Path, fp16_pa
     if device.type != "cuda":
         report.skip(f"{part}, its accuracy and benchmark", "no CUDA GPU (PyTorch sees none, or --device cpu)")
         return None, None
-    why = trt_runtime.why_no_tensorrt()
+    why = trt_runtime.why_no_tensorrt() or (trt_runtime.why_no_modelopt() if args.precision == "int8" else "")
     if why:
         report.skip(f"{part}, its accuracy and benchmark", why)
         return None, None
-    source = onnx_path
-    if args.precision == "fp16" and not trt_runtime.uses_precision_flags():
-        source = fp16_path or onnx_path  # TensorRT 11: the precision comes from the graph
-    if args.precision == "int8":
-        why = trt_runtime.why_no_modelopt()
-        if why:
-            report.skip(f"{part}, its accuracy and benchmark", why)
-            return None, None
-        source = out / "model_int8_qdq.onnx"
-        trt_runtime.quantize_int8(onnx_path, calibration(), source, INPUT_NAME)
     engine_path = out / f"model_{args.precision}.engine"
     try:
+        # One path on TensorRT 10 and 11: a strongly typed network whose precision comes from the ONNX.
+        if args.precision == "int8":
+            source = out / "model_int8_qdq.onnx"
+            trt_runtime.quantize_int8(onnx_paths["fp32"], calibration(), source, INPUT_NAME)
+        else:
+            source = onnx_paths[args.precision]
         info = trt_runtime.build_engine(source, engine_path, args.precision, args.batch_sizes,
                                         torch.cuda.get_device_name(device), out / "timing.cache")
     except trt_runtime.EngineError as e:
         report.fail(str(e))
         return None, None
-    print(f"TensorRT {info['tensorrt_version']} built {engine_path} ({info['typing']}) in {info['build_seconds']} s",
-          flush=True)
+    print(f"TensorRT {info['tensorrt_version']} built {engine_path} ({info['typing']}, batch "
+          f"{info['profile']['min'][0]}..{info['profile']['max'][0]}) in {info['build_seconds']} s", flush=True)
     why = trt_runtime.why_no_pycuda()
     if why:
         report.skip(f"{part} accuracy and benchmark (the engine was built)", why)
@@ -526,18 +633,16 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_path: Path, fp16_pa
         return None, info
 
 
-def check_accuracy(model: nn.Module, device: torch.device, session, fp16_path: Path | None,
-                   runner: trt_runtime.TrtRunner | None, precision: str, images: torch.Tensor, labels: np.ndarray,
-                   batch_size: int, report: Report) -> list[dict]:
-    """Top-1 on the test images: PyTorch fp32 first (the reference), then each exported model; engines that trail
-    PyTorch by more than ACCURACY_TOLERANCE are reported as failures."""
-    predictors = {f"pytorch-fp32 ({device.type})": torch_predictor(model, device, None),
-                  "onnxruntime-fp32 (cpu)": ort_predictor(session)}
-    if fp16_path is not None:
-        predictors["onnxruntime-fp16 (cpu)"] = ort_predictor(ort_session(fp16_path))
-    if runner is not None:
-        predictors[f"tensorrt-{precision}"] = runner
-    logits = {name: predict_all(predict, images, batch_size) for name, predict in predictors.items()}
+def check_accuracy(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], precision: str, images: np.ndarray,
+                   labels: np.ndarray, batch_size: int, report: Report) -> list[dict]:
+    """Top-1 on the normalized test images of each predictor, the first (PyTorch fp32) the reference; an engine that
+    fails to run, or trails PyTorch by more than ACCURACY_TOLERANCE, is reported as a failure."""
+    logits = {}
+    for name, predict in predictors.items():
+        try:
+            logits[name] = predict_all(predict, images, batch_size)
+        except trt_runtime.EngineError as e:
+            report.fail(f"{name} on the test images: {e}")
     rows = accuracy_table(logits, labels, reference=next(iter(predictors)))
     print(markdown_accuracy(rows, len(images)), flush=True)
     for message in accuracy_failures(rows, precision):
@@ -547,7 +652,8 @@ def check_accuracy(model: nn.Module, device: torch.device, session, fp16_path: P
 
 def backend_steps(model: nn.Module, device: torch.device, session, runner: trt_runtime.TrtRunner | None,
                   precision: str, cuda_graph: bool, report: Report) -> dict[str, Callable[[np.ndarray], Step]]:
-    """backend name -> a function that makes its timed step for a batch, for every backend present."""
+    """backend name -> a function that makes its timed step for a batch, for every backend present. `model` is
+    already on `device` (see on_device)."""
     steps: dict[str, Callable[[np.ndarray], Step]] = {
         f"pytorch-fp32 ({device.type})": lambda x: torch_step(model, device, None, x),
         "onnxruntime-fp32 (cpu)": lambda x: ort_step(session, x)}
@@ -559,17 +665,19 @@ def backend_steps(model: nn.Module, device: torch.device, session, runner: trt_r
         report.skip("PyTorch fp16/bf16 autocast benchmark", "no CUDA GPU; fp16/bf16 are timed on the GPU only")
     if runner is not None:
         steps[f"tensorrt-{precision}"] = lambda x: trt_step(runner, x, use_graph=False)
-        if cuda_graph:
-            steps[f"tensorrt-{precision}-cudagraph"] = lambda x: trt_step(runner, x, use_graph=True)
-    elif cuda_graph:
-        report.skip("CUDA-graph replay of the engine", "there is no engine runner on this machine (see above)")
+    why_no_graph = ("there is no engine runner on this machine (see above)" if runner is None
+                    else trt_runtime.why_no_cuda_python())
+    if cuda_graph and why_no_graph:
+        report.skip("CUDA-graph replay of the engine", why_no_graph)
+    elif cuda_graph and runner is not None:
+        steps[f"tensorrt-{precision}-cudagraph"] = lambda x: trt_step(runner, x, use_graph=True)
     return steps
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        checkpoint_path = resolve_checkpoint(args.checkpoint, args.runs_dir)
+        checkpoint_path = resolve_checkpoint(args.checkpoint, args.runs_dir, args.within)
         model, checkpoint = load_model(checkpoint_path)
         device = pick_device(args.device)
         train_images, _, test_images, test_labels = load_cifar100(args.data_dir)
@@ -582,30 +690,34 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or checkpoint_path.parent / "export"
     out.mkdir(parents=True, exist_ok=True)
     report = Report()
-    print(f"checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
+    print(f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
           f"{checkpoint.get('val_accuracy')}); filters {config['num_filters_1']}/{config['num_filters_2']}/"
           f"{config['num_filters_3']}; PyTorch on {device_name(device)}", flush=True)
 
     images = torch.from_numpy(test_images[:args.accuracy_images or None])
     labels = test_labels[:len(images)]
-    normalized = normalize(images).contiguous().numpy()  # (N, 3, 32, 32) float32, for parity and benchmarks
-    onnx_path, fp16_path, onnx_parity = export_and_check(model, out, args.precision, normalized[:PARITY_IMAGES],
+    normalized = normalize(images).contiguous().numpy()  # (N, 3, 32, 32) float32, once: parity, accuracy, benchmark
+    onnx_paths, sessions, onnx_parity = export_and_check(model, out, args.precision, normalized[:PARITY_IMAGES],
                                                          report)
 
     def calibration() -> np.ndarray:  # real training images, a fixed random subset across classes
         pick = np.random.default_rng(0).permutation(len(train_images))[:CALIBRATION_IMAGES]
         return normalize(torch.from_numpy(train_images[np.sort(pick)])).contiguous().numpy()
 
-    runner, engine_info = build_tensorrt(args, out, onnx_path, fp16_path, calibration, device, report)
+    runner, engine_info = build_tensorrt(args, out, onnx_paths, calibration, device, report)
 
-    session = ort_session(onnx_path)
-    accuracy = check_accuracy(model, device, session, fp16_path, runner, args.precision, images, labels,
-                              max(args.batch_sizes), report)
-    steps = backend_steps(model, device, session, runner, args.precision, args.cuda_graph, report)
+    placed = on_device(model, device)
+    predictors = {f"pytorch-fp32 ({device.type})": torch_predictor(placed, device, None),
+                  **{f"onnxruntime-{name} (cpu)": ort_predictor(session) for name, session in sessions.items()}}
+    if runner is not None:
+        predictors[f"tensorrt-{args.precision}"] = runner
+    accuracy = check_accuracy(predictors, args.precision, normalized, labels, max(args.batch_sizes), report)
+    steps = backend_steps(placed, device, sessions["fp32"], runner, args.precision, args.cuda_graph, report)
     print(f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and >= {args.min_iterations} "
           f"iterations per backend and batch size", flush=True)
     load_before = os.getloadavg()[0]  # other processes slow the CPU backends most: say how busy the machine was
-    rows = benchmark(steps, normalized, args.batch_sizes, args.warmup_seconds, args.min_seconds, args.min_iterations)
+    rows = benchmark(steps, normalized, args.batch_sizes, args.warmup_seconds, args.min_seconds, args.min_iterations,
+                     report)
     load = max(load_before, os.getloadavg()[0])
     print(markdown_benchmark(rows), flush=True)
 

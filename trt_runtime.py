@@ -1,26 +1,32 @@
-"""The TensorRT and pycuda layer of trt_export.py: build an engine from ONNX, run it, time it. Nothing else.
+"""The TensorRT and CUDA layer of trt_export.py: build an engine from ONNX, run it, time it. Nothing else.
 
 Targets TensorRT 10.x and 11.x through the name-based API both share (`build_serialized_network`,
-`set_input_shape`, `set_tensor_address`, `execute_async_v3`). Precision differs between them:
+`set_input_shape`, `set_tensor_address`, `execute_async_v3`), with one precision path for both: the network is
+strongly typed (TensorRT 11 always is; on 10 the flag is asked for by name, as its number changed between the two),
+so the ONNX carries the precision and no builder flag is set:
 
-    TensorRT 10.x  fp16: the fp32 ONNX plus BuilderFlag.FP16; int8: ModelOpt's Q/DQ ONNX plus FP16 and INT8 flags
-    TensorRT 11.x  no precision flags, every network is strongly typed: fp16 comes from an fp16 ONNX and int8 from
-                   ModelOpt's Q/DQ ONNX (the caller passes the right file; `uses_precision_flags` says which)
+    fp32  the fp32 ONNX
+    fp16  the fp16 ONNX (fp32 in and out, fp16 inside)
+    int8  ModelOpt's Q/DQ copy of the fp32 ONNX (int8 where quantized, fp16 elsewhere)
 
-`tensorrt`, `pycuda` and `modelopt` are imported inside the functions that use them, so importing this file needs
-only numpy: trt_export.py imports it on every machine, and the tests run without a GPU. Each `why_no_*` function
-returns "" when the part can run, else one sentence saying why not.
+Buffers, copies, the stream and CUDA events come from pycuda; CUDA-graph capture and replay from cuda-python
+(`cuda.bindings.runtime`), as NVIDIA's TensorRT samples do it: no released pycuda (through 2026.1) has a graph API.
+`tensorrt`, `pycuda`, `cuda.bindings` and `modelopt` are imported inside the functions that use them, so importing
+this file needs only numpy: trt_export.py imports it on every machine, and the tests run without a GPU. Each `why_no_*`
+function returns "" when the part can run, else one sentence saying why not.
 
-Type-checked against tensorrt-stubs (the 10.x API) with `python trt_typecheck.py`, which repairs the stubs' syntax
-first; pycuda and modelopt ship no stubs, so their imports carry narrow ignores.
+Checked statically with `python trt_typecheck.py`: mypy against tensorrt-stubs (the 10.x API), and every
+cuda-python call bound to the signature of the installed cuda-bindings. pycuda and modelopt ship no stubs, so their
+imports carry narrow ignores.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,11 +35,13 @@ if TYPE_CHECKING:
 
 WORKSPACE_BYTES = 1 << 30  # builder scratch memory limit; SimpleCNN needs far less, big tactics may want more
 PRECISIONS = ("fp32", "fp16", "int8")
+MODELOPT_MIN_VERSION = (0, 42)  # before 0.42 every calibration step saw the same data (NVIDIA/Model-Optimizer#794)
+CALIBRATION_BATCH = 64  # images per int8 calibration step; ModelOpt reads a dynamic batch as 1 unless told
 INSTALL_HINT = "on a GPU machine: pip install --extra-index-url https://pypi.nvidia.com -r requirements-trt.txt"
 
 
 class EngineError(RuntimeError):
-    """TensorRT could not parse, build or load an engine; the message says which step and why."""
+    """TensorRT or CUDA could not parse, build, load or run an engine; the message says which step and why."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -58,56 +66,96 @@ def why_no_pycuda() -> str:
     return ""
 
 
-def why_no_modelopt() -> str:
+def why_no_cuda_python() -> str:
     try:
-        import modelopt.onnx.quantization  # type: ignore[import-not-found,import-untyped]  # noqa: F401
+        cuda_runtime()
     except ImportError as e:
-        return (f"int8 needs NVIDIA ModelOpt for explicit (Q/DQ) quantization and it cannot be imported ({e}); "
-                f"install nvidia-modelopt[onnx] {INSTALL_HINT}")
+        return f"cuda-python cannot be imported ({e}); CUDA-graph replay needs it: pip install cuda-bindings"
     return ""
 
 
-def tensorrt_version() -> str:
-    import tensorrt as trt
+def why_no_modelopt() -> str:
+    try:
+        import modelopt  # type: ignore[import-not-found,import-untyped]
+        import modelopt.onnx.quantization  # type: ignore[import-not-found,import-untyped]  # noqa: F401
+    except ImportError as e:
+        return (f"int8 needs NVIDIA ModelOpt for explicit (Q/DQ) quantization and it cannot be imported ({e}); "
+                f"install nvidia-modelopt[onnx]>=0.42 {INSTALL_HINT}")
+    version = str(getattr(modelopt, "__version__", "0"))
+    if _release(version) < MODELOPT_MIN_VERSION:
+        return (f"nvidia-modelopt {version} calibrates every step on the same images (fixed in 0.42); "
+                "pip install 'nvidia-modelopt[onnx]>=0.42'")
+    return ""
 
-    return str(trt.__version__)
+
+def _release(version: str) -> tuple[int, int]:
+    """(0, 42) for "0.42.0rc1"; (0, 0) for a version string that does not start with two numbers."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
-def uses_precision_flags() -> bool:
-    """True on TensorRT 10 (BuilderFlag.FP16/INT8 exist); False on 11, where networks are always strongly typed."""
-    import tensorrt as trt
+def cuda_runtime() -> Any:
+    """cuda-python's CUDA runtime module (`cuda.bindings.runtime`); a function so that tests can stand one in."""
+    from cuda.bindings import runtime  # type: ignore[import-untyped]
 
-    return hasattr(trt.BuilderFlag, "FP16")
+    return runtime
 
 
 def _ints(dims: trt.Dims) -> list[int]:
     return [dims[i] for i in range(len(dims))]  # Dims indexes like a sequence but the stubs declare no __iter__
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Int8: explicit quantization with ModelOpt (TensorRT 10 deprecated implicit calibration and 11 removed it)
 
 
+def calibration_shapes(input_name: str, images: np.ndarray, batch_size: int = CALIBRATION_BATCH) -> str:
+    """ModelOpt's shape of one calibration step, e.g. "images:64x3x32x32" (fewer images: one step of all of them)."""
+    return f"{input_name}:" + "x".join(str(n) for n in (min(batch_size, len(images)), *images.shape[1:]))
+
+
 def quantize_int8(onnx_path: Path, calibration_images: np.ndarray, out_path: Path, input_name: str) -> None:
-    """Write a Q/DQ copy of the fp32 ONNX, with activation ranges calibrated on `calibration_images` (N, 3, 32, 32)."""
+    """Write a Q/DQ copy of the fp32 ONNX, with activation ranges calibrated on `calibration_images` (N, 3, 32, 32):
+    int8 where ModelOpt quantizes, fp16 elsewhere, fp32 in and out. Raises EngineError if ModelOpt fails."""
     from modelopt.onnx.quantization import quantize  # type: ignore[import-not-found,import-untyped]
 
-    # "cpu" only: calibration runs through ONNX Runtime, and its CPU provider is the one every install has.
-    quantize(onnx_path=str(onnx_path), quantize_mode="int8", calibration_method="entropy",
-             calibration_data={input_name: np.ascontiguousarray(calibration_images, dtype=np.float32)},
-             calibration_eps=["cpu"], output_path=str(out_path))
+    try:
+        # calibration_shapes: without it ModelOpt reads the dynamic batch as 1 and runs one step per image.
+        # "cpu" only: calibration runs through ONNX Runtime, and its CPU provider is the one every install has.
+        quantize(onnx_path=str(onnx_path), quantize_mode="int8", calibration_method="entropy",
+                 calibration_data={input_name: np.ascontiguousarray(calibration_images, dtype=np.float32)},
+                 calibration_shapes=calibration_shapes(input_name, calibration_images), calibration_eps=["cpu"],
+                 high_precision_dtype="fp16", output_path=str(out_path))
+    except Exception as e:  # a third party's failure, whatever its type, is one line for the report
+        raise EngineError(f"ModelOpt could not quantize {onnx_path} to int8 ({_first_line(e)})") from e
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Build
 
 
+def profile_batches(batch_sizes: list[int]) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the engine's optimization profile for the benchmarked `batch_sizes`.
+
+    min is 1, not min(batch_sizes): a data set fed in chunks of the largest size ends with the remainder (10,000 test
+    images in chunks of 256 end with 16). opt = max: kernels are tuned for the throughput case.
+    """
+    largest = max(batch_sizes)
+    return 1, largest, largest
+
+
 def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes: list[int], gpu: str,
                  timing_cache_path: Path, workspace_bytes: int = WORKSPACE_BYTES) -> dict:
-    """Parse the ONNX, build an engine for batch sizes min..max, save it and a JSON beside it; return the JSON.
+    """Parse the ONNX into a strongly typed network, build an engine for batches 1..max(batch_sizes), save it and a
+    JSON beside it; return the JSON.
 
-    `onnx_path` must already carry the precision where TensorRT needs it to (see the module docstring).
-    The timing cache is read if present and written back, so a rebuild skips the kernel timing it already did.
+    `onnx_path` carries the precision (see the module docstring); `precision` only names it. The timing cache is read
+    if present and written back, so a rebuild skips the kernel timing it already did.
     """
     import tensorrt as trt
 
@@ -115,7 +163,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # 10.x: always explicit batch; 11.x: always strongly typed
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -123,22 +171,21 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    flags = uses_precision_flags()
-    if flags and precision in ("fp16", "int8"):  # int8 keeps fp16 for the layers ModelOpt left unquantized
-        config.set_flag(trt.BuilderFlag.FP16)
-    if flags and precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-
     input_tensor = network.get_input(0)
     sample_shape = _ints(input_tensor.shape)[1:]  # (3, 32, 32); dimension 0 is the dynamic batch (-1)
+    shape_min, shape_opt, shape_max = ([batch, *sample_shape] for batch in profile_batches(batch_sizes))
     profile = builder.create_optimization_profile()
-    shape_min, shape_max = [min(batch_sizes), *sample_shape], [max(batch_sizes), *sample_shape]
-    # opt = max: kernels are tuned for the throughput case; small batches still run, a little less tuned.
-    profile.set_shape(input_tensor.name, trt.Dims(shape_min), trt.Dims(shape_max), trt.Dims(shape_max))
+    profile.set_shape(input_tensor.name, trt.Dims(shape_min), trt.Dims(shape_opt), trt.Dims(shape_max))
     config.add_optimization_profile(profile)
 
-    cache = config.create_timing_cache(timing_cache_path.read_bytes() if timing_cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)  # a cache from another GPU or version is not reused
+    cache_blob = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_blob)
+    # A cache from another GPU or TensorRT version is refused (False), a damaged one not read (None): start afresh
+    # rather than fail later, when the cache is written back.
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        print(f"note: {timing_cache_path} is from another GPU or TensorRT version, or damaged; "
+              "starting a fresh timing cache", flush=True)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -147,13 +194,14 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes
     build_seconds = time.perf_counter() - started
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     engine_path.write_bytes(memoryview(serialized))
-    timing_cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    built_cache = config.get_timing_cache()
+    if built_cache is not None:
+        timing_cache_path.write_bytes(memoryview(built_cache.serialize()))
 
-    info = {"precision": precision, "tensorrt_version": str(trt.__version__), "gpu": gpu,
-            "typing": "builder flags (TensorRT 10)" if flags else "strongly typed (TensorRT 11)",
+    info = {"precision": precision, "tensorrt_version": str(trt.__version__), "gpu": gpu, "typing": "strongly typed",
             "onnx": str(onnx_path), "engine": str(engine_path), "engine_bytes": engine_path.stat().st_size,
-            "profile": {"input": input_tensor.name, "min": shape_min, "opt": shape_max, "max": shape_max},
-            "workspace_bytes": workspace_bytes, "timing_cache": str(timing_cache_path),
+            "profile": {"input": input_tensor.name, "min": shape_min, "opt": shape_opt, "max": shape_max},
+            "workspace_bytes": workspace_bytes, "timing_cache": str(timing_cache_path) if built_cache else None,
             "build_seconds": round(build_seconds, 2)}
     engine_path.with_name(engine_path.name + ".json").write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -163,11 +211,21 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes
 # Run
 
 
-class TrtRunner:
-    """One engine, one execution context, page-locked host buffers and device buffers for the largest batch.
+def cuda_check(result: tuple, call: str) -> Any:
+    """cuda-python returns (error, *values): the value (or None) if the error is cudaSuccess, else EngineError."""
+    cudart = cuda_runtime()
+    error, *values = result
+    if error != cudart.cudaError_t.cudaSuccess:
+        raise EngineError(f"{call} failed: {cudart.cudaGetErrorName(error)[1].decode()}")
+    return values[0] if values else None
 
-    pycuda.autoprimaryctx retains the device's primary context, the same one PyTorch's runtime uses, so torch and
-    this runner share a process (pycuda.autoinit would create a second context that clashes with PyTorch's).
+
+class TrtRunner:
+    """One engine, one execution context, page-locked host buffers and device buffers for the largest batch, and
+    optionally a CUDA graph of one enqueue.
+
+    pycuda.autoprimaryctx retains the device's primary context, the same one PyTorch's runtime and cuda-python's
+    runtime API use, so all three share a process (pycuda.autoinit would create a second context that clashes).
     """
 
     def __init__(self, engine_path: Path, max_batch_size: int):
@@ -193,6 +251,7 @@ class TrtRunner:
         in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
         # Page-locked host memory: the copies run asynchronously on the stream at full PCIe speed.
+        self.max_batch_size = max_batch_size
         self.host_input = cuda.pagelocked_empty((max_batch_size, *sample_shape), in_dtype)
         self.host_output = cuda.pagelocked_empty((max_batch_size, num_classes), out_dtype)
         self.device_input = cuda.mem_alloc(self.host_input.nbytes)
@@ -202,33 +261,69 @@ class TrtRunner:
         self.stream = cuda.Stream()
         self.compute_start, self.compute_end = cuda.Event(), cuda.Event()
         self.batch_size = 0
-        self.graph = None  # an instantiated CUDA graph of one enqueue at self.batch_size, or None
+        self.graph: Any = None  # cuda-python cudaGraph_t of one enqueue at self.batch_size, or None
+        self.graph_exec: Any = None  # its instantiation (cudaGraphExec_t), what a replay launches
 
     def set_batch(self, images: np.ndarray) -> None:
         """Put a batch (B, 3, 32, 32) into the page-locked input buffer and size the context for it."""
         batch_size = len(images)
-        self.host_input[:batch_size] = images
+        if not 1 <= batch_size <= self.max_batch_size:
+            raise EngineError(f"batch size {batch_size} is outside this runner's 1..{self.max_batch_size}")
         if batch_size != self.batch_size:
             if not self.context.set_input_shape(self.input_name, (batch_size, *self.host_input.shape[1:])):
                 raise EngineError(f"batch size {batch_size} is outside the engine's optimization profile")
-            self.batch_size, self.graph = batch_size, None
+            self.release_graph()  # captured at the old shape
+            self.batch_size = batch_size
+        self.host_input[:batch_size] = images
 
     def capture_graph(self) -> None:
-        """Record one enqueue at the current batch size as a CUDA graph; `step(use_graph=True)` replays it."""
+        """Record one enqueue at the current batch size as a CUDA graph; `step(use_graph=True)` replays it.
+
+        As NVIDIA's TensorRT samples do (demo/Diffusion engine.py): cudaStreamBeginCapture on the stream,
+        execute_async_v3, cudaStreamEndCapture, cudaGraphInstantiate.
+        """
+        cudart, handle = cuda_runtime(), self.stream.handle
+        self.release_graph()
         # One plain enqueue first: TensorRT finishes shape-dependent setup there, which a capture must not contain.
-        self.context.execute_async_v3(self.stream.handle)
+        if not self.context.execute_async_v3(handle):
+            raise EngineError(f"execute_async_v3 failed at batch size {self.batch_size}")
         self.stream.synchronize()
-        self.stream.begin_capture()
-        self.context.execute_async_v3(self.stream.handle)
-        self.graph = self.stream.end_capture().instantiate()
+        cuda_check(cudart.cudaStreamBeginCapture(handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
+                   "cudaStreamBeginCapture")
+        enqueued = False
+        try:
+            enqueued = self.context.execute_async_v3(handle)
+        finally:
+            # End the capture whatever happened: a stream left capturing makes every later call on it fail.
+            error, graph = cudart.cudaStreamEndCapture(handle)
+            if graph is not None and not (enqueued and error == cudart.cudaError_t.cudaSuccess):
+                cudart.cudaGraphDestroy(graph)
+        cuda_check((error,), "cudaStreamEndCapture")
+        if not enqueued:
+            raise EngineError(f"execute_async_v3 failed while capturing a CUDA graph at batch size {self.batch_size}")
+        self.graph = graph
+        self.graph_exec = cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+
+    def release_graph(self) -> None:
+        """Destroy the captured graph and its instantiation, if any (a new batch size or a recapture)."""
+        if self.graph is None and self.graph_exec is None:
+            return
+        cudart = cuda_runtime()
+        if self.graph_exec is not None:
+            cuda_check(cudart.cudaGraphExecDestroy(self.graph_exec), "cudaGraphExecDestroy")
+        if self.graph is not None:
+            cuda_check(cudart.cudaGraphDestroy(self.graph), "cudaGraphDestroy")
+        self.graph = self.graph_exec = None
 
     def step(self, use_graph: bool = False) -> float:
         """Copy in, compute, copy out, wait; return the GPU compute seconds (CUDA events around the enqueue only)."""
         b, cuda = self.batch_size, self.cuda
+        if use_graph and self.graph_exec is None:
+            raise EngineError(f"no CUDA graph captured at batch size {b}: call capture_graph() first")
         cuda.memcpy_htod_async(self.device_input, self.host_input[:b], self.stream)
         self.compute_start.record(self.stream)
-        if use_graph and self.graph is not None:
-            self.graph.launch(self.stream)
+        if use_graph:
+            cuda_check(cuda_runtime().cudaGraphLaunch(self.graph_exec, self.stream.handle), "cudaGraphLaunch")
         elif not self.context.execute_async_v3(self.stream.handle):
             raise EngineError(f"execute_async_v3 failed at batch size {b}")
         self.compute_end.record(self.stream)

@@ -1,8 +1,9 @@
-"""Run mypy on the TensorRT layer against tensorrt-stubs, whose generated .pyi files do not parse as shipped.
+"""Check the TensorRT layer statically: mypy against tensorrt-stubs, whose generated .pyi files do not parse as
+shipped, and every cuda-python call against the installed cuda-bindings, which ships no stubs at all.
 
     pip install --no-deps tensorrt-stubs==10.13.0.35.1     # the stubs only; the real tensorrt is not needed
-    python trt_typecheck.py                                # mypy trt_runtime.py trt_export.py
-    python trt_typecheck.py trt_runtime.py                 # just the TensorRT/pycuda layer
+    python trt_typecheck.py                                # mypy trt_runtime.py trt_export.py, then cuda-python
+    python trt_typecheck.py trt_runtime.py                 # just the TensorRT/pycuda/cuda-python layer
 
 tensorrt-stubs 10.13.0.35.1 (pybind11-stubgen output, the only release) stops mypy with syntax errors before it
 checks a line: parameters named `in` (a keyword) and a parameter without a default after defaulted ones
@@ -11,12 +12,17 @@ This copies the .pyi files to a temporary folder with exactly those faults fixed
 and runs mypy with errors *inside* the stubs silenced; the code that calls TensorRT is checked in full.
 Modules the files import (part_2_cifar.py, torch) are read for types, their own errors not reported
 (follow_imports = silent): they are checked where they are owned.
-Exit status is mypy's.
+
+cuda-python (`cuda.bindings.runtime`, installed with torch's CUDA 13 wheels, no GPU needed to import) is Cython with
+real signatures: each `cudart.NAME(...)` call in the checked files must name a function that exists and bind to its
+signature, and each `cudart.Enum.member` must exist. Exit status: mypy's, else 1 if a cuda-python call does not fit.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
 import os
 import re
 import subprocess
@@ -56,6 +62,54 @@ def write_fixed_stubs(root: Path) -> None:
             (root / package / pyi.name).write_text(text)
 
 
+def cuda_python_problems(path: Path, runtime: object, alias: str = "cudart") -> tuple[int, list[str]]:
+    """(how many `alias.X` uses were checked, one line per use in `path` that the real cuda-python lacks: a missing
+    function or enum member, or a call that does not bind to the signature; arguments stand in as placeholders, so
+    only their number and names are checked)."""
+    uses, problems = 0, []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == alias:
+            uses += 1
+            if not hasattr(runtime, node.attr):
+                problems.append(f"{path}:{node.lineno}: {alias}.{node.attr} does not exist in cuda.bindings.runtime")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == alias:
+            if not hasattr(getattr(runtime, node.value.attr, None), node.attr):
+                problems.append(f"{path}:{node.lineno}: {alias}.{node.value.attr}.{node.attr} does not exist")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == alias \
+                and callable(function := getattr(runtime, node.func.attr, None)):
+            try:
+                inspect.signature(function).bind(*node.args, **{k.arg: k.value for k in node.keywords if k.arg})
+            except TypeError as e:
+                problems.append(f"{path}:{node.lineno}: {alias}.{node.func.attr}{inspect.signature(function)}: {e}")
+    return uses, problems
+
+
+def check_cuda_python(files: list[str]) -> int:
+    try:
+        from cuda.bindings import runtime
+    except ImportError as e:
+        print(f"error: cuda-python cannot be imported ({e}): pip install cuda-bindings", file=sys.stderr)
+        return 1
+    results = [cuda_python_problems(Path(name), runtime) for name in files]
+    problems = [line for _, lines in results for line in lines]
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"cuda-python: {sum(uses for uses, _ in results)} uses of cudart checked against cuda-bindings "
+          f"{version('cuda-bindings')}: {len(problems) or 'no'} problem(s)")
+    return 1 if problems else 0
+
+
+def version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(version unknown)"
+
+
 def main(argv: list[str]) -> int:
     files = argv or ["trt_runtime.py", "trt_export.py"]
     with tempfile.TemporaryDirectory(prefix="trt-stubs-") as tmp:
@@ -63,7 +117,8 @@ def main(argv: list[str]) -> int:
         config = Path(tmp) / "mypy.ini"
         config.write_text(MYPY_CONFIG)
         env = dict(os.environ, MYPYPATH=str(Path(tmp) / "stubs"))
-        return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), *files], env=env).returncode
+        mypy = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), *files], env=env).returncode
+    return mypy or check_cuda_python(files)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,3 +58,66 @@ def offline_env(tmp_path) -> dict:
     env.update(HOME=str(home), WANDB_DIR=str(tmp_path), WANDB_SILENT="true", PYTHONPATH=str(ROOT),
                NETRC=str(home / ".netrc"), OMP_NUM_THREADS="1")
     return env
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A throw-away PostgreSQL server, for the sweeps that several machines share
+
+
+def postgres_bin_dir() -> Path | None:
+    """Debian's PostgreSQL server binaries (apt-get install postgresql), newest version first, or on PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: -int(p.parts[-3]))
+    if found:
+        return found[0].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """A PostgreSQL server for the test session: own data folder, a loopback port, an unprivileged user, no
+    password (trust). Yields postgresql://postgres@127.0.0.1:PORT; the server and its folder go at the end."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="pytest-postgres-"))  # not under pytest's tmp: the server's user reads it
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        try:
+            shutil.chown(root, "postgres")
+        except LookupError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port, data = _free_loopback_port(), root / "data"
+    options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+               "-c full_page_writes=off")  # a test database: speed over durability
+    try:
+        subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync",
+                        "-E", "UTF8"], check=True, capture_output=True, text=True, timeout=120)
+        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-l", root / "server.log", "-o", options, "-w",
+                        "-t", "60", "start"], check=True, capture_output=True, text=True, timeout=90)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        log = root / "server.log"
+        detail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"PostgreSQL did not start: {' '.join(detail) or (e.stderr or '').strip()[-300:]}")
+    yield f"postgresql://postgres@127.0.0.1:{port}"
+    subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True,
+                   timeout=60)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def postgres_url(postgres_server: str, tmp_path: Path) -> str:
+    """A new, empty database on the session's server, for one test."""
+    name = "db_" + "".join(c if c.isalnum() else "_" for c in tmp_path.name.lower())  # unique in a session
+    port = postgres_server.rsplit(":", 1)[1]
+    subprocess.run([postgres_bin_dir() / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", name],
+                   check=True, capture_output=True, timeout=60)
+    return f"{postgres_server}/{name}"

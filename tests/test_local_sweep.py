@@ -17,7 +17,8 @@ import pytest
 
 import local_sweep
 import part_2_cifar as p2
-from local_sweep import SweepConfigError, translate_parameter
+import sweep_space
+from sweep_space import SweepConfigError, translate_parameter
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters_2": {"value": 16},
@@ -120,17 +121,17 @@ def write_sweep(path: Path, parameters: dict, **top) -> Path:
 
 def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
     sweep = local_sweep.load_sweep(ROOT / "sweep_config.json")
-    sampler = local_sweep.make_sampler(sweep)
+    sampler = sweep_space.make_sampler(sweep)
     assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._multivariate and sweep.direction == "maximize"
-    pruner = local_sweep.make_pruner(sweep)
-    assert isinstance(pruner, local_sweep.PruneUpTo) and pruner.last_step == 12
+    pruner = sweep_space.make_pruner(sweep)
+    assert isinstance(pruner, sweep_space.PruneUpTo) and pruner.last_step == 12
     assert isinstance(pruner.inner, optuna.pruners.HyperbandPruner)
     grid = local_sweep.load_sweep(write_sweep(tmp_path / "g.json", {"dropout_rate": {"values": [0.0, 0.5]},
                                                                     "epochs": {"min": 1, "max": 3}}, method="grid"))
-    assert isinstance(local_sweep.make_sampler(grid), optuna.samplers.GridSampler) and local_sweep.grid_size(grid) == 6
+    assert isinstance(sweep_space.make_sampler(grid), optuna.samplers.GridSampler) and sweep_space.grid_size(grid) == 6
     rand = local_sweep.load_sweep(write_sweep(tmp_path / "r.json", {}, method="random",
                                               metric={"name": "val_loss"}))
-    assert isinstance(local_sweep.make_sampler(rand), optuna.samplers.RandomSampler)
+    assert isinstance(sweep_space.make_sampler(rand), optuna.samplers.RandomSampler)
     assert rand.direction == "minimize"  # W&B's default goal
 
 
@@ -161,7 +162,7 @@ def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[
 
 
 def load_study(runs_dir: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=local_sweep.open_storage(None, runs_dir))
+    return optuna.load_study(study_name=name, storage=local_sweep.open_storage(None, runs_dir).storage)
 
 
 def test_four_trial_sweep_finishes_and_writes_its_report(offline, learnable_data_dir, capsys):
@@ -175,8 +176,8 @@ def test_four_trial_sweep_finishes_and_writes_its_report(offline, learnable_data
     for t in study.trials:
         assert json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text())["config"]["val_size"] == 100
     rows = (runs / "four" / "trials.csv").read_text().splitlines()
-    assert len(rows) == 5 and rows[0].startswith("trial,state,value")
-    assert {p.name for p in (runs / "images").iterdir()} >= {"sweep_four_progress.png", "sweep_four_parallel.png"}
+    assert len(rows) == 5 and rows[0].startswith("number,state,value")
+    assert {p.name for p in (runs / "images").iterdir()} >= {"sweep_four_history.png", "sweep_four_parallel.png"}
     out = capsys.readouterr().out
     assert "skipped the importance plot" in out  # 4 trials are too few to rank 2 parameters honestly
     assert len(list(offline.glob("wandb/offline-run-*"))) == 4  # one W&B run per trial
@@ -206,7 +207,6 @@ def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials(tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     trials = load_study(runs, "kill").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert "died" in trials[1].user_attrs["failure"]
     assert (runs / "kill" / "trial-0000" / "summary.json").read_text() == trial_0  # finished trial untouched
     retry = trials[2]  # queued first on restart, resumed from the dead attempt's last.pt
     assert retry.system_attrs["failed_trial"] == 1 and retry.params == trials[1].params
@@ -220,7 +220,7 @@ def test_a_poor_trial_is_pruned_at_the_hyperband_band(offline, learnable_data_di
                                                  "epochs": {"value": 3}},
                         method="random", early_terminate={"type": "hyperband", "min_iter": 2, "eta": 3})
     runs = offline / "runs"
-    study = optuna.create_study(study_name="prune", storage=local_sweep.open_storage(None, runs),
+    study = optuna.create_study(study_name="prune", storage=local_sweep.open_storage(None, runs).storage,
                                 direction="maximize")
     study.enqueue_trial({"learning_rate": 0.05})  # learns: far above chance by epoch 2
     study.enqueue_trial({"learning_rate": 0.00001})  # barely moves: below the first trial at the band
@@ -253,7 +253,8 @@ def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(of
     sweep = write_sweep(offline / "fail.json", {"learning_rate": {"values": [1e6, 0.04, 0.05]}, "epochs": {"value": 1}},
                         method="random")
     runs = offline / "runs"
-    study = optuna.create_study(study_name="fail", storage=local_sweep.open_storage(None, runs), direction="maximize")
+    study = optuna.create_study(study_name="fail", storage=local_sweep.open_storage(None, runs).storage,
+                                direction="maximize")
     for learning_rate in (1e6, 0.04, 0.05):
         study.enqueue_trial({"learning_rate": learning_rate})
     real_train = p2.train

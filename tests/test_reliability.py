@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -27,15 +28,16 @@ def one_line_error(stderr: str) -> str:
 class FakeRun:
     """Stands in for a wandb Run inside main(): records what the trainer tells W&B."""
 
-    def __init__(self, config: dict):
-        self.config, self.summary, self.logged = dict(config), {}, []
-        self.id, self.exit_code, self.preempting = "fakerun", None, False
+    def __init__(self, config: dict, run_id: str):
+        self.config, self.summary, self.logged, self.steps = dict(config), {}, [], []
+        self.id, self.exit_code, self.preempting = run_id, None, False
 
     def define_metric(self, *args, **kwargs):
         pass
 
-    def log(self, metrics):
+    def log(self, metrics, step=None):
         self.logged.append(dict(metrics))
+        self.steps.append(step)
 
     def mark_preempting(self):
         self.preempting = True
@@ -51,8 +53,8 @@ def fake_wandb(monkeypatch):
 
     holder = {"overrides": {}}
 
-    def init(config, **kwargs):
-        holder["run"] = FakeRun({**config, **holder["overrides"]})
+    def init(config, id=None, **kwargs):  # as in W&B: the id given, else the agent's WANDB_RUN_ID
+        holder["run"] = FakeRun({**config, **holder["overrides"]}, id or os.environ["WANDB_RUN_ID"])
         return holder["run"]
 
     monkeypatch.setattr(wandb, "init", init)
@@ -166,6 +168,7 @@ def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agen
     monkeypatch.setattr(trainer, "train_epoch", train_epoch_then_signal)
     if sweep:
         monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")
+        monkeypatch.setenv("WANDB_RUN_ID", "agentrun")
     handler_before = signal.getsignal(signum)
     assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)) == 128 + signum
     run = fake_wandb["run"]
@@ -244,6 +247,80 @@ def test_sigint_then_resume_option_finishes_the_run(tiny_data_dir, tmp_path, off
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and [m["epoch"] for m in summary["history"]] == [1, 2, 3]
+
+
+def test_a_preemption_notice_during_start_up_requeues_the_run_instead_of_killing_it(tiny_data_dir, tmp_path,
+                                                                                     offline_env):
+    # SIGUSR1 as soon as wandb.init has made the run, while data loads and before any epoch: the default action
+    # would kill the process (exit -10, never marked preempting, the trial lost).
+    env = {**offline_env, "WANDB_RUN_ID": "early", "WANDB_SWEEP_ID": "sweep123"}
+    process = subprocess.Popen(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)), env=env,
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("wandb/offline-run-*-early")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGUSR1)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGUSR1, stderr
+    assert "interrupted by SIGUSR1: no epoch had finished" in one_line_error(stderr)
+    assert "epoch   1/3" not in stdout and not (tmp_path / "runs" / "early" / "last.pt").exists()
+
+
+def test_a_notice_before_the_first_epoch_marks_the_run_preempting(fake_wandb, monkeypatch, tiny_data_dir, tmp_path):
+    real_prepare_data = trainer.prepare_data
+
+    def prepare_data_then_signal(*args, **kwargs):
+        signal.raise_signal(signal.SIGUSR1)  # arrives while the data loads
+        return real_prepare_data(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "prepare_data", prepare_data_then_signal)
+    assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs")) == 128 + signal.SIGUSR1
+    run = fake_wandb["run"]
+    assert run.preempting and run.exit_code == 128 + signal.SIGUSR1 and run.logged == []
+
+
+def test_epochs_are_logged_at_their_own_step_so_a_relaunch_cannot_collide(fake_wandb, tiny_data_dir, tmp_path):
+    assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs", epochs=2)) == 0
+    run = fake_wandb["run"]
+    assert run.steps == [1, 2] and [m["epoch"] for m in run.logged] == [1, 2]
+
+
+# ----------------------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoints(tiny_data_dir, tmp_path,
+                                                                                   offline_env):
+    args = fast_args(tiny_data_dir, tmp_path / "runs", epochs=2)
+    first = subprocess.run(trainer_command(*args), env=offline_env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=180)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    again = fast_args(tiny_data_dir, tmp_path / "runs", epochs=5, learning_rate=0.5) + ["--resume", str(run_dir)]
+    resumed = subprocess.run(trainer_command(*again), env=offline_env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    notes = [line for line in resumed.stdout.splitlines() if "ignored" in line]
+    assert len(notes) == 2, resumed.stdout
+    assert notes[0].startswith("--learning_rate=0.5 ignored: the resumed run keeps learning_rate=0.01")
+    assert notes[1].startswith("--epochs=5 ignored: the resumed run keeps epochs=2")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["epochs"] == 2 and summary["config"]["learning_rate"] == 0.01
+
+
+@pytest.mark.parametrize("missing", ["history", "optimizer"])
+def test_a_checkpoint_missing_a_key_resume_needs_is_one_line_and_exit_2(missing, tmp_path, offline_env):
+    run_dir = tmp_path / "runs" / "old"
+    run_dir.mkdir(parents=True)
+    model = trainer.SimpleCNN(8, 16, 32)
+    checkpoint = {"model": model.state_dict(), "optimizer": {}, "config": trainer.DEFAULTS, "epoch": 1,
+                  "history": [], "best_val_accuracy": 1.0, "best_epoch": 1, "seconds": 1.0}
+    del checkpoint[missing]
+    torch.save(checkpoint, run_dir / "last.pt")
+    result = subprocess.run(trainer_command("--resume", str(run_dir), "--wandb-mode", "disabled"), env=offline_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert one_line_error(result.stderr).endswith(f"last.pt is not a part_2_cifar checkpoint: it lacks {missing}")
 
 
 # --------------------------------------------------------------------------------------------------------- bad files

@@ -222,6 +222,42 @@ def test_files_of_a_run_and_checkpoint_reload_to_identical_logits(tiny_data_dir,
     assert test["accuracy"] == pytest.approx(summary["test_accuracy"])
 
 
+def test_every_summary_records_the_models_cost_counted_by_pytorch(tiny_data_dir, tmp_path):
+    config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200, "num_filters_2": 24})
+    summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    model = trainer.model_from_config(config)
+    assert on_disk["parameters"] == summary["parameters"] == sum(p.numel() for p in model.parameters())
+    # An independent count: 2 FLOPs per multiply-add of the convolutions (32, 16 and 8 pixels square) and layers.
+    f1, f2, f3 = 8, 24, 32
+    convs = 2 * 9 * (32 * 32 * 3 * f1 + 16 * 16 * f1 * f2 + 8 * 8 * f2 * f3)
+    assert on_disk["flops_per_image"] == convs + 2 * (f3 * 16 * 512 + 512 * 256 + 256 * 100)
+    assert set(on_disk["latency_ms"]) == {"1", "256"} and all(ms > 0 for ms in on_disk["latency_ms"].values())
+    assert on_disk["latency_device"].startswith("cpu")
+
+
+def test_the_default_model_costs_the_documented_83_5_mflop():
+    assert trainer.flops_per_image(trainer.SimpleCNN()) == 83_544_064
+
+
+def test_an_epoch_callback_can_stop_a_run_early_with_a_status(tiny_data_dir, tmp_path):
+    config = trainer.validate_config({**FAST_CONFIG, "epochs": 4, "val_size": 200})
+
+    def prune_after_epoch_2(metrics):
+        if metrics["epoch"] == 2:
+            raise trainer.StopEarly("pruned", "a pruner said so")
+
+    summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run",
+                            on_epoch=prune_after_epoch_2)
+    assert summary["status"] == "pruned" and summary["epochs_completed"] == 2 and "test_accuracy" not in summary
+    assert trainer.load_checkpoint(tmp_path / "run" / "last.pt", needs=trainer.RESUME_KEYS)["epoch"] == 2
+
+
+def test_the_readme_table_of_hyperparameters_is_the_settings_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert trainer.settings_table() in readme
+
+
 # ------------------------------------------------------------------------------------------------------ CLI and W&B
 
 

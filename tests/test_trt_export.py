@@ -1,11 +1,14 @@
 """trt_export.py and trt_runtime.py: ONNX export and parity, dynamic batch, timing statistics, checkpoint errors,
-the CLI end to end on a checkpoint the trainer wrote, and the TensorRT path (marked `tensorrt`, skipped without a GPU,
-TensorRT and pycuda, with the reason)."""
+choosing the checkpoint (select_model.py's selection.json, --within, the fallback at any depth), the CLI end to end on
+a checkpoint the trainer wrote; the TensorRT/CUDA layer on the CPU through stand-in tensorrt, pycuda, cuda-python and
+ModelOpt modules (profile, timing cache, graph capture, calibration arguments, error lines); and on a real GPU
+(marked `tensorrt`, skipped without a GPU, TensorRT and pycuda, with the reason)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -39,9 +42,10 @@ def data_dir(learnable_data_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(data_dir, tmp_path_factory) -> Path:
-    """A run folder with best.pt and summary.json written by the trainer's own train() (2 epochs, small filters)."""
+    """A run folder with best.pt and summary.json written by the trainer's own train() (2 epochs, small filters),
+    two levels down as a local sweep's trial is: <runs>/<study>/trial-0000."""
     config = part_2_cifar.validate_config({**part_2_cifar.DEFAULTS, **FAST_CONFIG, "val_size": 200})
-    run_dir = tmp_path_factory.mktemp("trt_runs") / "tiny-run"
+    run_dir = tmp_path_factory.mktemp("trt_runs") / "study" / "trial-0000"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy 2-core machine one thread is several times faster than two contending
     try:
@@ -59,7 +63,7 @@ def cli_run(trained_run, data_dir, tmp_path_factory) -> dict:
     """One real `python trt_export.py --checkpoint best ...` on the CPU with a short benchmark; tests read its files."""
     work = tmp_path_factory.mktemp("trt_cli")
     command = [sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", "best",
-               "--runs-dir", str(trained_run.parent), "--data-dir", str(data_dir),
+               "--runs-dir", str(trained_run.parent.parent), "--data-dir", str(data_dir),
                "--out", str(work / "export"), "--plot", str(work / "plot.png"),
                "--device", "cpu", "--batch-sizes", "1,4", "--warmup-seconds", "0", "--min-seconds", "0",
                "--min-iterations", "3"]
@@ -78,10 +82,12 @@ def normalized_test_images(data_dir: Path, count: int | None = None) -> tuple[np
 # The CLI end to end, without TensorRT
 
 
-def test_cli_exports_checks_benchmarks_and_says_what_it_skipped(cli_run):
+def test_cli_exports_checks_benchmarks_and_says_what_it_skipped(cli_run, trained_run):
     result, out = cli_run["result"], cli_run["out"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert f"exporting checkpoint {trained_run / 'best.pt'} " in result.stdout  # found two levels down
+    assert "not confirmed by select_model.py" in result.stdout  # there is no selection.json
     assert "| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms |" in result.stdout
     assert "ONNX fp32 vs PyTorch (ONNX Runtime CPU" in result.stdout
     skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped: ")]
@@ -255,23 +261,157 @@ def test_foreign_checkpoints_are_one_line_and_exit_2(trained_run, tmp_path, caps
         assert expected in line
 
 
-def test_best_picks_the_run_with_the_highest_best_val_accuracy(tmp_path, capsys):
-    runs = {"a": {"best_val_accuracy": 40.0}, "b": {"best_val_accuracy": 55.5}, "c": {"best_val_accuracy": 90.0},
-            "d": {"best_val_accuracy": "high"}, "e": None}
+def test_best_picks_the_run_with_the_highest_best_val_accuracy_at_any_depth(tmp_path, capsys):
+    runs = {"a": {"best_val_accuracy": 40.0}, "study/trial-0001": {"best_val_accuracy": 55.5},
+            "c": {"best_val_accuracy": 90.0}, "d": {"best_val_accuracy": "high"}, "e": None}
     for name, summary in runs.items():
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir(parents=True)
         (tmp_path / name / "summary.json").write_text("{not json" if summary is None else json.dumps(summary))
         if name != "c":  # c scored best but has no best.pt to export
             (tmp_path / name / "best.pt").write_bytes(b"")
-    assert trt_export.find_best_run(tmp_path) == tmp_path / "b" / "best.pt"
+    assert trt_export.find_best_run(tmp_path) == (tmp_path / "study" / "trial-0001", 55.5)
     assert trt_export.resolve_checkpoint(str(tmp_path / "a"), tmp_path) == tmp_path / "a" / "best.pt"  # a run folder
-    assert "e/summary.json is unreadable" in capsys.readouterr().out
+    assert trt_export.resolve_checkpoint("best", tmp_path) == tmp_path / "study" / "trial-0001" / "best.pt"
+    out = capsys.readouterr().out
+    assert "e/summary.json is missing or unreadable" in out
+    assert "not confirmed by select_model.py" in out
 
 
 def test_best_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
     assert trt_export.main(["--checkpoint", "best", "--runs-dir", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: no run in {tmp_path} has a summary.json with best_val_accuracy")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Choosing the checkpoint: select_model.py's selection.json, --within
+
+
+def copy_run(source: Path, run_dir: Path, best_val_accuracy: float) -> None:
+    """A run folder holding the trainer's real best.pt and summary.json, with a hand-written best_val_accuracy."""
+    run_dir.mkdir(parents=True)
+    shutil.copy(source / "best.pt", run_dir / "best.pt")
+    summary = json.loads((source / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "best_val_accuracy": best_val_accuracy}))
+
+
+def selection_config(name: str, runs: list[str], mean: float, flops: float, pareto: bool) -> dict:
+    return {"config": {"name": name}, "runs": runs, "val_accuracy_mean": mean, "val_accuracy_std": 1.0,
+            "val_accuracy_ci95": [mean - 2, mean + 2], "single_run_val_accuracy": mean + 1,
+            "test_accuracy_mean": mean - 1, "flops_per_image": flops, "latency_ms": {"1": 0.5, "256": 4.0},
+            "pareto": pareto}
+
+
+@pytest.fixture()
+def selection_runs(trained_run, tmp_path) -> Path:
+    """runs/ as select_model.py leaves it: sweep trials, retrained seeds in selection/, and selection.json naming
+    four configs: A best (60.0, 83.5 MFLOP), B cheaper within a point (59.5, 21 MFLOP), C off the front, D cheapest
+    but 5 points down. A lucky single trial (70.0) is the highest run of all: the selection must win over it."""
+    runs = tmp_path / "runs"
+    seeds = {"study/trial-0003": 59.0, "selection/a-seed1": 61.0, "selection/b-seed1": 58.0,
+             "selection/b-seed2": 61.5, "selection/c-seed1": 59.0, "selection/d-seed1": 55.0,
+             "study/trial-0007": 70.0}
+    for run, accuracy in seeds.items():
+        copy_run(trained_run, runs / run, accuracy)
+    configs = [selection_config("A", ["study/trial-0003", str(runs / "selection/a-seed1")], 60.0, 83.5e6, True),
+               selection_config("B", ["selection/b-seed1", "selection/b-seed2"], 59.5, 21e6, True),
+               selection_config("C", ["selection/c-seed1"], 59.0, 30e6, False),  # B is better and cheaper
+               selection_config("D", ["selection/d-seed1"], 55.0, 5e6, True)]
+    (runs / "selection.json").write_text(json.dumps({"configs": configs, "best": "selection/a-seed1"}))
+    return runs
+
+
+def test_best_exports_what_select_model_chose_not_the_luckiest_run(selection_runs, capsys):
+    assert trt_export.resolve_checkpoint("best", selection_runs) == selection_runs / "selection/a-seed1/best.pt"
+    assert "chosen by select_model.py" in capsys.readouterr().out
+
+
+def test_a_selection_json_below_runs_dir_is_found(selection_runs):
+    study = selection_runs.parent / "all-runs" / "cifar"
+    shutil.move(selection_runs, study)  # select_model.py was given runs/cifar; the export looks in runs/
+    assert trt_export.resolve_checkpoint("best", study.parent) == study / "selection/a-seed1/best.pt"
+
+
+@pytest.mark.parametrize(("points", "run"), [(0, "selection/a-seed1"), (1.0, "selection/b-seed2"),
+                                             (5.0, "selection/d-seed1")])
+def test_within_picks_the_cheapest_front_config_within_the_points_at_its_best_seed(selection_runs, points, run,
+                                                                                  capsys):
+    assert trt_export.resolve_checkpoint("best", selection_runs, within=points) == selection_runs / run / "best.pt"
+    assert f"its best seed is {selection_runs / run}" in capsys.readouterr().out
+
+
+def test_within_never_picks_a_config_off_the_front():
+    configs = [selection_config("best", ["x"], 60.0, 80e6, True), selection_config("off", ["y"], 59.9, 1e6, False),
+               selection_config("front", ["z"], 59.5, 20e6, True)]
+    assert trt_export.cheapest_within(configs, 1.0)["config"]["name"] == "front"
+
+
+def test_cli_within_exports_the_chosen_seed_normalizing_once_with_one_session_per_model(selection_runs, data_dir,
+                                                                                        tmp_path, monkeypatch,
+                                                                                        capsys):
+    normalize_calls, session_paths = [], []
+    real_normalize, real_session = trt_export.normalize, trt_export.ort_session
+    monkeypatch.setattr(trt_export, "normalize", lambda x: normalize_calls.append(len(x)) or real_normalize(x))
+    monkeypatch.setattr(trt_export, "ort_session", lambda path: session_paths.append(path) or real_session(path))
+    code = trt_export.main(["--checkpoint", "best", "--within", "1", "--runs-dir", str(selection_runs),
+                            "--data-dir", str(data_dir), "--out", str(tmp_path / "export"), "--plot",
+                            str(tmp_path / "plot.png"), "--device", "cpu", "--batch-sizes", "1,3",
+                            "--accuracy-images", "40", "--warmup-seconds", "0", "--min-seconds", "0",
+                            "--min-iterations", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    exported = selection_runs / "selection/b-seed2/best.pt"
+    assert f"exporting checkpoint {exported} " in out
+    assert json.loads((tmp_path / "export" / "benchmark.json").read_text())["checkpoint"] == str(exported)
+    assert normalize_calls == [40]  # the test images, once, for parity, accuracy (chunks of 3) and benchmark
+    assert sorted(path.name for path in session_paths) == ["model.onnx", "model_fp16.onnx"]
+
+
+def test_export_leaves_the_callers_model_as_it_was(trained_run, data_dir, tmp_path):
+    model, _ = trt_export.load_model(trained_run / "best.pt")
+    before = {name: (tensor.clone(), tensor.stride()) for name, tensor in model.state_dict().items()}
+    images, _ = normalized_test_images(data_dir, 8)
+    trt_export.export_and_check(model, tmp_path, "fp16", images, trt_export.Report())
+    placed = trt_export.on_device(model, torch.device("cpu"))
+    trt_export.torch_predictor(placed, torch.device("cpu"), None)(images)
+    assert not model.training
+    for name, tensor in model.state_dict().items():
+        assert tensor.stride() == before[name][1] and tensor.dtype == before[name][0].dtype, name  # not moved
+        assert torch.equal(tensor, before[name][0]), name
+    conv_weight = next(p for p in placed.parameters() if p.dim() == 4)
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last)  # the copy was placed as the trainer runs
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("{not json", "is unreadable (JSONDecodeError): rerun select_model.py"),
+    ('{"configs": [], "best": "selection/a-seed1"}', 'is not a select_model.py selection: it needs {"configs"'),
+    ('{"configs": [{"runs": ["x"], "val_accuracy_mean": 60, "pareto": true}], "best": "x"}',
+     "configs[0] needs numbers val_accuracy_mean and flops_per_image"),
+    ('{"configs": [{"runs": ["x"], "val_accuracy_mean": 60, "flops_per_image": 1, "pareto": true}], "best": "gone"}',
+     "gone/best.pt does not exist"),
+])
+def test_a_garbled_selection_json_is_one_line_and_exit_2(selection_runs, capsys, content, expected):
+    (selection_runs / "selection.json").write_text(content)
+    assert trt_export.main(["--checkpoint", "best", "--runs-dir", str(selection_runs)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and expected in line
+
+
+def test_within_without_a_selection_json_is_one_line_and_exit_2(trained_run, capsys):
+    runs = trained_run.parent.parent
+    assert trt_export.main(["--checkpoint", "best", "--within", "1", "--runs-dir", str(runs)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"error: --within needs a selection.json under {runs}: run select_model.py {runs} first"
+
+
+@pytest.mark.parametrize("args", [["--checkpoint", "runs/x/best.pt", "--within", "1"],
+                                  ["--checkpoint", "best", "--within", "-1"]])
+def test_within_needs_best_and_points_at_least_0(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        trt_export.main(args)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--within" in line and "use a number of points >= 0, with --checkpoint best" in line
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -285,11 +425,321 @@ def test_stub_only_or_absent_tensorrt_is_reported_not_used(monkeypatch):
     assert "cannot be imported" in trt_runtime.why_no_tensorrt()
 
 
+# The TensorRT, pycuda, cuda-python and ModelOpt layer on the CPU, through stand-in modules that record each call
+
+
+class Logger:
+    WARNING = 2
+
+    def __init__(self, level: int) -> None: ...
+
+
+class FakeTensorRT(types.ModuleType):
+    """The slice of `tensorrt` that build_engine and TrtRunner call. A timing cache made from bytes other than ""
+    or "this-gpu" is refused as TensorRT refuses another GPU's; `profile` is the engine's batch range."""
+
+    TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+    NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=7)  # a number unlike 10's or 11's
+    MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+    BuilderFlag = types.SimpleNamespace(FP16="fp16", INT8="int8")  # TensorRT 10 still has them: they must go unused
+    Dims = list
+
+    def __init__(self, profile: tuple[int, int] = (1, 256), build_ok: bool = True) -> None:
+        super().__init__("tensorrt")
+        self.__version__, self.calls, self.profile, self.build_ok = "10.13-fake", [], profile, build_ok
+        self.executes: list[object] = []  # what execute_async_v3 does next: True, False or an exception to raise
+        fake = self
+
+        class Cache:
+            def __init__(self, blob: bytes) -> None:
+                self.blob = blob
+
+            def serialize(self) -> bytes:
+                return b"this-gpu"
+
+        class Config:
+            cache = None
+
+            def set_memory_pool_limit(self, pool, size) -> None: ...
+            def add_optimization_profile(self, profile) -> None: ...
+            def create_timing_cache(self, blob: bytes) -> Cache:
+                return Cache(bytes(blob))
+
+            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
+                accepted = cache.blob in (b"", b"this-gpu")
+                fake.calls.append(("set_timing_cache", cache.blob, accepted))
+                self.cache = cache if accepted else self.cache
+                return accepted
+
+            def get_timing_cache(self) -> Cache | None:
+                return self.cache
+
+            def set_flag(self, flag) -> None:
+                fake.calls.append(("set_flag", flag))
+
+        class Builder:
+            def __init__(self, logger) -> None: ...
+            def create_network(self, flags: int):
+                fake.calls.append(("create_network", flags))
+                return types.SimpleNamespace(get_input=lambda i: types.SimpleNamespace(name="images",
+                                                                                       shape=[-1, 3, 32, 32]))
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self):
+                return types.SimpleNamespace(set_shape=lambda *shapes: fake.calls.append(("set_shape", *shapes)))
+
+            def build_serialized_network(self, network, config):
+                return b"engine" if fake.build_ok else None
+
+        class Context:
+            def set_tensor_address(self, name, address) -> None: ...
+            def set_input_shape(self, name, shape) -> bool:
+                return fake.profile[0] <= shape[0] <= fake.profile[1]
+
+            def execute_async_v3(self, stream_handle) -> bool:
+                fake.calls.append(("execute_async_v3", stream_handle))
+                outcome = fake.executes.pop(0) if fake.executes else True
+                if isinstance(outcome, Exception):
+                    raise outcome
+                return bool(outcome)
+
+        class Engine:
+            num_io_tensors = 2
+            get_tensor_name = staticmethod(["images", "logits"].__getitem__)
+            get_tensor_mode = staticmethod({"images": "input", "logits": "output"}.__getitem__)
+            get_tensor_shape = staticmethod({"images": [-1, 3, 32, 32], "logits": [-1, 100]}.__getitem__)
+            get_tensor_dtype = staticmethod(lambda name: "float32")
+            create_execution_context = staticmethod(Context)
+
+        self.Logger = Logger
+        self.Builder = Builder
+        self.OnnxParser = lambda network, logger: types.SimpleNamespace(parse_from_file=lambda path: True)
+        self.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda blob: Engine())
+        self.nptype = np.dtype
+
+
+class FakeCudaRuntime:
+    """cuda-python's runtime as the runner uses it: (error, *values) tuples; `fail` maps a call to its error."""
+
+    cudaError_t = types.SimpleNamespace(cudaSuccess=0, cudaErrorStreamCaptureInvalidated=901)
+    cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal="global")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.capturing: set[int] = set()
+        self.live: set[str] = set()  # graphs and instantiations not yet destroyed
+        self.fail: dict[str, int] = {}
+
+    def _made(self, call: str, handle: str) -> tuple:
+        if call in self.fail:
+            return self.fail[call], None
+        self.live.add(handle)
+        return 0, handle
+
+    def cudaStreamBeginCapture(self, stream, mode) -> tuple:
+        self.calls.append(("cudaStreamBeginCapture", stream, mode))
+        self.capturing.add(stream)
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream) -> tuple:
+        self.calls.append(("cudaStreamEndCapture", stream))
+        self.capturing.discard(stream)
+        return self._made("cudaStreamEndCapture", f"graph{len(self.calls)}")
+
+    def cudaGraphInstantiate(self, graph, flags) -> tuple:
+        self.calls.append(("cudaGraphInstantiate", graph, flags))
+        return self._made("cudaGraphInstantiate", f"exec-of-{graph}")
+
+    def cudaGraphLaunch(self, graph_exec, stream) -> tuple:
+        self.calls.append(("cudaGraphLaunch", graph_exec, stream))
+        return (0,)
+
+    def cudaGraphExecDestroy(self, graph_exec) -> tuple:
+        self.live.remove(graph_exec)
+        return (0,)
+
+    def cudaGraphDestroy(self, graph) -> tuple:
+        self.live.remove(graph)
+        return (0,)
+
+    def cudaGetErrorName(self, error) -> tuple:
+        return 0, {901: b"cudaErrorStreamCaptureInvalidated"}[error]
+
+
+def fake_pycuda() -> types.ModuleType:
+    """pycuda.driver's buffers, stream and events, on the host. It has no graph API, as no released pycuda has."""
+    driver = types.ModuleType("pycuda.driver")
+    driver.pagelocked_empty = lambda shape, dtype: np.zeros(shape, dtype)
+    driver.mem_alloc = lambda nbytes: 4096
+    driver.Stream = lambda: types.SimpleNamespace(handle=77, synchronize=lambda: None)
+    driver.Event = lambda: types.SimpleNamespace(record=lambda stream: None, time_since=lambda start: 0.25)
+    driver.memcpy_htod_async = driver.memcpy_dtoh_async = lambda destination, source, stream: None
+    package = types.ModuleType("pycuda")
+    package.driver, package.autoprimaryctx = driver, types.ModuleType("pycuda.autoprimaryctx")
+    return package
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch, tmp_path) -> types.SimpleNamespace:
+    """Stand-in tensorrt, pycuda and cuda-python in place of the real ones, for build_engine and TrtRunner; an
+    engine file at tmp_path/m.engine for the runner to read."""
+    (tmp_path / "m.engine").write_bytes(b"engine")
+    trt, cudart, pycuda = FakeTensorRT(), FakeCudaRuntime(), fake_pycuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    for name in ("pycuda", "pycuda.driver", "pycuda.autoprimaryctx"):
+        monkeypatch.setitem(sys.modules, name, pycuda if name == "pycuda" else getattr(pycuda, name.split(".")[1]))
+    monkeypatch.setattr(trt_runtime, "cuda_runtime", lambda: cudart)
+    return types.SimpleNamespace(trt=trt, cudart=cudart)
+
+
+def build(tmp_path: Path, batch_sizes: list[int] = [32, 256]) -> dict:  # noqa: B006  (never mutated)
+    return trt_runtime.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", "fp16", batch_sizes, "fake GPU",
+                                    tmp_path / "timing.cache")
+
+
+def test_profile_starts_at_batch_1_so_the_accuracy_pass_remainder_fits(fake_gpu, tmp_path):
+    info = build(tmp_path, [32, 256])
+    (shapes,) = [call[2:] for call in fake_gpu.trt.calls if call[0] == "set_shape"]
+    assert shapes == ([1, 3, 32, 32], [256, 3, 32, 32], [256, 3, 32, 32])  # min, opt, max
+    assert info["profile"]["min"] == [1, 3, 32, 32]
+    chunks: list[int] = []  # 10,000 test images in chunks of the largest batch end with 16
+    trt_export.predict_all(lambda x: chunks.append(len(x)) or np.zeros((len(x), 100)), np.zeros((10_000, 1)), 256)
+    assert chunks[-1] == 16 and all(shapes[0][0] <= n <= shapes[2][0] for n in chunks)
+
+
+def test_network_is_strongly_typed_by_the_flag_name_and_no_precision_flag_is_set(fake_gpu, tmp_path):
+    info = build(tmp_path)
+    assert ("create_network", 1 << 7) in fake_gpu.trt.calls  # 1 << int(STRONGLY_TYPED), whatever its number
+    assert not [call for call in fake_gpu.trt.calls if call[0] == "set_flag"]
+    assert info["typing"] == "strongly typed"
+
+
+def test_a_timing_cache_from_another_gpu_is_replaced_by_a_fresh_one(fake_gpu, tmp_path, capsys):
+    (tmp_path / "timing.cache").write_bytes(b"another-gpu")
+    info = build(tmp_path)
+    assert [call for call in fake_gpu.trt.calls if call[0] == "set_timing_cache"] == [
+        ("set_timing_cache", b"another-gpu", False), ("set_timing_cache", b"", True)]
+    assert "from another GPU or TensorRT version, or damaged; starting a fresh timing cache" in capsys.readouterr().out
+    assert (tmp_path / "timing.cache").read_bytes() == b"this-gpu"
+    assert json.loads((tmp_path / "m.engine.json").read_text()) == info  # written after the cache, not lost to it
+
+
+def test_a_failed_build_is_an_engine_error(fake_gpu, tmp_path):
+    fake_gpu.trt.build_ok = False
+    with pytest.raises(trt_runtime.EngineError, match="could not build a fp16 engine from"):
+        build(tmp_path)
+
+
+def test_a_batch_outside_the_runner_or_profile_is_an_engine_error_line(fake_gpu, tmp_path):
+    runner = trt_runtime.TrtRunner(tmp_path / "m.engine", max_batch_size=256)
+    assert runner(np.zeros((16, 3, 32, 32), np.float32)).shape == (16, 100)  # the remainder fits
+    with pytest.raises(trt_runtime.EngineError, match=r"^batch size 257 is outside this runner's 1\.\.256$"):
+        runner.set_batch(np.zeros((257, 3, 32, 32), np.float32))
+    fake_gpu.trt.profile = (8, 256)  # an engine built with a larger minimum
+    with pytest.raises(trt_runtime.EngineError, match="^batch size 4 is outside the engine's optimization profile$"):
+        runner.set_batch(np.zeros((4, 3, 32, 32), np.float32))
+
+
+def test_an_engine_failing_on_a_batch_is_a_failed_line_and_the_rest_still_runs(capsys):
+    def engine(images: np.ndarray) -> np.ndarray:
+        raise trt_runtime.EngineError(f"batch size {len(images)} is outside the engine's optimization profile")
+
+    report, labels = trt_export.Report(), np.arange(10) % 3
+    rows = trt_export.check_accuracy({"pytorch-fp32 (cpu)": lambda x: np.eye(3)[labels[:len(x)]],
+                                      "tensorrt-fp16": engine}, "fp16", np.zeros((10, 1)), labels, 4, report)
+    assert [row["backend"] for row in rows] == ["pytorch-fp32 (cpu)"]
+    rows = trt_export.benchmark({"tensorrt-fp16": lambda x: engine(x)}, np.zeros((10, 1)), [1], 0, 0, 1, report)
+    assert rows == [] and len(report.failures) == 2
+    assert report.failures[0] == ("tensorrt-fp16 on the test images: batch size 4 is outside the engine's "
+                                  "optimization profile")
+    assert all(line.startswith("FAILED: ") for line in capsys.readouterr().out.splitlines() if "tensorrt" in line)
+
+
+def test_cuda_graph_is_captured_and_replayed_with_cuda_python(fake_gpu, tmp_path):
+    runner, cudart = trt_runtime.TrtRunner(tmp_path / "m.engine", max_batch_size=8), fake_gpu.cudart
+    runner.set_batch(np.zeros((8, 3, 32, 32), np.float32))
+    runner.capture_graph()
+    begin, end, instantiate = cudart.calls
+    assert begin == ("cudaStreamBeginCapture", 77, "global") and end == ("cudaStreamEndCapture", 77)
+    assert instantiate == ("cudaGraphInstantiate", "graph2", 0)
+    assert runner.step(use_graph=True) == pytest.approx(0.25e-3)
+    assert cudart.calls[-1] == ("cudaGraphLaunch", "exec-of-graph2", 77)
+    runner.capture_graph()  # a recapture destroys the first graph and its instantiation
+    assert len(cudart.live) == 2 and not cudart.live & {"graph2", "exec-of-graph2"}
+    runner.set_batch(np.zeros((4, 3, 32, 32), np.float32))  # a new shape: the graph no longer matches
+    assert cudart.live == set() and runner.graph_exec is None
+    with pytest.raises(trt_runtime.EngineError, match="no CUDA graph captured at batch size 4"):
+        runner.step(use_graph=True)
+
+
+@pytest.mark.parametrize("during_capture", [RuntimeError("enqueue raised"), False])
+def test_a_failure_during_capture_ends_the_capture(fake_gpu, tmp_path, during_capture):
+    runner, cudart = trt_runtime.TrtRunner(tmp_path / "m.engine", max_batch_size=8), fake_gpu.cudart
+    runner.set_batch(np.zeros((8, 3, 32, 32), np.float32))
+    fake_gpu.trt.executes = [True, during_capture]  # the warm-up enqueue, then the captured one
+    with pytest.raises((RuntimeError, trt_runtime.EngineError)):
+        runner.capture_graph()
+    assert cudart.capturing == set() and cudart.live == set()  # the stream is usable again; nothing leaked
+    assert runner.graph is None and runner.graph_exec is None
+
+
+def test_a_cuda_error_is_an_engine_error_naming_it(fake_gpu, tmp_path):
+    runner, cudart = trt_runtime.TrtRunner(tmp_path / "m.engine", max_batch_size=8), fake_gpu.cudart
+    runner.set_batch(np.zeros((8, 3, 32, 32), np.float32))
+    cudart.fail["cudaStreamEndCapture"] = 901
+    with pytest.raises(trt_runtime.EngineError, match="^cudaStreamEndCapture failed: cudaErrorStreamCaptureInvalid"):
+        runner.capture_graph()
+    assert cudart.capturing == set()
+
+
+@pytest.fixture()
+def fake_modelopt(monkeypatch) -> types.SimpleNamespace:
+    """A stand-in `modelopt` whose onnx.quantization.quantize records its keyword arguments."""
+    calls: list[dict] = []
+    modules = {name: types.ModuleType(name) for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.quantization")}
+    modules["modelopt"].__version__ = "0.42.0"
+    modules["modelopt"].onnx, modules["modelopt.onnx"].quantization = modules["modelopt.onnx"], \
+        modules["modelopt.onnx.quantization"]
+    modules["modelopt.onnx.quantization"].quantize = lambda **kwargs: calls.append(kwargs)
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return types.SimpleNamespace(calls=calls, package=modules["modelopt"], module=modules["modelopt.onnx.quantization"])
+
+
+def test_int8_calibration_gives_modelopt_batches_of_distinct_images(fake_modelopt, tmp_path):
+    images = np.random.default_rng(0).normal(size=(512, 3, 32, 32)).astype(np.float32)
+    trt_runtime.quantize_int8(tmp_path / "m.onnx", images, tmp_path / "q.onnx", "images")
+    (kwargs,) = fake_modelopt.calls
+    assert kwargs["calibration_shapes"] == "images:64x3x32x32"  # 8 steps of 64, not 512 steps of a batch read as 1
+    assert np.array_equal(kwargs["calibration_data"]["images"], images)
+    assert kwargs["quantize_mode"] == "int8" and kwargs["high_precision_dtype"] == "fp16"
+    assert kwargs["onnx_path"] == str(tmp_path / "m.onnx") and kwargs["output_path"] == str(tmp_path / "q.onnx")
+    assert trt_runtime.calibration_shapes("images", images[:10]) == "images:10x3x32x32"  # fewer: one step
+
+
+def test_a_modelopt_failure_is_one_engine_error_line(fake_modelopt, tmp_path):
+    def broken(**kwargs):
+        raise AssertionError("Calibration data has only one tensor.\nmore detail")
+
+    fake_modelopt.module.quantize = broken
+    with pytest.raises(trt_runtime.EngineError) as error:
+        trt_runtime.quantize_int8(tmp_path / "m.onnx", np.zeros((4, 3, 32, 32)), tmp_path / "q.onnx", "images")
+    assert str(error.value) == (f"ModelOpt could not quantize {tmp_path / 'm.onnx'} to int8 (AssertionError: "
+                                "Calibration data has only one tensor.)")
+
+
+def test_modelopt_before_0_42_is_refused_with_the_reason(fake_modelopt):
+    assert trt_runtime.why_no_modelopt() == ""
+    fake_modelopt.package.__version__ = "0.41.0"
+    assert "calibrates every step on the same images (fixed in 0.42)" in trt_runtime.why_no_modelopt()
+
+
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_agrees_with_onnx_runtime(cli_run, data_dir, tmp_path, precision):
-    onnx_path = cli_run["out"] / ("model_fp16.onnx" if precision == "fp16" and not trt_runtime.uses_precision_flags()
-                                  else "model.onnx")
+    onnx_path = cli_run["out"] / ("model_fp16.onnx" if precision == "fp16" else "model.onnx")  # strongly typed
     info = trt_runtime.build_engine(onnx_path, tmp_path / "m.engine", precision, [1, 16], torch.cuda.get_device_name(),
                                     tmp_path / "timing.cache")
     assert json.loads((tmp_path / "m.engine.json").read_text()) == info

@@ -1,0 +1,301 @@
+"""Confirm a sweep's winners with new seeds and choose the model to deploy on the accuracy/cost front.
+
+    python select_model.py runs --top 5 --seeds 3                # top 5 configs under runs/, 3 new seeds each
+    python select_model.py runs --top 5 --seeds 3 --workers 4    # 4 trainings at once, spread over the GPUs
+    python trt_export.py --checkpoint best --runs-dir runs       # exports what this chose (--within 1: cheaper)
+
+A sweep's best run is one seed's luck as much as its config: the maximum of many noisy trials is biased upward
+(the winner's curse). This reads every finished run at any depth under RUNS_DIR (single runs, `wandb agent`
+runs, local sweep trials: anything with a summary.json), takes the K configs with the highest
+best_val_accuracy, and trains each again with S seeds it has not used, as ordinary part_2_cifar.py runs in
+RUNS_DIR/selection/ (one W&B group). Per config it reports the mean, sample standard deviation and 95%
+confidence interval (Student's t) of best_val_accuracy over all its seeds, the original run included; test
+accuracy (reported, never used to choose); the model's cost; and whether it is on the Pareto front (higher mean
+val_accuracy, fewer FLOPs). Run the same command after a crash or Ctrl-C: finished seeds are kept, an
+interrupted one resumes from its last epoch. Writes RUNS_DIR/selection.json and images/selection_<name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import part_2_cifar as p2
+
+SELECTION_DIR = "selection"  # under RUNS_DIR: the retrained seeds, one ordinary run folder each
+DONE = ("finished", "diverged")  # a run with this status has its result; "diverged" is a real outcome of a config
+CONFIDENCE = 0.95
+
+
+@dataclass
+class Candidate:
+    """One config (every setting but the seed) and the run folders that trained it."""
+
+    config: dict
+    runs: list[Path] = field(default_factory=list)
+    single_run_val_accuracy: float = -math.inf  # the best original run: what got it chosen
+
+    @property
+    def key(self) -> str:
+        return config_key(self.config)
+
+
+def config_key(config: dict) -> str:
+    """A short name for a config without its seed: the same hyperparameters give the same name."""
+    text = json.dumps({k: v for k, v in sorted(config.items()) if k in p2.SETTINGS and k != "seed"})
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def mean_std_ci(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float | None, list | None]:
+    """Mean, sample standard deviation and the Student's t confidence interval of the mean (None for one value)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, None
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * std / math.sqrt(n)
+    return mean, std, [mean - half, mean + half]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """(accuracy, cost) points -> True where no other point is as accurate and as cheap, and better in one."""
+    return [not any(a2 >= a and c2 <= c and (a2 > a or c2 < c) for a2, c2 in points) for a, c in points]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Finding the candidates and planning the seeds
+
+
+def find_candidates(runs_dir: Path, val_size: int | None) -> list[Candidate]:
+    """Every config with a finished run under runs_dir (outside selection/), best single run first."""
+    by_key: dict[str, Candidate] = {}
+    for path in sorted(runs_dir.rglob("summary.json")):
+        run_dir = path.parent
+        summary = read_summary(run_dir)
+        if (SELECTION_DIR in run_dir.relative_to(runs_dir).parts or not summary or summary.get("status") not in DONE
+                or summary.get("best_val_accuracy") is None or "config" not in summary):
+            continue
+        config = p2.validate_config(summary["config"])
+        if val_size is not None and config["val_size"] != val_size:
+            continue
+        candidate = by_key.setdefault(config_key(config), Candidate(config))
+        candidate.runs.append(run_dir)
+        candidate.single_run_val_accuracy = max(candidate.single_run_val_accuracy, summary["best_val_accuracy"])
+    return sorted(by_key.values(), key=lambda c: -c.single_run_val_accuracy)
+
+
+def planned_runs(candidate: Candidate, seeds: int) -> list[tuple[str, dict]]:
+    """(run id, config) of the new seeds: the lowest seeds no run of this config has used, so reruns plan the same."""
+    used = {read_summary(run)["config"]["seed"] for run in candidate.runs}
+    new_seeds = [s for s in range(len(used) + seeds) if s not in used][:seeds]
+    return [(f"{candidate.key}-seed{s}", candidate.config | {"seed": s}) for s in new_seeds]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training the seeds: ordinary trainer processes, several at once, spread over the GPUs
+
+
+def trainer_command(config: dict, args: argparse.Namespace, selection_dir: Path) -> list[str]:
+    trainer = Path(p2.__file__).resolve()
+    hyper = [f"--{key}={value}" for key, value in config.items() if key in p2.SETTINGS]
+    return [sys.executable, str(trainer), *hyper, "--data-dir", str(args.data_dir), "--runs-dir", str(selection_dir),
+            "--device", args.device, "--wandb-mode", args.wandb_mode, "--wandb-project", args.wandb_project]
+
+
+def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selection_dir: Path, group: str) -> int:
+    """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Exit code."""
+    from local_sweep import gpu_slots
+
+    slots, running, failures, forwarded = gpu_slots(args.workers), {}, 0, False
+    pending = list(todo)
+    stop = p2.StopOnSignal()
+    with stop:
+        while pending or running:
+            for slot in [s for s in range(args.workers) if s not in running and pending and stop.signum is None]:
+                run_id, config = pending.pop(0)
+                run_dir = selection_dir / run_id
+                run_dir.mkdir(parents=True, exist_ok=True)
+                env = {**os.environ, "WANDB_RUN_ID": run_id, "WANDB_RUN_GROUP": group, "WANDB_JOB_TYPE": "selection"}
+                if slots[slot] is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = slots[slot]
+                elif "OMP_NUM_THREADS" not in os.environ:  # CPU: share the cores; oversubscribed threads spin
+                    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+                with open(run_dir / "output.log", "a") as log:
+                    process = subprocess.Popen(trainer_command(config, args, selection_dir), env=env, stdout=log,
+                                               stderr=subprocess.STDOUT)
+                running[slot] = (run_id, process)
+                print(f"[{len(todo) - len(pending)}/{len(todo)}] training {run_id} (pid {process.pid})", flush=True)
+            if stop.signum is not None and not forwarded:  # pass the stop on: each trainer saves its last epoch
+                for _, process in running.values():
+                    process.send_signal(signal.SIGTERM)  # not SIGINT: a second one (a terminal's) means "now"
+                forwarded = True
+            for slot, (run_id, process) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[slot]
+                summary = read_summary(selection_dir / run_id)
+                if process.returncode == 0 and summary:
+                    print(f"  {run_id}: best val_accuracy {summary['best_val_accuracy']:.2f}%", flush=True)
+                elif stop.signum is None:
+                    failures += 1
+                    last = (selection_dir / run_id / "output.log").read_text().strip().splitlines()[-1:]
+                    print(f"  {run_id} failed (exit {process.returncode}): {' '.join(last)}", file=sys.stderr)
+            time.sleep(0.2)
+    if stop.signum is not None:
+        print(f"interrupted by {signal.Signals(stop.signum).name}: run the same command to continue", file=sys.stderr)
+        return 128 + stop.signum
+    return 1 if failures else 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def config_report(candidate: Candidate, runs_dir: Path) -> dict:
+    """The numbers of one config over all its finished seeds."""
+    summaries = [s for s in map(read_summary, candidate.runs) if s and s.get("status") in DONE]
+    mean, std, ci = mean_std_ci([s["best_val_accuracy"] for s in summaries])
+    tests = [s["test_accuracy"] for s in summaries if s.get("test_accuracy") is not None]
+    flops = next((s["flops_per_image"] for s in summaries if "flops_per_image" in s), None)
+    if flops is None:  # a run written before cost was recorded
+        flops = p2.flops_per_image(p2.model_from_config(candidate.config))
+    latency = next((s["latency_ms"] for s in summaries if "latency_ms" in s), None)
+    return {"key": candidate.key, "config": candidate.config,
+            "runs": [str(run.relative_to(runs_dir)) for run in candidate.runs], "seeds": len(summaries),
+            "single_run_val_accuracy": candidate.single_run_val_accuracy, "val_accuracy_mean": mean,
+            "val_accuracy_std": std, "val_accuracy_ci95": ci,
+            "test_accuracy_mean": sum(tests) / len(tests) if tests else None, "flops_per_image": flops,
+            "latency_ms": latency}
+
+
+def best_seed(report: dict, runs_dir: Path) -> str:
+    """The run folder (relative to runs_dir) of the config's best seed: the one to export."""
+    return max(report["runs"], key=lambda run: (read_summary(runs_dir / run) or {}).get("best_val_accuracy", -1))
+
+
+def print_table(reports: list[dict]) -> None:
+    print(f"{'config':8}  {'lr':>7} {'bs':>4} {'filters':>11} {'drop':>5} {'ep':>3}  {'seeds':>5}  {'single':>6}  "
+          f"{'mean':>6} {'std':>5}  {'95% interval':>15}  {'test':>6}  {'MFLOP':>6}  front")
+    for r in reports:
+        c = r["config"]
+        ci = f"{r['val_accuracy_ci95'][0]:.2f}-{r['val_accuracy_ci95'][1]:.2f}" if r["val_accuracy_ci95"] else "-"
+        std = f"{r['val_accuracy_std']:.2f}" if r["val_accuracy_std"] is not None else "-"
+        test = f"{r['test_accuracy_mean']:.2f}" if r["test_accuracy_mean"] is not None else "-"
+        filters = f"{c['num_filters_1']}/{c['num_filters_2']}/{c['num_filters_3']}"
+        print(f"{r['key']:8}  {c['learning_rate']:7.4f} {c['batch_size']:4d} {filters:>11} {c['dropout_rate']:5.3f} "
+              f"{c['epochs']:3d}  {r['seeds']:5d}  {r['single_run_val_accuracy']:6.2f}  {r['val_accuracy_mean']:6.2f} "
+              f"{std:>5}  {ci:>15}  {test:>6}  {r['flops_per_image'] / 1e6:6.1f}  {'*' if r['pareto'] else ''}")
+
+
+def plot_front(reports: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in reports:
+        low, high = r["val_accuracy_ci95"] or [r["val_accuracy_mean"]] * 2
+        mean = r["val_accuracy_mean"]
+        ax.errorbar(r["flops_per_image"] / 1e6, mean, yerr=[[mean - low], [high - mean]], fmt="o", capsize=3,
+                    color="C3" if r["pareto"] else "C0")
+        ax.annotate(r["key"], (r["flops_per_image"] / 1e6, mean), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    front = sorted((r["flops_per_image"] / 1e6, r["val_accuracy_mean"]) for r in reports if r["pareto"])
+    ax.step(*zip(*front, strict=True), where="post", color="C3", alpha=0.5, label="Pareto front")
+    ax.set(xlabel="forward MFLOP per image", ylabel="mean best val_accuracy (%), 95% interval", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    p2.save_figure(fig, path)
+
+
+def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Path) -> dict:
+    reports = [config_report(c, runs_dir) for c in candidates]
+    for report, on_front in zip(reports, pareto_front([(r["val_accuracy_mean"], r["flops_per_image"])
+                                                                                 for r in reports]), strict=True):
+        report["pareto"] = on_front
+    reports.sort(key=lambda r: -r["val_accuracy_mean"])
+    selection = {"configs": reports, "best": best_seed(reports[0], runs_dir), "confidence": CONFIDENCE}
+    p2.write_json_atomic(selection, runs_dir / "selection.json")
+    print_table(reports)
+    name = runs_dir.resolve().name
+    plot_front(reports, images_dir / f"selection_{name}.png", f"{name}: top {len(reports)} configs, seeds each")
+    print(f"chosen: {reports[0]['key']} (mean {reports[0]['val_accuracy_mean']:.2f}%); its best seed "
+          f"{runs_dir / selection['best']}; wrote {runs_dir / 'selection.json'}", flush=True)
+    return selection
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line and main
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use an integer >= 1")
+    return int(text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = p2.OneLineErrorParser(__doc__, parents=(p2.common_options(),))
+    parser.add_argument("runs", type=Path, metavar="RUNS_DIR", help="finished runs at any depth under this folder")
+    parser.add_argument("--top", type=positive_int, default=5, help="configs to confirm (default 5)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="new seeds per config (default 3)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="trainings at once, spread over the GPUs")
+    parser.add_argument("--images-dir", type=Path, default=Path("images"), help="where the plot goes (default images)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        val_size = None if args.val_size is None else p2.validate_config({"val_size": args.val_size})["val_size"]
+        p2.resolve_wandb_mode(args.wandb_mode)  # refuse a bad mode before any training
+    except (p2.ConfigError, p2.WandbSettingsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.runs.is_dir():
+        print(f"error: {args.runs} is not a folder of runs", file=sys.stderr)
+        return 2
+    candidates = find_candidates(args.runs, val_size)[:args.top]
+    if not candidates:
+        print(f"error: no finished run (a summary.json with best_val_accuracy) under {args.runs}", file=sys.stderr)
+        return 2
+    selection_dir = args.runs / SELECTION_DIR
+    planned = {c.key: planned_runs(c, args.seeds) for c in candidates}
+    for candidate in candidates:
+        candidate.runs += [selection_dir / run_id for run_id, _ in planned[candidate.key]]
+    todo = [(run_id, config) for runs in planned.values() for run_id, config in runs
+            if (read_summary(selection_dir / run_id) or {}).get("status") not in DONE]
+    print(f"{len(candidates)} configs x {args.seeds} new seeds: {len(todo)} trainings to run, "
+          f"{sum(map(len, planned.values())) - len(todo)} already finished", flush=True)
+    code = train_seeds(todo, args, selection_dir, group=f"selection-{args.runs.resolve().name}")
+    if code < 128:
+        write_selection(candidates, args.runs, args.images_dir)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

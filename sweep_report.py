@@ -1,0 +1,92 @@
+"""The report of a local sweep (local_sweep.py, at the end and with --report): the top trials on the console, every
+trial in <runs-dir>/<study>/trials.csv (Optuna's trials_dataframe), and Optuna's plots in <images-dir>, each titled
+with its data and the machines that ran it.
+"""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+import part_2_cifar as p2
+from sweep_space import Sweep
+
+TOP_TRIALS = 10  # rows of the console table
+MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
+ENDED_UNSEEN = "its process stopped (killed, crashed or its machine lost); a retry runs it again"
+
+
+def trials_table(study: optuna.Study, swept: list[str]):
+    """One row per trial, best first (completed by value, then pruned), then the rest by number (a DataFrame)."""
+    df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "user_attrs", "system_attrs"))
+    if df.empty:
+        return df
+    df.columns = [c.removeprefix("user_attrs_") for c in df.columns]
+    configs = df.pop("config") if "config" in df else None
+    for key in swept:  # the value each run used (Optuna's params hold a normal parameter's quantile)
+        df[key] = configs.map(lambda c, key=key: c.get(key) if isinstance(c, dict) else None) if configs is not None \
+            else None
+    df["seconds"] = df.pop("duration").dt.total_seconds().round(1)
+    history = df.pop("system_attrs_retry_history") if "system_attrs_retry_history" in df else None
+    df["retry_of"] = history.map(lambda h: h[-1] if isinstance(h, list) else None) if history is not None else None
+    df = df.drop(columns=[c for c in df.columns if c.startswith("system_attrs_")])
+    note = df["failure"] if "failure" in df else ""
+    df["failure"] = note.where((note != "") & note.notna(), (df["state"] == "FAIL").map({True: ENDED_UNSEEN,
+                                                                                         False: ""}))
+    rank = df["state"].map({"COMPLETE": 0, "PRUNED": 1}).fillna(2)
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    df = df.assign(_rank=rank, _key=sign * df["value"].fillna(0)).sort_values(["_rank", "_key", "number"])
+    first = [c for c in ("number", "state", "value", "epochs_completed", "test_accuracy", *swept, "seconds", "host",
+                         "retry_of", "resumed_after_epoch", "failure") if c in df]
+    return df[first + [c for c in df.columns if c not in first and not c.startswith("_")]]
+
+
+def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: Path) -> None:
+    """Console table of the top trials, all trials as CSV, and the plots, each titled with its data and machines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as oplt
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+    print(f"\nstudy {study.study_name}: " + ", ".join(f"{n} {s.name}" for s, n in counts.items() if n)
+          + " (--trials counts COMPLETE + PRUNED)")
+    table = trials_table(study, list(sweep.raw["parameters"]))
+    console = table.drop(columns=[c for c in ("run_dir", "device") if c in table])  # in the CSV
+    print(console.head(TOP_TRIALS).to_string(index=False, na_rep="") if len(table) else "no trials yet")
+    csv_path = runs_dir / study.study_name / "trials.csv"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(csv_path, index=False)
+    print(f"wrote {csv_path}")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        print("no completed trial yet: no plots")
+        return
+    machines = sorted({f"{t.user_attrs.get('host', socket.gethostname())} ({t.user_attrs.get('device', '?')})"
+                       for t in complete})
+    title = (f"study {study.study_name}, {len(complete)} completed trials; data: {study.user_attrs.get('data', '?')}; "
+             f"on {', '.join(machines)}")
+    plots = {"history": oplt.plot_optimization_history, "importance": oplt.plot_param_importances,
+             "parallel": oplt.plot_parallel_coordinate}
+    for kind, plot in plots.items():
+        if kind == "importance" and len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+            print(f"skipped the importance plot: {len(complete)} completed, it needs {MIN_TRIALS_FOR_IMPORTANCE}")
+            continue
+        try:
+            with warnings.catch_warnings():  # experimental-API notes; axes of parameters with one value
+                warnings.simplefilter("ignore")
+                ax = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            print(f"skipped the {kind} plot: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.suptitle(title, fontsize=8)
+        fig.tight_layout()
+        path = images_dir / f"sweep_{study.study_name}_{kind}.png"
+        p2.save_figure(fig, path)
+        print(f"wrote {path}")

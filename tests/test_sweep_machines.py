@@ -1,0 +1,169 @@
+"""Several machines on one study in a real PostgreSQL: exactly N trials, a killed machine's trial retried by another.
+
+Each "machine" is a local_sweep.py launcher with its own hostname (a UTS namespace, as `unshare --uts` makes) and its
+own process group, started with the same command a user types on each machine (README, "Several machines").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+import pytest
+
+import local_sweep
+import part_2_cifar as p2
+
+ROOT = Path(__file__).resolve().parents[1]
+HEARTBEAT, GRACE = 1, 3  # seconds: --heartbeat-interval and --grace-period, short so the test is
+SET_HOSTNAME = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
+
+
+@pytest.fixture(scope="module")
+def own_hostname() -> list[str]:
+    """The command prefix that gives a process its own hostname: unshare --uts (as root, else in a user namespace)."""
+    for prefix in (["unshare", "--uts"], ["unshare", "--user", "--map-root-user", "--uts"]):
+        try:
+            done = subprocess.run([*prefix, sys.executable, "-c", "import socket; socket.sethostname('probe')"],
+                                  capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0:
+            return prefix
+    pytest.skip("cannot give a process its own hostname here (unshare --uts is not permitted)")
+
+
+def write_sweep(path: Path, epochs: int) -> Path:
+    path.write_text(json.dumps({"program": "part_2_cifar.py", "method": "random",
+                                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                                "parameters": {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": epochs},
+                                               "batch_size": {"value": 64}, "num_filters_1": {"value": 8},
+                                               "num_filters_2": {"value": 16}, "num_filters_3": {"value": 16}}}))
+    return path
+
+
+class Machine:
+    """One launcher on its own "machine": a hostname, a process group, its own output files."""
+
+    def __init__(self, name: str, prefix: list[str], args: list[str], env: dict, log_dir: Path):
+        self.name, self.log = name, log_dir / f"{name}.log"
+        self.command = [*prefix, sys.executable, "-c", SET_HOSTNAME, name, sys.executable,
+                        str(ROOT / "local_sweep.py"), *args]
+        self.env, self.cwd = env, log_dir
+
+    def start(self) -> Machine:
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # its own session, so its own process group
+        return self
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            pytest.fail(f"{self.name} did not finish in {timeout} s: {self.output()[-3000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, url: str, trials: int, *more: str) -> list[str]:
+    return [str(sweep), "--trials", str(trials), "--storage", url, "--data-dir", str(data_dir), "--runs-dir",
+            str(runs_dir), "--val-size", "100", "--wandb-mode", "disabled", "--images-dir", str(runs_dir / "images"),
+            "--heartbeat-interval", str(HEARTBEAT), "--grace-period", str(GRACE), *more]
+
+
+def load(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def test_two_machines_finish_exactly_n_trials_and_the_same_command_after_the_end_does_nothing(
+        tmp_path, postgres_url, learnable_data_dir, offline_env, own_hostname):
+    sweep, runs = write_sweep(tmp_path / "pair.json", epochs=2), tmp_path / "shared-runs"
+    a, b = (Machine(name, own_hostname, sweep_args(sweep, learnable_data_dir, runs, postgres_url, 4), offline_env,
+                    tmp_path).start() for name in ("machine-a", "machine-b"))
+    assert a.wait() == 0, a.output()[-3000:]
+    assert b.wait() == 0, b.output()[-3000:]
+    trials = load(postgres_url, "pair")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4  # not one more, and no FAIL for a lost race
+    assert {t.user_attrs["host"] for t in trials} == {"machine-a", "machine-b"}
+    assert all(Path(t.user_attrs["run_dir"], "summary.json").is_file() for t in trials)
+    started = time.monotonic()
+    assert a.start().wait() == 0, a.output()[-3000:]  # the same command, after the end
+    assert len(load(postgres_url, "pair")) == 4
+    assert time.monotonic() - started < 60  # it starts, sees 4 finished and stops: no data loaded, no training
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-run-folders", "own-run-folders"])
+def test_a_killed_machines_trial_is_failed_after_the_grace_period_and_retried_by_the_survivor(
+        tmp_path, postgres_url, learnable_data_dir, offline_env, own_hostname, shared):
+    sweep = write_sweep(tmp_path / "kill.json", epochs=12)
+    runs = {name: tmp_path / ("shared-runs" if shared else f"{name}-runs") for name in ("machine-a", "machine-b")}
+    a, b = (Machine(name, own_hostname, sweep_args(sweep, learnable_data_dir, runs[name], postgres_url, 3),
+                    offline_env, tmp_path).start() for name in ("machine-a", "machine-b"))
+    assert _wait_for_study(postgres_url), a.output()[-3000:]
+    study = optuna.load_study(study_name="kill", storage=postgres_url)
+    deadline, victim = time.monotonic() + 180, None
+    while victim is None and a.proc.poll() is None and time.monotonic() < deadline:
+        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            if t.user_attrs.get("host") == "machine-a" and Path(t.user_attrs["run_dir"], "last.pt").is_file():
+                victim = t  # machine-a is mid-trial with at least one epoch saved
+        time.sleep(0.05)
+    assert victim is not None, a.output()[-3000:]
+    os.killpg(a.proc.pid, signal.SIGKILL)  # the whole machine: its process group
+    killed_at = datetime.now()
+    assert a.wait() == -signal.SIGKILL
+    saved = p2.load_checkpoint(Path(victim.user_attrs["run_dir"], "last.pt"), needs=("epoch", "history"))
+
+    assert b.wait() == 0, b.output()[-3000:]
+    trials = load(postgres_url, "kill")
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1, states  # nothing lost, nothing extra
+    assert trials[victim.number].state.name == "FAIL"
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["host"] == "machine-b"
+    assert retry.params == victim.params
+    waited = (retry.datetime_start - killed_at).total_seconds()
+    assert GRACE - HEARTBEAT <= waited < GRACE + 30, waited  # failed once its heartbeat was older than the grace
+    history = json.loads(Path(retry.user_attrs["run_dir"], "summary.json").read_text())["history"]
+    assert [m["epoch"] for m in history] == list(range(1, 13))
+    if shared:  # machine-b reads machine-a's last.pt: the epochs it saved are not run again
+        assert retry.user_attrs["resumed_after_epoch"] == saved["epoch"] >= 1
+        assert history[:saved["epoch"]] == saved["history"]
+    else:  # machine-a's run folder is out of reach: the retry starts over
+        assert retry.user_attrs["resumed_after_epoch"] == 0
+        assert not (runs["machine-b"] / "kill" / f"trial-{victim.number:04d}").exists()
+    print(f"killed trial {victim.number} after epoch {saved['epoch']} saved; retried as trial {retry.number} on "
+          f"machine-b {waited:.1f} s later")
+
+    assert b.start().wait() == 0, b.output()[-3000:]  # the same command, after the end
+    assert len(load(postgres_url, "kill")) == len(trials)
+
+
+def _wait_for_study(url: str, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if optuna.study.get_all_study_names(storage=url):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("url, words", [
+    ("postgresql+pg8000://postgres@127.0.0.1:1/optuna", "pip install 'pg8000'"),  # a driver that is not installed
+    ("postgresql://postgres@127.0.0.1:1/optuna", "cannot open storage postgresql://postgres@127.0.0.1:1/optuna"),
+    ("mysql://root@127.0.0.1/optuna", "use postgresql://"),
+])
+def test_a_storage_that_cannot_open_is_one_line(tmp_path, url, words, learnable_data_dir, capsys):
+    sweep = write_sweep(tmp_path / "s.json", epochs=1)
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, tmp_path / "runs", url, 1)) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
