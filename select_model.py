@@ -232,12 +232,15 @@ def plot_front(reports: list[dict], path: Path, title: str) -> None:
     p2.save_figure(fig, path)
 
 
+def rank(reports: list[dict]) -> list[dict]:
+    """Mark the Pareto front and sort by mean val_accuracy, a tie going to the cheaper config: the first is chosen."""
+    front = pareto_front([(r["val_accuracy_mean"], r["flops_per_image"]) for r in reports])
+    ranked = [r | {"pareto": on_front} for r, on_front in zip(reports, front, strict=True)]
+    return sorted(ranked, key=lambda r: (-r["val_accuracy_mean"], r["flops_per_image"]))
+
+
 def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Path) -> dict:
-    reports = [config_report(c, runs_dir) for c in candidates]
-    for report, on_front in zip(reports, pareto_front([(r["val_accuracy_mean"], r["flops_per_image"])
-                                                                                 for r in reports]), strict=True):
-        report["pareto"] = on_front
-    reports.sort(key=lambda r: -r["val_accuracy_mean"])
+    reports = rank([config_report(c, runs_dir) for c in candidates])
     selection = {"configs": reports, "best": best_seed(reports[0], runs_dir), "confidence": CONFIDENCE}
     p2.write_json_atomic(selection, runs_dir / "selection.json")
     print_table(reports)

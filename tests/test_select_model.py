@@ -45,6 +45,15 @@ def test_the_front_keeps_each_config_nothing_beats_on_both_accuracy_and_cost():
     assert select_model.pareto_front(points) == [True, True, False, False, True]
 
 
+def test_the_chosen_config_has_the_best_mean_and_a_tie_goes_to_the_cheaper_one():
+    reports = [{"key": "big", "val_accuracy_mean": 61.0, "flops_per_image": 80e6},
+               {"key": "small", "val_accuracy_mean": 61.0, "flops_per_image": 20e6},
+               {"key": "lucky", "val_accuracy_mean": 59.0, "flops_per_image": 90e6}]
+    ranked = select_model.rank(reports)
+    assert [r["key"] for r in ranked] == ["small", "big", "lucky"]
+    assert [r["pareto"] for r in ranked] == [True, False, False]
+
+
 # ----------------------------------------------------------------------------------------------------------- the flow
 
 
