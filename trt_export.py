@@ -63,6 +63,7 @@ from part_2_cifar import (
     model_from_config,
     normalize,
     pick_device,
+    save_figure,
     versions,
     write_json_atomic,
 )
@@ -511,11 +512,7 @@ def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

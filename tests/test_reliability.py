@@ -177,9 +177,8 @@ def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agen
     assert signal.getsignal(signum) is handler_before  # the caller's handler is back
 
 
-def test_any_exception_first_saves_the_last_finished_epoch(monkeypatch, tiny_data_dir, tmp_path):
+def test_any_exception_first_saves_the_last_finished_epoch(tiny_data_dir, tmp_path):
     # Checkpoints are written at most once a minute; an exception must not lose the epochs since the last write.
-    monkeypatch.setattr(trainer, "CHECKPOINT_SECONDS", 3600.0)
     config = trainer.validate_config({**FAST_CONFIG, "epochs": 5, "val_size": 200})
     data = trainer.prepare_data(tiny_data_dir, 200, torch.device("cpu"))
 
@@ -188,7 +187,7 @@ def test_any_exception_first_saves_the_last_finished_epoch(monkeypatch, tiny_dat
             raise RuntimeError("injected crash")
 
     with pytest.raises(RuntimeError, match="injected"):
-        trainer.train(config, data, tmp_path / "run", on_epoch=crash_after_epoch_3)
+        trainer.train(config, data, tmp_path / "run", on_epoch=crash_after_epoch_3, checkpoint_seconds=3600.0)
     last = trainer.load_checkpoint(tmp_path / "run" / "last.pt", needs=("model", "optimizer", "epoch", "history"))
     assert last["epoch"] == 3 and [m["epoch"] for m in last["history"]] == [1, 2, 3]
     best = trainer.load_checkpoint(tmp_path / "run" / "best.pt")
