@@ -1,10 +1,6 @@
 """W&B sweep file -> Optuna: the search space, sampler and pruner that local_sweep.py runs. Pure: no torch, no I/O
-beyond reading the file, so it can be checked anywhere (tests/test_local_sweep.py draws from every distribution).
-
-Translation: method bayes -> multivariate TPE (measured against GPSampler, see make_sampler), random/grid ->
-RandomSampler/GridSampler, metric.goal -> direction, early_terminate hyperband -> HyperbandPruner fed the metric
-after every epoch. Every W&B distribution Optuna can honour is translated; the others (beta, q_beta,
-categorical_w_probabilities, nested parameters) raise SweepConfigError, a one-line message for people.
+beyond reading the file. What is translated, and what is refused with one line (SweepConfigError), is in the README
+("Without W&B"); tests/test_local_sweep.py draws from every distribution.
 """
 
 from __future__ import annotations
@@ -22,12 +18,14 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial
 
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")  # what part_2_cifar.py logs every epoch
-QUANTILE_EPS = 1e-6  # normal-type parameters are sampled as a quantile in [eps, 1 - eps]: +-4.75 sigma
-# method bayes -> multivariate TPE, chosen by measurement: 12 seeds x 30 trials on a noisy synthetic stand-in for
-# val_accuracy over this sweep's space (2 floats, 5 categoricals, stepped epochs; the best learning rate depends on
-# batch_size), optuna 5.0, 2-core CPU. Median regret after 30 trials: TPE 1.81 points (IQR 1.41-2.32), GPSampler
-# 2.51 (1.71-3.04), random 3.09; TPE took 6 ms a trial, GP 3 s and needs scipy. TPE's constant_liar also keeps
-# parallel workers from proposing the same config; GPSampler has no such option in Optuna 5.
+QUANTILE_EPS = 1e-6  # the normal family is sampled as a quantile in [eps, 1 - eps]: +-4.75 sigma
+LOG_UNIFORM = ("log_uniform", "q_log_uniform", "inv_log_uniform", "log_uniform_values", "q_log_uniform_values",
+               "inv_log_uniform_values")  # 1/X is log-uniform exactly when X is
+NATURAL_LOG_BOUNDS = {"log_uniform": math.exp, "q_log_uniform": math.exp,  # W&B v1: min and max are logs ...
+                      "inv_log_uniform": lambda x: math.exp(-x)}  # ... and X = exp(-U(min, max))
+NOT_IN_OPTUNA = {"beta": "Optuna has no beta distribution; use uniform or values",
+                 "q_beta": "Optuna has no beta distribution; use uniform or values",
+                 "categorical_w_probabilities": "Optuna weighs categories equally; drop probabilities"}
 
 
 class SweepConfigError(ValueError):
@@ -35,52 +33,66 @@ class SweepConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Parameters: W&B parameter specs -> Optuna distributions, plus the map from Optuna's value to the config value.
-
-
-def _identity(x: Any) -> Any:
-    return x
-
-
-def _quantize(q: float) -> Callable[[float], float | int]:
-    """round(x / q) * q, an int when q is an int: what W&B's q_* distributions return."""
-    return lambda x: int(round(x / q) * q) if isinstance(q, int) else round(x / q) * q
-
-
-def _compose(*fs: Callable) -> Callable:
-    def composed(x: Any) -> Any:
-        for f in fs:
-            x = f(x)
-        return x
-
-    return composed
+# Parameters: W&B parameter specs -> Optuna distributions, plus the map from Optuna's draw to the config value
 
 
 @dataclass(frozen=True)
 class Param:
-    """One swept key: `distribution` is None for a constant; Optuna samples `optuna_name`, `to_value` maps it."""
+    """One swept key: a constant (no distribution), or Optuna's draw from `distribution`, mapped by `value`."""
 
     name: str
     distribution: BaseDistribution | None
-    to_value: Callable[[Any], Any] = _identity
     constant: Any = None
-    optuna_name: str = ""
+    normal: NormalDist | None = None  # the draw is a quantile, mapped through this normal (W&B's normal family)
+    log: bool = False  # then exp (log_normal)
+    q: float | None = None  # then rounded to a multiple of q, an int when q is (W&B's q_* kinds)
+
+    @property
+    def optuna_name(self) -> str:  # a quantile is not the value: it gets its own name in the trial's params
+        return f"{self.name}_quantile" if self.normal else self.name
+
+    def value(self, x: Any) -> Any:
+        x = self.normal.inv_cdf(x) if self.normal else x
+        x = math.exp(x) if self.log else x
+        if self.q is None:
+            return x
+        return int(round(x / self.q) * self.q) if isinstance(self.q, int) else round(x / self.q) * self.q
 
     def sample(self, trial: optuna.Trial) -> Any:
         d = self.distribution
         if d is None:
             return self.constant
         if isinstance(d, CategoricalDistribution):
-            return self.to_value(trial.suggest_categorical(self.optuna_name, d.choices))
-        if isinstance(d, IntDistribution):
-            return self.to_value(trial.suggest_int(self.optuna_name, d.low, d.high, step=d.step, log=d.log))
-        return self.to_value(trial.suggest_float(self.optuna_name, d.low, d.high, step=d.step, log=d.log))
+            return trial.suggest_categorical(self.optuna_name, d.choices)
+        suggest = trial.suggest_int if isinstance(d, IntDistribution) else trial.suggest_float
+        return self.value(suggest(self.optuna_name, d.low, d.high, step=d.step, log=d.log))
+
+    def extremes(self) -> list:
+        """Every value a finite parameter can take, a range's two ends, nothing for the unbounded normal family."""
+        d = self.distribution
+        if d is None:
+            return [self.constant]
+        if isinstance(d, CategoricalDistribution):
+            return list(d.choices)
+        return [] if self.normal else [self.value(d.low), self.value(d.high)]
+
+    def grid(self) -> list:
+        d = self.distribution
+        if isinstance(d, CategoricalDistribution):
+            return list(d.choices)
+        return [d.low + i * d.step for i in range(round((d.high - d.low) / d.step) + 1)]
 
 
 def _number(spec: dict, key: str, name: str, default: float | None = None) -> float:
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SweepConfigError(f"parameter {name!r}: {key!r} must be a number, got {value!r}")
+    return value
+
+
+def _one_of(what: str, value: Any, allowed: tuple) -> Any:
+    if value not in allowed:
+        raise SweepConfigError(f"{what} {value!r} is not supported: use one of {', '.join(allowed)}")
     return value
 
 
@@ -103,29 +115,17 @@ def _distribution_name(name: str, spec: dict) -> str:
 
 
 def translate_parameter(name: str, spec: dict) -> Param:
-    """Optuna's version of one W&B parameter, with the same support and (but for q_uniform's ends) the same prior.
-
-    W&B's q_uniform rounds a uniform draw to a multiple of q, so its two ends get half weight; Optuna's stepped
-    distributions weigh all points equally. q_log_uniform* and the normal family are sampled continuously and
-    mapped (quantized, or through the normal quantile function, as W&B's own engine does), so Optuna's param
-    is the continuous draw and the trial's config (user attr "config") holds the value the run used.
-    """
+    """Optuna's version of one W&B parameter: the same support and, but for q_uniform's half-weight ends, the same
+    prior. The normal family is drawn as a quantile and mapped as W&B's engine does; the trial's user attr "config"
+    holds the value the run used."""
     if not isinstance(spec, dict):
         raise SweepConfigError(f"parameter {name!r}: expected an object like {{\"values\": [...]}}, got {spec!r}")
     kind = _distribution_name(name, spec)
-    q = spec.get("q", 1)
-    if kind in ("q_uniform", "q_log_uniform", "q_log_uniform_values", "q_normal", "q_log_normal"):
-        _number(spec, "q", name, 1)
-        if q <= 0:
-            raise SweepConfigError(f"parameter {name!r}: q must be > 0, got {q!r}")
-    if kind in ("uniform", "int_uniform", "q_uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
-                "inv_log_uniform_values", "q_log_uniform", "q_log_uniform_values"):
-        low, high = _number(spec, "min", name), _number(spec, "max", name)
-        if low > high:
-            raise SweepConfigError(f"parameter {name!r}: min {low} is above max {high}")
-        if kind.endswith("_values") and low <= 0:
-            raise SweepConfigError(f"parameter {name!r}: {kind} needs min > 0, got {low}")
-
+    if kind in NOT_IN_OPTUNA:
+        raise SweepConfigError(f"parameter {name!r}: distribution {kind} is not supported ({NOT_IN_OPTUNA[kind]})")
+    q = _number(spec, "q", name, 1) if kind.startswith("q_") else None
+    if q is not None and q <= 0:
+        raise SweepConfigError(f"parameter {name!r}: q must be > 0, got {q!r}")
     if kind == "constant":
         return Param(name, None, constant=spec["value"])
     if kind == "categorical":
@@ -135,65 +135,32 @@ def translate_parameter(name: str, spec: dict) -> Param:
         if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
             raise SweepConfigError(f"parameter {name!r}: Optuna's categorical values must be numbers, strings, "
                                    "booleans or null")
-        return Param(name, CategoricalDistribution(values), optuna_name=name)
-    if kind == "int_uniform":
-        if not all(isinstance(spec[k], int) for k in ("min", "max")):
-            raise SweepConfigError(f"parameter {name!r}: int_uniform needs integer min and max")
-        return Param(name, IntDistribution(low, high), optuna_name=name)
-    if kind == "uniform":
-        return Param(name, FloatDistribution(low, high), optuna_name=name)
-    if kind == "q_uniform":  # the multiples of q that round(U(min, max) / q) * q can give
-        lo, hi = round(low / q) * q, round(high / q) * q
-        if isinstance(q, int):
-            return Param(name, IntDistribution(int(lo), int(hi), step=q), optuna_name=name)
-        return Param(name, FloatDistribution(lo, hi, step=q), optuna_name=name)
-    if kind == "log_uniform":  # W&B v1: min and max are natural logs of the bounds
-        return Param(name, FloatDistribution(math.exp(low), math.exp(high), log=True), optuna_name=name)
-    if kind in ("log_uniform_values", "inv_log_uniform_values"):  # 1/X is log-uniform exactly when X is
-        return Param(name, FloatDistribution(low, high, log=True), optuna_name=name)
-    if kind == "inv_log_uniform":  # W&B v1: X = exp(-U(min, max)), log-uniform on [e^-max, e^-min]
-        return Param(name, FloatDistribution(math.exp(-high), math.exp(-low), log=True), optuna_name=name)
-    if kind == "q_log_uniform":
-        return Param(name, FloatDistribution(math.exp(low), math.exp(high), log=True), _quantize(q), optuna_name=name)
-    if kind == "q_log_uniform_values":
-        return Param(name, FloatDistribution(low, high, log=True), _quantize(q), optuna_name=name)
+        return Param(name, CategoricalDistribution(values))
     if kind in ("normal", "q_normal", "log_normal", "q_log_normal"):
         mu, sigma = _number(spec, "mu", name, 0.0), _number(spec, "sigma", name, 1.0)
         if sigma <= 0:
             raise SweepConfigError(f"parameter {name!r}: sigma must be > 0, got {sigma}")
-        steps: list[Callable] = [NormalDist(mu, sigma).inv_cdf]
-        if kind.endswith("log_normal"):
-            steps.append(math.exp)
-        if kind.startswith("q_"):
-            steps.append(_quantize(q))
-        return Param(name, FloatDistribution(QUANTILE_EPS, 1 - QUANTILE_EPS), _compose(*steps),
-                     optuna_name=f"{name}_quantile")
-    if kind in ("beta", "q_beta"):
-        raise SweepConfigError(f"parameter {name!r}: distribution {kind} is not supported (Optuna has no beta "
-                               "distribution); use uniform or values")
-    if kind == "categorical_w_probabilities":
-        raise SweepConfigError(f"parameter {name!r}: categorical values with probabilities are not supported "
-                               "(Optuna weighs categories equally); drop probabilities")
-    raise SweepConfigError(f"parameter {name!r}: unknown distribution {kind!r}")
-
-
-def _check_bounds(param: Param, validate: Callable[[dict], object]) -> None:
-    """Every value a bounded parameter can take must pass the trainer's rules; say which one does not."""
-    d = param.distribution
-    if param.optuna_name.endswith("_quantile"):
-        return  # unbounded: checked per trial
-    if d is None:
-        candidates = [param.constant]
-    elif isinstance(d, CategoricalDistribution):
-        candidates = list(d.choices)
-    else:
-        candidates = [param.to_value(d.low), param.to_value(d.high)]
-    for value in candidates:
-        try:
-            validate({param.name: value})
-        except ValueError as e:
-            raise SweepConfigError(f"parameter {param.name!r} can take {value!r}, which part_2_cifar.py rejects: "
-                                   f"{e}") from None
+        return Param(name, FloatDistribution(QUANTILE_EPS, 1 - QUANTILE_EPS), normal=NormalDist(mu, sigma),
+                     log="log" in kind, q=q)
+    if kind not in ("uniform", "int_uniform", "q_uniform", *LOG_UNIFORM):
+        raise SweepConfigError(f"parameter {name!r}: unknown distribution {kind!r}")
+    low, high = _number(spec, "min", name), _number(spec, "max", name)
+    if low > high:
+        raise SweepConfigError(f"parameter {name!r}: min {low} is above max {high}")
+    if kind in LOG_UNIFORM:
+        if kind.endswith("_values") and low <= 0:
+            raise SweepConfigError(f"parameter {name!r}: {kind} needs min > 0, got {low}")
+        low, high = sorted(map(NATURAL_LOG_BOUNDS.get(kind, float), (low, high)))
+        return Param(name, FloatDistribution(low, high, log=True), q=q)
+    if kind == "int_uniform":
+        if not all(isinstance(spec[k], int) for k in ("min", "max")):
+            raise SweepConfigError(f"parameter {name!r}: int_uniform needs integer min and max")
+        return Param(name, IntDistribution(low, high))
+    if kind == "q_uniform":  # the multiples of q that round(U(min, max) / q) * q can give
+        low, high = round(low / q) * q, round(high / q) * q
+        return Param(name, IntDistribution(low, high, step=q) if isinstance(q, int) else
+                     FloatDistribution(low, high, step=q))
+    return Param(name, FloatDistribution(low, high))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -209,7 +176,7 @@ class Sweep:
     direction: str  # "maximize" or "minimize"
     params: tuple[Param, ...]
     early_terminate: dict | None
-    longest_epochs: int  # the most epochs a trial can run: Hyperband's max_resource
+    longest_epochs: int  # the most epochs a trial can run: Hyperband's max_resource; 0 when unbounded
     target: float | None
     raw: dict  # the file as read, stored with the study so a changed file is noticed
 
@@ -235,50 +202,32 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
     program = raw.get("program")
     if program is not None and Path(program).name != "part_2_cifar.py":
         raise SweepConfigError(f"program {program!r}: local_sweep.py can only run part_2_cifar.py")
-    method = raw.get("method", "random")
-    if method not in ("bayes", "random", "grid"):
-        raise SweepConfigError(f"method {method!r} is not supported: use bayes, random or grid")
     metric = raw.get("metric") or {}
-    metric_name = metric.get("name", "val_accuracy")
-    if metric_name not in METRICS:
-        raise SweepConfigError(f"metric {metric_name!r} is not one part_2_cifar.py logs: use one of "
-                               f"{', '.join(METRICS)}")
-    goal = metric.get("goal", "minimize")  # W&B's default
-    if goal not in ("minimize", "maximize"):
-        raise SweepConfigError(f"metric goal {goal!r} is not allowed: use minimize or maximize")
+    method, metric_name, goal = (_one_of(what, value, allowed) for what, value, allowed in (
+        ("method", raw.get("method", "random"), ("bayes", "random", "grid")),
+        ("metric", metric.get("name", "val_accuracy"), METRICS),  # what part_2_cifar.py logs
+        ("metric goal", metric.get("goal", "minimize"), ("minimize", "maximize"))))  # W&B's default goal
     params = []
     for name, spec in raw["parameters"].items():
         if name not in defaults:
             raise SweepConfigError(f"parameter {name!r} is not a part_2_cifar.py setting (those are "
                                    f"{', '.join(defaults)})")
-        param = translate_parameter(name, spec)
-        _check_bounds(param, validate)
-        params.append(param)
-    if method == "grid":
-        continuous = [p.name for p in params if isinstance(p.distribution, FloatDistribution)
-                      and (p.distribution.step is None or p.to_value is not _identity)]
-        if continuous:
-            raise SweepConfigError(f"parameter {continuous[0]!r}: grid search needs discrete values (values, "
-                                   "int_uniform or q_uniform), as in W&B")
-    longest = _longest_epochs(next((p for p in params if p.name == "epochs"), None), defaults["epochs"])
+        params.append(param := translate_parameter(name, spec))
+        for value in param.extremes():  # the normal family's values are checked per trial
+            try:
+                validate({name: value})
+            except ValueError as e:
+                raise SweepConfigError(f"parameter {name!r} can take {value!r}, which part_2_cifar.py rejects: "
+                                       f"{e}") from None
+        if method == "grid" and isinstance(param.distribution, FloatDistribution) and param.distribution.step is None:
+            raise SweepConfigError(f"parameter {name!r}: grid search needs discrete values (values, int_uniform or "
+                                   "q_uniform), as in W&B")
+    epochs = next((p for p in params if p.name == "epochs"), None)
+    longest = int(max(epochs.extremes(), default=0)) if epochs else defaults["epochs"]
     early = raw.get("early_terminate")
     if early is not None:
         hyperband_settings(early, longest)  # fail now, not when the first trial reports
     return Sweep(method, metric_name, goal, tuple(params), early, longest, metric.get("target"), raw)
-
-
-def _longest_epochs(epochs: Param | None, default: int) -> int:
-    if epochs is None:
-        return default
-    if epochs.distribution is None:
-        return int(epochs.constant)
-    if isinstance(epochs.distribution, CategoricalDistribution):
-        return int(max(epochs.distribution.choices))
-    if epochs.optuna_name.endswith("_quantile"):
-        return 0  # unbounded: refused below if hyperband needs it
-    return int(epochs.to_value(epochs.distribution.high))
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -289,8 +238,7 @@ def hyperband_settings(early: dict, longest_epochs: int) -> tuple[int, int, int,
     """(min_resource, max_resource, reduction_factor, last band or None) from W&B's hyperband settings.
 
     W&B: with min_iter, bands at min_iter * eta^k without end; with max_iter and s, bands at max_iter / eta^k for
-    k = 1..s, so no run is stopped after max_iter / eta. Optuna's HyperbandPruner has rungs without end, so the
-    second form also gets a last band after which nothing is pruned.
+    k = 1..s and none after: Optuna's rungs have no end, so that form gets a last band (PruneUpTo).
     """
     if not isinstance(early, dict) or early.get("type") != "hyperband":
         raise SweepConfigError(f"early_terminate {early!r} is not supported: only type hyperband exists")
@@ -299,12 +247,11 @@ def hyperband_settings(early: dict, longest_epochs: int) -> tuple[int, int, int,
         raise SweepConfigError(f"early_terminate eta={eta!r}: Optuna's Hyperband needs an integer >= 2")
     if longest_epochs < 1:
         raise SweepConfigError("early_terminate with an unbounded epochs distribution: give epochs bounds")
-    longest = longest_epochs
     if "min_iter" in early:
         min_iter = early["min_iter"]
         if not isinstance(min_iter, int) or min_iter < 1:
             raise SweepConfigError(f"early_terminate min_iter={min_iter!r}: use an integer >= 1")
-        return min_iter, max(min_iter, longest), eta, None
+        return min_iter, max(min_iter, longest_epochs), eta, None
     if "max_iter" in early and "s" in early:
         max_iter, s = early["max_iter"], early["s"]
         bands = [int(max_iter / eta**k) for k in range(1, int(s) + 1) if max_iter / eta**k >= 1]
@@ -334,23 +281,16 @@ def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
 
 
 def grid_size(sweep: Sweep) -> int:
-    return math.prod(len(_grid_values(p)) for p in sweep.params if p.distribution is not None)
-
-
-def _grid_values(param: Param) -> list:
-    d = param.distribution
-    if isinstance(d, CategoricalDistribution):
-        return list(d.choices)
-    n = round((d.high - d.low) / d.step)
-    return [d.low + i * d.step for i in range(n + 1)]
+    return math.prod(len(p.grid()) for p in sweep.params if p.distribution is not None)
 
 
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     if sweep.method == "grid":
-        return optuna.samplers.GridSampler({p.optuna_name: _grid_values(p) for p in sweep.params
+        return optuna.samplers.GridSampler({p.optuna_name: p.grid() for p in sweep.params
                                             if p.distribution is not None})
     if sweep.method == "random":
         return optuna.samplers.RandomSampler()
-    # Why TPE and not GPSampler: see the measurement at the top. No seed: K workers with one seed would
-    # propose the same configs.
+    # bayes: multivariate TPE, chosen by measurement (README, "Without W&B": lower median regret than GPSampler on
+    # this space, 6 ms a trial against 3 s). Its constant liar keeps parallel workers from proposing the same
+    # config; no seed, or K workers would propose the same configs.
     return optuna.samplers.TPESampler(multivariate=True, constant_liar=True)
