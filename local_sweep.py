@@ -1,22 +1,13 @@
 """Run the W&B sweep in sweep_config.json without a W&B server: Optuna samples, prunes, schedules and stores the
-trials, on one machine or on several that share a PostgreSQL database.
+trials, on one machine (a journal file) or on several that share a PostgreSQL database (README, "Several machines").
 
     python local_sweep.py sweep_config.json --trials 30                  # one GPU (or CPU), resumable
     python local_sweep.py sweep_config.json --trials 60 --workers 4      # 4 worker processes, spread over the GPUs
     python local_sweep.py sweep_config.json --trials 200 --storage postgresql://user:pw@db-host/optuna  # each machine
     python local_sweep.py sweep_config.json --report                     # table and plots of an existing study
 
-Each trial is one part_2_cifar.run_training (a W&B run, grouped by study) in <runs-dir>/<study>/trial-NNNN.
-`--trials N` counts finished (COMPLETE or PRUNED) trials across all processes and machines: a process asks for a
-trial only while finished plus running trials are fewer than N, counted under a lock (a file lock beside a journal
-file or SQLite database, an advisory lock in PostgreSQL); otherwise it waits, and stops once N are finished.
-A trial whose process died is failed and queued for a retry (RetryHeartbeatStaleTrialCallback) that resumes from
-the dead attempt's last.pt when its run folder is readable here: on the default journal file (one machine) as soon
-as another process looks, since a dead process holds no file lock; on a database once its heartbeat is older than
---grace-period. Ctrl-C or SIGTERM stops a trial between steps; it is queued the same way.
-
-Sections: settings, storage and scheduling, one trial, workers, command line and main. The sweep file's translation
-is sweep_space.py; the report (table, trials.csv, plots) is sweep_report.py.
+Each trial is one part_2_cifar.run_training in <runs-dir>/<study>/trial-NNNN; the sweep file's translation is
+sweep_space.py, the report sweep_report.py.
 """
 
 from __future__ import annotations
@@ -40,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import part_2_cifar as p2
@@ -52,11 +45,12 @@ from sweep_space import Sweep, SweepConfigError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts
 DEFAULT_STORAGE_FILE = "optuna-journal.log"  # under --runs-dir: Optuna's journal file, for one machine
-HEARTBEAT_SECONDS = 60  # databases: a running trial writes a heartbeat this often; a waiting process looks this often
-GRACE_SECONDS = 300  # databases: a trial whose heartbeat is this old is failed and retried by whoever looks
+HEARTBEAT_SECONDS = 60  # PostgreSQL: a running trial writes a heartbeat this often; a waiting process looks this often
+GRACE_SECONDS = 300  # PostgreSQL: a trial whose heartbeat is this old is failed and retried by whoever looks
 MAX_RETRIES = 2  # a trial whose process died is retried at most this often (a config that kills machines stops)
 MAX_FAILURES_IN_A_ROW = 5  # a process stops after this many failed trials in a row (out of memory, bad configs)
 DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000"}  # module -> package
+SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables (a study's lock: crc32 of its name)
 
 
 class StorageError(RuntimeError):
@@ -74,18 +68,16 @@ def load_sweep(path: Path) -> Sweep:
 
 @dataclass
 class Store:
-    """Optuna's storage, plus how processes on it take turns and tell a dead one."""
+    """Optuna's storage, and how processes on it take turns and tell a dead one: file locks beside a journal file
+    (one machine), or PostgreSQL's advisory lock and heartbeats (several machines)."""
 
     storage: optuna.storages.BaseStorage
-    lock_dir: Path | None  # file locks, beside a journal file or SQLite database; None: PostgreSQL's advisory lock
-    heartbeat: bool  # databases: a running trial is alive while it beats; a journal's: while it holds its file lock
+    lock_dir: Path | None  # beside the journal file; None: PostgreSQL
 
     @contextmanager
     def scheduling(self, study: optuna.Study) -> Iterator[None]:
         """Held while a process fails dead trials, counts and asks: two cannot both take the N-th trial."""
         if self.lock_dir is None:  # released with the transaction, or by the server when the connection drops
-            import sqlalchemy
-
             with self.storage.engine.begin() as connection:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
                                    {"key": zlib.crc32(study.study_name.encode())})
@@ -100,17 +92,16 @@ class Store:
 
     @contextmanager
     def keep_alive(self, study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-        """While the trial runs: its heartbeat (database) or an exclusive lock on its lock file (journal)."""
-        if not self.heartbeat:
+        """While the trial runs: an exclusive lock on its lock file (journal), or its heartbeat (PostgreSQL)."""
+        if self.lock_dir is not None:
             with open(self.trial_lock(study, trial.number), "a") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
                 yield
             return
-        storage = self.storage
+        storage, stop = self.storage, threading.Event()
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
                                                                    trial.number)
         storage.record_heartbeat(trial_id)  # the first beat, inside the scheduling lock: never a trial without one
-        stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(storage.get_heartbeat_interval()):
@@ -130,10 +121,10 @@ class Store:
     def fail_dead_trials(self, study: optuna.Study) -> list[int]:
         """Fail the running trials whose process is gone and queue a retry of each (inside `scheduling`)."""
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-        if self.heartbeat:
+        if self.lock_dir is None:
             optuna.storages.fail_stale_trials(study)  # with the storage's RetryHeartbeatStaleTrialCallback
-            failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-            return [n for n in running if n in failed]
+            failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            return [t.number for t in failed if t.number in running]
         dead = []
         for number in running:
             with open(self.trial_lock(study, number), "a") as f:
@@ -158,42 +149,37 @@ def tell_once(study: optuna.Study, trial: optuna.Trial | int, value: float | Non
 
 
 def retry_later(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, failed)
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, failed)
 
 
 def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = HEARTBEAT_SECONDS,
                  grace_period: int = GRACE_SECONDS) -> Store:
-    """A journal file (default <runs-dir>/optuna-journal.log), sqlite:///FILE, or postgresql://... for machines."""
+    """A journal file (default <runs-dir>/optuna-journal.log) for one machine, or postgresql://... for several."""
     if storage is None or "://" not in storage:
         path = Path(storage) if storage else Path(runs_dir) / DEFAULT_STORAGE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
-        return Store(optuna.storages.JournalStorage(backend), _lock_dir(path), heartbeat=False)
-    import sqlalchemy
-
+        lock_dir = path.with_name(path.name + ".locks")
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return Store(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), lock_dir)
     url = sqlalchemy.engine.make_url(storage)
     shown = url.render_as_string(hide_password=True)
-    if url.get_backend_name() not in ("postgresql", "sqlite"):
-        raise StorageError(f"storage {shown}: use postgresql://... (several machines), sqlite:///FILE or a journal "
-                           "file (one machine)")
+    if url.get_backend_name() != "postgresql":
+        raise StorageError(f"storage {shown}: use postgresql://... (several machines) or a journal file (one machine)")
     try:
-        rdb = optuna.storages.RDBStorage(
-            storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
-    except ImportError as e:  # Optuna's own ImportError names no module; its cause does
-        module = getattr(e.__cause__, "name", None) or e.name or url.get_driver_name()
+        engine = sqlalchemy.create_engine(url)  # imports the driver
+        with engine.begin() as connection:  # machines creating the tables at once would collide in the catalog
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                                 max_retry=MAX_RETRIES))
+        engine.dispose()
+    except ImportError as e:
+        module = e.name or url.get_driver_name()
         raise StorageError(f"storage {shown} needs the driver {module!r}, which is not installed: pip install "
                            f"'{DRIVERS.get(module, module)}'") from None
     except sqlalchemy.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StorageError(f"cannot open storage {shown}: {reason}") from None
-    return Store(rdb, None if url.get_backend_name() == "postgresql" else _lock_dir(Path(url.database)), heartbeat=True)
-
-
-def _lock_dir(storage_file: Path) -> Path:
-    path = storage_file.with_name(storage_file.name + ".locks")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Store(rdb, None)
 
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
@@ -238,48 +224,33 @@ def next_trial(study: optuna.Study, store: Store, trials: int, target: float | N
 # One trial
 
 
-@dataclass
-class Worker:
-    """What every trial of one process shares: the data on the device (loaded once) and the options."""
-
-    sweep: Sweep
-    study_name: str
-    data: p2.DeviceData
-    runs_dir: Path
-    val_size: int
-    wandb_mode: str
-    wandb_project: str
-
-
-def resume_point(worker: Worker, frozen: optuna.trial.FrozenTrial, run_dir: Path) -> dict | None:
-    """For a retry, the dead attempt's last.pt copied into this trial's folder, if this machine can read it."""
-    history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-    previous = worker.runs_dir / worker.study_name / f"trial-{history[-1]:04d}" if history else None
-    if previous is None or not (previous / "last.pt").is_file():
+def resume_point(previous: Path, run_dir: Path) -> dict | None:
+    """For a retry, the dead attempt's folder copied into this trial's, and its last.pt, if this machine can read it."""
+    if not (previous / "last.pt").is_file():
         return None
     shutil.copytree(previous, run_dir, dirs_exist_ok=True)
     try:
-        return p2.load_checkpoint(run_dir / "last.pt", needs=("model", "optimizer", "config", "epoch", "history"))
+        return p2.load_checkpoint(run_dir / "last.pt", needs=p2.RESUME_KEYS)
     except p2.CheckpointError as e:
         print(f"cannot resume ({e}); starting over", flush=True)
         return None
 
 
-def run_trial(worker: Worker, study: optuna.Study, trial: optuna.Trial,
+def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, trial: optuna.Trial,
               check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | None]:
     """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value)."""
-    sweep, host = worker.sweep, socket.gethostname()
-    frozen = study.get_trials(deepcopy=False)[trial.number]  # Optuna's Trial has no system_attrs: the retry history
-    config = p2.DEFAULTS | {p.name: p.sample(trial) for p in sweep.params} | {"val_size": worker.val_size}
-    run_dir = worker.runs_dir / worker.study_name / f"trial-{trial.number:04d}"
-    resume = resume_point(worker, frozen, run_dir)
+    host = socket.gethostname()
+    config = p2.DEFAULTS | {p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size}
+    run_dir = args.runs_dir / study.study_name / f"trial-{trial.number:04d}"
+    # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
+    retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
+    resume = resume_point(run_dir.with_name(f"trial-{retried[-1]:04d}"), run_dir) if retried else None
     config = resume["config"] if resume else config
-    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
     start = f", resuming after epoch {resume['epoch']}" if resume else ", from epoch 1" if retried else ""
     print(f"{host}: trial {trial.number}" + (f" retries trial {retried[-1]}" if retried else "") + start, flush=True)
     for key, value in {"config": config, "run_dir": str(run_dir), "host": host, "failure": "",
                        "resumed_after_epoch": resume["epoch"] if resume else 0,
-                       "device": p2.device_name(worker.data.train_labels.device)}.items():
+                       "device": p2.device_name(data.train_labels.device)}.items():
         trial.set_user_attr(key, value)  # a retry inherits the dead attempt's attrs: each is set again
     maximize, best = sweep.direction == "maximize", None
     strict = (sweep.early_terminate or {}).get("strict", True) is True  # W&B's schema default is true
@@ -299,12 +270,11 @@ def run_trial(worker: Worker, study: optuna.Study, trial: optuna.Trial,
 
     for metrics in (resume or {}).get("history", []):
         report(metrics)  # the epochs the dead attempt finished: the pruner sees them, nothing is decided again
-    init = {"project": worker.wandb_project, "group": worker.study_name, "job_type": "local_sweep",
-            "name": f"{worker.study_name}-trial-{trial.number}", "mode": worker.wandb_mode, "reinit": "finish_previous"}
-    code, summary = p2.run_training(config, lambda: worker.data, run_dir, init, check_interrupt=check_interrupt,
+    init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
+            "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
+    code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
                                     resume=resume, on_epoch=on_epoch, in_sweep=True, log_model=False)
-    if summary.get("test_accuracy") is not None:
-        trial.set_user_attr("test_accuracy", summary["test_accuracy"])
+    trial.set_user_attr("test_accuracy", summary.get("test_accuracy"))
     status = summary["status"]
     if status == "diverged":
         trial.set_user_attr("failure", f"diverged: non-finite training loss after epoch {summary['epochs_completed']}")
@@ -321,18 +291,16 @@ def run_trial(worker: Worker, study: optuna.Study, trial: optuna.Trial,
 # Workers
 
 
-def work(worker: Worker, study: optuna.Study, store: Store, trials: int, parent_pid: int | None) -> int:
-    """Run trials until the study has `trials` finished ones; return an exit code.
-
-    SIGTERM and SIGINT stop training between steps (part_2_cifar.StopOnSignal); the trial is failed and queued for
-    a retry, which the same command resumes from its last.pt.
-    """
+def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, store: Store,
+         trials: int) -> int:
+    """Run trials until the study has `trials` finished ones; return an exit code. SIGTERM and SIGINT stop training
+    between steps (part_2_cifar.StopOnSignal): the trial is failed and queued for a retry."""
     failures = 0
     with p2.StopOnSignal() as stop:
 
         def check_interrupt() -> None:
             stop.check()
-            if parent_pid is not None and os.getppid() != parent_pid:
+            if args.worker_of is not None and os.getppid() != args.worker_of:
                 raise p2.Interrupted(signal.SIGHUP)  # the launcher was killed: stop as if the terminal hung up
 
         while True:
@@ -341,13 +309,13 @@ def work(worker: Worker, study: optuna.Study, store: Store, trials: int, parent_
             except p2.Interrupted as e:
                 return 128 + e.signum
             with ExitStack() as claim:
-                trial = next_trial(study, store, trials, worker.sweep.target, claim)
+                trial = next_trial(study, store, trials, sweep.target, claim)
                 if trial == "done":
                     return 0
                 if trial == "wait":
-                    time.sleep(store.storage.get_heartbeat_interval() if store.heartbeat else 1)
+                    time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
-                code, state, value = run_trial(worker, study, trial, check_interrupt)
+                code, state, value = run_trial(args, sweep, data, study, trial, check_interrupt)
                 frozen = tell_once(study, trial, value, state)
             if frozen is None:
                 print(f"trial {trial.number} was failed meanwhile by another process (its heartbeat was late); its "
@@ -376,17 +344,23 @@ def gpu_slots(workers: int) -> list[str | None]:
     return [ids[i % len(ids)] for i in range(workers)]
 
 
+def worker_env(gpu: str | None, workers: int) -> dict:
+    """The environment of one of `workers` processes: its GPU (a gpu_slots entry), or on the CPU a share of the
+    cores (oversubscribed torch threads spin: 30x slower)."""
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    elif "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
+
+
 def launch_workers(argv: list[str], workers: int) -> int:
     """Start `workers` copies of this program as worker processes on the same study; wait; forward signals."""
     procs = []
     for index, gpu in enumerate(gpu_slots(workers)):
-        env = dict(os.environ)
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        elif "OMP_NUM_THREADS" not in env:  # CPU workers: share the cores; oversubscribed torch threads spin (30x)
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
-        procs.append(subprocess.Popen(cmd, env=env))
+        procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
         print(f"worker {index}: pid {procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu else ""), flush=True)
 
     def forward(signum: int, frame: object) -> None:
@@ -418,13 +392,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("sweep_config", type=Path, help="a W&B sweep file (JSON or YAML), e.g. sweep_config.json")
     parser.add_argument("--trials", type=positive_int, help="finished (COMPLETE + PRUNED) trials the study reaches")
     parser.add_argument("--study", help="study name (default: the sweep file's name, e.g. sweep_config)")
-    parser.add_argument("--storage", help=f"journal file (default <runs-dir>/{DEFAULT_STORAGE_FILE}), sqlite:///FILE, "
+    parser.add_argument("--storage", help=f"journal file (default <runs-dir>/{DEFAULT_STORAGE_FILE}) for one machine, "
                         "or postgresql://user:password@host/database to share the study between machines")
     parser.add_argument("--workers", type=positive_int, default=1, help="worker processes here, spread over GPUs")
     parser.add_argument("--heartbeat-interval", type=positive_int, default=HEARTBEAT_SECONDS, metavar="SECONDS",
-                        help=f"database storage: how often a running trial says it lives (default {HEARTBEAT_SECONDS})")
+                        help=f"PostgreSQL: how often a running trial says it lives (default {HEARTBEAT_SECONDS})")
     parser.add_argument("--grace-period", type=positive_int, default=GRACE_SECONDS, metavar="SECONDS",
-                        help=f"database storage: a trial silent this long is failed, retried (default {GRACE_SECONDS})")
+                        help=f"PostgreSQL: a trial silent this long is failed and retried (default {GRACE_SECONDS})")
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plots of the study")
     parser.add_argument("--images-dir", type=Path, default=Path("images"), help="where the plots go (default images)")
     parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # set by launch_workers
@@ -442,36 +416,32 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
         sweep = load_sweep(args.sweep_config)
-        study_name = args.study or sweep.raw.get("name") or args.sweep_config.stem
         store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
-        study = open_study(sweep, study_name, store, create=not args.report)
+        study = open_study(sweep, args.study or sweep.raw.get("name") or args.sweep_config.stem, store,
+                           create=not args.report)
         if args.report:
             sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
             return 0
         trials = args.trials
         if sweep.method == "grid" and trials > sweep_space.grid_size(sweep):
-            print(f"the grid has {sweep_space.grid_size(sweep)} points: running that many trials, not {trials}")
             trials = sweep_space.grid_size(sweep)
+            print(f"the grid has {trials} points: running that many trials, not {args.trials}")
         device = p2.pick_device(args.device)
-        mode = p2.resolve_wandb_mode(args.wandb_mode)
-        val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
+        args.wandb_mode = p2.resolve_wandb_mode(args.wandb_mode)  # checked once: each trial's run uses it
+        args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
         if args.workers > 1 and args.worker_of is None:
             code = launch_workers(argv, args.workers)
             sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
             return code
-        data = p2.prepare_data(args.data_dir, val_size, device)
-    except (SweepConfigError, p2.ConfigError) as e:
+        data = p2.prepare_data(args.data_dir, args.val_size, device)
+    except (SweepConfigError, p2.ConfigError, StorageError, p2.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (StorageError, p2.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, ValueError) else 1  # a bad value, or a storage or data set that cannot open
     if "data" not in study.user_attrs:
         study.set_user_attr("data", f"{args.data_dir.resolve().name} ({data.train_labels.numel()} train / "
                                     f"{data.val_labels.numel()} val images)")
-    worker = Worker(sweep, study_name, data, args.runs_dir, val_size, mode, args.wandb_project)
     started = time.perf_counter()
-    code = work(worker, study, store, trials, args.worker_of)
+    code = work(args, sweep, data, study, store, trials)
     print(f"{socket.gethostname()} pid {os.getpid()} stopped after {time.perf_counter() - started:.0f} s", flush=True)
     if args.worker_of is None and code == 0:
         sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -126,7 +125,7 @@ def trainer_command(config: dict, args: argparse.Namespace, selection_dir: Path)
 
 def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selection_dir: Path, group: str) -> int:
     """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Exit code."""
-    from local_sweep import gpu_slots
+    from local_sweep import gpu_slots, worker_env
 
     slots, running, failures, forwarded = gpu_slots(args.workers), {}, 0, False
     pending = list(todo)
@@ -137,11 +136,8 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                 run_id, config = pending.pop(0)
                 run_dir = selection_dir / run_id
                 run_dir.mkdir(parents=True, exist_ok=True)
-                env = {**os.environ, "WANDB_RUN_ID": run_id, "WANDB_RUN_GROUP": group, "WANDB_JOB_TYPE": "selection"}
-                if slots[slot] is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = slots[slot]
-                elif "OMP_NUM_THREADS" not in os.environ:  # CPU: share the cores; oversubscribed threads spin
-                    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+                env = worker_env(slots[slot], args.workers) | {"WANDB_RUN_ID": run_id, "WANDB_RUN_GROUP": group,
+                                                               "WANDB_JOB_TYPE": "selection"}
                 with open(run_dir / "output.log", "a") as log:
                     process = subprocess.Popen(trainer_command(config, args, selection_dir), env=env, stdout=log,
                                                stderr=subprocess.STDOUT)
