@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -26,13 +27,12 @@ def trials_table(study: optuna.Study, swept: list[str]):
     if df.empty:
         return df
     df.columns = [c.removeprefix("user_attrs_") for c in df.columns]
-    configs = df.pop("config") if "config" in df else None
+    configs = [c if isinstance(c, dict) else {} for c in df.pop("config")] if "config" in df else [{}] * len(df)
     for key in swept:  # the value each run used (Optuna's params hold a normal parameter's quantile)
-        df[key] = configs.map(lambda c, key=key: c.get(key) if isinstance(c, dict) else None) if configs is not None \
-            else None
+        df[key] = [c.get(key) for c in configs]
     df["seconds"] = df.pop("duration").dt.total_seconds().round(1)
-    history = df.pop("system_attrs_retry_history") if "system_attrs_retry_history" in df else None
-    df["retry_of"] = history.map(lambda h: h[-1] if isinstance(h, list) else None) if history is not None else None
+    history = df.get("system_attrs_retry_history", df["number"])
+    df["retry_of"] = [h[-1] if isinstance(h, list) else None for h in history]
     df = df.drop(columns=[c for c in df.columns if c.startswith("system_attrs_")])
     note = df["failure"] if "failure" in df else ""
     df["failure"] = note.where((note != "") & note.notna(), (df["state"] == "FAIL").map({True: ENDED_UNSEEN,
@@ -53,11 +53,11 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
     from optuna.visualization import matplotlib as oplt
 
     trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
-    print(f"\nstudy {study.study_name}: " + ", ".join(f"{n} {s.name}" for s, n in counts.items() if n)
-          + " (--trials counts COMPLETE + PRUNED)")
+    counts = Counter(t.state.name for t in trials)
+    print(f"\nstudy {study.study_name}: {', '.join(f'{n} {s}' for s, n in counts.items())} (--trials counts "
+          "COMPLETE + PRUNED)")
     table = trials_table(study, list(sweep.raw["parameters"]))
-    console = table.drop(columns=[c for c in ("run_dir", "device") if c in table])  # in the CSV
+    console = table.drop(columns=["run_dir", "device"], errors="ignore")  # in the CSV
     print(console.head(TOP_TRIALS).to_string(index=False, na_rep="") if len(table) else "no trials yet")
     csv_path = runs_dir / study.study_name / "trials.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
