@@ -34,9 +34,9 @@ def trials_table(study: optuna.Study, swept: list[str]):
     history = df.get("system_attrs_retry_history", df["number"])
     df["retry_of"] = [h[-1] if isinstance(h, list) else None for h in history]
     df = df.drop(columns=[c for c in df.columns if c.startswith("system_attrs_")])
-    note = df["failure"] if "failure" in df else ""
-    df["failure"] = note.where((note != "") & note.notna(), (df["state"] == "FAIL").map({True: ENDED_UNSEEN,
-                                                                                         False: ""}))
+    notes = df.get("failure", [None] * len(df))
+    df["failure"] = [n if isinstance(n, str) and n else ENDED_UNSEEN if state == "FAIL" else ""
+                     for n, state in zip(notes, df["state"], strict=True)]
     rank = df["state"].map({"COMPLETE": 0, "PRUNED": 1}).fillna(2)
     sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
     df = df.assign(_rank=rank, _key=sign * df["value"].fillna(0)).sort_values(["_rank", "_key", "number"])

@@ -130,11 +130,10 @@ def translate_parameter(name: str, spec: dict) -> Param:
         return Param(name, None, constant=spec["value"])
     if kind == "categorical":
         values = spec["values"]
-        if not isinstance(values, list) or not values:
-            raise SweepConfigError(f"parameter {name!r}: values must be a non-empty list")
-        if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
-            raise SweepConfigError(f"parameter {name!r}: Optuna's categorical values must be numbers, strings, "
-                                   "booleans or null")
+        if not isinstance(values, list) or not values or not all(
+                v is None or isinstance(v, (bool, int, float, str)) for v in values):
+            raise SweepConfigError(f"parameter {name!r}: values must be a non-empty list of numbers, strings, "
+                                   "booleans or null (what Optuna's categorical distribution takes)")
         return Param(name, CategoricalDistribution(values))
     if kind in ("normal", "q_normal", "log_normal", "q_log_normal"):
         mu, sigma = _number(spec, "mu", name, 0.0), _number(spec, "sigma", name, 1.0)

@@ -243,6 +243,20 @@ def test_a_range_the_trainer_rejects_fails_before_any_training(offline, learnabl
     assert "momentum" in capsys.readouterr().err
 
 
+def test_workers_go_round_robin_over_the_visible_gpus_or_share_the_cpu_cores(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert local_sweep.gpu_slots(3) == ["2", "5", "2"]  # several workers per GPU: one small trial does not fill it
+    assert local_sweep.worker_env("5", 3)["CUDA_VISIBLE_DEVICES"] == "5"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert local_sweep.gpu_slots(4) == [None] * 4
+    assert local_sweep.worker_env(None, 4)["OMP_NUM_THREADS"] == "2"  # oversubscribed torch threads spin
+
+
 def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(offline, learnable_data_dir,
                                                                               monkeypatch):
     import torch
