@@ -1,10 +1,10 @@
 """Tuning options for the project's training step, each measured as one change from the project's defaults.
 
-Imported by train_throughput.py (`--ablation`); nothing here edits part_2_cifar.py: the options are applied to the
-project's model and optimiser in a copy of its training loop (`variant_epoch`), whose first row ("mirror") shows
-that the copy runs as fast as part_2_cifar.train_epoch itself. Each variant gets a fresh model, untimed warm-up
-epochs, then timed epochs; compiled variants also report their first epoch (compilation included) and the epochs
-a run needs before the compile time pays for itself.
+Imported by train_throughput.py (`--ablation`). Every variant runs part_2_cifar.train_epoch itself, with the one
+change passed in through its arguments (amp_dtype, and the forward / scaler / after_step hooks) or made to the model
+and optimizer it is given; the "project" row is that loop exactly as train() runs it, and each other row is read
+against it. Each variant gets a fresh model, untimed warm-up epochs, then timed epochs; compiled variants also
+report their first epoch (compilation included) and the epochs a run needs before the compile time pays for itself.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from benchlib import p2, summarize, timed
+
+import part_2_cifar as p2
+from benchmarks.benchlib import summarize, timed
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Variant:
     sync_per_step: bool = False  # loss.item() every step, as many training loops do to print the loss
 
 
-PROJECT = Variant("mirror", "none: the project's settings in the benchmark's copy of its loop")
+PROJECT = Variant("project", "none: part_2_cifar.train_epoch as train() runs it (the reference row)")
 GPU_VARIANTS = [
     PROJECT,
     replace(PROJECT, name="fp16", change="fp16 autocast with GradScaler instead of bf16", amp="fp16"),
@@ -65,6 +67,7 @@ EXTRA_VARIANTS = [  # opt-in by name with --variants: minutes of autotuning on a
     replace(PROJECT, name="bf16", change="bf16 autocast forced", amp="bf16"),
 ]
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+SGD_OPTIONS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
 @contextlib.contextmanager
@@ -83,85 +86,50 @@ def fresh_compile_cache() -> Iterator[None]:
                     os.environ[key] = value
 
 
-def amp_dtype_of(variant: Variant, device: torch.device) -> torch.dtype | None:
-    return p2.autocast_dtype(device) if variant.amp == "auto" else AMP_DTYPES[variant.amp]
+def sync(loss: torch.Tensor) -> None:
+    loss.item()  # waits for the step: what printing the loss every step costs
 
 
-def build(variant: Variant, config: dict, data: p2.DeviceData | None, device: torch.device):
-    """(model to call, model whose parameters train, optimiser, GradScaler or None) for one variant."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    torch.manual_seed(config["seed"])
-    memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
-    model = p2.model_from_config(config).to(device, memory_format=memory_format)
-    options = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
-    optimizer = p2.make_optimizer(model, config, **options.get(variant.sgd, {}))
-    amp_dtype = amp_dtype_of(variant, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    forward = model
+def build(variant: Variant, config: dict, data: p2.DeviceData | None,
+          device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
+    """(model, optimizer, the rest of train_epoch's arguments) for one variant: the trainer's setup, one change."""
+    model, optimizer = p2.new_model_and_optimizer(config, device)
+    amp_dtype = p2.autocast_dtype(device) if variant.amp == "auto" else AMP_DTYPES[variant.amp]
+    forward = None  # train_epoch's default: model(x)
+    if not variant.channels_last:  # NCHW weights (the same parameters, so the optimizer still holds them) and input
+        model.to(memory_format=torch.contiguous_format)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return model(x.contiguous())
+    if variant.sgd != "default":
+        optimizer = p2.make_optimizer(model, config, **SGD_OPTIONS[variant.sgd])
     if variant.cuda_graph:
         crop = p2.CROP_PADDING
         sample = p2.normalize(data.train_images[:config["batch_size"], crop:crop + 32, crop:crop + 32].contiguous())
-        if not variant.channels_last:
-            sample = sample.contiguous()
         with p2.autocast(device.type, amp_dtype, cache_enabled=False):  # graphed callables need the cache off
             forward = torch.cuda.make_graphed_callables(model, (sample,))
     elif variant.compile_mode is not None:
-        forward = torch.compile(model, mode=variant.compile_mode)
-    return forward, model, optimizer, scaler
-
-
-def variant_epoch(forward, model, optimizer, scaler, data: p2.DeviceData, config: dict, epoch: int,
-                  variant: Variant, device: torch.device) -> int:
-    """part_2_cifar.train_epoch with the variant's changes; returns the number of training images seen."""
-    n, batch_size = data.train_labels.numel(), config["batch_size"]
-    steps = p2.steps_per_epoch(n, batch_size)
-    warmup_steps = round(config["warmup_epochs"] * steps)
-    amp_dtype = amp_dtype_of(variant, device)
-    generator = torch.Generator(device=device).manual_seed(config["seed"] * 100_003 + epoch)
-    torch.manual_seed(config["seed"] * 100_003 + epoch)
-    order = torch.randperm(n, device=device, generator=generator)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    model.train()
-    for step in range(steps):
-        lr = p2.learning_rate_at((epoch - 1) * steps + step, config["epochs"] * steps, warmup_steps,
-                                 config["learning_rate"], config["lr_schedule"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        indices = order[step * batch_size:(step + 1) * batch_size]
-        x = p2.normalize(p2.augment(data.train_images, indices, generator))
-        if not variant.channels_last:
-            x = x.contiguous()
-        y = data.train_labels[indices]
-        with p2.autocast(device.type, amp_dtype, cache_enabled=not variant.cuda_graph):
-            logits = forward(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        loss_sum += loss.detach() * y.numel()
-        correct += (logits.argmax(1) == y).sum()
-        if variant.sync_per_step:
-            loss.item()
-    loss_sum.item(), correct.item()  # the project's one synchronisation per epoch
-    return min(n, steps * batch_size)
+        # The bound __call__, not the module: train_epoch's `forward or model` calls bool() on it, which a compiled
+        # module answers with len() of SimpleCNN, a TypeError.
+        forward = torch.compile(model, mode=variant.compile_mode).__call__
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    return model, optimizer, {"amp_dtype": amp_dtype, "forward": forward, "scaler": scaler,
+                              "after_step": sync if variant.sync_per_step else None}
 
 
 def measure_variant(variant: Variant, config: dict, data: p2.DeviceData, device: torch.device, warmup: int,
                     repeats: int) -> dict:
     """Images/s of one variant: setup and first epoch timed apart (compilation, graph capture), then the median."""
-    setup_seconds, built = timed(device, lambda: build(variant, config, data, device))
-    first_seconds, images = timed(device, lambda: variant_epoch(*built, data, config, 1, variant, device))
+    setup_seconds, (model, optimizer, options) = timed(device, lambda: build(variant, config, data, device))
+
+    def epoch(e: int) -> int:
+        return p2.train_epoch(model, optimizer, data, config, e, **options)["train_images"]
+
+    first_seconds, images = timed(device, lambda: epoch(1))
     rates = []
-    for epoch in range(2, 2 + warmup - 1 + repeats):
-        seconds, images = timed(device, lambda e=epoch: variant_epoch(*built, data, config, e, variant, device))
-        if epoch > warmup:
+    for e in range(2, 2 + warmup - 1 + repeats):
+        seconds, images = timed(device, lambda e=e: epoch(e))
+        if e > warmup:
             rates.append(images / seconds)
     stats = summarize(rates)
     steady_epoch = images / stats["median"]
@@ -170,37 +138,21 @@ def measure_variant(variant: Variant, config: dict, data: p2.DeviceData, device:
             - steady_epoch}
 
 
-def measure_project(config: dict, data: p2.DeviceData, device: torch.device, warmup: int, repeats: int) -> dict:
-    """part_2_cifar.train_epoch itself, the reference row."""
-    model, optimizer = p2.new_model_and_optimizer(config, device)
-    amp_dtype = p2.autocast_dtype(device)
-    rates = []
-    for epoch in range(1, warmup + repeats + 1):
-        seconds, out = timed(device, lambda e=epoch: p2.train_epoch(model, optimizer, data, config, e, amp_dtype))
-        if epoch > warmup:
-            rates.append(out["train_images"] / seconds)
-    return {"name": "project", "change": "part_2_cifar.train_epoch itself (reference)", "train": summarize(rates)}
-
-
 def eval_batch_sizes(data: p2.DeviceData, config: dict, device: torch.device, repeats: int) -> list[dict]:
-    """part_2_cifar.evaluate on the test images with its EVAL_BATCH_SIZE set to each size in turn."""
+    """part_2_cifar.evaluate on the test images with each batch size in turn."""
     model, _ = p2.new_model_and_optimizer(config, device)
     amp_dtype = p2.autocast_dtype(device)
     n = data.test_labels.numel()
-    sizes = sorted({s for s in (250, 500, 1000, 2500, 5000, 10_000) if s <= n} | {n})
-    rows, original = [], p2.EVAL_BATCH_SIZE
-    try:
-        for size in sizes:
-            p2.EVAL_BATCH_SIZE = size  # evaluate() reads the module constant at call time
-            rates = []
-            for i in range(1 + repeats):
-                seconds, _ = timed(device, lambda: p2.evaluate(model, data.test_images, data.test_labels, amp_dtype))
-                if i > 0:
-                    rates.append(n / seconds)
-            rows.append({"eval_batch_size": size, "images": n, "eval": summarize(rates),
-                         "project_default": size == original})
-    finally:
-        p2.EVAL_BATCH_SIZE = original
+    rows = []
+    for size in sorted({s for s in (250, 500, 1000, 2500, 5000, 10_000) if s <= n} | {n}):
+        rates = []
+        for i in range(1 + repeats):
+            seconds, _ = timed(device, lambda size=size: p2.evaluate(model, data.test_images, data.test_labels,
+                                                                     amp_dtype, batch_size=size))
+            if i > 0:
+                rates.append(n / seconds)
+        rows.append({"eval_batch_size": size, "images": n, "eval": summarize(rates),
+                     "project_default": size == p2.EVAL_BATCH_SIZE})
     return rows
 
 
@@ -219,15 +171,14 @@ def first_steps(cases: list[tuple[str, float, float]], config: dict, device: tor
     generator = torch.Generator(device=device).manual_seed(0)
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, device=device, generator=generator)
     x, y = p2.normalize(images), torch.randint(0, p2.NUM_CLASSES, (batch,), device=device, generator=generator)
-    amp_dtype = p2.autocast_dtype(device)
     rows = []
     for label, dropout, lr in cases:
         trial = {**config, "dropout_rate": dropout, "learning_rate": lr}
-        forward, _, optimizer, _ = build(replace(PROJECT, compile_mode=mode), trial, None, device)
+        _, optimizer, options = build(replace(PROJECT, compile_mode=mode), trial, None, device)
 
-        def step(forward=forward, optimizer=optimizer) -> None:
-            with p2.autocast(device.type, amp_dtype):
-                loss = F.cross_entropy(forward(x).float(), y)
+        def step(options=options, optimizer=optimizer) -> None:
+            with p2.autocast(device.type, options["amp_dtype"]):
+                loss = F.cross_entropy(options["forward"](x).float(), y)
             loss.backward()
             optimizer.step()
 
@@ -251,7 +202,8 @@ def compile_float_check(config: dict, device: torch.device, mode: str = "default
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor", "TRITON_CACHE_DIR": f"{tmp}/triton"}
         for cases in FLOAT_CHECK_PROCESSES:
             request = json.dumps({"cases": cases, "config": config, "device": str(device), "mode": mode})
-            done = subprocess.run([sys.executable, __file__, request], env=env, capture_output=True, text=True)
+            done = subprocess.run([sys.executable, "-m", "benchmarks.ablation", request], env=env,
+                                  capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"float check process exited {done.returncode}: {done.stderr.strip()[-500:]}")
             rows += json.loads(done.stdout.strip().splitlines()[-1])
@@ -278,13 +230,12 @@ def measure_or_error(variant: Variant, config: dict, data: p2.DeviceData, device
 
 def run_ablation(variants: list[Variant], config: dict, data: p2.DeviceData, device: torch.device, warmup: int,
                  repeats: int, eval_repeats: int, float_check: bool) -> dict:
-    """Every variant, each failure recorded as its error rather than ending the benchmark."""
-    rows = [measure_project(config, data, device, warmup, repeats)]
-    print(f"  ablation project: {rows[-1]['train']['median']:,.0f} img/s", flush=True)
-    for variant in variants:
+    """The project row first, then each variant; a failure is recorded as its error, not the end of the benchmark."""
+    rows = []
+    for variant in [PROJECT, *(v for v in variants if v != PROJECT)]:
         with fresh_compile_cache():
             rows.append(measure_or_error(variant, config, data, device, warmup, repeats))
-    eager = next((r for r in rows if r["name"] == "mirror" and "error" not in r), None)
+    eager = next((r for r in rows if r["name"] == PROJECT.name and "error" not in r), None)
     for row in rows:
         if row.get("compile_mode") or row.get("cuda_graph"):
             if "error" not in row and eager is not None:

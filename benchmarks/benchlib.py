@@ -7,18 +7,15 @@ import os
 import platform
 import socket
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the repository root, for part_2_cifar and synthetic_cifar100
+import part_2_cifar as p2
 
-import part_2_cifar as p2  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository root: run the benchmarks from it, `python -m benchmarks.x`
 
 
 def cpu_model() -> str:

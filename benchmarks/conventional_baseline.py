@@ -1,6 +1,6 @@
 """The conventional CIFAR-100 pipeline, as most tutorials write it: the yardstick for part_2_cifar.py's speed.
 
-    python benchmarks/conventional_baseline.py --data-dir data --epochs 2 --val-size 500 --device cpu
+    python -m benchmarks.conventional_baseline --data-dir data --epochs 2 --val-size 500 --device cpu
 
 torchvision's CIFAR100 Dataset hands out PIL images; RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor
 and Normalize run per image in DataLoader workers; the model trains in fp32 and NCHW memory. Everything else is
@@ -9,12 +9,11 @@ split, the same SGD (Nesterov momentum, weight decay), learning-rate schedule an
 only, validation every epoch and the test set scored once at the end. The workers persist across epochs, which
 is kinder to the baseline than the DataLoader default.
 
-train_throughput.py imports the pieces to time one epoch; run as a script it is the whole-process baseline.
+train_throughput.py imports the pieces to time one epoch; run as a module it is the whole-process baseline.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -26,9 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for part_2_cifar
-
-import part_2_cifar as p2  # noqa: E402
+import part_2_cifar as p2
 
 
 class CIFAR100Files(datasets.CIFAR100):
@@ -131,7 +128,7 @@ def run(config: dict, data_dir: Path, device: torch.device, workers: int, run_di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = p2.OneLineErrorParser(__doc__)
     parser.add_argument("--data-dir", type=Path, required=True, help="holds cifar-100-python/")
     parser.add_argument("--epochs", type=int, default=p2.DEFAULTS["epochs"])
     parser.add_argument("--batch-size", type=int, default=p2.DEFAULTS["batch_size"])

@@ -44,14 +44,14 @@ PHASES="${*:-setup data throughput train ablation sweep compile}"
 if [ -n "${GPU_CHECK_SMOKE:-}" ]; then  # a CPU rehearsal of this script's mechanics: tiny sizes, figures meaningless
     DATA_ARGS="--train-per-class 6 --test-per-class 2"
     BENCH_ARGS="--mode smoke --device cpu --batch-size 64"
-    ABLATION_ARGS="--variants mirror,nchw --no-float-check"
+    ABLATION_ARGS="--variants nchw --no-float-check"
     COMPILE_ARGS="--variants compile --no-float-check"
     TRAIN_ARGS="--epochs 1 --val-size 100 --batch_size=64 --device cpu"
     SWEEP_ARGS="--workers 1 --trials-per-worker 1 --epochs 1 --val-size 100 --batch-size 64 --device cpu"
 else
     DATA_ARGS="--train-per-class 500 --test-per-class 100"
     BENCH_ARGS="--mode gpu"
-    ABLATION_ARGS="--variants mirror,fp16,fp32,nchw,sgd-for-loop,sgd-fused,sync-per-step,cuda-graph --no-float-check"
+    ABLATION_ARGS="--variants fp16,fp32,nchw,sgd-for-loop,sgd-fused,sync-per-step,cuda-graph --no-float-check"
     COMPILE_ARGS="--variants compile,compile-ro"
     TRAIN_ARGS="--epochs 50"
     SWEEP_ARGS="--workers 1,2,4,8 --trials-per-worker 2 --epochs 2"
@@ -105,14 +105,14 @@ for name in $PHASES; do
     case $name in
         setup) phase setup setup ;;
         data) phase data data ;;
-        throughput) phase throughput "$PY" benchmarks/train_throughput.py $BENCH_ARGS --data-dir "$DATA" \
+        throughput) phase throughput "$PY" -m benchmarks.train_throughput $BENCH_ARGS --data-dir "$DATA" \
             --run-epochs 0 --json "$OUT/train_throughput.json" ;;
-        ablation) phase ablation "$PY" benchmarks/train_throughput.py $BENCH_ARGS --only-ablation $ABLATION_ARGS \
+        ablation) phase ablation "$PY" -m benchmarks.train_throughput $BENCH_ARGS --only-ablation $ABLATION_ARGS \
             --data-dir "$DATA" --json "$OUT/ablation.json" ;;
-        compile) phase compile "$PY" benchmarks/train_throughput.py $BENCH_ARGS --only-ablation $COMPILE_ARGS \
+        compile) phase compile "$PY" -m benchmarks.train_throughput $BENCH_ARGS --only-ablation $COMPILE_ARGS \
             --data-dir "$DATA" --json "$OUT/compile.json" ;;
         train) phase train train50 ;;
-        sweep) phase sweep "$PY" benchmarks/sweep_throughput.py $SWEEP_ARGS --data-dir "$DATA" \
+        sweep) phase sweep "$PY" -m benchmarks.sweep_throughput $SWEEP_ARGS --data-dir "$DATA" \
             --json "$OUT/sweep_throughput.json" ;;
         *) echo "unknown phase $name: use setup data throughput train ablation sweep compile, or fetch"; exit 2 ;;
     esac

@@ -1,7 +1,7 @@
 """Sweep throughput: finished trials per hour with 1, 2, 4, 8 local_sweep.py workers sharing one device.
 
-    python benchmarks/sweep_throughput.py --workers 1,2,4,8 --trials-per-worker 3 --epochs 3      # one GPU
-    python benchmarks/sweep_throughput.py --device cpu --workers 1,2 --trials-per-worker 1 --epochs 1 \\
+    python -m benchmarks.sweep_throughput --workers 1,2,4,8 --trials-per-worker 3 --epochs 3      # one GPU
+    python -m benchmarks.sweep_throughput --device cpu --workers 1,2 --trials-per-worker 1 --epochs 1 \\
         --train-per-class 6 --val-size 100 --batch-size 64                                           # smoke test
 
 For each worker count K, `python local_sweep.py <sweep.json> --trials K*T --workers K` runs in a fresh runs
@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 import optuna
-from benchlib import ROOT, describe_data, machine_info, p2, publish, save_json, summarize
 
-from synthetic_cifar100 import write_synthetic_cifar100  # importable once benchlib has put ROOT on sys.path
+import part_2_cifar as p2
+from benchmarks.benchlib import ROOT, describe_data, machine_info, publish, save_json, summarize
+from synthetic_cifar100 import write_synthetic_cifar100
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -99,8 +100,7 @@ def report(result: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = p2.OneLineErrorParser(__doc__)
     parser.add_argument("--workers", default="1,2,4,8", help="comma-separated worker counts (default 1,2,4,8)")
     parser.add_argument("--trials-per-worker", type=int, default=3, help="trials = workers x this (default 3)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")

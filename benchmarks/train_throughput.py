@@ -1,9 +1,9 @@
 """Training and evaluation speed of part_2_cifar.py against the conventional pipeline, in one process and one run.
 
-    python benchmarks/train_throughput.py --mode cpu                 # ~3 minutes on a quiet 2-core CPU
-    python benchmarks/train_throughput.py --mode gpu                 # full size: 45,000 training images, batch 256
-    python benchmarks/train_throughput.py --mode gpu --ablation      # and each tuning option, one change at a time
-    python benchmarks/train_throughput.py --mode cpu --ablation --only-ablation
+    python -m benchmarks.train_throughput --mode cpu                 # ~3 minutes on a quiet 2-core CPU
+    python -m benchmarks.train_throughput --mode gpu                 # full size: 45,000 training images, batch 256
+    python -m benchmarks.train_throughput --mode gpu --ablation      # and each tuning option, one change at a time
+    python -m benchmarks.train_throughput --mode cpu --ablation --only-ablation
 
 Measured, on the same device, data, batch size, model and optimiser settings:
   - training images/s of one epoch: the project's train_epoch (uint8 data on the device, batched augmentation,
@@ -11,8 +11,8 @@ Measured, on the same device, data, batch size, model and optimiser settings:
     PIL images, per-image transforms in DataLoader workers, fp32, NCHW);
   - evaluation images/s of both on the validation split;
   - the wall time of the project's train() for N epochs (checkpoints, evaluation and test scoring included);
-  - the whole-process wall time of `python part_2_cifar.py ...` and of `python conventional_baseline.py ...` for the
-    same epochs and data (imports, data loading and start-up included): the measure of the CPU target.
+  - the whole-process wall time of `python part_2_cifar.py ...` and of `python -m benchmarks.conventional_baseline ...`
+    for the same epochs and data (imports, data loading and start-up included): the measure of the CPU target.
 The two pipelines alternate epoch by epoch, so a busy machine slows both alike. Each figure is the median over the
 repeats after warm-up epochs, with the spread (max - min) / median. Data: a synthetic CIFAR-100 stand-in in the
 real layout unless --data-dir names real data (speed does not depend on the pixels).
@@ -31,21 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import ablation
-import conventional_baseline as conventional
 import torch
-from benchlib import (
-    ROOT,
-    describe_data,
-    machine_info,
-    p2,
-    publish,
-    save_json,
-    summarize,
-    timed,
-)
 
-from synthetic_cifar100 import write_synthetic_cifar100  # importable once benchlib has put ROOT on sys.path
+import part_2_cifar as p2
+from benchmarks import ablation
+from benchmarks import conventional_baseline as conventional
+from benchmarks.benchlib import ROOT, describe_data, machine_info, publish, save_json, summarize, timed
+from synthetic_cifar100 import write_synthetic_cifar100
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -140,7 +132,7 @@ def time_processes(data_dir: Path, epochs: int, val_size: int, device: torch.dev
             "project": [sys.executable, str(ROOT / "part_2_cifar.py"), "--data-dir", str(data_dir),
                         f"--epochs={epochs}", "--val-size", str(val_size), "--runs-dir", f"{tmp}/runs",
                         "--wandb-mode", "disabled", "--no-log-model", "--device", device.type],
-            "conventional": [sys.executable, str(BENCH_DIR / "conventional_baseline.py"), "--data-dir",
+            "conventional": [sys.executable, "-m", "benchmarks.conventional_baseline", "--data-dir",
                              str(data_dir), "--epochs", str(epochs), "--val-size", str(val_size), "--device",
                              device.type, "--workers", str(workers), "--run-dir", f"{tmp}/conventional"],
         }
@@ -217,14 +209,14 @@ def report(result: dict, mode: str) -> str:
         out.append(f"\nproject autocast: {e['amp_dtype']}; data load to device {result['data_load_seconds']:.1f} s")
     if "ablation" in result:
         a = result["ablation"]
-        mirror = next((v for v in a["variants"] if v["name"] == "mirror" and "train" in v), None)
-        out += ["", "| variant | change | training images/s | vs mirror | first-epoch extra s | break-even epochs |",
+        project = next((v for v in a["variants"] if v["name"] == ablation.PROJECT.name and "train" in v), None)
+        out += ["", "| variant | change | training images/s | vs project | first-epoch extra s | break-even epochs |",
                 "|---|---|---|---|---|---|"]
         for v in a["variants"]:
             if "error" in v:
                 out.append(f"| {v['name']} | {v['change']} | failed: {v['error']} | | | |")
                 continue
-            rel = f"{v['train']['median'] / mirror['train']['median']:.2f}x" if mirror else "-"
+            rel = f"{v['train']['median'] / project['train']['median']:.2f}x" if project else "-"
             extra = f"{v['first_epoch_extra_seconds']:.1f}" if "first_epoch_extra_seconds" in v else "-"
             even = v.get("break_even_epochs")
             even = "-" if "break_even_epochs" not in v else ("never" if even is None else f"{even:.0f}")
@@ -248,8 +240,7 @@ def report(result: dict, mode: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = p2.OneLineErrorParser(__doc__)
     parser.add_argument("--mode", choices=tuple(MODES), default="cpu", help="sizes and repeats (see MODES)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="default: cuda for --mode gpu, cpu for --mode cpu")
@@ -264,7 +255,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ablation", action="store_true", help="also measure each tuning option")
     parser.add_argument("--only-ablation", action="store_true", help="measure the tuning options only")
     parser.add_argument("--variants", help="comma-separated ablation variant names, or none (default: the mode's "
-                        f"list); extra: {', '.join(v.name for v in ablation.EXTRA_VARIANTS)}")
+                        "list; the project row is always measured); extra: "
+                        f"{', '.join(v.name for v in ablation.EXTRA_VARIANTS)}")
     parser.add_argument("--no-float-check", action="store_true", help="skip the torch.compile recompilation check")
     return parser.parse_args(argv)
 
