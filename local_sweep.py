@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
             return code
         data = p2.prepare_data(args.data_dir, args.val_size, device)
-    except (SweepConfigError, p2.ConfigError, StorageError, p2.DataError) as e:
+    except (SweepConfigError, p2.ConfigError, p2.WandbSettingsError, StorageError, p2.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1  # a bad value, or a storage or data set that cannot open
     if "data" not in study.user_attrs:
