@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from synthetic_cifar100 import write_synthetic_cifar100  # the repository root is on sys.path: pythonpath in pyproject
 
-from synthetic_cifar100 import write_synthetic_cifar100  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Small filters keep a CPU epoch near a second; the architecture is the same.
 FAST_CONFIG = {"num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 32, "batch_size": 64, "epochs": 2,
