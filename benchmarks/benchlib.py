@@ -76,9 +76,10 @@ def save_json(result: dict, path: Path) -> None:
     p2.write_json_atomic(result, path)
 
 
-def publish(result: dict, table: str, path: Path) -> None:
-    """End of a benchmark: note the closing load average, print the table, save everything with it."""
+def publish(result: dict, report: Callable[[dict], str], path: Path) -> None:
+    """End of a benchmark: note the closing load average, then make the table (it shows that load), print, save."""
     result["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
+    table = report(result)
     print("\n" + table, flush=True)
     save_json(result | {"table": table}, path)
     print(f"\nwrote {path}")

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             save_json(result, path)
             print(f"  {workers} workers: " + (row.get("error") or f"{row['trials']} trials in "
                   f"{row['wall_seconds']:.0f} s, {row['trials_per_hour_steady']:.0f} trials/hour steady"), flush=True)
-    publish(result, report(result), path)
+    publish(result, report, path)
     return 0
 
 

@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             result["ablation"] = ablation.run_ablation(variants, ablation_config, data, device, sizes["warmup_epochs"],
                                                        sizes["ablation_repeats"], sizes["eval_repeats"],
                                                        float_check=not args.no_float_check)
-    publish(result, report(result, args.mode), path)
+    publish(result, lambda r: report(r, args.mode), path)
     return 0
 
 
