@@ -470,7 +470,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Device
     `after_step(loss)` runs after each step (e.g. loss.item(), the host sync many loops do to print the loss).
     """
     device = data.train_labels.device
-    forward = forward or model
+    forward = model if forward is None else forward  # not `or`: bool() of a compiled module calls len()
     n, batch_size = data.train_labels.numel(), config["batch_size"]
     steps = steps_per_epoch(n, batch_size)
     warmup_steps = round(config["warmup_epochs"] * steps)

@@ -109,9 +109,7 @@ def build(variant: Variant, config: dict, data: p2.DeviceData | None,
         with p2.autocast(device.type, amp_dtype, cache_enabled=False):  # graphed callables need the cache off
             forward = torch.cuda.make_graphed_callables(model, (sample,))
     elif variant.compile_mode is not None:
-        # The bound __call__, not the module: train_epoch's `forward or model` calls bool() on it, which a compiled
-        # module answers with len() of SimpleCNN, a TypeError.
-        forward = torch.compile(model, mode=variant.compile_mode).__call__
+        forward = torch.compile(model, mode=variant.compile_mode)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     return model, optimizer, {"amp_dtype": amp_dtype, "forward": forward, "scaler": scaler,
                               "after_step": sync if variant.sync_per_step else None}
