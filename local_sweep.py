@@ -381,23 +381,17 @@ def launch_workers(argv: list[str], workers: int) -> int:
 # Command line and main
 
 
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use an integer >= 1")
-    return int(text)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = p2.OneLineErrorParser(__doc__, parents=(p2.common_options(),))
     parser.add_argument("sweep_config", type=Path, help="a W&B sweep file (JSON or YAML), e.g. sweep_config.json")
-    parser.add_argument("--trials", type=positive_int, help="finished (COMPLETE + PRUNED) trials the study reaches")
+    parser.add_argument("--trials", type=p2.positive_int, help="finished (COMPLETE + PRUNED) trials the study reaches")
     parser.add_argument("--study", help="study name (default: the sweep file's name, e.g. sweep_config)")
     parser.add_argument("--storage", help=f"journal file (default <runs-dir>/{DEFAULT_STORAGE_FILE}) for one machine, "
                         "or postgresql://user:password@host/database to share the study between machines")
-    parser.add_argument("--workers", type=positive_int, default=1, help="worker processes here, spread over GPUs")
-    parser.add_argument("--heartbeat-interval", type=positive_int, default=HEARTBEAT_SECONDS, metavar="SECONDS",
+    parser.add_argument("--workers", type=p2.positive_int, default=1, help="worker processes here, spread over GPUs")
+    parser.add_argument("--heartbeat-interval", type=p2.positive_int, default=HEARTBEAT_SECONDS, metavar="SECONDS",
                         help=f"PostgreSQL: how often a running trial says it lives (default {HEARTBEAT_SECONDS})")
-    parser.add_argument("--grace-period", type=positive_int, default=GRACE_SECONDS, metavar="SECONDS",
+    parser.add_argument("--grace-period", type=p2.positive_int, default=GRACE_SECONDS, metavar="SECONDS",
                         help=f"PostgreSQL: a trial silent this long is failed and retried (default {GRACE_SECONDS})")
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plots of the study")
     parser.add_argument("--images-dir", type=Path, default=Path("images"), help="where the plots go (default images)")

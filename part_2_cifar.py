@@ -720,6 +720,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a count such as --workers or --trials."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use an integer >= 1")
+    return int(text)
+
+
 def common_options() -> argparse.ArgumentParser:
     """The options every command shares (trainer, local sweep, model selection): a parent for their parsers."""
     parser = argparse.ArgumentParser(add_help=False)

@@ -254,18 +254,12 @@ def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Pat
 # Command line and main
 
 
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use an integer >= 1")
-    return int(text)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = p2.OneLineErrorParser(__doc__, parents=(p2.common_options(),))
     parser.add_argument("runs", type=Path, metavar="RUNS_DIR", help="finished runs at any depth under this folder")
-    parser.add_argument("--top", type=positive_int, default=5, help="configs to confirm (default 5)")
-    parser.add_argument("--seeds", type=positive_int, default=3, help="new seeds per config (default 3)")
-    parser.add_argument("--workers", type=positive_int, default=1, help="trainings at once, spread over the GPUs")
+    parser.add_argument("--top", type=p2.positive_int, default=5, help="configs to confirm (default 5)")
+    parser.add_argument("--seeds", type=p2.positive_int, default=3, help="new seeds per config (default 3)")
+    parser.add_argument("--workers", type=p2.positive_int, default=1, help="trainings at once, spread over the GPUs")
     parser.add_argument("--images-dir", type=Path, default=Path("images"), help="where the plot goes (default images)")
     return parser.parse_args(argv)
 
