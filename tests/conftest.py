@@ -47,6 +47,15 @@ def learnable_data_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def fresh_wandb_settings():
+    """wandb keeps its settings (WANDB_DIR, WANDB_MODE, ...) in a process-wide singleton from its first use, so a test
+    that runs W&B in-process would leave its settings to the next: end each test as a new process would begin."""
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+
+
 @pytest.fixture()
 def offline_env(tmp_path) -> dict:
     """Environment for a subprocess: no W&B key, no netrc, W&B files under tmp_path, never a login prompt."""
