@@ -651,6 +651,7 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     except WandbUnavailable as e:  # inside a sweep, no server: nothing to log to, so nothing to train for
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1, {"status": "failed", "error": str(e)}
+    run.define_metric("val_accuracy", summary="max")  # the summary keeps the best epoch's value, not the last
     failed, data = {"status": "failed"}, None
     try:
         config = validate_config(dict(run.config))  # a sweep's values override the command line

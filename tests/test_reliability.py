@@ -29,11 +29,11 @@ class FakeRun:
     """Stands in for a wandb Run inside main(): records what the trainer tells W&B."""
 
     def __init__(self, config: dict, run_id: str):
-        self.config, self.summary, self.logged, self.steps = dict(config), {}, [], []
+        self.config, self.summary, self.logged, self.steps, self.metrics = dict(config), {}, [], [], {}
         self.id, self.exit_code, self.preempting = run_id, None, False
 
-    def define_metric(self, *args, **kwargs):
-        pass
+    def define_metric(self, name, **kwargs):
+        self.metrics[name] = kwargs
 
     def log(self, metrics, step=None):
         self.logged.append(dict(metrics))
@@ -283,6 +283,7 @@ def test_epochs_are_logged_at_their_own_step_so_a_relaunch_cannot_collide(fake_w
     assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs", epochs=2)) == 0
     run = fake_wandb["run"]
     assert run.steps == [1, 2] and [m["epoch"] for m in run.logged] == [1, 2]
+    assert run.metrics["val_accuracy"] == {"summary": "max"}
 
 
 # ----------------------------------------------------------------------------------------------------------- resume
