@@ -646,10 +646,11 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     2 a bad value (a sweep's, say); 128 + signal when `check_interrupt` raised Interrupted. The summary always has
     "status"; a failure's has "error", the one line printed. W&B gets every epoch (step = epoch, so a relaunched
     run never logs over its first launch), the summary keys, and best.pt as a model artifact if `log_model`.
+    `in_sweep`: a SIGTERM is the sweep stopping the run for good, so only SIGUSR1 marks it preempting.
     """
-    try:
-        run = start_wandb_run({**init, "config": config}, in_sweep)
-    except WandbUnavailable as e:  # inside a sweep, no server: nothing to log to, so nothing to train for
+    try:  # only a W&B sweep needs the server (it picks configs from what runs upload); a local sweep does not
+        run = start_wandb_run({**init, "config": config}, in_sweep=bool(os.environ.get("WANDB_SWEEP_ID")))
+    except WandbUnavailable as e:  # inside a W&B sweep, no server: nothing to log to, so nothing to train for
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1, {"status": "failed", "error": str(e)}
     run.define_metric("val_accuracy", summary="max")  # the summary keeps the best epoch's value, not the last

@@ -154,6 +154,26 @@ def test_inside_a_sweep_no_network_exits_1_with_one_line_before_training(offline
     assert seconds < BOUND_S
 
 
+def test_a_local_sweep_trial_with_no_network_falls_back_to_offline_and_trains(offline_env, tmp_path, tiny_data_dir,
+                                                                               unreachable_server):
+    # Optuna, not W&B, keeps a local sweep's books: its trials need no server, so they fall back like a single run.
+    sweep = tmp_path / "one.json"
+    sweep.write_text('{"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": '
+                     '{"num_filters_1": {"value": 8}, "num_filters_2": {"value": 16}, "num_filters_3": '
+                     '{"value": 32}, "batch_size": {"value": 64}, "epochs": {"value": 1}}}')
+    env = offline_env | {"WANDB_API_KEY": KEY, "WANDB_BASE_URL": unreachable_server,
+                         "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S}
+    result = subprocess.run([sys.executable, str(Path(trainer_command()[1]).with_name("local_sweep.py")), str(sweep),
+                             "--trials", "1", "--data-dir", str(tiny_data_dir), "--val-size", "200", "--images-dir",
+                             str(tmp_path / "images")], env=env, cwd=tmp_path, text=True, capture_output=True,
+                            timeout=BOUND_S + 60)
+    assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr, result.stderr
+    (line,) = our_lines(result.stdout + result.stderr)
+    assert line.startswith(f"W&B: {unreachable_server} gave no run") and "wandb sync" in line
+    assert (tmp_path / "runs" / "one" / "trial-0000" / "summary.json").is_file()
+    assert list(tmp_path.glob("wandb/offline-run-*/*.wandb"))
+
+
 # ---------------------------------------------------------------------------------------------- bounded waits
 
 
