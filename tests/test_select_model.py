@@ -133,7 +133,8 @@ def test_a_killed_selection_resumes_without_retraining_finished_seeds(two_sweeps
     assert selection["best"] in best["runs"] and (runs / selection["best"] / "best.pt").is_file()
     assert (tmp_path / "images" / "selection_runs.png").is_file()
     for run_id in (Path(run).name for c in selection["configs"] for run in c["runs"] if run.startswith("selection")):
-        assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}")), run_id  # each seed is a W&B run
+        (wandb_run,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}/*.wandb")  # each seed is a W&B run ...
+        assert b"selection-runs" in wandb_run.read_bytes()  # ... in the selection's group
 
 
 def test_no_finished_run_is_one_line_and_exit_2(tmp_path, offline_env):
