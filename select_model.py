@@ -186,9 +186,15 @@ def config_report(candidate: Candidate, runs_dir: Path) -> dict:
             "latency_ms": latency}
 
 
-def best_seed(report: dict, runs_dir: Path) -> str:
-    """The run folder (relative to runs_dir) of the config's best seed: the one to export."""
-    return max(report["runs"], key=lambda run: (read_summary(runs_dir / run) or {}).get("best_val_accuracy", -1))
+def best_seed(config: dict, root: Path) -> Path | None:
+    """The folder of the config's seed with the highest best_val_accuracy that has a best.pt to export (its `runs`
+    are relative to root, or absolute; ties: the first); None if no seed has both. trt_export.py uses it too."""
+    scored = []
+    for run_dir in (root / run for run in config["runs"]):
+        accuracy = (read_summary(run_dir) or {}).get("best_val_accuracy")
+        if isinstance(accuracy, (int, float)) and math.isfinite(accuracy) and (run_dir / "best.pt").is_file():
+            scored.append((accuracy, run_dir))
+    return max(scored, key=lambda s: s[0])[1] if scored else None
 
 
 def print_table(reports: list[dict]) -> None:
@@ -239,14 +245,16 @@ def rank(reports: list[dict]) -> list[dict]:
 
 def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Path) -> dict:
     reports = rank([config_report(c, runs_dir) for c in candidates])
-    selection = {"configs": reports, "best": best_seed(reports[0], runs_dir), "confidence": CONFIDENCE}
+    best = best_seed(reports[0], runs_dir)
+    selection = {"configs": reports, "best": str(best.relative_to(runs_dir)) if best else None,
+                 "confidence": CONFIDENCE}
     p2.write_json_atomic(selection, runs_dir / "selection.json")
     print_table(reports)
     name = runs_dir.resolve().name
     plot_front(reports, images_dir / f"selection_{name}.png",
                f"{name}: the top {len(reports)} configs retrained with new seeds")
     print(f"chosen: {reports[0]['key']} (mean {reports[0]['val_accuracy_mean']:.2f}%); its best seed "
-          f"{runs_dir / selection['best']}; wrote {runs_dir / 'selection.json'}", flush=True)
+          f"{best}; wrote {runs_dir / 'selection.json'}", flush=True)
     return selection
 
 

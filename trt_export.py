@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import select_model
 import trt_runtime
 from part_2_cifar import (
     CheckpointError,
@@ -167,16 +168,6 @@ def cheapest_within(configs: list[dict], points: float) -> dict:
     return min(near, key=lambda c: (c["flops_per_image"], -c["val_accuracy_mean"]))
 
 
-def best_seed(config: dict, root: Path) -> Path:
-    """The run folder among the config's seeds whose best_val_accuracy is highest; folders are relative to `root`."""
-    scored = [(accuracy, root / run) for run in config["runs"]
-              if (accuracy := run_accuracy(root / run)) is not None]
-    if not scored:
-        raise CheckpointError(f"none of the runs of the chosen config ({', '.join(config['runs'])}) under {root} has "
-                              "a summary.json with best_val_accuracy and a best.pt")
-    return max(scored, key=lambda s: s[0])[1]
-
-
 def resolve_checkpoint(spec: str, runs_dir: Path, within: float | None = None) -> Path:
     """`best`, a run folder or a checkpoint file -> the checkpoint file; for `best`, print how it was chosen.
 
@@ -202,7 +193,10 @@ def resolve_checkpoint(spec: str, runs_dir: Path, within: float | None = None) -
         return root / selection["best"] / "best.pt"
     config = cheapest_within(selection["configs"], within)
     best_mean = max(c["val_accuracy_mean"] for c in selection["configs"])
-    run_dir = best_seed(config, root)
+    run_dir = select_model.best_seed(config, root)
+    if run_dir is None:
+        raise CheckpointError(f"none of the runs of the chosen config ({', '.join(config['runs'])}) under {root} has "
+                              "a summary.json with best_val_accuracy and a best.pt")
     print(f"--within {within:g} ({selection_path}): the cheapest config on the front within {within:g} points of "
           f"the best mean val_accuracy {best_mean:.2f} has {config['val_accuracy_mean']:.2f} at "
           f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {run_dir}", flush=True)
