@@ -69,6 +69,14 @@ def trained_offline(result: subprocess.CompletedProcess, cwd: Path) -> tuple[str
     return line, offline_run
 
 
+def fell_back_offline(result: subprocess.CompletedProcess, seconds: float, cwd: Path, server: str) -> None:
+    """Trained offline in bounded time, with one line naming the server that gave no run and the folder to sync."""
+    line, offline_run = trained_offline(result, cwd)
+    assert line.startswith(f"W&B: {server} gave no run within {INIT_TIMEOUT_S} s")
+    assert line.endswith(f"logging offline to {offline_run}; upload later with: wandb sync {offline_run}")
+    assert seconds < BOUND_S
+
+
 # ---------------------------------------------------------------------------------------------- finding credentials
 
 
@@ -118,10 +126,7 @@ def test_wandb_login_and_no_network_trains_offline_with_one_line(offline_env, tm
     env = {k: v for k, v in offline_env.items() if k != "WANDB_SILENT"} | {"WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S}
     wandb_login(env, "--host", unreachable_server)
     result, seconds = train(env, tmp_path, tiny_data_dir)
-    line, offline_run = trained_offline(result, tmp_path)
-    assert line.startswith(f"W&B: {unreachable_server} gave no run within {INIT_TIMEOUT_S} s")
-    assert line.endswith(f"logging offline to {offline_run}; upload later with: wandb sync {offline_run}")
-    assert seconds < BOUND_S
+    fell_back_offline(result, seconds, tmp_path, unreachable_server)
 
 
 def test_api_key_in_the_environment_and_no_network_trains_offline_with_one_line(offline_env, tmp_path,
@@ -129,10 +134,7 @@ def test_api_key_in_the_environment_and_no_network_trains_offline_with_one_line(
     env = offline_env | {"WANDB_API_KEY": KEY, "WANDB_BASE_URL": unreachable_server,
                          "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S}
     result, seconds = train(env, tmp_path, tiny_data_dir)
-    line, offline_run = trained_offline(result, tmp_path)
-    assert line.startswith(f"W&B: {unreachable_server} gave no run within {INIT_TIMEOUT_S} s")
-    assert line.endswith(f"logging offline to {offline_run}; upload later with: wandb sync {offline_run}")
-    assert seconds < BOUND_S
+    fell_back_offline(result, seconds, tmp_path, unreachable_server)
 
 
 def test_inside_a_sweep_no_network_exits_1_with_one_line_before_training(offline_env, tmp_path, tiny_data_dir,
