@@ -193,14 +193,14 @@ def resolve_checkpoint(spec: str, runs_dir: Path, within: float | None = None) -
         return root / selection["best"] / "best.pt"
     config = cheapest_within(selection["configs"], within)
     best_mean = max(c["val_accuracy_mean"] for c in selection["configs"])
-    run_dir = select_model.best_seed(config, root)
-    if run_dir is None:
+    seed_dir = select_model.best_seed(config, root)
+    if seed_dir is None:
         raise CheckpointError(f"none of the runs of the chosen config ({', '.join(config['runs'])}) under {root} has "
                               "a summary.json with best_val_accuracy and a best.pt")
     print(f"--within {within:g} ({selection_path}): the cheapest config on the front within {within:g} points of "
           f"the best mean val_accuracy {best_mean:.2f} has {config['val_accuracy_mean']:.2f} at "
-          f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {run_dir}", flush=True)
-    return run_dir / "best.pt"
+          f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {seed_dir}", flush=True)
+    return seed_dir / "best.pt"
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:
