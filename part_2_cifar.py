@@ -845,7 +845,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
     """(run folder, its last.pt or None). A run resumes from --resume, or when an agent relaunches a preempted run
-    under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line."""
+    under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line.
+    Raises CheckpointError for a last.pt that cannot be resumed, RunComplete for a run that has ended."""
     run_id = os.environ.get("WANDB_RUN_ID")
     if args.resume is None and not (run_id and (args.runs_dir / run_id / "last.pt").is_file()):
         return args.runs_dir / (run_id or secrets.token_hex(4)), None  # 8 characters in [0-9a-f]: a valid W&B id
@@ -857,6 +858,7 @@ def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | No
         if getattr(args, key, None) is not None and config[key] != value:
             why = " (its schedule is fixed by its budget: start a new run to train longer)" if key == "epochs" else ""
             print(f"--{key}={getattr(args, key)} ignored: the resumed run keeps {key}={value}{why}", flush=True)
+    check_not_complete(run_dir, resume)
     print(f"resuming {run_dir} after epoch {resume['epoch']}", flush=True)
     return run_dir, resume
 
@@ -877,18 +879,20 @@ def checkpoint_config(checkpoint: dict, path: Path) -> dict:
         raise CheckpointError(f"{path}: its config has {e}") from None
 
 
-def completed(run_dir: Path, resume: dict) -> str | None:
-    """A line saying the run is complete if its summary.json ends it (finished or diverged) at last.pt's epoch: a
-    resume then changes nothing it wrote. None if there is training left to do."""
+class RunComplete(Exception):
+    """The run to resume has ended for good (its summary.json says finished or diverged at last.pt's epoch): a
+    resume does nothing, so nothing the run wrote changes. The message is the line to print; exit 0."""
+
+
+def check_not_complete(run_dir: Path, resume: dict) -> None:
     try:
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict) or summary.get("status") not in ("finished", "diverged") \
-            or summary.get("epochs_completed") != resume["epoch"]:
-        return None
-    return (f"{run_dir} is complete ({summary['status']} after epoch {resume['epoch']}): nothing to resume and "
-            "nothing changed; start a new run to train again")
+        return
+    if isinstance(summary, dict) and summary.get("status") in ("finished", "diverged") \
+            and summary.get("epochs_completed") == resume["epoch"]:
+        raise RunComplete(f"{run_dir} is complete ({summary['status']} after epoch {resume['epoch']}): nothing to "
+                          "resume and nothing changed; start a new run to train again")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -902,8 +906,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, CheckpointError, WandbSettingsError) as e:
             print(f"error: {'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}", file=sys.stderr)
             return 2
-        if resume is not None and (complete := completed(run_dir, resume)):
-            print(complete, flush=True)
+        except RunComplete as e:
+            print(e, flush=True)
             return 0
         in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
         init = {"mode": mode, "resume": "allow"}
