@@ -236,6 +236,37 @@ def resume_point(previous: Path, run_dir: Path) -> dict | None:
         return None
 
 
+@dataclass
+class Pruning:
+    """A trial's side of early termination: each epoch's metric goes to the study, and after each epoch trained here
+    the study's pruner (sweep_space.WandbHyperbandPruner: W&B's Hyperband) may stop the training."""
+
+    trial: optuna.Trial
+    metric: str  # the sweep's metric, as part_2_cifar.py logs it every epoch
+    maximize: bool
+    best: float | None = None  # the trial's result: its best value so far
+
+    def report(self, metrics: dict) -> None:
+        """The raw value at this epoch, as W&B's history row holds it (strict false is the pruner's affair)."""
+        value = metrics[self.metric]
+        self.best = value if self.best is None else max(self.best, value) if self.maximize else min(self.best, value)
+        self.trial.report(value, metrics["epoch"])
+        self.trial.set_user_attr("epochs_completed", metrics["epoch"])
+
+    def replay(self, history: list[dict]) -> None:
+        """A resumed trial's earlier epochs: they count at their bands for every trial, and were decided before the
+        crash, so they are not decided again (the next epoch trained is, as W&B checks a resumed run's next row)."""
+        for metrics in history:
+            self.report(metrics)
+
+    def on_epoch(self, metrics: dict) -> None:
+        """part_2_cifar.train's callback after each epoch; raises StopEarly("pruned") when the pruner says stop."""
+        self.report(metrics)
+        if self.trial.should_prune():
+            raise p2.StopEarly("pruned", f"pruned after epoch {metrics['epoch']} by Hyperband: {self.metric} "
+                                         f"{metrics[self.metric]:.4g}, best {self.best:.4g}")
+
+
 def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, trial: optuna.Trial,
               check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | None]:
     """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value)."""
@@ -252,28 +283,12 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
                        "resumed_after_epoch": resume["epoch"] if resume else 0,
                        "device": p2.device_name(data.train_labels.device)}.items():
         trial.set_user_attr(key, value)  # a retry inherits the dead attempt's attrs: each is set again
-    maximize, best = sweep.direction == "maximize", None
-    strict = (sweep.early_terminate or {}).get("strict", True) is True  # W&B's schema default is true
-
-    def report(metrics: dict) -> None:
-        """W&B's hyperband compares the value at a band (strict, its default), or with strict false the best so far."""
-        nonlocal best
-        value = metrics[sweep.metric]
-        best = value if best is None else max(best, value) if maximize else min(best, value)
-        trial.report(value if strict else best, metrics["epoch"])
-        trial.set_user_attr("epochs_completed", metrics["epoch"])
-
-    def on_epoch(metrics: dict) -> None:
-        report(metrics)
-        if trial.should_prune():
-            raise p2.StopEarly("pruned", f"pruned after epoch {metrics['epoch']}: {sweep.metric} {best:.4g}")
-
-    for metrics in (resume or {}).get("history", []):
-        report(metrics)  # the epochs the dead attempt finished: the pruner sees them, nothing is decided again
+    pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize")
+    pruning.replay((resume or {}).get("history", []))  # the epochs the dead attempt finished
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
     code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
-                                    resume=resume, on_epoch=on_epoch, in_sweep=True, log_model=False)
+                                    resume=resume, on_epoch=pruning.on_epoch, in_sweep=True, log_model=False)
     trial.set_user_attr("test_accuracy", summary.get("test_accuracy"))
     status = summary["status"]
     if status == "diverged":
@@ -282,9 +297,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
         trial.set_user_attr("failure", summary.get("error") or f"{status} (exit code {code})")
     if status == "pruned":
         return code, TrialState.PRUNED, None
-    if best is None or code != 0:
+    if pruning.best is None or code != 0:
         return code, TrialState.FAIL, None
-    return code, TrialState.COMPLETE, best
+    return code, TrialState.COMPLETE, pruning.best
 
 
 # ----------------------------------------------------------------------------------------------------------------------
