@@ -177,6 +177,8 @@ class DataError(RuntimeError):
 
 
 class DownloadError(DataError):
+    """The download failed (no network, the server, a checksum): exit 1, the same command may work later."""
+
     exit_code = 1
 
 
@@ -466,8 +468,8 @@ def stratified_split(labels: np.ndarray, val_size: int, seed: int = SPLIT_SEED) 
         per_class = f"{sizes.min()}" if sizes.min() == sizes.max() else f"{sizes.min()} to {sizes.max()}"
         lacks = "validation" if val_size < low else "training"
         allowed = f"use {low}..{high}" if low <= high else "none can (a split needs 2 images in every class)"
-        raise ConfigError(f"--val-size={val_size} is not allowed: it leaves a class with no {lacks} image, of {n:,} "
-                          f"training images in {present.sum()} classes of {per_class}; {allowed}")
+        raise ConfigError(f"--val-size={val_size} is not allowed: with {n:,} training images in {present.sum()} "
+                          f"classes of {per_class}, it leaves a class with no {lacks} image; {allowed}")
     return np.setdiff1d(np.arange(n), by_key[:val_size]), np.sort(by_key[:val_size])
 
 

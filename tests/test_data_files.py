@@ -366,8 +366,8 @@ def test_a_validation_size_the_classes_cannot_give_is_refused_with_the_class_cou
         result = run(trainer_command(*args), offline_env, tmp_path)
         assert result.returncode == 2
         line = one_line_error(result.stderr)
-        assert f"--val-size={val_size} is not allowed: it leaves a class with no {lacks} image" in line
-        assert "1,200 training images in 10 classes of 120; use 10..1190" in line
+        assert f"--val-size={val_size} is not allowed: with 1,200 training images in 10 classes of 120" in line
+        assert f"it leaves a class with no {lacks} image; use 10..1190" in line
         assert "epoch" not in result.stdout and not list((tmp_path / "runs").glob("*/last.pt"))
 
 
