@@ -355,6 +355,21 @@ def test_export_checks_its_output_folders_before_any_work(tmp_path, offline_env)
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "export").exists()
 
 
+@pytest.mark.parametrize("program, args", [
+    ("local_sweep.py", [str(ROOT / "sweep_config.json"), "--trials", "1", "--runs-dir", "a_file/runs"]),
+    ("local_sweep.py", [str(ROOT / "sweep_config.json"), "--trials", "1", "--images-dir", "a_file/images"]),
+    ("select_model.py", ["runs", "--images-dir", "a_file/images"]),
+])
+def test_sweep_and_selection_check_their_folders_before_any_work(tmp_path, offline_env, program, args):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "runs").mkdir()
+    result = run([sys.executable, str(ROOT / program), *args, "--data-dir", "no-data", "--wandb-mode", "disabled"],
+                 offline_env, tmp_path)
+    assert result.returncode == 2
+    assert "cannot be written: a_file is a file" in one_line_error(result.stderr)
+    assert not (tmp_path / "no-data").exists() and list((tmp_path / "runs").iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------ a split the data can give
 
 
