@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
+        for option, folder in (("--runs-dir", args.runs_dir), ("--images-dir", args.images_dir)):
+            if why := p2.unwritable(folder):
+                raise p2.ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can write to")
         sweep = load_sweep(args.sweep_config)
         store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
         study = open_study(sweep, args.study or sweep.raw.get("name") or args.sweep_config.stem, store,
@@ -438,14 +441,17 @@ def main(argv: list[str] | None = None) -> int:
         device = p2.pick_device(args.device)
         args.wandb_mode = p2.resolve_wandb_mode(args.wandb_mode)  # checked once: each trial's run uses it
         args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
+        source = p2.cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
         if args.workers > 1 and args.worker_of is None:
             code = launch_workers(argv, args.workers)
             sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
             return code
-        data = p2.prepare_data(args.data_dir, args.val_size, device)
+        data = p2.prepare_data(source, args.val_size, device)
     except (SweepConfigError, p2.ConfigError, p2.WandbSettingsError, StorageError, p2.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ValueError) else 1  # a bad value, or a storage or data set that cannot open
+        if isinstance(e, p2.DataError):
+            return e.exit_code
+        return 2 if isinstance(e, ValueError) else 1  # a bad value, or a storage that cannot open
     if "data" not in study.user_attrs:
         study.set_user_attr("data", f"{args.data_dir.resolve().name} ({data.train_labels.numel()} train / "
                                     f"{data.val_labels.numel()} val images)")
