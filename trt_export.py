@@ -53,6 +53,7 @@ import torch.nn as nn
 import select_model
 import trt_runtime
 from part_2_cifar import (
+    DATA_DIR_HELP,
     CheckpointError,
     ConfigError,
     DataError,
@@ -67,6 +68,7 @@ from part_2_cifar import (
     normalize,
     pick_device,
     save_figure,
+    unwritable,
     versions,
     write_json_atomic,
 )
@@ -539,7 +541,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", type=batch_sizes_arg, default=list(BATCH_SIZES), metavar="N,N,...",
                         help=f"benchmarked batch sizes; the engine serves min..max (default "
                              f"{','.join(map(str, BATCH_SIZES))})")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds cifar-100-python/ (default ./data)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help=DATA_DIR_HELP)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where PyTorch runs")
     parser.add_argument("--accuracy-images", type=int, default=0, help="test images scored (default 0: all)")
     parser.add_argument("--warmup-seconds", type=float, default=WARMUP_SECONDS,
@@ -671,14 +673,17 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_path = resolve_checkpoint(args.checkpoint, args.runs_dir, args.within)
         model, checkpoint = load_model(checkpoint_path)
         device = pick_device(args.device)
+        out = args.out or checkpoint_path.parent / "export"
+        for option, folder in (("--out", out), ("--plot", args.plot.parent)):
+            if why := unwritable(folder):
+                raise ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can write to")
         train_images, _, test_images, test_labels = load_cifar100(args.data_dir)
     except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code if isinstance(e, DataError) else 2
     config = checkpoint["config"]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: let cuDNN pick kernels in the warm-up
-    out = args.out or checkpoint_path.parent / "export"
     out.mkdir(parents=True, exist_ok=True)
     report = Report()
     print(f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "

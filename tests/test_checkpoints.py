@@ -153,7 +153,7 @@ def test_checkpoints_and_summary_record_the_data_they_trained_on(tiny_data_dir, 
     recorded = [trainer.load_checkpoint(tmp_path / "run" / name)["data"] for name in ("best.pt", "last.pt")]
     recorded.append(json.loads((tmp_path / "run" / "summary.json").read_text())["data"])
     assert recorded[0] == recorded[1] == recorded[2] == data.identity
-    assert data.identity["source"] == str(tiny_data_dir.resolve()) and data.identity["val_size"] == 200
+    assert data.identity["source"] == str(data.source.path) and data.identity["val_size"] == 200
     assert data.identity["train_images"] == 1000 and data.identity["test_images"] == 300
     shutil.copytree(tiny_data_dir, tmp_path / "copy")
     same = trainer.prepare_data(tmp_path / "copy", 200, CPU).identity
