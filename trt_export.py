@@ -295,13 +295,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # Pipeline: export and check -> build -> accuracy -> benchmark -> write
 
 
+def start(args: argparse.Namespace, checkpoint_path: Path, checkpoint: dict,
+          device: torch.device) -> Path:
+    """Say which checkpoint is exported and where PyTorch runs; make the output folder and return it."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: cuDNN picks in the warm-up
+    out = args.out or checkpoint_path.parent / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
+          f"{checkpoint.get('val_accuracy')}); filters {filters(checkpoint['config'])}; PyTorch on "
+          f"{device_name(device)}", flush=True)
+    return out
+
+
+def test_set(test_images: np.ndarray, test_labels: np.ndarray,
+             count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` test images (0: all), normalized (N, 3, 32, 32) float32, and their labels.
+
+    They are normalized once: parity, accuracy and the benchmark all use them.
+    """
+    images = torch.from_numpy(test_images[:count or None])
+    return normalize(images).contiguous().numpy(), test_labels[:len(images)]
+
+
 def export_and_check(model: nn.Module, out: Path, precision: str, parity_images: np.ndarray,
                      report: Report) -> tuple[dict[str, Path], dict[str, object], dict]:
-    """Export the fp32 ONNX, and the fp16 one for an fp16 engine; check each against PyTorch in ONNX Runtime.
-
-    `parity_images` are normalized test images (N, 3, 32, 32); a check that fails is reported as a failure.
-    Returns ({"fp32": path, ...}, {"fp32": its ONNX Runtime session, ...}, the parity results).
-    """
+    """fp32 ONNX (and the fp16 one when the precision is fp16), each checked against PyTorch in ONNX Runtime.
+    Returns ({"fp32": path, ...}, {"fp32": its ONNX Runtime session, ...}, the parity results)."""
     reference = torch_predictor(on_device(model, torch.device("cpu")), torch.device("cpu"), None)
     paths, sessions, results = {"fp32": out / "model.onnx"}, {}, {}
     export_onnx(model, paths["fp32"])
@@ -324,14 +344,16 @@ def export_and_check(model: nn.Module, out: Path, precision: str, parity_images:
 
 
 def check_parity(result: dict, precision: str) -> bool:
-    """Whether a parity() result for an ONNX of `precision` is within PARITY_MAX_ABS_DIFF or FP16_PARITY_RELATIVE."""
     if precision == "fp32":
         return result["max_abs_diff"] <= PARITY_MAX_ABS_DIFF and result["top1_agreement"] == 100
     return result["max_abs_diff"] <= FP16_PARITY_RELATIVE * max(1.0, result["max_abs_logit"])
 
 
 def calibration_images(train_images: np.ndarray) -> np.ndarray:
-    """CALIBRATION_IMAGES real training images, a fixed random subset across classes, normalized (N, 3, 32, 32)."""
+    """CALIBRATION_IMAGES training images, normalized (N, 3, 32, 32).
+
+    They are real images, a fixed random subset across the classes.
+    """
     pick = np.random.default_rng(0).permutation(len(train_images))[:CALIBRATION_IMAGES]
     return normalize(torch.from_numpy(train_images[np.sort(pick)])).contiguous().numpy()
 
@@ -339,12 +361,8 @@ def calibration_images(train_images: np.ndarray) -> np.ndarray:
 def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Path],
                    calibration: Callable[[], np.ndarray], device: torch.device,
                    report: Report) -> tuple[Engine, dict | None]:
-    """Build the engine and open a runner for it, or say why not.
-
-    `calibration` gives the int8 calibration images; it is called for int8 only.
-    A build or a runner that fails is reported as a failure.
-    Returns (the runner, or why there is none; the engine's JSON, or None when none was built).
-    """
+    """Build the engine and open a runner for it, or say why not. A build or a runner that fails is a failure.
+    Returns (the runner, or why there is none; the engine's JSON, or None when none was built)."""
     part = f"TensorRT {args.precision} engine, its accuracy and benchmark"
     if device.type != "cuda":
         return Engine(unavailable="no CUDA GPU (PyTorch sees none, or --device cpu)", part=part), None
@@ -368,8 +386,8 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Pa
           f"{info['profile']['min'][0]}..{info['profile']['max'][0]}) in {info['build_seconds']} s", flush=True)
     why = trt_runtime.why_no_pycuda()
     if why:
-        part = f"TensorRT {args.precision} engine accuracy and benchmark (the engine was built)"
-        return Engine(unavailable=why, part=part), info
+        return Engine(unavailable=why, part=f"TensorRT {args.precision} engine accuracy and benchmark (the engine "
+                                            "was built)"), info
     try:
         return Engine(trt_runtime.TrtRunner(engine_path, max(args.batch_sizes))), info
     except trt_runtime.EngineError as e:
@@ -378,15 +396,15 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Pa
 
 
 def report_unavailable(registry: list[Backend], report: Report) -> None:
-    """One `skipped:` line per part and reason among the backends that cannot run here."""
+    """One `skipped:` line for each part and reason among the backends that cannot run here."""
     for part, why in dict.fromkeys((backend.part or backend.name, backend.unavailable)
                                    for backend in registry if backend.unavailable):
         report.skip(part, why)
 
 
-def check_accuracy(registry: list[Backend], precision: str, images: np.ndarray, labels: np.ndarray,
-                   batch_size: int, report: Report) -> list[dict]:
-    """Top-1 of each backend with a predictor on the normalized test images (N, 3, 32, 32), in chunks.
+def check_accuracy(registry: list[Backend], precision: str, images: np.ndarray,
+                   labels: np.ndarray, batch_size: int, report: Report) -> list[dict]:
+    """Top-1 of each backend with a predictor on the normalized test images (N, 3, 32, 32).
 
     Each is compared with the registry's reference backend, wherever it is listed.
     A backend that fails to run, or trails the reference by more than its tolerance, is a failure.
@@ -403,7 +421,8 @@ def check_accuracy(registry: list[Backend], precision: str, images: np.ndarray, 
     reference = next(backend.name for backend in registry if backend.reference)
     rows = accuracy_table(logits, labels, reference)
     print(markdown_accuracy(rows, len(images)), flush=True)
-    tolerances = {backend.name: backend.tolerance for backend in registry if backend.tolerance is not None}
+    tolerances = {backend.name: backend.tolerance for backend in registry
+                  if backend.tolerance is not None}
     for message in accuracy_failures(rows, tolerances, precision):
         report.fail(message)
     return rows
@@ -413,20 +432,21 @@ def run_benchmark(registry: list[Backend], images: np.ndarray, args: argparse.Na
                   report: Report) -> tuple[list[dict], float]:
     """Time each backend with a timed step at each of --batch-sizes, and print the table.
 
-    Returns (the benchmark rows, the highest 1-minute load average seen before and after).
+    Returns (the benchmark rows, the highest 1-minute load average before and after).
     """
-    steps = {backend.name: backend.make_step for backend in registry if backend.make_step is not None}
-    print(f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and >= {args.min_iterations} "
-          f"iterations per backend and batch size", flush=True)
-    load_before = os.getloadavg()[0]  # other processes slow the CPU backends most: say how busy the machine was
-    rows = benchmark(steps, images, args.batch_sizes, args.warmup_seconds, args.min_seconds, args.min_iterations,
-                     report)
+    steps = {backend.name: backend.make_step for backend in registry if backend.make_step}
+    print(f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and "
+          f">= {args.min_iterations} iterations per backend and batch size", flush=True)
+    # Other processes slow the CPU backends most: say how busy the machine was.
+    load_before = os.getloadavg()[0]
+    rows = benchmark(steps, images, args.batch_sizes, args.warmup_seconds, args.min_seconds,
+                     args.min_iterations, report)
     print(markdown_benchmark(rows), flush=True)
     return rows, max(load_before, os.getloadavg()[0])
 
 
-def write_results(args: argparse.Namespace, out: Path, checkpoint_path: Path, config: dict, machine: str,
-                  test_images: int, report: Report, results: dict) -> None:
+def write_results(args: argparse.Namespace, out: Path, checkpoint_path: Path, config: dict,
+                  machine: str, test_images: int, report: Report, results: dict) -> None:
     """Write <out>/benchmark.json and the plot at --plot.
 
     `results` holds onnx_parity, engine, accuracy and benchmark, as benchmark.json names them.
@@ -436,11 +456,14 @@ def write_results(args: argparse.Namespace, out: Path, checkpoint_path: Path, co
         found[package] = __import__(package).__version__
     if results["engine"]:
         found["tensorrt"] = results["engine"]["tensorrt_version"]
-    write_json_atomic({"checkpoint": str(checkpoint_path), "config": config, "machine": machine, "versions": found,
+    method = {"warmup_seconds": args.warmup_seconds, "min_seconds": args.min_seconds,
+              "min_iterations": args.min_iterations, **METHOD}
+    write_json_atomic({"checkpoint": str(checkpoint_path), "config": config, "machine": machine,
+                       "versions": found,
                        "data": {"data_dir": str(args.data_dir), "test_images": test_images},
-                       "method": {"warmup_seconds": args.warmup_seconds, "min_seconds": args.min_seconds,
-                                  "min_iterations": args.min_iterations, **METHOD},
-                       **results, "skipped": report.skipped, "failures": report.failures}, out / "benchmark.json")
+                       "method": method, **results,
+                       "skipped": report.skipped, "failures": report.failures},
+                      out / "benchmark.json")
     plot_benchmark(results["benchmark"], args.plot,
                    f"SimpleCNN {filters(config)} inference on {machine}\ninputs: batches of the "
                    f"{test_images} test images in {args.data_dir} (speed does not depend on content)")
@@ -448,6 +471,7 @@ def write_results(args: argparse.Namespace, out: Path, checkpoint_path: Path, co
 
 
 def filters(config: dict) -> str:
+    """The model's three convolution widths, e.g. 64/128/256."""
     return f"{config['num_filters_1']}/{config['num_filters_2']}/{config['num_filters_3']}"
 
 
@@ -465,33 +489,26 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    config = checkpoint["config"]
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: let cuDNN pick kernels in the warm-up
-    out = args.out or checkpoint_path.parent / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    out = start(args, checkpoint_path, checkpoint, device)
+    images, labels = test_set(test_images, test_labels, args.accuracy_images)
     report = Report()
-    print(f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
-          f"{checkpoint.get('val_accuracy')}); filters {filters(config)}; PyTorch on {device_name(device)}",
-          flush=True)
-
-    images = torch.from_numpy(test_images[:args.accuracy_images or None])
-    labels = test_labels[:len(images)]
-    normalized = normalize(images).contiguous().numpy()  # (N, 3, 32, 32) float32, once: parity, accuracy, benchmark
-    onnx_paths, sessions, onnx_parity = export_and_check(model, out, args.precision, normalized[:PARITY_IMAGES],
-                                                         report)
-    engine, engine_info = build_tensorrt(args, out, onnx_paths, partial(calibration_images, train_images), device,
-                                         report)
-    registry = backends(on_device(model, device), device, sessions, engine, args.precision, args.cuda_graph)
+    onnx_paths, sessions, onnx_parity = export_and_check(model, out, args.precision,
+                                                         images[:PARITY_IMAGES], report)
+    engine, engine_info = build_tensorrt(args, out, onnx_paths,
+                                         partial(calibration_images, train_images), device, report)
+    registry = backends(on_device(model, device), device, sessions, engine, args.precision,
+                        args.cuda_graph)
     report_unavailable(registry, report)
-    accuracy = check_accuracy(registry, args.precision, normalized, labels, max(args.batch_sizes), report)
-    rows, load = run_benchmark(registry, normalized, args, report)
-
+    accuracy = check_accuracy(registry, args.precision, images, labels, max(args.batch_sizes),
+                              report)
+    rows, load = run_benchmark(registry, images, args, report)
     machine = f"{device_name(device)}; load average up to {load:.1f} on {os.cpu_count()} CPUs"
-    write_results(args, out, checkpoint_path, config, machine, len(images), report,
-                  {"onnx_parity": onnx_parity, "engine": engine_info, "accuracy": accuracy, "benchmark": rows})
+    write_results(args, out, checkpoint_path, checkpoint["config"], machine, len(images), report,
+                  {"onnx_parity": onnx_parity, "engine": engine_info, "accuracy": accuracy,
+                   "benchmark": rows})
     if report.failures:
-        print(f"{len(report.failures)} check(s) failed: " + "; ".join(report.failures), file=sys.stderr)
+        print(f"{len(report.failures)} check(s) failed: " + "; ".join(report.failures),
+              file=sys.stderr)
         return 1
     return 0
 
