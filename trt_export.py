@@ -295,8 +295,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # Pipeline: export and check -> build -> accuracy -> benchmark -> write
 
 
-def start(args: argparse.Namespace, checkpoint_path: Path, checkpoint: dict,
-          device: torch.device) -> Path:
+def begin_export(args: argparse.Namespace, checkpoint_path: Path, checkpoint: dict,
+                 device: torch.device) -> Path:
     """Say which checkpoint is exported and where PyTorch runs; make the output folder and return it."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: cuDNN picks in the warm-up
@@ -308,8 +308,8 @@ def start(args: argparse.Namespace, checkpoint_path: Path, checkpoint: dict,
     return out
 
 
-def test_set(test_images: np.ndarray, test_labels: np.ndarray,
-             count: int) -> tuple[np.ndarray, np.ndarray]:
+def normalized_test_set(test_images: np.ndarray, test_labels: np.ndarray,
+                        count: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `count` test images (0: all), normalized (N, 3, 32, 32) float32, and their labels.
 
     They are normalized once: parity, accuracy and the benchmark all use them.
@@ -489,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = start(args, checkpoint_path, checkpoint, device)
-    images, labels = test_set(test_images, test_labels, args.accuracy_images)
+    out = begin_export(args, checkpoint_path, checkpoint, device)
+    images, labels = normalized_test_set(test_images, test_labels, args.accuracy_images)
     report = Report()
     onnx_paths, sessions, onnx_parity = export_and_check(model, out, args.precision,
                                                          images[:PARITY_IMAGES], report)
