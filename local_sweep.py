@@ -236,6 +236,37 @@ def resume_point(previous: Path, run_dir: Path) -> dict | None:
         return None
 
 
+@dataclass
+class Pruning:
+    """A trial's side of early termination: each epoch's metric goes to the study, and after each epoch trained here
+    the study's pruner (sweep_space.WandbHyperbandPruner: W&B's Hyperband) may stop the training."""
+
+    trial: optuna.Trial
+    metric: str  # the sweep's metric, as part_2_cifar.py logs it every epoch
+    maximize: bool
+    best: float | None = None  # the trial's result: its best value so far
+
+    def report(self, metrics: dict) -> None:
+        """The raw value at this epoch, as W&B's history row holds it (strict false is the pruner's affair)."""
+        value = metrics[self.metric]
+        self.best = value if self.best is None else max(self.best, value) if self.maximize else min(self.best, value)
+        self.trial.report(value, metrics["epoch"])
+        self.trial.set_user_attr("epochs_completed", metrics["epoch"])
+
+    def replay(self, history: list[dict]) -> None:
+        """A resumed trial's earlier epochs: they count at their bands for every trial, and were decided before the
+        crash, so they are not decided again (the next epoch trained is, as W&B checks a resumed run's next row)."""
+        for metrics in history:
+            self.report(metrics)
+
+    def on_epoch(self, metrics: dict) -> None:
+        """part_2_cifar.train's callback after each epoch; raises StopEarly("pruned") when the pruner says stop."""
+        self.report(metrics)
+        if self.trial.should_prune():
+            raise p2.StopEarly("pruned", f"pruned after epoch {metrics['epoch']} by Hyperband: {self.metric} "
+                                         f"{metrics[self.metric]:.4g}, best {self.best:.4g}")
+
+
 def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, trial: optuna.Trial,
               check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | None]:
     """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value)."""
@@ -252,28 +283,12 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
                        "resumed_after_epoch": resume["epoch"] if resume else 0,
                        "device": p2.device_name(data.train_labels.device)}.items():
         trial.set_user_attr(key, value)  # a retry inherits the dead attempt's attrs: each is set again
-    maximize, best = sweep.direction == "maximize", None
-    strict = (sweep.early_terminate or {}).get("strict", True) is True  # W&B's schema default is true
-
-    def report(metrics: dict) -> None:
-        """W&B's hyperband compares the value at a band (strict, its default), or with strict false the best so far."""
-        nonlocal best
-        value = metrics[sweep.metric]
-        best = value if best is None else max(best, value) if maximize else min(best, value)
-        trial.report(value if strict else best, metrics["epoch"])
-        trial.set_user_attr("epochs_completed", metrics["epoch"])
-
-    def on_epoch(metrics: dict) -> None:
-        report(metrics)
-        if trial.should_prune():
-            raise p2.StopEarly("pruned", f"pruned after epoch {metrics['epoch']}: {sweep.metric} {best:.4g}")
-
-    for metrics in (resume or {}).get("history", []):
-        report(metrics)  # the epochs the dead attempt finished: the pruner sees them, nothing is decided again
+    pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize")
+    pruning.replay((resume or {}).get("history", []))  # the epochs the dead attempt finished
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
     code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
-                                    resume=resume, on_epoch=on_epoch, in_sweep=True, log_model=False)
+                                    resume=resume, on_epoch=pruning.on_epoch, in_sweep=True, log_model=False)
     trial.set_user_attr("test_accuracy", summary.get("test_accuracy"))
     status = summary["status"]
     if status == "diverged":
@@ -282,9 +297,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
         trial.set_user_attr("failure", summary.get("error") or f"{status} (exit code {code})")
     if status == "pruned":
         return code, TrialState.PRUNED, None
-    if best is None or code != 0:
+    if pruning.best is None or code != 0:
         return code, TrialState.FAIL, None
-    return code, TrialState.COMPLETE, best
+    return code, TrialState.COMPLETE, pruning.best
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -409,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
+        for option, folder in (("--runs-dir", args.runs_dir), ("--images-dir", args.images_dir)):
+            if why := p2.unwritable(folder):
+                raise p2.ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can write to")
         sweep = load_sweep(args.sweep_config)
         store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
         study = open_study(sweep, args.study or sweep.raw.get("name") or args.sweep_config.stem, store,
@@ -423,14 +441,17 @@ def main(argv: list[str] | None = None) -> int:
         device = p2.pick_device(args.device)
         args.wandb_mode = p2.resolve_wandb_mode(args.wandb_mode)  # checked once: each trial's run uses it
         args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
+        source = p2.cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
         if args.workers > 1 and args.worker_of is None:
             code = launch_workers(argv, args.workers)
             sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
             return code
-        data = p2.prepare_data(args.data_dir, args.val_size, device)
+        data = p2.prepare_data(source, args.val_size, device)
     except (SweepConfigError, p2.ConfigError, p2.WandbSettingsError, StorageError, p2.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ValueError) else 1  # a bad value, or a storage or data set that cannot open
+        if isinstance(e, p2.DataError):
+            return e.exit_code
+        return 2 if isinstance(e, ValueError) else 1  # a bad value, or a storage that cannot open
     if "data" not in study.user_attrs:
         study.set_user_attr("data", f"{args.data_dir.resolve().name} ({data.train_labels.numel()} train / "
                                     f"{data.val_labels.numel()} val images)")

@@ -283,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runs.is_dir():
         print(f"error: {args.runs} is not a folder of runs", file=sys.stderr)
         return 2
+    for option, folder in (("RUNS_DIR", args.runs), ("--images-dir", args.images_dir)):
+        if why := p2.unwritable(folder):
+            print(f"error: {option} {folder} cannot be written: {why}; use a folder you can write to", file=sys.stderr)
+            return 2
     candidates = find_candidates(args.runs, val_size)[:args.top]
     if not candidates:
         print(f"error: no finished run (a summary.json with best_val_accuracy) under {args.runs}", file=sys.stderr)
@@ -295,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             if (read_summary(selection_dir / run_id) or {}).get("status") not in DONE]
     print(f"{len(candidates)} configs x {args.seeds} new seeds: {len(todo)} trainings to run, "
           f"{sum(map(len, planned.values())) - len(todo)} already finished", flush=True)
+    if todo:  # found (or fetched) once, here, not by several trainers at once; they are given where it is
+        try:
+            args.data_dir = p2.cifar100_source(args.data_dir).path
+        except p2.DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
     code = train_seeds(todo, args, selection_dir, group=f"selection-{args.runs.resolve().name}")
     if code < 128:
         write_selection(candidates, args.runs, args.images_dir)

@@ -175,7 +175,6 @@ class Sweep:
     direction: str  # "maximize" or "minimize"
     params: tuple[Param, ...]
     early_terminate: dict | None
-    longest_epochs: int  # the most epochs a trial can run: Hyperband's max_resource; 0 when unbounded
     target: float | None
     raw: dict  # the file as read, stored with the study so a changed file is noticed
 
@@ -221,62 +220,119 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
         if method == "grid" and isinstance(param.distribution, FloatDistribution) and param.distribution.step is None:
             raise SweepConfigError(f"parameter {name!r}: grid search needs discrete values (values, int_uniform or "
                                    "q_uniform), as in W&B")
-    epochs = next((p for p in params if p.name == "epochs"), None)
-    longest = int(max(epochs.extremes(), default=0)) if epochs else defaults["epochs"]
     early = raw.get("early_terminate")
     if early is not None:
-        hyperband_settings(early, longest)  # fail now, not when the first trial reports
-    return Sweep(method, metric_name, goal, tuple(params), early, longest, metric.get("target"), raw)
+        hyperband_bands(early)  # fail now, not when the first trial reports
+    return Sweep(method, metric_name, goal, tuple(params), early, metric.get("target"), raw)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Sampler and pruner
 
+HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict")  # W&B's schema, hyperband_stopping
+MIN_ITER_BANDS = 100  # W&B's min_iter form computes this many bands
 
-def hyperband_settings(early: dict, longest_epochs: int) -> tuple[int, int, int, int | None]:
-    """(min_resource, max_resource, reduction_factor, last band or None) from W&B's hyperband settings.
 
-    W&B: with min_iter, bands at min_iter * eta^k without end; with max_iter and s, bands at max_iter / eta^k for
-    k = 1..s and none after: Optuna's rungs have no end, so that form gets a last band (PruneUpTo).
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def hyperband_bands(early: dict) -> tuple[list[int], float, bool]:
+    """(bands in epochs, ascending; eta; strict) from a W&B early_terminate section, or SweepConfigError for what
+    W&B's schema or engine refuses.
+
+    As sweeps.hyperband_stopping.hyperband_stop_runs computes them: with max_iter (and s, which it then needs),
+    int(max_iter / eta^k) for k = 1..s while that is >= 1; otherwise int(min_iter * eta^k) for k = 0..99. The
+    division or multiplication is repeated, as there, so a fractional eta rounds the same way.
     """
     if not isinstance(early, dict) or early.get("type") != "hyperband":
         raise SweepConfigError(f"early_terminate {early!r} is not supported: only type hyperband exists")
-    eta = early.get("eta", 3)
-    if not isinstance(eta, int) or eta < 2:
-        raise SweepConfigError(f"early_terminate eta={eta!r}: Optuna's Hyperband needs an integer >= 2")
-    if longest_epochs < 1:
-        raise SweepConfigError("early_terminate with an unbounded epochs distribution: give epochs bounds")
-    if "min_iter" in early:
-        min_iter = early["min_iter"]
-        if not isinstance(min_iter, int) or min_iter < 1:
-            raise SweepConfigError(f"early_terminate min_iter={min_iter!r}: use an integer >= 1")
-        return min_iter, max(min_iter, longest_epochs), eta, None
-    if "max_iter" in early and "s" in early:
-        max_iter, s = early["max_iter"], early["s"]
-        bands = [int(max_iter / eta**k) for k in range(1, int(s) + 1) if max_iter / eta**k >= 1]
-        if not bands:
-            raise SweepConfigError(f"early_terminate max_iter={max_iter}, s={s}, eta={eta} gives no band >= 1")
-        return min(bands), max(max_iter, min(bands)), eta, max(bands)
-    raise SweepConfigError("early_terminate hyperband needs min_iter, or max_iter and s")
+    unknown = sorted(set(early) - set(HYPERBAND_KEYS))
+    if unknown:
+        raise SweepConfigError(f"early_terminate: unknown key {unknown[0]!r}; hyperband takes "
+                               f"{', '.join(HYPERBAND_KEYS)}")
+    eta, strict = early.get("eta", 3), early.get("strict", True)  # W&B's schema defaults
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta <= 1:
+        raise SweepConfigError(f"early_terminate eta={eta!r}: use a number > 1 (each band keeps the best 1/eta)")
+    if not isinstance(strict, bool):
+        raise SweepConfigError(f"early_terminate strict={strict!r}: use true or false")
+    bands = []
+    if "max_iter" in early:
+        max_iter, s = early["max_iter"], early.get("s")
+        if not _is_int(max_iter):
+            raise SweepConfigError(f"early_terminate max_iter={max_iter!r}: use an integer")
+        if not _is_int(s) or s < 1:
+            raise SweepConfigError(f"early_terminate s={s!r}: max_iter needs s, the number of bands, an integer >= 1")
+        band = max_iter
+        for _ in range(s):
+            band /= eta
+            if band < 1:
+                break
+            bands.append(int(band))
+    elif "min_iter" in early:
+        band = early["min_iter"]
+        if not _is_int(band) or band < 1:
+            raise SweepConfigError(f"early_terminate min_iter={band!r}: use an integer >= 1")
+        for _ in range(MIN_ITER_BANDS):
+            if not math.isfinite(band):  # a huge float eta: W&B's engine overflows here; no run gets that far
+                break
+            bands.append(int(band))
+            band *= eta
+    else:
+        raise SweepConfigError("early_terminate hyperband needs min_iter, or max_iter and s")
+    if not bands:
+        raise SweepConfigError(f"early_terminate max_iter={early['max_iter']}, s={early['s']}, eta={eta} gives no "
+                               "band >= 1 epoch: raise max_iter or lower eta")
+    return sorted(bands), eta, strict
 
 
-class PruneUpTo(optuna.pruners.BasePruner):
-    """Ask `inner` only up to `last_step`; after it, never prune (W&B's last hyperband band)."""
+class WandbHyperbandPruner(optuna.pruners.BasePruner):
+    """W&B's Hyperband early termination, decided for one trial as W&B's open-source sweep engine decides it for a
+    run: `hyperband_stop_runs` in sweeps/hyperband_stopping.py (https://github.com/wandb/sweeps, sweeps 0.3.0; the
+    paper is https://arxiv.org/abs/1603.06560). tests/test_hyperband.py checks it against that function.
 
-    def __init__(self, inner: optuna.pruners.BasePruner, last_step: int):
-        self.inner, self.last_step = inner, last_step
+    A trial's history is its reported values in step order, non-finite ones left out (W&B: the history rows that
+    hold the metric, `filter_invalid`). At band b (an epoch from hyperband_bands) the threshold is the value ranked
+    int(n / eta) from the best (rank 0) among the b-th values of the n trials that reached b, whatever their state.
+    A trial is checked against the last band it has reached, with its value at that band (strict, W&B's default) or
+    its best value so far (strict false), and pruned when that is worse than the threshold; a tie stays. Optuna asks
+    after every epoch a trial reports, when W&B's controller would see the new row; thresholds move as other trials
+    reach a band, so a trial can be pruned between bands, or after the last one, as under W&B.
+
+    Every trial is read from the study's storage, so workers on several machines decide alike. A trial that failed
+    and was queued for a retry (RetryHeartbeatStaleTrialCallback) is one W&B run resumed: once the retry has
+    reported values, only the retry's count.
+    """
+
+    def __init__(self, bands: list[int], eta: float, strict: bool):
+        self.bands, self.rank_fraction, self.strict = sorted(bands), 1.0 / eta, strict  # W&B's r = 1 / eta
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return trial.last_step is not None and trial.last_step <= self.last_step and self.inner.prune(study, trial)
+        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0  # then lower is better
+        history = self._history(trial, sign)
+        reached = [band for band in self.bands if band <= len(history)]
+        if not reached:
+            return False
+        band = reached[-1]
+        trials = study.get_trials(deepcopy=False)
+        replaced = {n for t in trials if t.intermediate_values
+                    for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
+        histories = [self._history(t, sign) for t in trials if t.number not in replaced]
+        at_band = sorted(h[band - 1] for h in histories if len(h) >= band)
+        if not at_band:  # only when this trial was itself replaced by a retry; W&B's threshold is then infinite
+            return False
+        threshold = at_band[int(self.rank_fraction * len(at_band))]
+        return (history[band - 1] if self.strict else min(history)) > threshold
+
+    @staticmethod
+    def _history(trial: FrozenTrial, sign: float) -> list[float]:
+        return [sign * value for _, value in sorted(trial.intermediate_values.items()) if math.isfinite(value)]
 
 
 def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
     if sweep.early_terminate is None:
         return optuna.pruners.NopPruner()
-    min_resource, max_resource, eta, last_band = hyperband_settings(sweep.early_terminate, sweep.longest_epochs)
-    pruner = optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource,
-                                            reduction_factor=eta)
-    return pruner if last_band is None else PruneUpTo(pruner, last_band)
+    return WandbHyperbandPruner(*hyperband_bands(sweep.early_terminate))
 
 
 def grid_size(sweep: Sweep) -> int:

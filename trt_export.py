@@ -83,6 +83,7 @@ from inference_bench import (
     predict_all,
 )
 from part_2_cifar import (
+    DATA_DIR_HELP,
     CheckpointError,
     ConfigError,
     DataError,
@@ -93,6 +94,7 @@ from part_2_cifar import (
     model_from_config,
     normalize,
     pick_device,
+    unwritable,
     versions,
     write_json_atomic,
 )
@@ -269,7 +271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", type=batch_sizes_arg, default=list(BATCH_SIZES), metavar="N,N,...",
                         help=f"benchmarked batch sizes; the engine serves min..max (default "
                              f"{','.join(map(str, BATCH_SIZES))})")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds cifar-100-python/ (default ./data)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help=DATA_DIR_HELP)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where PyTorch runs")
     parser.add_argument("--accuracy-images", type=int, default=0, help="test images scored (default 0: all)")
     parser.add_argument("--warmup-seconds", type=float, default=WARMUP_SECONDS,
@@ -295,17 +297,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # Pipeline: export and check -> build -> accuracy -> benchmark -> write
 
 
-def begin_export(args: argparse.Namespace, checkpoint_path: Path, checkpoint: dict,
-                 device: torch.device) -> Path:
-    """Say which checkpoint is exported and where PyTorch runs; make the output folder and return it."""
+def begin_export(out: Path, checkpoint_path: Path, checkpoint: dict, device: torch.device) -> None:
+    """Make the output folder `out`; say which checkpoint is exported and where PyTorch runs."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: cuDNN picks in the warm-up
-    out = args.out or checkpoint_path.parent / "export"
     out.mkdir(parents=True, exist_ok=True)
     print(f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
           f"{checkpoint.get('val_accuracy')}); filters {filters(checkpoint['config'])}; PyTorch on "
           f"{device_name(device)}", flush=True)
-    return out
 
 
 def normalized_test_set(test_images: np.ndarray, test_labels: np.ndarray,
@@ -485,11 +484,15 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_path = resolve_checkpoint(args.checkpoint, args.runs_dir, args.within)
         model, checkpoint = load_model(checkpoint_path)
         device = pick_device(args.device)
+        out = args.out or checkpoint_path.parent / "export"
+        for option, folder in (("--out", out), ("--plot", args.plot.parent)):
+            if why := unwritable(folder):
+                raise ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can write to")
         train_images, _, test_images, test_labels = load_cifar100(args.data_dir)
     except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = begin_export(args, checkpoint_path, checkpoint, device)
+        return e.exit_code if isinstance(e, DataError) else 2
+    begin_export(out, checkpoint_path, checkpoint, device)
     images, labels = normalized_test_set(test_images, test_labels, args.accuracy_images)
     report = Report()
     onnx_paths, sessions, onnx_parity = export_and_check(model, out, args.precision,

@@ -123,9 +123,8 @@ def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
     sweep = local_sweep.load_sweep(ROOT / "sweep_config.json")
     sampler = sweep_space.make_sampler(sweep)
     assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._multivariate and sweep.direction == "maximize"
-    pruner = sweep_space.make_pruner(sweep)
-    assert isinstance(pruner, sweep_space.PruneUpTo) and pruner.last_step == 12
-    assert isinstance(pruner.inner, optuna.pruners.HyperbandPruner)
+    pruner = sweep_space.make_pruner(sweep)  # W&B's rule, checked against W&B's engine in test_hyperband.py
+    assert isinstance(pruner, sweep_space.WandbHyperbandPruner) and pruner.bands == [4, 12] and pruner.strict
     grid = local_sweep.load_sweep(write_sweep(tmp_path / "g.json", {"dropout_rate": {"values": [0.0, 0.5]},
                                                                     "epochs": {"min": 1, "max": 3}}, method="grid"))
     assert isinstance(sweep_space.make_sampler(grid), optuna.samplers.GridSampler) and sweep_space.grid_size(grid) == 6
@@ -210,6 +209,7 @@ def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials(offl
     history = json.loads(Path(retry.user_attrs["run_dir"], "summary.json").read_text())["history"]
     assert [m["epoch"] for m in history] == [1, 2, 3]
     assert history[:len(dead_history)] == dead_history  # epochs the dead attempt finished were not run again
+    assert retry.intermediate_values == {m["epoch"]: m["val_accuracy"] for m in history}  # the pruner sees them all
 
 
 def test_a_poor_trial_is_pruned_at_the_hyperband_band(offline, learnable_data_dir):

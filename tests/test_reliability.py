@@ -357,7 +357,7 @@ def test_a_corrupt_data_file_ends_the_process_with_one_line(data_copy, tmp_path,
     (data_copy / "cifar-100-python" / "train").write_bytes(b"\x80\x04not a pickle at all")
     result = subprocess.run(trainer_command(*fast_args(data_copy, tmp_path / "runs")), env=offline_env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=180)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a file the user must fix
     assert "cifar-100-python/train is truncated or corrupt" in one_line_error(result.stderr)
 
 

@@ -104,28 +104,44 @@ def test_train_validation_and_test_images_never_overlap(tiny_data_dir):
     assert not train & val and not train & test and not val & test
 
 
-def test_download_fetches_verifies_and_extracts_the_archive(tmp_path):
+@pytest.fixture()
+def served_archive(tmp_path):
+    """A CIFAR-100-layout archive served over HTTP on the loopback: (url, md5)."""
     source = tmp_path / "source"
     write_synthetic_cifar100(source, train_per_class=1, test_per_class=1)
-    archive = tmp_path / "cifar-100-python.tar.gz"
+    archive = tmp_path / "served" / "cifar-100-python.tar.gz"
+    archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(source / "cifar-100-python", arcname="cifar-100-python")
-    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
-        trainer.download_cifar100(data_dir, url=url, md5=md5)
+        md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+        yield f"http://127.0.0.1:{server.server_address[1]}/{archive.name}", md5
         server.shutdown()
+
+
+def test_download_fetches_verifies_and_extracts_the_archive(served_archive, tmp_path):
+    url, md5 = served_archive
+    data_dir = tmp_path / "data"
+    source = trainer.cifar100_source(data_dir, url=url, md5=md5)
+    assert source == trainer.CifarSource((data_dir / "cifar-100-python").resolve(), "folder")
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-100-python", "cifar-100-python.tar.gz"]
     assert trainer.load_cifar100(data_dir, download=False)[0].shape == (100, 32, 32, 3)
+
+
+def test_a_download_that_fails_its_checksum_leaves_nothing_where_an_archive_is_looked_for(served_archive, tmp_path):
+    url, _ = served_archive
+    with pytest.raises(trainer.DownloadError, match="could not download CIFAR-100"):
+        trainer.cifar100_source(tmp_path / "data", url=url, md5="0" * 32)
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_a_failed_download_says_where_to_put_the_archive(tmp_path):
     missing = "http://127.0.0.1:9/cifar-100-python.tar.gz"  # the discard port: nothing listens there
-    with pytest.raises(trainer.DataError, match=r"put it at .*cifar-100-python\.tar\.gz"):
+    with pytest.raises(trainer.DownloadError, match=r"put it at .*cifar-100-python\.tar\.gz"):
         trainer.download_cifar100(tmp_path, url=missing, md5=trainer.CIFAR100_MD5)
+    assert list(tmp_path.iterdir()) == []  # no partial file
 
 
 # --------------------------------------------------------------------------------------------------------- augmentation
