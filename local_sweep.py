@@ -240,7 +240,7 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
               check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | None]:
     """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value)."""
     host = socket.gethostname()
-    config = p2.DEFAULTS | {p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size}
+    config = p2.with_defaults({p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size})
     run_dir = args.runs_dir / study.study_name / f"trial-{trial.number:04d}"
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
