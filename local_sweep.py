@@ -310,6 +310,8 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
             try:
                 check_interrupt()
             except p2.Interrupted as e:
+                print(f"interrupted by {signal.Signals(e.signum).name} before a trial started: run the same command "
+                      "again to continue", file=sys.stderr, flush=True)
                 return 128 + e.signum
             with ExitStack() as claim:
                 trial = next_trial(study, store, trials, sweep.target, claim)
@@ -360,7 +362,11 @@ def launch_workers(argv: list[str], workers: int) -> int:
     """Start `workers` copies of this program as worker processes on the same study; wait; pass on stop signals
     (part_2_cifar.passed_on). Exit code: 128 + the first stop signal received, else the workers' worst."""
     procs: list[subprocess.Popen] = []
-    with p2.StopOnSignal() as stop:  # before the first start: a signal then is passed on to every worker
+    with p2.StopOnSignal() as stop:  # main's: a signal that came while the study opened starts no worker
+        if stop.signum is not None:
+            print(f"interrupted by {signal.Signals(stop.signum).name} before the workers started: run the same "
+                  "command again", file=sys.stderr, flush=True)
+            return 128 + stop.signum
         for index, gpu in enumerate(gpu_slots(workers)):
             cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
             procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
@@ -407,7 +413,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    with p2.StopOnSignal():  # from the first line, as in the trainer; work() and launch_workers() share its signal
+        try:
+            return run_sweep(sys.argv[1:] if argv is None else argv)
+        except KeyboardInterrupt:  # Ctrl-C twice outside a trial (a trial's run ends on its own): "stop now"
+            print("interrupted by SIGINT: run the same command again to continue", file=sys.stderr, flush=True)
+            return 128 + signal.SIGINT
+
+
+def run_sweep(argv: list[str]) -> int:
+    """Everything main does, under its stop signals."""
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots

@@ -466,13 +466,17 @@ class StopOnSignal:
     signal's default action. The first signal is the reason kept (a launcher may pass on what the terminal already
     sent). A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download. A signal the caller
     ignores stays ignored: `nohup` ignores SIGHUP, and a non-interactive shell starts background jobs with SIGINT and
-    SIGQUIT ignored; child processes inherit that.
+    SIGQUIT ignored; child processes inherit that. One inside another (a local sweep's main, then its worker loop)
+    shares the signal with it, both ways.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
 
     def __enter__(self) -> StopOnSignal:
+        handlers = [getattr(signal.getsignal(sig), "__self__", None) for sig in STOP_SIGNALS]
+        self.outer = next((h for h in handlers if isinstance(h, StopOnSignal)), None)
+        self.signum = self.signum or (self.outer.signum if self.outer else None)
         self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS
                          if signal.getsignal(sig) is not signal.SIG_IGN}
         return self
@@ -480,6 +484,8 @@ class StopOnSignal:
     def __exit__(self, *exc_info: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        if self.outer is not None and self.outer.signum is None:
+            self.outer.signum = self.signum
 
     def _catch(self, signum: int, frame: object) -> None:
         if signum == getattr(signal, "SIGHUP", None):

@@ -189,6 +189,23 @@ def test_sighup_to_a_local_sweep_leaves_its_trial_for_a_retry_that_continues_it(
     assert f"resuming after epoch {interrupted_at}" in capsys.readouterr().out
 
 
+def test_a_signal_while_a_local_sweep_starts_up_is_one_line_and_starts_no_trial(tiny_data_dir, tmp_path, one_thread,
+                                                                                  monkeypatch, capsys):
+    real_prepare_data = trainer.prepare_data
+
+    def prepare_data_then_hang_up(*args, **kwargs):
+        signal.raise_signal(signal.SIGHUP)  # arrives while the data set loads, before the worker loop
+        return real_prepare_data(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "prepare_data", prepare_data_then_hang_up)
+    sweep, runs = write_sweep(tmp_path / "early.json", epochs=2), tmp_path / "runs"
+    handler_before = signal.getsignal(signal.SIGHUP)
+    assert local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 128 + signal.SIGHUP
+    assert "interrupted by SIGHUP before a trial started" in one_line(capsys.readouterr().err)
+    assert states(runs, "early") == []
+    assert signal.getsignal(signal.SIGHUP) is handler_before
+
+
 def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_its_workers(tiny_data_dir, tmp_path,
                                                                                               offline_env):
     sweep, runs = write_sweep(tmp_path / "two.json", epochs=EPOCHS), tmp_path / "runs"
