@@ -271,7 +271,7 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
               check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | None]:
     """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value)."""
     host = socket.gethostname()
-    config = p2.DEFAULTS | {p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size}
+    config = p2.with_defaults({p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size})
     run_dir = args.runs_dir / study.study_name / f"trial-{trial.number:04d}"
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
@@ -288,7 +288,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
     code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
-                                    resume=resume, on_epoch=pruning.on_epoch, in_sweep=True, log_model=False)
+                                    resume=resume, on_epoch=pruning.on_epoch, in_sweep=True, log_model=False,
+                                    how_to_continue=f"trial {trial.number} is failed and queued for a retry: run "
+                                                    "the same command again to continue")
     trial.set_user_attr("test_accuracy", summary.get("test_accuracy"))
     status = summary["status"]
     if status == "diverged":
@@ -308,8 +310,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
 
 def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, store: Store,
          trials: int) -> int:
-    """Run trials until the study has `trials` finished ones; return an exit code. SIGTERM and SIGINT stop training
-    between steps (part_2_cifar.StopOnSignal): the trial is failed and queued for a retry."""
+    """Run trials until the study has `trials` finished ones; return an exit code. A stop signal (any of
+    part_2_cifar.STOP_SIGNALS the caller does not ignore) stops training between steps: the trial is failed and
+    queued for a retry, and the worker exits 128 + signal."""
     failures = 0
     with p2.StopOnSignal() as stop:
 
@@ -322,6 +325,8 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
             try:
                 check_interrupt()
             except p2.Interrupted as e:
+                print(f"interrupted by {signal.Signals(e.signum).name} before a trial started: run the same command "
+                      "again to continue", file=sys.stderr, flush=True)
                 return 128 + e.signum
             with ExitStack() as claim:
                 trial = next_trial(study, store, trials, sweep.target, claim)
@@ -335,10 +340,8 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
             if frozen is None:
                 print(f"trial {trial.number} was failed meanwhile by another process (its heartbeat was late); its "
                       "retry runs it again", flush=True)
-            elif code > 128:  # interrupted: queue it again, so the same command continues it
-                retry_later(study, frozen)
-                print(f"trial {trial.number} interrupted: failed and queued for a retry; run the same command again "
-                      "to continue", file=sys.stderr, flush=True)
+            elif code > 128:  # interrupted (run_training printed the line): queue it again, so the same command
+                retry_later(study, frozen)  # continues it
                 return code
             failures = failures + 1 if frozen is not None and state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
@@ -371,25 +374,32 @@ def worker_env(gpu: str | None, workers: int) -> dict:
 
 
 def launch_workers(argv: list[str], workers: int) -> int:
-    """Start `workers` copies of this program as worker processes on the same study; wait; forward signals."""
-    procs = []
-    for index, gpu in enumerate(gpu_slots(workers)):
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
-        procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
-        print(f"worker {index}: pid {procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu else ""), flush=True)
-
-    def forward(signum: int, frame: object) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        codes = [proc.wait() for proc in procs]
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return max(codes, key=abs)
+    """Start `workers` copies of this program as worker processes on the same study; wait; pass on stop signals
+    (part_2_cifar.passed_on). Exit code: 128 + the first stop signal received, else the workers' worst."""
+    procs: list[subprocess.Popen] = []
+    with p2.StopOnSignal() as stop:  # main's: a signal that came while the study opened starts no worker
+        if stop.signum is not None:
+            print(f"interrupted by {signal.Signals(stop.signum).name} before the workers started: run the same "
+                  "command again", file=sys.stderr, flush=True)
+            return 128 + stop.signum
+        for index, gpu in enumerate(gpu_slots(workers)):
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
+            procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
+            print(f"worker {index}: pid {procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu else ""),
+                  flush=True)
+        forwarded = False
+        while any(proc.poll() is None for proc in procs):
+            try:
+                if stop.signum is not None and not forwarded:
+                    for proc in procs:
+                        if proc.poll() is None:
+                            proc.send_signal(p2.passed_on(stop.signum))
+                    forwarded = True
+                time.sleep(0.2)
+            except KeyboardInterrupt:  # Ctrl-C twice: the workers got it too (one process group) and stop now
+                pass
+    codes = [proc.returncode for proc in procs]
+    return 128 + stop.signum if stop.signum is not None else max(codes, key=abs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -418,7 +428,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    with p2.StopOnSignal():  # from the first line, as in the trainer; work() and launch_workers() share its signal
+        try:
+            return run_sweep(sys.argv[1:] if argv is None else argv)
+        except KeyboardInterrupt:  # Ctrl-C twice outside a trial (a trial's run ends on its own): "stop now"
+            print("interrupted by SIGINT: run the same command again to continue", file=sys.stderr, flush=True)
+            return 128 + signal.SIGINT
+
+
+def run_sweep(argv: list[str]) -> int:
+    """Everything main does, under its stop signals."""
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots
