@@ -657,6 +657,11 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     failed, data = {"status": "failed"}, None
     try:
         config = validate_config(dict(run.config))  # a sweep's values override the command line
+        # The model's size is known before training: in the summary from the start, a run stopped early or killed
+        # has it too (a sweep's cost objective, W&B's charts of running runs). finish_run writes it again, with latency.
+        model = model_from_config(config)
+        run.summary.update({"parameters": sum(p.numel() for p in model.parameters()),
+                            "flops_per_image": flops_per_image(model)})
         check_interrupt()
         data = load_data()
 
