@@ -90,8 +90,8 @@ def user_code(key: str, source: str, name: str) -> Iterator[None]:
 
 
 def study_factory(sweep: Sweep) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner] | None:
-    """scheduler.optimizer: the sampler and pruner of the study the user's function makes (W&B's loader and its
-    checks; the study's storage and name are this program's --storage and --study), or None if the sweep has none."""
+    """scheduler.optimizer: the sampler of the study the user's function makes (W&B's loader and its checks; the
+    study's storage and name are this program's --storage and --study) and no pruner, or None if there is none."""
     if "optimizer" not in sweep.scheduler:
         return None
     from wandb.sdk.sweeps.scheduler.client import load_optimizer_config
@@ -109,11 +109,9 @@ def study_factory(sweep: Sweep) -> tuple[optuna.samplers.BaseSampler, optuna.pru
     if directions != sweep.directions:
         raise SweepConfigError(f"scheduler.optimizer {name!r} in {source}: study directions {directions} do not match "
                                f"the sweep's metric goals {sweep.directions}")
-    if not isinstance(study.pruner, optuna.pruners.NopPruner):
-        raise SweepConfigError(f"scheduler.optimizer {name!r} in {source}: its study has a "
-                               f"{type(study.pruner).__name__}, but the objectives are summary values known only when "
-                               "a run ends: nothing to prune on; use optuna.pruners.NopPruner()")
-    return study.sampler, study.pruner
+    # Its pruner (create_study's default is a MedianPruner) is not asked: the objectives are summary values, known
+    # when a run ends; under W&B's scheduler too, no history row carries them (README, "A multi-objective sweep").
+    return study.sampler, optuna.pruners.NopPruner()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

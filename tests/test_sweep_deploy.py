@@ -3,14 +3,19 @@ metrics), checked against W&B's own Optuna scheduler code (wandb/sdk/sweeps/sche
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import signal
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from test_local_sweep import load_study, sweep_args
 
 import local_sweep
 import part_2_cifar as p2
@@ -162,7 +167,7 @@ def run_offline(config: dict, data_dir: Path, tmp_path: Path, on_epoch=None) -> 
     return code, summary, wandb_summary(run_dir)
 
 
-def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(offline_wandb, learnable_data_dir):
+def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(offline, learnable_data_dir):
     from wandb.sdk.sweeps.run_state import RunState
     from wandb.sdk.sweeps.scheduler.optimizer import RunWithMetrics
     from wandb.sdk.sweeps.sweep_info import SweepInfo
@@ -175,7 +180,7 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(o
     finished = {}
     for suggestion in optimizer.ask_n_runs(2):
         config = suggestion.config.flat_dict() | FAST_OVERRIDES | {"val_size": 100}
-        code, summary, server = run_offline(config, learnable_data_dir, offline_wandb)
+        code, summary, server = run_offline(config, learnable_data_dir, offline)
         assert code == 0 and summary["status"] == "finished"
         optimizer.tell_run(suggestion.run_id, RunWithMetrics(suggestion.config, RunState.FINISHED, "w", server, []))
         finished[int(suggestion.run_id)] = summary, server
@@ -185,7 +190,7 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(o
 
     (stopped,) = optimizer.ask_n_runs(1)
     code, _, stopped_summary = run_offline(stopped.config.flat_dict() | FAST_OVERRIDES | {"val_size": 100},
-                                           learnable_data_dir, offline_wandb, on_epoch=stop_after_epoch_1)
+                                           learnable_data_dir, offline, on_epoch=stop_after_epoch_1)
     optimizer.tell_run(stopped.run_id, RunWithMetrics(stopped.config, RunState.KILLED, "w", stopped_summary, []))
 
     trials = optimizer.study.get_trials()
@@ -209,7 +214,7 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(o
 
 
 @pytest.fixture()
-def offline_wandb(monkeypatch, tmp_path):
+def offline(monkeypatch, tmp_path):
     """In-process W&B runs, offline, files under tmp_path, no key to find; one torch thread."""
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)
@@ -218,7 +223,158 @@ def offline_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     threads = p2.torch.get_num_threads()
-    p2.torch.set_num_threads(1)
+    p2.torch.set_num_threads(1)  # on a busy 2-core machine two spinning threads per process trained 30x slower
     yield tmp_path
     p2.torch.set_num_threads(threads)
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The same format offline: local_sweep.py
+
+
+def write_custom(path: Path, space: dict, **top) -> Path:
+    """A method custom sweep of tiny models (flops_per_image differs with num_filters_2), W&B's keys as in the file;
+    a key of `top` given None is left out."""
+    sweep = {"program": "part_2_cifar.py", "method": "custom", "scheduler": {"engine": "optuna"},
+             "metrics": OBJECTIVES, "parameters": TINY | space} | top
+    path.write_text(json.dumps({key: value for key, value in sweep.items() if value is not None}))
+    return path
+
+
+TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters_2": {"values": [8, 16, 24]},
+        "num_filters_3": {"value": 16}, "learning_rate": {"min": 0.005, "max": 0.05}, "epochs": {"value": 1}}
+
+
+def summaries(study: optuna.Study) -> dict[int, dict]:
+    return {t.number: json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text()) for t in study.trials}
+
+
+def test_a_multi_objective_sweep_finishes_exactly_n_trials_with_its_pareto_front(offline, learnable_data_dir, capsys):
+    sweep, runs = write_custom(offline / "front.json", {}), offline / "runs"
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "5")) == 0
+    study = load_study(runs, "front")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"] and len(study.trials) == 5
+    assert isinstance(sweep_space.make_sampler(local_sweep.load_sweep(sweep)), optuna.samplers.TPESampler)
+    for number, summary in summaries(study).items():  # the objectives are the run's summary values, as in W&B
+        assert study.trials[number].state.name == "COMPLETE"
+        assert study.trials[number].values == [summary["best_val_accuracy"], summary["flops_per_image"]]
+    with open(runs / "front" / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    front = {t.number for t in study.best_trials}  # Optuna's own front
+    assert {int(r["number"]) for r in rows if r["pareto_front"] == "True"} == front
+    assert [r["pareto_front"] for r in rows] == sorted((r["pareto_front"] for r in rows), reverse=True)  # front first
+    assert (runs / "images" / "sweep_front_pareto.png").is_file()
+    out = capsys.readouterr().out
+    assert f"Pareto front (best_val_accuracy maximize, flops_per_image minimize): {len(front)} of 5" in out
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "5")) == 0
+    assert len(load_study(runs, "front").trials) == 5  # the same command after the end does nothing
+
+
+def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials_and_both_values(offline, learnable_data_dir,
+                                                                                           offline_env):
+    sweep, runs = write_custom(offline / "kill.json", {"epochs": {"value": 3}}), offline / "runs"
+    args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "2", "--wandb-mode", "disabled")
+    first = subprocess.Popen([sys.executable, str(ROOT / "local_sweep.py"), *args], cwd=offline, env=offline_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    in_trial_1, deadline = runs / "kill" / "trial-0001" / "last.pt", time.monotonic() + 240
+    while not in_trial_1.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # mid-trial: epoch 1 of 3 is saved
+    assert first.wait() == -signal.SIGKILL, first.stderr.read().decode()[-2000:]
+    dead_history = p2.load_checkpoint(in_trial_1, needs=("history",))["history"]
+
+    assert local_sweep.main(args) == 0  # the same command continues the study
+    study = load_study(runs, "kill")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    retry = study.trials[2]
+    assert retry.system_attrs["failed_trial"] == 1 and retry.params == study.trials[1].params
+    summary = json.loads(Path(retry.user_attrs["run_dir"], "summary.json").read_text())
+    assert retry.values == [summary["best_val_accuracy"], summary["flops_per_image"]]
+    assert summary["history"][:len(dead_history)] == dead_history and len(summary["history"]) == 3  # resumed
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"early_terminate": {"type": "hyperband", "min_iter": 2}}, "early_terminate cannot be used with scheduler"),
+    ({"metrics": [{"name": "val_accuracy", "goal": "maximize"}, OBJECTIVES[1]]}, "use best_val_accuracy"),
+    ({"metrics": [{"name": "test_accuracy", "goal": "maximize"}, OBJECTIVES[1]]}, "metric 'test_accuracy'"),
+    ({"metrics": [OBJECTIVES[0] | {"target": 90}, OBJECTIVES[1]]}, "target"),
+    ({"metric": OBJECTIVES[0]}, "metric and metrics cannot both be set"),
+    ({"method": "bayes", "scheduler": None}, "metrics (several objectives) needs method custom"),
+    ({"scheduler": None}, "method custom needs a scheduler"),
+    ({"scheduler": {"engine": "ax"}}, "scheduler.engine 'ax'"),
+    ({"scheduler": {"engine": "optuna", "sampler": "nsga2"}}, "scheduler.sampler is not a scheduler key"),
+    ({"scheduler": {"engine": "optuna", "optimizer": "make"}}, "scheduler.optimizer needs scheduler.source"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_what_local_sweep_cannot_honour_in_a_custom_sweep_is_one_line_before_any_training(
+        change, words, offline, learnable_data_dir, capsys):
+    sweep, runs = write_custom(offline / "bad.json", {}, **change), offline / "runs"
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not (runs / "bad").exists()
+
+
+SOURCE = '''
+import optuna
+
+def random_study(sweep):
+    return optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+
+def with_terminator(sweep):
+    return random_study(sweep), lambda study: len(study.trials) > 3
+
+def same_directions(sweep):
+    return optuna.create_study(directions=["maximize", "maximize"])
+
+def broken(sweep):
+    raise RuntimeError("cannot reach the study database")
+
+def filters(trial):
+    return {"num_filters_2": trial.suggest_categorical("num_filters_2", [8, 24]), "learning_rate": 0.02,
+            "epochs": 1, "batch_size": 64, "num_filters_1": 8, "num_filters_3": 16}
+
+def unknown_key(trial):
+    return {"filters": trial.suggest_int("filters", 1, 2)}
+'''
+
+
+def scheduler(tmp_path: Path, **names: str) -> dict:
+    source = tmp_path / "my_study.py"
+    source.write_text(SOURCE)
+    return {"engine": "optuna", "source": str(source), **names}
+
+
+def test_scheduler_optimizer_gives_the_study_its_sampler_as_in_wandb(tmp_path):
+    sweep = local_sweep.load_sweep(write_custom(tmp_path / "s.json", {}, scheduler=scheduler(
+        tmp_path, optimizer="random_study")))
+    study = local_sweep.open_study(sweep, "s", local_sweep.open_storage(None, tmp_path / "runs"))
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)  # in this program's storage, under --study
+    assert isinstance(study.pruner, optuna.pruners.NopPruner)  # not the factory's default MedianPruner: README
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+
+
+def test_scheduler_search_space_defines_each_trials_config_as_in_wandb(offline, learnable_data_dir):
+    sweep = write_custom(offline / "space.json", {}, parameters=None, scheduler=scheduler(offline,
+                                                                                       search_space="filters"))
+    runs = offline / "runs"
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "3")) == 0
+    study = load_study(runs, "space")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    for t in study.trials:
+        assert set(t.params) == {"num_filters_2"} and t.user_attrs["config"]["learning_rate"] == 0.02
+        assert t.user_attrs["config"]["num_filters_2"] == t.params["num_filters_2"] in (8, 24)
+
+
+@pytest.mark.parametrize("names, words", [
+    ({"optimizer": "with_terminator"}, "returns a terminator"),
+    ({"optimizer": "same_directions"}, "do not match the sweep's metric goals"),
+    ({"optimizer": "broken"}, "scheduler.optimizer 'broken'"),
+    ({"optimizer": "absent"}, "has no attribute 'absent'"),
+    ({"search_space": "unknown_key"}, "'filters', which is not a part_2_cifar.py setting"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_a_scheduler_function_local_sweep_cannot_run_is_one_line(names, words, offline, learnable_data_dir, capsys):
+    no_parameters = {"parameters": None} if "search_space" in names else {}  # the function defines them
+    sweep = write_custom(offline / "fn.json", {}, **no_parameters, scheduler=scheduler(offline, **names))
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, offline / "runs", "--trials", "2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and f"scheduler.{next(iter(names))}" in err, err
