@@ -7,6 +7,7 @@ front instead: a pareto_front column in trials.csv, the front first, and Optuna'
 from __future__ import annotations
 
 import socket
+import textwrap
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -98,7 +99,7 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
             print(f"skipped the {kind} plot: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.suptitle(title, fontsize=8)
+        fig.suptitle(textwrap.fill(title, 100), fontsize=8)  # the Pareto plot's axes are narrower than the title
         fig.tight_layout()
         path = images_dir / f"sweep_{study.study_name}_{kind}.png"
         p2.save_figure(fig, path)
