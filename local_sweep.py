@@ -110,7 +110,7 @@ def study_factory(sweep: Sweep) -> tuple[optuna.samplers.BaseSampler, optuna.pru
         raise SweepConfigError(f"scheduler.optimizer {name!r} in {source}: study directions {directions} do not match "
                                f"the sweep's metric goals {sweep.directions}")
     # Its pruner (create_study's default is a MedianPruner) is not asked: the objectives are summary values, known
-    # when a run ends; under W&B's scheduler too, no history row carries them (README, "A multi-objective sweep").
+    # when a run ends; under W&B's scheduler too, no history row carries them (README, "Accuracy and cost at once").
     return study.sampler, optuna.pruners.NopPruner()
 
 
