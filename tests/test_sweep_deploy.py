@@ -249,6 +249,11 @@ def summaries(study: optuna.Study) -> dict[int, dict]:
     return {t.number: json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text()) for t in study.trials}
 
 
+def test_a_custom_sweep_with_one_metric_has_one_direction(tmp_path):
+    sweep = local_sweep.load_sweep(write_custom(tmp_path / "one.json", {}, metrics=None, metric=OBJECTIVES[1]))
+    assert sweep.objectives == (("flops_per_image", "minimize"),) and sweep.directions == ["minimize"]
+
+
 def test_a_multi_objective_sweep_finishes_exactly_n_trials_with_its_pareto_front(offline, learnable_data_dir, capsys):
     sweep, runs = write_custom(offline / "front.json", {}), offline / "runs"
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "5")) == 0
