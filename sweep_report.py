@@ -6,6 +6,7 @@ front instead: a pareto_front column in trials.csv, the front first, and Optuna'
 
 from __future__ import annotations
 
+import os
 import socket
 import textwrap
 import warnings
@@ -69,7 +70,9 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
     print(console.head(TOP_TRIALS).to_string(index=False, na_rep="") if len(table) else "no trials yet")
     csv_path = runs_dir / study.study_name / "trials.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(csv_path, index=False)
+    tmp = csv_path.with_name(f"{csv_path.name}.{os.getpid()}.tmp")  # each machine writes the report at its end
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, csv_path)
     print(f"wrote {csv_path}")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:

@@ -191,3 +191,29 @@ def test_two_machines_run_a_multi_objective_study_to_exactly_n_trials(tmp_path, 
         summary = json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text())
         assert t.values == [summary["best_val_accuracy"], summary["flops_per_image"]]
     assert study.best_trials  # Optuna's front, which the report writes to trials.csv
+
+
+WRITE_AT_ONCE = """
+import sys, time
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from run_files import save_figure, write_json_atomic
+start, folder = float(sys.argv[1]), __import__("pathlib").Path(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+for i in range(40):
+    fig, ax = plt.subplots(figsize=(1, 1))
+    save_figure(fig, folder / "sweep_front_pareto.png", dpi=20)
+    write_json_atomic({"i": i}, folder / "selection.json")
+"""
+
+
+def test_machines_that_write_the_same_report_file_at_once_both_succeed(tmp_path, offline_env):
+    """Each machine writes the study's report when it ends, to the shared folder: never over another's temporary."""
+    start = time.time() + 3  # both import matplotlib first, then write in the same instant
+    writers = [subprocess.Popen([sys.executable, "-c", WRITE_AT_ONCE, str(start), str(tmp_path)], env=offline_env,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["selection.json", "sweep_front_pareto.png"]
