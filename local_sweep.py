@@ -13,7 +13,9 @@ sweep_space.py, the report sweep_report.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
+import math
 import os
 import shutil
 import signal
@@ -58,8 +60,58 @@ class StorageError(RuntimeError):
 
 
 def load_sweep(path: Path) -> Sweep:
-    """The sweep file translated for part_2_cifar.py's settings and rules."""
-    return sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config)
+    """The sweep file translated for part_2_cifar.py's settings and rules, with scheduler.search_space loaded."""
+    sweep = sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config)
+    if "search_space" not in sweep.scheduler:
+        return sweep
+    from wandb.sdk.sweeps.scheduler.optuna import load_trial_constructor  # W&B's own loader and checks
+
+    source, name = sweep.scheduler["source"], sweep.scheduler["search_space"]
+    with user_code("scheduler.search_space", source, name):
+        constructor = load_trial_constructor(source, name)
+        params = constructor(optuna.create_study().ask())  # a throw-away trial, as W&B's loader makes
+        unknown = sorted(set(params) - set(p2.DEFAULTS))
+        if unknown:  # `wandb agent` would pass --key=value, which part_2_cifar.py refuses
+            raise SweepConfigError(f"scheduler.search_space {name!r} in {source} gives {unknown[0]!r}, which is not a "
+                                   f"part_2_cifar.py setting (those are {', '.join(p2.DEFAULTS)})")
+    return dataclasses.replace(sweep, search_space=constructor)
+
+
+@contextmanager
+def user_code(key: str, source: str, name: str) -> Iterator[None]:
+    """Run the user's scheduler.optimizer or scheduler.search_space: whatever it raises becomes one line."""
+    try:
+        yield
+    except SweepConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 (the user's code may raise anything; the user gets one line)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SweepConfigError(f"{key} {name!r} in {source}: {reason}") from None
+
+
+def study_factory(sweep: Sweep) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner] | None:
+    """scheduler.optimizer: the sampler of the study the user's function makes (W&B's loader and its checks; the
+    study's storage and name are this program's --storage and --study) and no pruner, or None if there is none."""
+    if "optimizer" not in sweep.scheduler:
+        return None
+    from wandb.sdk.sweeps.scheduler.client import load_optimizer_config
+    from wandb.sdk.sweeps.sweep_info import SweepInfo
+
+    source, name = sweep.scheduler["source"], sweep.scheduler["optimizer"]
+    info = SweepInfo(id="local", name=sweep.raw.get("name", ""), entity="", project="", config=sweep.raw,
+                     controller_run_name="")
+    with user_code("scheduler.optimizer", source, name):
+        study, terminator = load_optimizer_config(source, name, optuna.Study, info)
+    if terminator is not None:  # the sweep ends at --trials N; a second rule would have to be shared by machines
+        raise SweepConfigError(f"scheduler.optimizer {name!r} in {source} returns a terminator, which local_sweep.py "
+                               "does not run: return the study alone and bound the sweep with --trials")
+    directions = [d.name.lower() for d in study.directions]
+    if directions != sweep.directions:
+        raise SweepConfigError(f"scheduler.optimizer {name!r} in {source}: study directions {directions} do not match "
+                               f"the sweep's metric goals {sweep.directions}")
+    # Its pruner (create_study's default is a MedianPruner) is not asked: the objectives are summary values, known
+    # when a run ends; under W&B's scheduler too, no history row carries them (README, "Accuracy and cost at once").
+    return study.sampler, optuna.pruners.NopPruner()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -184,14 +236,16 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
     """Create the study, or load it and check it was made from the same sweep file."""
-    sampler, pruner = sweep_space.make_sampler(sweep), sweep_space.make_pruner(sweep)
+    sampler, pruner = study_factory(sweep) or (sweep_space.make_sampler(sweep), sweep_space.make_pruner(sweep))
     if not create:
         try:
             return optuna.load_study(study_name=name, storage=store.storage, sampler=sampler, pruner=pruner)
         except KeyError:
             raise SweepConfigError(f"no study {name!r} in this storage: check --study, --storage, --runs-dir") from None
-    study = optuna.create_study(study_name=name, storage=store.storage, direction=sweep.direction, sampler=sampler,
+    study = optuna.create_study(study_name=name, storage=store.storage, directions=sweep.directions, sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
+    if len(sweep.objectives) > 1 and study.metric_names is None:  # Optuna's table and plots then name them
+        study.set_metric_names([name for name, _ in sweep.objectives])
     stored = study.user_attrs.get("sweep_config")
     if stored is None:
         study.set_user_attr("sweep_config", sweep.raw)
@@ -244,14 +298,19 @@ class Pruning:
     trial: optuna.Trial
     metric: str  # the sweep's metric, as part_2_cifar.py logs it every epoch
     maximize: bool
+    # False for method custom: its objectives are read from the run's summary at the end, as W&B's Optuna scheduler
+    # reads them; a study of several objectives takes no intermediate values (nor can one be pruned)
+    prunable: bool = True
     best: float | None = None  # the trial's result: its best value so far
 
     def report(self, metrics: dict) -> None:
         """The raw value at this epoch, as W&B's history row holds it (strict false is the pruner's affair)."""
+        self.trial.set_user_attr("epochs_completed", metrics["epoch"])
+        if not self.prunable:
+            return
         value = metrics[self.metric]
         self.best = value if self.best is None else max(self.best, value) if self.maximize else min(self.best, value)
         self.trial.report(value, metrics["epoch"])
-        self.trial.set_user_attr("epochs_completed", metrics["epoch"])
 
     def replay(self, history: list[dict]) -> None:
         """A resumed trial's earlier epochs: they count at their bands for every trial, and were decided before the
@@ -262,16 +321,18 @@ class Pruning:
     def on_epoch(self, metrics: dict) -> None:
         """part_2_cifar.train's callback after each epoch; raises StopEarly("pruned") when the pruner says stop."""
         self.report(metrics)
-        if self.trial.should_prune():
+        if self.prunable and self.trial.should_prune():
             raise p2.StopEarly("pruned", f"pruned after epoch {metrics['epoch']} by Hyperband: {self.metric} "
                                          f"{metrics[self.metric]:.4g}, best {self.best:.4g}")
 
 
 def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, trial: optuna.Trial,
-              check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | None]:
-    """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value)."""
+              check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | list[float] | None]:
+    """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value), the
+    value a list of the objectives' values for method custom."""
     host = socket.gethostname()
-    config = p2.with_defaults({p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size})
+    sampled = sweep.search_space(trial) if sweep.search_space else {p.name: p.sample(trial) for p in sweep.params}
+    config = p2.with_defaults(sampled | {"val_size": args.val_size})
     run_dir = args.runs_dir / study.study_name / f"trial-{trial.number:04d}"
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
@@ -283,7 +344,7 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
                        "resumed_after_epoch": resume["epoch"] if resume else 0,
                        "device": p2.device_name(data.train_labels.device)}.items():
         trial.set_user_attr(key, value)  # a retry inherits the dead attempt's attrs: each is set again
-    pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize")
+    pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize", prunable=not sweep.objectives)
     pruning.replay((resume or {}).get("history", []))  # the epochs the dead attempt finished
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
@@ -299,6 +360,11 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
         trial.set_user_attr("failure", summary.get("error") or f"{status} (exit code {code})")
     if status == "pruned":
         return code, TrialState.PRUNED, None
+    if sweep.objectives:  # every objective a number, or the run taught the search nothing (W&B: a failed trial)
+        values = [summary.get(name) for name, _ in sweep.objectives]
+        if code != 0 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return code, TrialState.FAIL, None
+        return code, TrialState.COMPLETE, values
     if pruning.best is None or code != 0:
         return code, TrialState.FAIL, None
     return code, TrialState.COMPLETE, pruning.best

@@ -957,6 +957,11 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
         if nulls:  # a W&B sweep's null: its config keeps what the sweep drew, the summary what the run used
             run.summary["defaults_used"] = nulls
             print(f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}", flush=True)
+        # The model's size is known before training: in the summary from the start, a run stopped early or killed
+        # has it too (a sweep's cost objective, W&B's charts of running runs). finish_run writes it again, with latency.
+        model = model_from_config(config)
+        run.summary.update({"parameters": sum(p.numel() for p in model.parameters()),
+                            "flops_per_image": flops_per_image(model)})
         check_interrupt()
         data = load_data()
 

@@ -2,17 +2,19 @@
 
     python select_model.py runs --top 5 --seeds 3                # top 5 configs under runs/, 3 new seeds each
     python select_model.py runs --top 5 --seeds 3 --workers 4    # 4 trainings at once, spread over the GPUs
+    python select_model.py runs/sweep_deploy --front --seeds 3   # the configs on a sweep's accuracy/FLOPs front
     python trt_export.py --checkpoint best --runs-dir runs       # exports what this chose (--within 1: cheaper)
 
 A sweep's best run is one seed's luck as much as its config: the maximum of many noisy trials is biased upward
 (the winner's curse). This reads every finished run at any depth under RUNS_DIR (single runs, `wandb agent`
 runs, local sweep trials: anything with a summary.json), takes the K configs with the highest
-best_val_accuracy, and trains each again with S seeds it has not used, as ordinary part_2_cifar.py runs in
-RUNS_DIR/selection/ (one W&B group). Per config it reports the mean, sample standard deviation and 95%
-confidence interval (Student's t) of best_val_accuracy over all its seeds, the original run included; test
-accuracy (reported, never used to choose); the model's cost; and whether it is on the Pareto front (higher mean
-val_accuracy, fewer FLOPs). Run the same command after a crash or Ctrl-C: finished seeds are kept, an
-interrupted one resumes from its last epoch. Writes RUNS_DIR/selection.json and images/selection_<name>.png.
+best_val_accuracy (--front: the configs on the front of best_val_accuracy and flops_per_image), and trains
+each again with S seeds it has not used, as ordinary part_2_cifar.py runs in RUNS_DIR/selection/ (one W&B
+group). Per config it reports the mean, sample standard deviation and 95% confidence interval (Student's t) of
+best_val_accuracy over all its seeds, the original run included; test accuracy (reported, never used to
+choose); the model's cost; and whether it is on the Pareto front (higher mean val_accuracy, fewer FLOPs). Run
+the same command after a crash or Ctrl-C: finished seeds are kept, an interrupted one resumes from its last
+epoch. Writes RUNS_DIR/selection.json and images/selection_<name>.png.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Candidate:
     config: dict
     runs: list[Path] = field(default_factory=list)
     single_run_val_accuracy: float = -math.inf  # the best original run: what got it chosen
+    flops_per_image: float | None = None  # from its runs' summaries (forward pass, one image)
 
     @property
     def key(self) -> str:
@@ -102,7 +105,16 @@ def find_candidates(runs_dir: Path, val_size: int | None) -> list[Candidate]:
         candidate = by_key.setdefault(config_key(config), Candidate(config))
         candidate.runs.append(run_dir)
         candidate.single_run_val_accuracy = max(candidate.single_run_val_accuracy, summary["best_val_accuracy"])
+        candidate.flops_per_image = candidate.flops_per_image or summary.get("flops_per_image")
     return sorted(by_key.values(), key=lambda c: -c.single_run_val_accuracy)
+
+
+def on_front(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates no other beats on both best single-run best_val_accuracy and flops_per_image: the front of a
+    sweep_deploy.json study (its objectives are these summary values; trials.csv's pareto_front), of any runs."""
+    costs = [c.flops_per_image or p2.flops_per_image(p2.model_from_config(c.config)) for c in candidates]
+    front = pareto_front([(c.single_run_val_accuracy, cost) for c, cost in zip(candidates, costs, strict=True)])
+    return [c for c, keep in zip(candidates, front, strict=True) if keep]
 
 
 def planned_runs(candidate: Candidate, seeds: int) -> list[tuple[str, dict]]:
@@ -269,7 +281,10 @@ def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Pat
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = p2.OneLineErrorParser(__doc__, parents=(p2.common_options(),))
     parser.add_argument("runs", type=Path, metavar="RUNS_DIR", help="finished runs at any depth under this folder")
-    parser.add_argument("--top", type=p2.positive_int, default=5, help="configs to confirm (default 5)")
+    parser.add_argument("--top", type=p2.positive_int, help="configs to confirm, the most accurate first (default 5; "
+                        "with --front, all of the front)")
+    parser.add_argument("--front", action="store_true", help="the candidates are the configs on the accuracy/FLOPs "
+                        "front of the runs (a multi-objective sweep's Pareto front), not the most accurate")
     parser.add_argument("--seeds", type=p2.positive_int, default=3, help="new seeds per config (default 3)")
     parser.add_argument("--workers", type=p2.positive_int, default=1, help="trainings at once, spread over the GPUs")
     parser.add_argument("--images-dir", type=Path, default=Path("images"), help="where the plot goes (default images)")
@@ -296,10 +311,14 @@ def run_selection(args: argparse.Namespace, stop: p2.StopOnSignal) -> int:
         if why := p2.unwritable(folder):
             print(f"error: {option} {folder} cannot be written: {why}; use a folder you can write to", file=sys.stderr)
             return 2
-    candidates = find_candidates(args.runs, val_size)[:args.top]
+    candidates = find_candidates(args.runs, val_size)
     if not candidates:
         print(f"error: no finished run (a summary.json with best_val_accuracy) under {args.runs}", file=sys.stderr)
         return 2
+    if args.front:
+        candidates = on_front(candidates)
+        print(f"{len(candidates)} configs on the front of best_val_accuracy and flops_per_image", flush=True)
+    candidates = candidates[:args.top or (None if args.front else 5)]
     selection_dir = args.runs / SELECTION_DIR
     planned = {c.key: planned_runs(c, args.seeds) for c in candidates}
     for candidate in candidates:

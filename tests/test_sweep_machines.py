@@ -166,3 +166,54 @@ def test_a_storage_that_cannot_open_is_one_line(tmp_path, url, words, learnable_
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, tmp_path / "runs", url, 1)) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_two_machines_run_a_multi_objective_study_to_exactly_n_trials(tmp_path, postgres_url, learnable_data_dir,
+                                                                      offline_env, own_hostname):
+    """sweep_deploy.json's form (method custom, engine optuna, two metrics): one direction per objective in the
+    database, both values of every trial read from its run's summary."""
+    sweep = tmp_path / "front.json"
+    sweep.write_text(json.dumps({
+        "program": "part_2_cifar.py", "method": "custom", "scheduler": {"engine": "optuna"},
+        "metrics": [{"name": "best_val_accuracy", "goal": "maximize"}, {"name": "flops_per_image", "goal": "minimize"}],
+        "parameters": {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 1}, "batch_size": {"value": 64},
+                       "num_filters_1": {"value": 8}, "num_filters_2": {"values": [8, 16]},
+                       "num_filters_3": {"value": 16}}}))
+    args = sweep_args(sweep, learnable_data_dir, tmp_path / "shared-runs", postgres_url, 3)
+    a, b = (Machine(name, own_hostname, args, offline_env, tmp_path).start() for name in ("machine-a", "machine-b"))
+    assert a.wait() == 0, a.output()[-3000:]
+    assert b.wait() == 0, b.output()[-3000:]
+    study = optuna.load_study(study_name="front", storage=postgres_url)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert {t.user_attrs["host"] for t in study.trials} == {"machine-a", "machine-b"}
+    for t in study.trials:
+        summary = json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text())
+        assert t.values == [summary["best_val_accuracy"], summary["flops_per_image"]]
+    assert study.best_trials  # Optuna's front, which the report writes to trials.csv
+
+
+WRITE_AT_ONCE = """
+import sys, time
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from run_files import save_figure, write_json_atomic
+start, folder = float(sys.argv[1]), __import__("pathlib").Path(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+for i in range(40):
+    fig, ax = plt.subplots(figsize=(1, 1))
+    save_figure(fig, folder / "sweep_front_pareto.png", dpi=20)
+    write_json_atomic({"i": i}, folder / "selection.json")
+"""
+
+
+def test_machines_that_write_the_same_report_file_at_once_both_succeed(tmp_path, offline_env):
+    """Each machine writes the study's report when it ends, to the shared folder: never over another's temporary."""
+    start = time.time() + 3  # both import matplotlib first, then write in the same instant
+    writers = [subprocess.Popen([sys.executable, "-c", WRITE_AT_ONCE, str(start), str(tmp_path)], env=offline_env,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["selection.json", "sweep_front_pareto.png"]
