@@ -36,8 +36,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import part_2_cifar as p2
+import sweep_journal
 import sweep_report
 import sweep_space
+from sweep_journal import DamagedJournal
 from sweep_space import Sweep, SweepConfigError
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -55,6 +57,62 @@ SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables
 
 class StorageError(RuntimeError):
     """The storage cannot be opened (missing driver, unreachable server); the message is one line for people."""
+
+
+# What the study's storage raises when it fails an operation: the database gone or refusing (RDBStorage wraps
+# SQLAlchemy's errors in StorageInternalError; the scheduling lock's own connection raises them bare), a journal
+# file that cannot be read or written. A damaged journal (DamagedJournal) is the user's to fix: exit 2, not 1.
+STORAGE_FAILED = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sweep_journal.JournalFailed)
+
+
+def storage_failure(e: BaseException) -> str:
+    """One line for a STORAGE_FAILED error: the database's own words (StorageInternalError hides them)."""
+    cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
+    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+    return f"the study's storage failed: {reason[0] if reason else type(cause).__name__}"
+
+
+class TrialRefused(p2.StopEarly):
+    """The storage refused or failed an update of a running trial: another process failed it meanwhile (its
+    heartbeat came late: this machine stalled), the storage failed, or the journal is damaged. Raised from the
+    epoch callback it ends the training after that epoch, as pruning does, with last.pt kept for the retry."""
+
+    def __init__(self, number: int, error: BaseException):
+        self.error, self.shown = error, False
+        if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
+            reason = (f"trial {number} was failed meanwhile by another process (its heartbeat was late: this process "
+                      "stalled or lost the storage); this attempt stops, its retry continues it")
+        elif isinstance(error, DamagedJournal):
+            reason = str(error)
+        else:
+            reason = f"trial {number}: {storage_failure(error)}; this attempt stops, its retry continues it"
+        super().__init__("refused by the storage", reason)
+
+
+@contextmanager
+def refusals(number: int) -> Iterator[None]:
+    """Inside: a storage error of trial `number`'s updates (report, set_user_attr, tell) raises TrialRefused."""
+    try:
+        yield
+    except (optuna.exceptions.UpdateFinishedTrialError, DamagedJournal, *STORAGE_FAILED) as e:
+        raise TrialRefused(number, e) from None
+
+
+def refusals_end_training(number: int, on_epoch: Callable[[dict], None]) -> tuple[Callable[[dict], None], list]:
+    """`on_epoch` for run_training, and a list that holds the TrialRefused that ended the training, if one did
+    (train() printed its line; the caller raises it again once the W&B run is finished)."""
+    refused: list[TrialRefused] = []
+
+    def guarded(metrics: dict) -> None:
+        try:
+            with refusals(number):
+                on_epoch(metrics)
+        except TrialRefused as e:
+            e.shown = True  # train() prints "stopped after epoch N: <reason>"
+            refused.append(e)
+            raise
+
+    return guarded, refused
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -146,6 +204,16 @@ def tell_once(study: optuna.Study, trial: optuna.Trial | int, value: float | Non
         return study.tell(trial, value, state=state)
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # found finished / finished meanwhile
         return None
+    except RuntimeError:
+        # GridSampler calls study.stop() from tell once the grid is spent, which outside study.optimize raises
+        # after the state was stored (optuna issues 4121, 5141); next_trial's count decides when the study is done
+        number = trial if isinstance(trial, int) else trial.number
+        stored = study.get_trials(deepcopy=False)[number]
+        if stored.state == state:
+            return stored
+        if stored.state.is_finished():
+            return None
+        raise
 
 
 def retry_later(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
@@ -159,7 +227,8 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         path = Path(storage) if storage else Path(runs_dir) / DEFAULT_STORAGE_FILE
         lock_dir = path.with_name(path.name + ".locks")
         lock_dir.mkdir(parents=True, exist_ok=True)
-        return Store(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), lock_dir)
+        sweep_journal.check(path)  # a damaged last line: refused now, before anything is appended after it
+        return Store(optuna.storages.JournalStorage(sweep_journal.SafeJournalFile(str(path))), lock_dir)
     url = sqlalchemy.engine.make_url(storage)
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() != "postgresql":
@@ -238,7 +307,10 @@ def resume_point(previous: Path, run_dir: Path) -> dict | None:
 
 def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, trial: optuna.Trial,
               check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | None]:
-    """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value)."""
+    """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value).
+
+    Optuna's and the database's errors come out as they are; a storage error from the epoch callback ends the
+    training cleanly first (run_training finishes the W&B run) and comes out as TrialRefused."""
     host = socket.gethostname()
     config = p2.DEFAULTS | {p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size}
     run_dir = args.runs_dir / study.study_name / f"trial-{trial.number:04d}"
@@ -272,8 +344,11 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
         report(metrics)  # the epochs the dead attempt finished: the pruner sees them, nothing is decided again
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
+    guarded_on_epoch, refused = refusals_end_training(trial.number, on_epoch)
     code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
-                                    resume=resume, on_epoch=on_epoch, in_sweep=True, log_model=False)
+                                    resume=resume, on_epoch=guarded_on_epoch, in_sweep=True, log_model=False)
+    if refused:
+        raise refused[0]
     trial.set_user_attr("test_accuracy", summary.get("test_accuracy"))
     status = summary["status"]
     if status == "diverged":
@@ -315,17 +390,26 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                 if trial == "wait":
                     time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
-                code, state, value = run_trial(args, sweep, data, study, trial, check_interrupt)
-                frozen = tell_once(study, trial, value, state)
-            if frozen is None:
-                print(f"trial {trial.number} was failed meanwhile by another process (its heartbeat was late); its "
-                      "retry runs it again", flush=True)
-            elif code > 128:  # interrupted: queue it again, so the same command continues it
+                try:
+                    with refusals(trial.number):
+                        code, state, value = run_trial(args, sweep, data, study, trial, check_interrupt)
+                        frozen = tell_once(study, trial, value, state)
+                        if frozen is None:  # tell found it failed
+                            raise TrialRefused(trial.number, optuna.exceptions.UpdateFinishedTrialError())
+                except TrialRefused as e:
+                    # Its last.pt stays for the retry: queued by whoever failed it, or by the dead-trial rule once
+                    # this process lets go of it. A signal that came meanwhile ends the loop at its top.
+                    if not e.shown:
+                        print(e, flush=True)
+                    if isinstance(e.error, DamagedJournal):
+                        return 2
+                    continue
+            if code > 128:  # interrupted: queue it again, so the same command continues it
                 retry_later(study, frozen)
                 print(f"trial {trial.number} interrupted: failed and queued for a retry; run the same command again "
                       "to continue", file=sys.stderr, flush=True)
                 return code
-            failures = failures + 1 if frozen is not None and state == TrialState.FAIL else 0
+            failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 print(f"error: {failures} trials in a row failed (last: {frozen.user_attrs.get('failure')}); "
                       "stopping", file=sys.stderr, flush=True)
@@ -403,6 +487,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command. Exit codes: 0 the study is done (or the report written); 1 a failure at run time (a storage or
+    data set that cannot be reached, trials failing in a row); 2 a bad value or a file to fix (the sweep file, a
+    damaged journal); 128+n stopped by signal n."""
+    try:
+        return run_command(argv)
+    except DamagedJournal as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except STORAGE_FAILED as e:  # running trials are failed and retried by the dead-trial rule
+        print(f"error: {storage_failure(e)}; run the same command again once it answers", file=sys.stderr,
+              flush=True)
+        return 1
+
+
+def run_command(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
