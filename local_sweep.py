@@ -237,7 +237,10 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         engine = sqlalchemy.create_engine(url)  # imports the driver
         with engine.begin() as connection:  # machines creating the tables at once would collide in the catalog
             connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            # pool_pre_ping: a pooled connection the server dropped (a restart, an idle timeout) is replaced before
+            # use instead of failing the trial's next update (Optuna turns it on only for MySQL)
+            rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True},
+                                             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                                  max_retry=MAX_RETRIES))
         engine.dispose()
