@@ -349,7 +349,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
     guarded_on_epoch, refused = refusals_end_training(trial.number, on_epoch)
     code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
-                                    resume=resume, on_epoch=guarded_on_epoch, in_sweep=True, log_model=False)
+                                    resume=resume, on_epoch=guarded_on_epoch, in_sweep=True, log_model=False,
+                                    how_to_continue=f"trial {trial.number} is failed and queued for a retry: run "
+                                                    "the same command again to continue")
     if refused:
         raise refused[0]
     trial.set_user_attr("test_accuracy", summary.get("test_accuracy"))
@@ -371,8 +373,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
 
 def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, store: Store,
          trials: int) -> int:
-    """Run trials until the study has `trials` finished ones; return an exit code. SIGTERM and SIGINT stop training
-    between steps (part_2_cifar.StopOnSignal): the trial is failed and queued for a retry."""
+    """Run trials until the study has `trials` finished ones; return an exit code. A stop signal (any of
+    part_2_cifar.STOP_SIGNALS the caller does not ignore) stops training between steps: the trial is failed and
+    queued for a retry, and the worker exits 128 + signal."""
     failures = 0
     with p2.StopOnSignal() as stop:
 
@@ -407,10 +410,8 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                     if isinstance(e.error, DamagedJournal):
                         return 2
                     continue
-            if code > 128:  # interrupted: queue it again, so the same command continues it
-                retry_later(study, frozen)
-                print(f"trial {trial.number} interrupted: failed and queued for a retry; run the same command again "
-                      "to continue", file=sys.stderr, flush=True)
+            if code > 128:  # interrupted (run_training printed the line): queue it again, so the same command
+                retry_later(study, frozen)  # continues it
                 return code
             failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
@@ -443,25 +444,28 @@ def worker_env(gpu: str | None, workers: int) -> dict:
 
 
 def launch_workers(argv: list[str], workers: int) -> int:
-    """Start `workers` copies of this program as worker processes on the same study; wait; forward signals."""
-    procs = []
-    for index, gpu in enumerate(gpu_slots(workers)):
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
-        procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
-        print(f"worker {index}: pid {procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu else ""), flush=True)
-
-    def forward(signum: int, frame: object) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        codes = [proc.wait() for proc in procs]
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return max(codes, key=abs)
+    """Start `workers` copies of this program as worker processes on the same study; wait; pass on stop signals
+    (part_2_cifar.passed_on). Exit code: 128 + the first stop signal received, else the workers' worst."""
+    procs: list[subprocess.Popen] = []
+    with p2.StopOnSignal() as stop:  # before the first start: a signal then is passed on to every worker
+        for index, gpu in enumerate(gpu_slots(workers)):
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
+            procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
+            print(f"worker {index}: pid {procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu else ""),
+                  flush=True)
+        forwarded = False
+        while any(proc.poll() is None for proc in procs):
+            try:
+                if stop.signum is not None and not forwarded:
+                    for proc in procs:
+                        if proc.poll() is None:
+                            proc.send_signal(p2.passed_on(stop.signum))
+                    forwarded = True
+                time.sleep(0.2)
+            except KeyboardInterrupt:  # Ctrl-C twice: the workers got it too (one process group) and stop now
+                pass
+    codes = [proc.returncode for proc in procs]
+    return 128 + stop.signum if stop.signum is not None else max(codes, key=abs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

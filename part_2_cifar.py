@@ -22,6 +22,7 @@ What a run writes (checkpoints, summary, figures, cost) is in run_files.py; the 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import math
 import os
@@ -409,8 +410,46 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-# SIGUSR1 is the usual preemption notice on clusters (SLURM's --signal=USR1@120); the others stop a run too.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+# Every signal that asks a process to stop, and who sends it: SIGTERM (kill, a scheduler ending a job, `wandb agent`
+# stopping a run), SIGINT (Ctrl-C), SIGHUP (a closed terminal or ssh session), SIGQUIT (Ctrl-\; `wandb agent
+# --forward-signals` passes on SIGTERM, SIGHUP and SIGQUIT, its _TERMINATING_SIGNALS), SIGUSR1 and SIGUSR2 (the
+# preemption notices of SLURM's --signal and Grid Engine's -notify), SIGXCPU (a CPU-time limit: RLIMIT_CPU, or a
+# scheduler's cputime; SIGKILL follows at the hard limit). Not in it: SIGALRM, SIGVTALRM, SIGPROF (timers nobody
+# uses to stop a job), SIGXFSZ (a write that failed: an error, not a request), SIGPIPE (Python ignores it).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1",
+                                                        "SIGUSR2", "SIGXCPU") if hasattr(signal, name))
+
+
+def requeues(signum: int, in_sweep: bool) -> bool:
+    """Whether a stop by `signum` marks the W&B run preempting, so that a W&B sweep requeues it: the one rule.
+
+    Inside a W&B sweep, SIGTERM is the agent stopping the run for good (Hyperband, or a stop from the W&B page), which
+    a requeue would undo. Every other stop signal, and any signal outside a sweep, cut the run short from outside (a
+    preemption notice, a closed terminal, a limit, Ctrl-C): the run is marked preempting and may continue.
+    """
+    return not (in_sweep and signum == signal.SIGTERM)
+
+
+def passed_on(signum: int) -> int:
+    """The signal a launcher sends its child processes when it receives `signum`: the same one, but SIGINT becomes
+    SIGTERM, because a terminal's Ctrl-C already reached the children (one process group) and a second SIGINT means
+    "stop now"."""
+    return signal.SIGTERM if signum == signal.SIGINT else signum
+
+
+def leave_a_lost_terminal() -> None:
+    """Point stdout and stderr at /dev/null where they are a terminal that hung up (an ssh session that dropped):
+    every write there fails (EIO), and the stop that SIGHUP asks for must still save, finish the W&B run and exit."""
+    import termios  # Unix only, like SIGHUP
+
+    for fd in (1, 2):
+        try:
+            termios.tcgetattr(fd)  # EIO once the terminal is gone; ENOTTY for a file or pipe, which stay
+        except termios.error as e:
+            if e.args[0] == errno.EIO:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
 
 
 class StopOnSignal:
@@ -418,14 +457,18 @@ class StopOnSignal:
 
     Raising from the handler itself could cut a checkpoint write or W&B's own code in half. main() keeps it active
     from its first line to its last, so a notice during start-up or the final upload never kills the process by the
-    signal's default action. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download.
+    signal's default action. The first signal is the reason kept (a launcher may pass on what the terminal already
+    sent). A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download. A signal the caller
+    ignores stays ignored: `nohup` ignores SIGHUP, and a non-interactive shell starts background jobs with SIGINT and
+    SIGQUIT ignored; child processes inherit that.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
 
     def __enter__(self) -> StopOnSignal:
-        self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS}
+        self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS
+                         if signal.getsignal(sig) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -433,9 +476,12 @@ class StopOnSignal:
             signal.signal(sig, handler)
 
     def _catch(self, signum: int, frame: object) -> None:
+        if signum == getattr(signal, "SIGHUP", None):
+            leave_a_lost_terminal()
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
 
     def check(self) -> None:
         if self.signum is not None:
@@ -639,14 +685,15 @@ def out_of_memory_message(config: dict, device: torch.device) -> str:
 def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Path, init: dict, *,
                  check_interrupt: Callable[[], None] = _never_interrupted, resume: dict | None = None,
                  on_epoch: Callable[[dict], None] | None = None, in_sweep: bool = False,
-                 log_model: bool = True) -> tuple[int, dict]:
+                 log_model: bool = True, how_to_continue: str | None = None) -> tuple[int, dict]:
     """Train `config` as one W&B run (`init`: wandb.init's keywords but config) into run_dir; (exit code, summary).
 
     Exit codes: 0 finished, diverged or stopped early (StopEarly from `on_epoch`); 1 out of memory or bad data;
     2 a bad value (a sweep's, say); 128 + signal when `check_interrupt` raised Interrupted. The summary always has
     "status"; a failure's has "error", the one line printed. W&B gets every epoch (step = epoch, so a relaunched
     run never logs over its first launch), the summary keys, and best.pt as a model artifact if `log_model`.
-    `in_sweep`: a SIGTERM is the sweep stopping the run for good, so only SIGUSR1 marks it preempting.
+    `in_sweep`: the run is a sweep's (W&B's or local_sweep.py's): `requeues` decides which signals mark it preempting.
+    `how_to_continue`: the end of the line an interruption prints when an epoch is saved (default: --resume RUN_DIR).
     """
     try:  # only a W&B sweep needs the server (it picks configs from what runs upload); a local sweep does not
         run = start_wandb_run({**init, "config": config}, in_sweep=bool(os.environ.get("WANDB_SWEEP_ID")))
@@ -676,12 +723,11 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
         return _end_run(run, 1, failed | {"error": out_of_memory_message(config, device)})
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        kept = (f"{run_dir / 'last.pt'} holds the last finished epoch; continue with --resume {run_dir}"
+        how_to_continue = how_to_continue or f"continue with --resume {run_dir}"
+        kept = (f"{run_dir / 'last.pt'} holds the last finished epoch; {how_to_continue}"
                 if (Path(run_dir) / "last.pt").is_file() else "no epoch had finished; the same command starts again")
         print(f"interrupted by {signal.Signals(signum).name}: {kept}", file=sys.stderr, flush=True)
-        # Requeue the run, except when a sweep agent sent SIGTERM to stop it early (Hyperband): requeueing would
-        # undo that. Preemptible sweeps send SIGUSR1 (README, "Sweeps"), which always requeues.
-        if not in_sweep or signum == getattr(signal, "SIGUSR1", None):
+        if requeues(signum, in_sweep):
             run.mark_preempting()
         return _end_run(run, 128 + signum, {"status": "interrupted"})
     run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status",

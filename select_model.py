@@ -123,15 +123,17 @@ def trainer_command(config: dict, args: argparse.Namespace, selection_dir: Path)
             "--device", args.device, "--wandb-mode", args.wandb_mode, "--wandb-project", args.wandb_project]
 
 
-def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selection_dir: Path, group: str) -> int:
-    """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Exit code."""
+def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selection_dir: Path, group: str,
+                stop: p2.StopOnSignal) -> int:
+    """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Once `stop`
+    has a signal, none starts and the running ones get it (part_2_cifar.passed_on): each saves its last epoch.
+    Exit code: 128 + the signal, else 1 if a training failed, else 0."""
     from local_sweep import gpu_slots, worker_env
 
     slots, running, failures, forwarded = gpu_slots(args.workers), {}, 0, False
     pending = list(todo)
-    stop = p2.StopOnSignal()
-    with stop:
-        while pending or running:
+    while pending or running:
+        try:
             for slot in [s for s in range(args.workers) if s not in running and pending and stop.signum is None]:
                 run_id, config = pending.pop(0)
                 run_dir = selection_dir / run_id
@@ -143,9 +145,9 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                                                stderr=subprocess.STDOUT)
                 running[slot] = (run_id, process)
                 print(f"[{len(todo) - len(pending)}/{len(todo)}] training {run_id} (pid {process.pid})", flush=True)
-            if stop.signum is not None and not forwarded:  # pass the stop on: each trainer saves its last epoch
+            if stop.signum is not None and not forwarded:
                 for _, process in running.values():
-                    process.send_signal(signal.SIGTERM)  # not SIGINT: a second one (a terminal's) means "now"
+                    process.send_signal(p2.passed_on(stop.signum))
                 forwarded = True
             for slot, (run_id, process) in list(running.items()):
                 if process.poll() is None:
@@ -159,6 +161,8 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                     last = (selection_dir / run_id / "output.log").read_text().strip().splitlines()[-1:]
                     print(f"  {run_id} failed (exit {process.returncode}): {' '.join(last)}", file=sys.stderr)
             time.sleep(0.2)
+        except KeyboardInterrupt:  # Ctrl-C twice: the trainers got it too (one process group) and stop now
+            pass
     if stop.signum is not None:
         print(f"interrupted by {signal.Signals(stop.signum).name}: run the same command to continue", file=sys.stderr)
         return 128 + stop.signum
@@ -273,7 +277,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    with p2.StopOnSignal() as stop:  # from the first line, as in the trainer: a stop signal is one line and 128 + n
+        return select(parse_args(argv), stop)
+
+
+def select(args: argparse.Namespace, stop: p2.StopOnSignal) -> int:
+    """Everything main does once the arguments are read; `stop` holds a stop signal received meanwhile."""
     try:
         val_size = None if args.val_size is None else p2.validate_config({"val_size": args.val_size})["val_size"]
         p2.resolve_wandb_mode(args.wandb_mode)  # refuse a bad mode before any training
@@ -295,9 +304,12 @@ def main(argv: list[str] | None = None) -> int:
             if (read_summary(selection_dir / run_id) or {}).get("status") not in DONE]
     print(f"{len(candidates)} configs x {args.seeds} new seeds: {len(todo)} trainings to run, "
           f"{sum(map(len, planned.values())) - len(todo)} already finished", flush=True)
-    code = train_seeds(todo, args, selection_dir, group=f"selection-{args.runs.resolve().name}")
+    code = train_seeds(todo, args, selection_dir, f"selection-{args.runs.resolve().name}", stop)
     if code < 128:
         write_selection(candidates, args.runs, args.images_dir)
+    if stop.signum is not None and code < 128:  # arrived while the report was written: it is whole
+        print(f"{signal.Signals(stop.signum).name} arrived after the selection was written: it is complete",
+              flush=True)
     return code
 
 
