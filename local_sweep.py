@@ -162,11 +162,15 @@ class Store:
         storage.record_heartbeat(trial_id)  # the first beat, inside the scheduling lock: never a trial without one
 
         def beat() -> None:
+            failing = False
             while not stop.wait(storage.get_heartbeat_interval()):
                 try:
                     storage.record_heartbeat(trial_id)
+                    failing = False
                 except Exception as e:  # a database hiccup: the next beat may get through before the grace period
-                    print(f"trial {trial.number}: heartbeat not written: {str(e).splitlines()[0]}", flush=True)
+                    if not failing:  # one line for a run of failed beats
+                        print(f"trial {trial.number}: heartbeat not written: {storage_failure(e)}", flush=True)
+                    failing = True
 
         thread = threading.Thread(target=beat, daemon=True)
         thread.start()

@@ -221,6 +221,44 @@ def test_a_machine_that_stalls_past_the_grace_period_gives_its_trial_up_with_one
     assert (runs / "stall" / "trials.csv").is_file()
 
 
+def test_a_storage_outage_mid_trial_is_one_line_exit_1_and_the_same_command_continues_after_it(
+        tmp_path, postgres_server, postgres_url, learnable_data_dir, offline_env, capsys):
+    import sqlalchemy
+
+    sweep, runs = write_sweep(tmp_path / "outage.json", epochs=8), tmp_path / "runs"
+    args = sweep_args(sweep, learnable_data_dir, runs, postgres_url, 2)
+    first = subprocess.Popen([sys.executable, str(ROOT / "local_sweep.py"), *args], env=offline_env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    database = postgres_url.rsplit("/", 1)[1]
+    admin = sqlalchemy.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        assert _wait_for_study(postgres_url)
+        study = optuna.load_study(study_name="outage", storage=postgres_url)
+        assert _wait_for(lambda: [t for t in study.get_trials() if t.user_attrs.get("epochs_completed", 0) >= 1], 180)
+        with admin.connect() as c:  # the database goes away mid-trial: nobody can connect, every connection is cut
+            c.execute(sqlalchemy.text(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false"))
+            c.execute(sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                      {"d": database})
+        out, _ = first.communicate(timeout=180)
+    finally:
+        first.kill()
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true"))
+        admin.dispose()
+    assert first.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the study's storage failed" in errors[0], out[-3000:]
+    assert "run the same command again" in errors[0]
+    saved = p2.load_checkpoint(runs / "outage" / "trial-0000" / "last.pt", needs=("epoch",))["epoch"]
+
+    assert local_sweep.main(args) == 0  # once the database answers: the lost attempt is failed after the grace
+    trials = load(postgres_url, "outage")
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], [t.state.name for t in trials]
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].user_attrs["resumed_after_epoch"] == saved
+    assert "Traceback" not in "".join(capsys.readouterr())
+
+
 FAULTS = ("SIGKILL", "SIGSTOP", "SIGHUP", "SIGTERM")  # what clusters, terminals and users do to a sweep's processes
 FAULT_SEEDS = [int(s) for s in os.environ.get("SWEEP_FAULT_SEEDS", "1").split(",")]  # e.g. SWEEP_FAULT_SEEDS=1,2,3,4,5
 FAULT_TRIALS, FAULT_COUNT = 4, 4  # N, and faults per run: each lands on a launcher that is running
