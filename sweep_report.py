@@ -18,7 +18,8 @@ from sweep_space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
 MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
-ENDED_UNSEEN = "its process stopped (killed, crashed or its machine lost); a retry runs it again"
+ENDED_UNSEEN = ("its process stopped or stalled past the grace period (killed, crashed, paused, its machine or "
+                "the storage lost); a retry runs it again")
 
 
 def trials_table(study: optuna.Study, swept: list[str]):
