@@ -319,7 +319,7 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     Optuna's and the database's errors come out as they are; a storage error from the epoch callback ends the
     training cleanly first (run_training finishes the W&B run) and comes out as TrialRefused."""
     host = socket.gethostname()
-    config = p2.DEFAULTS | {p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size}
+    config = p2.with_defaults({p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size})
     run_dir = args.runs_dir / study.study_name / f"trial-{trial.number:04d}"
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
@@ -392,6 +392,8 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
             try:
                 check_interrupt()
             except p2.Interrupted as e:
+                print(f"interrupted by {signal.Signals(e.signum).name} before a trial started: run the same command "
+                      "again to continue", file=sys.stderr, flush=True)
                 return 128 + e.signum
             with ExitStack() as claim:
                 trial = next_trial(study, store, trials, sweep.target, claim)
@@ -451,7 +453,11 @@ def launch_workers(argv: list[str], workers: int) -> int:
     """Start `workers` copies of this program as worker processes on the same study; wait; pass on stop signals
     (part_2_cifar.passed_on). Exit code: 128 + the first stop signal received, else the workers' worst."""
     procs: list[subprocess.Popen] = []
-    with p2.StopOnSignal() as stop:  # before the first start: a signal then is passed on to every worker
+    with p2.StopOnSignal() as stop:  # main's: a signal that came while the study opened starts no worker
+        if stop.signum is not None:
+            print(f"interrupted by {signal.Signals(stop.signum).name} before the workers started: run the same "
+                  "command again", file=sys.stderr, flush=True)
+            return 128 + stop.signum
         for index, gpu in enumerate(gpu_slots(workers)):
             cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
             procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
@@ -501,19 +507,23 @@ def main(argv: list[str] | None = None) -> int:
     """The command. Exit codes: 0 the study is done (or the report written); 1 a failure at run time (a storage or
     data set that cannot be reached, trials failing in a row); 2 a bad value or a file to fix (the sweep file, a
     damaged journal); 128+n stopped by signal n."""
-    try:
-        return run_command(argv)
-    except DamagedJournal as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except STORAGE_FAILED as e:  # running trials are failed and retried by the dead-trial rule
-        print(f"error: {storage_failure(e)}; run the same command again once it answers", file=sys.stderr,
-              flush=True)
-        return 1
+    with p2.StopOnSignal():  # from the first line, as in the trainer; work() and launch_workers() share its signal
+        try:
+            return run_sweep(sys.argv[1:] if argv is None else argv)
+        except KeyboardInterrupt:  # Ctrl-C twice outside a trial (a trial's run ends on its own): "stop now"
+            print("interrupted by SIGINT: run the same command again to continue", file=sys.stderr, flush=True)
+            return 128 + signal.SIGINT
+        except DamagedJournal as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 2
+        except STORAGE_FAILED as e:  # running trials are failed and retried by the dead-trial rule
+            print(f"error: {storage_failure(e)}; run the same command again once it answers", file=sys.stderr,
+                  flush=True)
+            return 1
 
 
-def run_command(argv: list[str] | None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def run_sweep(argv: list[str]) -> int:
+    """Everything main does, under its stop signals."""
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots

@@ -119,14 +119,20 @@ SETTINGS = {
 DEFAULTS = {key: setting.default for key, setting in SETTINGS.items()}
 
 
+def with_defaults(config: dict) -> dict:
+    """`config` with each setting that is absent or None set to its default: a sweep's `null` (which `wandb agent`
+    writes as `--key=None`) means the default, under `wandb agent` and local_sweep.py alike."""
+    return config | {key: setting.default for key, setting in SETTINGS.items() if config.get(key) is None}
+
+
 def validate_config(config: dict) -> dict:
     """The config with every settings key parsed to its type (None or absent: the default); extra keys are kept.
 
     Raises ConfigError naming the first bad key and what is allowed.
     """
-    clean = dict(config)
+    clean = with_defaults(config)
     for key, setting in SETTINGS.items():
-        value = setting.default if config.get(key) is None else config[key]
+        value = clean[key]
         try:
             clean[key] = setting.parse(value)
             ok = setting.accepts(clean[key])
@@ -460,13 +466,17 @@ class StopOnSignal:
     signal's default action. The first signal is the reason kept (a launcher may pass on what the terminal already
     sent). A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download. A signal the caller
     ignores stays ignored: `nohup` ignores SIGHUP, and a non-interactive shell starts background jobs with SIGINT and
-    SIGQUIT ignored; child processes inherit that.
+    SIGQUIT ignored; child processes inherit that. One inside another (a local sweep's main, then its worker loop)
+    shares the signal with it, both ways.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
 
     def __enter__(self) -> StopOnSignal:
+        handlers = [getattr(signal.getsignal(sig), "__self__", None) for sig in STOP_SIGNALS]
+        self.outer = next((h for h in handlers if isinstance(h, StopOnSignal)), None)
+        self.signum = self.signum or (self.outer.signum if self.outer else None)
         self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS
                          if signal.getsignal(sig) is not signal.SIG_IGN}
         return self
@@ -474,6 +484,8 @@ class StopOnSignal:
     def __exit__(self, *exc_info: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        if self.outer is not None and self.outer.signum is None:
+            self.outer.signum = self.signum
 
     def _catch(self, signum: int, frame: object) -> None:
         if signum == getattr(signal, "SIGHUP", None):
@@ -704,6 +716,10 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     failed, data = {"status": "failed"}, None
     try:
         config = validate_config(dict(run.config))  # a sweep's values override the command line
+        nulls = {key: config[key] for key in SETTINGS if key in run.config and run.config[key] is None}
+        if nulls:  # a W&B sweep's null: its config keeps what the sweep drew, the summary what the run used
+            run.summary["defaults_used"] = nulls
+            print(f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}", flush=True)
         check_interrupt()
         data = load_data()
 
@@ -761,9 +777,9 @@ def _end_run(run: object, code: int, summary: dict) -> tuple[int, dict]:
 class OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser described by the first paragraph of a module docstring, with one-line errors."""
 
-    def __init__(self, docstring: str, parents: tuple[argparse.ArgumentParser, ...] = ()):
+    def __init__(self, docstring: str, parents: tuple[argparse.ArgumentParser, ...] = (), allow_abbrev: bool = True):
         super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                         parents=list(parents))
+                         parents=list(parents), allow_abbrev=allow_abbrev)
 
     def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -781,7 +797,7 @@ def common_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds cifar-100-python/ (default ./data)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folders go here (default ./runs)")
-    parser.add_argument("--val-size", "--val_size", dest="val_size", metavar="N",
+    parser.add_argument("--val-size", "--val_size", dest="val_size", metavar="N", type=setting_value,
                         help=f"default {DEFAULTS['val_size']}; {SETTINGS['val_size'].help}")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--wandb-mode", choices=("auto", "online", "offline", "disabled"), default="auto",
@@ -790,16 +806,48 @@ def common_options() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineErrorParser(__doc__, parents=(common_options(),))
+def setting_value(text: str) -> str | None:
+    """An argparse type for the settings: `None`, the way `wandb agent` writes a sweep's null, is None (the default)."""
+    return None if text == "None" else text
+
+
+def without_wandb_internals(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv without W&B's internal `--_key=value` or `--_key value` arguments, their names). A requeued sweep run
+    comes back with its whole W&B config as arguments, `--_wandb={...}` included (wandb issues 4237, 9143)."""
+    kept, internal, skip_value = [], [], False
+    for arg in argv:
+        if skip_value and not arg.startswith("--"):
+            skip_value = False
+            continue
+        skip_value = arg.startswith("--_") and "=" not in arg
+        if arg.startswith("--_"):
+            internal.append(arg.split("=", 1)[0])
+        else:
+            kept.append(arg)
+    return kept, internal
+
+
+def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Namespace:
+    """The options. Outside a W&B sweep an unknown argument is one line and exit 2 here; inside one, W&B's internal
+    `--_...` arguments are ignored (one line), and `unrecognized` names any other unknown one (else None), for the
+    run to fail with it where the sweep is watched."""
+    # No abbreviations: a sweep names each key in full, and a prefix of one (`--lr` of lr_schedule) is a typo.
+    parser = OneLineErrorParser(__doc__, parents=(common_options(),), allow_abbrev=False)
     for key, setting in SETTINGS.items():  # `--key=value` and `--key value`, as `wandb agent` passes them
         if key != "val_size":  # a common option
-            parser.add_argument(f"--{key}", metavar=setting.parse.__name__.strip("_").upper(),
+            parser.add_argument(f"--{key}", type=setting_value, metavar=setting.parse.__name__.strip("_").upper(),
                                 help=f"default {setting.default}; {setting.allowed}; {setting.help}")
     parser.add_argument("--log-model", action=argparse.BooleanOptionalAction, default=True,
                         help="upload best.pt as a W&B model artifact at the end (default on)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run whose last.pt is in RUN_DIR")
-    return parser.parse_args(argv)
+    if not in_sweep:
+        return parser.parse_args(argv, argparse.Namespace(unrecognized=None))
+    argv, internal = without_wandb_internals(sys.argv[1:] if argv is None else list(argv))
+    if internal:
+        print(f"ignored W&B's internal arguments {', '.join(sorted(set(internal)))}", flush=True)
+    args, unknown = parser.parse_known_args(argv)
+    args.unrecognized = f"unrecognized arguments: {' '.join(unknown)}" if unknown else None
+    return args
 
 
 def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
@@ -818,18 +866,34 @@ def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | No
     return run_dir, resume
 
 
+def fail_sweep_run(line: str, config: dict, mode: str) -> int:
+    """Inside a W&B sweep, a value the trainer refuses must show where the sweep is watched: start the agent's run
+    only to finish it as failed with the line in its summary (and printed). Exit code 2."""
+    try:
+        run = start_wandb_run({"mode": mode, "resume": "allow", "config": config}, in_sweep=True)
+    except WandbUnavailable:  # no server to show it on: the line here is all there is
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        return 2
+    return _end_run(run, 2, {"status": "failed", "error": line})[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     with StopOnSignal() as stop:  # from the first line: a preemption notice during start-up or upload is kept
-        args = parse_args(argv)
+        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
+        args = parse_args(argv, in_sweep)
         try:
+            mode = resolve_wandb_mode(args.wandb_mode)
+            if args.unrecognized:
+                raise ConfigError(args.unrecognized)
             config = validate_config({key: getattr(args, key) for key in SETTINGS})
             device = pick_device(args.device)
-            mode = resolve_wandb_mode(args.wandb_mode)
             run_dir, resume = find_resume(args, config)
         except (ConfigError, CheckpointError, WandbSettingsError) as e:
-            print(f"error: {'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}", file=sys.stderr)
+            line = f"{'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}"
+            if in_sweep and not isinstance(e, WandbSettingsError):
+                return fail_sweep_run(line, {key: getattr(args, key) for key in SETTINGS}, mode)
+            print(f"error: {line}", file=sys.stderr)
             return 2
-        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
         init = {"mode": mode, "resume": "allow"}
         if not in_sweep:  # inside a sweep the agent chooses project and id
             init.update(project=args.wandb_project, id=run_dir.name)

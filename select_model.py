@@ -278,10 +278,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     with p2.StopOnSignal() as stop:  # from the first line, as in the trainer: a stop signal is one line and 128 + n
-        return select(parse_args(argv), stop)
+        return run_selection(parse_args(argv), stop)
 
 
-def select(args: argparse.Namespace, stop: p2.StopOnSignal) -> int:
+def run_selection(args: argparse.Namespace, stop: p2.StopOnSignal) -> int:
     """Everything main does once the arguments are read; `stop` holds a stop signal received meanwhile."""
     try:
         val_size = None if args.val_size is None else p2.validate_config({"val_size": args.val_size})["val_size"]

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import termios
@@ -19,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, cli_args, trainer_command
+from conftest import FAST_CONFIG, ROOT, cli_args, offline_wandb_run, trainer_command
 
 import local_sweep
 import part_2_cifar as trainer
@@ -76,41 +75,6 @@ def saved_epoch(run_dir: Path) -> int:
     return trainer.load_checkpoint(run_dir / "last.pt", needs=("epoch",))["epoch"]
 
 
-def wandb_records(wandb_dir: Path, run_id: str) -> list:
-    """The records of the offline W&B run `run_id`, read from its .wandb file (LevelDB log format: 32 KiB blocks of
-    chunks, each a 7-byte header of CRC, length and type; the file opens with a 7-byte W&B header)."""
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = wandb_dir.glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
-    data, pos, chunk, records = path.read_bytes(), 7, b"", []
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
-            pos += 32768 - pos % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        chunk, pos = chunk + data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # a whole record, or the last chunk of one
-            records.append(wandb_internal_pb2.Record.FromString(chunk))
-            chunk = b""
-    return records
-
-
-def wandb_ending(wandb_dir: Path, run_id: str) -> tuple[int | None, bool, dict]:
-    """(exit code, marked preempting, summary) of an offline W&B run, as the W&B server will read them."""
-    code, preempting, summary = None, False, {}
-    for record in wandb_records(wandb_dir, run_id):
-        kind = record.WhichOneof("record_type")
-        if kind == "exit":
-            code = record.exit.exit_code
-        elif kind == "preempting":
-            preempting = True
-        elif kind == "summary":
-            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update if item.key})
-    return code, preempting, summary
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The trainer
 
@@ -127,7 +91,7 @@ def test_sighup_to_the_trainer_keeps_the_latest_epoch_finishes_the_wandb_run_and
     assert code == 128 + signal.SIGHUP
     assert one_line(stderr).startswith("interrupted by SIGHUP: ") and "--resume" in stderr
     assert 2 <= saved_epoch(tmp_path / "runs" / "stopped") < EPOCHS
-    assert wandb_ending(tmp_path / "wandb", "stopped")[:2] == (128 + signal.SIGHUP, True)  # finished, requeueable
+    assert offline_wandb_run(tmp_path / "wandb", "stopped")[:2] == (128 + signal.SIGHUP, True)  # finished, requeueable
 
 
 def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offline_env):
@@ -153,7 +117,7 @@ def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offli
     os.close(master)  # the connection drops
     assert process.wait(timeout=240) == 128 + signal.SIGHUP
     assert 2 <= saved_epoch(tmp_path / "runs" / "ssh") < EPOCHS
-    assert wandb_ending(tmp_path / "wandb", "ssh")[:2] == (128 + signal.SIGHUP, True)
+    assert offline_wandb_run(tmp_path / "wandb", "ssh")[:2] == (128 + signal.SIGHUP, True)
 
 
 def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(tiny_data_dir, tmp_path, offline_env):
@@ -223,6 +187,23 @@ def test_sighup_to_a_local_sweep_leaves_its_trial_for_a_retry_that_continues_it(
     assert local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 0  # the same command
     assert states(runs, "hup") == ["FAIL", "COMPLETE"]
     assert f"resuming after epoch {interrupted_at}" in capsys.readouterr().out
+
+
+def test_a_signal_while_a_local_sweep_starts_up_is_one_line_and_starts_no_trial(tiny_data_dir, tmp_path, one_thread,
+                                                                                  monkeypatch, capsys):
+    real_prepare_data = trainer.prepare_data
+
+    def prepare_data_then_hang_up(*args, **kwargs):
+        signal.raise_signal(signal.SIGHUP)  # arrives while the data set loads, before the worker loop
+        return real_prepare_data(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "prepare_data", prepare_data_then_hang_up)
+    sweep, runs = write_sweep(tmp_path / "early.json", epochs=2), tmp_path / "runs"
+    handler_before = signal.getsignal(signal.SIGHUP)
+    assert local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 128 + signal.SIGHUP
+    assert "interrupted by SIGHUP before a trial started" in one_line(capsys.readouterr().err)
+    assert states(runs, "early") == []
+    assert signal.getsignal(signal.SIGHUP) is handler_before
 
 
 def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_its_workers(tiny_data_dir, tmp_path,
