@@ -151,10 +151,13 @@ def cut_last_record(journal: Path, keep: int = 40) -> bytes:
 
 
 def test_a_cut_last_record_is_set_aside_and_the_same_command_continues_the_study(finished_journal, tmp_path,
-                                                                                  offline_env):
+                                                                                  offline_env, capsys):
     args, journal = finished_journal
     cut = cut_last_record(journal)  # trial 0's tell COMPLETE: as far as anyone can read, trial 0 never ended
     before = journal.read_bytes()
+    assert local_sweep.main([*args, "--report"]) == 0  # reading skips the cut record, as Optuna does
+    assert journal.read_bytes() == before  # and changes nothing
+    assert "cut short" not in capsys.readouterr().err
     done = run_sweep_process([*args, "--trials", "2"], offline_env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_no_traceback(done.stdout + done.stderr)
