@@ -38,8 +38,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import part_2_cifar as p2
+import sweep_journal
 import sweep_report
 import sweep_space
+from sweep_journal import DamagedJournal
 from sweep_space import Sweep, SweepConfigError
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -57,6 +59,62 @@ SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables
 
 class StorageError(RuntimeError):
     """The storage cannot be opened (missing driver, unreachable server); the message is one line for people."""
+
+
+# What the study's storage raises when it fails an operation: the database gone or refusing (RDBStorage wraps
+# SQLAlchemy's errors in StorageInternalError; the scheduling lock's own connection raises them bare), a journal
+# file that cannot be read or written. A damaged journal (DamagedJournal) is the user's to fix: exit 2, not 1.
+STORAGE_FAILED = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sweep_journal.JournalFailed)
+
+
+def storage_failure(e: BaseException) -> str:
+    """One line for a STORAGE_FAILED error: the database's own words (StorageInternalError hides them)."""
+    cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
+    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+    return f"the study's storage failed: {reason[0] if reason else type(cause).__name__}"
+
+
+class TrialRefused(p2.StopEarly):
+    """The storage refused or failed an update of a running trial: another process failed it meanwhile (its
+    heartbeat came late: this machine stalled), the storage failed, or the journal is damaged. Raised from the
+    epoch callback it ends the training after that epoch, as pruning does, with last.pt kept for the retry."""
+
+    def __init__(self, number: int, error: BaseException):
+        self.error, self.shown = error, False
+        if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
+            reason = (f"trial {number} was failed meanwhile by another process (its heartbeat was late: this process "
+                      "stalled or lost the storage); this attempt stops, its retry continues it")
+        elif isinstance(error, DamagedJournal):
+            reason = str(error)
+        else:
+            reason = f"trial {number}: {storage_failure(error)}; this attempt stops, its retry continues it"
+        super().__init__("refused by the storage", reason)
+
+
+@contextmanager
+def refusals(number: int) -> Iterator[None]:
+    """Inside: a storage error of trial `number`'s updates (report, set_user_attr, tell) raises TrialRefused."""
+    try:
+        yield
+    except (optuna.exceptions.UpdateFinishedTrialError, DamagedJournal, *STORAGE_FAILED) as e:
+        raise TrialRefused(number, e) from None
+
+
+def refusals_end_training(number: int, on_epoch: Callable[[dict], None]) -> tuple[Callable[[dict], None], list]:
+    """`on_epoch` for run_training, and a list that holds the TrialRefused that ended the training, if one did
+    (train() printed its line; the caller raises it again once the W&B run is finished)."""
+    refused: list[TrialRefused] = []
+
+    def guarded(metrics: dict) -> None:
+        try:
+            with refusals(number):
+                on_epoch(metrics)
+        except TrialRefused as e:
+            e.shown = True  # train() prints "stopped after epoch N: <reason>"
+            refused.append(e)
+            raise
+
+    return guarded, refused
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -156,11 +214,15 @@ class Store:
         storage.record_heartbeat(trial_id)  # the first beat, inside the scheduling lock: never a trial without one
 
         def beat() -> None:
+            failing = False
             while not stop.wait(storage.get_heartbeat_interval()):
                 try:
                     storage.record_heartbeat(trial_id)
+                    failing = False
                 except Exception as e:  # a database hiccup: the next beat may get through before the grace period
-                    print(f"trial {trial.number}: heartbeat not written: {str(e).splitlines()[0]}", flush=True)
+                    if not failing:  # one line for a run of failed beats
+                        print(f"trial {trial.number}: heartbeat not written: {storage_failure(e)}", flush=True)
+                    failing = True
 
         thread = threading.Thread(target=beat, daemon=True)
         thread.start()
@@ -198,6 +260,16 @@ def tell_once(study: optuna.Study, trial: optuna.Trial | int, value: float | Non
         return study.tell(trial, value, state=state)
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # found finished / finished meanwhile
         return None
+    except RuntimeError:
+        # GridSampler calls study.stop() from tell once the grid is spent, which outside study.optimize raises
+        # after the state was stored (optuna issues 4121, 5141); next_trial's count decides when the study is done
+        number = trial if isinstance(trial, int) else trial.number
+        stored = study.get_trials(deepcopy=False)[number]
+        if stored.state == state:
+            return stored
+        if stored.state.is_finished():
+            return None
+        raise
 
 
 def retry_later(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
@@ -211,7 +283,8 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         path = Path(storage) if storage else Path(runs_dir) / DEFAULT_STORAGE_FILE
         lock_dir = path.with_name(path.name + ".locks")
         lock_dir.mkdir(parents=True, exist_ok=True)
-        return Store(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), lock_dir)
+        sweep_journal.check(path)  # a damaged last line: refused now, before anything is appended after it
+        return Store(optuna.storages.JournalStorage(sweep_journal.SafeJournalFile(str(path))), lock_dir)
     url = sqlalchemy.engine.make_url(storage)
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() != "postgresql":
@@ -220,7 +293,10 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         engine = sqlalchemy.create_engine(url)  # imports the driver
         with engine.begin() as connection:  # machines creating the tables at once would collide in the catalog
             connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            # pool_pre_ping: a pooled connection the server dropped (a restart, an idle timeout) is replaced before
+            # use instead of failing the trial's next update (Optuna turns it on only for MySQL)
+            rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True},
+                                             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                                  max_retry=MAX_RETRIES))
         engine.dispose()
@@ -329,7 +405,10 @@ class Pruning:
 def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, trial: optuna.Trial,
               check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | list[float] | None]:
     """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value), the
-    value a list of the objectives' values for method custom."""
+    value a list of the objectives' values for method custom.
+
+    Optuna's and the database's errors come out as they are; a storage error from the epoch callback ends the
+    training cleanly first (run_training finishes the W&B run) and comes out as TrialRefused."""
     host = socket.gethostname()
     sampled = sweep.search_space(trial) if sweep.search_space else {p.name: p.sample(trial) for p in sweep.params}
     config = p2.with_defaults(sampled | {"val_size": args.val_size})
@@ -348,10 +427,13 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     pruning.replay((resume or {}).get("history", []))  # the epochs the dead attempt finished
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
+    guarded_on_epoch, refused = refusals_end_training(trial.number, pruning.on_epoch)
     code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
-                                    resume=resume, on_epoch=pruning.on_epoch, in_sweep=True, log_model=False,
+                                    resume=resume, on_epoch=guarded_on_epoch, in_sweep=True, log_model=False,
                                     how_to_continue=f"trial {trial.number} is failed and queued for a retry: run "
                                                     "the same command again to continue")
+    if refused:
+        raise refused[0]
     trial.set_user_attr("test_accuracy", summary.get("test_accuracy"))
     status = summary["status"]
     if status == "diverged":
@@ -401,15 +483,24 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                 if trial == "wait":
                     time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
-                code, state, value = run_trial(args, sweep, data, study, trial, check_interrupt)
-                frozen = tell_once(study, trial, value, state)
-            if frozen is None:
-                print(f"trial {trial.number} was failed meanwhile by another process (its heartbeat was late); its "
-                      "retry runs it again", flush=True)
-            elif code > 128:  # interrupted (run_training printed the line): queue it again, so the same command
+                try:
+                    with refusals(trial.number):
+                        code, state, value = run_trial(args, sweep, data, study, trial, check_interrupt)
+                        frozen = tell_once(study, trial, value, state)
+                        if frozen is None:  # tell found it failed
+                            raise TrialRefused(trial.number, optuna.exceptions.UpdateFinishedTrialError())
+                except TrialRefused as e:
+                    # Its last.pt stays for the retry: queued by whoever failed it, or by the dead-trial rule once
+                    # this process lets go of it. A signal that came meanwhile ends the loop at its top.
+                    if not e.shown:
+                        print(e, flush=True)
+                    if isinstance(e.error, DamagedJournal):
+                        return 2
+                    continue
+            if code > 128:  # interrupted (run_training printed the line): queue it again, so the same command
                 retry_later(study, frozen)  # continues it
                 return code
-            failures = failures + 1 if frozen is not None and state == TrialState.FAIL else 0
+            failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 print(f"error: {failures} trials in a row failed (last: {frozen.user_attrs.get('failure')}); "
                       "stopping", file=sys.stderr, flush=True)
@@ -494,12 +585,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command. Exit codes: 0 the study is done (or the report written); 1 a failure at run time (a storage or
+    data set that cannot be reached, trials failing in a row); 2 a bad value or a file to fix (the sweep file, a
+    damaged journal); 128+n stopped by signal n."""
     with p2.StopOnSignal():  # from the first line, as in the trainer; work() and launch_workers() share its signal
         try:
             return run_sweep(sys.argv[1:] if argv is None else argv)
         except KeyboardInterrupt:  # Ctrl-C twice outside a trial (a trial's run ends on its own): "stop now"
             print("interrupted by SIGINT: run the same command again to continue", file=sys.stderr, flush=True)
             return 128 + signal.SIGINT
+        except DamagedJournal as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 2
+        except STORAGE_FAILED as e:  # running trials are failed and retried by the dead-trial rule
+            print(f"error: {storage_failure(e)}; run the same command again once it answers", file=sys.stderr,
+                  flush=True)
+            return 1
 
 
 def run_sweep(argv: list[str]) -> int:

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import pandas as pd
 from optuna.trial import TrialState
 
 import part_2_cifar as p2
@@ -21,7 +22,8 @@ from sweep_space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
 MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
-ENDED_UNSEEN = "its process stopped (killed, crashed or its machine lost); a retry runs it again"
+ENDED_UNSEEN = ("its process stopped or stalled past the grace period (killed, crashed, paused, its machine or "
+                "the storage lost); a retry runs it again")
 
 
 def trials_table(study: optuna.Study, swept: list[str]):
@@ -33,7 +35,8 @@ def trials_table(study: optuna.Study, swept: list[str]):
     configs = [c if isinstance(c, dict) else {} for c in df.pop("config")] if "config" in df else [{}] * len(df)
     for key in swept:  # the value each run used (Optuna's params hold a normal parameter's quantile)
         df[key] = [c.get(key) for c in configs]
-    df["seconds"] = df.pop("duration").dt.total_seconds().round(1)
+    # a study whose trials all run has no duration at all: an object column of None, which has no .dt
+    df["seconds"] = pd.to_timedelta(df.pop("duration")).dt.total_seconds().round(1)
     history = df.get("system_attrs_retry_history", df["number"])
     df["retry_of"] = [h[-1] if isinstance(h, list) else None for h in history]
     df = df.drop(columns=[c for c in df.columns if c.startswith("system_attrs_")])
