@@ -13,7 +13,9 @@ sweep_space.py, the report sweep_report.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
+import math
 import os
 import shutil
 import signal
@@ -36,8 +38,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import part_2_cifar as p2
+import sweep_journal
 import sweep_report
 import sweep_space
+from sweep_journal import DamagedJournal
 from sweep_space import Sweep, SweepConfigError
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -57,9 +61,115 @@ class StorageError(RuntimeError):
     """The storage cannot be opened (missing driver, unreachable server); the message is one line for people."""
 
 
+# What the study's storage raises when it fails an operation: the database gone or refusing (RDBStorage wraps
+# SQLAlchemy's errors in StorageInternalError; the scheduling lock's own connection raises them bare), a journal
+# file that cannot be read or written. A damaged journal (DamagedJournal) is the user's to fix: exit 2, not 1.
+STORAGE_FAILED = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sweep_journal.JournalFailed)
+
+
+def storage_failure(e: BaseException) -> str:
+    """One line for a STORAGE_FAILED error: the database's own words (StorageInternalError hides them)."""
+    cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
+    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+    return f"the study's storage failed: {reason[0] if reason else type(cause).__name__}"
+
+
+class TrialRefused(p2.StopEarly):
+    """The storage refused or failed an update of a running trial: another process failed it meanwhile (its
+    heartbeat came late: this machine stalled), the storage failed, or the journal is damaged. Raised from the
+    epoch callback it ends the training after that epoch, as pruning does, with last.pt kept for the retry."""
+
+    def __init__(self, number: int, error: BaseException):
+        self.error, self.shown = error, False
+        if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
+            reason = (f"trial {number} was failed meanwhile by another process (its heartbeat was late: this process "
+                      "stalled or lost the storage); this attempt stops, its retry continues it")
+        elif isinstance(error, DamagedJournal):
+            reason = str(error)
+        else:
+            reason = f"trial {number}: {storage_failure(error)}; this attempt stops, its retry continues it"
+        super().__init__("refused by the storage", reason)
+
+
+@contextmanager
+def refusals(number: int) -> Iterator[None]:
+    """Inside: a storage error of trial `number`'s updates (report, set_user_attr, tell) raises TrialRefused."""
+    try:
+        yield
+    except (optuna.exceptions.UpdateFinishedTrialError, DamagedJournal, *STORAGE_FAILED) as e:
+        raise TrialRefused(number, e) from None
+
+
+def refusals_end_training(number: int, on_epoch: Callable[[dict], None]) -> tuple[Callable[[dict], None], list]:
+    """`on_epoch` for run_training, and a list that holds the TrialRefused that ended the training, if one did
+    (train() printed its line; the caller raises it again once the W&B run is finished)."""
+    refused: list[TrialRefused] = []
+
+    def guarded(metrics: dict) -> None:
+        try:
+            with refusals(number):
+                on_epoch(metrics)
+        except TrialRefused as e:
+            e.shown = True  # train() prints "stopped after epoch N: <reason>"
+            refused.append(e)
+            raise
+
+    return guarded, refused
+
+
 def load_sweep(path: Path) -> Sweep:
-    """The sweep file translated for part_2_cifar.py's settings and rules."""
-    return sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config)
+    """The sweep file translated for part_2_cifar.py's settings and rules, with scheduler.search_space loaded."""
+    sweep = sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config)
+    if "search_space" not in sweep.scheduler:
+        return sweep
+    from wandb.sdk.sweeps.scheduler.optuna import load_trial_constructor  # W&B's own loader and checks
+
+    source, name = sweep.scheduler["source"], sweep.scheduler["search_space"]
+    with user_code("scheduler.search_space", source, name):
+        constructor = load_trial_constructor(source, name)
+        params = constructor(optuna.create_study().ask())  # a throw-away trial, as W&B's loader makes
+        unknown = sorted(set(params) - set(p2.DEFAULTS))
+        if unknown:  # `wandb agent` would pass --key=value, which part_2_cifar.py refuses
+            raise SweepConfigError(f"scheduler.search_space {name!r} in {source} gives {unknown[0]!r}, which is not a "
+                                   f"part_2_cifar.py setting (those are {', '.join(p2.DEFAULTS)})")
+    return dataclasses.replace(sweep, search_space=constructor)
+
+
+@contextmanager
+def user_code(key: str, source: str, name: str) -> Iterator[None]:
+    """Run the user's scheduler.optimizer or scheduler.search_space: whatever it raises becomes one line."""
+    try:
+        yield
+    except SweepConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 (the user's code may raise anything; the user gets one line)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SweepConfigError(f"{key} {name!r} in {source}: {reason}") from None
+
+
+def study_factory(sweep: Sweep) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner] | None:
+    """scheduler.optimizer: the sampler of the study the user's function makes (W&B's loader and its checks; the
+    study's storage and name are this program's --storage and --study) and no pruner, or None if there is none."""
+    if "optimizer" not in sweep.scheduler:
+        return None
+    from wandb.sdk.sweeps.scheduler.client import load_optimizer_config
+    from wandb.sdk.sweeps.sweep_info import SweepInfo
+
+    source, name = sweep.scheduler["source"], sweep.scheduler["optimizer"]
+    info = SweepInfo(id="local", name=sweep.raw.get("name", ""), entity="", project="", config=sweep.raw,
+                     controller_run_name="")
+    with user_code("scheduler.optimizer", source, name):
+        study, terminator = load_optimizer_config(source, name, optuna.Study, info)
+    if terminator is not None:  # the sweep ends at --trials N; a second rule would have to be shared by machines
+        raise SweepConfigError(f"scheduler.optimizer {name!r} in {source} returns a terminator, which local_sweep.py "
+                               "does not run: return the study alone and bound the sweep with --trials")
+    directions = [d.name.lower() for d in study.directions]
+    if directions != sweep.directions:
+        raise SweepConfigError(f"scheduler.optimizer {name!r} in {source}: study directions {directions} do not match "
+                               f"the sweep's metric goals {sweep.directions}")
+    # Its pruner (create_study's default is a MedianPruner) is not asked: the objectives are summary values, known
+    # when a run ends; under W&B's scheduler too, no history row carries them (README, "Accuracy and cost at once").
+    return study.sampler, optuna.pruners.NopPruner()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -104,11 +214,15 @@ class Store:
         storage.record_heartbeat(trial_id)  # the first beat, inside the scheduling lock: never a trial without one
 
         def beat() -> None:
+            failing = False
             while not stop.wait(storage.get_heartbeat_interval()):
                 try:
                     storage.record_heartbeat(trial_id)
+                    failing = False
                 except Exception as e:  # a database hiccup: the next beat may get through before the grace period
-                    print(f"trial {trial.number}: heartbeat not written: {str(e).splitlines()[0]}", flush=True)
+                    if not failing:  # one line for a run of failed beats
+                        print(f"trial {trial.number}: heartbeat not written: {storage_failure(e)}", flush=True)
+                    failing = True
 
         thread = threading.Thread(target=beat, daemon=True)
         thread.start()
@@ -146,6 +260,16 @@ def tell_once(study: optuna.Study, trial: optuna.Trial | int, value: float | Non
         return study.tell(trial, value, state=state)
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # found finished / finished meanwhile
         return None
+    except RuntimeError:
+        # GridSampler calls study.stop() from tell once the grid is spent, which outside study.optimize raises
+        # after the state was stored (optuna issues 4121, 5141); next_trial's count decides when the study is done
+        number = trial if isinstance(trial, int) else trial.number
+        stored = study.get_trials(deepcopy=False)[number]
+        if stored.state == state:
+            return stored
+        if stored.state.is_finished():
+            return None
+        raise
 
 
 def retry_later(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
@@ -159,7 +283,8 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         path = Path(storage) if storage else Path(runs_dir) / DEFAULT_STORAGE_FILE
         lock_dir = path.with_name(path.name + ".locks")
         lock_dir.mkdir(parents=True, exist_ok=True)
-        return Store(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), lock_dir)
+        sweep_journal.check(path)  # a damaged last line: refused now, before anything is appended after it
+        return Store(optuna.storages.JournalStorage(sweep_journal.SafeJournalFile(str(path))), lock_dir)
     url = sqlalchemy.engine.make_url(storage)
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() != "postgresql":
@@ -168,7 +293,10 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         engine = sqlalchemy.create_engine(url)  # imports the driver
         with engine.begin() as connection:  # machines creating the tables at once would collide in the catalog
             connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            # pool_pre_ping: a pooled connection the server dropped (a restart, an idle timeout) is replaced before
+            # use instead of failing the trial's next update (Optuna turns it on only for MySQL)
+            rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True},
+                                             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                                  max_retry=MAX_RETRIES))
         engine.dispose()
@@ -184,14 +312,16 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
     """Create the study, or load it and check it was made from the same sweep file."""
-    sampler, pruner = sweep_space.make_sampler(sweep), sweep_space.make_pruner(sweep)
+    sampler, pruner = study_factory(sweep) or (sweep_space.make_sampler(sweep), sweep_space.make_pruner(sweep))
     if not create:
         try:
             return optuna.load_study(study_name=name, storage=store.storage, sampler=sampler, pruner=pruner)
         except KeyError:
             raise SweepConfigError(f"no study {name!r} in this storage: check --study, --storage, --runs-dir") from None
-    study = optuna.create_study(study_name=name, storage=store.storage, direction=sweep.direction, sampler=sampler,
+    study = optuna.create_study(study_name=name, storage=store.storage, directions=sweep.directions, sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
+    if len(sweep.objectives) > 1 and study.metric_names is None:  # Optuna's table and plots then name them
+        study.set_metric_names([name for name, _ in sweep.objectives])
     stored = study.user_attrs.get("sweep_config")
     if stored is None:
         study.set_user_attr("sweep_config", sweep.raw)
@@ -244,14 +374,19 @@ class Pruning:
     trial: optuna.Trial
     metric: str  # the sweep's metric, as part_2_cifar.py logs it every epoch
     maximize: bool
+    # False for method custom: its objectives are read from the run's summary at the end, as W&B's Optuna scheduler
+    # reads them; a study of several objectives takes no intermediate values (nor can one be pruned)
+    prunable: bool = True
     best: float | None = None  # the trial's result: its best value so far
 
     def report(self, metrics: dict) -> None:
         """The raw value at this epoch, as W&B's history row holds it (strict false is the pruner's affair)."""
+        self.trial.set_user_attr("epochs_completed", metrics["epoch"])
+        if not self.prunable:
+            return
         value = metrics[self.metric]
         self.best = value if self.best is None else max(self.best, value) if self.maximize else min(self.best, value)
         self.trial.report(value, metrics["epoch"])
-        self.trial.set_user_attr("epochs_completed", metrics["epoch"])
 
     def replay(self, history: list[dict]) -> None:
         """A resumed trial's earlier epochs: they count at their bands for every trial, and were decided before the
@@ -262,16 +397,21 @@ class Pruning:
     def on_epoch(self, metrics: dict) -> None:
         """part_2_cifar.train's callback after each epoch; raises StopEarly("pruned") when the pruner says stop."""
         self.report(metrics)
-        if self.trial.should_prune():
+        if self.prunable and self.trial.should_prune():
             raise p2.StopEarly("pruned", f"pruned after epoch {metrics['epoch']} by Hyperband: {self.metric} "
                                          f"{metrics[self.metric]:.4g}, best {self.best:.4g}")
 
 
 def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, trial: optuna.Trial,
-              check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | None]:
-    """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value)."""
+              check_interrupt: Callable[[], None]) -> tuple[int, TrialState, float | list[float] | None]:
+    """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value), the
+    value a list of the objectives' values for method custom.
+
+    Optuna's and the database's errors come out as they are; a storage error from the epoch callback ends the
+    training cleanly first (run_training finishes the W&B run) and comes out as TrialRefused."""
     host = socket.gethostname()
-    config = p2.DEFAULTS | {p.name: p.sample(trial) for p in sweep.params} | {"val_size": args.val_size}
+    sampled = sweep.search_space(trial) if sweep.search_space else {p.name: p.sample(trial) for p in sweep.params}
+    config = p2.with_defaults(sampled | {"val_size": args.val_size})
     run_dir = args.runs_dir / study.study_name / f"trial-{trial.number:04d}"
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
@@ -283,12 +423,17 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
                        "resumed_after_epoch": resume["epoch"] if resume else 0,
                        "device": p2.device_name(data.train_labels.device)}.items():
         trial.set_user_attr(key, value)  # a retry inherits the dead attempt's attrs: each is set again
-    pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize")
+    pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize", prunable=not sweep.objectives)
     pruning.replay((resume or {}).get("history", []))  # the epochs the dead attempt finished
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
+    guarded_on_epoch, refused = refusals_end_training(trial.number, pruning.on_epoch)
     code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
-                                    resume=resume, on_epoch=pruning.on_epoch, in_sweep=True, log_model=False)
+                                    resume=resume, on_epoch=guarded_on_epoch, in_sweep=True, log_model=False,
+                                    how_to_continue=f"trial {trial.number} is failed and queued for a retry: run "
+                                                    "the same command again to continue")
+    if refused:
+        raise refused[0]
     trial.set_user_attr("test_accuracy", summary.get("test_accuracy"))
     status = summary["status"]
     if status == "diverged":
@@ -297,6 +442,11 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
         trial.set_user_attr("failure", summary.get("error") or f"{status} (exit code {code})")
     if status == "pruned":
         return code, TrialState.PRUNED, None
+    if sweep.objectives:  # every objective a number, or the run taught the search nothing (W&B: a failed trial)
+        values = [summary.get(name) for name, _ in sweep.objectives]
+        if code != 0 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return code, TrialState.FAIL, None
+        return code, TrialState.COMPLETE, values
     if pruning.best is None or code != 0:
         return code, TrialState.FAIL, None
     return code, TrialState.COMPLETE, pruning.best
@@ -308,8 +458,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
 
 def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, store: Store,
          trials: int) -> int:
-    """Run trials until the study has `trials` finished ones; return an exit code. SIGTERM and SIGINT stop training
-    between steps (part_2_cifar.StopOnSignal): the trial is failed and queued for a retry."""
+    """Run trials until the study has `trials` finished ones; return an exit code. A stop signal (any of
+    part_2_cifar.STOP_SIGNALS the caller does not ignore) stops training between steps: the trial is failed and
+    queued for a retry, and the worker exits 128 + signal."""
     failures = 0
     with p2.StopOnSignal() as stop:
 
@@ -322,6 +473,8 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
             try:
                 check_interrupt()
             except p2.Interrupted as e:
+                print(f"interrupted by {signal.Signals(e.signum).name} before a trial started: run the same command "
+                      "again to continue", file=sys.stderr, flush=True)
                 return 128 + e.signum
             with ExitStack() as claim:
                 trial = next_trial(study, store, trials, sweep.target, claim)
@@ -330,17 +483,24 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                 if trial == "wait":
                     time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
-                code, state, value = run_trial(args, sweep, data, study, trial, check_interrupt)
-                frozen = tell_once(study, trial, value, state)
-            if frozen is None:
-                print(f"trial {trial.number} was failed meanwhile by another process (its heartbeat was late); its "
-                      "retry runs it again", flush=True)
-            elif code > 128:  # interrupted: queue it again, so the same command continues it
-                retry_later(study, frozen)
-                print(f"trial {trial.number} interrupted: failed and queued for a retry; run the same command again "
-                      "to continue", file=sys.stderr, flush=True)
+                try:
+                    with refusals(trial.number):
+                        code, state, value = run_trial(args, sweep, data, study, trial, check_interrupt)
+                        frozen = tell_once(study, trial, value, state)
+                        if frozen is None:  # tell found it failed
+                            raise TrialRefused(trial.number, optuna.exceptions.UpdateFinishedTrialError())
+                except TrialRefused as e:
+                    # Its last.pt stays for the retry: queued by whoever failed it, or by the dead-trial rule once
+                    # this process lets go of it. A signal that came meanwhile ends the loop at its top.
+                    if not e.shown:
+                        print(e, flush=True)
+                    if isinstance(e.error, DamagedJournal):
+                        return 2
+                    continue
+            if code > 128:  # interrupted (run_training printed the line): queue it again, so the same command
+                retry_later(study, frozen)  # continues it
                 return code
-            failures = failures + 1 if frozen is not None and state == TrialState.FAIL else 0
+            failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 print(f"error: {failures} trials in a row failed (last: {frozen.user_attrs.get('failure')}); "
                       "stopping", file=sys.stderr, flush=True)
@@ -371,25 +531,32 @@ def worker_env(gpu: str | None, workers: int) -> dict:
 
 
 def launch_workers(argv: list[str], workers: int) -> int:
-    """Start `workers` copies of this program as worker processes on the same study; wait; forward signals."""
-    procs = []
-    for index, gpu in enumerate(gpu_slots(workers)):
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
-        procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
-        print(f"worker {index}: pid {procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu else ""), flush=True)
-
-    def forward(signum: int, frame: object) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        codes = [proc.wait() for proc in procs]
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return max(codes, key=abs)
+    """Start `workers` copies of this program as worker processes on the same study; wait; pass on stop signals
+    (part_2_cifar.passed_on). Exit code: 128 + the first stop signal received, else the workers' worst."""
+    procs: list[subprocess.Popen] = []
+    with p2.StopOnSignal() as stop:  # main's: a signal that came while the study opened starts no worker
+        if stop.signum is not None:
+            print(f"interrupted by {signal.Signals(stop.signum).name} before the workers started: run the same "
+                  "command again", file=sys.stderr, flush=True)
+            return 128 + stop.signum
+        for index, gpu in enumerate(gpu_slots(workers)):
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
+            procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
+            print(f"worker {index}: pid {procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu else ""),
+                  flush=True)
+        forwarded = False
+        while any(proc.poll() is None for proc in procs):
+            try:
+                if stop.signum is not None and not forwarded:
+                    for proc in procs:
+                        if proc.poll() is None:
+                            proc.send_signal(p2.passed_on(stop.signum))
+                    forwarded = True
+                time.sleep(0.2)
+            except KeyboardInterrupt:  # Ctrl-C twice: the workers got it too (one process group) and stop now
+                pass
+    codes = [proc.returncode for proc in procs]
+    return 128 + stop.signum if stop.signum is not None else max(codes, key=abs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -418,7 +585,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The command. Exit codes: 0 the study is done (or the report written); 1 a failure at run time (a storage or
+    data set that cannot be reached, trials failing in a row); 2 a bad value or a file to fix (the sweep file, a
+    damaged journal); 128+n stopped by signal n."""
+    with p2.StopOnSignal():  # from the first line, as in the trainer; work() and launch_workers() share its signal
+        try:
+            return run_sweep(sys.argv[1:] if argv is None else argv)
+        except KeyboardInterrupt:  # Ctrl-C twice outside a trial (a trial's run ends on its own): "stop now"
+            print("interrupted by SIGINT: run the same command again to continue", file=sys.stderr, flush=True)
+            return 128 + signal.SIGINT
+        except DamagedJournal as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 2
+        except STORAGE_FAILED as e:  # running trials are failed and retried by the dead-trial rule
+            print(f"error: {storage_failure(e)}; run the same command again once it answers", file=sys.stderr,
+                  flush=True)
+            return 1
+
+
+def run_sweep(argv: list[str]) -> int:
+    """Everything main does, under its stop signals."""
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots

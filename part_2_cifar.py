@@ -22,6 +22,7 @@ What a run writes (checkpoints, summary, figures, cost) is in run_files.py; the 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import hashlib
 import json
@@ -127,14 +128,20 @@ SETTINGS = {
 DEFAULTS = {key: setting.default for key, setting in SETTINGS.items()}
 
 
+def with_defaults(config: dict) -> dict:
+    """`config` with each setting that is absent or None set to its default: a sweep's `null` (which `wandb agent`
+    writes as `--key=None`) means the default, under `wandb agent` and local_sweep.py alike."""
+    return config | {key: setting.default for key, setting in SETTINGS.items() if config.get(key) is None}
+
+
 def validate_config(config: dict) -> dict:
     """The config with every settings key parsed to its type (None or absent: the default); extra keys are kept.
 
     Raises ConfigError naming the first bad key and what is allowed.
     """
-    clean = dict(config)
+    clean = with_defaults(config)
     for key, setting in SETTINGS.items():
-        value = setting.default if config.get(key) is None else config[key]
+        value = clean[key]
         try:
             clean[key] = setting.parse(value)
             ok = setting.accepts(clean[key])
@@ -681,8 +688,46 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-# SIGUSR1 is the usual preemption notice on clusters (SLURM's --signal=USR1@120); the others stop a run too.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+# Every signal that asks a process to stop, and who sends it: SIGTERM (kill, a scheduler ending a job, `wandb agent`
+# stopping a run), SIGINT (Ctrl-C), SIGHUP (a closed terminal or ssh session), SIGQUIT (Ctrl-\; `wandb agent
+# --forward-signals` passes on SIGTERM, SIGHUP and SIGQUIT, its _TERMINATING_SIGNALS), SIGUSR1 and SIGUSR2 (the
+# preemption notices of SLURM's --signal and Grid Engine's -notify), SIGXCPU (a CPU-time limit: RLIMIT_CPU, or a
+# scheduler's cputime; SIGKILL follows at the hard limit). Not in it: SIGALRM, SIGVTALRM, SIGPROF (timers nobody
+# uses to stop a job), SIGXFSZ (a write that failed: an error, not a request), SIGPIPE (Python ignores it).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1",
+                                                        "SIGUSR2", "SIGXCPU") if hasattr(signal, name))
+
+
+def requeues(signum: int, in_sweep: bool) -> bool:
+    """Whether a stop by `signum` marks the W&B run preempting, so that a W&B sweep requeues it: the one rule.
+
+    Inside a W&B sweep, SIGTERM is the agent stopping the run for good (Hyperband, or a stop from the W&B page), which
+    a requeue would undo. Every other stop signal, and any signal outside a sweep, cut the run short from outside (a
+    preemption notice, a closed terminal, a limit, Ctrl-C): the run is marked preempting and may continue.
+    """
+    return not (in_sweep and signum == signal.SIGTERM)
+
+
+def passed_on(signum: int) -> int:
+    """The signal a launcher sends its child processes when it receives `signum`: the same one, but SIGINT becomes
+    SIGTERM, because a terminal's Ctrl-C already reached the children (one process group) and a second SIGINT means
+    "stop now"."""
+    return signal.SIGTERM if signum == signal.SIGINT else signum
+
+
+def leave_a_lost_terminal() -> None:
+    """Point stdout and stderr at /dev/null where they are a terminal that hung up (an ssh session that dropped):
+    every write there fails (EIO), and the stop that SIGHUP asks for must still save, finish the W&B run and exit."""
+    import termios  # Unix only, like SIGHUP
+
+    for fd in (1, 2):
+        try:
+            termios.tcgetattr(fd)  # EIO once the terminal is gone; ENOTTY for a file or pipe, which stay
+        except termios.error as e:
+            if e.args[0] == errno.EIO:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
 
 
 class StopOnSignal:
@@ -690,24 +735,37 @@ class StopOnSignal:
 
     Raising from the handler itself could cut a checkpoint write or W&B's own code in half. main() keeps it active
     from its first line to its last, so a notice during start-up or the final upload never kills the process by the
-    signal's default action. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download.
+    signal's default action. The first signal is the reason kept (a launcher may pass on what the terminal already
+    sent). A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download. A signal the caller
+    ignores stays ignored: `nohup` ignores SIGHUP, and a non-interactive shell starts background jobs with SIGINT and
+    SIGQUIT ignored; child processes inherit that. One inside another (a local sweep's main, then its worker loop)
+    shares the signal with it, both ways.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
 
     def __enter__(self) -> StopOnSignal:
-        self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS}
+        handlers = [getattr(signal.getsignal(sig), "__self__", None) for sig in STOP_SIGNALS]
+        self.outer = next((h for h in handlers if isinstance(h, StopOnSignal)), None)
+        self.signum = self.signum or (self.outer.signum if self.outer else None)
+        self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS
+                         if signal.getsignal(sig) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        if self.outer is not None and self.outer.signum is None:
+            self.outer.signum = self.signum
 
     def _catch(self, signum: int, frame: object) -> None:
+        if signum == getattr(signal, "SIGHUP", None):
+            leave_a_lost_terminal()
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
 
     def check(self) -> None:
         if self.signum is not None:
@@ -962,7 +1020,7 @@ def out_of_memory_message(config: dict, device: torch.device) -> str:
 def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Path, init: dict, *,
                  check_interrupt: Callable[[], None] = _never_interrupted, resume: dict | None = None,
                  on_epoch: Callable[[dict], None] | None = None, in_sweep: bool = False,
-                 log_model: bool = True) -> tuple[int, dict]:
+                 log_model: bool = True, how_to_continue: str | None = None) -> tuple[int, dict]:
     """Train `config` as one W&B run (`init`: wandb.init's keywords but config) into run_dir; (exit code, summary).
 
     Exit codes: 0 finished, diverged or stopped early (StopEarly from `on_epoch`); 1 out of memory or bad data;
@@ -970,7 +1028,8 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     raised Interrupted. The summary always has "status"; a failure's has "error", the one line printed. W&B gets
     every epoch (step = epoch, so a relaunched run never logs over its first launch), the summary keys, and best.pt
     as a model artifact if `log_model`.
-    `in_sweep`: a SIGTERM is the sweep stopping the run for good, so only SIGUSR1 marks it preempting.
+    `in_sweep`: the run is a sweep's (W&B's or local_sweep.py's): `requeues` decides which signals mark it preempting.
+    `how_to_continue`: the end of the line an interruption prints when an epoch is saved (default: --resume RUN_DIR).
     """
     try:  # only a W&B sweep needs the server (it picks configs from what runs upload); a local sweep does not
         run = start_wandb_run({**init, "config": config}, in_sweep=bool(os.environ.get("WANDB_SWEEP_ID")))
@@ -981,6 +1040,15 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     failed, data = {"status": "failed"}, None
     try:
         config = validate_config(dict(run.config))  # a sweep's values override the command line
+        nulls = {key: config[key] for key in SETTINGS if key in run.config and run.config[key] is None}
+        if nulls:  # a W&B sweep's null: its config keeps what the sweep drew, the summary what the run used
+            run.summary["defaults_used"] = nulls
+            print(f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}", flush=True)
+        # The model's size is known before training: in the summary from the start, a run stopped early or killed
+        # has it too (a sweep's cost objective, W&B's charts of running runs). finish_run writes it again, with latency.
+        model = model_from_config(config)
+        run.summary.update({"parameters": sum(p.numel() for p in model.parameters()),
+                            "flops_per_image": flops_per_image(model)})
         check_interrupt()
         data = load_data()
 
@@ -1001,12 +1069,11 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
         return _end_run(run, 1, failed | {"error": out_of_memory_message(config, device)})
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        kept = (f"{run_dir / 'last.pt'} holds the last finished epoch; continue with --resume {run_dir}"
+        how_to_continue = how_to_continue or f"continue with --resume {run_dir}"
+        kept = (f"{run_dir / 'last.pt'} holds the last finished epoch; {how_to_continue}"
                 if (Path(run_dir) / "last.pt").is_file() else "no epoch had finished; the same command starts again")
         print(f"interrupted by {signal.Signals(signum).name}: {kept}", file=sys.stderr, flush=True)
-        # Requeue the run, except when a sweep agent sent SIGTERM to stop it early (Hyperband): requeueing would
-        # undo that. Preemptible sweeps send SIGUSR1 (README, "Sweeps"), which always requeues.
-        if not in_sweep or signum == getattr(signal, "SIGUSR1", None):
+        if requeues(signum, in_sweep):
             run.mark_preempting()
         return _end_run(run, 128 + signum, {"status": "interrupted"})
     run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status",
@@ -1040,9 +1107,9 @@ def _end_run(run: object, code: int, summary: dict) -> tuple[int, dict]:
 class OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser described by the first paragraph of a module docstring, with one-line errors."""
 
-    def __init__(self, docstring: str, parents: tuple[argparse.ArgumentParser, ...] = ()):
+    def __init__(self, docstring: str, parents: tuple[argparse.ArgumentParser, ...] = (), allow_abbrev: bool = True):
         super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                         parents=list(parents))
+                         parents=list(parents), allow_abbrev=allow_abbrev)
 
     def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -1060,7 +1127,7 @@ def common_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help=DATA_DIR_HELP)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folders go here (default ./runs)")
-    parser.add_argument("--val-size", "--val_size", dest="val_size", metavar="N",
+    parser.add_argument("--val-size", "--val_size", dest="val_size", metavar="N", type=setting_value,
                         help=f"default {DEFAULTS['val_size']}; {SETTINGS['val_size'].help}")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--wandb-mode", choices=("auto", "online", "offline", "disabled"), default="auto",
@@ -1069,16 +1136,48 @@ def common_options() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineErrorParser(__doc__, parents=(common_options(),))
+def setting_value(text: str) -> str | None:
+    """An argparse type for the settings: `None`, the way `wandb agent` writes a sweep's null, is None (the default)."""
+    return None if text == "None" else text
+
+
+def without_wandb_internals(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv without W&B's internal `--_key=value` or `--_key value` arguments, their names). A requeued sweep run
+    comes back with its whole W&B config as arguments, `--_wandb={...}` included (wandb issues 4237, 9143)."""
+    kept, internal, skip_value = [], [], False
+    for arg in argv:
+        if skip_value and not arg.startswith("--"):
+            skip_value = False
+            continue
+        skip_value = arg.startswith("--_") and "=" not in arg
+        if arg.startswith("--_"):
+            internal.append(arg.split("=", 1)[0])
+        else:
+            kept.append(arg)
+    return kept, internal
+
+
+def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Namespace:
+    """The options. Outside a W&B sweep an unknown argument is one line and exit 2 here; inside one, W&B's internal
+    `--_...` arguments are ignored (one line), and `unrecognized` names any other unknown one (else None), for the
+    run to fail with it where the sweep is watched."""
+    # No abbreviations: a sweep names each key in full, and a prefix of one (`--lr` of lr_schedule) is a typo.
+    parser = OneLineErrorParser(__doc__, parents=(common_options(),), allow_abbrev=False)
     for key, setting in SETTINGS.items():  # `--key=value` and `--key value`, as `wandb agent` passes them
         if key != "val_size":  # a common option
-            parser.add_argument(f"--{key}", metavar=setting.parse.__name__.strip("_").upper(),
+            parser.add_argument(f"--{key}", type=setting_value, metavar=setting.parse.__name__.strip("_").upper(),
                                 help=f"default {setting.default}; {setting.allowed}; {setting.help}")
     parser.add_argument("--log-model", action=argparse.BooleanOptionalAction, default=True,
                         help="upload best.pt as a W&B model artifact at the end (default on)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run whose last.pt is in RUN_DIR")
-    return parser.parse_args(argv)
+    if not in_sweep:
+        return parser.parse_args(argv, argparse.Namespace(unrecognized=None))
+    argv, internal = without_wandb_internals(sys.argv[1:] if argv is None else list(argv))
+    if internal:
+        print(f"ignored W&B's internal arguments {', '.join(sorted(set(internal)))}", flush=True)
+    args, unknown = parser.parse_known_args(argv)
+    args.unrecognized = f"unrecognized arguments: {' '.join(unknown)}" if unknown else None
+    return args
 
 
 def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
@@ -1133,13 +1232,27 @@ def check_not_complete(run_dir: Path, resume: dict) -> None:
                           "resume and nothing changed; start a new run to train again")
 
 
+def fail_sweep_run(line: str, config: dict, mode: str) -> int:
+    """Inside a W&B sweep, a value the trainer refuses must show where the sweep is watched: start the agent's run
+    only to finish it as failed with the line in its summary (and printed). Exit code 2."""
+    try:
+        run = start_wandb_run({"mode": mode, "resume": "allow", "config": config}, in_sweep=True)
+    except WandbUnavailable:  # no server to show it on: the line here is all there is
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        return 2
+    return _end_run(run, 2, {"status": "failed", "error": line})[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     with StopOnSignal() as stop:  # from the first line: a preemption notice during start-up or upload is kept
-        args = parse_args(argv)
+        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
+        args = parse_args(argv, in_sweep)
         try:
+            mode = resolve_wandb_mode(args.wandb_mode)
+            if args.unrecognized:
+                raise ConfigError(args.unrecognized)
             config = validate_config({key: getattr(args, key) for key in SETTINGS})
             device = pick_device(args.device)
-            mode = resolve_wandb_mode(args.wandb_mode)
             run_dir, resume = find_resume(args, config)
             if why := unwritable(run_dir):
                 option = "--resume" if args.resume else "--runs-dir"
@@ -1147,7 +1260,10 @@ def main(argv: list[str] | None = None) -> int:
             # Before wandb.init: data that is not there (no network for the download) must not leave a W&B run.
             source = cifar100_source(args.data_dir)
         except (ConfigError, CheckpointError, WandbSettingsError) as e:
-            print(f"error: {'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}", file=sys.stderr)
+            line = f"{'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}"
+            if in_sweep and not isinstance(e, WandbSettingsError):
+                return fail_sweep_run(line, {key: getattr(args, key) for key in SETTINGS}, mode)
+            print(f"error: {line}", file=sys.stderr)
             return 2
         except RunComplete as e:
             print(e, flush=True)
@@ -1158,7 +1274,6 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C twice, in a download: nothing has started
             print("interrupted by SIGINT before training: nothing was started", file=sys.stderr)
             return 128 + signal.SIGINT
-        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
         init = {"mode": mode, "resume": "allow"}
         if not in_sweep:  # inside a sweep the agent chooses project and id
             init.update(project=args.wandb_project, id=run_dir.name)

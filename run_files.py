@@ -36,7 +36,7 @@ def save_atomic(obj: object, path: Path) -> None:
 
 
 def write_json_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # its own: several processes may write one file at once
     try:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
         os.replace(tmp, path)
@@ -50,7 +50,7 @@ def save_figure(fig: object, path: Path, dpi: int = 100) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")  # two machines' sweep reports may draw one plot at once
     try:
         fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)

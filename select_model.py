@@ -2,17 +2,19 @@
 
     python select_model.py runs --top 5 --seeds 3                # top 5 configs under runs/, 3 new seeds each
     python select_model.py runs --top 5 --seeds 3 --workers 4    # 4 trainings at once, spread over the GPUs
+    python select_model.py runs/sweep_deploy --front --seeds 3   # the configs on a sweep's accuracy/FLOPs front
     python trt_export.py --checkpoint best --runs-dir runs       # exports what this chose (--within 1: cheaper)
 
 A sweep's best run is one seed's luck as much as its config: the maximum of many noisy trials is biased upward
 (the winner's curse). This reads every finished run at any depth under RUNS_DIR (single runs, `wandb agent`
 runs, local sweep trials: anything with a summary.json), takes the K configs with the highest
-best_val_accuracy, and trains each again with S seeds it has not used, as ordinary part_2_cifar.py runs in
-RUNS_DIR/selection/ (one W&B group). Per config it reports the mean, sample standard deviation and 95%
-confidence interval (Student's t) of best_val_accuracy over all its seeds, the original run included; test
-accuracy (reported, never used to choose); the model's cost; and whether it is on the Pareto front (higher mean
-val_accuracy, fewer FLOPs). Run the same command after a crash or Ctrl-C: finished seeds are kept, an
-interrupted one resumes from its last epoch. Writes RUNS_DIR/selection.json and images/selection_<name>.png.
+best_val_accuracy (--front: the configs on the front of best_val_accuracy and flops_per_image), and trains
+each again with S seeds it has not used, as ordinary part_2_cifar.py runs in RUNS_DIR/selection/ (one W&B
+group). Per config it reports the mean, sample standard deviation and 95% confidence interval (Student's t) of
+best_val_accuracy over all its seeds, the original run included; test accuracy (reported, never used to
+choose); the model's cost; and whether it is on the Pareto front (higher mean val_accuracy, fewer FLOPs). Run
+the same command after a crash or Ctrl-C: finished seeds are kept, an interrupted one resumes from its last
+epoch. Writes RUNS_DIR/selection.json and images/selection_<name>.png.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Candidate:
     config: dict
     runs: list[Path] = field(default_factory=list)
     single_run_val_accuracy: float = -math.inf  # the best original run: what got it chosen
+    flops_per_image: float | None = None  # from its runs' summaries (forward pass, one image)
 
     @property
     def key(self) -> str:
@@ -113,7 +116,16 @@ def find_candidates(runs_dir: Path, val_size: int | None) -> list[Candidate]:
         candidate = by_key.setdefault(config_key(config), Candidate(config))
         candidate.runs.append(run_dir)
         candidate.single_run_val_accuracy = max(candidate.single_run_val_accuracy, summary["best_val_accuracy"])
+        candidate.flops_per_image = candidate.flops_per_image or summary.get("flops_per_image")
     return sorted(by_key.values(), key=lambda c: -c.single_run_val_accuracy)
+
+
+def on_front(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates no other beats on both best single-run best_val_accuracy and flops_per_image: the front of a
+    sweep_deploy.json study (its objectives are these summary values; trials.csv's pareto_front), of any runs."""
+    costs = [c.flops_per_image or p2.flops_per_image(p2.model_from_config(c.config)) for c in candidates]
+    front = pareto_front([(c.single_run_val_accuracy, cost) for c, cost in zip(candidates, costs, strict=True)])
+    return [c for c, keep in zip(candidates, front, strict=True) if keep]
 
 
 def planned_runs(candidate: Candidate, seeds: int) -> list[tuple[str, dict]]:
@@ -134,16 +146,18 @@ def trainer_command(config: dict, args: argparse.Namespace, selection_dir: Path)
             "--device", args.device, "--wandb-mode", args.wandb_mode, "--wandb-project", args.wandb_project]
 
 
-def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selection_dir: Path, group: str) -> int:
-    """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Exit code: 0,
-    2 if a trainer exited 2 (a bad value, a checkpoint the user must fix), else 1 if one failed."""
+def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selection_dir: Path, group: str,
+                stop: p2.StopOnSignal) -> int:
+    """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Once `stop`
+    has a signal, none starts and the running ones get it (part_2_cifar.passed_on): each saves its last epoch.
+    Exit code: 128 + the signal, else 2 if a trainer exited 2 (a bad value, a checkpoint the user must fix), else 1
+    if a training failed, else 0."""
     from local_sweep import gpu_slots, worker_env
 
     slots, running, failures, forwarded = gpu_slots(args.workers), {}, set(), False
     pending = list(todo)
-    stop = p2.StopOnSignal()
-    with stop:
-        while pending or running:
+    while pending or running:
+        try:
             for slot in [s for s in range(args.workers) if s not in running and pending and stop.signum is None]:
                 run_id, config = pending.pop(0)
                 run_dir = selection_dir / run_id
@@ -155,9 +169,9 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                                                stderr=subprocess.STDOUT)
                 running[slot] = (run_id, process)
                 print(f"[{len(todo) - len(pending)}/{len(todo)}] training {run_id} (pid {process.pid})", flush=True)
-            if stop.signum is not None and not forwarded:  # pass the stop on: each trainer saves its last epoch
+            if stop.signum is not None and not forwarded:
                 for _, process in running.values():
-                    process.send_signal(signal.SIGTERM)  # not SIGINT: a second one (a terminal's) means "now"
+                    process.send_signal(p2.passed_on(stop.signum))
                 forwarded = True
             for slot, (run_id, process) in list(running.items()):
                 if process.poll() is None:
@@ -165,12 +179,16 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                 del running[slot]
                 summary = read_summary(selection_dir / run_id)
                 if process.returncode == 0 and summary:
-                    print(f"  {run_id}: best val_accuracy {summary['best_val_accuracy']:.2f}%", flush=True)
+                    best = summary.get("best_val_accuracy")  # None: it diverged before any epoch finished
+                    print(f"  {run_id}: " + (f"best val_accuracy {best:.2f}%" if finite_number(best)
+                                             else f"{summary.get('status')}, no epoch finished"), flush=True)
                 elif stop.signum is None:
                     failures.add(process.returncode)
                     last = (selection_dir / run_id / "output.log").read_text().strip().splitlines()[-1:]
                     print(f"  {run_id} failed (exit {process.returncode}): {' '.join(last)}", file=sys.stderr)
             time.sleep(0.2)
+        except KeyboardInterrupt:  # Ctrl-C twice: the trainers got it too (one process group) and stop now
+            pass
     if stop.signum is not None:
         print(f"interrupted by {signal.Signals(stop.signum).name}: run the same command to continue", file=sys.stderr)
         return 128 + stop.signum
@@ -182,9 +200,10 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
 
 
 def config_report(candidate: Candidate, runs_dir: Path) -> dict:
-    """The numbers of one config over all its finished seeds."""
+    """The numbers of one config over all its finished seeds; a seed that diverged before any epoch finished (no
+    best_val_accuracy) counts as 0, as the trainer reports it to a sweep: a config that diverges is not chosen."""
     summaries = [s for s in map(read_summary, candidate.runs) if s and s.get("status") in DONE]
-    mean, std, ci = mean_std_ci([s["best_val_accuracy"] for s in summaries])
+    mean, std, ci = mean_std_ci([s["best_val_accuracy"] or 0.0 for s in summaries])
     tests = [s["test_accuracy"] for s in summaries if s.get("test_accuracy") is not None]
     flops = next((s["flops_per_image"] for s in summaries if "flops_per_image" in s), None)
     if flops is None:  # a run written before cost was recorded
@@ -277,7 +296,10 @@ def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Pat
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = p2.OneLineErrorParser(__doc__, parents=(p2.common_options(),))
     parser.add_argument("runs", type=Path, metavar="RUNS_DIR", help="finished runs at any depth under this folder")
-    parser.add_argument("--top", type=p2.positive_int, default=5, help="configs to confirm (default 5)")
+    parser.add_argument("--top", type=p2.positive_int, help="configs to confirm, the most accurate first (default 5; "
+                        "with --front, all of the front)")
+    parser.add_argument("--front", action="store_true", help="the candidates are the configs on the accuracy/FLOPs "
+                        "front of the runs (a multi-objective sweep's Pareto front), not the most accurate")
     parser.add_argument("--seeds", type=p2.positive_int, default=3, help="new seeds per config (default 3)")
     parser.add_argument("--workers", type=p2.positive_int, default=1, help="trainings at once, spread over the GPUs")
     parser.add_argument("--images-dir", type=Path, default=Path("images"), help="where the plot goes (default images)")
@@ -285,7 +307,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    with p2.StopOnSignal() as stop:  # from the first line, as in the trainer: a stop signal is one line and 128 + n
+        return run_selection(parse_args(argv), stop)
+
+
+def run_selection(args: argparse.Namespace, stop: p2.StopOnSignal) -> int:
+    """Everything main does once the arguments are read; `stop` holds a stop signal received meanwhile."""
     try:
         val_size = None if args.val_size is None else p2.validate_config({"val_size": args.val_size})["val_size"]
         p2.resolve_wandb_mode(args.wandb_mode)  # refuse a bad mode before any training
@@ -299,10 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         if why := p2.unwritable(folder):
             print(f"error: {option} {folder} cannot be written: {why}; use a folder you can write to", file=sys.stderr)
             return 2
-    candidates = find_candidates(args.runs, val_size)[:args.top]
+    candidates = find_candidates(args.runs, val_size)
     if not candidates:
         print(f"error: no finished run (a summary.json with best_val_accuracy) under {args.runs}", file=sys.stderr)
         return 2
+    if args.front:
+        candidates = on_front(candidates)
+        print(f"{len(candidates)} configs on the front of best_val_accuracy and flops_per_image", flush=True)
+    candidates = candidates[:args.top or (None if args.front else 5)]
     selection_dir = args.runs / SELECTION_DIR
     planned = {c.key: planned_runs(c, args.seeds) for c in candidates}
     for candidate in candidates:
@@ -317,9 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         except p2.DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
-    code = train_seeds(todo, args, selection_dir, group=f"selection-{args.runs.resolve().name}")
+    code = train_seeds(todo, args, selection_dir, f"selection-{args.runs.resolve().name}", stop)
     if code < 128:
         write_selection(candidates, args.runs, args.images_dir)
+    if stop.signum is not None and code < 128:  # arrived while the report was written: it is whole
+        print(f"{signal.Signals(stop.signum).name} arrived after the selection was written: it is complete",
+              flush=True)
     return code
 
 

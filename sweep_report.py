@@ -1,16 +1,20 @@
 """The report of a local sweep (local_sweep.py, at the end and with --report): the top trials on the console, every
 trial in <runs-dir>/<study>/trials.csv (Optuna's trials_dataframe), and Optuna's plots in <images-dir>, each titled
-with its data and the machines that ran it.
+with its data and the machines that ran it. A study of several objectives (method custom, `metrics`) gets its Pareto
+front instead: a pareto_front column in trials.csv, the front first, and Optuna's plot_pareto_front.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import textwrap
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import optuna
+import pandas as pd
 from optuna.trial import TrialState
 
 import part_2_cifar as p2
@@ -18,7 +22,8 @@ from sweep_space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
 MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
-ENDED_UNSEEN = "its process stopped (killed, crashed or its machine lost); a retry runs it again"
+ENDED_UNSEEN = ("its process stopped or stalled past the grace period (killed, crashed, paused, its machine or "
+                "the storage lost); a retry runs it again")
 
 
 def trials_table(study: optuna.Study, swept: list[str]):
@@ -30,7 +35,8 @@ def trials_table(study: optuna.Study, swept: list[str]):
     configs = [c if isinstance(c, dict) else {} for c in df.pop("config")] if "config" in df else [{}] * len(df)
     for key in swept:  # the value each run used (Optuna's params hold a normal parameter's quantile)
         df[key] = [c.get(key) for c in configs]
-    df["seconds"] = df.pop("duration").dt.total_seconds().round(1)
+    # a study whose trials all run has no duration at all: an object column of None, which has no .dt
+    df["seconds"] = pd.to_timedelta(df.pop("duration")).dt.total_seconds().round(1)
     history = df.get("system_attrs_retry_history", df["number"])
     df["retry_of"] = [h[-1] if isinstance(h, list) else None for h in history]
     df = df.drop(columns=[c for c in df.columns if c.startswith("system_attrs_")])
@@ -38,10 +44,15 @@ def trials_table(study: optuna.Study, swept: list[str]):
     df["failure"] = [n if isinstance(n, str) and n else ENDED_UNSEEN if state == "FAIL" else ""
                      for n, state in zip(notes, df["state"], strict=True)]
     rank = df["state"].map({"COMPLETE": 0, "PRUNED": 1}).fillna(2)
-    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    df = df.assign(_rank=rank, _key=sign * df["value"].fillna(0)).sort_values(["_rank", "_key", "number"])
-    first = [c for c in ("number", "state", "value", "epochs_completed", "test_accuracy", *swept, "seconds", "host",
-                         "retry_of", "resumed_after_epoch", "failure") if c in df]
+    values = ["value"] if "value" in df else [c for c in df.columns if c.startswith("values_")]
+    if len(study.directions) > 1:  # Optuna's own front: completed trials no other completed trial beats on all values
+        front = {t.number for t in study.best_trials}
+        df["pareto_front"] = df["number"].isin(front)
+        rank = rank - df["pareto_front"].astype(int)  # the front first, then the other completed trials
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    df = df.assign(_rank=rank, _key=sign * df[values[0]].fillna(0)).sort_values(["_rank", "_key", "number"])
+    first = [c for c in ("number", "state", *values, "pareto_front", "epochs_completed", "test_accuracy", *swept,
+                         "seconds", "host", "retry_of", "resumed_after_epoch", "failure") if c in df]
     return df[first + [c for c in df.columns if c not in first and not c.startswith("_")]]
 
 
@@ -56,12 +67,15 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
     counts = Counter(t.state.name for t in trials)
     print(f"\nstudy {study.study_name}: {', '.join(f'{n} {s}' for s, n in counts.items())} (--trials counts "
           "COMPLETE + PRUNED)")
-    table = trials_table(study, list(sweep.raw["parameters"]))
+    table = trials_table(study, list(sweep.raw.get("parameters") or {}) or sorted(
+        {k for t in trials for k in t.user_attrs.get("config", {}) if k in p2.SETTINGS} - {"val_size"}))
     console = table.drop(columns=["run_dir", "device"], errors="ignore")  # in the CSV
     print(console.head(TOP_TRIALS).to_string(index=False, na_rep="") if len(table) else "no trials yet")
     csv_path = runs_dir / study.study_name / "trials.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(csv_path, index=False)
+    tmp = csv_path.with_name(f"{csv_path.name}.{os.getpid()}.tmp")  # each machine writes the report at its end
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, csv_path)
     print(f"wrote {csv_path}")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
@@ -73,6 +87,12 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
              f"on {', '.join(machines)}")
     plots = {"history": oplt.plot_optimization_history, "importance": oplt.plot_param_importances,
              "parallel": oplt.plot_parallel_coordinate}
+    if len(study.directions) > 1:  # Optuna's history, importance and parallel plots take one objective
+        plots = {"pareto": oplt.plot_pareto_front}
+        front = table[table["pareto_front"]]
+        goals = zip(study.metric_names or [], study.directions, strict=False)
+        print(f"Pareto front ({', '.join(f'{n} {d.name.lower()}' for n, d in goals)}): {len(front)} of "
+              f"{len(complete)} completed trials: {', '.join(map(str, front['number']))} (trials.csv: pareto_front)")
     for kind, plot in plots.items():
         if kind == "importance" and len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
             print(f"skipped the importance plot: {len(complete)} completed, it needs {MIN_TRIALS_FOR_IMPORTANCE}")
@@ -85,7 +105,7 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
             print(f"skipped the {kind} plot: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.suptitle(title, fontsize=8)
+        fig.suptitle(textwrap.fill(title, 100), fontsize=8)  # the Pareto plot's axes are narrower than the title
         fig.tight_layout()
         path = images_dir / f"sweep_{study.study_name}_{kind}.png"
         p2.save_figure(fig, path)

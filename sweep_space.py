@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -18,6 +18,11 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial
 
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")  # what part_2_cifar.py logs every epoch
+# method custom: W&B's Optuna scheduler reads each objective from a finished run's summary, so an objective must be a
+# flat number there. part_2_cifar.run_training writes these (val_accuracy is {"max": x} under define_metric; the test
+# accuracy is never used to choose).
+SUMMARY_OBJECTIVES = ("best_val_accuracy", "flops_per_image", "parameters")
+SCHEDULER_KEYS = ("engine", "source", "optimizer", "search_space")  # W&B's schema allows no other key
 QUANTILE_EPS = 1e-6  # the normal family is sampled as a quantile in [eps, 1 - eps]: +-4.75 sigma
 LOG_UNIFORM = ("log_uniform", "q_log_uniform", "inv_log_uniform", "log_uniform_values", "q_log_uniform_values",
                "inv_log_uniform_values")  # 1/X is log-uniform exactly when X is
@@ -177,6 +182,16 @@ class Sweep:
     early_terminate: dict | None
     target: float | None
     raw: dict  # the file as read, stored with the study so a changed file is noticed
+    # (summary key, goal) of each objective: `metrics` (or `metric`) of a method custom sweep, whose values are read
+    # from the run's summary when it ends, as W&B's Optuna scheduler reads them; empty for bayes, random and grid
+    objectives: tuple[tuple[str, str], ...] = ()
+    scheduler: Mapping[str, str] = field(default_factory=dict)  # method custom: W&B's scheduler block
+    search_space: Callable[[optuna.Trial], dict] | None = None  # scheduler.search_space, loaded by local_sweep.py
+
+    @property
+    def directions(self) -> list[str]:
+        """One Optuna direction per objective."""
+        return [goal for _, goal in self.objectives] or [self.direction]
 
 
 def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict], object]) -> Sweep:
@@ -195,18 +210,28 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
             raw = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise SweepConfigError(f"{path} is not valid JSON or YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("parameters"), dict) or not raw["parameters"]:
+    if not isinstance(raw, dict):
+        raise SweepConfigError(f"{path} is not a W&B sweep config: expected an object with a parameters section")
+    method = _one_of("method", raw.get("method", "random"), ("bayes", "random", "grid", "custom"))
+    scheduler = _scheduler(raw, method)
+    if "search_space" in scheduler:
+        if "parameters" in raw:  # W&B's scheduler would silently take the function and ignore the section
+            raise SweepConfigError("scheduler.search_space defines the parameters: remove the parameters section")
+    elif not isinstance(raw.get("parameters"), dict) or not raw["parameters"]:
         raise SweepConfigError(f"{path} has no parameters: expected a W&B sweep config with a parameters section")
     program = raw.get("program")
     if program is not None and Path(program).name != "part_2_cifar.py":
         raise SweepConfigError(f"program {program!r}: local_sweep.py can only run part_2_cifar.py")
+    objectives = _objectives(raw) if method == "custom" else ()
+    if "metrics" in raw and method != "custom":
+        raise SweepConfigError(f"metrics (several objectives) needs method custom with scheduler engine optuna, as "
+                               f"in W&B; got method {method}")
     metric = raw.get("metric") or {}
-    method, metric_name, goal = (_one_of(what, value, allowed) for what, value, allowed in (
-        ("method", raw.get("method", "random"), ("bayes", "random", "grid")),
+    metric_name, goal = objectives[0] if objectives else (_one_of(what, value, allowed) for what, value, allowed in (
         ("metric", metric.get("name", "val_accuracy"), METRICS),  # what part_2_cifar.py logs
         ("metric goal", metric.get("goal", "minimize"), ("minimize", "maximize"))))  # W&B's default goal
     params = []
-    for name, spec in raw["parameters"].items():
+    for name, spec in raw.get("parameters", {}).items():
         if name not in defaults:
             raise SweepConfigError(f"parameter {name!r} is not a part_2_cifar.py setting (those are "
                                    f"{', '.join(defaults)})")
@@ -221,9 +246,66 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
             raise SweepConfigError(f"parameter {name!r}: grid search needs discrete values (values, int_uniform or "
                                    "q_uniform), as in W&B")
     early = raw.get("early_terminate")
+    if early is not None and scheduler:
+        raise SweepConfigError("early_terminate cannot be used with scheduler (W&B's schema refuses it: the "
+                               "scheduler's own study decides, and a study of several objectives cannot be pruned)")
     if early is not None:
         hyperband_bands(early)  # fail now, not when the first trial reports
-    return Sweep(method, metric_name, goal, tuple(params), early, metric.get("target"), raw)
+    return Sweep(method, metric_name, goal, tuple(params), early, metric.get("target"), raw,
+                 objectives=objectives, scheduler=scheduler)
+
+
+def _scheduler(raw: dict, method: str) -> dict:
+    """W&B's scheduler block, checked as W&B's schema checks it: engine optuna with method custom, engine wandb
+    (the same search as without a scheduler) with the others; source names the file of optimizer / search_space."""
+    scheduler = raw.get("scheduler")
+    if scheduler is None:
+        if method == "custom":
+            raise SweepConfigError("method custom needs a scheduler: add \"scheduler\": {\"engine\": \"optuna\"}")
+        return {}
+    if not isinstance(scheduler, dict) or not all(isinstance(v, str) for v in scheduler.values()):
+        raise SweepConfigError(f"scheduler {scheduler!r}: expected an object of strings like {{\"engine\": "
+                               "\"optuna\"}")
+    unknown = sorted(set(scheduler) - set(SCHEDULER_KEYS))
+    if unknown:
+        raise SweepConfigError(f"scheduler.{unknown[0]} is not a scheduler key: use {', '.join(SCHEDULER_KEYS)}")
+    engine = _one_of("scheduler.engine", scheduler.get("engine"), ("optuna", "wandb"))  # ax: not here
+    if (engine == "optuna") != (method == "custom"):
+        raise SweepConfigError(f"scheduler.engine {engine} with method {method}: W&B runs engine optuna with method "
+                               "custom, engine wandb with bayes, random or grid")
+    if engine == "wandb" and set(scheduler) != {"engine"}:
+        raise SweepConfigError(f"scheduler.{sorted(set(scheduler) - {'engine'})[0]} needs scheduler.engine optuna")
+    for key in ("optimizer", "search_space"):
+        if key in scheduler and not scheduler.get("source"):
+            raise SweepConfigError(f"scheduler.{key} needs scheduler.source, the Python file that defines it")
+    return scheduler
+
+
+def _objectives(raw: dict) -> tuple[tuple[str, str], ...]:
+    """(summary key, goal) of a method custom sweep's `metrics`, or of its one `metric`."""
+    if "metric" in raw and "metrics" in raw:
+        raise SweepConfigError("metric and metrics cannot both be set: metric for one objective, metrics for several")
+    metrics = raw.get("metrics", [raw.get("metric") or {}])
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, dict) for m in metrics):
+        raise SweepConfigError(f"metrics {metrics!r}: expected a list like [{{\"name\": \"best_val_accuracy\", "
+                               "\"goal\": \"maximize\"}, ...]")
+    objectives = []
+    for metric in metrics:
+        name = metric.get("name")
+        if name == "val_accuracy":
+            raise SweepConfigError("metric val_accuracy is {\"max\": x} in a run's W&B summary (define_metric), "
+                                   "which W&B's Optuna scheduler cannot tell the study: use best_val_accuracy")
+        if name not in SUMMARY_OBJECTIVES:
+            raise SweepConfigError(f"metric {name!r} is not a number in every run's summary: method custom takes "
+                                   f"{', '.join(SUMMARY_OBJECTIVES)}")
+        if "target" in metric:  # W&B's Optuna scheduler does not read it: say so rather than ignore it
+            raise SweepConfigError(f"metric {name} target: W&B's Optuna scheduler has no target; remove it and "
+                                   "bound the sweep with --trials")
+        goal = _one_of(f"metric {name} goal", metric.get("goal", "minimize"), ("minimize", "maximize"))
+        objectives.append((name, goal))
+    if len({name for name, _ in objectives}) < len(objectives):
+        raise SweepConfigError(f"metrics name {[name for name, _ in objectives]}: each objective once")
+    return tuple(objectives)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -348,4 +430,7 @@ def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     # bayes: multivariate TPE, chosen by measurement (README, "Without W&B": lower median regret than GPSampler on
     # this space, 6 ms a trial against 3 s). Its constant liar keeps parallel workers from proposing the same
     # config; no seed, or K workers would propose the same configs.
+    # custom (engine optuna): W&B's scheduler makes Optuna's default study, a TPE sampler; the same TPE here, with the
+    # same two options. With several objectives it is Optuna's MOTPE: NSGA-II's first generation (50 trials) would
+    # be random search for a whole sweep of tens of trials, and GPSampler lost to TPE on this space (above).
     return optuna.samplers.TPESampler(multivariate=True, constant_liar=True)

@@ -31,19 +31,25 @@ no TensorRT or CUDA numbers yet.
 best_val_accuracy anywhere under --runs-dir, with a note that no new seeds confirmed it. The checkpoint exported is
 always printed.
 
-Sections, in order: settings, checkpoint and model, ONNX, backends, timing, accuracy and benchmark, reports, main.
+This file is the command line and the pipeline; `main` reads top to bottom:
+choose the checkpoint -> export and check the ONNX -> build the engine -> accuracy -> benchmark -> write.
+The backends (PyTorch, ONNX Runtime, the engine), each with its predictor, timed step and accuracy tolerance,
+are listed in one registry in export_backends.py, with the ONNX export.
+Timing statistics, accuracy scoring, the tables and the plot are in inference_bench.py.
+TensorRT and CUDA themselves are in trt_runtime.py.
+
+Sections, in order: settings, checkpoint and model, command line, pipeline, main.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
 import sys
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +58,36 @@ import torch.nn as nn
 
 import select_model
 import trt_runtime
+from export_backends import (
+    INPUT_NAME,
+    Backend,
+    Engine,
+    HalfPrecision,
+    backends,
+    export_onnx,
+    on_device,
+    ort_predictor,
+    ort_session,
+    torch_predictor,
+)
+from inference_bench import (
+    METHOD,
+    Report,
+    accuracy_failures,
+    accuracy_table,
+    benchmark,
+    markdown_accuracy,
+    markdown_benchmark,
+    parity,
+    plot_benchmark,
+    predict_all,
+)
 from part_2_cifar import (
     DATA_DIR_HELP,
     CheckpointError,
     ConfigError,
     DataError,
     OneLineErrorParser,
-    autocast,
     checkpoint_config,
     device_name,
     load_checkpoint,
@@ -67,7 +96,6 @@ from part_2_cifar import (
     model_from_config,
     normalize,
     pick_device,
-    save_figure,
     unwritable,
     versions,
     write_json_atomic,
@@ -78,16 +106,11 @@ from part_2_cifar import (
 
 PRECISION = "fp16"  # default engine precision: tensor cores and half the memory traffic of fp32
 BATCH_SIZES = (1, 32, 256, 1024)  # latency (1) to throughput (1024); the engine's profile spans min..max
-INPUT_NAME, OUTPUT_NAME = "images", "logits"  # ONNX and engine tensor names
-IMAGE_SHAPE = (3, 32, 32)  # one normalized CIFAR image, NCHW
 PARITY_IMAGES = 256  # test images compared logit by logit between PyTorch and ONNX Runtime
 PARITY_MAX_ABS_DIFF = 1e-4  # fp32 ONNX vs PyTorch on the CPU: only summation order differs
 # fp16 ONNX: max |diff| <= this x max |logit| (fp16 keeps ~3 significant digits). Its top-1 agreement is reported,
 # not required: where two logits are closer than the rounding, either may win.
 FP16_PARITY_RELATIVE = 1e-2
-# Points of top-1 accuracy an engine may trail PyTorch fp32 before the run fails. fp32 is not bit-exact either:
-# TensorRT allows TF32 in convolutions and matrix products by default.
-ACCURACY_TOLERANCE = {"fp32": 0.2, "fp16": 0.5, "int8": 1.5}
 CALIBRATION_IMAGES = 512  # training images ModelOpt calibrates int8 activation ranges on
 WARMUP_SECONDS = 0.2  # trtexec's --warmUp default
 MIN_SECONDS = 1.0  # trtexec runs --duration=3 s; 1 s keeps the CPU backends' run short (--min-seconds 3 for parity)
@@ -219,300 +242,7 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# ONNX
-
-
-class HalfPrecision(nn.Module):
-    """The model in fp16 between fp32 input and output: an fp16 ONNX for TensorRT 11's strongly typed networks,
-    with the same fp32 interface as the fp32 ONNX, so every runner feeds both alike."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = copy.deepcopy(model).half()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images.half()).float()
-
-
-def on_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """A copy of `model` on `device` in channels_last, as the trainer runs it; the caller's model stays as it was."""
-    return copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
-
-
-def export_onnx(model: nn.Module, path: Path) -> None:
-    """ONNX of `model` (in eval mode) with input `images` (batch, 3, 32, 32), output `logits` (batch, classes),
-    weights inside.
-
-    The dynamo exporter (torch.export), torch's default since 2.9; the TorchScript exporter is deprecated. Here it
-    takes a few seconds more, but it is the maintained path and `dynamic_shapes` gives a symbolic batch dimension.
-    """
-    if model.training:
-        raise ValueError("export_onnx needs a model in eval mode: dropout and batch statistics would be exported")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(2, *IMAGE_SHAPE)  # batch 2: an example batch of 1 would be specialised away
-    batch = torch.export.Dim("batch")
-    torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_shapes=({0: batch},), external_data=False, dynamo=True, verbose=False)
-    import onnx
-
-    onnx.checker.check_model(str(path), full_check=True)  # structure, types and shape inference
-
-
-def ort_session(path: Path):  # -> onnxruntime.InferenceSession on the CPU, the provider every install has
-    import onnxruntime as ort  # type: ignore[import-untyped]
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def parity(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
-           images: np.ndarray) -> dict:
-    """Max |logit difference| and top-1 agreement (%) of two predictors, over `images` as one batch and as batch 1."""
-    diffs, agree, largest = [], [], 0.0
-    for batch in (images, images[:1]):  # two batch sizes through one file: the batch dimension must be dynamic
-        expected, got = reference(batch), candidate(batch)
-        if got.shape != expected.shape:
-            raise ValueError(f"logits of shape {got.shape} for a batch of {len(batch)}; expected {expected.shape}")
-        diffs.append(float(np.abs(got - expected).max()))
-        agree.extend(got.argmax(1) == expected.argmax(1))
-        largest = max(largest, float(np.abs(expected).max()))
-    return {"images": len(images), "batch_sizes": [len(images), 1], "max_abs_diff": max(diffs),
-            "max_abs_logit": largest, "top1_agreement": 100 * float(np.mean(agree))}
-
-
-def check_parity(result: dict, precision: str) -> bool:
-    if precision == "fp32":
-        return result["max_abs_diff"] <= PARITY_MAX_ABS_DIFF and result["top1_agreement"] == 100
-    return result["max_abs_diff"] <= FP16_PARITY_RELATIVE * max(1.0, result["max_abs_logit"])
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Backends: a predictor maps float32 (B, 3, 32, 32) to float32 logits (B, classes); a step runs one timed iteration.
-
-Step = Callable[[], "float | None"]  # returns GPU compute seconds when it measures them, else None
-
-
-def torch_predictor(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None):
-    """`model` is already on `device` (see on_device)."""
-
-    @torch.inference_mode()
-    def predict(images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(images).to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device.type, amp_dtype):
-            return model(x).float().cpu().numpy()
-
-    return predict
-
-
-def torch_step(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, images: np.ndarray) -> Step:
-    """One iteration: (GPU: pinned host -> device) inference (GPU: -> host, which waits for the GPU). `model` is
-    already on `device` (see on_device)."""
-    if device.type != "cuda":
-        x = torch.from_numpy(images).contiguous(memory_format=torch.channels_last)
-
-        @torch.inference_mode()
-        def cpu_step() -> None:
-            with autocast(device.type, amp_dtype):
-                model(x)
-
-        return cpu_step
-
-    host = torch.from_numpy(images).pin_memory()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    @torch.inference_mode()
-    def cuda_step() -> float:
-        x = host.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        start.record()
-        with autocast(device.type, amp_dtype):
-            logits = model(x)
-        end.record()
-        logits.float().cpu()  # a copy to pageable memory waits for the stream, so `end` has happened
-        return start.elapsed_time(end) / 1000
-
-    return cuda_step
-
-
-def ort_predictor(session) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda images: session.run([OUTPUT_NAME], {INPUT_NAME: images})[0].astype(np.float32)
-
-
-def ort_step(session, images: np.ndarray) -> Step:
-    def step() -> None:
-        session.run([OUTPUT_NAME], {INPUT_NAME: images})
-
-    return step
-
-
-def trt_step(runner: trt_runtime.TrtRunner, images: np.ndarray, use_graph: bool) -> Step:
-    runner.set_batch(images)
-    if use_graph:
-        runner.capture_graph()
-    return lambda: runner.step(use_graph)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Timing
-
-
-def time_iterations(step: Step, warmup_seconds: float, min_seconds: float, min_iterations: int,
-                    clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float]]:
-    """Warm up for `warmup_seconds` (at least one call), then call `step` until both `min_seconds` have passed and
-    `min_iterations` were made. Returns (end-to-end seconds of each call by `clock`, the seconds each call reported)."""
-    started = clock()
-    step()
-    while clock() - started < warmup_seconds:
-        step()
-    end_to_end: list[float] = []
-    reported: list[float] = []
-    started = clock()
-    while len(end_to_end) < min_iterations or clock() - started < min_seconds:
-        t0 = clock()
-        gpu_seconds = step()
-        end_to_end.append(clock() - t0)
-        if gpu_seconds is not None:
-            reported.append(gpu_seconds)
-    return end_to_end, reported
-
-
-def latency_stats(seconds: list[float], batch_size: int) -> dict:
-    """Latency mean and percentiles in ms, and throughput in images/s, of per-iteration times.
-
-    Percentiles are nearest-rank (the smallest time with at least p% of iterations at or below it), so each is a
-    time that some iteration took.
-    """
-    if not seconds:
-        raise ValueError("no iterations to summarise")
-    ms = np.asarray(seconds, dtype=np.float64) * 1000
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99], method="inverted_cdf")
-    return {"iterations": int(ms.size), "mean_ms": float(ms.mean()), "p50_ms": float(p50), "p90_ms": float(p90),
-            "p99_ms": float(p99), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-            "images_per_second": float(batch_size * ms.size / (ms.sum() / 1000))}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Accuracy and benchmark
-
-
-class Report:
-    """What ran, what was skipped and why, and what failed; the exit status comes from `failures`."""
-
-    def __init__(self) -> None:
-        self.skipped: list[str] = []
-        self.failures: list[str] = []
-
-    def skip(self, part: str, why: str) -> None:
-        self.skipped.append(f"{part}: {why}")
-        print(f"skipped: {part}: {why}", flush=True)
-
-    def fail(self, message: str) -> None:
-        self.failures.append(message)
-        print(f"FAILED: {message}", flush=True)
-
-
-def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits for normalized images (N, 3, 32, 32) in chunks of `batch_size`; the last chunk holds the remainder."""
-    return np.concatenate([predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-
-
-def accuracy_table(logits: dict[str, np.ndarray], labels: np.ndarray, reference: str) -> list[dict]:
-    """Top-1 of each backend, and its difference in points and its top-1 agreement with the reference backend."""
-    reference_top1 = logits[reference].argmax(1)
-    base = 100 * float(np.mean(reference_top1 == labels))
-    rows = []
-    for name, values in logits.items():
-        top1 = values.argmax(1)
-        accuracy = 100 * float(np.mean(top1 == labels))
-        rows.append({"backend": name, "top1_accuracy": accuracy, "points_vs_reference": accuracy - base,
-                     "top1_agreement_with_reference": 100 * float(np.mean(top1 == reference_top1))})
-    return rows
-
-
-def accuracy_failures(rows: list[dict], precision: str) -> list[str]:
-    """One message per TensorRT engine that trails the reference by more than ACCURACY_TOLERANCE[precision]."""
-    allowed = ACCURACY_TOLERANCE[precision]
-    return [f"{row['backend']} top-1 {row['top1_accuracy']:.2f}% trails PyTorch by {-row['points_vs_reference']:.2f} "
-            f"points; allowed {allowed} for {precision}"
-            for row in rows if row["backend"].startswith("tensorrt-") and row["points_vs_reference"] < -allowed]
-
-
-def batch_of(images: np.ndarray, batch_size: int) -> np.ndarray:
-    """The first `batch_size` normalized test images, repeated from the start if there are fewer."""
-    return np.ascontiguousarray(images[np.arange(batch_size) % len(images)])
-
-
-def benchmark(steps: dict[str, Callable[[np.ndarray], Step]], images: np.ndarray, batch_sizes: list[int],
-              warmup_seconds: float, min_seconds: float, min_iterations: int, report: Report) -> list[dict]:
-    """One row per backend and batch size: end-to-end statistics, and GPU compute statistics where measured.
-    An engine that fails at one batch size is reported and the benchmark goes on."""
-    rows = []
-    for name, make_step in steps.items():
-        for batch_size in batch_sizes:
-            try:
-                step = make_step(batch_of(images, batch_size))
-                end_to_end, gpu = time_iterations(step, warmup_seconds, min_seconds, min_iterations)
-            except trt_runtime.EngineError as e:
-                report.fail(f"{name} batch {batch_size}: {e}")
-                continue
-            stats = latency_stats(end_to_end, batch_size)
-            rows.append({"backend": name, "batch_size": batch_size, "end_to_end": stats,
-                         "gpu_compute": latency_stats(gpu, batch_size) if gpu else None})
-            print(f"  {name} batch {batch_size}: {stats['images_per_second']:,.0f} img/s", flush=True)
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Reports
-
-
-def markdown_benchmark(rows: list[dict]) -> str:
-    lines = ["| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms | GPU compute p50 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        e2e, gpu = row["end_to_end"], row["gpu_compute"]
-        gpu_p50 = f"{gpu['p50_ms']:.3f}" if gpu else "-"
-        lines.append(f"| {row['backend']} | {row['batch_size']} | {e2e['iterations']} | "
-                     f"{e2e['images_per_second']:,.0f} | {e2e['mean_ms']:.3f} | {e2e['p50_ms']:.3f} | "
-                     f"{e2e['p90_ms']:.3f} | {e2e['p99_ms']:.3f} | {gpu_p50} |")
-    return "\n".join(lines)
-
-
-def markdown_accuracy(rows: list[dict], images: int) -> str:
-    lines = [f"| backend | top-1 % ({images} test images) | points vs PyTorch | same top-1 as PyTorch % |",
-             "|---|---:|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row['backend']} | {row['top1_accuracy']:.2f} | {row['points_vs_reference']:+.2f} | "
-                     f"{row['top1_agreement_with_reference']:.2f} |")
-    return "\n".join(lines)
-
-
-def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_rate, ax_latency) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for backend in dict.fromkeys(row["backend"] for row in rows):
-        mine = [row for row in rows if row["backend"] == backend]
-        sizes = [row["batch_size"] for row in mine]
-        ax_rate.plot(sizes, [row["end_to_end"]["images_per_second"] for row in mine], marker="o", label=backend)
-        ax_latency.plot(sizes, [row["end_to_end"]["p50_ms"] for row in mine], marker="o", label=backend)
-    ax_rate.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s (end to end)", title="throughput")
-    ax_latency.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency per batch (ms)",
-                   title="latency")
-    sizes = sorted({row["batch_size"] for row in rows})
-    for ax in (ax_rate, ax_latency):
-        ax.set_xticks(sizes, [str(size) for size in sizes])
-        ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Main
+# Command line
 
 
 def batch_sizes_arg(text: str) -> list[int]:
@@ -563,6 +293,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Pipeline: export and check -> build -> accuracy -> benchmark -> write
+
+
+def begin_export(out: Path, checkpoint_path: Path, checkpoint: dict, device: torch.device) -> None:
+    """Make the output folder `out`; say which checkpoint is exported and where PyTorch runs."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: cuDNN picks in the warm-up
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
+          f"{checkpoint.get('val_accuracy')}); filters {filters(checkpoint['config'])}; PyTorch on "
+          f"{device_name(device)}", flush=True)
+
+
+def normalized_test_set(test_images: np.ndarray, test_labels: np.ndarray,
+                        count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` test images (0: all), normalized (N, 3, 32, 32) float32, and their labels.
+
+    They are normalized once: parity, accuracy and the benchmark all use them.
+    """
+    images = torch.from_numpy(test_images[:count or None])
+    return normalize(images).contiguous().numpy(), test_labels[:len(images)]
+
+
 def export_and_check(model: nn.Module, out: Path, precision: str, parity_images: np.ndarray,
                      report: Report) -> tuple[dict[str, Path], dict[str, object], dict]:
     """fp32 ONNX (and the fp16 one when the precision is fp16), each checked against PyTorch in ONNX Runtime.
@@ -588,18 +342,32 @@ def export_and_check(model: nn.Module, out: Path, precision: str, parity_images:
     return paths, sessions, results
 
 
+def check_parity(result: dict, precision: str) -> bool:
+    if precision == "fp32":
+        return result["max_abs_diff"] <= PARITY_MAX_ABS_DIFF and result["top1_agreement"] == 100
+    return result["max_abs_diff"] <= FP16_PARITY_RELATIVE * max(1.0, result["max_abs_logit"])
+
+
+def calibration_images(train_images: np.ndarray) -> np.ndarray:
+    """CALIBRATION_IMAGES training images, normalized (N, 3, 32, 32).
+
+    They are real images, a fixed random subset across the classes.
+    """
+    pick = np.random.default_rng(0).permutation(len(train_images))[:CALIBRATION_IMAGES]
+    return normalize(torch.from_numpy(train_images[np.sort(pick)])).contiguous().numpy()
+
+
 def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Path],
                    calibration: Callable[[], np.ndarray], device: torch.device,
-                   report: Report) -> tuple[trt_runtime.TrtRunner | None, dict | None]:
-    """Build the engine and open a runner for it, or say why not. Returns (runner or None, engine JSON or None)."""
-    part = f"TensorRT {args.precision} engine"
+                   report: Report) -> tuple[Engine, dict | None]:
+    """Build the engine and open a runner for it, or say why not. A build or a runner that fails is a failure.
+    Returns (the runner, or why there is none; the engine's JSON, or None when none was built)."""
+    part = f"TensorRT {args.precision} engine, its accuracy and benchmark"
     if device.type != "cuda":
-        report.skip(f"{part}, its accuracy and benchmark", "no CUDA GPU (PyTorch sees none, or --device cpu)")
-        return None, None
+        return Engine(unavailable="no CUDA GPU (PyTorch sees none, or --device cpu)", part=part), None
     why = trt_runtime.why_no_tensorrt() or (trt_runtime.why_no_modelopt() if args.precision == "int8" else "")
     if why:
-        report.skip(f"{part}, its accuracy and benchmark", why)
-        return None, None
+        return Engine(unavailable=why, part=part), None
     engine_path = out / f"model_{args.precision}.engine"
     try:
         # One path on TensorRT 10 and 11: a strongly typed network whose precision comes from the ONNX.
@@ -612,59 +380,102 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Pa
                                         torch.cuda.get_device_name(device), out / "timing.cache")
     except trt_runtime.EngineError as e:
         report.fail(str(e))
-        return None, None
+        return Engine(), None
     print(f"TensorRT {info['tensorrt_version']} built {engine_path} ({info['typing']}, batch "
           f"{info['profile']['min'][0]}..{info['profile']['max'][0]}) in {info['build_seconds']} s", flush=True)
     why = trt_runtime.why_no_pycuda()
     if why:
-        report.skip(f"{part} accuracy and benchmark (the engine was built)", why)
-        return None, info
+        return Engine(unavailable=why, part=f"TensorRT {args.precision} engine accuracy and benchmark (the engine "
+                                            "was built)"), info
     try:
-        return trt_runtime.TrtRunner(engine_path, max(args.batch_sizes)), info
+        return Engine(trt_runtime.TrtRunner(engine_path, max(args.batch_sizes))), info
     except trt_runtime.EngineError as e:
         report.fail(str(e))
-        return None, info
+        return Engine(), info
 
 
-def check_accuracy(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], precision: str, images: np.ndarray,
+def report_unavailable(registry: list[Backend], report: Report) -> None:
+    """One `skipped:` line for each part and reason among the backends that cannot run here."""
+    for part, why in dict.fromkeys((backend.part or backend.name, backend.unavailable)
+                                   for backend in registry if backend.unavailable):
+        report.skip(part, why)
+
+
+def check_accuracy(registry: list[Backend], precision: str, images: np.ndarray,
                    labels: np.ndarray, batch_size: int, report: Report) -> list[dict]:
-    """Top-1 on the normalized test images of each predictor, the first (PyTorch fp32) the reference; an engine that
-    fails to run, or trails PyTorch by more than ACCURACY_TOLERANCE, is reported as a failure."""
+    """Top-1 of each backend with a predictor on the normalized test images (N, 3, 32, 32).
+
+    Each is compared with the registry's reference backend, wherever it is listed.
+    A backend that fails to run, or trails the reference by more than its tolerance, is a failure.
+    Returns the rows of the accuracy table.
+    """
     logits = {}
-    for name, predict in predictors.items():
+    for backend in registry:
+        if backend.predict is None:
+            continue
         try:
-            logits[name] = predict_all(predict, images, batch_size)
+            logits[backend.name] = predict_all(backend.predict, images, batch_size)
         except trt_runtime.EngineError as e:
-            report.fail(f"{name} on the test images: {e}")
-    rows = accuracy_table(logits, labels, reference=next(iter(predictors)))
+            report.fail(f"{backend.name} on the test images: {e}")
+    reference = next(backend.name for backend in registry if backend.reference)
+    rows = accuracy_table(logits, labels, reference)
     print(markdown_accuracy(rows, len(images)), flush=True)
-    for message in accuracy_failures(rows, precision):
+    tolerances = {backend.name: backend.tolerance for backend in registry
+                  if backend.tolerance is not None}
+    for message in accuracy_failures(rows, tolerances, precision):
         report.fail(message)
     return rows
 
 
-def backend_steps(model: nn.Module, device: torch.device, session, runner: trt_runtime.TrtRunner | None,
-                  precision: str, cuda_graph: bool, report: Report) -> dict[str, Callable[[np.ndarray], Step]]:
-    """backend name -> a function that makes its timed step for a batch, for every backend present. `model` is
-    already on `device` (see on_device)."""
-    steps: dict[str, Callable[[np.ndarray], Step]] = {
-        f"pytorch-fp32 ({device.type})": lambda x: torch_step(model, device, None, x),
-        "onnxruntime-fp32 (cpu)": lambda x: ort_step(session, x)}
-    if device.type == "cuda":
-        steps["pytorch-fp16-autocast (cuda)"] = lambda x: torch_step(model, device, torch.float16, x)
-        if torch.cuda.is_bf16_supported():
-            steps["pytorch-bf16-autocast (cuda)"] = lambda x: torch_step(model, device, torch.bfloat16, x)
-    else:
-        report.skip("PyTorch fp16/bf16 autocast benchmark", "no CUDA GPU; fp16/bf16 are timed on the GPU only")
-    if runner is not None:
-        steps[f"tensorrt-{precision}"] = lambda x: trt_step(runner, x, use_graph=False)
-    why_no_graph = ("there is no engine runner on this machine (see above)" if runner is None
-                    else trt_runtime.why_no_cuda_python())
-    if cuda_graph and why_no_graph:
-        report.skip("CUDA-graph replay of the engine", why_no_graph)
-    elif cuda_graph and runner is not None:
-        steps[f"tensorrt-{precision}-cudagraph"] = lambda x: trt_step(runner, x, use_graph=True)
-    return steps
+def run_benchmark(registry: list[Backend], images: np.ndarray, args: argparse.Namespace,
+                  report: Report) -> tuple[list[dict], float]:
+    """Time each backend with a timed step at each of --batch-sizes, and print the table.
+
+    Returns (the benchmark rows, the highest 1-minute load average before and after).
+    """
+    steps = {backend.name: backend.make_step for backend in registry if backend.make_step}
+    print(f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and "
+          f">= {args.min_iterations} iterations per backend and batch size", flush=True)
+    # Other processes slow the CPU backends most: say how busy the machine was.
+    load_before = os.getloadavg()[0]
+    rows = benchmark(steps, images, args.batch_sizes, args.warmup_seconds, args.min_seconds,
+                     args.min_iterations, report)
+    print(markdown_benchmark(rows), flush=True)
+    return rows, max(load_before, os.getloadavg()[0])
+
+
+def write_results(args: argparse.Namespace, out: Path, checkpoint_path: Path, config: dict,
+                  machine: str, test_images: int, report: Report, results: dict) -> None:
+    """Write <out>/benchmark.json and the plot at --plot.
+
+    `results` holds onnx_parity, engine, accuracy and benchmark, as benchmark.json names them.
+    """
+    found = versions()
+    for package in ("onnx", "onnxruntime"):
+        found[package] = __import__(package).__version__
+    if results["engine"]:
+        found["tensorrt"] = results["engine"]["tensorrt_version"]
+    method = {"warmup_seconds": args.warmup_seconds, "min_seconds": args.min_seconds,
+              "min_iterations": args.min_iterations, **METHOD}
+    write_json_atomic({"checkpoint": str(checkpoint_path), "config": config, "machine": machine,
+                       "versions": found,
+                       "data": {"data_dir": str(args.data_dir), "test_images": test_images},
+                       "method": method, **results,
+                       "skipped": report.skipped, "failures": report.failures},
+                      out / "benchmark.json")
+    plot_benchmark(results["benchmark"], args.plot,
+                   f"SimpleCNN {filters(config)} inference on {machine}\ninputs: batches of the "
+                   f"{test_images} test images in {args.data_dir} (speed does not depend on content)")
+    print(f"wrote {out / 'benchmark.json'} and {args.plot}", flush=True)
+
+
+def filters(config: dict) -> str:
+    """The model's three convolution widths, e.g. 64/128/256."""
+    return f"{config['num_filters_1']}/{config['num_filters_2']}/{config['num_filters_3']}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -681,62 +492,26 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code if isinstance(e, DataError) else 2
-    config = checkpoint["config"]
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: let cuDNN pick kernels in the warm-up
-    out.mkdir(parents=True, exist_ok=True)
+    begin_export(out, checkpoint_path, checkpoint, device)
+    images, labels = normalized_test_set(test_images, test_labels, args.accuracy_images)
     report = Report()
-    print(f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
-          f"{checkpoint.get('val_accuracy')}); filters {config['num_filters_1']}/{config['num_filters_2']}/"
-          f"{config['num_filters_3']}; PyTorch on {device_name(device)}", flush=True)
-
-    images = torch.from_numpy(test_images[:args.accuracy_images or None])
-    labels = test_labels[:len(images)]
-    normalized = normalize(images).contiguous().numpy()  # (N, 3, 32, 32) float32, once: parity, accuracy, benchmark
-    onnx_paths, sessions, onnx_parity = export_and_check(model, out, args.precision, normalized[:PARITY_IMAGES],
-                                                         report)
-
-    def calibration() -> np.ndarray:  # real training images, a fixed random subset across classes
-        pick = np.random.default_rng(0).permutation(len(train_images))[:CALIBRATION_IMAGES]
-        return normalize(torch.from_numpy(train_images[np.sort(pick)])).contiguous().numpy()
-
-    runner, engine_info = build_tensorrt(args, out, onnx_paths, calibration, device, report)
-
-    placed = on_device(model, device)
-    predictors = {f"pytorch-fp32 ({device.type})": torch_predictor(placed, device, None),
-                  **{f"onnxruntime-{name} (cpu)": ort_predictor(session) for name, session in sessions.items()}}
-    if runner is not None:
-        predictors[f"tensorrt-{args.precision}"] = runner
-    accuracy = check_accuracy(predictors, args.precision, normalized, labels, max(args.batch_sizes), report)
-    steps = backend_steps(placed, device, sessions["fp32"], runner, args.precision, args.cuda_graph, report)
-    print(f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and >= {args.min_iterations} "
-          f"iterations per backend and batch size", flush=True)
-    load_before = os.getloadavg()[0]  # other processes slow the CPU backends most: say how busy the machine was
-    rows = benchmark(steps, normalized, args.batch_sizes, args.warmup_seconds, args.min_seconds, args.min_iterations,
-                     report)
-    load = max(load_before, os.getloadavg()[0])
-    print(markdown_benchmark(rows), flush=True)
-
+    onnx_paths, sessions, onnx_parity = export_and_check(model, out, args.precision,
+                                                         images[:PARITY_IMAGES], report)
+    engine, engine_info = build_tensorrt(args, out, onnx_paths,
+                                         partial(calibration_images, train_images), device, report)
+    registry = backends(on_device(model, device), device, sessions, engine, args.precision,
+                        args.cuda_graph)
+    report_unavailable(registry, report)
+    accuracy = check_accuracy(registry, args.precision, images, labels, max(args.batch_sizes),
+                              report)
+    rows, load = run_benchmark(registry, images, args, report)
     machine = f"{device_name(device)}; load average up to {load:.1f} on {os.cpu_count()} CPUs"
-    found = versions()
-    for package in ("onnx", "onnxruntime"):
-        found[package] = __import__(package).__version__
-    if engine_info:
-        found["tensorrt"] = engine_info["tensorrt_version"]
-    write_json_atomic({"checkpoint": str(checkpoint_path), "config": config, "machine": machine, "versions": found,
-                       "data": {"data_dir": str(args.data_dir), "test_images": len(images)},
-                       "method": {"warmup_seconds": args.warmup_seconds, "min_seconds": args.min_seconds,
-                                  "min_iterations": args.min_iterations, "percentiles": "nearest-rank",
-                                  "end_to_end": "host clock around copy in + inference + copy out + sync",
-                                  "gpu_compute": "CUDA events around the inference call"},
-                       "onnx_parity": onnx_parity, "engine": engine_info, "accuracy": accuracy, "benchmark": rows,
-                       "skipped": report.skipped, "failures": report.failures}, out / "benchmark.json")
-    filters = f"{config['num_filters_1']}/{config['num_filters_2']}/{config['num_filters_3']}"
-    plot_benchmark(rows, args.plot, f"SimpleCNN {filters} inference on {machine}\ninputs: batches of the "
-                                    f"{len(images)} test images in {args.data_dir} (speed does not depend on content)")
-    print(f"wrote {out / 'benchmark.json'} and {args.plot}", flush=True)
+    write_results(args, out, checkpoint_path, checkpoint["config"], machine, len(images), report,
+                  {"onnx_parity": onnx_parity, "engine": engine_info, "accuracy": accuracy,
+                   "benchmark": rows})
     if report.failures:
-        print(f"{len(report.failures)} check(s) failed: " + "; ".join(report.failures), file=sys.stderr)
+        print(f"{len(report.failures)} check(s) failed: " + "; ".join(report.failures),
+              file=sys.stderr)
         return 1
     return 0
 

@@ -2,7 +2,7 @@
 shipped, and every cuda-python call against the installed cuda-bindings, which ships no stubs at all.
 
     pip install --no-deps tensorrt-stubs==10.13.0.35.1     # the stubs only; the real tensorrt is not needed
-    python trt_typecheck.py                                # mypy trt_runtime.py trt_export.py, then cuda-python
+    python trt_typecheck.py                                # mypy the TensorRT layer and its callers, then cuda-python
     python trt_typecheck.py trt_runtime.py                 # just the TensorRT/pycuda/cuda-python layer
 
 tensorrt-stubs 10.13.0.35.1 (pybind11-stubgen output, the only release) stops mypy with syntax errors before it
@@ -111,7 +111,7 @@ def version(package: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    files = argv or ["trt_runtime.py", "trt_export.py"]
+    files = argv or ["trt_runtime.py", "export_backends.py", "inference_bench.py", "trt_export.py"]
     with tempfile.TemporaryDirectory(prefix="trt-stubs-") as tmp:
         write_fixed_stubs(Path(tmp) / "stubs")
         config = Path(tmp) / "mypy.ini"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -129,3 +131,45 @@ def postgres_url(postgres_server: str, tmp_path: Path) -> str:
     subprocess.run([postgres_bin_dir() / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", name],
                    check=True, capture_output=True, timeout=60)
     return f"{postgres_server}/{name}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What an offline W&B run recorded, as the W&B server will read it after `wandb sync`
+
+
+def wandb_records(wandb_dir: Path, run_id: str) -> list:
+    """The records of the offline W&B run `run_id`, read from its .wandb file (LevelDB log format: 32 KiB blocks of
+    chunks, each a 7-byte header of CRC, length and type; the file opens with a 7-byte W&B header)."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = wandb_dir.glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    data, pos, chunk, records = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            break
+        chunk, pos = chunk + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            records.append(wandb_internal_pb2.Record.FromString(chunk))
+            chunk = b""
+    return records
+
+
+def offline_wandb_run(wandb_dir: Path, run_id: str) -> tuple[int | None, bool, dict, dict]:
+    """(exit code, marked preempting, summary, config) of an offline W&B run; values as JSON reads them."""
+    code, preempting, summary, config = None, False, {}, {}
+    for record in wandb_records(wandb_dir, run_id):
+        kind = record.WhichOneof("record_type")
+        if kind == "exit":
+            code = record.exit.exit_code
+        elif kind == "preempting":
+            preempting = True
+        elif kind == "summary":
+            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update if item.key})
+        elif kind in ("run", "config"):
+            items = record.run.config.update if kind == "run" else record.config.update
+            config.update({item.key: json.loads(item.value_json) for item in items if item.key})
+    return code, preempting, summary, config

@@ -388,3 +388,15 @@ def test_select_model_exits_2_when_a_seed_it_resumes_has_a_refused_checkpoint(ti
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
     (failed,) = [line for line in result.stderr.splitlines() if " failed " in line]
     assert f"{run_id} failed (exit 2): error: cannot resume: " in failed and "numpy.ndarray, which" in failed
+
+
+def test_a_seed_that_diverged_before_any_epoch_counts_as_0_in_the_selection(tmp_path):
+    config = trainer.validate_config({**trainer.DEFAULTS, **SMALL})
+    for name, status, best in (("seed0", "finished", 40.0), ("seed1", "diverged", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"status": status, "config": config, "best_val_accuracy": best, "flops_per_image": 1000}))
+    candidate = select_model.Candidate(config, [tmp_path / "seed0", tmp_path / "seed1"], 40.0)
+    report = select_model.config_report(candidate, tmp_path)
+    assert report["seeds"] == 2 and report["val_accuracy_mean"] == 20.0
+    assert select_model.best_seed(report, tmp_path) is None  # neither has a best.pt to export

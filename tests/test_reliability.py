@@ -152,13 +152,13 @@ def test_out_of_memory_is_one_line_with_the_config_and_a_failed_run(fake_wandb, 
 # ------------------------------------------------------------------------------------------------------ interruption
 
 
-@pytest.mark.parametrize("signum, sweep, requeued", [
-    (signal.SIGTERM, False, True), (signal.SIGINT, False, True),
-    (signal.SIGTERM, True, False),  # a sweep agent stopping the run early (Hyperband) must not get it requeued
-    (signal.SIGUSR1, True, True),  # a cluster's preemption notice requeues, sweep or not
-])
+@pytest.mark.parametrize("sweep", [False, True])
+@pytest.mark.parametrize("signum", trainer.STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agent_stopped_it(
-        signum, sweep, requeued, fake_wandb, monkeypatch, tiny_data_dir, tmp_path):
+        signum, sweep, fake_wandb, monkeypatch, tiny_data_dir, tmp_path):
+    # A sweep agent stops a run early (Hyperband) with SIGTERM: that must not get it requeued. Every other stop
+    # (a preemption notice, a closed terminal, a CPU-time limit, Ctrl-C) requeues it, sweep or not.
+    requeued = not (sweep and signum == signal.SIGTERM)
     real_train_epoch = trainer.train_epoch
 
     def train_epoch_then_signal(*args, **kwargs):

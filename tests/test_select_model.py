@@ -181,3 +181,44 @@ def test_a_sweep_then_selection_then_export_of_what_was_chosen(learnable_data_di
     seed = select_model.best_seed(cheapest_front, runs)
     assert trt_export.main(["--checkpoint", "best", "--within", "100", "--out", str(tmp_path / "cheap"), *export]) == 0
     assert f"exporting checkpoint {runs / seed / 'best.pt'} " in capsys.readouterr().out
+
+
+def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points(learnable_data_dir, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """sweep_deploy.json's form offline, then `select_model.py --front` and `trt_export.py --within`: the README's
+    deploy path, on tiny models whose flops_per_image differ."""
+    import csv
+
+    import local_sweep
+    import trt_export
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    sweep = tmp_path / "deploy.json"
+    sweep.write_text(json.dumps({
+        "program": "part_2_cifar.py", "method": "custom", "scheduler": {"engine": "optuna"},
+        "metrics": [{"name": "best_val_accuracy", "goal": "maximize"}, {"name": "flops_per_image", "goal": "minimize"}],
+        "parameters": {"num_filters_1": {"value": 8}, "num_filters_2": {"values": [4, 8, 16]},
+                       "num_filters_3": {"values": [16, 32]}, "batch_size": {"value": 64},
+                       "learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 2}}}))
+    runs = tmp_path / "runs"
+    assert local_sweep.main([str(sweep), "--trials", "4", "--data-dir", str(learnable_data_dir), "--runs-dir",
+                             str(runs), "--val-size", "100", "--images-dir", str(tmp_path / "images")]) == 0
+    with open(runs / "deploy" / "trials.csv") as f:
+        front = [json.loads(Path(row["run_dir"], "summary.json").read_text())["config"] for row in csv.DictReader(f)
+                 if row["pareto_front"] == "True"]
+
+    monkeypatch.chdir(tmp_path)
+    assert select_model.main([str(runs / "deploy"), "--front", "--seeds", "1", "--data-dir", str(learnable_data_dir),
+                              "--images-dir", str(tmp_path / "images")]) == 0
+    selection = json.loads((runs / "deploy" / "selection.json").read_text())
+    assert sorted(c["key"] for c in selection["configs"]) == sorted({select_model.config_key(c) for c in front})
+    assert all(c["seeds"] >= 2 for c in selection["configs"])  # each confirmed with a new seed
+
+    cheapest = min((c for c in selection["configs"] if c["pareto"]), key=lambda c: c["flops_per_image"])
+    capsys.readouterr()
+    assert trt_export.main(["--checkpoint", "best", "--within", "100", "--runs-dir", str(runs), "--data-dir",
+                            str(learnable_data_dir), "--device", "cpu", "--batch-sizes", "1,4", "--accuracy-images",
+                            "20", "--warmup-seconds", "0", "--min-seconds", "0", "--min-iterations", "1", "--out",
+                            str(tmp_path / "cheap"), "--plot", str(tmp_path / "images" / "export.png")]) == 0
+    seed = select_model.best_seed(cheapest, runs / "deploy")  # the cheapest of the confirmed front, its best seed
+    assert f"exporting checkpoint {runs / 'deploy' / seed / 'best.pt'} " in capsys.readouterr().out

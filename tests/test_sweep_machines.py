@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -166,3 +167,222 @@ def test_a_storage_that_cannot_open_is_one_line(tmp_path, url, words, learnable_
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, tmp_path / "runs", url, 1)) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_two_machines_run_a_multi_objective_study_to_exactly_n_trials(tmp_path, postgres_url, learnable_data_dir,
+                                                                      offline_env, own_hostname):
+    """sweep_deploy.json's form (method custom, engine optuna, two metrics): one direction per objective in the
+    database, both values of every trial read from its run's summary."""
+    sweep = tmp_path / "front.json"
+    sweep.write_text(json.dumps({
+        "program": "part_2_cifar.py", "method": "custom", "scheduler": {"engine": "optuna"},
+        "metrics": [{"name": "best_val_accuracy", "goal": "maximize"}, {"name": "flops_per_image", "goal": "minimize"}],
+        "parameters": {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 1}, "batch_size": {"value": 64},
+                       "num_filters_1": {"value": 8}, "num_filters_2": {"values": [8, 16]},
+                       "num_filters_3": {"value": 16}}}))
+    args = sweep_args(sweep, learnable_data_dir, tmp_path / "shared-runs", postgres_url, 3)
+    a, b = (Machine(name, own_hostname, args, offline_env, tmp_path).start() for name in ("machine-a", "machine-b"))
+    assert a.wait() == 0, a.output()[-3000:]
+    assert b.wait() == 0, b.output()[-3000:]
+    study = optuna.load_study(study_name="front", storage=postgres_url)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert {t.user_attrs["host"] for t in study.trials} == {"machine-a", "machine-b"}
+    for t in study.trials:
+        summary = json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text())
+        assert t.values == [summary["best_val_accuracy"], summary["flops_per_image"]]
+    assert study.best_trials  # Optuna's front, which the report writes to trials.csv
+
+
+WRITE_AT_ONCE = """
+import sys, time
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from run_files import save_figure, write_json_atomic
+start, folder = float(sys.argv[1]), __import__("pathlib").Path(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+for i in range(40):
+    fig, ax = plt.subplots(figsize=(1, 1))
+    save_figure(fig, folder / "sweep_front_pareto.png", dpi=20)
+    write_json_atomic({"i": i}, folder / "selection.json")
+"""
+
+
+def test_machines_that_write_the_same_report_file_at_once_both_succeed(tmp_path, offline_env):
+    """Each machine writes the study's report when it ends, to the shared folder: never over another's temporary."""
+    start = time.time() + 3  # both import matplotlib first, then write in the same instant
+    writers = [subprocess.Popen([sys.executable, "-c", WRITE_AT_ONCE, str(start), str(tmp_path)], env=offline_env,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["selection.json", "sweep_front_pareto.png"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A machine that stalls, and random faults on a whole sweep
+
+
+def _wait_for(condition, timeout: float, every: float = 0.05):
+    """condition()'s first truthy value within `timeout` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    return None
+
+
+def test_a_machine_that_stalls_past_the_grace_period_gives_its_trial_up_with_one_line_when_it_wakes(
+        tmp_path, postgres_url, learnable_data_dir, offline_env, own_hostname):
+    sweep, runs = write_sweep(tmp_path / "stall.json", epochs=8), tmp_path / "shared-runs"
+    args = sweep_args(sweep, learnable_data_dir, runs, postgres_url, 1)
+    a = Machine("machine-a", own_hostname, args, offline_env, tmp_path).start()
+    b = Machine("machine-b", own_hostname, args, offline_env, tmp_path)
+    try:
+        assert _wait_for_study(postgres_url), a.output()[-3000:]
+        study = optuna.load_study(study_name="stall", storage=postgres_url)
+
+        def after_epoch_2():
+            return [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                    if t.user_attrs.get("epochs_completed", 0) >= 2]
+
+        assert _wait_for(after_epoch_2, 180), a.output()[-3000:]
+        os.killpg(a.proc.pid, signal.SIGSTOP)  # the whole machine stalls (a VM paused, a swap storm) after epoch 2
+        b.start()
+
+        def retry_running():
+            return [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                    if t.system_attrs.get("failed_trial") == 0 and t.user_attrs.get("host") == "machine-b"]
+
+        assert _wait_for(retry_running, 180, every=0.2), b.output()[-3000:]  # failed after the grace, retried by B
+    finally:
+        os.killpg(a.proc.pid, signal.SIGCONT)  # A wakes up and reports its next epoch for a trial no longer its own
+    assert a.wait() == 0, a.output()[-3000:]  # it waits for B's retry, then the study is done
+    assert b.wait() == 0, b.output()[-3000:]
+    out = a.output()
+    assert "Traceback" not in out and "Traceback" not in b.output(), out[-3000:]
+    assert out.count("trial 0 was failed meanwhile by another process") == 1, out[-3000:]
+    trials = load(postgres_url, "stall")
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]  # A asked for nothing more: N = 1 was reached
+    assert trials[1].user_attrs["host"] == "machine-b" and trials[1].user_attrs["resumed_after_epoch"] >= 1
+    assert Path(trials[0].user_attrs["run_dir"], "last.pt").is_file()  # A's attempt kept its checkpoints
+    assert (runs / "stall" / "trials.csv").is_file()
+
+
+def test_a_storage_outage_mid_trial_is_one_line_exit_1_and_the_same_command_continues_after_it(
+        tmp_path, postgres_server, postgres_url, learnable_data_dir, offline_env, capsys):
+    import sqlalchemy
+
+    sweep, runs = write_sweep(tmp_path / "outage.json", epochs=8), tmp_path / "runs"
+    args = sweep_args(sweep, learnable_data_dir, runs, postgres_url, 2)
+    first = subprocess.Popen([sys.executable, str(ROOT / "local_sweep.py"), *args], env=offline_env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    database = postgres_url.rsplit("/", 1)[1]
+    admin = sqlalchemy.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        assert _wait_for_study(postgres_url)
+        study = optuna.load_study(study_name="outage", storage=postgres_url)
+        assert _wait_for(lambda: [t for t in study.get_trials() if t.user_attrs.get("epochs_completed", 0) >= 1], 180)
+        with admin.connect() as c:  # the database goes away mid-trial: nobody can connect, every connection is cut
+            c.execute(sqlalchemy.text(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false"))
+            c.execute(sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                      {"d": database})
+        out, _ = first.communicate(timeout=180)
+    finally:
+        first.kill()
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true"))
+        admin.dispose()
+    assert first.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the study's storage failed" in errors[0], out[-3000:]
+    assert "run the same command again" in errors[0]
+    saved = p2.load_checkpoint(runs / "outage" / "trial-0000" / "last.pt", needs=("epoch",))["epoch"]
+
+    assert local_sweep.main(args) == 0  # once the database answers: the lost attempt is failed after the grace
+    trials = load(postgres_url, "outage")
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], [t.state.name for t in trials]
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].user_attrs["resumed_after_epoch"] == saved
+    assert "Traceback" not in "".join(capsys.readouterr())
+
+
+FAULTS = ("SIGKILL", "SIGSTOP", "SIGHUP", "SIGTERM")  # what clusters, terminals and users do to a sweep's processes
+FAULT_SEEDS = [int(s) for s in os.environ.get("SWEEP_FAULT_SEEDS", "1").split(",")]  # e.g. SWEEP_FAULT_SEEDS=1,2,3,4,5
+FAULT_TRIALS, FAULT_COUNT = 4, 4  # N, and faults per run: each lands on a launcher that is running
+DOCUMENTED_EXITS = {0} | {128 + signal.Signals[name] for name in FAULTS if name != "SIGSTOP"}  # README, exit codes
+
+
+@pytest.mark.parametrize("seed", FAULT_SEEDS)
+def test_random_faults_on_two_launchers_end_with_exactly_n_finished_trials(
+        seed, tmp_path, postgres_url, learnable_data_dir, offline_env, own_hostname):
+    """Two launchers; FAULT_COUNT faults drawn with `seed`, each at a random moment (1 to 4 s after the last, from
+    the first trial's start) on a random launcher that is running and not already stopping. A launcher that ends
+    other than by finishing is started again, as a cluster requeues a job; a stopped one is continued after the
+    grace period. The study must end as if nothing happened."""
+    rng = random.Random(seed)
+    sweep = write_sweep(tmp_path / "faults.json", epochs=4)
+    args = sweep_args(sweep, learnable_data_dir, tmp_path / "shared-runs", postgres_url, FAULT_TRIALS)
+    machines = [Machine(name, own_hostname, args, offline_env, tmp_path).start() for name in ("machine-a", "machine-b")]
+    plan = [(rng.uniform(1, 4), rng.choice(FAULTS), rng.random()) for _ in range(FAULT_COUNT)]
+    ends: list[tuple[str, list[str], int]] = []  # (machine, the faults it got, its exit code as a shell shows it)
+    got: dict[str, list[str]] = {m.name: [] for m in machines}
+    study_was_done: dict[str, bool] = {}  # machine -> whether N trials were finished when its stop signal was sent
+    stopped_until: dict[str, float] = {}
+    started, done = time.monotonic(), set()
+    study = optuna.load_study(study_name="faults", storage=postgres_url) if _wait_for_study(postgres_url) else None
+    assert study and _wait_for(lambda: study.get_trials(states=(optuna.trial.TrialState.RUNNING,)), 90, every=0.1)
+    next_fault = time.monotonic() + plan[0][0]  # the clock starts with the first trial: faults land mid-sweep
+    try:
+        while len(done) < len(machines):
+            assert time.monotonic() - started < 110, f"not done in 110 s; faults left {plan}; ends {ends}"
+            now = time.monotonic()
+            for m in machines:
+                if m.name in stopped_until and now >= stopped_until[m.name]:
+                    os.killpg(m.proc.pid, signal.SIGCONT)
+                    del stopped_until[m.name]
+                code = m.proc.poll()
+                if code is None or m.name in done:
+                    continue
+                code = 128 - code if code < 0 else code
+                stops = [f for f in got[m.name] if f != "SIGSTOP"]  # at most one: a stopping one gets no more
+                # 128 + the signal; 0 only if it was sent as the process was ending after the last trial
+                assert code == (128 + signal.Signals[stops[0]] if stops else 0) or (
+                    code == 0 and study_was_done.get(m.name)), (m.name, got[m.name], code, ends)
+                ends.append((m.name, got[m.name], code))
+                got[m.name] = []
+                study_was_done.pop(m.name, None)
+                if code == 0:
+                    done.add(m.name)
+                else:
+                    m.start()  # requeued
+            running = [m for m in machines if m.proc.poll() is None and m.name not in stopped_until
+                       and m.name not in study_was_done]
+            if plan and now >= next_fault and running:
+                _, fault, pick = plan.pop(0)
+                target = running[int(pick * len(running))]
+                if fault == "SIGSTOP":  # paused past the grace period: its trial is failed and retried elsewhere
+                    stopped_until[target.name] = now + GRACE + 2
+                else:
+                    study_was_done[target.name] = FAULT_TRIALS <= sum(
+                        t.state in local_sweep.FINISHED for t in study.get_trials(deepcopy=False))
+                os.killpg(target.proc.pid, signal.Signals[fault])
+                got[target.name].append(fault)
+                next_fault = now + (plan[0][0] if plan else 0)
+            time.sleep(0.05)
+    finally:
+        for m in machines:
+            if m.proc.poll() is None:
+                os.killpg(m.proc.pid, signal.SIGCONT)
+                os.killpg(m.proc.pid, signal.SIGKILL)
+    outputs = "".join(m.output() for m in machines)
+    assert "Traceback" not in outputs, outputs[-5000:]
+    assert not plan, f"faults not delivered: {plan}"  # every fault landed on a running launcher
+    assert {code for _, _, code in ends} <= DOCUMENTED_EXITS, ends
+    trials = load(postgres_url, "faults")
+    states = [t.state.name for t in trials]
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == FAULT_TRIALS and "RUNNING" not in states, states
+    print(f"seed {seed}: {len(ends)} process ends {ends}; trials {states}; {time.monotonic() - started:.0f} s")

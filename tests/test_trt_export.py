@@ -19,6 +19,8 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT
 
+import export_backends
+import inference_bench
 import part_2_cifar
 import trt_export
 import trt_runtime
@@ -136,14 +138,14 @@ def test_onnx_matches_pytorch_on_the_checkpoint_the_trainer_wrote(cli_run, train
     images, _ = normalized_test_images(data_dir)
     with torch.inference_mode():
         expected = model(torch.from_numpy(images)).numpy()
-    got = trt_export.ort_session(cli_run["out"] / "model.onnx").run(["logits"], {"images": images})[0]
+    got = export_backends.ort_session(cli_run["out"] / "model.onnx").run(["logits"], {"images": images})[0]
     assert np.abs(got - expected).max() <= 1e-4
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
 def test_onnx_batch_dimension_is_dynamic(cli_run, trained_run, data_dir):
     model, _ = trt_export.load_model(trained_run / "best.pt")
-    session = trt_export.ort_session(cli_run["out"] / "model.onnx")
+    session = export_backends.ort_session(cli_run["out"] / "model.onnx")
     images, _ = normalized_test_images(data_dir, 64)
     for batch_size in (3, 64):  # neither is the export's example batch of 2
         got = session.run(["logits"], {"images": images[:batch_size]})[0]
@@ -162,8 +164,8 @@ def test_fp16_onnx_computes_in_fp16_and_stays_close_to_pytorch(cli_run, trained_
     assert not any(w.data_type == onnx.TensorProto.FLOAT for w in weights)
     model, _ = trt_export.load_model(trained_run / "best.pt")
     images, _ = normalized_test_images(data_dir)
-    result = trt_export.parity(trt_export.torch_predictor(model, torch.device("cpu"), None),
-                               trt_export.ort_predictor(trt_export.ort_session(path)), images)
+    result = inference_bench.parity(export_backends.torch_predictor(model, torch.device("cpu"), None),
+                                    export_backends.ort_predictor(export_backends.ort_session(path)), images)
     assert result["max_abs_diff"] > 0  # it really is not the fp32 graph
     assert trt_export.check_parity(result, "fp16")
 
@@ -171,8 +173,8 @@ def test_fp16_onnx_computes_in_fp16_and_stays_close_to_pytorch(cli_run, trained_
 def test_parity_check_rejects_a_model_that_differs_by_more_than_1e4():
     images = np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32)
     logits = np.random.default_rng(1).normal(size=(8, 100)).astype(np.float32)
-    same = trt_export.parity(lambda x: logits[:len(x)], lambda x: logits[:len(x)] + 5e-5, images)
-    off = trt_export.parity(lambda x: logits[:len(x)], lambda x: logits[:len(x)] + 5e-4, images)
+    same = inference_bench.parity(lambda x: logits[:len(x)], lambda x: logits[:len(x)] + 5e-5, images)
+    off = inference_bench.parity(lambda x: logits[:len(x)], lambda x: logits[:len(x)] + 5e-4, images)
     assert trt_export.check_parity(same, "fp32") and not trt_export.check_parity(off, "fp32")
 
 
@@ -192,7 +194,7 @@ class FakeClock:
 
 def test_latency_stats_are_nearest_rank_percentiles_and_images_per_second():
     ms = np.random.default_rng(0).permutation(np.arange(1, 101))  # 1..100 ms in random order
-    stats = trt_export.latency_stats([m / 1000 for m in ms], batch_size=32)
+    stats = inference_bench.latency_stats([m / 1000 for m in ms], batch_size=32)
     assert stats["iterations"] == 100
     assert stats["mean_ms"] == pytest.approx(50.5)
     assert (stats["p50_ms"], stats["p90_ms"], stats["p99_ms"]) == pytest.approx((50, 90, 99))
@@ -208,12 +210,12 @@ def test_time_iterations_warms_up_by_time_then_meets_both_minimums():
         clock.now += 0.010  # each iteration takes 10 ms end to end ...
         return 0.004  # ... of which the GPU computed 4 ms
 
-    end_to_end, gpu = trt_export.time_iterations(step, warmup_seconds=0.05, min_seconds=0.1, min_iterations=3,
-                                                 clock=clock)
+    end_to_end, gpu = inference_bench.time_iterations(step, warmup_seconds=0.05, min_seconds=0.1,
+                                                      min_iterations=3, clock=clock)
     assert len(calls) == 5 + 10  # 50 ms of warm-up, then 100 ms of timed iterations
     assert end_to_end == pytest.approx([0.010] * 10) and gpu == pytest.approx([0.004] * 10)
-    end_to_end, gpu = trt_export.time_iterations(lambda: None, warmup_seconds=0, min_seconds=0, min_iterations=7,
-                                                 clock=FakeClock())
+    end_to_end, gpu = inference_bench.time_iterations(lambda: None, warmup_seconds=0, min_seconds=0,
+                                                      min_iterations=7, clock=FakeClock())
     assert len(end_to_end) == 7 and gpu == []  # a step that reports no GPU time (the CPU backends)
 
 
@@ -222,12 +224,55 @@ def test_engine_that_trails_pytorch_beyond_the_tolerance_fails():
     perfect = np.eye(100, dtype=np.float32)[labels]
     one_percent_wrong = perfect.copy()
     one_percent_wrong[:10] = np.roll(one_percent_wrong[:10], 1, axis=1)  # 10 of 1000 images: 1 point lower
-    rows = trt_export.accuracy_table({"pytorch-fp32 (cuda)": perfect, "tensorrt-fp16": one_percent_wrong},
-                                     labels, reference="pytorch-fp32 (cuda)")
+    rows = inference_bench.accuracy_table({"pytorch-fp32 (cuda)": perfect, "tensorrt-fp16": one_percent_wrong},
+                                          labels, reference="pytorch-fp32 (cuda)")
     assert rows[1]["points_vs_reference"] == pytest.approx(-1.0)
     assert rows[1]["top1_agreement_with_reference"] == pytest.approx(99.0)
-    assert len(trt_export.accuracy_failures(rows, "fp16")) == 1  # 0.5 points allowed
-    assert trt_export.accuracy_failures(rows, "int8") == []  # 1.5 points allowed
+    tolerance = export_backends.ACCURACY_TOLERANCE
+    assert len(inference_bench.accuracy_failures(rows, {"tensorrt-fp16": tolerance["fp16"]}, "fp16")) == 1  # 0.5
+    assert inference_bench.accuracy_failures(rows, {"tensorrt-fp16": tolerance["int8"]}, "int8") == []  # 1.5
+
+
+def test_accuracy_is_compared_with_the_named_reference_wherever_it_is_listed(capsys):
+    labels = np.arange(1000) % 100
+    perfect = np.eye(100, dtype=np.float32)[labels]
+    one_point_lower, two_points_lower = perfect.copy(), perfect.copy()
+    one_point_lower[:10] = np.roll(one_point_lower[:10], 1, axis=1)  # 10 of 1000 images wrong
+    two_points_lower[:20] = np.roll(two_points_lower[:20], 1, axis=1)
+    registry = [export_backends.Backend("tensorrt-fp16", lambda x: one_point_lower[:len(x)], tolerance=0.5),
+                export_backends.Backend("onnxruntime-fp16 (cpu)", lambda x: two_points_lower[:len(x)]),
+                export_backends.Backend("pytorch-fp32 (cpu)", lambda x: perfect[:len(x)], reference=True)]
+    report = inference_bench.Report()
+    rows = trt_export.check_accuracy(registry, "fp16", np.zeros((1000, 1)), labels, 1000, report)
+    points = {row["backend"]: row["points_vs_reference"] for row in rows}
+    assert points == pytest.approx({"tensorrt-fp16": -1.0, "onnxruntime-fp16 (cpu)": -2.0, "pytorch-fp32 (cpu)": 0})
+    (failure,) = report.failures  # the ONNX Runtime row has no tolerance: reported, not enforced
+    assert failure.startswith("tensorrt-fp16 top-1 99.00% trails PyTorch by 1.00 points; allowed 0.5")
+
+
+def test_a_cpu_registry_lists_every_backend_each_runnable_here_or_with_the_reason(tmp_path):
+    args = trt_export.parse_args(["--checkpoint", "unused.pt", "--cuda-graph"])  # fp16 engine, CUDA graph asked
+    cpu = torch.device("cpu")
+    engine, info = trt_export.build_tensorrt(args, tmp_path, {}, lambda: pytest.fail("no calibration on the CPU"),
+                                             cpu, inference_bench.Report())
+    assert engine.runner is None and info is None
+    sessions = {"fp32": object(), "fp16": object()}  # ONNX Runtime sessions: not run to make the registry
+    registry = export_backends.backends(torch.nn.Linear(1, 1), cpu, sessions, engine, "fp16", cuda_graph=True)
+    names = [backend.name for backend in registry]
+    assert names == ["pytorch-fp32 (cpu)", "onnxruntime-fp32 (cpu)", "onnxruntime-fp16 (cpu)",
+                     "pytorch-fp16-autocast (cuda)", "pytorch-bf16-autocast (cuda)", "tensorrt-fp16",
+                     "tensorrt-fp16-cudagraph"]
+    runnable = {backend.name for backend in registry if backend.predict or backend.make_step}
+    assert runnable == set(names[:3])
+    for backend in registry:  # runnable with no reason, or a reason and nothing to run
+        assert (backend.name in runnable) == (backend.unavailable == ""), backend
+    assert [backend.name for backend in registry if backend.reference] == ["pytorch-fp32 (cpu)"]
+    assert [backend.name for backend in registry if backend.make_step] == names[:2]  # the fp16 ONNX is scored only
+    assert all(backend.tolerance is None for backend in registry)
+    with_runner = export_backends.backends(torch.nn.Linear(1, 1), cpu, sessions,
+                                           export_backends.Engine(runner=lambda x: x), "int8", cuda_graph=False)
+    tolerances = {backend.name: backend.tolerance for backend in with_runner if backend.tolerance is not None}
+    assert tolerances == {"tensorrt-int8": export_backends.ACCURACY_TOLERANCE["int8"]}  # the engine's alone
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -350,7 +395,7 @@ def test_cli_within_exports_the_chosen_seed_normalizing_once_with_one_session_pe
                                                                                         tmp_path, monkeypatch,
                                                                                         capsys):
     normalize_calls, session_paths = [], []
-    real_normalize, real_session = trt_export.normalize, trt_export.ort_session
+    real_normalize, real_session = trt_export.normalize, export_backends.ort_session
     monkeypatch.setattr(trt_export, "normalize", lambda x: normalize_calls.append(len(x)) or real_normalize(x))
     monkeypatch.setattr(trt_export, "ort_session", lambda path: session_paths.append(path) or real_session(path))
     code = trt_export.main(["--checkpoint", "best", "--within", "1", "--runs-dir", str(selection_runs),
@@ -371,9 +416,9 @@ def test_export_leaves_the_callers_model_as_it_was(trained_run, data_dir, tmp_pa
     model, _ = trt_export.load_model(trained_run / "best.pt")
     before = {name: (tensor.clone(), tensor.stride()) for name, tensor in model.state_dict().items()}
     images, _ = normalized_test_images(data_dir, 8)
-    trt_export.export_and_check(model, tmp_path, "fp16", images, trt_export.Report())
-    placed = trt_export.on_device(model, torch.device("cpu"))
-    trt_export.torch_predictor(placed, torch.device("cpu"), None)(images)
+    trt_export.export_and_check(model, tmp_path, "fp16", images, inference_bench.Report())
+    placed = export_backends.on_device(model, torch.device("cpu"))
+    export_backends.torch_predictor(placed, torch.device("cpu"), None)(images)
     assert not model.training
     for name, tensor in model.state_dict().items():
         assert tensor.stride() == before[name][1] and tensor.dtype == before[name][0].dtype, name  # not moved
@@ -605,7 +650,8 @@ def test_profile_starts_at_batch_1_so_the_accuracy_pass_remainder_fits(fake_gpu,
     assert shapes == ([1, 3, 32, 32], [256, 3, 32, 32], [256, 3, 32, 32])  # min, opt, max
     assert info["profile"]["min"] == [1, 3, 32, 32]
     chunks: list[int] = []  # 10,000 test images in chunks of the largest batch end with 16
-    trt_export.predict_all(lambda x: chunks.append(len(x)) or np.zeros((len(x), 100)), np.zeros((10_000, 1)), 256)
+    inference_bench.predict_all(lambda x: chunks.append(len(x)) or np.zeros((len(x), 100)), np.zeros((10_000, 1)),
+                                256)
     assert chunks[-1] == 16 and all(shapes[0][0] <= n <= shapes[2][0] for n in chunks)
 
 
@@ -646,11 +692,13 @@ def test_an_engine_failing_on_a_batch_is_a_failed_line_and_the_rest_still_runs(c
     def engine(images: np.ndarray) -> np.ndarray:
         raise trt_runtime.EngineError(f"batch size {len(images)} is outside the engine's optimization profile")
 
-    report, labels = trt_export.Report(), np.arange(10) % 3
-    rows = trt_export.check_accuracy({"pytorch-fp32 (cpu)": lambda x: np.eye(3)[labels[:len(x)]],
-                                      "tensorrt-fp16": engine}, "fp16", np.zeros((10, 1)), labels, 4, report)
+    report, labels = inference_bench.Report(), np.arange(10) % 3
+    registry = [export_backends.Backend("pytorch-fp32 (cpu)", lambda x: np.eye(3)[labels[:len(x)]], reference=True),
+                export_backends.Backend("tensorrt-fp16", engine, tolerance=0.5)]
+    rows = trt_export.check_accuracy(registry, "fp16", np.zeros((10, 1)), labels, 4, report)
     assert [row["backend"] for row in rows] == ["pytorch-fp32 (cpu)"]
-    rows = trt_export.benchmark({"tensorrt-fp16": lambda x: engine(x)}, np.zeros((10, 1)), [1], 0, 0, 1, report)
+    rows = inference_bench.benchmark({"tensorrt-fp16": lambda x: engine(x)}, np.zeros((10, 1)), [1], 0, 0, 1,
+                                     report)
     assert rows == [] and len(report.failures) == 2
     assert report.failures[0] == ("tensorrt-fp16 on the test images: batch size 4 is outside the engine's "
                                   "optimization profile")
@@ -747,7 +795,7 @@ def test_engine_agrees_with_onnx_runtime(cli_run, data_dir, tmp_path, precision)
     assert (tmp_path / "timing.cache").stat().st_size > 0
     runner = trt_runtime.TrtRunner(tmp_path / "m.engine", max_batch_size=16)
     images, _ = normalized_test_images(data_dir, 16)
-    expected = trt_export.ort_session(cli_run["out"] / "model.onnx").run(["logits"], {"images": images})[0]
+    expected = export_backends.ort_session(cli_run["out"] / "model.onnx").run(["logits"], {"images": images})[0]
     for batch_size in (1, 16):
         got = runner(images[:batch_size])
         assert got.shape == (batch_size, 100)

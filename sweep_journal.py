@@ -1,0 +1,179 @@
+"""Optuna's journal file, the study store of a local sweep on one machine (local_sweep.py), safe against a cut or
+damaged record.
+
+Optuna's JournalFileBackend appends one JSON record per line, under a lock file. A writer that dies mid-append
+(a machine that lost power, a client cut off from NFS) leaves a last line with no newline: Optuna's reader skips
+it, but the next append is glued onto it, and once a line Optuna cannot parse has another after it, every read
+of the study fails (optuna issue 5138). Here:
+
+- before appending, under Optuna's lock, a cut last record is moved to `<journal>.cut-at-<byte>` beside the
+  journal and the journal truncated to its last whole record, with one line saying so. Every reader had skipped
+  that record, so the study stays as every process saw it, and the cut bytes are kept;
+- a damaged line (a terminated line that is not one record, e.g. a cut record with the next glued onto it) is
+  never dropped or repaired: DamagedJournal says which line, what is safe to delete and the command that does it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from optuna.storages.journal import JournalFileBackend
+
+RECORD_START = b'{"op_code":'  # how every record Optuna writes begins (json.dumps of {"op_code": ..., ...})
+TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back from the end for the last line
+
+
+class DamagedJournal(Exception):
+    """A journal line Optuna cannot read; the message is one line: the file, the line, how to recover."""
+
+
+class JournalFailed(Exception):
+    """The journal file cannot be read or written (a full disk, a lost NFS mount); the message is one line."""
+
+
+def _line_start(f, end: int) -> int:
+    """The offset just after the last newline before byte `end` of the open binary file `f` (0 if none)."""
+    pos = end
+    while pos > 0:
+        step = min(TAIL_CHUNK, pos)
+        pos -= step
+        f.seek(pos)
+        found = f.read(step).rfind(b"\n")
+        if found >= 0:
+            return pos + found + 1
+    return 0
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        return False
+
+
+def whole_record_at(line: bytes) -> int | None:
+    """Where a whole record begins inside a damaged line (a cut record with the next one glued on), or None.
+
+    The glued record is the shortest tail of the line that starts like a record and parses as one: a nested
+    {"op_code": ...} inside it does not parse alone (the closing braces after it are unmatched).
+    """
+    start = line.rfind(RECORD_START)
+    while start > 0:
+        if _is_record(line[start:]):
+            return start
+        start = line.rfind(RECORD_START, 0, start)
+    return None
+
+
+def damaged_line(path: Path) -> tuple[int, bytes] | None:
+    """The first line (1-based number, bytes without its newline) that ends in a newline but is not a record."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if line.endswith(b"\n") and not _is_record(line):
+                return number, line.rstrip(b"\r\n")
+    return None
+
+
+def damage_message(path: Path) -> str:
+    """One line: which line of the journal is damaged and how to recover, keeping a copy (sed -i.bak)."""
+    found = damaged_line(path)
+    if found is None:  # changed since Optuna read it
+        return f"journal {path} could not be read; run the command again"
+    number, line = found
+    quoted = shlex.quote(str(path))
+    start = whole_record_at(line)
+    if start:
+        what = (f"its first {start} bytes are a record cut short (its writer died mid-append; never applied) with a "
+                "whole record glued after them")
+        fix = f"LC_ALL=C sed -i.bak '{number}s/^.\\{{{start}\\}}//' {quoted}"
+        safe = f"delete those {start} bytes"
+    else:
+        what = "it is not a whole record (a record cut short when its writer died: never applied)"
+        fix = f"sed -i.bak '{number}d' {quoted}"
+        safe = "delete that line"
+    return (f"journal {path} line {number} is damaged: {what}; Optuna cannot read the study past it. It is safe to "
+            f"{safe}, keeping a copy of the file: {fix}")
+
+
+def set_aside_cut_record(path: Path) -> None:
+    """Before an append, under the journal's lock: a last record with no newline (its writer died mid-append) goes
+    to <journal>.cut-at-<byte> and the journal is truncated to its last whole record; a damaged last line raises
+    DamagedJournal, since a record appended after it would make the whole study unreadable."""
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) != b"\n":
+            start = _line_start(f, size)
+            f.seek(start)
+            cut = f.read()
+            aside = path.with_name(f"{path.name}.cut-at-{start}")
+            with open(aside, "ab") as kept:  # append: the same offset cut twice keeps both
+                kept.write(cut + b"\n")
+                kept.flush()
+                os.fsync(kept.fileno())
+            f.truncate(start)
+            f.flush()
+            os.fsync(f.fileno())
+            print(f"journal {path}: its last record ({len(cut)} bytes) was cut short when its writer died "
+                  f"mid-append; every reader had skipped it; moved it to {aside}", file=sys.stderr, flush=True)
+            size = start
+        if size and not _is_record(_last_line(f, size)):
+            raise DamagedJournal(damage_message(path))
+
+
+def _last_line(f, size: int) -> bytes:
+    """The last line of a file that ends with a newline (size > 0), without its newline."""
+    start = _line_start(f, size - 1)
+    f.seek(start)
+    return f.read(size - start).rstrip(b"\r\n")
+
+
+def check(path: Path) -> None:
+    """Before opening: DamagedJournal if the last whole line is damaged (Optuna would skip it, and the next append
+    would bury it in the middle). A cut last record is left for the first append to set aside."""
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            end = _line_start(f, size)  # past the last newline: a cut record after it is not checked here
+            if end and not _is_record(_last_line(f, end)):
+                raise DamagedJournal(damage_message(path))
+    except OSError as e:
+        raise JournalFailed(f"journal {path} cannot be read: {e}") from None
+
+
+class SafeJournalFile(JournalFileBackend):
+    """Optuna's JournalFileBackend that never appends after a cut record and names a damaged line."""
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        try:
+            yield from super().read_logs(log_number_from)
+        except ValueError:  # json.JSONDecodeError, or Optuna's "Invalid log format." for a cut line mid-file
+            raise DamagedJournal(damage_message(Path(self._file_path))) from None
+        except OSError as e:
+            raise JournalFailed(f"journal {self._file_path} cannot be read: {e}") from None
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        """Optuna's append (one line per record, fsync'd, under its lock file), after setting aside a cut record."""
+        path = Path(self._file_path)
+        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        self._lock.acquire()
+        try:
+            set_aside_cut_record(path)
+            with open(path, "ab") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise JournalFailed(f"journal {path} cannot be written: {e}") from None
+        finally:
+            self._lock.release()

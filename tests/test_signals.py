@@ -1,0 +1,282 @@
+"""Every signal that asks a process to stop is a graceful stop, in the trainer, a local sweep and model selection;
+a signal the caller ignores (nohup, a script's background job) stays ignored. Real processes, real signals."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import FAST_CONFIG, ROOT, cli_args, offline_wandb_run, trainer_command
+
+import local_sweep
+import part_2_cifar as trainer
+
+EPOCHS = 20  # far more than the test waits for: a stop must land mid-run even on a loaded machine
+EPOCH_LINE = re.compile(r"epoch +(\d+)/")
+
+
+class Process:
+    """A child process whose stdout is read line by line in the background; stderr is kept for the end."""
+
+    def __init__(self, command: list[str], env: dict, cwd: Path, **popen):
+        self.popen = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL, text=True, **popen)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.popen.stdout), daemon=True)
+        self.reader.start()
+
+    def wait_for_epoch(self, epoch: int, seconds: float = 240) -> None:
+        """Until some process writing to stdout has printed the line of `epoch` (a trainer, or a sweep's worker)."""
+        deadline = time.monotonic() + seconds
+        while not any((m := EPOCH_LINE.match(line)) and int(m[1]) >= epoch for line in list(self.lines)):
+            assert self.popen.poll() is None, f"ended early ({self.popen.returncode}): {self.popen.stderr.read()}"
+            assert time.monotonic() < deadline, f"no epoch {epoch} line: {self.lines[-5:]}"
+            time.sleep(0.01)
+
+    def wait_for_more_epochs(self, count: int, seconds: float = 240) -> None:
+        """Until `count` more epoch lines than now have been printed (by any of the processes writing to stdout)."""
+        start, deadline = len(self.lines), time.monotonic() + seconds
+        while sum(bool(EPOCH_LINE.match(line)) for line in self.lines[start:]) < count:
+            assert self.popen.poll() is None, f"ended early ({self.popen.returncode}): {self.popen.stderr.read()}"
+            assert time.monotonic() < deadline, f"no {count} more epochs: {self.lines[-5:]}"
+            time.sleep(0.01)
+
+    def finish(self, seconds: float = 240) -> tuple[int, str]:
+        """(exit code, stderr) once it has ended."""
+        _, stderr = self.popen.communicate(timeout=seconds)
+        self.reader.join(timeout=10)
+        return self.popen.returncode, stderr
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def run_args(data_dir: Path, runs_dir: Path, epochs: int = EPOCHS) -> list[str]:
+    return [*cli_args({**FAST_CONFIG, "epochs": epochs}), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
+            "--val-size", "200", "--wandb-mode", "offline", "--no-log-model"]
+
+
+def saved_epoch(run_dir: Path) -> int:
+    return trainer.load_checkpoint(run_dir / "last.pt", needs=("epoch",))["epoch"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+def test_sighup_to_the_trainer_keeps_the_latest_epoch_finishes_the_wandb_run_and_exits_129(tiny_data_dir, tmp_path,
+                                                                                           offline_env):
+    # What `wandb agent --forward-signals` passes on. Checkpoints are written after epoch 1 and then once a minute:
+    # only a graceful stop (as SIGTERM's, tests/test_reliability.py) has epoch 2 or later in last.pt.
+    env = offline_env | {"WANDB_RUN_ID": "stopped"}
+    process = Process(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")), env, tmp_path)
+    process.wait_for_epoch(2)
+    process.popen.send_signal(signal.SIGHUP)
+    code, stderr = process.finish()
+    assert code == 128 + signal.SIGHUP
+    assert one_line(stderr).startswith("interrupted by SIGHUP: ") and "--resume" in stderr
+    assert 2 <= saved_epoch(tmp_path / "runs" / "stopped") < EPOCHS
+    assert offline_wandb_run(tmp_path / "wandb", "stopped")[:2] == (128 + signal.SIGHUP, True)  # finished, requeueable
+
+
+def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offline_env):
+    """The trainer on a terminal (a pseudo-terminal, as sshd gives) that goes away: the kernel sends SIGHUP and every
+    later write to the terminal fails; the run still saves, finishes its W&B run and exits 129."""
+    master, terminal = os.openpty()
+
+    def on_the_terminal() -> None:  # a session of its own with the pty as controlling terminal, as a login shell has
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = offline_env | {"WANDB_RUN_ID": "ssh"}
+    process = subprocess.Popen(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")), env=env, cwd=tmp_path,
+                               stdin=terminal, stdout=terminal, stderr=terminal, preexec_fn=on_the_terminal)
+    os.close(terminal)
+    shown, deadline = b"", time.monotonic() + 240
+    while not re.search(rb"epoch +2/", shown):
+        assert process.poll() is None and time.monotonic() < deadline, shown.decode()[-2000:]
+        try:
+            shown += os.read(master, 65536)
+        except OSError:  # EIO: nothing to read just now
+            time.sleep(0.01)
+    os.close(master)  # the connection drops
+    assert process.wait(timeout=240) == 128 + signal.SIGHUP
+    assert 2 <= saved_epoch(tmp_path / "runs" / "ssh") < EPOCHS
+    assert offline_wandb_run(tmp_path / "wandb", "ssh")[:2] == (128 + signal.SIGHUP, True)
+
+
+def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(tiny_data_dir, tmp_path, offline_env):
+    # `nohup` ignores SIGHUP; bash without job control starts `cmd &` with SIGINT and SIGQUIT ignored. The user asked
+    # for the run to go on after the terminal closes: it does, and SIGTERM still stops it gracefully.
+    command = " ".join(f"'{part}'" for part in trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")))
+    env = offline_env | {"WANDB_RUN_ID": "nohup"}
+    process = Process(["nohup", "bash", "-c", f"{command} & echo pid $!; wait $!"], env, tmp_path)
+    process.wait_for_epoch(2)
+    pid = int(next(line.split()[1] for line in process.lines if line.startswith("pid ")))
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        os.kill(pid, signum)
+    process.wait_for_more_epochs(2)  # still training
+    os.kill(pid, signal.SIGTERM)
+    code, stderr = process.finish()
+    assert code == 128 + signal.SIGTERM and one_line(stderr).startswith("interrupted by SIGTERM: ")
+    assert 4 <= saved_epoch(tmp_path / "runs" / "nohup") < EPOCHS
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A local sweep
+
+
+def write_sweep(path: Path, epochs: int) -> Path:
+    tiny = {key: {"value": value} for key, value in FAST_CONFIG.items() if key != "epochs"}
+    path.write_text(json.dumps({"program": "part_2_cifar.py", "method": "random",
+                                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                                "parameters": tiny | {"epochs": {"value": epochs},
+                                                      "seed": {"values": [0, 1, 2, 3]}}}))
+    return path
+
+
+def sweep_command(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
+    return [sys.executable, str(ROOT / "local_sweep.py"), str(sweep), "--data-dir", str(data_dir), "--runs-dir",
+            str(runs_dir), "--val-size", "200", "--wandb-mode", "disabled", "--images-dir", str(runs_dir / "img"),
+            *more]
+
+
+def states(runs_dir: Path, study: str) -> list[str]:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(runs_dir / "optuna-journal.log")))
+    return [t.state.name for t in optuna.load_study(study_name=study, storage=storage).trials]
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread in this process, as the subprocesses have (OMP_NUM_THREADS=1): a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sighup_to_a_local_sweep_leaves_its_trial_for_a_retry_that_continues_it(tiny_data_dir, tmp_path,
+                                                                                 offline_env, one_thread, capsys):
+    sweep, runs = write_sweep(tmp_path / "hup.json", epochs=6), tmp_path / "runs"
+    process = Process(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1"), offline_env, tmp_path)
+    process.wait_for_epoch(2)
+    process.popen.send_signal(signal.SIGHUP)
+    code, stderr = process.finish()
+    assert code == 128 + signal.SIGHUP
+    assert "trial 0 is failed and queued for a retry" in one_line(stderr)
+    assert states(runs, "hup") == ["FAIL", "WAITING"]  # not RUNNING: nobody has to notice a dead process
+    interrupted_at = saved_epoch(runs / "hup" / "trial-0000")
+    assert interrupted_at >= 2
+
+    assert local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 0  # the same command
+    assert states(runs, "hup") == ["FAIL", "COMPLETE"]
+    assert f"resuming after epoch {interrupted_at}" in capsys.readouterr().out
+
+
+def test_a_signal_while_a_local_sweep_starts_up_is_one_line_and_starts_no_trial(tiny_data_dir, tmp_path, one_thread,
+                                                                                  monkeypatch, capsys):
+    real_prepare_data = trainer.prepare_data
+
+    def prepare_data_then_hang_up(*args, **kwargs):
+        signal.raise_signal(signal.SIGHUP)  # arrives while the data set loads, before the worker loop
+        return real_prepare_data(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "prepare_data", prepare_data_then_hang_up)
+    sweep, runs = write_sweep(tmp_path / "early.json", epochs=2), tmp_path / "runs"
+    handler_before = signal.getsignal(signal.SIGHUP)
+    assert local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 128 + signal.SIGHUP
+    assert "interrupted by SIGHUP before a trial started" in one_line(capsys.readouterr().err)
+    assert states(runs, "early") == []
+    assert signal.getsignal(signal.SIGHUP) is handler_before
+
+
+def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_its_workers(tiny_data_dir, tmp_path,
+                                                                                              offline_env):
+    sweep, runs = write_sweep(tmp_path / "two.json", epochs=EPOCHS), tmp_path / "runs"
+    process = Process(["nohup", *sweep_command(sweep, tiny_data_dir, runs, "--trials", "2", "--workers", "2")],
+                      offline_env, tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(list(runs.glob("two/trial-*/last.pt"))) < 2:  # both workers in a trial, an epoch saved
+        assert process.popen.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.popen.pid, signal.SIGHUP)  # the terminal closes: launcher and workers all get it, and ignore it
+    process.wait_for_more_epochs(4)  # both still training
+    process.popen.send_signal(signal.SIGQUIT)  # the launcher only: it passes the signal on
+    code, stderr = process.finish()
+    assert code == 128 + signal.SIGQUIT and "Traceback" not in stderr
+    assert stderr.count("interrupted by SIGQUIT") == 2  # one line from each worker
+    assert sorted(states(runs, "two")) == ["FAIL", "FAIL", "WAITING", "WAITING"]  # none left RUNNING
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model selection
+
+
+@pytest.fixture()
+def one_finished_run(tiny_data_dir, tmp_path) -> Path:
+    """A runs folder with one finished run of FAST_CONFIG; its summary says `epochs` EPOCHS, which is what
+    select_model retrains (set_epochs changes it)."""
+    config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200})
+    runs = tmp_path / "runs"
+    trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, torch.device("cpu")), runs / "original")
+    set_epochs(runs, EPOCHS)  # long enough to be stopped in the middle
+    return runs
+
+
+def set_epochs(runs: Path, epochs: int) -> None:
+    summary = json.loads((runs / "original" / "summary.json").read_text())
+    summary["config"]["epochs"] = epochs
+    (runs / "original" / "summary.json").write_text(json.dumps(summary))
+
+
+def select_command(runs: Path, data_dir: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "select_model.py"), str(runs), "--top", "1", "--seeds", "1", "--data-dir",
+            str(data_dir), "--wandb-mode", "disabled", "--images-dir", str(runs.parent / "images")]
+
+
+def test_sighup_to_model_selection_stops_its_trainer_gracefully(one_finished_run, tiny_data_dir, tmp_path,
+                                                                 offline_env):
+    process = Process(select_command(one_finished_run, tiny_data_dir), offline_env, tmp_path)
+    deadline = time.monotonic() + 240
+    while not list(one_finished_run.glob("selection/*/last.pt")):
+        assert process.popen.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.popen.send_signal(signal.SIGHUP)
+    code, stderr = process.finish()
+    assert code == 128 + signal.SIGHUP
+    assert one_line(stderr) == "interrupted by SIGHUP: run the same command to continue"
+    (seed,) = one_finished_run.glob("selection/*/")
+    assert "interrupted by SIGHUP" in (seed / "output.log").read_text()  # the trainer got it and saved
+    assert saved_epoch(seed) < EPOCHS and not (one_finished_run / "selection.json").exists()
+
+
+def test_model_selection_under_nohup_ignores_sighup_and_finishes(one_finished_run, tiny_data_dir, tmp_path,
+                                                                 offline_env):
+    set_epochs(one_finished_run, 6)  # the retraining runs to its end
+    process = Process(["nohup", *select_command(one_finished_run, tiny_data_dir)], offline_env, tmp_path)
+    deadline = time.monotonic() + 240
+    while not list(one_finished_run.glob("selection/*/last.pt")):
+        assert process.popen.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.popen.send_signal(signal.SIGHUP)
+    code, stderr = process.finish()
+    assert code == 0, stderr
+    (seed,) = one_finished_run.glob("selection/*/")
+    assert json.loads((seed / "summary.json").read_text())["status"] == "finished"
+    assert (one_finished_run / "selection.json").is_file()

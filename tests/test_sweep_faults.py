@@ -1,0 +1,242 @@
+"""local_sweep.py when the study's storage refuses or fails an update, and when its journal file is cut or damaged.
+
+The storage cases: a grid sweep that reaches its end (Optuna's GridSampler calls study.stop() from tell, which raises
+outside study.optimize), and a trial failed meanwhile by another process at each of the three updates a trial makes
+(set_user_attr, report, tell). The journal cases use real files in the states a dead writer leaves them and run the
+commands as a user does; the machine-level cases (a stalled machine, a storage outage, random faults) are in
+test_sweep_machines.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+import local_sweep
+import part_2_cifar as p2
+import sweep_journal
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters_2": {"value": 16},
+        "num_filters_3": {"value": 16}}  # a CPU epoch on the learnable data takes well under a second
+
+
+@pytest.fixture()
+def one_thread():
+    """In-process sweeps: one torch thread (two spinning threads on a busy 2-core machine train 30x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_sweep(path: Path, parameters: dict, method: str = "random") -> Path:
+    path.write_text(json.dumps({"program": "part_2_cifar.py", "method": method,
+                                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                                "parameters": TINY | parameters}))
+    return path
+
+
+def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
+    return [str(sweep), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--val-size", "100",
+            "--images-dir", str(runs_dir / "images"), "--wandb-mode", "disabled", *more]
+
+
+def stock_study(path: Path, name: str) -> optuna.Study:
+    """The study as plain Optuna reads the journal (its own backend, none of local_sweep's checks)."""
+    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(JournalFileBackend(str(path))))
+
+
+def assert_no_traceback(text: str) -> None:
+    assert "Traceback" not in text, text[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The storage refuses an update
+
+
+def test_a_grid_sweep_that_reaches_its_end_exits_0_and_writes_its_report(tmp_path, learnable_data_dir, one_thread,
+                                                                           capsys):
+    sweep = write_sweep(tmp_path / "grid.json", {"dropout_rate": {"values": [0.0, 0.5]}, "epochs": {"value": 1}},
+                        method="grid")
+    runs = tmp_path / "runs"
+    args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")
+    assert local_sweep.main(args) == 0  # GridSampler's study.stop() at the last tell raised RuntimeError here
+    trials = stock_study(runs / local_sweep.DEFAULT_STORAGE_FILE, "grid").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert sorted(t.user_attrs["config"]["dropout_rate"] for t in trials) == [0.0, 0.5]  # each grid point once
+    assert len((runs / "grid" / "trials.csv").read_text().splitlines()) == 3
+    assert local_sweep.main(args) == 0  # the same command again: done, nothing more
+    assert len(stock_study(runs / local_sweep.DEFAULT_STORAGE_FILE, "grid").trials) == 2
+    out = capsys.readouterr()
+    assert_no_traceback(out.out + out.err)
+
+
+@pytest.mark.parametrize("moment", ["set_user_attr", "report", "tell"])
+def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_finishes_the_study(
+        tmp_path, learnable_data_dir, one_thread, monkeypatch, capsys, moment):
+    sweep = write_sweep(tmp_path / "taken.json", {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 2}})
+    runs = tmp_path / "runs"
+    journal = runs / local_sweep.DEFAULT_STORAGE_FILE
+
+    def fail_trial_0_elsewhere() -> None:
+        """What a process that found trial 0's heartbeat late does: fail it and queue its retry."""
+        other = stock_study(journal, "taken")
+        if other.trials[0].state == TrialState.RUNNING:
+            local_sweep.retry_later(other, other.tell(0, state=TrialState.FAIL))
+
+    real_device_name, real_run_training = p2.device_name, p2.run_training
+
+    def device_name(device) -> str:  # read just before the trial's first set_user_attr
+        fail_trial_0_elsewhere()
+        return real_device_name(device)
+
+    def run_training(*args, **kwargs):
+        if moment == "report":  # its first report, after epoch 1, is refused
+            fail_trial_0_elsewhere()
+        result = real_run_training(*args, **kwargs)
+        if moment == "tell":
+            fail_trial_0_elsewhere()
+        return result
+
+    if moment == "set_user_attr":
+        monkeypatch.setattr(p2, "device_name", device_name)
+    monkeypatch.setattr(p2, "run_training", run_training)
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "1")) == 0
+    out = capsys.readouterr()
+    assert_no_traceback(out.out + out.err)
+    assert (out.out + out.err).count("trial 0 was failed meanwhile by another process") == 1, out.out
+    failed, retry = stock_study(journal, "taken").trials
+    assert failed.state.name == "FAIL" and retry.state.name == "COMPLETE"
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == failed.params
+    if moment != "set_user_attr":  # it had trained: its checkpoints are kept, and the retry went on from them
+        assert (runs / "taken" / "trial-0000" / "last.pt").is_file()
+        assert retry.user_attrs["resumed_after_epoch"] == (1 if moment == "report" else 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A cut or damaged journal
+
+
+def run_sweep_process(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "local_sweep.py"), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def finished_journal(tmp_path, learnable_data_dir, one_thread) -> tuple[list[str], Path]:
+    """A one-trial study finished in a journal file; (the sweep's arguments without --trials, the journal)."""
+    sweep = write_sweep(tmp_path / "cut.json", {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 1}})
+    args = sweep_args(sweep, learnable_data_dir, tmp_path / "runs")
+    assert local_sweep.main([*args, "--trials", "1"]) == 0
+    return args, tmp_path / "runs" / local_sweep.DEFAULT_STORAGE_FILE
+
+
+def cut_last_record(journal: Path, keep: int = 40) -> bytes:
+    """Leave the last record as a writer that died mid-append does: its first `keep` bytes, no newline."""
+    data = journal.read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1
+    journal.write_bytes(data[:start + keep])
+    return data[start:start + keep]
+
+
+def test_a_cut_last_record_is_set_aside_and_the_same_command_continues_the_study(finished_journal, tmp_path,
+                                                                                  offline_env, capsys):
+    args, journal = finished_journal
+    cut = cut_last_record(journal)  # trial 0's tell COMPLETE: as far as anyone can read, trial 0 never ended
+    before = journal.read_bytes()
+    assert local_sweep.main([*args, "--report"]) == 0  # reading skips the cut record, as Optuna does
+    assert journal.read_bytes() == before  # and changes nothing
+    assert "cut short" not in capsys.readouterr().err
+    done = run_sweep_process([*args, "--trials", "2"], offline_env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_no_traceback(done.stdout + done.stderr)
+    aside = journal.with_name(f"{journal.name}.cut-at-{len(before) - len(cut)}")
+    (line,) = [x for x in done.stderr.splitlines() if "cut short" in x]
+    assert str(journal) in line and str(aside) in line
+    assert aside.read_bytes() == cut + b"\n"  # nothing the user had is lost
+    assert journal.read_bytes().startswith(before[:-len(cut)])  # the whole records before it untouched
+    states = [t.state.name for t in stock_study(journal, "cut").trials]  # plain Optuna reads every line
+    assert states.count("COMPLETE") == 2 and states[0] == "FAIL", states  # its process was gone: failed, retried
+
+
+def glued_in_the_middle(journal: Path) -> None:
+    """Optuna 5.0 appending after a cut record (optuna issue 5138): glued onto it, then a record after that."""
+    cut_last_record(journal)
+    for value in (1, 2):
+        JournalFileBackend(str(journal)).append_logs([{"op_code": 2, "worker_id": "other", "study_id": 0,
+                                                        "user_attr": {"note": value}}])
+
+
+def glued_at_the_end(journal: Path) -> None:
+    """The same with one record after the cut: Optuna's reader skips the last line, so this one reads, but a
+    record appended after it would make the study unreadable."""
+    cut_last_record(journal)
+    JournalFileBackend(str(journal)).append_logs([{"op_code": 2, "worker_id": "other", "study_id": 0,
+                                                    "user_attr": {"note": 1}}])
+
+
+def cut_then_newline(journal: Path) -> None:
+    """A cut record closed with a bare newline (a hand repair), then a record after it."""
+    cut_last_record(journal)
+    with open(journal, "ab") as f:
+        f.write(b"\n")
+    JournalFileBackend(str(journal)).append_logs([{"op_code": 2, "worker_id": "other", "study_id": 0,
+                                                    "user_attr": {"note": 1}}])
+
+
+@pytest.mark.parametrize("damage, safe", [(glued_in_the_middle, "delete those"), (glued_at_the_end, "delete those"),
+                                          (cut_then_newline, "delete that line")],
+                         ids=lambda x: getattr(x, "__name__", x))
+def test_a_damaged_journal_is_one_line_exit_2_and_its_advice_recovers_the_study(finished_journal, tmp_path,
+                                                                                 offline_env, capsys, damage, safe):
+    args, journal = finished_journal
+    damage(journal)
+    capsys.readouterr()
+    damaged = journal.read_bytes()
+    damaged_line = damaged.splitlines().index(next(x for x in damaged.splitlines() if not is_record(x))) + 1
+    done = run_sweep_process([*args, "--trials", "2"], offline_env, tmp_path)  # the command that would append
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert_no_traceback(done.stdout + done.stderr)
+    (line,) = done.stderr.strip().splitlines()
+    assert f"journal {journal} line {damaged_line} is damaged" in line and safe in line, line
+    assert journal.read_bytes() == damaged  # nothing changed, nothing appended after the damage
+    assert local_sweep.main([*args, "--report"]) == 2  # the same line: Optuna would read only up to the damage
+    err = capsys.readouterr().err.strip()
+    assert err == line, err
+    assert journal.read_bytes() == damaged
+    fix = line.split("keeping a copy of the file: ", 1)[1]
+    subprocess.run(["bash", "-c", fix], check=True, timeout=60)  # the advice, as the user would run it
+    assert journal.with_name(journal.name + ".bak").read_bytes() == damaged  # sed kept a copy
+    assert local_sweep.main([*args, "--trials", "2"]) == 0
+    study = stock_study(journal, "cut")
+    assert sum(t.state in local_sweep.FINISHED for t in study.trials) == 2
+    if damage is not cut_then_newline:  # the glued records are whole again
+        assert "note" in study.user_attrs
+
+
+def is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def test_the_advice_quotes_a_journal_path_with_spaces(tmp_path):
+    journal = tmp_path / "my runs" / "study journal.log"
+    journal.parent.mkdir()
+    journal.write_bytes(b'{"op_code":0,"a":1}\n{"op_code":2,"b"{"op_code":2,"c":3}\n{"op_code":2,"d":4}\n')
+    fix = sweep_journal.damage_message(journal).split("keeping a copy of the file: ", 1)[1]
+    assert shlex.split(fix)[-1] == str(journal)
+    subprocess.run(["bash", "-c", fix], check=True, timeout=60)
+    assert journal.read_bytes().splitlines() == [b'{"op_code":0,"a":1}', b'{"op_code":2,"c":3}', b'{"op_code":2,"d":4}']
