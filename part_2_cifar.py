@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import hashlib
+import json
 import math
 import os
 import pickle
@@ -37,7 +39,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +50,12 @@ import torch.nn.functional as F
 from run_files import (  # noqa: F401 (re-exported: the sweep, selection and export commands use them from here)
     CheckpointError,
     device_name,
+    first_nonfinite,
     flops_per_image,
     load_checkpoint,
+    load_weights,
     model_cost,
+    one_line,
     plot_learning_curve,
     save_atomic,
     save_figure,
@@ -491,6 +496,32 @@ class DeviceData:
     test_images: torch.Tensor  # (N_test, 32, 32, 3) uint8
     test_labels: torch.Tensor
     source: CifarSource | None = None  # the files they came from
+    identity: dict = field(default_factory=dict)  # data_identity(): recorded in checkpoints, checked on resume
+
+
+def data_identity(source: Path, train: tuple[np.ndarray, ...], test: tuple[np.ndarray, ...], val_size: int) -> dict:
+    """What identifies the data a run trains on: SHA-256 of the decoded training and test images and labels, and the
+    split (seed, val_size). Of the arrays, not the files, so the same data read from another copy, the archive or
+    pickles written by another Python matches; 0.1 s for CIFAR-100. `source` is only for messages."""
+    def digest(arrays: tuple[np.ndarray, ...]) -> str:
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(np.ascontiguousarray(a))
+        return h.hexdigest()
+
+    return {"source": str(Path(source).resolve()), "train_images": len(train[1]), "test_images": len(test[1]),
+            "train_sha256": digest(train), "test_sha256": digest(test), "split_seed": SPLIT_SEED, "val_size": val_size}
+
+
+def same_data(recorded: dict, current: dict) -> bool:
+    keys = ("train_sha256", "test_sha256", "split_seed", "val_size")
+    return all(recorded.get(key) == current.get(key) for key in keys)
+
+
+def describe_data(identity: dict) -> str:
+    return (f"{identity.get('source')} (train {str(identity.get('train_sha256'))[:12]}, test "
+            f"{str(identity.get('test_sha256'))[:12]}, split seed {identity.get('split_seed')}, "
+            f"val_size {identity.get('val_size')})")
 
 
 def prepare_data(data_dir: Path | CifarSource, val_size: int, device: torch.device) -> DeviceData:
@@ -498,6 +529,7 @@ def prepare_data(data_dir: Path | CifarSource, val_size: int, device: torch.devi
     A split that cannot hold out the same share of every class says so in one line."""
     source = data_dir if isinstance(data_dir, CifarSource) else cifar100_source(data_dir)
     train_x, train_y, test_x, test_y = load_cifar100(source)
+    identity = data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size)
     train_idx, val_idx = stratified_split(train_y, val_size)
     sizes = np.bincount(train_y)
     held = np.bincount(train_y[val_idx], minlength=sizes.size)[sizes > 0]
@@ -513,7 +545,7 @@ def prepare_data(data_dir: Path | CifarSource, val_size: int, device: torch.devi
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     return DeviceData(put(padded), put(train_y[train_idx]), put(train_x[val_idx]), put(train_y[val_idx]),
-                      put(test_x), put(test_y), source)
+                      put(test_x), put(test_y), source, identity)
 
 
 def augment(padded: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -628,15 +660,18 @@ def new_model_and_optimizer(config: dict, device: torch.device) -> tuple[SimpleC
 
 
 def learning_rate_at(step: int, total_steps: int, warmup_steps: int, peak: float, schedule: str) -> float:
-    """Linear warm-up to `peak`, then cosine decay to 0 at total_steps ("cosine") or flat ("constant").
+    """The learning rate of step `step` in [0, total_steps): linear warm-up to `peak` over warmup_steps, then
+    ("cosine") a cosine from `peak` at the first step after warm-up to 0 at the final step, or ("constant") `peak`.
 
-    The decay is tied to the epoch budget, so every run ends annealed however many epochs it was given.
+    The decay is tied to the epoch budget, so every run ends annealed however many epochs it was given, even at one
+    step per epoch. A warm-up as long as the budget keeps its linear ramp; a run of one step trains it at `peak`.
     """
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
-    if schedule == "constant":
+    decay_steps = total_steps - 1 - warmup_steps  # from the first step after warm-up to the final step
+    if schedule == "constant" or total_steps == 1:
         return peak
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = (step - warmup_steps) / decay_steps if decay_steps > 0 else 1.0
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -813,10 +848,13 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Device
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None,
              batch_size: int = EVAL_BATCH_SIZE) -> dict:
-    """{"loss": mean cross-entropy, "accuracy": top-1 in percent} over all images, in large batches."""
+    """{"loss": mean cross-entropy, "accuracy": top-1 in percent, "nonfinite_logits": how many logits were NaN or
+    infinite} over all images, in large batches. The loss alone misses some: a -inf logit of a wrong class leaves
+    it finite."""
     model.eval()
     loss_sum = torch.zeros((), device=labels.device)
     correct = torch.zeros((), device=labels.device, dtype=torch.int64)
+    nonfinite = torch.zeros((), device=labels.device, dtype=torch.int64)
     for start in range(0, labels.numel(), batch_size):
         x = normalize(images[start:start + batch_size])
         y = labels[start:start + batch_size]
@@ -824,8 +862,22 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_d
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
+        nonfinite += (~torch.isfinite(logits)).sum()
     n = max(1, labels.numel())
-    return {"loss": loss_sum.item() / n, "accuracy": 100 * correct.item() / n}
+    return {"loss": loss_sum.item() / n, "accuracy": 100 * correct.item() / n, "nonfinite_logits": nonfinite.item()}
+
+
+def divergence(train_loss: float, val: dict | None, model: nn.Module) -> str | None:
+    """Why an epoch diverged (a NaN or inf in the training loss, the validation loss or logits, or the weights and
+    batch-norm statistics), or None. Values the epoch computed anyway, and one reduction over the weights."""
+    if not math.isfinite(train_loss):
+        return f"training loss is {train_loss}"
+    if val is not None and not math.isfinite(val["loss"]):
+        return f"validation loss is {val['loss']}"
+    if val is not None and val["nonfinite_logits"]:
+        return f"{val['nonfinite_logits']} validation logits are NaN or infinite"
+    bad = first_nonfinite(model.state_dict())
+    return None if bad is None else f"{bad} holds NaN or inf"
 
 
 def format_epoch(m: dict, epochs: int) -> str:
@@ -845,7 +897,9 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
     `check_interrupt()` runs before every step and may raise (StopOnSignal.check). Whatever ends the loop early, an
     exception included, the last finished epoch is written to last.pt first. `resume` is a loaded last.pt: training
     continues after its epoch; the schedule and all randomness are functions of (seed, epoch, step), so no RNG
-    state needs saving. A non-finite training loss ends the run early with status "diverged".
+    state needs saving. A NaN or inf in the training or validation loss, the validation logits or the weights ends
+    the run early with status "diverged", before that epoch is kept: best.pt and last.pt only ever hold finite
+    weights. `data.identity` goes into both checkpoints; a resumed run's must match (CheckpointError naming both).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -854,8 +908,13 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
     model, optimizer = new_model_and_optimizer(config, device)
     state = {"history": [], "best_val_accuracy": 0.0, "best_epoch": 0, "epoch": 0, "seconds": 0.0}
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        check_resume_data(resume, data.identity, run_dir / "last.pt")
+        load_weights(model, resume["model"], run_dir / "last.pt")
+        try:
+            optimizer.load_state_dict(resume["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{run_dir / 'last.pt'}: its optimizer state does not fit SGD on this model "
+                                  f"({type(e).__name__}: {one_line(e)})") from None
         state = {key: resume[key] for key in state}
     status, started, written_at = "finished", time.perf_counter() - state["seconds"], -math.inf
     unsaved: dict[str, object] = {}  # file name -> end-of-epoch snapshot not yet on disk
@@ -870,11 +929,13 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
             t0 = time.perf_counter()
             metrics = train_epoch(model, optimizer, data, config, epoch, amp_dtype, check_interrupt)
             train_seconds = time.perf_counter() - t0
-            if not math.isfinite(metrics["train_loss"]):
+            finite = math.isfinite(metrics["train_loss"])  # else nothing to validate: the run has diverged
+            val = evaluate(model, data.val_images, data.val_labels, amp_dtype) if finite else None
+            why = divergence(metrics["train_loss"], val, model)
+            if why is not None:
                 status = "diverged"
-                print(f"epoch {epoch}: training loss is {metrics['train_loss']}; stopping (diverged)", flush=True)
+                print(f"epoch {epoch}: {why}; stopping (diverged), epoch {epoch} is not kept", flush=True)
                 break
-            val = evaluate(model, data.val_images, data.val_labels, amp_dtype)
             metrics = {"epoch": epoch, "train_loss": metrics["train_loss"], "train_accuracy": metrics["train_accuracy"],
                        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                        "learning_rate": metrics["learning_rate"], "epoch_seconds": time.perf_counter() - t0,
@@ -884,9 +945,9 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
             if state["best_epoch"] == 0 or metrics["val_accuracy"] > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = metrics["val_accuracy"], epoch
                 unsaved["best.pt"] = {"model": to_cpu(model.state_dict()), "config": config,
-                                      "val_accuracy": metrics["val_accuracy"], "epoch": epoch}
+                                      "val_accuracy": metrics["val_accuracy"], "epoch": epoch, "data": data.identity}
             unsaved["last.pt"] = to_cpu({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "config": config, **state})
+                                         "config": config, "data": data.identity, **state})
             if time.perf_counter() - written_at >= checkpoint_seconds or epoch == config["epochs"]:
                 save_snapshots()
                 written_at = time.perf_counter()
@@ -903,13 +964,14 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
 
 def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, state: dict, status: str,
                seconds: float, amp_dtype: torch.dtype | None) -> dict:
-    """Score best.pt once on the test images (not for a stopped run); write summary.json with the model's cost and
-    the learning curves; return the summary."""
+    """Score best.pt once on the test images (not for a stopped run); write summary.json with the model's cost, the
+    data it trained on and the learning curves; return the summary. best_val_accuracy is None if no epoch finished."""
     device = data.test_labels.device
-    summary = {"status": status, "config": config, "best_val_accuracy": state["best_val_accuracy"],
-               "best_epoch": state["best_epoch"], "epochs_completed": state["epoch"]}
+    summary = {"status": status, "config": config,
+               "best_val_accuracy": state["best_val_accuracy"] if state["best_epoch"] else None,
+               "best_epoch": state["best_epoch"], "epochs_completed": state["epoch"], "data": data.identity}
     if state["best_epoch"] and status in ("finished", "diverged"):  # score what would be exported, not the last epoch
-        model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+        load_weights(model, load_checkpoint(run_dir / "best.pt")["model"], run_dir / "best.pt")
         test = evaluate(model, data.test_images, data.test_labels, amp_dtype)
         summary.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     rates = [m["train_images_per_second"] for m in state["history"]]
@@ -920,6 +982,30 @@ def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, 
     if state["history"]:
         plot_learning_curve(state["history"], run_dir / "curves.png", title=f"{run_dir.name} ({summary['device']})")
     return summary
+
+
+def check_resume_data(resume: dict, identity: dict, path: Path) -> None:
+    """CheckpointError naming both data sets if the checkpoint at `path` was trained on other data than `identity`;
+    a checkpoint from before data was recorded resumes with a note (the new last.pt records it)."""
+    recorded = resume.get("data")
+    if not isinstance(recorded, dict) or not recorded:
+        print(f"note: {path} does not record its data (written by an older version): resuming on "
+              f"{identity.get('source', 'the data given')} without checking", flush=True)
+    elif identity and not same_data(recorded, identity):
+        raise CheckpointError(f"{path} was trained on other data: {describe_data(recorded)}, not "
+                              f"{describe_data(identity)}; resume with its --data-dir, or start a new run")
+
+
+def outcome_line(summary: dict, run_dir: Path) -> str:
+    """The last line of a run that ended with exit code 0: its best epoch and test accuracy, or that none finished."""
+    if not summary.get("best_epoch"):
+        return (f"done: {summary['status']} before any epoch finished (no best.pt, no test accuracy; a lower "
+                f"learning_rate or more warmup_epochs may help); summary in {run_dir}")
+    test = summary.get("test_accuracy")
+    n = summary["epochs_completed"]
+    status = "" if summary["status"] == "finished" else f" ({summary['status']}, {n} epochs completed)"
+    return (f"done{status}: best val_accuracy {summary['best_val_accuracy']:.2f}% at epoch {summary['best_epoch']}, "
+            + (f"test_accuracy {test:.2f}%" if test is not None else "not tested") + f"; files in {run_dir}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -938,9 +1024,10 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     """Train `config` as one W&B run (`init`: wandb.init's keywords but config) into run_dir; (exit code, summary).
 
     Exit codes: 0 finished, diverged or stopped early (StopEarly from `on_epoch`); 1 out of memory or bad data;
-    2 a bad value (a sweep's, say); 128 + signal when `check_interrupt` raised Interrupted. The summary always has
-    "status"; a failure's has "error", the one line printed. W&B gets every epoch (step = epoch, so a relaunched
-    run never logs over its first launch), the summary keys, and best.pt as a model artifact if `log_model`.
+    2 a bad value (a sweep's, say) or a checkpoint that cannot be resumed; 128 + signal when `check_interrupt`
+    raised Interrupted. The summary always has "status"; a failure's has "error", the one line printed. W&B gets
+    every epoch (step = epoch, so a relaunched run never logs over its first launch), the summary keys, and best.pt
+    as a model artifact if `log_model`.
     `in_sweep`: the run is a sweep's (W&B's or local_sweep.py's): `requeues` decides which signals mark it preempting.
     `how_to_continue`: the end of the line an interruption prints when an epoch is saved (default: --resume RUN_DIR).
     """
@@ -972,8 +1059,8 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
                 on_epoch(metrics)
 
         summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume, check_interrupt=check_interrupt)
-    except (ConfigError, DataError, CheckpointError) as e:
-        code = 2 if isinstance(e, ConfigError) else e.exit_code if isinstance(e, DataError) else 1
+    except (ConfigError, DataError, CheckpointError) as e:  # a checkpoint problem is a file to fix, as in main
+        code = e.exit_code if isinstance(e, DataError) else 2
         return _end_run(run, code, failed | {"error": str(e)})
     except torch.OutOfMemoryError:
         if torch.cuda.is_available():
@@ -992,8 +1079,8 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status",
                                                       "parameters", "flops_per_image", "latency_ms", "test_accuracy",
                                                       "test_loss") if summary.get(key) is not None})
-    if summary["status"] == "diverged":
-        run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"]})
+    if summary["status"] == "diverged":  # 0 if no epoch finished: the sweep's optimizer learns the region is bad
+        run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"] or 0.0})
     if log_model and init.get("mode") != "disabled" and summary["best_epoch"]:
         import wandb
 
@@ -1095,18 +1182,54 @@ def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Names
 
 def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
     """(run folder, its last.pt or None). A run resumes from --resume, or when an agent relaunches a preempted run
-    under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line."""
+    under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line.
+    Raises CheckpointError for a last.pt that cannot be resumed, RunComplete for a run that has ended."""
     run_id = os.environ.get("WANDB_RUN_ID")
     if args.resume is None and not (run_id and (args.runs_dir / run_id / "last.pt").is_file()):
         return args.runs_dir / (run_id or secrets.token_hex(4)), None  # 8 characters in [0-9a-f]: a valid W&B id
     run_dir = args.resume or args.runs_dir / run_id
     resume = load_checkpoint(run_dir / "last.pt", needs=RESUME_KEYS)
+    resume["config"] = checkpoint_config(resume, run_dir / "last.pt")
+    load_weights(model_from_config(resume["config"]), resume["model"], run_dir / "last.pt")  # before any work
     for key, value in resume["config"].items():
         if getattr(args, key, None) is not None and config[key] != value:
             why = " (its schedule is fixed by its budget: start a new run to train longer)" if key == "epochs" else ""
             print(f"--{key}={getattr(args, key)} ignored: the resumed run keeps {key}={value}{why}", flush=True)
+    check_not_complete(run_dir, resume)
     print(f"resuming {run_dir} after epoch {resume['epoch']}", flush=True)
     return run_dir, resume
+
+
+def checkpoint_config(checkpoint: dict, path: Path) -> dict:
+    """The checkpoint's config, checked as a command line's is; keys it lacks (written before they existed) get
+    today's defaults, said in one line. CheckpointError naming `path` if it is not a dict or has a bad value."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its config is a {type(config).__name__}, not a dict of settings")
+    missing = [key for key in SETTINGS if config.get(key) is None]
+    if missing:
+        print(f"note: {path} has no {', '.join(missing)} in its config: using today's default "
+              + ", ".join(f"{key}={DEFAULTS[key]}" for key in missing), flush=True)
+    try:
+        return validate_config(config)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config has {e}") from None
+
+
+class RunComplete(Exception):
+    """The run to resume has ended for good (its summary.json says finished or diverged at last.pt's epoch): a
+    resume does nothing, so nothing the run wrote changes. The message is the line to print; exit 0."""
+
+
+def check_not_complete(run_dir: Path, resume: dict) -> None:
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(summary, dict) and summary.get("status") in ("finished", "diverged") \
+            and summary.get("epochs_completed") == resume["epoch"]:
+        raise RunComplete(f"{run_dir} is complete ({summary['status']} after epoch {resume['epoch']}): nothing to "
+                          "resume and nothing changed; start a new run to train again")
 
 
 def fail_sweep_run(line: str, config: dict, mode: str) -> int:
@@ -1142,6 +1265,9 @@ def main(argv: list[str] | None = None) -> int:
                 return fail_sweep_run(line, {key: getattr(args, key) for key in SETTINGS}, mode)
             print(f"error: {line}", file=sys.stderr)
             return 2
+        except RunComplete as e:
+            print(e, flush=True)
+            return 0
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
@@ -1157,8 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
                                      check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
                                      log_model=args.log_model)
         if code == 0:
-            print(f"done: best val_accuracy {summary['best_val_accuracy']:.2f}% at epoch {summary['best_epoch']}, "
-                  f"test_accuracy {summary.get('test_accuracy', float('nan')):.2f}%; files in {run_dir}", flush=True)
+            print(outcome_line(summary, run_dir), flush=True)
         if stop.signum is not None and code == 0:
             print(f"{signal.Signals(stop.signum).name} arrived after training had finished: the run is complete",
                   flush=True)

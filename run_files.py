@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -62,22 +63,144 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not one of ours; the message names the file."""
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # PyTorch colours parts of its weights_only message
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of a library's error text without terminal escape codes, or the error's type name."""
+    text = ANSI_ESCAPE.sub("", str(error)).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+class _NumpyDtype:
+    """Stands in for numpy.dtype while a checkpoint is read: it keeps the dtype's name and byte order and runs no
+    numpy code on what the file says (pickle calls numpy.dtype('f8', False, True), then __setstate__)."""
+
+    def __init__(self, name: object = None, align: object = False, copy: object = True):
+        self.name, self.order = name, "="
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "=", "|"):
+            self.order = state[1]
+
+
+def _numpy_number(dtype: object, data: object = None) -> bool | int | float | complex:
+    """A pickled numpy scalar (numpy.float64(3.5), np.int64 ...) as the Python number it holds. Only plain numbers
+    (bool, int, uint, float, complex) are decoded, from the raw bytes with a fresh dtype; anything else is refused."""
+    import numpy as np
+
+    try:
+        kind = np.dtype(dtype.name) if isinstance(dtype, _NumpyDtype) and isinstance(dtype.name, str) else None
+    except TypeError:
+        kind = None
+    if kind is None or kind.kind not in "biufc" or not isinstance(data, bytes) or len(data) != kind.itemsize:
+        raise pickle.UnpicklingError(f"a numpy scalar of dtype {getattr(dtype, 'name', dtype)!r}")
+    order = dtype.order if dtype.order in ("<", ">") else "="
+    return np.frombuffer(data, dtype=kind.newbyteorder(order))[0].item()
+
+
+# Metrics saved from numpy (a numpy.float64 val_accuracy) are common in checkpoints of other tools: numpy scalars of
+# plain number types load as Python numbers. The names are where numpy 1 and 2 pickle them from.
+NUMPY_NUMBERS = [(_numpy_number, "numpy.core.multiarray.scalar"), (_numpy_number, "numpy._core.multiarray.scalar"),
+                 (_NumpyDtype, "numpy.dtype")]
+
+
+def _refused_types(path: Path, error: BaseException) -> str:
+    """What weights_only refused in `path`: the globals PyTorch's own scan of the file names, else the name in its
+    message, else the message's last line (what a stand-in above refused)."""
+    try:
+        with torch.serialization.safe_globals(NUMPY_NUMBERS):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # the scan is a second opinion; the error's own text is the fallback
+        names = []
+    text = ANSI_ESCAPE.sub("", str(error))
+    names = names or re.findall(r"GLOBAL (\S+) was not an allowed global", text)
+    names = names or re.findall(r"whose module (\S+) is blocked", text)
+    if names:
+        return ", ".join(sorted(set(names)))  # the scan returns a set: one order for every process
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Check the doc")]
+    return lines[-1] if lines else type(error).__name__
+
+
 def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) -> dict:
-    """Load a checkpoint as data only (weights_only=True: a checkpoint must not run code) and check its keys."""
+    """Load a checkpoint as data only (weights_only=True: a checkpoint must not run code) and check its keys.
+
+    Tensors, Python containers and numbers, and numpy scalars of number types (returned as Python numbers) load;
+    anything else raises CheckpointError naming the refused types. Every error is one line naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_NUMBERS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a plain-data checkpoint ({first_line})") from None
+        raise CheckpointError(f"{path} holds {_refused_types(path, e)}, which a checkpoint may not hold (it is loaded "
+                              "as plain data, so that it cannot run code): save tensors and Python numbers") from None
     except Exception as e:  # zip/EOF/runtime errors all mean the same thing to a person
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {one_line(e)})") from None
     missing = [key for key in needs if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         raise CheckpointError(f"{path} is not a part_2_cifar checkpoint: it lacks {', '.join(missing)}")
     return checkpoint
+
+
+# Prefixes PyTorch's own wrappers put before every parameter name: DataParallel, DistributedDataParallel and
+# swa_utils.AveragedModel ("module."), torch.compile ("_orig_mod."); they nest in either order.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def without_wrapper_prefixes(weights: dict) -> dict:
+    """A copy of a state dict with the prefixes of WRAPPER_PREFIXES removed (and AveragedModel's n_averaged)."""
+    weights = copy.copy(weights)  # an OrderedDict keeps its _metadata, which load_state_dict reads
+    while weights:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in weights if k != "n_averaged")),
+                      None)
+        if prefix is None:
+            break
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, prefix)
+        weights.pop("n_averaged", None)
+    return weights
+
+
+def first_nonfinite(tensors: dict) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, else None; one host sync."""
+    floats = {name: t for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    if not floats:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for t in floats.values()])
+    if bool(finite.all()):
+        return None
+    return next(name for name, ok in zip(floats, finite.tolist(), strict=True) if not ok)
+
+
+def _named(names: list[str], tensors: dict) -> str:
+    more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+    return f"{names[0]} {list(tensors[names[0]].shape)}{more}"
+
+
+def load_weights(model: nn.Module, weights: object, path: Path) -> None:
+    """Load a checkpoint's state dict into `model`, wrapper prefixes removed. CheckpointError, one line naming
+    `path`: not a dict of tensors; the first missing and unexpected names and differing shapes; a NaN or inf."""
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError(f"{path}: its 'model' is not a state dict (names -> tensors)")
+    weights = without_wrapper_prefixes(weights)
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    reshaped = [name for name in expected if name in weights and weights[name].shape != expected[name].shape]
+    if missing or unexpected or reshaped:
+        parts = [f"missing {_named(missing, expected)}"] if missing else []
+        parts += [f"unexpected {_named(unexpected, weights)}"] if unexpected else []
+        if reshaped:
+            more = f" (and {len(reshaped) - 1} more)" if len(reshaped) > 1 else ""
+            parts.append(f"{reshaped[0]} is {list(weights[reshaped[0]].shape)} in the file, "
+                         f"{list(expected[reshaped[0]].shape)} in the model{more}")
+        raise CheckpointError(f"{path} does not fit the SimpleCNN its config describes: {'; '.join(parts)}")
+    bad = first_nonfinite(weights)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in {bad}): the run that wrote it diverged")
+    model.load_state_dict(weights)
 
 
 def device_name(device: torch.device) -> str:

@@ -57,6 +57,10 @@ def config_key(config: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
+def finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_summary(run_dir: Path) -> dict | None:
     try:
         return json.loads((run_dir / "summary.json").read_text())
@@ -96,10 +100,17 @@ def find_candidates(runs_dir: Path, val_size: int | None) -> list[Candidate]:
     for path in sorted(runs_dir.rglob("summary.json")):
         run_dir = path.parent
         summary = read_summary(run_dir)
-        if (SELECTION_DIR in run_dir.relative_to(runs_dir).parts or not summary or summary.get("status") not in DONE
-                or summary.get("best_val_accuracy") is None or "config" not in summary):
+        if (SELECTION_DIR in run_dir.relative_to(runs_dir).parts or not isinstance(summary, dict)
+                or summary.get("status") not in DONE or not finite_number(summary.get("best_val_accuracy"))
+                or "config" not in summary):
             continue
-        config = p2.validate_config(summary["config"])
+        try:  # a summary written by hand, or by an older version with other settings
+            if not isinstance(summary["config"], dict):
+                raise p2.ConfigError(f"a config that is a {type(summary['config']).__name__}, not a dict")
+            config = p2.validate_config(summary["config"])
+        except p2.ConfigError as e:
+            print(f"note: {path} has {e}: that run is not considered", flush=True)
+            continue
         if val_size is not None and config["val_size"] != val_size:
             continue
         candidate = by_key.setdefault(config_key(config), Candidate(config))
@@ -139,10 +150,11 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                 stop: p2.StopOnSignal) -> int:
     """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Once `stop`
     has a signal, none starts and the running ones get it (part_2_cifar.passed_on): each saves its last epoch.
-    Exit code: 128 + the signal, else 1 if a training failed, else 0."""
+    Exit code: 128 + the signal, else 2 if a trainer exited 2 (a bad value, a checkpoint the user must fix), else 1
+    if a training failed, else 0."""
     from local_sweep import gpu_slots, worker_env
 
-    slots, running, failures, forwarded = gpu_slots(args.workers), {}, 0, False
+    slots, running, failures, forwarded = gpu_slots(args.workers), {}, set(), False
     pending = list(todo)
     while pending or running:
         try:
@@ -167,9 +179,11 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                 del running[slot]
                 summary = read_summary(selection_dir / run_id)
                 if process.returncode == 0 and summary:
-                    print(f"  {run_id}: best val_accuracy {summary['best_val_accuracy']:.2f}%", flush=True)
+                    best = summary.get("best_val_accuracy")  # None: it diverged before any epoch finished
+                    print(f"  {run_id}: " + (f"best val_accuracy {best:.2f}%" if finite_number(best)
+                                             else f"{summary.get('status')}, no epoch finished"), flush=True)
                 elif stop.signum is None:
-                    failures += 1
+                    failures.add(process.returncode)
                     last = (selection_dir / run_id / "output.log").read_text().strip().splitlines()[-1:]
                     print(f"  {run_id} failed (exit {process.returncode}): {' '.join(last)}", file=sys.stderr)
             time.sleep(0.2)
@@ -178,7 +192,7 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
     if stop.signum is not None:
         print(f"interrupted by {signal.Signals(stop.signum).name}: run the same command to continue", file=sys.stderr)
         return 128 + stop.signum
-    return 1 if failures else 0
+    return 2 if 2 in failures else 1 if failures else 0  # 2: a file or value the user must fix (a checkpoint)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -186,9 +200,10 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
 
 
 def config_report(candidate: Candidate, runs_dir: Path) -> dict:
-    """The numbers of one config over all its finished seeds."""
+    """The numbers of one config over all its finished seeds; a seed that diverged before any epoch finished (no
+    best_val_accuracy) counts as 0, as the trainer reports it to a sweep: a config that diverges is not chosen."""
     summaries = [s for s in map(read_summary, candidate.runs) if s and s.get("status") in DONE]
-    mean, std, ci = mean_std_ci([s["best_val_accuracy"] for s in summaries])
+    mean, std, ci = mean_std_ci([s["best_val_accuracy"] or 0.0 for s in summaries])
     tests = [s["test_accuracy"] for s in summaries if s.get("test_accuracy") is not None]
     flops = next((s["flops_per_image"] for s in summaries if "flops_per_image" in s), None)
     if flops is None:  # a run written before cost was recorded

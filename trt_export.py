@@ -88,9 +88,11 @@ from part_2_cifar import (
     ConfigError,
     DataError,
     OneLineErrorParser,
+    checkpoint_config,
     device_name,
     load_checkpoint,
     load_cifar100,
+    load_weights,
     model_from_config,
     normalize,
     pick_device,
@@ -229,16 +231,14 @@ def resolve_checkpoint(spec: str, runs_dir: Path, within: float | None = None) -
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:
-    """SimpleCNN rebuilt from the checkpoint's stored config, weights loaded, in eval mode; and the checkpoint."""
+    """SimpleCNN rebuilt from the checkpoint's stored config, weights loaded, in eval mode; and the checkpoint, its
+    config completed. CheckpointError, one line: unreadable, foreign (names and shapes that do not fit; the prefixes
+    of PyTorch's wrappers are removed first), a bad config, or NaN/inf weights (a diverged run's)."""
     checkpoint = load_checkpoint(path)
-    try:
-        model = model_from_config(checkpoint["config"])
-        model.load_state_dict(checkpoint["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path} does not fit the SimpleCNN its config describes ({type(e).__name__}: "
-                              f"{detail})") from None
-    return model.eval(), checkpoint
+    config = checkpoint_config(checkpoint, path)
+    model = model_from_config(config)
+    load_weights(model, checkpoint["model"], path)
+    return model.eval(), {**checkpoint, "config": config}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ def test_a_diverging_run_stops_logs_diverged_and_exits_0(fake_wandb, tiny_data_d
     run = fake_wandb["run"]
     summary = json.loads((tmp_path / "runs" / run.id / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["epochs_completed"] < 3
-    assert run.summary["diverged"] is True and run.summary["val_accuracy"] == summary["best_val_accuracy"]
+    # W&B's optimizer gets 0 for a run with no finished epoch (summary.json says None: there was no best epoch)
+    assert run.summary["diverged"] is True and run.summary["val_accuracy"] == (summary["best_val_accuracy"] or 0.0)
     assert run.exit_code == 0
 
 
@@ -377,7 +378,7 @@ class Payload:
     (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "truncated or corrupt"),
     (lambda p: p.write_bytes(b"PK\x03\x04 garbage" * 100), "truncated or corrupt"),
     (lambda p: torch.save({"state": torch.zeros(3)}, p), "not a part_2_cifar checkpoint: it lacks model, config"),
-    (lambda p: torch.save({"model": {}, "config": Payload()}, p), "not a plain-data checkpoint"),
+    (lambda p: torch.save({"model": {}, "config": Payload()}, p), "holds test_reliability.Payload, which a checkpoint"),
     (lambda p: p.unlink(), "does not exist"),
 ])
 def test_a_damaged_or_foreign_checkpoint_is_refused_clearly(good_checkpoint, damage, message):

@@ -200,6 +200,28 @@ def test_learning_rate_warms_up_then_anneals_to_zero_within_the_budget():
     assert trainer.learning_rate_at(99, 100, 10, 0.1, "constant") == 0.1
 
 
+@pytest.mark.parametrize("total, warmup", [(2, 1), (3, 1), (30, 1), (2, 0), (30, 0), (5880, 196), (100, 10)])
+def test_the_learning_rate_is_0_at_the_final_step_and_the_peak_right_after_warm_up(total, warmup):
+    lrs = [trainer.learning_rate_at(s, total, warmup, 0.1, "cosine") for s in range(total)]
+    assert lrs[:warmup] == pytest.approx([0.1 * (s + 1) / warmup for s in range(warmup)])  # warm-up as before
+    if total - warmup > 1:
+        assert lrs[warmup] == pytest.approx(0.1)
+    assert lrs[-1] == 0.0
+    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:], strict=False))
+
+
+def test_a_single_step_trains_at_the_peak_and_a_warm_up_longer_than_the_budget_keeps_its_ramp():
+    assert trainer.learning_rate_at(0, 1, 0, 0.1, "cosine") == 0.1
+    assert [trainer.learning_rate_at(s, 2, 4, 0.1, "cosine") for s in range(2)] == pytest.approx([0.025, 0.05])
+
+
+def test_at_one_step_per_epoch_the_last_epoch_trains_at_learning_rate_0(tiny_data_dir, tmp_path):
+    # 800 training images in one batch: one step per epoch, where the cosine used to end half-way up
+    config = trainer.validate_config({**FAST_CONFIG, "epochs": 3, "batch_size": 800, "val_size": 200})
+    summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run")
+    assert [m["learning_rate"] for m in summary["history"]] == pytest.approx([0.01, 0.01, 0.0])
+
+
 def test_a_short_run_learns_far_above_chance(learnable_data_dir, tmp_path):
     config = trainer.validate_config({**FAST_CONFIG, "epochs": 5, "val_size": 100})
     data = trainer.prepare_data(learnable_data_dir, 100, CPU)
