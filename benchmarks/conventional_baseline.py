@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+import cli
 import part_2_cifar as p2
 
 
@@ -128,7 +129,7 @@ def run(config: dict, data_dir: Path, device: torch.device, workers: int, run_di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = p2.OneLineErrorParser(__doc__)
+    parser = cli.OneLineErrorParser(__doc__)
     parser.add_argument("--data-dir", type=Path, required=True, help="holds cifar-100-python/")
     parser.add_argument("--epochs", type=int, default=p2.DEFAULTS["epochs"])
     parser.add_argument("--batch-size", type=int, default=p2.DEFAULTS["batch_size"])
