@@ -187,6 +187,17 @@ class StopOnSignal:
             raise Interrupted(self.signum)
 
 
+class InterruptOnSignal(StopOnSignal):
+    """STOP_SIGNALS raise Interrupted at once, at the next Python line: for a command with nothing to save midway.
+
+    trt_export.py is one: each run writes all its files again from the checkpoint.
+    """
+
+    def _catch(self, signum: int, frame: object) -> None:
+        super()._catch(signum, frame)
+        raise Interrupted(signum)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Worker processes: several trainings at once, spread over the GPUs
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -59,7 +60,7 @@ import torch.nn as nn
 
 import trt_runtime
 from cifar_files import DATA_DIR_HELP, DataError, load_cifar100
-from cli import EXIT_DONE, EXIT_FAILED, OneLineErrorParser, fail
+from cli import EXIT_DONE, EXIT_FAILED, Interrupted, InterruptOnSignal, OneLineErrorParser, fail, stopped_by
 from export_backends import (
     INPUT_NAME,
     Backend,
@@ -366,7 +367,19 @@ def filters(config: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """The command; exit codes as cli.EXIT_CODES. A stop signal ends it at once: each run writes every file anew."""
+    with InterruptOnSignal():
+        try:
+            return export(parse_args(argv))
+        except (Interrupted, KeyboardInterrupt) as e:
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            print(f"interrupted by {signal.Signals(signum).name}: the export stopped; run the same command again",
+                  file=sys.stderr, flush=True)
+            return stopped_by(signum)
+
+
+def export(args: argparse.Namespace) -> int:
+    """choose -> export and check -> build -> accuracy -> benchmark -> write; the exit code."""
     try:
         checkpoint_path = choose_checkpoint(args.checkpoint, args.runs_dir, args.within)
         model, checkpoint = load_model(checkpoint_path)

@@ -324,6 +324,38 @@ def test_best_picks_the_run_with_the_highest_best_val_accuracy_at_any_depth(tmp_
     assert "not confirmed by select_model.py" in out
 
 
+def test_with_no_arguments_it_exports_the_best_run_under_runs(trained_run, data_dir, tmp_path):
+    """`python trt_export.py`, as the brief names it: ./runs and ./data, the default benchmark."""
+    shutil.copytree(trained_run, tmp_path / "runs" / "study" / "trial-0000")
+    (tmp_path / "data").symlink_to(data_dir)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(ROOT / "trt_export.py")], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = Path("runs") / "study" / "trial-0000"
+    assert f"exporting checkpoint {run / 'best.pt'} " in result.stdout
+    assert "not confirmed by select_model.py" in result.stdout
+    report = json.loads((tmp_path / run / "export" / "benchmark.json").read_text())
+    assert report["checkpoint"] == str(run / "best.pt") and report["failures"] == []
+    assert {row["batch_size"] for row in report["benchmark"]} == set(trt_export.BATCH_SIZES)
+    assert (tmp_path / "images" / "inference_benchmark.png").is_file()
+
+
+def test_with_no_arguments_and_no_run_yet_it_says_what_to_do_and_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "trt_export.py")], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: no run in runs has a summary.json") and "train one with part_2_cifar.py" in line
+
+
+def test_importing_the_exporter_imports_no_optuna_nor_sqlalchemy():
+    code = "import sys, trt_export; print(sorted({'optuna', 'sqlalchemy'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_best_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
     assert trt_export.main(["--checkpoint", "best", "--runs-dir", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
