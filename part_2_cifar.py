@@ -16,7 +16,9 @@ DataLoader pipeline; on a 2-core AMD EPYC without AVX512 (fp32) 288 images/s, 1.
 CIFAR-100 accuracy: not measured yet (no copy of the data set and no GPU where this was written); README "Results".
 
 Sections, in order: settings, data, model, train/evaluate, one training as one W&B run, command line and main.
-What a run writes (checkpoints, summary, figures, cost) is in run_files.py; the W&B connection in wandb_connect.py.
+Where CIFAR-100 is on disk (find, download, extract, read) is cifar_files.py.
+What a run folder holds (checkpoints, summary, figures, cost) is run_files.py.
+The command-line kit (exit codes, parser, stop signals) is cli.py; the W&B connection is wandb_connect.py.
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ def settings_table() -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Data: CIFAR-100 files -> uint8 arrays -> stratified split -> uint8 tensors on the device, augmented in batches.
+# Data: uint8 arrays (cifar_files.load_cifar100) -> stratified split -> uint8 tensors on the device, augmented in
+# batches.
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)  # per-channel mean of the 50,000 training images, in [0, 1]
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)  # per-channel standard deviation of the same images
