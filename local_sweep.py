@@ -579,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         except DamagedJournal as e:
             return cli.fail(e)
         except STORAGE_FAILED as e:  # running trials are failed and retried by the dead-trial rule
-            return cli.fail(f"{storage_failure(e)}; run the same command again once it answers", cli.exit_code(e))
+            return cli.fail(f"{storage_failure(e)}; run the same command again once it answers",
+                            cli.exit_code(e))
 
 
 def run_sweep(argv: list[str]) -> int:
