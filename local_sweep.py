@@ -37,12 +37,16 @@ import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+import cli
 import part_2_cifar as p2
 import sweep_journal
 import sweep_report
 import sweep_space
+from cifar_files import DataError, cifar100_source
+from run_files import LAST_CHECKPOINT, CheckpointError, device_name, load_checkpoint, unwritable
 from sweep_journal import DamagedJournal
 from sweep_space import Sweep, SweepConfigError
+from wandb_connect import WandbSettingsError, resolve_wandb_mode
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings
@@ -59,6 +63,8 @@ SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables
 
 class StorageError(RuntimeError):
     """The storage cannot be opened (missing driver, unreachable server); the message is one line for people."""
+
+    exit_code = cli.EXIT_FAILED
 
 
 # What the study's storage raises when it fails an operation: the database gone or refusing (RDBStorage wraps
@@ -356,12 +362,12 @@ def next_trial(study: optuna.Study, store: Store, trials: int, target: float | N
 
 def resume_point(previous: Path, run_dir: Path) -> dict | None:
     """For a retry, the dead attempt's folder copied into this trial's, and its last.pt, if this machine can read it."""
-    if not (previous / "last.pt").is_file():
+    if not (previous / LAST_CHECKPOINT).is_file():
         return None
     shutil.copytree(previous, run_dir, dirs_exist_ok=True)
     try:
-        return p2.load_checkpoint(run_dir / "last.pt", needs=p2.RESUME_KEYS)
-    except p2.CheckpointError as e:
+        return load_checkpoint(run_dir / LAST_CHECKPOINT, needs=p2.RESUME_KEYS)
+    except CheckpointError as e:
         print(f"cannot resume ({e}); starting over", flush=True)
         return None
 
@@ -421,7 +427,7 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     print(f"{host}: trial {trial.number}" + (f" retries trial {retried[-1]}" if retried else "") + start, flush=True)
     for key, value in {"config": config, "run_dir": str(run_dir), "host": host, "failure": "",
                        "resumed_after_epoch": resume["epoch"] if resume else 0,
-                       "device": p2.device_name(data.train_labels.device)}.items():
+                       "device": device_name(data.train_labels.device)}.items():
         trial.set_user_attr(key, value)  # a retry inherits the dead attempt's attrs: each is set again
     pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize", prunable=not sweep.objectives)
     pruning.replay((resume or {}).get("history", []))  # the epochs the dead attempt finished
@@ -459,27 +465,27 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
 def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, store: Store,
          trials: int) -> int:
     """Run trials until the study has `trials` finished ones; return an exit code. A stop signal (any of
-    part_2_cifar.STOP_SIGNALS the caller does not ignore) stops training between steps: the trial is failed and
+    cli.STOP_SIGNALS the caller does not ignore) stops training between steps: the trial is failed and
     queued for a retry, and the worker exits 128 + signal."""
     failures = 0
-    with p2.StopOnSignal() as stop:
+    with cli.StopOnSignal() as stop:
 
         def check_interrupt() -> None:
             stop.check()
             if args.worker_of is not None and os.getppid() != args.worker_of:
-                raise p2.Interrupted(signal.SIGHUP)  # the launcher was killed: stop as if the terminal hung up
+                raise cli.Interrupted(signal.SIGHUP)  # the launcher was killed: stop as if the terminal hung up
 
         while True:
             try:
                 check_interrupt()
-            except p2.Interrupted as e:
+            except cli.Interrupted as e:
                 print(f"interrupted by {signal.Signals(e.signum).name} before a trial started: run the same command "
                       "again to continue", file=sys.stderr, flush=True)
-                return 128 + e.signum
+                return cli.stopped_by(e.signum)
             with ExitStack() as claim:
                 trial = next_trial(study, store, trials, sweep.target, claim)
                 if trial == "done":
-                    return 0
+                    return cli.EXIT_DONE
                 if trial == "wait":
                     time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
@@ -495,53 +501,29 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                     if not e.shown:
                         print(e, flush=True)
                     if isinstance(e.error, DamagedJournal):
-                        return 2
+                        return cli.exit_code(e.error)
                     continue
             if code > 128:  # interrupted (run_training printed the line): queue it again, so the same command
                 retry_later(study, frozen)  # continues it
                 return code
             failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
-                print(f"error: {failures} trials in a row failed (last: {frozen.user_attrs.get('failure')}); "
-                      "stopping", file=sys.stderr, flush=True)
-                return 1
-
-
-def gpu_slots(workers: int) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES for each worker: round-robin over the visible GPUs, several workers per GPU allowed."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return [None] * workers
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [i.strip() for i in visible.split(",") if i.strip()] if visible else [
-        str(i) for i in range(torch.cuda.device_count())]
-    return [ids[i % len(ids)] for i in range(workers)]
-
-
-def worker_env(gpu: str | None, workers: int) -> dict:
-    """The environment of one of `workers` processes: its GPU (a gpu_slots entry), or on the CPU a share of the
-    cores (oversubscribed torch threads spin: 30x slower)."""
-    env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    elif "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    return env
+                return cli.fail(f"{failures} trials in a row failed (last: {frozen.user_attrs.get('failure')}); "
+                                "stopping", cli.EXIT_FAILED)
 
 
 def launch_workers(argv: list[str], workers: int) -> int:
     """Start `workers` copies of this program as worker processes on the same study; wait; pass on stop signals
-    (part_2_cifar.passed_on). Exit code: 128 + the first stop signal received, else the workers' worst."""
+    (cli.passed_on). Exit code: 128 + the first stop signal received, else the workers' worst."""
     procs: list[subprocess.Popen] = []
-    with p2.StopOnSignal() as stop:  # main's: a signal that came while the study opened starts no worker
+    with cli.StopOnSignal() as stop:  # main's: a signal that came while the study opened starts no worker
         if stop.signum is not None:
             print(f"interrupted by {signal.Signals(stop.signum).name} before the workers started: run the same "
                   "command again", file=sys.stderr, flush=True)
-            return 128 + stop.signum
-        for index, gpu in enumerate(gpu_slots(workers)):
+            return cli.stopped_by(stop.signum)
+        for index, gpu in enumerate(cli.gpu_slots(workers)):
             cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker-of", str(os.getpid())]
-            procs.append(subprocess.Popen(cmd, env=worker_env(gpu, workers)))
+            procs.append(subprocess.Popen(cmd, env=cli.worker_env(gpu, workers)))
             print(f"worker {index}: pid {procs[-1].pid}" + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu else ""),
                   flush=True)
         forwarded = False
@@ -550,13 +532,13 @@ def launch_workers(argv: list[str], workers: int) -> int:
                 if stop.signum is not None and not forwarded:
                     for proc in procs:
                         if proc.poll() is None:
-                            proc.send_signal(p2.passed_on(stop.signum))
+                            proc.send_signal(cli.passed_on(stop.signum))
                     forwarded = True
                 time.sleep(0.2)
             except KeyboardInterrupt:  # Ctrl-C twice: the workers got it too (one process group) and stop now
                 pass
     codes = [proc.returncode for proc in procs]
-    return 128 + stop.signum if stop.signum is not None else max(codes, key=abs)
+    return cli.stopped_by(stop.signum) if stop.signum is not None else max(codes, key=abs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -564,16 +546,16 @@ def launch_workers(argv: list[str], workers: int) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = p2.OneLineErrorParser(__doc__, parents=(p2.common_options(),))
+    parser = cli.OneLineErrorParser(__doc__, parents=(p2.shared_options(),))
     parser.add_argument("sweep_config", type=Path, help="a W&B sweep file (JSON or YAML), e.g. sweep_config.json")
-    parser.add_argument("--trials", type=p2.positive_int, help="finished (COMPLETE + PRUNED) trials the study reaches")
+    parser.add_argument("--trials", type=cli.positive_int, help="finished (COMPLETE + PRUNED) trials the study reaches")
     parser.add_argument("--study", help="study name (default: the sweep file's name, e.g. sweep_config)")
     parser.add_argument("--storage", help=f"journal file (default <runs-dir>/{DEFAULT_STORAGE_FILE}) for one machine, "
                         "or postgresql://user:password@host/database to share the study between machines")
-    parser.add_argument("--workers", type=p2.positive_int, default=1, help="worker processes here, spread over GPUs")
-    parser.add_argument("--heartbeat-interval", type=p2.positive_int, default=HEARTBEAT_SECONDS, metavar="SECONDS",
+    parser.add_argument("--workers", type=cli.positive_int, default=1, help="worker processes here, spread over GPUs")
+    parser.add_argument("--heartbeat-interval", type=cli.positive_int, default=HEARTBEAT_SECONDS, metavar="SECONDS",
                         help=f"PostgreSQL: how often a running trial says it lives (default {HEARTBEAT_SECONDS})")
-    parser.add_argument("--grace-period", type=p2.positive_int, default=GRACE_SECONDS, metavar="SECONDS",
+    parser.add_argument("--grace-period", type=cli.positive_int, default=GRACE_SECONDS, metavar="SECONDS",
                         help=f"PostgreSQL: a trial silent this long is failed and retried (default {GRACE_SECONDS})")
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plots of the study")
     parser.add_argument("--images-dir", type=Path, default=Path("images"), help="where the plots go (default images)")
@@ -585,22 +567,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command. Exit codes: 0 the study is done (or the report written); 1 a failure at run time (a storage or
-    data set that cannot be reached, trials failing in a row); 2 a bad value or a file to fix (the sweep file, a
-    damaged journal); 128+n stopped by signal n."""
-    with p2.StopOnSignal():  # from the first line, as in the trainer; work() and launch_workers() share its signal
+    """The command. Exit codes (cli.EXIT_CODES): 0 the study is done (or the report written); 1 a failure at run
+    time (a storage or download that fails, trials failing in a row); 2 a bad value or a file to fix (the sweep
+    file, a damaged journal, the data set); 128+n stopped by signal n."""
+    with cli.StopOnSignal():  # from the first line, as in the trainer; work() and launch_workers() share its signal
         try:
             return run_sweep(sys.argv[1:] if argv is None else argv)
         except KeyboardInterrupt:  # Ctrl-C twice outside a trial (a trial's run ends on its own): "stop now"
             print("interrupted by SIGINT: run the same command again to continue", file=sys.stderr, flush=True)
-            return 128 + signal.SIGINT
+            return cli.stopped_by(signal.SIGINT)
         except DamagedJournal as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            return 2
+            return cli.fail(e)
         except STORAGE_FAILED as e:  # running trials are failed and retried by the dead-trial rule
-            print(f"error: {storage_failure(e)}; run the same command again once it answers", file=sys.stderr,
-                  flush=True)
-            return 1
+            return cli.fail(f"{storage_failure(e)}; run the same command again once it answers",
+                            cli.exit_code(e))
 
 
 def run_sweep(argv: list[str]) -> int:
@@ -611,7 +591,7 @@ def run_sweep(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
         for option, folder in (("--runs-dir", args.runs_dir), ("--images-dir", args.images_dir)):
-            if why := p2.unwritable(folder):
+            if why := unwritable(folder):
                 raise p2.ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can write to")
         sweep = load_sweep(args.sweep_config)
         store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
@@ -619,25 +599,22 @@ def run_sweep(argv: list[str]) -> int:
                            create=not args.report)
         if args.report:
             sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
-            return 0
+            return cli.EXIT_DONE
         trials = args.trials
         if sweep.method == "grid" and trials > sweep_space.grid_size(sweep):
             trials = sweep_space.grid_size(sweep)
             print(f"the grid has {trials} points: running that many trials, not {args.trials}")
         device = p2.pick_device(args.device)
-        args.wandb_mode = p2.resolve_wandb_mode(args.wandb_mode)  # checked once: each trial's run uses it
+        args.wandb_mode = resolve_wandb_mode(args.wandb_mode)  # checked once: each trial's run uses it
         args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
-        source = p2.cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
+        source = cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
         if args.workers > 1 and args.worker_of is None:
             code = launch_workers(argv, args.workers)
             sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
             return code
         data = p2.prepare_data(source, args.val_size, device)
-    except (SweepConfigError, p2.ConfigError, p2.WandbSettingsError, StorageError, p2.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        if isinstance(e, p2.DataError):
-            return e.exit_code
-        return 2 if isinstance(e, ValueError) else 1  # a bad value, or a storage that cannot open
+    except (SweepConfigError, p2.ConfigError, WandbSettingsError, StorageError, DataError) as e:
+        return cli.fail(e)
     if "data" not in study.user_attrs:
         study.set_user_attr("data", f"{args.data_dir.resolve().name} ({data.train_labels.numel()} train / "
                                     f"{data.val_labels.numel()} val images)")

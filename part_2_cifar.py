@@ -16,28 +16,22 @@ DataLoader pipeline; on a 2-core AMD EPYC without AVX512 (fp32) 288 images/s, 1.
 CIFAR-100 accuracy: not measured yet (no copy of the data set and no GPU where this was written); README "Results".
 
 Sections, in order: settings, data, model, train/evaluate, one training as one W&B run, command line and main.
-What a run writes (checkpoints, summary, figures, cost) is in run_files.py; the W&B connection in wandb_connect.py.
+Where CIFAR-100 is on disk (find, download, extract, read) is cifar_files.py.
+What a run folder holds (checkpoints, summary, figures, cost) is run_files.py.
+The command-line kit (exit codes, parser, stop signals) is cli.py; the W&B connection is wandb_connect.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import hashlib
-import json
 import math
 import os
-import pickle
-import posixpath
 import secrets
-import shutil
 import signal
 import sys
-import tarfile
-import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +41,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from run_files import (  # noqa: F401 (re-exported: the sweep, selection and export commands use them from here)
+from cifar_files import DATA_DIR_HELP, NUM_CLASSES, CifarSource, DataError, cifar100_source, load_cifar100
+from cli import (
+    EXIT_BAD_INPUT,
+    EXIT_DONE,
+    EXIT_FAILED,
+    Interrupted,
+    OneLineErrorParser,
+    StopOnSignal,
+    common_options,
+    exit_code,
+    fail,
+    requeues,
+    setting_value,
+    stopped_by,
+)
+from run_files import (
+    BEST_CHECKPOINT,
+    ENDED,
+    LAST_CHECKPOINT,
+    SUMMARY_FILE,
     CheckpointError,
     device_name,
     first_nonfinite,
@@ -57,9 +70,10 @@ from run_files import (  # noqa: F401 (re-exported: the sweep, selection and exp
     model_cost,
     one_line,
     plot_learning_curve,
+    read_summary,
     save_atomic,
-    save_figure,
     to_cpu,
+    unwritable,
     versions,
     write_json_atomic,
 )
@@ -73,6 +87,8 @@ from wandb_connect import WandbSettingsError, WandbUnavailable, resolve_wandb_mo
 
 class ConfigError(ValueError):
     """A hyperparameter or option with a value the program cannot use; the message is one line for people."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def _integer(value: object) -> int:
@@ -159,17 +175,9 @@ def settings_table() -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Data: CIFAR-100 files -> uint8 arrays -> stratified split -> uint8 tensors on the device, augmented in batches.
+# Data: uint8 arrays (cifar_files.load_cifar100) -> stratified split -> uint8 tensors on the device, augmented in
+# batches.
 
-CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # of the official archive, as torchvision checks it
-CIFAR100_BYTES = 169_001_437  # size of the official archive, to set a cut-short download beside it
-CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
-CIFAR100_DIR = "cifar-100-python"
-CIFAR100_FILES = ("train", "test", "meta")  # what cifar-100-python/ holds (the archive adds an unused file.txt~)
-DATA_DIR_HELP = (f"the folder holding {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}, or either of those itself "
-                 "(default ./data; downloaded there if absent)")
-NUM_CLASSES = 100
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)  # per-channel mean of the 50,000 training images, in [0, 1]
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)  # per-channel standard deviation of the same images
 SPLIT_SEED = 20240601  # fixed, so every run and sweep trial is scored on the same validation images
@@ -178,274 +186,6 @@ EVAL_BATCH_SIZE = 1000  # evaluation batch; no gradients, so large batches are c
 PROGRESS_SECONDS = 15.0  # an epoch longer than this (a CPU) prints a progress line this often
 CHECKPOINT_SECONDS = 60.0  # write checkpoints at most this often, plus at the end and on any exception: a save
 # takes ~0.1 s and a GPU epoch ~0.3 s, so saving every epoch would slow a run by a third. A SIGKILL loses < 60 s.
-
-
-class DataError(RuntimeError):
-    """The data set is missing, malformed or out of reach; the message names the file and what to do.
-
-    exit_code 2: a file or folder the user must fix (DownloadError: 1, the network may work next time)."""
-
-    exit_code = 2
-
-
-class DownloadError(DataError):
-    """The download failed (no network, the server, a checksum): exit 1, the same command may work later."""
-
-    exit_code = 1
-
-
-@dataclass(frozen=True)
-class CifarSource:
-    """Where the CIFAR-100 files are, as cifar100_source decided: `path` is absolute and resolved, so it names the
-    same files from any working directory (what a run records about its data)."""
-
-    path: Path  # a folder holding train, test and meta, or an archive holding cifar-100-python/ (read in memory)
-    kind: str  # "folder" or "archive"
-
-
-def unwritable(folder: Path) -> str | None:
-    """Why no file can be written in `folder`, or None if one can. A folder that does not exist yet is judged by
-    the nearest one above it that does (nothing is created). A real file is tried and removed at once: permission
-    bits tell nothing for root, ACLs or read-only mounts."""
-    for existing in (Path(folder), *Path(folder).parents):
-        try:
-            if existing.exists():
-                break
-        except OSError as e:  # a folder above that cannot be searched
-            return f"{existing} cannot be read ({e.strerror or e})"
-    if not existing.is_dir():
-        return f"{existing} is a file"
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        return f"{existing} is not writable ({e.strerror or e})"
-    return None
-
-
-def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in CIFAR100_FILES)
-
-
-def _is_archive(path: Path) -> bool:
-    try:
-        return path.name.endswith((".tar.gz", ".tgz", ".tar")) or tarfile.is_tarfile(path)
-    except OSError:
-        return False
-
-
-def find_cifar100(data_dir: Path) -> CifarSource | None:
-    """The CIFAR-100 files that --data-dir points at, or None if there are none (a download is due).
-
-    Looks, in this order, at D/cifar-100-python/, D itself (the extracted folder), D/cifar-100-python/cifar-100-
-    python/ (extracted once too often), D/cifar-100-python.tar.gz, D itself as an archive, and the archive beside D
-    when D is named cifar-100-python. Raises DataError for a D that is some other file, and for a folder that holds
-    only some of train, test and meta with no archive to use instead (it is never replaced: it may be the only copy).
-    """
-    d = Path(data_dir)
-    folders = [d / CIFAR100_DIR, d, d / CIFAR100_DIR / CIFAR100_DIR]
-    for folder in folders:
-        if _complete(folder):
-            return CifarSource(folder.resolve(), "folder")
-    archives = [d / CIFAR100_ARCHIVE, d, *([d.parent / CIFAR100_ARCHIVE] if d.name == CIFAR100_DIR else [])]
-    for archive in archives:
-        if archive.is_file() and _is_archive(archive):
-            return CifarSource(archive.resolve(), "archive")
-    if d.is_file():
-        parent = f"--data-dir {d.parent}" if _complete(d.parent) else f"the folder that holds {CIFAR100_DIR}/"
-        raise DataError(f"--data-dir {d} is a file, neither a folder nor the CIFAR-100 archive: use {parent}")
-    for folder in (f for f in folders if f.name == CIFAR100_DIR):  # a folder of that name is meant to be the data
-        present = [name for name in CIFAR100_FILES if (folder / name).is_file()]
-        if present:
-            missing = [name for name in CIFAR100_FILES if name not in present]
-            raise DataError(f"{folder} holds {' and '.join(present)} but no {' or '.join(missing)}: an incomplete "
-                            f"CIFAR-100 folder; put the missing file(s) back from {CIFAR100_URL}, or move the folder "
-                            f"aside and run again to download the data set")
-    return None
-
-
-def read_archive(archive: Path) -> dict[str, bytes]:
-    """{"train": bytes, "test": bytes, "meta": bytes} of the archive's cifar-100-python/ (about 180 MB in memory).
-
-    Nothing is written and no member name is used as a path, so this is safe on every Python (tarfile's extraction
-    filters exist only from 3.10.12 / 3.11.4 / 3.12). Raises DataError naming the archive and what is wrong."""
-    wanted = {f"{CIFAR100_DIR}/{name}": name for name in CIFAR100_FILES}
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                name = wanted.get(posixpath.normpath(member.name))
-                if name and member.isfile():  # a link or device under a wanted name is not the data set
-                    found[name] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # cut short, not an archive, unreadable
-        raise DataError(f"{archive} cannot be read as a tar archive ({type(e).__name__}: {e})") from None
-    missing = [f"{CIFAR100_DIR}/{name}" for name in CIFAR100_FILES if name not in found]
-    if missing:
-        raise DataError(f"{archive} has no {' or '.join(missing)}: not the CIFAR-100 archive")
-    return found
-
-
-def check_archive(archive: Path, md5: str = CIFAR100_MD5) -> None:
-    """Accept the official archive (md5, by torchvision), or one that differs but reads as CIFAR-100 (a repacked
-    copy: one line says so). Raises DataError for any other: its size beside the official one, and what to do."""
-    from torchvision.datasets.utils import check_integrity
-
-    if check_integrity(str(archive), md5):
-        return
-    try:
-        read_archive(archive)
-    except DataError as e:
-        cause = str(e).removeprefix(f"{archive} ")
-        raise DataError(
-            f"{archive} fails the CIFAR-100 checksum: it is {archive.stat().st_size:,} bytes where the archive is "
-            f"{CIFAR100_BYTES:,} (md5 {md5}), and it {cause}; a download cut short? Replace it with a complete copy "
-            f"of {CIFAR100_URL}, or move it aside and run again to download one") from None
-    print(f"note: {archive} is not byte for byte the official archive (md5 differs) but holds the CIFAR-100 files: "
-          "using it", flush=True)
-
-
-def download_cifar100(folder: Path, url: str = CIFAR100_URL, md5: str = CIFAR100_MD5) -> Path:
-    """Fetch the archive into `folder` with torchvision (which checks its md5); return the archive's path.
-
-    The bytes go to a .part file, renamed only once complete and checked, so a cut download is never where an
-    archive is looked for. Raises DownloadError (exit 1) when the download fails."""
-    from torchvision.datasets.utils import download_url
-
-    archive = Path(folder) / Path(url).name
-    part = archive.with_name(archive.name + ".part")  # ours alone: removed when the download fails
-    print(f"downloading CIFAR-100 from {url} to {archive} ...", flush=True)
-    try:
-        download_url(url, str(folder), filename=part.name, md5=md5)
-        os.replace(part, archive)
-    except Exception as e:  # network errors come in many classes; all end the same way
-        raise DownloadError(f"could not download CIFAR-100 ({type(e).__name__}: {e}); fetch {url} yourself and put "
-                            f"it at {archive} (or its extracted folder at {archive.parent / CIFAR100_DIR})") from None
-    finally:
-        part.unlink(missing_ok=True)
-    return archive
-
-
-def extract_archive(archive: Path) -> Path:
-    """Write the archive's train, test and meta to cifar-100-python/ beside it; return that folder.
-
-    They go to a cifar-100-python.partial-* folder first, renamed when whole: a cut extraction never looks like
-    data. If another process extracted it meanwhile, its folder is used and ours removed."""
-    members = read_archive(archive)
-    target = archive.parent / CIFAR100_DIR
-    print(f"extracting {CIFAR100_DIR}/ from {archive} (once)", flush=True)
-    partial = archive.parent / f"{CIFAR100_DIR}.partial-{secrets.token_hex(4)}"
-    partial.mkdir()
-    try:
-        for name, raw in members.items():
-            (partial / name).write_bytes(raw)
-        os.rename(partial, target)  # replaces an empty folder, refuses a full one
-    except OSError as e:
-        if not _complete(target):
-            raise DataError(f"could not extract {archive} into {target} ({type(e).__name__}: {e})") from None
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)  # only our own partial copy
-    return target
-
-
-def _download_folder(data_dir: Path) -> Path:
-    """Where a download for --data-dir D goes: D, or D's parent when D is named cifar-100-python (the extracted
-    folder then lands at D). Raises DataError (exit 2) when that would guess at a mistyped path or cannot be
-    written."""
-    d = Path(data_dir)
-    folder = d.parent if d.name == CIFAR100_DIR else d
-    if d.name.endswith((".tar.gz", ".tgz", ".tar")):
-        raise DataError(f"--data-dir {d} does not exist: give the archive's path, or a folder to download it into")
-    if not folder.exists() and not folder.parent.is_dir():
-        raise DataError(f"--data-dir {d} does not exist, nor does {folder.parent}: check the path (a download "
-                        "creates only the last folder)")
-    why = unwritable(folder)
-    if why:
-        raise DataError(f"no CIFAR-100 in {d}, and it cannot be downloaded there: {why}; use a --data-dir you can "
-                        f"write to, or one that holds {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}")
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-def cifar100_source(data_dir: Path, download: bool = True, url: str = CIFAR100_URL,
-                    md5: str = CIFAR100_MD5) -> CifarSource:
-    """Where CIFAR-100 is read from for --data-dir, fetched first if it has none: the one place that decides.
-
-    A folder is used as it is (find_cifar100 says where it may be). An archive is checked (check_archive) and, when
-    it was found in a folder that can be written and has no cifar-100-python/ yet, extracted there once; otherwise
-    it is read in memory on every run, and one line says why. Raises DataError: exit 2, a file or folder to fix
-    (DownloadError: exit 1)."""
-    source = find_cifar100(data_dir)
-    if source is None:
-        if not download:
-            raise DataError(f"no CIFAR-100 in {data_dir}: neither {CIFAR100_DIR}/ nor {CIFAR100_ARCHIVE} is there")
-        source = CifarSource(download_cifar100(_download_folder(data_dir), url, md5).resolve(), "archive")
-    if source.kind == "folder":
-        return source
-    check_archive(source.path, md5)
-    target = source.path.parent / CIFAR100_DIR
-    if Path(data_dir).is_file():
-        why = "an archive given as --data-dir is never extracted (give its folder to extract it there once)"
-    elif target.exists() and not (target.is_dir() and not any(target.iterdir())):
-        why = f"{target} is there but incomplete, and is left as it is"
-    else:
-        why = unwritable(source.path.parent)
-    if why is None:
-        return CifarSource(extract_archive(source.path).resolve(), "folder")
-    print(f"reading CIFAR-100 from {source.path} in memory, not extracted: {why}", flush=True)
-    return source
-
-
-def read_cifar_pickle(path: Path | str, raw: bytes | None = None) -> dict:
-    """One CIFAR pickle as a dict with str keys; Python 2 wrote the official files, so keys may be bytes.
-    `raw`: the file's bytes, read from an archive (`path` then names the member, for messages)."""
-    try:
-        if raw is None:
-            with open(path, "rb") as f:
-                loaded = pickle.load(f, encoding="latin1")
-        else:
-            loaded = pickle.loads(raw, encoding="latin1")
-    except OSError as e:  # missing since it was found, or unreadable
-        raise DataError(f"{path} cannot be read ({e.strerror or e})") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
-    if not isinstance(loaded, dict):
-        raise DataError(f"{path} is not a CIFAR-100 file: it holds a {type(loaded).__name__}, not a dict")
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in loaded.items()}
-
-
-def _images_and_labels(path: Path | str, raw: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images as (N, 32, 32, 3) uint8 and fine labels as (N,) int64, checked against the CIFAR-100 format."""
-    batch = read_cifar_pickle(path, raw)
-    if "data" not in batch or "fine_labels" not in batch:
-        raise DataError(f"{path} has no 'data' or 'fine_labels' entry: not a CIFAR-100 data file")
-    data = np.asarray(batch["data"])
-    labels = np.asarray(batch["fine_labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
-        raise DataError(f"{path}: data has shape {data.shape} and dtype {data.dtype}, expected (N, 3072) uint8")
-    if labels.shape != (data.shape[0],):
-        raise DataError(f"{path}: {labels.size} labels for {data.shape[0]} images")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: labels span {labels.min()}..{labels.max()}, expected 0..{NUM_CLASSES - 1}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels  # rows are CHW planes -> NHWC
-
-
-def load_cifar100(data_dir: Path | CifarSource, download: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train_images, train_labels, test_images, test_labels) of the CIFAR-100 that data_dir points at (a path, as
-    cifar100_source resolves it, fetching it if absent and `download`; or a CifarSource it returned)."""
-    source = data_dir if isinstance(data_dir, CifarSource) else cifar100_source(data_dir, download)
-    if source.kind == "archive":
-        raw = read_archive(source.path)
-        files = {name: (f"{source.path}: {CIFAR100_DIR}/{name}", raw[name]) for name in CIFAR100_FILES}
-    else:
-        files = {name: (source.path / name, None) for name in CIFAR100_FILES}
-    meta_name, meta_raw = files["meta"]
-    names = read_cifar_pickle(meta_name, meta_raw).get("fine_label_names")
-    if names is None or len(names) != NUM_CLASSES:
-        found = "none" if names is None else len(names)
-        raise DataError(f"{meta_name} lists {found} fine label names, expected {NUM_CLASSES}: not CIFAR-100")
-    return (*_images_and_labels(*files["train"]), *_images_and_labels(*files["test"]))
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -680,98 +420,6 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return max(1, num_images // batch_size)
 
 
-class Interrupted(Exception):
-    """A stop signal arrived; last.pt holds the last finished epoch."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-# Every signal that asks a process to stop, and who sends it: SIGTERM (kill, a scheduler ending a job, `wandb agent`
-# stopping a run), SIGINT (Ctrl-C), SIGHUP (a closed terminal or ssh session), SIGQUIT (Ctrl-\; `wandb agent
-# --forward-signals` passes on SIGTERM, SIGHUP and SIGQUIT, its _TERMINATING_SIGNALS), SIGUSR1 and SIGUSR2 (the
-# preemption notices of SLURM's --signal and Grid Engine's -notify), SIGXCPU (a CPU-time limit: RLIMIT_CPU, or a
-# scheduler's cputime; SIGKILL follows at the hard limit). Not in it: SIGALRM, SIGVTALRM, SIGPROF (timers nobody
-# uses to stop a job), SIGXFSZ (a write that failed: an error, not a request), SIGPIPE (Python ignores it).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1",
-                                                        "SIGUSR2", "SIGXCPU") if hasattr(signal, name))
-
-
-def requeues(signum: int, in_sweep: bool) -> bool:
-    """Whether a stop by `signum` marks the W&B run preempting, so that a W&B sweep requeues it: the one rule.
-
-    Inside a W&B sweep, SIGTERM is the agent stopping the run for good (Hyperband, or a stop from the W&B page), which
-    a requeue would undo. Every other stop signal, and any signal outside a sweep, cut the run short from outside (a
-    preemption notice, a closed terminal, a limit, Ctrl-C): the run is marked preempting and may continue.
-    """
-    return not (in_sweep and signum == signal.SIGTERM)
-
-
-def passed_on(signum: int) -> int:
-    """The signal a launcher sends its child processes when it receives `signum`: the same one, but SIGINT becomes
-    SIGTERM, because a terminal's Ctrl-C already reached the children (one process group) and a second SIGINT means
-    "stop now"."""
-    return signal.SIGTERM if signum == signal.SIGINT else signum
-
-
-def leave_a_lost_terminal() -> None:
-    """Point stdout and stderr at /dev/null where they are a terminal that hung up (an ssh session that dropped):
-    every write there fails (EIO), and the stop that SIGHUP asks for must still save, finish the W&B run and exit."""
-    import termios  # Unix only, like SIGHUP
-
-    for fd in (1, 2):
-        try:
-            termios.tcgetattr(fd)  # EIO once the terminal is gone; ENOTTY for a file or pipe, which stay
-        except termios.error as e:
-            if e.args[0] == errno.EIO:
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, fd)
-                os.close(null)
-
-
-class StopOnSignal:
-    """While active, STOP_SIGNALS only raise a flag; `check()` turns it into Interrupted between steps.
-
-    Raising from the handler itself could cut a checkpoint write or W&B's own code in half. main() keeps it active
-    from its first line to its last, so a notice during start-up or the final upload never kills the process by the
-    signal's default action. The first signal is the reason kept (a launcher may pass on what the terminal already
-    sent). A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download. A signal the caller
-    ignores stays ignored: `nohup` ignores SIGHUP, and a non-interactive shell starts background jobs with SIGINT and
-    SIGQUIT ignored; child processes inherit that. One inside another (a local sweep's main, then its worker loop)
-    shares the signal with it, both ways.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __enter__(self) -> StopOnSignal:
-        handlers = [getattr(signal.getsignal(sig), "__self__", None) for sig in STOP_SIGNALS]
-        self.outer = next((h for h in handlers if isinstance(h, StopOnSignal)), None)
-        self.signum = self.signum or (self.outer.signum if self.outer else None)
-        self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS
-                         if signal.getsignal(sig) is not signal.SIG_IGN}
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        if self.outer is not None and self.outer.signum is None:
-            self.outer.signum = self.signum
-
-    def _catch(self, signum: int, frame: object) -> None:
-        if signum == getattr(signal, "SIGHUP", None):
-            leave_a_lost_terminal()
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.signum is None:
-            self.signum = signum
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise Interrupted(self.signum)
-
-
 def _never_interrupted() -> None:
     pass
 
@@ -908,12 +556,12 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
     model, optimizer = new_model_and_optimizer(config, device)
     state = {"history": [], "best_val_accuracy": 0.0, "best_epoch": 0, "epoch": 0, "seconds": 0.0}
     if resume is not None:
-        check_resume_data(resume, data.identity, run_dir / "last.pt")
-        load_weights(model, resume["model"], run_dir / "last.pt")
+        check_resume_data(resume, data.identity, run_dir / LAST_CHECKPOINT)
+        load_weights(model, resume["model"], run_dir / LAST_CHECKPOINT)
         try:
             optimizer.load_state_dict(resume["optimizer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{run_dir / 'last.pt'}: its optimizer state does not fit SGD on this model "
+            raise CheckpointError(f"{run_dir / LAST_CHECKPOINT}: its optimizer state does not fit SGD on this model "
                                   f"({type(e).__name__}: {one_line(e)})") from None
         state = {key: resume[key] for key in state}
     status, started, written_at = "finished", time.perf_counter() - state["seconds"], -math.inf
@@ -944,9 +592,9 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
             state["epoch"], state["seconds"] = epoch, time.perf_counter() - started
             if state["best_epoch"] == 0 or metrics["val_accuracy"] > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = metrics["val_accuracy"], epoch
-                unsaved["best.pt"] = {"model": to_cpu(model.state_dict()), "config": config,
+                unsaved[BEST_CHECKPOINT] = {"model": to_cpu(model.state_dict()), "config": config,
                                       "val_accuracy": metrics["val_accuracy"], "epoch": epoch, "data": data.identity}
-            unsaved["last.pt"] = to_cpu({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            unsaved[LAST_CHECKPOINT] = to_cpu({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "config": config, "data": data.identity, **state})
             if time.perf_counter() - written_at >= checkpoint_seconds or epoch == config["epochs"]:
                 save_snapshots()
@@ -971,14 +619,15 @@ def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, 
                "best_val_accuracy": state["best_val_accuracy"] if state["best_epoch"] else None,
                "best_epoch": state["best_epoch"], "epochs_completed": state["epoch"], "data": data.identity}
     if state["best_epoch"] and status in ("finished", "diverged"):  # score what would be exported, not the last epoch
-        load_weights(model, load_checkpoint(run_dir / "best.pt")["model"], run_dir / "best.pt")
+        best = run_dir / BEST_CHECKPOINT
+        load_weights(model, load_checkpoint(best)["model"], best)
         test = evaluate(model, data.test_images, data.test_labels, amp_dtype)
         summary.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     rates = [m["train_images_per_second"] for m in state["history"]]
     summary.update(train_images_per_second=float(np.median(rates)) if rates else None, total_seconds=seconds,
                    device=device_name(device), versions=versions(),
                    **model_cost(model, device, lambda: autocast(device.type, amp_dtype)), history=state["history"])
-    write_json_atomic(summary, run_dir / "summary.json")
+    write_json_atomic(summary, run_dir / SUMMARY_FILE)
     if state["history"]:
         plot_learning_curve(state["history"], run_dir / "curves.png", title=f"{run_dir.name} ({summary['device']})")
     return summary
@@ -1023,19 +672,19 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
                  log_model: bool = True, how_to_continue: str | None = None) -> tuple[int, dict]:
     """Train `config` as one W&B run (`init`: wandb.init's keywords but config) into run_dir; (exit code, summary).
 
-    Exit codes: 0 finished, diverged or stopped early (StopEarly from `on_epoch`); 1 out of memory or bad data;
-    2 a bad value (a sweep's, say) or a checkpoint that cannot be resumed; 128 + signal when `check_interrupt`
-    raised Interrupted. The summary always has "status"; a failure's has "error", the one line printed. W&B gets
-    every epoch (step = epoch, so a relaunched run never logs over its first launch), the summary keys, and best.pt
-    as a model artifact if `log_model`.
+    Exit codes (cli.EXIT_CODES): 0 finished, diverged or stopped early (StopEarly from `on_epoch`); 1 out of memory,
+    no W&B server in a sweep, a failed download; 2 a bad value (a sweep's, say), data or a checkpoint to fix;
+    128 + signal when `check_interrupt` raised Interrupted.
+    The summary always has "status"; a failure's has "error", the one line printed.
+    W&B gets every epoch (step = epoch, so a relaunched run never logs over its first launch), the summary keys,
+    and best.pt as a model artifact if `log_model`.
     `in_sweep`: the run is a sweep's (W&B's or local_sweep.py's): `requeues` decides which signals mark it preempting.
     `how_to_continue`: the end of the line an interruption prints when an epoch is saved (default: --resume RUN_DIR).
     """
     try:  # only a W&B sweep needs the server (it picks configs from what runs upload); a local sweep does not
         run = start_wandb_run({**init, "config": config}, in_sweep=bool(os.environ.get("WANDB_SWEEP_ID")))
     except WandbUnavailable as e:  # inside a W&B sweep, no server: nothing to log to, so nothing to train for
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1, {"status": "failed", "error": str(e)}
+        return fail(e), {"status": "failed", "error": str(e)}
     run.define_metric("val_accuracy", summary="max")  # the summary keeps the best epoch's value, not the last
     failed, data = {"status": "failed"}, None
     try:
@@ -1059,23 +708,23 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
                 on_epoch(metrics)
 
         summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume, check_interrupt=check_interrupt)
-    except (ConfigError, DataError, CheckpointError) as e:  # a checkpoint problem is a file to fix, as in main
-        code = e.exit_code if isinstance(e, DataError) else 2
-        return _end_run(run, code, failed | {"error": str(e)})
+    except (ConfigError, DataError, CheckpointError) as e:
+        return _end_run(run, exit_code(e), failed | {"error": str(e)})
     except torch.OutOfMemoryError:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         device = data.train_labels.device if data else "the device"
-        return _end_run(run, 1, failed | {"error": out_of_memory_message(config, device)})
+        return _end_run(run, EXIT_FAILED, failed | {"error": out_of_memory_message(config, device)})
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         how_to_continue = how_to_continue or f"continue with --resume {run_dir}"
-        kept = (f"{run_dir / 'last.pt'} holds the last finished epoch; {how_to_continue}"
-                if (Path(run_dir) / "last.pt").is_file() else "no epoch had finished; the same command starts again")
+        last = Path(run_dir) / LAST_CHECKPOINT
+        kept = (f"{last} holds the last finished epoch; {how_to_continue}"
+                if last.is_file() else "no epoch had finished; the same command starts again")
         print(f"interrupted by {signal.Signals(signum).name}: {kept}", file=sys.stderr, flush=True)
         if requeues(signum, in_sweep):
             run.mark_preempting()
-        return _end_run(run, 128 + signum, {"status": "interrupted"})
+        return _end_run(run, stopped_by(signum), {"status": "interrupted"})
     run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status",
                                                       "parameters", "flops_per_image", "latency_ms", "test_accuracy",
                                                       "test_loss") if summary.get(key) is not None})
@@ -1086,9 +735,9 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
 
         artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"config": config,
                                   "val_accuracy": summary["best_val_accuracy"], "epoch": summary["best_epoch"]})
-        artifact.add_file(str(Path(run_dir) / "best.pt"))
+        artifact.add_file(str(Path(run_dir) / BEST_CHECKPOINT))
         run.log_artifact(artifact, aliases=["best", "latest"])
-    return _end_run(run, 0, summary)
+    return _end_run(run, EXIT_DONE, summary)
 
 
 def _end_run(run: object, code: int, summary: dict) -> tuple[int, dict]:
@@ -1104,41 +753,10 @@ def _end_run(run: object, code: int, summary: dict) -> tuple[int, dict]:
 # Command line and main
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An argument parser described by the first paragraph of a module docstring, with one-line errors."""
-
-    def __init__(self, docstring: str, parents: tuple[argparse.ArgumentParser, ...] = (), allow_abbrev: bool = True):
-        super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                         parents=list(parents), allow_abbrev=allow_abbrev)
-
-    def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a count such as --workers or --trials."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use an integer >= 1")
-    return int(text)
-
-
-def common_options() -> argparse.ArgumentParser:
-    """The options every command shares (trainer, local sweep, model selection): a parent for their parsers."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help=DATA_DIR_HELP)
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folders go here (default ./runs)")
-    parser.add_argument("--val-size", "--val_size", dest="val_size", metavar="N", type=setting_value,
-                        help=f"default {DEFAULTS['val_size']}; {SETTINGS['val_size'].help}")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--wandb-mode", choices=("auto", "online", "offline", "disabled"), default="auto",
-                        help="auto: WANDB_MODE if set, else online with W&B credentials, else offline")
-    parser.add_argument("--wandb-project", default="cifar100-simplecnn", help="W&B project (ignored inside a sweep)")
-    return parser
-
-
-def setting_value(text: str) -> str | None:
-    """An argparse type for the settings: `None`, the way `wandb agent` writes a sweep's null, is None (the default)."""
-    return None if text == "None" else text
+def shared_options() -> argparse.ArgumentParser:
+    """cli.common_options with this program's help for --data-dir and --val-size: the parent parser of every
+    command that trains (this one, local_sweep.py, select_model.py)."""
+    return common_options(DATA_DIR_HELP, f"default {DEFAULTS['val_size']}; {SETTINGS['val_size'].help}")
 
 
 def without_wandb_internals(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -1162,7 +780,7 @@ def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Names
     `--_...` arguments are ignored (one line), and `unrecognized` names any other unknown one (else None), for the
     run to fail with it where the sweep is watched."""
     # No abbreviations: a sweep names each key in full, and a prefix of one (`--lr` of lr_schedule) is a typo.
-    parser = OneLineErrorParser(__doc__, parents=(common_options(),), allow_abbrev=False)
+    parser = OneLineErrorParser(__doc__, parents=(shared_options(),), allow_abbrev=False)
     for key, setting in SETTINGS.items():  # `--key=value` and `--key value`, as `wandb agent` passes them
         if key != "val_size":  # a common option
             parser.add_argument(f"--{key}", type=setting_value, metavar=setting.parse.__name__.strip("_").upper(),
@@ -1185,12 +803,13 @@ def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | No
     under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line.
     Raises CheckpointError for a last.pt that cannot be resumed, RunComplete for a run that has ended."""
     run_id = os.environ.get("WANDB_RUN_ID")
-    if args.resume is None and not (run_id and (args.runs_dir / run_id / "last.pt").is_file()):
+    if args.resume is None and not (run_id and (args.runs_dir / run_id / LAST_CHECKPOINT).is_file()):
         return args.runs_dir / (run_id or secrets.token_hex(4)), None  # 8 characters in [0-9a-f]: a valid W&B id
     run_dir = args.resume or args.runs_dir / run_id
-    resume = load_checkpoint(run_dir / "last.pt", needs=RESUME_KEYS)
-    resume["config"] = checkpoint_config(resume, run_dir / "last.pt")
-    load_weights(model_from_config(resume["config"]), resume["model"], run_dir / "last.pt")  # before any work
+    last = run_dir / LAST_CHECKPOINT
+    resume = load_checkpoint(last, needs=RESUME_KEYS)
+    resume["config"] = checkpoint_config(resume, last)
+    load_weights(model_from_config(resume["config"]), resume["model"], last)  # before any work
     for key, value in resume["config"].items():
         if getattr(args, key, None) is not None and config[key] != value:
             why = " (its schedule is fixed by its budget: start a new run to train longer)" if key == "epochs" else ""
@@ -1222,12 +841,8 @@ class RunComplete(Exception):
 
 
 def check_not_complete(run_dir: Path, resume: dict) -> None:
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(summary, dict) and summary.get("status") in ("finished", "diverged") \
-            and summary.get("epochs_completed") == resume["epoch"]:
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("status") in ENDED and summary.get("epochs_completed") == resume["epoch"]:
         raise RunComplete(f"{run_dir} is complete ({summary['status']} after epoch {resume['epoch']}): nothing to "
                           "resume and nothing changed; start a new run to train again")
 
@@ -1238,9 +853,8 @@ def fail_sweep_run(line: str, config: dict, mode: str) -> int:
     try:
         run = start_wandb_run({"mode": mode, "resume": "allow", "config": config}, in_sweep=True)
     except WandbUnavailable:  # no server to show it on: the line here is all there is
-        print(f"error: {line}", file=sys.stderr, flush=True)
-        return 2
-    return _end_run(run, 2, {"status": "failed", "error": line})[0]
+        return fail(line, EXIT_BAD_INPUT)
+    return _end_run(run, EXIT_BAD_INPUT, {"status": "failed", "error": line})[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1263,17 +877,15 @@ def main(argv: list[str] | None = None) -> int:
             line = f"{'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}"
             if in_sweep and not isinstance(e, WandbSettingsError):
                 return fail_sweep_run(line, {key: getattr(args, key) for key in SETTINGS}, mode)
-            print(f"error: {line}", file=sys.stderr)
-            return 2
+            return fail(line, exit_code(e))
         except RunComplete as e:
             print(e, flush=True)
-            return 0
+            return EXIT_DONE
         except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return e.exit_code
+            return fail(e)
         except KeyboardInterrupt:  # Ctrl-C twice, in a download: nothing has started
             print("interrupted by SIGINT before training: nothing was started", file=sys.stderr)
-            return 128 + signal.SIGINT
+            return stopped_by(signal.SIGINT)
         init = {"mode": mode, "resume": "allow"}
         if not in_sweep:  # inside a sweep the agent chooses project and id
             init.update(project=args.wandb_project, id=run_dir.name)

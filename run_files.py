@@ -1,25 +1,42 @@
-"""What a run writes and reads: atomic saves, checkpoints loaded as data only, figures, where it ran, what it costs.
+"""What a run folder holds, and how it is written and read; which checkpoint to export.
 
-Plain helpers for part_2_cifar.py (which re-exports them), local_sweep.py, select_model.py and trt_export.py.
+    <run>/best.pt        BEST_CHECKPOINT: the epoch with the highest val_accuracy (what is exported)
+    <run>/last.pt        LAST_CHECKPOINT: the last finished epoch and its optimizer (what a resume continues)
+    <run>/summary.json   SUMMARY_FILE: status, config, best_val_accuracy, cost, learning curves
+    <runs>/selection.json  SELECTION_FILE: what select_model.py chose among the runs under <runs>
+
 A crash never leaves half a file: everything is written to a temporary file and renamed over the old one.
+Checkpoints are loaded as data only. A summary is read by read_summary alone, and the runs under a folder
+are found by summaries_under alone. choose_checkpoint answers "which checkpoint" for every command.
+Also here: figures, where a run ran and what its model costs.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import pickle
 import platform
 import re
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from cli import EXIT_BAD_INPUT
+
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
+SUMMARY_FILE = "summary.json"
+SELECTION_FILE = "selection.json"
+ENDED = ("finished", "diverged")  # a run with this status has its result; "diverged" is a real outcome of a config
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -59,8 +76,30 @@ def save_figure(fig: object, path: Path, dpi: int = 100) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why no file can be written in `folder`, or None if one can. A folder that does not exist yet is judged by
+    the nearest one above it that does (nothing is created). A real file is tried and removed at once: permission
+    bits tell nothing for root, ACLs or read-only mounts."""
+    for existing in (Path(folder), *Path(folder).parents):
+        try:
+            if existing.exists():
+                break
+        except OSError as e:  # a folder above that cannot be searched
+            return f"{existing} cannot be read ({e.strerror or e})"
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"{existing} is not writable ({e.strerror or e})"
+    return None
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not one of ours; the message names the file."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # PyTorch colours parts of its weights_only message
@@ -297,3 +336,161 @@ def model_cost(model: nn.Module, device: torch.device, precision: Callable[[], A
     return {"parameters": sum(p.numel() for p in model.parameters()), "flops_per_image": flops_per_image(model),
             "latency_ms": {str(b): latency_ms(model, device, precision, b) for b in LATENCY_BATCH_SIZES},
             "latency_device": device_name(device)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Runs: the one reader of a summary, the one walk over a runs folder
+
+
+def finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json as a dict; None if it is missing, unreadable or not a JSON object."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def summaries_under(runs_dir: Path) -> list[tuple[Path, dict | None]]:
+    """(run folder, its summary or None) for each summary.json at any depth under runs_dir, sorted by path.
+
+    Single runs, `wandb agent` runs, sweep trials in <study>/trial-NNNN and selection seeds alike.
+    """
+    return [(path.parent, read_summary(path.parent)) for path in sorted(Path(runs_dir).rglob(SUMMARY_FILE))]
+
+
+def best_run(runs: Iterable[tuple[Path, dict | None]]) -> tuple[Path, float] | None:
+    """Of (run folder, summary) pairs, the run with the highest best_val_accuracy that has a best.pt to export.
+
+    Returns (its folder, that accuracy), the first of a tie; None if no run has both.
+    """
+    scored = []
+    for run_dir, summary in runs:
+        accuracy = (summary or {}).get("best_val_accuracy")
+        if finite_number(accuracy) and (run_dir / BEST_CHECKPOINT).is_file():
+            scored.append((accuracy, run_dir))
+    if not scored:
+        return None
+    accuracy, run_dir = max(scored, key=lambda s: s[0])
+    return run_dir, accuracy
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Which checkpoint: select_model.py's selection.json (written and read here), else the best single run
+
+
+def save_selection(selection: dict, runs_dir: Path) -> Path:
+    """Write select_model.py's choice to <runs_dir>/selection.json; return its path.
+
+    `selection`: {"configs": [config reports, the chosen first], "best": its best seed's folder, relative}.
+    """
+    path = Path(runs_dir) / SELECTION_FILE
+    write_json_atomic(selection, path)
+    return path
+
+
+def find_selection(runs_dir: Path) -> Path | None:
+    """RUNS_DIR/selection.json, else the one selection.json at any depth below; None if there is none."""
+    if (runs_dir / SELECTION_FILE).is_file():
+        return runs_dir / SELECTION_FILE
+    found = sorted(runs_dir.rglob(SELECTION_FILE))
+    if len(found) > 1:
+        raise CheckpointError(f"{len(found)} selection.json files under {runs_dir} ({', '.join(map(str, found))}): "
+                              "pass --runs-dir the folder of the one to export")
+    return found[0] if found else None
+
+
+def read_selection(path: Path) -> dict:
+    """select_model.py's selection.json, checked for what choosing a checkpoint reads; CheckpointError if not."""
+    try:
+        selection = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}): rerun select_model.py, "
+                              "or pass --checkpoint PATH") from None
+    not_selection = f"{path} is not a select_model.py selection"
+    if not (isinstance(selection, dict) and isinstance(selection.get("configs"), list) and selection["configs"]
+            and isinstance(selection.get("best"), str)):
+        raise CheckpointError(f'{not_selection}: it needs {{"configs": [...], "best": "<run folder>"}}')
+    for i, config in enumerate(selection["configs"]):
+        if not (isinstance(config, dict) and finite_number(config.get("val_accuracy_mean"))
+                and finite_number(config.get("flops_per_image")) and isinstance(config.get("pareto"), bool)
+                and isinstance(config.get("runs"), list) and config["runs"]
+                and all(isinstance(run, str) for run in config["runs"])):
+            raise CheckpointError(f"{not_selection}: configs[{i}] needs numbers val_accuracy_mean and "
+                                  "flops_per_image, pareto true/false and a list of run folders in runs")
+    return selection
+
+
+def best_seed(config: dict, root: Path) -> Path | None:
+    """The folder of a selection config's seed with the highest best_val_accuracy and a best.pt to export.
+
+    Its `runs` are relative to root, or absolute; ties: the first. None if no seed has both.
+    """
+    found = best_run((root / run, read_summary(root / run)) for run in config["runs"])
+    return found[0] if found else None
+
+
+def cheapest_within(configs: list[dict], points: float) -> dict:
+    """The config on the Pareto front with the lowest flops_per_image whose val_accuracy_mean is within `points` of
+    the best mean (ties: the higher mean). The best config is on the front, so there is always one."""
+    best_mean = max(config["val_accuracy_mean"] for config in configs)
+    near = [c for c in configs if c["pareto"] and c["val_accuracy_mean"] >= best_mean - points]
+    if not near:
+        raise CheckpointError(f"no config on the Pareto front is within {points} points of the best mean "
+                              f"{best_mean:.2f}: the selection marks none of its best configs pareto")
+    return min(near, key=lambda c: (c["flops_per_image"], -c["val_accuracy_mean"]))
+
+
+def choose_checkpoint(spec: str, runs_dir: Path, within: float | None = None) -> Path:
+    """`best`, a run folder or a checkpoint file -> the checkpoint file; for `best`, print how it was chosen.
+
+    `best` takes what select_model.py chose (selection.json under `runs_dir`: its `best`, or with `within`, the
+    cheapest config on the front within that many points of the best mean, at its best seed); without a selection,
+    the single run with the highest best_val_accuracy at any depth under `runs_dir`.
+    Raises CheckpointError, one line, when there is nothing to choose.
+    """
+    if spec != "best":
+        path = Path(spec)
+        return path / BEST_CHECKPOINT if path.is_dir() else path
+    selection_path = find_selection(runs_dir)
+    if selection_path is None:
+        if within is not None:
+            raise CheckpointError(f"--within needs a selection.json under {runs_dir}: run select_model.py "
+                                  f"{runs_dir} first")
+        return best_single_run(runs_dir) / BEST_CHECKPOINT
+    selection, root = read_selection(selection_path), selection_path.parent
+    if within is None:
+        print(f"chosen by select_model.py ({selection_path}): {selection['best']}", flush=True)
+        return root / selection["best"] / BEST_CHECKPOINT
+    config = cheapest_within(selection["configs"], within)
+    best_mean = max(c["val_accuracy_mean"] for c in selection["configs"])
+    seed_dir = best_seed(config, root)
+    if seed_dir is None:
+        raise CheckpointError(f"none of the runs of the chosen config ({', '.join(config['runs'])}) under {root} has "
+                              "a summary.json with best_val_accuracy and a best.pt")
+    print(f"--within {within:g} ({selection_path}): the cheapest config on the front within {within:g} points of "
+          f"the best mean val_accuracy {best_mean:.2f} has {config['val_accuracy_mean']:.2f} at "
+          f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {seed_dir}", flush=True)
+    return seed_dir / BEST_CHECKPOINT
+
+
+def best_single_run(runs_dir: Path) -> Path:
+    """The run folder under `runs_dir` with the highest best_val_accuracy and a best.pt, said in one line.
+
+    A summary.json that cannot be read is a note. CheckpointError when no run qualifies.
+    """
+    runs = summaries_under(runs_dir)
+    for run_dir, summary in runs:
+        if summary is None:
+            print(f"note: {run_dir / SUMMARY_FILE} is missing or unreadable; that run is not considered", flush=True)
+    found = best_run(runs)
+    if found is None:
+        raise CheckpointError(f"no run in {runs_dir} has a summary.json with best_val_accuracy and a best.pt: "
+                              "train one with part_2_cifar.py, or pass --checkpoint PATH")
+    print(f"note: no selection.json under {runs_dir}: taking the single run with the highest "
+          f"best_val_accuracy ({found[1]:.2f}), not confirmed by select_model.py with new seeds", flush=True)
+    return found[0]

@@ -30,10 +30,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cli
 import part_2_cifar as p2
+from cifar_files import DataError, cifar100_source
+from run_files import (
+    ENDED,
+    SUMMARY_FILE,
+    best_seed,
+    finite_number,
+    flops_per_image,
+    read_summary,
+    save_figure,
+    save_selection,
+    summaries_under,
+    unwritable,
+)
+from wandb_connect import WandbSettingsError, resolve_wandb_mode
 
 SELECTION_DIR = "selection"  # under RUNS_DIR: the retrained seeds, one ordinary run folder each
-DONE = ("finished", "diverged")  # a run with this status has its result; "diverged" is a real outcome of a config
 CONFIDENCE = 0.95
 
 
@@ -55,17 +69,6 @@ def config_key(config: dict) -> str:
     """A short name for a config without its seed: the same hyperparameters give the same name."""
     text = json.dumps({k: v for k, v in sorted(config.items()) if k in p2.SETTINGS and k != "seed"})
     return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-def finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -97,11 +100,10 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 def find_candidates(runs_dir: Path, val_size: int | None) -> list[Candidate]:
     """Every config with a finished run under runs_dir (outside selection/), best single run first."""
     by_key: dict[str, Candidate] = {}
-    for path in sorted(runs_dir.rglob("summary.json")):
-        run_dir = path.parent
-        summary = read_summary(run_dir)
-        if (SELECTION_DIR in run_dir.relative_to(runs_dir).parts or not isinstance(summary, dict)
-                or summary.get("status") not in DONE or not finite_number(summary.get("best_val_accuracy"))
+    for run_dir, summary in summaries_under(runs_dir):
+        path = run_dir / SUMMARY_FILE
+        if (SELECTION_DIR in run_dir.relative_to(runs_dir).parts or summary is None
+                or summary.get("status") not in ENDED or not finite_number(summary.get("best_val_accuracy"))
                 or "config" not in summary):
             continue
         try:  # a summary written by hand, or by an older version with other settings
@@ -123,7 +125,7 @@ def find_candidates(runs_dir: Path, val_size: int | None) -> list[Candidate]:
 def on_front(candidates: list[Candidate]) -> list[Candidate]:
     """The candidates no other beats on both best single-run best_val_accuracy and flops_per_image: the front of a
     sweep_deploy.json study (its objectives are these summary values; trials.csv's pareto_front), of any runs."""
-    costs = [c.flops_per_image or p2.flops_per_image(p2.model_from_config(c.config)) for c in candidates]
+    costs = [c.flops_per_image or flops_per_image(p2.model_from_config(c.config)) for c in candidates]
     front = pareto_front([(c.single_run_val_accuracy, cost) for c, cost in zip(candidates, costs, strict=True)])
     return [c for c, keep in zip(candidates, front, strict=True) if keep]
 
@@ -147,14 +149,12 @@ def trainer_command(config: dict, args: argparse.Namespace, selection_dir: Path)
 
 
 def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selection_dir: Path, group: str,
-                stop: p2.StopOnSignal) -> int:
+                stop: cli.StopOnSignal) -> int:
     """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Once `stop`
-    has a signal, none starts and the running ones get it (part_2_cifar.passed_on): each saves its last epoch.
+    has a signal, none starts and the running ones get it (cli.passed_on): each saves its last epoch.
     Exit code: 128 + the signal, else 2 if a trainer exited 2 (a bad value, a checkpoint the user must fix), else 1
     if a training failed, else 0."""
-    from local_sweep import gpu_slots, worker_env
-
-    slots, running, failures, forwarded = gpu_slots(args.workers), {}, set(), False
+    slots, running, failures, forwarded = cli.gpu_slots(args.workers), {}, set(), False
     pending = list(todo)
     while pending or running:
         try:
@@ -162,7 +162,7 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                 run_id, config = pending.pop(0)
                 run_dir = selection_dir / run_id
                 run_dir.mkdir(parents=True, exist_ok=True)
-                env = worker_env(slots[slot], args.workers) | {"WANDB_RUN_ID": run_id, "WANDB_RUN_GROUP": group,
+                env = cli.worker_env(slots[slot], args.workers) | {"WANDB_RUN_ID": run_id, "WANDB_RUN_GROUP": group,
                                                                "WANDB_JOB_TYPE": "selection"}
                 with open(run_dir / "output.log", "a") as log:
                     process = subprocess.Popen(trainer_command(config, args, selection_dir), env=env, stdout=log,
@@ -171,7 +171,7 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                 print(f"[{len(todo) - len(pending)}/{len(todo)}] training {run_id} (pid {process.pid})", flush=True)
             if stop.signum is not None and not forwarded:
                 for _, process in running.values():
-                    process.send_signal(p2.passed_on(stop.signum))
+                    process.send_signal(cli.passed_on(stop.signum))
                 forwarded = True
             for slot, (run_id, process) in list(running.items()):
                 if process.poll() is None:
@@ -191,8 +191,10 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
             pass
     if stop.signum is not None:
         print(f"interrupted by {signal.Signals(stop.signum).name}: run the same command to continue", file=sys.stderr)
-        return 128 + stop.signum
-    return 2 if 2 in failures else 1 if failures else 0  # 2: a file or value the user must fix (a checkpoint)
+        return cli.stopped_by(stop.signum)
+    if cli.EXIT_BAD_INPUT in failures:  # a file or value the user must fix (a checkpoint) is said first
+        return cli.EXIT_BAD_INPUT
+    return cli.EXIT_FAILED if failures else cli.EXIT_DONE
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -202,12 +204,12 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
 def config_report(candidate: Candidate, runs_dir: Path) -> dict:
     """The numbers of one config over all its finished seeds; a seed that diverged before any epoch finished (no
     best_val_accuracy) counts as 0, as the trainer reports it to a sweep: a config that diverges is not chosen."""
-    summaries = [s for s in map(read_summary, candidate.runs) if s and s.get("status") in DONE]
+    summaries = [s for s in map(read_summary, candidate.runs) if s and s.get("status") in ENDED]
     mean, std, ci = mean_std_ci([s["best_val_accuracy"] or 0.0 for s in summaries])
     tests = [s["test_accuracy"] for s in summaries if s.get("test_accuracy") is not None]
     flops = next((s["flops_per_image"] for s in summaries if "flops_per_image" in s), None)
     if flops is None:  # a run written before cost was recorded
-        flops = p2.flops_per_image(p2.model_from_config(candidate.config))
+        flops = flops_per_image(p2.model_from_config(candidate.config))
     latency = next((s["latency_ms"] for s in summaries if "latency_ms" in s), None)
     return {"key": candidate.key, "config": candidate.config,
             "runs": [str(run.relative_to(runs_dir)) for run in candidate.runs], "seeds": len(summaries),
@@ -215,17 +217,6 @@ def config_report(candidate: Candidate, runs_dir: Path) -> dict:
             "val_accuracy_std": std, "val_accuracy_ci95": ci,
             "test_accuracy_mean": sum(tests) / len(tests) if tests else None, "flops_per_image": flops,
             "latency_ms": latency}
-
-
-def best_seed(config: dict, root: Path) -> Path | None:
-    """The folder of the config's seed with the highest best_val_accuracy that has a best.pt to export (its `runs`
-    are relative to root, or absolute; ties: the first); None if no seed has both. trt_export.py uses it too."""
-    scored = []
-    for run_dir in (root / run for run in config["runs"]):
-        accuracy = (read_summary(run_dir) or {}).get("best_val_accuracy")
-        if isinstance(accuracy, (int, float)) and math.isfinite(accuracy) and (run_dir / "best.pt").is_file():
-            scored.append((accuracy, run_dir))
-    return max(scored, key=lambda s: s[0])[1] if scored else None
 
 
 def print_table(reports: list[dict]) -> None:
@@ -264,7 +255,7 @@ def plot_front(reports: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    p2.save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def rank(reports: list[dict]) -> list[dict]:
@@ -279,13 +270,13 @@ def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Pat
     best = best_seed(reports[0], runs_dir)
     selection = {"configs": reports, "best": str(best.relative_to(runs_dir)) if best else None,
                  "confidence": CONFIDENCE}
-    p2.write_json_atomic(selection, runs_dir / "selection.json")
+    path = save_selection(selection, runs_dir)
     print_table(reports)
     name = runs_dir.resolve().name
     plot_front(reports, images_dir / f"selection_{name}.png",
                f"{name}: the top {len(reports)} configs retrained with new seeds")
     print(f"chosen: {reports[0]['key']} (mean {reports[0]['val_accuracy_mean']:.2f}%); its best seed "
-          f"{best}; wrote {runs_dir / 'selection.json'}", flush=True)
+          f"{best}; wrote {path}", flush=True)
     return selection
 
 
@@ -294,42 +285,40 @@ def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Pat
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = p2.OneLineErrorParser(__doc__, parents=(p2.common_options(),))
+    parser = cli.OneLineErrorParser(__doc__, parents=(p2.shared_options(),))
     parser.add_argument("runs", type=Path, metavar="RUNS_DIR", help="finished runs at any depth under this folder")
-    parser.add_argument("--top", type=p2.positive_int, help="configs to confirm, the most accurate first (default 5; "
+    parser.add_argument("--top", type=cli.positive_int, help="configs to confirm, the most accurate first (default 5; "
                         "with --front, all of the front)")
     parser.add_argument("--front", action="store_true", help="the candidates are the configs on the accuracy/FLOPs "
                         "front of the runs (a multi-objective sweep's Pareto front), not the most accurate")
-    parser.add_argument("--seeds", type=p2.positive_int, default=3, help="new seeds per config (default 3)")
-    parser.add_argument("--workers", type=p2.positive_int, default=1, help="trainings at once, spread over the GPUs")
+    parser.add_argument("--seeds", type=cli.positive_int, default=3, help="new seeds per config (default 3)")
+    parser.add_argument("--workers", type=cli.positive_int, default=1, help="trainings at once, spread over the GPUs")
     parser.add_argument("--images-dir", type=Path, default=Path("images"), help="where the plot goes (default images)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    with p2.StopOnSignal() as stop:  # from the first line, as in the trainer: a stop signal is one line and 128 + n
+    with cli.StopOnSignal() as stop:  # from the first line, as in the trainer: a stop signal is one line and 128 + n
         return run_selection(parse_args(argv), stop)
 
 
-def run_selection(args: argparse.Namespace, stop: p2.StopOnSignal) -> int:
+def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal) -> int:
     """Everything main does once the arguments are read; `stop` holds a stop signal received meanwhile."""
     try:
         val_size = None if args.val_size is None else p2.validate_config({"val_size": args.val_size})["val_size"]
-        p2.resolve_wandb_mode(args.wandb_mode)  # refuse a bad mode before any training
-    except (p2.ConfigError, p2.WandbSettingsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        resolve_wandb_mode(args.wandb_mode)  # refuse a bad mode before any training
+    except (p2.ConfigError, WandbSettingsError) as e:
+        return cli.fail(e)
     if not args.runs.is_dir():
-        print(f"error: {args.runs} is not a folder of runs", file=sys.stderr)
-        return 2
+        return cli.fail(f"{args.runs} is not a folder of runs", cli.EXIT_BAD_INPUT)
     for option, folder in (("RUNS_DIR", args.runs), ("--images-dir", args.images_dir)):
-        if why := p2.unwritable(folder):
-            print(f"error: {option} {folder} cannot be written: {why}; use a folder you can write to", file=sys.stderr)
-            return 2
+        if why := unwritable(folder):
+            return cli.fail(f"{option} {folder} cannot be written: {why}; use a folder you can write to",
+                            cli.EXIT_BAD_INPUT)
     candidates = find_candidates(args.runs, val_size)
     if not candidates:
-        print(f"error: no finished run (a summary.json with best_val_accuracy) under {args.runs}", file=sys.stderr)
-        return 2
+        return cli.fail(f"no finished run (a summary.json with best_val_accuracy) under {args.runs}",
+                        cli.EXIT_BAD_INPUT)
     if args.front:
         candidates = on_front(candidates)
         print(f"{len(candidates)} configs on the front of best_val_accuracy and flops_per_image", flush=True)
@@ -339,15 +328,14 @@ def run_selection(args: argparse.Namespace, stop: p2.StopOnSignal) -> int:
     for candidate in candidates:
         candidate.runs += [selection_dir / run_id for run_id, _ in planned[candidate.key]]
     todo = [(run_id, config) for runs in planned.values() for run_id, config in runs
-            if (read_summary(selection_dir / run_id) or {}).get("status") not in DONE]
+            if (read_summary(selection_dir / run_id) or {}).get("status") not in ENDED]
     print(f"{len(candidates)} configs x {args.seeds} new seeds: {len(todo)} trainings to run, "
           f"{sum(map(len, planned.values())) - len(todo)} already finished", flush=True)
     if todo:  # found (or fetched) once, here, not by several trainers at once; they are given where it is
         try:
-            args.data_dir = p2.cifar100_source(args.data_dir).path
-        except p2.DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return e.exit_code
+            args.data_dir = cifar100_source(args.data_dir).path
+        except DataError as e:
+            return cli.fail(e)
     code = train_seeds(todo, args, selection_dir, f"selection-{args.runs.resolve().name}", stop)
     if code < 128:
         write_selection(candidates, args.runs, args.images_dir)

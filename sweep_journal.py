@@ -25,6 +25,8 @@ from typing import Any
 
 from optuna.storages.journal import JournalFileBackend
 
+from cli import EXIT_BAD_INPUT, EXIT_FAILED
+
 RECORD_START = b'{"op_code":'  # how every record Optuna writes begins (json.dumps of {"op_code": ..., ...})
 TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back from the end for the last line
 
@@ -32,9 +34,13 @@ TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back from the end for 
 class DamagedJournal(Exception):
     """A journal line Optuna cannot read; the message is one line: the file, the line, how to recover."""
 
+    exit_code = EXIT_BAD_INPUT  # a file the user must fix
+
 
 class JournalFailed(Exception):
     """The journal file cannot be read or written (a full disk, a lost NFS mount); the message is one line."""
+
+    exit_code = EXIT_FAILED
 
 
 def _line_start(f, end: int) -> int:

@@ -18,6 +18,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 import part_2_cifar as p2
+from run_files import save_figure
 from sweep_space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
@@ -108,5 +109,5 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
         fig.suptitle(textwrap.fill(title, 100), fontsize=8)  # the Pareto plot's axes are narrower than the title
         fig.tight_layout()
         path = images_dir / f"sweep_{study.study_name}_{kind}.png"
-        p2.save_figure(fig, path)
+        save_figure(fig, path)
         print(f"wrote {path}")

@@ -17,6 +17,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
+from cli import EXIT_BAD_INPUT
+
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")  # what part_2_cifar.py logs every epoch
 # method custom: W&B's Optuna scheduler reads each objective from a finished run's summary, so an objective must be a
 # flat number there. part_2_cifar.run_training writes these (val_accuracy is {"max": x} under define_metric; the test
@@ -35,6 +37,8 @@ NOT_IN_OPTUNA = {"beta": "Optuna has no beta distribution; use uniform or values
 
 class SweepConfigError(ValueError):
     """The sweep file asks for something this program cannot honour; the message is one line for people."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 # ----------------------------------------------------------------------------------------------------------------------

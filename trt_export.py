@@ -1,6 +1,6 @@
 """Export the best SimpleCNN checkpoint to ONNX and a TensorRT engine, check both against PyTorch, and time them.
 
-    python trt_export.py --checkpoint best                            # select_model.py's choice in ./runs, fp16
+    python trt_export.py                                              # select_model.py's choice in ./runs, fp16
     python trt_export.py --checkpoint best --within 1.0               # cheapest on its front within 1 point
     python trt_export.py --checkpoint runs/<run-id>/best.pt --precision int8 --batch-sizes 1,32,256,1024
     python trt_export.py --checkpoint best --batch-sizes 1,64 --warmup-seconds 0.05 --min-seconds 0.2   # quick look
@@ -11,7 +11,8 @@ difference| <= 1e-4, same top-1, at two batch sizes) -> TensorRT engine (strongl
 beside it -> pycuda runner (cuda-python for the CUDA-graph replay) -> top-1 accuracy on the test images, PyTorch
 beside each exported model -> benchmark of every backend present.
 Without a GPU, TensorRT or pycuda it does all the rest and prints one `skipped:` line per part it could not run.
-Exit status: 0 all that ran passed; 1 a check that ran failed (parity, accuracy tolerance, engine build); 2 bad input.
+Exit status (cli.EXIT_CODES): 0 all that ran passed; 1 a check that ran failed (parity, accuracy tolerance, engine
+build); 2 bad input (an option, a checkpoint, the data set, no run to export).
 
 Benchmark method, as trtexec's: warm up for --warmup-seconds, then iterate for at least --min-seconds and
 --min-iterations on a fixed batch of test images. End-to-end time comes from the host clock around copy in +
@@ -27,9 +28,10 @@ shared with other jobs (load average ~6): ONNX Runtime 575-604 images/s at batch
 PyTorch eager fp32; batch 1 p50 2.3 ms against 11 ms. fp32 ONNX max |logit diff| 9e-8, fp16 ONNX 1e-4. No GPU, so
 no TensorRT or CUDA numbers yet.
 
-`best` is what select_model.py chose (runs/selection.json); with no selection.json, the single run with the highest
-best_val_accuracy anywhere under --runs-dir, with a note that no new seeds confirmed it. The checkpoint exported is
-always printed.
+`--checkpoint best` is the default: with no arguments, this exports what select_model.py chose
+(runs/selection.json); with no selection.json, the single run with the highest best_val_accuracy anywhere under
+--runs-dir, with a note that no new seeds confirmed it. The checkpoint exported is always printed.
+run_files.choose_checkpoint makes that choice, for select_model.py's selection and this command alike.
 
 This file is the command line and the pipeline; `main` reads top to bottom:
 choose the checkpoint -> export and check the ONNX -> build the engine -> accuracy -> benchmark -> write.
@@ -38,15 +40,15 @@ are listed in one registry in export_backends.py, with the ONNX export.
 Timing statistics, accuracy scoring, the tables and the plot are in inference_bench.py.
 TensorRT and CUDA themselves are in trt_runtime.py.
 
-Sections, in order: settings, checkpoint and model, command line, pipeline, main.
+Sections, in order: settings, model, command line, pipeline, main.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -56,8 +58,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import select_model
 import trt_runtime
+from cifar_files import DATA_DIR_HELP, DataError, load_cifar100
+from cli import EXIT_DONE, EXIT_FAILED, Interrupted, InterruptOnSignal, OneLineErrorParser, fail, stopped_by
 from export_backends import (
     INPUT_NAME,
     Backend,
@@ -82,20 +85,13 @@ from inference_bench import (
     plot_benchmark,
     predict_all,
 )
-from part_2_cifar import (
-    DATA_DIR_HELP,
+from part_2_cifar import ConfigError, checkpoint_config, model_from_config, normalize, pick_device
+from run_files import (
     CheckpointError,
-    ConfigError,
-    DataError,
-    OneLineErrorParser,
-    checkpoint_config,
+    choose_checkpoint,
     device_name,
     load_checkpoint,
-    load_cifar100,
     load_weights,
-    model_from_config,
-    normalize,
-    pick_device,
     unwritable,
     versions,
     write_json_atomic,
@@ -118,116 +114,7 @@ MIN_ITERATIONS = 10  # trtexec's --iterations default
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Checkpoint and model
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def run_accuracy(run_dir: Path) -> float | None:
-    """best_val_accuracy from the run's summary.json if the run also has a best.pt to export; else None (why noted)."""
-    summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError):
-        print(f"note: {summary_path} is missing or unreadable; that run is not considered", flush=True)
-        return None
-    accuracy = summary.get("best_val_accuracy") if isinstance(summary, dict) else None
-    return accuracy if _finite(accuracy) and (run_dir / "best.pt").is_file() else None
-
-
-def find_best_run(runs_dir: Path) -> tuple[Path, float]:
-    """The run folder at any depth under `runs_dir` (single runs, sweep trials in <study>/trial-NNNN, selection
-    seeds) whose summary.json has the highest best_val_accuracy (ties: first by path), and that accuracy."""
-    candidates = []
-    for summary_path in sorted(Path(runs_dir).rglob("summary.json")):
-        accuracy = run_accuracy(summary_path.parent)
-        if accuracy is not None:
-            candidates.append((accuracy, summary_path.parent))
-    if not candidates:
-        raise CheckpointError(f"no run in {runs_dir} has a summary.json with best_val_accuracy and a best.pt: "
-                              "train one with part_2_cifar.py, or pass --checkpoint PATH")
-    accuracy, run_dir = max(candidates, key=lambda c: c[0])
-    return run_dir, accuracy
-
-
-def find_selection(runs_dir: Path) -> Path | None:
-    """RUNS_DIR/selection.json, else the one selection.json at any depth below; None if there is none."""
-    if (runs_dir / "selection.json").is_file():
-        return runs_dir / "selection.json"
-    found = sorted(runs_dir.rglob("selection.json"))
-    if len(found) > 1:
-        raise CheckpointError(f"{len(found)} selection.json files under {runs_dir} ({', '.join(map(str, found))}): "
-                              "pass --runs-dir the folder of the one to export")
-    return found[0] if found else None
-
-
-def read_selection(path: Path) -> dict:
-    """select_model.py's selection.json, checked for what choosing a checkpoint reads; CheckpointError if not."""
-    try:
-        selection = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}): rerun select_model.py, "
-                              "or pass --checkpoint PATH") from None
-    not_selection = f"{path} is not a select_model.py selection"
-    if not (isinstance(selection, dict) and isinstance(selection.get("configs"), list) and selection["configs"]
-            and isinstance(selection.get("best"), str)):
-        raise CheckpointError(f'{not_selection}: it needs {{"configs": [...], "best": "<run folder>"}}')
-    for i, config in enumerate(selection["configs"]):
-        if not (isinstance(config, dict) and _finite(config.get("val_accuracy_mean"))
-                and _finite(config.get("flops_per_image")) and isinstance(config.get("pareto"), bool)
-                and isinstance(config.get("runs"), list) and config["runs"]
-                and all(isinstance(run, str) for run in config["runs"])):
-            raise CheckpointError(f"{not_selection}: configs[{i}] needs numbers val_accuracy_mean and "
-                                  "flops_per_image, pareto true/false and a list of run folders in runs")
-    return selection
-
-
-def cheapest_within(configs: list[dict], points: float) -> dict:
-    """The config on the Pareto front with the lowest flops_per_image whose val_accuracy_mean is within `points` of
-    the best mean (ties: the higher mean). The best config is on the front, so there is always one."""
-    best_mean = max(config["val_accuracy_mean"] for config in configs)
-    near = [c for c in configs if c["pareto"] and c["val_accuracy_mean"] >= best_mean - points]
-    if not near:
-        raise CheckpointError(f"no config on the Pareto front is within {points} points of the best mean "
-                              f"{best_mean:.2f}: the selection marks none of its best configs pareto")
-    return min(near, key=lambda c: (c["flops_per_image"], -c["val_accuracy_mean"]))
-
-
-def resolve_checkpoint(spec: str, runs_dir: Path, within: float | None = None) -> Path:
-    """`best`, a run folder or a checkpoint file -> the checkpoint file; for `best`, print how it was chosen.
-
-    `best` takes what select_model.py chose (selection.json under `runs_dir`: its `best`, or with `within`, the
-    cheapest config on the front within that many points of the best mean, at its best seed); without a selection,
-    the single run with the highest best_val_accuracy at any depth under `runs_dir`.
-    """
-    if spec != "best":
-        path = Path(spec)
-        return path / "best.pt" if path.is_dir() else path
-    selection_path = find_selection(runs_dir)
-    if selection_path is None:
-        if within is not None:
-            raise CheckpointError(f"--within needs a selection.json under {runs_dir}: run select_model.py "
-                                  f"{runs_dir} first")
-        run_dir, accuracy = find_best_run(runs_dir)
-        print(f"note: no selection.json under {runs_dir}: taking the single run with the highest "
-              f"best_val_accuracy ({accuracy:.2f}), not confirmed by select_model.py with new seeds", flush=True)
-        return run_dir / "best.pt"
-    selection, root = read_selection(selection_path), selection_path.parent
-    if within is None:
-        print(f"chosen by select_model.py ({selection_path}): {selection['best']}", flush=True)
-        return root / selection["best"] / "best.pt"
-    config = cheapest_within(selection["configs"], within)
-    best_mean = max(c["val_accuracy_mean"] for c in selection["configs"])
-    seed_dir = select_model.best_seed(config, root)
-    if seed_dir is None:
-        raise CheckpointError(f"none of the runs of the chosen config ({', '.join(config['runs'])}) under {root} has "
-                              "a summary.json with best_val_accuracy and a best.pt")
-    print(f"--within {within:g} ({selection_path}): the cheapest config on the front within {within:g} points of "
-          f"the best mean val_accuracy {best_mean:.2f} has {config['val_accuracy_mean']:.2f} at "
-          f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {seed_dir}", flush=True)
-    return seed_dir / "best.pt"
+# Model
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:
@@ -258,9 +145,10 @@ def batch_sizes_arg(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineErrorParser(__doc__)
-    parser.add_argument("--checkpoint", required=True, metavar="PATH|best",
-                        help="a best.pt, a run folder, or `best`: what select_model.py chose (selection.json under "
-                             "--runs-dir), else the run at any depth in --runs-dir with the highest best_val_accuracy")
+    parser.add_argument("--checkpoint", default="best", metavar="PATH|best",
+                        help="a best.pt, a run folder, or `best` (the default): what select_model.py chose "
+                             "(selection.json under --runs-dir), else the run at any depth in --runs-dir with the "
+                             "highest best_val_accuracy")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where `best` looks (default ./runs)")
     parser.add_argument("--within", type=float, metavar="POINTS",
                         help="with `best`: the cheapest config (FLOPs) on selection.json's Pareto front whose mean "
@@ -479,9 +367,21 @@ def filters(config: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """The command; exit codes as cli.EXIT_CODES. A stop signal ends it at once: each run writes every file anew."""
+    with InterruptOnSignal():
+        try:
+            return export(parse_args(argv))
+        except (Interrupted, KeyboardInterrupt) as e:
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            print(f"interrupted by {signal.Signals(signum).name}: the export stopped; run the same command again",
+                  file=sys.stderr, flush=True)
+            return stopped_by(signum)
+
+
+def export(args: argparse.Namespace) -> int:
+    """choose -> export and check -> build -> accuracy -> benchmark -> write; the exit code."""
     try:
-        checkpoint_path = resolve_checkpoint(args.checkpoint, args.runs_dir, args.within)
+        checkpoint_path = choose_checkpoint(args.checkpoint, args.runs_dir, args.within)
         model, checkpoint = load_model(checkpoint_path)
         device = pick_device(args.device)
         out = args.out or checkpoint_path.parent / "export"
@@ -490,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can write to")
         train_images, _, test_images, test_labels = load_cifar100(args.data_dir)
     except (CheckpointError, ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code if isinstance(e, DataError) else 2
+        return fail(e)
     begin_export(out, checkpoint_path, checkpoint, device)
     images, labels = normalized_test_set(test_images, test_labels, args.accuracy_images)
     report = Report()
@@ -510,10 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                   {"onnx_parity": onnx_parity, "engine": engine_info, "accuracy": accuracy,
                    "benchmark": rows})
     if report.failures:
-        print(f"{len(report.failures)} check(s) failed: " + "; ".join(report.failures),
-              file=sys.stderr)
-        return 1
-    return 0
+        print(f"{len(report.failures)} check(s) failed: " + "; ".join(report.failures), file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

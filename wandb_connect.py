@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 
+from cli import EXIT_BAD_INPUT, EXIT_FAILED
+
 
 class WandbSettingsError(ValueError):
     """W&B's settings or credentials cannot be used; the message is one line for people."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 # W&B's own defaults wait 90 s for wandb.init and forever for run.finish. A server that answers at all answers within
@@ -24,6 +28,8 @@ WANDB_TIMEOUTS_S = {"init_timeout": 30.0, "finish_timeout": 120.0}
 
 class WandbUnavailable(RuntimeError):
     """Inside a sweep, the W&B server gave no run: this run stops before training. The message is one line."""
+
+    exit_code = EXIT_FAILED
 
 
 def _one_line(error: BaseException, limit: int = 240) -> str:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
+import cifar_files
 import part_2_cifar as p2
 from benchmarks.benchlib import summarize, timed
 
@@ -168,7 +169,7 @@ def first_steps(cases: list[tuple[str, float, float]], config: dict, device: tor
     batch = config["batch_size"]
     generator = torch.Generator(device=device).manual_seed(0)
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, device=device, generator=generator)
-    x, y = p2.normalize(images), torch.randint(0, p2.NUM_CLASSES, (batch,), device=device, generator=generator)
+    x, y = p2.normalize(images), torch.randint(0, cifar_files.NUM_CLASSES, (batch,), device=device, generator=generator)
     rows = []
     for label, dropout, lr in cases:
         trial = {**config, "dropout_rate": dropout, "learning_rate": lr}

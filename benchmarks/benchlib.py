@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-import part_2_cifar as p2
+import cifar_files
+import run_files
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: run the benchmarks from it, `python -m benchmarks.x`
 
@@ -33,7 +34,7 @@ def machine_info(device: torch.device) -> dict:
     import torchvision
 
     info = {"host": socket.gethostname(), "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
-            "device": p2.device_name(device), "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
+            "device": run_files.device_name(device), "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "load_average_start": round(os.getloadavg()[0], 2)}
@@ -46,8 +47,8 @@ def machine_info(device: torch.device) -> dict:
 
 def describe_data(data_dir: Path) -> str:
     """"synthetic ..." or "real ...", with the image counts, read from the training file's own labels."""
-    train = p2.read_cifar_pickle(Path(data_dir) / p2.CIFAR100_DIR / "train")
-    test = p2.read_cifar_pickle(Path(data_dir) / p2.CIFAR100_DIR / "test")
+    train = cifar_files.read_cifar_pickle(Path(data_dir) / cifar_files.CIFAR100_DIR / "train")
+    test = cifar_files.read_cifar_pickle(Path(data_dir) / cifar_files.CIFAR100_DIR / "test")
     kind = "synthetic" if "synthetic" in str(train.get("batch_label", "")) else "real"
     return f"{kind} CIFAR-100 layout, {len(train['fine_labels']):,} train / {len(test['fine_labels']):,} test images"
 
@@ -73,7 +74,7 @@ def summarize(values: list[float]) -> dict:
 def save_json(result: dict, path: Path) -> None:
     """Write results atomically; callers save after every phase, so a run cut short keeps what it measured."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    p2.write_json_atomic(result, path)
+    run_files.write_json_atomic(result, path)
 
 
 def publish(result: dict, report: Callable[[dict], str], path: Path) -> None:

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+import cli
 import part_2_cifar as p2
+from run_files import BEST_CHECKPOINT
 
 
 class CIFAR100Files(datasets.CIFAR100):
@@ -120,7 +122,7 @@ def run(config: dict, data_dir: Path, device: torch.device, workers: int, run_di
         if val["accuracy"] > best and run_dir is not None:
             best = val["accuracy"]
             run_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), run_dir / "best.pt")
+            torch.save(model.state_dict(), run_dir / BEST_CHECKPOINT)
         print(f"epoch {epoch}/{config['epochs']}  train_loss {metrics['train_loss']:.3f}  "
               f"val_acc {val['accuracy']:5.2f}%  {time.perf_counter() - t0:.1f}s", flush=True)
     test = evaluate(model, test_loader, device)
@@ -128,7 +130,7 @@ def run(config: dict, data_dir: Path, device: torch.device, workers: int, run_di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = p2.OneLineErrorParser(__doc__)
+    parser = cli.OneLineErrorParser(__doc__)
     parser.add_argument("--data-dir", type=Path, required=True, help="holds cifar-100-python/")
     parser.add_argument("--epochs", type=int, default=p2.DEFAULTS["epochs"])
     parser.add_argument("--batch-size", type=int, default=p2.DEFAULTS["batch_size"])

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import optuna
 
+import cli
 import part_2_cifar as p2
 from benchmarks.benchlib import ROOT, describe_data, machine_info, publish, save_json, summarize
 from synthetic_cifar100 import write_synthetic_cifar100
@@ -100,7 +101,7 @@ def report(result: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = p2.OneLineErrorParser(__doc__)
+    parser = cli.OneLineErrorParser(__doc__)
     parser.add_argument("--workers", default="1,2,4,8", help="comma-separated worker counts (default 1,2,4,8)")
     parser.add_argument("--trials-per-worker", type=int, default=3, help="trials = workers x this (default 3)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")

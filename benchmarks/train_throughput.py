@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+import cli
 import part_2_cifar as p2
 from benchmarks import ablation
 from benchmarks import conventional_baseline as conventional
@@ -240,7 +241,7 @@ def report(result: dict, mode: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = p2.OneLineErrorParser(__doc__)
+    parser = cli.OneLineErrorParser(__doc__)
     parser.add_argument("--mode", choices=tuple(MODES), default="cpu", help="sizes and repeats (see MODES)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="default: cuda for --mode gpu, cpu for --mode cpu")

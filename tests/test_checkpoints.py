@@ -17,6 +17,7 @@ from conftest import FAST_CONFIG, ROOT, trainer_command
 from test_reliability import fast_args, one_line_error
 
 import part_2_cifar as trainer
+import run_files
 import select_model
 import trt_export
 from synthetic_cifar100 import write_synthetic_cifar100
@@ -45,7 +46,7 @@ def small_checkpoint(path: Path, **extra) -> dict:
     model = trainer.model_from_config({**trainer.DEFAULTS, **SMALL})
     checkpoint = {"model": model.state_dict(), "config": {**trainer.DEFAULTS, **SMALL}, "epoch": 1,
                   "val_accuracy": 1.0, **extra}
-    trainer.save_atomic(checkpoint, path)
+    run_files.save_atomic(checkpoint, path)
     return checkpoint
 
 
@@ -114,8 +115,8 @@ def test_an_epoch_that_ends_with_non_finite_weights_is_not_kept(poison, monkeypa
     summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run")
     assert summary["status"] == "diverged" and summary["epochs_completed"] == 1
     assert [m["epoch"] for m in summary["history"]] == [1] and np.isfinite(summary["test_accuracy"])
-    best = trainer.load_checkpoint(tmp_path / "run" / "best.pt")
-    last = trainer.load_checkpoint(tmp_path / "run" / "last.pt", needs=trainer.RESUME_KEYS)
+    best = run_files.load_checkpoint(tmp_path / "run" / "best.pt")
+    last = run_files.load_checkpoint(tmp_path / "run" / "last.pt", needs=trainer.RESUME_KEYS)
     assert best["epoch"] == last["epoch"] == 1 and all_finite(best) and all_finite(last)
 
 
@@ -150,7 +151,7 @@ def test_checkpoints_and_summary_record_the_data_they_trained_on(tiny_data_dir, 
     config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200})
     data = trainer.prepare_data(tiny_data_dir, 200, CPU)
     trainer.train(config, data, tmp_path / "run")
-    recorded = [trainer.load_checkpoint(tmp_path / "run" / name)["data"] for name in ("best.pt", "last.pt")]
+    recorded = [run_files.load_checkpoint(tmp_path / "run" / name)["data"] for name in ("best.pt", "last.pt")]
     recorded.append(json.loads((tmp_path / "run" / "summary.json").read_text())["data"])
     assert recorded[0] == recorded[1] == recorded[2] == data.identity
     assert data.identity["source"] == str(data.source.path) and data.identity["val_size"] == 200
@@ -206,7 +207,7 @@ def test_a_last_pt_from_before_data_was_recorded_resumes_with_a_note(tiny_data_d
                  offline_env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"note: {run_dir / 'last.pt'} does not record its data" in result.stdout
-    assert trainer.load_checkpoint(run_dir / "last.pt")["data"]["train_sha256"]  # recorded from now on
+    assert run_files.load_checkpoint(run_dir / "last.pt")["data"]["train_sha256"]  # recorded from now on
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def other_models_weights(checkpoint: dict) -> dict:
 def test_a_checkpoint_of_another_model_names_the_first_missing_and_unexpected_keys_and_shapes(tmp_path):
     checkpoint = small_checkpoint(tmp_path / "best.pt")
     torch.save({**checkpoint, "model": other_models_weights(checkpoint)}, tmp_path / "best.pt")
-    with pytest.raises(trainer.CheckpointError) as refused:
+    with pytest.raises(run_files.CheckpointError) as refused:
         trt_export.load_model(tmp_path / "best.pt")
     line = str(refused.value)
     assert "\n" not in line and line.startswith(f"{tmp_path / 'best.pt'} does not fit the SimpleCNN")
@@ -356,8 +357,8 @@ def test_numpy_numbers_in_a_checkpoint_load_as_python_numbers(tmp_path):
 ])
 def test_any_other_type_is_refused_in_one_plain_line_naming_it(value, named, tmp_path):
     small_checkpoint(tmp_path / "best.pt", val_accuracy=value)
-    with pytest.raises(trainer.CheckpointError) as refused:
-        trainer.load_checkpoint(tmp_path / "best.pt")
+    with pytest.raises(run_files.CheckpointError) as refused:
+        run_files.load_checkpoint(tmp_path / "best.pt")
     line = str(refused.value)
     assert line.startswith(f"{tmp_path / 'best.pt'} holds ") and named in line
     assert "\n" not in line and "\x1b" not in line and "two options" not in line
@@ -399,4 +400,4 @@ def test_a_seed_that_diverged_before_any_epoch_counts_as_0_in_the_selection(tmp_
     candidate = select_model.Candidate(config, [tmp_path / "seed0", tmp_path / "seed1"], 40.0)
     report = select_model.config_report(candidate, tmp_path)
     assert report["seeds"] == 2 and report["val_accuracy_mean"] == 20.0
-    assert select_model.best_seed(report, tmp_path) is None  # neither has a best.pt to export
+    assert run_files.best_seed(report, tmp_path) is None  # neither has a best.pt to export

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli_args, trainer_command
 
+import cifar_files
 import part_2_cifar as trainer
+import run_files
 from synthetic_cifar100 import write_synthetic_cifar100
 
 TINY = {"num_filters_1": 4, "num_filters_2": 4, "num_filters_3": 4, "batch_size": 64, "epochs": 1}
@@ -34,9 +36,9 @@ def ten_classes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def archive(ten_classes, tmp_path_factory) -> Path:
     """ten_classes packed as the official archive is: a gzipped tar holding cifar-100-python/."""
-    path = tmp_path_factory.mktemp("archive") / trainer.CIFAR100_ARCHIVE
+    path = tmp_path_factory.mktemp("archive") / cifar_files.CIFAR100_ARCHIVE
     with tarfile.open(path, "w:gz") as tar:
-        tar.add(ten_classes / trainer.CIFAR100_DIR, arcname=trainer.CIFAR100_DIR)
+        tar.add(ten_classes / cifar_files.CIFAR100_DIR, arcname=cifar_files.CIFAR100_DIR)
     assert path.stat().st_size > 300_000  # so that its first 300 kB are a download cut short
     return path
 
@@ -103,22 +105,22 @@ def read_only(tmp_path):
     ("renamed", "renamed"),  # the three files in a folder of another name
 ])
 def test_every_plausible_data_dir_finds_the_same_folder(ten_classes, tmp_path, layout, given):
-    shutil.copytree(ten_classes / trainer.CIFAR100_DIR, tmp_path / layout)
-    source = trainer.cifar100_source(tmp_path / given, download=False)
-    assert source == trainer.CifarSource((tmp_path / layout).resolve(), "folder")
+    shutil.copytree(ten_classes / cifar_files.CIFAR100_DIR, tmp_path / layout)
+    source = cifar_files.cifar100_source(tmp_path / given, download=False)
+    assert source == cifar_files.CifarSource((tmp_path / layout).resolve(), "folder")
 
 
 def test_the_extracted_folder_itself_trains_and_one_level_too_deep_exports(ten_classes, tmp_path, offline_env):
     data = tmp_path / "data"
     shutil.copytree(ten_classes, data)
     args = cli_args(TINY) + ["--val-size", "100", "--wandb-mode", "disabled", "--runs-dir", str(tmp_path / "runs")]
-    trained = run(trainer_command(*args, "--data-dir", str(data / trainer.CIFAR100_DIR)), offline_env, tmp_path)
+    trained = run(trainer_command(*args, "--data-dir", str(data / cifar_files.CIFAR100_DIR)), offline_env, tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert "downloading" not in trained.stdout
     (best,) = (tmp_path / "runs").glob("*/best.pt")
 
-    nested = tmp_path / "nested" / trainer.CIFAR100_DIR
-    shutil.copytree(data / trainer.CIFAR100_DIR, nested / trainer.CIFAR100_DIR)
+    nested = tmp_path / "nested" / cifar_files.CIFAR100_DIR
+    shutil.copytree(data / cifar_files.CIFAR100_DIR, nested / cifar_files.CIFAR100_DIR)
     export = [sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", str(best), "--data-dir", str(nested),
               "--device", "cpu", "--batch-sizes", "1", "--warmup-seconds", "0", "--min-seconds", "0",
               "--min-iterations", "1", "--out", str(tmp_path / "export"), "--plot", str(tmp_path / "plot.png")]
@@ -131,11 +133,11 @@ def test_an_archive_given_as_data_dir_is_read_in_memory_and_not_extracted(archiv
     given = tmp_path / "downloads" / "cifar100 (1).tar.gz"
     given.parent.mkdir()
     shutil.copy(archive, given)
-    source = trainer.cifar100_source(given, download=False, md5=md5_of(archive))
-    assert source == trainer.CifarSource(given.resolve(), "archive")
+    source = cifar_files.cifar100_source(given, download=False, md5=md5_of(archive))
+    assert source == cifar_files.CifarSource(given.resolve(), "archive")
     assert "in memory" in capsys.readouterr().out
     assert sorted(p.name for p in given.parent.iterdir()) == [given.name]
-    for a, b in zip(trainer.load_cifar100(source), trainer.load_cifar100(ten_classes), strict=True):
+    for a, b in zip(cifar_files.load_cifar100(source), cifar_files.load_cifar100(ten_classes), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -143,22 +145,23 @@ def test_an_archive_in_a_writable_data_dir_is_extracted_once(archive, ten_classe
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(archive, data)
-    first = trainer.cifar100_source(data, download=False, md5=md5_of(archive))
-    assert first == trainer.CifarSource((data / trainer.CIFAR100_DIR).resolve(), "folder")
+    first = cifar_files.cifar100_source(data, download=False, md5=md5_of(archive))
+    assert first == cifar_files.CifarSource((data / cifar_files.CIFAR100_DIR).resolve(), "folder")
     assert "extracting" in capsys.readouterr().out
-    assert sorted(p.name for p in data.iterdir()) == [trainer.CIFAR100_DIR, trainer.CIFAR100_ARCHIVE]  # no partial
-    assert trainer.cifar100_source(data, download=False) == first and capsys.readouterr().out == ""
-    for name in trainer.CIFAR100_FILES:
-        assert (first.path / name).read_bytes() == (ten_classes / trainer.CIFAR100_DIR / name).read_bytes()
+    # no partial folder left
+    assert sorted(p.name for p in data.iterdir()) == [cifar_files.CIFAR100_DIR, cifar_files.CIFAR100_ARCHIVE]
+    assert cifar_files.cifar100_source(data, download=False) == first and capsys.readouterr().out == ""
+    for name in cifar_files.CIFAR100_FILES:
+        assert (first.path / name).read_bytes() == (ten_classes / cifar_files.CIFAR100_DIR / name).read_bytes()
 
 
 def test_a_repacked_archive_that_reads_as_cifar100_is_used_with_a_note(archive, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(archive, data)
-    assert trainer.cifar100_source(data, download=False).kind == "folder"  # the official md5 does not match
+    assert cifar_files.cifar100_source(data, download=False).kind == "folder"  # the official md5 does not match
     out = capsys.readouterr().out
-    assert "not byte for byte the official archive" in out and str(data / trainer.CIFAR100_ARCHIVE) in out
+    assert "not byte for byte the official archive" in out and str(data / cifar_files.CIFAR100_ARCHIVE) in out
 
 
 @pytest.fixture()
@@ -182,12 +185,12 @@ def test_the_archive_is_extracted_and_read_where_tarfile_has_no_extraction_filte
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(archive, data)
-    extracted = trainer.cifar100_source(data, download=False, md5=md5_of(archive))
-    in_memory = trainer.cifar100_source(archive, download=False, md5=md5_of(archive))
+    extracted = cifar_files.cifar100_source(data, download=False, md5=md5_of(archive))
+    in_memory = cifar_files.cifar100_source(archive, download=False, md5=md5_of(archive))
     assert (extracted.kind, in_memory.kind) == ("folder", "archive")
-    expected = trainer.load_cifar100(ten_classes)
+    expected = cifar_files.load_cifar100(ten_classes)
     for source in (extracted, in_memory):
-        for a, b in zip(trainer.load_cifar100(source), expected, strict=True):
+        for a, b in zip(cifar_files.load_cifar100(source), expected, strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -196,19 +199,19 @@ def test_archive_members_never_write_outside_and_a_link_is_not_the_data(ten_clas
     nothing lands anywhere but the data folder."""
     data = tmp_path / "sandbox" / "data"
     data.mkdir(parents=True)
-    evil = data / trainer.CIFAR100_ARCHIVE
+    evil = data / cifar_files.CIFAR100_ARCHIVE
     with tarfile.open(evil, "w:gz") as tar:
         for name in ("test", "meta"):
-            tar.add(ten_classes / trainer.CIFAR100_DIR / name, arcname=f"{trainer.CIFAR100_DIR}/{name}")
+            tar.add(ten_classes / cifar_files.CIFAR100_DIR / name, arcname=f"{cifar_files.CIFAR100_DIR}/{name}")
         for name, payload in (("../escaped", b"x"), (str(tmp_path / "absolute"), b"y")):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-        link = tarfile.TarInfo(f"{trainer.CIFAR100_DIR}/train")
+        link = tarfile.TarInfo(f"{cifar_files.CIFAR100_DIR}/train")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
-    with pytest.raises(trainer.DataError, match="has no cifar-100-python/train"):
-        trainer.cifar100_source(data, download=False)
+    with pytest.raises(cifar_files.DataError, match="has no cifar-100-python/train"):
+        cifar_files.cifar100_source(data, download=False)
     assert sorted(p.name for p in (tmp_path / "sandbox").rglob("*")) == ["cifar-100-python.tar.gz", "data"]
     assert not (tmp_path / "absolute").exists()
 
@@ -220,14 +223,14 @@ def test_archive_members_never_write_outside_and_a_link_is_not_the_data(ten_clas
 ])
 def test_a_path_that_is_no_data_dir_is_one_line_and_starts_no_download(ten_classes, tmp_path, capsys, given, words):
     shutil.copytree(ten_classes, tmp_path / "data")
-    with pytest.raises(trainer.DataError, match=words) as caught:
-        trainer.cifar100_source(tmp_path / given, url="http://127.0.0.1:9/never-asked")
+    with pytest.raises(cifar_files.DataError, match=words) as caught:
+        cifar_files.cifar100_source(tmp_path / given, url="http://127.0.0.1:9/never-asked")
     assert "\n" not in str(caught.value) and "downloading" not in capsys.readouterr().out
 
 
 def test_a_file_of_the_data_set_given_as_data_dir_names_its_folder(ten_classes):
-    with pytest.raises(trainer.DataError, match=f"use --data-dir {ten_classes / trainer.CIFAR100_DIR}$"):
-        trainer.cifar100_source(ten_classes / trainer.CIFAR100_DIR / "train")
+    with pytest.raises(cifar_files.DataError, match=f"use --data-dir {ten_classes / cifar_files.CIFAR100_DIR}$"):
+        cifar_files.cifar100_source(ten_classes / cifar_files.CIFAR100_DIR / "train")
 
 
 # ----------------------------------------------------------------------- broken files: named, never to be deleted
@@ -235,7 +238,7 @@ def test_a_file_of_the_data_set_given_as_data_dir_names_its_folder(ten_classes):
 
 def half_download(archive: Path, data: Path) -> Path:
     data.mkdir(parents=True, exist_ok=True)
-    broken = data / trainer.CIFAR100_ARCHIVE
+    broken = data / cifar_files.CIFAR100_ARCHIVE
     broken.write_bytes(archive.read_bytes()[:300_000])
     return broken
 
@@ -280,8 +283,8 @@ def test_a_damaged_data_folder_is_named_and_never_to_be_deleted(ten_classes, tmp
     data = tmp_path / "nested"
     shutil.copytree(ten_classes, data)
     damage(data)
-    with pytest.raises(trainer.DataError, match=words) as caught:
-        trainer.load_cifar100(data, download=True)  # download allowed: still none over the user's folder
+    with pytest.raises(cifar_files.DataError, match=words) as caught:
+        cifar_files.load_cifar100(data, download=True)  # download allowed: still none over the user's folder
     assert "delete" not in str(caught.value).lower()
     assert (data / "cifar-100-python" / "meta").is_file() and not list(data.glob("*.tar.gz*"))
 
@@ -294,7 +297,7 @@ def test_no_network_for_the_download_is_one_line_and_leaves_no_wandb_run(tmp_pat
     result = run(trainer_command(*args), no_network_env(offline_env), tmp_path)
     assert result.returncode == 1
     line = one_line_error(result.stderr)
-    assert "could not download CIFAR-100" in line and f"put it at data/{trainer.CIFAR100_ARCHIVE}" in line
+    assert "could not download CIFAR-100" in line and f"put it at data/{cifar_files.CIFAR100_ARCHIVE}" in line
     assert wandb_runs(tmp_path) == [] and list((tmp_path / "data").iterdir()) == []  # no W&B run, no .part
 
 
@@ -310,9 +313,9 @@ def test_a_read_only_data_folder_holding_only_the_archive_is_read_in_memory(arch
     args = cli_args(TINY) + ["--data-dir", "data", "--val-size", "100", "--wandb-mode", "disabled"]
     result = run(trainer_command(*args), offline_env, tmp_path, as_non_root)
     assert result.returncode == 0, result.stderr
-    assert f"reading CIFAR-100 from {data / trainer.CIFAR100_ARCHIVE} in memory" in result.stdout
+    assert f"reading CIFAR-100 from {data / cifar_files.CIFAR100_ARCHIVE} in memory" in result.stdout
     assert "not writable" in result.stdout
-    assert [p.name for p in data.iterdir()] == [trainer.CIFAR100_ARCHIVE]
+    assert [p.name for p in data.iterdir()] == [cifar_files.CIFAR100_ARCHIVE]
 
 
 @pytest.mark.parametrize("how", ["read-only", "under a file"])
@@ -345,7 +348,7 @@ def test_an_empty_read_only_data_folder_is_one_line_and_no_download(tmp_path, of
 def test_export_checks_its_output_folders_before_any_work(tmp_path, offline_env):
     (tmp_path / "a_file").write_text("not a folder")
     model = trainer.SimpleCNN(4, 4, 4)
-    trainer.save_atomic({"model": model.state_dict(), "config": trainer.validate_config(TINY), "epoch": 1},
+    run_files.save_atomic({"model": model.state_dict(), "config": trainer.validate_config(TINY), "epoch": 1},
                         tmp_path / "best.pt")
     result = run([sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", str(tmp_path / "best.pt"),
                   "--plot", str(tmp_path / "a_file" / "plot.png"), "--data-dir", str(tmp_path / "no-data")],

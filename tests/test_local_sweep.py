@@ -15,8 +15,10 @@ from pathlib import Path
 import optuna
 import pytest
 
+import cli
 import local_sweep
 import part_2_cifar as p2
+import run_files
 import sweep_space
 from sweep_space import SweepConfigError, translate_parameter
 
@@ -197,7 +199,7 @@ def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials(offl
     first.send_signal(signal.SIGKILL)  # mid-trial: epoch 1 of 3 is saved
     assert first.wait() == -signal.SIGKILL, first.stderr.read().decode()[-2000:]
     trial_0 = (runs / "kill" / "trial-0000" / "summary.json").read_text()
-    dead_history = p2.load_checkpoint(in_trial_1, needs=("history",))["history"]
+    dead_history = run_files.load_checkpoint(in_trial_1, needs=("history",))["history"]
     assert load_study(runs, "kill").trials[1].state == optuna.trial.TrialState.RUNNING
 
     assert local_sweep.main(args) == 0  # the same command; in this process, as the kernel freed the dead one's locks
@@ -248,13 +250,13 @@ def test_workers_go_round_robin_over_the_visible_gpus_or_share_the_cpu_cores(mon
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    assert local_sweep.gpu_slots(3) == ["2", "5", "2"]  # several workers per GPU: one small trial does not fill it
-    assert local_sweep.worker_env("5", 3)["CUDA_VISIBLE_DEVICES"] == "5"
+    assert cli.gpu_slots(3) == ["2", "5", "2"]  # several workers per GPU: one small trial does not fill it
+    assert cli.worker_env("5", 3)["CUDA_VISIBLE_DEVICES"] == "5"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert local_sweep.gpu_slots(4) == [None] * 4
-    assert local_sweep.worker_env(None, 4)["OMP_NUM_THREADS"] == "2"  # oversubscribed torch threads spin
+    assert cli.gpu_slots(4) == [None] * 4
+    assert cli.worker_env(None, 4)["OMP_NUM_THREADS"] == "2"  # oversubscribed torch threads spin
 
 
 def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(offline, learnable_data_dir,

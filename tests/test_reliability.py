@@ -15,7 +15,10 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, cli_args, trainer_command
 
+import cifar_files
+import cli
 import part_2_cifar as trainer
+import run_files
 from synthetic_cifar100 import write_synthetic_cifar100
 
 
@@ -153,7 +156,7 @@ def test_out_of_memory_is_one_line_with_the_config_and_a_failed_run(fake_wandb, 
 
 
 @pytest.mark.parametrize("sweep", [False, True])
-@pytest.mark.parametrize("signum", trainer.STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize("signum", cli.STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agent_stopped_it(
         signum, sweep, fake_wandb, monkeypatch, tiny_data_dir, tmp_path):
     # A sweep agent stops a run early (Hyperband) with SIGTERM: that must not get it requeued. Every other stop
@@ -174,7 +177,7 @@ def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agen
     assert trainer.main(fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)) == 128 + signum
     run = fake_wandb["run"]
     assert run.preempting is requeued and run.exit_code == 128 + signum
-    assert trainer.load_checkpoint(tmp_path / "runs" / run.id / "last.pt")["epoch"] == 1
+    assert run_files.load_checkpoint(tmp_path / "runs" / run.id / "last.pt")["epoch"] == 1
     assert signal.getsignal(signum) is handler_before  # the caller's handler is back
 
 
@@ -189,9 +192,9 @@ def test_any_exception_first_saves_the_last_finished_epoch(tiny_data_dir, tmp_pa
 
     with pytest.raises(RuntimeError, match="injected"):
         trainer.train(config, data, tmp_path / "run", on_epoch=crash_after_epoch_3, checkpoint_seconds=3600.0)
-    last = trainer.load_checkpoint(tmp_path / "run" / "last.pt", needs=("model", "optimizer", "epoch", "history"))
+    last = run_files.load_checkpoint(tmp_path / "run" / "last.pt", needs=("model", "optimizer", "epoch", "history"))
     assert last["epoch"] == 3 and [m["epoch"] for m in last["history"]] == [1, 2, 3]
-    best = trainer.load_checkpoint(tmp_path / "run" / "best.pt")
+    best = run_files.load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["epoch"] == max(last["history"], key=lambda m: m["val_accuracy"])["epoch"]
 
 
@@ -225,7 +228,7 @@ def test_sigterm_then_relaunch_with_the_same_run_id_ends_like_an_uninterrupted_r
     code, stderr = start_and_interrupt(args, env, tmp_path, "runs/preempted/last.pt", signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
-    interrupted_at = trainer.load_checkpoint(tmp_path / "runs" / "preempted" / "last.pt")["epoch"]
+    interrupted_at = run_files.load_checkpoint(tmp_path / "runs" / "preempted" / "last.pt")["epoch"]
     assert 1 <= interrupted_at < 4
 
     resumed = subprocess.run(trainer_command(*args), env=env, cwd=tmp_path, capture_output=True, text=True,
@@ -336,22 +339,22 @@ def data_copy(tmp_path) -> Path:
 def test_a_truncated_data_pickle_is_named(data_copy):
     train = data_copy / "cifar-100-python" / "train"
     train.write_bytes(train.read_bytes()[:5000])
-    with pytest.raises(trainer.DataError, match=r"cifar-100-python/train is truncated or corrupt"):
-        trainer.load_cifar100(data_copy, download=False)
+    with pytest.raises(cifar_files.DataError, match=r"cifar-100-python/train is truncated or corrupt"):
+        cifar_files.load_cifar100(data_copy, download=False)
 
 
 def test_a_meta_file_with_the_wrong_number_of_classes_is_named(data_copy):
     meta = data_copy / "cifar-100-python" / "meta"
     meta.write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(10)]}))
-    with pytest.raises(trainer.DataError, match=r"meta lists 10 fine label names, expected 100"):
-        trainer.load_cifar100(data_copy, download=False)
+    with pytest.raises(cifar_files.DataError, match=r"meta lists 10 fine label names, expected 100"):
+        cifar_files.load_cifar100(data_copy, download=False)
 
 
 def test_arrays_of_the_wrong_shape_are_named(data_copy):
     test = data_copy / "cifar-100-python" / "test"
     test.write_bytes(pickle.dumps({"data": np.zeros((4, 1024), np.uint8), "fine_labels": [0, 1, 2, 3]}))
-    with pytest.raises(trainer.DataError, match=r"cifar-100-python/test: data has shape \(4, 1024\)"):
-        trainer.load_cifar100(data_copy, download=False)
+    with pytest.raises(cifar_files.DataError, match=r"cifar-100-python/test: data has shape \(4, 1024\)"):
+        cifar_files.load_cifar100(data_copy, download=False)
 
 
 def test_a_corrupt_data_file_ends_the_process_with_one_line(data_copy, tmp_path, offline_env):
@@ -366,7 +369,7 @@ def test_a_corrupt_data_file_ends_the_process_with_one_line(data_copy, tmp_path,
 def good_checkpoint(tmp_path) -> Path:
     model = trainer.SimpleCNN(8, 16, 32)
     path = tmp_path / "best.pt"
-    trainer.save_atomic({"model": model.state_dict(), "config": {**trainer.DEFAULTS}, "epoch": 1}, path)
+    run_files.save_atomic({"model": model.state_dict(), "config": {**trainer.DEFAULTS}, "epoch": 1}, path)
     return path
 
 
@@ -382,10 +385,10 @@ class Payload:
     (lambda p: p.unlink(), "does not exist"),
 ])
 def test_a_damaged_or_foreign_checkpoint_is_refused_clearly(good_checkpoint, damage, message):
-    assert trainer.load_checkpoint(good_checkpoint)["epoch"] == 1
+    assert run_files.load_checkpoint(good_checkpoint)["epoch"] == 1
     damage(good_checkpoint)
-    with pytest.raises(trainer.CheckpointError, match=message):
-        trainer.load_checkpoint(good_checkpoint)
+    with pytest.raises(run_files.CheckpointError, match=message):
+        run_files.load_checkpoint(good_checkpoint)
 
 
 def test_resuming_from_a_truncated_last_checkpoint_exits_2_with_one_line(tmp_path, offline_env):
@@ -409,15 +412,15 @@ class FailsWhenPickled:
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_file(good_checkpoint):
     before = good_checkpoint.read_bytes()
     with pytest.raises(OSError, match="injected"):
-        trainer.save_atomic({"model": torch.zeros(1000), "config": FailsWhenPickled()}, good_checkpoint)
+        run_files.save_atomic({"model": torch.zeros(1000), "config": FailsWhenPickled()}, good_checkpoint)
     assert good_checkpoint.read_bytes() == before
     assert [p.name for p in good_checkpoint.parent.iterdir()] == ["best.pt"]  # no temporary left behind
 
 
 def test_a_crash_while_writing_the_summary_keeps_the_previous_file(tmp_path):
     path = tmp_path / "summary.json"
-    trainer.write_json_atomic({"best_val_accuracy": 12.5}, path)
+    run_files.write_json_atomic({"best_val_accuracy": 12.5}, path)
     with pytest.raises(TypeError):
-        trainer.write_json_atomic({"best_val_accuracy": object()}, path)
+        run_files.write_json_atomic({"best_val_accuracy": object()}, path)
     assert json.loads(path.read_text()) == {"best_val_accuracy": 12.5}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]

@@ -22,6 +22,7 @@ from conftest import FAST_CONFIG, ROOT, cli_args, offline_wandb_run, trainer_com
 
 import local_sweep
 import part_2_cifar as trainer
+import run_files
 
 EPOCHS = 20  # far more than the test waits for: a stop must land mid-run even on a loaded machine
 EPOCH_LINE = re.compile(r"epoch +(\d+)/")
@@ -72,7 +73,7 @@ def run_args(data_dir: Path, runs_dir: Path, epochs: int = EPOCHS) -> list[str]:
 
 
 def saved_epoch(run_dir: Path) -> int:
-    return trainer.load_checkpoint(run_dir / "last.pt", needs=("epoch",))["epoch"]
+    return run_files.load_checkpoint(run_dir / "last.pt", needs=("epoch",))["epoch"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

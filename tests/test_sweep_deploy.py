@@ -17,8 +17,10 @@ import optuna
 import pytest
 from test_local_sweep import load_study, sweep_args
 
+import cli
 import local_sweep
 import part_2_cifar as p2
+import run_files
 import sweep_space
 from sweep_space import translate_parameter
 
@@ -186,7 +188,7 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(o
         finished[int(suggestion.run_id)] = summary, server
 
     def stop_after_epoch_1(metrics: dict) -> None:
-        raise p2.Interrupted(15)  # the agent's SIGTERM, say: the run ends killed, before any cost is measured
+        raise cli.Interrupted(15)  # the agent's SIGTERM, say: the run ends killed, before any cost is measured
 
     (stopped,) = optimizer.ask_n_runs(1)
     code, _, stopped_summary = run_offline(stopped.config.flat_dict() | FAST_OVERRIDES | {"val_size": 100},
@@ -201,7 +203,7 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(o
         assert server["flops_per_image"] == summary["flops_per_image"]  # the W&B summary and summary.json agree
         assert server["val_accuracy"] == {"max": summary["best_val_accuracy"]}  # not a number: hence best_val_accuracy
     stopped_config = p2.validate_config(stopped.config.flat_dict() | FAST_OVERRIDES)
-    assert stopped_summary["flops_per_image"] == p2.flops_per_image(p2.model_from_config(stopped_config))
+    assert stopped_summary["flops_per_image"] == run_files.flops_per_image(p2.model_from_config(stopped_config))
     assert "latency_ms" not in stopped_summary  # measured at the end only: the cost above was written at the start
 
     naive = deploy_file() | {"metrics": [{"name": "val_accuracy", "goal": "maximize"}, OBJECTIVES[1]]}
@@ -286,7 +288,7 @@ def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials_and_
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)  # mid-trial: epoch 1 of 3 is saved
     assert first.wait() == -signal.SIGKILL, first.stderr.read().decode()[-2000:]
-    dead_history = p2.load_checkpoint(in_trial_1, needs=("history",))["history"]
+    dead_history = run_files.load_checkpoint(in_trial_1, needs=("history",))["history"]
 
     assert local_sweep.main(args) == 0  # the same command continues the study
     study = load_study(runs, "kill")

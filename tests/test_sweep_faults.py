@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 import local_sweep
 import part_2_cifar as p2
+import run_files
 import sweep_journal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
         if other.trials[0].state == TrialState.RUNNING:
             local_sweep.retry_later(other, other.tell(0, state=TrialState.FAIL))
 
-    real_device_name, real_run_training = p2.device_name, p2.run_training
+    real_device_name, real_run_training = run_files.device_name, p2.run_training
 
     def device_name(device) -> str:  # read just before the trial's first set_user_attr
         fail_trial_0_elsewhere()
@@ -110,7 +111,7 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
         return result
 
     if moment == "set_user_attr":
-        monkeypatch.setattr(p2, "device_name", device_name)
+        monkeypatch.setattr(local_sweep, "device_name", device_name)  # local_sweep imports it from run_files
     monkeypatch.setattr(p2, "run_training", run_training)
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "1")) == 0
     out = capsys.readouterr()

@@ -20,7 +20,7 @@ import optuna
 import pytest
 
 import local_sweep
-import part_2_cifar as p2
+import run_files
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT, GRACE = 1, 3  # seconds: --heartbeat-interval and --grace-period; a beat may come 2 s late on a busy CPU
@@ -124,7 +124,7 @@ def test_a_killed_machines_trial_is_failed_after_the_grace_period_and_retried_by
     os.killpg(dead.proc.pid, signal.SIGKILL)  # the whole machine: its process group
     killed_at = datetime.now()
     assert dead.wait() == -signal.SIGKILL
-    saved = p2.load_checkpoint(Path(victim.user_attrs["run_dir"], "last.pt"), needs=("epoch", "history"))
+    saved = run_files.load_checkpoint(Path(victim.user_attrs["run_dir"], "last.pt"), needs=("epoch", "history"))
 
     assert survivor.wait() == 0, survivor.output()[-3000:]
     trials = load(postgres_url, "kill")
@@ -301,7 +301,7 @@ def test_a_storage_outage_mid_trial_is_one_line_exit_1_and_the_same_command_cont
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "the study's storage failed" in errors[0], out[-3000:]
     assert "run the same command again" in errors[0]
-    saved = p2.load_checkpoint(runs / "outage" / "trial-0000" / "last.pt", needs=("epoch",))["epoch"]
+    saved = run_files.load_checkpoint(runs / "outage" / "trial-0000" / "last.pt", needs=("epoch",))["epoch"]
 
     assert local_sweep.main(args) == 0  # once the database answers: the lost attempt is failed after the grace
     trials = load(postgres_url, "outage")

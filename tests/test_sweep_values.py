@@ -18,6 +18,7 @@ from conftest import FAST_CONFIG, ROOT, offline_wandb_run
 
 import local_sweep
 import part_2_cifar as trainer
+import run_files
 
 SWEEP_ID, RUN_ID = "localsweep", "agentrun1"
 
@@ -129,7 +130,7 @@ def test_a_requeued_run_relaunched_with_its_whole_config_as_arguments_resumes(tm
     first.send_signal(signal.SIGUSR1)  # a preemption notice: the run is marked preempting, the sweep requeues it
     assert first.wait(timeout=240) == 128 + signal.SIGUSR1
     assert offline_wandb_run(tmp_path / "wandb", RUN_ID)[1]
-    saved = trainer.load_checkpoint(tmp_path / "runs" / RUN_ID / "last.pt")
+    saved = run_files.load_checkpoint(tmp_path / "runs" / RUN_ID / "last.pt")
     assert saved["epoch"] < 8
 
     # The relaunch (wandb issues 4237, 4016, 9143): every key of the run's W&B config as an argument, W&B's own

@@ -18,7 +18,9 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, cli_args, trainer_command
 
+import cifar_files
 import part_2_cifar as trainer
+import run_files
 from synthetic_cifar100 import write_synthetic_cifar100
 
 CPU = torch.device("cpu")
@@ -56,8 +58,8 @@ def test_str_and_bytes_keyed_pickles_load_to_the_same_arrays(tmp_path):
     write_synthetic_cifar100(tmp_path / "bytes", train_per_class=2, test_per_class=1, seed=5, bytes_keys=True)
     with open(tmp_path / "bytes" / "cifar-100-python" / "train", "rb") as f:
         assert b"data" in __import__("pickle").load(f)  # the file really has bytes keys
-    from_str = trainer.load_cifar100(tmp_path / "str", download=False)
-    from_bytes = trainer.load_cifar100(tmp_path / "bytes", download=False)
+    from_str = cifar_files.load_cifar100(tmp_path / "str", download=False)
+    from_bytes = cifar_files.load_cifar100(tmp_path / "bytes", download=False)
     for a, b in zip(from_str, from_bytes, strict=True):
         np.testing.assert_array_equal(a, b)
     train_images, train_labels, test_images, test_labels = from_str
@@ -71,7 +73,7 @@ def test_images_are_decoded_from_channel_planes_to_height_width_channel(tmp_path
 
     with open(root / "train", "rb") as f:
         row = pickle.load(f)["data"][0]
-    images = trainer.load_cifar100(tmp_path, download=False)[0]
+    images = cifar_files.load_cifar100(tmp_path, download=False)[0]
     assert images[0, 5, 7, 0] == row[5 * 32 + 7]  # red plane first
     assert images[0, 5, 7, 2] == row[2 * 1024 + 5 * 32 + 7]  # blue plane last
 
@@ -124,23 +126,23 @@ def served_archive(tmp_path):
 def test_download_fetches_verifies_and_extracts_the_archive(served_archive, tmp_path):
     url, md5 = served_archive
     data_dir = tmp_path / "data"
-    source = trainer.cifar100_source(data_dir, url=url, md5=md5)
-    assert source == trainer.CifarSource((data_dir / "cifar-100-python").resolve(), "folder")
+    source = cifar_files.cifar100_source(data_dir, url=url, md5=md5)
+    assert source == cifar_files.CifarSource((data_dir / "cifar-100-python").resolve(), "folder")
     assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-100-python", "cifar-100-python.tar.gz"]
-    assert trainer.load_cifar100(data_dir, download=False)[0].shape == (100, 32, 32, 3)
+    assert cifar_files.load_cifar100(data_dir, download=False)[0].shape == (100, 32, 32, 3)
 
 
 def test_a_download_that_fails_its_checksum_leaves_nothing_where_an_archive_is_looked_for(served_archive, tmp_path):
     url, _ = served_archive
-    with pytest.raises(trainer.DownloadError, match="could not download CIFAR-100"):
-        trainer.cifar100_source(tmp_path / "data", url=url, md5="0" * 32)
+    with pytest.raises(cifar_files.DownloadError, match="could not download CIFAR-100"):
+        cifar_files.cifar100_source(tmp_path / "data", url=url, md5="0" * 32)
     assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_a_failed_download_says_where_to_put_the_archive(tmp_path):
     missing = "http://127.0.0.1:9/cifar-100-python.tar.gz"  # the discard port: nothing listens there
-    with pytest.raises(trainer.DownloadError, match=r"put it at .*cifar-100-python\.tar\.gz"):
-        trainer.download_cifar100(tmp_path, url=missing, md5=trainer.CIFAR100_MD5)
+    with pytest.raises(cifar_files.DownloadError, match=r"put it at .*cifar-100-python\.tar\.gz"):
+        cifar_files.download_cifar100(tmp_path, url=missing, md5=cifar_files.CIFAR100_MD5)
     assert list(tmp_path.iterdir()) == []  # no partial file
 
 
@@ -245,8 +247,8 @@ def test_files_of_a_run_and_checkpoint_reload_to_identical_logits(tiny_data_dir,
     assert on_disk["config"] == config and on_disk["versions"]["torch"] == torch.__version__
     assert [m["epoch"] for m in on_disk["history"]] == [1]
 
-    best = trainer.load_checkpoint(run_dir / "best.pt")
-    last = trainer.load_checkpoint(run_dir / "last.pt", needs=("model", "optimizer", "epoch"))
+    best = run_files.load_checkpoint(run_dir / "best.pt")
+    last = run_files.load_checkpoint(run_dir / "last.pt", needs=("model", "optimizer", "epoch"))
     assert best["config"] == config and best["epoch"] == 1 and last["epoch"] == 1
     models = []
     for checkpoint in (best, last):
@@ -275,7 +277,7 @@ def test_every_summary_records_the_models_cost_counted_by_pytorch(tiny_data_dir,
 
 
 def test_the_default_model_costs_the_documented_83_5_mflop():
-    assert trainer.flops_per_image(trainer.SimpleCNN()) == 83_544_064
+    assert run_files.flops_per_image(trainer.SimpleCNN()) == 83_544_064
 
 
 def test_an_epoch_callback_can_stop_a_run_early_with_a_status(tiny_data_dir, tmp_path):
@@ -288,7 +290,7 @@ def test_an_epoch_callback_can_stop_a_run_early_with_a_status(tiny_data_dir, tmp
     summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run",
                             on_epoch=prune_after_epoch_2)
     assert summary["status"] == "pruned" and summary["epochs_completed"] == 2 and "test_accuracy" not in summary
-    assert trainer.load_checkpoint(tmp_path / "run" / "last.pt", needs=trainer.RESUME_KEYS)["epoch"] == 2
+    assert run_files.load_checkpoint(tmp_path / "run" / "last.pt", needs=trainer.RESUME_KEYS)["epoch"] == 2
 
 
 def test_the_readme_table_of_hyperparameters_is_the_settings_table():

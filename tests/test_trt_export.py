@@ -19,9 +19,11 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT
 
+import cifar_files
 import export_backends
 import inference_bench
 import part_2_cifar
+import run_files
 import trt_export
 import trt_runtime
 
@@ -75,7 +77,7 @@ def cli_run(trained_run, data_dir, tmp_path_factory) -> dict:
 
 
 def normalized_test_images(data_dir: Path, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    _, _, images, labels = part_2_cifar.load_cifar100(data_dir, download=False)
+    _, _, images, labels = cifar_files.load_cifar100(data_dir, download=False)
     images, labels = images[:count], labels[:count]
     return part_2_cifar.normalize(torch.from_numpy(images)).contiguous().numpy(), labels
 
@@ -314,12 +316,44 @@ def test_best_picks_the_run_with_the_highest_best_val_accuracy_at_any_depth(tmp_
         (tmp_path / name / "summary.json").write_text("{not json" if summary is None else json.dumps(summary))
         if name != "c":  # c scored best but has no best.pt to export
             (tmp_path / name / "best.pt").write_bytes(b"")
-    assert trt_export.find_best_run(tmp_path) == (tmp_path / "study" / "trial-0001", 55.5)
-    assert trt_export.resolve_checkpoint(str(tmp_path / "a"), tmp_path) == tmp_path / "a" / "best.pt"  # a run folder
-    assert trt_export.resolve_checkpoint("best", tmp_path) == tmp_path / "study" / "trial-0001" / "best.pt"
+    assert run_files.best_run(run_files.summaries_under(tmp_path)) == (tmp_path / "study" / "trial-0001", 55.5)
+    assert run_files.choose_checkpoint(str(tmp_path / "a"), tmp_path) == tmp_path / "a" / "best.pt"  # a run folder
+    assert run_files.choose_checkpoint("best", tmp_path) == tmp_path / "study" / "trial-0001" / "best.pt"
     out = capsys.readouterr().out
     assert "e/summary.json is missing or unreadable" in out
     assert "not confirmed by select_model.py" in out
+
+
+def test_with_no_arguments_it_exports_the_best_run_under_runs(trained_run, data_dir, tmp_path):
+    """`python trt_export.py`, as the brief names it: ./runs and ./data, the default benchmark."""
+    shutil.copytree(trained_run, tmp_path / "runs" / "study" / "trial-0000")
+    (tmp_path / "data").symlink_to(data_dir)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(ROOT / "trt_export.py")], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = Path("runs") / "study" / "trial-0000"
+    assert f"exporting checkpoint {run / 'best.pt'} " in result.stdout
+    assert "not confirmed by select_model.py" in result.stdout
+    report = json.loads((tmp_path / run / "export" / "benchmark.json").read_text())
+    assert report["checkpoint"] == str(run / "best.pt") and report["failures"] == []
+    assert {row["batch_size"] for row in report["benchmark"]} == set(trt_export.BATCH_SIZES)
+    assert (tmp_path / "images" / "inference_benchmark.png").is_file()
+
+
+def test_with_no_arguments_and_no_run_yet_it_says_what_to_do_and_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "trt_export.py")], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: no run in runs has a summary.json") and "train one with part_2_cifar.py" in line
+
+
+def test_importing_the_exporter_imports_no_optuna_nor_sqlalchemy():
+    code = "import sys, trt_export; print(sorted({'optuna', 'sqlalchemy'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_best_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
@@ -367,28 +401,28 @@ def selection_runs(trained_run, tmp_path) -> Path:
 
 
 def test_best_exports_what_select_model_chose_not_the_luckiest_run(selection_runs, capsys):
-    assert trt_export.resolve_checkpoint("best", selection_runs) == selection_runs / "selection/a-seed1/best.pt"
+    assert run_files.choose_checkpoint("best", selection_runs) == selection_runs / "selection/a-seed1/best.pt"
     assert "chosen by select_model.py" in capsys.readouterr().out
 
 
 def test_a_selection_json_below_runs_dir_is_found(selection_runs):
     study = selection_runs.parent / "all-runs" / "cifar"
     shutil.move(selection_runs, study)  # select_model.py was given runs/cifar; the export looks in runs/
-    assert trt_export.resolve_checkpoint("best", study.parent) == study / "selection/a-seed1/best.pt"
+    assert run_files.choose_checkpoint("best", study.parent) == study / "selection/a-seed1/best.pt"
 
 
 @pytest.mark.parametrize(("points", "run"), [(0, "selection/a-seed1"), (1.0, "selection/b-seed2"),
                                              (5.0, "selection/d-seed1")])
 def test_within_picks_the_cheapest_front_config_within_the_points_at_its_best_seed(selection_runs, points, run,
                                                                                   capsys):
-    assert trt_export.resolve_checkpoint("best", selection_runs, within=points) == selection_runs / run / "best.pt"
+    assert run_files.choose_checkpoint("best", selection_runs, within=points) == selection_runs / run / "best.pt"
     assert f"its best seed is {selection_runs / run}" in capsys.readouterr().out
 
 
 def test_within_never_picks_a_config_off_the_front():
     configs = [selection_config("best", ["x"], 60.0, 80e6, True), selection_config("off", ["y"], 59.9, 1e6, False),
                selection_config("front", ["z"], 59.5, 20e6, True)]
-    assert trt_export.cheapest_within(configs, 1.0)["config"]["name"] == "front"
+    assert run_files.cheapest_within(configs, 1.0)["config"]["name"] == "front"
 
 
 def test_cli_within_exports_the_chosen_seed_normalizing_once_with_one_session_per_model(selection_runs, data_dir,

@@ -1,0 +1,225 @@
+"""The command-line kit every command imports: exit codes, the parser, stop signals, worker processes.
+
+part_2_cifar.py, local_sweep.py, select_model.py and trt_export.py all end the same way.
+Their exit codes follow one table (EXIT_CODES, and the README's "Exit codes").
+Their parsers print one line for a bad option.
+A stop signal is a graceful stop everywhere: saved, then exit 128 + n.
+Only the standard library is imported here, so any module can import this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import sys
+from pathlib import Path
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Exit codes: one policy for every command
+
+EXIT_DONE = 0  # the command did what was asked
+EXIT_FAILED = 1  # a failure at run time: the same command may work later (a network, a storage, a failed check)
+EXIT_BAD_INPUT = 2  # bad input or a file the user must fix: an option, a value, a data set, a checkpoint
+SIGNAL_BASE = 128  # stopped by signal n: 128 + n, as a shell reports a process a signal ended
+EXIT_CODES = {EXIT_DONE: "done", EXIT_FAILED: "a failure at run time",
+              EXIT_BAD_INPUT: "bad input or a file the user must fix",
+              f"{SIGNAL_BASE}+n": "stopped by signal n (saved first)"}
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code an error ends a command with: its class's `exit_code`, else EXIT_FAILED.
+
+    Each error class of the project says which row of EXIT_CODES it is (ConfigError: EXIT_BAD_INPUT, ...).
+    An error of a library (a database that went away) is a failure at run time.
+    """
+    return getattr(error, "exit_code", EXIT_FAILED)
+
+
+def fail(error: BaseException | str, code: int | None = None) -> int:
+    """Print `error: <the line>` to stderr and return the exit code (`code`, else exit_code(error))."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    return code if code is not None else exit_code(error) if isinstance(error, BaseException) else EXIT_FAILED
+
+
+def stopped_by(signum: int) -> int:
+    """The exit code of a command a stop signal ended: 128 + the signal's number."""
+    return SIGNAL_BASE + signum
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser described by the first paragraph of a module docstring, with one-line errors."""
+
+    def __init__(self, docstring: str, parents: tuple[argparse.ArgumentParser, ...] = (), allow_abbrev: bool = True):
+        super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                         parents=list(parents), allow_abbrev=allow_abbrev)
+
+    def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a count such as --workers or --trials."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use an integer >= 1")
+    return int(text)
+
+
+def setting_value(text: str) -> str | None:
+    """An argparse type for the settings: `None`, the way `wandb agent` writes a sweep's null, is None (the default)."""
+    return None if text == "None" else text
+
+
+def common_options(data_dir_help: str, val_size_help: str) -> argparse.ArgumentParser:
+    """The options every command that trains shares (trainer, local sweep, model selection): a parent parser.
+
+    The help of --data-dir and --val-size is their owners' (cifar_files.py, the trainer's settings).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help=data_dir_help)
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folders go here (default ./runs)")
+    parser.add_argument("--val-size", "--val_size", dest="val_size", metavar="N", type=setting_value,
+                        help=val_size_help)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--wandb-mode", choices=("auto", "online", "offline", "disabled"), default="auto",
+                        help="auto: WANDB_MODE if set, else online with W&B credentials, else offline")
+    parser.add_argument("--wandb-project", default="cifar100-simplecnn", help="W&B project (ignored inside a sweep)")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stop signals: a graceful stop, whoever sends it
+
+# Every signal that asks a process to stop, and who sends it: SIGTERM (kill, a scheduler ending a job, `wandb agent`
+# stopping a run), SIGINT (Ctrl-C), SIGHUP (a closed terminal or ssh session), SIGQUIT (Ctrl-\; `wandb agent
+# --forward-signals` passes on SIGTERM, SIGHUP and SIGQUIT, its _TERMINATING_SIGNALS), SIGUSR1 and SIGUSR2 (the
+# preemption notices of SLURM's --signal and Grid Engine's -notify), SIGXCPU (a CPU-time limit: RLIMIT_CPU, or a
+# scheduler's cputime; SIGKILL follows at the hard limit). Not in it: SIGALRM, SIGVTALRM, SIGPROF (timers nobody
+# uses to stop a job), SIGXFSZ (a write that failed: an error, not a request), SIGPIPE (Python ignores it).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1",
+                                                        "SIGUSR2", "SIGXCPU") if hasattr(signal, name))
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; last.pt holds the last finished epoch."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def requeues(signum: int, in_sweep: bool) -> bool:
+    """Whether a stop by `signum` marks the W&B run preempting, so that a W&B sweep requeues it: the one rule.
+
+    Inside a W&B sweep, SIGTERM is the agent stopping the run for good (Hyperband, or a stop from the W&B page), which
+    a requeue would undo. Every other stop signal, and any signal outside a sweep, cut the run short from outside (a
+    preemption notice, a closed terminal, a limit, Ctrl-C): the run is marked preempting and may continue.
+    """
+    return not (in_sweep and signum == signal.SIGTERM)
+
+
+def passed_on(signum: int) -> int:
+    """The signal a launcher sends its child processes when it receives `signum`: the same one, but SIGINT becomes
+    SIGTERM, because a terminal's Ctrl-C already reached the children (one process group) and a second SIGINT means
+    "stop now"."""
+    return signal.SIGTERM if signum == signal.SIGINT else signum
+
+
+def leave_a_lost_terminal() -> None:
+    """Point stdout and stderr at /dev/null where they are a terminal that hung up (an ssh session that dropped):
+    every write there fails (EIO), and the stop that SIGHUP asks for must still save, finish the W&B run and exit."""
+    import termios  # Unix only, like SIGHUP
+
+    for fd in (1, 2):
+        try:
+            termios.tcgetattr(fd)  # EIO once the terminal is gone; ENOTTY for a file or pipe, which stay
+        except termios.error as e:
+            if e.args[0] == errno.EIO:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+
+
+class StopOnSignal:
+    """While active, STOP_SIGNALS only raise a flag; `check()` turns it into Interrupted between steps.
+
+    Raising from the handler itself could cut a checkpoint write or W&B's own code in half. main() keeps it active
+    from its first line to its last, so a notice during start-up or the final upload never kills the process by the
+    signal's default action. The first signal is the reason kept (a launcher may pass on what the terminal already
+    sent). A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download. A signal the caller
+    ignores stays ignored: `nohup` ignores SIGHUP, and a non-interactive shell starts background jobs with SIGINT and
+    SIGQUIT ignored; child processes inherit that. One inside another (a local sweep's main, then its worker loop)
+    shares the signal with it, both ways.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __enter__(self) -> StopOnSignal:
+        handlers = [getattr(signal.getsignal(sig), "__self__", None) for sig in STOP_SIGNALS]
+        self.outer = next((h for h in handlers if isinstance(h, StopOnSignal)), None)
+        self.signum = self.signum or (self.outer.signum if self.outer else None)
+        self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS
+                         if signal.getsignal(sig) is not signal.SIG_IGN}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if self.outer is not None and self.outer.signum is None:
+            self.outer.signum = self.signum
+
+    def _catch(self, signum: int, frame: object) -> None:
+        if signum == getattr(signal, "SIGHUP", None):
+            leave_a_lost_terminal()
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+class InterruptOnSignal(StopOnSignal):
+    """STOP_SIGNALS raise Interrupted at once, at the next Python line: for a command with nothing to save midway.
+
+    trt_export.py is one: each run writes all its files again from the checkpoint.
+    """
+
+    def _catch(self, signum: int, frame: object) -> None:
+        super()._catch(signum, frame)
+        raise Interrupted(signum)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Worker processes: several trainings at once, spread over the GPUs
+
+
+def gpu_slots(workers: int) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each worker: round-robin over the visible GPUs, several workers per GPU allowed."""
+    import torch  # here, not at the top: this module stays free of heavy imports
+
+    if not torch.cuda.is_available():
+        return [None] * workers
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [i.strip() for i in visible.split(",") if i.strip()] if visible else [
+        str(i) for i in range(torch.cuda.device_count())]
+    return [ids[i % len(ids)] for i in range(workers)]
+
+
+def worker_env(gpu: str | None, workers: int) -> dict:
+    """The environment of one of `workers` processes: its GPU (a gpu_slots entry), or on the CPU a share of the
+    cores (oversubscribed torch threads spin: 30x slower)."""
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    elif "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
