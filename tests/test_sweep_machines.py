@@ -306,7 +306,9 @@ def test_a_storage_outage_mid_trial_is_one_line_exit_1_and_the_same_command_cont
     assert local_sweep.main(args) == 0  # once the database answers: the lost attempt is failed after the grace
     trials = load(postgres_url, "outage")
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], [t.state.name for t in trials]
-    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].user_attrs["resumed_after_epoch"] == saved
+    # The retry of trial 0 is trial 1 or 2: the same command may ask for a new trial before the lost one is stale.
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].user_attrs["resumed_after_epoch"] == saved, [t.system_attrs for t in trials]
     assert "Traceback" not in "".join(capsys.readouterr())
 
 
