@@ -10,6 +10,7 @@ test_sweep_machines.py.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -272,3 +273,27 @@ def test_the_advice_quotes_a_journal_path_with_spaces(tmp_path):
     assert journal.read_bytes().splitlines() == [b'{"op_code":0,"worker_id":"w","a":1}',
                                                  b'{"op_code":2,"worker_id":"w","c":3}',
                                                  b'{"op_code":2,"worker_id":"w","d":4}']
+
+
+def without_root_override() -> list[str]:
+    """The command prefix under which file modes bind (root's CAP_DAC_OVERRIDE dropped), as for any other user."""
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+
+
+def test_a_read_only_journal_is_one_line_exit_2_and_its_report_still_works(finished_journal, tmp_path, offline_env):
+    args, journal = finished_journal
+    journal.chmod(0o444)
+    before = journal.read_bytes()
+    command = [*without_root_override(), sys.executable, str(ROOT / "local_sweep.py")]
+    done = subprocess.run([*command, *args, "--trials", "2"], env=offline_env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert_no_traceback(done.stdout + done.stderr)
+    (line,) = done.stderr.strip().splitlines()
+    assert f"journal {journal} cannot be written" in line and "chmod u+w" in line, line
+    assert journal.read_bytes() == before
+    report = subprocess.run([*command, *args, "--report"], env=offline_env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]  # reading needs no write, nor Optuna's lock
+    assert "1 COMPLETE" in report.stdout, report.stdout
+    assert journal.read_bytes() == before
