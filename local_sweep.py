@@ -136,6 +136,10 @@ def load_sweep(path: Path) -> Sweep:
     with user_code("scheduler.search_space", source, name):
         constructor = load_trial_constructor(source, name)
         params = constructor(optuna.create_study().ask())  # a throw-away trial, as W&B's loader makes
+        fixed = sorted(set(params) & set(sweep_space.NOT_SWEPT))
+        if fixed:  # run_trial would override it with --val-size: say so rather than ignore the function's value
+            raise SweepConfigError(sweep_space.not_swept_message(f"scheduler.search_space {name!r} in {source} gives "
+                                                                 f"{fixed[0]!r}, which", fixed[0]))
         unknown = sorted(set(params) - set(p2.DEFAULTS))
         if unknown:  # `wandb agent` would pass --key=value, which part_2_cifar.py refuses
             raise SweepConfigError(f"scheduler.search_space {name!r} in {source} gives {unknown[0]!r}, which is not a "
