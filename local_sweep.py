@@ -431,6 +431,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     config = resume["config"] if resume else config
     start = f", resuming after epoch {resume['epoch']}" if resume else ", from epoch 1" if retried else ""
     print(f"{host}: trial {trial.number}" + (f" retries trial {retried[-1]}" if retried else "") + start, flush=True)
+    nulls = {key: config[key] for key, value in sampled.items() if value is None and key in p2.SETTINGS}
+    if nulls:  # the trainer's line under `wandb agent` (run_training gets the config with the defaults filled in)
+        print(f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}", flush=True)
     for key, value in {"config": config, "run_dir": str(run_dir), "host": host, "failure": "",
                        "resumed_after_epoch": resume["epoch"] if resume else 0,
                        "device": device_name(data.train_labels.device)}.items():
