@@ -44,7 +44,7 @@ import sweep_report
 import sweep_space
 from cifar_files import DataError, cifar100_source
 from run_files import LAST_CHECKPOINT, CheckpointError, device_name, load_checkpoint, unwritable
-from sweep_journal import DamagedJournal
+from sweep_journal import DamagedJournal, JournalReadOnly
 from sweep_space import Sweep, SweepConfigError
 from wandb_connect import WandbSettingsError, resolve_wandb_mode
 
@@ -69,8 +69,10 @@ class StorageError(RuntimeError):
 
 # What the study's storage raises when it fails an operation: the database gone or refusing (RDBStorage wraps
 # SQLAlchemy's errors in StorageInternalError; the scheduling lock's own connection raises them bare), a journal
-# file that cannot be read or written. A damaged journal (DamagedJournal) is the user's to fix: exit 2, not 1.
+# file that cannot be read or written. A damaged journal, or one this user may not write, is the user's to fix:
+# exit 2, not 1 (JOURNAL_TO_FIX).
 STORAGE_FAILED = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sweep_journal.JournalFailed)
+JOURNAL_TO_FIX = (DamagedJournal, JournalReadOnly)
 
 
 def storage_failure(e: BaseException) -> str:
@@ -90,7 +92,7 @@ class TrialRefused(p2.StopEarly):
         if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
             reason = (f"trial {number} was failed meanwhile by another process (its heartbeat was late: this process "
                       "stalled or lost the storage); this attempt stops, its retry continues it")
-        elif isinstance(error, DamagedJournal):
+        elif isinstance(error, JOURNAL_TO_FIX):
             reason = str(error)
         else:
             reason = f"trial {number}: {storage_failure(error)}; this attempt stops, its retry continues it"
@@ -102,7 +104,7 @@ def refusals(number: int) -> Iterator[None]:
     """Inside: a storage error of trial `number`'s updates (report, set_user_attr, tell) raises TrialRefused."""
     try:
         yield
-    except (optuna.exceptions.UpdateFinishedTrialError, DamagedJournal, *STORAGE_FAILED) as e:
+    except (optuna.exceptions.UpdateFinishedTrialError, *JOURNAL_TO_FIX, *STORAGE_FAILED) as e:
         raise TrialRefused(number, e) from None
 
 
@@ -134,6 +136,10 @@ def load_sweep(path: Path) -> Sweep:
     with user_code("scheduler.search_space", source, name):
         constructor = load_trial_constructor(source, name)
         params = constructor(optuna.create_study().ask())  # a throw-away trial, as W&B's loader makes
+        fixed = sorted(set(params) & set(sweep_space.NOT_SWEPT))
+        if fixed:  # run_trial would override it with --val-size: say so rather than ignore the function's value
+            raise SweepConfigError(sweep_space.not_swept_message(f"scheduler.search_space {name!r} in {source} gives "
+                                                                 f"{fixed[0]!r}, which", fixed[0]))
         unknown = sorted(set(params) - set(p2.DEFAULTS))
         if unknown:  # `wandb agent` would pass --key=value, which part_2_cifar.py refuses
             raise SweepConfigError(f"scheduler.search_space {name!r} in {source} gives {unknown[0]!r}, which is not a "
@@ -290,7 +296,7 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         lock_dir = path.with_name(path.name + ".locks")
         lock_dir.mkdir(parents=True, exist_ok=True)
         sweep_journal.check(path)  # a damaged last line: refused now, before anything is appended after it
-        return Store(optuna.storages.JournalStorage(sweep_journal.SafeJournalFile(str(path))), lock_dir)
+        return Store(sweep_journal.SafeJournalStorage(sweep_journal.SafeJournalFile(str(path))), lock_dir)
     url = sqlalchemy.engine.make_url(storage)
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() != "postgresql":
@@ -425,6 +431,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     config = resume["config"] if resume else config
     start = f", resuming after epoch {resume['epoch']}" if resume else ", from epoch 1" if retried else ""
     print(f"{host}: trial {trial.number}" + (f" retries trial {retried[-1]}" if retried else "") + start, flush=True)
+    nulls = {key: config[key] for key, value in sampled.items() if value is None and key in p2.SETTINGS}
+    if nulls:  # the trainer's line under `wandb agent` (run_training gets the config with the defaults filled in)
+        print(f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}", flush=True)
     for key, value in {"config": config, "run_dir": str(run_dir), "host": host, "failure": "",
                        "resumed_after_epoch": resume["epoch"] if resume else 0,
                        "device": device_name(data.train_labels.device)}.items():
@@ -500,7 +509,7 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                     # this process lets go of it. A signal that came meanwhile ends the loop at its top.
                     if not e.shown:
                         print(e, flush=True)
-                    if isinstance(e.error, DamagedJournal):
+                    if isinstance(e.error, JOURNAL_TO_FIX):
                         return cli.exit_code(e.error)
                     continue
             if code > 128:  # interrupted (run_training printed the line): queue it again, so the same command
@@ -576,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C twice outside a trial (a trial's run ends on its own): "stop now"
             print("interrupted by SIGINT: run the same command again to continue", file=sys.stderr, flush=True)
             return cli.stopped_by(signal.SIGINT)
-        except DamagedJournal as e:
+        except JOURNAL_TO_FIX as e:
             return cli.fail(e)
         except STORAGE_FAILED as e:  # running trials are failed and retried by the dead-trial rule
             return cli.fail(f"{storage_failure(e)}; run the same command again once it answers",

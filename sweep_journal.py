@@ -15,6 +15,7 @@ of the study fails (optuna issue 5138). Here:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -23,7 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal._storage import JournalOperation
 
 from cli import EXIT_BAD_INPUT, EXIT_FAILED
 
@@ -35,6 +37,13 @@ class DamagedJournal(Exception):
     """A journal line Optuna cannot read; the message is one line: the file, the line, how to recover."""
 
     exit_code = EXIT_BAD_INPUT  # a file the user must fix
+
+
+class JournalReadOnly(Exception):
+    """The journal file exists but this process may not write it (its mode, its owner, a read-only mount); the
+    message is one line saying what to do."""
+
+    exit_code = EXIT_BAD_INPUT  # a file the user must fix: the same command fails the same way until then
 
 
 class JournalFailed(Exception):
@@ -56,11 +65,37 @@ def _line_start(f, end: int) -> int:
     return 0
 
 
+OP_CODES = frozenset(op.value for op in JournalOperation)
+
+
 def _is_record(line: bytes) -> bool:
+    """Whether a line reads as an Optuna record: a JSON object with a known op_code and a worker_id (Optuna's
+    replay indexes both before anything else, and fails with a traceback on anything less)."""
     try:
-        return isinstance(json.loads(line), dict)
+        return _is_log(json.loads(line))
     except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
         return False
+
+
+def _is_log(log: Any) -> bool:
+    return (isinstance(log, dict) and type(log.get("op_code")) is int and log["op_code"] in OP_CODES
+            and isinstance(log.get("worker_id"), str))
+
+
+def _what_it_is(line: bytes) -> str:
+    """What a line that is not a record is, in words (the line without its newline)."""
+    if not line.strip():
+        return "it is empty (not written by Optuna)"
+    if line.startswith(RECORD_START[:2]) and b"\0" not in line:
+        try:
+            json.loads(line)
+        except ValueError:  # the start of a record: where Optuna's writer died
+            return "it is a record cut short (its writer died mid-append; never applied)"
+    try:
+        json.loads(line)
+    except ValueError:
+        return "it is not JSON (not written by Optuna; never applied)"
+    return "it is JSON but not an Optuna record (no known op_code and worker_id; never applied)"
 
 
 def whole_record_at(line: bytes) -> int | None:
@@ -86,9 +121,12 @@ def damaged_line(path: Path) -> tuple[int, bytes] | None:
     return None
 
 
-def damage_message(path: Path) -> str:
-    """One line: which line of the journal is damaged and how to recover, keeping a copy (sed -i.bak)."""
-    found = damaged_line(path)
+def damage_message(path: Path, number: int | None = None, why: str = "") -> str:
+    """One line: which line of the journal is damaged and how to recover, keeping a copy (sed -i.bak).
+
+    `number` (1-based) names the line when the caller knows it (a record Optuna failed to apply, `why` in words);
+    else the first line that is not a record."""
+    found = damaged_line(path) if number is None else _line(path, number)
     if found is None:  # changed since Optuna read it
         return f"journal {path} could not be read; run the command again"
     number, line = found
@@ -100,11 +138,20 @@ def damage_message(path: Path) -> str:
         fix = f"LC_ALL=C sed -i.bak '{number}s/^.\\{{{start}\\}}//' {quoted}"
         safe = f"delete those {start} bytes"
     else:
-        what = "it is not a whole record (a record cut short when its writer died: never applied)"
+        what = why or _what_it_is(line)
         fix = f"sed -i.bak '{number}d' {quoted}"
         safe = "delete that line"
     return (f"journal {path} line {number} is damaged: {what}; Optuna cannot read the study past it. It is safe to "
             f"{safe}, keeping a copy of the file: {fix}")
+
+
+def _line(path: Path, number: int) -> tuple[int, bytes] | None:
+    """(number, line `number` of the file without its newline), or None if the file is shorter."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            if n == number:
+                return number, line.rstrip(b"\r\n")
+    return None
 
 
 def set_aside_cut_record(path: Path) -> None:
@@ -179,7 +226,49 @@ class SafeJournalFile(JournalFileBackend):
                 f.write(text.encode("utf-8"))
                 f.flush()
                 os.fsync(f.fileno())
+        except PermissionError:
+            raise JournalReadOnly(read_only_message(path)) from None
         except OSError as e:
+            if e.errno == errno.EROFS:
+                raise JournalReadOnly(read_only_message(path)) from None
             raise JournalFailed(f"journal {path} cannot be written: {e}") from None
         finally:
             self._lock.release()
+
+
+def read_only_message(path: Path) -> str:
+    """One line for a journal this process may not write, and what to do."""
+    return (f"journal {path} cannot be written by this user (its mode, owner or a read-only mount): make it "
+            f"writable (chmod u+w {shlex.quote(str(path))}), or give --storage a journal file you can write; "
+            "--report only reads it")
+
+
+class SafeJournalStorage(JournalStorage):
+    """Optuna's JournalStorage on a SafeJournalFile: a record another process wrote that Optuna cannot apply (a
+    line of JSON that is not an Optuna record, an op_code without its fields) is DamagedJournal naming its line,
+    not Optuna's KeyError, TypeError or AssertionError."""
+
+    def _sync_with_backend(self) -> None:
+        replay = self._replay_result
+        logs = self._backend.read_logs(replay.log_number_read)
+        current: list[Any] = [None]
+
+        def watched() -> Iterator[Any]:
+            for log in logs:
+                current[0] = log
+                yield log
+
+        try:
+            replay.apply_logs(watched())
+        except (DamagedJournal, JournalFailed, JournalReadOnly):
+            raise
+        except Exception as e:
+            log = current[0]
+            # Optuna raises on purpose only for a record this process wrote (a finished trial, a study that exists)
+            if _is_log(log) and log["worker_id"] == replay.worker_id:
+                raise
+            # log_number_read was counted before the record was applied: it is the record's 1-based line number
+            why = "" if not _is_log(log) else (f"Optuna cannot apply it ({type(e).__name__} {e}: a field is missing "
+                                               "or wrong; never applied)")
+            raise DamagedJournal(damage_message(Path(self._backend._file_path), replay.log_number_read,
+                                                why)) from None

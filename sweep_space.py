@@ -24,6 +24,9 @@ METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")  # what p
 # flat number there. part_2_cifar.run_training writes these (val_accuracy is {"max": x} under define_metric; the test
 # accuracy is never used to choose).
 SUMMARY_OBJECTIVES = ("best_val_accuracy", "flops_per_image", "parameters")
+# Settings a sweep cannot vary, and the option that sets them for every trial: the validation split is what trials
+# are compared on, so it must be the same images for all of them (README: val_size is never swept)
+NOT_SWEPT = {"val_size": "--val-size"}
 SCHEDULER_KEYS = ("engine", "source", "optimizer", "search_space")  # W&B's schema allows no other key
 QUANTILE_EPS = 1e-6  # the normal family is sampled as a quantile in [eps, 1 - eps]: +-4.75 sigma
 LOG_UNIFORM = ("log_uniform", "q_log_uniform", "inv_log_uniform", "log_uniform_values", "q_log_uniform_values",
@@ -236,6 +239,8 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
         ("metric goal", metric.get("goal", "minimize"), ("minimize", "maximize"))))  # W&B's default goal
     params = []
     for name, spec in raw.get("parameters", {}).items():
+        if name in NOT_SWEPT:
+            raise SweepConfigError(not_swept_message(f"parameter {name!r}", name))
         if name not in defaults:
             raise SweepConfigError(f"parameter {name!r} is not a part_2_cifar.py setting (those are "
                                    f"{', '.join(defaults)})")
@@ -257,6 +262,12 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
         hyperband_bands(early)  # fail now, not when the first trial reports
     return Sweep(method, metric_name, goal, tuple(params), early, metric.get("target"), raw,
                  objectives=objectives, scheduler=scheduler)
+
+
+def not_swept_message(where: str, name: str) -> str:
+    """One line: `name` (a NOT_SWEPT key) found at `where` cannot be swept, and the option that sets it."""
+    return (f"{where} cannot be swept: every trial is validated on the same held-out images, so that trials compare; "
+            f"remove it and set it for all trials with {NOT_SWEPT[name]}")
 
 
 def _scheduler(raw: dict, method: str) -> dict:

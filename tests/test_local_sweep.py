@@ -121,6 +121,18 @@ def write_sweep(path: Path, parameters: dict, **top) -> Path:
     return path
 
 
+@pytest.mark.parametrize("spec", [{"values": [100, 200]}, {"value": 100}, {"values": [None]}],
+                         ids=["values", "value", "null"])
+def test_val_size_in_a_sweep_file_is_refused_naming_the_option(spec, tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "v.json", {"val_size": spec})
+    args = [str(sweep), "--runs-dir", str(tmp_path / "runs"), "--images-dir", str(tmp_path / "images"),
+            "--data-dir", str(tmp_path / "no-data"), "--trials", "1", "--wandb-mode", "disabled"]
+    assert local_sweep.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'val_size' cannot be swept" in err and "--val-size" in err, err
+    assert not (tmp_path / "runs" / local_sweep.DEFAULT_STORAGE_FILE).exists()  # refused before any study or trial
+
+
 def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
     sweep = local_sweep.load_sweep(ROOT / "sweep_config.json")
     sampler = sweep_space.make_sampler(sweep)

@@ -342,6 +342,9 @@ def filters(trial):
 
 def unknown_key(trial):
     return {"filters": trial.suggest_int("filters", 1, 2)}
+
+def val_size(trial):
+    return {"val_size": trial.suggest_int("val_size", 100, 200), "epochs": 1}
 '''
 
 
@@ -378,6 +381,7 @@ def test_scheduler_search_space_defines_each_trials_config_as_in_wandb(offline, 
     ({"optimizer": "broken"}, "scheduler.optimizer 'broken'"),
     ({"optimizer": "absent"}, "has no attribute 'absent'"),
     ({"search_space": "unknown_key"}, "'filters', which is not a part_2_cifar.py setting"),
+    ({"search_space": "val_size"}, "'val_size', which cannot be swept"),
 ], ids=lambda x: x if isinstance(x, str) else None)
 def test_a_scheduler_function_local_sweep_cannot_run_is_one_line(names, words, offline, learnable_data_dir, capsys):
     no_parameters = {"parameters": None} if "search_space" in names else {}  # the function defines them

@@ -10,9 +10,11 @@ test_sweep_machines.py.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -196,8 +198,30 @@ def cut_then_newline(journal: Path) -> None:
                                                     "user_attr": {"note": 1}}])
 
 
+def a_line_in_the_middle(text: bytes) -> Callable[[Path], None]:
+    """A line that is not an Optuna record (JSON or not), then a whole record after it, as a stray write leaves."""
+
+    def damage(journal: Path) -> None:
+        with open(journal, "ab") as f:
+            f.write(text + b"\n")
+        JournalFileBackend(str(journal)).append_logs([{"op_code": 2, "worker_id": "other", "study_id": 0,
+                                                        "user_attr": {"note": 1}}])
+
+    damage.__name__ = f"line_{text[:24]!r}"
+    return damage
+
+
+NOT_RECORDS = [(b"{}", "JSON but not an Optuna record"), (b"null", "JSON but not an Optuna record"),
+               (b"42", "JSON but not an Optuna record"),
+               (b'{"op_code":99,"worker_id":"x"}', "JSON but not an Optuna record"),
+               (b'{"op_code":"2","worker_id":"x","study_id":0}', "JSON but not an Optuna record"),
+               (b'{"op_code":2,"worker_id":"x"}', "Optuna cannot apply it"),  # a known op_code, a field missing
+               (b"garbage", "not JSON"), (b"", "empty"), (b"\0\0\0\0", "not JSON")]
+
+
 @pytest.mark.parametrize("damage, safe", [(glued_in_the_middle, "delete those"), (glued_at_the_end, "delete those"),
-                                          (cut_then_newline, "delete that line")],
+                                          (cut_then_newline, "a record cut short"),
+                                          *[(a_line_in_the_middle(text), what) for text, what in NOT_RECORDS]],
                          ids=lambda x: getattr(x, "__name__", x))
 def test_a_damaged_journal_is_one_line_exit_2_and_its_advice_recovers_the_study(finished_journal, tmp_path,
                                                                                  offline_env, capsys, damage, safe):
@@ -216,28 +240,60 @@ def test_a_damaged_journal_is_one_line_exit_2_and_its_advice_recovers_the_study(
     err = capsys.readouterr().err.strip()
     assert err == line, err
     assert journal.read_bytes() == damaged
+    if damage not in (glued_in_the_middle, glued_at_the_end, cut_then_newline):  # it names only what the line is
+        assert "cut short" not in line and "delete that line" in line, line
     fix = line.split("keeping a copy of the file: ", 1)[1]
     subprocess.run(["bash", "-c", fix], check=True, timeout=60)  # the advice, as the user would run it
     assert journal.with_name(journal.name + ".bak").read_bytes() == damaged  # sed kept a copy
     assert local_sweep.main([*args, "--trials", "2"]) == 0
     study = stock_study(journal, "cut")
     assert sum(t.state in local_sweep.FINISHED for t in study.trials) == 2
-    if damage is not cut_then_newline:  # the glued records are whole again
+    if damage in (glued_in_the_middle, glued_at_the_end):  # the glued records are whole again
         assert "note" in study.user_attrs
 
 
 def is_record(line: bytes) -> bool:
+    """Whether a line is what Optuna writes: an object with a known op_code, a worker_id, and the ids it acts on."""
     try:
-        return isinstance(json.loads(line), dict)
+        log = json.loads(line)
     except ValueError:
         return False
+    return (isinstance(log, dict) and type(log.get("op_code")) is int and 0 <= log["op_code"] <= 10
+            and isinstance(log.get("worker_id"), str) and len(log) > 2)
 
 
 def test_the_advice_quotes_a_journal_path_with_spaces(tmp_path):
     journal = tmp_path / "my runs" / "study journal.log"
     journal.parent.mkdir()
-    journal.write_bytes(b'{"op_code":0,"a":1}\n{"op_code":2,"b"{"op_code":2,"c":3}\n{"op_code":2,"d":4}\n')
+    journal.write_bytes(b'{"op_code":0,"worker_id":"w","a":1}\n{"op_code":2,"b"{"op_code":2,"worker_id":"w","c":3}\n'
+                        b'{"op_code":2,"worker_id":"w","d":4}\n')
     fix = sweep_journal.damage_message(journal).split("keeping a copy of the file: ", 1)[1]
     assert shlex.split(fix)[-1] == str(journal)
     subprocess.run(["bash", "-c", fix], check=True, timeout=60)
-    assert journal.read_bytes().splitlines() == [b'{"op_code":0,"a":1}', b'{"op_code":2,"c":3}', b'{"op_code":2,"d":4}']
+    assert journal.read_bytes().splitlines() == [b'{"op_code":0,"worker_id":"w","a":1}',
+                                                 b'{"op_code":2,"worker_id":"w","c":3}',
+                                                 b'{"op_code":2,"worker_id":"w","d":4}']
+
+
+def without_root_override() -> list[str]:
+    """The command prefix under which file modes bind (root's CAP_DAC_OVERRIDE dropped), as for any other user."""
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+
+
+def test_a_read_only_journal_is_one_line_exit_2_and_its_report_still_works(finished_journal, tmp_path, offline_env):
+    args, journal = finished_journal
+    journal.chmod(0o444)
+    before = journal.read_bytes()
+    command = [*without_root_override(), sys.executable, str(ROOT / "local_sweep.py")]
+    done = subprocess.run([*command, *args, "--trials", "2"], env=offline_env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert_no_traceback(done.stdout + done.stderr)
+    (line,) = done.stderr.strip().splitlines()
+    assert f"journal {journal} cannot be written" in line and "chmod u+w" in line, line
+    assert journal.read_bytes() == before
+    report = subprocess.run([*command, *args, "--report"], env=offline_env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]  # reading needs no write, nor Optuna's lock
+    assert "1 COMPLETE" in report.stdout, report.stdout
+    assert journal.read_bytes() == before

@@ -82,7 +82,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_null_under_local_sweep_trains_with_the_default_and_records_it(tmp_path, tiny_data_dir, one_thread):
+def test_null_under_local_sweep_trains_with_the_default_and_records_it(tmp_path, tiny_data_dir, one_thread,
+                                                                       capsys):
     sweep = tmp_path / "nulls.json"
     sweep.write_text(json.dumps({"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"},
                                  "parameters": {key: {"value": value} for key, value in FAST_CONFIG.items()} | {
@@ -90,6 +91,9 @@ def test_null_under_local_sweep_trains_with_the_default_and_records_it(tmp_path,
     runs = tmp_path / "runs"
     assert local_sweep.main([str(sweep), "--trials", "1", "--data-dir", str(tiny_data_dir), "--runs-dir", str(runs),
                              "--val-size", "200", "--wandb-mode", "disabled", "--images-dir", str(tmp_path)]) == 0
+    said = [x for x in capsys.readouterr().out.splitlines() if x.startswith("null means the default")]
+    assert said == [f"null means the default: weight_decay={trainer.DEFAULTS['weight_decay']}, "
+                    f"label_smoothing={trainer.DEFAULTS['label_smoothing']}"], said  # once, as the trainer says it
     (row,) = csv.DictReader((runs / "nulls" / "trials.csv").open())
     summary = json.loads((runs / "nulls" / "trial-0000" / "summary.json").read_text())
     for key in ("weight_decay", "label_smoothing"):
