@@ -847,6 +847,15 @@ def check_not_complete(run_dir: Path, resume: dict) -> None:
                           "resume and nothing changed; start a new run to train again")
 
 
+def stopped_state(run_dir: Path) -> str:
+    """What a run stopped outside training has left in run_dir, and how to go on: the end of a one-line message."""
+    if (read_summary(run_dir) or {}).get("status") in ENDED:
+        return f"the run is complete in {run_dir} (its W&B upload may be incomplete)"
+    if (run_dir / LAST_CHECKPOINT).is_file():
+        return f"{run_dir / LAST_CHECKPOINT} holds the last finished epoch; continue with --resume {run_dir}"
+    return "no epoch had finished; the same command starts again"
+
+
 def fail_sweep_run(line: str, config: dict, mode: str) -> int:
     """Inside a W&B sweep, a value the trainer refuses must show where the sweep is watched: start the agent's run
     only to finish it as failed with the line in its summary (and printed). Exit code 2."""
@@ -891,9 +900,13 @@ def main(argv: list[str] | None = None) -> int:
             init.update(project=args.wandb_project, id=run_dir.name)
         config = resume["config"] if resume else config
         val_size = config["val_size"]
-        code, summary = run_training(config, lambda: prepare_data(source, val_size, device), run_dir, init,
-                                     check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
-                                     log_model=args.log_model)
+        try:
+            code, summary = run_training(config, lambda: prepare_data(source, val_size, device), run_dir, init,
+                                         check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
+                                         log_model=args.log_model)
+        except KeyboardInterrupt:  # Ctrl-C twice outside the training's own handler: W&B's start, upload or finish
+            print(f"interrupted by SIGINT: {stopped_state(run_dir)}", file=sys.stderr, flush=True)
+            return stopped_by(signal.SIGINT)
         if code == 0:
             print(outcome_line(summary, run_dir), flush=True)
         if stop.signum is not None and code == 0:

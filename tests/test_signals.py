@@ -138,6 +138,41 @@ def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(tiny_
     assert 4 <= saved_epoch(tmp_path / "runs" / "nohup") < EPOCHS
 
 
+# W&B's start and the end of a run (upload, finish) are outside the training loop. A slow one is made here by a stand-in
+# that prints a line and sleeps; the process, its signals and what it prints are real.
+SLOW_STAGE = """
+import sys, time
+import part_2_cifar as p2
+real = getattr(p2, sys.argv[1])
+def slow(*args, **kwargs):
+    print("slow stage", flush=True)
+    time.sleep(120)
+    return real(*args, **kwargs)
+setattr(p2, sys.argv[1], slow)
+sys.exit(p2.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(("stage", "said"), [
+    ("start_wandb_run", "no epoch had finished; the same command starts again"),
+    ("_end_run", "the run is complete in "),
+])
+def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(stage, said, tiny_data_dir, tmp_path,
+                                                                               offline_env):
+    process = Process([sys.executable, "-c", SLOW_STAGE, stage, *run_args(tiny_data_dir, tmp_path / "runs", 1)],
+                      offline_env, tmp_path)
+    deadline = time.monotonic() + 240
+    while "slow stage\n" not in process.lines:
+        assert process.popen.poll() is None and time.monotonic() < deadline, process.popen.stderr.read()
+        time.sleep(0.05)
+    process.popen.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # the first one is only noted; the second means "stop now"
+    process.popen.send_signal(signal.SIGINT)
+    code, stderr = process.finish()
+    assert code == 128 + signal.SIGINT
+    assert one_line(stderr).startswith(f"interrupted by SIGINT: {said}")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # A local sweep
 
