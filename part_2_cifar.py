@@ -801,7 +801,8 @@ def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Names
 def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
     """(run folder, its last.pt or None). A run resumes from --resume, or when an agent relaunches a preempted run
     under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line.
-    Raises CheckpointError for a last.pt that cannot be resumed, RunComplete for a run that has ended."""
+    Raises CheckpointError for a last.pt that cannot be resumed or without the best.pt it names, RunComplete for a
+    run that has ended."""
     run_id = os.environ.get("WANDB_RUN_ID")
     if args.resume is None and not (run_id and (args.runs_dir / run_id / LAST_CHECKPOINT).is_file()):
         return args.runs_dir / (run_id or secrets.token_hex(4)), None  # 8 characters in [0-9a-f]: a valid W&B id
@@ -815,6 +816,9 @@ def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | No
             why = " (its schedule is fixed by its budget: start a new run to train longer)" if key == "epochs" else ""
             print(f"--{key}={getattr(args, key)} ignored: the resumed run keeps {key}={value}{why}", flush=True)
     check_not_complete(run_dir, resume)
+    if resume["best_epoch"] and not (run_dir / BEST_CHECKPOINT).is_file():  # the end scores and uploads best.pt
+        raise CheckpointError(f"{run_dir} has {LAST_CHECKPOINT} but no {BEST_CHECKPOINT} (epoch "
+                              f"{resume['best_epoch']}'s weights, the best so far): copy the whole run folder")
     print(f"resuming {run_dir} after epoch {resume['epoch']}", flush=True)
     return run_dir, resume
 
