@@ -801,7 +801,8 @@ def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Names
 def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
     """(run folder, its last.pt or None). A run resumes from --resume, or when an agent relaunches a preempted run
     under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line.
-    Raises CheckpointError for a last.pt that cannot be resumed, RunComplete for a run that has ended."""
+    Raises CheckpointError for a last.pt that cannot be resumed or without the best.pt it names, RunComplete for a
+    run that has ended."""
     run_id = os.environ.get("WANDB_RUN_ID")
     if args.resume is None and not (run_id and (args.runs_dir / run_id / LAST_CHECKPOINT).is_file()):
         return args.runs_dir / (run_id or secrets.token_hex(4)), None  # 8 characters in [0-9a-f]: a valid W&B id
@@ -815,6 +816,9 @@ def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | No
             why = " (its schedule is fixed by its budget: start a new run to train longer)" if key == "epochs" else ""
             print(f"--{key}={getattr(args, key)} ignored: the resumed run keeps {key}={value}{why}", flush=True)
     check_not_complete(run_dir, resume)
+    if resume["best_epoch"] and not (run_dir / BEST_CHECKPOINT).is_file():  # the end scores and uploads best.pt
+        raise CheckpointError(f"{run_dir} has {LAST_CHECKPOINT} but no {BEST_CHECKPOINT} (epoch "
+                              f"{resume['best_epoch']}'s weights, the best so far): copy the whole run folder")
     print(f"resuming {run_dir} after epoch {resume['epoch']}", flush=True)
     return run_dir, resume
 
@@ -845,6 +849,15 @@ def check_not_complete(run_dir: Path, resume: dict) -> None:
     if summary is not None and summary.get("status") in ENDED and summary.get("epochs_completed") == resume["epoch"]:
         raise RunComplete(f"{run_dir} is complete ({summary['status']} after epoch {resume['epoch']}): nothing to "
                           "resume and nothing changed; start a new run to train again")
+
+
+def stopped_state(run_dir: Path) -> str:
+    """What a run stopped outside training has left in run_dir, and how to go on: the end of a one-line message."""
+    if (read_summary(run_dir) or {}).get("status") in ENDED:
+        return f"the run is complete in {run_dir} (its W&B upload may be incomplete)"
+    if (run_dir / LAST_CHECKPOINT).is_file():
+        return f"{run_dir / LAST_CHECKPOINT} holds the last finished epoch; continue with --resume {run_dir}"
+    return "no epoch had finished; the same command starts again"
 
 
 def fail_sweep_run(line: str, config: dict, mode: str) -> int:
@@ -891,9 +904,13 @@ def main(argv: list[str] | None = None) -> int:
             init.update(project=args.wandb_project, id=run_dir.name)
         config = resume["config"] if resume else config
         val_size = config["val_size"]
-        code, summary = run_training(config, lambda: prepare_data(source, val_size, device), run_dir, init,
-                                     check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
-                                     log_model=args.log_model)
+        try:
+            code, summary = run_training(config, lambda: prepare_data(source, val_size, device), run_dir, init,
+                                         check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
+                                         log_model=args.log_model)
+        except KeyboardInterrupt:  # Ctrl-C twice outside the training's own handler: W&B's start, upload or finish
+            print(f"interrupted by SIGINT: {stopped_state(run_dir)}", file=sys.stderr, flush=True)
+            return stopped_by(signal.SIGINT)
         if code == 0:
             print(outcome_line(summary, run_dir), flush=True)
         if stop.signum is not None and code == 0:

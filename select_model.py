@@ -156,7 +156,7 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
     if a training failed, else 0."""
     slots, running, failures, forwarded = cli.gpu_slots(args.workers), {}, set(), False
     pending = list(todo)
-    while pending or running:
+    while running or (pending and stop.signum is None):  # after a signal, what has not started waits for a rerun
         try:
             for slot in [s for s in range(args.workers) if s not in running and pending and stop.signum is None]:
                 run_id, config = pending.pop(0)
@@ -187,8 +187,8 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
                     last = (selection_dir / run_id / "output.log").read_text().strip().splitlines()[-1:]
                     print(f"  {run_id} failed (exit {process.returncode}): {' '.join(last)}", file=sys.stderr)
             time.sleep(0.2)
-        except KeyboardInterrupt:  # Ctrl-C twice: the trainers got it too (one process group) and stop now
-            pass
+        except KeyboardInterrupt:  # Ctrl-C twice: the trainers got it too (one process group) and stop now;
+            pass  # wait for them (each saves nothing more and ends at once), so none is left running unseen
     if stop.signum is not None:
         print(f"interrupted by {signal.Signals(stop.signum).name}: run the same command to continue", file=sys.stderr)
         return cli.stopped_by(stop.signum)

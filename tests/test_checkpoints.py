@@ -185,6 +185,24 @@ def test_resume_on_a_copy_of_the_same_data_continues(tiny_data_dir, tmp_path, of
     assert summary["status"] == "finished" and [m["epoch"] for m in summary["history"]] == [1, 2]
 
 
+def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes_on_once_it_is_copied(
+        tiny_data_dir, tmp_path, offline_env):
+    crashed = crashed_after_epoch_1(tiny_data_dir, tmp_path / "runs" / "crashed")
+    moved = tmp_path / "other-machine" / "crashed"  # the user copied last.pt alone
+    moved.mkdir(parents=True)
+    shutil.copy2(crashed / "last.pt", moved / "last.pt")
+    args = [*fast_args(tiny_data_dir, tmp_path / "other-machine"), "--resume", str(moved)]
+    result = run(trainer_command(*args), offline_env, tmp_path)
+    assert result.returncode == 2
+    assert one_line_error(result.stderr) == (f"error: cannot resume: {moved} has last.pt but no best.pt (epoch 1's "
+                                             "weights, the best so far): copy the whole run folder")
+    assert [p.name for p in moved.iterdir()] == ["last.pt"]  # nothing trained, nothing written
+    shutil.copy2(crashed / "best.pt", moved / "best.pt")
+    again = run(trainer_command(*args), offline_env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((moved / "summary.json").read_text())["status"] == "finished"
+
+
 def test_resuming_a_finished_run_changes_nothing_it_wrote(tiny_data_dir, other_data_dir, tmp_path, offline_env):
     first = run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs", epochs=1)), offline_env, tmp_path)
     assert first.returncode == 0, first.stderr

@@ -138,6 +138,41 @@ def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(tiny_
     assert 4 <= saved_epoch(tmp_path / "runs" / "nohup") < EPOCHS
 
 
+# W&B's start and the end of a run (upload, finish) are outside the training loop. A slow one is made here by a stand-in
+# that prints a line and sleeps; the process, its signals and what it prints are real.
+SLOW_STAGE = """
+import sys, time
+import part_2_cifar as p2
+real = getattr(p2, sys.argv[1])
+def slow(*args, **kwargs):
+    print("slow stage", flush=True)
+    time.sleep(120)
+    return real(*args, **kwargs)
+setattr(p2, sys.argv[1], slow)
+sys.exit(p2.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(("stage", "said"), [
+    ("start_wandb_run", "no epoch had finished; the same command starts again"),
+    ("_end_run", "the run is complete in "),
+])
+def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(stage, said, tiny_data_dir, tmp_path,
+                                                                               offline_env):
+    process = Process([sys.executable, "-c", SLOW_STAGE, stage, *run_args(tiny_data_dir, tmp_path / "runs", 1)],
+                      offline_env, tmp_path)
+    deadline = time.monotonic() + 240
+    while "slow stage\n" not in process.lines:
+        assert process.popen.poll() is None and time.monotonic() < deadline, process.popen.stderr.read()
+        time.sleep(0.05)
+    process.popen.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # the first one is only noted; the second means "stop now"
+    process.popen.send_signal(signal.SIGINT)
+    code, stderr = process.finish()
+    assert code == 128 + signal.SIGINT
+    assert one_line(stderr).startswith(f"interrupted by SIGINT: {said}")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # A local sweep
 
@@ -246,8 +281,8 @@ def set_epochs(runs: Path, epochs: int) -> None:
     (runs / "original" / "summary.json").write_text(json.dumps(summary))
 
 
-def select_command(runs: Path, data_dir: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "select_model.py"), str(runs), "--top", "1", "--seeds", "1", "--data-dir",
+def select_command(runs: Path, data_dir: Path, seeds: int = 1) -> list[str]:
+    return [sys.executable, str(ROOT / "select_model.py"), str(runs), "--top", "1", "--seeds", str(seeds), "--data-dir",
             str(data_dir), "--wandb-mode", "disabled", "--images-dir", str(runs.parent / "images")]
 
 
@@ -281,3 +316,23 @@ def test_model_selection_under_nohup_ignores_sighup_and_finishes(one_finished_ru
     (seed,) = one_finished_run.glob("selection/*/")
     assert json.loads((seed / "summary.json").read_text())["status"] == "finished"
     assert (one_finished_run / "selection.json").is_file()
+
+
+def test_a_stop_with_trainings_not_yet_started_ends_model_selection_and_the_same_command_resumes(
+        one_finished_run, tiny_data_dir, tmp_path, offline_env):
+    command = select_command(one_finished_run, tiny_data_dir, seeds=2)  # one worker: the second seed waits its turn
+    for attempt in range(2):
+        process = Process(command, offline_env, tmp_path)
+        deadline = time.monotonic() + 240
+        # The first command stops its first seed once an epoch is saved; the second once it has resumed that seed.
+        while not (list(one_finished_run.glob("selection/*/last.pt")) if attempt == 0 else
+                   "resuming" in "".join(p.read_text() for p in one_finished_run.glob("selection/*/output.log"))):
+            assert process.popen.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.popen.send_signal(signal.SIGTERM)
+        code, stderr = process.finish()
+        assert code == 128 + signal.SIGTERM
+        assert one_line(stderr) == "interrupted by SIGTERM: run the same command to continue"
+        (seed,) = one_finished_run.glob("selection/*/")  # the second seed never started
+        assert saved_epoch(seed) < EPOCHS and not (one_finished_run / "selection.json").exists()
+    assert "2 trainings to run, 0 already finished" in "".join(process.lines)
