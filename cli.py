@@ -4,6 +4,7 @@ part_2_cifar.py, local_sweep.py, select_model.py and trt_export.py all end the s
 Their exit codes follow one table (EXIT_CODES, and the README's "Exit codes").
 Their parsers print one line for a bad option.
 A stop signal is a graceful stop everywhere: saved, then exit 128 + n.
+Output that goes away (`| head -1`, a terminal gone after logout) ends no work: it goes to /dev/null.
 Only the standard library is imported here, so any module can import this one.
 """
 
