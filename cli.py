@@ -4,6 +4,7 @@ part_2_cifar.py, local_sweep.py, select_model.py and trt_export.py all end the s
 Their exit codes follow one table (EXIT_CODES, and the README's "Exit codes").
 Their parsers print one line for a bad option.
 A stop signal is a graceful stop everywhere: saved, then exit 128 + n.
+Output that goes away (`| head -1`, a terminal gone after logout) ends no work: it goes to /dev/null.
 Only the standard library is imported here, so any module can import this one.
 """
 
@@ -140,9 +141,70 @@ def leave_a_lost_terminal() -> None:
             termios.tcgetattr(fd)  # EIO once the terminal is gone; ENOTTY for a file or pipe, which stay
         except termios.error as e:
             if e.args[0] == errno.EIO:
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, fd)
-                os.close(null)
+                point_at_devnull(fd)
+
+
+LOST_OUTPUT = (errno.EPIPE, errno.EIO)  # the reader of a pipe exited (`| head`); the terminal is gone (logout)
+
+
+def point_at_devnull(fd: int) -> None:
+    """Make file descriptor `fd` /dev/null: every later write there succeeds and goes nowhere."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
+class OutputThatMayGoAway:
+    """sys.stdout or sys.stderr, whose writes survive the reader going away without a SIGHUP.
+
+    A pipe whose reader exited (`| head -1`: EPIPE, since Python ignores SIGPIPE) or a terminal left behind by a
+    background job after logout (EIO) make every write raise, and a print would end a training midway. The first
+    such failure points the stream's file descriptor at /dev/null (the dup2 of Python's "Note on SIGPIPE", so the
+    interpreter's final flush succeeds as well and the exit code stays the command's); the work goes on unseen.
+    Other errors (a full disk under `> file`) still raise. Everything but write/writelines/flush is the stream's.
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def _lost(self, error: OSError) -> None:
+        if error.errno not in LOST_OUTPUT:
+            raise error
+        try:
+            point_at_devnull(self.stream.fileno())
+        except (OSError, ValueError):  # a stream with no file descriptor (io.StringIO): replace the stream itself
+            self.stream = open(os.devnull, "w")
+        if error.errno == errno.EIO:
+            leave_a_lost_terminal()  # the other of stdout and stderr is most likely the same lost terminal
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            self._lost(e)
+            return len(text)  # what the buffers still hold goes to /dev/null with the next flush
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as e:
+            self._lost(e)
+            self.stream.flush()
+
+    def __getattr__(self, name: str):  # fileno, isatty, encoding, buffer, closed ...: the stream's own
+        return getattr(self.stream, name)
+
+
+def survive_lost_output() -> None:
+    """Wrap sys.stdout and sys.stderr in OutputThatMayGoAway, once; StopOnSignal does it for every command."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, OutputThatMayGoAway):
+            setattr(sys, name, OutputThatMayGoAway(stream))
 
 
 class StopOnSignal:
@@ -154,13 +216,15 @@ class StopOnSignal:
     sent). A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download. A signal the caller
     ignores stays ignored: `nohup` ignores SIGHUP, and a non-interactive shell starts background jobs with SIGINT and
     SIGQUIT ignored; child processes inherit that. One inside another (a local sweep's main, then its worker loop)
-    shares the signal with it, both ways.
+    shares the signal with it, both ways. Entering it also makes stdout and stderr survive a reader that went away
+    (survive_lost_output): every command starts here, and a lost output ends no work.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
 
     def __enter__(self) -> StopOnSignal:
+        survive_lost_output()
         handlers = [getattr(signal.getsignal(sig), "__self__", None) for sig in STOP_SIGNALS]
         self.outer = next((h for h in handlers if isinstance(h, StopOnSignal)), None)
         self.signum = self.signum or (self.outer.signum if self.outer else None)

@@ -3,6 +3,7 @@ a signal the caller ignores (nohup, a script's background job) stays ignored. Re
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT, cli_args, offline_wandb_run, trainer_command
 
+import cli
 import local_sweep
 import part_2_cifar as trainer
 import run_files
@@ -171,6 +173,68 @@ def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(sta
     code, stderr = process.finish()
     assert code == 128 + signal.SIGINT
     assert one_line(stderr).startswith(f"interrupted by SIGINT: {said}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Output that goes away without a SIGHUP: the work goes on unseen (cli.OutputThatMayGoAway)
+
+
+def assert_finished_quietly(code: int, stderr: str, tmp_path: Path, run_id: str, epochs: int) -> None:
+    assert code == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_completed"]) == ("finished", epochs)
+    assert offline_wandb_run(tmp_path / "wandb", run_id)[0] == 0  # the W&B run finished, exit 0
+
+
+def test_a_pipe_whose_reader_exits_after_the_first_line_does_not_end_the_training(tiny_data_dir, tmp_path,
+                                                                                   offline_env):
+    # `part_2_cifar.py ... | head -1`: once head exits, every write to stdout fails (EPIPE; Python ignores SIGPIPE).
+    epochs, read_end, write_end = 5, *os.pipe()
+    process = subprocess.Popen(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs", epochs)),
+                               env=offline_env | {"WANDB_RUN_ID": "piped"}, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                               stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        assert EPOCH_LINE.match(reader.readline())
+    _, stderr = process.communicate(timeout=240)
+    assert_finished_quietly(process.returncode, stderr, tmp_path, "piped", epochs)
+
+
+def test_only_a_reader_that_went_away_is_forgiven_a_full_disk_still_raises():
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as piped:
+        stream = cli.OutputThatMayGoAway(piped)
+        stream.write("x")
+        stream.flush()  # EPIPE: from now on the descriptor is /dev/null
+        stream.write("y")
+        stream.flush()
+        assert os.fstat(piped.fileno()).st_rdev == os.stat(os.devnull).st_rdev
+    full = open("/dev/full", "w")  # noqa: SIM115 - closed by hand below: its close fails as well
+    stream = cli.OutputThatMayGoAway(full)
+    stream.write("x")
+    with pytest.raises(OSError, match="No space left"):
+        stream.flush()
+    with contextlib.suppress(OSError):
+        full.close()
+
+
+def test_a_terminal_gone_without_a_sighup_does_not_end_the_training(tiny_data_dir, tmp_path, offline_env):
+    # `part_2_cifar.py ... &` then logout: bash sends background jobs no SIGHUP, and every write to the terminal the job
+    # still holds fails (EIO), on stdout and stderr alike. A pty that is not the job's controlling terminal is that.
+    epochs, (master, terminal) = 5, os.openpty()
+    process = subprocess.Popen(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs", epochs)),
+                               env=offline_env | {"WANDB_RUN_ID": "bg"}, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                               stdout=terminal, stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    shown, deadline = b"", time.monotonic() + 240
+    while not EPOCH_LINE.search(shown.decode(errors="replace")):
+        assert process.poll() is None and time.monotonic() < deadline, shown.decode()[-2000:]
+        shown += os.read(master, 65536)
+    os.close(master)  # logout: the terminal is gone
+    process.wait(timeout=240)
+    assert_finished_quietly(process.returncode, "", tmp_path, "bg", epochs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

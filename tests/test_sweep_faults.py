@@ -297,3 +297,21 @@ def test_a_read_only_journal_is_one_line_exit_2_and_its_report_still_works(finis
     assert report.returncode == 0, report.stderr[-3000:]  # reading needs no write, nor Optuna's lock
     assert "1 COMPLETE" in report.stdout, report.stdout
     assert journal.read_bytes() == before
+
+
+def test_a_report_piped_into_a_reader_that_exits_is_still_written_and_exits_0(finished_journal, tmp_path,
+                                                                                offline_env):
+    # `local_sweep.py FILE --report | head -0`: the reader is gone before the first line; the CSV and the plots are
+    # still written, and the process ends 0 without a traceback (cli.OutputThatMayGoAway).
+    args, _ = finished_journal
+    for old in (*tmp_path.glob("runs/*/trials.csv"), *tmp_path.glob("runs/images/*")):
+        old.unlink()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    report = subprocess.run([sys.executable, str(ROOT / "local_sweep.py"), *args, "--report"], env=offline_env,
+                            cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(write_end)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert_no_traceback(report.stderr)
+    assert "Exception ignored" not in report.stderr, report.stderr
+    assert list(tmp_path.glob("runs/*/trials.csv")) and list(tmp_path.glob("runs/images/*.png"))
