@@ -59,6 +59,18 @@ def fresh_wandb_settings():
 
 
 @pytest.fixture()
+def one_thread():
+    """In-process training on one torch thread, as the subprocesses have (OMP_NUM_THREADS=1): two spinning threads
+    on a busy 2-core machine train many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
 def offline_env(tmp_path) -> dict:
     """Environment for a subprocess: no W&B key, no netrc, W&B files under tmp_path, never a login prompt."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

@@ -262,15 +262,6 @@ def states(runs_dir: Path, study: str) -> list[str]:
     return [t.state.name for t in optuna.load_study(study_name=study, storage=storage).trials]
 
 
-@pytest.fixture()
-def one_thread():
-    """One torch thread in this process, as the subprocesses have (OMP_NUM_THREADS=1): a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_sighup_to_a_local_sweep_leaves_its_trial_for_a_retry_that_continues_it(tiny_data_dir, tmp_path,
                                                                                  offline_env, one_thread, capsys):
     sweep, runs = write_sweep(tmp_path / "hup.json", epochs=6), tmp_path / "runs"

@@ -32,17 +32,6 @@ TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters
         "num_filters_3": {"value": 16}}  # a CPU epoch on the learnable data takes well under a second
 
 
-@pytest.fixture()
-def one_thread():
-    """In-process sweeps: one torch thread (two spinning threads on a busy 2-core machine train 30x slower)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_sweep(path: Path, parameters: dict, method: str = "random") -> Path:
     path.write_text(json.dumps({"program": "part_2_cifar.py", "method": method,
                                 "metric": {"name": "val_accuracy", "goal": "maximize"},

@@ -71,17 +71,6 @@ def test_null_under_wandb_agent_trains_with_the_default_and_records_it(tmp_path,
     assert wandb_summary["defaults_used"] == {"weight_decay": default}  # what the run used
 
 
-@pytest.fixture()
-def one_thread():
-    """One torch thread in this process, as the subprocesses have (OMP_NUM_THREADS=1): a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_null_under_local_sweep_trains_with_the_default_and_records_it(tmp_path, tiny_data_dir, one_thread,
                                                                        capsys):
     sweep = tmp_path / "nulls.json"
