@@ -40,6 +40,14 @@ class Process:
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.popen.stdout), daemon=True)
         self.reader.start()
 
+    def wait_until(self, condition, seconds: float = 240) -> None:
+        """Until condition() is true, the process alive all the while."""
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert self.popen.poll() is None, f"ended early ({self.popen.returncode}): {self.popen.stderr.read()}"
+            assert time.monotonic() < deadline, f"waited {seconds} s: {self.lines[-5:]}"
+            time.sleep(0.05)
+
     def wait_for_epoch(self, epoch: int, seconds: float = 240) -> None:
         """Until some process writing to stdout has printed the line of `epoch` (a trainer, or a sweep's worker)."""
         deadline = time.monotonic() + seconds
@@ -302,10 +310,7 @@ def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_
     sweep, runs = write_sweep(tmp_path / "two.json", epochs=EPOCHS), tmp_path / "runs"
     process = Process(["nohup", *sweep_command(sweep, tiny_data_dir, runs, "--trials", "2", "--workers", "2")],
                       offline_env, tmp_path, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while len(list(runs.glob("two/trial-*/last.pt"))) < 2:  # both workers in a trial, an epoch saved
-        assert process.popen.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    process.wait_until(lambda: len(list(runs.glob("two/trial-*/last.pt"))) >= 2)  # both workers saved an epoch
     os.killpg(process.popen.pid, signal.SIGHUP)  # the terminal closes: launcher and workers all get it, and ignore it
     process.wait_for_more_epochs(4)  # both still training
     process.popen.send_signal(signal.SIGQUIT)  # the launcher only: it passes the signal on
@@ -344,10 +349,7 @@ def select_command(runs: Path, data_dir: Path, seeds: int = 1) -> list[str]:
 def test_sighup_to_model_selection_stops_its_trainer_gracefully(one_finished_run, tiny_data_dir, tmp_path,
                                                                  offline_env):
     process = Process(select_command(one_finished_run, tiny_data_dir), offline_env, tmp_path)
-    deadline = time.monotonic() + 240
-    while not list(one_finished_run.glob("selection/*/last.pt")):
-        assert process.popen.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    process.wait_until(lambda: list(one_finished_run.glob("selection/*/last.pt")))
     process.popen.send_signal(signal.SIGHUP)
     code, stderr = process.finish()
     assert code == 128 + signal.SIGHUP
@@ -361,10 +363,7 @@ def test_model_selection_under_nohup_ignores_sighup_and_finishes(one_finished_ru
                                                                  offline_env):
     set_epochs(one_finished_run, 6)  # the retraining runs to its end
     process = Process(["nohup", *select_command(one_finished_run, tiny_data_dir)], offline_env, tmp_path)
-    deadline = time.monotonic() + 240
-    while not list(one_finished_run.glob("selection/*/last.pt")):
-        assert process.popen.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    process.wait_until(lambda: list(one_finished_run.glob("selection/*/last.pt")))
     process.popen.send_signal(signal.SIGHUP)
     code, stderr = process.finish()
     assert code == 0, stderr
@@ -376,14 +375,17 @@ def test_model_selection_under_nohup_ignores_sighup_and_finishes(one_finished_ru
 def test_a_stop_with_trainings_not_yet_started_ends_model_selection_and_the_same_command_resumes(
         one_finished_run, tiny_data_dir, tmp_path, offline_env):
     command = select_command(one_finished_run, tiny_data_dir, seeds=2)  # one worker: the second seed waits its turn
+
+    def saved() -> bool:
+        return bool(list(one_finished_run.glob("selection/*/last.pt")))
+
+    def resumed() -> bool:
+        return "resuming" in "".join(p.read_text() for p in one_finished_run.glob("selection/*/output.log"))
+
     for attempt in range(2):
         process = Process(command, offline_env, tmp_path)
-        deadline = time.monotonic() + 240
         # The first command stops its first seed once an epoch is saved; the second once it has resumed that seed.
-        while not (list(one_finished_run.glob("selection/*/last.pt")) if attempt == 0 else
-                   "resuming" in "".join(p.read_text() for p in one_finished_run.glob("selection/*/output.log"))):
-            assert process.popen.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        process.wait_until(saved if attempt == 0 else resumed)
         process.popen.send_signal(signal.SIGTERM)
         code, stderr = process.finish()
         assert code == 128 + signal.SIGTERM
