@@ -71,6 +71,18 @@ def one_thread():
 
 
 @pytest.fixture()
+def offline(monkeypatch, tmp_path, one_thread):
+    """In-process runs: W&B offline, its files under tmp_path, no key to find; one torch thread. Yields tmp_path."""
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    yield tmp_path
+
+
+@pytest.fixture()
 def offline_env(tmp_path) -> dict:
     """Environment for a subprocess: no W&B key, no netrc, W&B files under tmp_path, never a login prompt."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

@@ -152,23 +152,6 @@ def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
 # Sweeps that train
 
 
-@pytest.fixture()
-def offline(monkeypatch, tmp_path):
-    """In-process runs: W&B offline, its files under tmp_path, no key to find; one torch thread."""
-    import torch
-
-    for key in [k for k in os.environ if k.startswith("WANDB_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a busy 2-core machine two spinning threads per process trained 30x slower
-    yield tmp_path
-    torch.set_num_threads(threads)
-
-
 def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
     return [str(sweep), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--val-size", "100",
             "--images-dir", str(runs_dir / "images"), *more]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -213,21 +212,6 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(o
         other.tell_run(suggestion.run_id, RunWithMetrics(suggestion.config, RunState.FINISHED, "w",
                                                          finished[0][1], []))
     assert not other.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))  # why local_sweep.py refuses it
-
-
-@pytest.fixture()
-def offline(monkeypatch, tmp_path):
-    """In-process W&B runs, offline, files under tmp_path, no key to find; one torch thread."""
-    for key in [k for k in os.environ if k.startswith("WANDB_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    threads = p2.torch.get_num_threads()
-    p2.torch.set_num_threads(1)  # on a busy 2-core machine two spinning threads per process trained 30x slower
-    yield tmp_path
-    p2.torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
