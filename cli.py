@@ -29,6 +29,13 @@ EXIT_CODES = {EXIT_DONE: "done", EXIT_FAILED: "a failure at run time",
               f"{SIGNAL_BASE}+n": "stopped by signal n (saved first)"}
 
 
+class CommandError(Exception):
+    """The base of every error this project raises for people: str(error) is the one line a command prints, and
+    `exit_code` its row of EXIT_CODES (a subclass sets it). Each command's main turns one into that line and code."""
+
+    exit_code = EXIT_FAILED
+
+
 def exit_code(error: BaseException) -> int:
     """The exit code an error ends a command with: its class's `exit_code`, else EXIT_FAILED.
 
