@@ -128,9 +128,9 @@ def refusals_end_training(number: int, on_epoch: Callable[[dict], None]) -> tupl
 
 def load_sweep(path: Path) -> Sweep:
     """The sweep file translated for part_2_cifar.py's settings and rules, with what its `command` passes every
-    run and scheduler.search_space loaded."""
-    sweep = sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config)
-    sweep = with_command(sweep)
+    run and scheduler.optimizer and search_space loaded."""
+    sweep = with_command(sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config))
+    sweep = dataclasses.replace(sweep, optimizer=study_factory(sweep))  # the user's code, before any study
     if "search_space" not in sweep.scheduler:
         return sweep
     from wandb.sdk.sweeps.scheduler.optuna import load_trial_constructor  # W&B's own loader and checks
@@ -194,11 +194,12 @@ def with_command(sweep: Sweep) -> Sweep:
     if "resume" in given:
         raise SweepConfigError(f"command --resume {given['resume']}: every trial would continue that one run; "
                                "remove it")
-    settings = {key: value for key, value in given.items() if key in p2.SETTINGS and key not in SHARED_OPTIONS}
+    settings = {key: value for key, value in given.items() if key in p2.SETTINGS}
     try:
         settings = {key: p2.validate_config(settings)[key] for key in settings}
     except p2.ConfigError as e:
         raise SweepConfigError(f"command: {e}") from None
+    settings.pop("val_size", None)  # an option of local_sweep.py too (Sweep.options), checked here all the same
     swept = {param.name for param in sweep.params}
     for key in sorted(settings.keys() & swept):
         notes.append(f"command --{key}={settings[key]}: the swept {key} replaces it on every run, as under "
@@ -415,7 +416,7 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
     """Create the study, or load it and check it was made from the same sweep file."""
-    sampler, pruner = study_factory(sweep) or (sweep_space.make_sampler(sweep), sweep_space.make_pruner(sweep))
+    sampler, pruner = sweep.optimizer or (sweep_space.make_sampler(sweep), sweep_space.make_pruner(sweep))
     if not create:
         try:
             return optuna.load_study(study_name=name, storage=store.storage, sampler=sampler, pruner=pruner)

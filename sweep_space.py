@@ -349,7 +349,7 @@ def translate_parameter(name: str, spec: Any, method: str = "random", notes: lis
     _finite(name, kind, [low, high, high - low])
     if kind in DEPRECATED:  # W&B's schema warns, its engine draws: the same here, said in one line
         notes.append(f"parameter {name!r}: {kind} reads min and max as natural-log exponents, as W&B does (its "
-                     f"schema: \"Use {DEPRECATED[kind]} to specify limit values\"): values {low:.4g}..{high:.4g}")
+                     f"schema: \"Use {DEPRECATED[kind]} to specify limit values\"): values {low:.5g}..{high:.5g}")
     if kind in ("uniform", "q_uniform"):  # q_uniform: round(U(min, max) / q) * q, so the ends weigh half
         param = Param(name, FloatDistribution(low, high), q=q)
     elif low <= 0:  # e^min underflowed
@@ -412,6 +412,8 @@ class Sweep:
     objectives: tuple[tuple[str, str], ...] = ()
     scheduler: Mapping[str, str] = field(default_factory=dict)  # method custom: W&B's scheduler block
     search_space: Callable[[optuna.Trial], dict] | None = None  # scheduler.search_space, loaded by local_sweep.py
+    # scheduler.optimizer: the (sampler, pruner) of the study the user's function makes, loaded by local_sweep.py
+    optimizer: tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner] | None = None
     name: str | None = None  # the sweep's name (text, whatever YAML made of it)
     run_cap: int | None = None  # the most runs (trials, not counting retries) the sweep makes, as W&B's run_cap
     command: tuple[str, ...] | None = None  # the `command` list as `wandb agent` reads it (text); None: default
@@ -485,7 +487,7 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
     _unknown_keys("", raw, TOP_LEVEL_KEYS)
     notes: list[str] = []
     raw = dict(raw)
-    not_text = [key for key in TEXT_KEYS if key in raw and not isinstance(raw[key], str)]
+    not_text = [key for key in raw if key in TEXT_KEYS and not isinstance(raw[key], str)]
     metric = raw.get("metric")
     written = read_as_text() if not_text or isinstance(metric, dict) and not isinstance(
         metric.get("name", ""), str) else {}

@@ -380,3 +380,4 @@ def test_a_scheduler_function_local_sweep_cannot_run_is_one_line(names, words, o
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, offline / "runs", "--trials", "2")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and f"scheduler.{next(iter(names))}" in err, err
+    assert not (offline / "runs").exists()  # refused before any study or journal record
