@@ -127,10 +127,10 @@ def refusals_end_training(number: int, on_epoch: Callable[[dict], None]) -> tupl
 
 
 def load_sweep(path: Path) -> Sweep:
-    """The sweep file translated for part_2_cifar.py's settings and rules, with what its `command` passes every
-    run and scheduler.optimizer and search_space loaded."""
+    """The sweep file translated for part_2_cifar.py's settings and rules, with what its `command`
+    passes every run and scheduler.optimizer and search_space loaded."""
     sweep = with_command(sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config))
-    sweep = dataclasses.replace(sweep, optimizer=study_factory(sweep))  # the user's code, before any study
+    sweep = dataclasses.replace(sweep, optimizer=study_factory(sweep))  # before any study is made
     if "search_space" not in sweep.scheduler:
         return sweep
     from wandb.sdk.sweeps.scheduler.optuna import load_trial_constructor  # W&B's own loader and checks
@@ -150,22 +150,26 @@ def load_sweep(path: Path) -> Sweep:
     return dataclasses.replace(sweep, search_space=constructor)
 
 
-# `wandb agent` fills a command's ${...} from these (wandb_agent.Agent._command_run); part_2_cifar.py reads the
-# sampled values in the forms of ARGS_MACROS (as --key=value or --key value), and a run started by the default
-# command's LAUNCHER is one local_sweep.py trains in its own process
+# `wandb agent` fills a command's ${...} from these (wandb_agent.Agent._command_run);
+# part_2_cifar.py reads the sampled values in the forms of ARGS_MACROS (as --key=value or --key
+# value), and a run started by the default command's LAUNCHER is one local_sweep.py trains in its
+# own process
 ARGS_MACROS = ("${args}", "${args_no_equals}", "${args_no_boolean_flags}")
-OTHER_MACROS = ("${args_no_hyphens}", "${args_json}", "${args_json_file}", "${args_dict}", "${args_append_hydra}",
-                "${args_override_hydra}", "${env}", "${interpreter}", "${program}")
+OTHER_MACROS = ("${args_no_hyphens}", "${args_json}", "${args_json_file}", "${args_dict}",
+                "${args_append_hydra}", "${args_override_hydra}", "${env}", "${interpreter}",
+                "${program}")
 LAUNCHER = ("${env}", "${interpreter}")
-SHARED_OPTIONS = ("val_size", "data_dir", "runs_dir", "device", "wandb_mode", "wandb_project")  # cli.common_options
+# cli.common_options: the options local_sweep.py shares with part_2_cifar.py
+SHARED_OPTIONS = ("val_size", "data_dir", "runs_dir", "device", "wandb_mode", "wandb_project")
 
 
 def with_command(sweep: Sweep) -> Sweep:
-    """The sweep with what its `command` passes part_2_cifar.py on every run, as `wandb agent` builds the command
-    line: the options written after ${program} (${envvar:NAME} filled in as the agent fills it), parsed by the
-    trainer's own parser. Settings go to every trial (a swept one wins, as W&B's values reach wandb.config);
-    the options local_sweep.py shares with the trainer become its own (Sweep.options). SweepConfigError for a
-    command whose runs part_2_cifar.py would refuse or cannot be part_2_cifar.py at all."""
+    """The sweep with what its `command` passes part_2_cifar.py on every run, as `wandb agent`
+    builds the command line: the options written after ${program} (${envvar:NAME} filled in as the
+    agent fills it), parsed by the trainer's own parser. Settings go to every trial (a swept one
+    wins, as W&B's values reach wandb.config); the options local_sweep.py shares with the trainer
+    become its own (Sweep.options). SweepConfigError for a command whose runs part_2_cifar.py would
+    refuse or cannot be part_2_cifar.py at all."""
     if sweep.command is None:
         return sweep
     from wandb.sdk.launch.sweeps.utils import create_sweep_command
@@ -174,68 +178,75 @@ def with_command(sweep: Sweep) -> Sweep:
     program = next((i for i, chunk in enumerate(chunks) if chunk == "${program}"
                     or Path(chunk).name == "part_2_cifar.py"), None)
     if program is None:
-        raise SweepConfigError(f"command {chunks}: it runs neither ${{program}} nor part_2_cifar.py, which is all "
-                               "local_sweep.py can run")
+        raise SweepConfigError(f"command {chunks}: it runs neither ${{program}} nor "
+                               "part_2_cifar.py, which is all local_sweep.py can run")
     notes = list(sweep.notes)
     launcher = [chunk for chunk in chunks[:program] if chunk not in LAUNCHER]
     if launcher:
-        notes.append(f"command: {' '.join(launcher)} is not used: local_sweep.py trains part_2_cifar.py in its own "
-                     "process")
+        notes.append(f"command: {' '.join(launcher)} is not used: local_sweep.py trains "
+                     "part_2_cifar.py in its own process")
     options = []
     for chunk in chunks[program + 1:]:
         if chunk in ARGS_MACROS:
             continue
         if chunk.startswith("${") and chunk.endswith("}"):
-            what = "passes the values in a form part_2_cifar.py does not read" if chunk in OTHER_MACROS else (
-                "is not a macro `wandb agent` knows: it passes nothing")
+            known = chunk in OTHER_MACROS
+            what = ("passes the values in a form part_2_cifar.py does not read" if known
+                    else "is not a macro `wandb agent` knows: it passes nothing")
             raise SweepConfigError(f"command {chunk} {what}: use ${{args}}")
         options.append(chunk)
     given = trainer_options(options)
     if "resume" in given:
-        raise SweepConfigError(f"command --resume {given['resume']}: every trial would continue that one run; "
-                               "remove it")
+        raise SweepConfigError(f"command --resume {given['resume']}: every trial would continue "
+                               "that one run; remove it")
     settings = {key: value for key, value in given.items() if key in p2.SETTINGS}
     try:
         settings = {key: p2.validate_config(settings)[key] for key in settings}
     except p2.ConfigError as e:
         raise SweepConfigError(f"command: {e}") from None
-    settings.pop("val_size", None)  # an option of local_sweep.py too (Sweep.options), checked here all the same
+    settings.pop("val_size", None)  # an option of local_sweep.py (Sweep.options), checked above
     swept = {param.name for param in sweep.params}
     for key in sorted(settings.keys() & swept):
-        notes.append(f"command --{key}={settings[key]}: the swept {key} replaces it on every run, as under "
-                     "wandb agent (the sweep's values reach wandb.config)")
-    return dataclasses.replace(sweep, fixed={k: v for k, v in settings.items() if k not in swept}, notes=tuple(notes),
-                               options={key: given[key] for key in SHARED_OPTIONS if key in given})
+        notes.append(f"command --{key}={settings[key]}: the swept {key} replaces it on every run, "
+                     "as under wandb agent (the sweep's values reach wandb.config)")
+    return dataclasses.replace(sweep, fixed={k: v for k, v in settings.items() if k not in swept},
+                               options={key: given[key] for key in SHARED_OPTIONS if key in given},
+                               notes=tuple(notes))
 
 
 def trainer_options(options: list[str]) -> dict:
-    """{dest: value} of the options part_2_cifar.py's parser reads in `options` (those that differ from its
-    defaults), or SweepConfigError with the parser's own words where every run would fail on them."""
+    """{dest: value} of the options part_2_cifar.py's parser reads in `options` (those that differ
+    from its defaults), or SweepConfigError with the parser's own words where every run would fail
+    on them."""
     said = io.StringIO()
     try:
         with redirect_stderr(said):
             parsed = vars(p2.parse_args(options, in_sweep=True))
     except SystemExit:  # the parser's one-line error, as every run would print it
         reason = said.getvalue().strip().split("error: ", 1)[-1].removesuffix(" (see --help)")
-        raise SweepConfigError(f"command {' '.join(options)}: part_2_cifar.py refuses it: {reason}") from None
+        raise SweepConfigError(f"command {' '.join(options)}: part_2_cifar.py refuses "
+                               f"it: {reason}") from None
     if parsed["unrecognized"]:
-        raise SweepConfigError(f"command {' '.join(options)}: part_2_cifar.py would refuse every run: "
-                               f"{parsed['unrecognized']}")
+        raise SweepConfigError(f"command {' '.join(options)}: part_2_cifar.py would refuse every "
+                               f"run: {parsed['unrecognized']}")
     defaults = vars(p2.parse_args([], in_sweep=True))
     return {key: value for key, value in parsed.items() if value != defaults[key]}
 
 
 def sweep_options(args: argparse.Namespace, sweep: Sweep) -> list[str]:
-    """Set local_sweep.py's options from the sweep file as W&B would use it: its command's options, and its
-    project (where W&B puts the sweep's runs); an option given on the command line here wins, said in a line."""
+    """Set local_sweep.py's options from the sweep file as W&B would use it: its command's options,
+    and its project (where W&B puts the sweep's runs); an option given on the command line here
+    wins, said in a line."""
     defaults = vars(p2.shared_options().parse_args([]))
     lines = []
-    for key, value in (sweep.options | ({"wandb_project": sweep.project} if sweep.project else {})).items():
+    project = {"wandb_project": sweep.project} if sweep.project else {}  # W&B's: over the command's
+    for key, value in (sweep.options | project).items():
         given = getattr(args, key)
         if given is None or given == defaults[key]:
             setattr(args, key, value)
         elif str(given) != str(value):
-            lines.append(f"--{key.replace('_', '-')} {given} given here replaces the sweep file's {value}")
+            lines.append(f"--{key.replace('_', '-')} {given} given here replaces the sweep file's "
+                         f"{value}")
     return lines
 
 
@@ -297,7 +308,8 @@ class Store:
                                    {"key": zlib.crc32(study.study_name.encode())})
                 yield
         else:
-            with open(self.lock_dir / f"{sweep_space.safe_file_name(study.study_name)}.lock", "a") as f:
+            lock = self.lock_dir / f"{sweep_space.safe_file_name(study.study_name)}.lock"
+            with open(lock, "a") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)  # the kernel releases it when the process dies
                 yield
 
@@ -416,7 +428,8 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
     """Create the study, or load it and check it was made from the same sweep file."""
-    sampler, pruner = sweep.optimizer or (sweep_space.make_sampler(sweep), sweep_space.make_pruner(sweep))
+    sampler, pruner = sweep.optimizer or (sweep_space.make_sampler(sweep),
+                                          sweep_space.make_pruner(sweep))
     if not create:
         try:
             return optuna.load_study(study_name=name, storage=store.storage, sampler=sampler, pruner=pruner)
@@ -436,32 +449,33 @@ def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> op
 
 
 def study_size(trials: int | None, sweep: Sweep) -> tuple[float, float, str | None]:
-    """(finished trials, runs) at which the study ends, and a line where the sweep file's bound and --trials
-    differ: --trials counts finished trials, W&B's run_cap and a grid's points count runs (next_trial); the
-    smaller ends the study. ConfigError if nothing ends it."""
-    bounds = [(sweep.run_cap, f"run_cap {sweep.run_cap} (sweep file)")] if sweep.run_cap else []
+    """(finished trials, runs) at which the study ends, and a line where the sweep file's bound and
+    --trials differ: --trials counts finished trials, W&B's run_cap and a grid's points count runs
+    (next_trial); the smaller ends the study. ConfigError if nothing ends it."""
+    bounds = [(sweep.run_cap, f"run_cap {sweep.run_cap} of the sweep "
+                              "file")] if sweep.run_cap else []
     if sweep.method == "grid":
         points = sweep_space.grid_size(sweep)
-        bounds.append((points, f"the grid's {points} points"))
+        bounds.append((points, f"the grid ({points} points, each run once)"))
     if trials is None and not bounds:
-        raise p2.ConfigError("--trials N (N >= 1) is required: the sweep file has neither run_cap nor method grid "
-                             "to end the study")
+        raise p2.ConfigError("--trials N (N >= 1) is required: the sweep file has neither run_cap "
+                             "nor method grid to end the study")
     runs, by = min(bounds, default=(math.inf, ""))
     if trials is None:
         return math.inf, runs, None
     if runs < trials:
-        return trials, runs, f"{by} end the study after {runs} runs (each point once), before --trials {trials}" if (
-            by.startswith("the grid")) else f"{by} ends the study after {runs} runs, before --trials {trials}"
+        return trials, runs, f"{by} ends the study after {runs} runs, before --trials {trials}"
     if bounds and trials < runs:
-        return trials, runs, f"--trials {trials} ends the study before {by}"
+        return trials, runs, f"--trials {trials} ends the study first ({by}: {runs} runs)"
     return trials, runs, None
 
 
 def next_trial(study: optuna.Study, store: Store, trials: float, target: float | None,
                claim: ExitStack, runs: float = math.inf) -> optuna.Trial | str:
-    """A new trial kept alive by `claim`, or "done" (`trials` finished, `runs` run, or the target reached), or
-    "wait" (the rest run). A run is a trial that finished or failed for good (a retried one counts once), as W&B
-    counts the runs of its run_cap and its grid: a grid point that fails is not run again."""
+    """A new trial kept alive by `claim`, or "done" (`trials` finished, `runs` run, or the target
+    reached), or "wait" (the rest run). A run is a trial that finished or failed for good (a retried
+    one counts once), as W&B counts the runs of its run_cap and its grid: a grid point that fails is
+    not run again."""
     with store.scheduling(study):
         dead = store.fail_dead_trials(study)
         if dead:
@@ -470,11 +484,15 @@ def next_trial(study: optuna.Study, store: Store, trials: float, target: float |
         states = Counter(t.state for t in everyone)
         finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
         retried = {n for t in everyone for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
-        ran = finished + sum(t.state == TrialState.FAIL and t.number not in retried for t in everyone)
-        if finished >= trials or ran >= runs or (target is not None and states[TrialState.COMPLETE] and (
-                study.best_value >= target if study.direction.name == "MAXIMIZE" else study.best_value <= target)):
+        ran = finished + sum(t.state == TrialState.FAIL and t.number not in retried
+                             for t in everyone)
+        reached = target is not None and states[TrialState.COMPLETE] and (
+            study.best_value >= target if study.direction.name == "MAXIMIZE"
+            else study.best_value <= target)
+        if finished >= trials or ran >= runs or reached:
             return "done"
-        if finished + states[TrialState.RUNNING] >= trials or ran + states[TrialState.RUNNING] >= runs:
+        running = states[TrialState.RUNNING]
+        if finished + running >= trials or ran + running >= runs:
             return "wait"
         trial = study.ask()  # a queued retry first, else a new config from the sampler
         claim.enter_context(store.keep_alive(study, trial))
@@ -543,7 +561,8 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     host = socket.gethostname()
     sampled = sweep.search_space(trial) if sweep.search_space else {p.name: p.sample(trial) for p in sweep.params}
     config = p2.with_defaults(dict(sweep.fixed) | sampled | {"val_size": args.val_size})
-    run_dir = args.runs_dir / sweep_space.safe_file_name(study.study_name) / f"trial-{trial.number:04d}"
+    folder = args.runs_dir / sweep_space.safe_file_name(study.study_name)
+    run_dir = folder / f"trial-{trial.number:04d}"
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
     resume = resume_point(run_dir.with_name(f"trial-{retried[-1]:04d}"), run_dir) if retried else None
@@ -562,7 +581,7 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     pruning.replay((resume or {}).get("history", []))  # the epochs the dead attempt finished
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
-    if sweep.entity:  # the sweep file's entity: where `wandb sync` puts the runs, as W&B puts a sweep's
+    if sweep.entity:  # the sweep file's: where `wandb sync` puts the runs, as W&B puts a sweep's
         init["entity"] = sweep.entity
     guarded_on_epoch, refused = refusals_end_training(trial.number, pruning.on_epoch)
     code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
@@ -584,7 +603,8 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
         if code != 0 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
             return code, TrialState.FAIL, None
         return code, TrialState.COMPLETE, values
-    # W&B's value of a run (SweepRun.metric_extremum): the best of its history rows, or its summary's number
+    # W&B's value of a run (SweepRun.metric_extremum): the best of its history rows, or its
+    # summary's number
     value = pruning.best if pruning.prunable else summary_value(summary, sweep.metric)
     if code != 0 or not isinstance(value, (int, float)) or not math.isfinite(value):
         return code, TrialState.FAIL, None
@@ -592,7 +612,8 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
 
 
 def summary_value(summary: dict, name: str) -> object:
-    """The number `name` as the run's W&B summary holds it: a history metric's last value, else the summary's."""
+    """The number `name` as the run's W&B summary holds it: a history metric's last value, else the
+    summary's."""
     if name in sweep_space.HISTORY_METRICS:
         return (summary.get("history") or [{}])[-1].get(name)
     return summary.get(name)
@@ -604,10 +625,9 @@ def summary_value(summary: dict, name: str) -> object:
 
 def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, store: Store,
          trials: float, runs: float = math.inf) -> int:
-    """Run trials until the study has `trials` finished ones or `runs` runs (next_trial); return an exit code. A
-    stop signal (any of
-    cli.STOP_SIGNALS the caller does not ignore) stops training between steps: the trial is failed and
-    queued for a retry, and the worker exits 128 + signal."""
+    """Run trials until the study has `trials` finished ones or `runs` runs (next_trial); return an
+    exit code. A stop signal (any of cli.STOP_SIGNALS the caller does not ignore) stops training
+    between steps: the trial is failed and queued for a retry, and the worker exits 128 + signal."""
     failures = 0
     with cli.StopOnSignal() as stop:
 
@@ -689,8 +709,9 @@ def launch_workers(argv: list[str], workers: int) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.OneLineErrorParser(__doc__, parents=(p2.shared_options(),))
     parser.add_argument("sweep_config", type=Path, help="a W&B sweep file (JSON or YAML), e.g. sweep_config.json")
-    parser.add_argument("--trials", type=cli.positive_int, help="finished (COMPLETE + PRUNED) trials the study "
-                        "reaches (required unless --report, or the sweep file has run_cap or method grid)")
+    parser.add_argument("--trials", type=cli.positive_int,
+                        help="finished (COMPLETE + PRUNED) trials the study reaches (required "
+                             "unless --report, or the sweep file has run_cap or method grid)")
     parser.add_argument("--study", help="study name (default: the sweep file's name, e.g. sweep_config)")
     parser.add_argument("--storage", help=f"journal file (default <runs-dir>/{DEFAULT_STORAGE_FILE}) for one machine, "
                         "or postgresql://user:password@host/database to share the study between machines")
@@ -729,9 +750,11 @@ def run_sweep(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
-        # Everything the sweep file and the options decide comes first: a refused file leaves nothing behind
-        sweep = load_sweep(args.sweep_config)  # its command may set --runs-dir, --val-size, ...
-        for line in [*sweep.notes, *sweep_options(args, sweep)] if args.worker_of is None else []:
+        # Everything the sweep file and the options decide comes first: a refused file leaves
+        # nothing behind
+        sweep = load_sweep(args.sweep_config)
+        said = [*sweep.notes, *sweep_options(args, sweep)]  # its command may set --runs-dir, ...
+        for line in said if args.worker_of is None else []:  # the launcher says it, not each worker
             print(f"note: {line}", flush=True)
         for option, folder in (("--runs-dir", args.runs_dir), ("--images-dir", args.images_dir)):
             if why := unwritable(folder):
@@ -742,7 +765,8 @@ def run_sweep(argv: list[str]) -> int:
                 print(line, flush=True)
             args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
         store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
-        study = open_study(sweep, args.study or sweep.name or args.sweep_config.stem, store, create=not args.report)
+        name = args.study or sweep.name or args.sweep_config.stem
+        study = open_study(sweep, name, store, create=not args.report)
         if args.report:
             sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
             return cli.EXIT_DONE

@@ -1,13 +1,13 @@
-"""W&B sweep file -> Optuna: the search space, sampler and pruner that local_sweep.py runs. Pure: no torch, no I/O
-beyond reading the file.
+"""W&B sweep file -> Optuna: the search space, sampler and pruner that local_sweep.py runs. Pure: no
+torch, no I/O beyond reading the file.
 
-A sweep file means here what it means to W&B: it is read as `wandb sweep` reads it (YAML), checked against W&B's
-sweep schema and engine (the `sweeps` package, sweeps 0.3.0: schema.json, fill_parameter, next_run), and each
-parameter is drawn as that engine draws it (method custom: as W&B's Optuna scheduler translates it). What W&B
-refuses is refused with one line (SweepConfigError); what W&B's schema only warns about is refused too, or read
-as W&B reads it with a one-line note (Sweep.notes). tests/test_sweep_differential.py holds this to W&B's own
-engine on generated sweep files; the README ("Without W&B") lists where this program differs on purpose.
-"""
+A sweep file means here what it means to W&B: it is read as `wandb sweep` reads it (YAML), checked
+against W&B's sweep schema and engine (the `sweeps` package, sweeps 0.3.0: schema.json,
+fill_parameter, next_run), and each parameter is drawn as that engine draws it (method custom: as
+W&B's Optuna scheduler translates it). What W&B refuses is refused with one line (SweepConfigError);
+what W&B's schema only warns about is refused too, or read as W&B reads it with a one-line note
+(Sweep.notes). tests/test_sweep_differential.py holds this to W&B's own engine on generated sweep
+files; the README ("Without W&B") lists where this program differs on purpose."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from contextlib import redirect_stderr
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from pathlib import Path
-from statistics import NormalDist, StatisticsError
+from statistics import NormalDist
 from typing import Any
 
 import optuna
@@ -33,29 +33,33 @@ from optuna.trial import FrozenTrial
 
 from cli import EXIT_BAD_INPUT
 
-# What part_2_cifar.py writes to W&B. A sweep's metric may name any of these numbers, as W&B's may: every epoch's
-# history row (part_2_cifar.train's metrics), and the numbers only its summary holds (run_training). The test
-# accuracy is never chosen on (it would no longer measure anything), so a sweep may not name it.
-HISTORY_METRICS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate",
-                   "epoch_seconds", "train_images_per_second")
-SUMMARY_METRICS = ("best_val_accuracy", "best_epoch", "total_seconds", "parameters", "flops_per_image")
+# What part_2_cifar.py writes to W&B. A sweep's metric may name any of these numbers, as W&B's may:
+# every epoch's history row (part_2_cifar.train's metrics), and the numbers only its summary holds
+# (run_training). The test accuracy is never chosen on (it would no longer measure anything), so a
+# sweep may not name it.
+HISTORY_METRICS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                   "learning_rate", "epoch_seconds", "train_images_per_second")
+SUMMARY_METRICS = ("best_val_accuracy", "best_epoch", "total_seconds", "parameters",
+                   "flops_per_image")
 NEVER_CHOSEN_ON = ("test_accuracy", "test_loss")
 # Settings a sweep cannot vary, and the option that sets them for every trial: the validation split is what trials
 # are compared on, so it must be the same images for all of them (README: val_size is never swept)
 NOT_SWEPT = {"val_size": "--val-size"}
-QUANTILE_EPS = 1e-6  # a distribution Optuna lacks is drawn as a quantile in [eps, 1 - eps] (normal: +-4.75 sigma)
+# A distribution Optuna lacks is drawn as a quantile in [eps, 1 - eps] (normal: +-4.75 sigma)
+QUANTILE_EPS = 1e-6
 QUANTILE = FloatDistribution(QUANTILE_EPS, 1 - QUANTILE_EPS)
 
 # W&B's sweep schema (sweeps 0.3.0, schema.json): the top-level keys, and those that hold text
-TOP_LEVEL_KEYS = ("apiVersion", "kind", "controller", "description", "program", "job", "image_uri", "entity",
-                  "project", "method", "command", "name", "run_cap", "metric", "metrics", "scheduler",
-                  "early_terminate", "parameters")
-TEXT_KEYS = ("apiVersion", "description", "program", "job", "image_uri", "entity", "project", "name")
+TOP_LEVEL_KEYS = ("apiVersion", "kind", "controller", "description", "program", "job", "image_uri",
+                  "entity", "project", "method", "command", "name", "run_cap", "metric", "metrics",
+                  "scheduler", "early_terminate", "parameters")
+TEXT_KEYS = ("apiVersion", "description", "program", "job", "image_uri", "entity", "project",
+             "name")
 METHODS = ("bayes", "random", "grid", "custom")
 METRIC_KEYS = ("name", "goal", "target", "impute", "impute_while_running")
 IMPUTE = ("latest", "best", "worst")
 SCHEDULER_KEYS = ("engine", "source", "optimizer", "search_space")  # W&B's schema allows no other key
-PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # W&B's schema: propertyNames of parameters
+PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # W&B's schema: names of parameters
 GRID_KINDS = ("constant", "categorical", "int_uniform", "q_uniform")  # sweeps.grid_search_next_runs
 DEPRECATED = {"log_uniform": "log_uniform_values", "inv_log_uniform": "inv_log_uniform_values",
               "q_log_uniform": "q_log_uniform_values"}  # W&B v1 kinds: min and max are natural logs
@@ -67,7 +71,7 @@ class SweepConfigError(ValueError):
     exit_code = EXIT_BAD_INPUT
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # W&B's parameter kinds, as its engine tells them apart
 
 
@@ -84,16 +88,18 @@ NON_NEGATIVE = ("a number >= 0", lambda v: _is_number(v) and v >= 0)
 POSITIVE = ("a number > 0", lambda v: _is_number(v) and v > 0)
 INTEGER = ("an integer", _is_int)
 LIST = ("a non-empty list", lambda v: isinstance(v, list) and len(v) > 0)
-WEIGHTS = ("a non-empty list of numbers >= 0", lambda v: LIST[1](v) and all(NON_NEGATIVE[1](p) for p in v))
+WEIGHTS = ("a non-empty list of "
+           "numbers >= 0", lambda v: LIST[1](v) and all(NON_NEGATIVE[1](p) for p in v))
 ANYTHING = ("anything", lambda v: True)
-# Each kind: (required keys, the keys it takes and what each must be), in the order W&B's engine tries them
-# (schema.json definitions.parameter.anyOf; fill_parameter keeps the first kind the spec fits). A kind whose
-# `distribution` W&B can infer has it optional.
+# Each kind: (required keys, the keys it takes and what each must be), in the order W&B's engine
+# tries them (schema.json definitions.parameter.anyOf; fill_parameter keeps the first kind the spec
+# fits). A kind whose `distribution` W&B can infer has it optional.
 KINDS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, Callable[[Any], bool]]]]] = {
     "q_beta": (("distribution",), {"a": NON_NEGATIVE, "b": NON_NEGATIVE, "q": POSITIVE}),
     "beta": (("distribution",), {"a": NON_NEGATIVE, "b": NON_NEGATIVE}),
     "categorical": (("values",), {"values": LIST}),
-    "categorical_w_probabilities": (("values", "probabilities"), {"values": LIST, "probabilities": WEIGHTS}),
+    "categorical_w_probabilities": (("values", "probabilities"),
+                                    {"values": LIST, "probabilities": WEIGHTS}),
     "int_uniform": (("min", "max"), {"min": INTEGER, "max": INTEGER}),
     "uniform": (("min", "max"), {"min": NUMBER, "max": NUMBER}),
     "log_normal": (("distribution",), {"mu": NUMBER, "sigma": NON_NEGATIVE}),
@@ -101,15 +107,18 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, Callable[[Any], boo
     "inv_log_uniform": (("distribution", "min", "max"), {"min": NUMBER, "max": NUMBER}),
     "normal": (("distribution",), {"mu": NUMBER, "sigma": NON_NEGATIVE}),
     "q_log_normal": (("distribution",), {"q": POSITIVE, "mu": NUMBER, "sigma": NON_NEGATIVE}),
-    "q_log_uniform": (("distribution", "min", "max"), {"min": NUMBER, "max": NUMBER, "q": POSITIVE}),
+    "q_log_uniform": (("distribution", "min", "max"),
+                      {"min": NUMBER, "max": NUMBER, "q": POSITIVE}),
     "q_normal": (("distribution",), {"q": POSITIVE, "mu": NUMBER, "sigma": NON_NEGATIVE}),
     "q_uniform": (("distribution", "min", "max"), {"min": NUMBER, "max": NUMBER, "q": POSITIVE}),
     "constant": (("value",), {"value": ANYTHING}),
     "inv_log_uniform_values": (("distribution", "min", "max"), {"min": POSITIVE, "max": NUMBER}),
     "log_uniform_values": (("distribution", "min", "max"), {"min": POSITIVE, "max": NUMBER}),
-    "q_log_uniform_values": (("distribution", "min", "max"), {"min": POSITIVE, "max": NUMBER, "q": POSITIVE}),
+    "q_log_uniform_values": (("distribution", "min", "max"),
+                             {"min": POSITIVE, "max": NUMBER, "q": POSITIVE}),
 }
-# W&B's defaults for what a kind leaves out (schema.json "default"); q is a float: 1.0 gives floats, as in W&B
+# W&B's defaults for what a kind leaves out (schema.json "default"); q is a float: 1.0 gives floats,
+# as in W&B
 DEFAULTS = {"mu": 0.0, "sigma": 1.0, "q": 1.0, "a": 1.0, "b": 1.0}
 
 
@@ -142,8 +151,8 @@ def _yaml_hint(value: Any) -> str:
             float(value)
         except ValueError:
             return ""
-        return (" (`wandb sweep` reads the file as YAML 1.1, which reads a number without a decimal point "
-                "before its exponent as text: write 0.00001 or 1.0e-5)")
+        return (" (`wandb sweep` reads the file as YAML 1.1, which reads a number without a "
+                "decimal point before its exponent as text: write 0.00001 or 1.0e-5)")
     return ""
 
 
@@ -157,10 +166,11 @@ def _why_not(name: str, spec: dict) -> str:
             close = difflib.get_close_matches(str(given), KINDS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f": use one of {', '.join(KINDS)}"
             return f"{where}: distribution {given!r} is not a W&B distribution{hint}"
-        return (f"{where}: W&B cannot tell its distribution from the keys {sorted(spec)}: give value, values, or "
-                "min and max (and distribution)")
+        return (f"{where}: W&B cannot tell its distribution from the keys {sorted(spec)}: give "
+                "value, values, or min and max (and distribution)")
     required, takes = KINDS[kind]
-    problems = [f"needs {key} ({takes[key][0]})" for key in required if key not in spec and key in takes]
+    problems = [f"needs {key} ({takes[key][0]})" for key in required
+                if key not in spec and key in takes]
     if "distribution" in required and "distribution" not in spec:
         problems.append(f"needs \"distribution\": \"{kind}\"")
     for key in sorted(map(str, set(spec) - {"distribution", *takes})):
@@ -175,23 +185,25 @@ def _why_not(name: str, spec: dict) -> str:
 
 
 def parameter_kind(name: str, spec: Any) -> str:
-    """W&B's kind of a parameter spec ("nested" for a section of parameters), or SweepConfigError where W&B's
-    engine could not use it (its schema matches no kind, or min is not below max)."""
+    """W&B's kind of a parameter spec ("nested" for a section of parameters), or SweepConfigError
+    where W&B's engine could not use it (its schema matches no kind, or min is not below max)."""
     if not isinstance(spec, dict):
-        raise SweepConfigError(f"parameter {name!r}: expected an object like {{\"values\": [...]}}, got {spec!r}")
+        raise SweepConfigError(f"parameter {name!r}: expected an object like {{\"values\": "
+                               f"[...]}}, got {spec!r}")
     if set(spec) == {"parameters"}:
         return "nested"
     kind = next((kind for kind in KINDS if _fits(kind, spec)), None)
     if kind is None:
         raise SweepConfigError(_why_not(name, spec))
     if "min" in spec and "max" in spec and spec["min"] >= spec["max"]:
-        raise SweepConfigError(f"parameter {name!r}: min {spec['min']} is not less than max {spec['max']}, which "
-                               "W&B refuses")
+        raise SweepConfigError(f"parameter {name!r}: min {spec['min']} is not less than max "
+                               f"{spec['max']}, which W&B refuses")
     if kind == "categorical_w_probabilities":
         values, weights = spec["values"], spec["probabilities"]
-        if len(values) != len(weights) or not math.isclose(sum(weights), 1.0, rel_tol=1e-5, abs_tol=1e-8):
-            raise SweepConfigError(f"parameter {name!r}: probabilities {weights} must be one per value "
-                                   f"({len(values)}) and sum to 1, as W&B's schema requires")
+        sums_to_1 = math.isclose(sum(weights), 1.0, rel_tol=1e-5, abs_tol=1e-8)  # numpy.isclose's
+        if len(values) != len(weights) or not sums_to_1:
+            raise SweepConfigError(f"parameter {name!r}: probabilities {weights} must be one per "
+                                   f"value ({len(values)}) and sum to 1, as W&B's schema requires")
     return kind
 
 
@@ -206,12 +218,13 @@ class Param:
     name: str
     distribution: BaseDistribution | None
     constant: Any = None
-    # The draw is a quantile in QUANTILE, mapped as W&B's engine maps it (HyperParameter.ppf): the kinds Optuna
-    # has no distribution for (normal family, beta, weighted categories)
+    # The draw is a quantile in QUANTILE, mapped as W&B's engine maps it (HyperParameter.ppf): the
+    # kinds Optuna has no distribution for (normal family, beta, weighted categories)
     ppf: Callable[[float], Any] | None = field(default=None, compare=False)
     q: float | None = None  # then rounded to a multiple of q, an int when q is (W&B's q_* kinds)
-    # What the trainer's rules are checked on before any trial: every value of a finite support, the ends of a
-    # bounded one; nothing for the unbounded normal family (checked per trial, as each W&B run checks its own)
+    # What the trainer's rules are checked on before any trial: every value of a finite support, the
+    # ends of a bounded one; nothing for the unbounded normal family (checked per trial, as each W&B
+    # run checks its own)
     ends: tuple = ()
 
     @property
@@ -238,36 +251,41 @@ class Param:
         return self.value(suggest(self.optuna_name, d.low, d.high, step=d.step, log=d.log))
 
     def grid(self) -> list:
-        """The values of a grid search's parameter (method grid: every non-constant one is categorical)."""
+        """The values of a grid search's parameter (method grid: every non-constant one is
+        categorical)."""
         return list(self.distribution.choices)
 
 
 def _scalars(name: str, values: list) -> list:
     if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
-        raise SweepConfigError(f"parameter {name!r}: values must be numbers, text, booleans or null (what "
-                               f"Optuna's categorical distribution stores), got {values!r}")
+        raise SweepConfigError(f"parameter {name!r}: values must be numbers, text, booleans or "
+                               "null (what Optuna's categorical distribution stores), got "
+                               f"{values!r}")
     return values
 
 
 def _grid_key(value: Any) -> str:
-    """W&B's grid tells values apart by their YAML (grid_search.yaml_hash): 3.0 is 3, True is not 1."""
-    return json.dumps(int(value) if isinstance(value, float) and value.is_integer() else value, default=str)
+    """W&B's grid tells values apart by their YAML (grid_search.yaml_hash): 3.0 is 3, True is not 1.
+    """
+    as_yaml = int(value) if isinstance(value, float) and value.is_integer() else value
+    return json.dumps(as_yaml, default=str)
 
 
 def _finite(name: str, kind: str, values: list) -> None:
-    """SweepConfigError unless each value a parameter takes at these quantiles is a finite number: W&B's engine
-    would draw inf or NaN, which no run's config can hold."""
+    """SweepConfigError unless each value a parameter takes at these quantiles is a finite number:
+    W&B's engine would draw inf or NaN, which no run's config can hold."""
     if not all(_is_number(v) and math.isfinite(v) for v in values):
-        raise SweepConfigError(f"parameter {name!r}: {kind} gives {values} at its ends and middle: not finite "
-                               "numbers (an overflow); narrow the range")
+        raise SweepConfigError(f"parameter {name!r}: {kind} gives {values} at its ends and middle: "
+                               "not finite numbers (an overflow); narrow the range")
 
 
 def _grid_param(name: str, spec: dict, kind: str) -> Param:
-    """method grid, as sweeps.grid_search_next_runs makes its grid: the distinct values (last of equal ones),
-    int_uniform's integers min..max, q_uniform's numpy.arange(min, max, q) (max not included)."""
+    """method grid, as sweeps.grid_search_next_runs makes its grid: the distinct values (last of
+    equal ones), int_uniform's integers min..max, q_uniform's numpy.arange(min, max, q) (max not
+    included)."""
     if kind not in GRID_KINDS:
-        raise SweepConfigError(f"parameter {name!r}: grid search needs values, value, int_uniform or q_uniform "
-                               f"(W&B's engine refuses {kind} in a grid)")
+        raise SweepConfigError(f"parameter {name!r}: grid search needs values, value, int_uniform "
+                               f"or q_uniform (W&B's engine refuses {kind} in a grid)")
     if kind == "constant":
         return Param(name, None, constant=spec["value"], ends=(spec["value"],))
     if kind == "categorical":
@@ -282,7 +300,8 @@ def _grid_param(name: str, spec: dict, kind: str) -> Param:
 
 
 def _custom_param(name: str, spec: dict, notes: list[str]) -> Param:
-    """method custom: W&B's Optuna scheduler's own translation (search_space_from_sweep_config, wandb 0.31)."""
+    """method custom: W&B's Optuna scheduler's own translation (search_space_from_sweep_config,
+    wandb 0.31)."""
     from wandb.sdk.sweeps.scheduler.optuna import sweep_parameter_to_distribution
 
     if "value" in spec:  # W&B draws it from a one-value categorical: the same value
@@ -292,23 +311,26 @@ def _custom_param(name: str, spec: dict, notes: list[str]) -> Param:
         with redirect_stderr(warned):  # wandb.termwarn: each warning becomes a note, in W&B's words
             d = sweep_parameter_to_distribution(spec)
     except (ValueError, TypeError, KeyError) as e:
-        raise SweepConfigError(f"parameter {name!r}: W&B's Optuna scheduler (method custom) cannot take it: "
-                               f"{str(e).splitlines()[0]}") from None
-    notes += [f"parameter {name!r}, W&B's Optuna scheduler (method custom): {line.split('WARNING', 1)[-1].strip()}"
-              for line in warned.getvalue().splitlines() if line.strip()]
+        raise SweepConfigError(f"parameter {name!r}: W&B's Optuna scheduler (method custom) cannot "
+                               f"take it: {str(e).splitlines()[0]}") from None
+    notes += [f"parameter {name!r}, W&B's Optuna scheduler (method custom): "
+              f"{line.split('WARNING', 1)[-1].strip()}" for line in warned.getvalue().splitlines()
+              if line.strip()]
     if "probabilities" in spec:
-        notes.append(f"parameter {name!r}: W&B's Optuna scheduler (method custom) draws its values equally "
-                     "likely: probabilities are not used")
+        notes.append(f"parameter {name!r}: W&B's Optuna scheduler (method custom) draws its values "
+                     "equally likely: probabilities are not used")
     if isinstance(d, CategoricalDistribution):
         _scalars(name, list(d.choices))
         return Param(name, d, ends=tuple(d.choices))
     return Param(name, d, ends=(d.low, d.high))
 
 
-def translate_parameter(name: str, spec: Any, method: str = "random", notes: list[str] | None = None) -> Param:
-    """Optuna's version of one W&B parameter, drawn as W&B's engine draws it for `method` (random and bayes:
-    HyperParameter.ppf of a uniform draw; grid: sweeps' grid; custom: W&B's Optuna scheduler). The trial's user
-    attr "config" holds the value each run used. `notes` gets a line for each W&B warning that is honoured."""
+def translate_parameter(name: str, spec: Any, method: str = "random",
+                        notes: list[str] | None = None) -> Param:
+    """Optuna's version of one W&B parameter, drawn as W&B's engine draws it for `method` (random
+    and bayes: HyperParameter.ppf of a uniform draw; grid: sweeps' grid; custom: W&B's Optuna
+    scheduler). The trial's user attr "config" holds the value each run used. `notes` gets a line
+    for each W&B warning that is honoured."""
     notes = [] if notes is None else notes
     kind = parameter_kind(name, spec)
     if kind == "nested":
@@ -318,9 +340,10 @@ def translate_parameter(name: str, spec: Any, method: str = "random", notes: lis
         return _grid_param(name, spec, kind)
     if method == "custom":
         return _custom_param(name, spec, notes)
-    if method == "bayes" and kind == "categorical_w_probabilities":  # its cdf indexes by a float: IndexError
-        raise SweepConfigError(f"parameter {name!r}: W&B's Bayesian search cannot draw values with probabilities "
-                               "(its engine fails on them): drop probabilities, or use method random")
+    if method == "bayes" and kind == "categorical_w_probabilities":  # its cdf[float]: IndexError
+        raise SweepConfigError(f"parameter {name!r}: W&B's Bayesian search cannot draw values with "
+                               "probabilities (its engine fails on them): drop probabilities, or "
+                               "use method random")
     spec = DEFAULTS | spec  # the keys a kind takes; the others are not read
     q = spec["q"] if kind.startswith("q_") else None
     if kind == "constant":
@@ -328,12 +351,13 @@ def translate_parameter(name: str, spec: Any, method: str = "random", notes: lis
     if kind == "categorical":
         values = _scalars(name, spec["values"])
         return Param(name, CategoricalDistribution(values), ends=tuple(values))
-    if kind == "categorical_w_probabilities":  # W&B: the first value whose cumulative probability exceeds u
+    if kind == "categorical_w_probabilities":  # W&B: the first value whose cumulative share > u
         values, cdf = spec["values"], list(accumulate(spec["probabilities"]))
-        return Param(name, QUANTILE, ppf=lambda u: values[min(bisect.bisect_right(cdf, u), len(values) - 1)],
-                     ends=tuple(values))
+        return Param(name, QUANTILE, ends=tuple(values),
+                     ppf=lambda u: values[min(bisect.bisect_right(cdf, u), len(values) - 1)])
     if kind == "int_uniform":
-        return Param(name, IntDistribution(spec["min"], spec["max"]), ends=(spec["min"], spec["max"]))
+        low, high = spec["min"], spec["max"]
+        return Param(name, IntDistribution(low, high), ends=(low, high))
     if kind in ("normal", "q_normal", "log_normal", "q_log_normal", "beta", "q_beta"):
         return _quantile_param(name, kind, spec, q)
     low, high = spec["min"], spec["max"]
@@ -343,18 +367,21 @@ def translate_parameter(name: str, spec: Any, method: str = "random", notes: lis
         elif kind == "inv_log_uniform":  # X = exp(-U(min, max)): log X is uniform too
             low, high = math.exp(-high), math.exp(-low)
     except OverflowError:
-        raise SweepConfigError(f"parameter {name!r}: {kind} reads min and max as natural-log exponents: e^"
-                               f"{max(abs(spec['min']), abs(spec['max']))} overflows; for values between "
-                               f"{spec['min']} and {spec['max']} use {DEPRECATED[kind]}") from None
+        raise SweepConfigError(f"parameter {name!r}: {kind} reads min and max as natural-log "
+                               f"exponents: e^{max(abs(spec['min']), abs(spec['max']))} overflows; "
+                               f"for values between {spec['min']} and {spec['max']} use "
+                               f"{DEPRECATED[kind]}") from None
     _finite(name, kind, [low, high, high - low])
     if kind in DEPRECATED:  # W&B's schema warns, its engine draws: the same here, said in one line
-        notes.append(f"parameter {name!r}: {kind} reads min and max as natural-log exponents, as W&B does (its "
-                     f"schema: \"Use {DEPRECATED[kind]} to specify limit values\"): values {low:.5g}..{high:.5g}")
-    if kind in ("uniform", "q_uniform"):  # q_uniform: round(U(min, max) / q) * q, so the ends weigh half
+        notes.append(f"parameter {name!r}: {kind} reads min and max as natural-log exponents, as "
+                     f"W&B does (its schema: \"Use {DEPRECATED[kind]} to specify limit values\"): "
+                     f"values {low:.5g}..{high:.5g}")
+    if kind in ("uniform", "q_uniform"):  # q_uniform: round(U(min, max) / q) * q: ends weigh half
         param = Param(name, FloatDistribution(low, high), q=q)
     elif low <= 0:  # e^min underflowed
-        raise SweepConfigError(f"parameter {name!r}: {kind} with min {spec['min']} and max {spec['max']} gives "
-                               f"values down to {low}, which Optuna's log scale cannot hold: narrow the range")
+        raise SweepConfigError(f"parameter {name!r}: {kind} with min {spec['min']} and max "
+                               f"{spec['max']} gives values down to {low}, which Optuna's log "
+                               "scale cannot hold: narrow the range")
     else:  # the log-uniform family: 1/X is log-uniform exactly when X is
         param = Param(name, FloatDistribution(low, high, log=True), q=q)
     return replace(param, ends=(param.value(low), param.value(high)))
@@ -367,15 +394,11 @@ def _quantile_param(name: str, kind: str, spec: dict, q: float | None) -> Param:
 
         dist = beta(spec["a"], spec["b"])
         ppf = lambda u: float(dist.ppf(u))  # noqa: E731
-    else:
-        try:
-            normal = NormalDist(spec["mu"], spec["sigma"])
-        except StatisticsError:
-            normal = None
-        log = "log" in kind
+    else:  # W&B's scipy.stats.norm and lognorm (log: exp of a normal draw)
+        normal, log = NormalDist(spec["mu"], spec["sigma"]), "log" in kind
 
         def ppf(u: float) -> float:
-            if normal is None or spec["sigma"] == 0:  # W&B's scipy gives NaN for sigma 0
+            if spec["sigma"] == 0:  # W&B's scipy gives NaN
                 return math.nan
             x = normal.inv_cdf(u)
             return math.exp(x) if log else x
@@ -386,10 +409,9 @@ def _quantile_param(name: str, kind: str, spec: dict, q: float | None) -> Param:
     except OverflowError:
         values = [math.inf]
     _finite(name, kind, values)
-    bounded = "beta" in kind  # the normal family has no ends: each trial's value is checked as a W&B run checks it
-    return replace(param, ends=(param.rounded(values[0]), param.rounded(values[-1])) if bounded else ())
-
-
+    if "beta" not in kind:  # the normal family has no ends: each trial's value is checked
+        return param
+    return replace(param, ends=(param.rounded(values[0]), param.rounded(values[-1])))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -401,27 +423,30 @@ class Sweep:
     """What local_sweep.py takes from the sweep file."""
 
     method: str
-    metric: str  # what a trial's value is (without a metric section: val_accuracy, for the report's ranking)
+    metric: str  # a trial's value (no metric section: val_accuracy, for the report's ranking)
     direction: str  # "maximize" or "minimize"
     params: tuple[Param, ...]
     early_terminate: dict | None
     target: float | None
-    raw: dict  # the file as W&B reads it, as JSON; stored with the study so a changed file is noticed
+    raw: dict  # the file as W&B reads it, as JSON; stored with the study: a changed file is noticed
     # (summary key, goal) of each objective: `metrics` (or `metric`) of a method custom sweep, whose values are read
     # from the run's summary when it ends, as W&B's Optuna scheduler reads them; empty for bayes, random and grid
     objectives: tuple[tuple[str, str], ...] = ()
     scheduler: Mapping[str, str] = field(default_factory=dict)  # method custom: W&B's scheduler block
     search_space: Callable[[optuna.Trial], dict] | None = None  # scheduler.search_space, loaded by local_sweep.py
-    # scheduler.optimizer: the (sampler, pruner) of the study the user's function makes, loaded by local_sweep.py
+    # scheduler.optimizer: the (sampler, pruner) of the study the user's function makes, loaded by
+    # local_sweep.py
     optimizer: tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner] | None = None
     name: str | None = None  # the sweep's name (text, whatever YAML made of it)
-    run_cap: int | None = None  # the most runs (trials, not counting retries) the sweep makes, as W&B's run_cap
-    command: tuple[str, ...] | None = None  # the `command` list as `wandb agent` reads it (text); None: default
+    run_cap: int | None = None  # W&B's run_cap: the most runs (trials, not counting retries)
+    command: tuple[str, ...] | None = None  # `command` as `wandb agent` reads it; None: the default
     entity: str | None = None
     project: str | None = None
-    notes: tuple[str, ...] = ()  # one line each: W&B warnings honoured, and where this program reads a key its way
-    # What the `command` passes part_2_cifar.py on every run (local_sweep.py parses it with the trainer's parser):
-    # settings, and the options local_sweep.py shares with the trainer (val_size, data_dir, ...)
+    # One line each: W&B's warnings honoured, and where this program reads a key its own way
+    notes: tuple[str, ...] = ()
+    # What the `command` passes part_2_cifar.py on every run (local_sweep.py parses it with the
+    # trainer's parser): settings, and the options local_sweep.py shares with the trainer (val_size,
+    # data_dir, ...)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -432,19 +457,21 @@ class Sweep:
 
 
 def read_sweep_file(path: Path) -> tuple[Any, Callable[[], Any]]:
-    """(The file as `wandb sweep` reads it: yaml.safe_load, so a JSON file is read as YAML 1.1 too; a function
-    that reads it again with every scalar as the text written: YAML's BaseLoader). libyaml's loaders where
-    PyYAML has them: the same YAML, parsed in C."""
+    """(The file as `wandb sweep` reads it: yaml.safe_load, so a JSON file is read as YAML 1.1 too;
+    a function that reads it again with every scalar as the text written: YAML's BaseLoader).
+    libyaml's loaders where PyYAML has them: the same YAML, parsed in C."""
     import yaml  # wandb depends on PyYAML; `wandb sweep` reads its file with yaml.safe_load
 
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise SweepConfigError(f"cannot read sweep file {path}: {getattr(e, 'strerror', None) or e}") from None
+        raise SweepConfigError(f"cannot read sweep file {path}: "
+                               f"{getattr(e, 'strerror', None) or e}") from None
     try:
         raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
-        raise SweepConfigError(f"{path} is not valid YAML (nor JSON): {' '.join(str(e).split())}") from None
+        raise SweepConfigError(f"{path} is not valid YAML (nor JSON): "
+                               f"{' '.join(str(e).split())}") from None
     return raw, lambda: yaml.load(text, Loader=getattr(yaml, "CBaseLoader", yaml.BaseLoader))
 
 
@@ -452,7 +479,8 @@ def _one_of(what: str, value: Any, allowed: tuple) -> Any:
     if not isinstance(value, str) or value not in allowed:
         close = difflib.get_close_matches(str(value), allowed, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise SweepConfigError(f"{what} {value!r} is not one W&B takes{hint}: use one of {', '.join(allowed)}")
+        raise SweepConfigError(f"{what} {value!r} is not one W&B takes{hint}: use one of "
+                               f"{', '.join(allowed)}")
     return value
 
 
@@ -461,29 +489,35 @@ def _unknown_keys(where: str, given: Mapping, known: tuple) -> None:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SweepConfigError(f"{where}{key!r} is not a key W&B's sweep schema knows ({hint}W&B's: "
-                                   f"{', '.join(known)})")
+            raise SweepConfigError(f"{where}{key!r} is not a key W&B's sweep schema knows "
+                                   f"({hint}W&B's: {', '.join(known)})")
 
 
 def _text(where: str, value: Any, written: Any, notes: list[str]) -> str:
-    """A text field as text, whatever YAML made of it: the characters written (`written`, YAML's BaseLoader), with
-    a note, as W&B's schema warns of a non-string; SweepConfigError for a list, a mapping or nothing."""
+    """A text field as text, whatever YAML made of it: the characters written (`written`, YAML's
+    BaseLoader), with a note, as W&B's schema warns of a non-string; SweepConfigError for a list, a
+    mapping or nothing."""
     if isinstance(value, str):
         return value
     if not isinstance(value, (bool, int, float, datetime.date)):
         raise SweepConfigError(f"{where}: W&B expects text, got {value!r}")
     text = written if isinstance(written, str) else str(value)
-    made = "a date" if isinstance(value, datetime.date) else "true/false" if isinstance(value, bool) else "a number"
-    notes.append(f"{where}: YAML made {text} {made}; it is the text {text!r} here (W&B's schema expects a string)")
+    made = ("a date" if isinstance(value, datetime.date)
+            else "true/false" if isinstance(value, bool) else "a number")
+    notes.append(f"{where}: YAML made {text} {made}; it is the text {text!r} here (W&B's schema "
+                 "expects a string)")
     return text
 
 
-def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict], object]) -> Sweep:
-    """Read and translate a W&B sweep file (YAML, JSON being YAML) for a trainer with these settings (`defaults`)
-    and rules (`validate` raises ValueError); raise SweepConfigError for anything W&B or this program refuses."""
+def load_sweep(path: Path, defaults: Mapping[str, Any],
+               validate: Callable[[dict], object]) -> Sweep:
+    """Read and translate a W&B sweep file (YAML, JSON being YAML) for a trainer with these settings
+    (`defaults`) and rules (`validate` raises ValueError); raise SweepConfigError for anything W&B
+    or this program refuses."""
     raw, read_as_text = read_sweep_file(path)
     if not isinstance(raw, dict) or not raw:
-        raise SweepConfigError(f"{path} is not a W&B sweep config: expected a mapping with method and parameters")
+        raise SweepConfigError(f"{path} is not a W&B sweep config: expected a mapping with method "
+                               "and parameters")
     _unknown_keys("", raw, TOP_LEVEL_KEYS)
     notes: list[str] = []
     raw = dict(raw)
@@ -500,8 +534,8 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
     method = _one_of("method", raw["method"], METHODS)
     for key in ("job", "image_uri"):
         if key in raw:
-            raise SweepConfigError(f"{key} {raw[key]!r}: a W&B Launch sweep, which needs the W&B server; "
-                                   "local_sweep.py runs part_2_cifar.py (program)")
+            raise SweepConfigError(f"{key} {raw[key]!r}: a W&B Launch sweep, which needs the W&B "
+                                   "server; local_sweep.py runs part_2_cifar.py (program)")
     program = raw.get("program")
     if program is not None and Path(program).name != "part_2_cifar.py":
         raise SweepConfigError(f"program {program!r}: local_sweep.py can only run part_2_cifar.py")
@@ -510,14 +544,14 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
         if "parameters" in raw:  # W&B's scheduler would silently take the function and ignore the section
             raise SweepConfigError("scheduler.search_space defines the parameters: remove the parameters section")
     elif not isinstance(raw.get("parameters"), dict) or not raw["parameters"]:
-        raise SweepConfigError(f"{path} has no parameters: W&B needs a parameters section with at least one "
-                               f"parameter, got {raw.get('parameters')!r}")
+        raise SweepConfigError(f"{path} has no parameters: W&B needs a parameters section with at "
+                               f"least one parameter, got {raw.get('parameters')!r}")
     metric_name, goal, target, objectives = _metric(raw, method, written.get("metric"), notes)
     params = []
     for name, spec in (raw.get("parameters") or {}).items():
         if not isinstance(name, str) or not PARAMETER_NAME.fullmatch(name):
-            raise SweepConfigError(f"parameter name {name!r}: W&B's schema takes a letter or _ and then letters, "
-                                   "digits, _, . or -")
+            raise SweepConfigError(f"parameter name {name!r}: W&B's schema takes a letter or _ and "
+                                   "then letters, digits, _, . or -")
         param = translate_parameter(name, spec, method, notes)
         if name in NOT_SWEPT:
             raise SweepConfigError(not_swept_message(f"parameter {name!r}", name))
@@ -532,8 +566,9 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
                                        f"{e}") from None
         params.append(param)
     if method == "bayes" and all(param.distribution is None for param in params):
-        raise SweepConfigError("method bayes needs a parameter that varies (W&B: \"Need at least one searchable "
-                               "parameter for bayes search\"): every parameter is a constant")
+        raise SweepConfigError("method bayes needs a parameter that varies (W&B: \"Need at least "
+                               "one searchable parameter for bayes search\"): every parameter is a "
+                               "constant")
     early = raw.get("early_terminate")
     if early is not None and scheduler:
         raise SweepConfigError("early_terminate cannot be used with scheduler (W&B's schema refuses it: the "
@@ -541,14 +576,16 @@ def load_sweep(path: Path, defaults: Mapping[str, Any], validate: Callable[[dict
     if "early_terminate" in raw:
         hyperband_bands(early)  # fail now, not when the first trial reports
         if "metric" not in raw:
-            raise SweepConfigError("early_terminate needs a metric section to compare runs on (W&B: \"early "
-                                   "terminate requires \\\"metric\\\" section\")")
+            raise SweepConfigError("early_terminate needs a metric section to compare runs on "
+                                   "(W&B: \"early terminate requires \\\"metric\\\" section\")")
         if metric_name not in HISTORY_METRICS:
-            notes.append(f"early_terminate: metric {metric_name} is in no history row, which W&B's Hyperband "
-                         "compares runs on: it stops no run, here as under W&B")
-    return Sweep(method, metric_name, goal, tuple(params), early, target, json.loads(json.dumps(raw, default=str)),
-                 objectives=objectives, scheduler=scheduler, name=raw.get("name"), run_cap=_run_cap(raw),
-                 command=_command(raw), entity=raw.get("entity"), project=raw.get("project"), notes=tuple(notes))
+            notes.append(f"early_terminate: metric {metric_name} is in no history row, which W&B's "
+                         "Hyperband compares runs on: it stops no run, here as under W&B")
+    return Sweep(method, metric_name, goal, tuple(params), early, target,
+                 json.loads(json.dumps(raw, default=str)), objectives=objectives,
+                 scheduler=scheduler, name=raw.get("name"), run_cap=_run_cap(raw),
+                 command=_command(raw), entity=raw.get("entity"), project=raw.get("project"),
+                 notes=tuple(notes))
 
 
 def _check_controller(raw: dict) -> None:
@@ -557,27 +594,31 @@ def _check_controller(raw: dict) -> None:
     controller = raw.get("controller", {"type": "cloud"})
     if not isinstance(controller, dict) or controller.get("type") not in ("local", "cloud"):
         raise SweepConfigError(f"controller {controller!r}: W&B expects {{\"type\": \"local\"}} or "
-                               "{\"type\": \"cloud\"} (local_sweep.py is its own controller either way)")
+                               "{\"type\": \"cloud\"} (local_sweep.py is its own controller either "
+                               "way)")
 
 
 def _run_cap(raw: dict) -> int | None:
-    """run_cap as an int: W&B's schema takes an integer > 0 (2.0 is one to JSON schema, True is not)."""
+    """run_cap as an int: W&B's schema takes an integer > 0 (2.0 is one to JSON schema, True is
+    not)."""
     if "run_cap" not in raw:
         return None
     cap = raw["run_cap"]
     if not _is_number(cap) or cap != int(cap) or cap <= 0:
-        raise SweepConfigError(f"run_cap {cap!r}: W&B expects an integer > 0, the most runs the sweep makes")
+        raise SweepConfigError(f"run_cap {cap!r}: W&B expects an integer > 0, the most runs the "
+                               "sweep makes")
     return int(cap)
 
 
 def _command(raw: dict) -> tuple[str, ...] | None:
-    """The command list as `wandb agent` reads it: each item as text (str(c)); an empty list is the default."""
+    """The command list as `wandb agent` reads it: each item as text (str(c)); an empty list is the
+    default."""
     if "command" not in raw:
         return None
     command = raw["command"]
     if not isinstance(command, list):
-        raise SweepConfigError(f"command {command!r}: W&B expects a list like [\"${{env}}\", \"${{interpreter}}\", "
-                               "\"${program}\", \"${args}\"]")
+        raise SweepConfigError(f"command {command!r}: W&B expects a list like [\"${{env}}\", "
+                               "\"${interpreter}\", \"${program}\", \"${args}\"]")
     return tuple(str(chunk) for chunk in command) or None
 
 
@@ -587,52 +628,59 @@ def not_swept_message(where: str, name: str) -> str:
             f"remove it and set it for all trials with {NOT_SWEPT[name]}")
 
 
-def _metric_object(where: str, metric: Any, written: Any, notes: list[str]) -> tuple[str, str, float | None]:
-    """(name, goal, target) of a W&B metric object, checked as W&B's schema checks it; goal defaults to minimize."""
+def _metric_object(where: str, metric: Any, written: Any,
+                   notes: list[str]) -> tuple[str, str, float | None]:
+    """(name, goal, target) of a W&B metric object, checked as W&B's schema checks it; goal defaults
+    to minimize."""
     if not isinstance(metric, dict):
-        raise SweepConfigError(f"{where} {metric!r}: W&B expects an object like {{\"name\": \"val_accuracy\", "
-                               "\"goal\": \"maximize\"}")
+        raise SweepConfigError(f"{where} {metric!r}: W&B expects an object like {{\"name\": "
+                               "\"val_accuracy\", \"goal\": \"maximize\"}")
     _unknown_keys(f"{where}.", metric, METRIC_KEYS)
     if "name" not in metric:
         raise SweepConfigError(f"{where} has no name: W&B needs the name of the number to optimize")
-    name = _text(f"{where}.name", metric["name"], written.get("name") if isinstance(written, dict) else None, notes)
-    goal = _one_of(f"{where}.goal", metric.get("goal", "minimize"), ("minimize", "maximize"))  # W&B's default
+    written = written.get("name") if isinstance(written, dict) else None
+    name = _text(f"{where}.name", metric["name"], written, notes)
+    goal = _one_of(f"{where}.goal", metric.get("goal", "minimize"),  # W&B's default goal
+                   ("minimize", "maximize"))
     target = metric.get("target")
     if target is not None and not _is_number(target) or "target" in metric and target is None:
         raise SweepConfigError(f"{where}.target {target!r}: W&B expects a number")
     if "impute" in metric:
         _one_of(f"{where}.impute", metric["impute"], IMPUTE)
-        notes.append(f"{where}.impute {metric['impute']}: W&B's Bayesian search imputes a failed run's value; "
-                     "Optuna's TPE leaves failed trials out instead")
+        notes.append(f"{where}.impute {metric['impute']}: W&B's Bayesian search imputes a failed "
+                     "run's value; Optuna's TPE leaves failed trials out instead")
     if metric.get("impute_while_running", "false") != "false":
         _one_of(f"{where}.impute_while_running", metric["impute_while_running"], (*IMPUTE, "false"))
-        notes.append(f"{where}.impute_while_running {metric['impute_while_running']}: Optuna's TPE keeps running "
-                     "trials apart by its constant liar instead")
+        notes.append(f"{where}.impute_while_running {metric['impute_while_running']}: Optuna's TPE "
+                     "keeps running trials apart by its constant liar instead")
     if name in NEVER_CHOSEN_ON:
-        raise SweepConfigError(f"{where} {name}: the test images are never chosen on (they would no longer measure "
-                               "the chosen model); use best_val_accuracy or val_loss")
+        raise SweepConfigError(f"{where} {name}: the test images are never chosen on (they would "
+                               "no longer measure the chosen model); use best_val_accuracy or "
+                               "val_loss")
     return name, goal, target
 
 
-def _metric(raw: dict, method: str, written: Any, notes: list[str]) -> tuple[str, str, float | None, tuple]:
-    """(metric name, goal, target, objectives) of the sweep: W&B's metric (or method custom's metrics)."""
+def _metric(raw: dict, method: str, written: Any,
+            notes: list[str]) -> tuple[str, str, float | None, tuple]:
+    """(metric name, goal, target, objectives) of the sweep: W&B's metric (or method custom's
+    metrics)."""
     if "metrics" in raw and method != "custom":
-        raise SweepConfigError(f"metrics (several objectives) needs method custom with scheduler engine optuna, as "
-                               f"in W&B; got method {method}")
+        raise SweepConfigError("metrics (several objectives) needs method custom with scheduler "
+                               f"engine optuna, as in W&B; got method {method}")
     if method == "custom":
         objectives = _objectives(raw, written, notes)
         return objectives[0][0], objectives[0][1], None, objectives
     if "metric" not in raw:
         if method == "bayes":
-            raise SweepConfigError("method bayes needs a metric section, the number to optimize (W&B: \"Bayesian "
-                                   "search requires \\\"metric\\\" section\")")
-        notes.append(f"no metric: {method} search optimizes nothing, as under W&B; the report ranks trials by "
-                     "val_accuracy, highest first")
+            raise SweepConfigError("method bayes needs a metric section, the number to optimize "
+                                   "(W&B: \"Bayesian search requires \\\"metric\\\" section\")")
+        notes.append(f"no metric: {method} search optimizes nothing, as under W&B; the report "
+                     "ranks trials by val_accuracy, highest first")
         return "val_accuracy", "maximize", None, ()
     name, goal, target = _metric_object("metric", raw["metric"], written, notes)
     if name not in HISTORY_METRICS + SUMMARY_METRICS:
-        raise SweepConfigError(f"metric {name!r} is not a number part_2_cifar.py writes to W&B: use one of "
-                               f"{', '.join(HISTORY_METRICS + SUMMARY_METRICS)}")
+        raise SweepConfigError(f"metric {name!r} is not a number part_2_cifar.py writes to W&B: "
+                               f"use one of {', '.join(HISTORY_METRICS + SUMMARY_METRICS)}")
     return name, goal, target, ()
 
 
@@ -651,9 +699,11 @@ def _scheduler(raw: dict, method: str) -> dict:
     if unknown:
         raise SweepConfigError(f"scheduler.{unknown[0]} is not a scheduler key: use {', '.join(SCHEDULER_KEYS)}")
     if raw.get("controller", {}).get("type") == "local":
-        raise SweepConfigError("controller type local cannot be used with scheduler (W&B's schema refuses it)")
+        raise SweepConfigError("controller type local cannot be used with scheduler (W&B's schema "
+                               "refuses it)")
     if scheduler.get("engine") == "ax":
-        raise SweepConfigError("scheduler.engine 'ax': W&B's Ax scheduler does not run here; use engine optuna")
+        raise SweepConfigError("scheduler.engine 'ax': W&B's Ax scheduler does not run here; use "
+                               "engine optuna")
     engine = _one_of("scheduler.engine", scheduler.get("engine"), ("optuna", "wandb"))
     if (engine == "optuna") != (method == "custom"):
         raise SweepConfigError(f"scheduler.engine {engine} with method {method}: W&B runs engine optuna with method "
@@ -667,18 +717,20 @@ def _scheduler(raw: dict, method: str) -> dict:
 
 
 def _objectives(raw: dict, written: Any, notes: list[str]) -> tuple[tuple[str, str], ...]:
-    """(summary key, goal) of a method custom sweep's `metrics`, or of its one `metric`, as W&B's Optuna scheduler
-    reads them: each run's summary value when it ends."""
+    """(summary key, goal) of a method custom sweep's `metrics`, or of its one `metric`, as W&B's
+    Optuna scheduler reads them: each run's summary value when it ends."""
     if "metric" in raw and "metrics" in raw:
         raise SweepConfigError("metric and metrics cannot both be set: metric for one objective, metrics for several")
     if "metric" not in raw and "metrics" not in raw:
-        raise SweepConfigError("method custom needs metric (or metrics): W&B's Optuna scheduler reads each "
-                               "objective from a run's summary")
+        raise SweepConfigError("method custom needs metric (or metrics): W&B's Optuna scheduler "
+                               "reads each objective from a run's summary")
     metrics = raw.get("metrics", [raw.get("metric")])
     if not isinstance(metrics, list) or len(metrics) < ("metrics" in raw) + 1:
-        raise SweepConfigError(f"metrics {metrics!r}: W&B expects a list of at least two objects like "
-                               "{\"name\": \"best_val_accuracy\", \"goal\": \"maximize\"} (one: use metric)")
-    objectives, allowed = [], tuple(m for m in HISTORY_METRICS + SUMMARY_METRICS if m != "val_accuracy")
+        raise SweepConfigError(f"metrics {metrics!r}: W&B expects a list of at least two objects "
+                               "like {\"name\": \"best_val_accuracy\", \"goal\": \"maximize\"} "
+                               "(one: use metric)")
+    allowed = tuple(m for m in HISTORY_METRICS + SUMMARY_METRICS if m != "val_accuracy")
+    objectives = []
     for i, metric in enumerate(metrics):
         where = f"metrics[{i}]" if "metrics" in raw else "metric"
         name, goal, target = _metric_object(where, metric, written, notes)
@@ -688,9 +740,9 @@ def _objectives(raw: dict, written: Any, notes: list[str]) -> tuple[tuple[str, s
         if name not in allowed:
             raise SweepConfigError(f"metric {name!r} is not a number in every run's summary: method custom takes "
                                    f"{', '.join(allowed)}")
-        if target is not None:  # W&B's Optuna scheduler does not read it: ignored there too, but said here
-            notes.append(f"{where}.target {target}: W&B's Optuna scheduler (method custom) has no target, so it "
-                         "does not end the sweep; --trials or run_cap does")
+        if target is not None:  # W&B's Optuna scheduler does not read it: said here
+            notes.append(f"{where}.target {target}: W&B's Optuna scheduler (method custom) has no "
+                         "target, so it does not end the sweep; --trials or run_cap does")
         objectives.append((name, goal))
     if len({name for name, _ in objectives}) < len(objectives):
         raise SweepConfigError(f"metrics name {[name for name, _ in objectives]}: each objective once")
@@ -698,9 +750,10 @@ def _objectives(raw: dict, written: Any, notes: list[str]) -> tuple[tuple[str, s
 
 
 def safe_file_name(name: str) -> str:
-    """The file and folder name of a study's files (its run folders, lock files, report): `name` itself when it
-    is one of letters, digits, _, - and . not starting with a dot; else those characters with the rest as _,
-    and the CRC-32 of `name` in hex, so that two names never share files. The study keeps its own name."""
+    """The file and folder name of a study's files (its run folders, lock files, report): `name`
+    itself when it is one of letters, digits, _, - and . not starting with a dot; else those
+    characters with the rest as _, and the CRC-32 of `name` in hex, so that two names never share
+    files. The study keeps its own name."""
     if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}", name):
         return name
     readable = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80].lstrip(".") or "study"
@@ -751,8 +804,9 @@ def hyperband_bands(early: dict) -> tuple[list[int], float, bool]:
             raise SweepConfigError(f"early_terminate min_iter={band!r}: use an integer >= 1")
         for _ in range(MIN_ITER_BANDS):
             if not math.isfinite(band):  # W&B's int(band) raises: its engine cannot stop any run
-                raise SweepConfigError(f"early_terminate min_iter={early['min_iter']}, eta={eta}: W&B computes "
-                                       f"{MIN_ITER_BANDS} bands min_iter * eta^k, which overflow: use a smaller eta")
+                raise SweepConfigError(f"early_terminate min_iter={early['min_iter']}, eta={eta}: "
+                                       f"W&B computes {MIN_ITER_BANDS} bands min_iter * eta^k, "
+                                       "which overflow: use a smaller eta")
             bands.append(int(band))
             band *= eta
     else:

@@ -103,14 +103,16 @@ def test_normal_family_has_the_right_moments():
 
 
 def test_beta_and_weighted_categories_are_drawn_as_wandbs_engine_draws_them():
-    """Optuna has neither: a quantile is drawn and mapped through W&B's own distribution (scipy's beta, the
-    cumulative probabilities); tests/test_sweep_differential.py compares the draws with W&B's."""
+    """Optuna has neither: a quantile is drawn and mapped through W&B's own distribution (scipy's
+    beta, the cumulative probabilities); tests/test_sweep_differential.py compares the draws with
+    W&B's."""
     values = draw({"distribution": "beta", "a": 2, "b": 5}, 2000)
     assert all(0 <= v <= 1 for v in values) and abs(statistics.mean(values) - 2 / 7) < 0.01
     tenths = draw({"distribution": "q_beta", "a": 2, "b": 5, "q": 0.1}, 500)
     assert {round(v, 9) for v in tenths} <= {round(0.1 * i, 9) for i in range(11)}
     weighted = draw({"values": [64, 128, 256], "probabilities": [0.6, 0.3, 0.1]}, 2000)
-    assert abs(weighted.count(64) / 2000 - 0.6) < 0.04 and abs(weighted.count(256) / 2000 - 0.1) < 0.03
+    assert abs(weighted.count(64) / 2000 - 0.6) < 0.04
+    assert abs(weighted.count(256) / 2000 - 0.1) < 0.03
 
 
 @pytest.mark.parametrize("spec, words", [
@@ -127,8 +129,8 @@ def test_what_wandb_or_optuna_cannot_honour_is_refused_naming_the_parameter(spec
 
 
 def write_sweep(path: Path, parameters: dict, **top) -> Path:
-    """A sweep file in YAML, as `wandb sweep` reads every sweep file (json.dumps writes 1e-05, which YAML 1.1 reads
-    as text)."""
+    """A sweep file in YAML, as `wandb sweep` reads every sweep file (json.dumps writes 1e-05, which
+    YAML 1.1 reads as text)."""
     path = path.with_suffix(".yaml")
     path.write_text(yaml.safe_dump({"program": "part_2_cifar.py", "method": "bayes",
                                     "metric": {"name": "val_accuracy", "goal": "maximize"},
@@ -241,7 +243,8 @@ def test_a_poor_trial_is_pruned_at_the_hyperband_band(offline, learnable_data_di
 
 
 def test_unsupported_distribution_fails_before_any_training(offline, learnable_data_dir, capsys):
-    sweep = write_sweep(offline / "bad.json", {"dropout_rate": {"parameters": {"rate": {"value": 0.1}}}})
+    nested = {"dropout_rate": {"parameters": {"rate": {"value": 0.1}}}}
+    sweep = write_sweep(offline / "bad.json", nested)
     runs = offline / "runs"
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")) == 2
     err = capsys.readouterr().err.strip()
