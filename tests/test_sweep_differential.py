@@ -377,23 +377,35 @@ def custom_val_accuracy(config: dict) -> bool:
         isinstance(m, dict) and m.get("name") == "val_accuracy" for m in metrics)
 
 
-# What W&B accepts and this program refuses on purpose: the README's words for each, and when a
-# file is one
+# What W&B accepts and this program refuses on purpose: the README's words for each, words of the
+# refusal's line, and when a file is one
 DELIBERATE = {
-    "a parameter it lacks": lambda c, d: any(n not in p2.DEFAULTS for n in parameters(c)),
-    "`val_size`": lambda c, d: "val_size" in parameters(c),
-    "nested `parameters`": lambda c, d: any(
-        isinstance(spec, dict) and "parameters" in spec for spec in parameters(c).values()),
-    "a value the trainer refuses": lambda c, d: trainer_refuses_a_value(d),
-    "another `program`": lambda c, d: Path(str(c.get("program", "part_2_cifar.py"))).name
-    != "part_2_cifar.py",
-    "a W&B Launch `job`": lambda c, d: "job" in c or "image_uri" in c,
-    "`metric` must be a number the trainer writes": lambda c, d: metric_not_written(c),
-    "an option the trainer would refuse is refused": lambda c, d: command_the_trainer_cannot_run(c),
-    "`scheduler.engine: ax` is refused": lambda c, d: isinstance(c.get("scheduler"), dict)
-    and c["scheduler"].get("engine") == "ax",
-    "method `custom` refuses `val_accuracy`": lambda c, d: custom_val_accuracy(c),
+    "a parameter it lacks": ("is not a part_2_cifar.py setting",
+                             lambda c, d: any(n not in p2.DEFAULTS for n in parameters(c))),
+    "`val_size`": ("cannot be swept", lambda c, d: "val_size" in parameters(c)),
+    "nested `parameters`": ("nested parameters", lambda c, d: any(
+        isinstance(spec, dict) and "parameters" in spec for spec in parameters(c).values())),
+    "a value the trainer refuses": ("part_2_cifar.py rejects",
+                                    lambda c, d: trainer_refuses_a_value(d)),
+    "another `program`": ("can only run part_2_cifar.py", lambda c, d: Path(
+        str(c.get("program", "part_2_cifar.py"))).name != "part_2_cifar.py"),
+    "a W&B Launch `job`": ("W&B Launch", lambda c, d: "job" in c or "image_uri" in c),
+    "`metric` must be a number the trainer writes": (
+        "part_2_cifar.py writes|test images", lambda c, d: metric_not_written(c)),
+    "an option the trainer would refuse is refused": (
+        "command", lambda c, d: command_the_trainer_cannot_run(c)),
+    "`scheduler.engine: ax` is refused": ("scheduler.engine 'ax'", lambda c, d: isinstance(
+        c.get("scheduler"), dict) and c["scheduler"].get("engine") == "ax"),
+    "method `custom` refuses `val_accuracy`": (
+        "val_accuracy is {", lambda c, d: custom_val_accuracy(c)),
 }
+
+
+def excused(config: object, decision: dict, line: str) -> bool:
+    """The refusal `line` is one of DELIBERATE: the file is one, and the line says which."""
+    return isinstance(config, dict) and any(
+        holds(config, decision) and any(word in line for word in words.split("|"))
+        for words, holds in DELIBERATE.values())
 
 
 def local_verdict(path: Path) -> tuple[str, str | list[str], sweep_space.Sweep | None]:
@@ -483,8 +495,6 @@ def test_every_generated_sweep_file_is_decided_and_searched_as_wandbs_engine_doe
         verdicts[theirs] += 1
         kinds.update(p["kind"] for p in decision["params"].values())
         methods[config.get("method") if isinstance(config, dict) else None] += 1
-        excused = isinstance(config, dict) and any(
-            holds(config, decision) for holds in DELIBERATE.values())
         why = decision["engine_error"] or decision["schema_error"]
         if ours == "refuse" and ("\n" in said or not said):
             mismatches.append(f"{path.name}: not one line: {said!r}")
@@ -492,7 +502,7 @@ def test_every_generated_sweep_file_is_decided_and_searched_as_wandbs_engine_doe
             mismatches.append(f"{path.name}: W&B refuses ({why}), local runs (notes {said})")
         elif theirs == "warn" and ours == "run" and not said:
             mismatches.append(f"{path.name}: W&B warns {decision['violations']}, local is silent")
-        elif theirs == "clean" and ours == "refuse" and not excused:
+        elif theirs == "clean" and ours == "refuse" and not excused(config, decision, said):
             mismatches.append(f"{path.name}: W&B runs it cleanly, local refuses: {said}")
         if theirs == "refuse" or ours == "refuse":
             continue
