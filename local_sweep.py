@@ -445,6 +445,16 @@ def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> op
     elif stored != sweep.raw:
         raise SweepConfigError(f"study {name!r} was created from a different sweep config; use another --study or "
                                "the original file")
+    drawn = {key: d for t in study.get_trials(deepcopy=False) for key, d in t.distributions.items()}
+    for param in sweep.params:  # an older local_sweep.py may have drawn a parameter otherwise
+        before = drawn.get(param.optuna_name)
+        try:
+            if before is not None and param.distribution is not None:
+                optuna.distributions.check_distribution_compatibility(before, param.distribution)
+        except ValueError:
+            raise SweepConfigError(f"study {name!r} drew {param.name} from {before}, this "
+                                   f"local_sweep.py from {param.distribution} (as W&B's engine "
+                                   "draws it): continue the sweep under another --study") from None
     return study
 
 

@@ -88,6 +88,23 @@ def test_a_malformed_sweep_file_is_one_line_exit_2_and_leaves_nothing_behind(con
     assert not runs.exists()  # no journal, no lock folder, no study
 
 
+def test_a_study_an_older_translation_drew_otherwise_is_one_line_not_a_traceback(tmp_path, capsys):
+    """Before, q_uniform was drawn from Optuna's stepped IntDistribution; W&B's engine (and now this
+    one) rounds a uniform draw: Optuna cannot mix the two in one study."""
+    epochs = {"distribution": "q_uniform", "min": 1, "max": 3, "q": 1}
+    sweep, runs = write(tmp_path / "old.json", with_parameters(epochs=epochs)), tmp_path / "runs"
+    study = optuna.create_study(study_name="old", direction="maximize",
+                                storage=local_sweep.open_storage(None, runs).storage)
+    study.set_user_attr("sweep_config", local_sweep.load_sweep(sweep).raw)
+    study.add_trial(optuna.trial.create_trial(
+        params={"epochs": 2}, distributions={"epochs": optuna.distributions.IntDistribution(1, 3)},
+        value=50.0))
+    assert run(sweep, tmp_path / "no-data", runs, "--trials", "2") == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "study 'old' drew epochs from IntDistribution" in err, err
+    assert "continue the sweep under another --study" in err
+
+
 def test_a_random_sweep_without_metric_runs_and_says_it_optimizes_nothing(tmp_path):
     sweep = write(tmp_path / "r.json", {"method": "random", "parameters": FAST})
     sweep = local_sweep.load_sweep(sweep)
