@@ -117,9 +117,9 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, Callable[[Any], boo
     "q_log_uniform_values": (("distribution", "min", "max"),
                              {"min": POSITIVE, "max": NUMBER, "q": POSITIVE}),
 }
-# W&B's defaults for what a kind leaves out (schema.json "default"); q is a float: 1.0 gives floats,
-# as in W&B
-DEFAULTS = {"mu": 0.0, "sigma": 1.0, "q": 1.0, "a": 1.0, "b": 1.0}
+# W&B's defaults for what a kind leaves out (schema.json "default"); q's is a float: 1.0 gives
+# floats, as in W&B
+WANDB_DEFAULTS = {"mu": 0.0, "sigma": 1.0, "q": 1.0, "a": 1.0, "b": 1.0}
 
 
 def _fits(kind: str, spec: dict) -> bool:
@@ -295,7 +295,7 @@ def _grid_param(name: str, spec: dict, kind: str) -> Param:
     else:
         import numpy as np  # the very function W&B's grid calls: its float steps are not Python's
 
-        values = np.arange(spec["min"], spec["max"], spec.get("q", DEFAULTS["q"])).tolist()
+        values = np.arange(spec["min"], spec["max"], spec.get("q", WANDB_DEFAULTS["q"])).tolist()
     return Param(name, CategoricalDistribution(values), ends=tuple(values))
 
 
@@ -344,7 +344,7 @@ def translate_parameter(name: str, spec: Any, method: str = "random",
         raise SweepConfigError(f"parameter {name!r}: W&B's Bayesian search cannot draw values with "
                                "probabilities (its engine fails on them): drop probabilities, or "
                                "use method random")
-    spec = DEFAULTS | spec  # the keys a kind takes; the others are not read
+    spec = WANDB_DEFAULTS | spec  # the keys a kind takes; the others are not read
     q = spec["q"] if kind.startswith("q_") else None
     if kind == "constant":
         return Param(name, None, constant=spec["value"], ends=(spec["value"],))
