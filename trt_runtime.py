@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cli import CommandError, one_line
+
 if TYPE_CHECKING:
     import tensorrt as trt
 
@@ -40,7 +42,7 @@ CALIBRATION_BATCH = 64  # images per int8 calibration step; ModelOpt reads a dyn
 INSTALL_HINT = "on a GPU machine: pip install --extra-index-url https://pypi.nvidia.com -r requirements-trt.txt"
 
 
-class EngineError(RuntimeError):
+class EngineError(CommandError, RuntimeError):
     """TensorRT or CUDA could not parse, build, load or run an engine; the message says which step and why."""
 
 
@@ -105,11 +107,6 @@ def _ints(dims: trt.Dims) -> list[int]:
     return [dims[i] for i in range(len(dims))]  # Dims indexes like a sequence but the stubs declare no __iter__
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Int8: explicit quantization with ModelOpt (TensorRT 10 deprecated implicit calibration and 11 removed it)
 
@@ -132,7 +129,8 @@ def quantize_int8(onnx_path: Path, calibration_images: np.ndarray, out_path: Pat
                  calibration_shapes=calibration_shapes(input_name, calibration_images), calibration_eps=["cpu"],
                  high_precision_dtype="fp16", output_path=str(out_path))
     except Exception as e:  # a third party's failure, whatever its type, is one line for the report
-        raise EngineError(f"ModelOpt could not quantize {onnx_path} to int8 ({_first_line(e)})") from e
+        raise EngineError(f"ModelOpt could not quantize {onnx_path} to int8 "
+                          f"({type(e).__name__}: {one_line(e)})") from e
 
 
 # ----------------------------------------------------------------------------------------------------------------------
