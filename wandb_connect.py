@@ -12,6 +12,7 @@ README "W&B without a network (HPC clusters)" says what a user sees.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, one_line
@@ -44,7 +45,8 @@ def wandb_settings():
 
     try:
         return wandb_setup.singleton().settings
-    except ValueError as e:  # pydantic's ValidationError: WANDB_INIT_TIMEOUT=soon, WANDB_MODE=''"
+    except ValueError as e:  # pydantic's ValidationError: WANDB_INIT_TIMEOUT=soon, WANDB_MODE=
+        let_go_of_wandb()  # W&B keeps the settings it could not load: the next call reads them anew
         errors = e.errors() if hasattr(e, "errors") else []
         field = str(errors[0]["loc"][0]) if errors and errors[0].get("loc") else ""
         names = [name for name in os.environ if name.startswith("WANDB_")
@@ -168,10 +170,14 @@ class GuardedRun:
 
     def __init__(self, run) -> None:
         self.run = run
-        self.lost = False  # a call has failed: W&B is not asked again
+        self.lost = ""  # "failed": a call failed, W&B is asked no more; "gone": its process is gone
         self.epoch = 0  # the last epoch W&B has (what `log` got)
         self.summary = GuardedSummary(self)
         without_import_telemetry()
+        # asyncio runs only W&B's connection here; with W&B's process gone it warns of each write to
+        # the closed socket ("socket.send() raised exception."), even before a call fails: the one
+        # line of the failure says it for people.
+        logging.getLogger("asyncio").setLevel(logging.ERROR)
 
     def __getattr__(self, name: str):  # id, config, settings, name ...: read from the run
         return getattr(self.run, name)
@@ -184,15 +190,26 @@ class GuardedRun:
         try:
             return call(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 (a failure of W&B is W&B's; a stop is no Exception)
-            self.lost = True
-            has = (f"epochs 1-{self.epoch}" if self.epoch > 1 else f"epoch {self.epoch}"
-                   if self.epoch else "no epoch")
-            loses = loses or f"W&B has {has} of this run and loses what comes after"
-            sync = getattr(self.run.settings, "sync_dir", None)
-            print(f"W&B: {what} failed ({type(e).__name__}: {one_line(e)}): {loses}; the training "
-                  "goes on" + (f"; upload what W&B has with: wandb sync {sync}" if sync else ""),
+            self.lost = "gone" if isinstance(e, ConnectionError) else "failed"
+            self.stop_console_copy()
+            after = f" after epoch {self.epoch}" if self.epoch else ""
+            loses = loses or f"W&B loses this run{after}; the training goes on"
+            sync = getattr(self.run.settings, "sync_dir", None)  # W&B may not have flushed it all
+            print(f"W&B: {what} failed ({type(e).__name__}: {one_line(e)}): {loses}"
+                  + (f"; what W&B saved is uploaded with: wandb sync {sync}" if sync else ""),
                   flush=True)
             return None
+
+    def stop_console_copy(self) -> None:
+        """Stop W&B copying what the training prints: with its process gone, each printed line would
+        be sent to a closed socket. W&B's own finish stops the copy the same way (wandb 0.31:
+        Run._console_stop, a private method, so only where it exists)."""
+        stop = getattr(self.run, "_console_stop", None)
+        try:
+            if callable(stop):
+                stop()
+        except Exception:  # noqa: BLE001 (W&B is failing already: its console copy is not needed)
+            pass
 
     def log(self, metrics: dict, step: int) -> None:
         self.attempt(f"logging epoch {step}", self.run.log, metrics, step=step)
@@ -210,10 +227,10 @@ class GuardedRun:
         still be there to record the end. If it is not, let go of W&B quietly."""
         if not self.lost:
             self.attempt("finishing the run", self.run.finish, exit_code=exit_code,
-                         loses="W&B may lack the run's end; the run folder has everything")
+                         loses="W&B may lack the run's end (the run folder has everything)")
             if not self.lost:
                 return
-        else:
+        elif self.lost == "failed":  # its process may still be there to record the end
             try:
                 self.run.finish(exit_code=exit_code)
                 return
