@@ -649,22 +649,29 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
 
 
 def write_snapshots(run_dir: Path, snapshots: dict[str, object], names: set[str]) -> None:
-    """Write the snapshots `names` (file name -> checkpoint) into run_dir; if run_dir has vanished
-    (deleted while training), make it again and write every snapshot, with a note. FileFailed if a
-    write fails."""
-    if not run_dir.is_dir():
+    """Write the snapshots `names` (file name -> checkpoint) into run_dir, removing each from names.
+    A run_dir that vanished (deleted while training, before or during the write) is made again and
+    gets every snapshot, with a note. FileFailed if a write fails otherwise."""
+    for attempt in (1, 2):
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise FileFailed(e, "make the run folder", run_dir) from None
-        if snapshots:
-            print(f"note: the run folder {run_dir} vanished while the run went on (deleted?): made "
-                  f"it again, with {' and '.join(sorted(snapshots))} of the newest epoch, kept in "
-                  "memory", flush=True)
-        names.update(snapshots)
-    for name in sorted(names):
-        save_atomic(snapshots[name], run_dir / name)
-        names.discard(name)
+            if not run_dir.is_dir():
+                try:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise FileFailed(e, "make the run folder", run_dir) from None
+                if snapshots:
+                    kept = " and ".join(sorted(snapshots))
+                    print(f"note: the run folder {run_dir} vanished while the run went on "
+                          f"(deleted?): made it again, with {kept} of the newest epoch, kept in "
+                          "memory", flush=True)
+                names.update(snapshots)
+            for name in sorted(names):
+                save_atomic(snapshots[name], run_dir / name)
+                names.discard(name)
+            return
+        except FileFailed:
+            if attempt == 2 or run_dir.is_dir():
+                raise
 
 
 def checkpoints_on_disk(run_dir: Path, on_disk: dict) -> str:
@@ -672,7 +679,7 @@ def checkpoints_on_disk(run_dir: Path, on_disk: dict) -> str:
     last = run_dir / LAST_CHECKPOINT
     if on_disk["epoch"] and last.is_file():
         return f"{last} holds epoch {on_disk['epoch']}"
-    return "no checkpoint of this run is on disk"
+    return "no last.pt of this run is on disk"
 
 
 def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, state: dict, status: str,
@@ -809,7 +816,7 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
         metadata = {"config": config, "val_accuracy": summary["best_val_accuracy"],
                     "epoch": summary["best_epoch"]}
         run.attempt("uploading best.pt as a model artifact", upload_model, run, best, metadata,
-                    loses=f"W&B has the run without its model artifact; the model is {best}")
+                    loses=f"W&B has the run but not its model artifact (the model is {best})")
     return _end_run(run, EXIT_DONE, summary)
 
 
