@@ -667,10 +667,10 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                 except TrialRefused as e:
                     # Its last.pt stays for the retry: queued by whoever failed it, or by the dead-trial rule once
                     # this process lets go of it. A signal that came meanwhile ends the loop at its top.
+                    if isinstance(e.error, JOURNAL_TO_FIX):  # the user's to fix: this process ends
+                        return cli.fail(e.error)
                     if not e.shown:
                         print(e, flush=True)
-                    if isinstance(e.error, JOURNAL_TO_FIX):
-                        return cli.exit_code(e.error)
                     continue
                 except cli.FileFailed as e:  # a full disk, a folder gone: so would every next trial
                     give_up_for_a_retry(study, trial, str(e))

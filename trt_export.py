@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException as e:
             return boundary(e, stopped="the export stopped; run the same command again",
                             kept="the files of an earlier export stay whole; run the same command "
-                                 "again once it can be written")
+                                 "again")
 
 
 def export(args: argparse.Namespace) -> int:
