@@ -59,7 +59,7 @@ ERRORS = {"open": AT_WRITE + AT_OPEN, "lock": AT_OPEN,
 def wandb_errors() -> list[Callable[[], Exception]]:
     import wandb
 
-    return [lambda: ConnectionResetError("Connection lost"),  # every call, once wandb-core is killed
+    return [lambda: ConnectionResetError("Connection lost"),  # each call once wandb-core is killed
             lambda: wandb.errors.CommError("injected: the W&B service did not answer"),
             lambda: PermissionError("Unable to write staging files (injected)")]
 
@@ -67,7 +67,7 @@ def wandb_errors() -> list[Callable[[], Exception]]:
 def storage_error() -> Exception:
     import optuna
 
-    return optuna.exceptions.StorageInternalError("injected: An exception is raised during the commit")
+    return optuna.exceptions.StorageInternalError("injected: an exception during the commit")
 
 
 @dataclass
@@ -118,7 +118,7 @@ class Outside:
         return OSError(self.error, os.strerror(self.error), os.fsdecode(path))
 
     def vanish(self, path: object) -> None:
-        """A folder deleted meanwhile (a cleaner): the folder of `path` goes; the real call fails."""
+        """A folder deleted meanwhile (a cleaner): the folder of `path` goes; the call fails."""
         folder = Path(os.fsdecode(path)).parent
         if self.ours(folder):
             shutil.rmtree(folder, ignore_errors=True)
@@ -198,7 +198,7 @@ class Outside:
 
 
 class FailingWrites:
-    """A file opened for writing on a disk that is full: every write fails (the file stays empty)."""
+    """A file opened for writing on a full disk: every write fails (the file stays empty)."""
 
     def __init__(self, file, error: OSError):
         self.file, self.error = file, error
@@ -256,10 +256,10 @@ def files_under(roots: list[Path]) -> dict[Path, bytes]:
 
 
 def check_files(before: dict[Path, bytes], roots: list[Path]) -> None:
-    """Each file under its final name is the old one or a whole new one; no temporary file is left."""
+    """Each file under its final name is the old one or a whole new one; no temporary is left."""
     for path, data in files_under(roots).items():
         assert not re.search(r"\.tmp$|\.partial-", path.name), f"a temporary file is left: {path}"
-        assert before.get(path) == data or whole(path), f"{path} is neither the old nor a whole file"
+        assert before.get(path) == data or whole(path), f"{path}: not the old nor a whole file"
 
 
 def check_ending(code: int, out: str, err: str, failed: str) -> None:
@@ -351,7 +351,7 @@ def command(name: str, made: Path, data: Path, work: Path) -> Command:
 
 COMMANDS = ["trainer", "trainer-wandb", "local_sweep", "local_sweep-report", "select_model",
             "trt_export", "synthetic_cifar100"]
-FRESH = ("trainer", "trainer-wandb", "local_sweep")  # start in an empty folder (a run found resumes)
+FRESH = ("trainer", "trainer-wandb", "local_sweep")  # start empty (a run folder found resumes)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -359,7 +359,7 @@ FRESH = ("trainer", "trainer-wandb", "local_sweep")  # start in an empty folder 
 def test_every_outside_failure_ends_with_a_line_of_the_table_and_leaves_only_whole_files(
         name, seed, made, data, tmp_path, monkeypatch, capsys, offline):
     monkeypatch.setattr(run_files, "LATENCY_REPEATS", 3)  # the cost measurement at its least
-    monkeypatch.setenv("WANDB_RUN_ID", "faultrun")  # the trainer's run folder: one name in every run
+    monkeypatch.setenv("WANDB_RUN_ID", "faultrun")  # the trainer's run folder: one name in all
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # W&B's artifact staging
     found = tmp_path / "found"  # what every run finds: nothing, or what a first clean run left
     found.mkdir()

@@ -177,7 +177,7 @@ def test_ctrl_c_inside_each_stage_of_the_onnx_exporter_ends_with_130(
     real_stage, sent = getattr(owner, stage), []
 
     def ctrl_c_first(*args, **kwargs):
-        if not sent:  # once: a second Ctrl-C is "stop now" (KeyboardInterrupt), which always stopped
+        if not sent:  # once: a second Ctrl-C is "stop now" (KeyboardInterrupt), always a stop
             sent.append(signal.SIGINT)
             signal.raise_signal(signal.SIGINT)
         return real_stage(*args, **kwargs)
