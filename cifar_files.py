@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import EXIT_BAD_INPUT, EXIT_FAILED, FILE_ADVICE, CommandError, FileFailed, os_error_in
+from cli import EXIT_BAD_INPUT, EXIT_FAILED, FILE_ADVICE, CommandError, FileFailed, one_line, os_error_in
 from run_files import unwritable
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -115,7 +115,8 @@ def read_archive(archive: Path) -> dict[str, bytes]:
                 if name and member.isfile():  # a link or device under a wanted name is not the data set
                     found[name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # cut short, not an archive, unreadable
-        raise DataError(f"{archive} cannot be read as a tar archive ({type(e).__name__}: {e})") from None
+        raise DataError(f"{archive} cannot be read as a tar archive ({type(e).__name__}: "
+                        f"{one_line(e)})") from None
     missing = [f"{CIFAR100_DIR}/{name}" for name in CIFAR100_FILES if name not in found]
     if missing:
         raise DataError(f"{archive} has no {' or '.join(missing)}: not the CIFAR-100 archive")
@@ -158,8 +159,9 @@ def download_cifar100(folder: Path, url: str = CIFAR100_URL, md5: str = CIFAR100
         disk = os_error_in(e)
         if disk is not None and disk.errno in FILE_ADVICE and disk.errno != errno.ENOENT:
             raise FileFailed(disk, "write", part, kept="nothing of the download is kept") from None
-        raise DownloadError(f"could not download CIFAR-100 ({type(e).__name__}: {e}); fetch {url} yourself and put "
-                            f"it at {archive} (or its extracted folder at {archive.parent / CIFAR100_DIR})") from None
+        raise DownloadError(f"could not download CIFAR-100 ({type(e).__name__}: {one_line(e)}); "
+                            f"fetch {url} yourself and put it at {archive} (or its extracted "
+                            f"folder at {archive.parent / CIFAR100_DIR})") from None
     finally:
         part.unlink(missing_ok=True)
     return archive
@@ -249,7 +251,8 @@ def read_cifar_pickle(path: Path | str, raw: bytes | None = None) -> dict:
     except OSError as e:  # missing since it was found, or unreadable
         raise DataError(f"{path} cannot be read ({e.strerror or e})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: "
+                        f"{one_line(e)})") from None
     if not isinstance(loaded, dict):
         raise DataError(f"{path} is not a CIFAR-100 file: it holds a {type(loaded).__name__}, not a dict")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in loaded.items()}

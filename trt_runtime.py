@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cli import CommandError, one_line
+from cli import CommandError, one_line, write_atomic
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -191,17 +191,18 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes
         raise EngineError(f"TensorRT could not build a {precision} engine from {onnx_path}; its log above says why")
     build_seconds = time.perf_counter() - started
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(memoryview(serialized))
+    write_atomic(engine_path, bytes(memoryview(serialized)))  # whole or not there, as every output
     built_cache = config.get_timing_cache()
     if built_cache is not None:
-        timing_cache_path.write_bytes(memoryview(built_cache.serialize()))
+        write_atomic(timing_cache_path, bytes(memoryview(built_cache.serialize())))
 
     info = {"precision": precision, "tensorrt_version": str(trt.__version__), "gpu": gpu, "typing": "strongly typed",
             "onnx": str(onnx_path), "engine": str(engine_path), "engine_bytes": engine_path.stat().st_size,
             "profile": {"input": input_tensor.name, "min": shape_min, "opt": shape_opt, "max": shape_max},
             "workspace_bytes": workspace_bytes, "timing_cache": str(timing_cache_path) if built_cache else None,
             "build_seconds": round(build_seconds, 2)}
-    engine_path.with_name(engine_path.name + ".json").write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(engine_path.with_name(engine_path.name + ".json"),
+                 (json.dumps(info, indent=2) + "\n").encode())
     return info
 
 
