@@ -985,7 +985,8 @@ def main(argv: list[str] | None = None) -> int:
                                          check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
                                          log_model=args.log_model)
         except BaseException as e:  # Ctrl-C twice outside training: W&B's start, upload or finish
-            return boundary(e, stopped=stopped_state(run_dir) if run_dir else "nothing was started")
+            stop = isinstance(e, (Interrupted, KeyboardInterrupt)) and run_dir is not None
+            return boundary(e, stopped=stopped_state(run_dir) if stop else "nothing was started")
         if code == 0:
             print(outcome_line(summary, run_dir), flush=True)
         if stop.signum is not None and code == 0:
