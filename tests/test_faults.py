@@ -344,3 +344,50 @@ def test_a_half_installed_onnxruntime_is_one_line_naming_the_package_and_the_fix
     assert line.startswith(f"error: the onnxruntime package at {fake / '__init__.py'} has no "
                            "InferenceSession"), line
     assert "pip uninstall -y onnxruntime onnxruntime-gpu" in line
+
+
+# --------------------------------------------------------------------------------------------------
+# The one boundary every command's main ends in
+
+
+def raised(error: BaseException, cause: BaseException | None = None) -> BaseException:
+    """`error` as a raise leaves it (a traceback, a cause)."""
+    try:
+        raise error from cause
+    except BaseException as e:  # noqa: BLE001 (any, to hand it to the boundary as main would)
+        return e
+
+
+def test_the_boundary_makes_each_kind_one_line_of_the_table(tmp_path, capsys):
+    import optuna
+
+    disk_full = OSError(28, "No space left on device", str(tmp_path / "summary.json"))
+    cases = [
+        (raised(cli.Interrupted(signal.SIGTERM)), 128 + signal.SIGTERM,
+         "interrupted by SIGTERM: run the same command again"),
+        (raised(p2.ConfigError("momentum=1.5 is not allowed")), cli.EXIT_BAD_INPUT,
+         "error: momentum=1.5 is not allowed"),
+        (raised(disk_full), cli.EXIT_FAILED,
+         f"error: {tmp_path / 'summary.json'}: No space left on device (ENOSPC); its file system "
+         "is full"),
+        (raised(RuntimeError("unexpected pos 1495936"), disk_full), cli.EXIT_FAILED,  # torch zip
+         f"error: {tmp_path / 'summary.json'}: No space left on device (ENOSPC)"),
+        (raised(optuna.exceptions.StorageInternalError("commit failed\n[SQL: ...]")),
+         cli.EXIT_FAILED, "error: optuna failed: StorageInternalError: commit failed"),
+    ]
+    for error, code, line in cases:
+        assert cli.boundary(error) == code
+        assert one_line(capsys.readouterr().err).startswith(line)
+    assert cli.boundary(raised(p2.RunComplete("RUN is complete"))) == 0  # an outcome, not an error
+    assert capsys.readouterr().out == "RUN is complete\n"
+
+
+def test_an_error_of_this_projects_own_code_keeps_its_traceback():
+    # A bug is not an outside failure: one line would hide where it is.
+    try:
+        p2.model_from_config({})  # raises KeyError in part_2_cifar.py
+    except KeyError as e:
+        bug = e
+    with pytest.raises(KeyError):
+        cli.boundary(bug)
+
