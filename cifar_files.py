@@ -10,6 +10,7 @@ Every failure is a DataError: one line naming the file and what to do.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import posixpath
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import EXIT_BAD_INPUT, EXIT_FAILED
+from cli import EXIT_BAD_INPUT, EXIT_FAILED, FILE_ADVICE, CommandError, FileFailed, one_line, os_error_in
 from run_files import unwritable
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -36,7 +37,7 @@ DATA_DIR_HELP = (f"the folder holding {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}, or 
 NUM_CLASSES = 100
 
 
-class DataError(RuntimeError):
+class DataError(CommandError, RuntimeError):
     """The data set is missing, malformed or out of reach; the message names the file and what to do.
 
     exit_code 2: a file or folder the user must fix (DownloadError: 1, the network may work next time)."""
@@ -114,7 +115,8 @@ def read_archive(archive: Path) -> dict[str, bytes]:
                 if name and member.isfile():  # a link or device under a wanted name is not the data set
                     found[name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # cut short, not an archive, unreadable
-        raise DataError(f"{archive} cannot be read as a tar archive ({type(e).__name__}: {e})") from None
+        raise DataError(f"{archive} cannot be read as a tar archive ({type(e).__name__}: "
+                        f"{one_line(e)})") from None
     missing = [f"{CIFAR100_DIR}/{name}" for name in CIFAR100_FILES if name not in found]
     if missing:
         raise DataError(f"{archive} has no {' or '.join(missing)}: not the CIFAR-100 archive")
@@ -153,9 +155,13 @@ def download_cifar100(folder: Path, url: str = CIFAR100_URL, md5: str = CIFAR100
     try:
         download_url(url, str(folder), filename=part.name, md5=md5)
         os.replace(part, archive)
-    except Exception as e:  # network errors come in many classes; all end the same way
-        raise DownloadError(f"could not download CIFAR-100 ({type(e).__name__}: {e}); fetch {url} yourself and put "
-                            f"it at {archive} (or its extracted folder at {archive.parent / CIFAR100_DIR})") from None
+    except Exception as e:  # network errors come in many classes, one line; a full disk: a file's
+        disk = os_error_in(e)
+        if disk is not None and disk.errno in FILE_ADVICE and disk.errno != errno.ENOENT:
+            raise FileFailed(disk, "write", part, kept="nothing of the download is kept") from None
+        raise DownloadError(f"could not download CIFAR-100 ({type(e).__name__}: {one_line(e)}); "
+                            f"fetch {url} yourself and put it at {archive} (or its extracted "
+                            f"folder at {archive.parent / CIFAR100_DIR})") from None
     finally:
         part.unlink(missing_ok=True)
     return archive
@@ -170,17 +176,18 @@ def extract_archive(archive: Path) -> Path:
     target = archive.parent / CIFAR100_DIR
     print(f"extracting {CIFAR100_DIR}/ from {archive} (once)", flush=True)
     partial = archive.parent / f"{CIFAR100_DIR}.partial-{secrets.token_hex(4)}"
-    partial.mkdir()
     try:
+        partial.mkdir()
         for name, raw in members.items():
             (partial / name).write_bytes(raw)
         os.rename(partial, target)  # replaces an empty folder, refuses a full one
-    except OSError as e:
+    except OSError as e:  # a full disk, a read-only folder: the archive stays for the next run
         if not _complete(target):
-            raise DataError(f"could not extract {archive} into {target} ({type(e).__name__}: {e})") from None
+            raise FileFailed(e, "extract into", target, kept=f"{archive} is kept, and the next run "
+                             "extracts it again (or reads it in memory where its folder cannot be "
+                             "written)") from None
     finally:
-        if partial.exists():
-            shutil.rmtree(partial)  # only our own partial copy
+        shutil.rmtree(partial, ignore_errors=True)  # only our own partial copy
     return target
 
 
@@ -244,7 +251,8 @@ def read_cifar_pickle(path: Path | str, raw: bytes | None = None) -> dict:
     except OSError as e:  # missing since it was found, or unreadable
         raise DataError(f"{path} cannot be read ({e.strerror or e})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: "
+                        f"{one_line(e)})") from None
     if not isinstance(loaded, dict):
         raise DataError(f"{path} is not a CIFAR-100 file: it holds a {type(loaded).__name__}, not a dict")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in loaded.items()}

@@ -1,9 +1,16 @@
-"""The command-line kit every command imports: exit codes, the parser, stop signals, worker processes.
+"""The command-line kit every command imports: exit codes, the error model, the parser, stop
+signals, worker processes.
 
-part_2_cifar.py, local_sweep.py, select_model.py and trt_export.py all end the same way.
-Their exit codes follow one table (EXIT_CODES, and the README's "Exit codes").
+part_2_cifar.py, local_sweep.py, select_model.py, trt_export.py, synthetic_cifar100.py all end
+the same way. Their exit codes follow one table (EXIT_CODES, and the README's "Exit codes").
+Every error the project raises for people is a CommandError: one line (one_line makes it) and an
+exit code. Each command's main is its one boundary: `boundary` turns whatever reaches it into that
+line and code (an OSError by its errno, naming the file; a library's error by its library), after
+the command saved what it had in memory. Files are written by write_atomic: a final name only ever
+holds a whole file.
 Their parsers print one line for a bad option.
-A stop signal is a graceful stop everywhere: saved, then exit 128 + n.
+A stop signal is a graceful stop everywhere: saved, then exit 128 + n. Its exception, Interrupted,
+is a BaseException as KeyboardInterrupt is, so no library's `except Exception` swallows it.
 Output that goes away (`| head -1`, a terminal gone after logout) ends no work: it goes to /dev/null.
 Only the standard library is imported here, so any module can import this one.
 """
@@ -12,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
+import re
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -54,6 +64,171 @@ def fail(error: BaseException | str, code: int | None = None) -> int:
 def stopped_by(signum: int) -> int:
     """The exit code of a command a stop signal ended: 128 + the signal's number."""
     return SIGNAL_BASE + signum
+
+
+# --------------------------------------------------------------------------------------------------
+# The error model: one line of any error, the kinds of outside failure, one boundary per command
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # PyTorch colours parts of its messages
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error's text (a library's message may run to pages), terminal escape
+    codes removed, at most `limit` characters; the error's type name when it has no text. The one
+    way a line is made of an error."""
+    text = ANSI_ESCAPE.sub("", str(error)).strip()
+    if not text:
+        return type(error).__name__
+    line = text.splitlines()[0].strip()
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+# What to do about an OSError on a file, by errno, and its exit code: EXIT_BAD_INPUT for what the
+# user must fix (as the check before any work, run_files.unwritable, says), else EXIT_FAILED.
+FIX_PERMISSIONS = "this user may not write or read it: fix its permissions, or use another folder"
+FILE_ADVICE = {
+    errno.ENOSPC: ("its file system is full: free space there (df -h), or use a folder on another "
+                   "one", EXIT_FAILED),
+    errno.EDQUOT: ("the disk quota is used up: free some (quota -s), or use a folder on another "
+                   "file system", EXIT_FAILED),
+    errno.EROFS: ("its file system is mounted read-only: use a folder on a writable one",
+                  EXIT_BAD_INPUT),
+    errno.EACCES: (FIX_PERMISSIONS, EXIT_BAD_INPUT),
+    errno.EPERM: (FIX_PERMISSIONS, EXIT_BAD_INPUT),
+    errno.ENOENT: ("its folder vanished while the command ran (a cleaner, rm -rf?)", EXIT_FAILED),
+    errno.EIO: ("an I/O error: check the disk or the network file system", EXIT_FAILED),
+}
+
+
+class FileFailed(CommandError):
+    """An OSError on a file the command reads or writes (disk full, quota, read-only, permission,
+    a folder that vanished, an I/O error): one line naming the file, what failed, what to do and
+    what is kept. `kept` is said by whoever knows (the trainer: which epoch the files on disk
+    hold); the exit code comes from FILE_ADVICE."""
+
+    def __init__(self, error: OSError, action: str = "", path: os.PathLike | str | None = None,
+                 kept: str = ""):
+        super().__init__(error)
+        self.error, self.action, self.kept = error, action, kept
+        self.path = path if path is not None else error.filename
+        self.exit_code = FILE_ADVICE.get(error.errno, ("", EXIT_FAILED))[1]
+
+    def __str__(self) -> str:
+        what = f"cannot {self.action} {self.path}" if self.action else f"{self.path or 'a file'}"
+        code = errno.errorcode.get(self.error.errno, "")
+        reason = f"{self.error.strerror or one_line(self.error)}" + (f" ({code})" if code else "")
+        advice = FILE_ADVICE.get(self.error.errno, ("",))[0]
+        return "; ".join(part for part in (f"{what}: {reason}", advice, self.kept) if part)
+
+
+def write_atomic(path: os.PathLike | str, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file beside it, flushed to disk, then renamed
+    over it: a final name only ever holds a whole file, the old one until the new one is complete
+    (a crash, a full disk, a stop). FileFailed naming `path`; no temporary file is left."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # its own: processes may share a file
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise FileFailed(e, "write", path) from None
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the folder is gone or read-only: there is no temporary file to remove
+            pass
+
+
+class BrokenInstall(CommandError):
+    """A package that imports but lacks what it must have (two builds installed over each other):
+    one line naming the package and the fix. Exit 2: the install is the user's to fix."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+def require(module: str, *names: str, fix: str) -> object:
+    """The module `module`, checked to have each of `names`; else BrokenInstall naming where it
+    was found and `fix`."""
+    found = importlib.import_module(module)
+    missing = [name for name in names if not hasattr(found, name)]
+    if missing:
+        where = (getattr(found, "__file__", None) or ", ".join(getattr(found, "__path__", []))
+                 or "an unknown place")
+        raise BrokenInstall(f"the {module} package at {where} has no {', '.join(missing)}: a "
+                            f"broken install (two builds over each other?); {fix}")
+    return found
+
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+def library_of(error: BaseException) -> str | None:
+    """The library whose error `error` is (torch, optuna, wandb, onnx, json, ...), or None for this
+    project's own: an error class of a library names it; a built-in one (RuntimeError, ValueError)
+    is the library's whose code raised it (the last frame of its traceback), and None when that is
+    this project's code: a bug."""
+    module = type(error).__module__.split(".")[0]
+    if module != "builtins":
+        origin = getattr(sys.modules.get(module), "__file__", None)
+        return None if origin and Path(origin).resolve().parent == PROJECT_DIR else module
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames or Path(frames[-1].filename).resolve().parent == PROJECT_DIR:
+        return None
+    parts = Path(frames[-1].filename).parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts[:-1]:
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    return Path(frames[-1].filename).stem  # a module of Python's standard library
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The first OSError in an error's chain (itself, its cause, its context): a library that
+    wraps a full disk in its own error (torch's zip writer: "unexpected pos") failed on a file."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def boundary(error: BaseException, stopped: str = "run the same command again",
+             kept: str = "") -> int:
+    """A command's one boundary: the line and exit code of whatever ended its main (call it from
+    `except BaseException`), after the command saved what it had in memory.
+
+    A stop (Interrupted; KeyboardInterrupt, Ctrl-C twice) is `interrupted by SIG...: <stopped>`,
+    128 + n. A CommandError is its own line. An OSError, or a library error caused by one, is
+    FileFailed's line (`kept`: what the command keeps, where the error does not say). Another
+    library's error (W&B, Optuna, torch, ONNX) is one line naming the library, exit 1. SystemExit,
+    and an error raised by this project's own code (a bug), go on with their traceback.
+    """
+    if isinstance(error, (Interrupted, KeyboardInterrupt)):
+        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}: {stopped}", file=sys.stderr,
+              flush=True)
+        return stopped_by(signum)
+    if isinstance(error, FileFailed) and kept and not error.kept:
+        error.kept = kept
+    if isinstance(error, CommandError) and error.exit_code == EXIT_DONE:  # RunComplete: an outcome
+        print(error, flush=True)
+        return EXIT_DONE
+    if isinstance(error, CommandError):
+        return fail(error)
+    if not isinstance(error, Exception):
+        raise error
+    cause = os_error_in(error)
+    if cause is not None and (cause.filename is not None or cause.errno in FILE_ADVICE):
+        return fail(FileFailed(cause, kept=kept))
+    library = library_of(error)
+    if library is None:
+        raise error
+    return fail(f"{library} failed: {type(error).__name__}: {one_line(error)}"
+                + (f"; {kept}" if kept else ""))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -113,12 +288,16 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SI
                                                         "SIGUSR2", "SIGXCPU") if hasattr(signal, name))
 
 
-class Interrupted(Exception):
-    """A stop signal arrived; last.pt holds the last finished epoch."""
+class Interrupted(BaseException):
+    """A stop signal arrived; last.pt holds the last finished epoch. A BaseException, as
+    KeyboardInterrupt is: a library that catches Exception around its own work (torch's ONNX
+    exporter, Optuna, matplotlib, W&B) lets it pass, so a stop inside a library call still stops.
+    `exit_code` is 128 + n."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.exit_code = stopped_by(signum)
 
 
 def requeues(signum: int, in_sweep: bool) -> bool:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 import trt_runtime
+from cli import FileFailed, require, write_atomic
 from inference_bench import Predictor, Step, StepFactory
 from part_2_cifar import autocast
 
@@ -73,26 +74,43 @@ def export_onnx(model: nn.Module, path: Path) -> None:
     The TorchScript exporter is deprecated.
     Dynamo takes a few seconds more, but it is the maintained path.
     Its `dynamic_shapes` gives a symbolic batch dimension.
+    The model is exported and checked in memory, then written by cli.write_atomic: `path` only
+    ever holds a whole, checked model (a full disk is cli.FileFailed naming it, the old file whole).
     """
     if model.training:
         raise ValueError("export_onnx needs a model in eval mode: "
                          "dropout and batch statistics would be exported")
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, *IMAGE_SHAPE)  # batch 2: a batch of 1 would be specialised away
     batch = torch.export.Dim("batch")
-    torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
-                      external_data=False, dynamo=True, verbose=False)
+    program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME],
+                                output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
+                                dynamo=True, verbose=False)
     import onnx
 
-    onnx.checker.check_model(str(path), full_check=True)  # structure, types and shape inference
+    proto = program.model_proto
+    onnx.checker.check_model(proto, full_check=True)  # structure, types and shape inference
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileFailed(e, "make the folder of", path) from None
+    write_atomic(path, proto.SerializeToString())
+
+
+# ONNX Runtime's advice for onnxruntime and onnxruntime-gpu installed over each other (README)
+ONNXRUNTIME_FIX = ("keep one: pip uninstall -y onnxruntime onnxruntime-gpu, then pip install "
+                   "onnxruntime (or onnxruntime-gpu, which has the CPU provider too)")
+
+
+def onnxruntime():  # -> the onnxruntime module
+    """The onnxruntime module, checked: cli.BrokenInstall naming it and ONNXRUNTIME_FIX when it
+    imports but has no InferenceSession (two packages writing one module, e.g. ModelOpt's
+    onnxruntime-gpu over onnxruntime)."""
+    return require("onnxruntime", "InferenceSession", fix=ONNXRUNTIME_FIX)
 
 
 def ort_session(path: Path):  # -> onnxruntime.InferenceSession
     """An ONNX Runtime session on the CPU, the provider every install has."""
-    import onnxruntime as ort  # type: ignore[import-untyped]
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 # --------------------------------------------------------------------------------------------------

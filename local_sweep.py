@@ -43,11 +43,11 @@ import part_2_cifar as p2
 import sweep_journal
 import sweep_report
 import sweep_space
-from cifar_files import DataError, cifar100_source
+from cifar_files import cifar100_source
 from run_files import LAST_CHECKPOINT, CheckpointError, device_name, load_checkpoint, unwritable
 from sweep_journal import DamagedJournal, JournalReadOnly
 from sweep_space import Sweep, SweepConfigError
-from wandb_connect import WandbSettingsError, resolve_wandb_mode
+from wandb_connect import resolve_wandb_mode
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings
@@ -62,7 +62,7 @@ DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000"
 SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables (a study's lock: crc32 of its name)
 
 
-class StorageError(RuntimeError):
+class StorageError(cli.CommandError, RuntimeError):
     """The storage cannot be opened (missing driver, unreachable server); the message is one line for people."""
 
     exit_code = cli.EXIT_FAILED
@@ -79,8 +79,7 @@ JOURNAL_TO_FIX = (DamagedJournal, JournalReadOnly)
 def storage_failure(e: BaseException) -> str:
     """One line for a STORAGE_FAILED error: the database's own words (StorageInternalError hides them)."""
     cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
-    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()
-    return f"the study's storage failed: {reason[0] if reason else type(cause).__name__}"
+    return f"the study's storage failed: {cli.one_line(getattr(cause, 'orig', None) or cause)}"
 
 
 class TrialRefused(p2.StopEarly):
@@ -258,8 +257,7 @@ def user_code(key: str, source: str, name: str) -> Iterator[None]:
     except SweepConfigError:
         raise
     except Exception as e:  # noqa: BLE001 (the user's code may raise anything; the user gets one line)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SweepConfigError(f"{key} {name!r} in {source}: {reason}") from None
+        raise SweepConfigError(f"{key} {name!r} in {source}: {cli.one_line(e)}") from None
 
 
 def study_factory(sweep: Sweep) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner] | None:
@@ -421,7 +419,7 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         raise StorageError(f"storage {shown} needs the driver {module!r}, which is not installed: pip install "
                            f"'{DRIVERS.get(module, module)}'") from None
     except sqlalchemy.exc.SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        reason = cli.one_line(getattr(e, "orig", None) or e)
         raise StorageError(f"cannot open storage {shown}: {reason}") from None
     return Store(rdb, None)
 
@@ -669,11 +667,14 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                 except TrialRefused as e:
                     # Its last.pt stays for the retry: queued by whoever failed it, or by the dead-trial rule once
                     # this process lets go of it. A signal that came meanwhile ends the loop at its top.
+                    if isinstance(e.error, JOURNAL_TO_FIX):  # the user's to fix: this process ends
+                        return cli.fail(e.error)
                     if not e.shown:
                         print(e, flush=True)
-                    if isinstance(e.error, JOURNAL_TO_FIX):
-                        return cli.exit_code(e.error)
                     continue
+                except cli.FileFailed as e:  # a full disk, a folder gone: so would every next trial
+                    give_up_for_a_retry(study, trial, str(e))
+                    return cli.fail(e)
             if code > 128:  # interrupted (run_training printed the line): queue it again, so the same command
                 retry_later(study, frozen)  # continues it
                 return code
@@ -681,6 +682,19 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
             if failures >= MAX_FAILURES_IN_A_ROW:
                 return cli.fail(f"{failures} trials in a row failed (last: {frozen.user_attrs.get('failure')}); "
                                 "stopping", cli.EXIT_FAILED)
+
+
+def give_up_for_a_retry(study: optuna.Study, trial: optuna.Trial, failure: str) -> None:
+    """Fail `trial` with `failure` and queue its retry, which continues from its last.pt. If the
+    storage fails too (a journal on the same full disk), the dead-trial rule does it once this
+    process has let go of the trial."""
+    try:
+        trial.set_user_attr("failure", failure)
+        frozen = tell_once(study, trial, None, TrialState.FAIL)
+        if frozen is not None:
+            retry_later(study, frozen)
+    except (*STORAGE_FAILED, *JOURNAL_TO_FIX):
+        pass
 
 
 def launch_workers(argv: list[str], workers: int) -> int:
@@ -737,20 +751,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command. Exit codes (cli.EXIT_CODES): 0 the study is done (or the report written); 1 a failure at run
-    time (a storage or download that fails, trials failing in a row); 2 a bad value or a file to fix (the sweep
-    file, a damaged journal, the data set); 128+n stopped by signal n."""
+    """The command. Exit codes (cli.EXIT_CODES): 0 the study is done (or the report written); 1 a
+    failure at run time (a storage or download that fails, trials failing in a row, a full disk); 2
+    a bad value or a file to fix (the sweep file, a damaged journal, the data set); 128+n stopped
+    by signal n. Its one boundary is cli.boundary; a trial a failure leaves running is failed and
+    retried by the dead-trial rule."""
     with cli.StopOnSignal():  # from the first line, as in the trainer; work() and launch_workers() share its signal
         try:
             return run_sweep(sys.argv[1:] if argv is None else argv)
-        except KeyboardInterrupt:  # Ctrl-C twice outside a trial (a trial's run ends on its own): "stop now"
-            print("interrupted by SIGINT: run the same command again to continue", file=sys.stderr, flush=True)
-            return cli.stopped_by(signal.SIGINT)
-        except JOURNAL_TO_FIX as e:
-            return cli.fail(e)
-        except STORAGE_FAILED as e:  # running trials are failed and retried by the dead-trial rule
-            return cli.fail(f"{storage_failure(e)}; run the same command again once it answers",
-                            cli.exit_code(e))
+        except BaseException as e:  # Ctrl-C twice outside a trial (a trial ends itself): "stop now"
+            return cli.boundary(as_storage_error(e),
+                                stopped="run the same command again to continue")
+
+
+def as_storage_error(e: BaseException) -> BaseException:
+    """A failure of the study's storage (STORAGE_FAILED) as the StorageError of its one line: the
+    database's own words, which Optuna's StorageInternalError hides; any other error as it is."""
+    if isinstance(e, STORAGE_FAILED):
+        return StorageError(f"{storage_failure(e)}; run the same command again once it answers")
+    return e
+
+
+def write_report(study: optuna.Study, sweep: Sweep, args: argparse.Namespace) -> int:
+    """sweep_report.write_report, stopped at once by a stop signal, even inside Optuna or matplotlib
+    (nothing in it is worth finishing: every file it writes is whole or not there); EXIT_DONE. A
+    file it cannot write says that the study itself is whole in its storage."""
+    with cli.InterruptOnSignal() as stop:
+        stop.check()  # a signal that came before
+        try:
+            sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
+        except cli.FileFailed as e:
+            e.kept = (f"the study is whole in its storage: write the report again with "
+                      f"{args.sweep_config} --report")
+            raise
+        stop.check()  # one a library swallowed after all
+    return cli.EXIT_DONE
 
 
 def run_sweep(argv: list[str]) -> int:
@@ -759,37 +794,35 @@ def run_sweep(argv: list[str]) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    try:
-        # Everything the sweep file and the options decide comes first: a refused file leaves
-        # nothing behind
-        sweep = load_sweep(args.sweep_config)
-        said = [*sweep.notes, *sweep_options(args, sweep)]  # its command may set --runs-dir, ...
-        for line in said if args.worker_of is None else []:  # the launcher says it, not each worker
-            print(f"note: {line}", flush=True)
-        for option, folder in (("--runs-dir", args.runs_dir), ("--images-dir", args.images_dir)):
-            if why := unwritable(folder):
-                raise p2.ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can write to")
-        if not args.report:
-            trials, runs, line = study_size(args.trials, sweep)
-            if line and args.worker_of is None:
-                print(line, flush=True)
-            args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
-        store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
-        name = args.study or sweep.name or args.sweep_config.stem
-        study = open_study(sweep, name, store, create=not args.report)
-        if args.report:
-            sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
-            return cli.EXIT_DONE
-        device = p2.pick_device(args.device)
-        args.wandb_mode = resolve_wandb_mode(args.wandb_mode)  # checked once: each trial's run uses it
-        source = cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
-        if args.workers > 1 and args.worker_of is None:
-            code = launch_workers(argv, args.workers)
-            sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
-            return code
-        data = p2.prepare_data(source, args.val_size, device)
-    except (SweepConfigError, p2.ConfigError, WandbSettingsError, StorageError, DataError) as e:
-        return cli.fail(e)
+    # Everything the sweep file and the options decide comes first: a refused file leaves nothing
+    # behind
+    sweep = load_sweep(args.sweep_config)
+    said = [*sweep.notes, *sweep_options(args, sweep)]  # its command may set --runs-dir, ...
+    for line in said if args.worker_of is None else []:  # the launcher says it, not each worker
+        print(f"note: {line}", flush=True)
+    for option, folder in (("--runs-dir", args.runs_dir), ("--images-dir", args.images_dir)):
+        if why := unwritable(folder):
+            raise p2.ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you "
+                                 "can write to")
+    if not args.report:
+        trials, runs, line = study_size(args.trials, sweep)
+        if line and args.worker_of is None:
+            print(line, flush=True)
+        args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
+        args.wandb_mode = resolve_wandb_mode(args.wandb_mode)  # once, for every trial's run
+    store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
+    name = args.study or sweep.name or args.sweep_config.stem
+    study = open_study(sweep, name, store, create=not args.report)
+    if args.report:
+        return write_report(study, sweep, args)
+    device = p2.pick_device(args.device)
+    source = cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
+    if args.workers > 1 and args.worker_of is None:
+        code = launch_workers(argv, args.workers)
+        if code < cli.SIGNAL_BASE:  # the workers ended on their own, not stopped: the report
+            write_report(study, sweep, args)
+        return code
+    data = p2.prepare_data(source, args.val_size, device)
     if "data" not in study.user_attrs:
         study.set_user_attr("data", f"{args.data_dir.resolve().name} ({data.train_labels.numel()} train / "
                                     f"{data.val_labels.numel()} val images)")
@@ -797,7 +830,7 @@ def run_sweep(argv: list[str]) -> int:
     code = work(args, sweep, data, study, store, trials, runs)
     print(f"{socket.gethostname()} pid {os.getpid()} stopped after {time.perf_counter() - started:.0f} s", flush=True)
     if args.worker_of is None and code == 0:
-        sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
+        return write_report(study, sweep, args)
     return code
 
 

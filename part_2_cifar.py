@@ -41,17 +41,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cifar_files import DATA_DIR_HELP, NUM_CLASSES, CifarSource, DataError, cifar100_source, load_cifar100
+from cifar_files import DATA_DIR_HELP, NUM_CLASSES, CifarSource, cifar100_source, load_cifar100
 from cli import (
     EXIT_BAD_INPUT,
     EXIT_DONE,
     EXIT_FAILED,
+    CommandError,
+    FileFailed,
     Interrupted,
     OneLineErrorParser,
     StopOnSignal,
+    boundary,
     common_options,
     exit_code,
     fail,
+    one_line,
     requeues,
     setting_value,
     stopped_by,
@@ -68,7 +72,6 @@ from run_files import (
     load_checkpoint,
     load_weights,
     model_cost,
-    one_line,
     plot_learning_curve,
     read_summary,
     save_atomic,
@@ -77,7 +80,7 @@ from run_files import (
     versions,
     write_json_atomic,
 )
-from wandb_connect import WandbSettingsError, WandbUnavailable, resolve_wandb_mode, start_wandb_run
+from wandb_connect import WandbUnavailable, resolve_wandb_mode, start_wandb_run
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings: one row per key, the only place a hyperparameter is written down. Keys are exactly the parameter names
@@ -85,7 +88,7 @@ from wandb_connect import WandbSettingsError, WandbUnavailable, resolve_wandb_mo
 # (settings_table) are made from these rows.
 
 
-class ConfigError(ValueError):
+class ConfigError(CommandError, ValueError):
     """A hyperparameter or option with a value the program cannot use; the message is one line for people."""
 
     exit_code = EXIT_BAD_INPUT
@@ -426,8 +429,11 @@ def _never_interrupted() -> None:
     pass
 
 
-class StopEarly(Exception):
-    """Raised by an `on_epoch` callback (a sweep's pruner) to end the run after that epoch with `status`."""
+class StopEarly(CommandError):
+    """Raised by an `on_epoch` callback (a sweep's pruner) to end the run after that epoch with
+    `status`: an outcome (exit 0), not a failure; train() prints its line."""
+
+    exit_code = EXIT_DONE
 
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
@@ -552,7 +558,10 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
     weights. `data.identity` goes into both checkpoints; a resumed run's must match (CheckpointError naming both).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileFailed(e, "make the run folder", run_dir) from None
     device = data.train_labels.device
     amp_dtype = autocast_dtype(device)
     model, optimizer = new_model_and_optimizer(config, device)
@@ -567,12 +576,25 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
                                   f"({type(e).__name__}: {one_line(e)})") from None
         state = {key: resume[key] for key in state}
     status, started, written_at = "finished", time.perf_counter() - state["seconds"], -math.inf
-    unsaved: dict[str, object] = {}  # file name -> end-of-epoch snapshot not yet on disk
+    snapshots: dict[str, object] = {}  # file name -> the newest end-of-epoch snapshot
+    unsaved: set[str] = set()  # the snapshots not yet on disk
+    on_disk = {"epoch": state["epoch"], "failed": False}  # last.pt's epoch; whether a write failed
 
     def save_snapshots() -> None:
-        for name, snapshot in unsaved.items():
-            save_atomic(snapshot, run_dir / name)
-        unsaved.clear()
+        """Write the snapshots not yet on disk. A run folder that vanished (a /tmp cleaner, rm -rf
+        runs/*) is made again and gets every snapshot in memory. A write that fails is FileFailed
+        saying which epoch is on disk."""
+        if on_disk["failed"]:  # tried already: the files on disk are what they are
+            return
+        try:
+            write_snapshots(run_dir, snapshots, unsaved)
+        except FileFailed as e:
+            on_disk["failed"] = True
+            e.kept = (f"the training stopped after epoch {state['epoch']}; "
+                      f"{checkpoints_on_disk(run_dir, on_disk)}")
+            raise
+        if LAST_CHECKPOINT in snapshots:
+            on_disk["epoch"] = snapshots[LAST_CHECKPOINT]["epoch"]
 
     try:
         for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
@@ -594,10 +616,14 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
             state["epoch"], state["seconds"] = epoch, time.perf_counter() - started
             if state["best_epoch"] == 0 or metrics["val_accuracy"] > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = metrics["val_accuracy"], epoch
-                unsaved[BEST_CHECKPOINT] = {"model": to_cpu(model.state_dict()), "config": config,
-                                      "val_accuracy": metrics["val_accuracy"], "epoch": epoch, "data": data.identity}
-            unsaved[LAST_CHECKPOINT] = to_cpu({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "config": config, "data": data.identity, **state})
+                snapshots[BEST_CHECKPOINT] = {"model": to_cpu(model.state_dict()), "config": config,
+                                              "val_accuracy": metrics["val_accuracy"],
+                                              "epoch": epoch, "data": data.identity}
+                unsaved.add(BEST_CHECKPOINT)
+            snapshots[LAST_CHECKPOINT] = to_cpu({"model": model.state_dict(),
+                                                 "optimizer": optimizer.state_dict(),
+                                                 "config": config, "data": data.identity, **state})
+            unsaved.add(LAST_CHECKPOINT)
             if time.perf_counter() - written_at >= checkpoint_seconds or epoch == config["epochs"]:
                 save_snapshots()
                 written_at = time.perf_counter()
@@ -609,7 +635,51 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
         print(f"stopped after epoch {state['epoch']}: {e}", flush=True)
     finally:
         save_snapshots()
-    return finish_run(model, data, run_dir, config, state, status, time.perf_counter() - started, amp_dtype)
+    seconds = time.perf_counter() - started
+    for attempt in (1, 2):
+        try:
+            return finish_run(model, data, run_dir, config, state, status, seconds, amp_dtype)
+        except FileFailed as e:
+            if attempt == 1 and not run_dir.is_dir():  # vanished at the end: made again, as above
+                write_snapshots(run_dir, snapshots, set(snapshots))
+                continue
+            e.kept = (f"the training ended after epoch {state['epoch']} but its summary is not "
+                      f"written; {checkpoints_on_disk(run_dir, on_disk)}")
+            raise
+
+
+def write_snapshots(run_dir: Path, snapshots: dict[str, object], names: set[str]) -> None:
+    """Write the snapshots `names` (file name -> checkpoint) into run_dir, removing each from names.
+    A run_dir that vanished (deleted while training, before or during the write) is made again and
+    gets every snapshot, with a note. FileFailed if a write fails otherwise."""
+    for attempt in (1, 2):
+        try:
+            if not run_dir.is_dir():
+                try:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise FileFailed(e, "make the run folder", run_dir) from None
+                if snapshots:
+                    kept = " and ".join(sorted(snapshots))
+                    print(f"note: the run folder {run_dir} vanished while the run went on "
+                          f"(deleted?): made it again, with {kept} of the newest epoch, kept in "
+                          "memory", flush=True)
+                names.update(snapshots)
+            for name in sorted(names):
+                save_atomic(snapshots[name], run_dir / name)
+                names.discard(name)
+            return
+        except FileFailed:
+            if attempt == 2 or run_dir.is_dir():
+                raise
+
+
+def checkpoints_on_disk(run_dir: Path, on_disk: dict) -> str:
+    """Which epoch the run folder's checkpoints hold: part of a write failure's line."""
+    last = run_dir / LAST_CHECKPOINT
+    if on_disk["epoch"] and last.is_file():
+        return f"{last} holds epoch {on_disk['epoch']}"
+    return "no last.pt of this run is on disk"
 
 
 def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, state: dict, status: str,
@@ -629,9 +699,9 @@ def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, 
     summary.update(train_images_per_second=float(np.median(rates)) if rates else None, total_seconds=seconds,
                    device=device_name(device), versions=versions(),
                    **model_cost(model, device, lambda: autocast(device.type, amp_dtype)), history=state["history"])
-    write_json_atomic(summary, run_dir / SUMMARY_FILE)
-    if state["history"]:
+    if state["history"]:  # before summary.json, which says the run is complete (resume: both)
         plot_learning_curve(state["history"], run_dir / "curves.png", title=f"{run_dir.name} ({summary['device']})")
+    write_json_atomic(summary, run_dir / SUMMARY_FILE)
     return summary
 
 
@@ -710,7 +780,16 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
                 on_epoch(metrics)
 
         summary = train(config, data, run_dir, on_epoch=log_epoch, resume=resume, check_interrupt=check_interrupt)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (OSError, FileFailed) as e:  # the disk
+        error = e if isinstance(e, FileFailed) else FileFailed(e)
+        resumable = (Path(run_dir) / LAST_CHECKPOINT).is_file()
+        going_on = how_to_continue or f"continue with --resume {run_dir}"
+        going_on = f"{going_on} once it can be written" if resumable else (
+            "the same command starts the run again")
+        error.kept = "; ".join(filter(None, (error.kept, going_on)))
+        _end_run(run, exit_code(error), failed | {"error": str(error)}, show=False)
+        raise error from None
+    except CommandError as e:  # a bad value (a sweep's), data or a checkpoint to fix
         return _end_run(run, exit_code(e), failed | {"error": str(e)})
     except torch.OutOfMemoryError:
         if torch.cuda.is_available():
@@ -733,19 +812,28 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     if summary["status"] == "diverged":  # 0 if no epoch finished: the sweep's optimizer learns the region is bad
         run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"] or 0.0})
     if log_model and init.get("mode") != "disabled" and summary["best_epoch"]:
-        import wandb
-
-        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"config": config,
-                                  "val_accuracy": summary["best_val_accuracy"], "epoch": summary["best_epoch"]})
-        artifact.add_file(str(Path(run_dir) / BEST_CHECKPOINT))
-        run.log_artifact(artifact, aliases=["best", "latest"])
+        best = Path(run_dir) / BEST_CHECKPOINT
+        metadata = {"config": config, "val_accuracy": summary["best_val_accuracy"],
+                    "epoch": summary["best_epoch"]}
+        run.attempt("uploading best.pt as a model artifact", upload_model, run, best, metadata,
+                    loses=f"W&B has the run but not its model artifact (the model is {best})")
     return _end_run(run, EXIT_DONE, summary)
 
 
-def _end_run(run: object, code: int, summary: dict) -> tuple[int, dict]:
-    """Print a failure's line, record it in the W&B summary, finish the run with the exit code."""
+def upload_model(run: object, path: Path, metadata: dict) -> None:
+    """`path` as the run's model artifact, aliases best and latest (W&B stages a copy first)."""
+    import wandb
+
+    artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)
+    artifact.add_file(str(path))
+    run.run.log_artifact(artifact, aliases=["best", "latest"])
+
+
+def _end_run(run: object, code: int, summary: dict, show: bool = True) -> tuple[int, dict]:
+    """Print a failure's line (`show`), record it in the W&B summary, finish the run with `code`."""
     if "error" in summary:
-        print(f"error: {summary['error']}", file=sys.stderr, flush=True)
+        if show:
+            print(f"error: {summary['error']}", file=sys.stderr, flush=True)
         run.summary["error"] = summary["error"]
     run.finish(exit_code=code)  # bounded: start_wandb_run set finish_timeout
     return code, summary
@@ -841,9 +929,11 @@ def checkpoint_config(checkpoint: dict, path: Path) -> dict:
         raise CheckpointError(f"{path}: its config has {e}") from None
 
 
-class RunComplete(Exception):
+class RunComplete(CommandError):
     """The run to resume has ended for good (its summary.json says finished or diverged at last.pt's epoch): a
     resume does nothing, so nothing the run wrote changes. The message is the line to print; exit 0."""
+
+    exit_code = EXIT_DONE
 
 
 def check_not_complete(run_dir: Path, resume: dict) -> None:
@@ -873,52 +963,56 @@ def fail_sweep_run(line: str, config: dict, mode: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; its one boundary (cli.boundary) makes whatever ends it one line and a code."""
     with StopOnSignal() as stop:  # from the first line: a preemption notice during start-up or upload is kept
         in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
         args = parse_args(argv, in_sweep)
+        run_dir = None
         try:
-            mode = resolve_wandb_mode(args.wandb_mode)
-            if args.unrecognized:
-                raise ConfigError(args.unrecognized)
-            config = validate_config({key: getattr(args, key) for key in SETTINGS})
-            device = pick_device(args.device)
-            run_dir, resume = find_resume(args, config)
-            if why := unwritable(run_dir):
-                option = "--resume" if args.resume else "--runs-dir"
-                raise ConfigError(f"the run folder {run_dir} cannot be written: {why}; use a {option} you can write to")
-            # Before wandb.init: data that is not there (no network for the download) must not leave a W&B run.
-            source = cifar100_source(args.data_dir)
-        except (ConfigError, CheckpointError, WandbSettingsError) as e:
-            line = f"{'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}"
-            if in_sweep and not isinstance(e, WandbSettingsError):
-                return fail_sweep_run(line, {key: getattr(args, key) for key in SETTINGS}, mode)
-            return fail(line, exit_code(e))
-        except RunComplete as e:
-            print(e, flush=True)
-            return EXIT_DONE
-        except DataError as e:
-            return fail(e)
-        except KeyboardInterrupt:  # Ctrl-C twice, in a download: nothing has started
-            print("interrupted by SIGINT before training: nothing was started", file=sys.stderr)
-            return stopped_by(signal.SIGINT)
-        init = {"mode": mode, "resume": "allow"}
-        if not in_sweep:  # inside a sweep the agent chooses project and id
-            init.update(project=args.wandb_project, id=run_dir.name)
-        config = resume["config"] if resume else config
-        val_size = config["val_size"]
-        try:
+            mode = resolve_wandb_mode(args.wandb_mode)  # a setting W&B refuses: one line, no work
+            try:
+                config, device, run_dir, resume, source = prepare_run(args)
+            except (ConfigError, CheckpointError) as e:  # a W&B sweep's: shown where it is watched
+                if not in_sweep:
+                    raise
+                return fail_sweep_run(str(e), {key: getattr(args, key) for key in SETTINGS}, mode)
+            init = {"mode": mode, "resume": "allow"}
+            if not in_sweep:  # inside a sweep the agent chooses project and id
+                init.update(project=args.wandb_project, id=run_dir.name)
+            config = resume["config"] if resume else config
+            val_size = config["val_size"]
             code, summary = run_training(config, lambda: prepare_data(source, val_size, device), run_dir, init,
                                          check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
                                          log_model=args.log_model)
-        except KeyboardInterrupt:  # Ctrl-C twice outside the training's own handler: W&B's start, upload or finish
-            print(f"interrupted by SIGINT: {stopped_state(run_dir)}", file=sys.stderr, flush=True)
-            return stopped_by(signal.SIGINT)
+        except BaseException as e:  # Ctrl-C twice outside training: W&B's start, upload or finish
+            stop = isinstance(e, (Interrupted, KeyboardInterrupt)) and run_dir is not None
+            return boundary(e, stopped=stopped_state(run_dir) if stop else "nothing was started")
         if code == 0:
             print(outcome_line(summary, run_dir), flush=True)
         if stop.signum is not None and code == 0:
             print(f"{signal.Signals(stop.signum).name} arrived after training had finished: the run is complete",
                   flush=True)
         return code
+
+
+def prepare_run(args: argparse.Namespace
+                ) -> tuple[dict, torch.device, Path, dict | None, CifarSource]:
+    """(config, device, run folder, its last.pt or None, the data), each checked before any work:
+    ConfigError, CheckpointError ("cannot resume: ..."), RunComplete, DataError. Data that is not
+    there (no network for the download) fails here, before wandb.init: it leaves no W&B run."""
+    if args.unrecognized:
+        raise ConfigError(args.unrecognized)
+    config = validate_config({key: getattr(args, key) for key in SETTINGS})
+    device = pick_device(args.device)
+    try:
+        run_dir, resume = find_resume(args, config)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume: {e}") from None
+    if why := unwritable(run_dir):
+        option = "--resume" if args.resume else "--runs-dir"
+        raise ConfigError(f"the run folder {run_dir} cannot be written: {why}; use a {option} you "
+                          "can write to")
+    return config, device, run_dir, resume, cifar100_source(args.data_dir)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     <run>/summary.json   SUMMARY_FILE: status, config, best_val_accuracy, cost, learning curves
     <runs>/selection.json  SELECTION_FILE: what select_model.py chose among the runs under <runs>
 
-A crash never leaves half a file: everything is written to a temporary file and renamed over the old one.
+A crash never leaves half a file: everything is made in memory and written by cli.write_atomic
+(a temporary file renamed over the old one); a write that fails is cli.FileFailed naming the file.
 Checkpoints are loaded as data only. A summary is read by read_summary alone, and the runs under a folder
 are found by summaries_under alone. choose_checkpoint answers "which checkpoint" for every command.
 Also here: figures, where a run ran and what its model costs.
@@ -14,9 +15,9 @@ Also here: figures, where a run ran and what its model costs.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
-import os
 import pickle
 import platform
 import re
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cli import EXIT_BAD_INPUT
+from cli import ANSI_ESCAPE, EXIT_BAD_INPUT, CommandError, FileFailed, one_line, write_atomic
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
@@ -40,40 +41,33 @@ ENDED = ("finished", "diverged")  # a run with this status has its result; "dive
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary file, flushed to disk, then renamed: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save made in memory, then written by write_atomic: a full disk is a FileFailed naming
+    `path` (not torch's "unexpected pos"), and never leaves half a checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def write_json_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # its own: several processes may write one file at once
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def save_figure(fig: object, path: Path, dpi: int = 100) -> None:
-    """Save a matplotlib figure through a temporary file and close it: a reader never sees half a PNG."""
+    """Save a matplotlib figure (drawn in memory, in the format of the path's suffix) and close it:
+    a reader never sees half a PNG. FileFailed naming `path` when it cannot be written."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")  # two machines' sweep reports may draw one plot at once
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        fig.savefig(buffer, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileFailed(e, "make the folder of", path) from None
+    write_atomic(path, buffer.getvalue())
 
 
 def unwritable(folder: Path) -> str | None:
@@ -96,19 +90,10 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CommandError, RuntimeError):
     """A checkpoint that is missing, unreadable or not one of ours; the message names the file."""
 
     exit_code = EXIT_BAD_INPUT
-
-
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # PyTorch colours parts of its weights_only message
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of a library's error text without terminal escape codes, or the error's type name."""
-    text = ANSI_ESCAPE.sub("", str(error)).strip()
-    return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 class _NumpyDtype:
@@ -173,6 +158,8 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
     try:
         with torch.serialization.safe_globals(NUMPY_NUMBERS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:  # there but unreadable (permission, an I/O error): not the file's fault
+        raise FileFailed(e, "read", path) from None
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} holds {_refused_types(path, e)}, which a checkpoint may not hold (it is loaded "
                               "as plain data, so that it cannot run code): save tensors and Python numbers") from None

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import cli
 import part_2_cifar as p2
-from cifar_files import DataError, cifar100_source
+from cifar_files import cifar100_source
 from run_files import (
     ENDED,
     SUMMARY_FILE,
@@ -45,7 +45,7 @@ from run_files import (
     summaries_under,
     unwritable,
 )
-from wandb_connect import WandbSettingsError, resolve_wandb_mode
+from wandb_connect import resolve_wandb_mode
 
 SELECTION_DIR = "selection"  # under RUNS_DIR: the retrained seeds, one ordinary run folder each
 CONFIDENCE = 0.95
@@ -153,20 +153,27 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
     """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Once `stop`
     has a signal, none starts and the running ones get it (cli.passed_on): each saves its last epoch.
     Exit code: 128 + the signal, else 2 if a trainer exited 2 (a bad value, a checkpoint the user must fix), else 1
-    if a training failed, else 0."""
+    if a training failed, else 0. A training that cannot be started (its folder or log cannot be
+    written) starts no more, and once the running ones have ended is cli.FileFailed."""
     slots, running, failures, forwarded = cli.gpu_slots(args.workers), {}, set(), False
-    pending = list(todo)
+    pending, not_started = list(todo), None
     while running or (pending and stop.signum is None):  # after a signal, what has not started waits for a rerun
         try:
             for slot in [s for s in range(args.workers) if s not in running and pending and stop.signum is None]:
                 run_id, config = pending.pop(0)
                 run_dir = selection_dir / run_id
-                run_dir.mkdir(parents=True, exist_ok=True)
                 env = cli.worker_env(slots[slot], args.workers) | {"WANDB_RUN_ID": run_id, "WANDB_RUN_GROUP": group,
                                                                "WANDB_JOB_TYPE": "selection"}
-                with open(run_dir / "output.log", "a") as log:
-                    process = subprocess.Popen(trainer_command(config, args, selection_dir), env=env, stdout=log,
-                                               stderr=subprocess.STDOUT)
+                try:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    with open(run_dir / "output.log", "a") as log:
+                        command = trainer_command(config, args, selection_dir)
+                        process = subprocess.Popen(command, env=env, stdout=log,
+                                                   stderr=subprocess.STDOUT)
+                except OSError as e:  # a full disk, a folder gone: no more start; running ones end
+                    not_started = cli.FileFailed(e, "start the training in", run_dir)
+                    pending.clear()
+                    break
                 running[slot] = (run_id, process)
                 print(f"[{len(todo) - len(pending)}/{len(todo)}] training {run_id} (pid {process.pid})", flush=True)
             if stop.signum is not None and not forwarded:
@@ -192,6 +199,8 @@ def train_seeds(todo: list[tuple[str, dict]], args: argparse.Namespace, selectio
     if stop.signum is not None:
         print(f"interrupted by {signal.Signals(stop.signum).name}: run the same command to continue", file=sys.stderr)
         return cli.stopped_by(stop.signum)
+    if not_started is not None:
+        raise not_started
     if cli.EXIT_BAD_INPUT in failures:  # a file or value the user must fix (a checkpoint) is said first
         return cli.EXIT_BAD_INPUT
     return cli.EXIT_FAILED if failures else cli.EXIT_DONE
@@ -298,17 +307,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; its one boundary, cli.boundary, makes whatever ends it one line and a code."""
     with cli.StopOnSignal() as stop:  # from the first line, as in the trainer: a stop signal is one line and 128 + n
-        return run_selection(parse_args(argv), stop)
+        try:
+            return run_selection(parse_args(argv), stop)
+        except BaseException as e:  # Ctrl-C twice while the selection is written, a full disk, ...
+            return cli.boundary(e, stopped="run the same command to continue",
+                                kept="finished seeds are kept: the same command trains none of "
+                                     "them again")
 
 
 def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal) -> int:
     """Everything main does once the arguments are read; `stop` holds a stop signal received meanwhile."""
-    try:
-        val_size = None if args.val_size is None else p2.validate_config({"val_size": args.val_size})["val_size"]
-        resolve_wandb_mode(args.wandb_mode)  # refuse a bad mode before any training
-    except (p2.ConfigError, WandbSettingsError) as e:
-        return cli.fail(e)
+    val_size = None if args.val_size is None else p2.validate_config(
+        {"val_size": args.val_size})["val_size"]
+    resolve_wandb_mode(args.wandb_mode)  # refuse a bad mode before any training
     if not args.runs.is_dir():
         return cli.fail(f"{args.runs} is not a folder of runs", cli.EXIT_BAD_INPUT)
     for option, folder in (("RUNS_DIR", args.runs), ("--images-dir", args.images_dir)):
@@ -332,10 +345,7 @@ def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal) -> int:
     print(f"{len(candidates)} configs x {args.seeds} new seeds: {len(todo)} trainings to run, "
           f"{sum(map(len, planned.values())) - len(todo)} already finished", flush=True)
     if todo:  # found (or fetched) once, here, not by several trainers at once; they are given where it is
-        try:
-            args.data_dir = cifar100_source(args.data_dir).path
-        except DataError as e:
-            return cli.fail(e)
+        args.data_dir = cifar100_source(args.data_dir).path
     code = train_seeds(todo, args, selection_dir, f"selection-{args.runs.resolve().name}", stop)
     if code < 128:
         write_selection(candidates, args.runs, args.images_dir)

@@ -27,27 +27,28 @@ from typing import Any
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.storages.journal._storage import JournalOperation
 
-from cli import EXIT_BAD_INPUT, EXIT_FAILED
+from cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, FileFailed
 
 RECORD_START = b'{"op_code":'  # how every record Optuna writes begins (json.dumps of {"op_code": ..., ...})
 TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back from the end for the last line
 
 
-class DamagedJournal(Exception):
+class DamagedJournal(CommandError):
     """A journal line Optuna cannot read; the message is one line: the file, the line, how to recover."""
 
     exit_code = EXIT_BAD_INPUT  # a file the user must fix
 
 
-class JournalReadOnly(Exception):
+class JournalReadOnly(CommandError):
     """The journal file exists but this process may not write it (its mode, its owner, a read-only mount); the
     message is one line saying what to do."""
 
     exit_code = EXIT_BAD_INPUT  # a file the user must fix: the same command fails the same way until then
 
 
-class JournalFailed(Exception):
-    """The journal file cannot be read or written (a full disk, a lost NFS mount); the message is one line."""
+class JournalFailed(CommandError):
+    """The journal file cannot be read or written (a full disk, a lost NFS mount); the message is
+    one line, the FileFailed line of the OSError."""
 
     exit_code = EXIT_FAILED
 
@@ -201,7 +202,7 @@ def check(path: Path) -> None:
             if end and not _is_record(_last_line(f, end)):
                 raise DamagedJournal(damage_message(path))
     except OSError as e:
-        raise JournalFailed(f"journal {path} cannot be read: {e}") from None
+        raise JournalFailed(FileFailed(e, "read the journal", path)) from None
 
 
 class SafeJournalFile(JournalFileBackend):
@@ -213,7 +214,7 @@ class SafeJournalFile(JournalFileBackend):
         except ValueError:  # json.JSONDecodeError, or Optuna's "Invalid log format." for a cut line mid-file
             raise DamagedJournal(damage_message(Path(self._file_path))) from None
         except OSError as e:
-            raise JournalFailed(f"journal {self._file_path} cannot be read: {e}") from None
+            raise JournalFailed(FileFailed(e, "read the journal", self._file_path)) from None
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         """Optuna's append (one line per record, fsync'd, under its lock file), after setting aside a cut record."""
@@ -231,7 +232,7 @@ class SafeJournalFile(JournalFileBackend):
         except OSError as e:
             if e.errno == errno.EROFS:
                 raise JournalReadOnly(read_only_message(path)) from None
-            raise JournalFailed(f"journal {path} cannot be written: {e}") from None
+            raise JournalFailed(FileFailed(e, "write the journal", path)) from None
         finally:
             self._lock.release()
 

@@ -6,7 +6,6 @@ front instead: a pareto_front column in trials.csv, the front first, and Optuna'
 
 from __future__ import annotations
 
-import os
 import socket
 import textwrap
 import warnings
@@ -18,6 +17,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 import part_2_cifar as p2
+from cli import FileFailed, one_line, write_atomic
 from run_files import save_figure
 from sweep_space import Sweep, safe_file_name
 
@@ -73,10 +73,11 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
     console = table.drop(columns=["run_dir", "device"], errors="ignore")  # in the CSV
     print(console.head(TOP_TRIALS).to_string(index=False, na_rep="") if len(table) else "no trials yet")
     csv_path = runs_dir / safe_file_name(study.study_name) / "trials.csv"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(f"{csv_path.name}.{os.getpid()}.tmp")  # each machine writes the report at its end
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, csv_path)
+    try:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileFailed(e, "make the folder of", csv_path) from None
+    write_atomic(csv_path, table.to_csv(index=False).encode())  # machines write it in turn
     print(f"wrote {csv_path}")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
@@ -103,7 +104,7 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
                 warnings.simplefilter("ignore")
                 ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
-            print(f"skipped the {kind} plot: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            print(f"skipped the {kind} plot: {one_line(e)}")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.suptitle(textwrap.fill(title, 100), fontsize=8)  # the Pareto plot's axes are narrower than the title

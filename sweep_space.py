@@ -31,7 +31,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
-from cli import EXIT_BAD_INPUT
+from cli import EXIT_BAD_INPUT, CommandError, one_line
 
 # What part_2_cifar.py writes to W&B. A sweep's metric may name any of these numbers, as W&B's may:
 # every epoch's history row (part_2_cifar.train's metrics), and the numbers only its summary holds
@@ -65,7 +65,7 @@ DEPRECATED = {"log_uniform": "log_uniform_values", "inv_log_uniform": "inv_log_u
               "q_log_uniform": "q_log_uniform_values"}  # W&B v1 kinds: min and max are natural logs
 
 
-class SweepConfigError(ValueError):
+class SweepConfigError(CommandError, ValueError):
     """The sweep file asks for something this program cannot honour; the message is one line for people."""
 
     exit_code = EXIT_BAD_INPUT
@@ -312,7 +312,7 @@ def _custom_param(name: str, spec: dict, notes: list[str]) -> Param:
             d = sweep_parameter_to_distribution(spec)
     except (ValueError, TypeError, KeyError) as e:
         raise SweepConfigError(f"parameter {name!r}: W&B's Optuna scheduler (method custom) cannot "
-                               f"take it: {str(e).splitlines()[0]}") from None
+                               f"take it: {one_line(e)}") from None
     notes += [f"parameter {name!r}, W&B's Optuna scheduler (method custom): "
               f"{line.split('WARNING', 1)[-1].strip()}" for line in warned.getvalue().splitlines()
               if line.strip()]

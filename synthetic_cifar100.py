@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
+
+from cli import EXIT_DONE, FileFailed, OneLineErrorParser, boundary, write_atomic
 
 NUM_CLASSES = 100
 
@@ -32,13 +35,17 @@ def write_synthetic_cifar100(data_dir: Path, train_per_class: int = 20, test_per
 
     Labels use the first `num_classes` of the 100 classes (the meta file always names 100). With
     bytes_keys the dicts have b'data'-style keys, as the official files read under Python 3 without
-    an encoding; otherwise str keys.
+    an encoding; otherwise str keys. Each file is written whole or not at all
+    (cli.write_atomic); cli.FileFailed names the one that cannot be.
     """
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (num_classes, 3, 4, 4)).astype(np.float64)
     templates = coarse.repeat(8, axis=2).repeat(8, axis=3)  # (classes, 3, 32, 32) blocks of 8x8 pixels
     root = Path(data_dir) / "cifar-100-python"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileFailed(e, "make the folder", root) from None
 
     def key(name: str) -> str | bytes:
         return name.encode() if bytes_keys else name
@@ -48,17 +55,23 @@ def write_synthetic_cifar100(data_dir: Path, train_per_class: int = 20, test_per
         batch = {key("data"): _images(templates, labels, noise, rng), key("fine_labels"): labels.tolist(),
                  key("coarse_labels"): (labels // 5).tolist(), key("batch_label"): f"{split} synthetic",
                  key("filenames"): [f"synthetic_{split}_{i}.png" for i in range(labels.size)]}
-        with open(root / split, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
+        write_atomic(root / split, pickle.dumps(batch, protocol=2))
     meta = {key("fine_label_names"): [f"class_{i:02d}" for i in range(NUM_CLASSES)],
             key("coarse_label_names"): [f"superclass_{i:02d}" for i in range(20)]}
-    with open(root / "meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
+    write_atomic(root / "meta", pickle.dumps(meta, protocol=2))
     return root
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    """The command: exit 0, or one line and its code in cli.EXIT_CODES (cli.boundary)."""
+    try:
+        return write_from_args(parse_args(argv))
+    except BaseException as e:
+        return boundary(e, kept="the files written before stay whole; run the same command again")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineErrorParser(__doc__)
     parser.add_argument("data_dir", type=Path, help="the folder to create cifar-100-python/ in")
     parser.add_argument("--train-per-class", type=int, default=100, help="default 100: 10,000 images in all, "
                         "enough for the trainer's default --val-size 5000")
@@ -66,11 +79,15 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=NUM_CLASSES, help="how many of the 100 classes to use")
     parser.add_argument("--noise", type=float, default=40.0, help="pixel noise standard deviation (0..255 scale)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def write_from_args(args: argparse.Namespace) -> int:
     root = write_synthetic_cifar100(args.data_dir, args.train_per_class, args.test_per_class, args.classes,
                                     args.noise, args.seed)
     print(f"wrote {root}")
+    return EXIT_DONE
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,8 @@ beside it -> pycuda runner (cuda-python for the CUDA-graph replay) -> top-1 accu
 beside each exported model -> benchmark of every backend present.
 Without a GPU, TensorRT or pycuda it does all the rest and prints one `skipped:` line per part it could not run.
 Exit status (cli.EXIT_CODES): 0 all that ran passed; 1 a check that ran failed (parity, accuracy tolerance, engine
-build); 2 bad input (an option, a checkpoint, the data set, no run to export).
+build), a file that cannot be written; 2 bad input (an option, a checkpoint, the data set, no run to
+export, a broken onnxruntime install); 128+n a stop signal, at once, inside torch's exporter too.
 
 Benchmark method, as trtexec's: warm up for --warmup-seconds, then iterate for at least --min-seconds and
 --min-iterations on a fixed batch of test images. End-to-end time comes from the host clock around copy in +
@@ -48,7 +49,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -59,8 +59,8 @@ import torch
 import torch.nn as nn
 
 import trt_runtime
-from cifar_files import DATA_DIR_HELP, DataError, load_cifar100
-from cli import EXIT_DONE, EXIT_FAILED, Interrupted, InterruptOnSignal, OneLineErrorParser, fail, stopped_by
+from cifar_files import DATA_DIR_HELP, load_cifar100
+from cli import EXIT_DONE, EXIT_FAILED, FileFailed, InterruptOnSignal, OneLineErrorParser, boundary
 from export_backends import (
     INPUT_NAME,
     Backend,
@@ -69,6 +69,7 @@ from export_backends import (
     backends,
     export_onnx,
     on_device,
+    onnxruntime,
     ort_predictor,
     ort_session,
     torch_predictor,
@@ -87,7 +88,6 @@ from inference_bench import (
 )
 from part_2_cifar import ConfigError, checkpoint_config, model_from_config, normalize, pick_device
 from run_files import (
-    CheckpointError,
     choose_checkpoint,
     device_name,
     load_checkpoint,
@@ -189,7 +189,10 @@ def begin_export(out: Path, checkpoint_path: Path, checkpoint: dict, device: tor
     """Make the output folder `out`; say which checkpoint is exported and where PyTorch runs."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: cuDNN picks in the warm-up
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileFailed(e, "make the output folder", out) from None
     print(f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
           f"{checkpoint.get('val_accuracy')}); filters {filters(checkpoint['config'])}; PyTorch on "
           f"{device_name(device)}", flush=True)
@@ -367,30 +370,32 @@ def filters(config: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command; exit codes as cli.EXIT_CODES. A stop signal ends it at once: each run writes every file anew."""
-    with InterruptOnSignal():
+    """The command; exit codes as cli.EXIT_CODES, its one boundary cli.boundary. A stop signal
+    ends it at once, even inside torch's exporter or ONNX Runtime (cli.Interrupted is a
+    BaseException they let pass): each run writes every file anew, whole or not at all."""
+    with InterruptOnSignal() as stop:
         try:
-            return export(parse_args(argv))
-        except (Interrupted, KeyboardInterrupt) as e:
-            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-            print(f"interrupted by {signal.Signals(signum).name}: the export stopped; run the same command again",
-                  file=sys.stderr, flush=True)
-            return stopped_by(signum)
+            code = export(parse_args(argv))
+            stop.check()  # a stop a library swallowed after all: the export did not end as asked
+            return code
+        except BaseException as e:
+            return boundary(e, stopped="the export stopped; run the same command again",
+                            kept="the files of an earlier export stay whole; run the same command "
+                                 "again")
 
 
 def export(args: argparse.Namespace) -> int:
     """choose -> export and check -> build -> accuracy -> benchmark -> write; the exit code."""
-    try:
-        checkpoint_path = choose_checkpoint(args.checkpoint, args.runs_dir, args.within)
-        model, checkpoint = load_model(checkpoint_path)
-        device = pick_device(args.device)
-        out = args.out or checkpoint_path.parent / "export"
-        for option, folder in (("--out", out), ("--plot", args.plot.parent)):
-            if why := unwritable(folder):
-                raise ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can write to")
-        train_images, _, test_images, test_labels = load_cifar100(args.data_dir)
-    except (CheckpointError, ConfigError, DataError) as e:
-        return fail(e)
+    onnxruntime()  # a broken install: one line before any work
+    checkpoint_path = choose_checkpoint(args.checkpoint, args.runs_dir, args.within)
+    model, checkpoint = load_model(checkpoint_path)
+    device = pick_device(args.device)
+    out = args.out or checkpoint_path.parent / "export"
+    for option, folder in (("--out", out), ("--plot", args.plot.parent)):
+        if why := unwritable(folder):
+            raise ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can "
+                              "write to")
+    train_images, _, test_images, test_labels = load_cifar100(args.data_dir)
     begin_export(out, checkpoint_path, checkpoint, device)
     images, labels = normalized_test_set(test_images, test_labels, args.accuracy_images)
     report = Report()

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cli import CommandError, one_line, write_atomic
+
 if TYPE_CHECKING:
     import tensorrt as trt
 
@@ -40,7 +42,7 @@ CALIBRATION_BATCH = 64  # images per int8 calibration step; ModelOpt reads a dyn
 INSTALL_HINT = "on a GPU machine: pip install --extra-index-url https://pypi.nvidia.com -r requirements-trt.txt"
 
 
-class EngineError(RuntimeError):
+class EngineError(CommandError, RuntimeError):
     """TensorRT or CUDA could not parse, build, load or run an engine; the message says which step and why."""
 
 
@@ -105,11 +107,6 @@ def _ints(dims: trt.Dims) -> list[int]:
     return [dims[i] for i in range(len(dims))]  # Dims indexes like a sequence but the stubs declare no __iter__
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Int8: explicit quantization with ModelOpt (TensorRT 10 deprecated implicit calibration and 11 removed it)
 
@@ -132,7 +129,8 @@ def quantize_int8(onnx_path: Path, calibration_images: np.ndarray, out_path: Pat
                  calibration_shapes=calibration_shapes(input_name, calibration_images), calibration_eps=["cpu"],
                  high_precision_dtype="fp16", output_path=str(out_path))
     except Exception as e:  # a third party's failure, whatever its type, is one line for the report
-        raise EngineError(f"ModelOpt could not quantize {onnx_path} to int8 ({_first_line(e)})") from e
+        raise EngineError(f"ModelOpt could not quantize {onnx_path} to int8 "
+                          f"({type(e).__name__}: {one_line(e)})") from e
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -193,17 +191,18 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes
         raise EngineError(f"TensorRT could not build a {precision} engine from {onnx_path}; its log above says why")
     build_seconds = time.perf_counter() - started
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(memoryview(serialized))
+    write_atomic(engine_path, bytes(memoryview(serialized)))  # whole or not there, as every output
     built_cache = config.get_timing_cache()
     if built_cache is not None:
-        timing_cache_path.write_bytes(memoryview(built_cache.serialize()))
+        write_atomic(timing_cache_path, bytes(memoryview(built_cache.serialize())))
 
     info = {"precision": precision, "tensorrt_version": str(trt.__version__), "gpu": gpu, "typing": "strongly typed",
             "onnx": str(onnx_path), "engine": str(engine_path), "engine_bytes": engine_path.stat().st_size,
             "profile": {"input": input_tensor.name, "min": shape_min, "opt": shape_opt, "max": shape_max},
             "workspace_bytes": workspace_bytes, "timing_cache": str(timing_cache_path) if built_cache else None,
             "build_seconds": round(build_seconds, 2)}
-    engine_path.with_name(engine_path.name + ".json").write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(engine_path.with_name(engine_path.name + ".json"),
+                 (json.dumps(info, indent=2) + "\n").encode())
     return info
 
 

@@ -1,5 +1,9 @@
 """W&B connection policy: online only with credentials wandb itself would use, never a login prompt, bounded waits,
 and an offline fallback that never costs a training. Used by part_2_cifar.run_training and the sweep commands.
+A setting W&B refuses (WANDB_MODE= empty, WANDB_INIT_TIMEOUT=soon) is one line naming the
+variable, before any work. Once a run has started, W&B failing (its wandb-core process killed, a
+folder it cannot write, an upload that raises) costs W&B only: GuardedRun says in one line what W&B
+lost and how to sync what it has, and the training goes on.
 
 Behaviour of wandb 0.31 this relies on, read in its source: wandb/sdk/lib/wbauth/authenticate.py (the credential
 lookup wandb.init runs), wandb/sdk/wandb_settings.py (init_timeout 90 s, finish_timeout 0 = forever by default).
@@ -8,12 +12,13 @@ README "W&B without a network (HPC clusters)" says what a user sees.
 
 from __future__ import annotations
 
+import logging
 import os
 
-from cli import EXIT_BAD_INPUT, EXIT_FAILED
+from cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, one_line
 
 
-class WandbSettingsError(ValueError):
+class WandbSettingsError(CommandError, ValueError):
     """W&B's settings or credentials cannot be used; the message is one line for people."""
 
     exit_code = EXIT_BAD_INPUT
@@ -26,25 +31,31 @@ class WandbSettingsError(ValueError):
 WANDB_TIMEOUTS_S = {"init_timeout": 30.0, "finish_timeout": 120.0}
 
 
-class WandbUnavailable(RuntimeError):
+class WandbUnavailable(CommandError, RuntimeError):
     """Inside a sweep, the W&B server gave no run: this run stops before training. The message is one line."""
 
     exit_code = EXIT_FAILED
 
 
-def _one_line(error: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def wandb_settings():
-    """What wandb.init starts from: WANDB_* variables, settings files (`wandb login --host`), wandb's defaults."""
+    """What wandb.init starts from: WANDB_* variables, settings files (`wandb login --host`),
+    wandb's defaults. WandbSettingsError naming the variable for a value W&B refuses (wandb.init
+    would raise on it, in every mode)."""
     from wandb.sdk import wandb_setup
 
     try:
         return wandb_setup.singleton().settings
-    except ValueError as e:  # pydantic's ValidationError, e.g. WANDB_INIT_TIMEOUT=soon
-        raise WandbSettingsError(f"W&B settings are not valid: {_one_line(e)}") from None
+    except ValueError as e:  # pydantic's ValidationError: WANDB_INIT_TIMEOUT=soon, WANDB_MODE=
+        let_go_of_wandb()  # W&B keeps the settings it could not load: the next call reads them anew
+        errors = e.errors() if hasattr(e, "errors") else []
+        field = str(errors[0]["loc"][0]) if errors and errors[0].get("loc") else ""
+        names = [name for name in os.environ if name.startswith("WANDB_")
+                 and field in (name[6:].lower(), "x_" + name[7:].lower())]
+        if not names:
+            raise WandbSettingsError(f"W&B settings are not valid: {one_line(e)}") from None
+        raise WandbSettingsError(f"{names[0]}={os.environ[names[0]]!r} is refused by W&B ({field}: "
+                                 f"{errors[0].get('msg')}), whatever --wandb-mode says: unset "
+                                 "it, or set a value W&B accepts") from None
 
 
 def wandb_credentials_found(server: str) -> bool:
@@ -61,19 +72,22 @@ def wandb_credentials_found(server: str) -> bool:
     try:
         found = wbauth.authenticate_session(host=server, source="part_2_cifar", prompt=False, update_session=False)
     except (AuthenticationError, ValueError) as e:
-        raise WandbSettingsError(f"W&B credentials for {server} are not usable: {_one_line(e)}") from None
+        raise WandbSettingsError(f"W&B credentials for {server} are not usable: "
+                                 f"{one_line(e)}") from None
     return found is not None
 
 
 def resolve_wandb_mode(requested: str) -> str:
-    """--wandb-mode wins, then WANDB_MODE, then online with credentials, else offline: never a login prompt."""
+    """--wandb-mode wins, then WANDB_MODE, then online with credentials, else offline: never a login
+    prompt. W&B's settings are checked first, in every mode (wandb_settings): a value W&B refuses
+    fails here, before any work."""
+    settings = wandb_settings()
     mode = requested if requested != "auto" else os.environ.get("WANDB_MODE", "auto")
     mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if mode not in ("auto", "online", "offline", "disabled"):
         raise WandbSettingsError(f"W&B mode {mode!r} is not allowed: use auto, online, offline or disabled")
     if mode in ("offline", "disabled"):
         return mode
-    settings = wandb_settings()
     if wandb_credentials_found(settings.base_url):
         return "online"
     if mode == "online":
@@ -84,8 +98,10 @@ def resolve_wandb_mode(requested: str) -> str:
     return "offline"
 
 
-def start_wandb_run(init: dict, in_sweep: bool):
-    """wandb.init(**init) with bounded waits. An online run whose server gives no run goes offline, with one line.
+def start_wandb_run(init: dict, in_sweep: bool) -> GuardedRun:
+    """wandb.init(**init) with bounded waits, as a GuardedRun. An online run whose server gives no
+    run goes offline, with one line; a run W&B cannot start at all (a folder it cannot write)
+    trains without W&B, with one line.
 
     Inside a sweep (`wandb agent` set WANDB_SWEEP_ID) it raises WandbUnavailable instead. Sweeps have no offline mode:
     the server picks each next config, and Hyperband stops runs, from the metrics runs upload while they train. An
@@ -98,17 +114,160 @@ def start_wandb_run(init: dict, in_sweep: bool):
     timeouts = {key: getattr(settings, key) if key in settings.model_fields_set else default
                 for key, default in WANDB_TIMEOUTS_S.items()}
     try:
-        return wandb.init(**init, settings=wandb.Settings(**timeouts))
+        return GuardedRun(wandb.init(**init, settings=wandb.Settings(**timeouts)))
     except (wandb.errors.Error, TimeoutError) as e:  # CommError after init_timeout; TimeoutError past wandb's grace
         if init.get("mode") != "online":
-            raise
+            return without_wandb(init, e, in_sweep)
         reason = (f"{settings.base_url} gave no run within {timeouts['init_timeout']:g} s "
-                  f"({type(e).__name__}: {_one_line(e)})")
+                  f"({type(e).__name__}: {one_line(e)})")
+    except Exception as e:  # noqa: BLE001 (W&B's own failure, its process or files: not training's)
+        return without_wandb(init, e, in_sweep)
     if in_sweep:
         raise WandbUnavailable(f"W&B: {reason}; a sweep run cannot log offline, so this run of sweep "
                                f"{os.environ.get('WANDB_SWEEP_ID', '(unknown)')} stops before training")
-    wandb.teardown()  # the failed attempt still holds the run id in wandb's service: "run ID is in use" otherwise
-    run = wandb.init(**(init | {"mode": "offline"}), settings=wandb.Settings(**timeouts))
+    let_go_of_wandb()  # the failed attempt holds the run id in wandb's service: "run ID is in use"
+    try:
+        run = wandb.init(**(init | {"mode": "offline"}), settings=wandb.Settings(**timeouts))
+    except Exception as e:  # noqa: BLE001 (as above)
+        return without_wandb(init, e, in_sweep)
     print(f"W&B: {reason}: logging offline to {run.settings.sync_dir}; upload later with: "
           f"wandb sync {run.settings.sync_dir}", flush=True)
-    return run
+    return GuardedRun(run)
+
+
+def without_wandb(init: dict, error: BaseException, in_sweep: bool) -> GuardedRun:
+    """A disabled run standing in for one W&B could not start, said in one line; WandbUnavailable
+    inside a W&B sweep, which cannot train unseen."""
+    import wandb
+
+    reason = f"W&B could not start a run ({type(error).__name__}: {one_line(error)})"
+    if in_sweep:
+        sweep = os.environ.get("WANDB_SWEEP_ID", "(unknown)")
+        raise WandbUnavailable(f"{reason}; a sweep run cannot train unseen, so this run of sweep "
+                               f"{sweep} stops before training")
+    let_go_of_wandb()
+    print(f"W&B: {reason}: training without W&B; the run folder has everything", flush=True)
+    return GuardedRun(wandb.init(**(init | {"mode": "disabled"})))
+
+
+def let_go_of_wandb() -> None:
+    """wandb.teardown(), whatever state W&B is in: after its process died the teardown fails the
+    same way, and it also unregisters W&B's exit hook, which would print that failure at exit."""
+    import wandb
+
+    try:
+        wandb.teardown()
+    except Exception:  # noqa: BLE001 (W&B is gone or broken: nothing more is asked of it)
+        pass
+
+
+class GuardedRun:
+    """A wandb Run whose failures cost W&B only, never the training: the first call that raises
+    (wandb-core killed, a staging folder W&B cannot write, an upload that fails) prints one line
+    saying what W&B lost and how to sync what it has; W&B is not asked again but to finish, and if
+    that fails too, it is let go quietly. What training reads (`id`, `config`, `settings`) is the
+    run's own."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.lost = ""  # "failed": a call failed, W&B is asked no more; "gone": its process is gone
+        self.epoch = 0  # the last epoch W&B has (what `log` got)
+        self.summary = GuardedSummary(self)
+        without_import_telemetry()
+        # asyncio runs only W&B's connection here; with W&B's process gone it warns of each write to
+        # the closed socket ("socket.send() raised exception."), even before a call fails: the one
+        # line of the failure says it for people.
+        logging.getLogger("asyncio").setLevel(logging.ERROR)
+
+    def __getattr__(self, name: str):  # id, config, settings, name ...: read from the run
+        return getattr(self.run, name)
+
+    def attempt(self, what: str, call, *args, loses: str = "", **kwargs):
+        """call(*args, **kwargs), or None once W&B has failed; `what` names it and `loses` what W&B
+        then lacks (default: every later epoch) in the one line of a failure."""
+        if self.lost:
+            return None
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 (a failure of W&B is W&B's; a stop is no Exception)
+            self.lost = "gone" if isinstance(e, ConnectionError) else "failed"
+            self.stop_console_copy()
+            after = f" after epoch {self.epoch}" if self.epoch else ""
+            loses = loses or f"W&B loses this run{after}; the training goes on"
+            sync = getattr(self.run.settings, "sync_dir", None)  # W&B may not have flushed it all
+            print(f"W&B: {what} failed ({type(e).__name__}: {one_line(e)}): {loses}"
+                  + (f"; what W&B saved is uploaded with: wandb sync {sync}" if sync else ""),
+                  flush=True)
+            return None
+
+    def stop_console_copy(self) -> None:
+        """Stop W&B copying what the training prints: with its process gone, each printed line would
+        be sent to a closed socket. W&B's own finish stops the copy the same way (wandb 0.31:
+        Run._console_stop, a private method, so only where it exists)."""
+        stop = getattr(self.run, "_console_stop", None)
+        try:
+            if callable(stop):
+                stop()
+        except Exception:  # noqa: BLE001 (W&B is failing already: its console copy is not needed)
+            pass
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.attempt(f"logging epoch {step}", self.run.log, metrics, step=step)
+        if not self.lost:
+            self.epoch = step
+
+    def define_metric(self, *args, **kwargs) -> None:
+        self.attempt("define_metric", self.run.define_metric, *args, **kwargs)
+
+    def mark_preempting(self) -> None:
+        self.attempt("marking the run preempting", self.run.mark_preempting)
+
+    def finish(self, exit_code: int) -> None:
+        """Finish the run with `exit_code` (bounded: finish_timeout), after a failure too: W&B may
+        still be there to record the end. If it is not, let go of W&B quietly."""
+        if not self.lost:
+            self.attempt("finishing the run", self.run.finish, exit_code=exit_code,
+                         loses="W&B may lack the run's end (the run folder has everything)")
+            if not self.lost:
+                return
+        elif self.lost == "failed":  # its process may still be there to record the end
+            try:
+                self.run.finish(exit_code=exit_code)
+                return
+            except Exception:  # noqa: BLE001 (said already: W&B failed before)
+                pass
+        let_go_of_wandb()
+
+
+def without_import_telemetry() -> None:
+    """Remove W&B's import hooks. W&B reports which libraries a run imports (torchvision, sklearn,
+    ...) from a hook that talks to its process at their first import, anywhere in the training
+    (wandb 0.31: wandb_run._register_telemetry_import_hooks); with that process gone, the import
+    would raise in code that is not W&B's. W&B's own teardown removes them the same way; without
+    them W&B only lacks that list."""
+    try:
+        from wandb.sdk.lib import import_hooks
+
+        import_hooks.unregister_all_post_import_hooks()
+    except (ImportError, AttributeError):  # another wandb version: nothing of the kind to remove
+        pass
+
+
+class GuardedSummary:
+    """run.summary through GuardedRun.attempt: `[key] = value`, `update`, and `get` (its default
+    once W&B has failed)."""
+
+    def __init__(self, guarded: GuardedRun) -> None:
+        self.guarded = guarded
+
+    def __setitem__(self, key: str, value: object) -> None:
+        summary = self.guarded.run.summary
+        self.guarded.attempt(f"the summary's {key}", summary.__setitem__, key, value)
+
+    def update(self, values: dict) -> None:
+        self.guarded.attempt("the summary", self.guarded.run.summary.update, values)
+
+    def get(self, key: str, default: object = None) -> object:
+        summary = self.guarded.run.summary
+        found = self.guarded.attempt(f"reading the summary's {key}", summary.get, key, default)
+        return default if found is None else found

@@ -37,14 +37,18 @@ class Process:
         self.popen = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       stdin=subprocess.DEVNULL, text=True, **popen)
         self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.popen.stdout), daemon=True)
-        self.reader.start()
+        self.errors: list[str] = []  # stderr as it comes: one reader a pipe, or lines get lost
+        self.readers = [threading.Thread(target=lines.extend, args=(pipe,), daemon=True)
+                        for lines, pipe in ((self.lines, self.popen.stdout),
+                                            (self.errors, self.popen.stderr))]
+        for reader in self.readers:
+            reader.start()
 
     def wait_until(self, condition, seconds: float = 240) -> None:
         """Until condition() is true, the process alive all the while."""
         deadline = time.monotonic() + seconds
         while not condition():
-            assert self.popen.poll() is None, f"ended early ({self.popen.returncode}): {self.popen.stderr.read()}"
+            assert self.popen.poll() is None, self.ended_early()
             assert time.monotonic() < deadline, f"waited {seconds} s: {self.lines[-5:]}"
             time.sleep(0.05)
 
@@ -52,7 +56,7 @@ class Process:
         """Until some process writing to stdout has printed the line of `epoch` (a trainer, or a sweep's worker)."""
         deadline = time.monotonic() + seconds
         while not any((m := EPOCH_LINE.match(line)) and int(m[1]) >= epoch for line in list(self.lines)):
-            assert self.popen.poll() is None, f"ended early ({self.popen.returncode}): {self.popen.stderr.read()}"
+            assert self.popen.poll() is None, self.ended_early()
             assert time.monotonic() < deadline, f"no epoch {epoch} line: {self.lines[-5:]}"
             time.sleep(0.01)
 
@@ -60,15 +64,19 @@ class Process:
         """Until `count` more epoch lines than now have been printed (by any of the processes writing to stdout)."""
         start, deadline = len(self.lines), time.monotonic() + seconds
         while sum(bool(EPOCH_LINE.match(line)) for line in self.lines[start:]) < count:
-            assert self.popen.poll() is None, f"ended early ({self.popen.returncode}): {self.popen.stderr.read()}"
+            assert self.popen.poll() is None, self.ended_early()
             assert time.monotonic() < deadline, f"no {count} more epochs: {self.lines[-5:]}"
             time.sleep(0.01)
 
+    def ended_early(self) -> str:
+        return f"ended early ({self.popen.returncode}): {''.join(self.errors)}"
+
     def finish(self, seconds: float = 240) -> tuple[int, str]:
-        """(exit code, stderr) once it has ended."""
-        _, stderr = self.popen.communicate(timeout=seconds)
-        self.reader.join(timeout=10)
-        return self.popen.returncode, stderr
+        """(exit code, stderr) once it has ended and both pipes are read to their end."""
+        self.popen.wait(timeout=seconds)
+        for reader in self.readers:
+            reader.join(timeout=60)
+        return self.popen.returncode, "".join(self.errors)
 
 
 def one_line(stderr: str) -> str:
@@ -173,7 +181,7 @@ def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(sta
                       offline_env, tmp_path)
     deadline = time.monotonic() + 240
     while "slow stage\n" not in process.lines:
-        assert process.popen.poll() is None and time.monotonic() < deadline, process.popen.stderr.read()
+        assert process.popen.poll() is None and time.monotonic() < deadline, "".join(process.errors)
         time.sleep(0.05)
     process.popen.send_signal(signal.SIGINT)
     time.sleep(0.5)  # the first one is only noted; the second means "stop now"
