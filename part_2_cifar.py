@@ -33,6 +33,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,7 @@ from run_files import (
     LAST_CHECKPOINT,
     SUMMARY_FILE,
     CheckpointError,
+    FolderInUse,
     device_name,
     first_nonfinite,
     flops_per_image,
@@ -69,6 +71,7 @@ from run_files import (
     load_weights,
     model_cost,
     one_line,
+    own_folder,
     plot_learning_curve,
     read_summary,
     save_atomic,
@@ -798,15 +801,21 @@ def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Names
     return args
 
 
-def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
-    """(run folder, its last.pt or None). A run resumes from --resume, or when an agent relaunches a preempted run
-    under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line.
-    Raises CheckpointError for a last.pt that cannot be resumed or without the best.pt it names, RunComplete for a
-    run that has ended."""
-    run_id = os.environ.get("WANDB_RUN_ID")
-    if args.resume is None and not (run_id and (args.runs_dir / run_id / LAST_CHECKPOINT).is_file()):
-        return args.runs_dir / (run_id or secrets.token_hex(4)), None  # 8 characters in [0-9a-f]: a valid W&B id
-    run_dir = args.resume or args.runs_dir / run_id
+def run_folder(args: argparse.Namespace) -> Path:
+    """--resume RUN_DIR, else <runs-dir>/<WANDB_RUN_ID> (an agent relaunching a preempted run), else
+    <runs-dir>/<a new id>."""
+    run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)  # [0-9a-f]{8}: a valid W&B id
+    return args.resume or args.runs_dir / run_id
+
+
+def find_resume(args: argparse.Namespace, config: dict, run_dir: Path) -> dict | None:
+    """run_dir's last.pt to continue, or None. A run resumes from --resume, or when an agent
+    relaunches a preempted run under the same WANDB_RUN_ID. The checkpoint's config wins; each
+    command-line value that differs is one line. Raises CheckpointError for a last.pt that cannot
+    be resumed or without the best.pt it names, RunComplete for a run that has ended."""
+    relaunched = os.environ.get("WANDB_RUN_ID") and (run_dir / LAST_CHECKPOINT).is_file()
+    if args.resume is None and not relaunched:
+        return None
     last = run_dir / LAST_CHECKPOINT
     resume = load_checkpoint(last, needs=RESUME_KEYS)
     resume["config"] = checkpoint_config(resume, last)
@@ -820,7 +829,7 @@ def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | No
         raise CheckpointError(f"{run_dir} has {LAST_CHECKPOINT} but no {BEST_CHECKPOINT} (epoch "
                               f"{resume['best_epoch']}'s weights, the best so far): copy the whole run folder")
     print(f"resuming {run_dir} after epoch {resume['epoch']}", flush=True)
-    return run_dir, resume
+    return resume
 
 
 def checkpoint_config(checkpoint: dict, path: Path) -> dict:
@@ -871,7 +880,9 @@ def fail_sweep_run(line: str, config: dict, mode: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with StopOnSignal() as stop:  # from the first line: a preemption notice during start-up or upload is kept
+    # From the first line: a preemption notice during start-up or upload is kept.
+    # `owned` holds the run folder until the end.
+    with StopOnSignal() as stop, ExitStack() as owned:
         in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
         args = parse_args(argv, in_sweep)
         try:
@@ -880,12 +891,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(args.unrecognized)
             config = validate_config({key: getattr(args, key) for key in SETTINGS})
             device = pick_device(args.device)
-            run_dir, resume = find_resume(args, config)
+            run_dir = run_folder(args)
             if why := unwritable(run_dir):
                 option = "--resume" if args.resume else "--runs-dir"
                 raise ConfigError(f"the run folder {run_dir} cannot be written: {why}; use a {option} you can write to")
             # Before wandb.init: data that is not there (no network for the download) must not leave a W&B run.
             source = cifar100_source(args.data_dir)
+            if args.resume is None or run_dir.is_dir():  # a --resume of no folder fails below
+                owned.enter_context(own_folder(run_dir, "run folder"))  # before last.pt is read
+            resume = find_resume(args, config, run_dir)
+        except FolderInUse as e:
+            return fail(e)
         except (ConfigError, CheckpointError, WandbSettingsError) as e:
             line = f"{'cannot resume: ' if isinstance(e, CheckpointError) else ''}{e}"
             if in_sweep and not isinstance(e, WandbSettingsError):

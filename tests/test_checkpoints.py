@@ -196,7 +196,8 @@ def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes
     assert result.returncode == 2
     assert one_line_error(result.stderr) == (f"error: cannot resume: {moved} has last.pt but no best.pt (epoch 1's "
                                              "weights, the best so far): copy the whole run folder")
-    assert [p.name for p in moved.iterdir()] == ["last.pt"]  # nothing trained, nothing written
+    written = sorted(p.name for p in moved.iterdir())
+    assert written == ["last.pt", run_files.OWNER_LOCK]  # nothing trained, only the hold taken
     shutil.copy2(crashed / "best.pt", moved / "best.pt")
     again = run(trainer_command(*args), offline_env, tmp_path)
     assert again.returncode == 0, again.stderr
