@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import json
 import math
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -43,7 +45,17 @@ import sweep_journal
 import sweep_report
 import sweep_space
 from cifar_files import DataError, cifar100_source
-from run_files import LAST_CHECKPOINT, CheckpointError, device_name, load_checkpoint, unwritable
+from run_files import (
+    LAST_CHECKPOINT,
+    OWNER_LOCK,
+    CheckpointError,
+    FolderInUse,
+    device_name,
+    load_checkpoint,
+    own_folder,
+    unwritable,
+    write_json_atomic,
+)
 from sweep_journal import DamagedJournal, JournalReadOnly
 from sweep_space import Sweep, SweepConfigError
 from wandb_connect import WandbSettingsError, resolve_wandb_mode
@@ -59,6 +71,8 @@ MAX_RETRIES = 2  # a trial whose process died is retried at most this often (a c
 MAX_FAILURES_IN_A_ROW = 5  # a process stops after this many failed trials in a row (out of memory, bad configs)
 DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000"}  # module -> package
 SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables (a study's lock: crc32 of its name)
+STUDY_MARKER = "study.json"  # in a study's folder under --runs-dir: whose trials it holds
+TRIAL_MARKER = "trial.json"  # in a trial's folder: which study's trial it is (own_trial_folder)
 
 
 class StorageError(RuntimeError):
@@ -80,6 +94,12 @@ def storage_failure(e: BaseException) -> str:
     cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
     reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()
     return f"the study's storage failed: {reason[0] if reason else type(cause).__name__}"
+
+
+class TrialFolderTaken(cli.CommandError):
+    """A trial folder that TRIAL_MARKER says is another study's or trial's; the line names both."""
+
+    exit_code = cli.EXIT_BAD_INPUT
 
 
 class TrialRefused(p2.StopEarly):
@@ -312,6 +332,7 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
                                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                                  max_retry=MAX_RETRIES))
         engine.dispose()
+        sessions_in_utc(rdb.engine)
     except ImportError as e:
         module = e.name or url.get_driver_name()
         raise StorageError(f"storage {shown} needs the driver {module!r}, which is not installed: pip install "
@@ -320,6 +341,31 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StorageError(f"cannot open storage {shown}: {reason}") from None
     return Store(rdb, None)
+
+
+def sessions_in_utc(engine: sqlalchemy.engine.Engine) -> None:
+    """Make every session of `engine` keep time in UTC, from its next connection on.
+
+    Optuna's RDBStorage writes a trial's heartbeat as the writer session's now() into a column
+    without a time zone (`timestamp`): PostgreSQL stores the wall-clock time of that session's
+    TimeZone. It judges it against the reader session's now() with the zone dropped
+    (_get_stale_trial_ids). Sessions in other zones (PGTZ, a role's or database's setting, the
+    server's default, a daylight-saving change) then see a live trial hours old and fail it, or a
+    dead one hours ahead and never retry it. In UTC both are the database server's one clock, in
+    one time base. Set after connecting: a PGTZ in the environment overrides a connect option
+    (libpq sends it later in the startup packet). The pool is emptied, so no session escapes.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def set_utc(connection: object, record: object) -> None:
+        autocommit = connection.autocommit
+        connection.autocommit = True  # a SET in a transaction the pool rolls back is undone
+        cursor = connection.cursor()
+        cursor.execute("SET TIME ZONE 'UTC'")
+        cursor.close()
+        connection.autocommit = autocommit
+
+    engine.dispose()  # the connections Optuna opened to create its tables: made again, in UTC
 
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
@@ -341,6 +387,102 @@ def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> op
         raise SweepConfigError(f"study {name!r} was created from a different sweep config; use another --study or "
                                "the original file")
     return study
+
+
+def study_uid(study: optuna.Study, store: Store) -> str:
+    """A random id of the study, stored in it: the same for every process on it, another for a
+    study of the same name in another storage. The first process to ask makes it, under the
+    scheduling lock."""
+    uid = study.user_attrs.get("uid")
+    if uid is None:
+        with store.scheduling(study):
+            uid = study.user_attrs.get("uid")
+            if uid is None:
+                uid = secrets.token_hex(4)
+                study.set_user_attr("uid", uid)
+    return uid
+
+
+def read_marker(path: Path) -> dict | None:
+    """A STUDY_MARKER or TRIAL_MARKER as a dict; None if there is none, or not one."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def study_folder(runs_dir: Path, name: str, uid: str | None, claim: bool = True) -> Path:
+    """The folder of the study's trial folders and trials.csv: <runs-dir>/<study>, or
+    <runs-dir>/<study>-<uid> when that one holds another study of the same name (its own journal
+    or database, one shared --runs-dir).
+
+    Its STUDY_MARKER says whose it is: written once, exclusively (a hard link fails if the name
+    exists, on NFS too), by the first study that `claim`s it; a folder without one (an older
+    version's) goes to the first.
+    """
+    for folder in (runs_dir / name, runs_dir / f"{name}-{uid}"):
+        marker = folder / STUDY_MARKER
+        if claim and read_marker(marker) is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            mine = folder / f"{STUDY_MARKER}.{os.getpid()}.tmp"
+            mine.write_text(json.dumps({"study": name, "uid": uid}) + "\n")
+            try:
+                os.link(mine, marker)
+            except FileExistsError:  # another study (or this one, elsewhere) claimed it first
+                pass
+            finally:
+                mine.unlink()
+        owner = read_marker(marker)
+        if owner is None or owner.get("uid") == uid:
+            break
+    return folder  # the second is this study's alone: no other has its uid
+
+
+def own_trial_folder(args: argparse.Namespace, study: optuna.Study, trial: optuna.Trial,
+                     claim: ExitStack) -> None:
+    """Hold the trial's folder for this process (`claim` lets go of it), marked as this trial's.
+
+    FolderInUse if another process holds it; TrialFolderTaken if its TRIAL_MARKER names another
+    study's or trial's.
+    """
+    run_dir = trial_folder(args, trial.number)
+    claim.enter_context(own_folder(run_dir, "trial folder"))
+    mine = {"study": study.study_name, "uid": args.study_uid, "trial": trial.number}
+    found = read_marker(run_dir / TRIAL_MARKER)
+    if found not in (None, mine):
+        raise TrialFolderTaken(f"trial folder {run_dir} holds trial {found.get('trial')} of study "
+                               f"{found.get('study')!r} ({found.get('uid')}), not trial "
+                               f"{trial.number} of {study.study_name!r} ({args.study_uid}): move "
+                               "it aside")
+    write_json_atomic(mine, run_dir / TRIAL_MARKER)
+
+
+def trial_folder(args: argparse.Namespace, number: int) -> Path:
+    return args.study_dir / f"trial-{number:04d}"
+
+
+def give_up_trial(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    """Fail a trial that cannot start (its folder taken), `why` in trials.csv; queue its retry."""
+    trial.set_user_attr("failure", why)
+    failed = tell_once(study, trial, None, TrialState.FAIL)
+    if failed is not None:
+        retry_later(study, failed)
+
+
+def check_study_data(study: optuna.Study, store: Store, identity: dict) -> None:
+    """Record the data the study trains on (its first process does), or check that this process
+    has the same: trials on other images or another split would be ranked against each other.
+    ConfigError naming both."""
+    with store.scheduling(study):
+        recorded = study.user_attrs.get("data_identity")
+        if recorded is None:
+            study.set_user_attr("data_identity", identity)
+            return
+    if not p2.same_data(recorded, identity):
+        raise p2.ConfigError(f"study {study.study_name!r} trains on {p2.describe_data(recorded)}, "
+                             f"not on {p2.describe_data(identity)}: pass its --data-dir and "
+                             "--val-size, or another --study")
 
 
 def next_trial(study: optuna.Study, store: Store, trials: int, target: float | None,
@@ -366,11 +508,21 @@ def next_trial(study: optuna.Study, store: Store, trials: int, target: float | N
 # One trial
 
 
-def resume_point(previous: Path, run_dir: Path) -> dict | None:
-    """For a retry, the dead attempt's folder copied into this trial's, and its last.pt, if this machine can read it."""
+def resume_point(previous: Path, run_dir: Path, expected: dict) -> dict | None:
+    """For a retry, the dead attempt's folder copied into this trial's, and its last.pt, if this
+    machine can read it and the folder is that attempt's: its TRIAL_MARKER, where it has one (older
+    versions wrote none), is `expected` (the study's name and uid, the dead trial's number). Its
+    owner.lock and marker are not copied."""
     if not (previous / LAST_CHECKPOINT).is_file():
         return None
-    shutil.copytree(previous, run_dir, dirs_exist_ok=True)
+    found = read_marker(previous / TRIAL_MARKER)
+    if found not in (None, expected):
+        print(f"cannot resume: {previous} holds trial {found.get('trial')} of study "
+              f"{found.get('study')!r} ({found.get('uid')}), not trial {expected['trial']} of this "
+              "study; starting over", flush=True)
+        return None
+    shutil.copytree(previous, run_dir, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(OWNER_LOCK, TRIAL_MARKER))
     try:
         return load_checkpoint(run_dir / LAST_CHECKPOINT, needs=p2.RESUME_KEYS)
     except CheckpointError as e:
@@ -424,10 +576,13 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     host = socket.gethostname()
     sampled = sweep.search_space(trial) if sweep.search_space else {p.name: p.sample(trial) for p in sweep.params}
     config = p2.with_defaults(sampled | {"val_size": args.val_size})
-    run_dir = args.runs_dir / study.study_name / f"trial-{trial.number:04d}"
+    run_dir = trial_folder(args, trial.number)  # held by this process: own_trial_folder
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
-    resume = resume_point(run_dir.with_name(f"trial-{retried[-1]:04d}"), run_dir) if retried else None
+    resume = None
+    if retried:
+        dead = {"study": study.study_name, "uid": args.study_uid, "trial": retried[-1]}
+        resume = resume_point(trial_folder(args, retried[-1]), run_dir, dead)
     config = resume["config"] if resume else config
     start = f", resuming after epoch {resume['epoch']}" if resume else ", from epoch 1" if retried else ""
     print(f"{host}: trial {trial.number}" + (f" retries trial {retried[-1]}" if retried else "") + start, flush=True)
@@ -498,6 +653,11 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                 if trial == "wait":
                     time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
+                try:
+                    own_trial_folder(args, study, trial, claim)
+                except (FolderInUse, TrialFolderTaken) as e:  # its retry gets another folder
+                    give_up_trial(study, trial, str(e))
+                    return cli.fail(e)
                 try:
                     with refusals(trial.number):
                         code, state, value = run_trial(args, sweep, data, study, trial, check_interrupt)
@@ -606,8 +766,12 @@ def run_sweep(argv: list[str]) -> int:
         store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
         study = open_study(sweep, args.study or sweep.raw.get("name") or args.sweep_config.stem, store,
                            create=not args.report)
+        # The report only reads (a read-only journal works); an older version's study has no uid
+        args.study_uid = study.user_attrs.get("uid") if args.report else study_uid(study, store)
+        args.study_dir = study_folder(args.runs_dir, study.study_name, args.study_uid,
+                                      claim=not args.report)
         if args.report:
-            sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
+            sweep_report.write_report(study, sweep, args.study_dir, args.images_dir)
             return cli.EXIT_DONE
         trials = args.trials
         if sweep.method == "grid" and trials > sweep_space.grid_size(sweep):
@@ -619,9 +783,10 @@ def run_sweep(argv: list[str]) -> int:
         source = cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
         if args.workers > 1 and args.worker_of is None:
             code = launch_workers(argv, args.workers)
-            sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
+            sweep_report.write_report(study, sweep, args.study_dir, args.images_dir)
             return code
         data = p2.prepare_data(source, args.val_size, device)
+        check_study_data(study, store, data.identity)  # its trials are ranked against each other
     except (SweepConfigError, p2.ConfigError, WandbSettingsError, StorageError, DataError) as e:
         return cli.fail(e)
     if "data" not in study.user_attrs:
@@ -631,7 +796,7 @@ def run_sweep(argv: list[str]) -> int:
     code = work(args, sweep, data, study, store, trials)
     print(f"{socket.gethostname()} pid {os.getpid()} stopped after {time.perf_counter() - started:.0f} s", flush=True)
     if args.worker_of is None and code == 0:
-        sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
+        sweep_report.write_report(study, sweep, args.study_dir, args.images_dir)
     return code
 
 
