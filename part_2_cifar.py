@@ -895,11 +895,14 @@ def main(argv: list[str] | None = None) -> int:
             if why := unwritable(run_dir):
                 option = "--resume" if args.resume else "--runs-dir"
                 raise ConfigError(f"the run folder {run_dir} cannot be written: {why}; use a {option} you can write to")
+            held = run_dir.is_dir()  # a resume or a relaunch: held before its last.pt is read
+            if held:
+                owned.enter_context(own_folder(run_dir, "run folder"))
+            resume = find_resume(args, config, run_dir)
             # Before wandb.init: data that is not there (no network for the download) must not leave a W&B run.
             source = cifar100_source(args.data_dir)
-            if args.resume is None or run_dir.is_dir():  # a --resume of no folder fails below
-                owned.enter_context(own_folder(run_dir, "run folder"))  # before last.pt is read
-            resume = find_resume(args, config, run_dir)
+            if not held:  # a new run's folder, made once its data is found, before it is loaded
+                owned.enter_context(own_folder(run_dir, "run folder"))
         except FolderInUse as e:
             return fail(e)
         except (ConfigError, CheckpointError, WandbSettingsError) as e:
