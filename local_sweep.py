@@ -766,12 +766,10 @@ def run_sweep(argv: list[str]) -> int:
         store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
         study = open_study(sweep, args.study or sweep.raw.get("name") or args.sweep_config.stem, store,
                            create=not args.report)
-        # The report only reads (a read-only journal works); an older version's study has no uid
-        args.study_uid = study.user_attrs.get("uid") if args.report else study_uid(study, store)
-        args.study_dir = study_folder(args.runs_dir, study.study_name, args.study_uid,
-                                      claim=not args.report)
-        if args.report:
-            sweep_report.write_report(study, sweep, args.study_dir, args.images_dir)
+        if args.report:  # it only reads: a read-only journal works, an older version's has no uid
+            folder = study_folder(args.runs_dir, study.study_name, study.user_attrs.get("uid"),
+                                  claim=False)
+            sweep_report.write_report(study, sweep, folder, args.images_dir)
             return cli.EXIT_DONE
         trials = args.trials
         if sweep.method == "grid" and trials > sweep_space.grid_size(sweep):
@@ -781,6 +779,8 @@ def run_sweep(argv: list[str]) -> int:
         args.wandb_mode = resolve_wandb_mode(args.wandb_mode)  # checked once: each trial's run uses it
         args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
         source = cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
+        args.study_uid = study_uid(study, store)  # trial folders are named and marked by it
+        args.study_dir = study_folder(args.runs_dir, study.study_name, args.study_uid)
         if args.workers > 1 and args.worker_of is None:
             code = launch_workers(argv, args.workers)
             sweep_report.write_report(study, sweep, args.study_dir, args.images_dir)
