@@ -40,7 +40,8 @@ METHOD = {"percentiles": "nearest-rank",
           "load": "1-minute load average when the row ended",
           "threads": "CPU threads the backend computes with; null for a GPU backend"}
 # A figure cannot rank two backends when its iterations spread by more than this (half the IQR over
-# the median, in %): the CPU backends here differ by 1.2-3x, and +-5% keeps their order honest ...
+# the median, in %): two figures of +-5% keep their order when 10% apart, and the backends here
+# differ by 2x or more (README, "Results") ...
 NOISY_SPREAD_PCT = 5.0
 # ... or when the process waited for a CPU more than this share of the time it wanted one: others
 # had the cores, and the figure measures them as much as the backend.

@@ -55,6 +55,8 @@ def python_step(images: np.ndarray):
 
 
 def test_a_figure_measured_while_others_had_the_cpu_is_marked_busy_in_the_table(capsys):
+    if inference_bench.cpu_times() is None:
+        pytest.skip("this kernel keeps no run delay per thread (/proc/self/task/*/schedstat)")
     cpu = min(os.sched_getaffinity(0))
     spin = f"import os; os.sched_setaffinity(0, {{{cpu}}}); print(1, flush=True)\nwhile True: pass"
     spinners = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE)
