@@ -129,25 +129,59 @@ def own_folder(folder: Path, what: str) -> Iterator[Path]:
     since when, and the command. Another process holding it is FolderInUse, one line naming it;
     `what` names the folder there ("run folder", "trial folder", ...).
     The kernel drops an flock when its process ends, however it ends (SIGKILL, a crash): a dead
-    holder never blocks the next process, and no stale lock needs removing. The file stays, since
-    removing it would let a late opener lock a name nobody else sees. On NFS, Linux takes an flock
-    as a lock on the whole file at the server: machines sharing a runs folder exclude each other.
+    holder never blocks the next process, and no stale lock needs removing. On NFS, Linux takes an
+    flock as a lock on the whole file at the server: machines sharing a runs folder exclude each
+    other. A folder this made and left with nothing in it but owner.lock (a run that never
+    started: no W&B server in a sweep) is removed on the way out, with the folders made for it.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / OWNER_LOCK, "a+") as f:
+    made = []  # the folder and those above it that do not exist yet, deepest first
+    for above in (folder, *folder.parents):
+        if above.exists():
+            break
+        made.append(above)
+    lock = locked(folder / OWNER_LOCK, what)
+    try:
+        lock.truncate(0)
+        since = datetime.now().astimezone().isoformat(timespec="seconds")
+        command = Path(sys.argv[0]).name
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {since} ({command})\n")
+        lock.flush()
+        yield folder
+    finally:
+        if made and [path.name for path in folder.iterdir()] == [OWNER_LOCK]:
+            (folder / OWNER_LOCK).unlink()  # while held: a waiter then finds it gone (locked)
+            for empty in made:
+                try:
+                    empty.rmdir()
+                except OSError:  # another process's files are in it
+                    break
+        lock.close()
+
+
+def locked(path: Path, what: str):
+    """`path` opened and exclusively flock'ed, its folder made if missing; FolderInUse if held.
+
+    A lock file removed by its holder (own_folder) after another opened it is not the one at
+    `path` any more: locking it would exclude nobody, so the one at `path` is opened again.
+    """
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FolderInUse(f"{what} {folder} is in use by {holder_of(f)}: two processes would "
+            holder = holder_of(f)
+            f.close()
+            raise FolderInUse(f"{what} {path.parent} is in use by {holder}: two processes would "
                               "overwrite each other's files; wait for it to end, or use another "
                               "folder") from None
-        f.truncate(0)
-        since = datetime.now().astimezone().isoformat(timespec="seconds")
-        command = Path(sys.argv[0]).name
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {since} ({command})\n")
-        f.flush()
-        yield folder
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()
 
 
 def holder_of(lock_file) -> str:

@@ -26,7 +26,7 @@ import select_model
 import trt_export
 
 CPU = torch.device("cpu")
-EPOCHS = 6  # of the run two processes want: enough that its holder is still training when stopped
+EPOCHS = 3  # of the run two processes want; its holder is stopped as soon as it holds it
 SINCE = r"since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"  # ISO 8601 with the holder's offset
 
 
@@ -116,8 +116,9 @@ def test_a_held_selection_folder_refuses_a_second_selection(tiny_data_dir, tmp_p
     with run_files.own_folder(runs / "selection", "selection folder"):  # another open file: refused
         assert select_model.main([str(runs), "--data-dir", str(tiny_data_dir), "--wandb-mode",
                                   "disabled", "--images-dir", str(tmp_path / "images")]) == 2
+        assert sorted(p.name for p in (runs / "selection").iterdir()) == [run_files.OWNER_LOCK]
     refusal(capsys, runs / "selection", "selection folder", os.getpid(), Path(sys.argv[0]).name)
-    assert sorted(p.name for p in (runs / "selection").iterdir()) == [run_files.OWNER_LOCK]
+    assert not (runs / "selection").exists()  # made by the holder, left empty: removed by it
 
 
 def test_a_held_export_folder_refuses_a_second_export(tiny_data_dir, tmp_path, capsys):
@@ -129,8 +130,8 @@ def test_a_held_export_folder_refuses_a_second_export(tiny_data_dir, tmp_path, c
         assert trt_export.main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(out),
                                 "--data-dir", str(tiny_data_dir), "--device", "cpu",
                                 "--plot", str(tmp_path / "plot.png")]) == 2
+        assert sorted(p.name for p in out.iterdir()) == [run_files.OWNER_LOCK]
     refusal(capsys, out, "export folder", os.getpid(), Path(sys.argv[0]).name)
-    assert sorted(p.name for p in out.iterdir()) == [run_files.OWNER_LOCK]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,3 +230,14 @@ def test_a_retry_resumes_only_from_the_folder_of_the_trial_it_retries(tmp_path, 
     (previous / local_sweep.TRIAL_MARKER).write_text(json.dumps(dead))
     assert local_sweep.resume_point(previous, mine, dead)["epoch"] == 1
     assert sorted(p.name for p in mine.iterdir()) == [run_files.LAST_CHECKPOINT]  # no marker copied
+
+
+def test_a_folder_made_for_a_run_that_never_started_is_removed_on_release(tmp_path):
+    made = tmp_path / "runs" / "never-started"
+    with run_files.own_folder(made, "run folder"):
+        assert (made / run_files.OWNER_LOCK).read_text().startswith(f"pid {os.getpid()} ")
+    assert not (tmp_path / "runs").exists()  # nothing written: the folders made for it are gone
+    kept = tmp_path / "kept"
+    with run_files.own_folder(kept, "run folder"):
+        (kept / "summary.json").write_text("{}")
+    assert sorted(p.name for p in kept.iterdir()) == [run_files.OWNER_LOCK, "summary.json"]
