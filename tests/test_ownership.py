@@ -174,18 +174,19 @@ def test_a_held_trial_folder_fails_its_trial_with_the_holder_and_the_retry_runs_
 
 
 def test_two_studies_with_their_own_journals_in_one_runs_folder_never_share_a_trial_folder(
-        tiny_data_dir, tmp_path, offline_env):
-    """The README's one shared --runs-dir, two journals, one sweep file (so one study name): two
-    real processes at once. Each trial's summary is its own config's, and each study's trials.csv
-    lists its own trials."""
+        tiny_data_dir, tmp_path, offline_env, offline):
+    """The README's one shared --runs-dir, two journals, one sweep file (so one study name),
+    started together: a real process and this one. Each trial's summary is its own config's, and
+    each study's trials.csv lists its own trials."""
     runs, sweep = tmp_path / "shared-runs", write_sweep(tmp_path / "cifar.json")
-    processes = [subprocess.Popen(
-        [sys.executable, str(ROOT / "local_sweep.py"),
-         *sweep_args(sweep, tiny_data_dir, runs, "--trials", "1", "--storage", str(tmp_path / name))],
-        env=offline_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name in ("a.log", "b.log")]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs
+    args = {name: sweep_args(sweep, tiny_data_dir, runs, "--trials", "1", "--storage",
+                             str(tmp_path / name)) for name in ("a.log", "b.log")}
+    other = subprocess.Popen([sys.executable, str(ROOT / "local_sweep.py"), *args["a.log"]],
+                             env=offline_env, cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    assert local_sweep.main(args["b.log"]) == 0
+    output = other.communicate(timeout=300)[0]
+    assert other.returncode == 0, output
     folders = set()
     for name in ("a.log", "b.log"):
         study = optuna.load_study(study_name="cifar", storage=local_sweep.open_storage(
