@@ -346,18 +346,17 @@ def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
         spreads = [rate * row["end_to_end"]["spread_pct"] / 100
                    for rate, row in zip(rates, mine, strict=True)]
         (line,) = ax_rate.plot(sizes, rates, marker="o", label=backend)
-        ax_rate.errorbar(sizes, rates, yerr=spreads, fmt="none", ecolor=line.get_color(), capsize=3)
+        ax_rate.errorbar(sizes, rates, yerr=spreads, fmt="none", color=line.get_color(), capsize=3)
         ax_latency.plot(sizes, [row["end_to_end"]["p50_ms"] for row in mine], marker="o",
                         label=backend)
         noisy = [row for row in mine if row.get("not_rankable")]
         for ax, key in ((ax_rate, "images_per_second"), (ax_latency, "p50_ms")):  # a red ring
             ax.plot([row["batch_size"] for row in noisy], [row["end_to_end"][key] for row in noisy],
-                    "o", markersize=11, markerfacecolor="none", markeredgecolor="red",
-                    label="_noisy")
+                    "o", color="red", markersize=11, markerfacecolor="none", label="_noisy")
     noisy = [row for row in rows if row.get("not_rankable")]
     if noisy:
         loads = [row["load"] for row in rows]
-        ax_rate.plot([], [], "o", markersize=11, markerfacecolor="none", markeredgecolor="red",
+        ax_rate.plot([], [], "o", color="red", markersize=11, markerfacecolor="none",
                      label=f"too noisy to rank ({len(noisy)} of {len(rows)}; load {min(loads):.1f}-"
                            f"{max(loads):.1f})")
     ax_rate.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s (end to end)",
