@@ -89,7 +89,8 @@ def test_a_figure_whose_iterations_spread_is_marked_noisy_with_its_spread():
     (row,) = rows
     assert row["end_to_end"]["spread_pct"] > 20  # half the iterations 4x the others
     assert row["not_rankable"].startswith("spread +-") and row["threads"] is None
-    assert f"{row['end_to_end']['images_per_second']:,.0f} +-" in inference_bench.markdown_benchmark(rows)
+    table = inference_bench.markdown_benchmark(rows)
+    assert f"{row['end_to_end']['images_per_second']:,.0f} +-" in table
 
 
 def row(spread: float, waited: float | None, load: float = 0.5, rate: float = 100.0) -> dict:

@@ -92,7 +92,8 @@ def test_selection_refuses_runs_of_one_images_in_two_splits_and_names_them(
     assert select_model.main(args) == 2  # before any seed is trained
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "were trained on several data sets (1 on" in line and "val_size 100)" in line
-    assert "val_size 200)" in line and line.endswith("pass --val-size N to compare the runs of one split")
+    assert "val_size 200)" in line
+    assert line.endswith("pass --val-size N to compare the runs of one split")
     assert not list((runs / "selection").glob("*-seed*"))
 
 
@@ -103,13 +104,15 @@ def test_selection_refuses_seeds_an_earlier_selection_trained_on_other_data(
     (candidate,) = select_model.find_candidates(runs, identity(real_images))
     ((run_id, _),) = select_model.planned_runs(candidate, 1)
     seed = runs / "selection" / run_id
-    seed.mkdir(parents=True)  # a seed trained on the synthetic data by `select_model.py --data-dir s`
+    seed.mkdir(parents=True)  # a seed `select_model.py --data-dir SYNTHETIC` trained
     synthetic = run_files.read_summary(mixed_runs / "synthetic")
     (seed / run_files.SUMMARY_FILE).write_text(json.dumps(synthetic))
     assert select_model.main([str(runs), "--seeds", "1", "--data-dir", str(real_images),
-                              "--wandb-mode", "disabled", "--images-dir", str(tmp_path / "img")]) == 2
+                              "--wandb-mode", "disabled", "--images-dir",
+                              str(tmp_path / "img")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: {runs / 'selection'} holds 1 seeds trained on other data (1 on ")
+    selection = runs / "selection"
+    assert line.startswith(f"error: {selection} holds 1 seeds trained on other data (1 on ")
     assert not (runs / run_files.SELECTION_FILE).exists()
 
 
@@ -142,8 +145,8 @@ def test_export_refuses_a_selection_made_on_other_data(mixed_runs, tiny_data_dir
     (runs / run_files.SELECTION_FILE).write_text(json.dumps({"configs": [report],
                                                              "best": "synthetic"}))
     for within in (None, 1.0):
-        with pytest.raises(run_files.CheckpointError, match=r"chose .*synthetic, trained on .*, not on "
-                                                            r".*: pass --data-dir the data it was"):
+        with pytest.raises(run_files.CheckpointError,
+                           match=r"chose .*synthetic, trained on .*, not on .*: pass --data-dir"):
             run_files.choose_checkpoint("best", runs, within, data=lambda: identity(real_images))
     chosen = run_files.choose_checkpoint("best", runs, data=lambda: identity(tiny_data_dir))
     assert chosen == runs / "synthetic" / run_files.BEST_CHECKPOINT
@@ -165,4 +168,5 @@ def test_a_sweep_process_with_other_data_is_refused_by_the_study(tiny_data_dir, 
     assert local_sweep.main([*args, "--trials", "2", "--data-dir", str(real_images)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: study 'one' trains on {tiny_data_dir.resolve()}")
-    assert f"not on {real_images.resolve()}" in line and "pass its --data-dir and --val-size" in line
+    assert f"not on {real_images.resolve()}" in line
+    assert "pass its --data-dir and --val-size" in line

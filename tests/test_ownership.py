@@ -73,7 +73,8 @@ def test_a_run_folder_has_one_trainer_and_a_sigkilled_one_never_blocks_the_next(
         raise RuntimeError("crash after epoch 1 (injected)")
 
     with pytest.raises(RuntimeError, match="injected"):  # a preempted run: last.pt after epoch 1
-        trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), run_dir, on_epoch=crash)
+        data = trainer.prepare_data(tiny_data_dir, 200, CPU)
+        trainer.train(config, data, run_dir, on_epoch=crash)
 
     resume = [*fast_args(tiny_data_dir, runs), "--resume", str(run_dir)]
     first = subprocess.Popen(trainer_command(*resume), env=offline_env, cwd=tmp_path,
@@ -123,8 +124,8 @@ def test_a_held_selection_folder_refuses_a_second_selection(tiny_data_dir, tmp_p
 
 def test_a_held_export_folder_refuses_a_second_export(tiny_data_dir, tmp_path, capsys):
     config = trainer.validate_config({**FAST_CONFIG, "val_size": 200})
-    run_files.save_atomic({"model": trainer.model_from_config(config).state_dict(), "config": config,
-                           "epoch": 1}, tmp_path / "best.pt")
+    weights = trainer.model_from_config(config).state_dict()
+    run_files.save_atomic({"model": weights, "config": config, "epoch": 1}, tmp_path / "best.pt")
     out = tmp_path / "export"
     with run_files.own_folder(out, "export folder"):
         assert trt_export.main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(out),
@@ -160,7 +161,8 @@ def test_a_held_trial_folder_fails_its_trial_with_the_holder_and_the_retry_runs_
     with run_files.own_folder(trial_0, "trial folder"):  # e.g. the trainer --resume'd by hand on it
         assert local_sweep.main(sweep_args(sweep, tiny_data_dir, runs, "--trials", "1")) == 2
     refusal(capsys, trial_0, "trial folder", os.getpid(), Path(sys.argv[0]).name)
-    study = optuna.load_study(study_name="held", storage=local_sweep.open_storage(None, runs).storage)
+    storage = local_sweep.open_storage(None, runs).storage
+    study = optuna.load_study(study_name="held", storage=storage)
     failed, retry = study.get_trials()
     assert failed.state.name == "FAIL" and "is in use by pid" in failed.user_attrs["failure"]
     assert retry.state.name == "WAITING"  # queued: the same command runs it
@@ -212,7 +214,7 @@ def test_a_study_folder_is_claimed_once_and_a_namesake_gets_its_own(tmp_path):
     assert local_sweep.study_folder(runs, "s", "aaaa1111") == runs / "s"
     assert local_sweep.study_folder(runs, "s", "bbbb2222") == runs / "s-bbbb2222"
     assert local_sweep.study_folder(runs, "s", "aaaa1111") == runs / "s"  # the same on every call
-    assert local_sweep.study_folder(runs, "t", None, claim=False) == runs / "t"  # a report claims none
+    assert local_sweep.study_folder(runs, "t", None, claim=False) == runs / "t"  # a report: none
     assert not (runs / "t").exists()
 
 
