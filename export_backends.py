@@ -23,7 +23,7 @@ import torch.nn as nn
 
 import trt_runtime
 from cli import FileFailed, require, write_atomic
-from inference_bench import Predictor, Step, StepFactory
+from inference_bench import Predictor, Step, StepFactory, thread_budget
 from part_2_cifar import autocast
 
 # --------------------------------------------------------------------------------------------------
@@ -108,9 +108,18 @@ def onnxruntime():  # -> the onnxruntime module
     return require("onnxruntime", "InferenceSession", fix=ONNXRUNTIME_FIX)
 
 
-def ort_session(path: Path):  # -> onnxruntime.InferenceSession
-    """An ONNX Runtime session on the CPU, the provider every install has."""
-    return onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def ort_session(path: Path, threads: int | None = None):  # -> onnxruntime.InferenceSession
+    """An ONNX Runtime session on the CPU, the provider every install has, of `threads` threads.
+
+    None: inference_bench.thread_budget(). Left to itself, ONNX Runtime takes one thread per
+    physical core whatever OMP_NUM_THREADS or the affinity mask say (onnxruntime issue 23747):
+    beside PyTorch, a benchmark would compare unequal budgets.
+    """
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or thread_budget()  # the pool that splits one operator
+    options.inter_op_num_threads = 1  # the graph runs its nodes one after another (sequential mode)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +217,7 @@ class Backend:
     unavailable: str = ""  # why it cannot run here; "" when it can
     part: str = ""  # what its `skipped:` line names (default: `name`)
     reference: bool = False  # the backend every other one is compared with
+    threads: int | None = None  # CPU threads it computes with; None: a GPU backend (or not timed)
 
 
 @dataclass(frozen=True)
@@ -232,13 +242,15 @@ def backends(model: nn.Module, device: torch.device, sessions: dict[str, object]
     `precision` is the engine's; it sets the engine's accuracy tolerance.
     `cuda_graph` asks for the engine replayed as a CUDA graph as well.
     """
+    cpu_threads = torch.get_num_threads() if device.type == "cpu" else None
     registry = [Backend(f"pytorch-fp32 ({device.type})", torch_predictor(model, device, None),
-                        partial(torch_step, model, device, None), reference=True)]
+                        partial(torch_step, model, device, None), reference=True,
+                        threads=cpu_threads)]
     for onnx_precision, session in sessions.items():
         # The fp16 ONNX is scored only: it shows what fp16 does to the logits.
         timed = partial(ort_step, session) if onnx_precision == "fp32" else None
         registry.append(Backend(f"onnxruntime-{onnx_precision} (cpu)", ort_predictor(session),
-                                timed))
+                                timed, threads=session.get_session_options().intra_op_num_threads))
     gpu = device.type == "cuda"
     no_gpu = "" if gpu else "no CUDA GPU; fp16/bf16 are timed on the GPU only"
     for name, dtype in AUTOCAST.items():

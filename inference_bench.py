@@ -6,11 +6,18 @@ It returns the GPU compute seconds when it measures them, else None.
 Times are kept in seconds and reported in milliseconds; throughput is in images per second.
 Nothing here knows which backends exist: export_backends.py lists them.
 
+Every CPU backend computes with one thread budget (thread_budget, or trt_export.py --threads).
+Each figure comes with its spread (+- half the interquartile range of its iterations, over their
+median) and with the share of its CPU time the process spent waiting for a CPU others held (the
+kernel's run-queue delay). A figure whose spread or wait is above NOISY_SPREAD_PCT or
+BUSY_WAIT_PCT cannot rank the backends, and is marked so.
+
 Sections, in order: timing, accuracy, benchmark, reports.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +33,19 @@ StepFactory = Callable[[np.ndarray], Step]  # a batch (B, 3, 32, 32) -> a timed 
 # How the numbers are taken, as benchmark.json records it beside the durations and counts
 METHOD = {"percentiles": "nearest-rank",
           "end_to_end": "host clock around copy in + inference + copy out + sync",
-          "gpu_compute": "CUDA events around the inference call"}
+          "gpu_compute": "CUDA events around the inference call",
+          "spread_pct": "50 x (p75 - p25) / p50 of the end-to-end iteration times: the figure +-",
+          "cpu_wait_pct": "time the process's threads waited, runnable, for a CPU, in % of "
+                          "the time they ran or waited (/proc/self/task/*/schedstat)",
+          "load": "1-minute load average when the row ended",
+          "threads": "CPU threads the backend computes with; null for a GPU backend"}
+# A figure cannot rank two backends when its iterations spread by more than this (half the IQR over
+# the median, in %): two figures of +-5% keep their order when 10% apart, and the backends here
+# differ by 2x or more (README, "Results") ...
+NOISY_SPREAD_PCT = 5.0
+# ... or when the process waited for a CPU more than this share of the time it wanted one: others
+# had the cores, and the figure measures them as much as the backend.
+BUSY_WAIT_PCT = 10.0
 
 
 class Report:
@@ -87,11 +106,64 @@ def latency_stats(seconds: list[float], batch_size: int) -> dict:
     if not seconds:
         raise ValueError("no iterations to summarise")
     ms = np.asarray(seconds, dtype=np.float64) * 1000
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99], method="inverted_cdf")
+    p25, p50, p75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99], method="inverted_cdf")
     return {"iterations": int(ms.size), "mean_ms": float(ms.mean()),
             "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
             "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-            "images_per_second": float(batch_size * ms.size / (ms.sum() / 1000))}
+            "images_per_second": float(batch_size * ms.size / (ms.sum() / 1000)),
+            "spread_pct": float(50 * (p75 - p25) / p50) if p50 > 0 else 0.0}
+
+
+def thread_budget() -> int:
+    """The CPU threads every CPU backend gets: the CPUs this process may run on (its affinity mask,
+    which taskset, a container's cpuset or a batch scheduler sets), or OMP_NUM_THREADS if fewer.
+
+    PyTorch reads OMP_NUM_THREADS but ONNX Runtime does not, and neither reads the mask: each is
+    told this number.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cpus, int(asked)) if asked.isdigit() and int(asked) > 0 else cpus
+
+
+def cpu_times() -> tuple[float, float] | None:
+    """(seconds this process's threads ran, seconds they waited runnable for a CPU).
+
+    Summed over its threads from /proc/self/task/*/schedstat (Linux); None where the kernel keeps
+    no such statistics.
+    """
+    ran = waited = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/schedstat") as f:
+                fields = f.read().split()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    return (ran / 1e9, waited / 1e9) if ran else None
+
+
+def cpu_wait_pct(before: tuple[float, float] | None,
+                 after: tuple[float, float] | None) -> float | None:
+    """Between two cpu_times(): the time the process waited for a CPU, in % of the time it wanted
+    one (ran or waited)."""
+    if before is None or after is None:
+        return None
+    ran, waited = max(0.0, after[0] - before[0]), max(0.0, after[1] - before[1])
+    return 100 * waited / (ran + waited) if ran + waited > 0 else None
+
+
+def why_not_rankable(row: dict) -> str:
+    """Why a benchmark row's figure cannot rank the backends ("" if it can): spread, busy CPU."""
+    spread, waited = row["end_to_end"]["spread_pct"], row.get("cpu_wait_pct")
+    reasons = [f"spread +-{spread:.0f}%"] if spread > NOISY_SPREAD_PCT else []
+    if waited is not None and waited > BUSY_WAIT_PCT:
+        reasons.append(f"waited {waited:.0f}% for a CPU (load {row['load']:.1f})")
+    return ", ".join(reasons)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,12 +247,15 @@ def batch_of(images: np.ndarray, batch_size: int) -> np.ndarray:
 
 def benchmark(steps: dict[str, StepFactory], images: np.ndarray, batch_sizes: list[int],
               warmup_seconds: float, min_seconds: float, min_iterations: int,
-              report: Report) -> list[dict]:
+              report: Report, threads: dict[str, int | None] | None = None) -> list[dict]:
     """Time each backend at each batch size on the normalized `images` (N, 3, 32, 32).
 
     `steps` maps a backend name to the factory of its timed step.
+    `threads` maps a backend name to the CPU threads it computes with (None: a GPU backend).
     Returns one row per backend and batch size.
     A row holds end-to-end statistics, and GPU compute statistics where they were measured.
+    It also holds its threads, its CPU wait (cpu_wait_pct), the load average at its end, and
+    `not_rankable`: "" or why its figure cannot rank the backends.
     An engine that fails at one batch size is reported as a failure, and the benchmark goes on.
     """
     rows = []
@@ -188,16 +263,23 @@ def benchmark(steps: dict[str, StepFactory], images: np.ndarray, batch_sizes: li
         for batch_size in batch_sizes:
             try:
                 step = make_step(batch_of(images, batch_size))
+                before = cpu_times()
                 end_to_end, gpu = time_iterations(step, warmup_seconds, min_seconds,
                                                   min_iterations)
+                waited = cpu_wait_pct(before, cpu_times())
             except trt_runtime.EngineError as e:
                 report.fail(f"{name} batch {batch_size}: {e}")
                 continue
             stats = latency_stats(end_to_end, batch_size)
-            rows.append({"backend": name, "batch_size": batch_size, "end_to_end": stats,
-                         "gpu_compute": latency_stats(gpu, batch_size) if gpu else None})
-            print(f"  {name} batch {batch_size}: {stats['images_per_second']:,.0f} img/s",
-                  flush=True)
+            row = {"backend": name, "batch_size": batch_size,
+                   "threads": (threads or {}).get(name), "end_to_end": stats,
+                   "gpu_compute": latency_stats(gpu, batch_size) if gpu else None,
+                   "cpu_wait_pct": waited, "load": os.getloadavg()[0]}
+            row["not_rankable"] = why_not_rankable(row)
+            rows.append(row)
+            mark = f"; too noisy to rank: {row['not_rankable']}" if row["not_rankable"] else ""
+            print(f"  {name} batch {batch_size}: {stats['images_per_second']:,.0f} img/s "
+                  f"+-{stats['spread_pct']:.0f}%{mark}", flush=True)
     return rows
 
 
@@ -206,17 +288,29 @@ def benchmark(steps: dict[str, StepFactory], images: np.ndarray, batch_sizes: li
 
 
 def markdown_benchmark(rows: list[dict]) -> str:
-    """The benchmark rows as a markdown table: throughput, latency in ms, GPU compute p50."""
+    """The benchmark rows as a markdown table.
+
+    Throughput +- its spread, latency in ms, GPU compute p50, threads, CPU wait and load.
+    A figure too noisy to rank the backends is marked, and a line under the table counts them.
+    """
     lines = ["| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms "
-             "| GPU compute p50 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| GPU compute p50 ms | threads | CPU wait % | load | ranks? |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         e2e, gpu = row["end_to_end"], row["gpu_compute"]
         gpu_p50 = f"{gpu['p50_ms']:.3f}" if gpu else "-"
+        waited = f"{row['cpu_wait_pct']:.0f}" if row.get("cpu_wait_pct") is not None else "-"
+        noisy = row.get("not_rankable")
         lines.append(f"| {row['backend']} | {row['batch_size']} | {e2e['iterations']} | "
-                     f"{e2e['images_per_second']:,.0f} | {e2e['mean_ms']:.3f} | "
-                     f"{e2e['p50_ms']:.3f} | {e2e['p90_ms']:.3f} | {e2e['p99_ms']:.3f} | "
-                     f"{gpu_p50} |")
+                     f"{e2e['images_per_second']:,.0f} +-{e2e['spread_pct']:.0f}% | "
+                     f"{e2e['mean_ms']:.3f} | {e2e['p50_ms']:.3f} | {e2e['p90_ms']:.3f} | "
+                     f"{e2e['p99_ms']:.3f} | {gpu_p50} | {row.get('threads') or '-'} | {waited} | "
+                     f"{row.get('load', 0):.1f} | {'**no**: ' + noisy if noisy else 'yes'} |")
+    noisy = sum(bool(row.get("not_rankable")) for row in rows)
+    if noisy:
+        lines.append(f"\n{noisy} of {len(rows)} figures are too noisy to rank the backends "
+                     f"(spread over +-{NOISY_SPREAD_PCT:g}%, or over {BUSY_WAIT_PCT:g}% of the "
+                     "time waiting for a CPU): other processes had the cores; rerun when idle")
     return "\n".join(lines)
 
 
@@ -233,7 +327,9 @@ def markdown_accuracy(rows: list[dict], images: int) -> str:
 
 
 def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
-    """Throughput (images/s) and p50 latency (ms) against batch size, one line per backend.
+    """Throughput (images/s, +- its spread) and p50 latency (ms) against batch size, per backend.
+
+    A figure too noisy to rank the backends is ringed in red; the legend counts them, with the load.
 
     The figure is saved to `path`.
     """
@@ -247,9 +343,22 @@ def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
         mine = [row for row in rows if row["backend"] == backend]
         sizes = [row["batch_size"] for row in mine]
         rates = [row["end_to_end"]["images_per_second"] for row in mine]
-        ax_rate.plot(sizes, rates, marker="o", label=backend)
+        spreads = [rate * row["end_to_end"]["spread_pct"] / 100
+                   for rate, row in zip(rates, mine, strict=True)]
+        (line,) = ax_rate.plot(sizes, rates, marker="o", label=backend)
+        ax_rate.errorbar(sizes, rates, yerr=spreads, fmt="none", color=line.get_color(), capsize=3)
         ax_latency.plot(sizes, [row["end_to_end"]["p50_ms"] for row in mine], marker="o",
                         label=backend)
+        noisy = [row for row in mine if row.get("not_rankable")]
+        for ax, key in ((ax_rate, "images_per_second"), (ax_latency, "p50_ms")):  # a red ring
+            ax.plot([row["batch_size"] for row in noisy], [row["end_to_end"][key] for row in noisy],
+                    "o", color="red", markersize=11, markerfacecolor="none", label="_noisy")
+    noisy = [row for row in rows if row.get("not_rankable")]
+    if noisy:
+        loads = [row["load"] for row in rows]
+        ax_rate.plot([], [], "o", color="red", markersize=11, markerfacecolor="none",
+                     label=f"too noisy to rank ({len(noisy)} of {len(rows)}; load {min(loads):.1f}-"
+                           f"{max(loads):.1f})")
     ax_rate.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s (end to end)",
                 title="throughput")
     ax_latency.set(xscale="log", yscale="log", xlabel="batch size",

@@ -16,8 +16,10 @@ import argparse
 import dataclasses
 import fcntl
 import io
+import json
 import math
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -44,7 +46,17 @@ import sweep_journal
 import sweep_report
 import sweep_space
 from cifar_files import cifar100_source
-from run_files import LAST_CHECKPOINT, CheckpointError, device_name, load_checkpoint, unwritable
+from run_files import (
+    LAST_CHECKPOINT,
+    OWNER_LOCK,
+    CheckpointError,
+    FolderInUse,
+    device_name,
+    load_checkpoint,
+    own_folder,
+    unwritable,
+    write_json_atomic,
+)
 from sweep_journal import DamagedJournal, JournalReadOnly
 from sweep_space import Sweep, SweepConfigError
 from wandb_connect import resolve_wandb_mode
@@ -60,6 +72,8 @@ MAX_RETRIES = 2  # a trial whose process died is retried at most this often (a c
 MAX_FAILURES_IN_A_ROW = 5  # a process stops after this many failed trials in a row (out of memory, bad configs)
 DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000"}  # module -> package
 SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables (a study's lock: crc32 of its name)
+STUDY_MARKER = "study.json"  # in a study's folder under --runs-dir: whose trials it holds
+TRIAL_MARKER = "trial.json"  # in a trial's folder: which study's trial it is (own_trial_folder)
 
 
 class StorageError(cli.CommandError, RuntimeError):
@@ -80,6 +94,12 @@ def storage_failure(e: BaseException) -> str:
     """One line for a STORAGE_FAILED error: the database's own words (StorageInternalError hides them)."""
     cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
     return f"the study's storage failed: {cli.one_line(getattr(cause, 'orig', None) or cause)}"
+
+
+class TrialFolderTaken(cli.CommandError):
+    """A trial folder that TRIAL_MARKER says is another study's or trial's; the line names both."""
+
+    exit_code = cli.EXIT_BAD_INPUT
 
 
 class TrialRefused(p2.StopEarly):
@@ -414,6 +434,7 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
                                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                                  max_retry=MAX_RETRIES))
         engine.dispose()
+        sessions_in_utc(rdb.engine)
     except ImportError as e:
         module = e.name or url.get_driver_name()
         raise StorageError(f"storage {shown} needs the driver {module!r}, which is not installed: pip install "
@@ -422,6 +443,31 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         reason = cli.one_line(getattr(e, "orig", None) or e)
         raise StorageError(f"cannot open storage {shown}: {reason}") from None
     return Store(rdb, None)
+
+
+def sessions_in_utc(engine: sqlalchemy.engine.Engine) -> None:
+    """Make every session of `engine` keep time in UTC, from its next connection on.
+
+    Optuna's RDBStorage writes a trial's heartbeat as the writer session's now() into a column
+    without a time zone (`timestamp`): PostgreSQL stores the wall-clock time of that session's
+    TimeZone. It judges it against the reader session's now() with the zone dropped
+    (_get_stale_trial_ids). Sessions in other zones (PGTZ, a role's or database's setting, the
+    server's default, a daylight-saving change) then see a live trial hours old and fail it, or a
+    dead one hours ahead and never retry it. In UTC both are the database server's one clock, in
+    one time base. Set after connecting: a PGTZ in the environment overrides a connect option
+    (libpq sends it later in the startup packet). The pool is emptied, so no session escapes.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def set_utc(connection: object, record: object) -> None:
+        autocommit = connection.autocommit
+        connection.autocommit = True  # a SET in a transaction the pool rolls back is undone
+        cursor = connection.cursor()
+        cursor.execute("SET TIME ZONE 'UTC'")
+        cursor.close()
+        connection.autocommit = autocommit
+
+    engine.dispose()  # the connections Optuna opened to create its tables: made again, in UTC
 
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
@@ -454,6 +500,103 @@ def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> op
                                    f"local_sweep.py from {param.distribution} (as W&B's engine "
                                    "draws it): continue the sweep under another --study") from None
     return study
+
+
+def study_uid(study: optuna.Study, store: Store) -> str:
+    """A random id of the study, stored in it: the same for every process on it, another for a
+    study of the same name in another storage. The first process to ask makes it, under the
+    scheduling lock."""
+    uid = study.user_attrs.get("uid")
+    if uid is None:
+        with store.scheduling(study):
+            uid = study.user_attrs.get("uid")
+            if uid is None:
+                uid = secrets.token_hex(4)
+                study.set_user_attr("uid", uid)
+    return uid
+
+
+def read_marker(path: Path) -> dict | None:
+    """A STUDY_MARKER or TRIAL_MARKER as a dict; None if there is none, or not one."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def study_folder(runs_dir: Path, name: str, uid: str | None, claim: bool = True) -> Path:
+    """The folder of the study's trial folders and trials.csv: <runs-dir>/<study>, or
+    <runs-dir>/<study>-<uid> when that one holds another study of the same name (its own journal
+    or database, one shared --runs-dir); <study> as sweep_space.safe_file_name makes it.
+
+    Its STUDY_MARKER says whose it is: written once, exclusively (a hard link fails if the name
+    exists, on NFS too), by the first study that `claim`s it; a folder without one (an older
+    version's) goes to the first.
+    """
+    base = sweep_space.safe_file_name(name)
+    for folder in (runs_dir / base, runs_dir / f"{base}-{uid}"):
+        marker = folder / STUDY_MARKER
+        if claim and read_marker(marker) is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            mine = folder / f"{STUDY_MARKER}.{os.getpid()}.tmp"
+            mine.write_text(json.dumps({"study": name, "uid": uid}) + "\n")
+            try:
+                os.link(mine, marker)
+            except FileExistsError:  # another study (or this one, elsewhere) claimed it first
+                pass
+            finally:
+                mine.unlink()
+        owner = read_marker(marker)
+        if owner is None or owner.get("uid") == uid:
+            break
+    return folder  # the second is this study's alone: no other has its uid
+
+
+def own_trial_folder(args: argparse.Namespace, study: optuna.Study, trial: optuna.Trial,
+                     claim: ExitStack) -> None:
+    """Hold the trial's folder for this process (`claim` lets go of it), marked as this trial's.
+
+    FolderInUse if another process holds it; TrialFolderTaken if its TRIAL_MARKER names another
+    study's or trial's.
+    """
+    run_dir = trial_folder(args, trial.number)
+    claim.enter_context(own_folder(run_dir, "trial folder"))
+    mine = {"study": study.study_name, "uid": args.study_uid, "trial": trial.number}
+    found = read_marker(run_dir / TRIAL_MARKER)
+    if found not in (None, mine):
+        raise TrialFolderTaken(f"trial folder {run_dir} holds trial {found.get('trial')} of study "
+                               f"{found.get('study')!r} ({found.get('uid')}), not trial "
+                               f"{trial.number} of {study.study_name!r} ({args.study_uid}): move "
+                               "it aside")
+    write_json_atomic(mine, run_dir / TRIAL_MARKER)
+
+
+def trial_folder(args: argparse.Namespace, number: int) -> Path:
+    return args.study_dir / f"trial-{number:04d}"
+
+
+def give_up_trial(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    """Fail a trial that cannot start (its folder taken), `why` in trials.csv; queue its retry."""
+    trial.set_user_attr("failure", why)
+    failed = tell_once(study, trial, None, TrialState.FAIL)
+    if failed is not None:
+        retry_later(study, failed)
+
+
+def check_study_data(study: optuna.Study, store: Store, identity: dict) -> None:
+    """Record the data the study trains on (its first process does), or check that this process
+    has the same: trials on other images or another split would be ranked against each other.
+    ConfigError naming both."""
+    with store.scheduling(study):
+        recorded = study.user_attrs.get("data_identity")
+        if recorded is None:
+            study.set_user_attr("data_identity", identity)
+            return
+    if not p2.same_data(recorded, identity):
+        raise p2.ConfigError(f"study {study.study_name!r} trains on {p2.describe_data(recorded)}, "
+                             f"not on {p2.describe_data(identity)}: pass its --data-dir and "
+                             "--val-size, or another --study")
 
 
 def study_size(trials: int | None, sweep: Sweep) -> tuple[float, float, str | None]:
@@ -511,11 +654,21 @@ def next_trial(study: optuna.Study, store: Store, trials: float, target: float |
 # One trial
 
 
-def resume_point(previous: Path, run_dir: Path) -> dict | None:
-    """For a retry, the dead attempt's folder copied into this trial's, and its last.pt, if this machine can read it."""
+def resume_point(previous: Path, run_dir: Path, expected: dict) -> dict | None:
+    """For a retry, the dead attempt's folder copied into this trial's, and its last.pt, if this
+    machine can read it and the folder is that attempt's: its TRIAL_MARKER, where it has one (older
+    versions wrote none), is `expected` (the study's name and uid, the dead trial's number). Its
+    owner.lock and marker are not copied."""
     if not (previous / LAST_CHECKPOINT).is_file():
         return None
-    shutil.copytree(previous, run_dir, dirs_exist_ok=True)
+    found = read_marker(previous / TRIAL_MARKER)
+    if found not in (None, expected):
+        print(f"cannot resume: {previous} holds trial {found.get('trial')} of study "
+              f"{found.get('study')!r} ({found.get('uid')}), not trial {expected['trial']} of this "
+              "study; starting over", flush=True)
+        return None
+    shutil.copytree(previous, run_dir, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(OWNER_LOCK, TRIAL_MARKER))
     try:
         return load_checkpoint(run_dir / LAST_CHECKPOINT, needs=p2.RESUME_KEYS)
     except CheckpointError as e:
@@ -569,11 +722,13 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     host = socket.gethostname()
     sampled = sweep.search_space(trial) if sweep.search_space else {p.name: p.sample(trial) for p in sweep.params}
     config = p2.with_defaults(dict(sweep.fixed) | sampled | {"val_size": args.val_size})
-    folder = args.runs_dir / sweep_space.safe_file_name(study.study_name)
-    run_dir = folder / f"trial-{trial.number:04d}"
+    run_dir = trial_folder(args, trial.number)  # held by this process: own_trial_folder
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
-    resume = resume_point(run_dir.with_name(f"trial-{retried[-1]:04d}"), run_dir) if retried else None
+    resume = None
+    if retried:
+        dead = {"study": study.study_name, "uid": args.study_uid, "trial": retried[-1]}
+        resume = resume_point(trial_folder(args, retried[-1]), run_dir, dead)
     config = resume["config"] if resume else config
     start = f", resuming after epoch {resume['epoch']}" if resume else ", from epoch 1" if retried else ""
     print(f"{host}: trial {trial.number}" + (f" retries trial {retried[-1]}" if retried else "") + start, flush=True)
@@ -658,6 +813,11 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                 if trial == "wait":
                     time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
+                try:
+                    own_trial_folder(args, study, trial, claim)
+                except (FolderInUse, TrialFolderTaken) as e:  # its retry gets another folder
+                    give_up_trial(study, trial, str(e))
+                    return cli.fail(e)
                 try:
                     with refusals(trial.number):
                         code, state, value = run_trial(args, sweep, data, study, trial, check_interrupt)
@@ -772,14 +932,14 @@ def as_storage_error(e: BaseException) -> BaseException:
     return e
 
 
-def write_report(study: optuna.Study, sweep: Sweep, args: argparse.Namespace) -> int:
+def write_report(study: optuna.Study, sweep: Sweep, folder: Path, args: argparse.Namespace) -> int:
     """sweep_report.write_report, stopped at once by a stop signal, even inside Optuna or matplotlib
     (nothing in it is worth finishing: every file it writes is whole or not there); EXIT_DONE. A
     file it cannot write says that the study itself is whole in its storage."""
     with cli.InterruptOnSignal() as stop:
         stop.check()  # a signal that came before
         try:
-            sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
+            sweep_report.write_report(study, sweep, folder, args.images_dir)
         except cli.FileFailed as e:
             e.kept = (f"the study is whole in its storage: write the report again with "
                       f"{args.sweep_config} --report")
@@ -813,16 +973,21 @@ def run_sweep(argv: list[str]) -> int:
     store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
     name = args.study or sweep.name or args.sweep_config.stem
     study = open_study(sweep, name, store, create=not args.report)
-    if args.report:
-        return write_report(study, sweep, args)
+    if args.report:  # it only reads: a read-only journal works, an older version's has no uid
+        folder = study_folder(args.runs_dir, study.study_name, study.user_attrs.get("uid"),
+                              claim=False)
+        return write_report(study, sweep, folder, args)
     device = p2.pick_device(args.device)
     source = cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
+    args.study_uid = study_uid(study, store)  # trial folders are named and marked by it
+    args.study_dir = study_folder(args.runs_dir, study.study_name, args.study_uid)
     if args.workers > 1 and args.worker_of is None:
         code = launch_workers(argv, args.workers)
         if code < cli.SIGNAL_BASE:  # the workers ended on their own, not stopped: the report
-            write_report(study, sweep, args)
+            write_report(study, sweep, args.study_dir, args)
         return code
     data = p2.prepare_data(source, args.val_size, device)
+    check_study_data(study, store, data.identity)  # its trials are ranked against each other
     if "data" not in study.user_attrs:
         study.set_user_attr("data", f"{args.data_dir.resolve().name} ({data.train_labels.numel()} train / "
                                     f"{data.val_labels.numel()} val images)")
@@ -830,7 +995,7 @@ def run_sweep(argv: list[str]) -> int:
     code = work(args, sweep, data, study, store, trials, runs)
     print(f"{socket.gethostname()} pid {os.getpid()} stopped after {time.perf_counter() - started:.0f} s", flush=True)
     if args.worker_of is None and code == 0:
-        return write_report(study, sweep, args)
+        return write_report(study, sweep, args.study_dir, args)
     return code
 
 

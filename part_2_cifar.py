@@ -33,6 +33,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,7 @@ from run_files import (
     load_checkpoint,
     load_weights,
     model_cost,
+    own_folder,
     plot_learning_curve,
     read_summary,
     save_atomic,
@@ -888,15 +890,21 @@ def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Names
     return args
 
 
-def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | None]:
-    """(run folder, its last.pt or None). A run resumes from --resume, or when an agent relaunches a preempted run
-    under the same WANDB_RUN_ID. The checkpoint's config wins; each command-line value that differs is one line.
-    Raises CheckpointError for a last.pt that cannot be resumed or without the best.pt it names, RunComplete for a
-    run that has ended."""
-    run_id = os.environ.get("WANDB_RUN_ID")
-    if args.resume is None and not (run_id and (args.runs_dir / run_id / LAST_CHECKPOINT).is_file()):
-        return args.runs_dir / (run_id or secrets.token_hex(4)), None  # 8 characters in [0-9a-f]: a valid W&B id
-    run_dir = args.resume or args.runs_dir / run_id
+def run_folder(args: argparse.Namespace) -> Path:
+    """--resume RUN_DIR, else <runs-dir>/<WANDB_RUN_ID> (an agent relaunching a preempted run), else
+    <runs-dir>/<a new id>."""
+    run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)  # [0-9a-f]{8}: a valid W&B id
+    return args.resume or args.runs_dir / run_id
+
+
+def find_resume(args: argparse.Namespace, config: dict, run_dir: Path) -> dict | None:
+    """run_dir's last.pt to continue, or None. A run resumes from --resume, or when an agent
+    relaunches a preempted run under the same WANDB_RUN_ID. The checkpoint's config wins; each
+    command-line value that differs is one line. Raises CheckpointError for a last.pt that cannot
+    be resumed or without the best.pt it names, RunComplete for a run that has ended."""
+    relaunched = os.environ.get("WANDB_RUN_ID") and (run_dir / LAST_CHECKPOINT).is_file()
+    if args.resume is None and not relaunched:
+        return None
     last = run_dir / LAST_CHECKPOINT
     resume = load_checkpoint(last, needs=RESUME_KEYS)
     resume["config"] = checkpoint_config(resume, last)
@@ -910,7 +918,7 @@ def find_resume(args: argparse.Namespace, config: dict) -> tuple[Path, dict | No
         raise CheckpointError(f"{run_dir} has {LAST_CHECKPOINT} but no {BEST_CHECKPOINT} (epoch "
                               f"{resume['best_epoch']}'s weights, the best so far): copy the whole run folder")
     print(f"resuming {run_dir} after epoch {resume['epoch']}", flush=True)
-    return run_dir, resume
+    return resume
 
 
 def checkpoint_config(checkpoint: dict, path: Path) -> dict:
@@ -964,14 +972,16 @@ def fail_sweep_run(line: str, config: dict, mode: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The command; its one boundary (cli.boundary) makes whatever ends it one line and a code."""
-    with StopOnSignal() as stop:  # from the first line: a preemption notice during start-up or upload is kept
+    # From the first line: a preemption notice during start-up or upload is kept. `owned` holds
+    # the run folder until the end.
+    with StopOnSignal() as stop, ExitStack() as owned:
         in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
         args = parse_args(argv, in_sweep)
         run_dir = None
         try:
             mode = resolve_wandb_mode(args.wandb_mode)  # a setting W&B refuses: one line, no work
             try:
-                config, device, run_dir, resume, source = prepare_run(args)
+                config, device, run_dir, resume, source = prepare_run(args, owned)
             except (ConfigError, CheckpointError) as e:  # a W&B sweep's: shown where it is watched
                 if not in_sweep:
                     raise
@@ -995,24 +1005,33 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
 
-def prepare_run(args: argparse.Namespace
+def prepare_run(args: argparse.Namespace, owned: ExitStack
                 ) -> tuple[dict, torch.device, Path, dict | None, CifarSource]:
     """(config, device, run folder, its last.pt or None, the data), each checked before any work:
-    ConfigError, CheckpointError ("cannot resume: ..."), RunComplete, DataError. Data that is not
-    there (no network for the download) fails here, before wandb.init: it leaves no W&B run."""
+    ConfigError, CheckpointError ("cannot resume: ..."), RunComplete, DataError, FolderInUse. The
+    run folder is held in `owned`: an existing one (a resume, a relaunch) before its last.pt is
+    read, a new one once its data is found. Data that is not there (no network for the download)
+    fails here, before wandb.init: it leaves no W&B run and no folder."""
     if args.unrecognized:
         raise ConfigError(args.unrecognized)
     config = validate_config({key: getattr(args, key) for key in SETTINGS})
     device = pick_device(args.device)
-    try:
-        run_dir, resume = find_resume(args, config)
-    except CheckpointError as e:
-        raise CheckpointError(f"cannot resume: {e}") from None
+    run_dir = run_folder(args)
     if why := unwritable(run_dir):
         option = "--resume" if args.resume else "--runs-dir"
         raise ConfigError(f"the run folder {run_dir} cannot be written: {why}; use a {option} you "
                           "can write to")
-    return config, device, run_dir, resume, cifar100_source(args.data_dir)
+    held = run_dir.is_dir()
+    if held:
+        owned.enter_context(own_folder(run_dir, "run folder"))
+    try:
+        resume = find_resume(args, config, run_dir)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume: {e}") from None
+    source = cifar100_source(args.data_dir)
+    if not held:
+        owned.enter_context(own_folder(run_dir, "run folder"))
+    return config, device, run_dir, resume, source
 
 
 if __name__ == "__main__":

@@ -4,27 +4,36 @@
     <run>/last.pt        LAST_CHECKPOINT: the last finished epoch and its optimizer (what a resume continues)
     <run>/summary.json   SUMMARY_FILE: status, config, best_val_accuracy, cost, learning curves
     <runs>/selection.json  SELECTION_FILE: what select_model.py chose among the runs under <runs>
+    <folder>/owner.lock  OWNER_LOCK: who holds a run, trial, selection or export folder
 
 A crash never leaves half a file: everything is made in memory and written by cli.write_atomic
 (a temporary file renamed over the old one); a write that fails is cli.FileFailed naming the file.
 Checkpoints are loaded as data only. A summary is read by read_summary alone, and the runs under a folder
-are found by summaries_under alone. choose_checkpoint answers "which checkpoint" for every command.
+are found by summaries_under alone. choose_checkpoint answers "which checkpoint" for every command,
+among the runs of one data set (of_one_data_set). One process at a time writes a folder
+(own_folder).
 Also here: figures, where a run ran and what its model costs.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
 import io
 import json
 import math
+import os
 import pickle
 import platform
 import re
+import socket
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +46,11 @@ BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 SUMMARY_FILE = "summary.json"
 SELECTION_FILE = "selection.json"
+OWNER_LOCK = "owner.lock"
 ENDED = ("finished", "diverged")  # a run with this status has its result; "diverged" is a real outcome of a config
+# What makes two runs' val_accuracy comparable: the same images (SHA-256 of the decoded training and
+# test arrays) and validation split, as part_2_cifar.data_identity records them (same_data's keys).
+DATA_KEYS = ("train_sha256", "test_sha256", "split_seed", "val_size")
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -88,6 +101,93 @@ def unwritable(folder: Path) -> str | None:
     except OSError as e:
         return f"{existing} is not writable ({e.strerror or e})"
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# One owner per folder
+
+
+class FolderInUse(CommandError):
+    """Another process holds the folder: two writers would replace each other's files."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+HOLDER_WAIT_SECONDS = 1.0  # a holder names itself just after it takes the lock: a reader waits this
+
+
+@contextmanager
+def own_folder(folder: Path, what: str) -> Iterator[Path]:
+    """Hold `folder` (made if missing) for this process while inside.
+
+    The hold is an exclusive flock on <folder>/owner.lock, which then names the holder: pid, host,
+    since when, and the command. Another process holding it is FolderInUse, one line naming it;
+    `what` names the folder there ("run folder", "trial folder", ...).
+    The kernel drops an flock when its process ends, however it ends (SIGKILL, a crash): a dead
+    holder never blocks the next process, and no stale lock needs removing. On NFS, Linux takes an
+    flock as a lock on the whole file at the server: machines sharing a runs folder exclude each
+    other. A folder this made and left with nothing in it but owner.lock (a run that never
+    started: no W&B server in a sweep) is removed on the way out, with the folders made for it.
+    """
+    folder = Path(folder)
+    made = []  # the folder and those above it that do not exist yet, deepest first
+    for above in (folder, *folder.parents):
+        if above.exists():
+            break
+        made.append(above)
+    lock = locked(folder / OWNER_LOCK, what)
+    try:
+        lock.truncate(0)
+        since = datetime.now().astimezone().isoformat(timespec="seconds")
+        command = Path(sys.argv[0]).name
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {since} ({command})\n")
+        lock.flush()
+        yield folder
+    finally:
+        if made and [path.name for path in folder.iterdir()] == [OWNER_LOCK]:
+            (folder / OWNER_LOCK).unlink()  # while held: a waiter then finds it gone (locked)
+            for empty in made:
+                try:
+                    empty.rmdir()
+                except OSError:  # another process's files are in it
+                    break
+        lock.close()
+
+
+def locked(path: Path, what: str):
+    """`path` opened and exclusively flock'ed, its folder made if missing; FolderInUse if held.
+
+    A lock file removed by its holder (own_folder) after another opened it is not the one at
+    `path` any more: locking it would exclude nobody, so the one at `path` is opened again.
+    """
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = holder_of(f)
+            f.close()
+            raise FolderInUse(f"{what} {path.parent} is in use by {holder}: two processes would "
+                              "overwrite each other's files; wait for it to end, or use another "
+                              "folder") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()
+
+
+def holder_of(lock_file) -> str:
+    """What the holder of an open owner.lock wrote of itself; waits HOLDER_WAIT_SECONDS for it."""
+    deadline = time.monotonic() + HOLDER_WAIT_SECONDS
+    while True:
+        lock_file.seek(0)
+        text = lock_file.read().strip()
+        if text or time.monotonic() > deadline:
+            return text or "another process (it has not written its name)"
+        time.sleep(0.05)
 
 
 class CheckpointError(CommandError, RuntimeError):
@@ -350,20 +450,86 @@ def summaries_under(runs_dir: Path) -> list[tuple[Path, dict | None]]:
     return [(path.parent, read_summary(path.parent)) for path in sorted(Path(runs_dir).rglob(SUMMARY_FILE))]
 
 
+def exportable(runs: Iterable[tuple[Path, dict | None]]) -> list[tuple[Path, dict]]:
+    """The (run folder, summary) pairs with a finite best_val_accuracy and a best.pt to export."""
+    return [(run_dir, summary) for run_dir, summary in runs
+            if finite_number((summary or {}).get("best_val_accuracy"))
+            and (run_dir / BEST_CHECKPOINT).is_file()]
+
+
 def best_run(runs: Iterable[tuple[Path, dict | None]]) -> tuple[Path, float] | None:
     """Of (run folder, summary) pairs, the run with the highest best_val_accuracy that has a best.pt to export.
 
     Returns (its folder, that accuracy), the first of a tie; None if no run has both.
     """
-    scored = []
-    for run_dir, summary in runs:
-        accuracy = (summary or {}).get("best_val_accuracy")
-        if finite_number(accuracy) and (run_dir / BEST_CHECKPOINT).is_file():
-            scored.append((accuracy, run_dir))
+    scored = [(summary["best_val_accuracy"], run_dir) for run_dir, summary in exportable(runs)]
     if not scored:
         return None
     accuracy, run_dir = max(scored, key=lambda s: s[0])
     return run_dir, accuracy
+
+
+# --------------------------------------------------------------------------------------------------
+# One data set per choice: val_accuracy compares only between runs of one images and split
+
+
+def data_key(summary: dict | None) -> tuple | None:
+    """The DATA_KEYS values of the data a summary records; None if it records none (older runs)."""
+    identity = (summary or {}).get("data")
+    if not isinstance(identity, dict) or not identity.get("train_sha256"):
+        return None
+    return tuple(identity.get(key) for key in DATA_KEYS)
+
+
+def data_label(identity: object) -> str:
+    """A data set in a few words: its folder, 8 hex digits of each digest, the split."""
+    if not isinstance(identity, dict) or not identity.get("train_sha256"):
+        return "no recorded data (an older version's run)"
+    size = identity.get("val_size")
+    split = f"val_size {size}" if size is not None else "any split"
+    return (f"{identity.get('source')} (train {str(identity['train_sha256'])[:8]}, test "
+            f"{str(identity.get('test_sha256'))[:8]}, {split})")
+
+
+def trained_on(summary: dict | None, reference: dict | None) -> bool:
+    """Whether a summary records `reference`'s data: its DATA_KEYS that are not None (None: any)."""
+    wanted = {key: value for key, value in (reference or {}).items()
+              if key in DATA_KEYS and value is not None}
+    recorded = (summary or {}).get("data")
+    return not wanted or isinstance(recorded, dict) and all(
+        recorded.get(key) == value for key, value in wanted.items())
+
+
+def of_one_data_set(runs: Iterable[tuple[Path, dict | None]], reference: dict | None, where: Path,
+                    remedy: str) -> list[tuple[Path, dict | None]]:
+    """Of (run folder, summary) pairs, those trained on `reference`'s data: one data set.
+
+    `reference` is a data identity (part_2_cifar.data_identity of select_model.py's or
+    trt_export.py's --data-dir); its DATA_KEYS that are not None must match the data a run records
+    (val_size None: any split). None: no reference.
+    The runs left out are one `note:` line naming how many and on which data.
+    If what is left spans several data sets (several splits of the reference's images; without a
+    reference, any two), that is CheckpointError, one line naming them and ending in `remedy`:
+    a choice across data sets is refused, never averaged.
+    """
+    runs = list(runs)
+    kept = [run for run in runs if trained_on(run[1], reference)]
+    left = [run for run in runs if not trained_on(run[1], reference)]
+    if left:
+        print(f"note: {len(left)} of {len(runs)} runs under {where} were trained on other data "
+              f"than {data_label(reference)} and are left out: {by_data_set(left)}", flush=True)
+    if len({data_key(summary) for _, summary in kept}) > 1:
+        raise CheckpointError(f"the runs under {where} were trained on several data sets "
+                              f"({by_data_set(kept)}): val_accuracy on other images or another "
+                              f"validation split does not compare; {remedy}")
+    return kept
+
+
+def by_data_set(runs: list[tuple[Path, dict | None]]) -> str:
+    """How many of `runs` were trained on which data, largest first: "3 on <data>, 1 on <data>"."""
+    counts = Counter(data_key(summary) for _, summary in runs)
+    labels = {data_key(summary): data_label((summary or {}).get("data")) for _, summary in runs}
+    return ", ".join(f"{count} on {labels[key]}" for key, count in counts.most_common())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -432,13 +598,18 @@ def cheapest_within(configs: list[dict], points: float) -> dict:
     return min(near, key=lambda c: (c["flops_per_image"], -c["val_accuracy_mean"]))
 
 
-def choose_checkpoint(spec: str, runs_dir: Path, within: float | None = None) -> Path:
+def choose_checkpoint(spec: str, runs_dir: Path, within: float | None = None,
+                      data: Callable[[], dict] | None = None) -> Path:
     """`best`, a run folder or a checkpoint file -> the checkpoint file; for `best`, print how it was chosen.
 
     `best` takes what select_model.py chose (selection.json under `runs_dir`: its `best`, or with `within`, the
     cheapest config on the front within that many points of the best mean, at its best seed); without a selection,
     the single run with the highest best_val_accuracy at any depth under `runs_dir`.
-    Raises CheckpointError, one line, when there is nothing to choose.
+    `data()` gives the data identity of the images the export is checked on: the single run is
+    chosen among the runs of those, and a selection's choice must be one (None: no check). It is
+    called only once there is a run to check: `python trt_export.py` before any training loads no
+    data. Raises CheckpointError, one line, when there is nothing to choose, when the runs span
+    several data sets, or when the selection chose a run of other images.
     """
     if spec != "best":
         path = Path(spec)
@@ -448,9 +619,10 @@ def choose_checkpoint(spec: str, runs_dir: Path, within: float | None = None) ->
         if within is not None:
             raise CheckpointError(f"--within needs a selection.json under {runs_dir}: run select_model.py "
                                   f"{runs_dir} first")
-        return best_single_run(runs_dir) / BEST_CHECKPOINT
+        return best_single_run(runs_dir, data) / BEST_CHECKPOINT
     selection, root = read_selection(selection_path), selection_path.parent
     if within is None:
+        check_chosen_data(root / selection["best"], data, selection_path)
         print(f"chosen by select_model.py ({selection_path}): {selection['best']}", flush=True)
         return root / selection["best"] / BEST_CHECKPOINT
     config = cheapest_within(selection["configs"], within)
@@ -459,25 +631,52 @@ def choose_checkpoint(spec: str, runs_dir: Path, within: float | None = None) ->
     if seed_dir is None:
         raise CheckpointError(f"none of the runs of the chosen config ({', '.join(config['runs'])}) under {root} has "
                               "a summary.json with best_val_accuracy and a best.pt")
+    check_chosen_data(seed_dir, data, selection_path)
     print(f"--within {within:g} ({selection_path}): the cheapest config on the front within {within:g} points of "
           f"the best mean val_accuracy {best_mean:.2f} has {config['val_accuracy_mean']:.2f} at "
           f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {seed_dir}", flush=True)
     return seed_dir / BEST_CHECKPOINT
 
 
-def best_single_run(runs_dir: Path) -> Path:
-    """The run folder under `runs_dir` with the highest best_val_accuracy and a best.pt, said in one line.
+def check_chosen_data(run_dir: Path, data: Callable[[], dict] | None, selection_path: Path) -> None:
+    """CheckpointError if the run select_model.py chose was trained on other images than `data()`'s.
 
-    A summary.json that cannot be read is a note. CheckpointError when no run qualifies.
+    None: no check. A chosen run with no best.pt is not checked: loading it says so.
+    """
+    if data is None or not (run_dir / BEST_CHECKPOINT).is_file():
+        return
+    summary, data = read_summary(run_dir), data()
+    if trained_on(summary, data):
+        return
+    recorded = data_label((summary or {}).get("data"))
+    raise CheckpointError(f"{selection_path} chose {run_dir}, trained on {recorded}, not on "
+                          f"{data_label(data)}: pass --data-dir the data it was chosen on, or run "
+                          "select_model.py with this --data-dir")
+
+
+def best_single_run(runs_dir: Path, data: Callable[[], dict] | None = None) -> Path:
+    """The run folder under `runs_dir` with the highest best_val_accuracy and a best.pt, said in one
+    line, among the runs of the data `data()` names (of_one_data_set; None: of the one data set).
+
+    A summary.json that cannot be read is a note. CheckpointError when no run qualifies, or the runs
+    span several data sets.
     """
     runs = summaries_under(runs_dir)
     for run_dir, summary in runs:
         if summary is None:
             print(f"note: {run_dir / SUMMARY_FILE} is missing or unreadable; that run is not considered", flush=True)
-    found = best_run(runs)
+    candidates, reference = exportable(runs), None
+    if candidates:
+        reference = data() if data else None
+        candidates = of_one_data_set(candidates, reference, runs_dir,
+                                     "pass --data-dir the data to choose for, a --runs-dir of one "
+                                     "data set, or --checkpoint PATH")
+    found = best_run(candidates)
     if found is None:
-        raise CheckpointError(f"no run in {runs_dir} has a summary.json with best_val_accuracy and a best.pt: "
-                              "train one with part_2_cifar.py, or pass --checkpoint PATH")
+        on = f" trained on {data_label(reference)}" if reference else ""
+        raise CheckpointError(f"no run in {runs_dir}{on} has a summary.json with best_val_accuracy "
+                              "and a best.pt: train one with part_2_cifar.py, or pass --checkpoint "
+                              "PATH")
     print(f"note: no selection.json under {runs_dir}: taking the single run with the highest "
           f"best_val_accuracy ({found[1]:.2f}), not confirmed by select_model.py with new seeds", flush=True)
     return found[0]

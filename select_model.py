@@ -15,6 +15,12 @@ best_val_accuracy over all its seeds, the original run included; test accuracy (
 choose); the model's cost; and whether it is on the Pareto front (higher mean val_accuracy, fewer FLOPs). Run
 the same command after a crash or Ctrl-C: finished seeds are kept, an interrupted one resumes from its last
 epoch. Writes RUNS_DIR/selection.json and images/selection_<name>.png.
+
+Only runs of one data set are compared: those whose summary.json records --data-dir's images
+(and --val-size's split, if given), which the new seeds train on. Runs of other data are left out
+with one line; runs of those images in several validation splits are refused in one line (pass
+--val-size). One selection runs in a RUNS_DIR at a time: a second is refused in one line naming
+the first (run_files.own_folder on RUNS_DIR/selection).
 """
 
 from __future__ import annotations
@@ -27,22 +33,28 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cli
 import part_2_cifar as p2
-from cifar_files import cifar100_source
+from cifar_files import cifar100_source, load_cifar100
 from run_files import (
     ENDED,
     SUMMARY_FILE,
     best_seed,
+    by_data_set,
+    data_label,
     finite_number,
     flops_per_image,
+    of_one_data_set,
+    own_folder,
     read_summary,
     save_figure,
     save_selection,
     summaries_under,
+    trained_on,
     unwritable,
 )
 from wandb_connect import resolve_wandb_mode
@@ -97,9 +109,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 # Finding the candidates and planning the seeds
 
 
-def find_candidates(runs_dir: Path, val_size: int | None) -> list[Candidate]:
-    """Every config with a finished run under runs_dir (outside selection/), best single run first."""
-    by_key: dict[str, Candidate] = {}
+def find_candidates(runs_dir: Path, data: dict | None) -> list[Candidate]:
+    """Every config with a finished run under runs_dir trained on `data`: candidates_of."""
+    return candidates_of(finished_runs(runs_dir), data, runs_dir)
+
+
+def finished_runs(runs_dir: Path) -> list[tuple[Path, dict, dict]]:
+    """(folder, summary, its config checked) of each finished run under runs_dir but selection/."""
+    finished = []
     for run_dir, summary in summaries_under(runs_dir):
         path = run_dir / SUMMARY_FILE
         if (SELECTION_DIR in run_dir.relative_to(runs_dir).parts or summary is None
@@ -109,11 +126,26 @@ def find_candidates(runs_dir: Path, val_size: int | None) -> list[Candidate]:
         try:  # a summary written by hand, or by an older version with other settings
             if not isinstance(summary["config"], dict):
                 raise p2.ConfigError(f"a config that is a {type(summary['config']).__name__}, not a dict")
-            config = p2.validate_config(summary["config"])
+            finished.append((run_dir, summary, p2.validate_config(summary["config"])))
         except p2.ConfigError as e:
             print(f"note: {path} has {e}: that run is not considered", flush=True)
-            continue
-        if val_size is not None and config["val_size"] != val_size:
+    return finished
+
+
+def candidates_of(finished: list[tuple[Path, dict, dict]], data: dict | None,
+                  runs_dir: Path) -> list[Candidate]:
+    """The configs of the finished runs trained on `data`, best single run first.
+
+    `data`: a data identity (run_files.of_one_data_set: runs of other data are left out with one
+    line; None: the one data set all share). CheckpointError, one line, if those runs span several
+    data sets or validation splits.
+    """
+    by_key: dict[str, Candidate] = {}
+    one_data_set = of_one_data_set([(run_dir, summary) for run_dir, summary, _ in finished], data,
+                                   runs_dir, "pass --val-size N to compare the runs of one split")
+    kept = {run_dir for run_dir, _ in one_data_set}
+    for run_dir, summary, config in finished:
+        if run_dir not in kept:
             continue
         candidate = by_key.setdefault(config_key(config), Candidate(config))
         candidate.runs.append(run_dir)
@@ -274,11 +306,14 @@ def rank(reports: list[dict]) -> list[dict]:
     return sorted(ranked, key=lambda r: (-r["val_accuracy_mean"], r["flops_per_image"]))
 
 
-def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Path) -> dict:
+def write_selection(candidates: list[Candidate], runs_dir: Path, images_dir: Path,
+                    data: dict) -> dict:
+    """selection.json (the ranked config reports, the best seed, `data`: the data set of every
+    run), the table and the plot."""
     reports = rank([config_report(c, runs_dir) for c in candidates])
     best = best_seed(reports[0], runs_dir)
     selection = {"configs": reports, "best": str(best.relative_to(runs_dir)) if best else None,
-                 "confidence": CONFIDENCE}
+                 "confidence": CONFIDENCE, "data": data}
     path = save_selection(selection, runs_dir)
     print_table(reports)
     name = runs_dir.resolve().name
@@ -308,17 +343,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """The command; its one boundary, cli.boundary, makes whatever ends it one line and a code."""
-    with cli.StopOnSignal() as stop:  # from the first line, as in the trainer: a stop signal is one line and 128 + n
+    # From the first line, as in the trainer: a stop signal is one line and 128 + n.
+    # `owned` holds the selection folder until the end.
+    with cli.StopOnSignal() as stop, ExitStack() as owned:
         try:
-            return run_selection(parse_args(argv), stop)
+            return run_selection(parse_args(argv), stop, owned)
         except BaseException as e:  # Ctrl-C twice while the selection is written, a full disk, ...
             return cli.boundary(e, stopped="run the same command to continue",
                                 kept="finished seeds are kept: the same command trains none of "
                                      "them again")
 
 
-def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal) -> int:
-    """Everything main does once the arguments are read; `stop` holds a stop signal received meanwhile."""
+def data_of(source_dir: Path, val_size: int | None) -> dict:
+    """The data identity (part_2_cifar.data_identity) of the CIFAR-100 in `source_dir`.
+
+    `val_size` None: any split.
+    """
+    train_x, train_y, test_x, test_y = load_cifar100(source_dir)
+    return p2.data_identity(source_dir, (train_x, train_y), (test_x, test_y), val_size)
+
+
+def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal, owned: ExitStack) -> int:
+    """Everything main does once the arguments are read; `stop` holds a stop signal received
+    meanwhile, `owned` the hold on RUNS_DIR/selection until the end."""
     val_size = None if args.val_size is None else p2.validate_config(
         {"val_size": args.val_size})["val_size"]
     resolve_wandb_mode(args.wandb_mode)  # refuse a bad mode before any training
@@ -328,27 +375,42 @@ def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal) -> int:
         if why := unwritable(folder):
             return cli.fail(f"{option} {folder} cannot be written: {why}; use a folder you can write to",
                             cli.EXIT_BAD_INPUT)
-    candidates = find_candidates(args.runs, val_size)
-    if not candidates:
+    finished, selection_dir = finished_runs(args.runs), args.runs / SELECTION_DIR
+    if not finished:
         return cli.fail(f"no finished run (a summary.json with best_val_accuracy) under {args.runs}",
+                        cli.EXIT_BAD_INPUT)
+    # The data is found (or fetched) once, here, not by several trainers at once: the trainers are
+    # given where it is
+    args.data_dir = cifar100_source(args.data_dir).path
+    owned.enter_context(own_folder(selection_dir, "selection folder"))
+    data = data_of(args.data_dir, val_size)  # the runs compared: those of the new seeds' data
+    candidates = candidates_of(finished, data, args.runs)
+    if not candidates:
+        return cli.fail(f"no finished run under {args.runs} was trained on {data_label(data)}: "
+                        "pass the --data-dir (and --val-size) of the runs to compare",
                         cli.EXIT_BAD_INPUT)
     if args.front:
         candidates = on_front(candidates)
         print(f"{len(candidates)} configs on the front of best_val_accuracy and flops_per_image", flush=True)
     candidates = candidates[:args.top or (None if args.front else 5)]
-    selection_dir = args.runs / SELECTION_DIR
     planned = {c.key: planned_runs(c, args.seeds) for c in candidates}
     for candidate in candidates:
         candidate.runs += [selection_dir / run_id for run_id, _ in planned[candidate.key]]
-    todo = [(run_id, config) for runs in planned.values() for run_id, config in runs
-            if (read_summary(selection_dir / run_id) or {}).get("status") not in ENDED]
+    seeds = [(run_id, config) for runs in planned.values() for run_id, config in runs]
+    summaries = {run_id: read_summary(selection_dir / run_id) for run_id, _ in seeds}
+    other = [(selection_dir / run_id, summary) for run_id, summary in summaries.items()
+             if summary is not None and not trained_on(summary, data)]
+    if other:  # seeds of an earlier selection on other data: averaging them in is refused
+        return cli.fail(f"{selection_dir} holds {len(other)} seeds trained on other data "
+                        f"({by_data_set(other)}), not on {data_label(data)}: move {selection_dir} "
+                        "aside, or pass the --data-dir they used", cli.EXIT_BAD_INPUT)
+    todo = [(run_id, config) for run_id, config in seeds
+            if (summaries[run_id] or {}).get("status") not in ENDED]
     print(f"{len(candidates)} configs x {args.seeds} new seeds: {len(todo)} trainings to run, "
-          f"{sum(map(len, planned.values())) - len(todo)} already finished", flush=True)
-    if todo:  # found (or fetched) once, here, not by several trainers at once; they are given where it is
-        args.data_dir = cifar100_source(args.data_dir).path
+          f"{len(seeds) - len(todo)} already finished", flush=True)
     code = train_seeds(todo, args, selection_dir, f"selection-{args.runs.resolve().name}", stop)
     if code < 128:
-        write_selection(candidates, args.runs, args.images_dir)
+        write_selection(candidates, args.runs, args.images_dir, data)
     if stop.signum is not None and code < 128:  # arrived while the report was written: it is whole
         print(f"{signal.Signals(stop.signum).name} arrived after the selection was written: it is complete",
               flush=True)

@@ -1,7 +1,8 @@
 """The report of a local sweep (local_sweep.py, at the end and with --report): the top trials on the console, every
-trial in <runs-dir>/<study>/trials.csv (Optuna's trials_dataframe), and Optuna's plots in <images-dir>, each titled
-with its data and the machines that ran it. A study of several objectives (method custom, `metrics`) gets its Pareto
-front instead: a pareto_front column in trials.csv, the front first, and Optuna's plot_pareto_front.
+trial in <study folder>/trials.csv (Optuna's trials_dataframe; local_sweep.study_folder), and
+Optuna's plots in <images-dir>, each titled with its data and the machines that ran it. A study of
+several objectives (method custom, `metrics`) gets its Pareto front instead: a pareto_front column
+in trials.csv, the front first, and Optuna's plot_pareto_front.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from optuna.trial import TrialState
 import part_2_cifar as p2
 from cli import FileFailed, one_line, write_atomic
 from run_files import save_figure
-from sweep_space import Sweep, safe_file_name
+from sweep_space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
 MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
@@ -57,8 +58,10 @@ def trials_table(study: optuna.Study, swept: list[str]):
     return df[first + [c for c in df.columns if c not in first and not c.startswith("_")]]
 
 
-def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: Path) -> None:
-    """Console table of the top trials, all trials as CSV, and the plots, each titled with its data and machines."""
+def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir: Path) -> None:
+    """Console table of the top trials, all trials as <study_dir>/trials.csv, and the plots, each
+    titled with its data and machines. The plots are named after study_dir
+    (local_sweep.study_folder): two studies of one name do not share them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +75,7 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
         {k for t in trials for k in t.user_attrs.get("config", {}) if k in p2.SETTINGS} - {"val_size"}))
     console = table.drop(columns=["run_dir", "device"], errors="ignore")  # in the CSV
     print(console.head(TOP_TRIALS).to_string(index=False, na_rep="") if len(table) else "no trials yet")
-    csv_path = runs_dir / safe_file_name(study.study_name) / "trials.csv"
+    csv_path = study_dir / "trials.csv"
     try:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -109,6 +112,6 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.suptitle(textwrap.fill(title, 100), fontsize=8)  # the Pareto plot's axes are narrower than the title
         fig.tight_layout()
-        path = images_dir / f"sweep_{safe_file_name(study.study_name)}_{kind}.png"
+        path = images_dir / f"sweep_{study_dir.name}_{kind}.png"
         save_figure(fig, path)
         print(f"wrote {path}")

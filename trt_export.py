@@ -19,10 +19,14 @@ Benchmark method, as trtexec's: warm up for --warmup-seconds, then iterate for a
 --min-iterations on a fixed batch of test images. End-to-end time comes from the host clock around copy in +
 inference + copy out + synchronisation; GPU compute time from CUDA events around the inference call alone.
 Throughput is images / end-to-end time; latency is reported as mean, p50, p90 and p99 of the iterations.
+Every CPU backend computes with the same threads (--threads; default the CPUs of the affinity
+mask, or OMP_NUM_THREADS if fewer), recorded per row. Each figure is printed with its spread; one
+whose spread, or wait for a CPU (others on the cores), is too high to rank the backends is marked.
 
 Files: <out>/model.onnx (+ model_fp16.onnx, model_int8_qdq.onnx when needed), <out>/model_<precision>.engine and
 its .json, <out>/timing.cache, <out>/benchmark.json; the plot goes to --plot (default images/inference_benchmark.png).
-<out> defaults to <run folder>/export, inside the git-ignored runs/.
+<out> defaults to <run folder>/export, inside the git-ignored runs/. One export writes there at a
+time: a second is refused in one line naming the first (run_files.own_folder).
 
 Last measured result (2026-11-27, images/inference_benchmark.png): default SimpleCNN 64/128/256, CPU only, 2 cores
 shared with other jobs (load average ~6): ONNX Runtime 575-604 images/s at batch 256-1024 against 248-284 for
@@ -31,7 +35,8 @@ no TensorRT or CUDA numbers yet.
 
 `--checkpoint best` is the default: with no arguments, this exports what select_model.py chose
 (runs/selection.json); with no selection.json, the single run with the highest best_val_accuracy anywhere under
---runs-dir, with a note that no new seeds confirmed it. The checkpoint exported is always printed.
+--runs-dir among those trained on --data-dir's images, with a note that no new seeds confirmed
+it. The checkpoint exported is always printed.
 run_files.choose_checkpoint makes that choice, for select_model.py's selection and this command alike.
 
 This file is the command line and the pipeline; `main` reads top to bottom:
@@ -51,7 +56,8 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from functools import partial
+from contextlib import ExitStack
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +66,15 @@ import torch.nn as nn
 
 import trt_runtime
 from cifar_files import DATA_DIR_HELP, load_cifar100
-from cli import EXIT_DONE, EXIT_FAILED, FileFailed, InterruptOnSignal, OneLineErrorParser, boundary
+from cli import (
+    EXIT_DONE,
+    EXIT_FAILED,
+    FileFailed,
+    InterruptOnSignal,
+    OneLineErrorParser,
+    boundary,
+    positive_int,
+)
 from export_backends import (
     INPUT_NAME,
     Backend,
@@ -75,7 +89,9 @@ from export_backends import (
     torch_predictor,
 )
 from inference_bench import (
+    BUSY_WAIT_PCT,
     METHOD,
+    NOISY_SPREAD_PCT,
     Report,
     accuracy_failures,
     accuracy_table,
@@ -85,13 +101,22 @@ from inference_bench import (
     parity,
     plot_benchmark,
     predict_all,
+    thread_budget,
 )
-from part_2_cifar import ConfigError, checkpoint_config, model_from_config, normalize, pick_device
+from part_2_cifar import (
+    ConfigError,
+    checkpoint_config,
+    data_identity,
+    model_from_config,
+    normalize,
+    pick_device,
+)
 from run_files import (
     choose_checkpoint,
     device_name,
     load_checkpoint,
     load_weights,
+    own_folder,
     unwritable,
     versions,
     write_json_atomic,
@@ -169,6 +194,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-iterations", type=int, default=MIN_ITERATIONS,
                         help=f"timed iterations per backend and batch size, at least (default {MIN_ITERATIONS})")
     parser.add_argument("--cuda-graph", action="store_true", help="also time the engine replayed as a CUDA graph")
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="CPU threads of every CPU backend (PyTorch, ONNX Runtime; "
+                             "default: the CPUs this process may run on, or OMP_NUM_THREADS "
+                             "if fewer)")
     parser.add_argument("--plot", type=Path, default=Path("images/inference_benchmark.png"),
                         help="throughput and latency figure (default images/inference_benchmark.png)")
     args = parser.parse_args(argv)
@@ -209,8 +238,10 @@ def normalized_test_set(test_images: np.ndarray, test_labels: np.ndarray,
 
 
 def export_and_check(model: nn.Module, out: Path, precision: str, parity_images: np.ndarray,
-                     report: Report) -> tuple[dict[str, Path], dict[str, object], dict]:
-    """fp32 ONNX (and the fp16 one when the precision is fp16), each checked against PyTorch in ONNX Runtime.
+                     report: Report, threads: int | None = None
+                     ) -> tuple[dict[str, Path], dict[str, object], dict]:
+    """fp32 ONNX (and the fp16 one when the precision is fp16), each checked against PyTorch in
+    ONNX Runtime, whose sessions compute with `threads` threads (None: thread_budget()).
     Returns ({"fp32": path, ...}, {"fp32": its ONNX Runtime session, ...}, the parity results)."""
     reference = torch_predictor(on_device(model, torch.device("cpu")), torch.device("cpu"), None)
     paths, sessions, results = {"fp32": out / "model.onnx"}, {}, {}
@@ -219,7 +250,7 @@ def export_and_check(model: nn.Module, out: Path, precision: str, parity_images:
         paths["fp16"] = out / "model_fp16.onnx"
         export_onnx(HalfPrecision(model).eval(), paths["fp16"])
     for name, path in paths.items():
-        sessions[name] = ort_session(path)
+        sessions[name] = ort_session(path, threads)
         result = results[name] = parity(reference, ort_predictor(sessions[name]), parity_images)
         result["passed"] = check_parity(result, name)
         line = (f"ONNX {name} vs PyTorch (ONNX Runtime CPU, {result['images']} test images, batch sizes "
@@ -325,12 +356,14 @@ def run_benchmark(registry: list[Backend], images: np.ndarray, args: argparse.Na
     Returns (the benchmark rows, the highest 1-minute load average before and after).
     """
     steps = {backend.name: backend.make_step for backend in registry if backend.make_step}
+    threads = {backend.name: backend.threads for backend in registry if backend.make_step}
     print(f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and "
-          f">= {args.min_iterations} iterations per backend and batch size", flush=True)
+          f">= {args.min_iterations} iterations per backend and batch size; CPU threads "
+          + ", ".join(f"{name} {n}" for name, n in threads.items() if n is not None), flush=True)
     # Other processes slow the CPU backends most: say how busy the machine was.
     load_before = os.getloadavg()[0]
     rows = benchmark(steps, images, args.batch_sizes, args.warmup_seconds, args.min_seconds,
-                     args.min_iterations, report)
+                     args.min_iterations, report, threads)
     print(markdown_benchmark(rows), flush=True)
     return rows, max(load_before, os.getloadavg()[0])
 
@@ -347,7 +380,8 @@ def write_results(args: argparse.Namespace, out: Path, checkpoint_path: Path, co
     if results["engine"]:
         found["tensorrt"] = results["engine"]["tensorrt_version"]
     method = {"warmup_seconds": args.warmup_seconds, "min_seconds": args.min_seconds,
-              "min_iterations": args.min_iterations, **METHOD}
+              "min_iterations": args.min_iterations, "threads_asked": args.threads,
+              "noisy_spread_pct": NOISY_SPREAD_PCT, "busy_wait_pct": BUSY_WAIT_PCT, **METHOD}
     write_json_atomic({"checkpoint": str(checkpoint_path), "config": config, "machine": machine,
                        "versions": found,
                        "data": {"data_dir": str(args.data_dir), "test_images": test_images},
@@ -373,9 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     """The command; exit codes as cli.EXIT_CODES, its one boundary cli.boundary. A stop signal
     ends it at once, even inside torch's exporter or ONNX Runtime (cli.Interrupted is a
     BaseException they let pass): each run writes every file anew, whole or not at all."""
-    with InterruptOnSignal() as stop:
+    with InterruptOnSignal() as stop, ExitStack() as owned:  # `owned`: --out, held until the end
         try:
-            code = export(parse_args(argv))
+            code = export(parse_args(argv), owned)
             stop.check()  # a stop a library swallowed after all: the export did not end as asked
             return code
         except BaseException as e:
@@ -384,10 +418,21 @@ def main(argv: list[str] | None = None) -> int:
                                  "again")
 
 
-def export(args: argparse.Namespace) -> int:
-    """choose -> export and check -> build -> accuracy -> benchmark -> write; the exit code."""
+def export(args: argparse.Namespace, owned: ExitStack) -> int:
+    """choose -> export and check -> build -> accuracy -> benchmark -> write; the exit code.
+
+    `owned` holds the --out folder until the end, from before the data set is loaded for the
+    export (`best` may have read it first, to know which runs count).
+    """
     onnxruntime()  # a broken install: one line before any work
-    checkpoint_path = choose_checkpoint(args.checkpoint, args.runs_dir, args.within)
+    dataset = cache(partial(load_cifar100, args.data_dir))  # read once, if at all
+
+    def images_identity() -> dict:  # --data-dir's data: `best` chooses among the runs trained on it
+        train_x, train_y, test_x, test_y = dataset()
+        return data_identity(args.data_dir, (train_x, train_y), (test_x, test_y), None)
+
+    checkpoint_path = choose_checkpoint(args.checkpoint, args.runs_dir, args.within,
+                                        images_identity)
     model, checkpoint = load_model(checkpoint_path)
     device = pick_device(args.device)
     out = args.out or checkpoint_path.parent / "export"
@@ -395,12 +440,16 @@ def export(args: argparse.Namespace) -> int:
         if why := unwritable(folder):
             raise ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can "
                               "write to")
-    train_images, _, test_images, test_labels = load_cifar100(args.data_dir)
+    owned.enter_context(own_folder(out, "export folder"))
+    train_images, _, test_images, test_labels = dataset()
+    threads = args.threads or thread_budget()
+    owned.callback(torch.set_num_threads, torch.get_num_threads())  # the caller's, after the export
+    torch.set_num_threads(threads)  # PyTorch's budget: ONNX Runtime's too (export_and_check)
     begin_export(out, checkpoint_path, checkpoint, device)
     images, labels = normalized_test_set(test_images, test_labels, args.accuracy_images)
     report = Report()
     onnx_paths, sessions, onnx_parity = export_and_check(model, out, args.precision,
-                                                         images[:PARITY_IMAGES], report)
+                                                         images[:PARITY_IMAGES], report, threads)
     engine, engine_info = build_tensorrt(args, out, onnx_paths,
                                          partial(calibration_images, train_images), device, report)
     registry = backends(on_device(model, device), device, sessions, engine, args.precision,

@@ -196,7 +196,8 @@ def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes
     assert result.returncode == 2
     assert one_line_error(result.stderr) == (f"error: cannot resume: {moved} has last.pt but no best.pt (epoch 1's "
                                              "weights, the best so far): copy the whole run folder")
-    assert [p.name for p in moved.iterdir()] == ["last.pt"]  # nothing trained, nothing written
+    written = sorted(p.name for p in moved.iterdir())
+    assert written == ["last.pt", run_files.OWNER_LOCK]  # nothing trained, only the hold taken
     shutil.copy2(crashed / "best.pt", moved / "best.pt")
     again = run(trainer_command(*args), offline_env, tmp_path)
     assert again.returncode == 0, again.stderr
@@ -207,13 +208,18 @@ def test_resuming_a_finished_run_changes_nothing_it_wrote(tiny_data_dir, other_d
     first = run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs", epochs=1)), offline_env, tmp_path)
     assert first.returncode == 0, first.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
-    written = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()}
+
+    def files() -> dict:  # but owner.lock, which names each process that held the folder
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()
+                if p.name != run_files.OWNER_LOCK}
+
+    written = files()
     for data_dir in (other_data_dir, tiny_data_dir):
         again = run(trainer_command(*fast_args(data_dir, tmp_path / "runs", epochs=1), "--resume", str(run_dir)),
                     offline_env, tmp_path)
         assert again.returncode == 0, again.stderr
         assert f"{run_dir} is complete (finished after epoch 1): nothing to resume" in again.stdout
-        assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()} == written
+        assert files() == written
 
 
 def test_a_last_pt_from_before_data_was_recorded_resumes_with_a_note(tiny_data_dir, tmp_path, offline_env):

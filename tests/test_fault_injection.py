@@ -181,9 +181,8 @@ class Outside:
             monkeypatch.setattr(JournalStorage, name, self.failing(
                 "storage", name, getattr(JournalStorage, name), storage_error))
         if wandb_calls:
-            from wandb.sdk import wandb_run, wandb_summary
-
             import wandb
+            from wandb.sdk import wandb_run, wandb_summary
 
             chosen = wandb_errors()[self.error % len(wandb_errors())]
             monkeypatch.setattr(wandb, "init", self.failing(

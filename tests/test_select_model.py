@@ -137,7 +137,7 @@ def test_a_killed_selection_resumes_without_retraining_finished_seeds(two_sweeps
         assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}")), run_id  # each seed is a W&B run
     # The seed trained by the second command ended cleanly: its W&B run is in the selection's group. (The first was
     # killed as its summary appeared, maybe before wandb wrote its buffer: its run folder is what counts.)
-    (second,) = [p for p in runs.glob("selection/*") if p != finished]
+    (second,) = [p for p in runs.glob("selection/*") if p.is_dir() and p != finished]
     assert any(b"selection-runs" in f.read_bytes() for f in (tmp_path / "wandb").glob(f"*-{second.name}/*.wandb"))
 
 

@@ -92,12 +92,15 @@ def test_cli_exports_checks_benchmarks_and_says_what_it_skipped(cli_run, trained
     assert "Traceback" not in result.stderr
     assert f"exporting checkpoint {trained_run / 'best.pt'} " in result.stdout  # found two levels down
     assert "not confirmed by select_model.py" in result.stdout  # there is no selection.json
-    assert "| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms |" in result.stdout
+    assert ("| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms "
+            "| GPU compute p50 ms | threads | CPU wait % | load | ranks? |") in result.stdout
+    assert "CPU threads pytorch-fp32 (cpu) 1, onnxruntime-fp32 (cpu) 1" in result.stdout
     assert "ONNX fp32 vs PyTorch (ONNX Runtime CPU" in result.stdout
     skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped: ")]
     assert any(line.startswith("skipped: TensorRT fp16 engine") and "no CUDA GPU" in line for line in skipped)
     assert any(line.startswith("skipped: PyTorch fp16/bf16") for line in skipped)
-    assert sorted(path.name for path in out.iterdir()) == ["benchmark.json", "model.onnx", "model_fp16.onnx"]
+    written = sorted(path.name for path in out.iterdir())
+    assert written == ["benchmark.json", "model.onnx", "model_fp16.onnx", run_files.OWNER_LOCK]
     assert cli_run["plot"].stat().st_size > 10_000
 
 
@@ -110,8 +113,10 @@ def test_cli_benchmark_json_has_every_backend_and_batch_size(cli_run):
         stats = row["end_to_end"]
         assert stats["iterations"] >= 3
         assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
-        assert stats["images_per_second"] > 0
+        assert stats["images_per_second"] > 0 and stats["spread_pct"] >= 0
         assert row["gpu_compute"] is None  # no CUDA events on the CPU
+        # OMP_NUM_THREADS=1: ONNX Runtime, which does not read it, gets 1 thread too
+        assert row["threads"] == 1 and isinstance(row["not_rankable"], str) and row["load"] >= 0
     assert report["failures"] == [] and len(report["skipped"]) == 2
     assert report["onnx_parity"]["fp32"]["passed"] and report["onnx_parity"]["fp16"]["passed"]
     assert [row["backend"] for row in report["accuracy"]][0] == "pytorch-fp32 (cpu)"
@@ -252,13 +257,26 @@ def test_accuracy_is_compared_with_the_named_reference_wherever_it_is_listed(cap
     assert failure.startswith("tensorrt-fp16 top-1 99.00% trails PyTorch by 1.00 points; allowed 0.5")
 
 
+def identity_session(folder: Path, threads: int):
+    """A real ONNX Runtime session of `threads` threads on a one-node graph (Identity)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, 32, 32])
+            for name in ("x", "y"))
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    path = folder / "identity.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    return export_backends.ort_session(path, threads)
+
+
 def test_a_cpu_registry_lists_every_backend_each_runnable_here_or_with_the_reason(tmp_path):
     args = trt_export.parse_args(["--checkpoint", "unused.pt", "--cuda-graph"])  # fp16 engine, CUDA graph asked
     cpu = torch.device("cpu")
     engine, info = trt_export.build_tensorrt(args, tmp_path, {}, lambda: pytest.fail("no calibration on the CPU"),
                                              cpu, inference_bench.Report())
     assert engine.runner is None and info is None
-    sessions = {"fp32": object(), "fp16": object()}  # ONNX Runtime sessions: not run to make the registry
+    sessions = {precision: identity_session(tmp_path, 1) for precision in ("fp32", "fp16")}
     registry = export_backends.backends(torch.nn.Linear(1, 1), cpu, sessions, engine, "fp16", cuda_graph=True)
     names = [backend.name for backend in registry]
     assert names == ["pytorch-fp32 (cpu)", "onnxruntime-fp32 (cpu)", "onnxruntime-fp16 (cpu)",
@@ -431,7 +449,9 @@ def test_cli_within_exports_the_chosen_seed_normalizing_once_with_one_session_pe
     normalize_calls, session_paths = [], []
     real_normalize, real_session = trt_export.normalize, export_backends.ort_session
     monkeypatch.setattr(trt_export, "normalize", lambda x: normalize_calls.append(len(x)) or real_normalize(x))
-    monkeypatch.setattr(trt_export, "ort_session", lambda path: session_paths.append(path) or real_session(path))
+    monkeypatch.setattr(trt_export, "ort_session",
+                        lambda path, threads: session_paths.append(path)
+                        or real_session(path, threads))
     code = trt_export.main(["--checkpoint", "best", "--within", "1", "--runs-dir", str(selection_runs),
                             "--data-dir", str(data_dir), "--out", str(tmp_path / "export"), "--plot",
                             str(tmp_path / "plot.png"), "--device", "cpu", "--batch-sizes", "1,3",
