@@ -366,8 +366,9 @@ def next_trial(study: optuna.Study, store: Store, trials: int, target: float | N
         dead = store.fail_dead_trials(study)
         if dead:
             print(f"trials {dead} lost their process: failed, and queued for a retry", flush=True)
-        states = Counter(t.state for t in study.get_trials(deepcopy=False) if not is_prior(t))
-        finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+        every = study.get_trials(deepcopy=False)
+        states = Counter(t.state for t in every)
+        finished = sum(t.state in FINISHED and not is_prior(t) for t in every)  # prior runs aside
         if finished >= trials or (target is not None and states[TrialState.COMPLETE] and (
                 study.best_value >= target if study.direction.name == "MAXIMIZE" else study.best_value <= target)):
             return "done"
@@ -948,7 +949,7 @@ class TimeBudget:
         if seconds < self.seconds:
             return False
         if not self.said:
-            print(f"time budget {self.seconds:.0f} s spent ({seconds:.0f} s of wall time on study "
+            print(f"time budget {self.seconds:g} s spent ({seconds:.1f} s of wall time on study "
                   f"{study.study_name}): no new trial starts; a running one trains to its end",
                   flush=True)
             self.said = True

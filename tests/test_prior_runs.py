@@ -145,6 +145,18 @@ def test_prior_runs_become_finished_trials_before_any_sampling_and_never_twice(
     assert len(load_study(runs, "warm").trials) == len(trials)
 
 
+def test_a_prior_run_at_the_metric_target_ends_the_sweep_before_any_training(
+        disk, learnable_data_dir, tmp_path, capsys):
+    reached = summary(disk["good"])["best_val_accuracy"]
+    sweep = write_json(tmp_path / "warm.json", WARM_SWEEP | {
+        "metric": {"name": "val_accuracy", "goal": "maximize", "target": reached}})
+    runs = tmp_path / "runs"
+    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "3",
+                                       "--prior-runs", str(disk["good"]))) == 0
+    assert "prior runs: 1 added (1 COMPLETE)" in capsys.readouterr().out
+    assert [t.user_attrs["origin"] for t in load_study(runs, "warm").trials] == ["prior run"]
+
+
 def test_prior_runs_of_a_two_objective_sweep_take_their_values_from_the_summary(
         disk, learnable_data_dir, tmp_path, capsys):
     deploy = {"program": "part_2_cifar.py", "method": "custom", "scheduler": {"engine": "optuna"},
