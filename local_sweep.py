@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -142,8 +143,10 @@ def refusals_end_training(number: int, on_epoch: Callable[[dict], None]) -> tupl
 
 
 def load_sweep(path: Path) -> Sweep:
-    """The sweep file translated for part_2_cifar.py's settings and rules, with scheduler.search_space loaded."""
-    sweep = sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config)
+    """The sweep file translated for part_2_cifar.py's settings and rules, with what its `command`
+    passes every run and scheduler.optimizer and search_space loaded."""
+    sweep = with_command(sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config))
+    sweep = dataclasses.replace(sweep, optimizer=study_factory(sweep))  # before any study is made
     if "search_space" not in sweep.scheduler:
         return sweep
     from wandb.sdk.sweeps.scheduler.optuna import load_trial_constructor  # W&B's own loader and checks
@@ -161,6 +164,106 @@ def load_sweep(path: Path) -> Sweep:
             raise SweepConfigError(f"scheduler.search_space {name!r} in {source} gives {unknown[0]!r}, which is not a "
                                    f"part_2_cifar.py setting (those are {', '.join(p2.DEFAULTS)})")
     return dataclasses.replace(sweep, search_space=constructor)
+
+
+# `wandb agent` fills a command's ${...} from these (wandb_agent.Agent._command_run);
+# part_2_cifar.py reads the sampled values in the forms of ARGS_MACROS (as --key=value or --key
+# value), and a run started by the default command's LAUNCHER is one local_sweep.py trains in its
+# own process
+ARGS_MACROS = ("${args}", "${args_no_equals}", "${args_no_boolean_flags}")
+OTHER_MACROS = ("${args_no_hyphens}", "${args_json}", "${args_json_file}", "${args_dict}",
+                "${args_append_hydra}", "${args_override_hydra}", "${env}", "${interpreter}",
+                "${program}")
+LAUNCHER = ("${env}", "${interpreter}")
+# cli.common_options: the options local_sweep.py shares with part_2_cifar.py
+SHARED_OPTIONS = ("val_size", "data_dir", "runs_dir", "device", "wandb_mode", "wandb_project")
+
+
+def with_command(sweep: Sweep) -> Sweep:
+    """The sweep with what its `command` passes part_2_cifar.py on every run, as `wandb agent`
+    builds the command line: the options written after ${program} (${envvar:NAME} filled in as the
+    agent fills it), parsed by the trainer's own parser. Settings go to every trial (a swept one
+    wins, as W&B's values reach wandb.config); the options local_sweep.py shares with the trainer
+    become its own (Sweep.options). SweepConfigError for a command whose runs part_2_cifar.py would
+    refuse or cannot be part_2_cifar.py at all."""
+    if sweep.command is None:
+        return sweep
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command
+
+    chunks = create_sweep_command(list(sweep.command))
+    program = next((i for i, chunk in enumerate(chunks) if chunk == "${program}"
+                    or Path(chunk).name == "part_2_cifar.py"), None)
+    if program is None:
+        raise SweepConfigError(f"command {chunks}: it runs neither ${{program}} nor "
+                               "part_2_cifar.py, which is all local_sweep.py can run")
+    notes = list(sweep.notes)
+    launcher = [chunk for chunk in chunks[:program] if chunk not in LAUNCHER]
+    if launcher:
+        notes.append(f"command: {' '.join(launcher)} is not used: local_sweep.py trains "
+                     "part_2_cifar.py in its own process")
+    options = []
+    for chunk in chunks[program + 1:]:
+        if chunk in ARGS_MACROS:
+            continue
+        if chunk.startswith("${") and chunk.endswith("}"):
+            known = chunk in OTHER_MACROS
+            what = ("passes the values in a form part_2_cifar.py does not read" if known
+                    else "is not a macro `wandb agent` knows: it passes nothing")
+            raise SweepConfigError(f"command {chunk} {what}: use ${{args}}")
+        options.append(chunk)
+    given = trainer_options(options)
+    if "resume" in given:
+        raise SweepConfigError(f"command --resume {given['resume']}: every trial would continue "
+                               "that one run; remove it")
+    settings = {key: value for key, value in given.items() if key in p2.SETTINGS}
+    try:
+        settings = {key: p2.validate_config(settings)[key] for key in settings}
+    except p2.ConfigError as e:
+        raise SweepConfigError(f"command: {e}") from None
+    settings.pop("val_size", None)  # an option of local_sweep.py (Sweep.options), checked above
+    swept = {param.name for param in sweep.params}
+    for key in sorted(settings.keys() & swept):
+        notes.append(f"command --{key}={settings[key]}: the swept {key} replaces it on every run, "
+                     "as under wandb agent (the sweep's values reach wandb.config)")
+    return dataclasses.replace(sweep, fixed={k: v for k, v in settings.items() if k not in swept},
+                               options={key: given[key] for key in SHARED_OPTIONS if key in given},
+                               notes=tuple(notes))
+
+
+def trainer_options(options: list[str]) -> dict:
+    """{dest: value} of the options part_2_cifar.py's parser reads in `options` (those that differ
+    from its defaults), or SweepConfigError with the parser's own words where every run would fail
+    on them."""
+    said = io.StringIO()
+    try:
+        with redirect_stderr(said):
+            parsed = vars(p2.parse_args(options, in_sweep=True))
+    except SystemExit:  # the parser's one-line error, as every run would print it
+        reason = said.getvalue().strip().split("error: ", 1)[-1].removesuffix(" (see --help)")
+        raise SweepConfigError(f"command {' '.join(options)}: part_2_cifar.py refuses "
+                               f"it: {reason}") from None
+    if parsed["unrecognized"]:
+        raise SweepConfigError(f"command {' '.join(options)}: part_2_cifar.py would refuse every "
+                               f"run: {parsed['unrecognized']}")
+    defaults = vars(p2.parse_args([], in_sweep=True))
+    return {key: value for key, value in parsed.items() if value != defaults[key]}
+
+
+def sweep_options(args: argparse.Namespace, sweep: Sweep) -> list[str]:
+    """Set local_sweep.py's options from the sweep file as W&B would use it: its command's options,
+    and its project (where W&B puts the sweep's runs); an option given on the command line here
+    wins, said in a line."""
+    defaults = vars(p2.shared_options().parse_args([]))
+    lines = []
+    project = {"wandb_project": sweep.project} if sweep.project else {}  # W&B's: over the command's
+    for key, value in (sweep.options | project).items():
+        given = getattr(args, key)
+        if given is None or given == defaults[key]:
+            setattr(args, key, value)
+        elif str(given) != str(value):
+            lines.append(f"--{key.replace('_', '-')} {given} given here replaces the sweep file's "
+                         f"{value}")
+    return lines
 
 
 @contextmanager
@@ -221,12 +324,13 @@ class Store:
                                    {"key": zlib.crc32(study.study_name.encode())})
                 yield
         else:
-            with open(self.lock_dir / f"{study.study_name}.lock", "a") as f:
+            lock = self.lock_dir / f"{sweep_space.safe_file_name(study.study_name)}.lock"
+            with open(lock, "a") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)  # the kernel releases it when the process dies
                 yield
 
     def trial_lock(self, study: optuna.Study, number: int) -> Path:
-        return self.lock_dir / f"{study.study_name}.trial-{number}.lock"
+        return self.lock_dir / f"{sweep_space.safe_file_name(study.study_name)}.trial-{number}.lock"
 
     @contextmanager
     def keep_alive(self, study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
@@ -340,7 +444,8 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
     """Create the study, or load it and check it was made from the same sweep file."""
-    sampler, pruner = study_factory(sweep) or (sweep_space.make_sampler(sweep), sweep_space.make_pruner(sweep))
+    sampler, pruner = sweep.optimizer or (sweep_space.make_sampler(sweep),
+                                          sweep_space.make_pruner(sweep))
     if not create:
         try:
             return optuna.load_study(study_name=name, storage=store.storage, sampler=sampler, pruner=pruner)
@@ -356,23 +461,67 @@ def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> op
     elif stored != sweep.raw:
         raise SweepConfigError(f"study {name!r} was created from a different sweep config; use another --study or "
                                "the original file")
+    drawn = {key: d for t in study.get_trials(deepcopy=False) for key, d in t.distributions.items()}
+    for param in sweep.params:  # an older local_sweep.py may have drawn a parameter otherwise
+        before = drawn.get(param.optuna_name)
+        try:
+            if before is not None and param.distribution is not None:
+                optuna.distributions.check_distribution_compatibility(before, param.distribution)
+        except ValueError:
+            raise SweepConfigError(f"study {name!r} drew {param.name} from {before}, this "
+                                   f"local_sweep.py from {param.distribution} (as W&B's engine "
+                                   "draws it): continue the sweep under another --study") from None
     return study
 
 
-def next_trial(study: optuna.Study, store: Store, trials: int, target: float | None,
-               claim: ExitStack) -> optuna.Trial | str:
-    """A new trial kept alive by `claim`, or "done" (N finished, or the target reached), or "wait" (the rest run)."""
+def study_size(trials: int | None, sweep: Sweep,
+               timed: bool = False) -> tuple[float, float, str | None]:
+    """(finished trials, runs) at which the study ends, and a line where the sweep file's bound and
+    --trials differ: --trials counts finished trials, W&B's run_cap and a grid's points count runs
+    (next_trial); the smaller ends the study. ConfigError if nothing ends it (`timed`: a
+    --time-budget does)."""
+    bounds = [(sweep.run_cap, f"run_cap {sweep.run_cap} of the sweep "
+                              "file")] if sweep.run_cap else []
+    if sweep.method == "grid":
+        points = sweep_space.grid_size(sweep)
+        bounds.append((points, f"the grid ({points} points, each run once)"))
+    if trials is None and not bounds and not timed:
+        raise p2.ConfigError("--trials N (N >= 1) is required: the sweep file has neither run_cap "
+                             "nor method grid to end the study, and no --time-budget is given")
+    runs, by = min(bounds, default=(math.inf, ""))
+    if trials is None:
+        return math.inf, runs, None
+    if runs < trials:
+        return trials, runs, f"{by} ends the study after {runs} runs, before --trials {trials}"
+    if bounds and trials < runs:
+        return trials, runs, f"--trials {trials} ends the study first ({by}: {runs} runs)"
+    return trials, runs, None
+
+
+def next_trial(study: optuna.Study, store: Store, trials: float, target: float | None,
+               claim: ExitStack, runs: float = math.inf) -> optuna.Trial | str:
+    """A new trial kept alive by `claim`, or "done" (`trials` finished, `runs` run, or the target
+    reached), or "wait" (the rest run). A run is a trial that finished or failed for good (a retried
+    one counts once), as W&B counts the runs of its run_cap and its grid: a grid point that fails is
+    not run again."""
     with store.scheduling(study):
         dead = store.fail_dead_trials(study)
         if dead:
             print(f"trials {dead} lost their process: failed, and queued for a retry", flush=True)
-        every = study.get_trials(deepcopy=False)
-        states = Counter(t.state for t in every)
-        finished = sum(t.state in FINISHED and not is_prior(t) for t in every)  # prior runs aside
-        if finished >= trials or (target is not None and states[TrialState.COMPLETE] and (
-                study.best_value >= target if study.direction.name == "MAXIMIZE" else study.best_value <= target)):
+        everyone = study.get_trials(deepcopy=False)
+        states = Counter(t.state for t in everyone)
+        trained = [t for t in everyone if not is_prior(t)]  # prior runs cost nothing: not counted
+        finished = sum(t.state in FINISHED for t in trained)
+        retried = {n for t in everyone for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+        ran = finished + sum(t.state == TrialState.FAIL and t.number not in retried
+                             for t in trained)
+        reached = target is not None and states[TrialState.COMPLETE] and (
+            study.best_value >= target if study.direction.name == "MAXIMIZE"
+            else study.best_value <= target)
+        if finished >= trials or ran >= runs or reached:
             return "done"
-        if finished + states[TrialState.RUNNING] >= trials:
+        running = states[TrialState.RUNNING]
+        if finished + running >= trials or ran + running >= runs:
             return "wait"
         trial = study.ask()  # a queued retry first, else a new config from the sampler
         claim.enter_context(store.keep_alive(study, trial))
@@ -440,8 +589,9 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     training cleanly first (run_training finishes the W&B run) and comes out as TrialRefused."""
     host = socket.gethostname()
     sampled = sweep.search_space(trial) if sweep.search_space else {p.name: p.sample(trial) for p in sweep.params}
-    config = p2.with_defaults(sampled | {"val_size": args.val_size})
-    run_dir = args.runs_dir / study.study_name / f"trial-{trial.number:04d}"
+    config = p2.with_defaults(dict(sweep.fixed) | sampled | {"val_size": args.val_size})
+    folder = args.runs_dir / sweep_space.safe_file_name(study.study_name)
+    run_dir = folder / f"trial-{trial.number:04d}"
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
     resume = resume_point(run_dir.with_name(f"trial-{retried[-1]:04d}"), run_dir) if retried else None
@@ -455,10 +605,13 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
                        "resumed_after_epoch": resume["epoch"] if resume else 0,
                        "device": device_name(data.train_labels.device)}.items():
         trial.set_user_attr(key, value)  # a retry inherits the dead attempt's attrs: each is set again
-    pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize", prunable=not sweep.objectives)
+    pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize",
+                      prunable=not sweep.objectives and sweep.metric in sweep_space.HISTORY_METRICS)
     pruning.replay((resume or {}).get("history", []))  # the epochs the dead attempt finished
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
+    if sweep.entity:  # the sweep file's: where `wandb sync` puts the runs, as W&B puts a sweep's
+        init["entity"] = sweep.entity
     guarded_on_epoch, refused = refusals_end_training(trial.number, pruning.on_epoch)
     code, summary = p2.run_training(config, lambda: data, run_dir, init, check_interrupt=check_interrupt,
                                     resume=resume, on_epoch=guarded_on_epoch, in_sweep=True, log_model=False,
@@ -475,13 +628,22 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     return code, *trial_outcome(sweep, summary, code)
 
 
+def summary_value(summary: dict, name: str) -> object:
+    """The number `name` as the run's W&B summary holds it: a history metric's last value, else the
+    summary's."""
+    if name in sweep_space.HISTORY_METRICS:
+        return (summary.get("history") or [{}])[-1].get(name)
+    return summary.get(name)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Workers
 
 
 def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, store: Store,
-         trials: int, budget: TimeBudget | None = None) -> int:
-    """Run trials until the study has `trials` finished ones, or `budget` is spent; return an
+         trials: float, runs: float = math.inf, budget: TimeBudget | None = None) -> int:
+    """Run trials until the study has `trials` finished ones or `runs` runs (next_trial), or
+    `budget` is spent; return an
     exit code. A stop signal (any of cli.STOP_SIGNALS the caller does not ignore) stops training
     between steps: the trial is failed and queued for a retry, and the worker exits 128 + signal."""
     failures = 0
@@ -502,7 +664,7 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
             if budget is not None and budget.spent(study):
                 return cli.EXIT_DONE
             with ExitStack() as claim:
-                trial = next_trial(study, store, trials, sweep.target, claim)
+                trial = next_trial(study, store, trials, sweep.target, claim, runs)
                 if trial == "done":
                     return cli.EXIT_DONE
                 if trial == "wait":
@@ -580,23 +742,33 @@ def is_prior(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.user_attrs.get("origin") == sweep_report.PRIOR_RUN
 
 
+def per_epoch(sweep: Sweep) -> bool:
+    """The sweep's value is read from every epoch's history row (and Hyperband may prune on it), not
+    from the summary at the end (method custom's objectives, a summary metric)."""
+    return not sweep.objectives and sweep.metric in sweep_space.HISTORY_METRICS
+
+
 def trial_outcome(sweep: Sweep, summary: dict,
                   code: int = cli.EXIT_DONE) -> tuple[TrialState, float | list | None]:
     """What a run tells the study, from its summary and exit code: PRUNED if Hyperband stopped it;
-    else COMPLETE with the best value of the sweep's metric over its epochs (method custom: each
-    objective's value in the summary); FAIL if there is none (diverged before any epoch, failed) or
-    `code` is not 0."""
+    else COMPLETE with W&B's value of a run (SweepRun.metric_extremum: the best of the metric over
+    its history rows, or its summary's number; method custom: each objective's summary value); FAIL
+    if there is none (diverged before any epoch, failed) or `code` is not 0."""
     if summary.get("status") == "pruned":
         return TrialState.PRUNED, None
     if sweep.objectives:  # every objective a number, or the run taught the search nothing
-        values = [summary.get(name) for name, _ in sweep.objectives]
+        values = [summary_value(summary, name) for name, _ in sweep.objectives]
         if code != 0 or not all(finite_number(v) for v in values):
             return TrialState.FAIL, None
         return TrialState.COMPLETE, values
-    values = [m[sweep.metric] for m in summary.get("history") or [] if sweep.metric in m]
-    if code != 0 or not values:
+    if per_epoch(sweep):
+        rows = [m[sweep.metric] for m in summary.get("history") or [] if sweep.metric in m]
+        value = (max if sweep.direction == "maximize" else min)(rows, default=None)
+    else:
+        value = summary_value(summary, sweep.metric)
+    if code != 0 or not finite_number(value):
         return TrialState.FAIL, None
-    return TrialState.COMPLETE, max(values) if sweep.direction == "maximize" else min(values)
+    return TrialState.COMPLETE, value
 
 
 def draw_of(param: sweep_space.Param, value: object, default: object) -> object:
@@ -609,27 +781,57 @@ def draw_of(param: sweep_space.Param, value: object, default: object) -> object:
         if None in d.choices and value == default:
             return None
         raise ValueError("not one of its values")
-    if not finite_number(value) or (param.log and value <= 0):
-        raise ValueError("not a number it can take")
+    if param.ppf is not None:
+        return quantile_of(param, value)
+    if not finite_number(value):
+        raise ValueError("not a number")
     x = float(value)
-    if param.normal:  # the draw is the value's quantile
-        x = param.normal.cdf(math.log(x) if param.log else x)
     inside = d.low <= x <= d.high
     if d.step is not None:
         x = d.low + round((x - d.low) / d.step) * d.step
     x = min(max(x, d.low), d.high)  # a q_ kind's rounding can give a value just past a bound
     x = int(round(x)) if isinstance(d, optuna.distributions.IntDistribution) else x
-    if not math.isclose(param.value(x), value, rel_tol=1e-9, abs_tol=1e-12):
+    if not same_value(param.value(x), value):
         raise ValueError("not on its steps" if inside else "outside its range")
     return x
+
+
+def same_value(a: object, b: object) -> bool:
+    if finite_number(a) and finite_number(b):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def quantile_of(param: sweep_space.Param, value: object, grid: int = 2000) -> float:
+    """The quantile Optuna draws for a kind Optuna has no distribution for (Param.ppf: the normal
+    family, beta, values with probabilities) that gives `value`: by bisection, as ppf rises with
+    the quantile; else (values with probabilities in no numeric order) the first of `grid` evenly
+    spaced quantiles that gives it. ValueError if none does."""
+    first, last = sweep_space.QUANTILE.low, sweep_space.QUANTILE.high
+    if finite_number(value) and all(finite_number(param.ppf(u)) for u in (first, last)):
+        low, high = first, last
+        for _ in range(64):  # to the float resolution of the quantile
+            middle = (low + high) / 2
+            drawn = param.ppf(middle)
+            if not finite_number(drawn):  # values with probabilities, some not numbers
+                break
+            low, high = (middle, high) if drawn < value else (low, middle)
+        else:
+            if same_value(param.value(high), value):
+                return high
+    quantiles = (first + i * (last - first) / grid for i in range(grid + 1))
+    found = next((u for u in quantiles if same_value(param.value(u), value)), None)
+    if found is None:
+        raise ValueError("a value its distribution does not give")
+    return found
 
 
 def space_point(sweep: Sweep, config: dict) -> dict:
     """Optuna's params of the trial of `sweep` that trains `config`, one per swept key it names (a
     run's whole config, or the keys a starting point names). ValueError with the reason if no trial
     trains it: a swept value its parameter cannot take, another setting than every trial trains (the
-    trainer's default, or the sweep's constant), a key the trainer does not have. val_size is
-    --val-size's and is checked with the data."""
+    sweep's constant, its command's value, else the trainer's default), a key the trainer does not
+    have. val_size is --val-size's and is checked with the data."""
     swept = {p.name: p for p in sweep.params}
     params = {}
     for key, value in config.items():
@@ -640,7 +842,7 @@ def space_point(sweep: Sweep, config: dict) -> dict:
         param = swept.get(key)
         if param is None or param.distribution is None:
             constant = param is not None and param.constant is not None
-            trained = param.constant if constant else p2.DEFAULTS[key]
+            trained = param.constant if constant else sweep.fixed.get(key, p2.DEFAULTS[key])
             if value != trained:
                 raise ValueError(f"{key}={value}, but the sweep's trials train {key}={trained}")
             continue
@@ -673,14 +875,14 @@ def prior_trial(sweep: Sweep, run_dir: Path, summary: dict, identity: dict,
     config = p2.with_defaults(summary["config"])  # a setting added since: it trained the default
     params = space_point(sweep, config)
     history = summary.get("history") if isinstance(summary.get("history"), list) else []
-    objectives = [name for name, _ in sweep.objectives]
-    if not objectives and not all(finite_number(m.get(sweep.metric)) for m in history):
+    if per_epoch(sweep) and not all(finite_number(m.get(sweep.metric)) for m in history):
         raise ValueError(f"its history has no {sweep.metric} at every epoch")
-    if status == "finished" and not all(finite_number(summary.get(name)) for name in objectives):
-        raise ValueError(f"its summary has no number for each of {', '.join(objectives)}")
+    read = [] if per_epoch(sweep) else [name for name, _ in sweep.objectives] or [sweep.metric]
+    if status == "finished" and not all(finite_number(summary_value(summary, n)) for n in read):
+        raise ValueError(f"its summary has no number for each of {', '.join(read)}")
     state, value = trial_outcome(sweep, summary)
     epochs = summary.get("epochs_completed")
-    curve = {} if objectives else {epoch: m[sweep.metric] for epoch, m in enumerate(history, 1)}
+    curve = {e: m[sweep.metric] for e, m in enumerate(history, 1)} if per_epoch(sweep) else {}
     if state == TrialState.PRUNED and curve:
         value = curve[max(curve)]
     values = value if isinstance(value, list) else None if value is None else [value]
@@ -964,8 +1166,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.OneLineErrorParser(__doc__, parents=(p2.shared_options(),))
     parser.add_argument("sweep_config", type=Path, help="a W&B sweep file (JSON or YAML), e.g. sweep_config.json")
     parser.add_argument("--trials", type=cli.positive_int,
-                        help="finished (COMPLETE + PRUNED) trials the study trains (prior runs "
-                        "aside)")
+                        help="finished (COMPLETE + PRUNED) trials the study trains, prior runs "
+                             "aside (required unless --report, --time-budget, or the sweep file "
+                             "has run_cap or method grid)")
     parser.add_argument("--study", help="study name (default: the sweep file's name, e.g. sweep_config)")
     parser.add_argument("--storage", help=f"journal file (default <runs-dir>/{DEFAULT_STORAGE_FILE}) for one machine, "
                         "or postgresql://user:password@host/database to share the study between machines")
@@ -989,11 +1192,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="start no new trial once the study has run this long (seconds, or "
                         "90m, 1.5h, 2d), over resumed commands too; running trials finish")
     parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # set by launch_workers
-    args = parser.parse_args(argv)
-    if not args.report and args.trials is None and args.time_budget is None:
-        parser.error("--trials N (N >= 1) or --time-budget TIME is required unless --report is "
-                     "given")
-    return args
+    return parser.parse_args(argv)  # --trials may come from the sweep file: study_size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1021,27 +1220,31 @@ def run_sweep(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry, plots
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
+        # Everything the sweep file and the options decide comes first: a refused file leaves
+        # nothing behind
+        sweep = load_sweep(args.sweep_config)
+        said = [*sweep.notes, *sweep_options(args, sweep)]  # its command may set --runs-dir, ...
+        for line in said if args.worker_of is None else []:  # the launcher says it, not each worker
+            print(f"note: {line}", flush=True)
         for option, folder in (("--runs-dir", args.runs_dir), ("--images-dir", args.images_dir)):
             if why := unwritable(folder):
                 raise p2.ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can write to")
-        sweep = load_sweep(args.sweep_config)
         warm = WarmStart.from_args(args, sweep)
+        if not args.report:
+            trials, runs, line = study_size(args.trials, sweep, timed=budget is not None)
+            if line and args.worker_of is None:
+                print(line, flush=True)
+            args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
         store = open_storage(args.storage, args.runs_dir, args.heartbeat_interval, args.grace_period)
-        study = open_study(sweep, args.study or sweep.raw.get("name") or args.sweep_config.stem, store,
-                           create=not args.report)
+        name = args.study or sweep.name or args.sweep_config.stem
+        study = open_study(sweep, name, store, create=not args.report)
         if args.report:
             sweep_report.write_report(study, sweep, args.runs_dir, args.images_dir)
             return cli.EXIT_DONE
         if args.sampler_seed is not None:
             study.sampler = seeded_sampler(sweep, args.sampler_seed)
-        trials = args.trials or math.inf  # --time-budget alone: until it is spent
-        if sweep.method == "grid" and trials > sweep_space.grid_size(sweep):
-            trials = sweep_space.grid_size(sweep)
-            asked = f", not {args.trials}" if args.trials else ""
-            print(f"the grid has {trials} points: running that many trials{asked}")
         device = p2.pick_device(args.device)
         args.wandb_mode = resolve_wandb_mode(args.wandb_mode)  # checked once: each trial's run uses it
-        args.val_size = p2.validate_config({"val_size": args.val_size})["val_size"]
         source = cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
         if args.workers > 1 and args.worker_of is None:
             warm.apply(study, store, sweep, lambda: data_fingerprint(source, args.val_size))
@@ -1058,7 +1261,7 @@ def run_sweep(argv: list[str]) -> int:
         study.set_user_attr("data", f"{args.data_dir.resolve().name} ({data.train_labels.numel()} train / "
                                     f"{data.val_labels.numel()} val images)")
     started = time.perf_counter()
-    code = work(args, sweep, data, study, store, trials, budget)
+    code = work(args, sweep, data, study, store, trials, runs, budget)
     if budget is not None:  # the time since the last trial began, an interrupted one's included
         budget.record(study, force=True)
     print(f"{socket.gethostname()} pid {os.getpid()} stopped after {time.perf_counter() - started:.0f} s", flush=True)

@@ -94,7 +94,9 @@ class ConfigError(ValueError):
 def _integer(value: object) -> int:
     """An int from an int, an integral float (W&B's q_uniform gives 35.0) or a string of either."""
     number = float(value) if isinstance(value, str) else value
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number):
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ValueError(f"not an integer: {value!r}")
+    if not math.isfinite(number) or number != int(number):
         raise ValueError(f"not an integer: {value!r}")
     return int(number)
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 import part_2_cifar as p2
 from run_files import save_figure
-from sweep_space import Sweep
+from sweep_space import Sweep, safe_file_name
 
 TOP_TRIALS = 10  # rows of the console table
 MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
@@ -85,7 +85,7 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
         {k for t in trials for k in t.user_attrs.get("config", {}) if k in p2.SETTINGS} - {"val_size"}))
     console = table.drop(columns=["run_dir", "device"], errors="ignore")  # in the CSV
     print(console.head(TOP_TRIALS).to_string(index=False, na_rep="") if len(table) else "no trials yet")
-    csv_path = runs_dir / study.study_name / "trials.csv"
+    csv_path = runs_dir / safe_file_name(study.study_name) / "trials.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_name(f"{csv_path.name}.{os.getpid()}.tmp")  # each machine writes the report at its end
     table.to_csv(tmp, index=False)
@@ -121,6 +121,6 @@ def write_report(study: optuna.Study, sweep: Sweep, runs_dir: Path, images_dir: 
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.suptitle(textwrap.fill(title, 100), fontsize=8)  # the Pareto plot's axes are narrower than the title
         fig.tight_layout()
-        path = images_dir / f"sweep_{study.study_name}_{kind}.png"
+        path = images_dir / f"sweep_{safe_file_name(study.study_name)}_{kind}.png"
         save_figure(fig, path)
         print(f"wrote {path}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 import cli
 import local_sweep
@@ -101,23 +102,39 @@ def test_normal_family_has_the_right_moments():
     assert all(v >= 0 and v / 0.5 == round(v / 0.5) for v in halves)
 
 
+def test_beta_and_weighted_categories_are_drawn_as_wandbs_engine_draws_them():
+    """Optuna has neither: a quantile is drawn and mapped through W&B's own distribution (scipy's
+    beta, the cumulative probabilities); tests/test_sweep_differential.py compares the draws with
+    W&B's."""
+    values = draw({"distribution": "beta", "a": 2, "b": 5}, 2000)
+    assert all(0 <= v <= 1 for v in values) and abs(statistics.mean(values) - 2 / 7) < 0.01
+    tenths = draw({"distribution": "q_beta", "a": 2, "b": 5, "q": 0.1}, 500)
+    assert {round(v, 9) for v in tenths} <= {round(0.1 * i, 9) for i in range(11)}
+    weighted = draw({"values": [64, 128, 256], "probabilities": [0.6, 0.3, 0.1]}, 2000)
+    assert abs(weighted.count(64) / 2000 - 0.6) < 0.04
+    assert abs(weighted.count(256) / 2000 - 0.1) < 0.03
+
+
 @pytest.mark.parametrize("spec, words", [
-    ({"distribution": "beta", "a": 2, "b": 5}, "beta"),
-    ({"distribution": "q_beta", "a": 2, "b": 5, "q": 0.1}, "q_beta"),
-    ({"values": [0.1, 0.5], "probabilities": [0.9, 0.1]}, "probabilities"),
     ({"parameters": {"inner": {"value": 1}}}, "nested"),
     ({"distribution": "zipf", "min": 1, "max": 9}, "zipf"),
-    ({"distribution": "uniform", "min": 0.5, "max": 0.1}, "above max"),
+    ({"distribution": "uniform", "min": 0.5, "max": 0.1}, "min 0.5 is not less than max 0.1"),
+    ({"min": 1, "max": 1}, "min 1 is not less than max 1"),  # W&B refuses an empty range too
+    ({"distribution": "normal", "mu": 0, "sigma": 0}, "not finite"),  # W&B's engine draws NaN
+    ({"values": [[1, 2], [3]]}, "values must be numbers, text, booleans or null"),
 ])
-def test_what_optuna_cannot_honour_is_refused_naming_the_parameter(spec, words):
+def test_what_wandb_or_optuna_cannot_honour_is_refused_naming_the_parameter(spec, words):
     with pytest.raises(SweepConfigError, match=f"'x'.*{words}"):
         translate_parameter("x", spec)
 
 
 def write_sweep(path: Path, parameters: dict, **top) -> Path:
-    path.write_text(json.dumps({"program": "part_2_cifar.py", "method": "bayes",
-                                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                                "parameters": TINY | parameters} | top))
+    """A sweep file in YAML, as `wandb sweep` reads every sweep file (json.dumps writes 1e-05, which
+    YAML 1.1 reads as text)."""
+    path = path.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump({"program": "part_2_cifar.py", "method": "bayes",
+                                    "metric": {"name": "val_accuracy", "goal": "maximize"},
+                                    "parameters": TINY | parameters} | top))
     return path
 
 
@@ -226,12 +243,13 @@ def test_a_poor_trial_is_pruned_at_the_hyperband_band(offline, learnable_data_di
 
 
 def test_unsupported_distribution_fails_before_any_training(offline, learnable_data_dir, capsys):
-    sweep = write_sweep(offline / "bad.json", {"dropout_rate": {"distribution": "beta", "a": 2, "b": 5}})
+    nested = {"dropout_rate": {"parameters": {"rate": {"value": 0.1}}}}
+    sweep = write_sweep(offline / "bad.json", nested)
     runs = offline / "runs"
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "dropout_rate" in err and "beta" in err
-    assert not (runs / "bad").exists()
+    assert len(err.splitlines()) == 1 and "dropout_rate" in err and "nested" in err
+    assert not runs.exists()
 
 
 def test_a_range_the_trainer_rejects_fails_before_any_training(offline, learnable_data_dir, capsys):
