@@ -1089,10 +1089,10 @@ class SeededSampler(optuna.samplers.BaseSampler):
 
 
 def seeded_sampler(sweep: Sweep, seed: int) -> optuna.samplers.BaseSampler:
-    """--sampler-seed's sampler: a grid's order is the seed's alone (GridSampler gives trial n point
-    n of its shuffled grid); bayes and random draw per trial (SeededSampler)."""
+    """--sampler-seed's sampler: bayes and random draw per trial (SeededSampler); a grid's order is
+    fixed without a seed (sweep_space.make_sampler)."""
     if sweep.method == "grid":
-        return sweep_space.make_sampler(sweep, seed)
+        return sweep_space.make_sampler(sweep)
     return SeededSampler(sweep, seed)
 
 

@@ -871,10 +871,12 @@ def grid_size(sweep: Sweep) -> int:
 
 
 def make_sampler(sweep: Sweep, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The sweep's sampler; `seed` fixes its random draws (local_sweep.py seeds each draw)."""
+    """The sweep's sampler; `seed` fixes the random draws of bayes and random (local_sweep.py seeds
+    each draw). A grid's order is fixed without it (GridSampler shuffles with seed 0) and takes
+    none: a grid study continued under another seed would give its trial numbers other points."""
     if sweep.method == "grid":
         return optuna.samplers.GridSampler({p.optuna_name: p.grid() for p in sweep.params
-                                            if p.distribution is not None}, seed=seed)
+                                            if p.distribution is not None})
     if sweep.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # bayes: multivariate TPE, chosen by measurement (README, "Without W&B": lower median regret than GPSampler on
