@@ -643,9 +643,9 @@ def summary_value(summary: dict, name: str) -> object:
 def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: optuna.Study, store: Store,
          trials: float, runs: float = math.inf, budget: TimeBudget | None = None) -> int:
     """Run trials until the study has `trials` finished ones or `runs` runs (next_trial), or
-    `budget` is spent; return an
-    exit code. A stop signal (any of cli.STOP_SIGNALS the caller does not ignore) stops training
-    between steps: the trial is failed and queued for a retry, and the worker exits 128 + signal."""
+    `budget` is spent; return an exit code. A stop signal (any of cli.STOP_SIGNALS the caller does
+    not ignore) stops training between steps: the trial is failed and queued for a retry, and the
+    worker exits 128 + signal."""
     failures = 0
     with cli.StopOnSignal() as stop:
 
