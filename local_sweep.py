@@ -949,7 +949,7 @@ def read_configs(path: Path) -> list:
         text = path.read_text()
     except OSError as e:
         raise WarmStartError(f"--start-from {path}: cannot read it: {e.strerror}") from None
-    try:  # JSON first, as for the sweep file: YAML 1.1 reads 1e-05 as a string
+    try:  # JSON first: YAML 1.1 would read a number such as 1e-05 as text
         configs = json.loads(text)
     except json.JSONDecodeError:
         import yaml
