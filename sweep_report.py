@@ -24,6 +24,9 @@ from sweep_space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
 MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
+# A trial's user attr "origin", set by local_sweep.py: a run folder on disk that became a finished
+# trial (--prior-runs), or a configuration the user queued first (--start-from); else the sampler's
+PRIOR_RUN, START_POINT, SAMPLED = "prior run", "start point", "sampler"
 ENDED_UNSEEN = ("its process stopped or stalled past the grace period (killed, crashed, paused, its machine or "
                 "the storage lost); a retry runs it again")
 
@@ -41,6 +44,8 @@ def trials_table(study: optuna.Study, swept: list[str]):
     df["seconds"] = pd.to_timedelta(df.pop("duration")).dt.total_seconds().round(1)
     history = df.get("system_attrs_retry_history", df["number"])
     df["retry_of"] = [h[-1] if isinstance(h, list) else None for h in history]
+    origins = df.get("origin", [None] * len(df))
+    df["origin"] = [o if isinstance(o, str) else SAMPLED for o in origins]
     df = df.drop(columns=[c for c in df.columns if c.startswith("system_attrs_")])
     notes = df.get("failure", [None] * len(df))
     df["failure"] = [n if isinstance(n, str) and n else ENDED_UNSEEN if state == "FAIL" else ""
@@ -53,9 +58,15 @@ def trials_table(study: optuna.Study, swept: list[str]):
         rank = rank - df["pareto_front"].astype(int)  # the front first, then the other completed trials
     sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
     df = df.assign(_rank=rank, _key=sign * df[values[0]].fillna(0)).sort_values(["_rank", "_key", "number"])
-    first = [c for c in ("number", "state", *values, "pareto_front", "epochs_completed", "test_accuracy", *swept,
-                         "seconds", "host", "retry_of", "resumed_after_epoch", "failure") if c in df]
+    first = [c for c in ("number", "state", *values, "origin", "pareto_front", "epochs_completed",
+                         "test_accuracy", *swept, "seconds", "host", "retry_of",
+                         "resumed_after_epoch", "failure") if c in df]
     return df[first + [c for c in df.columns if c not in first and not c.startswith("_")]]
+
+
+def states_line(counts: Counter) -> str:
+    """'3 COMPLETE, 1 PRUNED' from counts of state names, in Optuna's order of states."""
+    return ", ".join(f"{counts[s.name]} {s.name}" for s in TrialState if counts[s.name])
 
 
 def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir: Path) -> None:
@@ -68,9 +79,11 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
     from optuna.visualization import matplotlib as oplt
 
     trials = study.get_trials(deepcopy=False)
-    counts = Counter(t.state.name for t in trials)
-    print(f"\nstudy {study.study_name}: {', '.join(f'{n} {s}' for s, n in counts.items())} (--trials counts "
-          "COMPLETE + PRUNED)")
+    prior = Counter(t.state.name for t in trials if t.user_attrs.get("origin") == PRIOR_RUN)
+    trained = Counter(t.state.name for t in trials) - prior
+    from_prior = f"; from prior runs: {states_line(prior)}" if prior else ""
+    print(f"\nstudy {study.study_name}: {states_line(trained) or 'no trial'} trained (--trials "
+          f"counts COMPLETE + PRUNED){from_prior}")
     table = trials_table(study, list(sweep.raw.get("parameters") or {}) or sorted(
         {k for t in trials for k in t.user_attrs.get("config", {}) if k in p2.SETTINGS} - {"val_size"}))
     console = table.drop(columns=["run_dir", "device"], errors="ignore")  # in the CSV

@@ -870,16 +870,20 @@ def grid_size(sweep: Sweep) -> int:
     return math.prod(len(p.grid()) for p in sweep.params if p.distribution is not None)
 
 
-def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
+def make_sampler(sweep: Sweep, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sweep's sampler; `seed` fixes the random draws of bayes and random (local_sweep.py seeds
+    each draw). A grid's order is fixed without it (GridSampler shuffles with seed 0) and takes
+    none: a grid study continued under another seed would give its trial numbers other points."""
     if sweep.method == "grid":
         return optuna.samplers.GridSampler({p.optuna_name: p.grid() for p in sweep.params
                                             if p.distribution is not None})
     if sweep.method == "random":
-        return optuna.samplers.RandomSampler()
+        return optuna.samplers.RandomSampler(seed=seed)
     # bayes: multivariate TPE, chosen by measurement (README, "Without W&B": lower median regret than GPSampler on
     # this space, 6 ms a trial against 3 s). Its constant liar keeps parallel workers from proposing the same
-    # config; no seed, or K workers would propose the same configs.
+    # config; one seed shared by K workers would make them propose the same configs
+    # (local_sweep.py's --sampler-seed gives each draw a seed of its own).
     # custom (engine optuna): W&B's scheduler makes Optuna's default study, a TPE sampler; the same TPE here, with the
     # same two options. With several objectives it is Optuna's MOTPE: NSGA-II's first generation (50 trials) would
     # be random search for a whole sweep of tens of trials, and GPSampler lost to TPE on this space (above).
-    return optuna.samplers.TPESampler(multivariate=True, constant_liar=True)
+    return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)
