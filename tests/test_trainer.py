@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -274,6 +275,16 @@ def test_every_summary_records_the_models_cost_counted_by_pytorch(tiny_data_dir,
     assert on_disk["flops_per_image"] == convs + 2 * (f3 * 16 * 512 + 512 * 256 + 256 * 100)
     assert set(on_disk["latency_ms"]) == {"1", "256"} and all(ms > 0 for ms in on_disk["latency_ms"].values())
     assert on_disk["latency_device"].startswith("cpu")
+
+
+def test_a_run_of_seconds_times_its_latency_with_three_calls_per_batch_size():
+    model = trainer.model_from_config({**trainer.DEFAULTS, **FAST_CONFIG})
+    batches: list[int] = []
+    model.register_forward_hook(lambda module, inputs, _: batches.append(inputs[0].shape[0])
+                                if module is model else None)  # not flops_per_image's copy
+    cost = run_files.model_cost(model, CPU, contextlib.nullcontext, run_seconds=0.0)
+    assert batches == [1] * 4 + [256] * 4  # a warm-up and 3 timed calls each
+    assert all(ms > 0 for ms in cost["latency_ms"].values())
 
 
 def test_the_default_model_costs_the_documented_83_5_mflop():
