@@ -106,6 +106,118 @@ def offline_env(tmp_path) -> dict:
     return env
 
 
+# --------------------------------------------------------------------------------------------------
+# Runs built once per session, a copy for each test
+#
+# Several tests start from the same training: a finished run, a run that crashed after epoch 1, a
+# local sweep with one finished trial. Each is built once per session in pytest's tmp folder, and
+# each test that asks for it gets a copy in its own tmp_path (shutil.copytree: the same files and
+# file times), to change as it likes; the original is never handed out. A new test names one:
+#
+#     def test_x(finished_run):      # tmp_path/runs/finished: FINISHED_RUN trained to its end
+#     def test_x(crashed_run):       # tmp_path/runs/crashed: CRASHED_RUN's epoch 1, no summary
+#     def test_x(finished_journal):  # (local_sweep.py arguments, journal): study "cut", 1 trial
+#
+# A case that needs another training builds its own (FAST_CONFIG, 1-2 epochs: about a second in
+# process, five as a process).
+
+FINISHED_RUN = {**FAST_CONFIG, "epochs": 1, "val_size": 200}  # on tiny_data_dir
+CRASHED_RUN = {**FAST_CONFIG, "epochs": 2, "val_size": 200}  # tiny_data_dir, crashed after epoch 1
+FINISHED_SWEEP = {  # on learnable_data_dir: a CPU epoch well under a second
+    "program": "part_2_cifar.py", "method": "random",
+    "metric": {"name": "val_accuracy", "goal": "maximize"},
+    "parameters": {"batch_size": {"value": 64}, "num_filters_1": {"value": 8},
+                   "num_filters_2": {"value": 16}, "num_filters_3": {"value": 16},
+                   "learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 1}}}
+
+
+def copy_of(original: Path, copy: Path) -> Path:
+    """`original`, a folder built once per session, copied to `copy` for one test: every file, with
+    its times. A text file naming a path inside the original (a journal records each trial's run
+    folder) names the copy's instead."""
+    shutil.copytree(original, copy, dirs_exist_ok=True)
+    inside, moved = f"{original}{os.sep}", f"{copy}{os.sep}"
+    for path in copy.rglob("*"):
+        if path.suffix in (".json", ".csv", ".log") and inside in (text := path.read_text()):
+            path.write_text(text.replace(inside, moved))
+    return copy
+
+
+def train_in_process(config: dict, data_dir: Path, run_dir: Path, **train_options) -> dict:
+    """part_2_cifar.train of `config` (val_size included) on the CPU, one torch thread: the
+    summary."""
+    import torch
+
+    import part_2_cifar as trainer
+
+    with torch_threads(1):
+        data = trainer.prepare_data(data_dir, config["val_size"], torch.device("cpu"))
+        return trainer.train(trainer.validate_config(config), data, run_dir, **train_options)
+
+
+@pytest.fixture(scope="session")
+def _finished_run_once(tiny_data_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished_run") / "finished"
+    assert train_in_process(FINISHED_RUN, tiny_data_dir, run_dir)["status"] == "finished"
+    return run_dir
+
+
+@pytest.fixture()
+def finished_run(_finished_run_once, tmp_path) -> Path:
+    """tmp_path/runs/finished: FINISHED_RUN trained to its end (best.pt, last.pt, summary.json,
+    curves.png), as part_2_cifar.train writes it."""
+    return copy_of(_finished_run_once, tmp_path / "runs" / "finished")
+
+
+@pytest.fixture(scope="session")
+def _crashed_run_once(tiny_data_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("crashed_run") / "crashed"
+
+    def crash(metrics: dict) -> None:
+        raise RuntimeError("crash after epoch 1 (injected)")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        train_in_process(CRASHED_RUN, tiny_data_dir, run_dir, on_epoch=crash)
+    return run_dir
+
+
+@pytest.fixture()
+def crashed_run(_crashed_run_once, tmp_path) -> Path:
+    """tmp_path/runs/crashed: CRASHED_RUN trained epoch 1 of 2 and crashed: last.pt and best.pt
+    hold epoch 1, there is no summary.json; a resume trains epoch 2."""
+    return copy_of(_crashed_run_once, tmp_path / "runs" / "crashed")
+
+
+def finished_sweep_args(folder: Path, data_dir: Path) -> list[str]:
+    """local_sweep.py's arguments, without --trials, for the sweep file cut.json in `folder`."""
+    runs = folder / "runs"
+    return [str(folder / "cut.json"), "--data-dir", str(data_dir), "--runs-dir", str(runs),
+            "--val-size", "100", "--images-dir", str(runs / "images"), "--wandb-mode", "disabled"]
+
+
+@pytest.fixture(scope="session")
+def _finished_journal_once(learnable_data_dir, tmp_path_factory) -> Path:
+    import local_sweep
+
+    folder = tmp_path_factory.mktemp("finished_journal")
+    (folder / "cut.json").write_text(json.dumps(FINISHED_SWEEP))
+    with torch_threads(1):
+        args = finished_sweep_args(folder, learnable_data_dir)
+        assert local_sweep.main([*args, "--trials", "1"]) == 0
+    return folder
+
+
+@pytest.fixture()
+def finished_journal(_finished_journal_once, learnable_data_dir, tmp_path) -> tuple[list, Path]:
+    """A local sweep (FINISHED_SWEEP in tmp_path/cut.json, study "cut") whose one trial finished:
+    (its arguments without --trials, its journal tmp_path/runs/optuna-journal.log)."""
+    import local_sweep
+
+    copy_of(_finished_journal_once, tmp_path)
+    journal = tmp_path / "runs" / local_sweep.DEFAULT_STORAGE_FILE
+    return finished_sweep_args(tmp_path, learnable_data_dir), journal
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # A throw-away PostgreSQL server, for the sweeps that several machines share
 

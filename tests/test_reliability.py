@@ -293,13 +293,9 @@ def test_epochs_are_logged_at_their_own_step_so_a_relaunch_cannot_collide(fake_w
 # ----------------------------------------------------------------------------------------------------------- resume
 
 
-def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoints(tiny_data_dir, tmp_path,
-                                                                                   offline_env):
-    args = fast_args(tiny_data_dir, tmp_path / "runs", epochs=2)
-    first = subprocess.run(trainer_command(*args), env=offline_env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=180)
-    assert first.returncode == 0, first.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoints(
+        finished_run, tiny_data_dir, tmp_path, offline_env):
+    run_dir = finished_run  # FINISHED_RUN: epochs=1, learning_rate=0.01
     again = fast_args(tiny_data_dir, tmp_path / "runs", epochs=5, learning_rate=0.5) + ["--resume", str(run_dir)]
     resumed = subprocess.run(trainer_command(*again), env=offline_env, cwd=tmp_path, capture_output=True, text=True,
                              timeout=180)
@@ -307,9 +303,9 @@ def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoint
     notes = [line for line in resumed.stdout.splitlines() if "ignored" in line]
     assert len(notes) == 2, resumed.stdout
     assert notes[0].startswith("--learning_rate=0.5 ignored: the resumed run keeps learning_rate=0.01")
-    assert notes[1].startswith("--epochs=5 ignored: the resumed run keeps epochs=2")
+    assert notes[1].startswith("--epochs=5 ignored: the resumed run keeps epochs=1")
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["config"]["epochs"] == 2 and summary["config"]["learning_rate"] == 0.01
+    assert summary["config"]["epochs"] == 1 and summary["config"]["learning_rate"] == 0.01
 
 
 @pytest.mark.parametrize("missing", ["history", "optimizer"])

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from conftest import FAST_CONFIG, ROOT, cli_args, offline_wandb_run, trainer_command
 
 import cli
@@ -325,20 +324,17 @@ def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_
 
 
 @pytest.fixture()
-def one_finished_run(tiny_data_dir, tmp_path) -> Path:
+def one_finished_run(finished_run) -> Path:
     """A runs folder with one finished run of FAST_CONFIG; its summary says `epochs` EPOCHS, which is what
     select_model retrains (set_epochs changes it)."""
-    config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200})
-    runs = tmp_path / "runs"
-    trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, torch.device("cpu")), runs / "original")
-    set_epochs(runs, EPOCHS)  # long enough to be stopped in the middle
-    return runs
+    set_epochs(finished_run, EPOCHS)  # long enough to be stopped in the middle
+    return finished_run.parent
 
 
-def set_epochs(runs: Path, epochs: int) -> None:
-    summary = json.loads((runs / "original" / "summary.json").read_text())
+def set_epochs(run_dir: Path, epochs: int) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
     summary["config"]["epochs"] = epochs
-    (runs / "original" / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
 def select_command(runs: Path, data_dir: Path, seeds: int = 1) -> list[str]:
@@ -361,7 +357,7 @@ def test_sighup_to_model_selection_stops_its_trainer_gracefully(one_finished_run
 
 def test_model_selection_under_nohup_ignores_sighup_and_finishes(one_finished_run, tiny_data_dir, tmp_path,
                                                                  offline_env):
-    set_epochs(one_finished_run, 6)  # the retraining runs to its end
+    set_epochs(one_finished_run / "finished", 6)  # the retraining runs to its end
     process = Process(["nohup", *select_command(one_finished_run, tiny_data_dir)], offline_env, tmp_path)
     process.wait_until(lambda: list(one_finished_run.glob("selection/*/last.pt")))
     process.popen.send_signal(signal.SIGHUP)
