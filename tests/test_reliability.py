@@ -64,9 +64,11 @@ def fake_wandb(monkeypatch):
     return holder
 
 
-def fast_args(data_dir: Path, runs_dir: Path, **overrides) -> list[str]:
-    return cli_args({**FAST_CONFIG, **overrides}) + ["--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
-                                                     "--val-size", "200", "--wandb-mode", "offline", "--no-log-model"]
+def fast_args(data_dir: Path, runs_dir: Path, wandb_mode: str = "disabled", **overrides) -> list:
+    """The trainer's arguments for FAST_CONFIG and `overrides`; W&B off unless the case is W&B's."""
+    return cli_args({**FAST_CONFIG, **overrides}) + [
+        "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--val-size", "200",
+        "--wandb-mode", wandb_mode, "--no-log-model"]
 
 
 # ------------------------------------------------------------------------------------------------------- bad values
@@ -105,8 +107,9 @@ def test_a_bad_sweep_value_handed_over_by_the_agent_fails_the_run_in_one_line(tm
     params = tmp_path / "params.yaml"
     params.write_text("batch_size:\n  value: 0\n")
     env = {**offline_env, "WANDB_SWEEP_ID": "sweep123", "WANDB_SWEEP_PARAM_PATH": str(params)}
-    result = subprocess.run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs")), env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=180)
+    args = fast_args(tiny_data_dir, tmp_path / "runs", wandb_mode="offline")  # W&B reads params
+    result = subprocess.run(trainer_command(*args), env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=180)
     assert result.returncode == 2
     assert "batch_size=0" in one_line_error(result.stderr)
     assert not list((tmp_path / "runs").glob("*/last.pt"))
@@ -257,7 +260,8 @@ def test_a_preemption_notice_during_start_up_requeues_the_run_instead_of_killing
     # SIGUSR1 as soon as wandb.init has made the run, while data loads and before any epoch: the default action
     # would kill the process (exit -10, never marked preempting, the trial lost).
     env = {**offline_env, "WANDB_RUN_ID": "early", "WANDB_SWEEP_ID": "sweep123"}
-    process = subprocess.Popen(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)), env=env,
+    args = fast_args(tiny_data_dir, tmp_path / "runs", wandb_mode="offline", epochs=3)  # W&B starts
+    process = subprocess.Popen(trainer_command(*args), env=env,
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("wandb/offline-run-*-early")) and process.poll() is None:

@@ -76,9 +76,11 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def run_args(data_dir: Path, runs_dir: Path, epochs: int = EPOCHS) -> list[str]:
+def run_args(data_dir: Path, runs_dir: Path, epochs: int = EPOCHS,
+             wandb_mode: str = "offline") -> list[str]:
+    """The trainer's arguments; W&B offline, as most cases here check what the W&B run recorded."""
     return [*cli_args({**FAST_CONFIG, "epochs": epochs}), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
-            "--val-size", "200", "--wandb-mode", "offline", "--no-log-model"]
+            "--val-size", "200", "--wandb-mode", wandb_mode, "--no-log-model"]
 
 
 def saved_epoch(run_dir: Path) -> int:
@@ -133,7 +135,8 @@ def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offli
 def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(tiny_data_dir, tmp_path, offline_env):
     # `nohup` ignores SIGHUP; bash without job control starts `cmd &` with SIGINT and SIGQUIT ignored. The user asked
     # for the run to go on after the terminal closes: it does, and SIGTERM still stops it gracefully.
-    command = " ".join(f"'{part}'" for part in trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")))
+    args = run_args(tiny_data_dir, tmp_path / "runs", wandb_mode="disabled")
+    command = " ".join(f"'{part}'" for part in trainer_command(*args))
     env = offline_env | {"WANDB_RUN_ID": "nohup"}
     process = Process(["nohup", "bash", "-c", f"{command} & echo pid $!; wait $!"], env, tmp_path)
     process.wait_for_epoch(2)
