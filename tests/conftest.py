@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny CIFAR-100 stand-ins in the real on-disk layout, and a fast config for short runs."""
+"""Shared fixtures: tiny CIFAR-100 stand-ins in the real on-disk layout, a fast config for short
+runs, runs built once per session and copied into each test that starts from them, and the signal
+dispositions a terminal gives."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import cli
 from synthetic_cifar100 import write_synthetic_cifar100  # the repository root is on sys.path: pythonpath in pyproject
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,6 +220,45 @@ def finished_journal(_finished_journal_once, learnable_data_dir, tmp_path) -> tu
     copy_of(_finished_journal_once, tmp_path)
     journal = tmp_path / "runs" / local_sweep.DEFAULT_STORAGE_FILE
     return finished_sweep_args(tmp_path, learnable_data_dir), journal
+
+
+# --------------------------------------------------------------------------------------------------
+# Signal dispositions: the ones a test's case needs, whatever its runner inherited
+#
+# A process started from a terminal has every stop signal at its default action; the test runner
+# may not: `nohup` ignores SIGHUP, and a non-interactive shell starts a background job (`pytest &`
+# in a script) with SIGINT and SIGQUIT ignored. Children inherit an ignored signal, and the
+# programs rightly keep it (cli.StopOnSignal), so a test that sends a signal sets what its case
+# needs: `at_terminal_defaults(command)` starts a process as from a terminal (a case of an
+# inherited ignore then sets it itself: nohup, `bash -c 'cmd &'`), and the fixture
+# `terminal_signal_defaults` does the same for the test's own process (signal.raise_signal).
+
+_RESET_AND_EXEC = """import os, signal, sys
+for number in sys.argv[1].split(","):
+    signal.signal(int(number), signal.SIG_DFL)
+os.execvp(sys.argv[2], sys.argv[2:])"""
+
+
+def at_terminal_defaults(command: list) -> list[str]:
+    """`command` started with every stop signal (cli.STOP_SIGNALS) at its default action, as from
+    a terminal: a bare Python resets them and execs `command`, so the process and its pid are the
+    command's."""
+    numbers = ",".join(str(int(signum)) for signum in cli.STOP_SIGNALS)
+    return [sys.executable, "-I", "-S", "-c", _RESET_AND_EXEC, numbers, *map(str, command)]
+
+
+@pytest.fixture()
+def terminal_signal_defaults():
+    """For one test, this process's stop signals as a terminal starts Python (SIGINT raises
+    KeyboardInterrupt, the others at their default action); then as they were."""
+    before = {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS}
+    for signum in cli.STOP_SIGNALS:
+        default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        signal.signal(signum, default)
+    yield
+    for signum, handler in before.items():
+        if handler is not None:  # None: set outside Python, which cannot put it back
+            signal.signal(signum, handler)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

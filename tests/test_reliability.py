@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, cli_args, trainer_command
+from conftest import FAST_CONFIG, at_terminal_defaults, cli_args, trainer_command
 
 import cifar_files
 import cli
@@ -161,7 +161,7 @@ def test_out_of_memory_is_one_line_with_the_config_and_a_failed_run(fake_wandb, 
 @pytest.mark.parametrize("sweep", [False, True])
 @pytest.mark.parametrize("signum", cli.STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agent_stopped_it(
-        signum, sweep, fake_wandb, monkeypatch, tiny_data_dir, tmp_path):
+        signum, sweep, fake_wandb, monkeypatch, tiny_data_dir, tmp_path, terminal_signal_defaults):
     # A sweep agent stops a run early (Hyperband) with SIGTERM: that must not get it requeued. Every other stop
     # (a preemption notice, a closed terminal, a CPU-time limit, Ctrl-C) requeues it, sweep or not.
     requeued = not (sweep and signum == signal.SIGTERM)
@@ -203,8 +203,8 @@ def test_any_exception_first_saves_the_last_finished_epoch(tiny_data_dir, tmp_pa
 
 def start_and_interrupt(args: list[str], env: dict, cwd: Path, last_pt_glob: str, signum: int) -> tuple[int, str]:
     """Start the trainer, send `signum` as soon as the first epoch's last.pt exists; return (exit code, stderr)."""
-    process = subprocess.Popen(trainer_command(*args), env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(at_terminal_defaults(trainer_command(*args)), env=env, cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not list(cwd.glob(last_pt_glob)) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -261,8 +261,8 @@ def test_a_preemption_notice_during_start_up_requeues_the_run_instead_of_killing
     # would kill the process (exit -10, never marked preempting, the trial lost).
     env = {**offline_env, "WANDB_RUN_ID": "early", "WANDB_SWEEP_ID": "sweep123"}
     args = fast_args(tiny_data_dir, tmp_path / "runs", wandb_mode="offline", epochs=3)  # W&B starts
-    process = subprocess.Popen(trainer_command(*args), env=env,
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(at_terminal_defaults(trainer_command(*args)), env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("wandb/offline-run-*-early")) and process.poll() is None:
         assert time.monotonic() < deadline
@@ -274,7 +274,8 @@ def test_a_preemption_notice_during_start_up_requeues_the_run_instead_of_killing
     assert "epoch   1/3" not in stdout and not (tmp_path / "runs" / "early" / "last.pt").exists()
 
 
-def test_a_notice_before_the_first_epoch_marks_the_run_preempting(fake_wandb, monkeypatch, tiny_data_dir, tmp_path):
+def test_a_notice_before_the_first_epoch_marks_the_run_preempting(
+        fake_wandb, monkeypatch, tiny_data_dir, tmp_path, terminal_signal_defaults):
     real_prepare_data = trainer.prepare_data
 
     def prepare_data_then_signal(*args, **kwargs):

@@ -1,5 +1,7 @@
 """Every signal that asks a process to stop is a graceful stop, in the trainer, a local sweep and model selection;
-a signal the caller ignores (nohup, a script's background job) stays ignored. Real processes, real signals."""
+a signal the caller ignores (nohup, a script's background job) stays ignored. Real processes, real
+signals; each process starts with the dispositions its case needs (conftest.at_terminal_defaults),
+whatever pytest itself inherited."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST_CONFIG, ROOT, cli_args, offline_wandb_run, trainer_command
+from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, cli_args, offline_wandb_run, trainer_command
 
 import cli
 import local_sweep
@@ -30,10 +32,12 @@ EPOCH_LINE = re.compile(r"epoch +(\d+)/")
 
 
 class Process:
-    """A child process whose stdout is read line by line in the background; stderr is kept for the end."""
+    """A child process, started with the stop signals at a terminal's defaults, whose stdout is read
+    line by line in the background; stderr is kept for the end."""
 
     def __init__(self, command: list[str], env: dict, cwd: Path, **popen):
-        self.popen = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        self.popen = subprocess.Popen(at_terminal_defaults(command), env=env, cwd=cwd,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       stdin=subprocess.DEVNULL, text=True, **popen)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.popen.stdout), daemon=True)
@@ -116,8 +120,9 @@ def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offli
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     env = offline_env | {"WANDB_RUN_ID": "ssh"}
-    process = subprocess.Popen(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")), env=env, cwd=tmp_path,
-                               stdin=terminal, stdout=terminal, stderr=terminal, preexec_fn=on_the_terminal)
+    command = at_terminal_defaults(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")))
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdin=terminal, stdout=terminal,
+                               stderr=terminal, preexec_fn=on_the_terminal)
     os.close(terminal)
     shown, deadline = b"", time.monotonic() + 240
     while not re.search(rb"epoch +2/", shown):
@@ -173,10 +178,7 @@ def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(sta
                                                                                offline_env):
     process = Process([sys.executable, "-c", SLOW_STAGE, stage, *run_args(tiny_data_dir, tmp_path / "runs", 1)],
                       offline_env, tmp_path)
-    deadline = time.monotonic() + 240
-    while "slow stage\n" not in process.lines:
-        assert process.popen.poll() is None and time.monotonic() < deadline, process.popen.stderr.read()
-        time.sleep(0.05)
+    process.wait_until(lambda: "slow stage\n" in process.lines)
     process.popen.send_signal(signal.SIGINT)
     time.sleep(0.5)  # the first one is only noted; the second means "stop now"
     process.popen.send_signal(signal.SIGINT)
@@ -290,8 +292,8 @@ def test_sighup_to_a_local_sweep_leaves_its_trial_for_a_retry_that_continues_it(
     assert f"resuming after epoch {interrupted_at}" in capsys.readouterr().out
 
 
-def test_a_signal_while_a_local_sweep_starts_up_is_one_line_and_starts_no_trial(tiny_data_dir, tmp_path, one_thread,
-                                                                                  monkeypatch, capsys):
+def test_a_signal_while_a_local_sweep_starts_up_is_one_line_and_starts_no_trial(
+        tiny_data_dir, tmp_path, one_thread, monkeypatch, capsys, terminal_signal_defaults):
     real_prepare_data = trainer.prepare_data
 
     def prepare_data_then_hang_up(*args, **kwargs):
