@@ -149,14 +149,17 @@ def copy_of(original: Path, copy: Path) -> Path:
 
 def train_in_process(config: dict, data_dir: Path, run_dir: Path, **train_options) -> dict:
     """part_2_cifar.train of `config` (val_size included) on the CPU, one torch thread: the
-    summary."""
+    summary. The config's keys in the trainer's SETTINGS order, as its command line gives them (a
+    resume names each differing value in that order)."""
     import torch
 
     import part_2_cifar as trainer
 
+    config = trainer.validate_config({key: config[key] for key in trainer.SETTINGS if key in config}
+                                     | config)
     with torch_threads(1):
         data = trainer.prepare_data(data_dir, config["val_size"], torch.device("cpu"))
-        return trainer.train(trainer.validate_config(config), data, run_dir, **train_options)
+        return trainer.train(config, data, run_dir, **train_options)
 
 
 @pytest.fixture(scope="session")
