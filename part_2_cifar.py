@@ -700,7 +700,8 @@ def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, 
     rates = [m["train_images_per_second"] for m in state["history"]]
     summary.update(train_images_per_second=float(np.median(rates)) if rates else None, total_seconds=seconds,
                    device=device_name(device), versions=versions(),
-                   **model_cost(model, device, lambda: autocast(device.type, amp_dtype)), history=state["history"])
+                   **model_cost(model, device, lambda: autocast(device.type, amp_dtype),
+                                run_seconds=seconds), history=state["history"])
     if state["history"]:  # before summary.json, which says the run is complete (resume: both)
         plot_learning_curve(state["history"], run_dir / "curves.png", title=f"{run_dir.name} ({summary['device']})")
     write_json_atomic(summary, run_dir / SUMMARY_FILE)

@@ -385,6 +385,8 @@ def to_cpu(obj: object) -> object:
 LATENCY_BATCH_SIZES = (1, 256)  # one image (interactive use) and a large batch (throughput)
 LATENCY_SECONDS = 0.5  # timed per batch size, after one warm-up call: about a second or two per run in all ...
 LATENCY_REPEATS = 50  # ... or this many calls, if sooner: the median of 50 is steady, and tiny models finish fast
+LATENCY_SHARE = 0.02  # ... and at most this share of the run's own time: a run of a few
+# seconds (a smoke test's, a test suite's) is not timed longer than it trained; 3 calls at least
 
 
 def flops_per_image(model: nn.Module) -> int:
@@ -418,11 +420,17 @@ def latency_ms(model: nn.Module, device: torch.device, precision: Callable[[], A
     return float(np.median(times))
 
 
-def model_cost(model: nn.Module, device: torch.device, precision: Callable[[], AbstractContextManager]) -> dict:
-    """parameters, flops_per_image and latency_ms ({batch size: median ms}) with the device they were timed on."""
+def model_cost(model: nn.Module, device: torch.device,
+               precision: Callable[[], AbstractContextManager],
+               run_seconds: float = math.inf) -> dict:
+    """parameters, flops_per_image and latency_ms ({batch size: median ms}) with the device they
+    were timed on. Each batch size is timed for LATENCY_SECONDS, or for LATENCY_SHARE of
+    `run_seconds` (the run's wall time) if that is less."""
+    seconds = min(LATENCY_SECONDS, LATENCY_SHARE * run_seconds)
+    latency = {str(b): latency_ms(model, device, precision, b, seconds)
+               for b in LATENCY_BATCH_SIZES}
     return {"parameters": sum(p.numel() for p in model.parameters()), "flops_per_image": flops_per_image(model),
-            "latency_ms": {str(b): latency_ms(model, device, precision, b) for b in LATENCY_BATCH_SIZES},
-            "latency_device": device_name(device)}
+            "latency_ms": latency, "latency_device": device_name(device)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

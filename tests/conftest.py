@@ -1,10 +1,14 @@
-"""Shared fixtures: tiny CIFAR-100 stand-ins in the real on-disk layout, and a fast config for short runs."""
+"""Shared fixtures: tiny CIFAR-100 stand-ins in the real on-disk layout, a fast config for short
+runs, runs built once per session and copied into each test that starts from them, and the signal
+dispositions a terminal gives."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import cli
 from synthetic_cifar100 import write_synthetic_cifar100  # the repository root is on sys.path: pythonpath in pyproject
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,16 +63,27 @@ def fresh_wandb_settings():
         sys.modules["wandb"].teardown()
 
 
-@pytest.fixture()
-def one_thread():
-    """In-process training on one torch thread, as the subprocesses have (OMP_NUM_THREADS=1): two spinning threads
-    on a busy 2-core machine train many times slower."""
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op threads set to `count` inside the block, then back to what they were."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test's in-process training on one torch thread, as the subprocesses have
+    (OMP_NUM_THREADS=1 in offline_env): tiny models gain nothing from two, and two spinning threads
+    on a busy 2-core machine train many times slower (3 epochs of FAST_CONFIG: 3.4 s on one, 26 s
+    on two)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture()
@@ -92,6 +108,160 @@ def offline_env(tmp_path) -> dict:
     env.update(HOME=str(home), WANDB_DIR=str(tmp_path), WANDB_SILENT="true", PYTHONPATH=str(ROOT),
                NETRC=str(home / ".netrc"), OMP_NUM_THREADS="1")
     return env
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs built once per session, a copy for each test
+#
+# Several tests start from the same training: a finished run, a run that crashed after epoch 1, a
+# local sweep with one finished trial. Each is built once per session in pytest's tmp folder, and
+# each test that asks for it gets a copy in its own tmp_path (shutil.copytree: the same files and
+# file times), to change as it likes; the original is never handed out. A new test names one:
+#
+#     def test_x(finished_run):      # tmp_path/runs/finished: FINISHED_RUN trained to its end
+#     def test_x(crashed_run):       # tmp_path/runs/crashed: CRASHED_RUN's epoch 1, no summary
+#     def test_x(finished_journal):  # (local_sweep.py arguments, journal): study "cut", 1 trial
+#
+# A case that needs another training builds its own (FAST_CONFIG, 1-2 epochs: about a second in
+# process, five as a process).
+
+FINISHED_RUN = {**FAST_CONFIG, "epochs": 1, "val_size": 200}  # on tiny_data_dir
+CRASHED_RUN = {**FAST_CONFIG, "epochs": 2, "val_size": 200}  # tiny_data_dir, crashed after epoch 1
+FINISHED_SWEEP = {  # on learnable_data_dir: a CPU epoch well under a second
+    "program": "part_2_cifar.py", "method": "random",
+    "metric": {"name": "val_accuracy", "goal": "maximize"},
+    "parameters": {"batch_size": {"value": 64}, "num_filters_1": {"value": 8},
+                   "num_filters_2": {"value": 16}, "num_filters_3": {"value": 16},
+                   "learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 1}}}
+
+
+def copy_of(original: Path, copy: Path) -> Path:
+    """`original`, a folder built once per session, copied to `copy` for one test: every file, with
+    its times. A text file naming a path inside the original (a journal records each trial's run
+    folder) names the copy's instead."""
+    shutil.copytree(original, copy, dirs_exist_ok=True)
+    inside, moved = f"{original}{os.sep}", f"{copy}{os.sep}"
+    for path in copy.rglob("*"):
+        if path.suffix in (".json", ".csv", ".log") and inside in (text := path.read_text()):
+            path.write_text(text.replace(inside, moved))
+    return copy
+
+
+def train_in_process(config: dict, data_dir: Path, run_dir: Path, **train_options) -> dict:
+    """part_2_cifar.train of `config` (val_size included) on the CPU, one torch thread: the
+    summary. The config's keys in the trainer's SETTINGS order, as its command line gives them (a
+    resume names each differing value in that order)."""
+    import torch
+
+    import part_2_cifar as trainer
+
+    config = trainer.validate_config({key: config[key] for key in trainer.SETTINGS if key in config}
+                                     | config)
+    with torch_threads(1):
+        data = trainer.prepare_data(data_dir, config["val_size"], torch.device("cpu"))
+        return trainer.train(config, data, run_dir, **train_options)
+
+
+@pytest.fixture(scope="session")
+def _finished_run_once(tiny_data_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished_run") / "finished"
+    assert train_in_process(FINISHED_RUN, tiny_data_dir, run_dir)["status"] == "finished"
+    return run_dir
+
+
+@pytest.fixture()
+def finished_run(_finished_run_once, tmp_path) -> Path:
+    """tmp_path/runs/finished: FINISHED_RUN trained to its end (best.pt, last.pt, summary.json,
+    curves.png), as part_2_cifar.train writes it."""
+    return copy_of(_finished_run_once, tmp_path / "runs" / "finished")
+
+
+@pytest.fixture(scope="session")
+def _crashed_run_once(tiny_data_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("crashed_run") / "crashed"
+
+    def crash(metrics: dict) -> None:
+        raise RuntimeError("crash after epoch 1 (injected)")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        train_in_process(CRASHED_RUN, tiny_data_dir, run_dir, on_epoch=crash)
+    return run_dir
+
+
+@pytest.fixture()
+def crashed_run(_crashed_run_once, tmp_path) -> Path:
+    """tmp_path/runs/crashed: CRASHED_RUN trained epoch 1 of 2 and crashed: last.pt and best.pt
+    hold epoch 1, there is no summary.json; a resume trains epoch 2."""
+    return copy_of(_crashed_run_once, tmp_path / "runs" / "crashed")
+
+
+def finished_sweep_args(folder: Path, data_dir: Path) -> list[str]:
+    """local_sweep.py's arguments, without --trials, for the sweep file cut.json in `folder`."""
+    runs = folder / "runs"
+    return [str(folder / "cut.json"), "--data-dir", str(data_dir), "--runs-dir", str(runs),
+            "--val-size", "100", "--images-dir", str(runs / "images"), "--wandb-mode", "disabled"]
+
+
+@pytest.fixture(scope="session")
+def _finished_journal_once(learnable_data_dir, tmp_path_factory) -> Path:
+    import local_sweep
+
+    folder = tmp_path_factory.mktemp("finished_journal")
+    (folder / "cut.json").write_text(json.dumps(FINISHED_SWEEP))
+    with torch_threads(1):
+        args = finished_sweep_args(folder, learnable_data_dir)
+        assert local_sweep.main([*args, "--trials", "1"]) == 0
+    return folder
+
+
+@pytest.fixture()
+def finished_journal(_finished_journal_once, learnable_data_dir, tmp_path) -> tuple[list, Path]:
+    """A local sweep (FINISHED_SWEEP in tmp_path/cut.json, study "cut") whose one trial finished:
+    (its arguments without --trials, its journal tmp_path/runs/optuna-journal.log)."""
+    import local_sweep
+
+    copy_of(_finished_journal_once, tmp_path)
+    journal = tmp_path / "runs" / local_sweep.DEFAULT_STORAGE_FILE
+    return finished_sweep_args(tmp_path, learnable_data_dir), journal
+
+
+# --------------------------------------------------------------------------------------------------
+# Signal dispositions: the ones a test's case needs, whatever its runner inherited
+#
+# A process started from a terminal has every stop signal at its default action; the test runner
+# may not: `nohup` ignores SIGHUP, and a non-interactive shell starts a background job (`pytest &`
+# in a script) with SIGINT and SIGQUIT ignored. Children inherit an ignored signal, and the
+# programs rightly keep it (cli.StopOnSignal), so a test that sends a signal sets what its case
+# needs: `at_terminal_defaults(command)` starts a process as from a terminal (a case of an
+# inherited ignore then sets it itself: nohup, `bash -c 'cmd &'`), and the fixture
+# `terminal_signal_defaults` does the same for the test's own process (signal.raise_signal).
+
+_RESET_AND_EXEC = """import os, signal, sys
+for number in sys.argv[1].split(","):
+    signal.signal(int(number), signal.SIG_DFL)
+os.execvp(sys.argv[2], sys.argv[2:])"""
+
+
+def at_terminal_defaults(command: list) -> list[str]:
+    """`command` started with every stop signal (cli.STOP_SIGNALS) at its default action, as from
+    a terminal: a bare Python resets them and execs `command`, so the process and its pid are the
+    command's."""
+    numbers = ",".join(str(int(signum)) for signum in cli.STOP_SIGNALS)
+    return [sys.executable, "-I", "-S", "-c", _RESET_AND_EXEC, numbers, *map(str, command)]
+
+
+@pytest.fixture()
+def terminal_signal_defaults():
+    """For one test, this process's stop signals as a terminal starts Python (SIGINT raises
+    KeyboardInterrupt, the others at their default action); then as they were."""
+    before = {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS}
+    for signum in cli.STOP_SIGNALS:
+        default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        signal.signal(signum, default)
+    yield
+    for signum, handler in before.items():
+        if handler is not None:  # None: set outside Python, which cannot put it back
+            signal.signal(signum, handler)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

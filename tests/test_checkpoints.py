@@ -58,18 +58,6 @@ def other_data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def crashed_after_epoch_1(data_dir: Path, run_dir: Path, epochs: int = 2) -> Path:
-    """A run that trained epoch 1 of `epochs` and then crashed: last.pt holds epoch 1, there is no summary."""
-    config = trainer.validate_config({**FAST_CONFIG, "epochs": epochs, "val_size": 200})
-
-    def crash(metrics: dict) -> None:
-        raise RuntimeError("crash after epoch 1 (injected)")
-
-    with pytest.raises(RuntimeError, match="injected"):
-        trainer.train(config, trainer.prepare_data(data_dir, 200, CPU), run_dir, on_epoch=crash)
-    return run_dir
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Non-finite is diverged
 
@@ -147,12 +135,12 @@ def test_export_refuses_a_checkpoint_with_non_finite_weights_in_one_line(tiny_da
 # A checkpoint knows its data
 
 
-def test_checkpoints_and_summary_record_the_data_they_trained_on(tiny_data_dir, other_data_dir, tmp_path):
-    config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200})
-    data = trainer.prepare_data(tiny_data_dir, 200, CPU)
-    trainer.train(config, data, tmp_path / "run")
-    recorded = [run_files.load_checkpoint(tmp_path / "run" / name)["data"] for name in ("best.pt", "last.pt")]
-    recorded.append(json.loads((tmp_path / "run" / "summary.json").read_text())["data"])
+def test_checkpoints_and_summary_record_the_data_they_trained_on(
+        finished_run, tiny_data_dir, other_data_dir, tmp_path):
+    data = trainer.prepare_data(tiny_data_dir, 200, CPU)  # what finished_run trained on
+    recorded = [run_files.load_checkpoint(finished_run / name)["data"] for name in ("best.pt",
+                                                                                     "last.pt")]
+    recorded.append(json.loads((finished_run / "summary.json").read_text())["data"])
     assert recorded[0] == recorded[1] == recorded[2] == data.identity
     assert data.identity["source"] == str(data.source.path) and data.identity["val_size"] == 200
     assert data.identity["train_images"] == 1000 and data.identity["test_images"] == 300
@@ -163,8 +151,9 @@ def test_checkpoints_and_summary_record_the_data_they_trained_on(tiny_data_dir, 
     assert not trainer.same_data(data.identity, trainer.prepare_data(tiny_data_dir, 300, CPU).identity)
 
 
-def test_resume_on_other_data_is_refused_naming_both(tiny_data_dir, other_data_dir, tmp_path, offline_env):
-    run_dir = crashed_after_epoch_1(tiny_data_dir, tmp_path / "runs" / "crashed")
+def test_resume_on_other_data_is_refused_naming_both(
+        crashed_run, tiny_data_dir, other_data_dir, tmp_path, offline_env):
+    run_dir = crashed_run
     before = (run_dir / "last.pt").read_bytes()
     args = fast_args(other_data_dir, tmp_path / "runs") + ["--resume", str(run_dir)]
     result = run(trainer_command(*args), offline_env, tmp_path)
@@ -175,8 +164,9 @@ def test_resume_on_other_data_is_refused_naming_both(tiny_data_dir, other_data_d
     assert (run_dir / "last.pt").read_bytes() == before and not (run_dir / "summary.json").exists()
 
 
-def test_resume_on_a_copy_of_the_same_data_continues(tiny_data_dir, tmp_path, offline_env):
-    run_dir = crashed_after_epoch_1(tiny_data_dir, tmp_path / "runs" / "crashed")
+def test_resume_on_a_copy_of_the_same_data_continues(crashed_run, tiny_data_dir, tmp_path,
+                                                     offline_env):
+    run_dir = crashed_run
     shutil.copytree(tiny_data_dir, tmp_path / "moved")
     result = run(trainer_command(*fast_args(tmp_path / "moved", tmp_path / "runs"), "--resume", str(run_dir)),
                  offline_env, tmp_path)
@@ -186,8 +176,8 @@ def test_resume_on_a_copy_of_the_same_data_continues(tiny_data_dir, tmp_path, of
 
 
 def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes_on_once_it_is_copied(
-        tiny_data_dir, tmp_path, offline_env):
-    crashed = crashed_after_epoch_1(tiny_data_dir, tmp_path / "runs" / "crashed")
+        crashed_run, tiny_data_dir, tmp_path, offline_env):
+    crashed = crashed_run
     moved = tmp_path / "other-machine" / "crashed"  # the user copied last.pt alone
     moved.mkdir(parents=True)
     shutil.copy2(crashed / "last.pt", moved / "last.pt")
@@ -204,10 +194,9 @@ def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes
     assert json.loads((moved / "summary.json").read_text())["status"] == "finished"
 
 
-def test_resuming_a_finished_run_changes_nothing_it_wrote(tiny_data_dir, other_data_dir, tmp_path, offline_env):
-    first = run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs", epochs=1)), offline_env, tmp_path)
-    assert first.returncode == 0, first.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+def test_resuming_a_finished_run_changes_nothing_it_wrote(
+        finished_run, tiny_data_dir, other_data_dir, tmp_path, offline_env):
+    run_dir = finished_run
 
     def files() -> dict:  # but owner.lock, which names each process that held the folder
         return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()
@@ -222,8 +211,9 @@ def test_resuming_a_finished_run_changes_nothing_it_wrote(tiny_data_dir, other_d
         assert files() == written
 
 
-def test_a_last_pt_from_before_data_was_recorded_resumes_with_a_note(tiny_data_dir, tmp_path, offline_env):
-    run_dir = crashed_after_epoch_1(tiny_data_dir, tmp_path / "runs" / "old")
+def test_a_last_pt_from_before_data_was_recorded_resumes_with_a_note(
+        crashed_run, tiny_data_dir, tmp_path, offline_env):
+    run_dir = crashed_run
     old = torch.load(run_dir / "last.pt", weights_only=True)
     del old["data"]
     torch.save(old, run_dir / "last.pt")
@@ -261,8 +251,9 @@ def test_a_checkpoint_saved_from_pytorchs_wrappers_loads_to_the_same_model(wrapp
         assert torch.equal(loaded(x), model(x))
 
 
-def test_resume_from_a_last_pt_of_a_data_parallel_model_continues(tiny_data_dir, tmp_path, offline_env):
-    run_dir = crashed_after_epoch_1(tiny_data_dir, tmp_path / "runs" / "ddp")
+def test_resume_from_a_last_pt_of_a_data_parallel_model_continues(
+        crashed_run, tiny_data_dir, tmp_path, offline_env):
+    run_dir = crashed_run
     last = torch.load(run_dir / "last.pt", weights_only=True)
     last["model"] = {f"module.{key}": value for key, value in last["model"].items()}
     torch.save(last, run_dir / "last.pt")
@@ -326,8 +317,9 @@ def test_a_config_missing_keys_is_filled_from_todays_defaults_with_a_line(tmp_pa
                     f"lr_schedule=cosine, val_size={trainer.DEFAULTS['val_size']}")
 
 
-def test_resume_with_a_config_missing_a_key_uses_the_default_and_says_so(tiny_data_dir, tmp_path, offline_env):
-    run_dir = crashed_after_epoch_1(tiny_data_dir, tmp_path / "runs" / "old")
+def test_resume_with_a_config_missing_a_key_uses_the_default_and_says_so(
+        crashed_run, tiny_data_dir, tmp_path, offline_env):
+    run_dir = crashed_run
     last = torch.load(run_dir / "last.pt", weights_only=True)
     del last["config"]["label_smoothing"]
     torch.save(last, run_dir / "last.pt")
@@ -337,8 +329,9 @@ def test_resume_with_a_config_missing_a_key_uses_the_default_and_says_so(tiny_da
     assert "has no label_smoothing in its config: using today's default label_smoothing=0.1" in result.stdout
 
 
-def test_a_resume_refused_inside_the_run_exits_2_like_one_refused_before_it(tiny_data_dir, tmp_path, offline_env):
-    run_dir = crashed_after_epoch_1(tiny_data_dir, tmp_path / "runs" / "nan")
+def test_a_resume_refused_inside_the_run_exits_2_like_one_refused_before_it(
+        crashed_run, tiny_data_dir, tmp_path, offline_env):
+    run_dir = crashed_run
     last = torch.load(run_dir / "last.pt", weights_only=True)
     last["model"]["fc1.weight"][0, 0] = float("nan")  # an older version kept a diverged epoch
     torch.save(last, run_dir / "last.pt")
@@ -398,14 +391,13 @@ def test_every_row_of_the_readme_fault_table_has_its_three_columns():
         assert len(cells) == 3 and row.endswith("|"), row
 
 
-def test_select_model_exits_2_when_a_seed_it_resumes_has_a_refused_checkpoint(tiny_data_dir, tmp_path, offline_env):
-    runs = tmp_path / "runs"
-    config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200})
-    trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), runs / "single")
+def test_select_model_exits_2_when_a_seed_it_resumes_has_a_refused_checkpoint(
+        finished_run, tiny_data_dir, tmp_path, offline_env):
+    runs = finished_run.parent
     (candidate,) = select_model.find_candidates(runs, None)
     ((run_id, _),) = select_model.planned_runs(candidate, 1)
     (runs / "selection" / run_id).mkdir(parents=True)  # that seed's interrupted run, with a last.pt saved elsewhere
-    last = torch.load(runs / "single" / "last.pt", weights_only=True)
+    last = torch.load(finished_run / "last.pt", weights_only=True)
     torch.save({**last, "history": np.zeros(3)}, runs / "selection" / run_id / "last.pt")
     command = [sys.executable, str(ROOT / "select_model.py"), str(runs), "--top", "1", "--seeds", "1", "--data-dir",
                str(tiny_data_dir), "--wandb-mode", "offline", "--images-dir", str(tmp_path / "images")]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, cli_args
+from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, cli_args
 
 import cli
 import part_2_cifar as p2
@@ -33,8 +33,10 @@ def run(cmd: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def stopped(cmd: list[str], env: dict, cwd: Path, marker: str) -> int:
-    """Start `cmd`, send SIGTERM once its stdout has a line matching `marker`; its exit code."""
-    process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Start `cmd` (stop signals at a terminal's defaults), send SIGTERM once its stdout has a line
+    matching `marker`; its exit code."""
+    process = subprocess.Popen(at_terminal_defaults(cmd), env=env, cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()

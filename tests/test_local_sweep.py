@@ -235,7 +235,8 @@ def test_a_poor_trial_is_pruned_at_the_hyperband_band(offline, learnable_data_di
                                 direction="maximize")
     study.enqueue_trial({"learning_rate": 0.05})  # learns: far above chance by epoch 2
     study.enqueue_trial({"learning_rate": 0.00001})  # barely moves: below the first trial at the band
-    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")) == 0
+    args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "2", "--wandb-mode", "disabled")
+    assert local_sweep.main(args) == 0
     good, poor = load_study(runs, "prune").trials
     assert good.state.name == "COMPLETE" and good.user_attrs["epochs_completed"] == 3
     assert poor.state.name == "PRUNED" and poor.user_attrs["epochs_completed"] == 2
@@ -291,7 +292,8 @@ def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(of
         return real_train(config, *args, **kwargs)
 
     monkeypatch.setattr(p2, "train", out_of_memory_at_004)
-    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "1")) == 0
+    args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "1", "--wandb-mode", "disabled")
+    assert local_sweep.main(args) == 0
     diverged, oom, fine = load_study(runs, "fail").trials
     assert diverged.state.name == "FAIL" and diverged.user_attrs["failure"].startswith("diverged")
     assert oom.state.name == "FAIL" and oom.user_attrs["failure"].startswith("out of memory on cpu with batch_size=64")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, cli_args, trainer_command
+from conftest import FAST_CONFIG, at_terminal_defaults, cli_args, trainer_command
 
 import cifar_files
 import cli
@@ -64,9 +64,11 @@ def fake_wandb(monkeypatch):
     return holder
 
 
-def fast_args(data_dir: Path, runs_dir: Path, **overrides) -> list[str]:
-    return cli_args({**FAST_CONFIG, **overrides}) + ["--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
-                                                     "--val-size", "200", "--wandb-mode", "offline", "--no-log-model"]
+def fast_args(data_dir: Path, runs_dir: Path, wandb_mode: str = "disabled", **overrides) -> list:
+    """The trainer's arguments for FAST_CONFIG and `overrides`; W&B off unless the case is W&B's."""
+    return cli_args({**FAST_CONFIG, **overrides}) + [
+        "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--val-size", "200",
+        "--wandb-mode", wandb_mode, "--no-log-model"]
 
 
 # ------------------------------------------------------------------------------------------------------- bad values
@@ -105,8 +107,9 @@ def test_a_bad_sweep_value_handed_over_by_the_agent_fails_the_run_in_one_line(tm
     params = tmp_path / "params.yaml"
     params.write_text("batch_size:\n  value: 0\n")
     env = {**offline_env, "WANDB_SWEEP_ID": "sweep123", "WANDB_SWEEP_PARAM_PATH": str(params)}
-    result = subprocess.run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs")), env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=180)
+    args = fast_args(tiny_data_dir, tmp_path / "runs", wandb_mode="offline")  # W&B reads params
+    result = subprocess.run(trainer_command(*args), env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=180)
     assert result.returncode == 2
     assert "batch_size=0" in one_line_error(result.stderr)
     assert not list((tmp_path / "runs").glob("*/last.pt"))
@@ -158,7 +161,7 @@ def test_out_of_memory_is_one_line_with_the_config_and_a_failed_run(fake_wandb, 
 @pytest.mark.parametrize("sweep", [False, True])
 @pytest.mark.parametrize("signum", cli.STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agent_stopped_it(
-        signum, sweep, fake_wandb, monkeypatch, tiny_data_dir, tmp_path):
+        signum, sweep, fake_wandb, monkeypatch, tiny_data_dir, tmp_path, terminal_signal_defaults):
     # A sweep agent stops a run early (Hyperband) with SIGTERM: that must not get it requeued. Every other stop
     # (a preemption notice, a closed terminal, a CPU-time limit, Ctrl-C) requeues it, sweep or not.
     requeued = not (sweep and signum == signal.SIGTERM)
@@ -200,8 +203,8 @@ def test_any_exception_first_saves_the_last_finished_epoch(tiny_data_dir, tmp_pa
 
 def start_and_interrupt(args: list[str], env: dict, cwd: Path, last_pt_glob: str, signum: int) -> tuple[int, str]:
     """Start the trainer, send `signum` as soon as the first epoch's last.pt exists; return (exit code, stderr)."""
-    process = subprocess.Popen(trainer_command(*args), env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(at_terminal_defaults(trainer_command(*args)), env=env, cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not list(cwd.glob(last_pt_glob)) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -257,8 +260,9 @@ def test_a_preemption_notice_during_start_up_requeues_the_run_instead_of_killing
     # SIGUSR1 as soon as wandb.init has made the run, while data loads and before any epoch: the default action
     # would kill the process (exit -10, never marked preempting, the trial lost).
     env = {**offline_env, "WANDB_RUN_ID": "early", "WANDB_SWEEP_ID": "sweep123"}
-    process = subprocess.Popen(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)), env=env,
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = fast_args(tiny_data_dir, tmp_path / "runs", wandb_mode="offline", epochs=3)  # W&B starts
+    process = subprocess.Popen(at_terminal_defaults(trainer_command(*args)), env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("wandb/offline-run-*-early")) and process.poll() is None:
         assert time.monotonic() < deadline
@@ -270,7 +274,8 @@ def test_a_preemption_notice_during_start_up_requeues_the_run_instead_of_killing
     assert "epoch   1/3" not in stdout and not (tmp_path / "runs" / "early" / "last.pt").exists()
 
 
-def test_a_notice_before_the_first_epoch_marks_the_run_preempting(fake_wandb, monkeypatch, tiny_data_dir, tmp_path):
+def test_a_notice_before_the_first_epoch_marks_the_run_preempting(
+        fake_wandb, monkeypatch, tiny_data_dir, tmp_path, terminal_signal_defaults):
     real_prepare_data = trainer.prepare_data
 
     def prepare_data_then_signal(*args, **kwargs):
@@ -293,13 +298,9 @@ def test_epochs_are_logged_at_their_own_step_so_a_relaunch_cannot_collide(fake_w
 # ----------------------------------------------------------------------------------------------------------- resume
 
 
-def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoints(tiny_data_dir, tmp_path,
-                                                                                   offline_env):
-    args = fast_args(tiny_data_dir, tmp_path / "runs", epochs=2)
-    first = subprocess.run(trainer_command(*args), env=offline_env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=180)
-    assert first.returncode == 0, first.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoints(
+        finished_run, tiny_data_dir, tmp_path, offline_env):
+    run_dir = finished_run  # FINISHED_RUN: epochs=1, learning_rate=0.01
     again = fast_args(tiny_data_dir, tmp_path / "runs", epochs=5, learning_rate=0.5) + ["--resume", str(run_dir)]
     resumed = subprocess.run(trainer_command(*again), env=offline_env, cwd=tmp_path, capture_output=True, text=True,
                              timeout=180)
@@ -307,9 +308,9 @@ def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoint
     notes = [line for line in resumed.stdout.splitlines() if "ignored" in line]
     assert len(notes) == 2, resumed.stdout
     assert notes[0].startswith("--learning_rate=0.5 ignored: the resumed run keeps learning_rate=0.01")
-    assert notes[1].startswith("--epochs=5 ignored: the resumed run keeps epochs=2")
+    assert notes[1].startswith("--epochs=5 ignored: the resumed run keeps epochs=1")
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["config"]["epochs"] == 2 and summary["config"]["learning_rate"] == 0.01
+    assert summary["config"]["epochs"] == 1 and summary["config"]["learning_rate"] == 0.01
 
 
 @pytest.mark.parametrize("missing", ["history", "optimizer"])

@@ -1,5 +1,7 @@
 """Every signal that asks a process to stop is a graceful stop, in the trainer, a local sweep and model selection;
-a signal the caller ignores (nohup, a script's background job) stays ignored. Real processes, real signals."""
+a signal the caller ignores (nohup, a script's background job) stays ignored. Real processes, real
+signals; each process starts with the dispositions its case needs (conftest.at_terminal_defaults),
+whatever pytest itself inherited."""
 
 from __future__ import annotations
 
@@ -18,8 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
-from conftest import FAST_CONFIG, ROOT, cli_args, offline_wandb_run, trainer_command
+from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, cli_args, offline_wandb_run, trainer_command
 
 import cli
 import local_sweep
@@ -31,10 +32,12 @@ EPOCH_LINE = re.compile(r"epoch +(\d+)/")
 
 
 class Process:
-    """A child process whose stdout is read line by line in the background; stderr is kept for the end."""
+    """A child process, started with the stop signals at a terminal's defaults, whose stdout is read
+    line by line in the background; stderr is kept for the end."""
 
     def __init__(self, command: list[str], env: dict, cwd: Path, **popen):
-        self.popen = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        self.popen = subprocess.Popen(at_terminal_defaults(command), env=env, cwd=cwd,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       stdin=subprocess.DEVNULL, text=True, **popen)
         self.lines: list[str] = []
         self.errors: list[str] = []  # stderr as it comes: one reader a pipe, or lines get lost
@@ -85,9 +88,11 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def run_args(data_dir: Path, runs_dir: Path, epochs: int = EPOCHS) -> list[str]:
+def run_args(data_dir: Path, runs_dir: Path, epochs: int = EPOCHS,
+             wandb_mode: str = "offline") -> list[str]:
+    """The trainer's arguments; W&B offline, as most cases here check what the W&B run recorded."""
     return [*cli_args({**FAST_CONFIG, "epochs": epochs}), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
-            "--val-size", "200", "--wandb-mode", "offline", "--no-log-model"]
+            "--val-size", "200", "--wandb-mode", wandb_mode, "--no-log-model"]
 
 
 def saved_epoch(run_dir: Path) -> int:
@@ -123,8 +128,9 @@ def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offli
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     env = offline_env | {"WANDB_RUN_ID": "ssh"}
-    process = subprocess.Popen(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")), env=env, cwd=tmp_path,
-                               stdin=terminal, stdout=terminal, stderr=terminal, preexec_fn=on_the_terminal)
+    command = at_terminal_defaults(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")))
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdin=terminal, stdout=terminal,
+                               stderr=terminal, preexec_fn=on_the_terminal)
     os.close(terminal)
     shown, deadline = b"", time.monotonic() + 240
     while not re.search(rb"epoch +2/", shown):
@@ -142,7 +148,8 @@ def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offli
 def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(tiny_data_dir, tmp_path, offline_env):
     # `nohup` ignores SIGHUP; bash without job control starts `cmd &` with SIGINT and SIGQUIT ignored. The user asked
     # for the run to go on after the terminal closes: it does, and SIGTERM still stops it gracefully.
-    command = " ".join(f"'{part}'" for part in trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")))
+    args = run_args(tiny_data_dir, tmp_path / "runs", wandb_mode="disabled")
+    command = " ".join(f"'{part}'" for part in trainer_command(*args))
     env = offline_env | {"WANDB_RUN_ID": "nohup"}
     process = Process(["nohup", "bash", "-c", f"{command} & echo pid $!; wait $!"], env, tmp_path)
     process.wait_for_epoch(2)
@@ -179,10 +186,7 @@ def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(sta
                                                                                offline_env):
     process = Process([sys.executable, "-c", SLOW_STAGE, stage, *run_args(tiny_data_dir, tmp_path / "runs", 1)],
                       offline_env, tmp_path)
-    deadline = time.monotonic() + 240
-    while "slow stage\n" not in process.lines:
-        assert process.popen.poll() is None and time.monotonic() < deadline, "".join(process.errors)
-        time.sleep(0.05)
+    process.wait_until(lambda: "slow stage\n" in process.lines)
     process.popen.send_signal(signal.SIGINT)
     time.sleep(0.5)  # the first one is only noted; the second means "stop now"
     process.popen.send_signal(signal.SIGINT)
@@ -296,8 +300,8 @@ def test_sighup_to_a_local_sweep_leaves_its_trial_for_a_retry_that_continues_it(
     assert f"resuming after epoch {interrupted_at}" in capsys.readouterr().out
 
 
-def test_a_signal_while_a_local_sweep_starts_up_is_one_line_and_starts_no_trial(tiny_data_dir, tmp_path, one_thread,
-                                                                                  monkeypatch, capsys):
+def test_a_signal_while_a_local_sweep_starts_up_is_one_line_and_starts_no_trial(
+        tiny_data_dir, tmp_path, one_thread, monkeypatch, capsys, terminal_signal_defaults):
     real_prepare_data = trainer.prepare_data
 
     def prepare_data_then_hang_up(*args, **kwargs):
@@ -333,20 +337,17 @@ def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_
 
 
 @pytest.fixture()
-def one_finished_run(tiny_data_dir, tmp_path) -> Path:
+def one_finished_run(finished_run) -> Path:
     """A runs folder with one finished run of FAST_CONFIG; its summary says `epochs` EPOCHS, which is what
     select_model retrains (set_epochs changes it)."""
-    config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200})
-    runs = tmp_path / "runs"
-    trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, torch.device("cpu")), runs / "original")
-    set_epochs(runs, EPOCHS)  # long enough to be stopped in the middle
-    return runs
+    set_epochs(finished_run, EPOCHS)  # long enough to be stopped in the middle
+    return finished_run.parent
 
 
-def set_epochs(runs: Path, epochs: int) -> None:
-    summary = json.loads((runs / "original" / "summary.json").read_text())
+def set_epochs(run_dir: Path, epochs: int) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
     summary["config"]["epochs"] = epochs
-    (runs / "original" / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
 def select_command(runs: Path, data_dir: Path, seeds: int = 1) -> list[str]:
@@ -369,7 +370,7 @@ def test_sighup_to_model_selection_stops_its_trainer_gracefully(one_finished_run
 
 def test_model_selection_under_nohup_ignores_sighup_and_finishes(one_finished_run, tiny_data_dir, tmp_path,
                                                                  offline_env):
-    set_epochs(one_finished_run, 6)  # the retraining runs to its end
+    set_epochs(one_finished_run / "finished", 6)  # the retraining runs to its end
     process = Process(["nohup", *select_command(one_finished_run, tiny_data_dir)], offline_env, tmp_path)
     process.wait_until(lambda: list(one_finished_run.glob("selection/*/last.pt")))
     process.popen.send_signal(signal.SIGHUP)

@@ -254,7 +254,8 @@ def test_a_custom_sweep_with_one_metric_has_one_direction(tmp_path):
 
 def test_a_multi_objective_sweep_finishes_exactly_n_trials_with_its_pareto_front(offline, learnable_data_dir, capsys):
     sweep, runs = write_custom(offline / "front.json", {}), offline / "runs"
-    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "5")) == 0
+    args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "5", "--wandb-mode", "disabled")
+    assert local_sweep.main(args) == 0
     study = load_study(runs, "front")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"] and len(study.trials) == 5
     assert isinstance(sweep_space.make_sampler(local_sweep.load_sweep(sweep)), optuna.samplers.TPESampler)
@@ -269,7 +270,7 @@ def test_a_multi_objective_sweep_finishes_exactly_n_trials_with_its_pareto_front
     assert (runs / "images" / "sweep_front_pareto.png").is_file()
     out = capsys.readouterr().out
     assert f"Pareto front (best_val_accuracy maximize, flops_per_image minimize): {len(front)} of 5" in out
-    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "5")) == 0
+    assert local_sweep.main(args) == 0
     assert len(load_study(runs, "front").trials) == 5  # the same command after the end does nothing
 
 
@@ -362,7 +363,8 @@ def test_scheduler_search_space_defines_each_trials_config_as_in_wandb(offline, 
     sweep = write_custom(offline / "space.json", {}, parameters=None, scheduler=scheduler(offline,
                                                                                        search_space="filters"))
     runs = offline / "runs"
-    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "3")) == 0
+    args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "3", "--wandb-mode", "disabled")
+    assert local_sweep.main(args) == 0
     study = load_study(runs, "space")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     for t in study.trials:

@@ -125,15 +125,6 @@ def run_sweep_process(args: list[str], env: dict, cwd: Path) -> subprocess.Compl
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture()
-def finished_journal(tmp_path, learnable_data_dir, one_thread) -> tuple[list[str], Path]:
-    """A one-trial study finished in a journal file; (the sweep's arguments without --trials, the journal)."""
-    sweep = write_sweep(tmp_path / "cut.json", {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 1}})
-    args = sweep_args(sweep, learnable_data_dir, tmp_path / "runs")
-    assert local_sweep.main([*args, "--trials", "1"]) == 0
-    return args, tmp_path / "runs" / local_sweep.DEFAULT_STORAGE_FILE
-
-
 def cut_last_record(journal: Path, keep: int = 40) -> bytes:
     """Leave the last record as a writer that died mid-append does: its first `keep` bytes, no newline."""
     data = journal.read_bytes()

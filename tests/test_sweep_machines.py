@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import at_terminal_defaults
 
 import local_sweep
 import run_files
@@ -61,9 +62,12 @@ class Machine:
         self.env, self.cwd = env, log_dir
 
     def start(self) -> Machine:
+        """Started as from a terminal (no stop signal ignored), in a session of its own, so its own
+        process group."""
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # its own session, so its own process group
+            self.proc = subprocess.Popen(at_terminal_defaults(self.command), env=self.env,
+                                         cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         return self
 
     def wait(self, timeout: float = 240) -> int:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST_CONFIG, ROOT, offline_wandb_run
+from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, offline_wandb_run
 
 import local_sweep
 import part_2_cifar as trainer
@@ -114,8 +114,8 @@ def test_wandbs_internal_arguments_are_dropped_in_both_of_the_agents_forms():
 def test_a_requeued_run_relaunched_with_its_whole_config_as_arguments_resumes(tmp_path, tiny_data_dir, offline_env):
     values = FAST_CONFIG | {"epochs": 8}
     command, env = agent_launch(tmp_path, tiny_data_dir, offline_env, values)
-    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(at_terminal_defaults(command), cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (tmp_path / "runs" / RUN_ID / "last.pt").exists():
         assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()

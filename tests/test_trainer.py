@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, cli_args, trainer_command
+from conftest import FAST_CONFIG, FINISHED_RUN, cli_args, trainer_command
 
 import cifar_files
 import part_2_cifar as trainer
@@ -233,11 +234,10 @@ def test_a_short_run_learns_far_above_chance(learnable_data_dir, tmp_path):
     assert summary["test_accuracy"] > 50
 
 
-def test_files_of_a_run_and_checkpoint_reload_to_identical_logits(tiny_data_dir, tmp_path):
-    config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200})
+def test_files_of_a_run_and_checkpoint_reload_to_identical_logits(finished_run, tiny_data_dir):
+    config = trainer.validate_config(FINISHED_RUN)
     data = trainer.prepare_data(tiny_data_dir, 200, CPU)
-    run_dir = tmp_path / "run"
-    summary = trainer.train(config, data, run_dir)
+    run_dir = finished_run  # trained by part_2_cifar.train, once per session
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "curves.png", "last.pt", "summary.json"]
 
     on_disk = json.loads((run_dir / "summary.json").read_text())
@@ -259,7 +259,7 @@ def test_files_of_a_run_and_checkpoint_reload_to_identical_logits(tiny_data_dir,
     with torch.inference_mode():
         assert torch.equal(models[0](x), models[1](x))
     test = trainer.evaluate(models[0], data.test_images, data.test_labels, trainer.autocast_dtype(CPU))
-    assert test["accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert test["accuracy"] == pytest.approx(on_disk["test_accuracy"])
 
 
 def test_every_summary_records_the_models_cost_counted_by_pytorch(tiny_data_dir, tmp_path):
@@ -274,6 +274,16 @@ def test_every_summary_records_the_models_cost_counted_by_pytorch(tiny_data_dir,
     assert on_disk["flops_per_image"] == convs + 2 * (f3 * 16 * 512 + 512 * 256 + 256 * 100)
     assert set(on_disk["latency_ms"]) == {"1", "256"} and all(ms > 0 for ms in on_disk["latency_ms"].values())
     assert on_disk["latency_device"].startswith("cpu")
+
+
+def test_a_run_of_seconds_times_its_latency_with_three_calls_per_batch_size():
+    model = trainer.model_from_config({**trainer.DEFAULTS, **FAST_CONFIG})
+    batches: list[int] = []
+    model.register_forward_hook(lambda module, inputs, _: batches.append(inputs[0].shape[0])
+                                if module is model else None)  # not flops_per_image's copy
+    cost = run_files.model_cost(model, CPU, contextlib.nullcontext, run_seconds=0.0)
+    assert batches == [1] * 4 + [256] * 4  # a warm-up and 3 timed calls each
+    assert all(ms > 0 for ms in cost["latency_ms"].values())
 
 
 def test_the_default_model_costs_the_documented_83_5_mflop():
