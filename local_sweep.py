@@ -549,13 +549,13 @@ def study_folder(runs_dir: Path, name: str, uid: str | None, claim: bool = True)
         if claim and read_marker(marker) is None:
             folder.mkdir(parents=True, exist_ok=True)
             mine = folder / f"{STUDY_MARKER}.{os.getpid()}.tmp"
-            mine.write_text(json.dumps({"study": name, "uid": uid}) + "\n")
             try:
+                mine.write_text(json.dumps({"study": name, "uid": uid}) + "\n")
                 os.link(mine, marker)
             except FileExistsError:  # another study (or this one, elsewhere) claimed it first
                 pass
             finally:
-                mine.unlink()
+                mine.unlink(missing_ok=True)
         owner = read_marker(marker)
         if owner is None or owner.get("uid") == uid:
             break

@@ -69,6 +69,7 @@ class Candidate:
 
     config: dict
     runs: list[Path] = field(default_factory=list)
+    seeds: set[int] = field(default_factory=set)  # the seeds its runs used, read once with them
     single_run_val_accuracy: float = -math.inf  # the best original run: what got it chosen
     flops_per_image: float | None = None  # from its runs' summaries (forward pass, one image)
 
@@ -149,6 +150,7 @@ def candidates_of(finished: list[tuple[Path, dict, dict]], data: dict | None,
             continue
         candidate = by_key.setdefault(config_key(config), Candidate(config))
         candidate.runs.append(run_dir)
+        candidate.seeds.add(config["seed"])
         candidate.single_run_val_accuracy = max(candidate.single_run_val_accuracy, summary["best_val_accuracy"])
         candidate.flops_per_image = candidate.flops_per_image or summary.get("flops_per_image")
     return sorted(by_key.values(), key=lambda c: -c.single_run_val_accuracy)
@@ -164,7 +166,7 @@ def on_front(candidates: list[Candidate]) -> list[Candidate]:
 
 def planned_runs(candidate: Candidate, seeds: int) -> list[tuple[str, dict]]:
     """(run id, config) of the new seeds: the lowest seeds no run of this config has used, so reruns plan the same."""
-    used = {read_summary(run)["config"]["seed"] for run in candidate.runs}
+    used = candidate.seeds  # as read when the runs were found: a summary read again may fail
     new_seeds = [s for s in range(len(used) + seeds) if s not in used][:seeds]
     return [(f"{candidate.key}-seed{s}", candidate.config | {"seed": s}) for s in new_seeds]
 
