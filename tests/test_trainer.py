@@ -345,3 +345,15 @@ def test_offline_run_without_a_key_never_prompts_and_leaves_its_wandb_run(tiny_d
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_dir.name}"))
     assert (run_dir / "best.pt").is_file() and (run_dir / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("filters", [(64, 128, 256), (8, 16, 32), (3, 5, 7)])
+def test_flops_per_image_is_what_pytorchs_flop_counter_counts(filters):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from run_files import flops_per_image
+
+    model = trainer.SimpleCNN(*filters).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    assert flops_per_image(model) == counter.get_total_flops() > 0
