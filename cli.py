@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import json
 import os
 import re
 import signal
@@ -84,7 +85,7 @@ def one_line(error: BaseException | str, limit: int = 300) -> str:
 
 
 # What to do about an OSError on a file, by errno, and its exit code: EXIT_BAD_INPUT for what the
-# user must fix (as the check before any work, run_files.unwritable, says), else EXIT_FAILED.
+# user must fix (as the check before any work, folders.unwritable, says), else EXIT_FAILED.
 FIX_PERMISSIONS = "this user may not write or read it: fix its permissions, or use another folder"
 FILE_ADVICE = {
     errno.ENOSPC: ("its file system is full: free space there (df -h), or use a folder on another "
@@ -140,6 +141,11 @@ def write_atomic(path: os.PathLike | str, data: bytes) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:  # the folder is gone or read-only: there is no temporary file to remove
             pass
+
+
+def write_json_atomic(obj: object, path: os.PathLike | str) -> None:
+    """`obj` as indented JSON, written by write_atomic."""
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 class BrokenInstall(CommandError):

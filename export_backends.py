@@ -23,8 +23,9 @@ import torch.nn as nn
 
 import trt_runtime
 from cli import FileFailed, require, write_atomic
-from inference_bench import Predictor, Step, StepFactory, thread_budget
-from part_2_cifar import autocast
+from inference_bench import Predictor, StepFactory, thread_budget
+from machine import autocast
+from timing import Step
 
 # --------------------------------------------------------------------------------------------------
 # Settings

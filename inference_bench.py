@@ -3,6 +3,8 @@
 A predictor maps float32 images (B, 3, 32, 32) to float32 logits (B, classes).
 A timed step runs one iteration on a batch fixed beforehand.
 It returns the GPU compute seconds when it measures them, else None.
+Its iterations are timed by timing.py (time_iterations, latency_stats), the one timer, which also
+times a run's latency_ms in summary.json.
 Times are kept in seconds and reported in milliseconds; throughput is in images per second.
 Nothing here knows which backends exist: export_backends.py lists them.
 
@@ -18,16 +20,15 @@ Sections, in order: timing, accuracy, benchmark, reports.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 import trt_runtime
-from run_files import save_figure
+from figures import save_figure
+from timing import Step, latency_stats, time_iterations
 
-Step = Callable[[], "float | None"]  # one timed iteration -> GPU compute seconds, or None
 Predictor = Callable[[np.ndarray], np.ndarray]  # float32 (B, 3, 32, 32) -> logits (B, classes)
 StepFactory = Callable[[np.ndarray], Step]  # a batch (B, 3, 32, 32) -> a timed step on it
 # How the numbers are taken, as benchmark.json records it beside the durations and counts
@@ -68,50 +69,8 @@ class Report:
 
 
 # --------------------------------------------------------------------------------------------------
-# Timing
-
-
-def time_iterations(step: Step, warmup_seconds: float, min_seconds: float, min_iterations: int,
-                    clock: Callable[[], float] = time.perf_counter
-                    ) -> tuple[list[float], list[float]]:
-    """Warm up, then time `step` until both minimums are met.
-
-    The warm-up lasts `warmup_seconds` and makes at least one call.
-    Timed calls go on until `min_seconds` have passed and `min_iterations` calls were made.
-    Returns (end-to-end seconds of each timed call by `clock`, the GPU seconds each call reported).
-    """
-    started = clock()
-    step()
-    while clock() - started < warmup_seconds:
-        step()
-    end_to_end: list[float] = []
-    reported: list[float] = []
-    started = clock()
-    while len(end_to_end) < min_iterations or clock() - started < min_seconds:
-        t0 = clock()
-        gpu_seconds = step()
-        end_to_end.append(clock() - t0)
-        if gpu_seconds is not None:
-            reported.append(gpu_seconds)
-    return end_to_end, reported
-
-
-def latency_stats(seconds: list[float], batch_size: int) -> dict:
-    """Latency mean and percentiles in ms, and throughput in images/s, of per-iteration seconds.
-
-    Percentiles are nearest-rank: the smallest time with at least p% of iterations at or below it.
-    So each one is a time that some iteration took.
-    Raises ValueError when `seconds` is empty.
-    """
-    if not seconds:
-        raise ValueError("no iterations to summarise")
-    ms = np.asarray(seconds, dtype=np.float64) * 1000
-    p25, p50, p75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99], method="inverted_cdf")
-    return {"iterations": int(ms.size), "mean_ms": float(ms.mean()),
-            "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-            "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-            "images_per_second": float(batch_size * ms.size / (ms.sum() / 1000)),
-            "spread_pct": float(50 * (p75 - p25) / p50) if p50 > 0 else 0.0}
+# Timing: the iterations themselves are timed by timing.py (time_iterations, latency_stats), as a
+# run's latency_ms is
 
 
 def thread_budget() -> int:

@@ -51,20 +51,17 @@ import sweep_journal
 import sweep_report
 import sweep_space
 from cifar_files import CifarSource, cifar100_source, load_cifar100
+from cli import write_json_atomic
+from folders import OWNER_LOCK, FolderInUse, own_folder, unwritable
+from machine import device_name
 from run_files import (
     LAST_CHECKPOINT,
-    OWNER_LOCK,
     SUMMARY_FILE,
     CheckpointError,
-    FolderInUse,
-    device_name,
     finite_number,
     load_checkpoint,
-    own_folder,
     read_summary,
     summaries_under,
-    unwritable,
-    write_json_atomic,
 )
 from sweep_journal import DamagedJournal, JournalReadOnly
 from sweep_space import Sweep, SweepConfigError

@@ -60,27 +60,24 @@ from cli import (
     requeues,
     setting_value,
     stopped_by,
+    write_json_atomic,
 )
+from cost import flops_per_image, model_cost
+from figures import plot_learning_curve
+from folders import own_folder, unwritable
+from machine import autocast, autocast_dtype, device_name, versions
 from run_files import (
     BEST_CHECKPOINT,
     ENDED,
     LAST_CHECKPOINT,
     SUMMARY_FILE,
     CheckpointError,
-    device_name,
     first_nonfinite,
-    flops_per_image,
     load_checkpoint,
     load_weights,
-    model_cost,
-    own_folder,
-    plot_learning_curve,
     read_summary,
     save_atomic,
     to_cpu,
-    unwritable,
-    versions,
-    write_json_atomic,
 )
 from wandb_connect import WandbUnavailable, resolve_wandb_mode, start_wandb_run
 
@@ -373,22 +370,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda is not allowed: no CUDA GPU is visible (use --device cpu or auto)")
     return torch.device(name)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), else None for fp32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
-
-
-def autocast(device_type: str, amp_dtype: torch.dtype | None, **options) -> torch.autocast:
-    """Mixed precision in `amp_dtype`, or plain fp32 when it is None."""
-    return torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None, **options)
 
 
 def make_optimizer(model: nn.Module, config: dict, **options) -> torch.optim.SGD:

@@ -4,49 +4,45 @@
     <run>/last.pt        LAST_CHECKPOINT: the last finished epoch and its optimizer (what a resume continues)
     <run>/summary.json   SUMMARY_FILE: status, config, best_val_accuracy, cost, learning curves
     <runs>/selection.json  SELECTION_FILE: what select_model.py chose among the runs under <runs>
-    <folder>/owner.lock  OWNER_LOCK: who holds a run, trial, selection or export folder
 
 A crash never leaves half a file: everything is made in memory and written by cli.write_atomic
 (a temporary file renamed over the old one); a write that fails is cli.FileFailed naming the file.
 Checkpoints are loaded as data only. A summary is read by read_summary alone, and the runs under a folder
 are found by summaries_under alone. choose_checkpoint answers "which checkpoint" for every command,
 among the runs of one data set (of_one_data_set). One process at a time writes a folder
-(own_folder).
-Also here: figures, where a run ran and what its model costs.
+(folders.own_folder); figures are figures.py's, the machine's facts machine.py's, a model's cost
+cost.py's.
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
 import io
 import json
 import math
-import os
 import pickle
-import platform
 import re
-import socket
-import sys
-import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from cli import ANSI_ESCAPE, EXIT_BAD_INPUT, CommandError, FileFailed, one_line, write_atomic
+from cli import (
+    ANSI_ESCAPE,
+    EXIT_BAD_INPUT,
+    CommandError,
+    FileFailed,
+    one_line,
+    write_atomic,
+    write_json_atomic,
+)
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 SUMMARY_FILE = "summary.json"
 SELECTION_FILE = "selection.json"
-OWNER_LOCK = "owner.lock"
 ENDED = ("finished", "diverged")  # a run with this status has its result; "diverged" is a real outcome of a config
 # What makes two runs' val_accuracy comparable: the same images (SHA-256 of the decoded training and
 # test arrays) and validation split, as part_2_cifar.data_identity records them (same_data's keys).
@@ -59,135 +55,6 @@ def save_atomic(obj: object, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_atomic(path, buffer.getvalue())
-
-
-def write_json_atomic(obj: object, path: Path) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def save_figure(fig: object, path: Path, dpi: int = 100) -> None:
-    """Save a matplotlib figure (drawn in memory, in the format of the path's suffix) and close it:
-    a reader never sees half a PNG. FileFailed naming `path` when it cannot be written."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FileFailed(e, "make the folder of", path) from None
-    write_atomic(path, buffer.getvalue())
-
-
-def unwritable(folder: Path) -> str | None:
-    """Why no file can be written in `folder`, or None if one can. A folder that does not exist yet is judged by
-    the nearest one above it that does (nothing is created). A real file is tried and removed at once: permission
-    bits tell nothing for root, ACLs or read-only mounts."""
-    for existing in (Path(folder), *Path(folder).parents):
-        try:
-            if existing.exists():
-                break
-        except OSError as e:  # a folder above that cannot be searched
-            return f"{existing} cannot be read ({e.strerror or e})"
-    if not existing.is_dir():
-        return f"{existing} is a file"
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        return f"{existing} is not writable ({e.strerror or e})"
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# One owner per folder
-
-
-class FolderInUse(CommandError):
-    """Another process holds the folder: two writers would replace each other's files."""
-
-    exit_code = EXIT_BAD_INPUT
-
-
-HOLDER_WAIT_SECONDS = 1.0  # a holder names itself just after it takes the lock: a reader waits this
-
-
-@contextmanager
-def own_folder(folder: Path, what: str) -> Iterator[Path]:
-    """Hold `folder` (made if missing) for this process while inside.
-
-    The hold is an exclusive flock on <folder>/owner.lock, which then names the holder: pid, host,
-    since when, and the command. Another process holding it is FolderInUse, one line naming it;
-    `what` names the folder there ("run folder", "trial folder", ...).
-    The kernel drops an flock when its process ends, however it ends (SIGKILL, a crash): a dead
-    holder never blocks the next process, and no stale lock needs removing. On NFS, Linux takes an
-    flock as a lock on the whole file at the server: machines sharing a runs folder exclude each
-    other. A folder this made and left with nothing in it but owner.lock (a run that never
-    started: no W&B server in a sweep) is removed on the way out, with the folders made for it.
-    """
-    folder = Path(folder)
-    made = []  # the folder and those above it that do not exist yet, deepest first
-    for above in (folder, *folder.parents):
-        if above.exists():
-            break
-        made.append(above)
-    lock = locked(folder / OWNER_LOCK, what)
-    try:
-        lock.truncate(0)
-        since = datetime.now().astimezone().isoformat(timespec="seconds")
-        command = Path(sys.argv[0]).name
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {since} ({command})\n")
-        lock.flush()
-        yield folder
-    finally:
-        if made and [path.name for path in folder.iterdir()] == [OWNER_LOCK]:
-            (folder / OWNER_LOCK).unlink()  # while held: a waiter then finds it gone (locked)
-            for empty in made:
-                try:
-                    empty.rmdir()
-                except OSError:  # another process's files are in it
-                    break
-        lock.close()
-
-
-def locked(path: Path, what: str):
-    """`path` opened and exclusively flock'ed, its folder made if missing; FolderInUse if held.
-
-    A lock file removed by its holder (own_folder) after another opened it is not the one at
-    `path` any more: locking it would exclude nobody, so the one at `path` is opened again.
-    """
-    while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = holder_of(f)
-            f.close()
-            raise FolderInUse(f"{what} {path.parent} is in use by {holder}: two processes would "
-                              "overwrite each other's files; wait for it to end, or use another "
-                              "folder") from None
-        try:
-            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                return f
-        except FileNotFoundError:
-            pass
-        f.close()
-
-
-def holder_of(lock_file) -> str:
-    """What the holder of an open owner.lock wrote of itself; waits HOLDER_WAIT_SECONDS for it."""
-    deadline = time.monotonic() + HOLDER_WAIT_SECONDS
-    while True:
-        lock_file.seek(0)
-        text = lock_file.read().strip()
-        if text or time.monotonic() > deadline:
-            return text or "another process (it has not written its name)"
-        time.sleep(0.05)
 
 
 class CheckpointError(CommandError, RuntimeError):
@@ -329,46 +196,6 @@ def load_weights(model: nn.Module, weights: object, path: Path) -> None:
     model.load_state_dict(weights)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def versions() -> dict:
-    import torchvision
-
-    found = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
-    try:
-        import wandb
-
-        found["wandb"] = wandb.__version__
-    except ImportError:
-        pass
-    return found
-
-
-def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [m["epoch"] for m in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "val"):
-        ax_loss.plot(epochs, [m[f"{split}_loss"] for m in history], label=split)
-        ax_acc.plot(epochs, [m[f"{split}_accuracy"] for m in history], label=split)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 def to_cpu(obj: object) -> object:
     """A copy of nested dicts/lists with every tensor cloned to host memory: a snapshot training cannot change."""
     if isinstance(obj, torch.Tensor):
@@ -378,75 +205,6 @@ def to_cpu(obj: object) -> object:
     if isinstance(obj, list):
         return [to_cpu(value) for value in obj]
     return obj
-
-
-# Cost: what a model costs to deploy, recorded in every summary so a sweep's runs can be chosen on accuracy and cost.
-
-LATENCY_BATCH_SIZES = (1, 256)  # one image (interactive use) and a large batch (throughput)
-LATENCY_SECONDS = 0.5  # timed per batch size, after one warm-up call: about a second or two per run in all ...
-LATENCY_REPEATS = 50  # ... or this many calls, if sooner: the median of 50 is steady, and tiny models finish fast
-LATENCY_SHARE = 0.02  # ... and at most this share of the run's own time: a run of a few
-# seconds (a smoke test's, a test suite's) is not timed longer than it trained; 3 calls at least
-
-
-def flops_per_image(model: nn.Module) -> int:
-    """Forward-pass FLOPs of one 32x32 image in the convolutions and fully connected layers, a
-    multiply-add being 2 FLOPs: the count of PyTorch's FlopCounterMode, which counts only those
-    (matrix products; batch norm, ReLU and pooling are 0), as tests/test_trainer.py checks. Counted
-    from each layer's output shape, without FlopCounterMode: its first use imports torch._dynamo,
-    over a second for every process that trains."""
-    flops = 0
-
-    def count(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal flops
-        if isinstance(layer, nn.Conv2d):  # each output value: in/groups x kernel multiply-adds
-            kernel = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-            flops += 2 * output.numel() * kernel
-        elif isinstance(layer, nn.Linear):
-            flops += 2 * output.numel() * layer.in_features
-
-    model = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
-    for hook in hooks:
-        hook.remove()
-    return flops
-
-
-@torch.inference_mode()
-def latency_ms(model: nn.Module, device: torch.device, precision: Callable[[], AbstractContextManager],
-               batch_size: int, seconds: float = LATENCY_SECONDS) -> float:
-    """Median wall time of one forward pass at `batch_size` on `device` under `precision()` (the trainer's autocast,
-    as evaluate() runs it), channels_last input, after a warm-up."""
-    model.eval()
-    x = torch.zeros(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
-    times: list[float] = []
-    with precision():
-        model(x)  # warm-up: cuDNN's kernel choice, lazy allocations
-        while len(times) < 3 or (sum(times) < seconds * 1e3 and len(times) < LATENCY_REPEATS):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
-def model_cost(model: nn.Module, device: torch.device,
-               precision: Callable[[], AbstractContextManager],
-               run_seconds: float = math.inf) -> dict:
-    """parameters, flops_per_image and latency_ms ({batch size: median ms}) with the device they
-    were timed on. Each batch size is timed for LATENCY_SECONDS, or for LATENCY_SHARE of
-    `run_seconds` (the run's wall time) if that is less."""
-    seconds = min(LATENCY_SECONDS, LATENCY_SHARE * run_seconds)
-    latency = {str(b): latency_ms(model, device, precision, b, seconds)
-               for b in LATENCY_BATCH_SIZES}
-    return {"parameters": sum(p.numel() for p in model.parameters()), "flops_per_image": flops_per_image(model),
-            "latency_ms": latency, "latency_device": device_name(device)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ Only runs of one data set are compared: those whose summary.json records --data-
 (and --val-size's split, if given), which the new seeds train on. Runs of other data are left out
 with one line; runs of those images in several validation splits are refused in one line (pass
 --val-size). One selection runs in a RUNS_DIR at a time: a second is refused in one line naming
-the first (run_files.own_folder on RUNS_DIR/selection).
+the first (folders.own_folder on RUNS_DIR/selection).
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from pathlib import Path
 import cli
 import part_2_cifar as p2
 from cifar_files import cifar100_source, load_cifar100
+from cost import flops_per_image
+from figures import save_figure
+from folders import own_folder, unwritable
 from run_files import (
     ENDED,
     SUMMARY_FILE,
@@ -47,15 +50,11 @@ from run_files import (
     by_data_set,
     data_label,
     finite_number,
-    flops_per_image,
     of_one_data_set,
-    own_folder,
     read_summary,
-    save_figure,
     save_selection,
     summaries_under,
     trained_on,
-    unwritable,
 )
 from wandb_connect import resolve_wandb_mode
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 import part_2_cifar as p2
 from cli import FileFailed, one_line, write_atomic
-from run_files import save_figure
+from figures import save_figure
 from sweep_space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table

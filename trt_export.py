@@ -26,7 +26,7 @@ whose spread, or wait for a CPU (others on the cores), is too high to rank the b
 Files: <out>/model.onnx (+ model_fp16.onnx, model_int8_qdq.onnx when needed), <out>/model_<precision>.engine and
 its .json, <out>/timing.cache, <out>/benchmark.json; the plot goes to --plot (default images/inference_benchmark.png).
 <out> defaults to <run folder>/export, inside the git-ignored runs/. One export writes there at a
-time: a second is refused in one line naming the first (run_files.own_folder).
+time: a second is refused in one line naming the first (folders.own_folder).
 
 Last measured result (2026-11-27, images/inference_benchmark.png): default SimpleCNN 64/128/256, CPU only, 2 cores
 shared with other jobs (load average ~6): ONNX Runtime 575-604 images/s at batch 256-1024 against 248-284 for
@@ -74,6 +74,7 @@ from cli import (
     OneLineErrorParser,
     boundary,
     positive_int,
+    write_json_atomic,
 )
 from export_backends import (
     INPUT_NAME,
@@ -88,6 +89,7 @@ from export_backends import (
     ort_session,
     torch_predictor,
 )
+from folders import own_folder, unwritable
 from inference_bench import (
     BUSY_WAIT_PCT,
     METHOD,
@@ -103,6 +105,7 @@ from inference_bench import (
     predict_all,
     thread_budget,
 )
+from machine import device_name, versions
 from part_2_cifar import (
     ConfigError,
     checkpoint_config,
@@ -111,16 +114,7 @@ from part_2_cifar import (
     normalize,
     pick_device,
 )
-from run_files import (
-    choose_checkpoint,
-    device_name,
-    load_checkpoint,
-    load_weights,
-    own_folder,
-    unwritable,
-    versions,
-    write_json_atomic,
-)
+from run_files import choose_checkpoint, load_checkpoint, load_weights
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import cifar_files
+import machine
 import part_2_cifar as p2
 from benchmarks.benchlib import summarize, timed
 
@@ -95,7 +96,7 @@ def build(variant: Variant, config: dict, data: p2.DeviceData | None,
           device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
     """(model, optimizer, the rest of train_epoch's arguments) for one variant: the trainer's setup, one change."""
     model, optimizer = p2.new_model_and_optimizer(config, device)
-    amp_dtype = p2.autocast_dtype(device) if variant.amp == "auto" else AMP_DTYPES[variant.amp]
+    amp_dtype = machine.autocast_dtype(device) if variant.amp == "auto" else AMP_DTYPES[variant.amp]
     forward = None  # train_epoch's default: model(x)
     if not variant.channels_last:  # NCHW weights (the same parameters, so the optimizer still holds them) and input
         model.to(memory_format=torch.contiguous_format)
@@ -107,7 +108,7 @@ def build(variant: Variant, config: dict, data: p2.DeviceData | None,
     if variant.cuda_graph:
         crop = p2.CROP_PADDING
         sample = p2.normalize(data.train_images[:config["batch_size"], crop:crop + 32, crop:crop + 32].contiguous())
-        with p2.autocast(device.type, amp_dtype, cache_enabled=False):  # graphed callables need the cache off
+        with machine.autocast(device.type, amp_dtype, cache_enabled=False):  # graphed callables need the cache off
             forward = torch.cuda.make_graphed_callables(model, (sample,))
     elif variant.compile_mode is not None:
         forward = torch.compile(model, mode=variant.compile_mode)
@@ -140,7 +141,7 @@ def measure_variant(variant: Variant, config: dict, data: p2.DeviceData, device:
 def eval_batch_sizes(data: p2.DeviceData, config: dict, device: torch.device, repeats: int) -> list[dict]:
     """part_2_cifar.evaluate on the test images with each batch size in turn."""
     model, _ = p2.new_model_and_optimizer(config, device)
-    amp_dtype = p2.autocast_dtype(device)
+    amp_dtype = machine.autocast_dtype(device)
     n = data.test_labels.numel()
     rows = []
     for size in sorted({s for s in (250, 500, 1000, 2500, 5000, 10_000) if s <= n} | {n}):
@@ -176,7 +177,7 @@ def first_steps(cases: list[tuple[str, float, float]], config: dict, device: tor
         _, optimizer, options = build(replace(PROJECT, compile_mode=mode), trial, None, device)
 
         def step(options=options, optimizer=optimizer) -> None:
-            with p2.autocast(device.type, options["amp_dtype"]):
+            with machine.autocast(device.type, options["amp_dtype"]):
                 loss = F.cross_entropy(options["forward"](x).float(), y)
             loss.backward()
             optimizer.step()

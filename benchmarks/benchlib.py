@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 import cifar_files
-import run_files
+import cli
+import machine
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: run the benchmarks from it, `python -m benchmarks.x`
 
@@ -34,7 +35,7 @@ def machine_info(device: torch.device) -> dict:
     import torchvision
 
     info = {"host": socket.gethostname(), "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
-            "device": run_files.device_name(device), "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
+            "device": machine.device_name(device), "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "load_average_start": round(os.getloadavg()[0], 2)}
@@ -74,7 +75,7 @@ def summarize(values: list[float]) -> dict:
 def save_json(result: dict, path: Path) -> None:
     """Write results atomically; callers save after every phase, so a run cut short keeps what it measured."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    run_files.write_json_atomic(result, path)
+    cli.write_json_atomic(result, path)
 
 
 def publish(result: dict, report: Callable[[dict], str], path: Path) -> None:

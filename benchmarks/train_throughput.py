@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import cli
+import machine
 import part_2_cifar as p2
 from benchmarks import ablation
 from benchmarks import conventional_baseline as conventional
@@ -87,7 +88,7 @@ TARGETS = {  # from issue 5, default config, batch 256
 
 def compare_epochs(config: dict, data: p2.DeviceData, loaders: tuple, device: torch.device, sizes: dict) -> dict:
     """Training then evaluation images/s of both pipelines, alternating so that load on the machine hits both."""
-    amp_dtype = p2.autocast_dtype(device)
+    amp_dtype = machine.autocast_dtype(device)
     model, optimizer = p2.new_model_and_optimizer(config, device)
     base_model, base_optimizer = conventional.make_model_and_optimizer(config, device)
     train_loader, val_loader, _ = loaders

@@ -16,6 +16,7 @@ import torch
 from conftest import FAST_CONFIG, ROOT, trainer_command
 from test_reliability import fast_args, one_line_error
 
+import folders
 import part_2_cifar as trainer
 import run_files
 import select_model
@@ -187,7 +188,7 @@ def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes
     assert one_line_error(result.stderr) == (f"error: cannot resume: {moved} has last.pt but no best.pt (epoch 1's "
                                              "weights, the best so far): copy the whole run folder")
     written = sorted(p.name for p in moved.iterdir())
-    assert written == ["last.pt", run_files.OWNER_LOCK]  # nothing trained, only the hold taken
+    assert written == ["last.pt", folders.OWNER_LOCK]  # nothing trained, only the hold taken
     shutil.copy2(crashed / "best.pt", moved / "best.pt")
     again = run(trainer_command(*args), offline_env, tmp_path)
     assert again.returncode == 0, again.stderr
@@ -200,7 +201,7 @@ def test_resuming_a_finished_run_changes_nothing_it_wrote(
 
     def files() -> dict:  # but owner.lock, which names each process that held the folder
         return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()
-                if p.name != run_files.OWNER_LOCK}
+                if p.name != folders.OWNER_LOCK}
 
     written = files()
     for data_dir in (other_data_dir, tiny_data_dir):

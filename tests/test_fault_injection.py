@@ -124,7 +124,7 @@ class Outside:
             shutil.rmtree(folder, ignore_errors=True)
 
     def open(self, file, mode="r", *args, **kwargs):
-        probe = "opener" in kwargs  # tempfile's O_TMPFILE probe (run_files.unwritable): no output
+        probe = "opener" in kwargs  # tempfile's O_TMPFILE probe (folders.unwritable): no output
         if (isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+") and not probe
                 and self.ours(file)):
             lock = str(file).endswith(".lock")  # fcntl's lock files: opened, never written

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import FAST_CONFIG
 
+import cli
 import local_sweep
 import part_2_cifar as trainer
 import run_files
@@ -45,7 +46,7 @@ def mixed_runs(tiny_data_dir, real_images, tmp_path_factory) -> Path:
                                               "num_filters_3": 16 if name == "real" else 32})
             trainer.train(config, trainer.prepare_data(data_dir, 200, CPU), runs / name)
             summary = run_files.read_summary(runs / name)
-            run_files.write_json_atomic(summary | {"best_val_accuracy": accuracy},
+            cli.write_json_atomic(summary | {"best_val_accuracy": accuracy},
                                         runs / name / run_files.SUMMARY_FILE)
     finally:
         torch.set_num_threads(threads)
@@ -84,7 +85,7 @@ def test_selection_refuses_runs_of_one_images_in_two_splits_and_names_them(
     summary = run_files.read_summary(runs / "real")
     other_split = runs / "real-val100"
     shutil.copytree(runs / "real", other_split)
-    run_files.write_json_atomic(summary | {"data": summary["data"] | {"val_size": 100},
+    cli.write_json_atomic(summary | {"data": summary["data"] | {"val_size": 100},
                                            "config": summary["config"] | {"val_size": 100}},
                                 other_split / run_files.SUMMARY_FILE)
     args = [str(runs), "--data-dir", str(real_images), "--wandb-mode", "disabled",

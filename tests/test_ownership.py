@@ -1,5 +1,5 @@
 """One owner per folder: a run, trial, selection or export folder is written by one process at a
-time (run_files.own_folder), a SIGKILLed holder never blocks the next, and two local sweeps with
+time (folders.own_folder), a SIGKILLed holder never blocks the next, and two local sweeps with
 their own journals never share a trial folder under one --runs-dir."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT, cli_args, trainer_command
 
+import folders
 import local_sweep
 import part_2_cifar as trainer
 import run_files
@@ -46,7 +47,7 @@ def wait_until(condition, process: subprocess.Popen, seconds: float = 240) -> No
 
 
 def holds(folder: Path, pid: int) -> bool:
-    lock = folder / run_files.OWNER_LOCK
+    lock = folder / folders.OWNER_LOCK
     return lock.is_file() and lock.read_text().startswith(f"pid {pid} ")
 
 
@@ -114,10 +115,10 @@ def test_a_held_selection_folder_refuses_a_second_selection(tiny_data_dir, tmp_p
     config = trainer.validate_config({**FAST_CONFIG, "val_size": 200})
     (runs / "one" / "summary.json").write_text(json.dumps(
         {"status": "finished", "best_val_accuracy": 50.0, "config": config}))
-    with run_files.own_folder(runs / "selection", "selection folder"):  # another open file: refused
+    with folders.own_folder(runs / "selection", "selection folder"):  # another open file: refused
         assert select_model.main([str(runs), "--data-dir", str(tiny_data_dir), "--wandb-mode",
                                   "disabled", "--images-dir", str(tmp_path / "images")]) == 2
-        assert sorted(p.name for p in (runs / "selection").iterdir()) == [run_files.OWNER_LOCK]
+        assert sorted(p.name for p in (runs / "selection").iterdir()) == [folders.OWNER_LOCK]
     refusal(capsys, runs / "selection", "selection folder", os.getpid(), Path(sys.argv[0]).name)
     assert not (runs / "selection").exists()  # made by the holder, left empty: removed by it
 
@@ -127,11 +128,11 @@ def test_a_held_export_folder_refuses_a_second_export(tiny_data_dir, tmp_path, c
     weights = trainer.model_from_config(config).state_dict()
     run_files.save_atomic({"model": weights, "config": config, "epoch": 1}, tmp_path / "best.pt")
     out = tmp_path / "export"
-    with run_files.own_folder(out, "export folder"):
+    with folders.own_folder(out, "export folder"):
         assert trt_export.main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(out),
                                 "--data-dir", str(tiny_data_dir), "--device", "cpu",
                                 "--plot", str(tmp_path / "plot.png")]) == 2
-        assert sorted(p.name for p in out.iterdir()) == [run_files.OWNER_LOCK]
+        assert sorted(p.name for p in out.iterdir()) == [folders.OWNER_LOCK]
     refusal(capsys, out, "export folder", os.getpid(), Path(sys.argv[0]).name)
 
 
@@ -158,7 +159,7 @@ def test_a_held_trial_folder_fails_its_trial_with_the_holder_and_the_retry_runs_
         tiny_data_dir, tmp_path, offline, capsys):
     runs, sweep = tmp_path / "runs", write_sweep(tmp_path / "held.json")
     trial_0 = runs / "held" / "trial-0000"
-    with run_files.own_folder(trial_0, "trial folder"):  # e.g. the trainer --resume'd by hand on it
+    with folders.own_folder(trial_0, "trial folder"):  # e.g. the trainer --resume'd by hand on it
         assert local_sweep.main(sweep_args(sweep, tiny_data_dir, runs, "--trials", "1")) == 2
     refusal(capsys, trial_0, "trial folder", os.getpid(), Path(sys.argv[0]).name)
     storage = local_sweep.open_storage(None, runs).storage
@@ -237,10 +238,10 @@ def test_a_retry_resumes_only_from_the_folder_of_the_trial_it_retries(tmp_path, 
 
 def test_a_folder_made_for_a_run_that_never_started_is_removed_on_release(tmp_path):
     made = tmp_path / "runs" / "never-started"
-    with run_files.own_folder(made, "run folder"):
-        assert (made / run_files.OWNER_LOCK).read_text().startswith(f"pid {os.getpid()} ")
+    with folders.own_folder(made, "run folder"):
+        assert (made / folders.OWNER_LOCK).read_text().startswith(f"pid {os.getpid()} ")
     assert not (tmp_path / "runs").exists()  # nothing written: the folders made for it are gone
     kept = tmp_path / "kept"
-    with run_files.own_folder(kept, "run folder"):
+    with folders.own_folder(kept, "run folder"):
         (kept / "summary.json").write_text("{}")
-    assert sorted(p.name for p in kept.iterdir()) == [run_files.OWNER_LOCK, "summary.json"]
+    assert sorted(p.name for p in kept.iterdir()) == [folders.OWNER_LOCK, "summary.json"]

@@ -420,8 +420,8 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_file(good_checkpo
 
 def test_a_crash_while_writing_the_summary_keeps_the_previous_file(tmp_path):
     path = tmp_path / "summary.json"
-    run_files.write_json_atomic({"best_val_accuracy": 12.5}, path)
+    cli.write_json_atomic({"best_val_accuracy": 12.5}, path)
     with pytest.raises(TypeError):
-        run_files.write_json_atomic({"best_val_accuracy": object()}, path)
+        cli.write_json_atomic({"best_val_accuracy": object()}, path)
     assert json.loads(path.read_text()) == {"best_val_accuracy": 12.5}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]

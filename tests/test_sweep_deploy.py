@@ -17,6 +17,7 @@ import pytest
 from test_local_sweep import load_study, sweep_args
 
 import cli
+import cost
 import local_sweep
 import part_2_cifar as p2
 import run_files
@@ -214,7 +215,7 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(o
         assert server["flops_per_image"] == summary["flops_per_image"]  # the W&B summary and summary.json agree
         assert server["val_accuracy"] == {"max": summary["best_val_accuracy"]}  # not a number: hence best_val_accuracy
     stopped_config = p2.validate_config(stopped.config.flat_dict() | FAST_OVERRIDES)
-    assert stopped_summary["flops_per_image"] == run_files.flops_per_image(p2.model_from_config(stopped_config))
+    assert stopped_summary["flops_per_image"] == cost.flops_per_image(p2.model_from_config(stopped_config))
     assert "latency_ms" not in stopped_summary  # measured at the end only: the cost above was written at the start
 
     naive = deploy_file() | {"metrics": [{"name": "val_accuracy", "goal": "maximize"}, OBJECTIVES[1]]}

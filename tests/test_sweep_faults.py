@@ -23,8 +23,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 import local_sweep
+import machine
 import part_2_cifar as p2
-import run_files
 import sweep_journal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
         if other.trials[0].state == TrialState.RUNNING:
             local_sweep.retry_later(other, other.tell(0, state=TrialState.FAIL))
 
-    real_device_name, real_run_training = run_files.device_name, p2.run_training
+    real_device_name, real_run_training = machine.device_name, p2.run_training
 
     def device_name(device) -> str:  # read just before the trial's first set_user_attr
         fail_trial_0_elsewhere()
@@ -102,7 +102,7 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
         return result
 
     if moment == "set_user_attr":
-        monkeypatch.setattr(local_sweep, "device_name", device_name)  # local_sweep imports it from run_files
+        monkeypatch.setattr(local_sweep, "device_name", device_name)  # local_sweep imports it from machine
     monkeypatch.setattr(p2, "run_training", run_training)
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "1")) == 0
     out = capsys.readouterr()

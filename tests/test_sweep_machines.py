@@ -203,7 +203,8 @@ import sys, time
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from run_files import save_figure, write_json_atomic
+from cli import write_json_atomic
+from figures import save_figure
 start, folder = float(sys.argv[1]), __import__("pathlib").Path(sys.argv[2])
 while time.time() < start:
     time.sleep(0.001)

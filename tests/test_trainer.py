@@ -20,8 +20,11 @@ import torch
 from conftest import FAST_CONFIG, FINISHED_RUN, cli_args, trainer_command
 
 import cifar_files
+import cost
+import machine
 import part_2_cifar as trainer
 import run_files
+from cost import model_cost
 from synthetic_cifar100 import write_synthetic_cifar100
 
 CPU = torch.device("cpu")
@@ -258,7 +261,7 @@ def test_files_of_a_run_and_checkpoint_reload_to_identical_logits(finished_run, 
     x = trainer.normalize(data.test_images[:50])
     with torch.inference_mode():
         assert torch.equal(models[0](x), models[1](x))
-    test = trainer.evaluate(models[0], data.test_images, data.test_labels, trainer.autocast_dtype(CPU))
+    test = trainer.evaluate(models[0], data.test_images, data.test_labels, machine.autocast_dtype(CPU))
     assert test["accuracy"] == pytest.approx(on_disk["test_accuracy"])
 
 
@@ -281,13 +284,13 @@ def test_a_run_of_seconds_times_its_latency_with_three_calls_per_batch_size():
     batches: list[int] = []
     model.register_forward_hook(lambda module, inputs, _: batches.append(inputs[0].shape[0])
                                 if module is model else None)  # not flops_per_image's copy
-    cost = run_files.model_cost(model, CPU, contextlib.nullcontext, run_seconds=0.0)
+    cost = model_cost(model, CPU, contextlib.nullcontext, run_seconds=0.0)
     assert batches == [1] * 4 + [256] * 4  # a warm-up and 3 timed calls each
     assert all(ms > 0 for ms in cost["latency_ms"].values())
 
 
 def test_the_default_model_costs_the_documented_83_5_mflop():
-    assert run_files.flops_per_image(trainer.SimpleCNN()) == 83_544_064
+    assert cost.flops_per_image(trainer.SimpleCNN()) == 83_544_064
 
 
 def test_an_epoch_callback_can_stop_a_run_early_with_a_status(tiny_data_dir, tmp_path):
@@ -351,7 +354,7 @@ def test_offline_run_without_a_key_never_prompts_and_leaves_its_wandb_run(tiny_d
 def test_flops_per_image_is_what_pytorchs_flop_counter_counts(filters):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from run_files import flops_per_image
+    from cost import flops_per_image
 
     model = trainer.SimpleCNN(*filters).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -21,9 +21,11 @@ from conftest import FAST_CONFIG, ROOT
 
 import cifar_files
 import export_backends
+import folders
 import inference_bench
 import part_2_cifar
 import run_files
+import timing
 import trt_export
 import trt_runtime
 
@@ -100,7 +102,7 @@ def test_cli_exports_checks_benchmarks_and_says_what_it_skipped(cli_run, trained
     assert any(line.startswith("skipped: TensorRT fp16 engine") and "no CUDA GPU" in line for line in skipped)
     assert any(line.startswith("skipped: PyTorch fp16/bf16") for line in skipped)
     written = sorted(path.name for path in out.iterdir())
-    assert written == ["benchmark.json", "model.onnx", "model_fp16.onnx", run_files.OWNER_LOCK]
+    assert written == ["benchmark.json", "model.onnx", "model_fp16.onnx", folders.OWNER_LOCK]
     assert cli_run["plot"].stat().st_size > 10_000
 
 
@@ -201,7 +203,7 @@ class FakeClock:
 
 def test_latency_stats_are_nearest_rank_percentiles_and_images_per_second():
     ms = np.random.default_rng(0).permutation(np.arange(1, 101))  # 1..100 ms in random order
-    stats = inference_bench.latency_stats([m / 1000 for m in ms], batch_size=32)
+    stats = timing.latency_stats([m / 1000 for m in ms], batch_size=32)
     assert stats["iterations"] == 100
     assert stats["mean_ms"] == pytest.approx(50.5)
     assert (stats["p50_ms"], stats["p90_ms"], stats["p99_ms"]) == pytest.approx((50, 90, 99))
@@ -217,11 +219,11 @@ def test_time_iterations_warms_up_by_time_then_meets_both_minimums():
         clock.now += 0.010  # each iteration takes 10 ms end to end ...
         return 0.004  # ... of which the GPU computed 4 ms
 
-    end_to_end, gpu = inference_bench.time_iterations(step, warmup_seconds=0.05, min_seconds=0.1,
+    end_to_end, gpu = timing.time_iterations(step, warmup_seconds=0.05, min_seconds=0.1,
                                                       min_iterations=3, clock=clock)
     assert len(calls) == 5 + 10  # 50 ms of warm-up, then 100 ms of timed iterations
     assert end_to_end == pytest.approx([0.010] * 10) and gpu == pytest.approx([0.004] * 10)
-    end_to_end, gpu = inference_bench.time_iterations(lambda: None, warmup_seconds=0, min_seconds=0,
+    end_to_end, gpu = timing.time_iterations(lambda: None, warmup_seconds=0, min_seconds=0,
                                                       min_iterations=7, clock=FakeClock())
     assert len(end_to_end) == 7 and gpu == []  # a step that reports no GPU time (the CPU backends)
 
