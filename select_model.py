@@ -39,6 +39,7 @@ from pathlib import Path
 
 import cli
 import part_2_cifar as p2
+from choice import best_seed, save_selection
 from cifar_files import cifar100_source, load_cifar100
 from cost import flops_per_image
 from figures import save_figure
@@ -46,13 +47,11 @@ from folders import own_folder, unwritable
 from run_files import (
     ENDED,
     SUMMARY_FILE,
-    best_seed,
     by_data_set,
     data_label,
     finite_number,
     of_one_data_set,
     read_summary,
-    save_selection,
     summaries_under,
     trained_on,
 )

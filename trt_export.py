@@ -37,7 +37,7 @@ no TensorRT or CUDA numbers yet.
 (runs/selection.json); with no selection.json, the single run with the highest best_val_accuracy anywhere under
 --runs-dir among those trained on --data-dir's images, with a note that no new seeds confirmed
 it. The checkpoint exported is always printed.
-run_files.choose_checkpoint makes that choice, for select_model.py's selection and this command alike.
+choice.choose_checkpoint makes that choice, for select_model.py's selection and this command alike.
 
 This file is the command line and the pipeline; `main` reads top to bottom:
 choose the checkpoint -> export and check the ONNX -> build the engine -> accuracy -> benchmark -> write.
@@ -65,6 +65,7 @@ import torch
 import torch.nn as nn
 
 import trt_runtime
+from choice import choose_checkpoint
 from cifar_files import DATA_DIR_HELP, load_cifar100
 from cli import (
     EXIT_DONE,
@@ -114,7 +115,7 @@ from part_2_cifar import (
     normalize,
     pick_device,
 )
-from run_files import choose_checkpoint, load_checkpoint, load_weights
+from run_files import load_checkpoint, load_weights
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings

@@ -16,6 +16,7 @@ import torch
 from conftest import FAST_CONFIG, ROOT, trainer_command
 from test_reliability import fast_args, one_line_error
 
+import choice
 import folders
 import part_2_cifar as trainer
 import run_files
@@ -417,4 +418,4 @@ def test_a_seed_that_diverged_before_any_epoch_counts_as_0_in_the_selection(tmp_
     candidate = select_model.Candidate(config, [tmp_path / "seed0", tmp_path / "seed1"], 40.0)
     report = select_model.config_report(candidate, tmp_path)
     assert report["seeds"] == 2 and report["val_accuracy_mean"] == 20.0
-    assert run_files.best_seed(report, tmp_path) is None  # neither has a best.pt to export
+    assert choice.best_seed(report, tmp_path) is None  # neither has a best.pt to export

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import FAST_CONFIG
 
+import choice
 import cli
 import local_sweep
 import part_2_cifar as trainer
@@ -114,16 +115,16 @@ def test_selection_refuses_seeds_an_earlier_selection_trained_on_other_data(
     (line,) = capsys.readouterr().err.strip().splitlines()
     selection = runs / "selection"
     assert line.startswith(f"error: {selection} holds 1 seeds trained on other data (1 on ")
-    assert not (runs / run_files.SELECTION_FILE).exists()
+    assert not (runs / choice.SELECTION_FILE).exists()
 
 
 def test_export_best_takes_the_best_run_of_data_dirs_data(mixed_runs, tiny_data_dir, real_images,
                                                           capsys):
-    chosen = run_files.choose_checkpoint("best", mixed_runs, data=lambda: identity(real_images))
+    chosen = choice.choose_checkpoint("best", mixed_runs, data=lambda: identity(real_images))
     assert chosen == mixed_runs / "real" / run_files.BEST_CHECKPOINT  # not the synthetic 100%
     out = capsys.readouterr().out
     assert "note: 1 of 2 runs under" in out and "and are left out: 1 on" in out
-    chosen = run_files.choose_checkpoint("best", mixed_runs, data=lambda: identity(tiny_data_dir))
+    chosen = choice.choose_checkpoint("best", mixed_runs, data=lambda: identity(tiny_data_dir))
     assert chosen == mixed_runs / "synthetic" / run_files.BEST_CHECKPOINT
 
 
@@ -143,13 +144,13 @@ def test_export_refuses_a_selection_made_on_other_data(mixed_runs, tiny_data_dir
     runs = own_copy(mixed_runs, tmp_path)
     report = {"runs": ["synthetic"], "val_accuracy_mean": 100.0, "flops_per_image": 1.0,
               "pareto": True}
-    (runs / run_files.SELECTION_FILE).write_text(json.dumps({"configs": [report],
+    (runs / choice.SELECTION_FILE).write_text(json.dumps({"configs": [report],
                                                              "best": "synthetic"}))
     for within in (None, 1.0):
         with pytest.raises(run_files.CheckpointError,
                            match=r"chose .*synthetic, trained on .*, not on .*: pass --data-dir"):
-            run_files.choose_checkpoint("best", runs, within, data=lambda: identity(real_images))
-    chosen = run_files.choose_checkpoint("best", runs, data=lambda: identity(tiny_data_dir))
+            choice.choose_checkpoint("best", runs, within, data=lambda: identity(real_images))
+    chosen = choice.choose_checkpoint("best", runs, data=lambda: identity(tiny_data_dir))
     assert chosen == runs / "synthetic" / run_files.BEST_CHECKPOINT
 
 

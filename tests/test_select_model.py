@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT
 
+import choice
 import part_2_cifar as trainer
-import run_files
 import select_model
 
 CPU = torch.device("cpu")
@@ -179,7 +179,7 @@ def test_a_sweep_then_selection_then_export_of_what_was_chosen(learnable_data_di
     assert f"exporting checkpoint {runs / selection['best'] / 'best.pt'} " in capsys.readouterr().out
 
     cheapest_front = min((c for c in selection["configs"] if c["pareto"]), key=lambda c: c["flops_per_image"])
-    seed = run_files.best_seed(cheapest_front, runs)
+    seed = choice.best_seed(cheapest_front, runs)
     assert trt_export.main(["--checkpoint", "best", "--within", "100", "--out", str(tmp_path / "cheap"), *export]) == 0
     assert f"exporting checkpoint {runs / seed / 'best.pt'} " in capsys.readouterr().out
 
@@ -221,5 +221,5 @@ def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points
                             str(learnable_data_dir), "--device", "cpu", "--batch-sizes", "1,4", "--accuracy-images",
                             "20", "--warmup-seconds", "0", "--min-seconds", "0", "--min-iterations", "1", "--out",
                             str(tmp_path / "cheap"), "--plot", str(tmp_path / "images" / "export.png")]) == 0
-    seed = run_files.best_seed(cheapest, runs / "deploy")  # the cheapest of the confirmed front, its best seed
+    seed = choice.best_seed(cheapest, runs / "deploy")  # the cheapest of the confirmed front, its best seed
     assert f"exporting checkpoint {runs / 'deploy' / seed / 'best.pt'} " in capsys.readouterr().out

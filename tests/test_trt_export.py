@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT
 
+import choice
 import cifar_files
 import export_backends
 import folders
@@ -336,9 +337,9 @@ def test_best_picks_the_run_with_the_highest_best_val_accuracy_at_any_depth(tmp_
         (tmp_path / name / "summary.json").write_text("{not json" if summary is None else json.dumps(summary))
         if name != "c":  # c scored best but has no best.pt to export
             (tmp_path / name / "best.pt").write_bytes(b"")
-    assert run_files.best_run(run_files.summaries_under(tmp_path)) == (tmp_path / "study" / "trial-0001", 55.5)
-    assert run_files.choose_checkpoint(str(tmp_path / "a"), tmp_path) == tmp_path / "a" / "best.pt"  # a run folder
-    assert run_files.choose_checkpoint("best", tmp_path) == tmp_path / "study" / "trial-0001" / "best.pt"
+    assert choice.best_run(run_files.summaries_under(tmp_path)) == (tmp_path / "study" / "trial-0001", 55.5)
+    assert choice.choose_checkpoint(str(tmp_path / "a"), tmp_path) == tmp_path / "a" / "best.pt"  # a run folder
+    assert choice.choose_checkpoint("best", tmp_path) == tmp_path / "study" / "trial-0001" / "best.pt"
     out = capsys.readouterr().out
     assert "e/summary.json is missing or unreadable" in out
     assert "not confirmed by select_model.py" in out
@@ -421,28 +422,28 @@ def selection_runs(trained_run, tmp_path) -> Path:
 
 
 def test_best_exports_what_select_model_chose_not_the_luckiest_run(selection_runs, capsys):
-    assert run_files.choose_checkpoint("best", selection_runs) == selection_runs / "selection/a-seed1/best.pt"
+    assert choice.choose_checkpoint("best", selection_runs) == selection_runs / "selection/a-seed1/best.pt"
     assert "chosen by select_model.py" in capsys.readouterr().out
 
 
 def test_a_selection_json_below_runs_dir_is_found(selection_runs):
     study = selection_runs.parent / "all-runs" / "cifar"
     shutil.move(selection_runs, study)  # select_model.py was given runs/cifar; the export looks in runs/
-    assert run_files.choose_checkpoint("best", study.parent) == study / "selection/a-seed1/best.pt"
+    assert choice.choose_checkpoint("best", study.parent) == study / "selection/a-seed1/best.pt"
 
 
 @pytest.mark.parametrize(("points", "run"), [(0, "selection/a-seed1"), (1.0, "selection/b-seed2"),
                                              (5.0, "selection/d-seed1")])
 def test_within_picks_the_cheapest_front_config_within_the_points_at_its_best_seed(selection_runs, points, run,
                                                                                   capsys):
-    assert run_files.choose_checkpoint("best", selection_runs, within=points) == selection_runs / run / "best.pt"
+    assert choice.choose_checkpoint("best", selection_runs, within=points) == selection_runs / run / "best.pt"
     assert f"its best seed is {selection_runs / run}" in capsys.readouterr().out
 
 
 def test_within_never_picks_a_config_off_the_front():
     configs = [selection_config("best", ["x"], 60.0, 80e6, True), selection_config("off", ["y"], 59.9, 1e6, False),
                selection_config("front", ["z"], 59.5, 20e6, True)]
-    assert run_files.cheapest_within(configs, 1.0)["config"]["name"] == "front"
+    assert choice.cheapest_within(configs, 1.0)["config"]["name"] == "front"
 
 
 def test_cli_within_exports_the_chosen_seed_normalizing_once_with_one_session_per_model(selection_runs, data_dir,
