@@ -56,11 +56,15 @@ from folders import OWNER_LOCK, FolderInUse, own_folder, unwritable
 from machine import device_name
 from run_files import (
     LAST_CHECKPOINT,
+    RESUME_KEYS,
     SUMMARY_FILE,
     CheckpointError,
+    data_identity,
+    describe_data,
     finite_number,
     load_checkpoint,
     read_summary,
+    same_data,
     summaries_under,
 )
 from sweep_journal import DamagedJournal, JournalReadOnly
@@ -599,9 +603,9 @@ def check_study_data(study: optuna.Study, store: Store, identity: dict) -> None:
         if recorded is None:
             study.set_user_attr("data_identity", identity)
             return
-    if not p2.same_data(recorded, identity):
-        raise p2.ConfigError(f"study {study.study_name!r} trains on {p2.describe_data(recorded)}, "
-                             f"not on {p2.describe_data(identity)}: pass its --data-dir and "
+    if not same_data(recorded, identity):
+        raise p2.ConfigError(f"study {study.study_name!r} trains on {describe_data(recorded)}, "
+                             f"not on {describe_data(identity)}: pass its --data-dir and "
                              "--val-size, or another --study")
 
 
@@ -679,7 +683,7 @@ def resume_point(previous: Path, run_dir: Path, expected: dict) -> dict | None:
     shutil.copytree(previous, run_dir, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(OWNER_LOCK, TRIAL_MARKER))
     try:
-        return load_checkpoint(run_dir / LAST_CHECKPOINT, needs=p2.RESUME_KEYS)
+        return load_checkpoint(run_dir / LAST_CHECKPOINT, needs=RESUME_KEYS)
     except CheckpointError as e:
         print(f"cannot resume ({e}); starting over", flush=True)
         return None
@@ -1032,8 +1036,8 @@ def prior_trial(sweep: Sweep, run_dir: Path, summary: dict, identity: dict,
     recorded = summary.get("data")
     if not isinstance(recorded, dict) or not recorded:
         raise ValueError("its summary.json does not record its data (an older version wrote it)")
-    if not p2.same_data(recorded, identity):
-        raise ValueError(f"trained on other data: {p2.describe_data(recorded)}")
+    if not same_data(recorded, identity):
+        raise ValueError(f"trained on other data: {describe_data(recorded)}")
     if not isinstance(summary.get("config"), dict):
         raise ValueError("its summary.json has no config")
     config = p2.with_defaults(summary["config"])  # a setting added since: it trained the default
@@ -1191,7 +1195,7 @@ class WarmStart:
               identity: Callable[[], dict]) -> None:
         """Prior runs become finished trials, then the starting points are queued, under the
         scheduling lock: a second process (another machine's, the same command again) finds them
-        and adds nothing. `identity()` is the data's p2.data_identity, asked for only if needed."""
+        and adds nothing. `identity()` is the data's run_files.data_identity, asked for only if needed."""
         if not self.prior_runs and not self.points:
             return
         fingerprint = identity() if self.prior_runs else {}
@@ -1209,9 +1213,9 @@ class WarmStart:
 
 
 def data_fingerprint(source: CifarSource, val_size: int) -> dict:
-    """p2.data_identity of the data the trials train on, without a device (for the launcher)."""
+    """run_files.data_identity of the data the trials train on, without a device (for the launcher)."""
     train_x, train_y, test_x, test_y = load_cifar100(source)
-    return p2.data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size)
+    return data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size, p2.SPLIT_SEED)
 
 
 class SeededSampler(optuna.samplers.BaseSampler):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import math
 import os
 import secrets
@@ -64,19 +63,23 @@ from cli import (
 )
 from cost import flops_per_image, model_cost
 from figures import plot_learning_curve
-from folders import own_folder, unwritable
+from folders import unwritable
 from machine import autocast, autocast_dtype, device_name, versions
 from run_files import (
     BEST_CHECKPOINT,
-    ENDED,
     LAST_CHECKPOINT,
+    RESUME_KEYS,
     SUMMARY_FILE,
     CheckpointError,
+    check_resumable,
+    check_resume_data,
+    data_identity,
     first_nonfinite,
+    hold_run_folder,
     load_checkpoint,
     load_weights,
-    read_summary,
     save_atomic,
+    stopped_state,
     to_cpu,
 )
 from wandb_connect import WandbUnavailable, resolve_wandb_mode, start_wandb_run
@@ -243,37 +246,12 @@ class DeviceData:
     identity: dict = field(default_factory=dict)  # data_identity(): recorded in checkpoints, checked on resume
 
 
-def data_identity(source: Path, train: tuple[np.ndarray, ...], test: tuple[np.ndarray, ...], val_size: int) -> dict:
-    """What identifies the data a run trains on: SHA-256 of the decoded training and test images and labels, and the
-    split (seed, val_size). Of the arrays, not the files, so the same data read from another copy, the archive or
-    pickles written by another Python matches; 0.1 s for CIFAR-100. `source` is only for messages."""
-    def digest(arrays: tuple[np.ndarray, ...]) -> str:
-        h = hashlib.sha256()
-        for a in arrays:
-            h.update(np.ascontiguousarray(a))
-        return h.hexdigest()
-
-    return {"source": str(Path(source).resolve()), "train_images": len(train[1]), "test_images": len(test[1]),
-            "train_sha256": digest(train), "test_sha256": digest(test), "split_seed": SPLIT_SEED, "val_size": val_size}
-
-
-def same_data(recorded: dict, current: dict) -> bool:
-    keys = ("train_sha256", "test_sha256", "split_seed", "val_size")
-    return all(recorded.get(key) == current.get(key) for key in keys)
-
-
-def describe_data(identity: dict) -> str:
-    return (f"{identity.get('source')} (train {str(identity.get('train_sha256'))[:12]}, test "
-            f"{str(identity.get('test_sha256'))[:12]}, split seed {identity.get('split_seed')}, "
-            f"val_size {identity.get('val_size')})")
-
-
 def prepare_data(data_dir: Path | CifarSource, val_size: int, device: torch.device) -> DeviceData:
     """Load CIFAR-100 (load_cifar100), split off the validation images and move everything to the device once.
     A split that cannot hold out the same share of every class says so in one line."""
     source = data_dir if isinstance(data_dir, CifarSource) else cifar100_source(data_dir)
     train_x, train_y, test_x, test_y = load_cifar100(source)
-    identity = data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size)
+    identity = data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size, SPLIT_SEED)
     train_idx, val_idx = stratified_split(train_y, val_size)
     sizes = np.bincount(train_y)
     held = np.bincount(train_y[val_idx], minlength=sizes.size)[sizes > 0]
@@ -525,9 +503,6 @@ def format_epoch(m: dict, epochs: int) -> str:
             f"{m['epoch_seconds']:.1f}s  {m['train_images_per_second']:,.0f} img/s")
 
 
-RESUME_KEYS = ("model", "optimizer", "config", "epoch", "history", "best_val_accuracy", "best_epoch", "seconds")
-
-
 def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: dict | None = None,
           check_interrupt=_never_interrupted, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> dict:
     """Train one model; write best.pt, last.pt, summary.json and curves.png into run_dir; return the summary.
@@ -687,18 +662,6 @@ def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, 
         plot_learning_curve(state["history"], run_dir / "curves.png", title=f"{run_dir.name} ({summary['device']})")
     write_json_atomic(summary, run_dir / SUMMARY_FILE)
     return summary
-
-
-def check_resume_data(resume: dict, identity: dict, path: Path) -> None:
-    """CheckpointError naming both data sets if the checkpoint at `path` was trained on other data than `identity`;
-    a checkpoint from before data was recorded resumes with a note (the new last.pt records it)."""
-    recorded = resume.get("data")
-    if not isinstance(recorded, dict) or not recorded:
-        print(f"note: {path} does not record its data (written by an older version): resuming on "
-              f"{identity.get('source', 'the data given')} without checking", flush=True)
-    elif identity and not same_data(recorded, identity):
-        raise CheckpointError(f"{path} was trained on other data: {describe_data(recorded)}, not "
-                              f"{describe_data(identity)}; resume with its --data-dir, or start a new run")
 
 
 def outcome_line(summary: dict, run_dir: Path) -> str:
@@ -883,11 +846,10 @@ def find_resume(args: argparse.Namespace, config: dict, run_dir: Path) -> dict |
     """run_dir's last.pt to continue, or None. A run resumes from --resume, or when an agent
     relaunches a preempted run under the same WANDB_RUN_ID. The checkpoint's config wins; each
     command-line value that differs is one line. Raises CheckpointError for a last.pt that cannot
-    be resumed or without the best.pt it names, RunComplete for a run that has ended."""
-    relaunched = os.environ.get("WANDB_RUN_ID") and (run_dir / LAST_CHECKPOINT).is_file()
-    if args.resume is None and not relaunched:
-        return None
+    be resumed, RunComplete for a run that has ended (run_files.check_resumable)."""
     last = run_dir / LAST_CHECKPOINT
+    if args.resume is None and not (os.environ.get("WANDB_RUN_ID") and last.is_file()):
+        return None
     resume = load_checkpoint(last, needs=RESUME_KEYS)
     resume["config"] = checkpoint_config(resume, last)
     load_weights(model_from_config(resume["config"]), resume["model"], last)  # before any work
@@ -895,10 +857,7 @@ def find_resume(args: argparse.Namespace, config: dict, run_dir: Path) -> dict |
         if getattr(args, key, None) is not None and config[key] != value:
             why = " (its schedule is fixed by its budget: start a new run to train longer)" if key == "epochs" else ""
             print(f"--{key}={getattr(args, key)} ignored: the resumed run keeps {key}={value}{why}", flush=True)
-    check_not_complete(run_dir, resume)
-    if resume["best_epoch"] and not (run_dir / BEST_CHECKPOINT).is_file():  # the end scores and uploads best.pt
-        raise CheckpointError(f"{run_dir} has {LAST_CHECKPOINT} but no {BEST_CHECKPOINT} (epoch "
-                              f"{resume['best_epoch']}'s weights, the best so far): copy the whole run folder")
+    check_resumable(run_dir, resume)
     print(f"resuming {run_dir} after epoch {resume['epoch']}", flush=True)
     return resume
 
@@ -917,29 +876,6 @@ def checkpoint_config(checkpoint: dict, path: Path) -> dict:
         return validate_config(config)
     except ConfigError as e:
         raise CheckpointError(f"{path}: its config has {e}") from None
-
-
-class RunComplete(CommandError):
-    """The run to resume has ended for good (its summary.json says finished or diverged at last.pt's epoch): a
-    resume does nothing, so nothing the run wrote changes. The message is the line to print; exit 0."""
-
-    exit_code = EXIT_DONE
-
-
-def check_not_complete(run_dir: Path, resume: dict) -> None:
-    summary = read_summary(run_dir)
-    if summary is not None and summary.get("status") in ENDED and summary.get("epochs_completed") == resume["epoch"]:
-        raise RunComplete(f"{run_dir} is complete ({summary['status']} after epoch {resume['epoch']}): nothing to "
-                          "resume and nothing changed; start a new run to train again")
-
-
-def stopped_state(run_dir: Path) -> str:
-    """What a run stopped outside training has left in run_dir, and how to go on: the end of a one-line message."""
-    if (read_summary(run_dir) or {}).get("status") in ENDED:
-        return f"the run is complete in {run_dir} (its W&B upload may be incomplete)"
-    if (run_dir / LAST_CHECKPOINT).is_file():
-        return f"{run_dir / LAST_CHECKPOINT} holds the last finished epoch; continue with --resume {run_dir}"
-    return "no epoch had finished; the same command starts again"
 
 
 def fail_sweep_run(line: str, config: dict, mode: str) -> int:
@@ -1003,16 +939,11 @@ def prepare_run(args: argparse.Namespace, owned: ExitStack
         option = "--resume" if args.resume else "--runs-dir"
         raise ConfigError(f"the run folder {run_dir} cannot be written: {why}; use a {option} you "
                           "can write to")
-    held = run_dir.is_dir()
-    if held:
-        owned.enter_context(own_folder(run_dir, "run folder"))
     try:
-        resume = find_resume(args, config, run_dir)
+        resume, source = hold_run_folder(run_dir, owned, lambda: (
+            find_resume(args, config, run_dir), cifar100_source(args.data_dir)))
     except CheckpointError as e:
         raise CheckpointError(f"cannot resume: {e}") from None
-    source = cifar100_source(args.data_dir)
-    if not held:
-        owned.enter_context(own_folder(run_dir, "run folder"))
     return config, device, run_dir, resume, source
 
 

@@ -1,4 +1,4 @@
-"""What a run folder holds, and how it is written and read.
+"""What a run folder holds, how it is written and read, and when it can be continued.
 
     <run>/best.pt        BEST_CHECKPOINT: the epoch with the highest val_accuracy (what is exported)
     <run>/last.pt        LAST_CHECKPOINT: the last finished epoch and its optimizer (what a resume continues)
@@ -7,8 +7,11 @@
 A crash never leaves half a file: everything is made in memory and written by cli.write_atomic
 (a temporary file renamed over the old one); a write that fails is cli.FileFailed naming the file.
 Checkpoints are loaded as data only. A summary is read by read_summary alone, and the runs under a folder
-are found by summaries_under alone. A run's val_accuracy compares only with runs of the same data
-(of_one_data_set).
+are found by summaries_under alone. The data a run trains on is identified by its arrays
+(data_identity), recorded in its checkpoints and summary: a resume on other data is refused
+(check_resume_data), and a run's val_accuracy compares only with runs of the same data
+(of_one_data_set). A resume needs what RESUME_KEYS names in last.pt, best.pt beside it, and a run
+that has not ended (check_resumable); the run folder is held by one process (hold_run_folder).
 Elsewhere: which checkpoint to export is choice.py's; one process at a time writes a folder
 (folders.own_folder); figures are figures.py's, the machine's facts machine.py's, a model's cost
 cost.py's.
@@ -17,34 +20,41 @@ cost.py's.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import math
 import pickle
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from cli import (
     ANSI_ESCAPE,
     EXIT_BAD_INPUT,
+    EXIT_DONE,
     CommandError,
     FileFailed,
     one_line,
     write_atomic,
 )
+from folders import own_folder
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 SUMMARY_FILE = "summary.json"
 ENDED = ("finished", "diverged")  # a run with this status has its result; "diverged" is a real outcome of a config
 # What makes two runs' val_accuracy comparable: the same images (SHA-256 of the decoded training and
-# test arrays) and validation split, as part_2_cifar.data_identity records them (same_data's keys).
+# test arrays) and validation split, as data_identity records them (same_data's keys).
 DATA_KEYS = ("train_sha256", "test_sha256", "split_seed", "val_size")
+T = TypeVar("T")
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -231,7 +241,38 @@ def summaries_under(runs_dir: Path) -> list[tuple[Path, dict | None]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# One data set per choice: val_accuracy compares only between runs of one images and split
+# The data a run trains on: recorded in its checkpoints and summary, checked on a resume; one data
+# set per choice, as val_accuracy compares only between runs of one images and split
+
+
+def data_identity(source: Path, train: tuple[np.ndarray, ...], test: tuple[np.ndarray, ...],
+                  val_size: int | None, split_seed: int) -> dict:
+    """What identifies the data a run trains on: SHA-256 of the decoded training and test images
+    and labels, and the split (split_seed, val_size; None: any split). Of the arrays, not the
+    files, so the same data read from another copy, the archive or pickles written by another
+    Python matches; 0.1 s for CIFAR-100. `source` is only for messages."""
+
+    def digest(arrays: tuple[np.ndarray, ...]) -> str:
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(np.ascontiguousarray(a))
+        return h.hexdigest()
+
+    return {"source": str(Path(source).resolve()), "train_images": len(train[1]),
+            "test_images": len(test[1]), "train_sha256": digest(train),
+            "test_sha256": digest(test), "split_seed": split_seed, "val_size": val_size}
+
+
+def same_data(recorded: dict, current: dict) -> bool:
+    """Whether two data identities name the same images and split (DATA_KEYS)."""
+    return all(recorded.get(key) == current.get(key) for key in DATA_KEYS)
+
+
+def describe_data(identity: dict) -> str:
+    """A data identity in one line: its folder, 12 hex digits of each digest, the split."""
+    return (f"{identity.get('source')} (train {str(identity.get('train_sha256'))[:12]}, test "
+            f"{str(identity.get('test_sha256'))[:12]}, split seed {identity.get('split_seed')}, "
+            f"val_size {identity.get('val_size')})")
 
 
 def data_key(summary: dict | None) -> tuple | None:
@@ -265,7 +306,7 @@ def of_one_data_set(runs: Iterable[tuple[Path, dict | None]], reference: dict | 
                     remedy: str) -> list[tuple[Path, dict | None]]:
     """Of (run folder, summary) pairs, those trained on `reference`'s data: one data set.
 
-    `reference` is a data identity (part_2_cifar.data_identity of select_model.py's or
+    `reference` is a data identity (data_identity of select_model.py's or
     trt_export.py's --data-dir); its DATA_KEYS that are not None must match the data a run records
     (val_size None: any split). None: no reference.
     The runs left out are one `note:` line naming how many and on which data.
@@ -291,3 +332,74 @@ def by_data_set(runs: list[tuple[Path, dict | None]]) -> str:
     counts = Counter(data_key(summary) for _, summary in runs)
     labels = {data_key(summary): data_label((summary or {}).get("data")) for _, summary in runs}
     return ", ".join(f"{count} on {labels[key]}" for key, count in counts.most_common())
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume: what last.pt holds for it, and when a run folder can be continued
+
+
+RESUME_KEYS = ("model", "optimizer", "config", "epoch", "history", "best_val_accuracy", "best_epoch",
+               "seconds")
+
+
+class RunComplete(CommandError):
+    """The run to resume has ended for good (its summary.json says finished or diverged at last.pt's
+    epoch): a resume does nothing, so nothing the run wrote changes. The message is the line to
+    print; exit 0."""
+
+    exit_code = EXIT_DONE
+
+
+def check_resumable(run_dir: Path, resume: dict) -> None:
+    """RunComplete if the run in run_dir has ended at `resume`'s epoch (its loaded last.pt);
+    CheckpointError if the best epoch last.pt names has no best.pt beside it (the end of a run
+    scores and uploads best.pt)."""
+    summary = read_summary(run_dir)
+    if (summary is not None and summary.get("status") in ENDED
+            and summary.get("epochs_completed") == resume["epoch"]):
+        raise RunComplete(f"{run_dir} is complete ({summary['status']} after epoch "
+                          f"{resume['epoch']}): nothing to resume and nothing changed; start a new "
+                          "run to train again")
+    if resume["best_epoch"] and not (run_dir / BEST_CHECKPOINT).is_file():
+        raise CheckpointError(f"{run_dir} has {LAST_CHECKPOINT} but no {BEST_CHECKPOINT} (epoch "
+                              f"{resume['best_epoch']}'s weights, the best so far): copy the whole "
+                              "run folder")
+
+
+def check_resume_data(resume: dict, identity: dict, path: Path) -> None:
+    """CheckpointError naming both data sets if the checkpoint at `path` was trained on other data
+    than `identity`; a checkpoint from before data was recorded resumes with a note (the new
+    last.pt records it)."""
+    recorded = resume.get("data")
+    if not isinstance(recorded, dict) or not recorded:
+        print(f"note: {path} does not record its data (written by an older version): resuming on "
+              f"{identity.get('source', 'the data given')} without checking", flush=True)
+    elif identity and not same_data(recorded, identity):
+        raise CheckpointError(f"{path} was trained on other data: {describe_data(recorded)}, not "
+                              f"{describe_data(identity)}; resume with its --data-dir, or start a "
+                              "new run")
+
+
+def hold_run_folder(run_dir: Path, owned: ExitStack, read: Callable[[], T]) -> T:
+    """read() under the run folder's hold (folders.own_folder, kept in `owned`), and what it
+    returns. An existing folder (a resume, a relaunch) is held before read() reads its last.pt; a
+    new one only once read() has returned (its data found): a bad checkpoint is named before the
+    data is looked for, and no folder is made for data that is not there."""
+    held = run_dir.is_dir()
+    if held:
+        owned.enter_context(own_folder(run_dir, "run folder"))
+    found = read()
+    if not held:
+        owned.enter_context(own_folder(run_dir, "run folder"))
+    return found
+
+
+def stopped_state(run_dir: Path) -> str:
+    """What a run stopped outside training has left in run_dir, and how to go on: the end of a
+    one-line message."""
+    if (read_summary(run_dir) or {}).get("status") in ENDED:
+        return f"the run is complete in {run_dir} (its W&B upload may be incomplete)"
+    if (run_dir / LAST_CHECKPOINT).is_file():
+        return (f"{run_dir / LAST_CHECKPOINT} holds the last finished epoch; continue with --resume "
+                f"{run_dir}")
+    return "no epoch had finished; the same command starts again"

@@ -48,6 +48,7 @@ from run_files import (
     ENDED,
     SUMMARY_FILE,
     by_data_set,
+    data_identity,
     data_label,
     finite_number,
     of_one_data_set,
@@ -360,7 +361,7 @@ def data_of(source_dir: Path, val_size: int | None) -> dict:
     `val_size` None: any split.
     """
     train_x, train_y, test_x, test_y = load_cifar100(source_dir)
-    return p2.data_identity(source_dir, (train_x, train_y), (test_x, test_y), val_size)
+    return data_identity(source_dir, (train_x, train_y), (test_x, test_y), val_size, p2.SPLIT_SEED)
 
 
 def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal, owned: ExitStack) -> int:

@@ -107,15 +107,8 @@ from inference_bench import (
     thread_budget,
 )
 from machine import device_name, versions
-from part_2_cifar import (
-    ConfigError,
-    checkpoint_config,
-    data_identity,
-    model_from_config,
-    normalize,
-    pick_device,
-)
-from run_files import load_checkpoint, load_weights
+from part_2_cifar import SPLIT_SEED, ConfigError, checkpoint_config, model_from_config, normalize, pick_device
+from run_files import data_identity, load_checkpoint, load_weights
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings
@@ -424,7 +417,7 @@ def export(args: argparse.Namespace, owned: ExitStack) -> int:
 
     def images_identity() -> dict:  # --data-dir's data: `best` chooses among the runs trained on it
         train_x, train_y, test_x, test_y = dataset()
-        return data_identity(args.data_dir, (train_x, train_y), (test_x, test_y), None)
+        return data_identity(args.data_dir, (train_x, train_y), (test_x, test_y), None, SPLIT_SEED)
 
     checkpoint_path = choose_checkpoint(args.checkpoint, args.runs_dir, args.within,
                                         images_identity)

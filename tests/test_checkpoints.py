@@ -106,7 +106,7 @@ def test_an_epoch_that_ends_with_non_finite_weights_is_not_kept(poison, monkeypa
     assert summary["status"] == "diverged" and summary["epochs_completed"] == 1
     assert [m["epoch"] for m in summary["history"]] == [1] and np.isfinite(summary["test_accuracy"])
     best = run_files.load_checkpoint(tmp_path / "run" / "best.pt")
-    last = run_files.load_checkpoint(tmp_path / "run" / "last.pt", needs=trainer.RESUME_KEYS)
+    last = run_files.load_checkpoint(tmp_path / "run" / "last.pt", needs=run_files.RESUME_KEYS)
     assert best["epoch"] == last["epoch"] == 1 and all_finite(best) and all_finite(last)
 
 
@@ -148,9 +148,9 @@ def test_checkpoints_and_summary_record_the_data_they_trained_on(
     assert data.identity["train_images"] == 1000 and data.identity["test_images"] == 300
     shutil.copytree(tiny_data_dir, tmp_path / "copy")
     same = trainer.prepare_data(tmp_path / "copy", 200, CPU).identity
-    assert trainer.same_data(data.identity, same) and same["source"] != data.identity["source"]
-    assert not trainer.same_data(data.identity, trainer.prepare_data(other_data_dir, 200, CPU).identity)
-    assert not trainer.same_data(data.identity, trainer.prepare_data(tiny_data_dir, 300, CPU).identity)
+    assert run_files.same_data(data.identity, same) and same["source"] != data.identity["source"]
+    assert not run_files.same_data(data.identity, trainer.prepare_data(other_data_dir, 200, CPU).identity)
+    assert not run_files.same_data(data.identity, trainer.prepare_data(tiny_data_dir, 300, CPU).identity)
 
 
 def test_resume_on_other_data_is_refused_naming_both(

@@ -303,7 +303,7 @@ def test_an_epoch_callback_can_stop_a_run_early_with_a_status(tiny_data_dir, tmp
     summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run",
                             on_epoch=prune_after_epoch_2)
     assert summary["status"] == "pruned" and summary["epochs_completed"] == 2 and "test_accuracy" not in summary
-    assert run_files.load_checkpoint(tmp_path / "run" / "last.pt", needs=trainer.RESUME_KEYS)["epoch"] == 2
+    assert run_files.load_checkpoint(tmp_path / "run" / "last.pt", needs=run_files.RESUME_KEYS)["epoch"] == 2
 
 
 def test_the_readme_table_of_hyperparameters_is_the_settings_table():
