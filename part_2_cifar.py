@@ -71,6 +71,7 @@ from run_files import (
     RESUME_KEYS,
     SUMMARY_FILE,
     CheckpointError,
+    Snapshots,
     check_resumable,
     check_resume_data,
     data_identity,
@@ -78,7 +79,6 @@ from run_files import (
     hold_run_folder,
     load_checkpoint,
     load_weights,
-    save_atomic,
     stopped_state,
     to_cpu,
 )
@@ -516,10 +516,6 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
     weights. `data.identity` goes into both checkpoints; a resumed run's must match (CheckpointError naming both).
     """
     run_dir = Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FileFailed(e, "make the run folder", run_dir) from None
     device = data.train_labels.device
     amp_dtype = autocast_dtype(device)
     model, optimizer = new_model_and_optimizer(config, device)
@@ -534,26 +530,7 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
                                   f"({type(e).__name__}: {one_line(e)})") from None
         state = {key: resume[key] for key in state}
     status, started, written_at = "finished", time.perf_counter() - state["seconds"], -math.inf
-    snapshots: dict[str, object] = {}  # file name -> the newest end-of-epoch snapshot
-    unsaved: set[str] = set()  # the snapshots not yet on disk
-    on_disk = {"epoch": state["epoch"], "failed": False}  # last.pt's epoch; whether a write failed
-
-    def save_snapshots() -> None:
-        """Write the snapshots not yet on disk. A run folder that vanished (a /tmp cleaner, rm -rf
-        runs/*) is made again and gets every snapshot in memory. A write that fails is FileFailed
-        saying which epoch is on disk."""
-        if on_disk["failed"]:  # tried already: the files on disk are what they are
-            return
-        try:
-            write_snapshots(run_dir, snapshots, unsaved)
-        except FileFailed as e:
-            on_disk["failed"] = True
-            e.kept = (f"the training stopped after epoch {state['epoch']}; "
-                      f"{checkpoints_on_disk(run_dir, on_disk)}")
-            raise
-        if LAST_CHECKPOINT in snapshots:
-            on_disk["epoch"] = snapshots[LAST_CHECKPOINT]["epoch"]
-
+    snapshots = Snapshots(run_dir, state["epoch"])  # the newest checkpoints, written now and then
     try:
         for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
             t0 = time.perf_counter()
@@ -574,16 +551,13 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
             state["epoch"], state["seconds"] = epoch, time.perf_counter() - started
             if state["best_epoch"] == 0 or metrics["val_accuracy"] > state["best_val_accuracy"]:
                 state["best_val_accuracy"], state["best_epoch"] = metrics["val_accuracy"], epoch
-                snapshots[BEST_CHECKPOINT] = {"model": to_cpu(model.state_dict()), "config": config,
-                                              "val_accuracy": metrics["val_accuracy"],
-                                              "epoch": epoch, "data": data.identity}
-                unsaved.add(BEST_CHECKPOINT)
-            snapshots[LAST_CHECKPOINT] = to_cpu({"model": model.state_dict(),
-                                                 "optimizer": optimizer.state_dict(),
-                                                 "config": config, "data": data.identity, **state})
-            unsaved.add(LAST_CHECKPOINT)
+                snapshots.keep(BEST_CHECKPOINT, {"model": to_cpu(model.state_dict()), "config": config,
+                                                 "val_accuracy": metrics["val_accuracy"], "epoch": epoch,
+                                                 "data": data.identity})
+            snapshots.keep(LAST_CHECKPOINT, to_cpu({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                    "config": config, "data": data.identity, **state}))
             if time.perf_counter() - written_at >= checkpoint_seconds or epoch == config["epochs"]:
-                save_snapshots()
+                snapshots.save()
                 written_at = time.perf_counter()
             print(format_epoch(metrics, config["epochs"]), flush=True)
             if on_epoch is not None:
@@ -592,52 +566,9 @@ def train(config: dict, data: DeviceData, run_dir: Path, on_epoch=None, resume: 
         status = e.status
         print(f"stopped after epoch {state['epoch']}: {e}", flush=True)
     finally:
-        save_snapshots()
+        snapshots.save()
     seconds = time.perf_counter() - started
-    for attempt in (1, 2):
-        try:
-            return finish_run(model, data, run_dir, config, state, status, seconds, amp_dtype)
-        except FileFailed as e:
-            if attempt == 1 and not run_dir.is_dir():  # vanished at the end: made again, as above
-                write_snapshots(run_dir, snapshots, set(snapshots))
-                continue
-            e.kept = (f"the training ended after epoch {state['epoch']} but its summary is not "
-                      f"written; {checkpoints_on_disk(run_dir, on_disk)}")
-            raise
-
-
-def write_snapshots(run_dir: Path, snapshots: dict[str, object], names: set[str]) -> None:
-    """Write the snapshots `names` (file name -> checkpoint) into run_dir, removing each from names.
-    A run_dir that vanished (deleted while training, before or during the write) is made again and
-    gets every snapshot, with a note. FileFailed if a write fails otherwise."""
-    for attempt in (1, 2):
-        try:
-            if not run_dir.is_dir():
-                try:
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    raise FileFailed(e, "make the run folder", run_dir) from None
-                if snapshots:
-                    kept = " and ".join(sorted(snapshots))
-                    print(f"note: the run folder {run_dir} vanished while the run went on "
-                          f"(deleted?): made it again, with {kept} of the newest epoch, kept in "
-                          "memory", flush=True)
-                names.update(snapshots)
-            for name in sorted(names):
-                save_atomic(snapshots[name], run_dir / name)
-                names.discard(name)
-            return
-        except FileFailed:
-            if attempt == 2 or run_dir.is_dir():
-                raise
-
-
-def checkpoints_on_disk(run_dir: Path, on_disk: dict) -> str:
-    """Which epoch the run folder's checkpoints hold: part of a write failure's line."""
-    last = run_dir / LAST_CHECKPOINT
-    if on_disk["epoch"] and last.is_file():
-        return f"{last} holds epoch {on_disk['epoch']}"
-    return "no last.pt of this run is on disk"
+    return snapshots.write_end(lambda: finish_run(model, data, run_dir, config, state, status, seconds, amp_dtype))
 
 
 def finish_run(model: nn.Module, data: DeviceData, run_dir: Path, config: dict, state: dict, status: str,

@@ -215,6 +215,97 @@ def to_cpu(obj: object) -> object:
     return obj
 
 
+# --------------------------------------------------------------------------------------------------
+# Writing a run's checkpoints
+
+
+class Snapshots:
+    """A run's newest end-of-epoch checkpoints (file name -> checkpoint), kept in host memory and
+    written into its folder by save(): as often as the trainer asks, and before an error or a
+    signal ends the run, so that a write never costs a step. The folder is made if missing.
+
+    A folder that vanished meanwhile (a /tmp cleaner, rm -rf runs/*) is made again and gets every
+    snapshot in memory, with a note. A write that fails is cli.FileFailed saying which epoch the
+    files on disk hold (on_disk); later saves do nothing, the files on disk being what they are.
+    """
+
+    def __init__(self, run_dir: Path, epoch: int):
+        self.run_dir, self.epoch = Path(run_dir), epoch  # the last finished epoch (resumed: last.pt's)
+        self.epoch_on_disk = epoch  # what last.pt holds
+        self.checkpoints: dict[str, dict] = {}
+        self.unsaved: set[str] = set()
+        self.failed = False
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FileFailed(e, "make the run folder", run_dir) from None
+
+    def keep(self, name: str, checkpoint: dict) -> None:
+        """Keep `checkpoint` as file `name` (BEST_CHECKPOINT, LAST_CHECKPOINT) until the next save."""
+        self.checkpoints[name] = checkpoint
+        self.unsaved.add(name)
+        if name == LAST_CHECKPOINT:
+            self.epoch = checkpoint["epoch"]
+
+    def save(self) -> None:
+        """Write the checkpoints not yet on disk."""
+        if self.failed:  # tried already: the files on disk are what they are
+            return
+        try:
+            self.write(self.unsaved)
+        except FileFailed as e:
+            self.failed = True
+            e.kept = f"the training stopped after epoch {self.epoch}; {self.on_disk()}"
+            raise
+        if LAST_CHECKPOINT in self.checkpoints:
+            self.epoch_on_disk = self.checkpoints[LAST_CHECKPOINT]["epoch"]
+
+    def write(self, names: set[str]) -> None:
+        """Write the checkpoints `names` (removing each from it), or every checkpoint into a folder
+        that vanished, made again. FileFailed if a write fails otherwise."""
+        for attempt in (1, 2):
+            try:
+                if not self.run_dir.is_dir():
+                    try:
+                        self.run_dir.mkdir(parents=True, exist_ok=True)
+                    except OSError as e:
+                        raise FileFailed(e, "make the run folder", self.run_dir) from None
+                    if self.checkpoints:
+                        kept = " and ".join(sorted(self.checkpoints))
+                        print(f"note: the run folder {self.run_dir} vanished while the run went on "
+                              f"(deleted?): made it again, with {kept} of the newest epoch, kept in "
+                              "memory", flush=True)
+                    names.update(self.checkpoints)
+                for name in sorted(names):
+                    save_atomic(self.checkpoints[name], self.run_dir / name)
+                    names.discard(name)
+                return
+            except FileFailed:
+                if attempt == 2 or self.run_dir.is_dir():
+                    raise
+
+    def write_end(self, write: Callable[[], T]) -> T:
+        """write() (the run's end: its summary and curves) and what it returns. A folder that vanished
+        meanwhile is made again with every checkpoint, and write() tried once more; a failure says
+        which epoch the checkpoints on disk hold."""
+        for attempt in (1, 2):
+            try:
+                return write()
+            except FileFailed as e:
+                if attempt == 2 or self.run_dir.is_dir():
+                    e.kept = (f"the training ended after epoch {self.epoch} but its summary is not "
+                              f"written; {self.on_disk()}")
+                    raise
+            self.write(set(self.checkpoints))  # the folder vanished: made again, every checkpoint
+
+    def on_disk(self) -> str:
+        """Which epoch the run folder's checkpoints hold: part of a write failure's line."""
+        last = self.run_dir / LAST_CHECKPOINT
+        if self.epoch_on_disk and last.is_file():
+            return f"{last} holds epoch {self.epoch_on_disk}"
+        return "no last.pt of this run is on disk"
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Runs: the one reader of a summary, the one walk over a runs folder
 
