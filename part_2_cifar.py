@@ -82,7 +82,18 @@ from run_files import (
     stopped_state,
     to_cpu,
 )
-from wandb_connect import WandbUnavailable, resolve_wandb_mode, start_wandb_run
+from wandb_connect import (
+    WandbUnavailable,
+    defaults_used,
+    end_run,
+    fail_sweep_run,
+    in_wandb_sweep,
+    parse_agent_args,
+    resolve_wandb_mode,
+    run_init,
+    start_wandb_run,
+    upload_model,
+)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings: one row per key, the only place a hyperparameter is written down. Keys are exactly the parameter names
@@ -632,17 +643,14 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
     `how_to_continue`: the end of the line an interruption prints when an epoch is saved (default: --resume RUN_DIR).
     """
     try:  # only a W&B sweep needs the server (it picks configs from what runs upload); a local sweep does not
-        run = start_wandb_run({**init, "config": config}, in_sweep=bool(os.environ.get("WANDB_SWEEP_ID")))
+        run = start_wandb_run({**init, "config": config}, in_sweep=in_wandb_sweep())
     except WandbUnavailable as e:  # inside a W&B sweep, no server: nothing to log to, so nothing to train for
         return fail(e), {"status": "failed", "error": str(e)}
     run.define_metric("val_accuracy", summary="max")  # the summary keeps the best epoch's value, not the last
     failed, data = {"status": "failed"}, None
     try:
         config = validate_config(dict(run.config))  # a sweep's values override the command line
-        nulls = {key: config[key] for key in SETTINGS if key in run.config and run.config[key] is None}
-        if nulls:  # a W&B sweep's null: its config keeps what the sweep drew, the summary what the run used
-            run.summary["defaults_used"] = nulls
-            print(f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}", flush=True)
+        defaults_used(run, config)
         # The model's size is known before training: in the summary from the start, a run stopped early or killed
         # has it too (a sweep's cost objective, W&B's charts of running runs). finish_run writes it again, with latency.
         model = model_from_config(config)
@@ -665,15 +673,15 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
         going_on = f"{going_on} once it can be written" if resumable else (
             "the same command starts the run again")
         error.kept = "; ".join(filter(None, (error.kept, going_on)))
-        _end_run(run, exit_code(error), failed | {"error": str(error)}, show=False)
+        end_run(run, exit_code(error), failed | {"error": str(error)}, show=False)
         raise error from None
     except CommandError as e:  # a bad value (a sweep's), data or a checkpoint to fix
-        return _end_run(run, exit_code(e), failed | {"error": str(e)})
+        return end_run(run, exit_code(e), failed | {"error": str(e)})
     except torch.OutOfMemoryError:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         device = data.train_labels.device if data else "the device"
-        return _end_run(run, EXIT_FAILED, failed | {"error": out_of_memory_message(config, device)})
+        return end_run(run, EXIT_FAILED, failed | {"error": out_of_memory_message(config, device)})
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         how_to_continue = how_to_continue or f"continue with --resume {run_dir}"
@@ -683,38 +691,16 @@ def run_training(config: dict, load_data: Callable[[], DeviceData], run_dir: Pat
         print(f"interrupted by {signal.Signals(signum).name}: {kept}", file=sys.stderr, flush=True)
         if requeues(signum, in_sweep):
             run.mark_preempting()
-        return _end_run(run, stopped_by(signum), {"status": "interrupted"})
+        return end_run(run, stopped_by(signum), {"status": "interrupted"})
     run.summary.update({key: summary[key] for key in ("best_val_accuracy", "best_epoch", "total_seconds", "status",
                                                       "parameters", "flops_per_image", "latency_ms", "test_accuracy",
                                                       "test_loss") if summary.get(key) is not None})
     if summary["status"] == "diverged":  # 0 if no epoch finished: the sweep's optimizer learns the region is bad
         run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"] or 0.0})
     if log_model and init.get("mode") != "disabled" and summary["best_epoch"]:
-        best = Path(run_dir) / BEST_CHECKPOINT
-        metadata = {"config": config, "val_accuracy": summary["best_val_accuracy"],
-                    "epoch": summary["best_epoch"]}
-        run.attempt("uploading best.pt as a model artifact", upload_model, run, best, metadata,
-                    loses=f"W&B has the run but not its model artifact (the model is {best})")
-    return _end_run(run, EXIT_DONE, summary)
-
-
-def upload_model(run: object, path: Path, metadata: dict) -> None:
-    """`path` as the run's model artifact, aliases best and latest (W&B stages a copy first)."""
-    import wandb
-
-    artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)
-    artifact.add_file(str(path))
-    run.run.log_artifact(artifact, aliases=["best", "latest"])
-
-
-def _end_run(run: object, code: int, summary: dict, show: bool = True) -> tuple[int, dict]:
-    """Print a failure's line (`show`), record it in the W&B summary, finish the run with `code`."""
-    if "error" in summary:
-        if show:
-            print(f"error: {summary['error']}", file=sys.stderr, flush=True)
-        run.summary["error"] = summary["error"]
-    run.finish(exit_code=code)  # bounded: start_wandb_run set finish_timeout
-    return code, summary
+        upload_model(run, Path(run_dir) / BEST_CHECKPOINT, {"config": config, "epoch": summary["best_epoch"],
+                                                             "val_accuracy": summary["best_val_accuracy"]})
+    return end_run(run, EXIT_DONE, summary)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -725,22 +711,6 @@ def shared_options() -> argparse.ArgumentParser:
     """cli.common_options with this program's help for --data-dir and --val-size: the parent parser of every
     command that trains (this one, local_sweep.py, select_model.py)."""
     return common_options(DATA_DIR_HELP, f"default {DEFAULTS['val_size']}; {SETTINGS['val_size'].help}")
-
-
-def without_wandb_internals(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(argv without W&B's internal `--_key=value` or `--_key value` arguments, their names). A requeued sweep run
-    comes back with its whole W&B config as arguments, `--_wandb={...}` included (wandb issues 4237, 9143)."""
-    kept, internal, skip_value = [], [], False
-    for arg in argv:
-        if skip_value and not arg.startswith("--"):
-            skip_value = False
-            continue
-        skip_value = arg.startswith("--_") and "=" not in arg
-        if arg.startswith("--_"):
-            internal.append(arg.split("=", 1)[0])
-        else:
-            kept.append(arg)
-    return kept, internal
 
 
 def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Namespace:
@@ -756,14 +726,9 @@ def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Names
     parser.add_argument("--log-model", action=argparse.BooleanOptionalAction, default=True,
                         help="upload best.pt as a W&B model artifact at the end (default on)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run whose last.pt is in RUN_DIR")
-    if not in_sweep:
-        return parser.parse_args(argv, argparse.Namespace(unrecognized=None))
-    argv, internal = without_wandb_internals(sys.argv[1:] if argv is None else list(argv))
-    if internal:
-        print(f"ignored W&B's internal arguments {', '.join(sorted(set(internal)))}", flush=True)
-    args, unknown = parser.parse_known_args(argv)
-    args.unrecognized = f"unrecognized arguments: {' '.join(unknown)}" if unknown else None
-    return args
+    if in_sweep:
+        return parse_agent_args(parser, argv)
+    return parser.parse_args(argv, argparse.Namespace(unrecognized=None))
 
 
 def run_folder(args: argparse.Namespace) -> Path:
@@ -809,43 +774,26 @@ def checkpoint_config(checkpoint: dict, path: Path) -> dict:
         raise CheckpointError(f"{path}: its config has {e}") from None
 
 
-def fail_sweep_run(line: str, config: dict, mode: str) -> int:
-    """Inside a W&B sweep, a value the trainer refuses must show where the sweep is watched: start the agent's run
-    only to finish it as failed with the line in its summary (and printed). Exit code 2."""
-    try:
-        run = start_wandb_run({"mode": mode, "resume": "allow", "config": config}, in_sweep=True)
-    except WandbUnavailable:  # no server to show it on: the line here is all there is
-        return fail(line, EXIT_BAD_INPUT)
-    return _end_run(run, EXIT_BAD_INPUT, {"status": "failed", "error": line})[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command; its one boundary (cli.boundary) makes whatever ends it one line and a code."""
     # From the first line: a preemption notice during start-up or upload is kept. `owned` holds
     # the run folder until the end.
     with StopOnSignal() as stop, ExitStack() as owned:
-        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
+        in_sweep = in_wandb_sweep()
         args = parse_args(argv, in_sweep)
-        run_dir = None
+        mode, run_dir = None, None
         try:
             mode = resolve_wandb_mode(args.wandb_mode)  # a setting W&B refuses: one line, no work
-            try:
-                config, device, run_dir, resume, source = prepare_run(args, owned)
-            except (ConfigError, CheckpointError) as e:  # a W&B sweep's: shown where it is watched
-                if not in_sweep:
-                    raise
-                return fail_sweep_run(str(e), {key: getattr(args, key) for key in SETTINGS}, mode)
-            init = {"mode": mode, "resume": "allow"}
-            if not in_sweep:  # inside a sweep the agent chooses project and id
-                init.update(project=args.wandb_project, id=run_dir.name)
-            config = resume["config"] if resume else config
-            val_size = config["val_size"]
-            code, summary = run_training(config, lambda: prepare_data(source, val_size, device), run_dir, init,
-                                         check_interrupt=stop.check, resume=resume, in_sweep=in_sweep,
-                                         log_model=args.log_model)
+            config, device, run_dir, resume, source = prepare_run(args, owned)
+            init = run_init(mode, args.wandb_project, run_dir.name)
+            code, summary = run_training(config, lambda: prepare_data(source, config["val_size"], device),
+                                         run_dir, init, check_interrupt=stop.check, resume=resume,
+                                         in_sweep=in_sweep, log_model=args.log_model)
         except BaseException as e:  # Ctrl-C twice outside training: W&B's start, upload or finish
-            stop = isinstance(e, (Interrupted, KeyboardInterrupt)) and run_dir is not None
-            return boundary(e, stopped=stopped_state(run_dir) if stop else "nothing was started")
+            if in_sweep and isinstance(e, (ConfigError, CheckpointError)):  # prepare_run's, a sweep's value:
+                return fail_sweep_run(str(e), {key: getattr(args, key) for key in SETTINGS}, mode)  # shown there
+            stopped = isinstance(e, (Interrupted, KeyboardInterrupt)) and run_dir is not None
+            return boundary(e, stopped=stopped_state(run_dir) if stopped else "nothing was started")
         if code == 0:
             print(outcome_line(summary, run_dir), flush=True)
         if stop.signum is not None and code == 0:
@@ -856,7 +804,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def prepare_run(args: argparse.Namespace, owned: ExitStack
                 ) -> tuple[dict, torch.device, Path, dict | None, CifarSource]:
-    """(config, device, run folder, its last.pt or None, the data), each checked before any work:
+    """(config, device, run folder, its last.pt or None, the data), each checked before any work
+    (a resumed run's config is its last.pt's):
     ConfigError, CheckpointError ("cannot resume: ..."), RunComplete, DataError, FolderInUse. The
     run folder is held in `owned`: an existing one (a resume, a relaunch) before its last.pt is
     read, a new one once its data is found. Data that is not there (no network for the download)
@@ -875,7 +824,7 @@ def prepare_run(args: argparse.Namespace, owned: ExitStack
             find_resume(args, config, run_dir), cifar100_source(args.data_dir)))
     except CheckpointError as e:
         raise CheckpointError(f"cannot resume: {e}") from None
-    return config, device, run_dir, resume, source
+    return resume["config"] if resume else config, device, run_dir, resume, source
 
 
 if __name__ == "__main__":

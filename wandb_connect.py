@@ -5,6 +5,11 @@ variable, before any work. Once a run has started, W&B failing (its wandb-core p
 folder it cannot write, an upload that raises) costs W&B only: GuardedRun says in one line what W&B
 lost and how to sync what it has, and the training goes on.
 
+Also here, `wandb agent`'s protocol as the trainer meets it: in_wandb_sweep, the arguments a
+(requeued) sweep run gets (parse_agent_args), a sweep's null (defaults_used), a value refused
+inside a sweep shown where the sweep is watched (fail_sweep_run), and the end of a run (end_run,
+upload_model).
+
 Behaviour of wandb 0.31 this relies on, read in its source: wandb/sdk/lib/wbauth/authenticate.py (the credential
 lookup wandb.init runs), wandb/sdk/wandb_settings.py (init_timeout 90 s, finish_timeout 0 = forever by default).
 README "W&B without a network (HPC clusters)" says what a user sees.
@@ -12,10 +17,13 @@ README "W&B without a network (HPC clusters)" says what a user sees.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import sys
+from pathlib import Path
 
-from cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, one_line
+from cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, fail, one_line
 
 
 class WandbSettingsError(CommandError, ValueError):
@@ -271,3 +279,98 @@ class GuardedSummary:
         summary = self.guarded.run.summary
         found = self.guarded.attempt(f"reading the summary's {key}", summary.get, key, default)
         return default if found is None else found
+
+
+# --------------------------------------------------------------------------------------------------
+# `wandb agent`'s protocol: what it hands the run it launches, and what it reads back
+
+
+def in_wandb_sweep() -> bool:
+    """Whether this process is a run `wandb agent` launched: it sets WANDB_SWEEP_ID."""
+    return bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def run_init(mode: str, project: str, run_id: str) -> dict:
+    """wandb.init's keywords (but config) for one training: resumable under its id, in `project`;
+    inside a W&B sweep the agent chooses project and id (wandb.init ignores them there)."""
+    init = {"mode": mode, "resume": "allow"}
+    if not in_wandb_sweep():
+        init.update(project=project, id=run_id)
+    return init
+
+
+def without_wandb_internals(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv without W&B's internal `--_key=value` or `--_key value` arguments, their names). A
+    requeued sweep run comes back with its whole W&B config as arguments, `--_wandb={...}` included
+    (wandb issues 4237, 9143)."""
+    kept, internal, skip_value = [], [], False
+    for arg in argv:
+        if skip_value and not arg.startswith("--"):
+            skip_value = False
+            continue
+        skip_value = arg.startswith("--_") and "=" not in arg
+        if arg.startswith("--_"):
+            internal.append(arg.split("=", 1)[0])
+        else:
+            kept.append(arg)
+    return kept, internal
+
+
+def parse_agent_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser`'s options in the arguments of a run `wandb agent` launched (`argv`, None:
+    sys.argv's): W&B's internal `--_...` arguments are ignored (one line), and `unrecognized` names
+    any other unknown one (else None), for the run to fail with it where the sweep is watched."""
+    argv, internal = without_wandb_internals(sys.argv[1:] if argv is None else list(argv))
+    if internal:
+        print(f"ignored W&B's internal arguments {', '.join(sorted(set(internal)))}", flush=True)
+    args, unknown = parser.parse_known_args(argv)
+    args.unrecognized = f"unrecognized arguments: {' '.join(unknown)}" if unknown else None
+    return args
+
+
+def defaults_used(run: GuardedRun, config: dict) -> None:
+    """A W&B sweep's null means the default: the run's config keeps what the sweep drew (None), its
+    summary's defaults_used what the run used (in `config`, the defaults filled in), said in one
+    line."""
+    nulls = {key: value for key, value in config.items()
+             if key in run.config and run.config[key] is None and value is not None}
+    if nulls:
+        run.summary["defaults_used"] = nulls
+        print(f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}",
+              flush=True)
+
+
+def fail_sweep_run(line: str, config: dict, mode: str) -> int:
+    """Inside a W&B sweep, a value the trainer refuses must show where the sweep is watched: start
+    the agent's run only to finish it as failed with the line in its summary (and printed). Exit
+    code 2."""
+    try:
+        run = start_wandb_run({"mode": mode, "resume": "allow", "config": config}, in_sweep=True)
+    except WandbUnavailable:  # no server to show it on: the line here is all there is
+        return fail(line, EXIT_BAD_INPUT)
+    return end_run(run, EXIT_BAD_INPUT, {"status": "failed", "error": line})[0]
+
+
+def end_run(run: GuardedRun, code: int, summary: dict, show: bool = True) -> tuple[int, dict]:
+    """Print a failure's line (`show`), record it in the W&B summary, finish the run with `code`;
+    (code, summary)."""
+    if "error" in summary:
+        if show:
+            print(f"error: {summary['error']}", file=sys.stderr, flush=True)
+        run.summary["error"] = summary["error"]
+    run.finish(exit_code=code)  # bounded: start_wandb_run set finish_timeout
+    return code, summary
+
+
+def upload_model(run: GuardedRun, path: Path, metadata: dict) -> None:
+    """`path` as the run's model artifact, aliases best and latest (W&B stages a copy first); a
+    failure costs W&B only, said in one line."""
+    import wandb
+
+    def log_artifact() -> None:
+        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)
+        artifact.add_file(str(path))
+        run.run.log_artifact(artifact, aliases=["best", "latest"])
+
+    run.attempt("uploading best.pt as a model artifact", log_artifact,
+                loses=f"W&B has the run but not its model artifact (the model is {path})")

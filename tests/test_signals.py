@@ -180,7 +180,7 @@ sys.exit(p2.main(sys.argv[2:]))
 
 @pytest.mark.parametrize(("stage", "said"), [
     ("start_wandb_run", "no epoch had finished; the same command starts again"),
-    ("_end_run", "the run is complete in "),
+    ("end_run", "the run is complete in "),
 ])
 def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(stage, said, tiny_data_dir, tmp_path,
                                                                                offline_env):

@@ -19,6 +19,7 @@ from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, offline_wandb_run
 import local_sweep
 import part_2_cifar as trainer
 import run_files
+import wandb_connect
 
 SWEEP_ID, RUN_ID = "localsweep", "agentrun1"
 
@@ -106,7 +107,7 @@ WANDB_INTERNAL = {"cli_version": "0.31.0", "python_version": "3.11.7", "start_ti
 
 
 def test_wandbs_internal_arguments_are_dropped_in_both_of_the_agents_forms():
-    kept, internal = trainer.without_wandb_internals(
+    kept, internal = wandb_connect.without_wandb_internals(
         ["--epochs=3", f"--_wandb={WANDB_INTERNAL}", "--_step", "7", "--seed", "1", "--_flag"])
     assert kept == ["--epochs=3", "--seed", "1"] and internal == ["--_wandb", "--_step", "--_flag"]
 
