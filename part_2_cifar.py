@@ -31,7 +31,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,58 +417,51 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, config: dict,
-                epoch: int, amp_dtype: torch.dtype | None, check_interrupt=_never_interrupted, *,
-                forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                scaler: torch.amp.GradScaler | None = None,
-                after_step: Callable[[torch.Tensor], None] | None = None) -> dict:
-    """One pass over the training split. Randomness depends only on (seed, epoch), so a resumed run repeats it.
-
-    The keywords exist for benchmarks/ablation.py, which measures this very loop with one thing changed:
-    `forward` replaces model(x) (a compiled or CUDA-graphed model), `scaler` is a GradScaler for fp16, and
-    `after_step(loss)` runs after each step (e.g. loss.item(), the host sync many loops do to print the loss).
-    """
+def epoch_batches(data: DeviceData, config: dict, epoch: int
+                  ) -> Iterator[tuple[float, torch.Tensor, torch.Tensor]]:
+    """One epoch's steps as (learning rate, normalized augmented images (B, 3, 32, 32), labels (B,)):
+    full batches cut from a device-side permutation. Randomness depends only on (seed, epoch), so a
+    resumed run repeats the epoch exactly."""
     device = data.train_labels.device
-    forward = model if forward is None else forward  # not `or`: bool() of a compiled module calls len()
     n, batch_size = data.train_labels.numel(), config["batch_size"]
     steps = steps_per_epoch(n, batch_size)
     warmup_steps = round(config["warmup_epochs"] * steps)
     generator = torch.Generator(device=device).manual_seed(epoch_seed(config["seed"], epoch))
     torch.manual_seed(epoch_seed(config["seed"], epoch))  # dropout draws from the global generator
     order = torch.randperm(n, device=device, generator=generator)
+    for step in range(steps):
+        lr = learning_rate_at((epoch - 1) * steps + step, config["epochs"] * steps, warmup_steps,
+                              config["learning_rate"], config["lr_schedule"])
+        indices = order[step * batch_size:(step + 1) * batch_size]
+        yield lr, normalize(augment(data.train_images, indices, generator)), data.train_labels[indices]
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, config: dict,
+                epoch: int, amp_dtype: torch.dtype | None, check_interrupt=_never_interrupted) -> dict:
+    """One pass over the training split (epoch_batches): {"train_loss", "train_accuracy" (%),
+    "learning_rate" (the last step's), "train_images"}."""
+    device = data.train_labels.device
+    steps = steps_per_epoch(data.train_labels.numel(), config["batch_size"])
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen, shown_at = 0, time.perf_counter()
     model.train()
-    shown_at = time.perf_counter()
-    for step in range(steps):
+    for step, (lr, x, y) in enumerate(epoch_batches(data, config, epoch)):
         check_interrupt()  # a Python flag test: no device synchronisation
         if time.perf_counter() - shown_at > PROGRESS_SECONDS:  # slow devices: show that a long epoch is alive
             print(f"  epoch {epoch}: step {step}/{steps}", flush=True)
             shown_at = time.perf_counter()
-        lr = learning_rate_at((epoch - 1) * steps + step, config["epochs"] * steps, warmup_steps,
-                              config["learning_rate"], config["lr_schedule"])
         for group in optimizer.param_groups:
             group["lr"] = lr
-        indices = order[step * batch_size:(step + 1) * batch_size]
-        x = normalize(augment(data.train_images, indices, generator))
-        y = data.train_labels[indices]
         with autocast(device.type, amp_dtype):
-            logits = forward(x)
+            logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
         optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        if after_step is not None:
-            after_step(loss)
-        # Summed on the device: no host synchronisation until the epoch ends.
-        loss_sum += loss.detach() * y.numel()
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * y.numel()  # summed on the device: no host synchronisation until the end
         correct += (logits.argmax(1) == y).sum()
-    seen = min(n, steps * batch_size)
+        seen += y.numel()
     return {"train_loss": loss_sum.item() / seen, "train_accuracy": 100 * correct.item() / seen,
             "learning_rate": lr, "train_images": seen}
 

@@ -1,10 +1,12 @@
 """Tuning options for the project's training step, each measured as one change from the project's defaults.
 
-Imported by train_throughput.py (`--ablation`). Every variant runs part_2_cifar.train_epoch itself, with the one
-change passed in through its arguments (amp_dtype, and the forward / scaler / after_step hooks) or made to the model
-and optimizer it is given; the "project" row is that loop exactly as train() runs it, and each other row is read
-against it. Each variant gets a fresh model, untimed warm-up epochs, then timed epochs; compiled variants also
-report their first epoch (compilation included) and the epochs a run needs before the compile time pays for itself.
+Imported by train_throughput.py (`--ablation`). Every variant runs train_epoch below: the trainer's epoch built from
+its parts (part_2_cifar.epoch_batches: the same batches, augmentation and learning rates; the same loss and step),
+with the one change passed in (amp_dtype, and the forward / scaler / after_step hooks) or made to the model and
+optimizer it is given. With no change it is part_2_cifar.train_epoch exactly (tests/test_benchmarks.py checks the
+numbers), so the "project" row is the loop train() runs, and each other row is read against it. Each variant gets a
+fresh model, untimed warm-up epochs, then timed epochs; compiled variants also report their first epoch
+(compilation included) and the epochs a run needs before the compile time pays for itself.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -39,7 +41,7 @@ class Variant:
     sync_per_step: bool = False  # loss.item() every step, as many training loops do to print the loss
 
 
-PROJECT = Variant("project", "none: part_2_cifar.train_epoch as train() runs it (the reference row)")
+PROJECT = Variant("project", "none: the epoch of part_2_cifar.train_epoch, as train() runs it (the reference row)")
 GPU_VARIANTS = [
     PROJECT,
     replace(PROJECT, name="fp16", change="fp16 autocast with GradScaler instead of bf16", amp="fp16"),
@@ -88,6 +90,43 @@ def fresh_compile_cache() -> Iterator[None]:
                     os.environ[key] = value
 
 
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: p2.DeviceData, config: dict,
+                epoch: int, amp_dtype: torch.dtype | None, *,
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                scaler: torch.amp.GradScaler | None = None,
+                after_step: Callable[[torch.Tensor], None] | None = None) -> dict:
+    """part_2_cifar.train_epoch with one thing changed: `forward` replaces model(x) (a compiled or CUDA-graphed
+    model), `scaler` is a GradScaler for fp16, and `after_step(loss)` runs after each step (e.g. loss.item(), the
+    host sync many loops do to print the loss). Returns the same metrics."""
+    device = data.train_labels.device
+    forward = model if forward is None else forward  # not `or`: bool() of a compiled module calls len()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    model.train()
+    for lr, x, y in p2.epoch_batches(data, config, epoch):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with machine.autocast(device.type, amp_dtype):
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config["label_smoothing"])
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if after_step is not None:
+            after_step(loss)
+        loss_sum += loss.detach() * y.numel()
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.numel()
+    return {"train_loss": loss_sum.item() / seen, "train_accuracy": 100 * correct.item() / seen,
+            "learning_rate": lr, "train_images": seen}
+
+
 def sync(loss: torch.Tensor) -> None:
     loss.item()  # waits for the step: what printing the loss every step costs
 
@@ -123,7 +162,7 @@ def measure_variant(variant: Variant, config: dict, data: p2.DeviceData, device:
     setup_seconds, (model, optimizer, options) = timed(device, lambda: build(variant, config, data, device))
 
     def epoch(e: int) -> int:
-        return p2.train_epoch(model, optimizer, data, config, e, **options)["train_images"]
+        return train_epoch(model, optimizer, data, config, e, **options)["train_images"]
 
     first_seconds, images = timed(device, lambda: epoch(1))
     rates = []
