@@ -67,6 +67,7 @@ from run_files import (
     same_data,
     summaries_under,
 )
+from settings import ConfigError
 from sweep_journal import DamagedJournal, JournalReadOnly
 from sweep_space import Sweep, SweepConfigError
 from wandb_connect import resolve_wandb_mode
@@ -231,7 +232,7 @@ def with_command(sweep: Sweep) -> Sweep:
     settings = {key: value for key, value in given.items() if key in p2.SETTINGS}
     try:
         settings = {key: p2.validate_config(settings)[key] for key in settings}
-    except p2.ConfigError as e:
+    except ConfigError as e:
         raise SweepConfigError(f"command: {e}") from None
     settings.pop("val_size", None)  # an option of local_sweep.py (Sweep.options), checked above
     swept = {param.name for param in sweep.params}
@@ -604,7 +605,7 @@ def check_study_data(study: optuna.Study, store: Store, identity: dict) -> None:
             study.set_user_attr("data_identity", identity)
             return
     if not same_data(recorded, identity):
-        raise p2.ConfigError(f"study {study.study_name!r} trains on {describe_data(recorded)}, "
+        raise ConfigError(f"study {study.study_name!r} trains on {describe_data(recorded)}, "
                              f"not on {describe_data(identity)}: pass its --data-dir and "
                              "--val-size, or another --study")
 
@@ -621,7 +622,7 @@ def study_size(trials: int | None, sweep: Sweep,
         points = sweep_space.grid_size(sweep)
         bounds.append((points, f"the grid ({points} points, each run once)"))
     if trials is None and not bounds and not timed:
-        raise p2.ConfigError("--trials N (N >= 1) is required: the sweep file has neither run_cap "
+        raise ConfigError("--trials N (N >= 1) is required: the sweep file has neither run_cap "
                              "nor method grid to end the study, and no --time-budget is given")
     runs, by = min(bounds, default=(math.inf, ""))
     if trials is None:
@@ -1153,7 +1154,7 @@ def start_points(path: Path, sweep: Sweep) -> list[dict]:
         try:
             parsed = p2.validate_config(config)  # YAML's "0.005" a number; a bad value one line
             params = space_point(sweep, {key: parsed[key] for key in config})
-        except ValueError as e:  # p2.ConfigError is one
+        except ValueError as e:  # ConfigError is one
             raise WarmStartError(f"{where}: {e}") from None
         if not params:
             varied = ", ".join(p.name for p in sweep.params if p.distribution is not None)
@@ -1416,7 +1417,7 @@ def run_sweep(argv: list[str]) -> int:
         print(f"note: {line}", flush=True)
     for option, folder in (("--runs-dir", args.runs_dir), ("--images-dir", args.images_dir)):
         if why := unwritable(folder):
-            raise p2.ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you "
+            raise ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you "
                                  "can write to")
     warm = WarmStart.from_args(args, sweep)
     if not args.report:

@@ -43,7 +43,6 @@ import torch.nn.functional as F
 
 from cifar_files import DATA_DIR_HELP, NUM_CLASSES, CifarSource, cifar100_source, load_cifar100
 from cli import (
-    EXIT_BAD_INPUT,
     EXIT_DONE,
     EXIT_FAILED,
     CommandError,
@@ -57,7 +56,6 @@ from cli import (
     fail,
     one_line,
     requeues,
-    setting_value,
     stopped_by,
     write_json_atomic,
 )
@@ -82,6 +80,7 @@ from run_files import (
     stopped_state,
     to_cpu,
 )
+from settings import ConfigError, Setting, Settings
 from wandb_connect import (
     WandbUnavailable,
     defaults_used,
@@ -95,101 +94,31 @@ from wandb_connect import (
     upload_model,
 )
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Settings: one row per key, the only place a hyperparameter is written down. Keys are exactly the parameter names
-# in sweep_config.json; each is a `--key=value` option too. The parser, validate_config and the README's table
-# (settings_table) are made from these rows.
+# --------------------------------------------------------------------------------------------------
+# Settings: one row per key, the only place a hyperparameter is written down. Keys are exactly the
+# parameter names in sweep_config.json; each is a `--key=value` option too (settings.py: each
+# value parsed by its default's type and checked against `allowed`).
 
-
-class ConfigError(CommandError, ValueError):
-    """A hyperparameter or option with a value the program cannot use; the message is one line for people."""
-
-    exit_code = EXIT_BAD_INPUT
-
-
-def _integer(value: object) -> int:
-    """An int from an int, an integral float (W&B's q_uniform gives 35.0) or a string of either."""
-    number = float(value) if isinstance(value, str) else value
-    if isinstance(number, bool) or not isinstance(number, (int, float)):
-        raise ValueError(f"not an integer: {value!r}")
-    if not math.isfinite(number) or number != int(number):
-        raise ValueError(f"not an integer: {value!r}")
-    return int(number)
-
-
-def _real(value: object) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"not a number: {value!r}")
-    number = float(value)  # raises ValueError for text that is not a number
-    if not math.isfinite(number):
-        raise ValueError(f"not a finite number: {value!r}")
-    return number
-
-
-@dataclass(frozen=True)
-class Setting:
-    default: object
-    parse: Callable[[object], object]  # _integer, _real or str
-    allowed: str  # an interval such as "[0, 1)" or "(0, inf)", or the choices as "{a, b}"
-    help: str
-
-    def accepts(self, value: object) -> bool:
-        if self.allowed.startswith("{"):
-            return value in self.allowed[1:-1].split(", ")
-        low, high = (float(bound) for bound in self.allowed[1:-1].split(","))
-        above = value >= low if self.allowed[0] == "[" else value > low
-        below = value <= high if self.allowed[-1] == "]" else value < high
-        return above and below
-
-
-SETTINGS = {
-    "learning_rate": Setting(0.01, _real, "(0, inf)", "peak SGD learning rate, after warm-up (swept 1e-4..1e-2)"),
-    "momentum": Setting(0.9, _real, "[0, 1)", "SGD Nesterov momentum (swept 0.8..0.99)"),
-    "batch_size": Setting(256, _integer, "[1, inf)", "training images per step (swept 64..512)"),
-    "num_filters_1": Setting(64, _integer, "[1, inf)", "channels of the first 3x3 convolution"),
-    "num_filters_2": Setting(128, _integer, "[1, inf)", "channels of the second 3x3 convolution"),
-    "num_filters_3": Setting(256, _integer, "[1, inf)", "channels of the third 3x3 convolution"),
-    "dropout_rate": Setting(0.25, _real, "[0, 1)", "dropout before each fully connected layer"),
-    "epochs": Setting(30, _integer, "[1, inf)", "the budget: the learning-rate schedule anneals to 0 at its end"),
-    "weight_decay": Setting(5e-4, _real, "[0, inf)", "L2 penalty of SGD (the usual CIFAR value, He et al. 2016)"),
-    "label_smoothing": Setting(0.1, _real, "[0, 1)", "cross-entropy label smoothing (Szegedy et al. 2016)"),
-    "warmup_epochs": Setting(1.0, _real, "[0, inf)", "linear learning-rate warm-up from 0, in epochs"),
-    "lr_schedule": Setting("cosine", str, "{cosine, constant}", "after warm-up: cosine decay to 0, or constant"),
-    "seed": Setting(0, _integer, "[0, 2147483648)", "initialisation, batch order, augmentation, dropout"),
-    "val_size": Setting(5000, _integer, "[1, inf)", "training images held out for validation, by class, with a "
-                                                    "fixed seed (--val-size; never swept)"),
-}
-DEFAULTS = {key: setting.default for key, setting in SETTINGS.items()}
-
-
-def with_defaults(config: dict) -> dict:
-    """`config` with each setting that is absent or None set to its default: a sweep's `null` (which `wandb agent`
-    writes as `--key=None`) means the default, under `wandb agent` and local_sweep.py alike."""
-    return config | {key: setting.default for key, setting in SETTINGS.items() if config.get(key) is None}
-
-
-def validate_config(config: dict) -> dict:
-    """The config with every settings key parsed to its type (None or absent: the default); extra keys are kept.
-
-    Raises ConfigError naming the first bad key and what is allowed.
-    """
-    clean = with_defaults(config)
-    for key, setting in SETTINGS.items():
-        value = clean[key]
-        try:
-            clean[key] = setting.parse(value)
-            ok = setting.accepts(clean[key])
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"{key}={value} is not allowed: use a value in {setting.allowed}")
-    return clean
-
-
-def settings_table() -> str:
-    """The README's table of hyperparameters, made from SETTINGS (a test keeps the README in step)."""
-    rows = [f"| `{key}` | {s.default} | {s.allowed} | {s.help} |" for key, s in SETTINGS.items()]
-    return "\n".join(["| key | default | allowed | what |", "| --- | --- | --- | --- |", *rows])
+SETTINGS = Settings({  # key: Setting(default, allowed, help)
+    "learning_rate": Setting(0.01, "(0, inf)", "peak SGD learning rate, after warm-up (swept 1e-4..1e-2)"),
+    "momentum": Setting(0.9, "[0, 1)", "SGD Nesterov momentum (swept 0.8..0.99)"),
+    "batch_size": Setting(256, "[1, inf)", "training images per step (swept 64..512)"),
+    "num_filters_1": Setting(64, "[1, inf)", "channels of the first 3x3 convolution"),
+    "num_filters_2": Setting(128, "[1, inf)", "channels of the second 3x3 convolution"),
+    "num_filters_3": Setting(256, "[1, inf)", "channels of the third 3x3 convolution"),
+    "dropout_rate": Setting(0.25, "[0, 1)", "dropout before each fully connected layer"),
+    "epochs": Setting(30, "[1, inf)", "the budget: the learning-rate schedule anneals to 0 at its end"),
+    "weight_decay": Setting(5e-4, "[0, inf)", "L2 penalty of SGD (the usual CIFAR value, He et al. 2016)"),
+    "label_smoothing": Setting(0.1, "[0, 1)", "cross-entropy label smoothing (Szegedy et al. 2016)"),
+    "warmup_epochs": Setting(1.0, "[0, inf)", "linear learning-rate warm-up from 0, in epochs"),
+    "lr_schedule": Setting("cosine", "{cosine, constant}", "after warm-up: cosine decay to 0, or constant"),
+    "seed": Setting(0, "[0, 2147483648)", "initialisation, batch order, augmentation, dropout"),
+    "val_size": Setting(5000, "[1, inf)", "training images held out for validation, by class, with a "
+                                          "fixed seed (--val-size; never swept)"),
+})
+DEFAULTS = SETTINGS.defaults
+with_defaults = SETTINGS.with_defaults  # absent or None (a sweep's null): the default
+validate_config = SETTINGS.validate  # every key parsed and checked; ConfigError names a bad one
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -712,10 +641,7 @@ def parse_args(argv: list[str] | None, in_sweep: bool = False) -> argparse.Names
     run to fail with it where the sweep is watched."""
     # No abbreviations: a sweep names each key in full, and a prefix of one (`--lr` of lr_schedule) is a typo.
     parser = OneLineErrorParser(__doc__, parents=(shared_options(),), allow_abbrev=False)
-    for key, setting in SETTINGS.items():  # `--key=value` and `--key value`, as `wandb agent` passes them
-        if key != "val_size":  # a common option
-            parser.add_argument(f"--{key}", type=setting_value, metavar=setting.parse.__name__.strip("_").upper(),
-                                help=f"default {setting.default}; {setting.allowed}; {setting.help}")
+    SETTINGS.add_options(parser, but=("val_size",))  # --val-size is a common option
     parser.add_argument("--log-model", action=argparse.BooleanOptionalAction, default=True,
                         help="upload best.pt as a W&B model artifact at the end (default on)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run whose last.pt is in RUN_DIR")

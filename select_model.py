@@ -39,6 +39,7 @@ from pathlib import Path
 
 import cli
 import part_2_cifar as p2
+import settings
 from choice import best_seed, save_selection
 from cifar_files import cifar100_source, load_cifar100
 from cost import flops_per_image
@@ -125,9 +126,9 @@ def finished_runs(runs_dir: Path) -> list[tuple[Path, dict, dict]]:
             continue
         try:  # a summary written by hand, or by an older version with other settings
             if not isinstance(summary["config"], dict):
-                raise p2.ConfigError(f"a config that is a {type(summary['config']).__name__}, not a dict")
+                raise settings.ConfigError(f"a config that is a {type(summary['config']).__name__}, not a dict")
             finished.append((run_dir, summary, p2.validate_config(summary["config"])))
-        except p2.ConfigError as e:
+        except settings.ConfigError as e:
             print(f"note: {path} has {e}: that run is not considered", flush=True)
     return finished
 

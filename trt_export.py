@@ -107,8 +107,9 @@ from inference_bench import (
     thread_budget,
 )
 from machine import device_name, versions
-from part_2_cifar import SPLIT_SEED, ConfigError, checkpoint_config, model_from_config, normalize, pick_device
+from part_2_cifar import SPLIT_SEED, checkpoint_config, model_from_config, normalize, pick_device
 from run_files import data_identity, load_checkpoint, load_weights
+from settings import ConfigError
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings

@@ -20,6 +20,7 @@ from conftest import ROOT, cli_args, trainer_command
 import cifar_files
 import part_2_cifar as trainer
 import run_files
+import settings
 from synthetic_cifar100 import write_synthetic_cifar100
 
 TINY = {"num_filters_1": 4, "num_filters_2": 4, "num_filters_3": 4, "batch_size": 64, "epochs": 1}
@@ -397,7 +398,7 @@ def test_exactly_the_sizes_allowed_give_every_class_training_and_validation_imag
     for val_size in range(0, labels.size + 1):
         try:
             train_idx, val_idx = trainer.stratified_split(labels, val_size)
-        except trainer.ConfigError:
+        except settings.ConfigError:
             continue
         assert len(val_idx) == val_size
         assert np.all(np.bincount(labels[train_idx], minlength=len(sizes)) > 0)
@@ -408,7 +409,7 @@ def test_exactly_the_sizes_allowed_give_every_class_training_and_validation_imag
     else:  # every size that can give both is allowed, and they form one interval
         assert allowed and allowed == list(range(allowed[0], allowed[-1] + 1))
         for outside in (allowed[0] - 1, allowed[-1] + 1):
-            with pytest.raises(trainer.ConfigError, match=f"use {allowed[0]}..{allowed[-1]}"):
+            with pytest.raises(settings.ConfigError, match=f"use {allowed[0]}..{allowed[-1]}"):
                 trainer.stratified_split(labels, outside)
 
 

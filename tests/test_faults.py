@@ -29,6 +29,7 @@ import cli
 import local_sweep
 import part_2_cifar as p2
 import run_files
+import settings
 import trt_export
 
 
@@ -365,7 +366,7 @@ def test_the_boundary_makes_each_kind_one_line_of_the_table(tmp_path, capsys):
     cases = [
         (raised(cli.Interrupted(signal.SIGTERM)), 128 + signal.SIGTERM,
          "interrupted by SIGTERM: run the same command again"),
-        (raised(p2.ConfigError("momentum=1.5 is not allowed")), cli.EXIT_BAD_INPUT,
+        (raised(settings.ConfigError("momentum=1.5 is not allowed")), cli.EXIT_BAD_INPUT,
          "error: momentum=1.5 is not allowed"),
         (raised(disk_full), cli.EXIT_FAILED,
          f"error: {tmp_path / 'summary.json'}: No space left on device (ENOSPC); its file system "

@@ -19,6 +19,7 @@ import cifar_files
 import cli
 import part_2_cifar as trainer
 import run_files
+import settings
 from synthetic_cifar100 import write_synthetic_cifar100
 
 
@@ -125,7 +126,7 @@ def test_a_bad_sweep_value_marks_the_wandb_run_failed_with_the_line(fake_wandb, 
 
 def test_integral_floats_from_q_uniform_are_accepted_as_integers():
     assert trainer.validate_config({"epochs": 35.0, "batch_size": "128.0"})["epochs"] == 35
-    with pytest.raises(trainer.ConfigError, match="epochs=35.5"):
+    with pytest.raises(settings.ConfigError, match="epochs=35.5"):
         trainer.validate_config({"epochs": 35.5})
 
 

@@ -24,6 +24,7 @@ import cost
 import machine
 import part_2_cifar as trainer
 import run_files
+import settings
 from cost import model_cost
 from synthetic_cifar100 import write_synthetic_cifar100
 
@@ -96,7 +97,7 @@ def test_split_is_stratified_seeded_and_disjoint():
 
 
 def test_split_rejects_a_validation_size_that_leaves_no_training_images():
-    with pytest.raises(trainer.ConfigError, match="val-size=100"):
+    with pytest.raises(settings.ConfigError, match="val-size=100"):
         trainer.stratified_split(np.arange(100) % 100, 100)
 
 
@@ -308,7 +309,7 @@ def test_an_epoch_callback_can_stop_a_run_early_with_a_status(tiny_data_dir, tmp
 
 def test_the_readme_table_of_hyperparameters_is_the_settings_table():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert trainer.settings_table() in readme
+    assert trainer.SETTINGS.table() in readme
 
 
 # ------------------------------------------------------------------------------------------------------ CLI and W&B
