@@ -73,6 +73,12 @@ def latency_ms(model: nn.Module, device: torch.device,
     return latency_stats(times, batch_size)["p50_ms"]
 
 
+def model_size(model: nn.Module) -> dict:
+    """{"parameters": how many, "flops_per_image": flops_per_image}: known before training."""
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "flops_per_image": flops_per_image(model)}
+
+
 def model_cost(model: nn.Module, device: torch.device,
                precision: Callable[[], AbstractContextManager],
                run_seconds: float = math.inf) -> dict:
@@ -82,6 +88,4 @@ def model_cost(model: nn.Module, device: torch.device,
     seconds = min(LATENCY_SECONDS, LATENCY_SHARE * run_seconds) / len(LATENCY_BATCH_SIZES)
     latency = {str(b): latency_ms(model, device, precision, b, seconds)
                for b in LATENCY_BATCH_SIZES}
-    return {"parameters": sum(p.numel() for p in model.parameters()),
-            "flops_per_image": flops_per_image(model), "latency_ms": latency,
-            "latency_device": device_name(device)}
+    return {**model_size(model), "latency_ms": latency, "latency_device": device_name(device)}

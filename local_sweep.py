@@ -53,7 +53,7 @@ import sweep_space
 from cifar_files import CifarSource, cifar100_source, load_cifar100
 from cli import write_json_atomic
 from folders import OWNER_LOCK, FolderInUse, own_folder, unwritable
-from machine import device_name
+from machine import device_name, pick_device
 from run_files import (
     LAST_CHECKPOINT,
     RESUME_KEYS,
@@ -1435,7 +1435,7 @@ def run_sweep(argv: list[str]) -> int:
         return write_report(study, sweep, folder, args)
     if args.sampler_seed is not None:
         study.sampler = seeded_sampler(sweep, args.sampler_seed)
-    device = p2.pick_device(args.device)
+    device = pick_device(args.device)
     source = cifar100_source(args.data_dir)  # found (or fetched) once, before any worker starts
     args.study_uid = study_uid(study, store)  # trial folders are named and marked by it
     args.study_dir = study_folder(args.runs_dir, study.study_name, args.study_uid)

@@ -1,5 +1,6 @@
-"""What the machine is: the device's name, the versions that ran, and the precision its hardware
-computes natively (autocast_dtype), as every summary and benchmark records them.
+"""What the machine is: the device to run on (pick_device), its name, the versions that ran, and
+the precision its hardware computes natively (autocast_dtype), as every summary and benchmark
+records them.
 """
 
 from __future__ import annotations
@@ -8,6 +9,19 @@ import platform
 from pathlib import Path
 
 import torch
+
+from settings import ConfigError
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: auto (a CUDA GPU if one is visible, else the CPU), cpu or cuda; ConfigError for
+    cuda without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device=cuda is not allowed: no CUDA GPU is visible (use --device cpu or "
+                          "auto)")
+    return torch.device(name)
 
 
 def device_name(device: torch.device) -> str:

@@ -27,8 +27,8 @@ import math
 import pickle
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -46,6 +46,7 @@ from cli import (
     write_atomic,
 )
 from folders import own_folder
+from settings import ConfigError, Settings
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
@@ -240,12 +241,22 @@ class Snapshots:
         except OSError as e:
             raise FileFailed(e, "make the run folder", run_dir) from None
 
-    def keep(self, name: str, checkpoint: dict) -> None:
-        """Keep `checkpoint` as file `name` (BEST_CHECKPOINT, LAST_CHECKPOINT) until the next save."""
-        self.checkpoints[name] = checkpoint
-        self.unsaved.add(name)
-        if name == LAST_CHECKPOINT:
-            self.epoch = checkpoint["epoch"]
+    def keep(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict, data: dict,
+             state: dict, best: bool) -> None:
+        """Keep the epoch that just finished until the next save: as last.pt (`state`: the
+        trainer's epoch, history, best so far and seconds; RESUME_KEYS with the model, optimizer
+        and config), and as best.pt too if it is the `best` so far. `data`: the data identity."""
+        epoch = state["epoch"]
+        if best:
+            self.checkpoints[BEST_CHECKPOINT] = {
+                "model": to_cpu(model.state_dict()), "config": config,
+                "val_accuracy": state["best_val_accuracy"], "epoch": epoch, "data": data}
+            self.unsaved.add(BEST_CHECKPOINT)
+        self.checkpoints[LAST_CHECKPOINT] = to_cpu({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": config,
+            "data": data, **state})
+        self.unsaved.add(LAST_CHECKPOINT)
+        self.epoch = epoch
 
     def save(self) -> None:
         """Write the checkpoints not yet on disk."""
@@ -433,6 +444,24 @@ RESUME_KEYS = ("model", "optimizer", "config", "epoch", "history", "best_val_acc
                "seconds")
 
 
+def checkpoint_config(checkpoint: dict, path: Path, settings: Settings) -> dict:
+    """The checkpoint's config, checked by `settings` as a command line's is; keys it lacks
+    (written before they existed) get today's defaults, said in one line. CheckpointError naming
+    `path` if it is not a dict or has a bad value."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its config is a {type(config).__name__}, not a dict of "
+                              "settings")
+    missing = [key for key in settings if config.get(key) is None]
+    if missing:
+        print(f"note: {path} has no {', '.join(missing)} in its config: using today's default "
+              + ", ".join(f"{key}={settings[key].default}" for key in missing), flush=True)
+    try:
+        return settings.validate(config)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config has {e}") from None
+
+
 class RunComplete(CommandError):
     """The run to resume has ended for good (its summary.json says finished or diverged at last.pt's
     epoch): a resume does nothing, so nothing the run wrote changes. The message is the line to
@@ -471,18 +500,18 @@ def check_resume_data(resume: dict, identity: dict, path: Path) -> None:
                               "new run")
 
 
-def hold_run_folder(run_dir: Path, owned: ExitStack, read: Callable[[], T]) -> T:
-    """read() under the run folder's hold (folders.own_folder, kept in `owned`), and what it
-    returns. An existing folder (a resume, a relaunch) is held before read() reads its last.pt; a
-    new one only once read() has returned (its data found): a bad checkpoint is named before the
-    data is looked for, and no folder is made for data that is not there."""
+@contextmanager
+def hold_run_folder(run_dir: Path, owned: ExitStack) -> Iterator[None]:
+    """Hold the run folder (folders.own_folder, kept in `owned`) for what the block reads: an
+    existing folder (a resume, a relaunch) before the block reads its last.pt, a new one only once
+    the block ends without an error (its data found): a bad checkpoint is named before the data is
+    looked for, and no folder is made for data that is not there."""
     held = run_dir.is_dir()
     if held:
         owned.enter_context(own_folder(run_dir, "run folder"))
-    found = read()
+    yield
     if not held:
         owned.enter_context(own_folder(run_dir, "run folder"))
-    return found
 
 
 def stopped_state(run_dir: Path) -> str:

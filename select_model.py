@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def data_of(source_dir: Path, val_size: int | None) -> dict:
-    """The data identity (part_2_cifar.data_identity) of the CIFAR-100 in `source_dir`.
+    """The data identity (run_files.data_identity) of the CIFAR-100 in `source_dir`.
 
     `val_size` None: any split.
     """

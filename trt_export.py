@@ -106,9 +106,9 @@ from inference_bench import (
     predict_all,
     thread_budget,
 )
-from machine import device_name, versions
-from part_2_cifar import SPLIT_SEED, checkpoint_config, model_from_config, normalize, pick_device
-from run_files import data_identity, load_checkpoint, load_weights
+from machine import device_name, pick_device, versions
+from part_2_cifar import SETTINGS, SPLIT_SEED, model_from_config, normalize
+from run_files import checkpoint_config, data_identity, load_checkpoint, load_weights
 from settings import ConfigError
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
     config completed. CheckpointError, one line: unreadable, foreign (names and shapes that do not fit; the prefixes
     of PyTorch's wrappers are removed first), a bad config, or NaN/inf weights (a diverged run's)."""
     checkpoint = load_checkpoint(path)
-    config = checkpoint_config(checkpoint, path)
+    config = checkpoint_config(checkpoint, path, SETTINGS)
     model = model_from_config(config)
     load_weights(model, checkpoint["model"], path)
     return model.eval(), {**checkpoint, "config": config}

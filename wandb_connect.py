@@ -7,8 +7,8 @@ lost and how to sync what it has, and the training goes on.
 
 Also here, `wandb agent`'s protocol as the trainer meets it: in_wandb_sweep, the arguments a
 (requeued) sweep run gets (parse_agent_args), a sweep's null (defaults_used), a value refused
-inside a sweep shown where the sweep is watched (fail_sweep_run), and the end of a run (end_run,
-upload_model).
+inside a sweep shown where the sweep is watched (fail_sweep_run), and the end of a run
+(log_summary, upload_model, end_run).
 
 Behaviour of wandb 0.31 this relies on, read in its source: wandb/sdk/lib/wbauth/authenticate.py (the credential
 lookup wandb.init runs), wandb/sdk/wandb_settings.py (init_timeout 90 s, finish_timeout 0 = forever by default).
@@ -37,6 +37,9 @@ class WandbSettingsError(CommandError, ValueError):
 # a node without a route wandb.init gives up after 30 s, and run.finish waits at most 120 s for uploads. A value set
 # the wandb way (WANDB_INIT_TIMEOUT, WANDB_FINISH_TIMEOUT, a settings file) wins over these.
 WANDB_TIMEOUTS_S = {"init_timeout": 30.0, "finish_timeout": 120.0}
+# What a training's W&B summary gets at its end (log_summary): what a sweep reads
+SUMMARY_KEYS = ("best_val_accuracy", "best_epoch", "total_seconds", "status", "parameters",
+                "flops_per_image", "latency_ms", "test_accuracy", "test_loss")
 
 
 class WandbUnavailable(CommandError, RuntimeError):
@@ -106,18 +109,20 @@ def resolve_wandb_mode(requested: str) -> str:
     return "offline"
 
 
-def start_wandb_run(init: dict, in_sweep: bool) -> GuardedRun:
+def start_wandb_run(init: dict, in_sweep: bool | None = None) -> GuardedRun:
     """wandb.init(**init) with bounded waits, as a GuardedRun. An online run whose server gives no
     run goes offline, with one line; a run W&B cannot start at all (a folder it cannot write)
     trains without W&B, with one line.
 
-    Inside a sweep (`wandb agent` set WANDB_SWEEP_ID) it raises WandbUnavailable instead. Sweeps have no offline mode:
-    the server picks each next config, and Hyperband stops runs, from the metrics runs upload while they train. An
-    offline sweep run would train unseen; a non-zero exit is a failed run to the agent, which stops itself after
+    Inside a sweep (`in_sweep`; None: whether `wandb agent` set WANDB_SWEEP_ID) it raises
+    WandbUnavailable instead. Sweeps have no offline mode: the server picks each next config, and
+    Hyperband stops runs, from the metrics runs upload while they train. An offline sweep run
+    would train unseen; a non-zero exit is a failed run to the agent, which stops itself after
     repeated failures (wandb_agent.py) instead of spending the sweep's budget blind.
     """
     import wandb
 
+    in_sweep = in_wandb_sweep() if in_sweep is None else in_sweep
     settings = wandb_settings()
     timeouts = {key: getattr(settings, key) if key in settings.model_fields_set else default
                 for key, default in WANDB_TIMEOUTS_S.items()}
@@ -362,10 +367,22 @@ def end_run(run: GuardedRun, code: int, summary: dict, show: bool = True) -> tup
     return code, summary
 
 
-def upload_model(run: GuardedRun, path: Path, metadata: dict) -> None:
-    """`path` as the run's model artifact, aliases best and latest (W&B stages a copy first); a
-    failure costs W&B only, said in one line."""
+def log_summary(run: GuardedRun, summary: dict) -> None:
+    """The run's end in its W&B summary: the keys of SUMMARY_KEYS it has; a diverged run is marked,
+    with val_accuracy 0 if no epoch finished: the sweep's optimizer learns the region is bad."""
+    run.summary.update({key: summary[key] for key in SUMMARY_KEYS if summary.get(key) is not None})
+    if summary["status"] == "diverged":
+        run.summary.update({"diverged": True, "val_accuracy": summary["best_val_accuracy"] or 0.0})
+
+
+def upload_model(run: GuardedRun, path: Path, summary: dict) -> None:
+    """`path`, the best epoch's checkpoint of the run whose summary is `summary`, as the run's model
+    artifact, aliases best and latest (W&B stages a copy first); a failure costs W&B only, said in
+    one line."""
     import wandb
+
+    metadata = {"config": summary["config"], "val_accuracy": summary["best_val_accuracy"],
+                "epoch": summary["best_epoch"]}
 
     def log_artifact() -> None:
         artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)

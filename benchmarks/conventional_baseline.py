@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 import cli
+import machine
 import part_2_cifar as p2
 from run_files import BEST_CHECKPOINT
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: see default_workers)")
     parser.add_argument("--run-dir", type=Path, help="save best.pt here (default: save nothing)")
     args = parser.parse_args(argv)
-    device = p2.pick_device(args.device)
+    device = machine.pick_device(args.device)
     config = p2.validate_config(p2.DEFAULTS | {"epochs": args.epochs, "batch_size": args.batch_size,
                                                "val_size": args.val_size})
     workers = default_workers(device) if args.workers is None else args.workers

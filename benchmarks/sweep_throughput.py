@@ -29,6 +29,7 @@ from pathlib import Path
 import optuna
 
 import cli
+import machine
 import part_2_cifar as p2
 from benchmarks.benchlib import ROOT, describe_data, machine_info, publish, save_json, summarize
 from synthetic_cifar100 import write_synthetic_cifar100
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (ROOT / "local_sweep.py").is_file():
         print(f"error: {ROOT / 'local_sweep.py'} does not exist: this benchmark runs it", file=sys.stderr)
         return 2
-    device = p2.pick_device(args.device)
+    device = machine.pick_device(args.device)
     path = args.json or BENCH_DIR / "results" / f"sweep-{device.type}-{socket.gethostname()}.json"
     result = {"machine": machine_info(device), "epochs": args.epochs, "batch_size": args.batch_size, "runs": []}
     with tempfile.TemporaryDirectory() as tmp_name:

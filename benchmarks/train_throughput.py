@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("repeats", "run_epochs", "process_epochs"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
-    device = p2.pick_device(args.device if args.device != "auto" else ("cuda" if args.mode == "gpu" else "cpu"))
+    device = machine.pick_device(args.device if args.device != "auto" else ("cuda" if args.mode == "gpu" else "cpu"))
     variants = pick_variants(args.variants, args.mode)
     workers = conventional.default_workers(device) if args.workers is None else args.workers
     result = {"mode": args.mode, "machine": machine_info(device), "batch_size": args.batch_size, "workers": workers,

@@ -168,12 +168,13 @@ def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(tiny_
 SLOW_STAGE = """
 import sys, time
 import part_2_cifar as p2
-real = getattr(p2, sys.argv[1])
+import wandb_connect
+real = getattr(wandb_connect, sys.argv[1])
 def slow(*args, **kwargs):
     print("slow stage", flush=True)
     time.sleep(120)
     return real(*args, **kwargs)
-setattr(p2, sys.argv[1], slow)
+setattr(wandb_connect, sys.argv[1], slow)
 sys.exit(p2.main(sys.argv[2:]))
 """
 
