@@ -363,13 +363,8 @@ def train_epoch(
         loss_sum += loss.detach() * y.numel()
         correct += (logits.argmax(1) == y).sum()
         seen += y.numel()
-    loss, accuracy = loss_sum.item() / seen, 100 * correct.item() / seen
-    return {
-        "train_loss": loss,
-        "train_accuracy": accuracy,
-        "learning_rate": lr,
-        "train_images": seen,
-    }
+    loss, acc = loss_sum.item() / seen, 100 * correct.item() / seen
+    return {"train_loss": loss, "train_accuracy": acc, "learning_rate": lr, "train_images": seen}
 
 
 @torch.inference_mode()
