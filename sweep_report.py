@@ -1,5 +1,5 @@
 """The report of a local sweep (local_sweep.py, at the end and with --report): the top trials on the console, every
-trial in <study folder>/trials.csv (Optuna's trials_dataframe; local_sweep.study_folder), and
+trial in <study folder>/trials.csv (Optuna's trials_dataframe; sweep_folders.study_folder), and
 Optuna's plots in <images-dir>, each titled with its data and the machines that ran it. A study of
 several objectives (method custom, `metrics`) gets its Pareto front instead: a pareto_front column
 in trials.csv, the front first, and Optuna's plot_pareto_front.
@@ -17,7 +17,6 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-import part_2_cifar as p2
 from cli import FileFailed, one_line, write_atomic
 from figures import save_figure
 from sweep_space import Sweep
@@ -72,7 +71,7 @@ def states_line(counts: Counter) -> str:
 def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir: Path) -> None:
     """Console table of the top trials, all trials as <study_dir>/trials.csv, and the plots, each
     titled with its data and machines. The plots are named after study_dir
-    (local_sweep.study_folder): two studies of one name do not share them."""
+    (sweep_folders.study_folder): two studies of one name do not share them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +84,7 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
     print(f"\nstudy {study.study_name}: {states_line(trained) or 'no trial'} trained (--trials "
           f"counts COMPLETE + PRUNED){from_prior}")
     table = trials_table(study, list(sweep.raw.get("parameters") or {}) or sorted(
-        {k for t in trials for k in t.user_attrs.get("config", {}) if k in p2.SETTINGS} - {"val_size"}))
+        {k for t in trials for k in t.user_attrs.get("config", {}) if k in sweep.settings} - {"val_size"}))
     console = table.drop(columns=["run_dir", "device"], errors="ignore")  # in the CSV
     print(console.head(TOP_TRIALS).to_string(index=False, na_rep="") if len(table) else "no trials yet")
     csv_path = study_dir / "trials.csv"

@@ -32,6 +32,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial
 
 from cli import EXIT_BAD_INPUT, CommandError, one_line
+from settings import Settings
 
 # What part_2_cifar.py writes to W&B. A sweep's metric may name any of these numbers, as W&B's may:
 # every epoch's history row (part_2_cifar.train's metrics), and the numbers only its summary holds
@@ -449,6 +450,8 @@ class Sweep:
     # data_dir, ...)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The trainer's settings it was translated for (part_2_cifar.SETTINGS): their defaults and checks
+    settings: Settings = field(default_factory=Settings)
 
     @property
     def directions(self) -> list[str]:
@@ -509,11 +512,10 @@ def _text(where: str, value: Any, written: Any, notes: list[str]) -> str:
     return text
 
 
-def load_sweep(path: Path, defaults: Mapping[str, Any],
-               validate: Callable[[dict], object]) -> Sweep:
-    """Read and translate a W&B sweep file (YAML, JSON being YAML) for a trainer with these settings
-    (`defaults`) and rules (`validate` raises ValueError); raise SweepConfigError for anything W&B
-    or this program refuses."""
+def load_sweep(path: Path, settings: Settings) -> Sweep:
+    """Read and translate a W&B sweep file (YAML, JSON being YAML) for a trainer with these
+    settings (part_2_cifar.SETTINGS: their defaults, and their checks, which raise ValueError);
+    raise SweepConfigError for anything W&B or this program refuses."""
     raw, read_as_text = read_sweep_file(path)
     if not isinstance(raw, dict) or not raw:
         raise SweepConfigError(f"{path} is not a W&B sweep config: expected a mapping with method "
@@ -555,12 +557,12 @@ def load_sweep(path: Path, defaults: Mapping[str, Any],
         param = translate_parameter(name, spec, method, notes)
         if name in NOT_SWEPT:
             raise SweepConfigError(not_swept_message(f"parameter {name!r}", name))
-        if name not in defaults:
+        if name not in settings:
             raise SweepConfigError(f"parameter {name!r} is not a part_2_cifar.py setting (those are "
-                                   f"{', '.join(defaults)})")
+                                   f"{', '.join(settings)})")
         for value in param.ends:
             try:
-                validate({name: value})
+                settings.validate({name: value})
             except ValueError as e:
                 raise SweepConfigError(f"parameter {name!r} can take {value!r}, which part_2_cifar.py rejects: "
                                        f"{e}") from None
@@ -585,7 +587,7 @@ def load_sweep(path: Path, defaults: Mapping[str, Any],
                  json.loads(json.dumps(raw, default=str)), objectives=objectives,
                  scheduler=scheduler, name=raw.get("name"), run_cap=_run_cap(raw),
                  command=_command(raw), entity=raw.get("entity"), project=raw.get("project"),
-                 notes=tuple(notes))
+                 notes=tuple(notes), settings=settings)
 
 
 def _check_controller(raw: dict) -> None:
