@@ -8,109 +8,73 @@ trials, on one machine (a journal file) or on several that share a PostgreSQL da
     python local_sweep.py sweep_config.json --trials 30 --prior-runs runs/  # runs on disk first
     python local_sweep.py sweep_config.json --time-budget 8h --start-from good.yaml --sampler-seed 7
 
-Each trial is one part_2_cifar.run_training in <runs-dir>/<study>/trial-NNNN; the sweep file's translation is
-sweep_space.py, the report sweep_report.py.
+Each trial is one part_2_cifar.run_training in <runs-dir>/<study>/trial-NNNN. The library is the sweep
+wing's: the sweep file's translation (sweep_space.py), the study's storage and its turns (sweep_storage.py),
+its folders (sweep_folders.py), prior runs, starting points, the seeded sampler and the time budget
+(warm_start.py), the journal file (sweep_journal.py), the report (sweep_report.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
-import hashlib
 import io
-import json
 import math
 import os
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, redirect_stderr
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import cli
 import part_2_cifar as p2
-import sweep_journal
 import sweep_report
 import sweep_space
 from cifar_files import CifarSource, cifar100_source, load_cifar100
-from cli import write_json_atomic
-from folders import OWNER_LOCK, FolderInUse, own_folder, unwritable
+from folders import FolderInUse, unwritable
 from machine import device_name, pick_device
 from run_files import (
-    LAST_CHECKPOINT,
-    RESUME_KEYS,
-    SUMMARY_FILE,
-    CheckpointError,
     data_identity,
     describe_data,
-    finite_number,
-    load_checkpoint,
-    read_summary,
     same_data,
-    summaries_under,
 )
 from settings import ConfigError
-from sweep_journal import DamagedJournal, JournalReadOnly
+from sweep_folders import TrialFolderTaken, own_trial_folder, resume_point, study_folder, trial_folder
 from sweep_space import Sweep, SweepConfigError
+from sweep_storage import (
+    DEFAULT_STORAGE_FILE,
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    JOURNAL_TO_FIX,
+    STORAGE_FAILED,
+    Store,
+    as_storage_error,
+    open_storage,
+    open_study,
+    retry_later,
+    storage_failure,
+    study_uid,
+    tell_once,
+)
 from wandb_connect import resolve_wandb_mode
+from warm_start import TimeBudget, WarmStart, duration, is_prior, seeded_sampler, trial_outcome
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts (prior runs aside)
-DEFAULT_STORAGE_FILE = "optuna-journal.log"  # under --runs-dir: Optuna's journal file, for one machine
-HEARTBEAT_SECONDS = 60  # PostgreSQL: a running trial writes a heartbeat this often; a waiting process looks this often
-GRACE_SECONDS = 300  # PostgreSQL: a trial whose heartbeat is this old is failed and retried by whoever looks
-MAX_RETRIES = 2  # a trial whose process died is retried at most this often (a config that kills machines stops)
 MAX_FAILURES_IN_A_ROW = 5  # a process stops after this many failed trials in a row (out of memory, bad configs)
-DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000"}  # module -> package
-SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables (a study's lock: crc32 of its name)
-STUDY_MARKER = "study.json"  # in a study's folder under --runs-dir: whose trials it holds
-TRIAL_MARKER = "trial.json"  # in a trial's folder: which study's trial it is (own_trial_folder)
-
-
-class StorageError(cli.CommandError, RuntimeError):
-    """The storage cannot be opened (missing driver, unreachable server); the message is one line for people."""
-
-    exit_code = cli.EXIT_FAILED
-
-
-# What the study's storage raises when it fails an operation: the database gone or refusing (RDBStorage wraps
-# SQLAlchemy's errors in StorageInternalError; the scheduling lock's own connection raises them bare), a journal
-# file that cannot be read or written. A damaged journal, or one this user may not write, is the user's to fix:
-# exit 2, not 1 (JOURNAL_TO_FIX).
-STORAGE_FAILED = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sweep_journal.JournalFailed)
-JOURNAL_TO_FIX = (DamagedJournal, JournalReadOnly)
-
-
-def storage_failure(e: BaseException) -> str:
-    """One line for a STORAGE_FAILED error: the database's own words (StorageInternalError hides them)."""
-    cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
-    return f"the study's storage failed: {cli.one_line(getattr(cause, 'orig', None) or cause)}"
-
-
-class TrialFolderTaken(cli.CommandError):
-    """A trial folder that TRIAL_MARKER says is another study's or trial's; the line names both."""
-
-    exit_code = cli.EXIT_BAD_INPUT
 
 
 class TrialRefused(p2.StopEarly):
@@ -159,7 +123,7 @@ def refusals_end_training(number: int, on_epoch: Callable[[dict], None]) -> tupl
 def load_sweep(path: Path) -> Sweep:
     """The sweep file translated for part_2_cifar.py's settings and rules, with what its `command`
     passes every run and scheduler.optimizer and search_space loaded."""
-    sweep = with_command(sweep_space.load_sweep(path, p2.DEFAULTS, p2.validate_config))
+    sweep = with_command(sweep_space.load_sweep(path, p2.SETTINGS))
     sweep = dataclasses.replace(sweep, optimizer=study_factory(sweep))  # before any study is made
     if "search_space" not in sweep.scheduler:
         return sweep
@@ -317,274 +281,7 @@ def study_factory(sweep: Sweep) -> tuple[optuna.samplers.BaseSampler, optuna.pru
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Storage and scheduling
-
-
-@dataclass
-class Store:
-    """Optuna's storage, and how processes on it take turns and tell a dead one: file locks beside a journal file
-    (one machine), or PostgreSQL's advisory lock and heartbeats (several machines)."""
-
-    storage: optuna.storages.BaseStorage
-    lock_dir: Path | None  # beside the journal file; None: PostgreSQL
-
-    @contextmanager
-    def scheduling(self, study: optuna.Study) -> Iterator[None]:
-        """Held while a process fails dead trials, counts and asks: two cannot both take the N-th trial."""
-        if self.lock_dir is None:  # released with the transaction, or by the server when the connection drops
-            with self.storage.engine.begin() as connection:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
-                                   {"key": zlib.crc32(study.study_name.encode())})
-                yield
-        else:
-            lock = self.lock_dir / f"{sweep_space.safe_file_name(study.study_name)}.lock"
-            with open(lock, "a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)  # the kernel releases it when the process dies
-                yield
-
-    def trial_lock(self, study: optuna.Study, number: int) -> Path:
-        return self.lock_dir / f"{sweep_space.safe_file_name(study.study_name)}.trial-{number}.lock"
-
-    @contextmanager
-    def keep_alive(self, study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-        """While the trial runs: an exclusive lock on its lock file (journal), or its heartbeat (PostgreSQL)."""
-        if self.lock_dir is not None:
-            with open(self.trial_lock(study, trial.number), "a") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                yield
-            return
-        storage, stop = self.storage, threading.Event()
-        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
-                                                                   trial.number)
-        storage.record_heartbeat(trial_id)  # the first beat, inside the scheduling lock: never a trial without one
-
-        def beat() -> None:
-            failing = False
-            while not stop.wait(storage.get_heartbeat_interval()):
-                try:
-                    storage.record_heartbeat(trial_id)
-                    failing = False
-                except Exception as e:  # a database hiccup: the next beat may get through before the grace period
-                    if not failing:  # one line for a run of failed beats
-                        print(f"trial {trial.number}: heartbeat not written: {storage_failure(e)}", flush=True)
-                    failing = True
-
-        thread = threading.Thread(target=beat, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
-    def fail_dead_trials(self, study: optuna.Study) -> list[int]:
-        """Fail the running trials whose process is gone and queue a retry of each (inside `scheduling`)."""
-        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-        if self.lock_dir is None:
-            optuna.storages.fail_stale_trials(study)  # with the storage's RetryHeartbeatStaleTrialCallback
-            failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            return [t.number for t in failed if t.number in running]
-        dead = []
-        for number in running:
-            with open(self.trial_lock(study, number), "a") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its process holds the lock: alive
-            failed = tell_once(study, number, None, TrialState.FAIL)
-            if failed is not None:
-                retry_later(study, failed)
-                dead.append(number)
-        return dead
-
-
-def tell_once(study: optuna.Study, trial: optuna.Trial | int, value: float | None,
-              state: TrialState) -> optuna.trial.FrozenTrial | None:
-    """study.tell; None if another process ended the trial first (it failed it as dead and queued its retry)."""
-    try:
-        return study.tell(trial, value, state=state)
-    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # found finished / finished meanwhile
-        return None
-    except RuntimeError:
-        # GridSampler calls study.stop() from tell once the grid is spent, which outside study.optimize raises
-        # after the state was stored (optuna issues 4121, 5141); next_trial's count decides when the study is done
-        number = trial if isinstance(trial, int) else trial.number
-        stored = study.get_trials(deepcopy=False)[number]
-        if stored.state == state:
-            return stored
-        if stored.state.is_finished():
-            return None
-        raise
-
-
-def retry_later(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, failed)
-
-
-def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = HEARTBEAT_SECONDS,
-                 grace_period: int = GRACE_SECONDS) -> Store:
-    """A journal file (default <runs-dir>/optuna-journal.log) for one machine, or postgresql://... for several."""
-    if storage is None or "://" not in storage:
-        path = Path(storage) if storage else Path(runs_dir) / DEFAULT_STORAGE_FILE
-        lock_dir = path.with_name(path.name + ".locks")
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        sweep_journal.check(path)  # a damaged last line: refused now, before anything is appended after it
-        return Store(sweep_journal.SafeJournalStorage(sweep_journal.SafeJournalFile(str(path))), lock_dir)
-    url = sqlalchemy.engine.make_url(storage)
-    shown = url.render_as_string(hide_password=True)
-    if url.get_backend_name() != "postgresql":
-        raise StorageError(f"storage {shown}: use postgresql://... (several machines) or a journal file (one machine)")
-    try:
-        engine = sqlalchemy.create_engine(url)  # imports the driver
-        with engine.begin() as connection:  # machines creating the tables at once would collide in the catalog
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-            # pool_pre_ping: a pooled connection the server dropped (a restart, an idle timeout) is replaced before
-            # use instead of failing the trial's next update (Optuna turns it on only for MySQL)
-            rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True},
-                                             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                                 max_retry=MAX_RETRIES))
-        engine.dispose()
-        sessions_in_utc(rdb.engine)
-    except ImportError as e:
-        module = e.name or url.get_driver_name()
-        raise StorageError(f"storage {shown} needs the driver {module!r}, which is not installed: pip install "
-                           f"'{DRIVERS.get(module, module)}'") from None
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        reason = cli.one_line(getattr(e, "orig", None) or e)
-        raise StorageError(f"cannot open storage {shown}: {reason}") from None
-    return Store(rdb, None)
-
-
-def sessions_in_utc(engine: sqlalchemy.engine.Engine) -> None:
-    """Make every session of `engine` keep time in UTC, from its next connection on.
-
-    Optuna's RDBStorage writes a trial's heartbeat as the writer session's now() into a column
-    without a time zone (`timestamp`): PostgreSQL stores the wall-clock time of that session's
-    TimeZone. It judges it against the reader session's now() with the zone dropped
-    (_get_stale_trial_ids). Sessions in other zones (PGTZ, a role's or database's setting, the
-    server's default, a daylight-saving change) then see a live trial hours old and fail it, or a
-    dead one hours ahead and never retry it. In UTC both are the database server's one clock, in
-    one time base. Set after connecting: a PGTZ in the environment overrides a connect option
-    (libpq sends it later in the startup packet). The pool is emptied, so no session escapes.
-    """
-
-    @sqlalchemy.event.listens_for(engine, "connect")
-    def set_utc(connection: object, record: object) -> None:
-        autocommit = connection.autocommit
-        connection.autocommit = True  # a SET in a transaction the pool rolls back is undone
-        cursor = connection.cursor()
-        cursor.execute("SET TIME ZONE 'UTC'")
-        cursor.close()
-        connection.autocommit = autocommit
-
-    engine.dispose()  # the connections Optuna opened to create its tables: made again, in UTC
-
-
-def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
-    """Create the study, or load it and check it was made from the same sweep file."""
-    sampler, pruner = sweep.optimizer or (sweep_space.make_sampler(sweep),
-                                          sweep_space.make_pruner(sweep))
-    if not create:
-        try:
-            return optuna.load_study(study_name=name, storage=store.storage, sampler=sampler, pruner=pruner)
-        except KeyError:
-            raise SweepConfigError(f"no study {name!r} in this storage: check --study, --storage, --runs-dir") from None
-    study = optuna.create_study(study_name=name, storage=store.storage, directions=sweep.directions, sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
-    if len(sweep.objectives) > 1 and study.metric_names is None:  # Optuna's table and plots then name them
-        study.set_metric_names([name for name, _ in sweep.objectives])
-    stored = study.user_attrs.get("sweep_config")
-    if stored is None:
-        study.set_user_attr("sweep_config", sweep.raw)
-    elif stored != sweep.raw:
-        raise SweepConfigError(f"study {name!r} was created from a different sweep config; use another --study or "
-                               "the original file")
-    drawn = {key: d for t in study.get_trials(deepcopy=False) for key, d in t.distributions.items()}
-    for param in sweep.params:  # an older local_sweep.py may have drawn a parameter otherwise
-        before = drawn.get(param.optuna_name)
-        try:
-            if before is not None and param.distribution is not None:
-                optuna.distributions.check_distribution_compatibility(before, param.distribution)
-        except ValueError:
-            raise SweepConfigError(f"study {name!r} drew {param.name} from {before}, this "
-                                   f"local_sweep.py from {param.distribution} (as W&B's engine "
-                                   "draws it): continue the sweep under another --study") from None
-    return study
-
-
-def study_uid(study: optuna.Study, store: Store) -> str:
-    """A random id of the study, stored in it: the same for every process on it, another for a
-    study of the same name in another storage. The first process to ask makes it, under the
-    scheduling lock."""
-    uid = study.user_attrs.get("uid")
-    if uid is None:
-        with store.scheduling(study):
-            uid = study.user_attrs.get("uid")
-            if uid is None:
-                uid = secrets.token_hex(4)
-                study.set_user_attr("uid", uid)
-    return uid
-
-
-def read_marker(path: Path) -> dict | None:
-    """A STUDY_MARKER or TRIAL_MARKER as a dict; None if there is none, or not one."""
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
-
-
-def study_folder(runs_dir: Path, name: str, uid: str | None, claim: bool = True) -> Path:
-    """The folder of the study's trial folders and trials.csv: <runs-dir>/<study>, or
-    <runs-dir>/<study>-<uid> when that one holds another study of the same name (its own journal
-    or database, one shared --runs-dir); <study> as sweep_space.safe_file_name makes it.
-
-    Its STUDY_MARKER says whose it is: written once, exclusively (a hard link fails if the name
-    exists, on NFS too), by the first study that `claim`s it; a folder without one (an older
-    version's) goes to the first.
-    """
-    base = sweep_space.safe_file_name(name)
-    for folder in (runs_dir / base, runs_dir / f"{base}-{uid}"):
-        marker = folder / STUDY_MARKER
-        if claim and read_marker(marker) is None:
-            folder.mkdir(parents=True, exist_ok=True)
-            mine = folder / f"{STUDY_MARKER}.{os.getpid()}.tmp"
-            try:
-                mine.write_text(json.dumps({"study": name, "uid": uid}) + "\n")
-                os.link(mine, marker)
-            except FileExistsError:  # another study (or this one, elsewhere) claimed it first
-                pass
-            finally:
-                mine.unlink(missing_ok=True)
-        owner = read_marker(marker)
-        if owner is None or owner.get("uid") == uid:
-            break
-    return folder  # the second is this study's alone: no other has its uid
-
-
-def own_trial_folder(args: argparse.Namespace, study: optuna.Study, trial: optuna.Trial,
-                     claim: ExitStack) -> None:
-    """Hold the trial's folder for this process (`claim` lets go of it), marked as this trial's.
-
-    FolderInUse if another process holds it; TrialFolderTaken if its TRIAL_MARKER names another
-    study's or trial's.
-    """
-    run_dir = trial_folder(args, trial.number)
-    claim.enter_context(own_folder(run_dir, "trial folder"))
-    mine = {"study": study.study_name, "uid": args.study_uid, "trial": trial.number}
-    found = read_marker(run_dir / TRIAL_MARKER)
-    if found not in (None, mine):
-        raise TrialFolderTaken(f"trial folder {run_dir} holds trial {found.get('trial')} of study "
-                               f"{found.get('study')!r} ({found.get('uid')}), not trial "
-                               f"{trial.number} of {study.study_name!r} ({args.study_uid}): move "
-                               "it aside")
-    write_json_atomic(mine, run_dir / TRIAL_MARKER)
-
-
-def trial_folder(args: argparse.Namespace, number: int) -> Path:
-    return args.study_dir / f"trial-{number:04d}"
+# The study: its data, its size, its next trial (its storage: sweep_storage.py)
 
 
 def give_up_trial(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
@@ -593,6 +290,12 @@ def give_up_trial(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
     failed = tell_once(study, trial, None, TrialState.FAIL)
     if failed is not None:
         retry_later(study, failed)
+
+
+def data_fingerprint(source: CifarSource, val_size: int) -> dict:
+    """run_files.data_identity of the data the trials train on, without a device (for the launcher)."""
+    train_x, train_y, test_x, test_y = load_cifar100(source)
+    return data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size, p2.SPLIT_SEED)
 
 
 def check_study_data(study: optuna.Study, store: Store, identity: dict) -> None:
@@ -668,28 +371,6 @@ def next_trial(study: optuna.Study, store: Store, trials: float, target: float |
 # One trial
 
 
-def resume_point(previous: Path, run_dir: Path, expected: dict) -> dict | None:
-    """For a retry, the dead attempt's folder copied into this trial's, and its last.pt, if this
-    machine can read it and the folder is that attempt's: its TRIAL_MARKER, where it has one (older
-    versions wrote none), is `expected` (the study's name and uid, the dead trial's number). Its
-    owner.lock and marker are not copied."""
-    if not (previous / LAST_CHECKPOINT).is_file():
-        return None
-    found = read_marker(previous / TRIAL_MARKER)
-    if found not in (None, expected):
-        print(f"cannot resume: {previous} holds trial {found.get('trial')} of study "
-              f"{found.get('study')!r} ({found.get('uid')}), not trial {expected['trial']} of this "
-              "study; starting over", flush=True)
-        return None
-    shutil.copytree(previous, run_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(OWNER_LOCK, TRIAL_MARKER))
-    try:
-        return load_checkpoint(run_dir / LAST_CHECKPOINT, needs=RESUME_KEYS)
-    except CheckpointError as e:
-        print(f"cannot resume ({e}); starting over", flush=True)
-        return None
-
-
 @dataclass
 class Pruning:
     """A trial's side of early termination: each epoch's metric goes to the study, and after each epoch trained here
@@ -736,13 +417,13 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     host = socket.gethostname()
     sampled = sweep.search_space(trial) if sweep.search_space else {p.name: p.sample(trial) for p in sweep.params}
     config = p2.with_defaults(dict(sweep.fixed) | sampled | {"val_size": args.val_size})
-    run_dir = trial_folder(args, trial.number)  # held by this process: own_trial_folder
+    run_dir = trial_folder(args.study_dir, trial.number)  # held by this process: own_trial_folder
     # A retry's history is a system attr of the frozen trial (Optuna's Trial has none)
     retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
     resume = None
     if retried:
         dead = {"study": study.study_name, "uid": args.study_uid, "trial": retried[-1]}
-        resume = resume_point(trial_folder(args, retried[-1]), run_dir, dead)
+        resume = resume_point(trial_folder(args.study_dir, retried[-1]), run_dir, dead)
     config = resume["config"] if resume else config
     start = f", resuming after epoch {resume['epoch']}" if resume else ", from epoch 1" if retried else ""
     print(f"{host}: trial {trial.number}" + (f" retries trial {retried[-1]}" if retried else "") + start, flush=True)
@@ -774,14 +455,6 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
     elif code != 0:
         trial.set_user_attr("failure", summary.get("error") or f"{status} (exit code {code})")
     return code, *trial_outcome(sweep, summary, code)
-
-
-def summary_value(summary: dict, name: str) -> object:
-    """The number `name` as the run's W&B summary holds it: a history metric's last value, else the
-    summary's."""
-    if name in sweep_space.HISTORY_METRICS:
-        return (summary.get("history") or [{}])[-1].get(name)
-    return summary.get(name)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -819,7 +492,7 @@ def work(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study: opt
                     time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
                 try:
-                    own_trial_folder(args, study, trial, claim)
+                    own_trial_folder(args.study_dir, args.study_uid, study, trial, claim)
                 except (FolderInUse, TrialFolderTaken) as e:  # its retry gets another folder
                     give_up_trial(study, trial, str(e))
                     return cli.fail(e)
@@ -891,442 +564,6 @@ def launch_workers(argv: list[str], workers: int) -> int:
     return cli.stopped_by(stop.signum) if stop.signum is not None else max(codes, key=abs)
 
 
-# --------------------------------------------------------------------------------------------------
-# Never paying twice for a training: prior runs, starting points, a seeded sampler, a time budget
-# (README, "Runs already trained, starting points, seeds, a time budget")
-
-ENDED_RUNS = ("finished", "diverged", "pruned")  # a run folder with this status holds a result
-TIME_SPENT = "time_spent:"  # study user attrs: [start, end], Unix seconds, of each budgeted process
-TIME_WRITE_SECONDS = 30  # a waiting process looks each second, and writes its time this often
-
-
-class WarmStartError(cli.CommandError):
-    """--prior-runs, --start-from or --sampler-seed asks for what this sweep cannot take."""
-
-    exit_code = cli.EXIT_BAD_INPUT
-
-
-def is_prior(trial: optuna.trial.FrozenTrial) -> bool:
-    """A trial made from a run folder on disk: it cost this study nothing, --trials ignores it."""
-    return trial.user_attrs.get("origin") == sweep_report.PRIOR_RUN
-
-
-def per_epoch(sweep: Sweep) -> bool:
-    """The sweep's value is read from every epoch's history row (and Hyperband may prune on it), not
-    from the summary at the end (method custom's objectives, a summary metric)."""
-    return not sweep.objectives and sweep.metric in sweep_space.HISTORY_METRICS
-
-
-def trial_outcome(sweep: Sweep, summary: dict,
-                  code: int = cli.EXIT_DONE) -> tuple[TrialState, float | list | None]:
-    """What a run tells the study, from its summary and exit code: PRUNED if Hyperband stopped it;
-    else COMPLETE with W&B's value of a run (SweepRun.metric_extremum: the best of the metric over
-    its history rows, or its summary's number; method custom: each objective's summary value); FAIL
-    if there is none (diverged before any epoch, failed) or `code` is not 0."""
-    if summary.get("status") == "pruned":
-        return TrialState.PRUNED, None
-    if sweep.objectives:  # every objective a number, or the run taught the search nothing
-        values = [summary_value(summary, name) for name, _ in sweep.objectives]
-        if code != 0 or not all(finite_number(v) for v in values):
-            return TrialState.FAIL, None
-        return TrialState.COMPLETE, values
-    if per_epoch(sweep):
-        rows = [m[sweep.metric] for m in summary.get("history") or [] if sweep.metric in m]
-        value = (max if sweep.direction == "maximize" else min)(rows, default=None)
-    else:
-        value = summary_value(summary, sweep.metric)
-    if code != 0 or not finite_number(value):
-        return TrialState.FAIL, None
-    return TrialState.COMPLETE, value
-
-
-def draw_of(param: sweep_space.Param, value: object, default: object) -> object:
-    """Optuna's draw that makes `param` give `value` (the inverse of Param.value; a `null` choice
-    gives the trainer's `default`); ValueError with the reason if no draw does."""
-    d = param.distribution
-    if isinstance(d, optuna.distributions.CategoricalDistribution):
-        if value in d.choices:
-            return value
-        if None in d.choices and value == default:
-            return None
-        raise ValueError("not one of its values")
-    if param.ppf is not None:
-        return quantile_of(param, value)
-    if not finite_number(value):
-        raise ValueError("not a number")
-    x = float(value)
-    inside = d.low <= x <= d.high
-    if d.step is not None:
-        x = d.low + round((x - d.low) / d.step) * d.step
-    x = min(max(x, d.low), d.high)  # a q_ kind's rounding can give a value just past a bound
-    x = int(round(x)) if isinstance(d, optuna.distributions.IntDistribution) else x
-    if not same_value(param.value(x), value):
-        raise ValueError("not on its steps" if inside else "outside its range")
-    return x
-
-
-def same_value(a: object, b: object) -> bool:
-    if finite_number(a) and finite_number(b):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
-def quantile_of(param: sweep_space.Param, value: object, grid: int = 2000) -> float:
-    """The quantile Optuna draws for a kind Optuna has no distribution for (Param.ppf: the normal
-    family, beta, values with probabilities) that gives `value`: by bisection, as ppf rises with
-    the quantile; else (values with probabilities in no numeric order) the first of `grid` evenly
-    spaced quantiles that gives it. ValueError if none does."""
-    first, last = sweep_space.QUANTILE.low, sweep_space.QUANTILE.high
-    if finite_number(value) and all(finite_number(param.ppf(u)) for u in (first, last)):
-        low, high = first, last
-        for _ in range(64):  # to the float resolution of the quantile
-            middle = (low + high) / 2
-            drawn = param.ppf(middle)
-            if not finite_number(drawn):  # values with probabilities, some not numbers
-                break
-            low, high = (middle, high) if drawn < value else (low, middle)
-        else:
-            if same_value(param.value(high), value):
-                return high
-    quantiles = (first + i * (last - first) / grid for i in range(grid + 1))
-    found = next((u for u in quantiles if same_value(param.value(u), value)), None)
-    if found is None:
-        raise ValueError("a value its distribution does not give")
-    return found
-
-
-def space_point(sweep: Sweep, config: dict) -> dict:
-    """Optuna's params of the trial of `sweep` that trains `config`, one per swept key it names (a
-    run's whole config, or the keys a starting point names). ValueError with the reason if no trial
-    trains it: a swept value its parameter cannot take, another setting than every trial trains (the
-    sweep's constant, its command's value, else the trainer's default), a key the trainer does not
-    have. val_size is --val-size's and is checked with the data."""
-    swept = {p.name: p for p in sweep.params}
-    params = {}
-    for key, value in config.items():
-        if key == "val_size":
-            continue
-        if key not in p2.SETTINGS:
-            raise ValueError(f"{key!r} is not a part_2_cifar.py setting")
-        param = swept.get(key)
-        if param is None or param.distribution is None:
-            constant = param is not None and param.constant is not None
-            trained = param.constant if constant else sweep.fixed.get(key, p2.DEFAULTS[key])
-            if value != trained:
-                raise ValueError(f"{key}={value}, but the sweep's trials train {key}={trained}")
-            continue
-        try:
-            params[param.optuna_name] = draw_of(param, value, p2.DEFAULTS[key])
-        except ValueError as e:
-            raise ValueError(f"{key}={value} is {e}: the sweep's {key} is "
-                             f"{json.dumps(sweep.raw['parameters'][key])}") from None
-    return params
-
-
-def prior_trial(sweep: Sweep, run_dir: Path, summary: dict, identity: dict,
-                **attrs: str) -> optuna.trial.FrozenTrial:
-    """The finished trial the run in `run_dir` (its `summary`) makes in a study of `sweep` on the
-    data `identity`: the state and value it would have had as a trial (trial_outcome; a pruned
-    one's value its last, as Optuna's tell gives it), its metric at every epoch as intermediate
-    values for the pruner, its training time as duration, `attrs` as more user attrs. ValueError
-    with the reason if the run does not belong: not ended, other data, a config outside the sweep,
-    no metric value."""
-    status = summary.get("status")
-    if status not in ENDED_RUNS:
-        raise ValueError(f"its status is {status!r}, not a result ({', '.join(ENDED_RUNS)})")
-    recorded = summary.get("data")
-    if not isinstance(recorded, dict) or not recorded:
-        raise ValueError("its summary.json does not record its data (an older version wrote it)")
-    if not same_data(recorded, identity):
-        raise ValueError(f"trained on other data: {describe_data(recorded)}")
-    if not isinstance(summary.get("config"), dict):
-        raise ValueError("its summary.json has no config")
-    config = p2.with_defaults(summary["config"])  # a setting added since: it trained the default
-    params = space_point(sweep, config)
-    history = summary.get("history") if isinstance(summary.get("history"), list) else []
-    if per_epoch(sweep) and not all(finite_number(m.get(sweep.metric)) for m in history):
-        raise ValueError(f"its history has no {sweep.metric} at every epoch")
-    read = [] if per_epoch(sweep) else [name for name, _ in sweep.objectives] or [sweep.metric]
-    if status == "finished" and not all(finite_number(summary_value(summary, n)) for n in read):
-        raise ValueError(f"its summary has no number for each of {', '.join(read)}")
-    state, value = trial_outcome(sweep, summary)
-    epochs = summary.get("epochs_completed")
-    curve = {e: m[sweep.metric] for e, m in enumerate(history, 1)} if per_epoch(sweep) else {}
-    if state == TrialState.PRUNED and curve:
-        value = curve[max(curve)]
-    values = value if isinstance(value, list) else None if value is None else [value]
-    distributions = {p.optuna_name: p.distribution for p in sweep.params if p.optuna_name in params}
-    trial = optuna.trial.create_trial(
-        state=state, values=values, params=params, distributions=distributions,
-        intermediate_values=curve,
-        user_attrs={"origin": sweep_report.PRIOR_RUN, "config": config, "epochs_completed": epochs,
-                    "test_accuracy": summary.get("test_accuracy"), "run_dir": str(run_dir),
-                    "device": summary.get("device", ""),
-                    "failure": f"diverged after epoch {epochs}" if status == "diverged" else "",
-                    **attrs})
-    with contextlib.suppress(OSError, KeyError, TypeError, ValueError):  # else now, and 0 s
-        trial.datetime_complete = datetime.fromtimestamp((run_dir / SUMMARY_FILE).stat().st_mtime)
-        trial.datetime_start = trial.datetime_complete - timedelta(seconds=summary["total_seconds"])
-    return trial
-
-
-def summary_key(summary: dict) -> str:
-    """What tells one run from another, however its folder is named or copied: a hash."""
-    return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], identity: dict) -> None:
-    """Each run under `folders` (runs folders or run folders) that belongs becomes a finished
-    trial of the study; each other one is one line with the reason. A run the study has (added
-    before, or the folder of one of its own trials, wherever found) is not added again."""
-    trials = study.get_trials(deepcopy=False)
-    known = {t.user_attrs.get("prior_run") for t in trials if is_prior(t)}
-    own = [read_summary(Path(t.user_attrs["run_dir"])) for t in trials
-           if not is_prior(t) and "run_dir" in t.user_attrs]
-    own_keys = {summary_key(summary) for summary in own if summary is not None}
-    added, already, skipped = Counter(), 0, 0
-    for folder in folders:
-        runs = summaries_under(folder)
-        if not runs:
-            print(f"--prior-runs {folder}: no run folder (a summary.json) under it", flush=True)
-        for run_dir, summary in runs:
-            key = summary_key(summary) if summary is not None else None
-            if key in own_keys:  # this study's own trial
-                continue
-            if key in known:
-                already += 1
-                continue
-            try:
-                if summary is None:
-                    raise ValueError("its summary.json cannot be read")
-                trial = prior_trial(sweep, run_dir, summary, identity, prior_run=key)
-            except ValueError as e:
-                print(f"prior run {run_dir} skipped: {e}", flush=True)
-                skipped += 1
-                continue
-            study.add_trial(trial)
-            known.add(key)
-            added[trial.state.name] += 1
-    states = f" ({sweep_report.states_line(added)})" if added else ""
-    print(f"prior runs: {sum(added.values())} added{states}, {already} already in the study, "
-          f"{skipped} skipped", flush=True)
-
-
-def read_configs(path: Path) -> list:
-    """The configurations a --start-from file holds: JSON or YAML, one mapping or a list of them."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise WarmStartError(f"--start-from {path}: cannot read it: {e.strerror}") from None
-    try:  # JSON first: YAML 1.1 would read a number such as 1e-05 as text
-        configs = json.loads(text)
-    except json.JSONDecodeError:
-        import yaml
-
-        try:
-            configs = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise WarmStartError(f"--start-from {path} is not valid JSON or YAML: "
-                                 f"{str(e).splitlines()[0]}") from None
-    configs = configs if isinstance(configs, list) else [configs]
-    if not configs or not all(isinstance(c, dict) and c for c in configs):
-        raise WarmStartError(f"--start-from {path}: expected a configuration such as "
-                             "{\"learning_rate\": 0.005}, or a list of them")
-    return configs
-
-
-def start_points(path: Path, sweep: Sweep) -> list[dict]:
-    """Optuna's params of each configuration --start-from PATH names: a run folder (every setting
-    of its summary.json's config) or a file (read_configs; the keys each names, the sampler draws
-    the rest). WarmStartError naming the file and the reason for one no trial of the sweep
-    trains."""
-    if path.is_dir():
-        summary = read_summary(path)
-        if summary is None or not isinstance(summary.get("config"), dict):
-            raise WarmStartError(f"--start-from {path}: a run folder needs its summary.json (a run "
-                                 "that ended)")
-        configs = [p2.with_defaults(summary["config"])]
-    else:
-        configs = read_configs(path)
-    points = []
-    for number, config in enumerate(configs, 1):
-        where = f"--start-from {path}" + (f", configuration {number}" if len(configs) > 1 else "")
-        try:
-            parsed = p2.validate_config(config)  # YAML's "0.005" a number; a bad value one line
-            params = space_point(sweep, {key: parsed[key] for key in config})
-        except ValueError as e:  # ConfigError is one
-            raise WarmStartError(f"{where}: {e}") from None
-        if not params:
-            varied = ", ".join(p.name for p in sweep.params if p.distribution is not None)
-            raise WarmStartError(f"{where}: names no setting this sweep varies ({varied})")
-        points.append(params)
-    return points
-
-
-@dataclass
-class WarmStart:
-    """What the study starts from: --prior-runs (finished trials) and --start-from (the first
-    trials it trains)."""
-
-    prior_runs: list[Path]
-    points: list[tuple[Path, dict]]  # (the --start-from path, Optuna params), in the order given
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, sweep: Sweep) -> WarmStart:
-        """The options checked against the sweep, the starting points read; before data loads."""
-        given = [option for option, value in (("--prior-runs", args.prior_runs),
-                                              ("--start-from", args.start_from)) if value]
-        if given and sweep.method == "grid":
-            raise WarmStartError(f"{given[0]} with method grid: a grid sweep trains every point of "
-                                 "its grid in its own order; use method bayes or random")
-        if given and sweep.search_space is not None:
-            raise WarmStartError(f"{given[0]}: scheduler.search_space defines the parameters in "
-                                 "code, where a config cannot be matched; use a parameters section")
-        if args.sampler_seed is not None and "optimizer" in sweep.scheduler:
-            raise WarmStartError("--sampler-seed: scheduler.optimizer makes its own sampler; "
-                                 "seed it there")
-        for folder in args.prior_runs:
-            if not folder.is_dir():
-                raise WarmStartError(f"--prior-runs {folder}: no such folder; give a runs folder "
-                                     "or a run folder")
-        return cls(args.prior_runs, [(path, params) for path in args.start_from
-                                     for params in start_points(path, sweep)])
-
-    def apply(self, study: optuna.Study, store: Store, sweep: Sweep,
-              identity: Callable[[], dict]) -> None:
-        """Prior runs become finished trials, then the starting points are queued, under the
-        scheduling lock: a second process (another machine's, the same command again) finds them
-        and adds nothing. `identity()` is the data's run_files.data_identity, asked for only if needed."""
-        if not self.prior_runs and not self.points:
-            return
-        fingerprint = identity() if self.prior_runs else {}
-        with store.scheduling(study):
-            if self.prior_runs:
-                add_prior_runs(study, sweep, self.prior_runs, fingerprint)
-            for path, params in self.points:
-                count = len(study.get_trials(deepcopy=False))
-                # Not twice: a rerun finds it queued or trained; a prior run of it is known already
-                study.enqueue_trial(params, user_attrs={"origin": sweep_report.START_POINT},
-                                    skip_if_exists=True)
-                queued = len(study.get_trials(deepcopy=False)) > count
-                said = f"trial {count}, before the sampler's" if queued else "already in the study"
-                print(f"start point from {path}: {said}", flush=True)
-
-
-def data_fingerprint(source: CifarSource, val_size: int) -> dict:
-    """run_files.data_identity of the data the trials train on, without a device (for the launcher)."""
-    train_x, train_y, test_x, test_y = load_cifar100(source)
-    return data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size, p2.SPLIT_SEED)
-
-
-class SeededSampler(optuna.samplers.BaseSampler):
-    """The sweep's sampler made anew for each trial, seeded with (--sampler-seed, how many trials
-    the sampler drew before it): the same study gives the same draw, in one command or over resumed
-    ones. A queued trial (a starting point, a retry) or a prior run has its params and takes no
-    draw, so a retry does not shift the draws after it."""
-
-    def __init__(self, sweep: Sweep, seed: int):
-        self.sweep, self.seed = sweep, seed
-        self.current = sweep_space.make_sampler(sweep, seed)
-
-    @staticmethod
-    def drew(trial: optuna.trial.FrozenTrial) -> bool:
-        return not ({"fixed_params", "failed_trial"} & set(trial.system_attrs) or is_prior(trial))
-
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-        draws = sum(map(self.drew, before))
-        digest = hashlib.sha256(f"{self.seed}/{draws}".encode()).digest()
-        self.current = sweep_space.make_sampler(self.sweep, int.from_bytes(digest[:4], "little"))
-        self.current.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study: optuna.Study,
-                                    trial: optuna.trial.FrozenTrial) -> dict:
-        return self.current.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                        search_space: dict) -> dict:
-        return self.current.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                           param_name: str, distribution: optuna.distributions.BaseDistribution):
-        return self.current.sample_independent(study, trial, param_name, distribution)
-
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
-                    values: list[float] | None) -> None:
-        self.current.after_trial(study, trial, state, values)
-
-
-def seeded_sampler(sweep: Sweep, seed: int) -> optuna.samplers.BaseSampler:
-    """--sampler-seed's sampler: bayes and random draw per trial (SeededSampler); a grid's order is
-    fixed without a seed (sweep_space.make_sampler)."""
-    if sweep.method == "grid":
-        return sweep_space.make_sampler(sweep)
-    return SeededSampler(sweep, seed)
-
-
-def duration(text: str) -> float:
-    """An argparse type: seconds from '5400', '90m', '1.5h', '2d' (s, m, h, d)."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
-    try:
-        seconds = float(number) * unit
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use seconds, or a number "
-                                         "with s, m, h or d (90m, 1.5h)")
-    return seconds
-
-
-def wall_seconds(intervals: list) -> float:
-    """The time [start, end] intervals cover, overlaps counted once (seconds)."""
-    total, covered_to = 0.0, -math.inf
-    for start, end in sorted(intervals):
-        if end > covered_to:
-            total += end - max(start, covered_to)
-            covered_to = end
-    return total
-
-
-@dataclass
-class TimeBudget:
-    """--time-budget: the study's wall time, over every process that worked on it with a budget
-    (this one from its start; earlier commands, other workers and machines as they recorded theirs
-    in the study), overlaps counted once. Once spent no new trial starts; running ones finish."""
-
-    seconds: float
-    started: float = field(default_factory=time.time)  # Unix time: machines' intervals compare
-    written: float = -math.inf  # time.monotonic() of this process's last write
-    said: bool = False
-
-    @property
-    def key(self) -> str:  # this process's user attr in the study
-        return f"{TIME_SPENT}{socket.gethostname()}:{os.getpid()}:{self.started:.3f}"
-
-    def record(self, study: optuna.Study, force: bool = False) -> float:
-        """Write this process's interval into the study (at most every TIME_WRITE_SECONDS unless
-        `force`); the study's wall time so far (seconds)."""
-        mine = [self.started, time.time()]
-        if force or time.monotonic() - self.written >= TIME_WRITE_SECONDS:
-            study.set_user_attr(self.key, mine)
-            self.written = time.monotonic()
-        spans = {k: v for k, v in study.user_attrs.items() if k.startswith(TIME_SPENT)}
-        return wall_seconds(list((spans | {self.key: mine}).values()))
-
-    def spent(self, study: optuna.Study) -> bool:
-        """True once the budget is spent, said in one line (once)."""
-        seconds = self.record(study)
-        if seconds < self.seconds:
-            return False
-        if not self.said:
-            print(f"time budget {self.seconds:g} s spent ({seconds:.1f} s of wall time on study "
-                  f"{study.study_name}): no new trial starts; a running one trains to its end",
-                  flush=True)
-            self.said = True
-        return True
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line and main
 
@@ -1376,14 +613,6 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException as e:  # Ctrl-C twice outside a trial (a trial ends itself): "stop now"
             return cli.boundary(as_storage_error(e),
                                 stopped="run the same command again to continue")
-
-
-def as_storage_error(e: BaseException) -> BaseException:
-    """A failure of the study's storage (STORAGE_FAILED) as the StorageError of its one line: the
-    database's own words, which Optuna's StorageInternalError hides; any other error as it is."""
-    if isinstance(e, STORAGE_FAILED):
-        return StorageError(f"{storage_failure(e)}; run the same command again once it answers")
-    return e
 
 
 def write_report(study: optuna.Study, sweep: Sweep, folder: Path, args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ import torch
 import cli
 import local_sweep
 import sweep_report
+import sweep_storage
 from benchmarks.benchlib import describe_data, machine_info, publish, save_json
 from synthetic_cifar100 import write_synthetic_cifar100
 
@@ -62,7 +63,7 @@ def sweep(sweep_file: Path, data_dir: Path, val_size: int, runs_dir: Path, trial
     if code != 0:
         raise RuntimeError(f"local_sweep.py {' '.join(args)} exited {code}: "
                            f"{log.read_text().strip()[-1000:]}")
-    storage = local_sweep.open_storage(None, runs_dir).storage
+    storage = sweep_storage.open_storage(None, runs_dir).storage
     trials = optuna.load_study(study_name=sweep_file.stem, storage=storage).trials
     return [t.value for t in trials if t.user_attrs.get("origin") != sweep_report.PRIOR_RUN]
 

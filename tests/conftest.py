@@ -218,10 +218,10 @@ def _finished_journal_once(learnable_data_dir, tmp_path_factory) -> Path:
 def finished_journal(_finished_journal_once, learnable_data_dir, tmp_path) -> tuple[list, Path]:
     """A local sweep (FINISHED_SWEEP in tmp_path/cut.json, study "cut") whose one trial finished:
     (its arguments without --trials, its journal tmp_path/runs/optuna-journal.log)."""
-    import local_sweep
+    import sweep_storage
 
     copy_of(_finished_journal_once, tmp_path)
-    journal = tmp_path / "runs" / local_sweep.DEFAULT_STORAGE_FILE
+    journal = tmp_path / "runs" / sweep_storage.DEFAULT_STORAGE_FILE
     return finished_sweep_args(tmp_path, learnable_data_dir), journal
 
 

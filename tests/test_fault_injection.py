@@ -36,6 +36,7 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, cli_args
 
+import cost
 import local_sweep
 import part_2_cifar as p2
 import run_files
@@ -357,7 +358,7 @@ FRESH = ("trainer", "trainer-wandb", "local_sweep")  # start empty (a run folder
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_outside_failure_ends_with_a_line_of_the_table_and_leaves_only_whole_files(
         name, seed, made, data, tmp_path, monkeypatch, capsys, offline):
-    monkeypatch.setattr(run_files, "LATENCY_REPEATS", 3)  # the cost measurement at its least
+    monkeypatch.setattr(cost, "LATENCY_REPEATS", 3)  # the cost measurement at its least
     monkeypatch.setenv("WANDB_RUN_ID", "faultrun")  # the trainer's run folder: one name in all
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # W&B's artifact staging
     found = tmp_path / "found"  # what every run finds: nothing, or what a first clean run left

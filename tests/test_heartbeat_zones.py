@@ -11,7 +11,7 @@ import optuna
 import pytest
 import sqlalchemy
 
-import local_sweep
+import sweep_storage
 
 GRACE = 2  # seconds: --grace-period
 AHEAD, BEHIND = "Asia/Tokyo", "America/Los_Angeles"  # UTC+9, UTC-8 or -7: 16 or 17 hours apart
@@ -26,17 +26,17 @@ def session_zone(url: str) -> str:
     return zone
 
 
-def store_in_zone(url: str, zone: str, runs, monkeypatch) -> local_sweep.Store:
+def store_in_zone(url: str, zone: str, runs, monkeypatch) -> sweep_storage.Store:
     """local_sweep's storage as a machine whose sessions are in `zone` opens it; connected now."""
     monkeypatch.setenv("PGTZ", zone)
     assert session_zone(url) == zone  # the sessions this machine would have without the fix
-    store = local_sweep.open_storage(url, runs, heartbeat_interval=1, grace_period=GRACE)
+    store = sweep_storage.open_storage(url, runs, heartbeat_interval=1, grace_period=GRACE)
     with store.storage.engine.connect() as connection:  # pooled: every later call reuses it
         assert connection.execute(sqlalchemy.text("SHOW TimeZone")).scalar() == "UTC"
     return store
 
 
-def running_trial(store: local_sweep.Store, name: str) -> tuple[optuna.Study, int]:
+def running_trial(store: sweep_storage.Store, name: str) -> tuple[optuna.Study, int]:
     """A new study with one RUNNING trial whose heartbeat `store` has just written; (study, id)."""
     study = optuna.create_study(study_name=name, storage=store.storage)
     trial = study.ask()

@@ -21,6 +21,7 @@ import local_sweep
 import part_2_cifar as p2
 import run_files
 import sweep_space
+import sweep_storage
 from sweep_space import SweepConfigError, translate_parameter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def test_val_size_in_a_sweep_file_is_refused_naming_the_option(spec, tmp_path, c
     assert local_sweep.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'val_size' cannot be swept" in err and "--val-size" in err, err
-    assert not (tmp_path / "runs" / local_sweep.DEFAULT_STORAGE_FILE).exists()  # refused before any study or trial
+    assert not (tmp_path / "runs" / sweep_storage.DEFAULT_STORAGE_FILE).exists()  # refused before any study or trial
 
 
 def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
@@ -175,7 +176,7 @@ def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[
 
 
 def load_study(runs_dir: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=local_sweep.open_storage(None, runs_dir).storage)
+    return optuna.load_study(study_name=name, storage=sweep_storage.open_storage(None, runs_dir).storage)
 
 
 def test_three_trial_sweep_finishes_and_writes_its_report(offline, learnable_data_dir, capsys):
@@ -231,7 +232,7 @@ def test_a_poor_trial_is_pruned_at_the_hyperband_band(offline, learnable_data_di
                                                  "epochs": {"value": 3}},
                         method="random", early_terminate={"type": "hyperband", "min_iter": 2, "eta": 3})
     runs = offline / "runs"
-    study = optuna.create_study(study_name="prune", storage=local_sweep.open_storage(None, runs).storage,
+    study = optuna.create_study(study_name="prune", storage=sweep_storage.open_storage(None, runs).storage,
                                 direction="maximize")
     study.enqueue_trial({"learning_rate": 0.05})  # learns: far above chance by epoch 2
     study.enqueue_trial({"learning_rate": 0.00001})  # barely moves: below the first trial at the band
@@ -280,7 +281,7 @@ def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(of
     sweep = write_sweep(offline / "fail.json", {"learning_rate": {"values": [1e6, 0.04, 0.05]}, "epochs": {"value": 1}},
                         method="random")
     runs = offline / "runs"
-    study = optuna.create_study(study_name="fail", storage=local_sweep.open_storage(None, runs).storage,
+    study = optuna.create_study(study_name="fail", storage=sweep_storage.open_storage(None, runs).storage,
                                 direction="maximize")
     for learning_rate in (1e6, 0.04, 0.05):
         study.enqueue_trial({"learning_rate": learning_rate})

@@ -24,6 +24,8 @@ import local_sweep
 import part_2_cifar as trainer
 import run_files
 import select_model
+import sweep_folders
+import sweep_storage
 import trt_export
 
 CPU = torch.device("cpu")
@@ -162,7 +164,7 @@ def test_a_held_trial_folder_fails_its_trial_with_the_holder_and_the_retry_runs_
     with folders.own_folder(trial_0, "trial folder"):  # e.g. the trainer --resume'd by hand on it
         assert local_sweep.main(sweep_args(sweep, tiny_data_dir, runs, "--trials", "1")) == 2
     refusal(capsys, trial_0, "trial folder", os.getpid(), Path(sys.argv[0]).name)
-    storage = local_sweep.open_storage(None, runs).storage
+    storage = sweep_storage.open_storage(None, runs).storage
     study = optuna.load_study(study_name="held", storage=storage)
     failed, retry = study.get_trials()
     assert failed.state.name == "FAIL" and "is in use by pid" in failed.user_attrs["failure"]
@@ -172,7 +174,7 @@ def test_a_held_trial_folder_fails_its_trial_with_the_holder_and_the_retry_runs_
     states = [t.state.name for t in study.get_trials()]
     assert states == ["FAIL", "COMPLETE"]  # the queued retry, in its own folder
     assert run_files.read_summary(runs / "held" / "trial-0001")["status"] == "finished"
-    marker = json.loads((runs / "held" / "trial-0001" / local_sweep.TRIAL_MARKER).read_text())
+    marker = json.loads((runs / "held" / "trial-0001" / sweep_folders.TRIAL_MARKER).read_text())
     assert marker == {"study": "held", "uid": study.user_attrs["uid"], "trial": 1}
 
 
@@ -192,30 +194,30 @@ def test_two_studies_with_their_own_journals_in_one_runs_folder_never_share_a_tr
     assert other.returncode == 0, output
     folders = set()
     for name in ("a.log", "b.log"):
-        study = optuna.load_study(study_name="cifar", storage=local_sweep.open_storage(
+        study = optuna.load_study(study_name="cifar", storage=sweep_storage.open_storage(
             str(tmp_path / name), runs).storage)
         assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
         for t in study.get_trials():
             run_dir = Path(t.user_attrs["run_dir"])
             folders.add(run_dir)
             assert run_files.read_summary(run_dir)["config"] == t.user_attrs["config"]  # its own
-            marker = json.loads((run_dir / local_sweep.TRIAL_MARKER).read_text())
+            marker = json.loads((run_dir / sweep_folders.TRIAL_MARKER).read_text())
             assert marker == {"study": "cifar", "uid": study.user_attrs["uid"], "trial": t.number}
         study_dir = run_dir.parent
         rows = (study_dir / "trials.csv").read_text().splitlines()[1:]
         assert len(rows) == 1 and str(run_dir) in rows[0]
     assert len(folders) == 2  # each study's trial 0, in two folders
-    uids = {json.loads((d / local_sweep.STUDY_MARKER).read_text())["uid"] for d in runs.iterdir()
-            if (d / local_sweep.STUDY_MARKER).is_file()}
+    uids = {json.loads((d / sweep_folders.STUDY_MARKER).read_text())["uid"] for d in runs.iterdir()
+            if (d / sweep_folders.STUDY_MARKER).is_file()}
     assert len(uids) == 2 and {d.parent for d in folders} <= {runs / "cifar", *runs.glob("cifar-*")}
 
 
 def test_a_study_folder_is_claimed_once_and_a_namesake_gets_its_own(tmp_path):
     runs = tmp_path / "runs"
-    assert local_sweep.study_folder(runs, "s", "aaaa1111") == runs / "s"
-    assert local_sweep.study_folder(runs, "s", "bbbb2222") == runs / "s-bbbb2222"
-    assert local_sweep.study_folder(runs, "s", "aaaa1111") == runs / "s"  # the same on every call
-    assert local_sweep.study_folder(runs, "t", None, claim=False) == runs / "t"  # a report: none
+    assert sweep_folders.study_folder(runs, "s", "aaaa1111") == runs / "s"
+    assert sweep_folders.study_folder(runs, "s", "bbbb2222") == runs / "s-bbbb2222"
+    assert sweep_folders.study_folder(runs, "s", "aaaa1111") == runs / "s"  # the same on every call
+    assert sweep_folders.study_folder(runs, "t", None, claim=False) == runs / "t"  # a report: none
     assert not (runs / "t").exists()
 
 
@@ -228,11 +230,11 @@ def test_a_retry_resumes_only_from_the_folder_of_the_trial_it_retries(tmp_path, 
                            "config": config, "epoch": 1, "history": [], "best_val_accuracy": 1.0,
                            "best_epoch": 1, "seconds": 1.0}, previous / run_files.LAST_CHECKPOINT)
     dead = {"study": "s", "uid": "aaaa1111", "trial": 3}
-    (previous / local_sweep.TRIAL_MARKER).write_text(json.dumps({**dead, "uid": "bbbb2222"}))
-    assert local_sweep.resume_point(previous, mine, dead) is None  # another study's trial 3
+    (previous / sweep_folders.TRIAL_MARKER).write_text(json.dumps({**dead, "uid": "bbbb2222"}))
+    assert sweep_folders.resume_point(previous, mine, dead) is None  # another study's trial 3
     assert "cannot resume: " in capsys.readouterr().out and not mine.exists()
-    (previous / local_sweep.TRIAL_MARKER).write_text(json.dumps(dead))
-    assert local_sweep.resume_point(previous, mine, dead)["epoch"] == 1
+    (previous / sweep_folders.TRIAL_MARKER).write_text(json.dumps(dead))
+    assert sweep_folders.resume_point(previous, mine, dead)["epoch"] == 1
     assert sorted(p.name for p in mine.iterdir()) == [run_files.LAST_CHECKPOINT]  # no marker copied
 
 

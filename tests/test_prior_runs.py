@@ -20,6 +20,8 @@ import local_sweep
 import part_2_cifar as p2
 import sweep_report
 import sweep_space
+import sweep_storage
+import warm_start
 from cifar_files import cifar100_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +58,7 @@ def train(data_dir: Path, runs_dir: Path, **config) -> Path:
 
 
 def load_study(runs_dir: Path, name: str) -> optuna.Study:
-    storage = local_sweep.open_storage(None, runs_dir).storage
+    storage = sweep_storage.open_storage(None, runs_dir).storage
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -167,7 +169,7 @@ def test_prior_runs_of_a_two_objective_sweep_take_their_values_from_the_summary(
     sweep = local_sweep.load_sweep(write_json(tmp_path / "deploy.json", deploy))
     study = optuna.create_study(directions=sweep.directions)
     identity = local_sweep.data_fingerprint(cifar100_source(learnable_data_dir), 100)
-    local_sweep.add_prior_runs(study, sweep, [disk["runs"]], identity)
+    warm_start.add_prior_runs(study, sweep, [disk["runs"]], identity)
     out = capsys.readouterr().out
     assert "prior runs: 2 added (1 COMPLETE, 1 FAIL), 0 already in the study, 3 skipped" in out
     (complete,) = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -199,22 +201,22 @@ def test_every_value_a_parameter_gives_maps_back_to_a_draw_that_gives_it(spec):
         value = param.sample(trial)
         if param.distribution is None:
             continue
-        draw = local_sweep.draw_of(param, 256 if value is None else value, default=256)
+        draw = warm_start.draw_of(param, 256 if value is None else value, default=256)
         if value is None:  # a null choice: the run trained the default
             assert draw is None
         else:
-            assert local_sweep.same_value(param.value(draw), value)  # numbers to 1e-9
+            assert warm_start.same_value(param.value(draw), value)  # numbers to 1e-9
         assert param.distribution._contains(param.distribution.to_internal_repr(draw))
 
 
 def test_a_default_trainer_run_is_a_point_of_the_readme_sweep_and_its_neighbours_are_not():
     sweep = local_sweep.load_sweep(ROOT / "sweep_config.json")
-    assert local_sweep.space_point(sweep, p2.DEFAULTS)["learning_rate"] == 0.01  # its top, included
+    assert warm_start.space_point(sweep, p2.DEFAULTS)["learning_rate"] == 0.01  # its top, included
     for change, reason in (({"epochs": 32}, "epochs=32 is not on its steps"),
                            ({"learning_rate": 0.02}, "learning_rate=0.02 is outside its range"),
                            ({"seed": 1}, "seed=1, but the sweep's trials train seed=0")):
         with pytest.raises(ValueError, match=reason):
-            local_sweep.space_point(sweep, p2.DEFAULTS | change)
+            warm_start.space_point(sweep, p2.DEFAULTS | change)
 
 
 @pytest.mark.parametrize("option, change, words", [
@@ -232,7 +234,7 @@ def test_what_a_sweep_cannot_start_from_is_one_line_and_exit_2_before_any_study(
                                        "--trials", "1", option, str(given)))
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and words in err, err
-    assert not (tmp_path / "runs" / local_sweep.DEFAULT_STORAGE_FILE).exists()
+    assert not (tmp_path / "runs" / sweep_storage.DEFAULT_STORAGE_FILE).exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ def test_the_same_seed_draws_the_same_trials_in_one_command_or_over_an_interrupt
     # The first draw again, on its own; another seed draws another
     seeded = local_sweep.load_sweep(sweep)
     for seed, same in ((11, True), (12, False)):
-        trial = optuna.create_study(sampler=local_sweep.seeded_sampler(seeded, seed)).ask()
+        trial = optuna.create_study(sampler=warm_start.seeded_sampler(seeded, seed)).ask()
         for param in seeded.params:
             param.sample(trial)
         assert (trial.params == drawn(tmp_path / "a")[0]) == same
@@ -351,7 +353,7 @@ def test_a_time_budget_starts_no_trial_once_spent_and_holds_over_the_same_comman
     assert "time budget 2 s spent" in out and (runs / "seeded" / "trials.csv").is_file()
     study = load_study(runs, "seeded")
     ((start, end),) = [v for k, v in study.user_attrs.items()
-                       if k.startswith(local_sweep.TIME_SPENT)]
+                       if k.startswith(warm_start.TIME_SPENT)]
     assert end - start >= 2
     first = study.trials
     assert len(first) < 50 and all(t.state == TrialState.COMPLETE for t in first)  # none cut short
@@ -362,8 +364,8 @@ def test_a_time_budget_starts_no_trial_once_spent_and_holds_over_the_same_comman
     assert "time budget 2 s spent" in capsys.readouterr().out
     study = load_study(runs, "seeded")
     assert len(study.trials) == len(first)
-    assert local_sweep.wall_seconds([v for k, v in study.user_attrs.items()
-                                     if k.startswith(local_sweep.TIME_SPENT)]) > end - start
+    assert warm_start.wall_seconds([v for k, v in study.user_attrs.items()
+                                     if k.startswith(warm_start.TIME_SPENT)]) > end - start
 
     more = sweep_args(sweep, learnable_data_dir, runs, "--trials", str(len(first) + 1),
                       "--time-budget", "1h")
@@ -374,8 +376,8 @@ def test_a_time_budget_starts_no_trial_once_spent_and_holds_over_the_same_comman
 @pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("45m", 2700), ("1.5h", 5400),
                                            ("2d", 172800)])
 def test_a_time_budget_reads_seconds_minutes_hours_or_days(text, seconds):
-    assert local_sweep.duration(text) == seconds
+    assert warm_start.duration(text) == seconds
 
 
 def test_overlapping_processes_count_their_shared_wall_time_once():
-    assert local_sweep.wall_seconds([[0, 10], [5, 12], [20, 21]]) == 13
+    assert warm_start.wall_seconds([[0, 10], [5, 12], [20, 21]]) == 13

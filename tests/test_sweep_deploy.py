@@ -22,6 +22,7 @@ import local_sweep
 import part_2_cifar as p2
 import run_files
 import sweep_space
+import sweep_storage
 from sweep_space import SweepConfigError, translate_parameter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,7 +355,7 @@ def scheduler(tmp_path: Path, **names: str) -> dict:
 def test_scheduler_optimizer_gives_the_study_its_sampler_as_in_wandb(tmp_path):
     sweep = local_sweep.load_sweep(write_custom(tmp_path / "s.json", {}, scheduler=scheduler(
         tmp_path, optimizer="random_study")))
-    study = local_sweep.open_study(sweep, "s", local_sweep.open_storage(None, tmp_path / "runs"))
+    study = sweep_storage.open_study(sweep, "s", sweep_storage.open_storage(None, tmp_path / "runs"))
     assert isinstance(study.sampler, optuna.samplers.RandomSampler)  # in this program's storage, under --study
     assert isinstance(study.pruner, optuna.pruners.NopPruner)  # not the factory's default MedianPruner: README
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]

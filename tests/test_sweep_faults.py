@@ -26,6 +26,7 @@ import local_sweep
 import machine
 import part_2_cifar as p2
 import sweep_journal
+import sweep_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters_2": {"value": 16},
@@ -64,12 +65,12 @@ def test_a_grid_sweep_that_reaches_its_end_exits_0_and_writes_its_report(tmp_pat
     runs = tmp_path / "runs"
     args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")
     assert local_sweep.main(args) == 0  # GridSampler's study.stop() at the last tell raised RuntimeError here
-    trials = stock_study(runs / local_sweep.DEFAULT_STORAGE_FILE, "grid").trials
+    trials = stock_study(runs / sweep_storage.DEFAULT_STORAGE_FILE, "grid").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert sorted(t.user_attrs["config"]["dropout_rate"] for t in trials) == [0.0, 0.5]  # each grid point once
     assert len((runs / "grid" / "trials.csv").read_text().splitlines()) == 3
     assert local_sweep.main(args) == 0  # the same command again: done, nothing more
-    assert len(stock_study(runs / local_sweep.DEFAULT_STORAGE_FILE, "grid").trials) == 2
+    assert len(stock_study(runs / sweep_storage.DEFAULT_STORAGE_FILE, "grid").trials) == 2
     out = capsys.readouterr()
     assert_no_traceback(out.out + out.err)
 
@@ -79,13 +80,13 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
         tmp_path, learnable_data_dir, one_thread, monkeypatch, capsys, moment):
     sweep = write_sweep(tmp_path / "taken.json", {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 2}})
     runs = tmp_path / "runs"
-    journal = runs / local_sweep.DEFAULT_STORAGE_FILE
+    journal = runs / sweep_storage.DEFAULT_STORAGE_FILE
 
     def fail_trial_0_elsewhere() -> None:
         """What a process that found trial 0's heartbeat late does: fail it and queue its retry."""
         other = stock_study(journal, "taken")
         if other.trials[0].state == TrialState.RUNNING:
-            local_sweep.retry_later(other, other.tell(0, state=TrialState.FAIL))
+            sweep_storage.retry_later(other, other.tell(0, state=TrialState.FAIL))
 
     real_device_name, real_run_training = machine.device_name, p2.run_training
 

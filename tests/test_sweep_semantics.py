@@ -19,6 +19,7 @@ from test_local_sweep import TINY, load_study, sweep_args
 
 import local_sweep
 import sweep_space
+import sweep_storage
 
 BASE = {"program": "part_2_cifar.py", "method": "random",
         "metric": {"name": "val_accuracy", "goal": "maximize"}}
@@ -94,7 +95,7 @@ def test_a_study_an_older_translation_drew_otherwise_is_one_line_not_a_traceback
     epochs = {"distribution": "q_uniform", "min": 1, "max": 3, "q": 1}
     sweep, runs = write(tmp_path / "old.json", with_parameters(epochs=epochs)), tmp_path / "runs"
     study = optuna.create_study(study_name="old", direction="maximize",
-                                storage=local_sweep.open_storage(None, runs).storage)
+                                storage=sweep_storage.open_storage(None, runs).storage)
     study.set_user_attr("sweep_config", local_sweep.load_sweep(sweep).raw)
     study.add_trial(optuna.trial.create_trial(
         params={"epochs": 2}, distributions={"epochs": optuna.distributions.IntDistribution(1, 3)},
