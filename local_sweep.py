@@ -9,9 +9,9 @@ trials, on one machine (a journal file) or on several that share a PostgreSQL da
     python local_sweep.py sweep_config.json --time-budget 8h --start-from good.yaml --sampler-seed 7
 
 Each trial is one part_2_cifar.run_training in <runs-dir>/<study>/trial-NNNN. The library is the sweep
-wing's: the sweep file's translation (sweep_space.py), the study's storage and its turns (sweep_storage.py),
-its folders (sweep_folders.py), prior runs, starting points, the seeded sampler and the time budget
-(warm_start.py), the journal file (sweep_journal.py), the report (sweep_report.py).
+wing's, cifarkit/sweeps/: the sweep file's translation (space.py), the study's storage and its turns
+(storage.py), its folders (folders.py), prior runs, starting points, the seeded sampler and the time
+budget (warm_start.py), the journal file (journal.py), the report (report.py).
 """
 
 from __future__ import annotations
@@ -37,22 +37,18 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-import cli
 import part_2_cifar as p2
-import sweep_report
-import sweep_space
-from cifar_files import CifarSource, cifar100_source, load_cifar100
-from folders import FolderInUse, unwritable
-from machine import device_name, pick_device
-from run_files import (
-    data_identity,
-    describe_data,
-    same_data,
-)
-from settings import ConfigError
-from sweep_folders import TrialFolderTaken, own_trial_folder, resume_point, study_folder, trial_folder
-from sweep_space import Sweep, SweepConfigError
-from sweep_storage import (
+from cifarkit.core import cli
+from cifarkit.core.cifar_files import CifarSource, cifar100_source, load_cifar100
+from cifarkit.core.folders import FolderInUse, unwritable
+from cifarkit.core.machine import device_name, pick_device
+from cifarkit.core.run_files import data_identity, describe_data, same_data
+from cifarkit.core.settings import ConfigError
+from cifarkit.core.wandb_connect import resolve_wandb_mode
+from cifarkit.sweeps import report, space
+from cifarkit.sweeps.folders import TrialFolderTaken, own_trial_folder, resume_point, study_folder, trial_folder
+from cifarkit.sweeps.space import Sweep, SweepConfigError
+from cifarkit.sweeps.storage import (
     DEFAULT_STORAGE_FILE,
     GRACE_SECONDS,
     HEARTBEAT_SECONDS,
@@ -67,8 +63,7 @@ from sweep_storage import (
     study_uid,
     tell_once,
 )
-from wandb_connect import resolve_wandb_mode
-from warm_start import TimeBudget, WarmStart, duration, is_prior, seeded_sampler, trial_outcome
+from cifarkit.sweeps.warm_start import TimeBudget, WarmStart, duration, is_prior, seeded_sampler, trial_outcome
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings
@@ -123,7 +118,7 @@ def refusals_end_training(number: int, on_epoch: Callable[[dict], None]) -> tupl
 def load_sweep(path: Path) -> Sweep:
     """The sweep file translated for part_2_cifar.py's settings and rules, with what its `command`
     passes every run and scheduler.optimizer and search_space loaded."""
-    sweep = with_command(sweep_space.load_sweep(path, p2.SETTINGS))
+    sweep = with_command(space.load_sweep(path, p2.SETTINGS))
     sweep = dataclasses.replace(sweep, optimizer=study_factory(sweep))  # before any study is made
     if "search_space" not in sweep.scheduler:
         return sweep
@@ -133,9 +128,9 @@ def load_sweep(path: Path) -> Sweep:
     with user_code("scheduler.search_space", source, name):
         constructor = load_trial_constructor(source, name)
         params = constructor(optuna.create_study().ask())  # a throw-away trial, as W&B's loader makes
-        fixed = sorted(set(params) & set(sweep_space.NOT_SWEPT))
+        fixed = sorted(set(params) & set(space.NOT_SWEPT))
         if fixed:  # run_trial would override it with --val-size: say so rather than ignore the function's value
-            raise SweepConfigError(sweep_space.not_swept_message(f"scheduler.search_space {name!r} in {source} gives "
+            raise SweepConfigError(space.not_swept_message(f"scheduler.search_space {name!r} in {source} gives "
                                                                  f"{fixed[0]!r}, which", fixed[0]))
         unknown = sorted(set(params) - set(p2.DEFAULTS))
         if unknown:  # `wandb agent` would pass --key=value, which part_2_cifar.py refuses
@@ -281,7 +276,7 @@ def study_factory(sweep: Sweep) -> tuple[optuna.samplers.BaseSampler, optuna.pru
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The study: its data, its size, its next trial (its storage: sweep_storage.py)
+# The study: its data, its size, its next trial (its storage: cifarkit/sweeps/storage.py)
 
 
 def give_up_trial(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
@@ -322,7 +317,7 @@ def study_size(trials: int | None, sweep: Sweep,
     bounds = [(sweep.run_cap, f"run_cap {sweep.run_cap} of the sweep "
                               "file")] if sweep.run_cap else []
     if sweep.method == "grid":
-        points = sweep_space.grid_size(sweep)
+        points = space.grid_size(sweep)
         bounds.append((points, f"the grid ({points} points, each run once)"))
     if trials is None and not bounds and not timed:
         raise ConfigError("--trials N (N >= 1) is required: the sweep file has neither run_cap "
@@ -374,7 +369,7 @@ def next_trial(study: optuna.Study, store: Store, trials: float, target: float |
 @dataclass
 class Pruning:
     """A trial's side of early termination: each epoch's metric goes to the study, and after each epoch trained here
-    the study's pruner (sweep_space.WandbHyperbandPruner: W&B's Hyperband) may stop the training."""
+    the study's pruner (space.WandbHyperbandPruner: W&B's Hyperband) may stop the training."""
 
     trial: optuna.Trial
     metric: str  # the sweep's metric, as part_2_cifar.py logs it every epoch
@@ -435,7 +430,7 @@ def run_trial(args: argparse.Namespace, sweep: Sweep, data: p2.DeviceData, study
                        "device": device_name(data.train_labels.device)}.items():
         trial.set_user_attr(key, value)  # a retry inherits the dead attempt's attrs: each is set again
     pruning = Pruning(trial, sweep.metric, sweep.direction == "maximize",
-                      prunable=not sweep.objectives and sweep.metric in sweep_space.HISTORY_METRICS)
+                      prunable=not sweep.objectives and sweep.metric in space.HISTORY_METRICS)
     pruning.replay((resume or {}).get("history", []))  # the epochs the dead attempt finished
     init = {"project": args.wandb_project, "mode": args.wandb_mode, "group": study.study_name,
             "job_type": "local_sweep", "name": f"{study.study_name}-trial-{trial.number}", "reinit": "finish_previous"}
@@ -616,13 +611,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_report(study: optuna.Study, sweep: Sweep, folder: Path, args: argparse.Namespace) -> int:
-    """sweep_report.write_report, stopped at once by a stop signal, even inside Optuna or matplotlib
+    """report.write_report, stopped at once by a stop signal, even inside Optuna or matplotlib
     (nothing in it is worth finishing: every file it writes is whole or not there); EXIT_DONE. A
     file it cannot write says that the study itself is whole in its storage."""
     with cli.InterruptOnSignal() as stop:
         stop.check()  # a signal that came before
         try:
-            sweep_report.write_report(study, sweep, folder, args.images_dir)
+            report.write_report(study, sweep, folder, args.images_dir)
         except cli.FileFailed as e:
             e.kept = (f"the study is whole in its storage: write the report again with "
                       f"{args.sweep_config} --report")

@@ -45,16 +45,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-import cli
-import run_files
-import wandb_connect
-from cifar_files import DATA_DIR_HELP, NUM_CLASSES, CifarSource, cifar100_source, load_cifar100
-from cost import model_cost, model_size
-from figures import plot_learning_curve
-from folders import unwritable
-from machine import autocast, autocast_dtype, device_name, pick_device, versions
-from run_files import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError
-from settings import ConfigError, Setting, Settings
+from cifarkit.core import cli, run_files, wandb_connect
+from cifarkit.core.cifar_files import DATA_DIR_HELP, NUM_CLASSES, CifarSource, cifar100_source, load_cifar100
+from cifarkit.core.cost import model_cost, model_size
+from cifarkit.core.figures import plot_learning_curve
+from cifarkit.core.folders import unwritable
+from cifarkit.core.machine import autocast, autocast_dtype, device_name, pick_device, versions
+from cifarkit.core.run_files import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError
+from cifarkit.core.settings import ConfigError, Setting, Settings
 
 # --------------------------------------------------------------------------------------------------
 # Settings: one row per key, the only place a hyperparameter is written down. Keys are exactly the

@@ -37,15 +37,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cli
 import part_2_cifar as p2
-import settings
-from choice import best_seed, save_selection
-from cifar_files import cifar100_source, load_cifar100
-from cost import flops_per_image
-from figures import save_figure
-from folders import own_folder, unwritable
-from run_files import (
+from cifarkit.core import cli, settings
+from cifarkit.core.choice import best_seed, save_selection
+from cifarkit.core.cifar_files import cifar100_source, load_cifar100
+from cifarkit.core.cost import flops_per_image
+from cifarkit.core.figures import save_figure
+from cifarkit.core.folders import own_folder, unwritable
+from cifarkit.core.run_files import (
     ENDED,
     SUMMARY_FILE,
     by_data_set,
@@ -57,7 +56,7 @@ from run_files import (
     summaries_under,
     trained_on,
 )
-from wandb_connect import resolve_wandb_mode
+from cifarkit.core.wandb_connect import resolve_wandb_mode
 
 SELECTION_DIR = "selection"  # under RUNS_DIR: the retrained seeds, one ordinary run folder each
 CONFIDENCE = 0.95

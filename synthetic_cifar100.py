@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import EXIT_DONE, FileFailed, OneLineErrorParser, boundary, write_atomic
+from cifarkit.core.cli import EXIT_DONE, FileFailed, OneLineErrorParser, boundary, write_atomic
 
 NUM_CLASSES = 100
 

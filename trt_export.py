@@ -42,9 +42,9 @@ choice.choose_checkpoint makes that choice, for select_model.py's selection and 
 This file is the command line and the pipeline; `main` reads top to bottom:
 choose the checkpoint -> export and check the ONNX -> build the engine -> accuracy -> benchmark -> write.
 The backends (PyTorch, ONNX Runtime, the engine), each with its predictor, timed step and accuracy tolerance,
-are listed in one registry in export_backends.py, with the ONNX export.
-Timing statistics, accuracy scoring, the tables and the plot are in inference_bench.py.
-TensorRT and CUDA themselves are in trt_runtime.py.
+are listed in one registry in cifarkit/export/backends.py, with the ONNX export.
+Timing statistics, accuracy scoring, the tables and the plot are in cifarkit/export/bench.py.
+TensorRT and CUDA themselves are in cifarkit/export/tensorrt_runtime.py.
 
 Sections, in order: settings, model, command line, pipeline, main.
 """
@@ -64,10 +64,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import trt_runtime
-from choice import choose_checkpoint
-from cifar_files import DATA_DIR_HELP, load_cifar100
-from cli import (
+from cifarkit.core.choice import choose_checkpoint
+from cifarkit.core.cifar_files import DATA_DIR_HELP, load_cifar100
+from cifarkit.core.cli import (
     EXIT_DONE,
     EXIT_FAILED,
     FileFailed,
@@ -77,7 +76,12 @@ from cli import (
     positive_int,
     write_json_atomic,
 )
-from export_backends import (
+from cifarkit.core.folders import own_folder, unwritable
+from cifarkit.core.machine import device_name, pick_device, versions
+from cifarkit.core.run_files import checkpoint_config, data_identity, load_checkpoint, load_weights
+from cifarkit.core.settings import ConfigError
+from cifarkit.export import tensorrt_runtime
+from cifarkit.export.backends import (
     INPUT_NAME,
     Backend,
     Engine,
@@ -90,8 +94,7 @@ from export_backends import (
     ort_session,
     torch_predictor,
 )
-from folders import own_folder, unwritable
-from inference_bench import (
+from cifarkit.export.bench import (
     BUSY_WAIT_PCT,
     METHOD,
     NOISY_SPREAD_PCT,
@@ -106,10 +109,7 @@ from inference_bench import (
     predict_all,
     thread_budget,
 )
-from machine import device_name, pick_device, versions
 from part_2_cifar import SETTINGS, SPLIT_SEED, model_from_config, normalize
-from run_files import checkpoint_config, data_identity, load_checkpoint, load_weights
-from settings import ConfigError
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Settings
@@ -168,7 +168,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with `best`: the cheapest config (FLOPs) on selection.json's Pareto front whose mean "
                              "val_accuracy is within POINTS of the best mean, at its best seed")
     parser.add_argument("--out", type=Path, help="output folder (default <run folder>/export)")
-    parser.add_argument("--precision", choices=trt_runtime.PRECISIONS, default=PRECISION,
+    parser.add_argument("--precision", choices=tensorrt_runtime.PRECISIONS, default=PRECISION,
                         help=f"TensorRT engine precision (default {PRECISION})")
     parser.add_argument("--batch-sizes", type=batch_sizes_arg, default=list(BATCH_SIZES), metavar="N,N,...",
                         help=f"benchmarked batch sizes; the engine serves min..max (default "
@@ -276,7 +276,7 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Pa
     part = f"TensorRT {args.precision} engine, its accuracy and benchmark"
     if device.type != "cuda":
         return Engine(unavailable="no CUDA GPU (PyTorch sees none, or --device cpu)", part=part), None
-    why = trt_runtime.why_no_tensorrt() or (trt_runtime.why_no_modelopt() if args.precision == "int8" else "")
+    why = tensorrt_runtime.why_no_tensorrt() or (tensorrt_runtime.why_no_modelopt() if args.precision == "int8" else "")
     if why:
         return Engine(unavailable=why, part=part), None
     engine_path = out / f"model_{args.precision}.engine"
@@ -284,23 +284,23 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Pa
         # One path on TensorRT 10 and 11: a strongly typed network whose precision comes from the ONNX.
         if args.precision == "int8":
             source = out / "model_int8_qdq.onnx"
-            trt_runtime.quantize_int8(onnx_paths["fp32"], calibration(), source, INPUT_NAME)
+            tensorrt_runtime.quantize_int8(onnx_paths["fp32"], calibration(), source, INPUT_NAME)
         else:
             source = onnx_paths[args.precision]
-        info = trt_runtime.build_engine(source, engine_path, args.precision, args.batch_sizes,
+        info = tensorrt_runtime.build_engine(source, engine_path, args.precision, args.batch_sizes,
                                         torch.cuda.get_device_name(device), out / "timing.cache")
-    except trt_runtime.EngineError as e:
+    except tensorrt_runtime.EngineError as e:
         report.fail(str(e))
         return Engine(), None
     print(f"TensorRT {info['tensorrt_version']} built {engine_path} ({info['typing']}, batch "
           f"{info['profile']['min'][0]}..{info['profile']['max'][0]}) in {info['build_seconds']} s", flush=True)
-    why = trt_runtime.why_no_pycuda()
+    why = tensorrt_runtime.why_no_pycuda()
     if why:
         return Engine(unavailable=why, part=f"TensorRT {args.precision} engine accuracy and benchmark (the engine "
                                             "was built)"), info
     try:
-        return Engine(trt_runtime.TrtRunner(engine_path, max(args.batch_sizes))), info
-    except trt_runtime.EngineError as e:
+        return Engine(tensorrt_runtime.TrtRunner(engine_path, max(args.batch_sizes))), info
+    except tensorrt_runtime.EngineError as e:
         report.fail(str(e))
         return Engine(), info
 
@@ -326,7 +326,7 @@ def check_accuracy(registry: list[Backend], precision: str, images: np.ndarray,
             continue
         try:
             logits[backend.name] = predict_all(backend.predict, images, batch_size)
-        except trt_runtime.EngineError as e:
+        except tensorrt_runtime.EngineError as e:
             report.fail(f"{backend.name} on the test images: {e}")
     reference = next(backend.name for backend in registry if backend.reference)
     rows = accuracy_table(logits, labels, reference)

@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-import cifar_files
-import machine
 import part_2_cifar as p2
 from benchmarks.benchlib import summarize, timed
+from cifarkit.core import cifar_files, machine
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import torch
 
-import cifar_files
-import cli
-import machine
+from cifarkit.core import cifar_files, cli, machine
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: run the benchmarks from it, `python -m benchmarks.x`
 

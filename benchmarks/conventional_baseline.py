@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-import cli
-import machine
 import part_2_cifar as p2
-from run_files import BEST_CHECKPOINT
+from cifarkit.core import cli, machine
+from cifarkit.core.run_files import BEST_CHECKPOINT
 
 
 class CIFAR100Files(datasets.CIFAR100):

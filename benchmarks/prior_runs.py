@@ -32,11 +32,11 @@ from pathlib import Path
 import optuna
 import torch
 
-import cli
 import local_sweep
-import sweep_report
-import sweep_storage
 from benchmarks.benchlib import describe_data, machine_info, publish, save_json
+from cifarkit.core import cli
+from cifarkit.sweeps import report as sweep_report
+from cifarkit.sweeps import storage as sweep_storage
 from synthetic_cifar100 import write_synthetic_cifar100
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -33,12 +33,11 @@ from pathlib import Path
 
 import torch
 
-import cli
-import machine
 import part_2_cifar as p2
 from benchmarks import ablation
 from benchmarks import conventional_baseline as conventional
 from benchmarks.benchlib import ROOT, describe_data, machine_info, publish, save_json, summarize, timed
+from cifarkit.core import cli, machine
 from synthetic_cifar100 import write_synthetic_cifar100
 
 BENCH_DIR = Path(__file__).resolve().parent

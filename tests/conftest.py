@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from cifarkit.core import cli
 from synthetic_cifar100 import write_synthetic_cifar100  # the repository root is on sys.path: pythonpath in pyproject
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def _finished_journal_once(learnable_data_dir, tmp_path_factory) -> Path:
 def finished_journal(_finished_journal_once, learnable_data_dir, tmp_path) -> tuple[list, Path]:
     """A local sweep (FINISHED_SWEEP in tmp_path/cut.json, study "cut") whose one trial finished:
     (its arguments without --trials, its journal tmp_path/runs/optuna-journal.log)."""
-    import sweep_storage
+    from cifarkit.sweeps import storage as sweep_storage
 
     copy_of(_finished_journal_once, tmp_path)
     journal = tmp_path / "runs" / sweep_storage.DEFAULT_STORAGE_FILE

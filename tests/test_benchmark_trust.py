@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_trt_export import identity_session
 
-import inference_bench
+from cifarkit.export import bench as inference_bench
 
 IMAGES = np.zeros((4, 3, 32, 32), dtype=np.float32)
 

@@ -16,12 +16,10 @@ import torch
 from conftest import FAST_CONFIG, ROOT, trainer_command
 from test_reliability import fast_args, one_line_error
 
-import choice
-import folders
 import part_2_cifar as trainer
-import run_files
 import select_model
 import trt_export
+from cifarkit.core import choice, folders, run_files
 from synthetic_cifar100 import write_synthetic_cifar100
 
 CPU = torch.device("cpu")

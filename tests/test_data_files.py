@@ -17,10 +17,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli_args, trainer_command
 
-import cifar_files
 import part_2_cifar as trainer
-import run_files
-import settings
+from cifarkit.core import cifar_files, run_files, settings
 from synthetic_cifar100 import write_synthetic_cifar100
 
 TINY = {"num_filters_1": 4, "num_filters_2": 4, "num_filters_3": 4, "batch_size": 64, "epochs": 1}

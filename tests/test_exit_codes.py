@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, cli_args
 
-import cli
 import part_2_cifar as p2
+from cifarkit.core import cli
 
 CLOSED_PORT = "http://127.0.0.1:9"  # the discard port: nothing listens, so a connection is refused at once
 

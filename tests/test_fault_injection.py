@@ -36,13 +36,12 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, cli_args
 
-import cost
 import local_sweep
 import part_2_cifar as p2
-import run_files
 import select_model
 import synthetic_cifar100
 import trt_export
+from cifarkit.core import cost, run_files
 
 SEEDS = [int(seed) for seed in os.environ.get("FAULT_SEEDS", "0").split(",")]
 FAULT_SITES_DEFAULT = 3  # sites per command and seed (about a minute in all); FAULT_SITES=all: each

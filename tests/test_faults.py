@@ -25,12 +25,10 @@ from conftest import FAST_CONFIG, ROOT, cli_args, trainer_command
 from test_data_files import as_non_root  # noqa: F401 (a fixture)
 from test_signals import Process, one_line, saved_epoch, states, sweep_command, write_sweep
 
-import cli
 import local_sweep
 import part_2_cifar as p2
-import run_files
-import settings
 import trt_export
+from cifarkit.core import cli, run_files, settings
 
 
 def lines(text: str) -> list[str]:

@@ -13,13 +13,11 @@ import pytest
 import torch
 from conftest import FAST_CONFIG
 
-import choice
-import cli
 import local_sweep
 import part_2_cifar as trainer
-import run_files
 import select_model
 import trt_export
+from cifarkit.core import choice, cli, run_files
 from synthetic_cifar100 import write_synthetic_cifar100
 
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ import optuna
 import pytest
 import sqlalchemy
 
-import sweep_storage
+from cifarkit.sweeps import storage as sweep_storage
 
 GRACE = 2  # seconds: --grace-period
 AHEAD, BEHIND = "Asia/Tokyo", "America/Los_Angeles"  # UTC+9, UTC-8 or -7: 16 or 17 hours apart

@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 
 import local_sweep
 import part_2_cifar as p2
-import sweep_space
-from sweep_space import SweepConfigError
+from cifarkit.sweeps import space as sweep_space
+from cifarkit.sweeps.space import SweepConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_PYTHON = ROOT / os.environ.get("SWEEPS_PYTHON", ".venv-sweeps/bin/python")  # .ci/run sets it

@@ -16,13 +16,12 @@ import optuna
 import pytest
 import yaml
 
-import cli
 import local_sweep
 import part_2_cifar as p2
-import run_files
-import sweep_space
-import sweep_storage
-from sweep_space import SweepConfigError, translate_parameter
+from cifarkit.core import cli, run_files
+from cifarkit.sweeps import space as sweep_space
+from cifarkit.sweeps import storage as sweep_storage
+from cifarkit.sweeps.space import SweepConfigError, translate_parameter
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters_2": {"value": 16},

@@ -19,14 +19,13 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT, cli_args, trainer_command
 
-import folders
 import local_sweep
 import part_2_cifar as trainer
-import run_files
 import select_model
-import sweep_folders
-import sweep_storage
 import trt_export
+from cifarkit.core import folders, run_files
+from cifarkit.sweeps import folders as sweep_folders
+from cifarkit.sweeps import storage as sweep_storage
 
 CPU = torch.device("cpu")
 EPOCHS = 3  # of the run two processes want; its holder is stopped as soon as it holds it

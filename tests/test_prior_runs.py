@@ -18,11 +18,11 @@ from optuna.trial import TrialState
 
 import local_sweep
 import part_2_cifar as p2
-import sweep_report
-import sweep_space
-import sweep_storage
-import warm_start
-from cifar_files import cifar100_source
+from cifarkit.core.cifar_files import cifar100_source
+from cifarkit.sweeps import report as sweep_report
+from cifarkit.sweeps import space as sweep_space
+from cifarkit.sweeps import storage as sweep_storage
+from cifarkit.sweeps import warm_start
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": 64, "num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 16}

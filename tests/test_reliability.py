@@ -15,11 +15,8 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, at_terminal_defaults, cli_args, trainer_command
 
-import cifar_files
-import cli
 import part_2_cifar as trainer
-import run_files
-import settings
+from cifarkit.core import cifar_files, cli, run_files, settings
 from synthetic_cifar100 import write_synthetic_cifar100
 
 

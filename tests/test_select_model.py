@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT
 
-import choice
 import part_2_cifar as trainer
 import select_model
+from cifarkit.core import choice
 
 CPU = torch.device("cpu")
 

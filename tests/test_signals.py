@@ -22,10 +22,9 @@ import optuna
 import pytest
 from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, cli_args, offline_wandb_run, trainer_command
 
-import cli
 import local_sweep
 import part_2_cifar as trainer
-import run_files
+from cifarkit.core import cli, run_files
 
 EPOCHS = 20  # far more than the test waits for: a stop must land mid-run even on a loaded machine
 EPOCH_LINE = re.compile(r"epoch +(\d+)/")
@@ -168,7 +167,7 @@ def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(tiny_
 SLOW_STAGE = """
 import sys, time
 import part_2_cifar as p2
-import wandb_connect
+from cifarkit.core import wandb_connect
 real = getattr(wandb_connect, sys.argv[1])
 def slow(*args, **kwargs):
     print("slow stage", flush=True)

@@ -13,7 +13,7 @@ import pytest
 
 import local_sweep
 import part_2_cifar as p2
-import sweep_space
+from cifarkit.sweeps import space as sweep_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = ROOT / "sweep_config.json"

@@ -16,14 +16,12 @@ import optuna
 import pytest
 from test_local_sweep import load_study, sweep_args
 
-import cli
-import cost
 import local_sweep
 import part_2_cifar as p2
-import run_files
-import sweep_space
-import sweep_storage
-from sweep_space import SweepConfigError, translate_parameter
+from cifarkit.core import cli, cost, run_files
+from cifarkit.sweeps import space as sweep_space
+from cifarkit.sweeps import storage as sweep_storage
+from cifarkit.sweeps.space import SweepConfigError, translate_parameter
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_FILE = ROOT / "sweep_deploy.json"

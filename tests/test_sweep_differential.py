@@ -40,8 +40,8 @@ from conftest import ROOT
 
 import local_sweep
 import part_2_cifar as p2
-import sweep_space
-from sweep_space import SweepConfigError
+from cifarkit.sweeps import space as sweep_space
+from cifarkit.sweeps.space import SweepConfigError
 
 SWEEPS_PYTHON = ROOT / os.environ.get("SWEEPS_PYTHON", ".venv-sweeps/bin/python")  # .ci/run sets it
 CORPUS_SIZE, SEED = 360, 25

@@ -23,10 +23,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 import local_sweep
-import machine
 import part_2_cifar as p2
-import sweep_journal
-import sweep_storage
+from cifarkit.core import machine
+from cifarkit.sweeps import journal as sweep_journal
+from cifarkit.sweeps import storage as sweep_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters_2": {"value": 16},

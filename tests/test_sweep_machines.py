@@ -21,7 +21,7 @@ import pytest
 from conftest import at_terminal_defaults
 
 import local_sweep
-import run_files
+from cifarkit.core import run_files
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT, GRACE = 1, 3  # seconds: --heartbeat-interval and --grace-period; a beat may come 2 s late on a busy CPU
@@ -203,8 +203,8 @@ import sys, time
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from cli import write_json_atomic
-from figures import save_figure
+from cifarkit.core.cli import write_json_atomic
+from cifarkit.core.figures import save_figure
 start, folder = float(sys.argv[1]), __import__("pathlib").Path(sys.argv[2])
 while time.time() < start:
     time.sleep(0.001)

@@ -18,8 +18,8 @@ import pytest
 from test_local_sweep import TINY, load_study, sweep_args
 
 import local_sweep
-import sweep_space
-import sweep_storage
+from cifarkit.sweeps import space as sweep_space
+from cifarkit.sweeps import storage as sweep_storage
 
 BASE = {"program": "part_2_cifar.py", "method": "random",
         "metric": {"name": "val_accuracy", "goal": "maximize"}}

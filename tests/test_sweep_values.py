@@ -18,8 +18,7 @@ from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, offline_wandb_run
 
 import local_sweep
 import part_2_cifar as trainer
-import run_files
-import wandb_connect
+from cifarkit.core import run_files, wandb_connect
 
 SWEEP_ID, RUN_ID = "localsweep", "agentrun1"
 

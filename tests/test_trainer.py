@@ -19,13 +19,9 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, FINISHED_RUN, cli_args, trainer_command
 
-import cifar_files
-import cost
-import machine
 import part_2_cifar as trainer
-import run_files
-import settings
-from cost import model_cost
+from cifarkit.core import cifar_files, cost, machine, run_files, settings
+from cifarkit.core.cost import model_cost
 from synthetic_cifar100 import write_synthetic_cifar100
 
 CPU = torch.device("cpu")
@@ -355,7 +351,7 @@ def test_offline_run_without_a_key_never_prompts_and_leaves_its_wandb_run(tiny_d
 def test_flops_per_image_is_what_pytorchs_flop_counter_counts(filters):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cost import flops_per_image
+    from cifarkit.core.cost import flops_per_image
 
     model = trainer.SimpleCNN(*filters).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -19,16 +19,12 @@ import pytest
 import torch
 from conftest import FAST_CONFIG, ROOT
 
-import choice
-import cifar_files
-import export_backends
-import folders
-import inference_bench
 import part_2_cifar
-import run_files
-import timing
 import trt_export
-import trt_runtime
+from cifarkit.core import choice, cifar_files, folders, run_files, timing
+from cifarkit.export import backends as export_backends
+from cifarkit.export import bench as inference_bench
+from cifarkit.export import tensorrt_runtime as trt_runtime
 
 TRT_MISSING = "; ".join(why.split(";")[0] for why in ("" if torch.cuda.is_available() else "no CUDA GPU",
                                                       trt_runtime.why_no_tensorrt(), trt_runtime.why_no_pycuda())

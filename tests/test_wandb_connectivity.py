@@ -83,7 +83,7 @@ def fell_back_offline(result: subprocess.CompletedProcess, seconds: float, cwd: 
 def test_a_key_from_wandb_login_for_the_default_server_means_online(offline_env, tmp_path):
     # wandb 0.31 stores it under api.forge.coreweave.com; the trainer once looked for api.wandb.ai and went offline.
     wandb_login(offline_env)
-    code = "import wandb_connect as p; print(p.resolve_wandb_mode('auto'))"
+    code = "from cifarkit.core import wandb_connect as p; print(p.resolve_wandb_mode('auto'))"
     result = subprocess.run([sys.executable, "-c", code], env=offline_env, cwd=tmp_path, text=True,
                             capture_output=True, timeout=60)
     assert result.stdout.strip() == "online", result.stdout + result.stderr
@@ -187,7 +187,8 @@ def test_a_run_waits_a_bounded_time_for_init_and_finish_unless_wandb_is_told_oth
                                                                                        environment, expected):
     # run.finish would wait for uploads forever by default; a connection lost mid-run cannot be staged honestly here
     # (no W&B server to lose), so this checks that the bound reaches the run wandb makes.
-    code = ("import wandb_connect as p; run = p.start_wandb_run({'mode': 'offline'}, in_sweep=False); "
+    code = ("from cifarkit.core import wandb_connect as p; "
+            "run = p.start_wandb_run({'mode': 'offline'}, in_sweep=False); "
             "print(run.settings.init_timeout, run.settings.finish_timeout); run.finish()")
     result = subprocess.run([sys.executable, "-c", code], env=offline_env | environment, cwd=tmp_path, text=True,
                             capture_output=True, timeout=60)

@@ -24,12 +24,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-import cli
-import sweep_report
-import sweep_space
-from run_files import SUMMARY_FILE, describe_data, finite_number, read_summary, same_data, summaries_under
-from sweep_space import Sweep
-from sweep_storage import Store
+from cifarkit.core import cli
+from cifarkit.core.run_files import SUMMARY_FILE, describe_data, finite_number, read_summary, same_data, summaries_under
+from cifarkit.sweeps import report, space
+from cifarkit.sweeps.space import Sweep
+from cifarkit.sweeps.storage import Store
 
 ENDED_RUNS = ("finished", "diverged", "pruned")  # a run folder with this status holds a result
 TIME_SPENT = "time_spent:"  # study user attrs: [start, end], Unix seconds, of each budgeted process
@@ -44,13 +43,13 @@ class WarmStartError(cli.CommandError):
 
 def is_prior(trial: optuna.trial.FrozenTrial) -> bool:
     """A trial made from a run folder on disk: it cost this study nothing, --trials ignores it."""
-    return trial.user_attrs.get("origin") == sweep_report.PRIOR_RUN
+    return trial.user_attrs.get("origin") == report.PRIOR_RUN
 
 
 def per_epoch(sweep: Sweep) -> bool:
     """The sweep's value is read from every epoch's history row (and Hyperband may prune on it), not
     from the summary at the end (method custom's objectives, a summary metric)."""
-    return not sweep.objectives and sweep.metric in sweep_space.HISTORY_METRICS
+    return not sweep.objectives and sweep.metric in space.HISTORY_METRICS
 
 
 def trial_outcome(sweep: Sweep, summary: dict,
@@ -79,12 +78,12 @@ def trial_outcome(sweep: Sweep, summary: dict,
 def summary_value(summary: dict, name: str) -> object:
     """The number `name` as the run's W&B summary holds it: a history metric's last value, else the
     summary's."""
-    if name in sweep_space.HISTORY_METRICS:
+    if name in space.HISTORY_METRICS:
         return (summary.get("history") or [{}])[-1].get(name)
     return summary.get(name)
 
 
-def draw_of(param: sweep_space.Param, value: object, default: object) -> object:
+def draw_of(param: space.Param, value: object, default: object) -> object:
     """Optuna's draw that makes `param` give `value` (the inverse of Param.value; a `null` choice
     gives the trainer's `default`); ValueError with the reason if no draw does."""
     d = param.distribution
@@ -115,12 +114,12 @@ def same_value(a: object, b: object) -> bool:
     return a == b
 
 
-def quantile_of(param: sweep_space.Param, value: object, grid: int = 2000) -> float:
+def quantile_of(param: space.Param, value: object, grid: int = 2000) -> float:
     """The quantile Optuna draws for a kind Optuna has no distribution for (Param.ppf: the normal
     family, beta, values with probabilities) that gives `value`: by bisection, as ppf rises with
     the quantile; else (values with probabilities in no numeric order) the first of `grid` evenly
     spaced quantiles that gives it. ValueError if none does."""
-    first, last = sweep_space.QUANTILE.low, sweep_space.QUANTILE.high
+    first, last = space.QUANTILE.low, space.QUANTILE.high
     if finite_number(value) and all(finite_number(param.ppf(u)) for u in (first, last)):
         low, high = first, last
         for _ in range(64):  # to the float resolution of the quantile
@@ -204,7 +203,7 @@ def prior_trial(sweep: Sweep, run_dir: Path, summary: dict, identity: dict,
     trial = optuna.trial.create_trial(
         state=state, values=values, params=params, distributions=distributions,
         intermediate_values=curve,
-        user_attrs={"origin": sweep_report.PRIOR_RUN, "config": config, "epochs_completed": epochs,
+        user_attrs={"origin": report.PRIOR_RUN, "config": config, "epochs_completed": epochs,
                     "test_accuracy": summary.get("test_accuracy"), "run_dir": str(run_dir),
                     "device": summary.get("device", ""),
                     "failure": f"diverged after epoch {epochs}" if status == "diverged" else "",
@@ -252,7 +251,7 @@ def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], ident
             study.add_trial(trial)
             known.add(key)
             added[trial.state.name] += 1
-    states = f" ({sweep_report.states_line(added)})" if added else ""
+    states = f" ({report.states_line(added)})" if added else ""
     print(f"prior runs: {sum(added.values())} added{states}, {already} already in the study, "
           f"{skipped} skipped", flush=True)
 
@@ -353,7 +352,7 @@ class WarmStart:
             for path, params in self.points:
                 count = len(study.get_trials(deepcopy=False))
                 # Not twice: a rerun finds it queued or trained; a prior run of it is known already
-                study.enqueue_trial(params, user_attrs={"origin": sweep_report.START_POINT},
+                study.enqueue_trial(params, user_attrs={"origin": report.START_POINT},
                                     skip_if_exists=True)
                 queued = len(study.get_trials(deepcopy=False)) > count
                 said = f"trial {count}, before the sampler's" if queued else "already in the study"
@@ -368,7 +367,7 @@ class SeededSampler(optuna.samplers.BaseSampler):
 
     def __init__(self, sweep: Sweep, seed: int):
         self.sweep, self.seed = sweep, seed
-        self.current = sweep_space.make_sampler(sweep, seed)
+        self.current = space.make_sampler(sweep, seed)
 
     @staticmethod
     def drew(trial: optuna.trial.FrozenTrial) -> bool:
@@ -378,7 +377,7 @@ class SeededSampler(optuna.samplers.BaseSampler):
         before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
         draws = sum(map(self.drew, before))
         digest = hashlib.sha256(f"{self.seed}/{draws}".encode()).digest()
-        self.current = sweep_space.make_sampler(self.sweep, int.from_bytes(digest[:4], "little"))
+        self.current = space.make_sampler(self.sweep, int.from_bytes(digest[:4], "little"))
         self.current.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study,
@@ -400,9 +399,9 @@ class SeededSampler(optuna.samplers.BaseSampler):
 
 def seeded_sampler(sweep: Sweep, seed: int) -> optuna.samplers.BaseSampler:
     """--sampler-seed's sampler: bayes and random draw per trial (SeededSampler); a grid's order is
-    fixed without a seed (sweep_space.make_sampler)."""
+    fixed without a seed (space.make_sampler)."""
     if sweep.method == "grid":
-        return sweep_space.make_sampler(sweep)
+        return space.make_sampler(sweep)
     return SeededSampler(sweep, seed)
 
 

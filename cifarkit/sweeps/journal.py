@@ -27,7 +27,7 @@ from typing import Any
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.storages.journal._storage import JournalOperation
 
-from cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, FileFailed
+from cifarkit.core.cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, FileFailed
 
 RECORD_START = b'{"op_code":'  # how every record Optuna writes begins (json.dumps of {"op_code": ..., ...})
 TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back from the end for the last line

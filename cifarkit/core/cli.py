@@ -168,7 +168,14 @@ def require(module: str, *names: str, fix: str) -> object:
     return found
 
 
-PROJECT_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # the repository: its commands, and cifarkit/
+
+
+def ours(filename: str) -> bool:
+    """Whether a source file is this project's own: a command at the top or a module of cifarkit/
+    (a virtual environment inside the repository is not)."""
+    path = Path(filename).resolve()
+    return path.parent == PROJECT_DIR or (PROJECT_DIR / "cifarkit") in path.parents
 
 
 def library_of(error: BaseException) -> str | None:
@@ -179,9 +186,9 @@ def library_of(error: BaseException) -> str | None:
     module = type(error).__module__.split(".")[0]
     if module != "builtins":
         origin = getattr(sys.modules.get(module), "__file__", None)
-        return None if origin and Path(origin).resolve().parent == PROJECT_DIR else module
+        return None if origin and ours(origin) else module
     frames = traceback.extract_tb(error.__traceback__)
-    if not frames or Path(frames[-1].filename).resolve().parent == PROJECT_DIR:
+    if not frames or ours(frames[-1].filename):
         return None
     parts = Path(frames[-1].filename).parts
     for marker in ("site-packages", "dist-packages"):

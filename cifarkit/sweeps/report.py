@@ -1,5 +1,5 @@
 """The report of a local sweep (local_sweep.py, at the end and with --report): the top trials on the console, every
-trial in <study folder>/trials.csv (Optuna's trials_dataframe; sweep_folders.study_folder), and
+trial in <study folder>/trials.csv (Optuna's trials_dataframe; folders.study_folder), and
 Optuna's plots in <images-dir>, each titled with its data and the machines that ran it. A study of
 several objectives (method custom, `metrics`) gets its Pareto front instead: a pareto_front column
 in trials.csv, the front first, and Optuna's plot_pareto_front.
@@ -17,9 +17,9 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from cli import FileFailed, one_line, write_atomic
-from figures import save_figure
-from sweep_space import Sweep
+from cifarkit.core.cli import FileFailed, one_line, write_atomic
+from cifarkit.core.figures import save_figure
+from cifarkit.sweeps.space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
 MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
@@ -71,7 +71,7 @@ def states_line(counts: Counter) -> str:
 def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir: Path) -> None:
     """Console table of the top trials, all trials as <study_dir>/trials.csv, and the plots, each
     titled with its data and machines. The plots are named after study_dir
-    (sweep_folders.study_folder): two studies of one name do not share them."""
+    (folders.study_folder): two studies of one name do not share them."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from cli import FileFailed, write_atomic
+from cifarkit.core.cli import FileFailed, write_atomic
 
 
 def save_figure(fig: object, path: Path, dpi: int = 100) -> None:

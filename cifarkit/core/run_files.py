@@ -36,17 +36,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cli import (
-    ANSI_ESCAPE,
-    EXIT_BAD_INPUT,
-    EXIT_DONE,
-    CommandError,
-    FileFailed,
-    one_line,
-    write_atomic,
-)
-from folders import own_folder
-from settings import ConfigError, Settings
+from cifarkit.core.cli import ANSI_ESCAPE, EXIT_BAD_INPUT, EXIT_DONE, CommandError, FileFailed, one_line, write_atomic
+from cifarkit.core.folders import own_folder
+from cifarkit.core.settings import ConfigError, Settings
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"

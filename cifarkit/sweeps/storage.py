@@ -20,11 +20,10 @@ import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-import cli
-import sweep_journal
-import sweep_space
-from sweep_journal import DamagedJournal, JournalReadOnly
-from sweep_space import Sweep, SweepConfigError
+from cifarkit.core import cli
+from cifarkit.sweeps import journal, space
+from cifarkit.sweeps.journal import DamagedJournal, JournalReadOnly
+from cifarkit.sweeps.space import Sweep, SweepConfigError
 
 DEFAULT_STORAGE_FILE = "optuna-journal.log"  # under --runs-dir: Optuna's journal file, for one machine
 HEARTBEAT_SECONDS = 60  # PostgreSQL: a running trial writes a heartbeat this often; a waiting process looks this often
@@ -44,7 +43,7 @@ class StorageError(cli.CommandError, RuntimeError):
 # SQLAlchemy's errors in StorageInternalError; the scheduling lock's own connection raises them bare), a journal
 # file that cannot be read or written. A damaged journal, or one this user may not write, is the user's to fix:
 # exit 2, not 1 (JOURNAL_TO_FIX).
-STORAGE_FAILED = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sweep_journal.JournalFailed)
+STORAGE_FAILED = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, journal.JournalFailed)
 JOURNAL_TO_FIX = (DamagedJournal, JournalReadOnly)
 
 
@@ -81,13 +80,13 @@ class Store:
                                    {"key": zlib.crc32(study.study_name.encode())})
                 yield
         else:
-            lock = self.lock_dir / f"{sweep_space.safe_file_name(study.study_name)}.lock"
+            lock = self.lock_dir / f"{space.safe_file_name(study.study_name)}.lock"
             with open(lock, "a") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)  # the kernel releases it when the process dies
                 yield
 
     def trial_lock(self, study: optuna.Study, number: int) -> Path:
-        return self.lock_dir / f"{sweep_space.safe_file_name(study.study_name)}.trial-{number}.lock"
+        return self.lock_dir / f"{space.safe_file_name(study.study_name)}.trial-{number}.lock"
 
     @contextmanager
     def keep_alive(self, study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
@@ -172,8 +171,8 @@ def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = 
         path = Path(storage) if storage else Path(runs_dir) / DEFAULT_STORAGE_FILE
         lock_dir = path.with_name(path.name + ".locks")
         lock_dir.mkdir(parents=True, exist_ok=True)
-        sweep_journal.check(path)  # a damaged last line: refused now, before anything is appended after it
-        return Store(sweep_journal.SafeJournalStorage(sweep_journal.SafeJournalFile(str(path))), lock_dir)
+        journal.check(path)  # a damaged last line: refused now, before anything is appended after it
+        return Store(journal.SafeJournalStorage(journal.SafeJournalFile(str(path))), lock_dir)
     url = sqlalchemy.engine.make_url(storage)
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() != "postgresql":
@@ -227,8 +226,8 @@ def sessions_in_utc(engine: sqlalchemy.engine.Engine) -> None:
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
     """Create the study, or load it and check it was made from the same sweep file."""
-    sampler, pruner = sweep.optimizer or (sweep_space.make_sampler(sweep),
-                                          sweep_space.make_pruner(sweep))
+    sampler, pruner = sweep.optimizer or (space.make_sampler(sweep),
+                                          space.make_pruner(sweep))
     if not create:
         try:
             return optuna.load_study(study_name=name, storage=store.storage, sampler=sampler, pruner=pruner)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import optuna
 
-import cli
-import sweep_space
-from cli import write_json_atomic
-from folders import OWNER_LOCK, own_folder
-from run_files import LAST_CHECKPOINT, RESUME_KEYS, CheckpointError, load_checkpoint
+from cifarkit.core import cli
+from cifarkit.core.cli import write_json_atomic
+from cifarkit.core.folders import OWNER_LOCK, own_folder
+from cifarkit.core.run_files import LAST_CHECKPOINT, RESUME_KEYS, CheckpointError, load_checkpoint
+from cifarkit.sweeps import space
 
 STUDY_MARKER = "study.json"  # in a study's folder under --runs-dir: whose trials it holds
 TRIAL_MARKER = "trial.json"  # in a trial's folder: which study's trial it is (own_trial_folder)
@@ -44,13 +44,13 @@ def read_marker(path: Path) -> dict | None:
 def study_folder(runs_dir: Path, name: str, uid: str | None, claim: bool = True) -> Path:
     """The folder of the study's trial folders and trials.csv: <runs-dir>/<study>, or
     <runs-dir>/<study>-<uid> when that one holds another study of the same name (its own journal
-    or database, one shared --runs-dir); <study> as sweep_space.safe_file_name makes it.
+    or database, one shared --runs-dir); <study> as space.safe_file_name makes it.
 
     Its STUDY_MARKER says whose it is: written once, exclusively (a hard link fails if the name
     exists, on NFS too), by the first study that `claim`s it; a folder without one (an older
     version's) goes to the first.
     """
-    base = sweep_space.safe_file_name(name)
+    base = space.safe_file_name(name)
     for folder in (runs_dir / base, runs_dir / f"{base}-{uid}"):
         marker = folder / STUDY_MARKER
         if claim and read_marker(marker) is None:

@@ -11,8 +11,8 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from cli import write_json_atomic
-from run_files import (
+from cifarkit.core.cli import write_json_atomic
+from cifarkit.core.run_files import (
     BEST_CHECKPOINT,
     SUMMARY_FILE,
     CheckpointError,

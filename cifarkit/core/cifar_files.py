@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import EXIT_BAD_INPUT, EXIT_FAILED, FILE_ADVICE, CommandError, FileFailed, one_line, os_error_in
-from folders import unwritable
+from cifarkit.core.cli import EXIT_BAD_INPUT, EXIT_FAILED, FILE_ADVICE, CommandError, FileFailed, one_line, os_error_in
+from cifarkit.core.folders import unwritable
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # of the official archive, as torchvision checks it

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from settings import ConfigError
+from cifarkit.core.settings import ConfigError
 
 
 def pick_device(name: str) -> torch.device:

@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager
 import torch
 import torch.nn as nn
 
-from machine import device_name
-from timing import latency_stats, time_iterations
+from cifarkit.core.machine import device_name
+from cifarkit.core.timing import latency_stats, time_iterations
 
 LATENCY_BATCH_SIZES = (1, 256)  # one image (interactive use) and a large batch (throughput)
 LATENCY_SECONDS = 1.0  # a run's whole latency timing, both batch sizes and their warm-ups ...

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from cli import EXIT_BAD_INPUT, CommandError, setting_value
+from cifarkit.core.cli import EXIT_BAD_INPUT, CommandError, setting_value
 
 
 class ConfigError(CommandError, ValueError):

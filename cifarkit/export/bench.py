@@ -6,7 +6,7 @@ It returns the GPU compute seconds when it measures them, else None.
 Its iterations are timed by timing.py (time_iterations, latency_stats), the one timer, which also
 times a run's latency_ms in summary.json.
 Times are kept in seconds and reported in milliseconds; throughput is in images per second.
-Nothing here knows which backends exist: export_backends.py lists them.
+Nothing here knows which backends exist: backends.py lists them.
 
 Every CPU backend computes with one thread budget (thread_budget, or trt_export.py --threads).
 Each figure comes with its spread (+- half the interquartile range of its iterations, over their
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-import trt_runtime
-from figures import save_figure
-from timing import Step, latency_stats, time_iterations
+from cifarkit.core.figures import save_figure
+from cifarkit.core.timing import Step, latency_stats, time_iterations
+from cifarkit.export import tensorrt_runtime
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # float32 (B, 3, 32, 32) -> logits (B, classes)
 StepFactory = Callable[[np.ndarray], Step]  # a batch (B, 3, 32, 32) -> a timed step on it
@@ -226,7 +226,7 @@ def benchmark(steps: dict[str, StepFactory], images: np.ndarray, batch_sizes: li
                 end_to_end, gpu = time_iterations(step, warmup_seconds, min_seconds,
                                                   min_iterations)
                 waited = cpu_wait_pct(before, cpu_times())
-            except trt_runtime.EngineError as e:
+            except tensorrt_runtime.EngineError as e:
                 report.fail(f"{name} batch {batch_size}: {e}")
                 continue
             stats = latency_stats(end_to_end, batch_size)

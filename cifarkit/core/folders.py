@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from cli import EXIT_BAD_INPUT, CommandError
+from cifarkit.core.cli import EXIT_BAD_INPUT, CommandError
 
 OWNER_LOCK = "owner.lock"
 

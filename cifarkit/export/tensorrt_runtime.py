@@ -15,7 +15,7 @@ Buffers, copies, the stream and CUDA events come from pycuda; CUDA-graph capture
 this file needs only numpy: trt_export.py imports it on every machine, and the tests run without a GPU. Each `why_no_*`
 function returns "" when the part can run, else one sentence saying why not.
 
-Checked statically with `python trt_typecheck.py`: mypy against tensorrt-stubs (the 10.x API), and every
+Checked statically with `python .ci/trt_typecheck.py`: mypy against tensorrt-stubs (the 10.x API), and every
 cuda-python call bound to the signature of the installed cuda-bindings. pycuda and modelopt ship no stubs, so their
 imports carry narrow ignores.
 """
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cli import CommandError, one_line, write_atomic
+from cifarkit.core.cli import CommandError, one_line, write_atomic
 
 if TYPE_CHECKING:
     import tensorrt as trt

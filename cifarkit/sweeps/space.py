@@ -31,8 +31,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
-from cli import EXIT_BAD_INPUT, CommandError, one_line
-from settings import Settings
+from cifarkit.core.cli import EXIT_BAD_INPUT, CommandError, one_line
+from cifarkit.core.settings import Settings
 
 # What part_2_cifar.py writes to W&B. A sweep's metric may name any of these numbers, as W&B's may:
 # every epoch's history row (part_2_cifar.train's metrics), and the numbers only its summary holds

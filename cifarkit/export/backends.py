@@ -2,7 +2,7 @@
 
 A backend is one way to run the model: PyTorch eager, ONNX Runtime on the CPU, or the engine.
 Its predictor maps float32 images (B, 3, 32, 32) to float32 logits (B, classes).
-Its step factory takes a fixed batch and returns one timed iteration on it (see inference_bench.py).
+Its step factory takes a fixed batch and returns one timed iteration on it (see bench.py).
 `backends()` lists every backend of a run, each with what it can do here, or why it cannot run.
 PyTorch fp32 is the reference: the accuracy of every other backend is compared with it.
 Adding a backend is one entry in `backends()` and one test.
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import trt_runtime
-from cli import FileFailed, require, write_atomic
-from inference_bench import Predictor, StepFactory, thread_budget
-from machine import autocast
-from timing import Step
+from cifarkit.core.cli import FileFailed, require, write_atomic
+from cifarkit.core.machine import autocast
+from cifarkit.core.timing import Step
+from cifarkit.export import tensorrt_runtime
+from cifarkit.export.bench import Predictor, StepFactory, thread_budget
 
 # --------------------------------------------------------------------------------------------------
 # Settings
@@ -112,7 +112,7 @@ def onnxruntime():  # -> the onnxruntime module
 def ort_session(path: Path, threads: int | None = None):  # -> onnxruntime.InferenceSession
     """An ONNX Runtime session on the CPU, the provider every install has, of `threads` threads.
 
-    None: inference_bench.thread_budget(). Left to itself, ONNX Runtime takes one thread per
+    None: bench.thread_budget(). Left to itself, ONNX Runtime takes one thread per
     physical core whatever OMP_NUM_THREADS or the affinity mask say (onnxruntime issue 23747):
     beside PyTorch, a benchmark would compare unequal budgets.
     """
@@ -192,7 +192,7 @@ def ort_step(session, images: np.ndarray) -> Step:
     return step
 
 
-def trt_step(runner: trt_runtime.TrtRunner, images: np.ndarray, use_graph: bool) -> Step:
+def trt_step(runner: tensorrt_runtime.TrtRunner, images: np.ndarray, use_graph: bool) -> Step:
     """One timed engine iteration on `images`; it returns the GPU compute seconds.
 
     With `use_graph` the iteration is captured once and replayed as a CUDA graph.
@@ -229,7 +229,7 @@ class Engine:
     `part` is what the `skipped:` line names when there is no runner.
     """
 
-    runner: trt_runtime.TrtRunner | None = None
+    runner: tensorrt_runtime.TrtRunner | None = None
     unavailable: str = ""
     part: str = ""
 
@@ -268,7 +268,7 @@ def backends(model: nn.Module, device: torch.device, sessions: dict[str, object]
         registry.append(Backend(engine_name, unavailable=engine.unavailable, part=engine.part))
     if cuda_graph:
         why = ("there is no engine runner on this machine (see above)" if runner is None
-               else trt_runtime.why_no_cuda_python())
+               else tensorrt_runtime.why_no_cuda_python())
         replay = None if runner is None or why else partial(trt_step, runner, use_graph=True)
         registry.append(Backend(f"{engine_name}-cudagraph", None, replay, unavailable=why,
                                 part="CUDA-graph replay of the engine"))

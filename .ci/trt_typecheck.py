@@ -2,16 +2,17 @@
 shipped, and every cuda-python call against the installed cuda-bindings, which ships no stubs at all.
 
     pip install --no-deps tensorrt-stubs==10.13.0.35.1     # the stubs only; the real tensorrt is not needed
-    python trt_typecheck.py                                # mypy the TensorRT layer and its callers, then cuda-python
-    python trt_typecheck.py trt_runtime.py                 # just the TensorRT/pycuda/cuda-python layer
+    python .ci/trt_typecheck.py                            # mypy the TensorRT layer and its callers, then cuda-python
+    python .ci/trt_typecheck.py cifarkit/export/tensorrt_runtime.py   # just the TensorRT/pycuda/cuda-python layer
 
 tensorrt-stubs 10.13.0.35.1 (pybind11-stubgen output, the only release) stops mypy with syntax errors before it
 checks a line: parameters named `in` (a keyword) and a parameter without a default after defaulted ones
 (`add_scale_nd(..., channel_axis)`); its folders also lack the py.typed marker, so mypy would not read them anyway.
 This copies the .pyi files to a temporary folder with exactly those faults fixed, puts the folder on MYPYPATH
 and runs mypy with errors *inside* the stubs silenced; the code that calls TensorRT is checked in full.
-Modules the files import (part_2_cifar.py, torch) are read for types, their own errors not reported
-(follow_imports = silent): they are checked where they are owned.
+Modules the files import (part_2_cifar.py, cifarkit's core, torch) are read for types, their own errors not
+reported (follow_imports = silent): they are checked where they are owned. File names are relative to the
+repository's root, where it runs whatever the current folder.
 
 cuda-python (`cuda.bindings.runtime`, installed with torch's CUDA 13 wheels, no GPU needed to import) is Cython with
 real signatures: each `cudart.NAME(...)` call in the checked files must name a function that exists and bind to its
@@ -110,8 +111,14 @@ def version(package: str) -> str:
         return "(version unknown)"
 
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+FILES = ["cifarkit/export/tensorrt_runtime.py", "cifarkit/export/backends.py", "cifarkit/export/bench.py",
+         "trt_export.py"]  # the TensorRT layer and its callers
+
+
 def main(argv: list[str]) -> int:
-    files = argv or ["trt_runtime.py", "export_backends.py", "inference_bench.py", "trt_export.py"]
+    files = [str(Path(name).resolve()) for name in argv] or FILES
+    os.chdir(ROOT)
     with tempfile.TemporaryDirectory(prefix="trt-stubs-") as tmp:
         write_fixed_stubs(Path(tmp) / "stubs")
         config = Path(tmp) / "mypy.ini"

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, fail, one_line
+from cifarkit.core.cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, fail, one_line
 
 
 class WandbSettingsError(CommandError, ValueError):
