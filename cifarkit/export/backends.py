@@ -2,7 +2,7 @@
 
 A backend is one way to run the model: PyTorch eager, ONNX Runtime on the CPU, or the engine.
 Its predictor maps float32 images (B, 3, 32, 32) to float32 logits (B, classes).
-Its step factory takes a fixed batch and returns one timed iteration on it (see bench.py).
+Its step factory takes a fixed batch and returns one timed iteration on it (see inference_bench.py).
 `backends()` lists every backend of a run, each with what it can do here, or why it cannot run.
 PyTorch fp32 is the reference: the accuracy of every other backend is compared with it.
 Adding a backend is one entry in `backends()` and one test.
@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +89,7 @@ def export_onnx(model: nn.Module, path: Path) -> None:
                                 dynamo=True, verbose=False)
     import onnx
 
+    assert program is not None  # the dynamo exporter returns its ONNXProgram (None: TorchScript's)
     proto = program.model_proto
     onnx.checker.check_model(proto, full_check=True)  # structure, types and shape inference
     try:
@@ -112,7 +114,7 @@ def onnxruntime():  # -> the onnxruntime module
 def ort_session(path: Path, threads: int | None = None):  # -> onnxruntime.InferenceSession
     """An ONNX Runtime session on the CPU, the provider every install has, of `threads` threads.
 
-    None: bench.thread_budget(). Left to itself, ONNX Runtime takes one thread per
+    None: inference_bench.thread_budget(). Left to itself, ONNX Runtime takes one thread per
     physical core whatever OMP_NUM_THREADS or the affinity mask say (onnxruntime issue 23747):
     beside PyTorch, a benchmark would compare unequal budgets.
     """
@@ -234,7 +236,7 @@ class Engine:
     part: str = ""
 
 
-def backends(model: nn.Module, device: torch.device, sessions: dict[str, object], engine: Engine,
+def backends(model: nn.Module, device: torch.device, sessions: dict[str, Any], engine: Engine,
              precision: str, cuda_graph: bool) -> list[Backend]:
     """Every backend of this run, in the order the tables list them.
 
