@@ -46,7 +46,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cifarkit.core import cli, run_files, wandb_connect
-from cifarkit.core.cifar_files import DATA_DIR_HELP, NUM_CLASSES, CifarSource, cifar100_source, load_cifar100
+from cifarkit.core.cifar_files import (
+    DATA_DIR_HELP,
+    NUM_CLASSES,
+    CifarSource,
+    cifar100_source,
+    load_cifar100,
+)
 from cifarkit.core.cost import model_cost, model_size
 from cifarkit.core.figures import plot_learning_curve
 from cifarkit.core.folders import unwritable

@@ -115,7 +115,12 @@ from part_2_cifar import SETTINGS, SPLIT_SEED, model_from_config, normalize
 # Settings
 
 PRECISION = "fp16"  # default engine precision: tensor cores and half the memory traffic of fp32
-BATCH_SIZES = (1, 32, 256, 1024)  # latency (1) to throughput (1024); the engine's profile spans min..max
+BATCH_SIZES = (
+    1,
+    32,
+    256,
+    1024,
+)  # latency (1) to throughput (1024); the engine's profile spans min..max
 PARITY_IMAGES = 256  # test images compared logit by logit between PyTorch and ONNX Runtime
 PARITY_MAX_ABS_DIFF = 1e-4  # fp32 ONNX vs PyTorch on the CPU: only summation order differs
 # fp16 ONNX: max |diff| <= this x max |logit| (fp16 keeps ~3 significant digits). Its top-1 agreement is reported,
@@ -152,50 +157,102 @@ def batch_sizes_arg(text: str) -> list[int]:
     except ValueError:
         sizes = []
     if not sizes or sizes[0] < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: use positive integers separated by commas, "
-                                         "e.g. 1,32,256")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not allowed: use positive integers separated by commas, e.g. 1,32,256"
+        )
     return sizes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineErrorParser(__doc__)
-    parser.add_argument("--checkpoint", default="best", metavar="PATH|best",
-                        help="a best.pt, a run folder, or `best` (the default): what select_model.py chose "
-                             "(selection.json under --runs-dir), else the run at any depth in --runs-dir with the "
-                             "highest best_val_accuracy")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where `best` looks (default ./runs)")
-    parser.add_argument("--within", type=float, metavar="POINTS",
-                        help="with `best`: the cheapest config (FLOPs) on selection.json's Pareto front whose mean "
-                             "val_accuracy is within POINTS of the best mean, at its best seed")
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        metavar="PATH|best",
+        help="a best.pt, a run folder, or `best` (the default): what select_model.py chose "
+        "(selection.json under --runs-dir), else the run at any depth in --runs-dir with the "
+        "highest best_val_accuracy",
+    )
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="where `best` looks (default ./runs)"
+    )
+    parser.add_argument(
+        "--within",
+        type=float,
+        metavar="POINTS",
+        help="with `best`: the cheapest config (FLOPs) on selection.json's Pareto front whose mean "
+        "val_accuracy is within POINTS of the best mean, at its best seed",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default <run folder>/export)")
-    parser.add_argument("--precision", choices=tensorrt_runtime.PRECISIONS, default=PRECISION,
-                        help=f"TensorRT engine precision (default {PRECISION})")
-    parser.add_argument("--batch-sizes", type=batch_sizes_arg, default=list(BATCH_SIZES), metavar="N,N,...",
-                        help=f"benchmarked batch sizes; the engine serves min..max (default "
-                             f"{','.join(map(str, BATCH_SIZES))})")
+    parser.add_argument(
+        "--precision",
+        choices=tensorrt_runtime.PRECISIONS,
+        default=PRECISION,
+        help=f"TensorRT engine precision (default {PRECISION})",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=batch_sizes_arg,
+        default=list(BATCH_SIZES),
+        metavar="N,N,...",
+        help=f"benchmarked batch sizes; the engine serves min..max (default "
+        f"{','.join(map(str, BATCH_SIZES))})",
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help=DATA_DIR_HELP)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where PyTorch runs")
-    parser.add_argument("--accuracy-images", type=int, default=0, help="test images scored (default 0: all)")
-    parser.add_argument("--warmup-seconds", type=float, default=WARMUP_SECONDS,
-                        help=f"untimed iterations first, per backend and batch size (default {WARMUP_SECONDS})")
-    parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
-                        help=f"timed seconds per backend and batch size, at least (default {MIN_SECONDS})")
-    parser.add_argument("--min-iterations", type=int, default=MIN_ITERATIONS,
-                        help=f"timed iterations per backend and batch size, at least (default {MIN_ITERATIONS})")
-    parser.add_argument("--cuda-graph", action="store_true", help="also time the engine replayed as a CUDA graph")
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="CPU threads of every CPU backend (PyTorch, ONNX Runtime; "
-                             "default: the CPUs this process may run on, or OMP_NUM_THREADS "
-                             "if fewer)")
-    parser.add_argument("--plot", type=Path, default=Path("images/inference_benchmark.png"),
-                        help="throughput and latency figure (default images/inference_benchmark.png)")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where PyTorch runs"
+    )
+    parser.add_argument(
+        "--accuracy-images", type=int, default=0, help="test images scored (default 0: all)"
+    )
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=WARMUP_SECONDS,
+        help=f"untimed iterations first, per backend and batch size (default {WARMUP_SECONDS})",
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=MIN_SECONDS,
+        help=f"timed seconds per backend and batch size, at least (default {MIN_SECONDS})",
+    )
+    parser.add_argument(
+        "--min-iterations",
+        type=int,
+        default=MIN_ITERATIONS,
+        help=f"timed iterations per backend and batch size, at least (default {MIN_ITERATIONS})",
+    )
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="also time the engine replayed as a CUDA graph"
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads of every CPU backend (PyTorch, ONNX Runtime; "
+        "default: the CPUs this process may run on, or OMP_NUM_THREADS "
+        "if fewer)",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("images/inference_benchmark.png"),
+        help="throughput and latency figure (default images/inference_benchmark.png)",
+    )
     args = parser.parse_args(argv)
-    if args.within is not None and (args.checkpoint != "best" or not math.isfinite(args.within) or args.within < 0):
-        parser.error(f"--within={args.within} is not allowed: use a number of points >= 0, with --checkpoint best")
+    if args.within is not None and (
+        args.checkpoint != "best" or not math.isfinite(args.within) or args.within < 0
+    ):
+        parser.error(
+            f"--within={args.within} is not allowed: use a number of points >= 0, with --checkpoint best"
+        )
     for name in ("accuracy_images", "warmup_seconds", "min_seconds", "min_iterations"):
         if getattr(args, name) < (1 if name == "min_iterations" else 0):
-            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: use a number >= "
-                         f"{1 if name == 'min_iterations' else 0}")
+            parser.error(
+                f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: use a number >= "
+                f"{1 if name == 'min_iterations' else 0}"
+            )
     return args
 
 
@@ -206,49 +263,67 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def begin_export(out: Path, checkpoint_path: Path, checkpoint: dict, device: torch.device) -> None:
     """Make the output folder `out`; say which checkpoint is exported and where PyTorch runs."""
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes per batch size: cuDNN picks in the warm-up
+        torch.backends.cudnn.benchmark = (
+            True  # fixed shapes per batch size: cuDNN picks in the warm-up
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FileFailed(e, "make the output folder", out) from None
-    print(f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
-          f"{checkpoint.get('val_accuracy')}); filters {filters(checkpoint['config'])}; PyTorch on "
-          f"{device_name(device)}", flush=True)
+    print(
+        f"exporting checkpoint {checkpoint_path} (epoch {checkpoint.get('epoch')}, val_accuracy "
+        f"{checkpoint.get('val_accuracy')}); filters {filters(checkpoint['config'])}; PyTorch on "
+        f"{device_name(device)}",
+        flush=True,
+    )
 
 
-def normalized_test_set(test_images: np.ndarray, test_labels: np.ndarray,
-                        count: int) -> tuple[np.ndarray, np.ndarray]:
+def normalized_test_set(
+    test_images: np.ndarray, test_labels: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The first `count` test images (0: all), normalized (N, 3, 32, 32) float32, and their labels.
 
     They are normalized once: parity, accuracy and the benchmark all use them.
     """
-    images = torch.from_numpy(test_images[:count or None])
-    return normalize(images).contiguous().numpy(), test_labels[:len(images)]
+    images = torch.from_numpy(test_images[: count or None])
+    return normalize(images).contiguous().numpy(), test_labels[: len(images)]
 
 
-def export_and_check(model: nn.Module, out: Path, precision: str, parity_images: np.ndarray,
-                     report: Report, threads: int | None = None
-                     ) -> tuple[dict[str, Path], dict[str, object], dict]:
+def export_and_check(
+    model: nn.Module,
+    out: Path,
+    precision: str,
+    parity_images: np.ndarray,
+    report: Report,
+    threads: int | None = None,
+) -> tuple[dict[str, Path], dict[str, object], dict]:
     """fp32 ONNX (and the fp16 one when the precision is fp16), each checked against PyTorch in
     ONNX Runtime, whose sessions compute with `threads` threads (None: thread_budget()).
     Returns ({"fp32": path, ...}, {"fp32": its ONNX Runtime session, ...}, the parity results)."""
     reference = torch_predictor(on_device(model, torch.device("cpu")), torch.device("cpu"), None)
     paths, sessions, results = {"fp32": out / "model.onnx"}, {}, {}
     export_onnx(model, paths["fp32"])
-    if precision == "fp16":  # the engine is built from it; in ONNX Runtime it shows what fp16 does to the logits
+    if (
+        precision == "fp16"
+    ):  # the engine is built from it; in ONNX Runtime it shows what fp16 does to the logits
         paths["fp16"] = out / "model_fp16.onnx"
         export_onnx(HalfPrecision(model).eval(), paths["fp16"])
     for name, path in paths.items():
         sessions[name] = ort_session(path, threads)
         result = results[name] = parity(reference, ort_predictor(sessions[name]), parity_images)
         result["passed"] = check_parity(result, name)
-        line = (f"ONNX {name} vs PyTorch (ONNX Runtime CPU, {result['images']} test images, batch sizes "
-                f"{result['images']} and 1): max |logit diff| {result['max_abs_diff']:.2e}, same top-1 "
-                f"{result['top1_agreement']:.2f}%")
+        line = (
+            f"ONNX {name} vs PyTorch (ONNX Runtime CPU, {result['images']} test images, batch sizes "
+            f"{result['images']} and 1): max |logit diff| {result['max_abs_diff']:.2e}, same top-1 "
+            f"{result['top1_agreement']:.2f}%"
+        )
         print(line, flush=True)
         if not result["passed"]:
-            allowed = (f"<= {PARITY_MAX_ABS_DIFF} and 100%" if name == "fp32"
-                       else f"<= {FP16_PARITY_RELATIVE} x max |logit| ({result['max_abs_logit']:.3g})")
+            allowed = (
+                f"<= {PARITY_MAX_ABS_DIFF} and 100%"
+                if name == "fp32"
+                else f"<= {FP16_PARITY_RELATIVE} x max |logit| ({result['max_abs_logit']:.3g})"
+            )
             report.fail(f"{line}; allowed: {allowed}")
     return paths, sessions, results
 
@@ -268,15 +343,24 @@ def calibration_images(train_images: np.ndarray) -> np.ndarray:
     return normalize(torch.from_numpy(train_images[np.sort(pick)])).contiguous().numpy()
 
 
-def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Path],
-                   calibration: Callable[[], np.ndarray], device: torch.device,
-                   report: Report) -> tuple[Engine, dict | None]:
+def build_tensorrt(
+    args: argparse.Namespace,
+    out: Path,
+    onnx_paths: dict[str, Path],
+    calibration: Callable[[], np.ndarray],
+    device: torch.device,
+    report: Report,
+) -> tuple[Engine, dict | None]:
     """Build the engine and open a runner for it, or say why not. A build or a runner that fails is a failure.
     Returns (the runner, or why there is none; the engine's JSON, or None when none was built)."""
     part = f"TensorRT {args.precision} engine, its accuracy and benchmark"
     if device.type != "cuda":
-        return Engine(unavailable="no CUDA GPU (PyTorch sees none, or --device cpu)", part=part), None
-    why = tensorrt_runtime.why_no_tensorrt() or (tensorrt_runtime.why_no_modelopt() if args.precision == "int8" else "")
+        return Engine(
+            unavailable="no CUDA GPU (PyTorch sees none, or --device cpu)", part=part
+        ), None
+    why = tensorrt_runtime.why_no_tensorrt() or (
+        tensorrt_runtime.why_no_modelopt() if args.precision == "int8" else ""
+    )
     if why:
         return Engine(unavailable=why, part=part), None
     engine_path = out / f"model_{args.precision}.engine"
@@ -287,17 +371,28 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Pa
             tensorrt_runtime.quantize_int8(onnx_paths["fp32"], calibration(), source, INPUT_NAME)
         else:
             source = onnx_paths[args.precision]
-        info = tensorrt_runtime.build_engine(source, engine_path, args.precision, args.batch_sizes,
-                                        torch.cuda.get_device_name(device), out / "timing.cache")
+        info = tensorrt_runtime.build_engine(
+            source,
+            engine_path,
+            args.precision,
+            args.batch_sizes,
+            torch.cuda.get_device_name(device),
+            out / "timing.cache",
+        )
     except tensorrt_runtime.EngineError as e:
         report.fail(str(e))
         return Engine(), None
-    print(f"TensorRT {info['tensorrt_version']} built {engine_path} ({info['typing']}, batch "
-          f"{info['profile']['min'][0]}..{info['profile']['max'][0]}) in {info['build_seconds']} s", flush=True)
+    print(
+        f"TensorRT {info['tensorrt_version']} built {engine_path} ({info['typing']}, batch "
+        f"{info['profile']['min'][0]}..{info['profile']['max'][0]}) in {info['build_seconds']} s",
+        flush=True,
+    )
     why = tensorrt_runtime.why_no_pycuda()
     if why:
-        return Engine(unavailable=why, part=f"TensorRT {args.precision} engine accuracy and benchmark (the engine "
-                                            "was built)"), info
+        return Engine(
+            unavailable=why,
+            part=f"TensorRT {args.precision} engine accuracy and benchmark (the engine was built)",
+        ), info
     try:
         return Engine(tensorrt_runtime.TrtRunner(engine_path, max(args.batch_sizes))), info
     except tensorrt_runtime.EngineError as e:
@@ -307,13 +402,22 @@ def build_tensorrt(args: argparse.Namespace, out: Path, onnx_paths: dict[str, Pa
 
 def report_unavailable(registry: list[Backend], report: Report) -> None:
     """One `skipped:` line for each part and reason among the backends that cannot run here."""
-    for part, why in dict.fromkeys((backend.part or backend.name, backend.unavailable)
-                                   for backend in registry if backend.unavailable):
+    for part, why in dict.fromkeys(
+        (backend.part or backend.name, backend.unavailable)
+        for backend in registry
+        if backend.unavailable
+    ):
         report.skip(part, why)
 
 
-def check_accuracy(registry: list[Backend], precision: str, images: np.ndarray,
-                   labels: np.ndarray, batch_size: int, report: Report) -> list[dict]:
+def check_accuracy(
+    registry: list[Backend],
+    precision: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    report: Report,
+) -> list[dict]:
     """Top-1 of each backend with a predictor on the normalized test images (N, 3, 32, 32).
 
     Each is compared with the registry's reference backend, wherever it is listed.
@@ -331,34 +435,55 @@ def check_accuracy(registry: list[Backend], precision: str, images: np.ndarray,
     reference = next(backend.name for backend in registry if backend.reference)
     rows = accuracy_table(logits, labels, reference)
     print(markdown_accuracy(rows, len(images)), flush=True)
-    tolerances = {backend.name: backend.tolerance for backend in registry
-                  if backend.tolerance is not None}
+    tolerances = {
+        backend.name: backend.tolerance for backend in registry if backend.tolerance is not None
+    }
     for message in accuracy_failures(rows, tolerances, precision):
         report.fail(message)
     return rows
 
 
-def run_benchmark(registry: list[Backend], images: np.ndarray, args: argparse.Namespace,
-                  report: Report) -> tuple[list[dict], float]:
+def run_benchmark(
+    registry: list[Backend], images: np.ndarray, args: argparse.Namespace, report: Report
+) -> tuple[list[dict], float]:
     """Time each backend with a timed step at each of --batch-sizes, and print the table.
 
     Returns (the benchmark rows, the highest 1-minute load average before and after).
     """
     steps = {backend.name: backend.make_step for backend in registry if backend.make_step}
     threads = {backend.name: backend.threads for backend in registry if backend.make_step}
-    print(f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and "
-          f">= {args.min_iterations} iterations per backend and batch size; CPU threads "
-          + ", ".join(f"{name} {n}" for name, n in threads.items() if n is not None), flush=True)
+    print(
+        f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and "
+        f">= {args.min_iterations} iterations per backend and batch size; CPU threads "
+        + ", ".join(f"{name} {n}" for name, n in threads.items() if n is not None),
+        flush=True,
+    )
     # Other processes slow the CPU backends most: say how busy the machine was.
     load_before = os.getloadavg()[0]
-    rows = benchmark(steps, images, args.batch_sizes, args.warmup_seconds, args.min_seconds,
-                     args.min_iterations, report, threads)
+    rows = benchmark(
+        steps,
+        images,
+        args.batch_sizes,
+        args.warmup_seconds,
+        args.min_seconds,
+        args.min_iterations,
+        report,
+        threads,
+    )
     print(markdown_benchmark(rows), flush=True)
     return rows, max(load_before, os.getloadavg()[0])
 
 
-def write_results(args: argparse.Namespace, out: Path, checkpoint_path: Path, config: dict,
-                  machine: str, test_images: int, report: Report, results: dict) -> None:
+def write_results(
+    args: argparse.Namespace,
+    out: Path,
+    checkpoint_path: Path,
+    config: dict,
+    machine: str,
+    test_images: int,
+    report: Report,
+    results: dict,
+) -> None:
     """Write <out>/benchmark.json and the plot at --plot.
 
     `results` holds onnx_parity, engine, accuracy and benchmark, as benchmark.json names them.
@@ -368,18 +493,35 @@ def write_results(args: argparse.Namespace, out: Path, checkpoint_path: Path, co
         found[package] = __import__(package).__version__
     if results["engine"]:
         found["tensorrt"] = results["engine"]["tensorrt_version"]
-    method = {"warmup_seconds": args.warmup_seconds, "min_seconds": args.min_seconds,
-              "min_iterations": args.min_iterations, "threads_asked": args.threads,
-              "noisy_spread_pct": NOISY_SPREAD_PCT, "busy_wait_pct": BUSY_WAIT_PCT, **METHOD}
-    write_json_atomic({"checkpoint": str(checkpoint_path), "config": config, "machine": machine,
-                       "versions": found,
-                       "data": {"data_dir": str(args.data_dir), "test_images": test_images},
-                       "method": method, **results,
-                       "skipped": report.skipped, "failures": report.failures},
-                      out / "benchmark.json")
-    plot_benchmark(results["benchmark"], args.plot,
-                   f"SimpleCNN {filters(config)} inference on {machine}\ninputs: batches of the "
-                   f"{test_images} test images in {args.data_dir} (speed does not depend on content)")
+    method = {
+        "warmup_seconds": args.warmup_seconds,
+        "min_seconds": args.min_seconds,
+        "min_iterations": args.min_iterations,
+        "threads_asked": args.threads,
+        "noisy_spread_pct": NOISY_SPREAD_PCT,
+        "busy_wait_pct": BUSY_WAIT_PCT,
+        **METHOD,
+    }
+    write_json_atomic(
+        {
+            "checkpoint": str(checkpoint_path),
+            "config": config,
+            "machine": machine,
+            "versions": found,
+            "data": {"data_dir": str(args.data_dir), "test_images": test_images},
+            "method": method,
+            **results,
+            "skipped": report.skipped,
+            "failures": report.failures,
+        },
+        out / "benchmark.json",
+    )
+    plot_benchmark(
+        results["benchmark"],
+        args.plot,
+        f"SimpleCNN {filters(config)} inference on {machine}\ninputs: batches of the "
+        f"{test_images} test images in {args.data_dir} (speed does not depend on content)",
+    )
     print(f"wrote {out / 'benchmark.json'} and {args.plot}", flush=True)
 
 
@@ -402,9 +544,11 @@ def main(argv: list[str] | None = None) -> int:
             stop.check()  # a stop a library swallowed after all: the export did not end as asked
             return code
         except BaseException as e:
-            return boundary(e, stopped="the export stopped; run the same command again",
-                            kept="the files of an earlier export stay whole; run the same command "
-                                 "again")
+            return boundary(
+                e,
+                stopped="the export stopped; run the same command again",
+                kept="the files of an earlier export stay whole; run the same command again",
+            )
 
 
 def export(args: argparse.Namespace, owned: ExitStack) -> int:
@@ -420,15 +564,17 @@ def export(args: argparse.Namespace, owned: ExitStack) -> int:
         train_x, train_y, test_x, test_y = dataset()
         return data_identity(args.data_dir, (train_x, train_y), (test_x, test_y), None, SPLIT_SEED)
 
-    checkpoint_path = choose_checkpoint(args.checkpoint, args.runs_dir, args.within,
-                                        images_identity)
+    checkpoint_path = choose_checkpoint(
+        args.checkpoint, args.runs_dir, args.within, images_identity
+    )
     model, checkpoint = load_model(checkpoint_path)
     device = pick_device(args.device)
     out = args.out or checkpoint_path.parent / "export"
     for option, folder in (("--out", out), ("--plot", args.plot.parent)):
         if why := unwritable(folder):
-            raise ConfigError(f"{option} {folder} cannot be written: {why}; use a folder you can "
-                              "write to")
+            raise ConfigError(
+                f"{option} {folder} cannot be written: {why}; use a folder you can write to"
+            )
     owned.enter_context(own_folder(out, "export folder"))
     train_images, _, test_images, test_labels = dataset()
     threads = args.threads or thread_budget()
@@ -437,22 +583,41 @@ def export(args: argparse.Namespace, owned: ExitStack) -> int:
     begin_export(out, checkpoint_path, checkpoint, device)
     images, labels = normalized_test_set(test_images, test_labels, args.accuracy_images)
     report = Report()
-    onnx_paths, sessions, onnx_parity = export_and_check(model, out, args.precision,
-                                                         images[:PARITY_IMAGES], report, threads)
-    engine, engine_info = build_tensorrt(args, out, onnx_paths,
-                                         partial(calibration_images, train_images), device, report)
-    registry = backends(on_device(model, device), device, sessions, engine, args.precision,
-                        args.cuda_graph)
+    onnx_paths, sessions, onnx_parity = export_and_check(
+        model, out, args.precision, images[:PARITY_IMAGES], report, threads
+    )
+    engine, engine_info = build_tensorrt(
+        args, out, onnx_paths, partial(calibration_images, train_images), device, report
+    )
+    registry = backends(
+        on_device(model, device), device, sessions, engine, args.precision, args.cuda_graph
+    )
     report_unavailable(registry, report)
-    accuracy = check_accuracy(registry, args.precision, images, labels, max(args.batch_sizes),
-                              report)
+    accuracy = check_accuracy(
+        registry, args.precision, images, labels, max(args.batch_sizes), report
+    )
     rows, load = run_benchmark(registry, images, args, report)
     machine = f"{device_name(device)}; load average up to {load:.1f} on {os.cpu_count()} CPUs"
-    write_results(args, out, checkpoint_path, checkpoint["config"], machine, len(images), report,
-                  {"onnx_parity": onnx_parity, "engine": engine_info, "accuracy": accuracy,
-                   "benchmark": rows})
+    write_results(
+        args,
+        out,
+        checkpoint_path,
+        checkpoint["config"],
+        machine,
+        len(images),
+        report,
+        {
+            "onnx_parity": onnx_parity,
+            "engine": engine_info,
+            "accuracy": accuracy,
+            "benchmark": rows,
+        },
+    )
     if report.failures:
-        print(f"{len(report.failures)} check(s) failed: " + "; ".join(report.failures), file=sys.stderr)
+        print(
+            f"{len(report.failures)} check(s) failed: " + "; ".join(report.failures),
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_DONE
 

@@ -16,6 +16,10 @@ from sweeps.config import schema_violations_from_proposed_config  # noqa: E402
 failed = False
 for path in sys.argv[1:]:
     errors = schema_violations_from_proposed_config(json.load(open(path)))
-    print("\n".join(f"{path}: {error}" for error in errors) if errors else f"{path} passes W&B's sweep schema")
+    print(
+        "\n".join(f"{path}: {error}" for error in errors)
+        if errors
+        else f"{path} passes W&B's sweep schema"
+    )
     failed = failed or bool(errors)
 sys.exit(1 if failed or len(sys.argv) < 2 else 0)

@@ -34,7 +34,10 @@ from pathlib import Path
 STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
 FIXES = (
     (re.compile(r"([(, ])in: "), r"\1in_: "),  # `def f(self, in: list[...])` -> `in_`
-    (re.compile(r", channel_axis: int\)"), ", channel_axis: int = ...)"),  # add_scale_nd's non-default after defaults
+    (
+        re.compile(r", channel_axis: int\)"),
+        ", channel_axis: int = ...)",
+    ),  # add_scale_nd's non-default after defaults
 )
 MYPY_CONFIG = """[mypy]
 follow_imports = silent
@@ -48,7 +51,9 @@ ignore_missing_imports = True
 def installed_stub_folder(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"error: {package} stubs not found: pip install --no-deps tensorrt-stubs==10.13.0.35.1")
+        raise SystemExit(
+            f"error: {package} stubs not found: pip install --no-deps tensorrt-stubs==10.13.0.35.1"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -63,27 +68,49 @@ def write_fixed_stubs(root: Path) -> None:
             (root / package / pyi.name).write_text(text)
 
 
-def cuda_python_problems(path: Path, runtime: object, alias: str = "cudart") -> tuple[int, list[str]]:
+def cuda_python_problems(
+    path: Path, runtime: object, alias: str = "cudart"
+) -> tuple[int, list[str]]:
     """(how many `alias.X` uses were checked, one line per use in `path` that the real cuda-python lacks: a missing
     function or enum member, or a call that does not bind to the signature; arguments stand in as placeholders, so
     only their number and names are checked)."""
     uses, problems = 0, []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == alias:
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == alias
+        ):
             uses += 1
             if not hasattr(runtime, node.attr):
-                problems.append(f"{path}:{node.lineno}: {alias}.{node.attr} does not exist in cuda.bindings.runtime")
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
-                and isinstance(node.value.value, ast.Name) and node.value.value.id == alias:
+                problems.append(
+                    f"{path}:{node.lineno}: {alias}.{node.attr} does not exist in cuda.bindings.runtime"
+                )
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == alias
+        ):
             if not hasattr(getattr(runtime, node.value.attr, None), node.attr):
-                problems.append(f"{path}:{node.lineno}: {alias}.{node.value.attr}.{node.attr} does not exist")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == alias \
-                and callable(function := getattr(runtime, node.func.attr, None)):
+                problems.append(
+                    f"{path}:{node.lineno}: {alias}.{node.value.attr}.{node.attr} does not exist"
+                )
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == alias
+            and callable(function := getattr(runtime, node.func.attr, None))
+        ):
             try:
-                inspect.signature(function).bind(*node.args, **{k.arg: k.value for k in node.keywords if k.arg})
+                inspect.signature(function).bind(
+                    *node.args, **{k.arg: k.value for k in node.keywords if k.arg}
+                )
             except TypeError as e:
-                problems.append(f"{path}:{node.lineno}: {alias}.{node.func.attr}{inspect.signature(function)}: {e}")
+                problems.append(
+                    f"{path}:{node.lineno}: {alias}.{node.func.attr}{inspect.signature(function)}: {e}"
+                )
     return uses, problems
 
 
@@ -91,14 +118,19 @@ def check_cuda_python(files: list[str]) -> int:
     try:
         from cuda.bindings import runtime
     except ImportError as e:
-        print(f"error: cuda-python cannot be imported ({e}): pip install cuda-bindings", file=sys.stderr)
+        print(
+            f"error: cuda-python cannot be imported ({e}): pip install cuda-bindings",
+            file=sys.stderr,
+        )
         return 1
     results = [cuda_python_problems(Path(name), runtime) for name in files]
     problems = [line for _, lines in results for line in lines]
     for line in problems:
         print(line, file=sys.stderr)
-    print(f"cuda-python: {sum(uses for uses, _ in results)} uses of cudart checked against cuda-bindings "
-          f"{version('cuda-bindings')}: {len(problems) or 'no'} problem(s)")
+    print(
+        f"cuda-python: {sum(uses for uses, _ in results)} uses of cudart checked against cuda-bindings "
+        f"{version('cuda-bindings')}: {len(problems) or 'no'} problem(s)"
+    )
     return 1 if problems else 0
 
 
@@ -112,8 +144,12 @@ def version(package: str) -> str:
 
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
-FILES = ["cifarkit/export/tensorrt_runtime.py", "cifarkit/export/backends.py", "cifarkit/export/bench.py",
-         "trt_export.py"]  # the TensorRT layer and its callers
+FILES = [
+    "cifarkit/export/tensorrt_runtime.py",
+    "cifarkit/export/backends.py",
+    "cifarkit/export/bench.py",
+    "trt_export.py",
+]  # the TensorRT layer and its callers
 
 
 def main(argv: list[str]) -> int:
@@ -124,7 +160,9 @@ def main(argv: list[str]) -> int:
         config = Path(tmp) / "mypy.ini"
         config.write_text(MYPY_CONFIG)
         env = dict(os.environ, MYPYPATH=str(Path(tmp) / "stubs"))
-        mypy = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), *files], env=env).returncode
+        mypy = subprocess.run(
+            [sys.executable, "-m", "mypy", "--config-file", str(config), *files], env=env
+        ).returncode
     return mypy or check_cuda_python(files)
 
 

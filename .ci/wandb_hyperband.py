@@ -30,7 +30,9 @@ def decide(case: dict) -> dict:
         for name, each in runs.items():
             each.state = RunState.running if name in event["running"] else RunState.finished
         stops.append(sorted(run.name for run in hyperband_stop_runs(list(runs.values()), config)))
-    probe = SweepRun(name="probe", state=RunState.running, history=[])  # W&B leaves its bands in the run's info
+    probe = SweepRun(
+        name="probe", state=RunState.running, history=[]
+    )  # W&B leaves its bands in the run's info
     hyperband_stop_runs([probe], config)
     return {"bands": probe.early_terminate_info["bands"], "stops": stops}
 
@@ -41,7 +43,10 @@ def main() -> int:
     for case in cases:
         violations = schema_violations_from_proposed_config(case["config"])
         if violations:
-            print(f"{case['config']['early_terminate']} breaks W&B's sweep schema: {violations[0]}", file=sys.stderr)
+            print(
+                f"{case['config']['early_terminate']} breaks W&B's sweep schema: {violations[0]}",
+                file=sys.stderr,
+            )
             return 2
     json.dump([decide(case) for case in cases], sys.stdout)
     return 0

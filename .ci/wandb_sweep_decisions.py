@@ -86,8 +86,11 @@ def grid(config: dict) -> list[dict]:
     """Every run of the grid, as the engine proposes them one after the other (next_runs: each
     proposal counts as a run when it picks the next), until it proposes none."""
     runs = next_runs(config, [], n=GRID_LIMIT)
-    return [{name: spec["value"] for name, spec in run.config.items()}
-            for run in runs if run is not None]
+    return [
+        {name: spec["value"] for name, spec in run.config.items()}
+        for run in runs
+        if run is not None
+    ]
 
 
 def engine_error(config: dict) -> str | None:
@@ -97,8 +100,14 @@ def engine_error(config: dict) -> str | None:
         run = next_run(config, [])
         if "early_terminate" in config:
             metric = config["metric"]["name"] if isinstance(config.get("metric"), dict) else None
-            stop_runs(config, [SweepRun(name="a", state=RunState.running, config=run.config,
-                                        history=[{metric: 1.0}])])
+            stop_runs(
+                config,
+                [
+                    SweepRun(
+                        name="a", state=RunState.running, config=run.config, history=[{metric: 1.0}]
+                    )
+                ],
+            )
         params = HyperParameterSet.from_config(config["parameters"])
     except Exception as e:  # noqa: BLE001 (whatever the engine raises, it proposes no run)
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -108,8 +117,13 @@ def engine_error(config: dict) -> str | None:
 def decide(path: str, n: int, rng: np.random.Generator, seen: dict) -> dict:
     with open(path) as f:
         config = yaml.safe_load(f)
-    out = {"file": path, "violations": None, "schema_error": None, "engine_error": None,
-           "params": {}}
+    out = {
+        "file": path,
+        "violations": None,
+        "schema_error": None,
+        "engine_error": None,
+        "params": {},
+    }
     try:
         out["violations"] = schema_violations_from_proposed_config(config)
     except Exception as e:  # noqa: BLE001

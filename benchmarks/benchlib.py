@@ -15,7 +15,9 @@ import torch
 
 from cifarkit.core import cifar_files, cli, machine
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository root: run the benchmarks from it, `python -m benchmarks.x`
+ROOT = (
+    Path(__file__).resolve().parents[1]
+)  # the repository root: run the benchmarks from it, `python -m benchmarks.x`
 
 
 def cpu_model() -> str:
@@ -32,20 +34,31 @@ def machine_info(device: torch.device) -> dict:
     """Host, date, device, CPU model and cores, threads, versions and the load average (1 min) right now."""
     import torchvision
 
-    info = {"host": socket.gethostname(), "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
-            "device": machine.device_name(device), "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "load_average_start": round(os.getloadavg()[0], 2)}
+    info = {
+        "host": socket.gethostname(),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+        "device": machine.device_name(device),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "load_average_start": round(os.getloadavg()[0], 2),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     return info
 
 
 def describe_data(data_dir: Path) -> str:
-    """"synthetic ..." or "real ...", with the image counts, read from the training file's own labels."""
+    """ "synthetic ..." or "real ...", with the image counts, read from the training file's own labels."""
     train = cifar_files.read_cifar_pickle(Path(data_dir) / cifar_files.CIFAR100_DIR / "train")
     test = cifar_files.read_cifar_pickle(Path(data_dir) / cifar_files.CIFAR100_DIR / "test")
     kind = "synthetic" if "synthetic" in str(train.get("batch_label", "")) else "real"

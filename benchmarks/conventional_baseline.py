@@ -45,33 +45,62 @@ def default_workers(device: torch.device) -> int:
     return min(8, cores) if device.type == "cuda" else max(1, cores // 2)
 
 
-def cifar100_loaders(data_dir: Path, val_size: int, batch_size: int, eval_batch_size: int, workers: int,
-                     device: torch.device) -> tuple[DataLoader, DataLoader, DataLoader]:
+def cifar100_loaders(
+    data_dir: Path,
+    val_size: int,
+    batch_size: int,
+    eval_batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> tuple[DataLoader, DataLoader, DataLoader]:
     """(train, val, test) loaders over <data_dir>/cifar-100-python with the project's stratified split."""
     normalize = transforms.Normalize(p2.CIFAR100_MEAN, p2.CIFAR100_STD)
-    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=p2.CROP_PADDING),
-                                   transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=p2.CROP_PADDING),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
     eval_tf = transforms.Compose([transforms.ToTensor(), normalize])
     train_set = CIFAR100Files(str(data_dir), train=True, transform=train_tf, download=False)
     labelled = CIFAR100Files(str(data_dir), train=True, transform=eval_tf, download=False)
     test_set = CIFAR100Files(str(data_dir), train=False, transform=eval_tf, download=False)
     train_idx, val_idx = p2.stratified_split(np.asarray(train_set.targets), val_size)
-    common = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
-    train = DataLoader(Subset(train_set, train_idx.tolist()), batch_size=batch_size, shuffle=True, drop_last=True,
-                       **common)
+    common = {
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": workers > 0,
+    }
+    train = DataLoader(
+        Subset(train_set, train_idx.tolist()),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        **common,
+    )
     val = DataLoader(Subset(labelled, val_idx.tolist()), batch_size=eval_batch_size, **common)
     test = DataLoader(test_set, batch_size=eval_batch_size, **common)
     return train, val, test
 
 
-def make_model_and_optimizer(config: dict, device: torch.device) -> tuple[p2.SimpleCNN, torch.optim.SGD]:
+def make_model_and_optimizer(
+    config: dict, device: torch.device
+) -> tuple[p2.SimpleCNN, torch.optim.SGD]:
     torch.manual_seed(config["seed"])
     model = p2.model_from_config(config).to(device)  # NCHW, fp32: the conventional default
     return model, p2.make_optimizer(model, config)
 
 
-def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, config: dict,
-                epoch: int, device: torch.device) -> dict:
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    config: dict,
+    epoch: int,
+    device: torch.device,
+) -> dict:
     """One pass over the loader; the loss is summed on the device, as the project does, so no sync per step."""
     steps = len(loader)
     warmup_steps = round(config["warmup_epochs"] * steps)
@@ -79,8 +108,13 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader
     seen = 0
     model.train()
     for step, (x, y) in enumerate(loader):
-        lr = p2.learning_rate_at((epoch - 1) * steps + step, config["epochs"] * steps, warmup_steps,
-                                 config["learning_rate"], config["lr_schedule"])
+        lr = p2.learning_rate_at(
+            (epoch - 1) * steps + step,
+            config["epochs"] * steps,
+            warmup_steps,
+            config["learning_rate"],
+            config["lr_schedule"],
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -105,14 +139,21 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += y.numel()
-    return {"loss": loss_sum.item() / max(1, seen), "accuracy": 100 * correct.item() / max(1, seen), "images": seen}
+    return {
+        "loss": loss_sum.item() / max(1, seen),
+        "accuracy": 100 * correct.item() / max(1, seen),
+        "images": seen,
+    }
 
 
-def run(config: dict, data_dir: Path, device: torch.device, workers: int, run_dir: Path | None) -> dict:
+def run(
+    config: dict, data_dir: Path, device: torch.device, workers: int, run_dir: Path | None
+) -> dict:
     """A whole training run: N epochs with validation each epoch, the best model saved, the test set at the end."""
     started = time.perf_counter()
-    train_loader, val_loader, test_loader = cifar100_loaders(data_dir, config["val_size"], config["batch_size"],
-                                                             p2.EVAL_BATCH_SIZE, workers, device)
+    train_loader, val_loader, test_loader = cifar100_loaders(
+        data_dir, config["val_size"], config["batch_size"], p2.EVAL_BATCH_SIZE, workers, device
+    )
     model, optimizer = make_model_and_optimizer(config, device)
     best = -1.0
     for epoch in range(1, config["epochs"] + 1):
@@ -123,8 +164,11 @@ def run(config: dict, data_dir: Path, device: torch.device, workers: int, run_di
             best = val["accuracy"]
             run_dir.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), run_dir / BEST_CHECKPOINT)
-        print(f"epoch {epoch}/{config['epochs']}  train_loss {metrics['train_loss']:.3f}  "
-              f"val_acc {val['accuracy']:5.2f}%  {time.perf_counter() - t0:.1f}s", flush=True)
+        print(
+            f"epoch {epoch}/{config['epochs']}  train_loss {metrics['train_loss']:.3f}  "
+            f"val_acc {val['accuracy']:5.2f}%  {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
     test = evaluate(model, test_loader, device)
     return {"test_accuracy": test["accuracy"], "total_seconds": time.perf_counter() - started}
 
@@ -136,16 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=p2.DEFAULTS["batch_size"])
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--workers", type=int, help="DataLoader workers (default: see default_workers)")
+    parser.add_argument(
+        "--workers", type=int, help="DataLoader workers (default: see default_workers)"
+    )
     parser.add_argument("--run-dir", type=Path, help="save best.pt here (default: save nothing)")
     args = parser.parse_args(argv)
     device = machine.pick_device(args.device)
-    config = p2.validate_config(p2.DEFAULTS | {"epochs": args.epochs, "batch_size": args.batch_size,
-                                               "val_size": args.val_size})
+    config = p2.validate_config(
+        p2.DEFAULTS
+        | {"epochs": args.epochs, "batch_size": args.batch_size, "val_size": args.val_size}
+    )
     workers = default_workers(device) if args.workers is None else args.workers
     result = run(config, args.data_dir, device, workers, args.run_dir)
-    print(f"done: test_accuracy {result['test_accuracy']:.2f}% in {result['total_seconds']:.1f}s "
-          f"({workers} workers, {device})", flush=True)
+    print(
+        f"done: test_accuracy {result['test_accuracy']:.2f}% in {result['total_seconds']:.1f}s "
+        f"({workers} workers, {device})",
+        flush=True,
+    )
     return 0
 
 

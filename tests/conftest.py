@@ -19,13 +19,21 @@ from pathlib import Path
 import pytest
 
 from cifarkit.core import cli
-from synthetic_cifar100 import write_synthetic_cifar100  # the repository root is on sys.path: pythonpath in pyproject
+from synthetic_cifar100 import (
+    write_synthetic_cifar100,
+)  # the repository root is on sys.path: pythonpath in pyproject
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small filters keep a CPU epoch near a second; the architecture is the same.
-FAST_CONFIG = {"num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 32, "batch_size": 64, "epochs": 2,
-               "learning_rate": 0.01}
+FAST_CONFIG = {
+    "num_filters_1": 8,
+    "num_filters_2": 16,
+    "num_filters_3": 32,
+    "batch_size": 64,
+    "epochs": 2,
+    "learning_rate": 0.01,
+}
 
 
 def trainer_command(*args: str) -> list[str]:
@@ -50,7 +58,9 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 def learnable_data_dir(tmp_path_factory) -> Path:
     """10 well-separated classes x 60 images: a model that learns anything ends far above 10% chance."""
     root = tmp_path_factory.mktemp("learnable_cifar")
-    write_synthetic_cifar100(root, train_per_class=60, test_per_class=20, num_classes=10, noise=30.0, seed=2)
+    write_synthetic_cifar100(
+        root, train_per_class=60, test_per_class=20, num_classes=10, noise=30.0, seed=2
+    )
     return root
 
 
@@ -105,8 +115,14 @@ def offline_env(tmp_path) -> dict:
     home = tmp_path / "home"
     home.mkdir()
     # One thread: tiny models gain nothing from two, and a busy machine oversubscribed is many times slower.
-    env.update(HOME=str(home), WANDB_DIR=str(tmp_path), WANDB_SILENT="true", PYTHONPATH=str(ROOT),
-               NETRC=str(home / ".netrc"), OMP_NUM_THREADS="1")
+    env.update(
+        HOME=str(home),
+        WANDB_DIR=str(tmp_path),
+        WANDB_SILENT="true",
+        PYTHONPATH=str(ROOT),
+        NETRC=str(home / ".netrc"),
+        OMP_NUM_THREADS="1",
+    )
     return env
 
 
@@ -128,11 +144,18 @@ def offline_env(tmp_path) -> dict:
 FINISHED_RUN = {**FAST_CONFIG, "epochs": 1, "val_size": 200}  # on tiny_data_dir
 CRASHED_RUN = {**FAST_CONFIG, "epochs": 2, "val_size": 200}  # tiny_data_dir, crashed after epoch 1
 FINISHED_SWEEP = {  # on learnable_data_dir: a CPU epoch well under a second
-    "program": "part_2_cifar.py", "method": "random",
+    "program": "part_2_cifar.py",
+    "method": "random",
     "metric": {"name": "val_accuracy", "goal": "maximize"},
-    "parameters": {"batch_size": {"value": 64}, "num_filters_1": {"value": 8},
-                   "num_filters_2": {"value": 16}, "num_filters_3": {"value": 16},
-                   "learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 1}}}
+    "parameters": {
+        "batch_size": {"value": 64},
+        "num_filters_1": {"value": 8},
+        "num_filters_2": {"value": 16},
+        "num_filters_3": {"value": 16},
+        "learning_rate": {"min": 0.01, "max": 0.05},
+        "epochs": {"value": 1},
+    },
+}
 
 
 def copy_of(original: Path, copy: Path) -> Path:
@@ -155,8 +178,9 @@ def train_in_process(config: dict, data_dir: Path, run_dir: Path, **train_option
 
     import part_2_cifar as trainer
 
-    config = trainer.validate_config({key: config[key] for key in trainer.SETTINGS if key in config}
-                                     | config)
+    config = trainer.validate_config(
+        {key: config[key] for key in trainer.SETTINGS if key in config} | config
+    )
     with torch_threads(1):
         data = trainer.prepare_data(data_dir, config["val_size"], torch.device("cpu"))
         return trainer.train(config, data, run_dir, **train_options)
@@ -198,8 +222,19 @@ def crashed_run(_crashed_run_once, tmp_path) -> Path:
 def finished_sweep_args(folder: Path, data_dir: Path) -> list[str]:
     """local_sweep.py's arguments, without --trials, for the sweep file cut.json in `folder`."""
     runs = folder / "runs"
-    return [str(folder / "cut.json"), "--data-dir", str(data_dir), "--runs-dir", str(runs),
-            "--val-size", "100", "--images-dir", str(runs / "images"), "--wandb-mode", "disabled"]
+    return [
+        str(folder / "cut.json"),
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs),
+        "--val-size",
+        "100",
+        "--images-dir",
+        str(runs / "images"),
+        "--wandb-mode",
+        "disabled",
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -270,7 +305,9 @@ def terminal_signal_defaults():
 
 def postgres_bin_dir() -> Path | None:
     """Debian's PostgreSQL server binaries (apt-get install postgresql), newest version first, or on PATH."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: -int(p.parts[-3]))
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: -int(p.parts[-3])
+    )
     if found:
         return found[0].parent
     initdb = shutil.which("initdb")
@@ -291,7 +328,9 @@ def postgres_server() -> str:
     if bin_dir is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
     as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="pytest-postgres-"))  # not under pytest's tmp: the server's user reads it
+    root = Path(
+        tempfile.mkdtemp(prefix="pytest-postgres-")
+    )  # not under pytest's tmp: the server's user reads it
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         try:
             shutil.chown(root, "postgres")
@@ -299,31 +338,78 @@ def postgres_server() -> str:
             pytest.skip("running as root and there is no 'postgres' user to run the server as")
         as_user = ["runuser", "-u", "postgres", "--"]
     port, data = _free_loopback_port(), root / "data"
-    options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-               "-c full_page_writes=off")  # a test database: speed over durability
+    options = (
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+        "-c full_page_writes=off"
+    )  # a test database: speed over durability
     try:
-        subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync",
-                        "-E", "UTF8"], check=True, capture_output=True, text=True, timeout=120)
-        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-l", root / "server.log", "-o", options, "-w",
-                        "-t", "60", "start"], check=True, capture_output=True, text=True, timeout=90)
+        subprocess.run(
+            [
+                *as_user,
+                bin_dir / "initdb",
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [
+                *as_user,
+                bin_dir / "pg_ctl",
+                "-D",
+                data,
+                "-l",
+                root / "server.log",
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         log = root / "server.log"
         detail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"PostgreSQL did not start: {' '.join(detail) or (e.stderr or '').strip()[-300:]}")
+        pytest.skip(
+            f"PostgreSQL did not start: {' '.join(detail) or (e.stderr or '').strip()[-300:]}"
+        )
     yield f"postgresql://postgres@127.0.0.1:{port}"
-    subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True,
-                   timeout=60)
+    subprocess.run(
+        [*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
+        capture_output=True,
+        timeout=60,
+    )
     shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture()
 def postgres_url(postgres_server: str, tmp_path: Path) -> str:
     """A new, empty database on the session's server, for one test."""
-    name = "db_" + "".join(c if c.isalnum() else "_" for c in tmp_path.name.lower())  # unique in a session
+    name = "db_" + "".join(
+        c if c.isalnum() else "_" for c in tmp_path.name.lower()
+    )  # unique in a session
     port = postgres_server.rsplit(":", 1)[1]
-    subprocess.run([postgres_bin_dir() / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", name],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [postgres_bin_dir() / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", name],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return f"{postgres_server}/{name}"
 
 
@@ -342,10 +428,10 @@ def wandb_records(wandb_dir: Path, run_id: str) -> list:
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
             pos += 32768 - pos % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        chunk, pos = chunk + data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = chunk + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # a whole record, or the last chunk of one
             records.append(wandb_internal_pb2.Record.FromString(chunk))
             chunk = b""
@@ -362,7 +448,13 @@ def offline_wandb_run(wandb_dir: Path, run_id: str) -> tuple[int | None, bool, d
         elif kind == "preempting":
             preempting = True
         elif kind == "summary":
-            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update if item.key})
+            summary.update(
+                {
+                    item.key: json.loads(item.value_json)
+                    for item in record.summary.update
+                    if item.key
+                }
+            )
         elif kind in ("run", "config"):
             items = record.run.config.update if kind == "run" else record.config.update
             config.update({item.key: json.loads(item.value_json) for item in items if item.key})

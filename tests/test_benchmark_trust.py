@@ -60,15 +60,24 @@ def test_a_figure_measured_while_others_had_the_cpu_is_marked_busy_in_the_table(
         pytest.skip("this kernel keeps no run delay per thread (/proc/self/task/*/schedstat)")
     cpu = min(os.sched_getaffinity(0))
     spin = f"import os; os.sched_setaffinity(0, {{{cpu}}}); print(1, flush=True)\nwhile True: pass"
-    spinners = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE)
-                for _ in range(2)]
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE) for _ in range(2)
+    ]
     mask = os.sched_getaffinity(0)
     try:
         for spinner in spinners:
             spinner.stdout.readline()  # spinning on that CPU now
         os.sched_setaffinity(0, {cpu})  # this thread shares the CPU with both
-        rows = inference_bench.benchmark({"python": python_step}, IMAGES, [1], 0.05, 0.5, 10,
-                                         inference_bench.Report(), {"python": 1})
+        rows = inference_bench.benchmark(
+            {"python": python_step},
+            IMAGES,
+            [1],
+            0.05,
+            0.5,
+            10,
+            inference_bench.Report(),
+            {"python": 1},
+        )
     finally:
         os.sched_setaffinity(0, mask)
         for spinner in spinners:
@@ -87,8 +96,15 @@ def test_a_figure_measured_while_others_had_the_cpu_is_marked_busy_in_the_table(
 
 def test_a_figure_whose_iterations_spread_is_marked_noisy_with_its_spread():
     durations = iter([0.001, 0.004] * 100)
-    rows = inference_bench.benchmark({"uneven": lambda images: lambda: time.sleep(next(durations))},
-                                     IMAGES, [1], 0, 0, 20, inference_bench.Report())
+    rows = inference_bench.benchmark(
+        {"uneven": lambda images: lambda: time.sleep(next(durations))},
+        IMAGES,
+        [1],
+        0,
+        0,
+        20,
+        inference_bench.Report(),
+    )
     (row,) = rows
     assert row["end_to_end"]["spread_pct"] > 20  # half the iterations 4x the others
     assert row["not_rankable"].startswith("spread +-") and row["threads"] is None
@@ -97,16 +113,34 @@ def test_a_figure_whose_iterations_spread_is_marked_noisy_with_its_spread():
 
 
 def row(spread: float, waited: float | None, load: float = 0.5, rate: float = 100.0) -> dict:
-    return {"backend": "b", "batch_size": 1, "threads": 2, "cpu_wait_pct": waited, "load": load,
-            "gpu_compute": None,
-            "end_to_end": {"spread_pct": spread, "images_per_second": rate, "iterations": 10,
-                           "mean_ms": 1.0, "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0}}
+    return {
+        "backend": "b",
+        "batch_size": 1,
+        "threads": 2,
+        "cpu_wait_pct": waited,
+        "load": load,
+        "gpu_compute": None,
+        "end_to_end": {
+            "spread_pct": spread,
+            "images_per_second": rate,
+            "iterations": 10,
+            "mean_ms": 1.0,
+            "p50_ms": 1.0,
+            "p90_ms": 1.0,
+            "p99_ms": 1.0,
+        },
+    }
 
 
-@pytest.mark.parametrize("spread, waited, reason", [
-    (2.0, 1.0, ""), (2.0, None, ""),  # a quiet machine; a kernel that keeps no run delay
-    (inference_bench.NOISY_SPREAD_PCT + 1, 1.0, "spread +-6%"),
-    (2.0, inference_bench.BUSY_WAIT_PCT + 5, "waited 15% for a CPU (load 3.0)")])
+@pytest.mark.parametrize(
+    "spread, waited, reason",
+    [
+        (2.0, 1.0, ""),
+        (2.0, None, ""),  # a quiet machine; a kernel that keeps no run delay
+        (inference_bench.NOISY_SPREAD_PCT + 1, 1.0, "spread +-6%"),
+        (2.0, inference_bench.BUSY_WAIT_PCT + 5, "waited 15% for a CPU (load 3.0)"),
+    ],
+)
 def test_a_figure_ranks_unless_its_spread_or_cpu_wait_is_over_the_limit(spread, waited, reason):
     assert inference_bench.why_not_rankable(row(spread, waited, load=3.0)) == reason
 
@@ -121,6 +155,9 @@ def test_the_plot_rings_the_noisy_figures_and_gives_the_load(tmp_path, monkeypat
     ax_rate = fig.axes[0]
     labels = [text.get_text() for text in ax_rate.get_legend().get_texts()]
     assert "too noisy to rank (1 of 2; load 0.4-2.5)" in labels
-    rings = [line for line in ax_rate.lines if line.get_markeredgecolor() == "red"
-             and line.get_label() == "_noisy"]
+    rings = [
+        line
+        for line in ax_rate.lines
+        if line.get_markeredgecolor() == "red" and line.get_label() == "_noisy"
+    ]
     assert [list(line.get_xdata()) for line in rings] == [[4]]  # the noisy figure alone

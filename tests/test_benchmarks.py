@@ -22,7 +22,9 @@ def test_the_ablation_epoch_with_no_change_is_the_trainers_epoch(tiny_data_dir):
         results.append((metrics, model.state_dict()))
     (trainer_metrics, trainer_weights), (ablation_metrics, ablation_weights) = results
     assert ablation_metrics == trainer_metrics
-    assert all(torch.equal(trainer_weights[name], ablation_weights[name]) for name in trainer_weights)
+    assert all(
+        torch.equal(trainer_weights[name], ablation_weights[name]) for name in trainer_weights
+    )
 
 
 def test_the_ablation_hooks_change_only_what_they_name(tiny_data_dir):
@@ -32,9 +34,18 @@ def test_the_ablation_hooks_change_only_what_they_name(tiny_data_dir):
     plain = ablation.train_epoch(model, optimizer, data, config, 1, None)
     model, optimizer = trainer.new_model_and_optimizer(config, CPU)
     calls, losses = [], []
-    hooked = ablation.train_epoch(model, optimizer, data, config, 1, None,
-                                  forward=lambda x: calls.append(len(x)) or model(x),
-                                  after_step=lambda loss: losses.append(loss.item()))
-    assert hooked == plain  # a forward that is the model, and a host sync per step, change no number
+    hooked = ablation.train_epoch(
+        model,
+        optimizer,
+        data,
+        config,
+        1,
+        None,
+        forward=lambda x: calls.append(len(x)) or model(x),
+        after_step=lambda loss: losses.append(loss.item()),
+    )
+    assert (
+        hooked == plain
+    )  # a forward that is the model, and a host sync per step, change no number
     steps = trainer.steps_per_epoch(data.train_labels.numel(), config["batch_size"])
     assert calls == [config["batch_size"]] * steps and len(losses) == steps

@@ -52,8 +52,12 @@ def no_network_env(env: dict) -> dict:
     return env | {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
 
 
-def run(args: list[str], env: dict, cwd: Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+def run(
+    args: list[str], env: dict, cwd: Path, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*prefix, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def one_line_error(stderr: str) -> str:
@@ -73,7 +77,10 @@ def as_non_root() -> tuple[str, ...]:
     if os.geteuid() != 0:
         return ()
     prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
-    if not shutil.which("setpriv") or subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+    if (
+        not shutil.which("setpriv")
+        or subprocess.run([*prefix, "true"], capture_output=True).returncode != 0
+    ):
         pytest.skip("running as root without setpriv: permission bits cannot be made to hold")
     return prefix
 
@@ -96,39 +103,79 @@ def read_only(tmp_path):
 # ------------------------------------------------------------------------------------------- where the files are
 
 
-@pytest.mark.parametrize("layout, given", [
-    ("data/cifar-100-python", "data"),  # the usual: the folder that holds it
-    ("data/cifar-100-python", "data/cifar-100-python"),  # the extracted folder itself
-    ("nested/cifar-100-python/cifar-100-python", "nested"),  # extracted one level too deep
-    ("nested/cifar-100-python/cifar-100-python", "nested/cifar-100-python"),
-    ("renamed", "renamed"),  # the three files in a folder of another name
-])
+@pytest.mark.parametrize(
+    "layout, given",
+    [
+        ("data/cifar-100-python", "data"),  # the usual: the folder that holds it
+        ("data/cifar-100-python", "data/cifar-100-python"),  # the extracted folder itself
+        ("nested/cifar-100-python/cifar-100-python", "nested"),  # extracted one level too deep
+        ("nested/cifar-100-python/cifar-100-python", "nested/cifar-100-python"),
+        ("renamed", "renamed"),  # the three files in a folder of another name
+    ],
+)
 def test_every_plausible_data_dir_finds_the_same_folder(ten_classes, tmp_path, layout, given):
     shutil.copytree(ten_classes / cifar_files.CIFAR100_DIR, tmp_path / layout)
     source = cifar_files.cifar100_source(tmp_path / given, download=False)
     assert source == cifar_files.CifarSource((tmp_path / layout).resolve(), "folder")
 
 
-def test_the_extracted_folder_itself_trains_and_one_level_too_deep_exports(ten_classes, tmp_path, offline_env):
+def test_the_extracted_folder_itself_trains_and_one_level_too_deep_exports(
+    ten_classes, tmp_path, offline_env
+):
     data = tmp_path / "data"
     shutil.copytree(ten_classes, data)
-    args = cli_args(TINY) + ["--val-size", "100", "--wandb-mode", "disabled", "--runs-dir", str(tmp_path / "runs")]
-    trained = run(trainer_command(*args, "--data-dir", str(data / cifar_files.CIFAR100_DIR)), offline_env, tmp_path)
+    args = cli_args(TINY) + [
+        "--val-size",
+        "100",
+        "--wandb-mode",
+        "disabled",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    trained = run(
+        trainer_command(*args, "--data-dir", str(data / cifar_files.CIFAR100_DIR)),
+        offline_env,
+        tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr
     assert "downloading" not in trained.stdout
     (best,) = (tmp_path / "runs").glob("*/best.pt")
 
     nested = tmp_path / "nested" / cifar_files.CIFAR100_DIR
     shutil.copytree(data / cifar_files.CIFAR100_DIR, nested / cifar_files.CIFAR100_DIR)
-    export = [sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", str(best), "--data-dir", str(nested),
-              "--device", "cpu", "--batch-sizes", "1", "--warmup-seconds", "0", "--min-seconds", "0",
-              "--min-iterations", "1", "--out", str(tmp_path / "export"), "--plot", str(tmp_path / "plot.png")]
+    export = [
+        sys.executable,
+        str(ROOT / "trt_export.py"),
+        "--checkpoint",
+        str(best),
+        "--data-dir",
+        str(nested),
+        "--device",
+        "cpu",
+        "--batch-sizes",
+        "1",
+        "--warmup-seconds",
+        "0",
+        "--min-seconds",
+        "0",
+        "--min-iterations",
+        "1",
+        "--out",
+        str(tmp_path / "export"),
+        "--plot",
+        str(tmp_path / "plot.png"),
+    ]
     exported = run(export, offline_env, tmp_path)
     assert exported.returncode == 0, exported.stderr
-    assert json.loads((tmp_path / "export" / "benchmark.json").read_text())["data"]["test_images"] == 20
+    assert (
+        json.loads((tmp_path / "export" / "benchmark.json").read_text())["data"]["test_images"]
+        == 20
+    )
 
 
-def test_an_archive_given_as_data_dir_is_read_in_memory_and_not_extracted(archive, ten_classes, tmp_path, capsys):
+def test_an_archive_given_as_data_dir_is_read_in_memory_and_not_extracted(
+    archive, ten_classes, tmp_path, capsys
+):
     given = tmp_path / "downloads" / "cifar100 (1).tar.gz"
     given.parent.mkdir()
     shutil.copy(archive, given)
@@ -136,11 +183,15 @@ def test_an_archive_given_as_data_dir_is_read_in_memory_and_not_extracted(archiv
     assert source == cifar_files.CifarSource(given.resolve(), "archive")
     assert "in memory" in capsys.readouterr().out
     assert sorted(p.name for p in given.parent.iterdir()) == [given.name]
-    for a, b in zip(cifar_files.load_cifar100(source), cifar_files.load_cifar100(ten_classes), strict=True):
+    for a, b in zip(
+        cifar_files.load_cifar100(source), cifar_files.load_cifar100(ten_classes), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
 
 
-def test_an_archive_in_a_writable_data_dir_is_extracted_once(archive, ten_classes, tmp_path, capsys):
+def test_an_archive_in_a_writable_data_dir_is_extracted_once(
+    archive, ten_classes, tmp_path, capsys
+):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(archive, data)
@@ -148,19 +199,31 @@ def test_an_archive_in_a_writable_data_dir_is_extracted_once(archive, ten_classe
     assert first == cifar_files.CifarSource((data / cifar_files.CIFAR100_DIR).resolve(), "folder")
     assert "extracting" in capsys.readouterr().out
     # no partial folder left
-    assert sorted(p.name for p in data.iterdir()) == [cifar_files.CIFAR100_DIR, cifar_files.CIFAR100_ARCHIVE]
-    assert cifar_files.cifar100_source(data, download=False) == first and capsys.readouterr().out == ""
+    assert sorted(p.name for p in data.iterdir()) == [
+        cifar_files.CIFAR100_DIR,
+        cifar_files.CIFAR100_ARCHIVE,
+    ]
+    assert (
+        cifar_files.cifar100_source(data, download=False) == first and capsys.readouterr().out == ""
+    )
     for name in cifar_files.CIFAR100_FILES:
-        assert (first.path / name).read_bytes() == (ten_classes / cifar_files.CIFAR100_DIR / name).read_bytes()
+        assert (first.path / name).read_bytes() == (
+            ten_classes / cifar_files.CIFAR100_DIR / name
+        ).read_bytes()
 
 
 def test_a_repacked_archive_that_reads_as_cifar100_is_used_with_a_note(archive, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(archive, data)
-    assert cifar_files.cifar100_source(data, download=False).kind == "folder"  # the official md5 does not match
+    assert (
+        cifar_files.cifar100_source(data, download=False).kind == "folder"
+    )  # the official md5 does not match
     out = capsys.readouterr().out
-    assert "not byte for byte the official archive" in out and str(data / cifar_files.CIFAR100_ARCHIVE) in out
+    assert (
+        "not byte for byte the official archive" in out
+        and str(data / cifar_files.CIFAR100_ARCHIVE) in out
+    )
 
 
 @pytest.fixture()
@@ -171,7 +234,9 @@ def tarfile_of_python_3_11_2(monkeypatch):
 
     def extractall(self, path=".", members=None, *, numeric_owner=False, **kwargs):
         if kwargs:
-            raise TypeError(f"extractall() got an unexpected keyword argument {next(iter(kwargs))!r}")
+            raise TypeError(
+                f"extractall() got an unexpected keyword argument {next(iter(kwargs))!r}"
+            )
         return real_extractall(self, path, members, numeric_owner=numeric_owner)
 
     for name in ("data_filter", "tar_filter", "fully_trusted_filter"):
@@ -180,7 +245,8 @@ def tarfile_of_python_3_11_2(monkeypatch):
 
 
 def test_the_archive_is_extracted_and_read_where_tarfile_has_no_extraction_filters(
-        tarfile_of_python_3_11_2, archive, ten_classes, tmp_path):
+    tarfile_of_python_3_11_2, archive, ten_classes, tmp_path
+):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(archive, data)
@@ -201,7 +267,10 @@ def test_archive_members_never_write_outside_and_a_link_is_not_the_data(ten_clas
     evil = data / cifar_files.CIFAR100_ARCHIVE
     with tarfile.open(evil, "w:gz") as tar:
         for name in ("test", "meta"):
-            tar.add(ten_classes / cifar_files.CIFAR100_DIR / name, arcname=f"{cifar_files.CIFAR100_DIR}/{name}")
+            tar.add(
+                ten_classes / cifar_files.CIFAR100_DIR / name,
+                arcname=f"{cifar_files.CIFAR100_DIR}/{name}",
+            )
         for name, payload in (("../escaped", b"x"), (str(tmp_path / "absolute"), b"y")):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
@@ -211,16 +280,24 @@ def test_archive_members_never_write_outside_and_a_link_is_not_the_data(ten_clas
         tar.addfile(link)
     with pytest.raises(cifar_files.DataError, match="has no cifar-100-python/train"):
         cifar_files.cifar100_source(data, download=False)
-    assert sorted(p.name for p in (tmp_path / "sandbox").rglob("*")) == ["cifar-100-python.tar.gz", "data"]
+    assert sorted(p.name for p in (tmp_path / "sandbox").rglob("*")) == [
+        "cifar-100-python.tar.gz",
+        "data",
+    ]
     assert not (tmp_path / "absolute").exists()
 
 
-@pytest.mark.parametrize("given, words", [
-    ("nowhere/data", "nor does"),  # a mistyped path: no 161 MB download into a new tree
-    ("missing.tar.gz", "give the archive's path"),
-    ("data/cifar-100-python/train", "use --data-dir"),  # a file of the data set, not its folder
-])
-def test_a_path_that_is_no_data_dir_is_one_line_and_starts_no_download(ten_classes, tmp_path, capsys, given, words):
+@pytest.mark.parametrize(
+    "given, words",
+    [
+        ("nowhere/data", "nor does"),  # a mistyped path: no 161 MB download into a new tree
+        ("missing.tar.gz", "give the archive's path"),
+        ("data/cifar-100-python/train", "use --data-dir"),  # a file of the data set, not its folder
+    ],
+)
+def test_a_path_that_is_no_data_dir_is_one_line_and_starts_no_download(
+    ten_classes, tmp_path, capsys, given, words
+):
     shutil.copytree(ten_classes, tmp_path / "data")
     with pytest.raises(cifar_files.DataError, match=words) as caught:
         cifar_files.cifar100_source(tmp_path / given, url="http://127.0.0.1:9/never-asked")
@@ -228,7 +305,9 @@ def test_a_path_that_is_no_data_dir_is_one_line_and_starts_no_download(ten_class
 
 
 def test_a_file_of_the_data_set_given_as_data_dir_names_its_folder(ten_classes):
-    with pytest.raises(cifar_files.DataError, match=f"use --data-dir {ten_classes / cifar_files.CIFAR100_DIR}$"):
+    with pytest.raises(
+        cifar_files.DataError, match=f"use --data-dir {ten_classes / cifar_files.CIFAR100_DIR}$"
+    ):
         cifar_files.cifar100_source(ten_classes / cifar_files.CIFAR100_DIR / "train")
 
 
@@ -242,48 +321,84 @@ def half_download(archive: Path, data: Path) -> Path:
     return broken
 
 
-def test_a_half_downloaded_archive_is_named_with_its_size_and_left_alone(archive, tmp_path, offline_env):
+def test_a_half_downloaded_archive_is_named_with_its_size_and_left_alone(
+    archive, tmp_path, offline_env
+):
     broken = half_download(archive, tmp_path / "data")
     before = broken.read_bytes()
     args = cli_args(TINY) + ["--data-dir", "data", "--wandb-mode", "offline"]
     result = run(trainer_command(*args), no_network_env(offline_env), tmp_path)
     assert result.returncode == 2
     line = one_line_error(result.stderr)
-    assert f"{broken} fails the CIFAR-100 checksum: it is 300,000 bytes where the archive is 169,001,437" in line
+    assert (
+        f"{broken} fails the CIFAR-100 checksum: it is 300,000 bytes where the archive is 169,001,437"
+        in line
+    )
     assert "put it at" not in line and "delete" not in line
     assert "downloading" not in result.stdout and broken.read_bytes() == before
     assert wandb_runs(tmp_path) == [] and not (tmp_path / "runs").exists()
 
 
-def test_every_command_names_a_half_downloaded_archive_before_any_work(archive, tmp_path, offline_env):
+def test_every_command_names_a_half_downloaded_archive_before_any_work(
+    archive, tmp_path, offline_env
+):
     half_download(archive, tmp_path / "data")
     runs = tmp_path / "runs" / "old-run"
     runs.mkdir(parents=True)  # a finished run for select_model to retrain
     config = trainer.validate_config(TINY | {"val_size": 100})
-    (runs / "summary.json").write_text(json.dumps({"status": "finished", "best_val_accuracy": 50.0, "config": config}))
+    (runs / "summary.json").write_text(
+        json.dumps({"status": "finished", "best_val_accuracy": 50.0, "config": config})
+    )
     commands = {
         "local_sweep.py": [str(ROOT / "sweep_config.json"), "--trials", "1", "--runs-dir", "runs"],
         "select_model.py": ["runs", "--seeds", "1", "--images-dir", "images"],
     }
     for program, args in commands.items():
-        result = run([sys.executable, str(ROOT / program), *args, "--data-dir", "data", "--wandb-mode", "disabled"],
-                     no_network_env(offline_env), tmp_path)
+        result = run(
+            [
+                sys.executable,
+                str(ROOT / program),
+                *args,
+                "--data-dir",
+                "data",
+                "--wandb-mode",
+                "disabled",
+            ],
+            no_network_env(offline_env),
+            tmp_path,
+        )
         assert result.returncode == 2, (program, result.stderr)
         assert "fails the CIFAR-100 checksum" in one_line_error(result.stderr), program
-        assert not (tmp_path / "runs" / "selection").exists() and not (tmp_path / "runs" / "sweep_config").exists()
+        assert (
+            not (tmp_path / "runs" / "selection").exists()
+            and not (tmp_path / "runs" / "sweep_config").exists()
+        )
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda d: (d / "cifar-100-python" / "test").unlink(), "holds train and meta but no test"),
-    (lambda d: [(d / "cifar-100-python" / n).unlink() for n in ("train", "test")], "holds meta but no train or test"),
-    (lambda d: (d / "cifar-100-python" / "train").write_bytes(b"\x80\x04cut"), "train is truncated or corrupt"),
-])
-def test_a_damaged_data_folder_is_named_and_never_to_be_deleted(ten_classes, tmp_path, damage, words):
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda d: (d / "cifar-100-python" / "test").unlink(), "holds train and meta but no test"),
+        (
+            lambda d: [(d / "cifar-100-python" / n).unlink() for n in ("train", "test")],
+            "holds meta but no train or test",
+        ),
+        (
+            lambda d: (d / "cifar-100-python" / "train").write_bytes(b"\x80\x04cut"),
+            "train is truncated or corrupt",
+        ),
+    ],
+)
+def test_a_damaged_data_folder_is_named_and_never_to_be_deleted(
+    ten_classes, tmp_path, damage, words
+):
     data = tmp_path / "nested"
     shutil.copytree(ten_classes, data)
     damage(data)
     with pytest.raises(cifar_files.DataError, match=words) as caught:
-        cifar_files.load_cifar100(data, download=True)  # download allowed: still none over the user's folder
+        cifar_files.load_cifar100(
+            data, download=True
+        )  # download allowed: still none over the user's folder
     assert "delete" not in str(caught.value).lower()
     assert (data / "cifar-100-python" / "meta").is_file() and not list(data.glob("*.tar.gz*"))
 
@@ -296,15 +411,21 @@ def test_no_network_for_the_download_is_one_line_and_leaves_no_wandb_run(tmp_pat
     result = run(trainer_command(*args), no_network_env(offline_env), tmp_path)
     assert result.returncode == 1
     line = one_line_error(result.stderr)
-    assert "could not download CIFAR-100" in line and f"put it at data/{cifar_files.CIFAR100_ARCHIVE}" in line
-    assert wandb_runs(tmp_path) == [] and list((tmp_path / "data").iterdir()) == []  # no W&B run, no .part
+    assert (
+        "could not download CIFAR-100" in line
+        and f"put it at data/{cifar_files.CIFAR100_ARCHIVE}" in line
+    )
+    assert (
+        wandb_runs(tmp_path) == [] and list((tmp_path / "data").iterdir()) == []
+    )  # no W&B run, no .part
 
 
 # -------------------------------------------------------------------------------------------- read-only folders
 
 
-def test_a_read_only_data_folder_holding_only_the_archive_is_read_in_memory(archive, tmp_path, offline_env,
-                                                                           as_non_root, read_only):
+def test_a_read_only_data_folder_holding_only_the_archive_is_read_in_memory(
+    archive, tmp_path, offline_env, as_non_root, read_only
+):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(archive, data)
@@ -312,33 +433,49 @@ def test_a_read_only_data_folder_holding_only_the_archive_is_read_in_memory(arch
     args = cli_args(TINY) + ["--data-dir", "data", "--val-size", "100", "--wandb-mode", "disabled"]
     result = run(trainer_command(*args), offline_env, tmp_path, as_non_root)
     assert result.returncode == 0, result.stderr
-    assert f"reading CIFAR-100 from {data / cifar_files.CIFAR100_ARCHIVE} in memory" in result.stdout
+    assert (
+        f"reading CIFAR-100 from {data / cifar_files.CIFAR100_ARCHIVE} in memory" in result.stdout
+    )
     assert "not writable" in result.stdout
     assert [p.name for p in data.iterdir()] == [cifar_files.CIFAR100_ARCHIVE]
 
 
 @pytest.mark.parametrize("how", ["read-only", "under a file"])
-def test_a_runs_dir_that_cannot_be_written_is_one_line_before_any_work(ten_classes, tmp_path, offline_env,
-                                                                        read_only, request, how):
+def test_a_runs_dir_that_cannot_be_written_is_one_line_before_any_work(
+    ten_classes, tmp_path, offline_env, read_only, request, how
+):
     if how == "read-only":
         (tmp_path / "runs").mkdir()
         prefix, runs = request.getfixturevalue("as_non_root"), read_only(tmp_path / "runs")
     else:
         prefix, runs = (), tmp_path / "a_file" / "runs"
         (tmp_path / "a_file").write_text("not a folder")
-    args = cli_args(TINY) + ["--data-dir", str(ten_classes), "--runs-dir", str(runs), "--wandb-mode", "offline"]
+    args = cli_args(TINY) + [
+        "--data-dir",
+        str(ten_classes),
+        "--runs-dir",
+        str(runs),
+        "--wandb-mode",
+        "offline",
+    ]
     result = run(trainer_command(*args), offline_env, tmp_path, prefix)
     assert result.returncode == 2
     assert "cannot be written" in one_line_error(result.stderr) and "--runs-dir" in result.stderr
     assert "epoch" not in result.stdout and wandb_runs(tmp_path) == []
 
 
-def test_an_empty_read_only_data_folder_is_one_line_and_no_download(tmp_path, offline_env, as_non_root, read_only):
+def test_an_empty_read_only_data_folder_is_one_line_and_no_download(
+    tmp_path, offline_env, as_non_root, read_only
+):
     data = tmp_path / "data"
     data.mkdir()
     read_only(data)
-    result = run(trainer_command(*cli_args(TINY), "--data-dir", "data", "--wandb-mode", "offline"),
-                 no_network_env(offline_env), tmp_path, as_non_root)
+    result = run(
+        trainer_command(*cli_args(TINY), "--data-dir", "data", "--wandb-mode", "offline"),
+        no_network_env(offline_env),
+        tmp_path,
+        as_non_root,
+    )
     assert result.returncode == 2
     assert "cannot be downloaded there: data is not writable" in one_line_error(result.stderr)
     assert "downloading" not in result.stdout and wandb_runs(tmp_path) == []
@@ -347,26 +484,61 @@ def test_an_empty_read_only_data_folder_is_one_line_and_no_download(tmp_path, of
 def test_export_checks_its_output_folders_before_any_work(tmp_path, offline_env):
     (tmp_path / "a_file").write_text("not a folder")
     model = trainer.SimpleCNN(4, 4, 4)
-    run_files.save_atomic({"model": model.state_dict(), "config": trainer.validate_config(TINY), "epoch": 1},
-                        tmp_path / "best.pt")
-    result = run([sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", str(tmp_path / "best.pt"),
-                  "--plot", str(tmp_path / "a_file" / "plot.png"), "--data-dir", str(tmp_path / "no-data")],
-                 offline_env, tmp_path)
+    run_files.save_atomic(
+        {"model": model.state_dict(), "config": trainer.validate_config(TINY), "epoch": 1},
+        tmp_path / "best.pt",
+    )
+    result = run(
+        [
+            sys.executable,
+            str(ROOT / "trt_export.py"),
+            "--checkpoint",
+            str(tmp_path / "best.pt"),
+            "--plot",
+            str(tmp_path / "a_file" / "plot.png"),
+            "--data-dir",
+            str(tmp_path / "no-data"),
+        ],
+        offline_env,
+        tmp_path,
+    )
     assert result.returncode == 2
     assert "--plot" in one_line_error(result.stderr) and "a_file is a file" in result.stderr
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "export").exists()
 
 
-@pytest.mark.parametrize("program, args", [
-    ("local_sweep.py", [str(ROOT / "sweep_config.json"), "--trials", "1", "--runs-dir", "a_file/runs"]),
-    ("local_sweep.py", [str(ROOT / "sweep_config.json"), "--trials", "1", "--images-dir", "a_file/images"]),
-    ("select_model.py", ["runs", "--images-dir", "a_file/images"]),
-])
-def test_sweep_and_selection_check_their_folders_before_any_work(tmp_path, offline_env, program, args):
+@pytest.mark.parametrize(
+    "program, args",
+    [
+        (
+            "local_sweep.py",
+            [str(ROOT / "sweep_config.json"), "--trials", "1", "--runs-dir", "a_file/runs"],
+        ),
+        (
+            "local_sweep.py",
+            [str(ROOT / "sweep_config.json"), "--trials", "1", "--images-dir", "a_file/images"],
+        ),
+        ("select_model.py", ["runs", "--images-dir", "a_file/images"]),
+    ],
+)
+def test_sweep_and_selection_check_their_folders_before_any_work(
+    tmp_path, offline_env, program, args
+):
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "runs").mkdir()
-    result = run([sys.executable, str(ROOT / program), *args, "--data-dir", "no-data", "--wandb-mode", "disabled"],
-                 offline_env, tmp_path)
+    result = run(
+        [
+            sys.executable,
+            str(ROOT / program),
+            *args,
+            "--data-dir",
+            "no-data",
+            "--wandb-mode",
+            "disabled",
+        ],
+        offline_env,
+        tmp_path,
+    )
     assert result.returncode == 2
     assert "cannot be written: a_file is a file" in one_line_error(result.stderr)
     assert not (tmp_path / "no-data").exists() and list((tmp_path / "runs").iterdir()) == []
@@ -375,15 +547,27 @@ def test_sweep_and_selection_check_their_folders_before_any_work(tmp_path, offli
 # ------------------------------------------------------------------------------------------ a split the data can give
 
 
-def test_a_validation_size_the_classes_cannot_give_is_refused_with_the_class_counts(ten_classes, tmp_path,
-                                                                                    offline_env):
+def test_a_validation_size_the_classes_cannot_give_is_refused_with_the_class_counts(
+    ten_classes, tmp_path, offline_env
+):
     for val_size, lacks in ((1199, "training"), (5, "validation")):
-        args = cli_args(TINY) + ["--data-dir", str(ten_classes), "--val-size", str(val_size), "--wandb-mode",
-                                 "disabled", "--runs-dir", str(tmp_path / "runs")]
+        args = cli_args(TINY) + [
+            "--data-dir",
+            str(ten_classes),
+            "--val-size",
+            str(val_size),
+            "--wandb-mode",
+            "disabled",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ]
         result = run(trainer_command(*args), offline_env, tmp_path)
         assert result.returncode == 2
         line = one_line_error(result.stderr)
-        assert f"--val-size={val_size} is not allowed: with 1,200 training images in 10 classes of 120" in line
+        assert (
+            f"--val-size={val_size} is not allowed: with 1,200 training images in 10 classes of 120"
+            in line
+        )
         assert f"it leaves a class with no {lacks} image; use 10..1190" in line
         assert "epoch" not in result.stdout and not list((tmp_path / "runs").glob("*/last.pt"))
 
@@ -419,4 +603,6 @@ def test_a_split_that_must_be_uneven_says_so_in_one_line(ten_classes, capsys):
     data = trainer.prepare_data(ten_classes, 15, torch.device("cpu"))
     assert np.bincount(data.val_labels.numpy()).tolist().count(2) == 5
     (line,) = capsys.readouterr().out.splitlines()
-    assert line.startswith("note: --val-size=15 cannot hold out the same share of each of the 10 classes")
+    assert line.startswith(
+        "note: --val-size=15 cannot hold out the same share of each of the 10 classes"
+    )

@@ -19,7 +19,9 @@ from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, cli_args
 import part_2_cifar as p2
 from cifarkit.core import cli
 
-CLOSED_PORT = "http://127.0.0.1:9"  # the discard port: nothing listens, so a connection is refused at once
+CLOSED_PORT = (
+    "http://127.0.0.1:9"  # the discard port: nothing listens, so a connection is refused at once
+)
 
 
 def command(name: str, *args: str) -> list[str]:
@@ -35,14 +37,22 @@ def run(cmd: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
 def stopped(cmd: list[str], env: dict, cwd: Path, marker: str) -> int:
     """Start `cmd` (stop signals at a terminal's defaults), send SIGTERM once its stdout has a line
     matching `marker`; its exit code."""
-    process = subprocess.Popen(at_terminal_defaults(cmd), env=env, cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        at_terminal_defaults(cmd),
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
     deadline = time.monotonic() + 240
     while not any(re.search(marker, line) for line in list(lines)):
-        assert process.poll() is None, f"ended early ({process.returncode}): {process.stderr.read()[-2000:]}"
+        assert process.poll() is None, (
+            f"ended early ({process.returncode}): {process.stderr.read()[-2000:]}"
+        )
         assert time.monotonic() < deadline, f"no {marker!r} line: {lines[-5:]}"
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
@@ -58,14 +68,29 @@ def inputs(tiny_data_dir, tmp_path) -> dict:
     (tmp_path / "a_file").write_text("not a data set")
     (tmp_path / "broken_run").mkdir()
     (tmp_path / "broken_run" / "last.pt").write_bytes(b"not a checkpoint")
-    (tmp_path / "sweep.json").write_text(json.dumps({
-        "program": "part_2_cifar.py", "method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"},
-        "parameters": {"epochs": {"value": 30}, **{k: {"value": v} for k, v in FAST_CONFIG.items() if k != "epochs"}}}))
+    (tmp_path / "sweep.json").write_text(
+        json.dumps(
+            {
+                "program": "part_2_cifar.py",
+                "method": "random",
+                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                "parameters": {
+                    "epochs": {"value": 30},
+                    **{k: {"value": v} for k, v in FAST_CONFIG.items() if k != "epochs"},
+                },
+            }
+        )
+    )
     (tmp_path / "broken_sweep.json").write_text("{not json")
     return {"data": str(tiny_data_dir), "tmp": tmp_path}
 
 
-TRAINER, SWEEP, SELECT, EXPORT = "part_2_cifar.py", "local_sweep.py", "select_model.py", "trt_export.py"
+TRAINER, SWEEP, SELECT, EXPORT = (
+    "part_2_cifar.py",
+    "local_sweep.py",
+    "select_model.py",
+    "trt_export.py",
+)
 
 # (command, arguments, the code it must exit with); {data} and {tmp} are filled in from `inputs`
 CASES = [
@@ -76,8 +101,16 @@ CASES = [
     (TRAINER, ["--data-dir", "{tmp}/empty"], cli.EXIT_FAILED),  # the download fails: no network
     (SWEEP, ["{tmp}/sweep.json"], cli.EXIT_BAD_INPUT),  # no --trials
     (SWEEP, ["{tmp}/broken_sweep.json", "--trials", "1"], cli.EXIT_BAD_INPUT),
-    (SWEEP, ["{tmp}/sweep.json", "--trials", "1", "--data-dir", "{tmp}/a_file"], cli.EXIT_BAD_INPUT),
-    (SWEEP, ["{tmp}/sweep.json", "--trials", "1", "--storage", "postgresql://127.0.0.1:9/none"], cli.EXIT_FAILED),
+    (
+        SWEEP,
+        ["{tmp}/sweep.json", "--trials", "1", "--data-dir", "{tmp}/a_file"],
+        cli.EXIT_BAD_INPUT,
+    ),
+    (
+        SWEEP,
+        ["{tmp}/sweep.json", "--trials", "1", "--storage", "postgresql://127.0.0.1:9/none"],
+        cli.EXIT_FAILED,
+    ),
     (SWEEP, ["{tmp}/sweep.json", "--trials", "1", "--data-dir", "{tmp}/empty"], cli.EXIT_FAILED),
     (SELECT, ["{tmp}/empty", "--top", "0"], cli.EXIT_BAD_INPUT),
     (SELECT, ["{tmp}/empty"], cli.EXIT_BAD_INPUT),  # no finished run to select from
@@ -88,13 +121,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "args", "expected"), CASES,
-                         ids=[f"{name.split('.')[0]}-{'-'.join(args)[:40]}" for name, args, _ in CASES])
+@pytest.mark.parametrize(
+    ("name", "args", "expected"),
+    CASES,
+    ids=[f"{name.split('.')[0]}-{'-'.join(args)[:40]}" for name, args, _ in CASES],
+)
 def test_each_command_exits_by_the_one_policy(name, args, expected, inputs, offline_env):
     env = offline_env | {"https_proxy": CLOSED_PORT, "HTTPS_PROXY": CLOSED_PORT}
     filled = [arg.format(**inputs) for arg in args]
-    result = run(command(name, *filled, *(["--runs-dir", str(inputs["tmp"] / "runs")] if name == SWEEP else [])),
-                 env, inputs["tmp"])
+    result = run(
+        command(
+            name, *filled, *(["--runs-dir", str(inputs["tmp"] / "runs")] if name == SWEEP else [])
+        ),
+        env,
+        inputs["tmp"],
+    )
     assert result.returncode == expected, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stderr.strip(), "a failure says why"
 
@@ -103,17 +144,76 @@ def test_a_good_run_exits_0_and_a_stop_signal_128_plus_n_for_every_command(input
     tmp, data, term = inputs["tmp"], inputs["data"], cli.stopped_by(signal.SIGTERM)
     env = offline_env | {"WANDB_MODE": "disabled"}
     train = ["--data-dir", data, "--val-size", "100", *cli_args({**FAST_CONFIG, "epochs": 1})]
-    assert run(command(TRAINER, *train, "--runs-dir", str(tmp / "runs"), "--wandb-mode", "disabled"),
-               env, tmp).returncode == cli.EXIT_DONE
+    assert (
+        run(
+            command(TRAINER, *train, "--runs-dir", str(tmp / "runs"), "--wandb-mode", "disabled"),
+            env,
+            tmp,
+        ).returncode
+        == cli.EXIT_DONE
+    )
     long = ["--data-dir", data, "--val-size", "100", "--wandb-mode", "disabled"]
-    assert stopped(command(TRAINER, *long, *cli_args({**FAST_CONFIG, "epochs": 30}), "--runs-dir", str(tmp / "r2")),
-                   env, tmp, r"^epoch +1/") == term
-    assert stopped(command(SWEEP, str(tmp / "sweep.json"), "--trials", "1", "--runs-dir", str(tmp / "r3"), *long),
-                   env, tmp, r"^epoch +1/") == term
-    assert stopped(command(SELECT, str(tmp / "runs"), "--top", "1", "--seeds", "1", *long), env, tmp,
-                   r"training \S+-seed") == term
+    assert (
+        stopped(
+            command(
+                TRAINER,
+                *long,
+                *cli_args({**FAST_CONFIG, "epochs": 30}),
+                "--runs-dir",
+                str(tmp / "r2"),
+            ),
+            env,
+            tmp,
+            r"^epoch +1/",
+        )
+        == term
+    )
+    assert (
+        stopped(
+            command(
+                SWEEP,
+                str(tmp / "sweep.json"),
+                "--trials",
+                "1",
+                "--runs-dir",
+                str(tmp / "r3"),
+                *long,
+            ),
+            env,
+            tmp,
+            r"^epoch +1/",
+        )
+        == term
+    )
+    assert (
+        stopped(
+            command(SELECT, str(tmp / "runs"), "--top", "1", "--seeds", "1", *long),
+            env,
+            tmp,
+            r"training \S+-seed",
+        )
+        == term
+    )
     config = p2.validate_config({**p2.DEFAULTS, **FAST_CONFIG, "val_size": 100})
-    torch.save({"model": p2.model_from_config(config).state_dict(), "config": config}, tmp / "model.pt")
-    export = ["--checkpoint", str(tmp / "model.pt"), "--data-dir", data, "--device", "cpu", "--out",
-              str(tmp / "export"), "--plot", str(tmp / "plot.png"), "--batch-sizes", "1", "--warmup-seconds", "0"]
-    assert stopped(command(EXPORT, *export, "--min-seconds", "120"), env, tmp, r"^benchmark:") == term
+    torch.save(
+        {"model": p2.model_from_config(config).state_dict(), "config": config}, tmp / "model.pt"
+    )
+    export = [
+        "--checkpoint",
+        str(tmp / "model.pt"),
+        "--data-dir",
+        data,
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp / "export"),
+        "--plot",
+        str(tmp / "plot.png"),
+        "--batch-sizes",
+        "1",
+        "--warmup-seconds",
+        "0",
+    ]
+    assert (
+        stopped(command(EXPORT, *export, "--min-seconds", "120"), env, tmp, r"^benchmark:") == term
+    )

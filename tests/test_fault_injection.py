@@ -51,17 +51,22 @@ REAL_OPEN, REAL_REPLACE, REAL_RENAME, REAL_MKDIR = builtins.open, os.replace, os
 # The errors each kind of call really raises
 AT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EIO)  # the file opens, its writes fail
 AT_OPEN = (errno.EROFS, errno.EACCES, errno.ENOENT)
-ERRORS = {"open": AT_WRITE + AT_OPEN, "lock": AT_OPEN,
-          "replace": (errno.EROFS, errno.EACCES, errno.ENOENT, errno.EIO),
-          "mkdir": (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT)}
+ERRORS = {
+    "open": AT_WRITE + AT_OPEN,
+    "lock": AT_OPEN,
+    "replace": (errno.EROFS, errno.EACCES, errno.ENOENT, errno.EIO),
+    "mkdir": (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT),
+}
 
 
 def wandb_errors() -> list[Callable[[], Exception]]:
     import wandb
 
-    return [lambda: ConnectionResetError("Connection lost"),  # each call once wandb-core is killed
-            lambda: wandb.errors.CommError("injected: the W&B service did not answer"),
-            lambda: PermissionError("Unable to write staging files (injected)")]
+    return [
+        lambda: ConnectionResetError("Connection lost"),  # each call once wandb-core is killed
+        lambda: wandb.errors.CommError("injected: the W&B service did not answer"),
+        lambda: PermissionError("Unable to write staging files (injected)"),
+    ]
 
 
 def storage_error() -> Exception:
@@ -85,8 +90,11 @@ def final_name(path: os.PathLike | str) -> str:
     """The name a file will have: write_atomic's `.{name}.{pid}.tmp` is `name`; numbers go."""
     name = re.sub(r"^\.(.+)\.\d+\.tmp$", r"\1", Path(path).name)
     name = re.sub(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", "UUID", name)  # Optuna's locks
-    return name if name.endswith((".pt", ".json", ".csv", ".png", ".onnx")) else re.sub(
-        r"\d+", "N", name)
+    return (
+        name
+        if name.endswith((".pt", ".json", ".csv", ".png", ".onnx"))
+        else re.sub(r"\d+", "N", name)
+    )
 
 
 @dataclass
@@ -125,8 +133,12 @@ class Outside:
 
     def open(self, file, mode="r", *args, **kwargs):
         probe = "opener" in kwargs  # tempfile's O_TMPFILE probe (folders.unwritable): no output
-        if (isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+") and not probe
-                and self.ours(file)):
+        if (
+            isinstance(file, (str, os.PathLike))
+            and any(c in mode for c in "wax+")
+            and not probe
+            and self.ours(file)
+        ):
             lock = str(file).endswith(".lock")  # fcntl's lock files: opened, never written
             if self.now(Site("lock" if lock else "open", final_name(file))):
                 if self.error == errno.ENOENT:
@@ -134,8 +146,9 @@ class Outside:
                 elif self.error in AT_OPEN or lock:
                     raise self.os_error(file)
                 else:
-                    return FailingWrites(REAL_OPEN(file, mode, *args, **kwargs),
-                                         self.os_error(file))
+                    return FailingWrites(
+                        REAL_OPEN(file, mode, *args, **kwargs), self.os_error(file)
+                    )
         return REAL_OPEN(file, mode, *args, **kwargs)
 
     def renamed(self, real: Callable) -> Callable:
@@ -145,6 +158,7 @@ class Outside:
                     raise self.os_error(dst)
                 self.vanish(dst)
             return real(src, dst, *args, **kwargs)
+
         return rename
 
     def mkdir(self, path, *args, **kwargs):
@@ -155,12 +169,14 @@ class Outside:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fsdecode(path))
         return REAL_MKDIR(path, *args, **kwargs)
 
-    def failing(self, kind: str, name: str, real: Callable,
-                error: Callable[[], Exception]) -> Callable:
+    def failing(
+        self, kind: str, name: str, real: Callable, error: Callable[[], Exception]
+    ) -> Callable:
         def call(*args, **kwargs):
             if self.now(Site(kind, name)):
                 raise error()
             return real(*args, **kwargs)
+
         return call
 
     def install(self, monkeypatch, wandb_calls: bool) -> None:
@@ -169,31 +185,63 @@ class Outside:
         monkeypatch.setattr(os, "replace", self.renamed(REAL_REPLACE))
         monkeypatch.setattr(os, "rename", self.renamed(REAL_RENAME))
         monkeypatch.setattr(os, "mkdir", self.mkdir)
-        monkeypatch.setattr(torch.onnx, "export", self.failing(
-            "export", "torch.onnx.export", torch.onnx.export,
-            lambda: torch.onnx.OnnxExporterError("injected: Failed to export the model")))
+        monkeypatch.setattr(
+            torch.onnx,
+            "export",
+            self.failing(
+                "export",
+                "torch.onnx.export",
+                torch.onnx.export,
+                lambda: torch.onnx.OnnxExporterError("injected: Failed to export the model"),
+            ),
+        )
         from optuna.storages import JournalStorage
 
-        for name in ("create_new_study", "create_new_trial", "set_trial_param",
-                     "set_trial_state_values", "set_trial_intermediate_value",
-                     "set_trial_user_attr", "set_trial_system_attr", "set_study_user_attr",
-                     "get_all_trials"):
-            monkeypatch.setattr(JournalStorage, name, self.failing(
-                "storage", name, getattr(JournalStorage, name), storage_error))
+        for name in (
+            "create_new_study",
+            "create_new_trial",
+            "set_trial_param",
+            "set_trial_state_values",
+            "set_trial_intermediate_value",
+            "set_trial_user_attr",
+            "set_trial_system_attr",
+            "set_study_user_attr",
+            "get_all_trials",
+        ):
+            monkeypatch.setattr(
+                JournalStorage,
+                name,
+                self.failing("storage", name, getattr(JournalStorage, name), storage_error),
+            )
         if wandb_calls:
             import wandb
             from wandb.sdk import wandb_run, wandb_summary
 
             chosen = wandb_errors()[self.error % len(wandb_errors())]
-            monkeypatch.setattr(wandb, "init", self.failing(
-                "wandb", "init", wandb.init,
-                lambda: wandb.errors.CommError("injected: wandb.init failed")))
+            monkeypatch.setattr(
+                wandb,
+                "init",
+                self.failing(
+                    "wandb",
+                    "init",
+                    wandb.init,
+                    lambda: wandb.errors.CommError("injected: wandb.init failed"),
+                ),
+            )
             for name in ("log", "define_metric", "mark_preempting", "log_artifact", "finish"):
-                monkeypatch.setattr(wandb_run.Run, name, self.failing(
-                    "wandb", name, getattr(wandb_run.Run, name), chosen))
+                monkeypatch.setattr(
+                    wandb_run.Run,
+                    name,
+                    self.failing("wandb", name, getattr(wandb_run.Run, name), chosen),
+                )
             for name in ("update", "__setitem__", "get"):
-                monkeypatch.setattr(wandb_summary.Summary, name, self.failing(
-                    "wandb", f"summary.{name}", getattr(wandb_summary.Summary, name), chosen))
+                monkeypatch.setattr(
+                    wandb_summary.Summary,
+                    name,
+                    self.failing(
+                        "wandb", f"summary.{name}", getattr(wandb_summary.Summary, name), chosen
+                    ),
+                )
 
 
 class FailingWrites:
@@ -250,8 +298,13 @@ def whole(path: Path) -> bool:
 
 
 def files_under(roots: list[Path]) -> dict[Path, bytes]:
-    return {path: path.read_bytes() for root in roots if root.exists() for path in root.rglob("*")
-            if path.is_file()}
+    return {
+        path: path.read_bytes()
+        for root in roots
+        if root.exists()
+        for path in root.rglob("*")
+        if path.is_file()
+    }
 
 
 def check_files(before: dict[Path, bytes], roots: list[Path]) -> None:
@@ -313,9 +366,16 @@ def made(tmp_path_factory, data) -> Path:
 
 def sweep_file(path: Path) -> Path:
     fixed = {key: {"value": value} for key, value in FAST_CONFIG.items()}
-    path.write_text(json.dumps({"program": "part_2_cifar.py", "method": "random",
-                                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                                "parameters": fixed | {"epochs": {"value": 1}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "program": "part_2_cifar.py",
+                "method": "random",
+                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                "parameters": fixed | {"epochs": {"value": 1}},
+            }
+        )
+    )
     return path
 
 
@@ -325,38 +385,101 @@ def command(name: str, made: Path, data: Path, work: Path) -> Command:
     runs, images = work / "runs", work / "images"
     if name in ("trainer", "trainer-wandb"):
         mode = "offline" if name == "trainer-wandb" else "disabled"
-        return Command(p2.main, [*cli_args(FAST_CONFIG), *quick, "--runs-dir", str(runs),
-                                 "--wandb-mode", mode], [runs], wandb_calls=mode == "offline")
+        return Command(
+            p2.main,
+            [*cli_args(FAST_CONFIG), *quick, "--runs-dir", str(runs), "--wandb-mode", mode],
+            [runs],
+            wandb_calls=mode == "offline",
+        )
     if name in ("local_sweep", "local_sweep-report"):
         what = ["--report"] if name.endswith("report") else ["--trials", "1"]
-        return Command(local_sweep.main, [str(sweep_file(work / "sweep.json")), *what, *quick,
-                                          "--runs-dir", str(runs), "--images-dir", str(images),
-                                          "--wandb-mode", "disabled"], [runs, images])
+        return Command(
+            local_sweep.main,
+            [
+                str(sweep_file(work / "sweep.json")),
+                *what,
+                *quick,
+                "--runs-dir",
+                str(runs),
+                "--images-dir",
+                str(images),
+                "--wandb-mode",
+                "disabled",
+            ],
+            [runs, images],
+        )
     if name == "select_model":
-        return Command(select_model.main, [str(runs), "--top", "1", "--seeds", "1", *quick,
-                                           "--images-dir", str(images), "--wandb-mode", "disabled"],
-                       [runs, images])
+        return Command(
+            select_model.main,
+            [
+                str(runs),
+                "--top",
+                "1",
+                "--seeds",
+                "1",
+                *quick,
+                "--images-dir",
+                str(images),
+                "--wandb-mode",
+                "disabled",
+            ],
+            [runs, images],
+        )
     if name == "trt_export":
         checkpoint = made / "select" / "runs" / "original" / "best.pt"
-        return Command(trt_export.main, [
-            "--checkpoint", str(checkpoint), "--data-dir", str(data), "--device", "cpu",
-            "--out", str(work / "export"), "--plot", str(images / "bench.png"), "--precision",
-            "fp32", "--batch-sizes", "1", "--warmup-seconds", "0", "--min-seconds", "0",
-            "--min-iterations", "1", "--accuracy-images", "20"], [work / "export", images])
+        return Command(
+            trt_export.main,
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data-dir",
+                str(data),
+                "--device",
+                "cpu",
+                "--out",
+                str(work / "export"),
+                "--plot",
+                str(images / "bench.png"),
+                "--precision",
+                "fp32",
+                "--batch-sizes",
+                "1",
+                "--warmup-seconds",
+                "0",
+                "--min-seconds",
+                "0",
+                "--min-iterations",
+                "1",
+                "--accuracy-images",
+                "20",
+            ],
+            [work / "export", images],
+        )
     assert name == "synthetic_cifar100"
-    return Command(synthetic_cifar100.main, [str(work / "data"), "--train-per-class", "1",
-                                             "--test-per-class", "1"], [work / "data"])
+    return Command(
+        synthetic_cifar100.main,
+        [str(work / "data"), "--train-per-class", "1", "--test-per-class", "1"],
+        [work / "data"],
+    )
 
 
-COMMANDS = ["trainer", "trainer-wandb", "local_sweep", "local_sweep-report", "select_model",
-            "trt_export", "synthetic_cifar100"]
+COMMANDS = [
+    "trainer",
+    "trainer-wandb",
+    "local_sweep",
+    "local_sweep-report",
+    "select_model",
+    "trt_export",
+    "synthetic_cifar100",
+]
 FRESH = ("trainer", "trainer-wandb", "local_sweep")  # start empty (a run folder found resumes)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_outside_failure_ends_with_a_line_of_the_table_and_leaves_only_whole_files(
-        name, seed, made, data, tmp_path, monkeypatch, capsys, offline):
+    name, seed, made, data, tmp_path, monkeypatch, capsys, offline
+):
     monkeypatch.setattr(cost, "LATENCY_REPEATS", 3)  # the cost measurement at its least
     monkeypatch.setenv("WANDB_RUN_ID", "faultrun")  # the trainer's run folder: one name in all
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # W&B's artifact staging
@@ -387,16 +510,20 @@ def test_every_outside_failure_ends_with_a_line_of_the_table_and_leaves_only_who
     counted = Outside([])
     _, code, out, err, _ = run(tmp_path / "counted", counted)
     assert code == 0 and "Traceback" not in out + err, err[-3000:]
-    kinds = ("wandb",) if name == "trainer-wandb" else (
-        "open", "lock", "replace", "mkdir", "storage", "export")
+    kinds = (
+        ("wandb",)
+        if name == "trainer-wandb"
+        else ("open", "lock", "replace", "mkdir", "storage", "export")
+    )
     sites: dict[str, list[int]] = {}
     for index, site in enumerate(counted.calls):
         if site.kind in kinds:
             sites.setdefault(str(site), []).append(index)
     assert sites, counted.calls
     rng = random.Random(f"{name}-{seed}")
-    chosen = sorted(sites) if SITES == "all" else rng.sample(sorted(sites),
-                                                             min(int(SITES), len(sites)))
+    chosen = (
+        sorted(sites) if SITES == "all" else rng.sample(sorted(sites), min(int(SITES), len(sites)))
+    )
     seen = []
     for number, site in enumerate(chosen):
         kind = site.split()[0]

@@ -48,11 +48,16 @@ def small_disk(tmp_path):
     def mount(size: str) -> Path:
         folder = tmp_path / f"disk{len(mounted)}"
         folder.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                                 str(folder)], capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}): "
-                        "a real full disk needs root with CAP_SYS_ADMIN")
+            pytest.skip(
+                f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}): "
+                "a real full disk needs root with CAP_SYS_ADMIN"
+            )
         mounted.append(folder)
         return folder
 
@@ -63,8 +68,9 @@ def small_disk(tmp_path):
 
 def grow(folder: Path, size: str) -> None:
     """The tmpfs at `folder`, made larger: room again on the same file system."""
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mount", "-o", f"remount,size={size}", str(folder)], check=True, capture_output=True
+    )
 
 
 def trained_checkpoint(data_dir: Path, folder: Path) -> Path:
@@ -78,15 +84,44 @@ def trained_checkpoint(data_dir: Path, folder: Path) -> Path:
 
 
 def export_args(checkpoint: Path, data_dir: Path, out: Path) -> list[str]:
-    return ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--device", "cpu",
-            "--out", str(out), "--plot", str(out.parent / "bench.png"), "--precision", "fp32",
-            "--batch-sizes", "1", "--warmup-seconds", "0", "--min-seconds", "0",
-            "--min-iterations", "1", "--accuracy-images", "20"]
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--plot",
+        str(out.parent / "bench.png"),
+        "--precision",
+        "fp32",
+        "--batch-sizes",
+        "1",
+        "--warmup-seconds",
+        "0",
+        "--min-seconds",
+        "0",
+        "--min-iterations",
+        "1",
+        "--accuracy-images",
+        "20",
+    ]
 
 
 def train_args(data_dir: Path, runs: Path, epochs: int, mode: str = "disabled") -> list[str]:
-    return [*cli_args({**FAST_CONFIG, "epochs": epochs}), "--data-dir", str(data_dir),
-            "--val-size", "100", "--runs-dir", str(runs), "--wandb-mode", mode]
+    return [
+        *cli_args({**FAST_CONFIG, "epochs": epochs}),
+        "--data-dir",
+        str(data_dir),
+        "--val-size",
+        "100",
+        "--runs-dir",
+        str(runs),
+        "--wandb-mode",
+        mode,
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,7 +129,8 @@ def train_args(data_dir: Path, runs: Path, epochs: int, mode: str = "disabled") 
 
 
 def test_a_full_disk_under_the_checkpoints_is_one_line_keeps_whole_files_and_resumes_with_room(
-        tiny_data_dir, small_disk, monkeypatch, offline, capsys):
+    tiny_data_dir, small_disk, monkeypatch, offline, capsys
+):
     # FAST_CONFIG: best.pt 1.7 MB, last.pt 3.4 MB. On 6 MB epoch 1's pair fits; epoch 3's does not
     # (2 is not written: checkpoints are written once a minute and at the end). It was torch's
     # "unexpected pos" under 54 lines of traceback.
@@ -116,21 +152,24 @@ def test_a_full_disk_under_the_checkpoints_is_one_line_keeps_whole_files_and_res
     assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 3
 
 
-def test_a_full_disk_under_model_onnx_leaves_no_cut_model(tiny_data_dir, tmp_path, small_disk,
-                                                          one_thread, capsys):
+def test_a_full_disk_under_model_onnx_leaves_no_cut_model(
+    tiny_data_dir, tmp_path, small_disk, one_thread, capsys
+):
     # model.onnx was the one output not written through a temporary file: 512 KB of it stayed,
     # which ONNX Runtime later refused ("Protobuf parsing failed").
     checkpoint = trained_checkpoint(tiny_data_dir, tmp_path / "run")
     out = small_disk("512k") / "export"  # the model is 1.7 MB
     assert trt_export.main(export_args(checkpoint, tiny_data_dir, out)) == cli.EXIT_FAILED
     line = one_line(capsys.readouterr().err)
-    assert line.startswith(f"error: cannot write {out / 'model.onnx'}: No space left on device "
-                           "(ENOSPC)"), line
+    assert line.startswith(
+        f"error: cannot write {out / 'model.onnx'}: No space left on device (ENOSPC)"
+    ), line
     assert not (out / "model.onnx").exists() and no_temporaries(out) == []
 
 
-def test_a_run_folder_deleted_mid_run_is_made_again_with_every_epoch(tiny_data_dir, tmp_path,
-                                                                    monkeypatch, offline, capsys):
+def test_a_run_folder_deleted_mid_run_is_made_again_with_every_epoch(
+    tiny_data_dir, tmp_path, monkeypatch, offline, capsys
+):
     # A /tmp cleaner, or rm -rf runs/*, while epoch 3 trains: the final save failed and every epoch
     # was lost, though all were in memory.
     runs = tmp_path / "runs"
@@ -167,7 +206,8 @@ EXPORTER_STAGES = [  # where torch's exporter catches Exception: the capture fal
 
 @pytest.mark.parametrize(("module", "stage"), EXPORTER_STAGES, ids=[s for _, s in EXPORTER_STAGES])
 def test_ctrl_c_inside_each_stage_of_the_onnx_exporter_ends_with_130(
-        module, stage, tiny_data_dir, tmp_path, monkeypatch, one_thread, capsys):
+    module, stage, tiny_data_dir, tmp_path, monkeypatch, one_thread, capsys
+):
     # torch's exporter catches Exception, and a stop used to be one: of 12 tries 4 stopped, 5 ended
     # in an export-error traceback and 3 exported on and exited 0. The SIGINT is a real one, sent
     # by the process to itself as the stage begins.
@@ -197,14 +237,27 @@ def finished_study(tiny_data_dir, tmp_path, one_thread) -> tuple[Path, Path]:
     return sweep, runs
 
 
-def test_a_stop_signal_during_a_sweep_report_ends_it_with_128_plus_n(finished_study, tiny_data_dir,
-                                                                      tmp_path, offline_env):
+def test_a_stop_signal_during_a_sweep_report_ends_it_with_128_plus_n(
+    finished_study, tiny_data_dir, tmp_path, offline_env
+):
     # The report ran on after SIGINT or SIGTERM and exited 0, with no line.
     sweep, runs = finished_study
     stops = (signal.SIGINT, signal.SIGTERM)
-    processes = [Process(sweep_command(sweep, tiny_data_dir, runs, "--report", "--images-dir",
-                                       str(tmp_path / f"images{signum}")), offline_env, tmp_path)
-                 for signum in stops]
+    processes = [
+        Process(
+            sweep_command(
+                sweep,
+                tiny_data_dir,
+                runs,
+                "--report",
+                "--images-dir",
+                str(tmp_path / f"images{signum}"),
+            ),
+            offline_env,
+            tmp_path,
+        )
+        for signum in stops
+    ]
     for signum, process in zip(stops, processes, strict=True):  # the table and plots come after
         process.wait_until(lambda p=process: any(x.startswith("study done:") for x in p.lines))
         process.popen.send_signal(signum)
@@ -244,8 +297,11 @@ def wandb_core_under(pid: int) -> int | None:
 
 def test_wandb_core_killed_mid_run_costs_wandb_only(tiny_data_dir, tmp_path, offline_env):
     # As the OOM killer would, after epoch 2: two tracebacks, exit 1, no summary.json.
-    process = Process(trainer_command(*train_args(tiny_data_dir, tmp_path / "runs", 5, "offline")),
-                      offline_env | {"WANDB_RUN_ID": "nocore"}, tmp_path)
+    process = Process(
+        trainer_command(*train_args(tiny_data_dir, tmp_path / "runs", 5, "offline")),
+        offline_env | {"WANDB_RUN_ID": "nocore"},
+        tmp_path,
+    )
     process.wait_for_epoch(2)
     core = wandb_core_under(process.popen.pid)
     assert core is not None, "no wandb-core process under the trainer"
@@ -254,17 +310,20 @@ def test_wandb_core_killed_mid_run_costs_wandb_only(tiny_data_dir, tmp_path, off
     assert code == 0 and stderr == "", stderr[-3000:]  # no traceback, not even W&B's own warnings
     (said,) = [line.rstrip() for line in process.lines if line.startswith("W&B: ")]
     (offline_run,) = tmp_path.glob("wandb/offline-run-*-nocore")
-    assert re.fullmatch(r"W&B: .* failed \(ConnectionResetError: .*\): W&B loses this run after "
-                        r"epoch [123]; the training goes on; what W&B saved is uploaded with: "
-                        rf"wandb sync {re.escape(str(offline_run))}", said), said
+    assert re.fullmatch(
+        r"W&B: .* failed \(ConnectionResetError: .*\): W&B loses this run after "
+        r"epoch [123]; the training goes on; what W&B saved is uploaded with: "
+        rf"wandb sync {re.escape(str(offline_run))}",
+        said,
+    ), said
     assert process.lines[-1].startswith("done: ")
     summary = json.loads((tmp_path / "runs" / "nocore" / "summary.json").read_text())
     assert summary["epochs_completed"] == 5
 
 
-def test_wandb_core_killed_in_a_local_sweep_trial_leaves_no_trial_running(tiny_data_dir, tmp_path,
-                                                                         monkeypatch, offline,
-                                                                         capsys):
+def test_wandb_core_killed_in_a_local_sweep_trial_leaves_no_trial_running(
+    tiny_data_dir, tmp_path, monkeypatch, offline, capsys
+):
     real_train_epoch = p2.train_epoch
 
     def kill_wandb_core_before_epoch_3(*args, **kwargs):  # this process's own wandb-core
@@ -274,8 +333,11 @@ def test_wandb_core_killed_in_a_local_sweep_trial_leaves_no_trial_running(tiny_d
 
     monkeypatch.setattr(p2, "train_epoch", kill_wandb_core_before_epoch_3)
     sweep, runs = write_sweep(tmp_path / "nocore.json", epochs=4), tmp_path / "runs"
-    argv = [*sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:], "--wandb-mode",
-            "offline"]
+    argv = [
+        *sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:],
+        "--wandb-mode",
+        "offline",
+    ]
     assert local_sweep.main(argv) == 0
     out, err = capsys.readouterr()
     assert "Traceback" not in err and [line[:4] for line in lines(out)].count("W&B:") == 1, out
@@ -283,18 +345,28 @@ def test_wandb_core_killed_in_a_local_sweep_trial_leaves_no_trial_running(tiny_d
 
 
 def test_a_home_folder_wandb_cannot_write_costs_the_model_artifact_only(
-        tiny_data_dir, tmp_path, offline_env, as_non_root):  # noqa: F811 (the fixture)
+    tiny_data_dir, tmp_path, offline_env, as_non_root
+):  # noqa: F811 (the fixture)
     # W&B stages artifacts under ~/.local/share/wandb, read-only on many clusters: after training,
     # 60 lines of PermissionError, exit 1, no `done:` line.
     home = tmp_path / "readonly-home"
     home.mkdir()
     home.chmod(0o555)
-    env = offline_env | {"HOME": str(home), "WANDB_RUN_ID": "rohome",
-                         "MPLCONFIGDIR": str(tmp_path / "mpl")}  # matplotlib's own cache
+    env = offline_env | {
+        "HOME": str(home),
+        "WANDB_RUN_ID": "rohome",
+        "MPLCONFIGDIR": str(tmp_path / "mpl"),
+    }  # matplotlib's own cache
     command = trainer_command(*train_args(tiny_data_dir, tmp_path / "runs", 1, "offline"))
     try:
-        result = subprocess.run([*as_non_root, *command], env=env, cwd=tmp_path,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [*as_non_root, *command],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         home.chmod(0o755)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -307,16 +379,18 @@ def test_a_home_folder_wandb_cannot_write_costs_the_model_artifact_only(
 
 
 @pytest.mark.parametrize("mode", ["auto", "online", "offline", "disabled"])
-def test_an_empty_wandb_mode_is_one_line_naming_it_before_any_work(mode, tiny_data_dir, tmp_path,
-                                                                  monkeypatch, offline, capsys):
+def test_an_empty_wandb_mode_is_one_line_naming_it_before_any_work(
+    mode, tiny_data_dir, tmp_path, monkeypatch, offline, capsys
+):
     # `export WANDB_MODE=` in a job script: W&B refuses it whatever --wandb-mode says; it was a
     # 16-line traceback, and with auto a line that did not name WANDB_MODE.
     monkeypatch.setenv("WANDB_MODE", "")
     runs = tmp_path / "runs"
     sweep = write_sweep(tmp_path / "empty.json", epochs=1)
-    for main, argv in ((p2.main, train_args(tiny_data_dir, runs, 1)),
-                       (local_sweep.main, sweep_command(sweep, tiny_data_dir, runs, "--trials",
-                                                        "1")[2:])):
+    for main, argv in (
+        (p2.main, train_args(tiny_data_dir, runs, 1)),
+        (local_sweep.main, sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]),
+    ):
         assert main([*argv, "--wandb-mode", mode]) == cli.EXIT_BAD_INPUT
         line = one_line(capsys.readouterr().err)
         assert line.startswith("error: WANDB_MODE='' is refused by W&B (mode: Input should"), line
@@ -327,21 +401,28 @@ def test_an_empty_wandb_mode_is_one_line_naming_it_before_any_work(mode, tiny_da
 # A dependency installed broken
 
 
-def test_a_half_installed_onnxruntime_is_one_line_naming_the_package_and_the_fix(tmp_path,
-                                                                                 offline_env):
+def test_a_half_installed_onnxruntime_is_one_line_naming_the_package_and_the_fix(
+    tmp_path, offline_env
+):
     # onnxruntime and onnxruntime-gpu installed over each other (ModelOpt's extra brings the
     # second): the module imports, but an uninstall of one took the other's files.
     fake = tmp_path / "site" / "onnxruntime"
     (fake / "capi").mkdir(parents=True)
     (fake / "__init__.py").write_text('__version__ = "1.23.0"\n')
     env = offline_env | {"PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}"}
-    result = subprocess.run([sys.executable, str(ROOT / "trt_export.py"), "--runs-dir",
-                             str(tmp_path / "runs")], env=env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "trt_export.py"), "--runs-dir", str(tmp_path / "runs")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == cli.EXIT_BAD_INPUT, result.stderr[-3000:]
     line = one_line(result.stderr)
-    assert line.startswith(f"error: the onnxruntime package at {fake / '__init__.py'} has no "
-                           "InferenceSession"), line
+    assert line.startswith(
+        f"error: the onnxruntime package at {fake / '__init__.py'} has no InferenceSession"
+    ), line
     assert "pip uninstall -y onnxruntime onnxruntime-gpu" in line
 
 
@@ -362,22 +443,39 @@ def test_the_boundary_makes_each_kind_one_line_of_the_table(tmp_path, capsys):
 
     disk_full = OSError(28, "No space left on device", str(tmp_path / "summary.json"))
     cases = [
-        (raised(cli.Interrupted(signal.SIGTERM)), 128 + signal.SIGTERM,
-         "interrupted by SIGTERM: run the same command again"),
-        (raised(settings.ConfigError("momentum=1.5 is not allowed")), cli.EXIT_BAD_INPUT,
-         "error: momentum=1.5 is not allowed"),
-        (raised(disk_full), cli.EXIT_FAILED,
-         f"error: {tmp_path / 'summary.json'}: No space left on device (ENOSPC); its file system "
-         "is full"),
-        (raised(RuntimeError("unexpected pos 1495936"), disk_full), cli.EXIT_FAILED,  # torch zip
-         f"error: {tmp_path / 'summary.json'}: No space left on device (ENOSPC)"),
-        (raised(optuna.exceptions.StorageInternalError("commit failed\n[SQL: ...]")),
-         cli.EXIT_FAILED, "error: optuna failed: StorageInternalError: commit failed"),
+        (
+            raised(cli.Interrupted(signal.SIGTERM)),
+            128 + signal.SIGTERM,
+            "interrupted by SIGTERM: run the same command again",
+        ),
+        (
+            raised(settings.ConfigError("momentum=1.5 is not allowed")),
+            cli.EXIT_BAD_INPUT,
+            "error: momentum=1.5 is not allowed",
+        ),
+        (
+            raised(disk_full),
+            cli.EXIT_FAILED,
+            f"error: {tmp_path / 'summary.json'}: No space left on device (ENOSPC); its file system "
+            "is full",
+        ),
+        (
+            raised(RuntimeError("unexpected pos 1495936"), disk_full),
+            cli.EXIT_FAILED,  # torch zip
+            f"error: {tmp_path / 'summary.json'}: No space left on device (ENOSPC)",
+        ),
+        (
+            raised(optuna.exceptions.StorageInternalError("commit failed\n[SQL: ...]")),
+            cli.EXIT_FAILED,
+            "error: optuna failed: StorageInternalError: commit failed",
+        ),
     ]
     for error, code, line in cases:
         assert cli.boundary(error) == code
         assert one_line(capsys.readouterr().err).startswith(line)
-    assert cli.boundary(raised(run_files.RunComplete("RUN is complete"))) == 0  # an outcome, not an error
+    assert (
+        cli.boundary(raised(run_files.RunComplete("RUN is complete"))) == 0
+    )  # an outcome, not an error
     assert capsys.readouterr().out == "RUN is complete\n"
 
 
@@ -389,4 +487,3 @@ def test_an_error_of_this_projects_own_code_keeps_its_traceback():
         bug = e
     with pytest.raises(KeyError):
         cli.boundary(bug)
-

@@ -57,7 +57,8 @@ def quiet_optuna():
 
 
 def test_a_live_trial_is_not_failed_by_a_machine_whose_sessions_are_in_a_zone_ahead(
-        postgres_url, tmp_path, monkeypatch, quiet_optuna):
+    postgres_url, tmp_path, monkeypatch, quiet_optuna
+):
     study, _ = running_trial(store_in_zone(postgres_url, BEHIND, tmp_path, monkeypatch), "live")
     judge = store_in_zone(postgres_url, AHEAD, tmp_path, monkeypatch)
     seen = optuna.load_study(study_name="live", storage=judge.storage)
@@ -67,7 +68,8 @@ def test_a_live_trial_is_not_failed_by_a_machine_whose_sessions_are_in_a_zone_ah
 
 
 def test_a_dead_trial_of_a_machine_in_a_zone_ahead_is_failed_and_retried_after_the_grace_period(
-        postgres_url, tmp_path, monkeypatch, quiet_optuna):
+    postgres_url, tmp_path, monkeypatch, quiet_optuna
+):
     study, _ = running_trial(store_in_zone(postgres_url, AHEAD, tmp_path, monkeypatch), "dead")
     judge = store_in_zone(postgres_url, "UTC", tmp_path, monkeypatch)
     seen = optuna.load_study(study_name="dead", storage=judge.storage)

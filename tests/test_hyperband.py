@@ -28,14 +28,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_PYTHON = ROOT / os.environ.get("SWEEPS_PYTHON", ".venv-sweeps/bin/python")  # .ci/run sets it
 METRIC = "val_accuracy"
 SETTINGS = [  # W&B-valid early_terminate sections: both forms, several s and eta (fractional too), strict or not
-    {"max_iter": 36, "s": 2, "eta": 3},  # sweep_config.json's: bands 4 and 12, strict by W&B's default
+    {
+        "max_iter": 36,
+        "s": 2,
+        "eta": 3,
+    },  # sweep_config.json's: bands 4 and 12, strict by W&B's default
     {"max_iter": 36, "s": 2, "eta": 3, "strict": False},
     {"max_iter": 27, "s": 3, "eta": 3, "strict": True},  # 1, 3, 9
     {"max_iter": 16, "s": 5, "eta": 2},  # 1, 2, 4, 8: the fifth band would be below 1
     {"max_iter": 30, "s": 2, "eta": 2.5, "strict": False},  # 4, 12
     {"min_iter": 1, "eta": 2},  # 1, 2, 4, 8, 16, ...
     {"min_iter": 2, "strict": False},  # 2, 6, 18, ... (eta 3 by default)
-    {"min_iter": 3, "eta": 1.5, "strict": True},  # 3, 4, 6, 10, 15, ...: repeated products, rounded down
+    {
+        "min_iter": 3,
+        "eta": 1.5,
+        "strict": True,
+    },  # 3, 4, 6, 10, 15, ...: repeated products, rounded down
     {"min_iter": 2, "max_iter": 12, "s": 1, "eta": 4},  # both given: W&B uses max_iter, band 3
 ]
 
@@ -51,16 +59,33 @@ def curves(rng: random.Random, runs: int, ties: bool, goal: str) -> list[list[fl
     for i in range(runs):
         length = rng.randint(1, 16)
         if ties:
-            out.append([rng.choice([math.nan, math.inf]) if rng.random() < 0.05 else float(rng.randint(0, 4))
-                        for _ in range(length)])
+            out.append(
+                [
+                    rng.choice([math.nan, math.inf])
+                    if rng.random() < 0.05
+                    else float(rng.randint(0, 4))
+                    for _ in range(length)
+                ]
+            )
         else:
             top, sign = 30 + 2 * (i % 10), 1 if goal == "maximize" else -1
-            out.append([sign * round(top * (1 - math.exp(-e / 3)) + rng.gauss(0, 2)) for e in range(1, length + 1)])
+            out.append(
+                [
+                    sign * round(top * (1 - math.exp(-e / 3)) + rng.gauss(0, 2))
+                    for e in range(1, length + 1)
+                ]
+            )
     return out
 
 
-def replay_sweep(early: dict, goal: str, runs: list[list[float]], workers: int, rng: random.Random,
-                 crash_rate: float) -> tuple[list[dict], list[list[str]]]:
+def replay_sweep(
+    early: dict,
+    goal: str,
+    runs: list[list[float]],
+    workers: int,
+    rng: random.Random,
+    crash_rate: float,
+) -> tuple[list[dict], list[list[str]]]:
     """Run `runs` as a sweep on `workers` workers that take turns at random, each trial reporting through
     local_sweep.Pruning, as run_trial does. A trial may crash after an epoch: it is failed and queued for a retry,
     which replays its epochs before it trains on (resume from last.pt).
@@ -70,16 +95,26 @@ def replay_sweep(early: dict, goal: str, runs: list[list[float]], workers: int, 
     """
     pruner = sweep_space.WandbHyperbandPruner(*sweep_space.hyperband_bands(early))
     study = optuna.create_study(direction=goal, pruner=pruner)
-    pending, active, run_of = list(range(len(runs))), {}, {}  # active: trial number -> (trial, Pruning, run)
+    pending, active, run_of = (
+        list(range(len(runs))),
+        {},
+        {},
+    )  # active: trial number -> (trial, Pruning, run)
     epochs_done, events, local_stops = [0] * len(runs), [], []
     while pending or active or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        while len(active) < workers and (pending or study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+        while len(active) < workers and (
+            pending or study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        ):
             trial = study.ask()  # a queued retry first, as in local_sweep.next_trial
-            retried = RetryHeartbeatStaleTrialCallback.retry_history(study.get_trials(deepcopy=False)[trial.number])
+            retried = RetryHeartbeatStaleTrialCallback.retry_history(
+                study.get_trials(deepcopy=False)[trial.number]
+            )
             run = run_of[retried[0]] if retried else pending.pop(0)
             run_of[trial.number] = run
             pruning = local_sweep.Pruning(trial, METRIC, goal == "maximize")
-            pruning.replay([{"epoch": e + 1, METRIC: runs[run][e]} for e in range(epochs_done[run])])
+            pruning.replay(
+                [{"epoch": e + 1, METRIC: runs[run][e]} for e in range(epochs_done[run])]
+            )
             active[trial.number] = trial, pruning, run
         number = rng.choice(sorted(active))
         trial, pruning, run = active[number]
@@ -91,12 +126,21 @@ def replay_sweep(early: dict, goal: str, runs: list[list[float]], workers: int, 
         except p2.StopEarly:
             pruned = True
         frozen = {n: study.get_trials(deepcopy=False)[n] for n in active}
-        local_stops.append(sorted(f"run-{active[n][2]}" for n in active if pruner.prune(study, frozen[n])))
-        events.append({"run": f"run-{run}", "value": value,
-                       "running": sorted(f"run-{active[n][2]}" for n in active)})
+        local_stops.append(
+            sorted(f"run-{active[n][2]}" for n in active if pruner.prune(study, frozen[n]))
+        )
+        events.append(
+            {
+                "run": f"run-{run}",
+                "value": value,
+                "running": sorted(f"run-{active[n][2]}" for n in active),
+            }
+        )
         assert pruned == (f"run-{run}" in local_stops[-1])  # should_prune is the pruner's answer
         if pruned or epoch == len(runs[run]):
-            study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, pruning.best)
+            study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(
+                trial, pruning.best
+            )
             del active[number]
         elif rng.random() < crash_rate:
             RetryHeartbeatStaleTrialCallback()(study, study.tell(trial, state=TrialState.FAIL))
@@ -108,31 +152,53 @@ def wandb_decisions(tmp_path: Path, cases: list[dict]) -> list[dict]:
     assert SWEEPS_PYTHON.exists(), f"SWEEPS_PYTHON={SWEEPS_PYTHON} does not exist"
     path = tmp_path / "cases.json"
     path.write_text(json.dumps(cases))
-    result = subprocess.run([str(SWEEPS_PYTHON), str(ROOT / ".ci" / "wandb_hyperband.py"), str(path)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(SWEEPS_PYTHON), str(ROOT / ".ci" / "wandb_hyperband.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
 
-@pytest.mark.skipif(not SWEEPS_PYTHON.exists() and "SWEEPS_PYTHON" not in os.environ,
-                    reason="W&B's sweep engine is not installed in .venv-sweeps: python3 -m venv .venv-sweeps && "
-                           ".venv-sweeps/bin/pip install sweeps (it pins numpy<2: not in .venv)")
+@pytest.mark.skipif(
+    not SWEEPS_PYTHON.exists() and "SWEEPS_PYTHON" not in os.environ,
+    reason="W&B's sweep engine is not installed in .venv-sweeps: python3 -m venv .venv-sweeps && "
+    ".venv-sweeps/bin/pip install sweeps (it pins numpy<2: not in .venv)",
+)
 def test_the_local_sweep_stops_exactly_the_runs_wandbs_engine_stops(tmp_path):
     cases, local = [], []
-    for seed, (early, goal) in enumerate((early, goal) for early in SETTINGS for goal in ("maximize", "minimize")):
+    for seed, (early, goal) in enumerate(
+        (early, goal) for early in SETTINGS for goal in ("maximize", "minimize")
+    ):
         rng, early = random.Random(seed), {"type": "hyperband", **early}
-        events, stops = replay_sweep(early, goal, curves(rng, 24, seed % 4 < 2, goal), workers=1 + seed % 3, rng=rng,
-                                     crash_rate=0.04)
-        config = {"method": "random", "metric": {"name": METRIC, "goal": goal}, "early_terminate": early,
-                  "parameters": {"learning_rate": {"values": [0.01]}}}
+        events, stops = replay_sweep(
+            early,
+            goal,
+            curves(rng, 24, seed % 4 < 2, goal),
+            workers=1 + seed % 3,
+            rng=rng,
+            crash_rate=0.04,
+        )
+        config = {
+            "method": "random",
+            "metric": {"name": METRIC, "goal": goal},
+            "early_terminate": early,
+            "parameters": {"learning_rate": {"values": [0.01]}},
+        }
         cases.append({"config": config, "events": events})
         local.append({"bands": sweep_space.hyperband_bands(early)[0], "stops": stops})
-    wandb = wandb_decisions(tmp_path, cases)  # the cases stay in tmp_path/cases.json for a failure's reader
+    wandb = wandb_decisions(
+        tmp_path, cases
+    )  # the cases stay in tmp_path/cases.json for a failure's reader
     for case, ours, theirs in zip(cases, local, wandb, strict=True):
         where = f"{case['config']['early_terminate']}, {case['config']['metric']['goal']}"
         assert ours["bands"] == theirs["bands"], where
         for n, (mine, wandbs) in enumerate(zip(ours["stops"], theirs["stops"], strict=True)):
-            assert mine == wandbs, f"{where}, event {n} {case['events'][n]}: we stop {mine}, W&B stops {wandbs}"
+            assert mine == wandbs, (
+                f"{where}, event {n} {case['events'][n]}: we stop {mine}, W&B stops {wandbs}"
+            )
     stopped = [bool(s) for case in local for s in case["stops"]]
     assert any(stopped) and not all(stopped)  # the curves make W&B stop some runs and keep others
 
@@ -141,12 +207,20 @@ def test_the_local_sweep_stops_exactly_the_runs_wandbs_engine_stops(tmp_path):
 # The rule, by example (no W&B code needed)
 
 
-def study_with(curves_done: list[list[float]], early: dict, direction: str = "maximize") -> optuna.Study:
+def study_with(
+    curves_done: list[list[float]], early: dict, direction: str = "maximize"
+) -> optuna.Study:
     """A study holding finished trials with these curves (step = epoch), pruned by W&B's Hyperband."""
-    study = optuna.create_study(direction=direction,
-                                pruner=sweep_space.WandbHyperbandPruner(*sweep_space.hyperband_bands(early)))
+    study = optuna.create_study(
+        direction=direction,
+        pruner=sweep_space.WandbHyperbandPruner(*sweep_space.hyperband_bands(early)),
+    )
     for curve in curves_done:
-        study.add_trial(optuna.create_trial(value=max(curve), intermediate_values=dict(enumerate(curve, start=1))))
+        study.add_trial(
+            optuna.create_trial(
+                value=max(curve), intermediate_values=dict(enumerate(curve, start=1))
+            )
+        )
     return study
 
 
@@ -161,23 +235,45 @@ def first_pruned_epoch(study: optuna.Study, curve: list[float]) -> int | None:
 
 
 def test_every_trial_is_checked_at_every_band_against_all_that_reached_it():
-    early = {"type": "hyperband", "max_iter": 36, "s": 2, "eta": 3}  # bands 4 and 12: keep the best third
-    others = [[10] * 12, [20] * 12, [30] * 4]  # the third stopped after epoch 4: it counts at band 4 only
+    early = {
+        "type": "hyperband",
+        "max_iter": 36,
+        "s": 2,
+        "eta": 3,
+    }  # bands 4 and 12: keep the best third
+    others = [
+        [10] * 12,
+        [20] * 12,
+        [30] * 4,
+    ]  # the third stopped after epoch 4: it counts at band 4 only
     # The threshold is the value ranked int(n / 3) from the best, 0 first: 2nd of 4 at band 4, 2nd of 3 at band 12
-    assert first_pruned_epoch(study_with(others, early), [40] * 4 + [5] * 8) == 12  # best at 4, last at 12
+    assert (
+        first_pruned_epoch(study_with(others, early), [40] * 4 + [5] * 8) == 12
+    )  # best at 4, last at 12
     assert first_pruned_epoch(study_with(others, early), [15] * 12) == 4  # 3rd of 4 at band 4
-    assert first_pruned_epoch(study_with(others, early), [35] * 4 + [15] * 8) is None  # 2nd of 3 at 12: it stays
+    assert (
+        first_pruned_epoch(study_with(others, early), [35] * 4 + [15] * 8) is None
+    )  # 2nd of 3 at 12: it stays
 
 
 def test_after_the_last_band_a_trial_is_still_held_to_it():
     """As under W&B: a trial past the last band is compared at that band again when others have reached it since."""
-    early = {"type": "hyperband", "max_iter": 4, "s": 1, "eta": 2}  # one band, at epoch 2: rank int(n / 2) stays
+    early = {
+        "type": "hyperband",
+        "max_iter": 4,
+        "s": 1,
+        "eta": 2,
+    }  # one band, at epoch 2: rank int(n / 2) stays
     study = study_with([[1, 1]], early)
     pruning = local_sweep.Pruning(study.ask(), METRIC, maximize=True)
     for epoch in (1, 2, 3):
         pruning.on_epoch({"epoch": epoch, METRIC: 5})  # best of 2 at the band
     for curve in ([9, 9], [8, 8], [7, 7]):
-        study.add_trial(optuna.create_trial(value=max(curve), intermediate_values=dict(enumerate(curve, start=1))))
+        study.add_trial(
+            optuna.create_trial(
+                value=max(curve), intermediate_values=dict(enumerate(curve, start=1))
+            )
+        )
     with pytest.raises(p2.StopEarly, match="pruned after epoch 4"):
         pruning.on_epoch({"epoch": 4, METRIC: 5})  # now 4th of 5 at epoch 2, below the 3rd
 
@@ -186,28 +282,48 @@ def test_strict_compares_the_value_at_the_band_and_not_strict_the_best_so_far():
     early = {"type": "hyperband", "max_iter": 9, "s": 1, "eta": 3}  # one band, at epoch 3
     others = [[5, 5, 5], [6, 6, 6]]
     assert first_pruned_epoch(study_with(others, early), [9, 1, 1]) == 3  # strict: 1 at the band
-    assert first_pruned_epoch(study_with(others, early | {"strict": False}), [9, 1, 1]) is None  # its best, 9
+    assert (
+        first_pruned_epoch(study_with(others, early | {"strict": False}), [9, 1, 1]) is None
+    )  # its best, 9
     assert first_pruned_epoch(study_with([[5, 5, 5], [4, 4, 4]], early, "minimize"), [6, 6, 6]) == 3
 
 
 def test_a_tie_with_the_threshold_stays_and_nan_is_not_a_value():
-    early = {"type": "hyperband", "max_iter": 4, "s": 1, "eta": 2}  # band 2: of 3, the 2nd best is the threshold
+    early = {
+        "type": "hyperband",
+        "max_iter": 4,
+        "s": 1,
+        "eta": 2,
+    }  # band 2: of 3, the 2nd best is the threshold
     assert first_pruned_epoch(study_with([[3, 3], [3, 3]], early), [3, 3]) is None
-    assert first_pruned_epoch(study_with([[3, 3], [3, 3]], early), [3, math.nan, 2]) == 3  # 2 is its 2nd value
+    assert (
+        first_pruned_epoch(study_with([[3, 3], [3, 3]], early), [3, math.nan, 2]) == 3
+    )  # 2 is its 2nd value
 
 
 def test_a_retried_trial_counts_once():
     """A failed trial and its retry (which replays the same epochs) are one W&B run: the rank at the band is out of
     2, not 3."""
-    early = {"type": "hyperband", "max_iter": 4, "s": 1, "eta": 2}  # band 2: the value ranked int(n / 2) stays
+    early = {
+        "type": "hyperband",
+        "max_iter": 4,
+        "s": 1,
+        "eta": 2,
+    }  # band 2: the value ranked int(n / 2) stays
     study = study_with([], early)
     dead = study.ask()
     dead.report(5, 1), dead.report(5, 2)
     RetryHeartbeatStaleTrialCallback()(study, study.tell(dead, state=TrialState.FAIL))
     retry = study.ask()
-    assert RetryHeartbeatStaleTrialCallback.retry_history(study.trials[retry.number]) == [dead.number]
-    local_sweep.Pruning(retry, METRIC, maximize=True).replay([{"epoch": 1, METRIC: 5}, {"epoch": 2, METRIC: 5}])
-    assert first_pruned_epoch(study, [4, 4]) is None  # 2nd of 2 stays; counted twice, 5 would be the threshold
+    assert RetryHeartbeatStaleTrialCallback.retry_history(study.trials[retry.number]) == [
+        dead.number
+    ]
+    local_sweep.Pruning(retry, METRIC, maximize=True).replay(
+        [{"epoch": 1, METRIC: 5}, {"epoch": 2, METRIC: 5}]
+    )
+    assert (
+        first_pruned_epoch(study, [4, 4]) is None
+    )  # 2nd of 2 stays; counted twice, 5 would be the threshold
 
 
 def test_a_resumed_trial_replays_its_epochs_without_deciding_them_again():
@@ -225,7 +341,12 @@ def test_a_resumed_trial_replays_its_epochs_without_deciding_them_again():
     pruning.replay([{"epoch": e, METRIC: v} for e, v in ((1, 3.0), (2, 7.0), (3, 5.0))])
     pruning.on_epoch({"epoch": 4, METRIC: 6.0})
     assert pruner.asked_at == [4]
-    assert trial.study.trials[0].intermediate_values == {1: 3.0, 2: 7.0, 3: 5.0, 4: 6.0}  # raw values, not the best
+    assert trial.study.trials[0].intermediate_values == {
+        1: 3.0,
+        2: 7.0,
+        3: 5.0,
+        4: 6.0,
+    }  # raw values, not the best
     assert pruning.best == 7.0
 
 
@@ -233,33 +354,41 @@ def test_a_resumed_trial_replays_its_epochs_without_deciding_them_again():
 # Bands and refusals
 
 
-@pytest.mark.parametrize("early, bands", [
-    ({"max_iter": 36, "s": 2, "eta": 3}, [4, 12]),
-    ({"max_iter": 16, "s": 9, "eta": 2}, [1, 2, 4, 8]),
-    ({"max_iter": 30, "s": 2, "eta": 2.5}, [4, 12]),
-    ({"min_iter": 2, "max_iter": 12, "s": 1, "eta": 4}, [3]),
-])
+@pytest.mark.parametrize(
+    "early, bands",
+    [
+        ({"max_iter": 36, "s": 2, "eta": 3}, [4, 12]),
+        ({"max_iter": 16, "s": 9, "eta": 2}, [1, 2, 4, 8]),
+        ({"max_iter": 30, "s": 2, "eta": 2.5}, [4, 12]),
+        ({"min_iter": 2, "max_iter": 12, "s": 1, "eta": 4}, [3]),
+    ],
+)
 def test_bands_are_wandbs(early, bands):
     assert sweep_space.hyperband_bands({"type": "hyperband", **early})[0] == bands
 
 
 def test_min_iter_bands_have_no_end():
-    bands, eta, strict = sweep_space.hyperband_bands({"type": "hyperband", "min_iter": 3, "eta": 1.5})
+    bands, eta, strict = sweep_space.hyperband_bands(
+        {"type": "hyperband", "min_iter": 3, "eta": 1.5}
+    )
     assert bands[:6] == [3, 4, 6, 10, 15, 22] and len(bands) == sweep_space.MIN_ITER_BANDS
     assert (eta, strict) == (1.5, True)
 
 
-@pytest.mark.parametrize("early, words", [
-    ({"type": "median"}, "only type hyperband"),
-    ({"type": "hyperband", "min_iter": 3, "stricct": False}, "unknown key 'stricct'"),
-    ({"type": "hyperband", "max_iter": 27}, "s=None: max_iter needs s"),
-    ({"type": "hyperband", "max_iter": 27, "s": 2.0}, "s=2.0"),
-    ({"type": "hyperband", "max_iter": 2, "s": 2, "eta": 3}, "no band >= 1"),
-    ({"type": "hyperband", "min_iter": 0}, "min_iter=0"),
-    ({"type": "hyperband", "min_iter": 3, "eta": 1}, "eta=1: use a number > 1"),
-    ({"type": "hyperband", "min_iter": 3, "strict": "yes"}, "strict='yes'"),
-    ({"type": "hyperband", "eta": 3}, "needs min_iter, or max_iter and s"),
-])
+@pytest.mark.parametrize(
+    "early, words",
+    [
+        ({"type": "median"}, "only type hyperband"),
+        ({"type": "hyperband", "min_iter": 3, "stricct": False}, "unknown key 'stricct'"),
+        ({"type": "hyperband", "max_iter": 27}, "s=None: max_iter needs s"),
+        ({"type": "hyperband", "max_iter": 27, "s": 2.0}, "s=2.0"),
+        ({"type": "hyperband", "max_iter": 2, "s": 2, "eta": 3}, "no band >= 1"),
+        ({"type": "hyperband", "min_iter": 0}, "min_iter=0"),
+        ({"type": "hyperband", "min_iter": 3, "eta": 1}, "eta=1: use a number > 1"),
+        ({"type": "hyperband", "min_iter": 3, "strict": "yes"}, "strict='yes'"),
+        ({"type": "hyperband", "eta": 3}, "needs min_iter, or max_iter and s"),
+    ],
+)
 def test_what_wandb_refuses_is_refused_in_one_line(early, words):
     with pytest.raises(SweepConfigError, match=words) as caught:
         sweep_space.hyperband_bands(early)

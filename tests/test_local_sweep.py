@@ -24,8 +24,12 @@ from cifarkit.sweeps import storage as sweep_storage
 from cifarkit.sweeps.space import SweepConfigError, translate_parameter
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters_2": {"value": 16},
-        "num_filters_3": {"value": 16}}  # a CPU epoch on the learnable data takes well under a second
+TINY = {
+    "batch_size": {"value": 64},
+    "num_filters_1": {"value": 8},
+    "num_filters_2": {"value": 16},
+    "num_filters_3": {"value": 16},
+}  # a CPU epoch on the learnable data takes well under a second
 
 
 def draw(spec: dict, n: int = 1000) -> list:
@@ -47,7 +51,9 @@ def test_constant_and_categorical():
     assert set(draw({"value": 7}, 20)) == {7}
     assert set(draw({"distribution": "constant", "value": "cosine"}, 20)) == {"cosine"}
     values = draw({"values": [64, 128, 256]}, 900)
-    assert set(values) == {64, 128, 256} and all(250 < values.count(v) < 350 for v in (64, 128, 256))
+    assert set(values) == {64, 128, 256} and all(
+        250 < values.count(v) < 350 for v in (64, 128, 256)
+    )
 
 
 def test_int_uniform_given_or_inferred_from_integer_bounds():
@@ -65,21 +71,47 @@ def test_uniform_given_or_inferred_from_float_bounds():
 
 def test_q_uniform_gives_the_multiples_of_q_w_and_b_rounds_to():
     epochs = draw({"distribution": "q_uniform", "min": 30, "max": 50, "q": 5}, 500)
-    assert set(epochs) == {30, 35, 40, 45, 50} and all(type(v) is int for v in epochs)  # int q: ints, as in W&B
+    assert set(epochs) == {30, 35, 40, 45, 50} and all(
+        type(v) is int for v in epochs
+    )  # int q: ints, as in W&B
     quarters = draw({"distribution": "q_uniform", "min": 0.1, "max": 0.9, "q": 0.25}, 500)
-    assert {round(v, 9) for v in quarters} == {0.0, 0.25, 0.5, 0.75, 1.0}  # round(0.1 / 0.25) * 0.25 = 0
+    assert {round(v, 9) for v in quarters} == {
+        0.0,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+    }  # round(0.1 / 0.25) * 0.25 = 0
 
 
-@pytest.mark.parametrize("spec", [
-    {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-    {"distribution": "log_uniform", "min": math.log(1e-4), "max": math.log(1e-2)},  # bounds are natural logs
-    {"distribution": "inv_log_uniform_values", "min": 1e-4, "max": 1e-2},  # 1/X log-uniform <=> X log-uniform
-    {"distribution": "inv_log_uniform", "min": math.log(1e2), "max": math.log(1e4)},  # X = exp(-U(min, max))
-], ids=lambda spec: spec["distribution"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+        {
+            "distribution": "log_uniform",
+            "min": math.log(1e-4),
+            "max": math.log(1e-2),
+        },  # bounds are natural logs
+        {
+            "distribution": "inv_log_uniform_values",
+            "min": 1e-4,
+            "max": 1e-2,
+        },  # 1/X log-uniform <=> X log-uniform
+        {
+            "distribution": "inv_log_uniform",
+            "min": math.log(1e2),
+            "max": math.log(1e4),
+        },  # X = exp(-U(min, max))
+    ],
+    ids=lambda spec: spec["distribution"],
+)
 def test_log_uniform_family_is_uniform_in_log_space(spec):
     values = draw(spec)
     assert all(1e-4 * (1 - 1e-9) <= v <= 1e-2 * (1 + 1e-9) for v in values)
-    assert 0.45 < share_below(values, 1e-3) < 0.55  # the geometric midpoint; a linear uniform would give 0.09
+    assert (
+        0.45 < share_below(values, 1e-3) < 0.55
+    )  # the geometric midpoint; a linear uniform would give 0.09
     assert 0.2 < share_below(values, 10**-3.5) < 0.3
 
 
@@ -87,7 +119,9 @@ def test_q_log_uniform_quantizes_a_log_uniform_draw():
     values = draw({"distribution": "q_log_uniform_values", "min": 1, "max": 1000, "q": 1})
     assert all(type(v) is int and 1 <= v <= 1000 for v in values)
     assert 0.45 < share_below(values, 32) < 0.55  # sqrt(1000) = 31.6
-    evens = draw({"distribution": "q_log_uniform", "min": math.log(2), "max": math.log(200), "q": 2}, 300)
+    evens = draw(
+        {"distribution": "q_log_uniform", "min": math.log(2), "max": math.log(200), "q": 2}, 300
+    )
     assert all(v % 2 == 0 and 2 <= v <= 200 for v in evens)
 
 
@@ -115,14 +149,17 @@ def test_beta_and_weighted_categories_are_drawn_as_wandbs_engine_draws_them():
     assert abs(weighted.count(256) / 2000 - 0.1) < 0.03
 
 
-@pytest.mark.parametrize("spec, words", [
-    ({"parameters": {"inner": {"value": 1}}}, "nested"),
-    ({"distribution": "zipf", "min": 1, "max": 9}, "zipf"),
-    ({"distribution": "uniform", "min": 0.5, "max": 0.1}, "min 0.5 is not less than max 0.1"),
-    ({"min": 1, "max": 1}, "min 1 is not less than max 1"),  # W&B refuses an empty range too
-    ({"distribution": "normal", "mu": 0, "sigma": 0}, "not finite"),  # W&B's engine draws NaN
-    ({"values": [[1, 2], [3]]}, "values must be numbers, text, booleans or null"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"parameters": {"inner": {"value": 1}}}, "nested"),
+        ({"distribution": "zipf", "min": 1, "max": 9}, "zipf"),
+        ({"distribution": "uniform", "min": 0.5, "max": 0.1}, "min 0.5 is not less than max 0.1"),
+        ({"min": 1, "max": 1}, "min 1 is not less than max 1"),  # W&B refuses an empty range too
+        ({"distribution": "normal", "mu": 0, "sigma": 0}, "not finite"),  # W&B's engine draws NaN
+        ({"values": [[1, 2], [3]]}, "values must be numbers, text, booleans or null"),
+    ],
+)
 def test_what_wandb_or_optuna_cannot_honour_is_refused_naming_the_parameter(spec, words):
     with pytest.raises(SweepConfigError, match=f"'x'.*{words}"):
         translate_parameter("x", spec)
@@ -132,35 +169,80 @@ def write_sweep(path: Path, parameters: dict, **top) -> Path:
     """A sweep file in YAML, as `wandb sweep` reads every sweep file (json.dumps writes 1e-05, which
     YAML 1.1 reads as text)."""
     path = path.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump({"program": "part_2_cifar.py", "method": "bayes",
-                                    "metric": {"name": "val_accuracy", "goal": "maximize"},
-                                    "parameters": TINY | parameters} | top))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "program": "part_2_cifar.py",
+                "method": "bayes",
+                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                "parameters": TINY | parameters,
+            }
+            | top
+        )
+    )
     return path
 
 
-@pytest.mark.parametrize("spec", [{"values": [100, 200]}, {"value": 100}, {"values": [None]}],
-                         ids=["values", "value", "null"])
+@pytest.mark.parametrize(
+    "spec",
+    [{"values": [100, 200]}, {"value": 100}, {"values": [None]}],
+    ids=["values", "value", "null"],
+)
 def test_val_size_in_a_sweep_file_is_refused_naming_the_option(spec, tmp_path, capsys):
     sweep = write_sweep(tmp_path / "v.json", {"val_size": spec})
-    args = [str(sweep), "--runs-dir", str(tmp_path / "runs"), "--images-dir", str(tmp_path / "images"),
-            "--data-dir", str(tmp_path / "no-data"), "--trials", "1", "--wandb-mode", "disabled"]
+    args = [
+        str(sweep),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--images-dir",
+        str(tmp_path / "images"),
+        "--data-dir",
+        str(tmp_path / "no-data"),
+        "--trials",
+        "1",
+        "--wandb-mode",
+        "disabled",
+    ]
     assert local_sweep.main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "'val_size' cannot be swept" in err and "--val-size" in err, err
-    assert not (tmp_path / "runs" / sweep_storage.DEFAULT_STORAGE_FILE).exists()  # refused before any study or trial
+    assert (
+        len(err.splitlines()) == 1 and "'val_size' cannot be swept" in err and "--val-size" in err
+    ), err
+    assert not (
+        tmp_path / "runs" / sweep_storage.DEFAULT_STORAGE_FILE
+    ).exists()  # refused before any study or trial
 
 
 def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
     sweep = local_sweep.load_sweep(ROOT / "sweep_config.json")
     sampler = sweep_space.make_sampler(sweep)
-    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._multivariate and sweep.direction == "maximize"
-    pruner = sweep_space.make_pruner(sweep)  # W&B's rule, checked against W&B's engine in test_hyperband.py
-    assert isinstance(pruner, sweep_space.WandbHyperbandPruner) and pruner.bands == [4, 12] and pruner.strict
-    grid = local_sweep.load_sweep(write_sweep(tmp_path / "g.json", {"dropout_rate": {"values": [0.0, 0.5]},
-                                                                    "epochs": {"min": 1, "max": 3}}, method="grid"))
-    assert isinstance(sweep_space.make_sampler(grid), optuna.samplers.GridSampler) and sweep_space.grid_size(grid) == 6
-    rand = local_sweep.load_sweep(write_sweep(tmp_path / "r.json", {}, method="random",
-                                              metric={"name": "val_loss"}))
+    assert (
+        isinstance(sampler, optuna.samplers.TPESampler)
+        and sampler._multivariate
+        and sweep.direction == "maximize"
+    )
+    pruner = sweep_space.make_pruner(
+        sweep
+    )  # W&B's rule, checked against W&B's engine in test_hyperband.py
+    assert (
+        isinstance(pruner, sweep_space.WandbHyperbandPruner)
+        and pruner.bands == [4, 12]
+        and pruner.strict
+    )
+    grid = local_sweep.load_sweep(
+        write_sweep(
+            tmp_path / "g.json",
+            {"dropout_rate": {"values": [0.0, 0.5]}, "epochs": {"min": 1, "max": 3}},
+            method="grid",
+        )
+    )
+    assert (
+        isinstance(sweep_space.make_sampler(grid), optuna.samplers.GridSampler)
+        and sweep_space.grid_size(grid) == 6
+    )
+    rand = local_sweep.load_sweep(
+        write_sweep(tmp_path / "r.json", {}, method="random", metric={"name": "val_loss"})
+    )
     assert isinstance(sweep_space.make_sampler(rand), optuna.samplers.RandomSampler)
     assert rand.direction == "minimize"  # W&B's default goal
 
@@ -170,40 +252,76 @@ def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
 
 
 def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
-    return [str(sweep), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--val-size", "100",
-            "--images-dir", str(runs_dir / "images"), *more]
+    return [
+        str(sweep),
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--val-size",
+        "100",
+        "--images-dir",
+        str(runs_dir / "images"),
+        *more,
+    ]
 
 
 def load_study(runs_dir: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=sweep_storage.open_storage(None, runs_dir).storage)
+    return optuna.load_study(
+        study_name=name, storage=sweep_storage.open_storage(None, runs_dir).storage
+    )
 
 
 def test_three_trial_sweep_finishes_and_writes_its_report(offline, learnable_data_dir, capsys):
-    sweep = write_sweep(offline / "three.json", {"learning_rate": {"distribution": "log_uniform_values", "min": 0.003,
-                                                                   "max": 0.1},
-                                                 "dropout_rate": {"values": [0.0, 0.25]}, "epochs": {"value": 1}})
+    sweep = write_sweep(
+        offline / "three.json",
+        {
+            "learning_rate": {"distribution": "log_uniform_values", "min": 0.003, "max": 0.1},
+            "dropout_rate": {"values": [0.0, 0.25]},
+            "epochs": {"value": 1},
+        },
+    )
     runs = offline / "runs"
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "3")) == 0
     study = load_study(runs, "three")
     assert sum(t.state in local_sweep.FINISHED for t in study.trials) == 3 == len(study.trials)
     for t in study.trials:
-        assert json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text())["config"]["val_size"] == 100
+        assert (
+            json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text())["config"][
+                "val_size"
+            ]
+            == 100
+        )
     rows = (runs / "three" / "trials.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("number,state,value")
-    assert {p.name for p in (runs / "images").iterdir()} >= {"sweep_three_history.png", "sweep_three_parallel.png"}
+    assert {p.name for p in (runs / "images").iterdir()} >= {
+        "sweep_three_history.png",
+        "sweep_three_parallel.png",
+    }
     out = capsys.readouterr().out
-    assert "skipped the importance plot" in out  # 3 trials are too few to rank 2 parameters honestly
+    assert (
+        "skipped the importance plot" in out
+    )  # 3 trials are too few to rank 2 parameters honestly
     assert len(list(offline.glob("wandb/offline-run-*"))) == 3  # one W&B run per trial
 
 
-def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials(offline, learnable_data_dir,
-                                                                            offline_env):
-    sweep = write_sweep(offline / "kill.json", {"learning_rate": {"min": 0.01, "max": 0.05},
-                                                "epochs": {"value": 3}}, method="random")
+def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials(
+    offline, learnable_data_dir, offline_env
+):
+    sweep = write_sweep(
+        offline / "kill.json",
+        {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 3}},
+        method="random",
+    )
     runs = offline / "runs"
     args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "2", "--wandb-mode", "disabled")
-    first = subprocess.Popen([sys.executable, str(ROOT / "local_sweep.py"), *args], cwd=offline, env=offline_env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "local_sweep.py"), *args],
+        cwd=offline,
+        env=offline_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     in_trial_1 = runs / "kill" / "trial-0001" / "last.pt"
     deadline = time.monotonic() + 240
     while not in_trial_1.exists() and first.poll() is None and time.monotonic() < deadline:
@@ -214,33 +332,52 @@ def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials(offl
     dead_history = run_files.load_checkpoint(in_trial_1, needs=("history",))["history"]
     assert load_study(runs, "kill").trials[1].state == optuna.trial.TrialState.RUNNING
 
-    assert local_sweep.main(args) == 0  # the same command; in this process, as the kernel freed the dead one's locks
+    assert (
+        local_sweep.main(args) == 0
+    )  # the same command; in this process, as the kernel freed the dead one's locks
     trials = load_study(runs, "kill").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert (runs / "kill" / "trial-0000" / "summary.json").read_text() == trial_0  # finished trial untouched
+    assert (
+        runs / "kill" / "trial-0000" / "summary.json"
+    ).read_text() == trial_0  # finished trial untouched
     retry = trials[2]  # queued first on restart, resumed from the dead attempt's last.pt
     assert retry.system_attrs["failed_trial"] == 1 and retry.params == trials[1].params
     history = json.loads(Path(retry.user_attrs["run_dir"], "summary.json").read_text())["history"]
     assert [m["epoch"] for m in history] == [1, 2, 3]
-    assert history[:len(dead_history)] == dead_history  # epochs the dead attempt finished were not run again
-    assert retry.intermediate_values == {m["epoch"]: m["val_accuracy"] for m in history}  # the pruner sees them all
+    assert (
+        history[: len(dead_history)] == dead_history
+    )  # epochs the dead attempt finished were not run again
+    assert retry.intermediate_values == {
+        m["epoch"]: m["val_accuracy"] for m in history
+    }  # the pruner sees them all
 
 
 def test_a_poor_trial_is_pruned_at_the_hyperband_band(offline, learnable_data_dir):
-    sweep = write_sweep(offline / "prune.json", {"learning_rate": {"min": 0.00001, "max": 0.1},
-                                                 "epochs": {"value": 3}},
-                        method="random", early_terminate={"type": "hyperband", "min_iter": 2, "eta": 3})
+    sweep = write_sweep(
+        offline / "prune.json",
+        {"learning_rate": {"min": 0.00001, "max": 0.1}, "epochs": {"value": 3}},
+        method="random",
+        early_terminate={"type": "hyperband", "min_iter": 2, "eta": 3},
+    )
     runs = offline / "runs"
-    study = optuna.create_study(study_name="prune", storage=sweep_storage.open_storage(None, runs).storage,
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name="prune",
+        storage=sweep_storage.open_storage(None, runs).storage,
+        direction="maximize",
+    )
     study.enqueue_trial({"learning_rate": 0.05})  # learns: far above chance by epoch 2
-    study.enqueue_trial({"learning_rate": 0.00001})  # barely moves: below the first trial at the band
+    study.enqueue_trial(
+        {"learning_rate": 0.00001}
+    )  # barely moves: below the first trial at the band
     args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "2", "--wandb-mode", "disabled")
     assert local_sweep.main(args) == 0
     good, poor = load_study(runs, "prune").trials
     assert good.state.name == "COMPLETE" and good.user_attrs["epochs_completed"] == 3
     assert poor.state.name == "PRUNED" and poor.user_attrs["epochs_completed"] == 2
-    assert json.loads(Path(poor.user_attrs["run_dir"], "summary.json").read_text())["status"] == "pruned"
+    assert (
+        json.loads(Path(poor.user_attrs["run_dir"], "summary.json").read_text())["status"]
+        == "pruned"
+    )
 
 
 def test_unsupported_distribution_fails_before_any_training(offline, learnable_data_dir, capsys):
@@ -255,7 +392,10 @@ def test_unsupported_distribution_fails_before_any_training(offline, learnable_d
 
 def test_a_range_the_trainer_rejects_fails_before_any_training(offline, learnable_data_dir, capsys):
     sweep = write_sweep(offline / "mom.json", {"momentum": {"min": 0.8, "max": 1.0}})
-    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, offline / "runs", "--trials", "2")) == 2
+    assert (
+        local_sweep.main(sweep_args(sweep, learnable_data_dir, offline / "runs", "--trials", "2"))
+        == 2
+    )
     assert "momentum" in capsys.readouterr().err
 
 
@@ -264,7 +404,11 @@ def test_workers_go_round_robin_over_the_visible_gpus_or_share_the_cpu_cores(mon
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    assert cli.gpu_slots(3) == ["2", "5", "2"]  # several workers per GPU: one small trial does not fill it
+    assert cli.gpu_slots(3) == [
+        "2",
+        "5",
+        "2",
+    ]  # several workers per GPU: one small trial does not fill it
     assert cli.worker_env("5", 3)["CUDA_VISIBLE_DEVICES"] == "5"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -273,20 +417,29 @@ def test_workers_go_round_robin_over_the_visible_gpus_or_share_the_cpu_cores(mon
     assert cli.worker_env(None, 4)["OMP_NUM_THREADS"] == "2"  # oversubscribed torch threads spin
 
 
-def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(offline, learnable_data_dir,
-                                                                              monkeypatch):
+def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(
+    offline, learnable_data_dir, monkeypatch
+):
     import torch
 
-    sweep = write_sweep(offline / "fail.json", {"learning_rate": {"values": [1e6, 0.04, 0.05]}, "epochs": {"value": 1}},
-                        method="random")
+    sweep = write_sweep(
+        offline / "fail.json",
+        {"learning_rate": {"values": [1e6, 0.04, 0.05]}, "epochs": {"value": 1}},
+        method="random",
+    )
     runs = offline / "runs"
-    study = optuna.create_study(study_name="fail", storage=sweep_storage.open_storage(None, runs).storage,
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name="fail",
+        storage=sweep_storage.open_storage(None, runs).storage,
+        direction="maximize",
+    )
     for learning_rate in (1e6, 0.04, 0.05):
         study.enqueue_trial({"learning_rate": learning_rate})
     real_train = p2.train
 
-    def out_of_memory_at_004(config: dict, *args, **kwargs) -> dict:  # fault injection: no CPU runs out of memory
+    def out_of_memory_at_004(
+        config: dict, *args, **kwargs
+    ) -> dict:  # fault injection: no CPU runs out of memory
         if config["learning_rate"] == 0.04:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_train(config, *args, **kwargs)
@@ -296,5 +449,7 @@ def test_diverged_and_out_of_memory_trials_are_recorded_and_the_sweep_goes_on(of
     assert local_sweep.main(args) == 0
     diverged, oom, fine = load_study(runs, "fail").trials
     assert diverged.state.name == "FAIL" and diverged.user_attrs["failure"].startswith("diverged")
-    assert oom.state.name == "FAIL" and oom.user_attrs["failure"].startswith("out of memory on cpu with batch_size=64")
+    assert oom.state.name == "FAIL" and oom.user_attrs["failure"].startswith(
+        "out of memory on cpu with batch_size=64"
+    )
     assert fine.state.name == "COMPLETE"

@@ -34,8 +34,15 @@ SINCE = r"since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"  # ISO 8601 with th
 
 def fast_args(data_dir: Path, runs_dir: Path) -> list[str]:
     return cli_args({**FAST_CONFIG, "epochs": EPOCHS}) + [
-        "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--val-size", "200",
-        "--wandb-mode", "disabled"]
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--val-size",
+        "200",
+        "--wandb-mode",
+        "disabled",
+    ]
 
 
 def wait_until(condition, process: subprocess.Popen, seconds: float = 240) -> None:
@@ -55,8 +62,9 @@ def holds(folder: Path, pid: int) -> bool:
 def refusal(capsys, folder: Path, what: str, pid: int, command: str) -> str:
     """The one line a refused command printed, checked to name the folder and its holder."""
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: {what} {folder} is in use by pid {pid} on "
-                           f"{socket.gethostname()} "), line
+    assert line.startswith(
+        f"error: {what} {folder} is in use by pid {pid} on {socket.gethostname()} "
+    ), line
     assert re.search(f"{SINCE} \\({re.escape(command)}\\)", line), line
     return line
 
@@ -66,7 +74,8 @@ def refusal(capsys, folder: Path, what: str, pid: int, command: str) -> str:
 
 
 def test_a_run_folder_has_one_trainer_and_a_sigkilled_one_never_blocks_the_next(
-        tiny_data_dir, tmp_path, offline_env, offline, monkeypatch, capsys):
+    tiny_data_dir, tmp_path, offline_env, offline, monkeypatch, capsys
+):
     runs = tmp_path / "runs"
     run_dir = runs / "copied-job"
     config = trainer.validate_config({**FAST_CONFIG, "epochs": EPOCHS, "val_size": 200})
@@ -79,8 +88,13 @@ def test_a_run_folder_has_one_trainer_and_a_sigkilled_one_never_blocks_the_next(
         trainer.train(config, data, run_dir, on_epoch=crash)
 
     resume = [*fast_args(tiny_data_dir, runs), "--resume", str(run_dir)]
-    first = subprocess.Popen(trainer_command(*resume), env=offline_env, cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        trainer_command(*resume),
+        env=offline_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: holds(run_dir, first.pid), first)
         os.kill(first.pid, signal.SIGSTOP)  # alive and holding, whatever it was doing
@@ -114,11 +128,24 @@ def test_a_held_selection_folder_refuses_a_second_selection(tiny_data_dir, tmp_p
     runs = tmp_path / "runs"
     (runs / "one").mkdir(parents=True)
     config = trainer.validate_config({**FAST_CONFIG, "val_size": 200})
-    (runs / "one" / "summary.json").write_text(json.dumps(
-        {"status": "finished", "best_val_accuracy": 50.0, "config": config}))
+    (runs / "one" / "summary.json").write_text(
+        json.dumps({"status": "finished", "best_val_accuracy": 50.0, "config": config})
+    )
     with folders.own_folder(runs / "selection", "selection folder"):  # another open file: refused
-        assert select_model.main([str(runs), "--data-dir", str(tiny_data_dir), "--wandb-mode",
-                                  "disabled", "--images-dir", str(tmp_path / "images")]) == 2
+        assert (
+            select_model.main(
+                [
+                    str(runs),
+                    "--data-dir",
+                    str(tiny_data_dir),
+                    "--wandb-mode",
+                    "disabled",
+                    "--images-dir",
+                    str(tmp_path / "images"),
+                ]
+            )
+            == 2
+        )
         assert sorted(p.name for p in (runs / "selection").iterdir()) == [folders.OWNER_LOCK]
     refusal(capsys, runs / "selection", "selection folder", os.getpid(), Path(sys.argv[0]).name)
     assert not (runs / "selection").exists()  # made by the holder, left empty: removed by it
@@ -130,9 +157,23 @@ def test_a_held_export_folder_refuses_a_second_export(tiny_data_dir, tmp_path, c
     run_files.save_atomic({"model": weights, "config": config, "epoch": 1}, tmp_path / "best.pt")
     out = tmp_path / "export"
     with folders.own_folder(out, "export folder"):
-        assert trt_export.main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(out),
-                                "--data-dir", str(tiny_data_dir), "--device", "cpu",
-                                "--plot", str(tmp_path / "plot.png")]) == 2
+        assert (
+            trt_export.main(
+                [
+                    "--checkpoint",
+                    str(tmp_path / "best.pt"),
+                    "--out",
+                    str(out),
+                    "--data-dir",
+                    str(tiny_data_dir),
+                    "--device",
+                    "cpu",
+                    "--plot",
+                    str(tmp_path / "plot.png"),
+                ]
+            )
+            == 2
+        )
         assert sorted(p.name for p in out.iterdir()) == [folders.OWNER_LOCK]
     refusal(capsys, out, "export folder", os.getpid(), Path(sys.argv[0]).name)
 
@@ -142,22 +183,46 @@ def test_a_held_export_folder_refuses_a_second_export(tiny_data_dir, tmp_path, c
 
 
 def write_sweep(path: Path, epochs: int = 1) -> Path:
-    path.write_text(json.dumps({
-        "program": "part_2_cifar.py", "method": "random",
-        "metric": {"name": "val_accuracy", "goal": "maximize"},
-        "parameters": {"learning_rate": {"min": 0.001, "max": 0.05}, "epochs": {"value": epochs},
-                       "batch_size": {"value": 64}, "num_filters_1": {"value": 8},
-                       "num_filters_2": {"value": 8}, "num_filters_3": {"value": 16}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "program": "part_2_cifar.py",
+                "method": "random",
+                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                "parameters": {
+                    "learning_rate": {"min": 0.001, "max": 0.05},
+                    "epochs": {"value": epochs},
+                    "batch_size": {"value": 64},
+                    "num_filters_1": {"value": 8},
+                    "num_filters_2": {"value": 8},
+                    "num_filters_3": {"value": 16},
+                },
+            }
+        )
+    )
     return path
 
 
 def sweep_args(sweep: Path, data_dir: Path, runs: Path, *more: str) -> list[str]:
-    return [str(sweep), "--data-dir", str(data_dir), "--runs-dir", str(runs), "--val-size", "200",
-            "--wandb-mode", "disabled", "--images-dir", str(runs / "images"), *more]
+    return [
+        str(sweep),
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs),
+        "--val-size",
+        "200",
+        "--wandb-mode",
+        "disabled",
+        "--images-dir",
+        str(runs / "images"),
+        *more,
+    ]
 
 
 def test_a_held_trial_folder_fails_its_trial_with_the_holder_and_the_retry_runs_once_free(
-        tiny_data_dir, tmp_path, offline, capsys):
+    tiny_data_dir, tmp_path, offline, capsys
+):
     runs, sweep = tmp_path / "runs", write_sweep(tmp_path / "held.json")
     trial_0 = runs / "held" / "trial-0000"
     with folders.own_folder(trial_0, "trial folder"):  # e.g. the trainer --resume'd by hand on it
@@ -178,23 +243,35 @@ def test_a_held_trial_folder_fails_its_trial_with_the_holder_and_the_retry_runs_
 
 
 def test_two_studies_with_their_own_journals_in_one_runs_folder_never_share_a_trial_folder(
-        tiny_data_dir, tmp_path, offline_env, offline):
+    tiny_data_dir, tmp_path, offline_env, offline
+):
     """The README's one shared --runs-dir, two journals, one sweep file (so one study name),
     started together: a real process and this one. Each trial's summary is its own config's, and
     each study's trials.csv lists its own trials."""
     runs, sweep = tmp_path / "shared-runs", write_sweep(tmp_path / "cifar.json")
-    args = {name: sweep_args(sweep, tiny_data_dir, runs, "--trials", "1", "--storage",
-                             str(tmp_path / name)) for name in ("a.log", "b.log")}
-    other = subprocess.Popen([sys.executable, str(ROOT / "local_sweep.py"), *args["a.log"]],
-                             env=offline_env, cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    args = {
+        name: sweep_args(
+            sweep, tiny_data_dir, runs, "--trials", "1", "--storage", str(tmp_path / name)
+        )
+        for name in ("a.log", "b.log")
+    }
+    other = subprocess.Popen(
+        [sys.executable, str(ROOT / "local_sweep.py"), *args["a.log"]],
+        env=offline_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert local_sweep.main(args["b.log"]) == 0
     output = other.communicate(timeout=300)[0]
     assert other.returncode == 0, output
     folders = set()
     for name in ("a.log", "b.log"):
-        study = optuna.load_study(study_name="cifar", storage=sweep_storage.open_storage(
-            str(tmp_path / name), runs).storage)
+        study = optuna.load_study(
+            study_name="cifar",
+            storage=sweep_storage.open_storage(str(tmp_path / name), runs).storage,
+        )
         assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
         for t in study.get_trials():
             run_dir = Path(t.user_attrs["run_dir"])
@@ -206,8 +283,11 @@ def test_two_studies_with_their_own_journals_in_one_runs_folder_never_share_a_tr
         rows = (study_dir / "trials.csv").read_text().splitlines()[1:]
         assert len(rows) == 1 and str(run_dir) in rows[0]
     assert len(folders) == 2  # each study's trial 0, in two folders
-    uids = {json.loads((d / sweep_folders.STUDY_MARKER).read_text())["uid"] for d in runs.iterdir()
-            if (d / sweep_folders.STUDY_MARKER).is_file()}
+    uids = {
+        json.loads((d / sweep_folders.STUDY_MARKER).read_text())["uid"]
+        for d in runs.iterdir()
+        if (d / sweep_folders.STUDY_MARKER).is_file()
+    }
     assert len(uids) == 2 and {d.parent for d in folders} <= {runs / "cifar", *runs.glob("cifar-*")}
 
 
@@ -225,9 +305,19 @@ def test_a_retry_resumes_only_from_the_folder_of_the_trial_it_retries(tmp_path, 
     model, optimizer = trainer.new_model_and_optimizer(config, CPU)
     previous, mine = tmp_path / "s" / "trial-0003", tmp_path / "s" / "trial-0007"
     previous.mkdir(parents=True)
-    run_files.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "config": config, "epoch": 1, "history": [], "best_val_accuracy": 1.0,
-                           "best_epoch": 1, "seconds": 1.0}, previous / run_files.LAST_CHECKPOINT)
+    run_files.save_atomic(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "config": config,
+            "epoch": 1,
+            "history": [],
+            "best_val_accuracy": 1.0,
+            "best_epoch": 1,
+            "seconds": 1.0,
+        },
+        previous / run_files.LAST_CHECKPOINT,
+    )
     dead = {"study": "s", "uid": "aaaa1111", "trial": 3}
     (previous / sweep_folders.TRIAL_MARKER).write_text(json.dumps({**dead, "uid": "bbbb2222"}))
     assert sweep_folders.resume_point(previous, mine, dead) is None  # another study's trial 3

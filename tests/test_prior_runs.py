@@ -28,12 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": 64, "num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 16}
 # 0.05 learns, 0.0001 does not (Hyperband prunes it at epoch 1), 1e6 diverges in its first epoch
 # (numbers JSON writes without an exponent: W&B reads the file as YAML 1.1, where 1e-05 is text)
-WARM_SWEEP = {"program": "part_2_cifar.py", "method": "bayes",
-              "metric": {"name": "val_accuracy", "goal": "maximize"},
-              "parameters": {key: {"value": value} for key, value in TINY.items()}
-              | {"learning_rate": {"values": [0.0001, 0.05, 1000000.0]},
-                 "epochs": {"values": [1, 2]}},
-              "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 3}}
+WARM_SWEEP = {
+    "program": "part_2_cifar.py",
+    "method": "bayes",
+    "metric": {"name": "val_accuracy", "goal": "maximize"},
+    "parameters": {key: {"value": value} for key, value in TINY.items()}
+    | {"learning_rate": {"values": [0.0001, 0.05, 1000000.0]}, "epochs": {"values": [1, 2]}},
+    "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 3},
+}
 
 
 def write_json(path: Path, obj: object) -> Path:
@@ -42,16 +44,36 @@ def write_json(path: Path, obj: object) -> Path:
 
 
 def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
-    return [str(sweep), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
-            "--val-size", "100", "--images-dir", str(runs_dir / "images"),
-            "--wandb-mode", "disabled", *more]
+    return [
+        str(sweep),
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--val-size",
+        "100",
+        "--images-dir",
+        str(runs_dir / "images"),
+        "--wandb-mode",
+        "disabled",
+        *more,
+    ]
 
 
 def train(data_dir: Path, runs_dir: Path, **config) -> Path:
     """One part_2_cifar.py run, as the README's command makes it; its run folder."""
     before = set(runs_dir.glob("*")) if runs_dir.exists() else set()
-    args = ["--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--val-size", "100",
-            "--wandb-mode", "disabled", *(f"--{k}={v}" for k, v in (TINY | config).items())]
+    args = [
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--val-size",
+        "100",
+        "--wandb-mode",
+        "disabled",
+        *(f"--{k}={v}" for k, v in (TINY | config).items()),
+    ]
     assert p2.main(args) == 0
     (run_dir,) = set(runs_dir.glob("*")) - before
     return run_dir
@@ -78,18 +100,37 @@ def disk(tmp_path_factory, learnable_data_dir, tiny_data_dir) -> dict:
     try:
         sweep = write_json(root / "warm.json", WARM_SWEEP)
         previous = root / "previous-runs"
-        points = write_json(root / "points.json", [{"learning_rate": 0.05, "epochs": 2},
-                                                   {"learning_rate": 0.0001, "epochs": 2}])
-        assert local_sweep.main(sweep_args(sweep, learnable_data_dir, previous, "--trials", "2",
-                                           "--start-from", str(points))) == 0
+        points = write_json(
+            root / "points.json",
+            [{"learning_rate": 0.05, "epochs": 2}, {"learning_rate": 0.0001, "epochs": 2}],
+        )
+        assert (
+            local_sweep.main(
+                sweep_args(
+                    sweep,
+                    learnable_data_dir,
+                    previous,
+                    "--trials",
+                    "2",
+                    "--start-from",
+                    str(points),
+                )
+            )
+            == 0
+        )
         runs = root / "runs"
-        disk = {"sweep": sweep, "previous": previous, "runs": runs,
-                "good": train(learnable_data_dir, runs, learning_rate=0.05, epochs=1),
-                "diverged": train(learnable_data_dir, runs, learning_rate=1e6, epochs=1),
-                "outside": train(learnable_data_dir, runs, learning_rate=0.01, epochs=1),
-                "weight_decay": train(learnable_data_dir, runs, learning_rate=0.05, epochs=1,
-                                      weight_decay=0.001),
-                "other_data": train(tiny_data_dir, runs, learning_rate=0.05, epochs=1)}
+        disk = {
+            "sweep": sweep,
+            "previous": previous,
+            "runs": runs,
+            "good": train(learnable_data_dir, runs, learning_rate=0.05, epochs=1),
+            "diverged": train(learnable_data_dir, runs, learning_rate=1e6, epochs=1),
+            "outside": train(learnable_data_dir, runs, learning_rate=0.01, epochs=1),
+            "weight_decay": train(
+                learnable_data_dir, runs, learning_rate=0.05, epochs=1, weight_decay=0.001
+            ),
+            "other_data": train(tiny_data_dir, runs, learning_rate=0.05, epochs=1),
+        }
     finally:
         torch.set_num_threads(threads)
     return disk
@@ -100,19 +141,31 @@ def disk(tmp_path_factory, learnable_data_dir, tiny_data_dir) -> dict:
 
 
 def test_prior_runs_become_finished_trials_before_any_sampling_and_never_twice(
-        disk, learnable_data_dir, tmp_path, one_thread, capsys):
+    disk, learnable_data_dir, tmp_path, one_thread, capsys
+):
     runs = tmp_path / "runs"
-    args = sweep_args(disk["sweep"], learnable_data_dir, runs, "--trials", "1",
-                      "--prior-runs", str(disk["previous"]), "--prior-runs", str(disk["runs"]))
+    args = sweep_args(
+        disk["sweep"],
+        learnable_data_dir,
+        runs,
+        "--trials",
+        "1",
+        "--prior-runs",
+        str(disk["previous"]),
+        "--prior-runs",
+        str(disk["runs"]),
+    )
     assert local_sweep.main(args) == 0
     out = capsys.readouterr().out
-    for name, reason in (("outside", "learning_rate=0.01 is not one of its values"),
-                         ("weight_decay",
-                          "weight_decay=0.001, but the sweep's trials train weight_decay=0.0005"),
-                         ("other_data", "trained on other data")):
+    for name, reason in (
+        ("outside", "learning_rate=0.01 is not one of its values"),
+        ("weight_decay", "weight_decay=0.001, but the sweep's trials train weight_decay=0.0005"),
+        ("other_data", "trained on other data"),
+    ):
         assert f"prior run {disk[name]} skipped: {reason}" in out, out
-    assert ("prior runs: 4 added (2 COMPLETE, 1 PRUNED, 1 FAIL), 0 already in the study, "
-            "3 skipped") in out
+    assert (
+        "prior runs: 4 added (2 COMPLETE, 1 PRUNED, 1 FAIL), 0 already in the study, 3 skipped"
+    ) in out
 
     trials = load_study(runs, "warm").trials
     prior = [t for t in trials if t.user_attrs.get("origin") == sweep_report.PRIOR_RUN]
@@ -149,23 +202,39 @@ def test_prior_runs_become_finished_trials_before_any_sampling_and_never_twice(
 
 
 def test_a_prior_run_at_the_metric_target_ends_the_sweep_before_any_training(
-        disk, learnable_data_dir, tmp_path, capsys):
+    disk, learnable_data_dir, tmp_path, capsys
+):
     reached = summary(disk["good"])["best_val_accuracy"]
-    sweep = write_json(tmp_path / "warm.json", WARM_SWEEP | {
-        "metric": {"name": "val_accuracy", "goal": "maximize", "target": reached}})
+    sweep = write_json(
+        tmp_path / "warm.json",
+        WARM_SWEEP | {"metric": {"name": "val_accuracy", "goal": "maximize", "target": reached}},
+    )
     runs = tmp_path / "runs"
-    assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "3",
-                                       "--prior-runs", str(disk["good"]))) == 0
+    assert (
+        local_sweep.main(
+            sweep_args(
+                sweep, learnable_data_dir, runs, "--trials", "3", "--prior-runs", str(disk["good"])
+            )
+        )
+        == 0
+    )
     assert "prior runs: 1 added (1 COMPLETE)" in capsys.readouterr().out
     assert [t.user_attrs["origin"] for t in load_study(runs, "warm").trials] == ["prior run"]
 
 
 def test_prior_runs_of_a_two_objective_sweep_take_their_values_from_the_summary(
-        disk, learnable_data_dir, tmp_path, capsys):
-    deploy = {"program": "part_2_cifar.py", "method": "custom", "scheduler": {"engine": "optuna"},
-              "parameters": WARM_SWEEP["parameters"],
-              "metrics": [{"name": "best_val_accuracy", "goal": "maximize"},
-                          {"name": "flops_per_image", "goal": "minimize"}]}
+    disk, learnable_data_dir, tmp_path, capsys
+):
+    deploy = {
+        "program": "part_2_cifar.py",
+        "method": "custom",
+        "scheduler": {"engine": "optuna"},
+        "parameters": WARM_SWEEP["parameters"],
+        "metrics": [
+            {"name": "best_val_accuracy", "goal": "maximize"},
+            {"name": "flops_per_image", "goal": "minimize"},
+        ],
+    }
     sweep = local_sweep.load_sweep(write_json(tmp_path / "deploy.json", deploy))
     study = optuna.create_study(directions=sweep.directions)
     identity = local_sweep.data_fingerprint(cifar100_source(learnable_data_dir), 100)
@@ -178,21 +247,29 @@ def test_prior_runs_of_a_two_objective_sweep_take_their_values_from_the_summary(
     assert complete.intermediate_values == {}  # a study of several objectives takes none
 
 
-@pytest.mark.parametrize("spec", [
-    {"values": [64, 128, None]}, {"value": 7}, {"min": 2, "max": 9}, {"min": 0.1, "max": 0.3},
-    {"distribution": "q_uniform", "min": 30, "max": 50, "q": 5},
-    {"distribution": "q_uniform", "min": 0.1, "max": 0.9, "q": 0.25},
-    {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-    {"distribution": "log_uniform", "min": math.log(1e-4), "max": math.log(1e-2)},
-    {"distribution": "inv_log_uniform_values", "min": 1e-4, "max": 1e-2},
-    {"distribution": "q_log_uniform_values", "min": 1, "max": 1000, "q": 1},
-    {"distribution": "normal", "mu": 5, "sigma": 2},
-    {"distribution": "q_normal", "mu": 10, "sigma": 3, "q": 1},
-    {"distribution": "log_normal", "mu": 0, "sigma": 0.5},
-    {"distribution": "q_log_normal", "mu": 1, "sigma": 0.5, "q": 0.5},
-    {"distribution": "beta", "a": 2, "b": 5}, {"distribution": "q_beta", "a": 2, "b": 5, "q": 0.1},
-    {"values": [0.5, "x", 0.1], "probabilities": [0.2, 0.5, 0.3]},  # in no numeric order
-], ids=lambda spec: spec.get("distribution", "-".join(spec)))
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"values": [64, 128, None]},
+        {"value": 7},
+        {"min": 2, "max": 9},
+        {"min": 0.1, "max": 0.3},
+        {"distribution": "q_uniform", "min": 30, "max": 50, "q": 5},
+        {"distribution": "q_uniform", "min": 0.1, "max": 0.9, "q": 0.25},
+        {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+        {"distribution": "log_uniform", "min": math.log(1e-4), "max": math.log(1e-2)},
+        {"distribution": "inv_log_uniform_values", "min": 1e-4, "max": 1e-2},
+        {"distribution": "q_log_uniform_values", "min": 1, "max": 1000, "q": 1},
+        {"distribution": "normal", "mu": 5, "sigma": 2},
+        {"distribution": "q_normal", "mu": 10, "sigma": 3, "q": 1},
+        {"distribution": "log_normal", "mu": 0, "sigma": 0.5},
+        {"distribution": "q_log_normal", "mu": 1, "sigma": 0.5, "q": 0.5},
+        {"distribution": "beta", "a": 2, "b": 5},
+        {"distribution": "q_beta", "a": 2, "b": 5, "q": 0.1},
+        {"values": [0.5, "x", 0.1], "probabilities": [0.2, 0.5, 0.3]},  # in no numeric order
+    ],
+    ids=lambda spec: spec.get("distribution", "-".join(spec)),
+)
 def test_every_value_a_parameter_gives_maps_back_to_a_draw_that_gives_it(spec):
     param = sweep_space.translate_parameter("batch_size", spec)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -212,26 +289,35 @@ def test_every_value_a_parameter_gives_maps_back_to_a_draw_that_gives_it(spec):
 def test_a_default_trainer_run_is_a_point_of_the_readme_sweep_and_its_neighbours_are_not():
     sweep = local_sweep.load_sweep(ROOT / "sweep_config.json")
     assert warm_start.space_point(sweep, p2.DEFAULTS)["learning_rate"] == 0.01  # its top, included
-    for change, reason in (({"epochs": 32}, "epochs=32 is not on its steps"),
-                           ({"learning_rate": 0.02}, "learning_rate=0.02 is outside its range"),
-                           ({"seed": 1}, "seed=1, but the sweep's trials train seed=0")):
+    for change, reason in (
+        ({"epochs": 32}, "epochs=32 is not on its steps"),
+        ({"learning_rate": 0.02}, "learning_rate=0.02 is outside its range"),
+        ({"seed": 1}, "seed=1, but the sweep's trials train seed=0"),
+    ):
         with pytest.raises(ValueError, match=reason):
             warm_start.space_point(sweep, p2.DEFAULTS | change)
 
 
-@pytest.mark.parametrize("option, change, words", [
-    ("--prior-runs", {"method": "grid"}, "--prior-runs with method grid"),
-    ("--start-from", {"method": "grid"}, "--start-from with method grid"),
-    ("--prior-runs", {}, "no such folder"),
-])
+@pytest.mark.parametrize(
+    "option, change, words",
+    [
+        ("--prior-runs", {"method": "grid"}, "--prior-runs with method grid"),
+        ("--start-from", {"method": "grid"}, "--start-from with method grid"),
+        ("--prior-runs", {}, "no such folder"),
+    ],
+)
 def test_what_a_sweep_cannot_start_from_is_one_line_and_exit_2_before_any_study(
-        option, change, words, tmp_path, capsys):
+    option, change, words, tmp_path, capsys
+):
     sweep = write_json(tmp_path / "s.json", WARM_SWEEP | change)
     given = tmp_path / ("points.json" if option == "--start-from" else "missing")
     if option == "--start-from":
         write_json(given, {"learning_rate": 0.05})
-    code = local_sweep.main(sweep_args(sweep, tmp_path / "no-data", tmp_path / "runs",
-                                       "--trials", "1", option, str(given)))
+    code = local_sweep.main(
+        sweep_args(
+            sweep, tmp_path / "no-data", tmp_path / "runs", "--trials", "1", option, str(given)
+        )
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and words in err, err
     assert not (tmp_path / "runs" / sweep_storage.DEFAULT_STORAGE_FILE).exists()
@@ -242,12 +328,22 @@ def test_what_a_sweep_cannot_start_from_is_one_line_and_exit_2_before_any_study(
 
 
 def test_starting_points_are_the_first_trials_in_the_order_given_and_never_queued_twice(
-        disk, learnable_data_dir, tmp_path, one_thread, capsys):
+    disk, learnable_data_dir, tmp_path, one_thread, capsys
+):
     points = tmp_path / "points.yaml"
     points.write_text("- {learning_rate: 0.0001}\n- {learning_rate: 0.05, epochs: 1}\n")  # YAML
     runs = tmp_path / "runs"
-    args = sweep_args(disk["sweep"], learnable_data_dir, runs, "--trials", "2",
-                      "--start-from", str(disk["good"]), "--start-from", str(points))
+    args = sweep_args(
+        disk["sweep"],
+        learnable_data_dir,
+        runs,
+        "--trials",
+        "2",
+        "--start-from",
+        str(disk["good"]),
+        "--start-from",
+        str(points),
+    )
     assert local_sweep.main(args) == 0
     out = capsys.readouterr().out
     assert f"start point from {disk['good']}: trial 0, before the sampler's" in out
@@ -265,21 +361,36 @@ def test_starting_points_are_the_first_trials_in_the_order_given_and_never_queue
     assert len(load_study(runs, "warm").trials) == 2
 
 
-@pytest.mark.parametrize("text, words", [
-    ('{"learning_rate": 0.01}', "learning_rate=0.01 is not one of its values"),
-    ('[{"epochs": 1}, {"learning_rate": 0.05, "weight_decay": 0.001}]',
-     "configuration 2: weight_decay=0.001, but the sweep's trials train weight_decay=0.0005"),
-    ('{"learning_rate": "fast"}', "learning_rate=fast is not allowed"),
-    ('{"lr": 0.05}', "'lr' is not a part_2_cifar.py setting"),
-    ('[]', "expected a configuration"),
-])
-def test_a_starting_point_no_trial_trains_is_one_line_naming_the_file(text, words, tmp_path,
-                                                                      capsys):
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('{"learning_rate": 0.01}', "learning_rate=0.01 is not one of its values"),
+        (
+            '[{"epochs": 1}, {"learning_rate": 0.05, "weight_decay": 0.001}]',
+            "configuration 2: weight_decay=0.001, but the sweep's trials train weight_decay=0.0005",
+        ),
+        ('{"learning_rate": "fast"}', "learning_rate=fast is not allowed"),
+        ('{"lr": 0.05}', "'lr' is not a part_2_cifar.py setting"),
+        ("[]", "expected a configuration"),
+    ],
+)
+def test_a_starting_point_no_trial_trains_is_one_line_naming_the_file(
+    text, words, tmp_path, capsys
+):
     points = tmp_path / "points.json"
     points.write_text(text)
     sweep = write_json(tmp_path / "warm.json", WARM_SWEEP)
-    code = local_sweep.main(sweep_args(sweep, tmp_path / "no-data", tmp_path / "runs",
-                                       "--trials", "1", "--start-from", str(points)))
+    code = local_sweep.main(
+        sweep_args(
+            sweep,
+            tmp_path / "no-data",
+            tmp_path / "runs",
+            "--trials",
+            "1",
+            "--start-from",
+            str(points),
+        )
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert f"--start-from {points}" in err and words in err, err
@@ -288,11 +399,17 @@ def test_a_starting_point_no_trial_trains_is_one_line_naming_the_file(text, word
 # --------------------------------------------------------------------------------------------------
 # Reproducible sweeps
 
-SEEDED_SWEEP = {"program": "part_2_cifar.py", "method": "bayes",
-                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                "parameters": {key: {"value": value} for key, value in TINY.items()}
-                | {"learning_rate": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.1},
-                   "dropout_rate": {"values": [0.0, 0.25, 0.5]}, "epochs": {"value": 1}}}
+SEEDED_SWEEP = {
+    "program": "part_2_cifar.py",
+    "method": "bayes",
+    "metric": {"name": "val_accuracy", "goal": "maximize"},
+    "parameters": {key: {"value": value} for key, value in TINY.items()}
+    | {
+        "learning_rate": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.1},
+        "dropout_rate": {"values": [0.0, 0.25, 0.5]},
+        "epochs": {"value": 1},
+    },
+}
 
 
 def drawn(runs_dir: Path) -> list[dict]:
@@ -302,12 +419,22 @@ def drawn(runs_dir: Path) -> list[dict]:
 
 
 def test_the_same_seed_draws_the_same_trials_in_one_command_or_over_an_interrupted_one(
-        learnable_data_dir, tmp_path, one_thread, monkeypatch):
+    learnable_data_dir, tmp_path, one_thread, monkeypatch
+):
     sweep = write_json(tmp_path / "seeded.json", SEEDED_SWEEP)
 
     def sweep_of(runs: str, trials: int, seed: int = 11) -> int:
-        return local_sweep.main(sweep_args(sweep, learnable_data_dir, tmp_path / runs,
-                                           "--trials", str(trials), "--sampler-seed", str(seed)))
+        return local_sweep.main(
+            sweep_args(
+                sweep,
+                learnable_data_dir,
+                tmp_path / runs,
+                "--trials",
+                str(trials),
+                "--sampler-seed",
+                str(seed),
+            )
+        )
 
     assert sweep_of("a", 3) == 0
     assert len(drawn(tmp_path / "a")) == 3
@@ -344,7 +471,8 @@ def test_the_same_seed_draws_the_same_trials_in_one_command_or_over_an_interrupt
 
 
 def test_a_time_budget_starts_no_trial_once_spent_and_holds_over_the_same_command_again(
-        learnable_data_dir, tmp_path, one_thread, capsys):
+    learnable_data_dir, tmp_path, one_thread, capsys
+):
     sweep = write_json(tmp_path / "seeded.json", SEEDED_SWEEP)
     runs = tmp_path / "runs"
     args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "50", "--time-budget", "2s")
@@ -352,8 +480,9 @@ def test_a_time_budget_starts_no_trial_once_spent_and_holds_over_the_same_comman
     out = capsys.readouterr().out
     assert "time budget 2 s spent" in out and (runs / "seeded" / "trials.csv").is_file()
     study = load_study(runs, "seeded")
-    ((start, end),) = [v for k, v in study.user_attrs.items()
-                       if k.startswith(warm_start.TIME_SPENT)]
+    ((start, end),) = [
+        v for k, v in study.user_attrs.items() if k.startswith(warm_start.TIME_SPENT)
+    ]
     assert end - start >= 2
     first = study.trials
     assert len(first) < 50 and all(t.state == TrialState.COMPLETE for t in first)  # none cut short
@@ -364,17 +493,23 @@ def test_a_time_budget_starts_no_trial_once_spent_and_holds_over_the_same_comman
     assert "time budget 2 s spent" in capsys.readouterr().out
     study = load_study(runs, "seeded")
     assert len(study.trials) == len(first)
-    assert warm_start.wall_seconds([v for k, v in study.user_attrs.items()
-                                     if k.startswith(warm_start.TIME_SPENT)]) > end - start
+    assert (
+        warm_start.wall_seconds(
+            [v for k, v in study.user_attrs.items() if k.startswith(warm_start.TIME_SPENT)]
+        )
+        > end - start
+    )
 
-    more = sweep_args(sweep, learnable_data_dir, runs, "--trials", str(len(first) + 1),
-                      "--time-budget", "1h")
+    more = sweep_args(
+        sweep, learnable_data_dir, runs, "--trials", str(len(first) + 1), "--time-budget", "1h"
+    )
     assert local_sweep.main(more) == 0  # a larger budget: the study goes on, counted by --trials
     assert len(load_study(runs, "seeded").trials) == len(first) + 1
 
 
-@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("45m", 2700), ("1.5h", 5400),
-                                           ("2d", 172800)])
+@pytest.mark.parametrize(
+    "text, seconds", [("90", 90), ("90s", 90), ("45m", 2700), ("1.5h", 5400), ("2d", 172800)]
+)
 def test_a_time_budget_reads_seconds_minutes_hours_or_days(text, seconds):
     assert warm_start.duration(text) == seconds
 

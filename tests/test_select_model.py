@@ -32,8 +32,12 @@ def select_command(*args: str) -> list[str]:
 def test_mean_std_and_interval_of_a_fixed_list_match_students_t():
     mean, std, ci = select_model.mean_std_ci([60.0, 62.0, 61.0, 63.0])
     assert mean == pytest.approx(61.5)
-    assert std == pytest.approx((5 / 3) ** 0.5)  # sample standard deviation: squares 2.25+0.25+0.25+2.25 over 3
-    half = 3.182446 * (5 / 3) ** 0.5 / 2  # t(0.975, 3 degrees of freedom) from any t table, times std / sqrt(4)
+    assert std == pytest.approx(
+        (5 / 3) ** 0.5
+    )  # sample standard deviation: squares 2.25+0.25+0.25+2.25 over 3
+    half = (
+        3.182446 * (5 / 3) ** 0.5 / 2
+    )  # t(0.975, 3 degrees of freedom) from any t table, times std / sqrt(4)
     assert ci == pytest.approx([61.5 - half, 61.5 + half], abs=1e-5)
 
 
@@ -47,9 +51,11 @@ def test_the_front_keeps_each_config_nothing_beats_on_both_accuracy_and_cost():
 
 
 def test_the_chosen_config_has_the_best_mean_and_a_tie_goes_to_the_cheaper_one():
-    reports = [{"key": "big", "val_accuracy_mean": 61.0, "flops_per_image": 80e6},
-               {"key": "small", "val_accuracy_mean": 61.0, "flops_per_image": 20e6},
-               {"key": "lucky", "val_accuracy_mean": 59.0, "flops_per_image": 90e6}]
+    reports = [
+        {"key": "big", "val_accuracy_mean": 61.0, "flops_per_image": 80e6},
+        {"key": "small", "val_accuracy_mean": 61.0, "flops_per_image": 20e6},
+        {"key": "lucky", "val_accuracy_mean": 59.0, "flops_per_image": 90e6},
+    ]
     ranked = select_model.rank(reports)
     assert [r["key"] for r in ranked] == ["small", "big", "lucky"]
     assert [r["pareto"] for r in ranked] == [True, False, False]
@@ -72,7 +78,9 @@ def finished_runs(learnable_data_dir, tmp_path_factory) -> Path:
     train_original(learnable_data_dir, runs / "study" / "trial-0001", epochs=1, learning_rate=1e-4)
     pruned = runs / "study" / "trial-0002"
     pruned.mkdir(parents=True)
-    (pruned / "summary.json").write_text(json.dumps({"status": "pruned", "best_val_accuracy": 99.0, "config": {}}))
+    (pruned / "summary.json").write_text(
+        json.dumps({"status": "pruned", "best_val_accuracy": 99.0, "config": {}})
+    )
     return runs
 
 
@@ -85,9 +93,14 @@ def two_sweeps_worth(finished_runs, tmp_path) -> Path:
 def test_candidates_are_finished_runs_at_any_depth_best_first(two_sweeps_worth):
     found = select_model.find_candidates(two_sweeps_worth, None)
     names = [[run.name for run in c.runs] for c in found]
-    assert sorted(sum(names, [])) == ["single", "trial-0000", "trial-0001"]  # the pruned trial is not a result
-    assert [c.single_run_val_accuracy for c in found] == sorted((c.single_run_val_accuracy for c in found),
-                                                                reverse=True)
+    assert sorted(sum(names, [])) == [
+        "single",
+        "trial-0000",
+        "trial-0001",
+    ]  # the pruned trial is not a result
+    assert [c.single_run_val_accuracy for c in found] == sorted(
+        (c.single_run_val_accuracy for c in found), reverse=True
+    )
 
 
 def test_new_seeds_avoid_every_seed_the_config_already_used(two_sweeps_worth):
@@ -104,88 +117,212 @@ def wait_for(path_glob: str, root: Path, process: subprocess.Popen, seconds: flo
         time.sleep(0.05)
 
 
-def test_a_killed_selection_resumes_without_retraining_finished_seeds(two_sweeps_worth, learnable_data_dir, tmp_path,
-                                                                      offline_env):
+def test_a_killed_selection_resumes_without_retraining_finished_seeds(
+    two_sweeps_worth, learnable_data_dir, tmp_path, offline_env
+):
     runs = two_sweeps_worth
-    args = [str(runs), "--top", "2", "--seeds", "1", "--data-dir", str(learnable_data_dir), "--wandb-mode",
-            "offline", "--images-dir", str(tmp_path / "images")]
-    process = subprocess.Popen(select_command(*args), env=offline_env, cwd=tmp_path, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        str(runs),
+        "--top",
+        "2",
+        "--seeds",
+        "1",
+        "--data-dir",
+        str(learnable_data_dir),
+        "--wandb-mode",
+        "offline",
+        "--images-dir",
+        str(tmp_path / "images"),
+    ]
+    process = subprocess.Popen(
+        select_command(*args),
+        env=offline_env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for("selection/*/summary.json", runs, process)
-    os.killpg(process.pid, signal.SIGKILL)  # the launcher and its trainer, as a machine's death would
+    os.killpg(
+        process.pid, signal.SIGKILL
+    )  # the launcher and its trainer, as a machine's death would
     process.wait()
     (finished,) = [p.parent for p in runs.glob("selection/*/summary.json")]
     before = (finished / "summary.json").read_bytes()
 
-    again = subprocess.run(select_command(*args), env=offline_env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(
+        select_command(*args),
+        env=offline_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr
     assert "1 trainings to run, 1 already finished" in again.stdout
     assert (finished / "summary.json").read_bytes() == before  # never trained twice
     selection = json.loads((runs / "selection.json").read_text())
-    assert [c["seeds"] for c in selection["configs"]] == [2, 2]  # the original plus one new seed each
+    assert [c["seeds"] for c in selection["configs"]] == [
+        2,
+        2,
+    ]  # the original plus one new seed each
     for config in selection["configs"]:
-        for key in ("config", "runs", "val_accuracy_mean", "val_accuracy_std", "val_accuracy_ci95",
-                    "single_run_val_accuracy", "test_accuracy_mean", "flops_per_image", "latency_ms", "pareto"):
+        for key in (
+            "config",
+            "runs",
+            "val_accuracy_mean",
+            "val_accuracy_std",
+            "val_accuracy_ci95",
+            "single_run_val_accuracy",
+            "test_accuracy_mean",
+            "flops_per_image",
+            "latency_ms",
+            "pareto",
+        ):
             assert config[key] is not None, key
         low, high = config["val_accuracy_ci95"]
         assert low <= config["val_accuracy_mean"] <= high
     best = selection["configs"][0]
     assert selection["best"] in best["runs"] and (runs / selection["best"] / "best.pt").is_file()
     assert (tmp_path / "images" / "selection_runs.png").is_file()
-    for run_id in (Path(run).name for c in selection["configs"] for run in c["runs"] if run.startswith("selection")):
-        assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}")), run_id  # each seed is a W&B run
+    for run_id in (
+        Path(run).name
+        for c in selection["configs"]
+        for run in c["runs"]
+        if run.startswith("selection")
+    ):
+        assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}")), (
+            run_id
+        )  # each seed is a W&B run
     # The seed trained by the second command ended cleanly: its W&B run is in the selection's group. (The first was
     # killed as its summary appeared, maybe before wandb wrote its buffer: its run folder is what counts.)
     (second,) = [p for p in runs.glob("selection/*") if p.is_dir() and p != finished]
-    assert any(b"selection-runs" in f.read_bytes() for f in (tmp_path / "wandb").glob(f"*-{second.name}/*.wandb"))
+    assert any(
+        b"selection-runs" in f.read_bytes()
+        for f in (tmp_path / "wandb").glob(f"*-{second.name}/*.wandb")
+    )
 
 
 def test_no_finished_run_is_one_line_and_exit_2(tmp_path, offline_env):
     (tmp_path / "runs").mkdir()
-    result = subprocess.run(select_command(str(tmp_path / "runs")), env=offline_env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        select_command(str(tmp_path / "runs")),
+        env=offline_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: no finished run")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_sweep_then_selection_then_export_of_what_was_chosen(learnable_data_dir, tmp_path, offline_env,
-                                                               monkeypatch, capsys):
+def test_a_sweep_then_selection_then_export_of_what_was_chosen(
+    learnable_data_dir, tmp_path, offline_env, monkeypatch, capsys
+):
     import local_sweep
     import trt_export
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     sweep = tmp_path / "tiny.json"
-    sweep.write_text(json.dumps({"program": "part_2_cifar.py", "method": "random",
-                                 "metric": {"name": "val_accuracy", "goal": "maximize"},
-                                 "parameters": {"num_filters_1": {"value": 8}, "num_filters_2": {"values": [8, 16]},
-                                                "num_filters_3": {"values": [16, 32]}, "batch_size": {"value": 64},
-                                                "learning_rate": {"min": 0.01, "max": 0.05},
-                                                "epochs": {"value": 2}}}))
+    sweep.write_text(
+        json.dumps(
+            {
+                "program": "part_2_cifar.py",
+                "method": "random",
+                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                "parameters": {
+                    "num_filters_1": {"value": 8},
+                    "num_filters_2": {"values": [8, 16]},
+                    "num_filters_3": {"values": [16, 32]},
+                    "batch_size": {"value": 64},
+                    "learning_rate": {"min": 0.01, "max": 0.05},
+                    "epochs": {"value": 2},
+                },
+            }
+        )
+    )
     runs = tmp_path / "runs"
-    assert local_sweep.main([str(sweep), "--trials", "3", "--data-dir", str(learnable_data_dir), "--runs-dir",
-                             str(runs), "--val-size", "100", "--images-dir", str(tmp_path / "images")]) == 0
+    assert (
+        local_sweep.main(
+            [
+                str(sweep),
+                "--trials",
+                "3",
+                "--data-dir",
+                str(learnable_data_dir),
+                "--runs-dir",
+                str(runs),
+                "--val-size",
+                "100",
+                "--images-dir",
+                str(tmp_path / "images"),
+            ]
+        )
+        == 0
+    )
     assert len(list(runs.glob("tiny/trial-*/summary.json"))) == 3
 
     monkeypatch.chdir(tmp_path)
-    assert select_model.main([str(runs), "--top", "2", "--seeds", "1", "--data-dir", str(learnable_data_dir),
-                              "--images-dir", str(tmp_path / "images")]) == 0
+    assert (
+        select_model.main(
+            [
+                str(runs),
+                "--top",
+                "2",
+                "--seeds",
+                "1",
+                "--data-dir",
+                str(learnable_data_dir),
+                "--images-dir",
+                str(tmp_path / "images"),
+            ]
+        )
+        == 0
+    )
     selection = json.loads((runs / "selection.json").read_text())
-    export = ["--runs-dir", str(runs), "--data-dir", str(learnable_data_dir), "--device", "cpu", "--batch-sizes",
-              "1,4", "--accuracy-images", "20", "--warmup-seconds", "0", "--min-seconds", "0", "--min-iterations",
-              "1", "--plot", str(tmp_path / "images" / "export.png")]
+    export = [
+        "--runs-dir",
+        str(runs),
+        "--data-dir",
+        str(learnable_data_dir),
+        "--device",
+        "cpu",
+        "--batch-sizes",
+        "1,4",
+        "--accuracy-images",
+        "20",
+        "--warmup-seconds",
+        "0",
+        "--min-seconds",
+        "0",
+        "--min-iterations",
+        "1",
+        "--plot",
+        str(tmp_path / "images" / "export.png"),
+    ]
     capsys.readouterr()
     assert trt_export.main(["--checkpoint", "best", "--out", str(tmp_path / "best"), *export]) == 0
-    assert f"exporting checkpoint {runs / selection['best'] / 'best.pt'} " in capsys.readouterr().out
+    assert (
+        f"exporting checkpoint {runs / selection['best'] / 'best.pt'} " in capsys.readouterr().out
+    )
 
-    cheapest_front = min((c for c in selection["configs"] if c["pareto"]), key=lambda c: c["flops_per_image"])
+    cheapest_front = min(
+        (c for c in selection["configs"] if c["pareto"]), key=lambda c: c["flops_per_image"]
+    )
     seed = choice.best_seed(cheapest_front, runs)
-    assert trt_export.main(["--checkpoint", "best", "--within", "100", "--out", str(tmp_path / "cheap"), *export]) == 0
+    assert (
+        trt_export.main(
+            ["--checkpoint", "best", "--within", "100", "--out", str(tmp_path / "cheap"), *export]
+        )
+        == 0
+    )
     assert f"exporting checkpoint {runs / seed / 'best.pt'} " in capsys.readouterr().out
 
 
-def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points(learnable_data_dir, tmp_path,
-                                                                                 monkeypatch, capsys):
+def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points(
+    learnable_data_dir, tmp_path, monkeypatch, capsys
+):
     """sweep_deploy.json's form offline, then `select_model.py --front` and `trt_export.py --within`: the README's
     deploy path, on tiny models whose flops_per_image differ."""
     import csv
@@ -195,31 +332,111 @@ def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     sweep = tmp_path / "deploy.json"
-    sweep.write_text(json.dumps({
-        "program": "part_2_cifar.py", "method": "custom", "scheduler": {"engine": "optuna"},
-        "metrics": [{"name": "best_val_accuracy", "goal": "maximize"}, {"name": "flops_per_image", "goal": "minimize"}],
-        "parameters": {"num_filters_1": {"value": 8}, "num_filters_2": {"values": [4, 8, 16]},
-                       "num_filters_3": {"values": [16, 32]}, "batch_size": {"value": 64},
-                       "learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 2}}}))
+    sweep.write_text(
+        json.dumps(
+            {
+                "program": "part_2_cifar.py",
+                "method": "custom",
+                "scheduler": {"engine": "optuna"},
+                "metrics": [
+                    {"name": "best_val_accuracy", "goal": "maximize"},
+                    {"name": "flops_per_image", "goal": "minimize"},
+                ],
+                "parameters": {
+                    "num_filters_1": {"value": 8},
+                    "num_filters_2": {"values": [4, 8, 16]},
+                    "num_filters_3": {"values": [16, 32]},
+                    "batch_size": {"value": 64},
+                    "learning_rate": {"min": 0.01, "max": 0.05},
+                    "epochs": {"value": 2},
+                },
+            }
+        )
+    )
     runs = tmp_path / "runs"
-    assert local_sweep.main([str(sweep), "--trials", "4", "--data-dir", str(learnable_data_dir), "--runs-dir",
-                             str(runs), "--val-size", "100", "--images-dir", str(tmp_path / "images")]) == 0
+    assert (
+        local_sweep.main(
+            [
+                str(sweep),
+                "--trials",
+                "4",
+                "--data-dir",
+                str(learnable_data_dir),
+                "--runs-dir",
+                str(runs),
+                "--val-size",
+                "100",
+                "--images-dir",
+                str(tmp_path / "images"),
+            ]
+        )
+        == 0
+    )
     with open(runs / "deploy" / "trials.csv") as f:
-        front = [json.loads(Path(row["run_dir"], "summary.json").read_text())["config"] for row in csv.DictReader(f)
-                 if row["pareto_front"] == "True"]
+        front = [
+            json.loads(Path(row["run_dir"], "summary.json").read_text())["config"]
+            for row in csv.DictReader(f)
+            if row["pareto_front"] == "True"
+        ]
 
     monkeypatch.chdir(tmp_path)
-    assert select_model.main([str(runs / "deploy"), "--front", "--seeds", "1", "--data-dir", str(learnable_data_dir),
-                              "--images-dir", str(tmp_path / "images")]) == 0
+    assert (
+        select_model.main(
+            [
+                str(runs / "deploy"),
+                "--front",
+                "--seeds",
+                "1",
+                "--data-dir",
+                str(learnable_data_dir),
+                "--images-dir",
+                str(tmp_path / "images"),
+            ]
+        )
+        == 0
+    )
     selection = json.loads((runs / "deploy" / "selection.json").read_text())
-    assert sorted(c["key"] for c in selection["configs"]) == sorted({select_model.config_key(c) for c in front})
+    assert sorted(c["key"] for c in selection["configs"]) == sorted(
+        {select_model.config_key(c) for c in front}
+    )
     assert all(c["seeds"] >= 2 for c in selection["configs"])  # each confirmed with a new seed
 
-    cheapest = min((c for c in selection["configs"] if c["pareto"]), key=lambda c: c["flops_per_image"])
+    cheapest = min(
+        (c for c in selection["configs"] if c["pareto"]), key=lambda c: c["flops_per_image"]
+    )
     capsys.readouterr()
-    assert trt_export.main(["--checkpoint", "best", "--within", "100", "--runs-dir", str(runs), "--data-dir",
-                            str(learnable_data_dir), "--device", "cpu", "--batch-sizes", "1,4", "--accuracy-images",
-                            "20", "--warmup-seconds", "0", "--min-seconds", "0", "--min-iterations", "1", "--out",
-                            str(tmp_path / "cheap"), "--plot", str(tmp_path / "images" / "export.png")]) == 0
-    seed = choice.best_seed(cheapest, runs / "deploy")  # the cheapest of the confirmed front, its best seed
+    assert (
+        trt_export.main(
+            [
+                "--checkpoint",
+                "best",
+                "--within",
+                "100",
+                "--runs-dir",
+                str(runs),
+                "--data-dir",
+                str(learnable_data_dir),
+                "--device",
+                "cpu",
+                "--batch-sizes",
+                "1,4",
+                "--accuracy-images",
+                "20",
+                "--warmup-seconds",
+                "0",
+                "--min-seconds",
+                "0",
+                "--min-iterations",
+                "1",
+                "--out",
+                str(tmp_path / "cheap"),
+                "--plot",
+                str(tmp_path / "images" / "export.png"),
+            ]
+        )
+        == 0
+    )
+    seed = choice.best_seed(
+        cheapest, runs / "deploy"
+    )  # the cheapest of the confirmed front, its best seed
     assert f"exporting checkpoint {runs / 'deploy' / seed / 'best.pt'} " in capsys.readouterr().out

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, cli_args, offline_wandb_run, trainer_command
+from conftest import (
+    FAST_CONFIG,
+    ROOT,
+    at_terminal_defaults,
+    cli_args,
+    offline_wandb_run,
+    trainer_command,
+)
 
 import local_sweep
 import part_2_cifar as trainer
@@ -35,14 +42,22 @@ class Process:
     line by line in the background; stderr is kept for the end."""
 
     def __init__(self, command: list[str], env: dict, cwd: Path, **popen):
-        self.popen = subprocess.Popen(at_terminal_defaults(command), env=env, cwd=cwd,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      stdin=subprocess.DEVNULL, text=True, **popen)
+        self.popen = subprocess.Popen(
+            at_terminal_defaults(command),
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            **popen,
+        )
         self.lines: list[str] = []
         self.errors: list[str] = []  # stderr as it comes: one reader a pipe, or lines get lost
-        self.readers = [threading.Thread(target=lines.extend, args=(pipe,), daemon=True)
-                        for lines, pipe in ((self.lines, self.popen.stdout),
-                                            (self.errors, self.popen.stderr))]
+        self.readers = [
+            threading.Thread(target=lines.extend, args=(pipe,), daemon=True)
+            for lines, pipe in ((self.lines, self.popen.stdout), (self.errors, self.popen.stderr))
+        ]
         for reader in self.readers:
             reader.start()
 
@@ -57,7 +72,9 @@ class Process:
     def wait_for_epoch(self, epoch: int, seconds: float = 240) -> None:
         """Until some process writing to stdout has printed the line of `epoch` (a trainer, or a sweep's worker)."""
         deadline = time.monotonic() + seconds
-        while not any((m := EPOCH_LINE.match(line)) and int(m[1]) >= epoch for line in list(self.lines)):
+        while not any(
+            (m := EPOCH_LINE.match(line)) and int(m[1]) >= epoch for line in list(self.lines)
+        ):
             assert self.popen.poll() is None, self.ended_early()
             assert time.monotonic() < deadline, f"no epoch {epoch} line: {self.lines[-5:]}"
             time.sleep(0.01)
@@ -87,11 +104,22 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def run_args(data_dir: Path, runs_dir: Path, epochs: int = EPOCHS,
-             wandb_mode: str = "offline") -> list[str]:
+def run_args(
+    data_dir: Path, runs_dir: Path, epochs: int = EPOCHS, wandb_mode: str = "offline"
+) -> list[str]:
     """The trainer's arguments; W&B offline, as most cases here check what the W&B run recorded."""
-    return [*cli_args({**FAST_CONFIG, "epochs": epochs}), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
-            "--val-size", "200", "--wandb-mode", wandb_mode, "--no-log-model"]
+    return [
+        *cli_args({**FAST_CONFIG, "epochs": epochs}),
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--val-size",
+        "200",
+        "--wandb-mode",
+        wandb_mode,
+        "--no-log-model",
+    ]
 
 
 def saved_epoch(run_dir: Path) -> int:
@@ -102,8 +130,9 @@ def saved_epoch(run_dir: Path) -> int:
 # The trainer
 
 
-def test_sighup_to_the_trainer_keeps_the_latest_epoch_finishes_the_wandb_run_and_exits_129(tiny_data_dir, tmp_path,
-                                                                                           offline_env):
+def test_sighup_to_the_trainer_keeps_the_latest_epoch_finishes_the_wandb_run_and_exits_129(
+    tiny_data_dir, tmp_path, offline_env
+):
     # What `wandb agent --forward-signals` passes on. Checkpoints are written after epoch 1 and then once a minute:
     # only a graceful stop (as SIGTERM's, tests/test_reliability.py) has epoch 2 or later in last.pt.
     env = offline_env | {"WANDB_RUN_ID": "stopped"}
@@ -114,7 +143,10 @@ def test_sighup_to_the_trainer_keeps_the_latest_epoch_finishes_the_wandb_run_and
     assert code == 128 + signal.SIGHUP
     assert one_line(stderr).startswith("interrupted by SIGHUP: ") and "--resume" in stderr
     assert 2 <= saved_epoch(tmp_path / "runs" / "stopped") < EPOCHS
-    assert offline_wandb_run(tmp_path / "wandb", "stopped")[:2] == (128 + signal.SIGHUP, True)  # finished, requeueable
+    assert offline_wandb_run(tmp_path / "wandb", "stopped")[:2] == (
+        128 + signal.SIGHUP,
+        True,
+    )  # finished, requeueable
 
 
 def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offline_env):
@@ -122,14 +154,23 @@ def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offli
     later write to the terminal fails; the run still saves, finishes its W&B run and exits 129."""
     master, terminal = os.openpty()
 
-    def on_the_terminal() -> None:  # a session of its own with the pty as controlling terminal, as a login shell has
+    def on_the_terminal() -> (
+        None
+    ):  # a session of its own with the pty as controlling terminal, as a login shell has
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     env = offline_env | {"WANDB_RUN_ID": "ssh"}
     command = at_terminal_defaults(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")))
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdin=terminal, stdout=terminal,
-                               stderr=terminal, preexec_fn=on_the_terminal)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        preexec_fn=on_the_terminal,
+    )
     os.close(terminal)
     shown, deadline = b"", time.monotonic() + 240
     while not re.search(rb"epoch +2/", shown):
@@ -144,7 +185,9 @@ def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offli
     assert offline_wandb_run(tmp_path / "wandb", "ssh")[:2] == (128 + signal.SIGHUP, True)
 
 
-def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(tiny_data_dir, tmp_path, offline_env):
+def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(
+    tiny_data_dir, tmp_path, offline_env
+):
     # `nohup` ignores SIGHUP; bash without job control starts `cmd &` with SIGINT and SIGQUIT ignored. The user asked
     # for the run to go on after the terminal closes: it does, and SIGTERM still stops it gracefully.
     args = run_args(tiny_data_dir, tmp_path / "runs", wandb_mode="disabled")
@@ -178,14 +221,21 @@ sys.exit(p2.main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize(("stage", "said"), [
-    ("start_wandb_run", "no epoch had finished; the same command starts again"),
-    ("end_run", "the run is complete in "),
-])
-def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(stage, said, tiny_data_dir, tmp_path,
-                                                                               offline_env):
-    process = Process([sys.executable, "-c", SLOW_STAGE, stage, *run_args(tiny_data_dir, tmp_path / "runs", 1)],
-                      offline_env, tmp_path)
+@pytest.mark.parametrize(
+    ("stage", "said"),
+    [
+        ("start_wandb_run", "no epoch had finished; the same command starts again"),
+        ("end_run", "the run is complete in "),
+    ],
+)
+def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(
+    stage, said, tiny_data_dir, tmp_path, offline_env
+):
+    process = Process(
+        [sys.executable, "-c", SLOW_STAGE, stage, *run_args(tiny_data_dir, tmp_path / "runs", 1)],
+        offline_env,
+        tmp_path,
+    )
     process.wait_until(lambda: "slow stage\n" in process.lines)
     process.popen.send_signal(signal.SIGINT)
     time.sleep(0.5)  # the first one is only noted; the second means "stop now"
@@ -199,7 +249,9 @@ def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(sta
 # Output that goes away without a SIGHUP: the work goes on unseen (cli.OutputThatMayGoAway)
 
 
-def assert_finished_quietly(code: int, stderr: str, tmp_path: Path, run_id: str, epochs: int) -> None:
+def assert_finished_quietly(
+    code: int, stderr: str, tmp_path: Path, run_id: str, epochs: int
+) -> None:
     assert code == 0, stderr[-3000:]
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
@@ -207,13 +259,20 @@ def assert_finished_quietly(code: int, stderr: str, tmp_path: Path, run_id: str,
     assert offline_wandb_run(tmp_path / "wandb", run_id)[0] == 0  # the W&B run finished, exit 0
 
 
-def test_a_pipe_whose_reader_exits_after_the_first_line_does_not_end_the_training(tiny_data_dir, tmp_path,
-                                                                                   offline_env):
+def test_a_pipe_whose_reader_exits_after_the_first_line_does_not_end_the_training(
+    tiny_data_dir, tmp_path, offline_env
+):
     # `part_2_cifar.py ... | head -1`: once head exits, every write to stdout fails (EPIPE; Python ignores SIGPIPE).
     epochs, read_end, write_end = 5, *os.pipe()
-    process = subprocess.Popen(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs", epochs)),
-                               env=offline_env | {"WANDB_RUN_ID": "piped"}, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                               stdout=write_end, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        trainer_command(*run_args(tiny_data_dir, tmp_path / "runs", epochs)),
+        env=offline_env | {"WANDB_RUN_ID": "piped"},
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     os.close(write_end)
     with os.fdopen(read_end) as reader:
         assert EPOCH_LINE.match(reader.readline())
@@ -240,13 +299,21 @@ def test_only_a_reader_that_went_away_is_forgiven_a_full_disk_still_raises():
         full.close()
 
 
-def test_a_terminal_gone_without_a_sighup_does_not_end_the_training(tiny_data_dir, tmp_path, offline_env):
+def test_a_terminal_gone_without_a_sighup_does_not_end_the_training(
+    tiny_data_dir, tmp_path, offline_env
+):
     # `part_2_cifar.py ... &` then logout: bash sends background jobs no SIGHUP, and every write to the terminal the job
     # still holds fails (EIO), on stdout and stderr alike. A pty that is not the job's controlling terminal is that.
     epochs, (master, terminal) = 5, os.openpty()
-    process = subprocess.Popen(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs", epochs)),
-                               env=offline_env | {"WANDB_RUN_ID": "bg"}, cwd=tmp_path, stdin=subprocess.DEVNULL,
-                               stdout=terminal, stderr=terminal, start_new_session=True)
+    process = subprocess.Popen(
+        trainer_command(*run_args(tiny_data_dir, tmp_path / "runs", epochs)),
+        env=offline_env | {"WANDB_RUN_ID": "bg"},
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
     os.close(terminal)
     shown, deadline = b"", time.monotonic() + 240
     while not EPOCH_LINE.search(shown.decode(errors="replace")):
@@ -263,73 +330,122 @@ def test_a_terminal_gone_without_a_sighup_does_not_end_the_training(tiny_data_di
 
 def write_sweep(path: Path, epochs: int) -> Path:
     tiny = {key: {"value": value} for key, value in FAST_CONFIG.items() if key != "epochs"}
-    path.write_text(json.dumps({"program": "part_2_cifar.py", "method": "random",
-                                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                                "parameters": tiny | {"epochs": {"value": epochs},
-                                                      "seed": {"values": [0, 1, 2, 3]}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "program": "part_2_cifar.py",
+                "method": "random",
+                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                "parameters": tiny
+                | {"epochs": {"value": epochs}, "seed": {"values": [0, 1, 2, 3]}},
+            }
+        )
+    )
     return path
 
 
 def sweep_command(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
-    return [sys.executable, str(ROOT / "local_sweep.py"), str(sweep), "--data-dir", str(data_dir), "--runs-dir",
-            str(runs_dir), "--val-size", "200", "--wandb-mode", "disabled", "--images-dir", str(runs_dir / "img"),
-            *more]
+    return [
+        sys.executable,
+        str(ROOT / "local_sweep.py"),
+        str(sweep),
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--val-size",
+        "200",
+        "--wandb-mode",
+        "disabled",
+        "--images-dir",
+        str(runs_dir / "img"),
+        *more,
+    ]
 
 
 def states(runs_dir: Path, study: str) -> list[str]:
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        str(runs_dir / "optuna-journal.log")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(runs_dir / "optuna-journal.log"))
+    )
     return [t.state.name for t in optuna.load_study(study_name=study, storage=storage).trials]
 
 
-def test_sighup_to_a_local_sweep_leaves_its_trial_for_a_retry_that_continues_it(tiny_data_dir, tmp_path,
-                                                                                 offline_env, one_thread, capsys):
+def test_sighup_to_a_local_sweep_leaves_its_trial_for_a_retry_that_continues_it(
+    tiny_data_dir, tmp_path, offline_env, one_thread, capsys
+):
     sweep, runs = write_sweep(tmp_path / "hup.json", epochs=6), tmp_path / "runs"
-    process = Process(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1"), offline_env, tmp_path)
+    process = Process(
+        sweep_command(sweep, tiny_data_dir, runs, "--trials", "1"), offline_env, tmp_path
+    )
     process.wait_for_epoch(2)
     process.popen.send_signal(signal.SIGHUP)
     code, stderr = process.finish()
     assert code == 128 + signal.SIGHUP
     assert "trial 0 is failed and queued for a retry" in one_line(stderr)
-    assert states(runs, "hup") == ["FAIL", "WAITING"]  # not RUNNING: nobody has to notice a dead process
+    assert states(runs, "hup") == [
+        "FAIL",
+        "WAITING",
+    ]  # not RUNNING: nobody has to notice a dead process
     interrupted_at = saved_epoch(runs / "hup" / "trial-0000")
     assert interrupted_at >= 2
 
-    assert local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 0  # the same command
+    assert (
+        local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 0
+    )  # the same command
     assert states(runs, "hup") == ["FAIL", "COMPLETE"]
     assert f"resuming after epoch {interrupted_at}" in capsys.readouterr().out
 
 
 def test_a_signal_while_a_local_sweep_starts_up_is_one_line_and_starts_no_trial(
-        tiny_data_dir, tmp_path, one_thread, monkeypatch, capsys, terminal_signal_defaults):
+    tiny_data_dir, tmp_path, one_thread, monkeypatch, capsys, terminal_signal_defaults
+):
     real_prepare_data = trainer.prepare_data
 
     def prepare_data_then_hang_up(*args, **kwargs):
-        signal.raise_signal(signal.SIGHUP)  # arrives while the data set loads, before the worker loop
+        signal.raise_signal(
+            signal.SIGHUP
+        )  # arrives while the data set loads, before the worker loop
         return real_prepare_data(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "prepare_data", prepare_data_then_hang_up)
     sweep, runs = write_sweep(tmp_path / "early.json", epochs=2), tmp_path / "runs"
     handler_before = signal.getsignal(signal.SIGHUP)
-    assert local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 128 + signal.SIGHUP
+    assert (
+        local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:])
+        == 128 + signal.SIGHUP
+    )
     assert "interrupted by SIGHUP before a trial started" in one_line(capsys.readouterr().err)
     assert states(runs, "early") == []
     assert signal.getsignal(signal.SIGHUP) is handler_before
 
 
-def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_its_workers(tiny_data_dir, tmp_path,
-                                                                                              offline_env):
+def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_its_workers(
+    tiny_data_dir, tmp_path, offline_env
+):
     sweep, runs = write_sweep(tmp_path / "two.json", epochs=EPOCHS), tmp_path / "runs"
-    process = Process(["nohup", *sweep_command(sweep, tiny_data_dir, runs, "--trials", "2", "--workers", "2")],
-                      offline_env, tmp_path, start_new_session=True)
-    process.wait_until(lambda: len(list(runs.glob("two/trial-*/last.pt"))) >= 2)  # both workers saved an epoch
-    os.killpg(process.popen.pid, signal.SIGHUP)  # the terminal closes: launcher and workers all get it, and ignore it
+    process = Process(
+        ["nohup", *sweep_command(sweep, tiny_data_dir, runs, "--trials", "2", "--workers", "2")],
+        offline_env,
+        tmp_path,
+        start_new_session=True,
+    )
+    process.wait_until(
+        lambda: len(list(runs.glob("two/trial-*/last.pt"))) >= 2
+    )  # both workers saved an epoch
+    os.killpg(
+        process.popen.pid, signal.SIGHUP
+    )  # the terminal closes: launcher and workers all get it, and ignore it
     process.wait_for_more_epochs(4)  # both still training
     process.popen.send_signal(signal.SIGQUIT)  # the launcher only: it passes the signal on
     code, stderr = process.finish()
     assert code == 128 + signal.SIGQUIT and "Traceback" not in stderr
     assert stderr.count("interrupted by SIGQUIT") == 2  # one line from each worker
-    assert sorted(states(runs, "two")) == ["FAIL", "FAIL", "WAITING", "WAITING"]  # none left RUNNING
+    assert sorted(states(runs, "two")) == [
+        "FAIL",
+        "FAIL",
+        "WAITING",
+        "WAITING",
+    ]  # none left RUNNING
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -351,12 +467,26 @@ def set_epochs(run_dir: Path, epochs: int) -> None:
 
 
 def select_command(runs: Path, data_dir: Path, seeds: int = 1) -> list[str]:
-    return [sys.executable, str(ROOT / "select_model.py"), str(runs), "--top", "1", "--seeds", str(seeds), "--data-dir",
-            str(data_dir), "--wandb-mode", "disabled", "--images-dir", str(runs.parent / "images")]
+    return [
+        sys.executable,
+        str(ROOT / "select_model.py"),
+        str(runs),
+        "--top",
+        "1",
+        "--seeds",
+        str(seeds),
+        "--data-dir",
+        str(data_dir),
+        "--wandb-mode",
+        "disabled",
+        "--images-dir",
+        str(runs.parent / "images"),
+    ]
 
 
-def test_sighup_to_model_selection_stops_its_trainer_gracefully(one_finished_run, tiny_data_dir, tmp_path,
-                                                                 offline_env):
+def test_sighup_to_model_selection_stops_its_trainer_gracefully(
+    one_finished_run, tiny_data_dir, tmp_path, offline_env
+):
     process = Process(select_command(one_finished_run, tiny_data_dir), offline_env, tmp_path)
     process.wait_until(lambda: list(one_finished_run.glob("selection/*/last.pt")))
     process.popen.send_signal(signal.SIGHUP)
@@ -364,14 +494,19 @@ def test_sighup_to_model_selection_stops_its_trainer_gracefully(one_finished_run
     assert code == 128 + signal.SIGHUP
     assert one_line(stderr) == "interrupted by SIGHUP: run the same command to continue"
     (seed,) = one_finished_run.glob("selection/*/")
-    assert "interrupted by SIGHUP" in (seed / "output.log").read_text()  # the trainer got it and saved
+    assert (
+        "interrupted by SIGHUP" in (seed / "output.log").read_text()
+    )  # the trainer got it and saved
     assert saved_epoch(seed) < EPOCHS and not (one_finished_run / "selection.json").exists()
 
 
-def test_model_selection_under_nohup_ignores_sighup_and_finishes(one_finished_run, tiny_data_dir, tmp_path,
-                                                                 offline_env):
+def test_model_selection_under_nohup_ignores_sighup_and_finishes(
+    one_finished_run, tiny_data_dir, tmp_path, offline_env
+):
     set_epochs(one_finished_run / "finished", 6)  # the retraining runs to its end
-    process = Process(["nohup", *select_command(one_finished_run, tiny_data_dir)], offline_env, tmp_path)
+    process = Process(
+        ["nohup", *select_command(one_finished_run, tiny_data_dir)], offline_env, tmp_path
+    )
     process.wait_until(lambda: list(one_finished_run.glob("selection/*/last.pt")))
     process.popen.send_signal(signal.SIGHUP)
     code, stderr = process.finish()
@@ -382,14 +517,19 @@ def test_model_selection_under_nohup_ignores_sighup_and_finishes(one_finished_ru
 
 
 def test_a_stop_with_trainings_not_yet_started_ends_model_selection_and_the_same_command_resumes(
-        one_finished_run, tiny_data_dir, tmp_path, offline_env):
-    command = select_command(one_finished_run, tiny_data_dir, seeds=2)  # one worker: the second seed waits its turn
+    one_finished_run, tiny_data_dir, tmp_path, offline_env
+):
+    command = select_command(
+        one_finished_run, tiny_data_dir, seeds=2
+    )  # one worker: the second seed waits its turn
 
     def saved() -> bool:
         return bool(list(one_finished_run.glob("selection/*/last.pt")))
 
     def resumed() -> bool:
-        return "resuming" in "".join(p.read_text() for p in one_finished_run.glob("selection/*/output.log"))
+        return "resuming" in "".join(
+            p.read_text() for p in one_finished_run.glob("selection/*/output.log")
+        )
 
     for attempt in range(2):
         process = Process(command, offline_env, tmp_path)

@@ -45,8 +45,10 @@ def test_sweep_is_the_seed_bayes_search_with_hyperband():
 
 def test_sweep_config_passes_wandbs_own_schema():
     sweeps = pytest.importorskip(
-        "sweeps", reason="W&B's sweep engine (`pip install sweeps`) pins numpy<2, so it is not in the product's "
-                         "environment; run this test in a separate one to check the schema")
+        "sweeps",
+        reason="W&B's sweep engine (`pip install sweeps`) pins numpy<2, so it is not in the product's "
+        "environment; run this test in a separate one to check the schema",
+    )
     from sweeps.config import schema_violations_from_proposed_config
 
     assert schema_violations_from_proposed_config(sweep_file()) == []
@@ -60,7 +62,9 @@ def sample_config(seed: int) -> dict:
     return {p.name: p.sample(trial) for p in sweep.params}
 
 
-def run_like_the_agent(tmp_path: Path, data_dir: Path, env: dict, cli: dict | None, param_file: dict) -> Path:
+def run_like_the_agent(
+    tmp_path: Path, data_dir: Path, env: dict, cli: dict | None, param_file: dict
+) -> Path:
     """What `wandb agent` does for one run (wandb_agent.Agent._command_run in wandb 0.31), with W&B offline.
 
     The values go both ways the agent sends them: `--key=value` arguments built by wandb's own function, and a
@@ -75,24 +79,47 @@ def run_like_the_agent(tmp_path: Path, data_dir: Path, env: dict, cli: dict | No
     run_id, sweep_id = "agentrun1", "localsweep"
     param_path = tmp_path / "wandb" / f"sweep-{sweep_id}" / f"config-{run_id}.yaml"
     param_path.parent.mkdir(parents=True)
-    config_util.save_config_file_from_dict(str(param_path), {k: {"value": v} for k, v in param_file.items()})
-    args = create_sweep_command_args({"args": {k: {"value": v} for k, v in (cli or {}).items()}})["args"]
-    fill = {"${env}": ["/usr/bin/env"], "${interpreter}": ["python"], "${program}": [str(ROOT / "part_2_cifar.py")],
-            "${args}": ["--val-size=100", *args]}
+    config_util.save_config_file_from_dict(
+        str(param_path), {k: {"value": v} for k, v in param_file.items()}
+    )
+    args = create_sweep_command_args({"args": {k: {"value": v} for k, v in (cli or {}).items()}})[
+        "args"
+    ]
+    fill = {
+        "${env}": ["/usr/bin/env"],
+        "${interpreter}": ["python"],
+        "${program}": [str(ROOT / "part_2_cifar.py")],
+        "${args}": ["--val-size=100", *args],
+    }
     command = [part for chunk in create_sweep_command(None) for part in fill[chunk]]
-    (tmp_path / "data").symlink_to(data_dir)  # the program's default --data-dir, relative to where the agent runs
-    env = env | {"WANDB_MODE": "offline", "WANDB_SWEEP_ID": sweep_id, "WANDB_RUN_ID": run_id,
-                 "WANDB_SWEEP_PARAM_PATH": str(param_path), "OMP_NUM_THREADS": "1",  # shared CPU: 1 thread is faster
-                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    (tmp_path / "data").symlink_to(
+        data_dir
+    )  # the program's default --data-dir, relative to where the agent runs
+    env = env | {
+        "WANDB_MODE": "offline",
+        "WANDB_SWEEP_ID": sweep_id,
+        "WANDB_RUN_ID": run_id,
+        "WANDB_SWEEP_PARAM_PATH": str(param_path),
+        "OMP_NUM_THREADS": "1",  # shared CPU: 1 thread is faster
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    }
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}")), "no offline W&B run with the agent's run id"
+    assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}")), (
+        "no offline W&B run with the agent's run id"
+    )
     return tmp_path / "runs" / run_id / "summary.json"
 
 
-def test_agent_command_line_and_params_file_give_the_run_the_sampled_config(tmp_path, tiny_data_dir, offline_env):
+def test_agent_command_line_and_params_file_give_the_run_the_sampled_config(
+    tmp_path, tiny_data_dir, offline_env
+):
     sample = sample_config(seed=3) | FAST_OVERRIDES
-    summary = json.loads(run_like_the_agent(tmp_path, tiny_data_dir, offline_env, sample, sample).read_text())
+    summary = json.loads(
+        run_like_the_agent(tmp_path, tiny_data_dir, offline_env, sample, sample).read_text()
+    )
     assert {key: summary["config"][key] for key in sample} == sample
     assert [row["epoch"] for row in summary["history"]] == [1, 2]
     assert all(isinstance(row["val_accuracy"], float) for row in summary["history"])
@@ -101,6 +128,8 @@ def test_agent_command_line_and_params_file_give_the_run_the_sampled_config(tmp_
 def test_params_file_alone_sets_the_config(tmp_path, tiny_data_dir, offline_env):
     """Agents that pass no arguments (a `command` without ${args}) still configure the run through the file."""
     sample = sample_config(seed=4) | FAST_OVERRIDES
-    summary = json.loads(run_like_the_agent(tmp_path, tiny_data_dir, offline_env, None, sample).read_text())
+    summary = json.loads(
+        run_like_the_agent(tmp_path, tiny_data_dir, offline_env, None, sample).read_text()
+    )
     assert {key: summary["config"][key] for key in sample} == sample
     assert len(summary["history"]) == 2

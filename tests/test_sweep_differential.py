@@ -52,7 +52,8 @@ ALPHA = 1e-4
 needs_engine = pytest.mark.skipif(
     not SWEEPS_PYTHON.exists() and "SWEEPS_PYTHON" not in os.environ,
     reason="W&B's sweep engine is not installed in .venv-sweeps: python3 -m venv .venv-sweeps && "
-           ".venv-sweeps/bin/pip install sweeps (it pins numpy<2: not in .venv)")
+    ".venv-sweeps/bin/pip install sweeps (it pins numpy<2: not in .venv)",
+)
 
 # --------------------------------------------------------------------------------------------------
 # The corpus
@@ -61,67 +62,111 @@ U, Q, LOG = "uniform", "q_uniform", "log_uniform_values"
 # Per trainer setting, specs part_2_cifar.py accepts: together every parameter kind W&B knows
 FORMS = {
     "learning_rate": [
-        {"distribution": U, "min": 0.001, "max": 0.1}, {"min": 0.001, "max": 0.1},
+        {"distribution": U, "min": 0.001, "max": 0.1},
+        {"min": 0.001, "max": 0.1},
         {"distribution": LOG, "min": 0.0001, "max": 0.1},
         {"distribution": "log_uniform", "min": -9.2, "max": -2.3},
         {"distribution": "inv_log_uniform_values", "min": 0.001, "max": 0.1},
         {"distribution": "inv_log_uniform", "min": 2.3, "max": 6.9},
         {"distribution": "q_log_uniform_values", "min": 0.001, "max": 0.1, "q": 0.001},
-        {"distribution": "log_normal", "mu": -4.6, "sigma": 0.5}, {"values": [0.01, 0.03, 0.1]}],
+        {"distribution": "log_normal", "mu": -4.6, "sigma": 0.5},
+        {"values": [0.01, 0.03, 0.1]},
+    ],
     "momentum": [
-        {"distribution": U, "min": 0.8, "max": 0.99}, {"distribution": "beta", "a": 8, "b": 2},
-        {"distribution": "normal", "mu": 0.9, "sigma": 0.02}, {"min": 0.5, "max": 0.9},
-        {"distribution": Q, "min": 0.8, "max": 0.95, "q": 0.05}],
+        {"distribution": U, "min": 0.8, "max": 0.99},
+        {"distribution": "beta", "a": 8, "b": 2},
+        {"distribution": "normal", "mu": 0.9, "sigma": 0.02},
+        {"min": 0.5, "max": 0.9},
+        {"distribution": Q, "min": 0.8, "max": 0.95, "q": 0.05},
+    ],
     "batch_size": [
-        {"values": [64, 128, 256]}, {"distribution": "categorical", "values": [64, 128]},
+        {"values": [64, 128, 256]},
+        {"distribution": "categorical", "values": [64, 128]},
         {"values": [64, 128, 256], "probabilities": [0.5, 0.3, 0.2]},
-        {"distribution": "categorical_w_probabilities", "values": [64, 128],
-         "probabilities": [0.25, 0.75]},
+        {
+            "distribution": "categorical_w_probabilities",
+            "values": [64, 128],
+            "probabilities": [0.25, 0.75],
+        },
         {"distribution": Q, "min": 32, "max": 256, "q": 32},
         {"distribution": "q_log_uniform_values", "min": 16, "max": 512, "q": 16},
-        {"value": 64}, {"distribution": "constant", "value": 128}],
+        {"value": 64},
+        {"distribution": "constant", "value": 128},
+    ],
     "num_filters_1": [
-        {"min": 8, "max": 64}, {"distribution": "int_uniform", "min": 16, "max": 24},
+        {"min": 8, "max": 64},
+        {"distribution": "int_uniform", "min": 16, "max": 24},
         {"distribution": "q_normal", "mu": 64, "sigma": 8, "q": 8},
         {"distribution": "q_log_normal", "mu": 4, "sigma": 0.3, "q": 4},
-        {"distribution": "q_log_uniform", "min": 2.1, "max": 4.6, "q": 4}],
+        {"distribution": "q_log_uniform", "min": 2.1, "max": 4.6, "q": 4},
+    ],
     "num_filters_2": [
-        {"values": [32, 64, 96]}, {"distribution": Q, "min": 16, "max": 128},
-        {"distribution": Q, "min": 16, "max": 64, "q": 16}],
+        {"values": [32, 64, 96]},
+        {"distribution": Q, "min": 16, "max": 128},
+        {"distribution": Q, "min": 16, "max": 64, "q": 16},
+    ],
     "dropout_rate": [
-        {"values": [0.0, 0.25, 0.5]}, {"distribution": U, "min": 0.0, "max": 0.5},
+        {"values": [0.0, 0.25, 0.5]},
+        {"distribution": U, "min": 0.0, "max": 0.5},
         {"distribution": Q, "min": 0.0, "max": 0.5, "q": 0.125},
-        {"distribution": "beta", "a": 2, "b": 5}],
+        {"distribution": "beta", "a": 2, "b": 5},
+    ],
     "epochs": [
-        {"distribution": Q, "min": 30, "max": 50, "q": 5}, {"min": 1, "max": 3},
-        {"distribution": Q, "min": 2, "max": 9}, {"value": 2}],
+        {"distribution": Q, "min": 30, "max": 50, "q": 5},
+        {"min": 1, "max": 3},
+        {"distribution": Q, "min": 2, "max": 9},
+        {"value": 2},
+    ],
     "weight_decay": [
         {"distribution": LOG, "min": 0.0001, "max": 0.01},
         {"distribution": "q_log_uniform_values", "min": 0.0001, "max": 0.01, "q": 0.0001},
         {"distribution": "q_beta", "a": 2, "b": 2, "q": 0.05},
-        {"distribution": U, "min": 0.0, "max": 0.001}],
+        {"distribution": U, "min": 0.0, "max": 0.001},
+    ],
     "label_smoothing": [{"distribution": U, "min": 0.0, "max": 0.2}, {"values": [0.0, 0.1]}],
     "warmup_epochs": [{"distribution": Q, "min": 0, "max": 3, "q": 0.5}, {"values": [0, 1, 2]}],
     "lr_schedule": [{"values": ["cosine", "constant"]}, {"value": "cosine"}],
     "seed": [{"min": 0, "max": 99}, {"values": [0, 1, 2, 3]}],
 }
 EVERY_FORM = [(name, form) for name, forms in FORMS.items() for form in forms]
-GRID_SETTINGS = ("batch_size", "num_filters_1", "num_filters_2", "dropout_rate", "epochs",
-                 "warmup_epochs", "lr_schedule", "learning_rate")
-METRICS = [{"name": "val_accuracy", "goal": "maximize"}, {"name": "val_loss"},
-           {"name": "train_loss", "target": 0.5}, {"name": "best_val_accuracy", "goal": "maximize"},
-           {"name": "flops_per_image", "goal": "minimize"}]
-HYPERBAND = [{"type": "hyperband", "max_iter": 27, "s": 2},
-             {"type": "hyperband", "min_iter": 2, "eta": 2}, {"type": "hyperband", "min_iter": 3},
-             {"type": "hyperband", "max_iter": 36, "s": 2, "eta": 3, "strict": False}]
+GRID_SETTINGS = (
+    "batch_size",
+    "num_filters_1",
+    "num_filters_2",
+    "dropout_rate",
+    "epochs",
+    "warmup_epochs",
+    "lr_schedule",
+    "learning_rate",
+)
+METRICS = [
+    {"name": "val_accuracy", "goal": "maximize"},
+    {"name": "val_loss"},
+    {"name": "train_loss", "target": 0.5},
+    {"name": "best_val_accuracy", "goal": "maximize"},
+    {"name": "flops_per_image", "goal": "minimize"},
+]
+HYPERBAND = [
+    {"type": "hyperband", "max_iter": 27, "s": 2},
+    {"type": "hyperband", "min_iter": 2, "eta": 2},
+    {"type": "hyperband", "min_iter": 3},
+    {"type": "hyperband", "max_iter": 36, "s": 2, "eta": 3, "strict": False},
+]
 AGENT = ["${env}", "${interpreter}", "${program}"]  # the start of W&B's default command
-COMMANDS = [[*AGENT, "${args}"], [*AGENT, "--val-size=200", "${args}"],
-            ["${env}", "python", "${program}", "${args_no_equals}"],
-            ["/usr/bin/env", "/opt/venv/bin/python", "${program}", "--epochs=3", "${args}"],
-            [*AGENT, "--data-dir=/tmp/cifar", "--no-log-model", "${args}"]]
-OPTIONAL = [("run_cap", 0.25, list(range(1, 21))), ("command", 0.25, COMMANDS),
-            ("name", 0.4, ["cifar-lr", "sweep 1", "cifar/lr-sweep"]),
-            ("description", 0.2, ["learning rate and width"]), ("project", 0.1, ["cifar"])]
+COMMANDS = [
+    [*AGENT, "${args}"],
+    [*AGENT, "--val-size=200", "${args}"],
+    ["${env}", "python", "${program}", "${args_no_equals}"],
+    ["/usr/bin/env", "/opt/venv/bin/python", "${program}", "--epochs=3", "${args}"],
+    [*AGENT, "--data-dir=/tmp/cifar", "--no-log-model", "${args}"],
+]
+OPTIONAL = [
+    ("run_cap", 0.25, list(range(1, 21))),
+    ("command", 0.25, COMMANDS),
+    ("name", 0.4, ["cifar-lr", "sweep 1", "cifar/lr-sweep"]),
+    ("description", 0.2, ["learning rate and width"]),
+    ("project", 0.1, ["cifar"]),
+]
 
 
 def base_config(rng: random.Random, i: int) -> dict:
@@ -130,9 +175,14 @@ def base_config(rng: random.Random, i: int) -> dict:
     method = rng.choice(["bayes", "bayes", "random", "random", "grid", "custom"])
     grid = method == "grid"
     names = rng.sample(GRID_SETTINGS if grid else list(FORMS), rng.randint(1, 3 if grid else 5))
-    forms = {name: [f for f in FORMS[name] if not grid
-                    or sweep_space.parameter_kind(name, f) in sweep_space.GRID_KINDS]
-             for name in names}
+    forms = {
+        name: [
+            f
+            for f in FORMS[name]
+            if not grid or sweep_space.parameter_kind(name, f) in sweep_space.GRID_KINDS
+        ]
+        for name in names
+    }
     parameters = {name: copy.deepcopy(rng.choice(forms[name])) for name in names}
     config = {"method": method, "parameters": parameters}
     name, form = EVERY_FORM[i % len(EVERY_FORM)]
@@ -143,8 +193,10 @@ def base_config(rng: random.Random, i: int) -> dict:
     if method == "custom":
         config["scheduler"] = {"engine": "optuna"}
         if rng.random() < 0.5:
-            config["metrics"] = [{"name": "best_val_accuracy", "goal": "maximize"},
-                                 {"name": "flops_per_image"}]
+            config["metrics"] = [
+                {"name": "best_val_accuracy", "goal": "maximize"},
+                {"name": "flops_per_image"},
+            ]
         else:
             config["metric"] = rng.choice(METRICS[1:])
     elif rng.random() < (0.9 if method == "bayes" else 0.6):
@@ -162,10 +214,21 @@ def base_config(rng: random.Random, i: int) -> dict:
 PARAMETER_MUTATIONS = {
     "categorical with value": ("batch_size", [{"distribution": "categorical", "value": 64}]),
     "constant with values": ("batch_size", [{"distribution": "constant", "values": [64]}]),
-    "typo in a distribution": (None, [{"distribution": d, "min": 0.001, "max": 0.1} for d in (
-        "log_uniform_value", "categoricl", "Uniform", "gaussian")]),
-    "typo in a key": (None, [{"distribuion": U, "min": 0.001, "max": 0.1}, {"valeus": [64, 128]},
-                             {"distribution": U, "minimum": 0.01, "max": 0.1}]),
+    "typo in a distribution": (
+        None,
+        [
+            {"distribution": d, "min": 0.001, "max": 0.1}
+            for d in ("log_uniform_value", "categoricl", "Uniform", "gaussian")
+        ],
+    ),
+    "typo in a key": (
+        None,
+        [
+            {"distribuion": U, "min": 0.001, "max": 0.1},
+            {"valeus": [64, 128]},
+            {"distribution": U, "minimum": 0.01, "max": 0.1},
+        ],
+    ),
     "min as text": ("learning_rate", [{"distribution": U, "min": "0.001", "max": 0.1}]),
     "1e-05 in JSON": ("weight_decay", [{"distribution": LOG, "min": 0.00001, "max": 0.01}]),
     "no max": ("learning_rate", [{"distribution": U, "min": 0.001}]),
@@ -176,15 +239,26 @@ PARAMETER_MUTATIONS = {
     "negative sigma": ("momentum", [{"distribution": "normal", "mu": 0.9, "sigma": -0.1}]),
     "zero sigma": ("momentum", [{"distribution": "normal", "mu": 0.9, "sigma": 0}]),
     "q not positive": ("epochs", [{"distribution": Q, "min": 30, "max": 50, "q": 0}]),
-    "probabilities off": ("batch_size", [{"values": [64, 128], "probabilities": [0.5, 0.2]},
-                                         {"values": [64, 128], "probabilities": [1.0]}]),
-    "log_uniform with values for bounds": (None, [  # issue 25, case 1
-        {"distribution": "log_uniform", "min": 0.0001, "max": 1000},
-        {"distribution": "log_uniform", "min": 0.0001, "max": 0.1}]),
+    "probabilities off": (
+        "batch_size",
+        [
+            {"values": [64, 128], "probabilities": [0.5, 0.2]},
+            {"values": [64, 128], "probabilities": [1.0]},
+        ],
+    ),
+    "log_uniform with values for bounds": (
+        None,
+        [  # issue 25, case 1
+            {"distribution": "log_uniform", "min": 0.0001, "max": 1000},
+            {"distribution": "log_uniform", "min": 0.0001, "max": 0.1},
+        ],
+    ),
     "uniform overflow": ("weight_decay", [{"min": -1e308, "max": 1e308}]),
     "log_normal overflow": ("weight_decay", [{"distribution": "log_normal", "mu": 800}]),
-    "q_log_uniform overflow": ("batch_size", [{"distribution": "q_log_uniform", "min": 0,
-                                               "max": 800}]),
+    "q_log_uniform overflow": (
+        "batch_size",
+        [{"distribution": "q_log_uniform", "min": 0, "max": 800}],
+    ),
     "nested parameters": ("optimizer", [{"parameters": {"lr": {"value": 0.1}}}]),
     "parameter not an object": ("batch_size", [64]),
     "parameter not a setting": ("lr", [{"values": [0.1]}]),
@@ -192,40 +266,65 @@ PARAMETER_MUTATIONS = {
 }
 # ... and into the rest of the file
 TOP_MUTATIONS = {
-    "eta overflow": {"early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 1e300},
-                     "metric": {"name": "val_loss"}},
+    "eta overflow": {
+        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 1e300},
+        "metric": {"name": "val_loss"},
+    },
     "metric as text": {"metric": "val_accuracy"},
     "metric without name": {"metric": {"goal": "maximize"}},
     "goal typo": {"metric": {"name": "val_accuracy", "goal": "maximise"}},
     "extra key in metric": {"metric": {"name": "val_loss", "mode": "min"}},
-    "metric the trainer never logs": {"metric": [{"name": n} for n in ("accuracy", "test_accuracy",
-                                                                       "loss")]},
+    "metric the trainer never logs": {
+        "metric": [{"name": n} for n in ("accuracy", "test_accuracy", "loss")]
+    },
     "impute": {"metric": [{"name": "val_loss", "impute": i} for i in ("best", "worst", "median")]},
     "extra top-level key": {"sweep_id": "abc123"},
     "method typo": {"method": ["bayesian", "Grid", "hyperopt"]},
     "run_cap not a count": {"run_cap": [0, -1, "2", 2.5, True, 2.0]},
     "run_cap": {"run_cap": [1, 2, 3, 4]},
-    "command": {"command": ["python part_2_cifar.py", [*AGENT, "--unknown-option=1", "${args}"],
-                            [*AGENT, "${args_json}"], [*AGENT, "${arg}"],
-                            ["python", "train.py", "${args}"],
-                            [*AGENT, "--resume=runs/x", "${args}"], [*AGENT, "--epochs=abc"],
-                            [*AGENT, "--device=gpu", "${args}"], []]},
+    "command": {
+        "command": [
+            "python part_2_cifar.py",
+            [*AGENT, "--unknown-option=1", "${args}"],
+            [*AGENT, "${args_json}"],
+            [*AGENT, "${arg}"],
+            ["python", "train.py", "${args}"],
+            [*AGENT, "--resume=runs/x", "${args}"],
+            [*AGENT, "--epochs=abc"],
+            [*AGENT, "--device=gpu", "${args}"],
+            [],
+        ]
+    },
     "name with a slash": {"name": "cifar/lr-sweep"},
     "no parameters": {"parameters": {}},
-    "early_terminate broken": {"metric": {"name": "val_loss"}, "early_terminate": [
-        {"type": "hyperband", "max_iter": 27}, {"type": "median"},
-        {"type": "hyperband", "min_iter": 2, "eta": 1},
-        {"type": "hyperband", "max_iter": 27, "s": 2.0},
-        {"type": "hyperband", "min_iter": 2, "strict": "yes"}]},
-    "scheduler": {"scheduler": [{"engine": "ax"}, {"engine": "optuna", "sampler": "tpe"},
-                                {"engine": "wandb"}, {"engine": "optuna"}]},
+    "early_terminate broken": {
+        "metric": {"name": "val_loss"},
+        "early_terminate": [
+            {"type": "hyperband", "max_iter": 27},
+            {"type": "median"},
+            {"type": "hyperband", "min_iter": 2, "eta": 1},
+            {"type": "hyperband", "max_iter": 27, "s": 2.0},
+            {"type": "hyperband", "min_iter": 2, "strict": "yes"},
+        ],
+    },
+    "scheduler": {
+        "scheduler": [
+            {"engine": "ax"},
+            {"engine": "optuna", "sampler": "tpe"},
+            {"engine": "wandb"},
+            {"engine": "optuna"},
+        ]
+    },
     "another program": {"program": "train.py"},
     "controller": {"controller": [{"type": "local"}, {"type": "remote"}, "local"]},
     "launch job": {"job": "entity/project/job:latest"},
     # YAML makes these a number, true/false or a date (the file is written as YAML)
-    "YAML scalar in a text field": {"name": [2024, True], "project": [12], "entity": [3.5],
-                                    "description": [datetime.date(2024, 6, 1),
-                                                    datetime.datetime(2024, 6, 1, 12)]},
+    "YAML scalar in a text field": {
+        "name": [2024, True],
+        "project": [12],
+        "entity": [3.5],
+        "description": [datetime.date(2024, 6, 1), datetime.datetime(2024, 6, 1, 12)],
+    },
 }
 
 
@@ -234,8 +333,14 @@ def remove(*keys: str):
 
 
 def rename(rng: random.Random, config: dict) -> None:
-    old, new = rng.choice([("metric", "metirc"), ("parameters", "paramters"),
-                           ("early_terminate", "early_terminat"), ("method", "methods")])
+    old, new = rng.choice(
+        [
+            ("metric", "metirc"),
+            ("parameters", "paramters"),
+            ("early_terminate", "early_terminat"),
+            ("method", "methods"),
+        ]
+    )
     if old in config:
         config[new] = config.pop(old)
 
@@ -245,17 +350,26 @@ OTHER_MUTATIONS = {
     "no method": remove("method"),
     "typo in a top-level key": lambda config, rng: rename(rng, config),
     "early_terminate without metric": lambda config, rng: (
-        config.pop("metric", None), config.update(early_terminate=HYPERBAND[2])),
+        config.pop("metric", None),
+        config.update(early_terminate=HYPERBAND[2]),
+    ),
     "metrics of one": lambda config, rng: (
-        config.pop("metric", None), config.update(metrics=[{"name": "best_val_accuracy"}])),
-    "grid over a range": lambda config, rng: config.update(method="grid", parameters={
-        "epochs": {"value": 2}, "learning_rate": {"min": 0.001, "max": 0.1}}),
-    "grid with duplicates": lambda config, rng: config.update(method="grid", parameters={
-        "epochs": {"min": 1, "max": 3}, "batch_size": {"values": [64, 64.0, 128, 128]}}),
+        config.pop("metric", None),
+        config.update(metrics=[{"name": "best_val_accuracy"}]),
+    ),
+    "grid over a range": lambda config, rng: config.update(
+        method="grid",
+        parameters={"epochs": {"value": 2}, "learning_rate": {"min": 0.001, "max": 0.1}},
+    ),
+    "grid with duplicates": lambda config, rng: config.update(
+        method="grid",
+        parameters={"epochs": {"min": 1, "max": 3}, "batch_size": {"values": [64, 64.0, 128, 128]}},
+    ),
     "custom with a normal": lambda config, rng: (
         config.update(method="custom", scheduler={"engine": "optuna"}, metric={"name": "val_loss"}),
         config.pop("early_terminate", None),
-        set_parameter(config, "momentum", {"distribution": "normal", "mu": 0.9, "sigma": 0.02})),
+        set_parameter(config, "momentum", {"distribution": "normal", "mu": 0.9, "sigma": 0.02}),
+    ),
 }
 MUTATIONS = sorted([*PARAMETER_MUTATIONS, *TOP_MUTATIONS, *OTHER_MUTATIONS])
 
@@ -288,7 +402,8 @@ def corpus(folder: Path) -> tuple[list[Path], Counter]:
             mutate(config, mutation, rng)
             used[mutation] += 1
         as_yaml = rng.random() < 0.2 or any(
-            isinstance(value, (datetime.date, bool, int, float)) for value in config.values())
+            isinstance(value, (datetime.date, bool, int, float)) for value in config.values()
+        )
         path = folder / f"sweep-{i:03d}.{'yaml' if as_yaml else 'json'}"
         text = yaml.safe_dump(config, sort_keys=False) if as_yaml else json.dumps(config, indent=1)
         path.write_text(text)
@@ -305,8 +420,9 @@ def wandb_decisions(folder: Path, files: list[Path]) -> dict:
     request = folder / "request.json"
     request.write_text(json.dumps({"files": [str(f) for f in files], "draws": DRAWS, "seed": SEED}))
     engine = ROOT / ".ci" / "wandb_sweep_decisions.py"
-    result = subprocess.run([str(SWEEPS_PYTHON), str(engine), str(request)], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [str(SWEEPS_PYTHON), str(engine), str(request)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -359,10 +475,12 @@ def command_the_trainer_cannot_run(config: dict) -> bool:
         return False
     if not any(c == "${program}" or c.endswith("part_2_cifar.py") for c in command):
         return True
-    after = command[command.index("${program}") + 1:] if "${program}" in command else []
+    after = command[command.index("${program}") + 1 :] if "${program}" in command else []
     return any(c.startswith("${") and c not in local_sweep.ARGS_MACROS for c in after) or any(
         c.split("=")[0] in ("--unknown-option", "--resume", "--epochs", "--device")
-        and c not in ("--epochs=3",) for c in after)
+        and c not in ("--epochs=3",)
+        for c in after
+    )
 
 
 def metric_not_written(config: dict) -> bool:
@@ -374,30 +492,49 @@ def metric_not_written(config: dict) -> bool:
 def custom_val_accuracy(config: dict) -> bool:
     metrics = [config.get("metric"), *config.get("metrics", [])]
     return config.get("method") == "custom" and any(
-        isinstance(m, dict) and m.get("name") == "val_accuracy" for m in metrics)
+        isinstance(m, dict) and m.get("name") == "val_accuracy" for m in metrics
+    )
 
 
 # What W&B accepts and this program refuses on purpose: the README's words for each, words of the
 # refusal's line, and when a file is one
 DELIBERATE = {
-    "a parameter it lacks": ("is not a part_2_cifar.py setting",
-                             lambda c, d: any(n not in p2.DEFAULTS for n in parameters(c))),
+    "a parameter it lacks": (
+        "is not a part_2_cifar.py setting",
+        lambda c, d: any(n not in p2.DEFAULTS for n in parameters(c)),
+    ),
     "`val_size`": ("cannot be swept", lambda c, d: "val_size" in parameters(c)),
-    "nested `parameters`": ("nested parameters", lambda c, d: any(
-        isinstance(spec, dict) and "parameters" in spec for spec in parameters(c).values())),
-    "a value the trainer refuses": ("part_2_cifar.py rejects",
-                                    lambda c, d: trainer_refuses_a_value(d)),
-    "another `program`": ("can only run part_2_cifar.py", lambda c, d: Path(
-        str(c.get("program", "part_2_cifar.py"))).name != "part_2_cifar.py"),
+    "nested `parameters`": (
+        "nested parameters",
+        lambda c, d: any(
+            isinstance(spec, dict) and "parameters" in spec for spec in parameters(c).values()
+        ),
+    ),
+    "a value the trainer refuses": (
+        "part_2_cifar.py rejects",
+        lambda c, d: trainer_refuses_a_value(d),
+    ),
+    "another `program`": (
+        "can only run part_2_cifar.py",
+        lambda c, d: Path(str(c.get("program", "part_2_cifar.py"))).name != "part_2_cifar.py",
+    ),
     "a W&B Launch `job`": ("W&B Launch", lambda c, d: "job" in c or "image_uri" in c),
     "`metric` must be a number the trainer writes": (
-        "part_2_cifar.py writes|test images", lambda c, d: metric_not_written(c)),
+        "part_2_cifar.py writes|test images",
+        lambda c, d: metric_not_written(c),
+    ),
     "an option the trainer would refuse is refused": (
-        "command", lambda c, d: command_the_trainer_cannot_run(c)),
-    "`scheduler.engine: ax` is refused": ("scheduler.engine 'ax'", lambda c, d: isinstance(
-        c.get("scheduler"), dict) and c["scheduler"].get("engine") == "ax"),
+        "command",
+        lambda c, d: command_the_trainer_cannot_run(c),
+    ),
+    "`scheduler.engine: ax` is refused": (
+        "scheduler.engine 'ax'",
+        lambda c, d: isinstance(c.get("scheduler"), dict) and c["scheduler"].get("engine") == "ax",
+    ),
     "method `custom` refuses `val_accuracy`": (
-        "val_accuracy is {", lambda c, d: custom_val_accuracy(c)),
+        "val_accuracy is {",
+        lambda c, d: custom_val_accuracy(c),
+    ),
 }
 
 
@@ -405,7 +542,8 @@ def excused(config: object, decision: dict, line: str) -> bool:
     """The refusal `line` is one of DELIBERATE: the file is one, and the line says which."""
     return isinstance(config, dict) and any(
         holds(config, decision) and any(word in line for word in words.split("|"))
-        for words, holds in DELIBERATE.values())
+        for words, holds in DELIBERATE.values()
+    )
 
 
 def local_verdict(path: Path) -> tuple[str, str | list[str], sweep_space.Sweep | None]:
@@ -423,8 +561,9 @@ def local_verdict(path: Path) -> tuple[str, str | list[str], sweep_space.Sweep |
 
 def value_key(value: object) -> str:
     """A value as W&B's grid tells values apart (its YAML): 3.0 is 3."""
-    return json.dumps(int(value) if isinstance(value, float) and value.is_integer() else value,
-                      default=str)
+    return json.dumps(
+        int(value) if isinstance(value, float) and value.is_integer() else value, default=str
+    )
 
 
 def local_draws(param: sweep_space.Param, n: int, seed: int) -> list:
@@ -515,14 +654,33 @@ def test_every_generated_sweep_file_is_decided_and_searched_as_wandbs_engine_doe
         elif sweep.method == "grid":
             grids.append((path.name, sweep, decision["grid"]))
     assert not mismatches, f"{len(mismatches)} of {len(files)} files decided unlike W&B:\n" + (
-        "\n".join(mismatches))
+        "\n".join(mismatches)
+    )
     # The corpus covers what it claims: each verdict often, every kind W&B draws, every method
     assert min(verdicts[verdict] for verdict in ("refuse", "warn", "clean")) > 30, verdicts
-    assert set(kinds) >= {f"param_{kind}" for kind in (
-        "categorical", "categorical_w_probabilities", "int_uniform", "uniform", "quniform",
-        "loguniform", "loguniform_v2", "inv_loguniform", "inv_loguniform_v2", "qloguniform",
-        "qloguniform_v2", "normal", "qnormal", "lognormal", "qlognormal", "beta", "qbeta",
-        "single_value")}, kinds
+    assert set(kinds) >= {
+        f"param_{kind}"
+        for kind in (
+            "categorical",
+            "categorical_w_probabilities",
+            "int_uniform",
+            "uniform",
+            "quniform",
+            "loguniform",
+            "loguniform_v2",
+            "inv_loguniform",
+            "inv_loguniform_v2",
+            "qloguniform",
+            "qloguniform_v2",
+            "normal",
+            "qnormal",
+            "lognormal",
+            "qlognormal",
+            "beta",
+            "qbeta",
+            "single_value",
+        )
+    }, kinds
     assert set(methods) >= {"bayes", "random", "grid", "custom", None}
 
     assert len(spaces) > 40 and len(grids) > 10
@@ -533,6 +691,7 @@ def test_every_generated_sweep_file_is_decided_and_searched_as_wandbs_engine_doe
         p = alike(wandb["draws"][key], ours)
         assert p > ALPHA, f"{where} {param.name} {key}: W&B's draws and ours differ (p = {p:.2g})"
     for where, sweep, points in grids:
-        theirs = sorted(tuple(sorted((k, value_key(v)) for k, v in point.items()))
-                        for point in points)
+        theirs = sorted(
+            tuple(sorted((k, value_key(v)) for k, v in point.items())) for point in points
+        )
         assert grid_points(sweep) == theirs, f"{where}: not the points W&B's grid proposes"

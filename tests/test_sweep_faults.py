@@ -29,25 +29,50 @@ from cifarkit.sweeps import journal as sweep_journal
 from cifarkit.sweeps import storage as sweep_storage
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"batch_size": {"value": 64}, "num_filters_1": {"value": 8}, "num_filters_2": {"value": 16},
-        "num_filters_3": {"value": 16}}  # a CPU epoch on the learnable data takes well under a second
+TINY = {
+    "batch_size": {"value": 64},
+    "num_filters_1": {"value": 8},
+    "num_filters_2": {"value": 16},
+    "num_filters_3": {"value": 16},
+}  # a CPU epoch on the learnable data takes well under a second
 
 
 def write_sweep(path: Path, parameters: dict, method: str = "random") -> Path:
-    path.write_text(json.dumps({"program": "part_2_cifar.py", "method": method,
-                                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                                "parameters": TINY | parameters}))
+    path.write_text(
+        json.dumps(
+            {
+                "program": "part_2_cifar.py",
+                "method": method,
+                "metric": {"name": "val_accuracy", "goal": "maximize"},
+                "parameters": TINY | parameters,
+            }
+        )
+    )
     return path
 
 
 def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
-    return [str(sweep), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--val-size", "100",
-            "--images-dir", str(runs_dir / "images"), "--wandb-mode", "disabled", *more]
+    return [
+        str(sweep),
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--val-size",
+        "100",
+        "--images-dir",
+        str(runs_dir / "images"),
+        "--wandb-mode",
+        "disabled",
+        *more,
+    ]
 
 
 def stock_study(path: Path, name: str) -> optuna.Study:
     """The study as plain Optuna reads the journal (its own backend, none of local_sweep's checks)."""
-    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(JournalFileBackend(str(path))))
+    return optuna.load_study(
+        study_name=name, storage=optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    )
 
 
 def assert_no_traceback(text: str) -> None:
@@ -58,16 +83,25 @@ def assert_no_traceback(text: str) -> None:
 # The storage refuses an update
 
 
-def test_a_grid_sweep_that_reaches_its_end_exits_0_and_writes_its_report(tmp_path, learnable_data_dir, one_thread,
-                                                                           capsys):
-    sweep = write_sweep(tmp_path / "grid.json", {"dropout_rate": {"values": [0.0, 0.5]}, "epochs": {"value": 1}},
-                        method="grid")
+def test_a_grid_sweep_that_reaches_its_end_exits_0_and_writes_its_report(
+    tmp_path, learnable_data_dir, one_thread, capsys
+):
+    sweep = write_sweep(
+        tmp_path / "grid.json",
+        {"dropout_rate": {"values": [0.0, 0.5]}, "epochs": {"value": 1}},
+        method="grid",
+    )
     runs = tmp_path / "runs"
     args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")
-    assert local_sweep.main(args) == 0  # GridSampler's study.stop() at the last tell raised RuntimeError here
+    assert (
+        local_sweep.main(args) == 0
+    )  # GridSampler's study.stop() at the last tell raised RuntimeError here
     trials = stock_study(runs / sweep_storage.DEFAULT_STORAGE_FILE, "grid").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
-    assert sorted(t.user_attrs["config"]["dropout_rate"] for t in trials) == [0.0, 0.5]  # each grid point once
+    assert sorted(t.user_attrs["config"]["dropout_rate"] for t in trials) == [
+        0.0,
+        0.5,
+    ]  # each grid point once
     assert len((runs / "grid" / "trials.csv").read_text().splitlines()) == 3
     assert local_sweep.main(args) == 0  # the same command again: done, nothing more
     assert len(stock_study(runs / sweep_storage.DEFAULT_STORAGE_FILE, "grid").trials) == 2
@@ -77,8 +111,12 @@ def test_a_grid_sweep_that_reaches_its_end_exits_0_and_writes_its_report(tmp_pat
 
 @pytest.mark.parametrize("moment", ["set_user_attr", "report", "tell"])
 def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_finishes_the_study(
-        tmp_path, learnable_data_dir, one_thread, monkeypatch, capsys, moment):
-    sweep = write_sweep(tmp_path / "taken.json", {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 2}})
+    tmp_path, learnable_data_dir, one_thread, monkeypatch, capsys, moment
+):
+    sweep = write_sweep(
+        tmp_path / "taken.json",
+        {"learning_rate": {"min": 0.01, "max": 0.05}, "epochs": {"value": 2}},
+    )
     runs = tmp_path / "runs"
     journal = runs / sweep_storage.DEFAULT_STORAGE_FILE
 
@@ -103,16 +141,22 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
         return result
 
     if moment == "set_user_attr":
-        monkeypatch.setattr(local_sweep, "device_name", device_name)  # local_sweep imports it from machine
+        monkeypatch.setattr(
+            local_sweep, "device_name", device_name
+        )  # local_sweep imports it from machine
     monkeypatch.setattr(p2, "run_training", run_training)
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "1")) == 0
     out = capsys.readouterr()
     assert_no_traceback(out.out + out.err)
-    assert (out.out + out.err).count("trial 0 was failed meanwhile by another process") == 1, out.out
+    assert (out.out + out.err).count("trial 0 was failed meanwhile by another process") == 1, (
+        out.out
+    )
     failed, retry = stock_study(journal, "taken").trials
     assert failed.state.name == "FAIL" and retry.state.name == "COMPLETE"
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == failed.params
-    if moment != "set_user_attr":  # it had trained: its checkpoints are kept, and the retry went on from them
+    if (
+        moment != "set_user_attr"
+    ):  # it had trained: its checkpoints are kept, and the retry went on from them
         assert (runs / "taken" / "trial-0000" / "last.pt").is_file()
         assert retry.user_attrs["resumed_after_epoch"] == (1 if moment == "report" else 2)
 
@@ -122,24 +166,35 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
 
 
 def run_sweep_process(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "local_sweep.py"), *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "local_sweep.py"), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def cut_last_record(journal: Path, keep: int = 40) -> bytes:
     """Leave the last record as a writer that died mid-append does: its first `keep` bytes, no newline."""
     data = journal.read_bytes()
     start = data.rstrip(b"\n").rfind(b"\n") + 1
-    journal.write_bytes(data[:start + keep])
-    return data[start:start + keep]
+    journal.write_bytes(data[: start + keep])
+    return data[start : start + keep]
 
 
-def test_a_cut_last_record_is_set_aside_and_the_same_command_continues_the_study(finished_journal, tmp_path,
-                                                                                  offline_env, capsys):
+def test_a_cut_last_record_is_set_aside_and_the_same_command_continues_the_study(
+    finished_journal, tmp_path, offline_env, capsys
+):
     args, journal = finished_journal
-    cut = cut_last_record(journal)  # trial 0's tell COMPLETE: as far as anyone can read, trial 0 never ended
+    cut = cut_last_record(
+        journal
+    )  # trial 0's tell COMPLETE: as far as anyone can read, trial 0 never ended
     before = journal.read_bytes()
-    assert local_sweep.main([*args, "--report"]) == 0  # reading skips the cut record, as Optuna does
+    assert (
+        local_sweep.main([*args, "--report"]) == 0
+    )  # reading skips the cut record, as Optuna does
     assert journal.read_bytes() == before  # and changes nothing
     assert "cut short" not in capsys.readouterr().err
     done = run_sweep_process([*args, "--trials", "2"], offline_env, tmp_path)
@@ -149,25 +204,33 @@ def test_a_cut_last_record_is_set_aside_and_the_same_command_continues_the_study
     (line,) = [x for x in done.stderr.splitlines() if "cut short" in x]
     assert str(journal) in line and str(aside) in line
     assert aside.read_bytes() == cut + b"\n"  # nothing the user had is lost
-    assert journal.read_bytes().startswith(before[:-len(cut)])  # the whole records before it untouched
-    states = [t.state.name for t in stock_study(journal, "cut").trials]  # plain Optuna reads every line
-    assert states.count("COMPLETE") == 2 and states[0] == "FAIL", states  # its process was gone: failed, retried
+    assert journal.read_bytes().startswith(
+        before[: -len(cut)]
+    )  # the whole records before it untouched
+    states = [
+        t.state.name for t in stock_study(journal, "cut").trials
+    ]  # plain Optuna reads every line
+    assert states.count("COMPLETE") == 2 and states[0] == "FAIL", (
+        states
+    )  # its process was gone: failed, retried
 
 
 def glued_in_the_middle(journal: Path) -> None:
     """Optuna 5.0 appending after a cut record (optuna issue 5138): glued onto it, then a record after that."""
     cut_last_record(journal)
     for value in (1, 2):
-        JournalFileBackend(str(journal)).append_logs([{"op_code": 2, "worker_id": "other", "study_id": 0,
-                                                        "user_attr": {"note": value}}])
+        JournalFileBackend(str(journal)).append_logs(
+            [{"op_code": 2, "worker_id": "other", "study_id": 0, "user_attr": {"note": value}}]
+        )
 
 
 def glued_at_the_end(journal: Path) -> None:
     """The same with one record after the cut: Optuna's reader skips the last line, so this one reads, but a
     record appended after it would make the study unreadable."""
     cut_last_record(journal)
-    JournalFileBackend(str(journal)).append_logs([{"op_code": 2, "worker_id": "other", "study_id": 0,
-                                                    "user_attr": {"note": 1}}])
+    JournalFileBackend(str(journal)).append_logs(
+        [{"op_code": 2, "worker_id": "other", "study_id": 0, "user_attr": {"note": 1}}]
+    )
 
 
 def cut_then_newline(journal: Path) -> None:
@@ -175,8 +238,9 @@ def cut_then_newline(journal: Path) -> None:
     cut_last_record(journal)
     with open(journal, "ab") as f:
         f.write(b"\n")
-    JournalFileBackend(str(journal)).append_logs([{"op_code": 2, "worker_id": "other", "study_id": 0,
-                                                    "user_attr": {"note": 1}}])
+    JournalFileBackend(str(journal)).append_logs(
+        [{"op_code": 2, "worker_id": "other", "study_id": 0, "user_attr": {"note": 1}}]
+    )
 
 
 def a_line_in_the_middle(text: bytes) -> Callable[[Path], None]:
@@ -185,46 +249,74 @@ def a_line_in_the_middle(text: bytes) -> Callable[[Path], None]:
     def damage(journal: Path) -> None:
         with open(journal, "ab") as f:
             f.write(text + b"\n")
-        JournalFileBackend(str(journal)).append_logs([{"op_code": 2, "worker_id": "other", "study_id": 0,
-                                                        "user_attr": {"note": 1}}])
+        JournalFileBackend(str(journal)).append_logs(
+            [{"op_code": 2, "worker_id": "other", "study_id": 0, "user_attr": {"note": 1}}]
+        )
 
     damage.__name__ = f"line_{text[:24]!r}"
     return damage
 
 
-NOT_RECORDS = [(b"{}", "JSON but not an Optuna record"), (b"null", "JSON but not an Optuna record"),
-               (b"42", "JSON but not an Optuna record"),
-               (b'{"op_code":99,"worker_id":"x"}', "JSON but not an Optuna record"),
-               (b'{"op_code":"2","worker_id":"x","study_id":0}', "JSON but not an Optuna record"),
-               (b'{"op_code":2,"worker_id":"x"}', "Optuna cannot apply it"),  # a known op_code, a field missing
-               (b"garbage", "not JSON"), (b"", "empty"), (b"\0\0\0\0", "not JSON")]
+NOT_RECORDS = [
+    (b"{}", "JSON but not an Optuna record"),
+    (b"null", "JSON but not an Optuna record"),
+    (b"42", "JSON but not an Optuna record"),
+    (b'{"op_code":99,"worker_id":"x"}', "JSON but not an Optuna record"),
+    (b'{"op_code":"2","worker_id":"x","study_id":0}', "JSON but not an Optuna record"),
+    (
+        b'{"op_code":2,"worker_id":"x"}',
+        "Optuna cannot apply it",
+    ),  # a known op_code, a field missing
+    (b"garbage", "not JSON"),
+    (b"", "empty"),
+    (b"\0\0\0\0", "not JSON"),
+]
 
 
-@pytest.mark.parametrize("damage, safe", [(glued_in_the_middle, "delete those"), (glued_at_the_end, "delete those"),
-                                          (cut_then_newline, "a record cut short"),
-                                          *[(a_line_in_the_middle(text), what) for text, what in NOT_RECORDS]],
-                         ids=lambda x: getattr(x, "__name__", x))
-def test_a_damaged_journal_is_one_line_exit_2_and_its_advice_recovers_the_study(finished_journal, tmp_path,
-                                                                                 offline_env, capsys, damage, safe):
+@pytest.mark.parametrize(
+    "damage, safe",
+    [
+        (glued_in_the_middle, "delete those"),
+        (glued_at_the_end, "delete those"),
+        (cut_then_newline, "a record cut short"),
+        *[(a_line_in_the_middle(text), what) for text, what in NOT_RECORDS],
+    ],
+    ids=lambda x: getattr(x, "__name__", x),
+)
+def test_a_damaged_journal_is_one_line_exit_2_and_its_advice_recovers_the_study(
+    finished_journal, tmp_path, offline_env, capsys, damage, safe
+):
     args, journal = finished_journal
     damage(journal)
     capsys.readouterr()
     damaged = journal.read_bytes()
-    damaged_line = damaged.splitlines().index(next(x for x in damaged.splitlines() if not is_record(x))) + 1
-    done = run_sweep_process([*args, "--trials", "2"], offline_env, tmp_path)  # the command that would append
+    damaged_line = (
+        damaged.splitlines().index(next(x for x in damaged.splitlines() if not is_record(x))) + 1
+    )
+    done = run_sweep_process(
+        [*args, "--trials", "2"], offline_env, tmp_path
+    )  # the command that would append
     assert done.returncode == 2, done.stderr[-3000:]
     assert_no_traceback(done.stdout + done.stderr)
     (line,) = done.stderr.strip().splitlines()
     assert f"journal {journal} line {damaged_line} is damaged" in line and safe in line, line
     assert journal.read_bytes() == damaged  # nothing changed, nothing appended after the damage
-    assert local_sweep.main([*args, "--report"]) == 2  # the same line: Optuna would read only up to the damage
+    assert (
+        local_sweep.main([*args, "--report"]) == 2
+    )  # the same line: Optuna would read only up to the damage
     err = capsys.readouterr().err.strip()
     assert err == line, err
     assert journal.read_bytes() == damaged
-    if damage not in (glued_in_the_middle, glued_at_the_end, cut_then_newline):  # it names only what the line is
+    if damage not in (
+        glued_in_the_middle,
+        glued_at_the_end,
+        cut_then_newline,
+    ):  # it names only what the line is
         assert "cut short" not in line and "delete that line" in line, line
     fix = line.split("keeping a copy of the file: ", 1)[1]
-    subprocess.run(["bash", "-c", fix], check=True, timeout=60)  # the advice, as the user would run it
+    subprocess.run(
+        ["bash", "-c", fix], check=True, timeout=60
+    )  # the advice, as the user would run it
     assert journal.with_name(journal.name + ".bak").read_bytes() == damaged  # sed kept a copy
     assert local_sweep.main([*args, "--trials", "2"]) == 0
     study = stock_study(journal, "cut")
@@ -239,49 +331,79 @@ def is_record(line: bytes) -> bool:
         log = json.loads(line)
     except ValueError:
         return False
-    return (isinstance(log, dict) and type(log.get("op_code")) is int and 0 <= log["op_code"] <= 10
-            and isinstance(log.get("worker_id"), str) and len(log) > 2)
+    return (
+        isinstance(log, dict)
+        and type(log.get("op_code")) is int
+        and 0 <= log["op_code"] <= 10
+        and isinstance(log.get("worker_id"), str)
+        and len(log) > 2
+    )
 
 
 def test_the_advice_quotes_a_journal_path_with_spaces(tmp_path):
     journal = tmp_path / "my runs" / "study journal.log"
     journal.parent.mkdir()
-    journal.write_bytes(b'{"op_code":0,"worker_id":"w","a":1}\n{"op_code":2,"b"{"op_code":2,"worker_id":"w","c":3}\n'
-                        b'{"op_code":2,"worker_id":"w","d":4}\n')
+    journal.write_bytes(
+        b'{"op_code":0,"worker_id":"w","a":1}\n{"op_code":2,"b"{"op_code":2,"worker_id":"w","c":3}\n'
+        b'{"op_code":2,"worker_id":"w","d":4}\n'
+    )
     fix = sweep_journal.damage_message(journal).split("keeping a copy of the file: ", 1)[1]
     assert shlex.split(fix)[-1] == str(journal)
     subprocess.run(["bash", "-c", fix], check=True, timeout=60)
-    assert journal.read_bytes().splitlines() == [b'{"op_code":0,"worker_id":"w","a":1}',
-                                                 b'{"op_code":2,"worker_id":"w","c":3}',
-                                                 b'{"op_code":2,"worker_id":"w","d":4}']
+    assert journal.read_bytes().splitlines() == [
+        b'{"op_code":0,"worker_id":"w","a":1}',
+        b'{"op_code":2,"worker_id":"w","c":3}',
+        b'{"op_code":2,"worker_id":"w","d":4}',
+    ]
 
 
 def without_root_override() -> list[str]:
     """The command prefix under which file modes bind (root's CAP_DAC_OVERRIDE dropped), as for any other user."""
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+    return (
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+        if os.geteuid() == 0
+        else []
+    )
 
 
-def test_a_read_only_journal_is_one_line_exit_2_and_its_report_still_works(finished_journal, tmp_path, offline_env):
+def test_a_read_only_journal_is_one_line_exit_2_and_its_report_still_works(
+    finished_journal, tmp_path, offline_env
+):
     args, journal = finished_journal
     journal.chmod(0o444)
     before = journal.read_bytes()
     command = [*without_root_override(), sys.executable, str(ROOT / "local_sweep.py")]
-    done = subprocess.run([*command, *args, "--trials", "2"], env=offline_env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [*command, *args, "--trials", "2"],
+        env=offline_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert_no_traceback(done.stdout + done.stderr)
     (line,) = done.stderr.strip().splitlines()
     assert f"journal {journal} cannot be written" in line and "chmod u+w" in line, line
     assert journal.read_bytes() == before
-    report = subprocess.run([*command, *args, "--report"], env=offline_env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
-    assert report.returncode == 0, report.stderr[-3000:]  # reading needs no write, nor Optuna's lock
+    report = subprocess.run(
+        [*command, *args, "--report"],
+        env=offline_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[
+        -3000:
+    ]  # reading needs no write, nor Optuna's lock
     assert "1 COMPLETE" in report.stdout, report.stdout
     assert journal.read_bytes() == before
 
 
-def test_a_report_piped_into_a_reader_that_exits_is_still_written_and_exits_0(finished_journal, tmp_path,
-                                                                                offline_env):
+def test_a_report_piped_into_a_reader_that_exits_is_still_written_and_exits_0(
+    finished_journal, tmp_path, offline_env
+):
     # `local_sweep.py FILE --report | head -0`: the reader is gone before the first line; the CSV and the plots are
     # still written, and the process ends 0 without a traceback (cli.OutputThatMayGoAway).
     args, _ = finished_journal
@@ -289,8 +411,15 @@ def test_a_report_piped_into_a_reader_that_exits_is_still_written_and_exits_0(fi
         old.unlink()
     read_end, write_end = os.pipe()
     os.close(read_end)
-    report = subprocess.run([sys.executable, str(ROOT / "local_sweep.py"), *args, "--report"], env=offline_env,
-                            cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, str(ROOT / "local_sweep.py"), *args, "--report"],
+        env=offline_env,
+        cwd=tmp_path,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
     os.close(write_end)
     assert report.returncode == 0, report.stderr[-3000:]
     assert_no_traceback(report.stderr)

@@ -27,9 +27,18 @@ from synthetic_cifar100 import write_synthetic_cifar100
 CPU = torch.device("cpu")
 
 
-def run_trainer(args: list[str], env: dict, cwd: Path, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(trainer_command(*args), env=env, cwd=cwd, text=True,
-                          capture_output=True, timeout=timeout, **kwargs)
+def run_trainer(
+    args: list[str], env: dict, cwd: Path, timeout: float = 240, **kwargs
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        trainer_command(*args),
+        env=env,
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------- model
@@ -38,14 +47,23 @@ def run_trainer(args: list[str], env: dict, cwd: Path, timeout: float = 240, **k
 def test_default_model_has_the_seed_architecture_and_parameter_count():
     model = trainer.SimpleCNN()
     assert sum(p.numel() for p in model.parameters()) == 2_626_404
-    assert model.fc1.in_features == 4096 and model.fc2.in_features == 512 and model.fc3.in_features == 256
+    assert (
+        model.fc1.in_features == 4096
+        and model.fc2.in_features == 512
+        and model.fc3.in_features == 256
+    )
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
 
 
 def test_filter_counts_set_the_conv_widths_and_fc1_inputs():
-    model = trainer.model_from_config({"num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 24,
-                                       "dropout_rate": 0.5})
-    assert (model.conv1.out_channels, model.conv2.out_channels, model.conv3.out_channels) == (8, 16, 24)
+    model = trainer.model_from_config(
+        {"num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 24, "dropout_rate": 0.5}
+    )
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.conv3.out_channels) == (
+        8,
+        16,
+        24,
+    )
     assert model.fc1.in_features == 24 * 4 * 4
     assert model.dropout.p == 0.5
     assert model(torch.zeros(3, 3, 32, 32).to(memory_format=torch.channels_last)).shape == (3, 100)
@@ -56,7 +74,9 @@ def test_filter_counts_set_the_conv_widths_and_fc1_inputs():
 
 def test_str_and_bytes_keyed_pickles_load_to_the_same_arrays(tmp_path):
     write_synthetic_cifar100(tmp_path / "str", train_per_class=2, test_per_class=1, seed=5)
-    write_synthetic_cifar100(tmp_path / "bytes", train_per_class=2, test_per_class=1, seed=5, bytes_keys=True)
+    write_synthetic_cifar100(
+        tmp_path / "bytes", train_per_class=2, test_per_class=1, seed=5, bytes_keys=True
+    )
     with open(tmp_path / "bytes" / "cifar-100-python" / "train", "rb") as f:
         assert b"data" in __import__("pickle").load(f)  # the file really has bytes keys
     from_str = cifar_files.load_cifar100(tmp_path / "str", download=False)
@@ -129,11 +149,16 @@ def test_download_fetches_verifies_and_extracts_the_archive(served_archive, tmp_
     data_dir = tmp_path / "data"
     source = cifar_files.cifar100_source(data_dir, url=url, md5=md5)
     assert source == cifar_files.CifarSource((data_dir / "cifar-100-python").resolve(), "folder")
-    assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-100-python", "cifar-100-python.tar.gz"]
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        "cifar-100-python",
+        "cifar-100-python.tar.gz",
+    ]
     assert cifar_files.load_cifar100(data_dir, download=False)[0].shape == (100, 32, 32, 3)
 
 
-def test_a_download_that_fails_its_checksum_leaves_nothing_where_an_archive_is_looked_for(served_archive, tmp_path):
+def test_a_download_that_fails_its_checksum_leaves_nothing_where_an_archive_is_looked_for(
+    served_archive, tmp_path
+):
     url, _ = served_archive
     with pytest.raises(cifar_files.DownloadError, match="could not download CIFAR-100"):
         cifar_files.cifar100_source(tmp_path / "data", url=url, md5="0" * 32)
@@ -141,7 +166,9 @@ def test_a_download_that_fails_its_checksum_leaves_nothing_where_an_archive_is_l
 
 
 def test_a_failed_download_says_where_to_put_the_archive(tmp_path):
-    missing = "http://127.0.0.1:9/cifar-100-python.tar.gz"  # the discard port: nothing listens there
+    missing = (
+        "http://127.0.0.1:9/cifar-100-python.tar.gz"  # the discard port: nothing listens there
+    )
     with pytest.raises(cifar_files.DownloadError, match=r"put it at .*cifar-100-python\.tar\.gz"):
         cifar_files.download_cifar100(tmp_path, url=missing, md5=cifar_files.CIFAR100_MD5)
     assert list(tmp_path.iterdir()) == []  # no partial file
@@ -161,16 +188,31 @@ def test_augmentation_keeps_shape_dtype_and_pixel_values():
 def test_augmentation_is_a_real_crop_and_flip_of_each_image():
     images = torch.randint(0, 256, (400, 32, 32, 3), dtype=torch.uint8)
     p = trainer.CROP_PADDING
-    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (p, p, p, p)).permute(0, 2, 3, 1).contiguous()
+    padded = (
+        torch.nn.functional.pad(images.permute(0, 3, 1, 2), (p, p, p, p))
+        .permute(0, 2, 3, 1)
+        .contiguous()
+    )
     out = trainer.augment(padded, torch.arange(400), torch.Generator().manual_seed(1))
     seen = set()
     for i in range(400):
-        matches = [(dy, dx, flip) for dy in range(2 * p + 1) for dx in range(2 * p + 1) for flip in (False, True)
-                   if torch.equal(out[i], (lambda c: c.flip(1) if flip else c)(padded[i, dy:dy + 32, dx:dx + 32]))]
-        assert len(matches) == 1, f"image {i} is not a single 32x32 crop (flipped or not) of its padded source"
+        matches = [
+            (dy, dx, flip)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            for flip in (False, True)
+            if torch.equal(
+                out[i], (lambda c: c.flip(1) if flip else c)(padded[i, dy : dy + 32, dx : dx + 32])
+            )
+        ]
+        assert len(matches) == 1, (
+            f"image {i} is not a single 32x32 crop (flipped or not) of its padded source"
+        )
         seen.add(matches[0])
     assert {flip for _, _, flip in seen} == {False, True}
-    assert {dy for dy, _, _ in seen} == set(range(2 * p + 1)) and {dx for _, dx, _ in seen} == set(range(2 * p + 1))
+    assert {dy for dy, _, _ in seen} == set(range(2 * p + 1)) and {dx for _, dx, _ in seen} == set(
+        range(2 * p + 1)
+    )
 
 
 def test_augmentation_is_deterministic_under_a_seed():
@@ -183,12 +225,16 @@ def test_augmentation_is_deterministic_under_a_seed():
 
 
 def test_normalize_uses_the_cifar100_channel_statistics():
-    mean_image = torch.tensor([round(255 * m) for m in trainer.CIFAR100_MEAN], dtype=torch.uint8).expand(1, 32, 32, 3)
+    mean_image = torch.tensor(
+        [round(255 * m) for m in trainer.CIFAR100_MEAN], dtype=torch.uint8
+    ).expand(1, 32, 32, 3)
     x = trainer.normalize(mean_image)
     assert x.shape == (1, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
     assert x.abs().max() < 0.01
     white = trainer.normalize(torch.full((1, 32, 32, 3), 255, dtype=torch.uint8))
-    expected = [(1 - m) / s for m, s in zip(trainer.CIFAR100_MEAN, trainer.CIFAR100_STD, strict=True)]
+    expected = [
+        (1 - m) / s for m, s in zip(trainer.CIFAR100_MEAN, trainer.CIFAR100_STD, strict=True)
+    ]
     torch.testing.assert_close(white[0, :, 0, 0], torch.tensor(expected))
 
 
@@ -203,24 +249,32 @@ def test_learning_rate_warms_up_then_anneals_to_zero_within_the_budget():
     assert trainer.learning_rate_at(99, 100, 10, 0.1, "constant") == 0.1
 
 
-@pytest.mark.parametrize("total, warmup", [(2, 1), (3, 1), (30, 1), (2, 0), (30, 0), (5880, 196), (100, 10)])
+@pytest.mark.parametrize(
+    "total, warmup", [(2, 1), (3, 1), (30, 1), (2, 0), (30, 0), (5880, 196), (100, 10)]
+)
 def test_the_learning_rate_is_0_at_the_final_step_and_the_peak_right_after_warm_up(total, warmup):
     lrs = [trainer.learning_rate_at(s, total, warmup, 0.1, "cosine") for s in range(total)]
-    assert lrs[:warmup] == pytest.approx([0.1 * (s + 1) / warmup for s in range(warmup)])  # warm-up as before
+    assert lrs[:warmup] == pytest.approx(
+        [0.1 * (s + 1) / warmup for s in range(warmup)]
+    )  # warm-up as before
     if total - warmup > 1:
         assert lrs[warmup] == pytest.approx(0.1)
     assert lrs[-1] == 0.0
-    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:], strict=False))
+    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1 :], strict=False))
 
 
 def test_a_single_step_trains_at_the_peak_and_a_warm_up_longer_than_the_budget_keeps_its_ramp():
     assert trainer.learning_rate_at(0, 1, 0, 0.1, "cosine") == 0.1
-    assert [trainer.learning_rate_at(s, 2, 4, 0.1, "cosine") for s in range(2)] == pytest.approx([0.025, 0.05])
+    assert [trainer.learning_rate_at(s, 2, 4, 0.1, "cosine") for s in range(2)] == pytest.approx(
+        [0.025, 0.05]
+    )
 
 
 def test_at_one_step_per_epoch_the_last_epoch_trains_at_learning_rate_0(tiny_data_dir, tmp_path):
     # 800 training images in one batch: one step per epoch, where the cosine used to end half-way up
-    config = trainer.validate_config({**FAST_CONFIG, "epochs": 3, "batch_size": 800, "val_size": 200})
+    config = trainer.validate_config(
+        {**FAST_CONFIG, "epochs": 3, "batch_size": 800, "val_size": 200}
+    )
     summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run")
     assert [m["learning_rate"] for m in summary["history"]] == pytest.approx([0.01, 0.01, 0.0])
 
@@ -238,11 +292,25 @@ def test_files_of_a_run_and_checkpoint_reload_to_identical_logits(finished_run, 
     config = trainer.validate_config(FINISHED_RUN)
     data = trainer.prepare_data(tiny_data_dir, 200, CPU)
     run_dir = finished_run  # trained by part_2_cifar.train, once per session
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "curves.png", "last.pt", "summary.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "best.pt",
+        "curves.png",
+        "last.pt",
+        "summary.json",
+    ]
 
     on_disk = json.loads((run_dir / "summary.json").read_text())
-    for key in ("config", "best_val_accuracy", "best_epoch", "test_accuracy", "test_loss", "train_images_per_second",
-                "total_seconds", "device", "versions"):
+    for key in (
+        "config",
+        "best_val_accuracy",
+        "best_epoch",
+        "test_accuracy",
+        "test_loss",
+        "train_images_per_second",
+        "total_seconds",
+        "device",
+        "versions",
+    ):
         assert on_disk[key] is not None, key
     assert on_disk["config"] == config and on_disk["versions"]["torch"] == torch.__version__
     assert [m["epoch"] for m in on_disk["history"]] == [1]
@@ -258,29 +326,38 @@ def test_files_of_a_run_and_checkpoint_reload_to_identical_logits(finished_run, 
     x = trainer.normalize(data.test_images[:50])
     with torch.inference_mode():
         assert torch.equal(models[0](x), models[1](x))
-    test = trainer.evaluate(models[0], data.test_images, data.test_labels, machine.autocast_dtype(CPU))
+    test = trainer.evaluate(
+        models[0], data.test_images, data.test_labels, machine.autocast_dtype(CPU)
+    )
     assert test["accuracy"] == pytest.approx(on_disk["test_accuracy"])
 
 
 def test_every_summary_records_the_models_cost_counted_by_pytorch(tiny_data_dir, tmp_path):
-    config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200, "num_filters_2": 24})
+    config = trainer.validate_config(
+        {**FAST_CONFIG, "epochs": 1, "val_size": 200, "num_filters_2": 24}
+    )
     summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     model = trainer.model_from_config(config)
-    assert on_disk["parameters"] == summary["parameters"] == sum(p.numel() for p in model.parameters())
+    assert (
+        on_disk["parameters"] == summary["parameters"] == sum(p.numel() for p in model.parameters())
+    )
     # An independent count: 2 FLOPs per multiply-add of the convolutions (32, 16 and 8 pixels square) and layers.
     f1, f2, f3 = 8, 24, 32
     convs = 2 * 9 * (32 * 32 * 3 * f1 + 16 * 16 * f1 * f2 + 8 * 8 * f2 * f3)
     assert on_disk["flops_per_image"] == convs + 2 * (f3 * 16 * 512 + 512 * 256 + 256 * 100)
-    assert set(on_disk["latency_ms"]) == {"1", "256"} and all(ms > 0 for ms in on_disk["latency_ms"].values())
+    assert set(on_disk["latency_ms"]) == {"1", "256"} and all(
+        ms > 0 for ms in on_disk["latency_ms"].values()
+    )
     assert on_disk["latency_device"].startswith("cpu")
 
 
 def test_a_run_of_seconds_times_its_latency_with_three_calls_per_batch_size():
     model = trainer.model_from_config({**trainer.DEFAULTS, **FAST_CONFIG})
     batches: list[int] = []
-    model.register_forward_hook(lambda module, inputs, _: batches.append(inputs[0].shape[0])
-                                if module is model else None)  # not flops_per_image's copy
+    model.register_forward_hook(
+        lambda module, inputs, _: batches.append(inputs[0].shape[0]) if module is model else None
+    )  # not flops_per_image's copy
     cost = model_cost(model, CPU, contextlib.nullcontext, run_seconds=0.0)
     assert batches == [1] * 4 + [256] * 4  # a warm-up and 3 timed calls each
     assert all(ms > 0 for ms in cost["latency_ms"].values())
@@ -297,10 +374,23 @@ def test_an_epoch_callback_can_stop_a_run_early_with_a_status(tiny_data_dir, tmp
         if metrics["epoch"] == 2:
             raise trainer.StopEarly("pruned", "a pruner said so")
 
-    summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run",
-                            on_epoch=prune_after_epoch_2)
-    assert summary["status"] == "pruned" and summary["epochs_completed"] == 2 and "test_accuracy" not in summary
-    assert run_files.load_checkpoint(tmp_path / "run" / "last.pt", needs=run_files.RESUME_KEYS)["epoch"] == 2
+    summary = trainer.train(
+        config,
+        trainer.prepare_data(tiny_data_dir, 200, CPU),
+        tmp_path / "run",
+        on_epoch=prune_after_epoch_2,
+    )
+    assert (
+        summary["status"] == "pruned"
+        and summary["epochs_completed"] == 2
+        and "test_accuracy" not in summary
+    )
+    assert (
+        run_files.load_checkpoint(tmp_path / "run" / "last.pt", needs=run_files.RESUME_KEYS)[
+            "epoch"
+        ]
+        == 2
+    )
 
 
 def test_the_readme_table_of_hyperparameters_is_the_settings_table():
@@ -311,18 +401,41 @@ def test_the_readme_table_of_hyperparameters_is_the_settings_table():
 # ------------------------------------------------------------------------------------------------------ CLI and W&B
 
 
-def test_every_swept_key_is_accepted_as_key_equals_value_and_lands_in_the_run_config(tiny_data_dir, tmp_path,
-                                                                                      offline_env):
-    chosen = {**FAST_CONFIG, "momentum": 0.85, "dropout_rate": 0.125, "epochs": 1, "weight_decay": 1e-4,
-              "label_smoothing": 0.0, "warmup_epochs": 0.5, "lr_schedule": "constant", "seed": 3}
-    args = cli_args(chosen) + ["--data-dir", str(tiny_data_dir), "--runs-dir", str(tmp_path / "runs"),
-                               "--val-size", "200", "--wandb-mode", "offline", "--no-log-model"]
+def test_every_swept_key_is_accepted_as_key_equals_value_and_lands_in_the_run_config(
+    tiny_data_dir, tmp_path, offline_env
+):
+    chosen = {
+        **FAST_CONFIG,
+        "momentum": 0.85,
+        "dropout_rate": 0.125,
+        "epochs": 1,
+        "weight_decay": 1e-4,
+        "label_smoothing": 0.0,
+        "warmup_epochs": 0.5,
+        "lr_schedule": "constant",
+        "seed": 3,
+    }
+    args = cli_args(chosen) + [
+        "--data-dir",
+        str(tiny_data_dir),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--val-size",
+        "200",
+        "--wandb-mode",
+        "offline",
+        "--no-log-model",
+    ]
     result = run_trainer(args, offline_env, tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
-    config = json.loads((run_dir / "summary.json").read_text())["config"]  # what the program read from run.config
+    config = json.loads((run_dir / "summary.json").read_text())[
+        "config"
+    ]  # what the program read from run.config
     assert {key: config[key] for key in chosen} == chosen
-    assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_dir.name}/*.wandb"))  # the W&B run, named alike
+    assert list(
+        (tmp_path / "wandb").glob(f"offline-run-*-{run_dir.name}/*.wandb")
+    )  # the W&B run, named alike
 
 
 def test_options_also_take_a_separate_value_and_integral_floats():
@@ -331,11 +444,18 @@ def test_options_also_take_a_separate_value_and_integral_floats():
     assert (config["batch_size"], config["epochs"], config["learning_rate"]) == (128, 35, 0.003)
 
 
-def test_offline_run_without_a_key_never_prompts_and_leaves_its_wandb_run(tiny_data_dir, tmp_path, offline_env):
+def test_offline_run_without_a_key_never_prompts_and_leaves_its_wandb_run(
+    tiny_data_dir, tmp_path, offline_env
+):
     # A terminal on stdin is what makes wandb ask for a login; without a key the trainer must go offline instead.
     controller, terminal = pty.openpty()
     try:
-        args = cli_args({**FAST_CONFIG, "epochs": 1}) + ["--data-dir", str(tiny_data_dir), "--val-size", "200"]
+        args = cli_args({**FAST_CONFIG, "epochs": 1}) + [
+            "--data-dir",
+            str(tiny_data_dir),
+            "--val-size",
+            "200",
+        ]
         result = run_trainer(args, offline_env, tmp_path, timeout=180, stdin=terminal)
     finally:
         os.close(controller)

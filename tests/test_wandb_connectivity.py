@@ -20,7 +20,9 @@ import pytest
 from conftest import FAST_CONFIG, cli_args, trainer_command
 
 KEY = "k" * 40  # wandb 0.31 checks a key's form only (40+ characters) until it talks to the server
-INIT_TIMEOUT_S = "2"  # the trainer's own default is 30 s; WANDB_INIT_TIMEOUT is wandb's own variable
+INIT_TIMEOUT_S = (
+    "2"  # the trainer's own default is 30 s; WANDB_INIT_TIMEOUT is wandb's own variable
+)
 BOUND_S = 60  # the old trainer waited ~100 s in wandb.init and then died; now: init timeout + startup + 1 epoch
 
 
@@ -34,18 +36,38 @@ def unreachable_server():
 
 def wandb_login(env: dict, *options: str) -> None:
     """`wandb login --no-verify [options] KEY`: stores the key exactly as a user's `wandb login` does, offline."""
-    subprocess.run([sys.executable, "-m", "wandb", "login", "--no-verify", *options, KEY], env=env, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "wandb", "login", "--no-verify", *options, KEY],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
-def train(env: dict, cwd: Path, data_dir: Path, *more: str) -> tuple[subprocess.CompletedProcess, float]:
+def train(
+    env: dict, cwd: Path, data_dir: Path, *more: str
+) -> tuple[subprocess.CompletedProcess, float]:
     """One short epoch as a real process with a terminal on stdin (what would make wandb prompt); and its seconds."""
-    args = cli_args({**FAST_CONFIG, "epochs": 1}) + ["--data-dir", str(data_dir), "--val-size", "200", *more]
+    args = cli_args({**FAST_CONFIG, "epochs": 1}) + [
+        "--data-dir",
+        str(data_dir),
+        "--val-size",
+        "200",
+        *more,
+    ]
     controller, terminal = pty.openpty()
     started = time.monotonic()
     try:
-        result = subprocess.run(trainer_command(*args), env=env, cwd=cwd, stdin=terminal, text=True,
-                                capture_output=True, timeout=BOUND_S + 60)
+        result = subprocess.run(
+            trainer_command(*args),
+            env=env,
+            cwd=cwd,
+            stdin=terminal,
+            text=True,
+            capture_output=True,
+            timeout=BOUND_S + 60,
+        )
     finally:
         os.close(controller)
         os.close(terminal)
@@ -64,16 +86,22 @@ def trained_offline(result: subprocess.CompletedProcess, cwd: Path) -> tuple[str
     (line,) = our_lines(result.stdout + result.stderr)
     (run_dir,) = (cwd / "runs").iterdir()
     assert (run_dir / "summary.json").is_file() and (run_dir / "best.pt").is_file()
-    (offline_run,) = cwd.glob(f"wandb/offline-run-*-{run_dir.name}")  # WANDB_DIR is cwd (offline_env)
+    (offline_run,) = cwd.glob(
+        f"wandb/offline-run-*-{run_dir.name}"
+    )  # WANDB_DIR is cwd (offline_env)
     assert list(offline_run.glob("*.wandb"))
     return line, offline_run
 
 
-def fell_back_offline(result: subprocess.CompletedProcess, seconds: float, cwd: Path, server: str) -> None:
+def fell_back_offline(
+    result: subprocess.CompletedProcess, seconds: float, cwd: Path, server: str
+) -> None:
     """Trained offline in bounded time, with one line naming the server that gave no run and the folder to sync."""
     line, offline_run = trained_offline(result, cwd)
     assert line.startswith(f"W&B: {server} gave no run within {INIT_TIMEOUT_S} s")
-    assert line.endswith(f"logging offline to {offline_run}; upload later with: wandb sync {offline_run}")
+    assert line.endswith(
+        f"logging offline to {offline_run}; upload later with: wandb sync {offline_run}"
+    )
     assert seconds < BOUND_S
 
 
@@ -84,13 +112,20 @@ def test_a_key_from_wandb_login_for_the_default_server_means_online(offline_env,
     # wandb 0.31 stores it under api.forge.coreweave.com; the trainer once looked for api.wandb.ai and went offline.
     wandb_login(offline_env)
     code = "from cifarkit.core import wandb_connect as p; print(p.resolve_wandb_mode('auto'))"
-    result = subprocess.run([sys.executable, "-c", code], env=offline_env, cwd=tmp_path, text=True,
-                            capture_output=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=offline_env,
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert result.stdout.strip() == "online", result.stdout + result.stderr
 
 
-def test_online_on_request_without_credentials_is_one_line_naming_the_server(offline_env, tmp_path, tiny_data_dir,
-                                                                             unreachable_server):
+def test_online_on_request_without_credentials_is_one_line_naming_the_server(
+    offline_env, tmp_path, tiny_data_dir, unreachable_server
+):
     env = {**offline_env, "WANDB_BASE_URL": unreachable_server}
     result, _ = train(env, tmp_path, tiny_data_dir, "--wandb-mode", "online")
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -109,67 +144,112 @@ def test_a_malformed_wandb_setting_is_one_line(offline_env, tmp_path, tiny_data_
 # ---------------------------------------------------------------------------------------------- no route to W&B
 
 
-def test_no_credentials_goes_offline_at_once(offline_env, tmp_path, tiny_data_dir, unreachable_server):
+def test_no_credentials_goes_offline_at_once(
+    offline_env, tmp_path, tiny_data_dir, unreachable_server
+):
     # An online attempt would wait the whole init timeout: 10 minutes here. Offline is decided before wandb.init.
     env = {**offline_env, "WANDB_BASE_URL": unreachable_server, "WANDB_INIT_TIMEOUT": "600"}
     result, seconds = train(env, tmp_path, tiny_data_dir)
     line, _ = trained_offline(result, tmp_path)
-    assert line == (f"W&B: no credentials for {unreachable_server}, logging offline to {tmp_path / 'wandb'}; "
-                    f"upload later with: wandb sync {tmp_path / 'wandb'}/offline-run-*")
+    assert line == (
+        f"W&B: no credentials for {unreachable_server}, logging offline to {tmp_path / 'wandb'}; "
+        f"upload later with: wandb sync {tmp_path / 'wandb'}/offline-run-*"
+    )
     assert seconds < BOUND_S
 
 
-def test_wandb_login_and_no_network_trains_offline_with_one_line(offline_env, tmp_path, tiny_data_dir,
-                                                                 unreachable_server):
+def test_wandb_login_and_no_network_trains_offline_with_one_line(
+    offline_env, tmp_path, tiny_data_dir, unreachable_server
+):
     # As a user: `wandb login --host` stores the key in ~/.netrc and the server in wandb's settings file; nothing
     # in the environment names either. wandb talks as it does for a user (not silenced).
-    env = {k: v for k, v in offline_env.items() if k != "WANDB_SILENT"} | {"WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S}
+    env = {k: v for k, v in offline_env.items() if k != "WANDB_SILENT"} | {
+        "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S
+    }
     wandb_login(env, "--host", unreachable_server)
     result, seconds = train(env, tmp_path, tiny_data_dir)
     fell_back_offline(result, seconds, tmp_path, unreachable_server)
 
 
-def test_api_key_in_the_environment_and_no_network_trains_offline_with_one_line(offline_env, tmp_path,
-                                                                                tiny_data_dir, unreachable_server):
-    env = offline_env | {"WANDB_API_KEY": KEY, "WANDB_BASE_URL": unreachable_server,
-                         "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S}
+def test_api_key_in_the_environment_and_no_network_trains_offline_with_one_line(
+    offline_env, tmp_path, tiny_data_dir, unreachable_server
+):
+    env = offline_env | {
+        "WANDB_API_KEY": KEY,
+        "WANDB_BASE_URL": unreachable_server,
+        "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S,
+    }
     result, seconds = train(env, tmp_path, tiny_data_dir)
     fell_back_offline(result, seconds, tmp_path, unreachable_server)
 
 
-def test_inside_a_sweep_no_network_exits_1_with_one_line_before_training(offline_env, tmp_path, tiny_data_dir,
-                                                                         unreachable_server):
+def test_inside_a_sweep_no_network_exits_1_with_one_line_before_training(
+    offline_env, tmp_path, tiny_data_dir, unreachable_server
+):
     # What `wandb agent` hands its run (wandb_agent.py): the ids and a params file written by wandb's own helper.
     from wandb.sdk.lib import config_util
 
     params = tmp_path / "wandb" / "sweep-abc123" / "config-run12345.yaml"
     params.parent.mkdir(parents=True)
     config_util.save_config_file_from_dict(str(params), {"learning_rate": {"value": 0.02}})
-    env = offline_env | {"WANDB_API_KEY": KEY, "WANDB_BASE_URL": unreachable_server,
-                         "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S, "WANDB_SWEEP_ID": "abc123", "WANDB_RUN_ID": "run12345",
-                         "WANDB_SWEEP_PARAM_PATH": str(params)}
+    env = offline_env | {
+        "WANDB_API_KEY": KEY,
+        "WANDB_BASE_URL": unreachable_server,
+        "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S,
+        "WANDB_SWEEP_ID": "abc123",
+        "WANDB_RUN_ID": "run12345",
+        "WANDB_SWEEP_PARAM_PATH": str(params),
+    }
     result, seconds = train(env, tmp_path, tiny_data_dir)
-    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr, (
+        result.stderr
+    )
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
-    assert line.startswith(f"error: W&B: {unreachable_server} gave no run") and "sweep abc123" in line
+    assert (
+        line.startswith(f"error: W&B: {unreachable_server} gave no run") and "sweep abc123" in line
+    )
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("wandb/offline-run-*"))
     assert seconds < BOUND_S
 
 
-def test_a_local_sweep_trial_with_no_network_falls_back_to_offline_and_trains(offline_env, tmp_path, tiny_data_dir,
-                                                                               unreachable_server):
+def test_a_local_sweep_trial_with_no_network_falls_back_to_offline_and_trains(
+    offline_env, tmp_path, tiny_data_dir, unreachable_server
+):
     # Optuna, not W&B, keeps a local sweep's books: its trials need no server, so they fall back like a single run.
     sweep = tmp_path / "one.json"
-    sweep.write_text('{"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": '
-                     '{"num_filters_1": {"value": 8}, "num_filters_2": {"value": 16}, "num_filters_3": '
-                     '{"value": 32}, "batch_size": {"value": 64}, "epochs": {"value": 1}}}')
-    env = offline_env | {"WANDB_API_KEY": KEY, "WANDB_BASE_URL": unreachable_server,
-                         "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S}
-    result = subprocess.run([sys.executable, str(Path(trainer_command()[1]).with_name("local_sweep.py")), str(sweep),
-                             "--trials", "1", "--data-dir", str(tiny_data_dir), "--val-size", "200", "--images-dir",
-                             str(tmp_path / "images")], env=env, cwd=tmp_path, text=True, capture_output=True,
-                            timeout=BOUND_S + 60)
-    assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr, result.stderr
+    sweep.write_text(
+        '{"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": '
+        '{"num_filters_1": {"value": 8}, "num_filters_2": {"value": 16}, "num_filters_3": '
+        '{"value": 32}, "batch_size": {"value": 64}, "epochs": {"value": 1}}}'
+    )
+    env = offline_env | {
+        "WANDB_API_KEY": KEY,
+        "WANDB_BASE_URL": unreachable_server,
+        "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S,
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(trainer_command()[1]).with_name("local_sweep.py")),
+            str(sweep),
+            "--trials",
+            "1",
+            "--data-dir",
+            str(tiny_data_dir),
+            "--val-size",
+            "200",
+            "--images-dir",
+            str(tmp_path / "images"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=BOUND_S + 60,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr, (
+        result.stderr
+    )
     (line,) = our_lines(result.stdout + result.stderr)
     assert line.startswith(f"W&B: {unreachable_server} gave no run") and "wandb sync" in line
     assert (tmp_path / "runs" / "one" / "trial-0000" / "summary.json").is_file()
@@ -179,17 +259,29 @@ def test_a_local_sweep_trial_with_no_network_falls_back_to_offline_and_trains(of
 # ---------------------------------------------------------------------------------------------- bounded waits
 
 
-@pytest.mark.parametrize("environment, expected", [
-    ({}, "30.0 120.0"),
-    ({"WANDB_INIT_TIMEOUT": "5", "WANDB_FINISH_TIMEOUT": "7"}, "5.0 7.0"),
-])
-def test_a_run_waits_a_bounded_time_for_init_and_finish_unless_wandb_is_told_otherwise(offline_env, tmp_path,
-                                                                                       environment, expected):
+@pytest.mark.parametrize(
+    "environment, expected",
+    [
+        ({}, "30.0 120.0"),
+        ({"WANDB_INIT_TIMEOUT": "5", "WANDB_FINISH_TIMEOUT": "7"}, "5.0 7.0"),
+    ],
+)
+def test_a_run_waits_a_bounded_time_for_init_and_finish_unless_wandb_is_told_otherwise(
+    offline_env, tmp_path, environment, expected
+):
     # run.finish would wait for uploads forever by default; a connection lost mid-run cannot be staged honestly here
     # (no W&B server to lose), so this checks that the bound reaches the run wandb makes.
-    code = ("from cifarkit.core import wandb_connect as p; "
-            "run = p.start_wandb_run({'mode': 'offline'}, in_sweep=False); "
-            "print(run.settings.init_timeout, run.settings.finish_timeout); run.finish()")
-    result = subprocess.run([sys.executable, "-c", code], env=offline_env | environment, cwd=tmp_path, text=True,
-                            capture_output=True, timeout=60)
+    code = (
+        "from cifarkit.core import wandb_connect as p; "
+        "run = p.start_wandb_run({'mode': 'offline'}, in_sweep=False); "
+        "print(run.settings.init_timeout, run.settings.finish_timeout); run.finish()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=offline_env | environment,
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert result.stdout.strip() == expected, result.stderr

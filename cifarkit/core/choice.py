@@ -29,9 +29,12 @@ SELECTION_FILE = "selection.json"
 
 def exportable(runs: Iterable[tuple[Path, dict | None]]) -> list[tuple[Path, dict]]:
     """The (run folder, summary) pairs with a finite best_val_accuracy and a best.pt to export."""
-    return [(run_dir, summary) for run_dir, summary in runs
-            if finite_number((summary or {}).get("best_val_accuracy"))
-            and (run_dir / BEST_CHECKPOINT).is_file()]
+    return [
+        (run_dir, summary)
+        for run_dir, summary in runs
+        if finite_number((summary or {}).get("best_val_accuracy"))
+        and (run_dir / BEST_CHECKPOINT).is_file()
+    ]
 
 
 def best_run(runs: Iterable[tuple[Path, dict | None]]) -> tuple[Path, float] | None:
@@ -62,8 +65,10 @@ def find_selection(runs_dir: Path) -> Path | None:
         return runs_dir / SELECTION_FILE
     found = sorted(runs_dir.rglob(SELECTION_FILE))
     if len(found) > 1:
-        raise CheckpointError(f"{len(found)} selection.json files under {runs_dir} ({', '.join(map(str, found))}): "
-                              "pass --runs-dir the folder of the one to export")
+        raise CheckpointError(
+            f"{len(found)} selection.json files under {runs_dir} ({', '.join(map(str, found))}): "
+            "pass --runs-dir the folder of the one to export"
+        )
     return found[0] if found else None
 
 
@@ -72,19 +77,34 @@ def read_selection(path: Path) -> dict:
     try:
         selection = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}): rerun select_model.py, "
-                              "or pass --checkpoint PATH") from None
+        raise CheckpointError(
+            f"{path} is unreadable ({type(e).__name__}): rerun select_model.py, "
+            "or pass --checkpoint PATH"
+        ) from None
     not_selection = f"{path} is not a select_model.py selection"
-    if not (isinstance(selection, dict) and isinstance(selection.get("configs"), list) and selection["configs"]
-            and isinstance(selection.get("best"), str)):
-        raise CheckpointError(f'{not_selection}: it needs {{"configs": [...], "best": "<run folder>"}}')
+    if not (
+        isinstance(selection, dict)
+        and isinstance(selection.get("configs"), list)
+        and selection["configs"]
+        and isinstance(selection.get("best"), str)
+    ):
+        raise CheckpointError(
+            f'{not_selection}: it needs {{"configs": [...], "best": "<run folder>"}}'
+        )
     for i, config in enumerate(selection["configs"]):
-        if not (isinstance(config, dict) and finite_number(config.get("val_accuracy_mean"))
-                and finite_number(config.get("flops_per_image")) and isinstance(config.get("pareto"), bool)
-                and isinstance(config.get("runs"), list) and config["runs"]
-                and all(isinstance(run, str) for run in config["runs"])):
-            raise CheckpointError(f"{not_selection}: configs[{i}] needs numbers val_accuracy_mean and "
-                                  "flops_per_image, pareto true/false and a list of run folders in runs")
+        if not (
+            isinstance(config, dict)
+            and finite_number(config.get("val_accuracy_mean"))
+            and finite_number(config.get("flops_per_image"))
+            and isinstance(config.get("pareto"), bool)
+            and isinstance(config.get("runs"), list)
+            and config["runs"]
+            and all(isinstance(run, str) for run in config["runs"])
+        ):
+            raise CheckpointError(
+                f"{not_selection}: configs[{i}] needs numbers val_accuracy_mean and "
+                "flops_per_image, pareto true/false and a list of run folders in runs"
+            )
     return selection
 
 
@@ -103,13 +123,16 @@ def cheapest_within(configs: list[dict], points: float) -> dict:
     best_mean = max(config["val_accuracy_mean"] for config in configs)
     near = [c for c in configs if c["pareto"] and c["val_accuracy_mean"] >= best_mean - points]
     if not near:
-        raise CheckpointError(f"no config on the Pareto front is within {points} points of the best mean "
-                              f"{best_mean:.2f}: the selection marks none of its best configs pareto")
+        raise CheckpointError(
+            f"no config on the Pareto front is within {points} points of the best mean "
+            f"{best_mean:.2f}: the selection marks none of its best configs pareto"
+        )
     return min(near, key=lambda c: (c["flops_per_image"], -c["val_accuracy_mean"]))
 
 
-def choose_checkpoint(spec: str, runs_dir: Path, within: float | None = None,
-                      data: Callable[[], dict] | None = None) -> Path:
+def choose_checkpoint(
+    spec: str, runs_dir: Path, within: float | None = None, data: Callable[[], dict] | None = None
+) -> Path:
     """`best`, a run folder or a checkpoint file -> the checkpoint file; for `best`, print how it was chosen.
 
     `best` takes what select_model.py chose (selection.json under `runs_dir`: its `best`, or with `within`, the
@@ -127,8 +150,10 @@ def choose_checkpoint(spec: str, runs_dir: Path, within: float | None = None,
     selection_path = find_selection(runs_dir)
     if selection_path is None:
         if within is not None:
-            raise CheckpointError(f"--within needs a selection.json under {runs_dir}: run select_model.py "
-                                  f"{runs_dir} first")
+            raise CheckpointError(
+                f"--within needs a selection.json under {runs_dir}: run select_model.py "
+                f"{runs_dir} first"
+            )
         return best_single_run(runs_dir, data) / BEST_CHECKPOINT
     selection, root = read_selection(selection_path), selection_path.parent
     if within is None:
@@ -139,12 +164,17 @@ def choose_checkpoint(spec: str, runs_dir: Path, within: float | None = None,
     best_mean = max(c["val_accuracy_mean"] for c in selection["configs"])
     seed_dir = best_seed(config, root)
     if seed_dir is None:
-        raise CheckpointError(f"none of the runs of the chosen config ({', '.join(config['runs'])}) under {root} has "
-                              "a summary.json with best_val_accuracy and a best.pt")
+        raise CheckpointError(
+            f"none of the runs of the chosen config ({', '.join(config['runs'])}) under {root} has "
+            "a summary.json with best_val_accuracy and a best.pt"
+        )
     check_chosen_data(seed_dir, data, selection_path)
-    print(f"--within {within:g} ({selection_path}): the cheapest config on the front within {within:g} points of "
-          f"the best mean val_accuracy {best_mean:.2f} has {config['val_accuracy_mean']:.2f} at "
-          f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {seed_dir}", flush=True)
+    print(
+        f"--within {within:g} ({selection_path}): the cheapest config on the front within {within:g} points of "
+        f"the best mean val_accuracy {best_mean:.2f} has {config['val_accuracy_mean']:.2f} at "
+        f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {seed_dir}",
+        flush=True,
+    )
     return seed_dir / BEST_CHECKPOINT
 
 
@@ -159,9 +189,11 @@ def check_chosen_data(run_dir: Path, data: Callable[[], dict] | None, selection_
     if trained_on(summary, data):
         return
     recorded = data_label((summary or {}).get("data"))
-    raise CheckpointError(f"{selection_path} chose {run_dir}, trained on {recorded}, not on "
-                          f"{data_label(data)}: pass --data-dir the data it was chosen on, or run "
-                          "select_model.py with this --data-dir")
+    raise CheckpointError(
+        f"{selection_path} chose {run_dir}, trained on {recorded}, not on "
+        f"{data_label(data)}: pass --data-dir the data it was chosen on, or run "
+        "select_model.py with this --data-dir"
+    )
 
 
 def best_single_run(runs_dir: Path, data: Callable[[], dict] | None = None) -> Path:
@@ -174,19 +206,31 @@ def best_single_run(runs_dir: Path, data: Callable[[], dict] | None = None) -> P
     runs = summaries_under(runs_dir)
     for run_dir, summary in runs:
         if summary is None:
-            print(f"note: {run_dir / SUMMARY_FILE} is missing or unreadable; that run is not considered", flush=True)
+            print(
+                f"note: {run_dir / SUMMARY_FILE} is missing or unreadable; that run is not considered",
+                flush=True,
+            )
     candidates, reference = exportable(runs), None
     if candidates:
         reference = data() if data else None
-        candidates = of_one_data_set(candidates, reference, runs_dir,
-                                     "pass --data-dir the data to choose for, a --runs-dir of one "
-                                     "data set, or --checkpoint PATH")
+        candidates = of_one_data_set(
+            candidates,
+            reference,
+            runs_dir,
+            "pass --data-dir the data to choose for, a --runs-dir of one "
+            "data set, or --checkpoint PATH",
+        )
     found = best_run(candidates)
     if found is None:
         on = f" trained on {data_label(reference)}" if reference else ""
-        raise CheckpointError(f"no run in {runs_dir}{on} has a summary.json with best_val_accuracy "
-                              "and a best.pt: train one with part_2_cifar.py, or pass --checkpoint "
-                              "PATH")
-    print(f"note: no selection.json under {runs_dir}: taking the single run with the highest "
-          f"best_val_accuracy ({found[1]:.2f}), not confirmed by select_model.py with new seeds", flush=True)
+        raise CheckpointError(
+            f"no run in {runs_dir}{on} has a summary.json with best_val_accuracy "
+            "and a best.pt: train one with part_2_cifar.py, or pass --checkpoint "
+            "PATH"
+        )
+    print(
+        f"note: no selection.json under {runs_dir}: taking the single run with the highest "
+        f"best_val_accuracy ({found[1]:.2f}), not confirmed by select_model.py with new seeds",
+        flush=True,
+    )
     return found[0]

@@ -23,17 +23,33 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.core.cli import EXIT_BAD_INPUT, EXIT_FAILED, FILE_ADVICE, CommandError, FileFailed, one_line, os_error_in
+from cifarkit.core.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    FILE_ADVICE,
+    CommandError,
+    FileFailed,
+    one_line,
+    os_error_in,
+)
 from cifarkit.core.folders import unwritable
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # of the official archive, as torchvision checks it
+CIFAR100_MD5 = (
+    "eb9058c3a382ffc7106e4002c42a8d85"  # of the official archive, as torchvision checks it
+)
 CIFAR100_BYTES = 169_001_437  # size of the official archive, to set a cut-short download beside it
 CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
 CIFAR100_DIR = "cifar-100-python"
-CIFAR100_FILES = ("train", "test", "meta")  # what cifar-100-python/ holds (the archive adds an unused file.txt~)
-DATA_DIR_HELP = (f"the folder holding {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}, or either of those itself "
-                 "(default ./data; downloaded there if absent)")
+CIFAR100_FILES = (
+    "train",
+    "test",
+    "meta",
+)  # what cifar-100-python/ holds (the archive adds an unused file.txt~)
+DATA_DIR_HELP = (
+    f"the folder holding {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}, or either of those itself "
+    "(default ./data; downloaded there if absent)"
+)
 NUM_CLASSES = 100
 
 
@@ -84,20 +100,34 @@ def find_cifar100(data_dir: Path) -> CifarSource | None:
     for folder in folders:
         if _complete(folder):
             return CifarSource(folder.resolve(), "folder")
-    archives = [d / CIFAR100_ARCHIVE, d, *([d.parent / CIFAR100_ARCHIVE] if d.name == CIFAR100_DIR else [])]
+    archives = [
+        d / CIFAR100_ARCHIVE,
+        d,
+        *([d.parent / CIFAR100_ARCHIVE] if d.name == CIFAR100_DIR else []),
+    ]
     for archive in archives:
         if archive.is_file() and _is_archive(archive):
             return CifarSource(archive.resolve(), "archive")
     if d.is_file():
-        parent = f"--data-dir {d.parent}" if _complete(d.parent) else f"the folder that holds {CIFAR100_DIR}/"
-        raise DataError(f"--data-dir {d} is a file, neither a folder nor the CIFAR-100 archive: use {parent}")
-    for folder in (f for f in folders if f.name == CIFAR100_DIR):  # a folder of that name is meant to be the data
+        parent = (
+            f"--data-dir {d.parent}"
+            if _complete(d.parent)
+            else f"the folder that holds {CIFAR100_DIR}/"
+        )
+        raise DataError(
+            f"--data-dir {d} is a file, neither a folder nor the CIFAR-100 archive: use {parent}"
+        )
+    for folder in (
+        f for f in folders if f.name == CIFAR100_DIR
+    ):  # a folder of that name is meant to be the data
         present = [name for name in CIFAR100_FILES if (folder / name).is_file()]
         if present:
             missing = [name for name in CIFAR100_FILES if name not in present]
-            raise DataError(f"{folder} holds {' and '.join(present)} but no {' or '.join(missing)}: an incomplete "
-                            f"CIFAR-100 folder; put the missing file(s) back from {CIFAR100_URL}, or move the folder "
-                            f"aside and run again to download the data set")
+            raise DataError(
+                f"{folder} holds {' and '.join(present)} but no {' or '.join(missing)}: an incomplete "
+                f"CIFAR-100 folder; put the missing file(s) back from {CIFAR100_URL}, or move the folder "
+                f"aside and run again to download the data set"
+            )
     return None
 
 
@@ -112,11 +142,19 @@ def read_archive(archive: Path) -> dict[str, bytes]:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 name = wanted.get(posixpath.normpath(member.name))
-                if name and member.isfile():  # a link or device under a wanted name is not the data set
+                if (
+                    name and member.isfile()
+                ):  # a link or device under a wanted name is not the data set
                     found[name] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # cut short, not an archive, unreadable
-        raise DataError(f"{archive} cannot be read as a tar archive ({type(e).__name__}: "
-                        f"{one_line(e)})") from None
+    except (
+        tarfile.TarError,
+        EOFError,
+        OSError,
+        zlib.error,
+    ) as e:  # cut short, not an archive, unreadable
+        raise DataError(
+            f"{archive} cannot be read as a tar archive ({type(e).__name__}: {one_line(e)})"
+        ) from None
     missing = [f"{CIFAR100_DIR}/{name}" for name in CIFAR100_FILES if name not in found]
     if missing:
         raise DataError(f"{archive} has no {' or '.join(missing)}: not the CIFAR-100 archive")
@@ -137,9 +175,13 @@ def check_archive(archive: Path, md5: str = CIFAR100_MD5) -> None:
         raise DataError(
             f"{archive} fails the CIFAR-100 checksum: it is {archive.stat().st_size:,} bytes where the archive is "
             f"{CIFAR100_BYTES:,} (md5 {md5}), and it {cause}; a download cut short? Replace it with a complete copy "
-            f"of {CIFAR100_URL}, or move it aside and run again to download one") from None
-    print(f"note: {archive} is not byte for byte the official archive (md5 differs) but holds the CIFAR-100 files: "
-          "using it", flush=True)
+            f"of {CIFAR100_URL}, or move it aside and run again to download one"
+        ) from None
+    print(
+        f"note: {archive} is not byte for byte the official archive (md5 differs) but holds the CIFAR-100 files: "
+        "using it",
+        flush=True,
+    )
 
 
 def download_cifar100(folder: Path, url: str = CIFAR100_URL, md5: str = CIFAR100_MD5) -> Path:
@@ -159,9 +201,11 @@ def download_cifar100(folder: Path, url: str = CIFAR100_URL, md5: str = CIFAR100
         disk = os_error_in(e)
         if disk is not None and disk.errno in FILE_ADVICE and disk.errno != errno.ENOENT:
             raise FileFailed(disk, "write", part, kept="nothing of the download is kept") from None
-        raise DownloadError(f"could not download CIFAR-100 ({type(e).__name__}: {one_line(e)}); "
-                            f"fetch {url} yourself and put it at {archive} (or its extracted "
-                            f"folder at {archive.parent / CIFAR100_DIR})") from None
+        raise DownloadError(
+            f"could not download CIFAR-100 ({type(e).__name__}: {one_line(e)}); "
+            f"fetch {url} yourself and put it at {archive} (or its extracted "
+            f"folder at {archive.parent / CIFAR100_DIR})"
+        ) from None
     finally:
         part.unlink(missing_ok=True)
     return archive
@@ -183,9 +227,14 @@ def extract_archive(archive: Path) -> Path:
         os.rename(partial, target)  # replaces an empty folder, refuses a full one
     except OSError as e:  # a full disk, a read-only folder: the archive stays for the next run
         if not _complete(target):
-            raise FileFailed(e, "extract into", target, kept=f"{archive} is kept, and the next run "
-                             "extracts it again (or reads it in memory where its folder cannot be "
-                             "written)") from None
+            raise FileFailed(
+                e,
+                "extract into",
+                target,
+                kept=f"{archive} is kept, and the next run "
+                "extracts it again (or reads it in memory where its folder cannot be "
+                "written)",
+            ) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # only our own partial copy
     return target
@@ -198,20 +247,27 @@ def _download_folder(data_dir: Path) -> Path:
     d = Path(data_dir)
     folder = d.parent if d.name == CIFAR100_DIR else d
     if d.name.endswith((".tar.gz", ".tgz", ".tar")):
-        raise DataError(f"--data-dir {d} does not exist: give the archive's path, or a folder to download it into")
+        raise DataError(
+            f"--data-dir {d} does not exist: give the archive's path, or a folder to download it into"
+        )
     if not folder.exists() and not folder.parent.is_dir():
-        raise DataError(f"--data-dir {d} does not exist, nor does {folder.parent}: check the path (a download "
-                        "creates only the last folder)")
+        raise DataError(
+            f"--data-dir {d} does not exist, nor does {folder.parent}: check the path (a download "
+            "creates only the last folder)"
+        )
     why = unwritable(folder)
     if why:
-        raise DataError(f"no CIFAR-100 in {d}, and it cannot be downloaded there: {why}; use a --data-dir you can "
-                        f"write to, or one that holds {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}")
+        raise DataError(
+            f"no CIFAR-100 in {d}, and it cannot be downloaded there: {why}; use a --data-dir you can "
+            f"write to, or one that holds {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}"
+        )
     folder.mkdir(exist_ok=True)
     return folder
 
 
-def cifar100_source(data_dir: Path, download: bool = True, url: str = CIFAR100_URL,
-                    md5: str = CIFAR100_MD5) -> CifarSource:
+def cifar100_source(
+    data_dir: Path, download: bool = True, url: str = CIFAR100_URL, md5: str = CIFAR100_MD5
+) -> CifarSource:
     """Where CIFAR-100 is read from for --data-dir, fetched first if it has none: the one place that decides.
 
     A folder is used as it is (find_cifar100 says where it may be). An archive is checked (check_archive) and, when
@@ -221,8 +277,12 @@ def cifar100_source(data_dir: Path, download: bool = True, url: str = CIFAR100_U
     source = find_cifar100(data_dir)
     if source is None:
         if not download:
-            raise DataError(f"no CIFAR-100 in {data_dir}: neither {CIFAR100_DIR}/ nor {CIFAR100_ARCHIVE} is there")
-        source = CifarSource(download_cifar100(_download_folder(data_dir), url, md5).resolve(), "archive")
+            raise DataError(
+                f"no CIFAR-100 in {data_dir}: neither {CIFAR100_DIR}/ nor {CIFAR100_ARCHIVE} is there"
+            )
+        source = CifarSource(
+            download_cifar100(_download_folder(data_dir), url, md5).resolve(), "archive"
+        )
     if source.kind == "folder":
         return source
     check_archive(source.path, md5)
@@ -250,11 +310,21 @@ def read_cifar_pickle(path: Path | str, raw: bytes | None = None) -> dict:
             loaded = pickle.loads(raw, encoding="latin1")
     except OSError as e:  # missing since it was found, or unreadable
         raise DataError(f"{path} cannot be read ({e.strerror or e})") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: "
-                        f"{one_line(e)})") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as e:
+        raise DataError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {one_line(e)})"
+        ) from None
     if not isinstance(loaded, dict):
-        raise DataError(f"{path} is not a CIFAR-100 file: it holds a {type(loaded).__name__}, not a dict")
+        raise DataError(
+            f"{path} is not a CIFAR-100 file: it holds a {type(loaded).__name__}, not a dict"
+        )
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in loaded.items()}
 
 
@@ -266,27 +336,38 @@ def _images_and_labels(path: Path | str, raw: bytes | None = None) -> tuple[np.n
     data = np.asarray(batch["data"])
     labels = np.asarray(batch["fine_labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
-        raise DataError(f"{path}: data has shape {data.shape} and dtype {data.dtype}, expected (N, 3072) uint8")
+        raise DataError(
+            f"{path}: data has shape {data.shape} and dtype {data.dtype}, expected (N, 3072) uint8"
+        )
     if labels.shape != (data.shape[0],):
         raise DataError(f"{path}: {labels.size} labels for {data.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: labels span {labels.min()}..{labels.max()}, expected 0..{NUM_CLASSES - 1}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels  # rows are CHW planes -> NHWC
+        raise DataError(
+            f"{path}: labels span {labels.min()}..{labels.max()}, expected 0..{NUM_CLASSES - 1}"
+        )
+    return data.reshape(-1, 3, 32, 32).transpose(
+        0, 2, 3, 1
+    ).copy(), labels  # rows are CHW planes -> NHWC
 
 
-def load_cifar100(data_dir: Path | CifarSource, download: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_cifar100(
+    data_dir: Path | CifarSource, download: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train_images, train_labels, test_images, test_labels) of the CIFAR-100 that data_dir points at (a path, as
     cifar100_source resolves it, fetching it if absent and `download`; or a CifarSource it returned)."""
     source = data_dir if isinstance(data_dir, CifarSource) else cifar100_source(data_dir, download)
     if source.kind == "archive":
         raw = read_archive(source.path)
-        files = {name: (f"{source.path}: {CIFAR100_DIR}/{name}", raw[name]) for name in CIFAR100_FILES}
+        files = {
+            name: (f"{source.path}: {CIFAR100_DIR}/{name}", raw[name]) for name in CIFAR100_FILES
+        }
     else:
         files = {name: (source.path / name, None) for name in CIFAR100_FILES}
     meta_name, meta_raw = files["meta"]
     names = read_cifar_pickle(meta_name, meta_raw).get("fine_label_names")
     if names is None or len(names) != NUM_CLASSES:
         found = "none" if names is None else len(names)
-        raise DataError(f"{meta_name} lists {found} fine label names, expected {NUM_CLASSES}: not CIFAR-100")
+        raise DataError(
+            f"{meta_name} lists {found} fine label names, expected {NUM_CLASSES}: not CIFAR-100"
+        )
     return (*_images_and_labels(*files["train"]), *_images_and_labels(*files["test"]))

@@ -33,11 +33,16 @@ from pathlib import Path
 
 EXIT_DONE = 0  # the command did what was asked
 EXIT_FAILED = 1  # a failure at run time: the same command may work later (a network, a storage, a failed check)
-EXIT_BAD_INPUT = 2  # bad input or a file the user must fix: an option, a value, a data set, a checkpoint
+EXIT_BAD_INPUT = (
+    2  # bad input or a file the user must fix: an option, a value, a data set, a checkpoint
+)
 SIGNAL_BASE = 128  # stopped by signal n: 128 + n, as a shell reports a process a signal ended
-EXIT_CODES = {EXIT_DONE: "done", EXIT_FAILED: "a failure at run time",
-              EXIT_BAD_INPUT: "bad input or a file the user must fix",
-              f"{SIGNAL_BASE}+n": "stopped by signal n (saved first)"}
+EXIT_CODES = {
+    EXIT_DONE: "done",
+    EXIT_FAILED: "a failure at run time",
+    EXIT_BAD_INPUT: "bad input or a file the user must fix",
+    f"{SIGNAL_BASE}+n": "stopped by signal n (saved first)",
+}
 
 
 class CommandError(Exception):
@@ -59,7 +64,13 @@ def exit_code(error: BaseException) -> int:
 def fail(error: BaseException | str, code: int | None = None) -> int:
     """Print `error: <the line>` to stderr and return the exit code (`code`, else exit_code(error))."""
     print(f"error: {error}", file=sys.stderr, flush=True)
-    return code if code is not None else exit_code(error) if isinstance(error, BaseException) else EXIT_FAILED
+    return (
+        code
+        if code is not None
+        else exit_code(error)
+        if isinstance(error, BaseException)
+        else EXIT_FAILED
+    )
 
 
 def stopped_by(signum: int) -> int:
@@ -81,19 +92,25 @@ def one_line(error: BaseException | str, limit: int = 300) -> str:
     if not text:
         return type(error).__name__
     line = text.splitlines()[0].strip()
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # What to do about an OSError on a file, by errno, and its exit code: EXIT_BAD_INPUT for what the
 # user must fix (as the check before any work, folders.unwritable, says), else EXIT_FAILED.
 FIX_PERMISSIONS = "this user may not write or read it: fix its permissions, or use another folder"
 FILE_ADVICE = {
-    errno.ENOSPC: ("its file system is full: free space there (df -h), or use a folder on another "
-                   "one", EXIT_FAILED),
-    errno.EDQUOT: ("the disk quota is used up: free some (quota -s), or use a folder on another "
-                   "file system", EXIT_FAILED),
-    errno.EROFS: ("its file system is mounted read-only: use a folder on a writable one",
-                  EXIT_BAD_INPUT),
+    errno.ENOSPC: (
+        "its file system is full: free space there (df -h), or use a folder on another one",
+        EXIT_FAILED,
+    ),
+    errno.EDQUOT: (
+        "the disk quota is used up: free some (quota -s), or use a folder on another file system",
+        EXIT_FAILED,
+    ),
+    errno.EROFS: (
+        "its file system is mounted read-only: use a folder on a writable one",
+        EXIT_BAD_INPUT,
+    ),
     errno.EACCES: (FIX_PERMISSIONS, EXIT_BAD_INPUT),
     errno.EPERM: (FIX_PERMISSIONS, EXIT_BAD_INPUT),
     errno.ENOENT: ("its folder vanished while the command ran (a cleaner, rm -rf?)", EXIT_FAILED),
@@ -107,8 +124,13 @@ class FileFailed(CommandError):
     what is kept. `kept` is said by whoever knows (the trainer: which epoch the files on disk
     hold); the exit code comes from FILE_ADVICE."""
 
-    def __init__(self, error: OSError, action: str = "", path: os.PathLike | str | None = None,
-                 kept: str = ""):
+    def __init__(
+        self,
+        error: OSError,
+        action: str = "",
+        path: os.PathLike | str | None = None,
+        kept: str = "",
+    ):
         super().__init__(error)
         self.error, self.action, self.kept = error, action, kept
         self.path = path if path is not None else error.filename
@@ -161,10 +183,15 @@ def require(module: str, *names: str, fix: str) -> object:
     found = importlib.import_module(module)
     missing = [name for name in names if not hasattr(found, name)]
     if missing:
-        where = (getattr(found, "__file__", None) or ", ".join(getattr(found, "__path__", []))
-                 or "an unknown place")
-        raise BrokenInstall(f"the {module} package at {where} has no {', '.join(missing)}: a "
-                            f"broken install (two builds over each other?); {fix}")
+        where = (
+            getattr(found, "__file__", None)
+            or ", ".join(getattr(found, "__path__", []))
+            or "an unknown place"
+        )
+        raise BrokenInstall(
+            f"the {module} package at {where} has no {', '.join(missing)}: a "
+            f"broken install (two builds over each other?); {fix}"
+        )
     return found
 
 
@@ -209,8 +236,9 @@ def os_error_in(error: BaseException) -> OSError | None:
     return None
 
 
-def boundary(error: BaseException, stopped: str = "run the same command again",
-             kept: str = "") -> int:
+def boundary(
+    error: BaseException, stopped: str = "run the same command again", kept: str = ""
+) -> int:
     """A command's one boundary: the line and exit code of whatever ended its main (call it from
     `except BaseException`), after the command saved what it had in memory.
 
@@ -222,8 +250,9 @@ def boundary(error: BaseException, stopped: str = "run the same command again",
     """
     if isinstance(error, (Interrupted, KeyboardInterrupt)):
         signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
-        print(f"interrupted by {signal.Signals(signum).name}: {stopped}", file=sys.stderr,
-              flush=True)
+        print(
+            f"interrupted by {signal.Signals(signum).name}: {stopped}", file=sys.stderr, flush=True
+        )
         return stopped_by(signum)
     if isinstance(error, FileFailed) and kept and not error.kept:
         error.kept = kept
@@ -240,8 +269,10 @@ def boundary(error: BaseException, stopped: str = "run the same command again",
     library = library_of(error)
     if library is None:
         raise error
-    return fail(f"{library} failed: {type(error).__name__}: {one_line(error)}"
-                + (f"; {kept}" if kept else ""))
+    return fail(
+        f"{library} failed: {type(error).__name__}: {one_line(error)}"
+        + (f"; {kept}" if kept else "")
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -251,11 +282,22 @@ def boundary(error: BaseException, stopped: str = "run the same command again",
 class OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser described by the first paragraph of a module docstring, with one-line errors."""
 
-    def __init__(self, docstring: str, parents: tuple[argparse.ArgumentParser, ...] = (), allow_abbrev: bool = True):
-        super().__init__(description=docstring.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                         parents=list(parents), allow_abbrev=allow_abbrev)
+    def __init__(
+        self,
+        docstring: str,
+        parents: tuple[argparse.ArgumentParser, ...] = (),
+        allow_abbrev: bool = True,
+    ):
+        super().__init__(
+            description=docstring.split("\n\n")[0],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=list(parents),
+            allow_abbrev=allow_abbrev,
+        )
 
-    def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage block
+    def error(
+        self, message: str
+    ) -> None:  # one line and exit 2, as argparse does, without the usage block
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -278,13 +320,27 @@ def common_options(data_dir_help: str, val_size_help: str) -> argparse.ArgumentP
     """
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help=data_dir_help)
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="run folders go here (default ./runs)")
-    parser.add_argument("--val-size", "--val_size", dest="val_size", metavar="N", type=setting_value,
-                        help=val_size_help)
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="run folders go here (default ./runs)"
+    )
+    parser.add_argument(
+        "--val-size",
+        "--val_size",
+        dest="val_size",
+        metavar="N",
+        type=setting_value,
+        help=val_size_help,
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--wandb-mode", choices=("auto", "online", "offline", "disabled"), default="auto",
-                        help="auto: WANDB_MODE if set, else online with W&B credentials, else offline")
-    parser.add_argument("--wandb-project", default="cifar100-simplecnn", help="W&B project (ignored inside a sweep)")
+    parser.add_argument(
+        "--wandb-mode",
+        choices=("auto", "online", "offline", "disabled"),
+        default="auto",
+        help="auto: WANDB_MODE if set, else online with W&B credentials, else offline",
+    )
+    parser.add_argument(
+        "--wandb-project", default="cifar100-simplecnn", help="W&B project (ignored inside a sweep)"
+    )
     return parser
 
 
@@ -297,8 +353,11 @@ def common_options(data_dir_help: str, val_size_help: str) -> argparse.ArgumentP
 # preemption notices of SLURM's --signal and Grid Engine's -notify), SIGXCPU (a CPU-time limit: RLIMIT_CPU, or a
 # scheduler's cputime; SIGKILL follows at the hard limit). Not in it: SIGALRM, SIGVTALRM, SIGPROF (timers nobody
 # uses to stop a job), SIGXFSZ (a write that failed: an error, not a request), SIGPIPE (Python ignores it).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1",
-                                                        "SIGUSR2", "SIGXCPU") if hasattr(signal, name))
+STOP_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+    if hasattr(signal, name)
+)
 
 
 class Interrupted(BaseException):
@@ -337,13 +396,18 @@ def leave_a_lost_terminal() -> None:
 
     for fd in (1, 2):
         try:
-            termios.tcgetattr(fd)  # EIO once the terminal is gone; ENOTTY for a file or pipe, which stay
+            termios.tcgetattr(
+                fd
+            )  # EIO once the terminal is gone; ENOTTY for a file or pipe, which stay
         except termios.error as e:
             if e.args[0] == errno.EIO:
                 point_at_devnull(fd)
 
 
-LOST_OUTPUT = (errno.EPIPE, errno.EIO)  # the reader of a pipe exited (`| head`); the terminal is gone (logout)
+LOST_OUTPUT = (
+    errno.EPIPE,
+    errno.EIO,
+)  # the reader of a pipe exited (`| head`); the terminal is gone (logout)
 
 
 def point_at_devnull(fd: int) -> None:
@@ -371,7 +435,10 @@ class OutputThatMayGoAway:
             raise error
         try:
             point_at_devnull(self.stream.fileno())
-        except (OSError, ValueError):  # a stream with no file descriptor (io.StringIO): replace the stream itself
+        except (
+            OSError,
+            ValueError,
+        ):  # a stream with no file descriptor (io.StringIO): replace the stream itself
             self.stream = open(os.devnull, "w")
         if error.errno == errno.EIO:
             leave_a_lost_terminal()  # the other of stdout and stderr is most likely the same lost terminal
@@ -394,7 +461,9 @@ class OutputThatMayGoAway:
             self._lost(e)
             self.stream.flush()
 
-    def __getattr__(self, name: str):  # fileno, isatty, encoding, buffer, closed ...: the stream's own
+    def __getattr__(
+        self, name: str
+    ):  # fileno, isatty, encoding, buffer, closed ...: the stream's own
         return getattr(self.stream, name)
 
 
@@ -427,8 +496,11 @@ class StopOnSignal:
         handlers = [getattr(signal.getsignal(sig), "__self__", None) for sig in STOP_SIGNALS]
         self.outer = next((h for h in handlers if isinstance(h, StopOnSignal)), None)
         self.signum = self.signum or (self.outer.signum if self.outer else None)
-        self.previous = {sig: signal.signal(sig, self._catch) for sig in STOP_SIGNALS
-                         if signal.getsignal(sig) is not signal.SIG_IGN}
+        self.previous = {
+            sig: signal.signal(sig, self._catch)
+            for sig in STOP_SIGNALS
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        }
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -472,8 +544,11 @@ def gpu_slots(workers: int) -> list[str | None]:
     if not torch.cuda.is_available():
         return [None] * workers
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [i.strip() for i in visible.split(",") if i.strip()] if visible else [
-        str(i) for i in range(torch.cuda.device_count())]
+    ids = (
+        [i.strip() for i in visible.split(",") if i.strip()]
+        if visible
+        else [str(i) for i in range(torch.cuda.device_count())]
+    )
     return [ids[i % len(ids)] for i in range(workers)]
 
 

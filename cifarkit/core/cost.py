@@ -41,8 +41,11 @@ def flops_per_image(model: nn.Module) -> int:
             flops += 2 * output.numel() * layer.in_features
 
     model = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
     for hook in hooks:
@@ -51,9 +54,13 @@ def flops_per_image(model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, device: torch.device,
-               precision: Callable[[], AbstractContextManager], batch_size: int,
-               seconds: float) -> float:
+def latency_ms(
+    model: nn.Module,
+    device: torch.device,
+    precision: Callable[[], AbstractContextManager],
+    batch_size: int,
+    seconds: float,
+) -> float:
     """p50 ms of one forward pass at `batch_size` on `device` under `precision()` (the trainer's
     autocast, as evaluate() runs it), channels_last input already on the device, the device
     synchronised after each call: timing.time_iterations for `seconds` (a LATENCY_WARMUP share of
@@ -68,24 +75,31 @@ def latency_ms(model: nn.Module, device: torch.device,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    times, _ = time_iterations(step, LATENCY_WARMUP * seconds, (1 - LATENCY_WARMUP) * seconds,
-                               LATENCY_REPEATS)
+    times, _ = time_iterations(
+        step, LATENCY_WARMUP * seconds, (1 - LATENCY_WARMUP) * seconds, LATENCY_REPEATS
+    )
     return latency_stats(times, batch_size)["p50_ms"]
 
 
 def model_size(model: nn.Module) -> dict:
     """{"parameters": how many, "flops_per_image": flops_per_image}: known before training."""
-    return {"parameters": sum(p.numel() for p in model.parameters()),
-            "flops_per_image": flops_per_image(model)}
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "flops_per_image": flops_per_image(model),
+    }
 
 
-def model_cost(model: nn.Module, device: torch.device,
-               precision: Callable[[], AbstractContextManager],
-               run_seconds: float = math.inf) -> dict:
+def model_cost(
+    model: nn.Module,
+    device: torch.device,
+    precision: Callable[[], AbstractContextManager],
+    run_seconds: float = math.inf,
+) -> dict:
     """parameters, flops_per_image and latency_ms ({batch size: p50 ms}) with the device they were
     timed on. The timing takes LATENCY_SECONDS in all, or LATENCY_SHARE of `run_seconds` (the
     run's wall time) if that is less, shared by the batch sizes."""
     seconds = min(LATENCY_SECONDS, LATENCY_SHARE * run_seconds) / len(LATENCY_BATCH_SIZES)
-    latency = {str(b): latency_ms(model, device, precision, b, seconds)
-               for b in LATENCY_BATCH_SIZES}
+    latency = {
+        str(b): latency_ms(model, device, precision, b, seconds) for b in LATENCY_BATCH_SIZES
+    }
     return {**model_size(model), "latency_ms": latency, "latency_device": device_name(device)}

@@ -87,9 +87,11 @@ def locked(path: Path, what: str):
         except BlockingIOError:
             holder = holder_of(f)
             f.close()
-            raise FolderInUse(f"{what} {path.parent} is in use by {holder}: two processes would "
-                              "overwrite each other's files; wait for it to end, or use another "
-                              "folder") from None
+            raise FolderInUse(
+                f"{what} {path.parent} is in use by {holder}: two processes would "
+                "overwrite each other's files; wait for it to end, or use another "
+                "folder"
+            ) from None
         try:
             if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
                 return f

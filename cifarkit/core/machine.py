@@ -19,8 +19,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device=cuda is not allowed: no CUDA GPU is visible (use --device cpu or "
-                          "auto)")
+        raise ConfigError(
+            "--device=cuda is not allowed: no CUDA GPU is visible (use --device cpu or auto)"
+        )
     return torch.device(name)
 
 
@@ -35,7 +36,11 @@ def versions() -> dict:
     """The versions of Python and of the libraries a run depends on."""
     import torchvision
 
-    found = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    found = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
     try:
         import wandb
 
@@ -58,4 +63,6 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 def autocast(device_type: str, amp_dtype: torch.dtype | None, **options) -> torch.autocast:
     """Mixed precision in `amp_dtype`, or plain fp32 when it is None."""
-    return torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None, **options)
+    return torch.autocast(
+        device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None, **options
+    )

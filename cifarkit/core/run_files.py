@@ -36,14 +36,25 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cifarkit.core.cli import ANSI_ESCAPE, EXIT_BAD_INPUT, EXIT_DONE, CommandError, FileFailed, one_line, write_atomic
+from cifarkit.core.cli import (
+    ANSI_ESCAPE,
+    EXIT_BAD_INPUT,
+    EXIT_DONE,
+    CommandError,
+    FileFailed,
+    one_line,
+    write_atomic,
+)
 from cifarkit.core.folders import own_folder
 from cifarkit.core.settings import ConfigError, Settings
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 SUMMARY_FILE = "summary.json"
-ENDED = ("finished", "diverged")  # a run with this status has its result; "diverged" is a real outcome of a config
+ENDED = (
+    "finished",
+    "diverged",
+)  # a run with this status has its result; "diverged" is a real outcome of a config
 # What makes two runs' val_accuracy comparable: the same images (SHA-256 of the decoded training and
 # test arrays) and validation split, as data_identity records them (same_data's keys).
 DATA_KEYS = ("train_sha256", "test_sha256", "split_seed", "val_size")
@@ -82,10 +93,19 @@ def _numpy_number(dtype: object, data: object = None) -> bool | int | float | co
     import numpy as np
 
     try:
-        kind = np.dtype(dtype.name) if isinstance(dtype, _NumpyDtype) and isinstance(dtype.name, str) else None
+        kind = (
+            np.dtype(dtype.name)
+            if isinstance(dtype, _NumpyDtype) and isinstance(dtype.name, str)
+            else None
+        )
     except TypeError:
         kind = None
-    if kind is None or kind.kind not in "biufc" or not isinstance(data, bytes) or len(data) != kind.itemsize:
+    if (
+        kind is None
+        or kind.kind not in "biufc"
+        or not isinstance(data, bytes)
+        or len(data) != kind.itemsize
+    ):
         raise pickle.UnpicklingError(f"a numpy scalar of dtype {getattr(dtype, 'name', dtype)!r}")
     order = dtype.order if dtype.order in ("<", ">") else "="
     return np.frombuffer(data, dtype=kind.newbyteorder(order))[0].item()
@@ -93,8 +113,11 @@ def _numpy_number(dtype: object, data: object = None) -> bool | int | float | co
 
 # Metrics saved from numpy (a numpy.float64 val_accuracy) are common in checkpoints of other tools: numpy scalars of
 # plain number types load as Python numbers. The names are where numpy 1 and 2 pickle them from.
-NUMPY_NUMBERS = [(_numpy_number, "numpy.core.multiarray.scalar"), (_numpy_number, "numpy._core.multiarray.scalar"),
-                 (_NumpyDtype, "numpy.dtype")]
+NUMPY_NUMBERS = [
+    (_numpy_number, "numpy.core.multiarray.scalar"),
+    (_numpy_number, "numpy._core.multiarray.scalar"),
+    (_NumpyDtype, "numpy.dtype"),
+]
 
 
 def _refused_types(path: Path, error: BaseException) -> str:
@@ -110,7 +133,11 @@ def _refused_types(path: Path, error: BaseException) -> str:
     names = names or re.findall(r"whose module (\S+) is blocked", text)
     if names:
         return ", ".join(sorted(set(names)))  # the scan returns a set: one order for every process
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Check the doc")]
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.startswith("Check the doc")
+    ]
     return lines[-1] if lines else type(error).__name__
 
 
@@ -129,13 +156,19 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
     except OSError as e:  # there but unreadable (permission, an I/O error): not the file's fault
         raise FileFailed(e, "read", path) from None
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} holds {_refused_types(path, e)}, which a checkpoint may not hold (it is loaded "
-                              "as plain data, so that it cannot run code): save tensors and Python numbers") from None
+        raise CheckpointError(
+            f"{path} holds {_refused_types(path, e)}, which a checkpoint may not hold (it is loaded "
+            "as plain data, so that it cannot run code): save tensors and Python numbers"
+        ) from None
     except Exception as e:  # zip/EOF/runtime errors all mean the same thing to a person
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {one_line(e)})") from None
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {one_line(e)})"
+        ) from None
     missing = [key for key in needs if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
-        raise CheckpointError(f"{path} is not a part_2_cifar checkpoint: it lacks {', '.join(missing)}")
+        raise CheckpointError(
+            f"{path} is not a part_2_cifar checkpoint: it lacks {', '.join(missing)}"
+        )
     return checkpoint
 
 
@@ -148,8 +181,14 @@ def without_wrapper_prefixes(weights: dict) -> dict:
     """A copy of a state dict with the prefixes of WRAPPER_PREFIXES removed (and AveragedModel's n_averaged)."""
     weights = copy.copy(weights)  # an OrderedDict keeps its _metadata, which load_state_dict reads
     while weights:
-        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in weights if k != "n_averaged")),
-                      None)
+        prefix = next(
+            (
+                p
+                for p in WRAPPER_PREFIXES
+                if all(k.startswith(p) for k in weights if k != "n_averaged")
+            ),
+            None,
+        )
         if prefix is None:
             break
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, prefix)
@@ -159,7 +198,11 @@ def without_wrapper_prefixes(weights: dict) -> dict:
 
 def first_nonfinite(tensors: dict) -> str | None:
     """The name of the first floating-point tensor holding a NaN or an infinity, else None; one host sync."""
-    floats = {name: t for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    floats = {
+        name: t
+        for name, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    }
     if not floats:
         return None
     finite = torch.stack([torch.isfinite(t).all() for t in floats.values()])
@@ -176,24 +219,34 @@ def _named(names: list[str], tensors: dict) -> str:
 def load_weights(model: nn.Module, weights: object, path: Path) -> None:
     """Load a checkpoint's state dict into `model`, wrapper prefixes removed. CheckpointError, one line naming
     `path`: not a dict of tensors; the first missing and unexpected names and differing shapes; a NaN or inf."""
-    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+    if not isinstance(weights, dict) or not all(
+        isinstance(t, torch.Tensor) for t in weights.values()
+    ):
         raise CheckpointError(f"{path}: its 'model' is not a state dict (names -> tensors)")
     weights = without_wrapper_prefixes(weights)
     expected = model.state_dict()
     missing = [name for name in expected if name not in weights]
     unexpected = [name for name in weights if name not in expected]
-    reshaped = [name for name in expected if name in weights and weights[name].shape != expected[name].shape]
+    reshaped = [
+        name for name in expected if name in weights and weights[name].shape != expected[name].shape
+    ]
     if missing or unexpected or reshaped:
         parts = [f"missing {_named(missing, expected)}"] if missing else []
         parts += [f"unexpected {_named(unexpected, weights)}"] if unexpected else []
         if reshaped:
             more = f" (and {len(reshaped) - 1} more)" if len(reshaped) > 1 else ""
-            parts.append(f"{reshaped[0]} is {list(weights[reshaped[0]].shape)} in the file, "
-                         f"{list(expected[reshaped[0]].shape)} in the model{more}")
-        raise CheckpointError(f"{path} does not fit the SimpleCNN its config describes: {'; '.join(parts)}")
+            parts.append(
+                f"{reshaped[0]} is {list(weights[reshaped[0]].shape)} in the file, "
+                f"{list(expected[reshaped[0]].shape)} in the model{more}"
+            )
+        raise CheckpointError(
+            f"{path} does not fit the SimpleCNN its config describes: {'; '.join(parts)}"
+        )
     bad = first_nonfinite(weights)
     if bad is not None:
-        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in {bad}): the run that wrote it diverged")
+        raise CheckpointError(
+            f"{path} holds non-finite weights (NaN or inf in {bad}): the run that wrote it diverged"
+        )
     model.load_state_dict(weights)
 
 
@@ -223,7 +276,10 @@ class Snapshots:
     """
 
     def __init__(self, run_dir: Path, epoch: int):
-        self.run_dir, self.epoch = Path(run_dir), epoch  # the last finished epoch (resumed: last.pt's)
+        self.run_dir, self.epoch = (
+            Path(run_dir),
+            epoch,
+        )  # the last finished epoch (resumed: last.pt's)
         self.epoch_on_disk = epoch  # what last.pt holds
         self.checkpoints: dict[str, dict] = {}
         self.unsaved: set[str] = set()
@@ -233,20 +289,37 @@ class Snapshots:
         except OSError as e:
             raise FileFailed(e, "make the run folder", run_dir) from None
 
-    def keep(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict, data: dict,
-             state: dict, best: bool) -> None:
+    def keep(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: dict,
+        data: dict,
+        state: dict,
+        best: bool,
+    ) -> None:
         """Keep the epoch that just finished until the next save: as last.pt (`state`: the
         trainer's epoch, history, best so far and seconds; RESUME_KEYS with the model, optimizer
         and config), and as best.pt too if it is the `best` so far. `data`: the data identity."""
         epoch = state["epoch"]
         if best:
             self.checkpoints[BEST_CHECKPOINT] = {
-                "model": to_cpu(model.state_dict()), "config": config,
-                "val_accuracy": state["best_val_accuracy"], "epoch": epoch, "data": data}
+                "model": to_cpu(model.state_dict()),
+                "config": config,
+                "val_accuracy": state["best_val_accuracy"],
+                "epoch": epoch,
+                "data": data,
+            }
             self.unsaved.add(BEST_CHECKPOINT)
-        self.checkpoints[LAST_CHECKPOINT] = to_cpu({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": config,
-            "data": data, **state})
+        self.checkpoints[LAST_CHECKPOINT] = to_cpu(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "config": config,
+                "data": data,
+                **state,
+            }
+        )
         self.unsaved.add(LAST_CHECKPOINT)
         self.epoch = epoch
 
@@ -275,9 +348,12 @@ class Snapshots:
                         raise FileFailed(e, "make the run folder", self.run_dir) from None
                     if self.checkpoints:
                         kept = " and ".join(sorted(self.checkpoints))
-                        print(f"note: the run folder {self.run_dir} vanished while the run went on "
-                              f"(deleted?): made it again, with {kept} of the newest epoch, kept in "
-                              "memory", flush=True)
+                        print(
+                            f"note: the run folder {self.run_dir} vanished while the run went on "
+                            f"(deleted?): made it again, with {kept} of the newest epoch, kept in "
+                            "memory",
+                            flush=True,
+                        )
                     names.update(self.checkpoints)
                 for name in sorted(names):
                     save_atomic(self.checkpoints[name], self.run_dir / name)
@@ -296,8 +372,10 @@ class Snapshots:
                 return write()
             except FileFailed as e:
                 if attempt == 2 or self.run_dir.is_dir():
-                    e.kept = (f"the training ended after epoch {self.epoch} but its summary is not "
-                              f"written; {self.on_disk()}")
+                    e.kept = (
+                        f"the training ended after epoch {self.epoch} but its summary is not "
+                        f"written; {self.on_disk()}"
+                    )
                     raise
             self.write(set(self.checkpoints))  # the folder vanished: made again, every checkpoint
 
@@ -331,7 +409,10 @@ def summaries_under(runs_dir: Path) -> list[tuple[Path, dict | None]]:
 
     Single runs, `wandb agent` runs, sweep trials in <study>/trial-NNNN and selection seeds alike.
     """
-    return [(path.parent, read_summary(path.parent)) for path in sorted(Path(runs_dir).rglob(SUMMARY_FILE))]
+    return [
+        (path.parent, read_summary(path.parent))
+        for path in sorted(Path(runs_dir).rglob(SUMMARY_FILE))
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,8 +420,13 @@ def summaries_under(runs_dir: Path) -> list[tuple[Path, dict | None]]:
 # set per choice, as val_accuracy compares only between runs of one images and split
 
 
-def data_identity(source: Path, train: tuple[np.ndarray, ...], test: tuple[np.ndarray, ...],
-                  val_size: int | None, split_seed: int) -> dict:
+def data_identity(
+    source: Path,
+    train: tuple[np.ndarray, ...],
+    test: tuple[np.ndarray, ...],
+    val_size: int | None,
+    split_seed: int,
+) -> dict:
     """What identifies the data a run trains on: SHA-256 of the decoded training and test images
     and labels, and the split (split_seed, val_size; None: any split). Of the arrays, not the
     files, so the same data read from another copy, the archive or pickles written by another
@@ -352,9 +438,15 @@ def data_identity(source: Path, train: tuple[np.ndarray, ...], test: tuple[np.nd
             h.update(np.ascontiguousarray(a))
         return h.hexdigest()
 
-    return {"source": str(Path(source).resolve()), "train_images": len(train[1]),
-            "test_images": len(test[1]), "train_sha256": digest(train),
-            "test_sha256": digest(test), "split_seed": split_seed, "val_size": val_size}
+    return {
+        "source": str(Path(source).resolve()),
+        "train_images": len(train[1]),
+        "test_images": len(test[1]),
+        "train_sha256": digest(train),
+        "test_sha256": digest(test),
+        "split_seed": split_seed,
+        "val_size": val_size,
+    }
 
 
 def same_data(recorded: dict, current: dict) -> bool:
@@ -364,9 +456,11 @@ def same_data(recorded: dict, current: dict) -> bool:
 
 def describe_data(identity: dict) -> str:
     """A data identity in one line: its folder, 12 hex digits of each digest, the split."""
-    return (f"{identity.get('source')} (train {str(identity.get('train_sha256'))[:12]}, test "
-            f"{str(identity.get('test_sha256'))[:12]}, split seed {identity.get('split_seed')}, "
-            f"val_size {identity.get('val_size')})")
+    return (
+        f"{identity.get('source')} (train {str(identity.get('train_sha256'))[:12]}, test "
+        f"{str(identity.get('test_sha256'))[:12]}, split seed {identity.get('split_seed')}, "
+        f"val_size {identity.get('val_size')})"
+    )
 
 
 def data_key(summary: dict | None) -> tuple | None:
@@ -383,21 +477,30 @@ def data_label(identity: object) -> str:
         return "no recorded data (an older version's run)"
     size = identity.get("val_size")
     split = f"val_size {size}" if size is not None else "any split"
-    return (f"{identity.get('source')} (train {str(identity['train_sha256'])[:8]}, test "
-            f"{str(identity.get('test_sha256'))[:8]}, {split})")
+    return (
+        f"{identity.get('source')} (train {str(identity['train_sha256'])[:8]}, test "
+        f"{str(identity.get('test_sha256'))[:8]}, {split})"
+    )
 
 
 def trained_on(summary: dict | None, reference: dict | None) -> bool:
     """Whether a summary records `reference`'s data: its DATA_KEYS that are not None (None: any)."""
-    wanted = {key: value for key, value in (reference or {}).items()
-              if key in DATA_KEYS and value is not None}
+    wanted = {
+        key: value
+        for key, value in (reference or {}).items()
+        if key in DATA_KEYS and value is not None
+    }
     recorded = (summary or {}).get("data")
-    return not wanted or isinstance(recorded, dict) and all(
-        recorded.get(key) == value for key, value in wanted.items())
+    return (
+        not wanted
+        or isinstance(recorded, dict)
+        and all(recorded.get(key) == value for key, value in wanted.items())
+    )
 
 
-def of_one_data_set(runs: Iterable[tuple[Path, dict | None]], reference: dict | None, where: Path,
-                    remedy: str) -> list[tuple[Path, dict | None]]:
+def of_one_data_set(
+    runs: Iterable[tuple[Path, dict | None]], reference: dict | None, where: Path, remedy: str
+) -> list[tuple[Path, dict | None]]:
     """Of (run folder, summary) pairs, those trained on `reference`'s data: one data set.
 
     `reference` is a data identity (data_identity of select_model.py's or
@@ -412,12 +515,17 @@ def of_one_data_set(runs: Iterable[tuple[Path, dict | None]], reference: dict | 
     kept = [run for run in runs if trained_on(run[1], reference)]
     left = [run for run in runs if not trained_on(run[1], reference)]
     if left:
-        print(f"note: {len(left)} of {len(runs)} runs under {where} were trained on other data "
-              f"than {data_label(reference)} and are left out: {by_data_set(left)}", flush=True)
+        print(
+            f"note: {len(left)} of {len(runs)} runs under {where} were trained on other data "
+            f"than {data_label(reference)} and are left out: {by_data_set(left)}",
+            flush=True,
+        )
     if len({data_key(summary) for _, summary in kept}) > 1:
-        raise CheckpointError(f"the runs under {where} were trained on several data sets "
-                              f"({by_data_set(kept)}): val_accuracy on other images or another "
-                              f"validation split does not compare; {remedy}")
+        raise CheckpointError(
+            f"the runs under {where} were trained on several data sets "
+            f"({by_data_set(kept)}): val_accuracy on other images or another "
+            f"validation split does not compare; {remedy}"
+        )
     return kept
 
 
@@ -432,8 +540,16 @@ def by_data_set(runs: list[tuple[Path, dict | None]]) -> str:
 # Resume: what last.pt holds for it, and when a run folder can be continued
 
 
-RESUME_KEYS = ("model", "optimizer", "config", "epoch", "history", "best_val_accuracy", "best_epoch",
-               "seconds")
+RESUME_KEYS = (
+    "model",
+    "optimizer",
+    "config",
+    "epoch",
+    "history",
+    "best_val_accuracy",
+    "best_epoch",
+    "seconds",
+)
 
 
 def checkpoint_config(checkpoint: dict, path: Path, settings: Settings) -> dict:
@@ -442,12 +558,16 @@ def checkpoint_config(checkpoint: dict, path: Path, settings: Settings) -> dict:
     `path` if it is not a dict or has a bad value."""
     config = checkpoint.get("config")
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: its config is a {type(config).__name__}, not a dict of "
-                              "settings")
+        raise CheckpointError(
+            f"{path}: its config is a {type(config).__name__}, not a dict of settings"
+        )
     missing = [key for key in settings if config.get(key) is None]
     if missing:
-        print(f"note: {path} has no {', '.join(missing)} in its config: using today's default "
-              + ", ".join(f"{key}={settings[key].default}" for key in missing), flush=True)
+        print(
+            f"note: {path} has no {', '.join(missing)} in its config: using today's default "
+            + ", ".join(f"{key}={settings[key].default}" for key in missing),
+            flush=True,
+        )
     try:
         return settings.validate(config)
     except ConfigError as e:
@@ -467,15 +587,22 @@ def check_resumable(run_dir: Path, resume: dict) -> None:
     CheckpointError if the best epoch last.pt names has no best.pt beside it (the end of a run
     scores and uploads best.pt)."""
     summary = read_summary(run_dir)
-    if (summary is not None and summary.get("status") in ENDED
-            and summary.get("epochs_completed") == resume["epoch"]):
-        raise RunComplete(f"{run_dir} is complete ({summary['status']} after epoch "
-                          f"{resume['epoch']}): nothing to resume and nothing changed; start a new "
-                          "run to train again")
+    if (
+        summary is not None
+        and summary.get("status") in ENDED
+        and summary.get("epochs_completed") == resume["epoch"]
+    ):
+        raise RunComplete(
+            f"{run_dir} is complete ({summary['status']} after epoch "
+            f"{resume['epoch']}): nothing to resume and nothing changed; start a new "
+            "run to train again"
+        )
     if resume["best_epoch"] and not (run_dir / BEST_CHECKPOINT).is_file():
-        raise CheckpointError(f"{run_dir} has {LAST_CHECKPOINT} but no {BEST_CHECKPOINT} (epoch "
-                              f"{resume['best_epoch']}'s weights, the best so far): copy the whole "
-                              "run folder")
+        raise CheckpointError(
+            f"{run_dir} has {LAST_CHECKPOINT} but no {BEST_CHECKPOINT} (epoch "
+            f"{resume['best_epoch']}'s weights, the best so far): copy the whole "
+            "run folder"
+        )
 
 
 def check_resume_data(resume: dict, identity: dict, path: Path) -> None:
@@ -484,12 +611,17 @@ def check_resume_data(resume: dict, identity: dict, path: Path) -> None:
     last.pt records it)."""
     recorded = resume.get("data")
     if not isinstance(recorded, dict) or not recorded:
-        print(f"note: {path} does not record its data (written by an older version): resuming on "
-              f"{identity.get('source', 'the data given')} without checking", flush=True)
+        print(
+            f"note: {path} does not record its data (written by an older version): resuming on "
+            f"{identity.get('source', 'the data given')} without checking",
+            flush=True,
+        )
     elif identity and not same_data(recorded, identity):
-        raise CheckpointError(f"{path} was trained on other data: {describe_data(recorded)}, not "
-                              f"{describe_data(identity)}; resume with its --data-dir, or start a "
-                              "new run")
+        raise CheckpointError(
+            f"{path} was trained on other data: {describe_data(recorded)}, not "
+            f"{describe_data(identity)}; resume with its --data-dir, or start a "
+            "new run"
+        )
 
 
 @contextmanager
@@ -512,6 +644,8 @@ def stopped_state(run_dir: Path) -> str:
     if (read_summary(run_dir) or {}).get("status") in ENDED:
         return f"the run is complete in {run_dir} (its W&B upload may be incomplete)"
     if (run_dir / LAST_CHECKPOINT).is_file():
-        return (f"{run_dir / LAST_CHECKPOINT} holds the last finished epoch; continue with --resume "
-                f"{run_dir}")
+        return (
+            f"{run_dir / LAST_CHECKPOINT} holds the last finished epoch; continue with --resume "
+            f"{run_dir}"
+        )
     return "no epoch had finished; the same command starts again"

@@ -100,6 +100,9 @@ class Settings(dict):
         those in `but`; `None` is the default (cli.setting_value)."""
         for key, setting in self.items():
             if key not in but:
-                parser.add_argument(f"--{key}", type=setting_value,
-                                    metavar=setting.parse.__name__.upper(),
-                                    help=f"default {setting.default}; {setting.allowed}; {setting.help}")
+                parser.add_argument(
+                    f"--{key}",
+                    type=setting_value,
+                    metavar=setting.parse.__name__.upper(),
+                    help=f"default {setting.default}; {setting.allowed}; {setting.help}",
+                )

@@ -17,9 +17,13 @@ import numpy as np
 Step = Callable[[], "float | None"]  # one timed iteration -> GPU compute seconds, or None
 
 
-def time_iterations(step: Step, warmup_seconds: float, min_seconds: float, min_iterations: int,
-                    clock: Callable[[], float] = time.perf_counter
-                    ) -> tuple[list[float], list[float]]:
+def time_iterations(
+    step: Step,
+    warmup_seconds: float,
+    min_seconds: float,
+    min_iterations: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[float], list[float]]:
     """Warm up, then time `step` until both minimums are met.
 
     The warm-up lasts `warmup_seconds` and makes at least one call.
@@ -53,8 +57,14 @@ def latency_stats(seconds: list[float], batch_size: int) -> dict:
         raise ValueError("no iterations to summarise")
     ms = np.asarray(seconds, dtype=np.float64) * 1000
     p25, p50, p75, p90, p99 = np.percentile(ms, [25, 50, 75, 90, 99], method="inverted_cdf")
-    return {"iterations": int(ms.size), "mean_ms": float(ms.mean()),
-            "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-            "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-            "images_per_second": float(batch_size * ms.size / (ms.sum() / 1000)),
-            "spread_pct": float(50 * (p75 - p25) / p50) if p50 > 0 else 0.0}
+    return {
+        "iterations": int(ms.size),
+        "mean_ms": float(ms.mean()),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "images_per_second": float(batch_size * ms.size / (ms.sum() / 1000)),
+        "spread_pct": float(50 * (p75 - p25) / p50) if p50 > 0 else 0.0,
+    }

@@ -38,8 +38,17 @@ class WandbSettingsError(CommandError, ValueError):
 # the wandb way (WANDB_INIT_TIMEOUT, WANDB_FINISH_TIMEOUT, a settings file) wins over these.
 WANDB_TIMEOUTS_S = {"init_timeout": 30.0, "finish_timeout": 120.0}
 # What a training's W&B summary gets at its end (log_summary): what a sweep reads
-SUMMARY_KEYS = ("best_val_accuracy", "best_epoch", "total_seconds", "status", "parameters",
-                "flops_per_image", "latency_ms", "test_accuracy", "test_loss")
+SUMMARY_KEYS = (
+    "best_val_accuracy",
+    "best_epoch",
+    "total_seconds",
+    "status",
+    "parameters",
+    "flops_per_image",
+    "latency_ms",
+    "test_accuracy",
+    "test_loss",
+)
 
 
 class WandbUnavailable(CommandError, RuntimeError):
@@ -60,13 +69,18 @@ def wandb_settings():
         let_go_of_wandb()  # W&B keeps the settings it could not load: the next call reads them anew
         errors = e.errors() if hasattr(e, "errors") else []
         field = str(errors[0]["loc"][0]) if errors and errors[0].get("loc") else ""
-        names = [name for name in os.environ if name.startswith("WANDB_")
-                 and field in (name[6:].lower(), "x_" + name[7:].lower())]
+        names = [
+            name
+            for name in os.environ
+            if name.startswith("WANDB_") and field in (name[6:].lower(), "x_" + name[7:].lower())
+        ]
         if not names:
             raise WandbSettingsError(f"W&B settings are not valid: {one_line(e)}") from None
-        raise WandbSettingsError(f"{names[0]}={os.environ[names[0]]!r} is refused by W&B ({field}: "
-                                 f"{errors[0].get('msg')}), whatever --wandb-mode says: unset "
-                                 "it, or set a value W&B accepts") from None
+        raise WandbSettingsError(
+            f"{names[0]}={os.environ[names[0]]!r} is refused by W&B ({field}: "
+            f"{errors[0].get('msg')}), whatever --wandb-mode says: unset "
+            "it, or set a value W&B accepts"
+        ) from None
 
 
 def wandb_credentials_found(server: str) -> bool:
@@ -81,10 +95,13 @@ def wandb_credentials_found(server: str) -> bool:
     from wandb.sdk.lib import wbauth
 
     try:
-        found = wbauth.authenticate_session(host=server, source="part_2_cifar", prompt=False, update_session=False)
+        found = wbauth.authenticate_session(
+            host=server, source="part_2_cifar", prompt=False, update_session=False
+        )
     except (AuthenticationError, ValueError) as e:
-        raise WandbSettingsError(f"W&B credentials for {server} are not usable: "
-                                 f"{one_line(e)}") from None
+        raise WandbSettingsError(
+            f"W&B credentials for {server} are not usable: {one_line(e)}"
+        ) from None
     return found is not None
 
 
@@ -96,16 +113,23 @@ def resolve_wandb_mode(requested: str) -> str:
     mode = requested if requested != "auto" else os.environ.get("WANDB_MODE", "auto")
     mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if mode not in ("auto", "online", "offline", "disabled"):
-        raise WandbSettingsError(f"W&B mode {mode!r} is not allowed: use auto, online, offline or disabled")
+        raise WandbSettingsError(
+            f"W&B mode {mode!r} is not allowed: use auto, online, offline or disabled"
+        )
     if mode in ("offline", "disabled"):
         return mode
     if wandb_credentials_found(settings.base_url):
         return "online"
     if mode == "online":
-        raise WandbSettingsError(f"--wandb-mode=online needs W&B credentials for {settings.base_url}: run "
-                                 "`wandb login`, set WANDB_API_KEY, or use --wandb-mode offline")
-    print(f"W&B: no credentials for {settings.base_url}, logging offline to {settings.wandb_dir}; "
-          f"upload later with: wandb sync {settings.wandb_dir}/offline-run-*", flush=True)
+        raise WandbSettingsError(
+            f"--wandb-mode=online needs W&B credentials for {settings.base_url}: run "
+            "`wandb login`, set WANDB_API_KEY, or use --wandb-mode offline"
+        )
+    print(
+        f"W&B: no credentials for {settings.base_url}, logging offline to {settings.wandb_dir}; "
+        f"upload later with: wandb sync {settings.wandb_dir}/offline-run-*",
+        flush=True,
+    )
     return "offline"
 
 
@@ -124,27 +148,39 @@ def start_wandb_run(init: dict, in_sweep: bool | None = None) -> GuardedRun:
 
     in_sweep = in_wandb_sweep() if in_sweep is None else in_sweep
     settings = wandb_settings()
-    timeouts = {key: getattr(settings, key) if key in settings.model_fields_set else default
-                for key, default in WANDB_TIMEOUTS_S.items()}
+    timeouts = {
+        key: getattr(settings, key) if key in settings.model_fields_set else default
+        for key, default in WANDB_TIMEOUTS_S.items()
+    }
     try:
         return GuardedRun(wandb.init(**init, settings=wandb.Settings(**timeouts)))
-    except (wandb.errors.Error, TimeoutError) as e:  # CommError after init_timeout; TimeoutError past wandb's grace
+    except (
+        wandb.errors.Error,
+        TimeoutError,
+    ) as e:  # CommError after init_timeout; TimeoutError past wandb's grace
         if init.get("mode") != "online":
             return without_wandb(init, e, in_sweep)
-        reason = (f"{settings.base_url} gave no run within {timeouts['init_timeout']:g} s "
-                  f"({type(e).__name__}: {one_line(e)})")
+        reason = (
+            f"{settings.base_url} gave no run within {timeouts['init_timeout']:g} s "
+            f"({type(e).__name__}: {one_line(e)})"
+        )
     except Exception as e:  # noqa: BLE001 (W&B's own failure, its process or files: not training's)
         return without_wandb(init, e, in_sweep)
     if in_sweep:
-        raise WandbUnavailable(f"W&B: {reason}; a sweep run cannot log offline, so this run of sweep "
-                               f"{os.environ.get('WANDB_SWEEP_ID', '(unknown)')} stops before training")
+        raise WandbUnavailable(
+            f"W&B: {reason}; a sweep run cannot log offline, so this run of sweep "
+            f"{os.environ.get('WANDB_SWEEP_ID', '(unknown)')} stops before training"
+        )
     let_go_of_wandb()  # the failed attempt holds the run id in wandb's service: "run ID is in use"
     try:
         run = wandb.init(**(init | {"mode": "offline"}), settings=wandb.Settings(**timeouts))
     except Exception as e:  # noqa: BLE001 (as above)
         return without_wandb(init, e, in_sweep)
-    print(f"W&B: {reason}: logging offline to {run.settings.sync_dir}; upload later with: "
-          f"wandb sync {run.settings.sync_dir}", flush=True)
+    print(
+        f"W&B: {reason}: logging offline to {run.settings.sync_dir}; upload later with: "
+        f"wandb sync {run.settings.sync_dir}",
+        flush=True,
+    )
     return GuardedRun(run)
 
 
@@ -156,8 +192,10 @@ def without_wandb(init: dict, error: BaseException, in_sweep: bool) -> GuardedRu
     reason = f"W&B could not start a run ({type(error).__name__}: {one_line(error)})"
     if in_sweep:
         sweep = os.environ.get("WANDB_SWEEP_ID", "(unknown)")
-        raise WandbUnavailable(f"{reason}; a sweep run cannot train unseen, so this run of sweep "
-                               f"{sweep} stops before training")
+        raise WandbUnavailable(
+            f"{reason}; a sweep run cannot train unseen, so this run of sweep "
+            f"{sweep} stops before training"
+        )
     let_go_of_wandb()
     print(f"W&B: {reason}: training without W&B; the run folder has everything", flush=True)
     return GuardedRun(wandb.init(**(init | {"mode": "disabled"})))
@@ -208,9 +246,11 @@ class GuardedRun:
             after = f" after epoch {self.epoch}" if self.epoch else ""
             loses = loses or f"W&B loses this run{after}; the training goes on"
             sync = getattr(self.run.settings, "sync_dir", None)  # W&B may not have flushed it all
-            print(f"W&B: {what} failed ({type(e).__name__}: {one_line(e)}): {loses}"
-                  + (f"; what W&B saved is uploaded with: wandb sync {sync}" if sync else ""),
-                  flush=True)
+            print(
+                f"W&B: {what} failed ({type(e).__name__}: {one_line(e)}): {loses}"
+                + (f"; what W&B saved is uploaded with: wandb sync {sync}" if sync else ""),
+                flush=True,
+            )
             return None
 
     def stop_console_copy(self) -> None:
@@ -239,8 +279,12 @@ class GuardedRun:
         """Finish the run with `exit_code` (bounded: finish_timeout), after a failure too: W&B may
         still be there to record the end. If it is not, let go of W&B quietly."""
         if not self.lost:
-            self.attempt("finishing the run", self.run.finish, exit_code=exit_code,
-                         loses="W&B may lack the run's end (the run folder has everything)")
+            self.attempt(
+                "finishing the run",
+                self.run.finish,
+                exit_code=exit_code,
+                loses="W&B may lack the run's end (the run folder has everything)",
+            )
             if not self.lost:
                 return
         elif self.lost == "failed":  # its process may still be there to record the end
@@ -337,12 +381,16 @@ def defaults_used(run: GuardedRun, config: dict) -> None:
     """A W&B sweep's null means the default: the run's config keeps what the sweep drew (None), its
     summary's defaults_used what the run used (in `config`, the defaults filled in), said in one
     line."""
-    nulls = {key: value for key, value in config.items()
-             if key in run.config and run.config[key] is None and value is not None}
+    nulls = {
+        key: value
+        for key, value in config.items()
+        if key in run.config and run.config[key] is None and value is not None
+    }
     if nulls:
         run.summary["defaults_used"] = nulls
-        print(f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}",
-              flush=True)
+        print(
+            f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}", flush=True
+        )
 
 
 def fail_sweep_run(line: str, config: dict, mode: str) -> int:
@@ -381,13 +429,19 @@ def upload_model(run: GuardedRun, path: Path, summary: dict) -> None:
     one line."""
     import wandb
 
-    metadata = {"config": summary["config"], "val_accuracy": summary["best_val_accuracy"],
-                "epoch": summary["best_epoch"]}
+    metadata = {
+        "config": summary["config"],
+        "val_accuracy": summary["best_val_accuracy"],
+        "epoch": summary["best_epoch"],
+    }
 
     def log_artifact() -> None:
         artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)
         artifact.add_file(str(path))
         run.run.log_artifact(artifact, aliases=["best", "latest"])
 
-    run.attempt("uploading best.pt as a model artifact", log_artifact,
-                loses=f"W&B has the run but not its model artifact (the model is {path})")
+    run.attempt(
+        "uploading best.pt as a model artifact",
+        log_artifact,
+        loses=f"W&B has the run but not its model artifact (the model is {path})",
+    )

@@ -80,13 +80,21 @@ def export_onnx(model: nn.Module, path: Path) -> None:
     ever holds a whole, checked model (a full disk is cli.FileFailed naming it, the old file whole).
     """
     if model.training:
-        raise ValueError("export_onnx needs a model in eval mode: "
-                         "dropout and batch statistics would be exported")
+        raise ValueError(
+            "export_onnx needs a model in eval mode: dropout and batch statistics would be exported"
+        )
     example = torch.zeros(2, *IMAGE_SHAPE)  # batch 2: a batch of 1 would be specialised away
     batch = torch.export.Dim("batch")
-    program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME],
-                                output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
-                                dynamo=True, verbose=False)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        None,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        verbose=False,
+    )
     import onnx
 
     assert program is not None  # the dynamo exporter returns its ONNXProgram (None: TorchScript's)
@@ -100,8 +108,10 @@ def export_onnx(model: nn.Module, path: Path) -> None:
 
 
 # ONNX Runtime's advice for onnxruntime and onnxruntime-gpu installed over each other (README)
-ONNXRUNTIME_FIX = ("keep one: pip uninstall -y onnxruntime onnxruntime-gpu, then pip install "
-                   "onnxruntime (or onnxruntime-gpu, which has the CPU provider too)")
+ONNXRUNTIME_FIX = (
+    "keep one: pip uninstall -y onnxruntime onnxruntime-gpu, then pip install "
+    "onnxruntime (or onnxruntime-gpu, which has the CPU provider too)"
+)
 
 
 def onnxruntime():  # -> the onnxruntime module
@@ -129,8 +139,9 @@ def ort_session(path: Path, threads: int | None = None):  # -> onnxruntime.Infer
 # Adapters: each backend's predictor and timed step
 
 
-def torch_predictor(model: nn.Module, device: torch.device,
-                    amp_dtype: torch.dtype | None) -> Predictor:
+def torch_predictor(
+    model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None
+) -> Predictor:
     """`model` as a predictor, under autocast when `amp_dtype` is set.
 
     `model` is already on `device` (see on_device).
@@ -145,8 +156,9 @@ def torch_predictor(model: nn.Module, device: torch.device,
     return predict
 
 
-def torch_step(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
-               images: np.ndarray) -> Step:
+def torch_step(
+    model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, images: np.ndarray
+) -> Step:
     """One timed PyTorch iteration on `images`; `model` is already on `device` (see on_device).
 
     On a GPU it copies the batch in from pinned memory, runs the model and copies the logits out.
@@ -236,8 +248,14 @@ class Engine:
     part: str = ""
 
 
-def backends(model: nn.Module, device: torch.device, sessions: dict[str, Any], engine: Engine,
-             precision: str, cuda_graph: bool) -> list[Backend]:
+def backends(
+    model: nn.Module,
+    device: torch.device,
+    sessions: dict[str, Any],
+    engine: Engine,
+    precision: str,
+    cuda_graph: bool,
+) -> list[Backend]:
     """Every backend of this run, in the order the tables list them.
 
     `model` is already on `device` (see on_device).
@@ -246,32 +264,66 @@ def backends(model: nn.Module, device: torch.device, sessions: dict[str, Any], e
     `cuda_graph` asks for the engine replayed as a CUDA graph as well.
     """
     cpu_threads = torch.get_num_threads() if device.type == "cpu" else None
-    registry = [Backend(f"pytorch-fp32 ({device.type})", torch_predictor(model, device, None),
-                        partial(torch_step, model, device, None), reference=True,
-                        threads=cpu_threads)]
+    registry = [
+        Backend(
+            f"pytorch-fp32 ({device.type})",
+            torch_predictor(model, device, None),
+            partial(torch_step, model, device, None),
+            reference=True,
+            threads=cpu_threads,
+        )
+    ]
     for onnx_precision, session in sessions.items():
         # The fp16 ONNX is scored only: it shows what fp16 does to the logits.
         timed = partial(ort_step, session) if onnx_precision == "fp32" else None
-        registry.append(Backend(f"onnxruntime-{onnx_precision} (cpu)", ort_predictor(session),
-                                timed, threads=session.get_session_options().intra_op_num_threads))
+        registry.append(
+            Backend(
+                f"onnxruntime-{onnx_precision} (cpu)",
+                ort_predictor(session),
+                timed,
+                threads=session.get_session_options().intra_op_num_threads,
+            )
+        )
     gpu = device.type == "cuda"
     no_gpu = "" if gpu else "no CUDA GPU; fp16/bf16 are timed on the GPU only"
     for name, dtype in AUTOCAST.items():
         if gpu and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             continue  # a GPU without bf16 (before Ampere) times fp16 only, and says nothing of it
-        registry.append(Backend(f"pytorch-{name}-autocast (cuda)", None,
-                                partial(torch_step, model, device, dtype) if gpu else None,
-                                unavailable=no_gpu, part="PyTorch fp16/bf16 autocast benchmark"))
+        registry.append(
+            Backend(
+                f"pytorch-{name}-autocast (cuda)",
+                None,
+                partial(torch_step, model, device, dtype) if gpu else None,
+                unavailable=no_gpu,
+                part="PyTorch fp16/bf16 autocast benchmark",
+            )
+        )
     runner, engine_name = engine.runner, f"tensorrt-{precision}"
     if runner is not None:
-        registry.append(Backend(engine_name, runner, partial(trt_step, runner, use_graph=False),
-                                tolerance=ACCURACY_TOLERANCE[precision]))
+        registry.append(
+            Backend(
+                engine_name,
+                runner,
+                partial(trt_step, runner, use_graph=False),
+                tolerance=ACCURACY_TOLERANCE[precision],
+            )
+        )
     elif engine.unavailable:
         registry.append(Backend(engine_name, unavailable=engine.unavailable, part=engine.part))
     if cuda_graph:
-        why = ("there is no engine runner on this machine (see above)" if runner is None
-               else tensorrt_runtime.why_no_cuda_python())
+        why = (
+            "there is no engine runner on this machine (see above)"
+            if runner is None
+            else tensorrt_runtime.why_no_cuda_python()
+        )
         replay = None if runner is None or why else partial(trt_step, runner, use_graph=True)
-        registry.append(Backend(f"{engine_name}-cudagraph", None, replay, unavailable=why,
-                                part="CUDA-graph replay of the engine"))
+        registry.append(
+            Backend(
+                f"{engine_name}-cudagraph",
+                None,
+                replay,
+                unavailable=why,
+                part="CUDA-graph replay of the engine",
+            )
+        )
     return registry

@@ -32,14 +32,16 @@ from cifarkit.export import tensorrt_runtime
 Predictor = Callable[[np.ndarray], np.ndarray]  # float32 (B, 3, 32, 32) -> logits (B, classes)
 StepFactory = Callable[[np.ndarray], Step]  # a batch (B, 3, 32, 32) -> a timed step on it
 # How the numbers are taken, as benchmark.json records it beside the durations and counts
-METHOD = {"percentiles": "nearest-rank",
-          "end_to_end": "host clock around copy in + inference + copy out + sync",
-          "gpu_compute": "CUDA events around the inference call",
-          "spread_pct": "50 x (p75 - p25) / p50 of the end-to-end iteration times: the figure +-",
-          "cpu_wait_pct": "time the process's threads waited, runnable, for a CPU, in % of "
-                          "the time they ran or waited (/proc/self/task/*/schedstat)",
-          "load": "1-minute load average when the row ended",
-          "threads": "CPU threads the backend computes with; null for a GPU backend"}
+METHOD = {
+    "percentiles": "nearest-rank",
+    "end_to_end": "host clock around copy in + inference + copy out + sync",
+    "gpu_compute": "CUDA events around the inference call",
+    "spread_pct": "50 x (p75 - p25) / p50 of the end-to-end iteration times: the figure +-",
+    "cpu_wait_pct": "time the process's threads waited, runnable, for a CPU, in % of "
+    "the time they ran or waited (/proc/self/task/*/schedstat)",
+    "load": "1-minute load average when the row ended",
+    "threads": "CPU threads the backend computes with; null for a GPU backend",
+}
 # A figure cannot rank two backends when its iterations spread by more than this (half the IQR over
 # the median, in %): two figures of +-5% keep their order when 10% apart, and the backends here
 # differ by 2x or more (README, "Results") ...
@@ -106,8 +108,9 @@ def cpu_times() -> tuple[float, float] | None:
     return (ran / 1e9, waited / 1e9) if ran else None
 
 
-def cpu_wait_pct(before: tuple[float, float] | None,
-                 after: tuple[float, float] | None) -> float | None:
+def cpu_wait_pct(
+    before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float | None:
     """Between two cpu_times(): the time the process waited for a CPU, in % of the time it wanted
     one (ran or waited)."""
     if before is None or after is None:
@@ -136,7 +139,7 @@ def predict_all(predict: Predictor, images: np.ndarray, batch_size: int) -> np.n
     So a backend must accept every batch size up to `batch_size`.
     """
     chunks = range(0, len(images), batch_size)
-    return np.concatenate([predict(images[i:i + batch_size]) for i in chunks])
+    return np.concatenate([predict(images[i : i + batch_size]) for i in chunks])
 
 
 def parity(reference: Predictor, candidate: Predictor, images: np.ndarray) -> dict:
@@ -152,13 +155,20 @@ def parity(reference: Predictor, candidate: Predictor, images: np.ndarray) -> di
     for batch in (images, images[:1]):
         expected, got = reference(batch), candidate(batch)
         if got.shape != expected.shape:
-            raise ValueError(f"logits of shape {got.shape} for a batch of {len(batch)}; "
-                             f"expected {expected.shape}")
+            raise ValueError(
+                f"logits of shape {got.shape} for a batch of {len(batch)}; "
+                f"expected {expected.shape}"
+            )
         diffs.append(float(np.abs(got - expected).max()))
         agree.extend(got.argmax(1) == expected.argmax(1))
         largest = max(largest, float(np.abs(expected).max()))
-    return {"images": len(images), "batch_sizes": [len(images), 1], "max_abs_diff": max(diffs),
-            "max_abs_logit": largest, "top1_agreement": 100 * float(np.mean(agree))}
+    return {
+        "images": len(images),
+        "batch_sizes": [len(images), 1],
+        "max_abs_diff": max(diffs),
+        "max_abs_logit": largest,
+        "top1_agreement": 100 * float(np.mean(agree)),
+    }
 
 
 def accuracy_table(logits: dict[str, np.ndarray], labels: np.ndarray, reference: str) -> list[dict]:
@@ -173,9 +183,14 @@ def accuracy_table(logits: dict[str, np.ndarray], labels: np.ndarray, reference:
     for name, values in logits.items():
         top1 = values.argmax(1)
         accuracy = 100 * float(np.mean(top1 == labels))
-        rows.append({"backend": name, "top1_accuracy": accuracy,
-                     "points_vs_reference": accuracy - base,
-                     "top1_agreement_with_reference": 100 * float(np.mean(top1 == reference_top1))})
+        rows.append(
+            {
+                "backend": name,
+                "top1_accuracy": accuracy,
+                "points_vs_reference": accuracy - base,
+                "top1_agreement_with_reference": 100 * float(np.mean(top1 == reference_top1)),
+            }
+        )
     return rows
 
 
@@ -186,10 +201,13 @@ def accuracy_failures(rows: list[dict], tolerances: dict[str, float], precision:
     Backends not in it are not checked.
     `precision` is the engine precision the tolerances were chosen for; the message names it.
     """
-    return [f"{row['backend']} top-1 {row['top1_accuracy']:.2f}% trails PyTorch by "
-            f"{-row['points_vs_reference']:.2f} points; allowed {allowed} for {precision}"
-            for row in rows if (allowed := tolerances.get(row["backend"])) is not None
-            and row["points_vs_reference"] < -allowed]
+    return [
+        f"{row['backend']} top-1 {row['top1_accuracy']:.2f}% trails PyTorch by "
+        f"{-row['points_vs_reference']:.2f} points; allowed {allowed} for {precision}"
+        for row in rows
+        if (allowed := tolerances.get(row["backend"])) is not None
+        and row["points_vs_reference"] < -allowed
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,9 +222,16 @@ def batch_of(images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.ascontiguousarray(images[np.arange(batch_size) % len(images)])
 
 
-def benchmark(steps: dict[str, StepFactory], images: np.ndarray, batch_sizes: list[int],
-              warmup_seconds: float, min_seconds: float, min_iterations: int,
-              report: Report, threads: dict[str, int | None] | None = None) -> list[dict]:
+def benchmark(
+    steps: dict[str, StepFactory],
+    images: np.ndarray,
+    batch_sizes: list[int],
+    warmup_seconds: float,
+    min_seconds: float,
+    min_iterations: int,
+    report: Report,
+    threads: dict[str, int | None] | None = None,
+) -> list[dict]:
     """Time each backend at each batch size on the normalized `images` (N, 3, 32, 32).
 
     `steps` maps a backend name to the factory of its timed step.
@@ -223,22 +248,29 @@ def benchmark(steps: dict[str, StepFactory], images: np.ndarray, batch_sizes: li
             try:
                 step = make_step(batch_of(images, batch_size))
                 before = cpu_times()
-                end_to_end, gpu = time_iterations(step, warmup_seconds, min_seconds,
-                                                  min_iterations)
+                end_to_end, gpu = time_iterations(step, warmup_seconds, min_seconds, min_iterations)
                 waited = cpu_wait_pct(before, cpu_times())
             except tensorrt_runtime.EngineError as e:
                 report.fail(f"{name} batch {batch_size}: {e}")
                 continue
             stats = latency_stats(end_to_end, batch_size)
-            row = {"backend": name, "batch_size": batch_size,
-                   "threads": (threads or {}).get(name), "end_to_end": stats,
-                   "gpu_compute": latency_stats(gpu, batch_size) if gpu else None,
-                   "cpu_wait_pct": waited, "load": os.getloadavg()[0]}
+            row = {
+                "backend": name,
+                "batch_size": batch_size,
+                "threads": (threads or {}).get(name),
+                "end_to_end": stats,
+                "gpu_compute": latency_stats(gpu, batch_size) if gpu else None,
+                "cpu_wait_pct": waited,
+                "load": os.getloadavg()[0],
+            }
             row["not_rankable"] = why_not_rankable(row)
             rows.append(row)
             mark = f"; too noisy to rank: {row['not_rankable']}" if row["not_rankable"] else ""
-            print(f"  {name} batch {batch_size}: {stats['images_per_second']:,.0f} img/s "
-                  f"+-{stats['spread_pct']:.0f}%{mark}", flush=True)
+            print(
+                f"  {name} batch {batch_size}: {stats['images_per_second']:,.0f} img/s "
+                f"+-{stats['spread_pct']:.0f}%{mark}",
+                flush=True,
+            )
     return rows
 
 
@@ -252,36 +284,46 @@ def markdown_benchmark(rows: list[dict]) -> str:
     Throughput +- its spread, latency in ms, GPU compute p50, threads, CPU wait and load.
     A figure too noisy to rank the backends is marked, and a line under the table counts them.
     """
-    lines = ["| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms "
-             "| GPU compute p50 ms | threads | CPU wait % | load | ranks? |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms "
+        "| GPU compute p50 ms | threads | CPU wait % | load | ranks? |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for row in rows:
         e2e, gpu = row["end_to_end"], row["gpu_compute"]
         gpu_p50 = f"{gpu['p50_ms']:.3f}" if gpu else "-"
         waited = f"{row['cpu_wait_pct']:.0f}" if row.get("cpu_wait_pct") is not None else "-"
         noisy = row.get("not_rankable")
-        lines.append(f"| {row['backend']} | {row['batch_size']} | {e2e['iterations']} | "
-                     f"{e2e['images_per_second']:,.0f} +-{e2e['spread_pct']:.0f}% | "
-                     f"{e2e['mean_ms']:.3f} | {e2e['p50_ms']:.3f} | {e2e['p90_ms']:.3f} | "
-                     f"{e2e['p99_ms']:.3f} | {gpu_p50} | {row.get('threads') or '-'} | {waited} | "
-                     f"{row.get('load', 0):.1f} | {'**no**: ' + noisy if noisy else 'yes'} |")
+        lines.append(
+            f"| {row['backend']} | {row['batch_size']} | {e2e['iterations']} | "
+            f"{e2e['images_per_second']:,.0f} +-{e2e['spread_pct']:.0f}% | "
+            f"{e2e['mean_ms']:.3f} | {e2e['p50_ms']:.3f} | {e2e['p90_ms']:.3f} | "
+            f"{e2e['p99_ms']:.3f} | {gpu_p50} | {row.get('threads') or '-'} | {waited} | "
+            f"{row.get('load', 0):.1f} | {'**no**: ' + noisy if noisy else 'yes'} |"
+        )
     noisy = sum(bool(row.get("not_rankable")) for row in rows)
     if noisy:
-        lines.append(f"\n{noisy} of {len(rows)} figures are too noisy to rank the backends "
-                     f"(spread over +-{NOISY_SPREAD_PCT:g}%, or over {BUSY_WAIT_PCT:g}% of the "
-                     "time waiting for a CPU): other processes had the cores; rerun when idle")
+        lines.append(
+            f"\n{noisy} of {len(rows)} figures are too noisy to rank the backends "
+            f"(spread over +-{NOISY_SPREAD_PCT:g}%, or over {BUSY_WAIT_PCT:g}% of the "
+            "time waiting for a CPU): other processes had the cores; rerun when idle"
+        )
     return "\n".join(lines)
 
 
 def markdown_accuracy(rows: list[dict], images: int) -> str:
     """The accuracy rows as a markdown table; `images` is how many test images were scored."""
-    lines = [f"| backend | top-1 % ({images} test images) | points vs PyTorch "
-             "| same top-1 as PyTorch % |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        f"| backend | top-1 % ({images} test images) | points vs PyTorch "
+        "| same top-1 as PyTorch % |",
+        "|---|---:|---:|---:|",
+    ]
     for row in rows:
-        lines.append(f"| {row['backend']} | {row['top1_accuracy']:.2f} | "
-                     f"{row['points_vs_reference']:+.2f} | "
-                     f"{row['top1_agreement_with_reference']:.2f} |")
+        lines.append(
+            f"| {row['backend']} | {row['top1_accuracy']:.2f} | "
+            f"{row['points_vs_reference']:+.2f} | "
+            f"{row['top1_agreement_with_reference']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -302,26 +344,53 @@ def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
         mine = [row for row in rows if row["backend"] == backend]
         sizes = [row["batch_size"] for row in mine]
         rates = [row["end_to_end"]["images_per_second"] for row in mine]
-        spreads = [rate * row["end_to_end"]["spread_pct"] / 100
-                   for rate, row in zip(rates, mine, strict=True)]
+        spreads = [
+            rate * row["end_to_end"]["spread_pct"] / 100
+            for rate, row in zip(rates, mine, strict=True)
+        ]
         (line,) = ax_rate.plot(sizes, rates, marker="o", label=backend)
         ax_rate.errorbar(sizes, rates, yerr=spreads, fmt="none", color=line.get_color(), capsize=3)
-        ax_latency.plot(sizes, [row["end_to_end"]["p50_ms"] for row in mine], marker="o",
-                        label=backend)
+        ax_latency.plot(
+            sizes, [row["end_to_end"]["p50_ms"] for row in mine], marker="o", label=backend
+        )
         noisy = [row for row in mine if row.get("not_rankable")]
         for ax, key in ((ax_rate, "images_per_second"), (ax_latency, "p50_ms")):  # a red ring
-            ax.plot([row["batch_size"] for row in noisy], [row["end_to_end"][key] for row in noisy],
-                    "o", color="red", markersize=11, markerfacecolor="none", label="_noisy")
+            ax.plot(
+                [row["batch_size"] for row in noisy],
+                [row["end_to_end"][key] for row in noisy],
+                "o",
+                color="red",
+                markersize=11,
+                markerfacecolor="none",
+                label="_noisy",
+            )
     noisy = [row for row in rows if row.get("not_rankable")]
     if noisy:
         loads = [row["load"] for row in rows]
-        ax_rate.plot([], [], "o", color="red", markersize=11, markerfacecolor="none",
-                     label=f"too noisy to rank ({len(noisy)} of {len(rows)}; load {min(loads):.1f}-"
-                           f"{max(loads):.1f})")
-    ax_rate.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s (end to end)",
-                title="throughput")
-    ax_latency.set(xscale="log", yscale="log", xlabel="batch size",
-                   ylabel="p50 latency per batch (ms)", title="latency")
+        ax_rate.plot(
+            [],
+            [],
+            "o",
+            color="red",
+            markersize=11,
+            markerfacecolor="none",
+            label=f"too noisy to rank ({len(noisy)} of {len(rows)}; load {min(loads):.1f}-"
+            f"{max(loads):.1f})",
+        )
+    ax_rate.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="images/s (end to end)",
+        title="throughput",
+    )
+    ax_latency.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="p50 latency per batch (ms)",
+        title="latency",
+    )
     sizes = sorted({row["batch_size"] for row in rows})
     for ax in (ax_rate, ax_latency):
         ax.set_xticks(sizes, [str(size) for size in sizes])

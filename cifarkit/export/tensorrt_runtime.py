@@ -35,10 +35,17 @@ from cifarkit.core.cli import CommandError, one_line, write_atomic
 if TYPE_CHECKING:
     import tensorrt as trt
 
-WORKSPACE_BYTES = 1 << 30  # builder scratch memory limit; SimpleCNN needs far less, big tactics may want more
+WORKSPACE_BYTES = (
+    1 << 30
+)  # builder scratch memory limit; SimpleCNN needs far less, big tactics may want more
 PRECISIONS = ("fp32", "fp16", "int8")
-MODELOPT_MIN_VERSION = (0, 42)  # before 0.42 every calibration step saw the same data (NVIDIA/Model-Optimizer#794)
-CALIBRATION_BATCH = 64  # images per int8 calibration step; ModelOpt reads a dynamic batch as 1 unless told
+MODELOPT_MIN_VERSION = (
+    0,
+    42,
+)  # before 0.42 every calibration step saw the same data (NVIDIA/Model-Optimizer#794)
+CALIBRATION_BATCH = (
+    64  # images per int8 calibration step; ModelOpt reads a dynamic batch as 1 unless told
+)
 INSTALL_HINT = "on a GPU machine: pip install --extra-index-url https://pypi.nvidia.com -r requirements-trt.txt"
 
 
@@ -55,7 +62,9 @@ def why_no_tensorrt() -> str:
         import tensorrt as trt
     except (ImportError, OSError) as e:  # OSError: the wheel is there but libnvinfer is not
         return f"the tensorrt package cannot be imported ({type(e).__name__}: {e}); install it {INSTALL_HINT}"
-    if not hasattr(trt, "Builder"):  # tensorrt-stubs alone leaves an importable namespace package with no code
+    if not hasattr(
+        trt, "Builder"
+    ):  # tensorrt-stubs alone leaves an importable namespace package with no code
         return f"the tensorrt found here is only type stubs (no Builder); install the real package {INSTALL_HINT}"
     return ""
 
@@ -81,12 +90,16 @@ def why_no_modelopt() -> str:
         import modelopt  # type: ignore[import-not-found,import-untyped]
         import modelopt.onnx.quantization  # type: ignore[import-not-found,import-untyped]  # noqa: F401
     except ImportError as e:
-        return (f"int8 needs NVIDIA ModelOpt for explicit (Q/DQ) quantization and it cannot be imported ({e}); "
-                f"install nvidia-modelopt[onnx]>=0.42 {INSTALL_HINT}")
+        return (
+            f"int8 needs NVIDIA ModelOpt for explicit (Q/DQ) quantization and it cannot be imported ({e}); "
+            f"install nvidia-modelopt[onnx]>=0.42 {INSTALL_HINT}"
+        )
     version = str(getattr(modelopt, "__version__", "0"))
     if _release(version) < MODELOPT_MIN_VERSION:
-        return (f"nvidia-modelopt {version} calibrates every step on the same images (fixed in 0.42); "
-                "pip install 'nvidia-modelopt[onnx]>=0.42'")
+        return (
+            f"nvidia-modelopt {version} calibrates every step on the same images (fixed in 0.42); "
+            "pip install 'nvidia-modelopt[onnx]>=0.42'"
+        )
     return ""
 
 
@@ -104,19 +117,27 @@ def cuda_runtime() -> Any:
 
 
 def _ints(dims: trt.Dims) -> list[int]:
-    return [dims[i] for i in range(len(dims))]  # Dims indexes like a sequence but the stubs declare no __iter__
+    return [
+        dims[i] for i in range(len(dims))
+    ]  # Dims indexes like a sequence but the stubs declare no __iter__
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Int8: explicit quantization with ModelOpt (TensorRT 10 deprecated implicit calibration and 11 removed it)
 
 
-def calibration_shapes(input_name: str, images: np.ndarray, batch_size: int = CALIBRATION_BATCH) -> str:
+def calibration_shapes(
+    input_name: str, images: np.ndarray, batch_size: int = CALIBRATION_BATCH
+) -> str:
     """ModelOpt's shape of one calibration step, e.g. "images:64x3x32x32" (fewer images: one step of all of them)."""
-    return f"{input_name}:" + "x".join(str(n) for n in (min(batch_size, len(images)), *images.shape[1:]))
+    return f"{input_name}:" + "x".join(
+        str(n) for n in (min(batch_size, len(images)), *images.shape[1:])
+    )
 
 
-def quantize_int8(onnx_path: Path, calibration_images: np.ndarray, out_path: Path, input_name: str) -> None:
+def quantize_int8(
+    onnx_path: Path, calibration_images: np.ndarray, out_path: Path, input_name: str
+) -> None:
     """Write a Q/DQ copy of the fp32 ONNX, with activation ranges calibrated on `calibration_images` (N, 3, 32, 32):
     int8 where ModelOpt quantizes, fp16 elsewhere, fp32 in and out. Raises EngineError if ModelOpt fails."""
     from modelopt.onnx.quantization import quantize  # type: ignore[import-not-found,import-untyped]
@@ -124,13 +145,22 @@ def quantize_int8(onnx_path: Path, calibration_images: np.ndarray, out_path: Pat
     try:
         # calibration_shapes: without it ModelOpt reads the dynamic batch as 1 and runs one step per image.
         # "cpu" only: calibration runs through ONNX Runtime, and its CPU provider is the one every install has.
-        quantize(onnx_path=str(onnx_path), quantize_mode="int8", calibration_method="entropy",
-                 calibration_data={input_name: np.ascontiguousarray(calibration_images, dtype=np.float32)},
-                 calibration_shapes=calibration_shapes(input_name, calibration_images), calibration_eps=["cpu"],
-                 high_precision_dtype="fp16", output_path=str(out_path))
+        quantize(
+            onnx_path=str(onnx_path),
+            quantize_mode="int8",
+            calibration_method="entropy",
+            calibration_data={
+                input_name: np.ascontiguousarray(calibration_images, dtype=np.float32)
+            },
+            calibration_shapes=calibration_shapes(input_name, calibration_images),
+            calibration_eps=["cpu"],
+            high_precision_dtype="fp16",
+            output_path=str(out_path),
+        )
     except Exception as e:  # a third party's failure, whatever its type, is one line for the report
-        raise EngineError(f"ModelOpt could not quantize {onnx_path} to int8 "
-                          f"({type(e).__name__}: {one_line(e)})") from e
+        raise EngineError(
+            f"ModelOpt could not quantize {onnx_path} to int8 ({type(e).__name__}: {one_line(e)})"
+        ) from e
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -147,8 +177,15 @@ def profile_batches(batch_sizes: list[int]) -> tuple[int, int, int]:
     return 1, largest, largest
 
 
-def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes: list[int], gpu: str,
-                 timing_cache_path: Path, workspace_bytes: int = WORKSPACE_BYTES) -> dict:
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    precision: str,
+    batch_sizes: list[int],
+    gpu: str,
+    timing_cache_path: Path,
+    workspace_bytes: int = WORKSPACE_BYTES,
+) -> dict:
     """Parse the ONNX into a strongly typed network, build an engine for batches 1..max(batch_sizes), save it and a
     JSON beside it; return the JSON.
 
@@ -170,10 +207,16 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     input_tensor = network.get_input(0)
-    sample_shape = _ints(input_tensor.shape)[1:]  # (3, 32, 32); dimension 0 is the dynamic batch (-1)
-    shape_min, shape_opt, shape_max = ([batch, *sample_shape] for batch in profile_batches(batch_sizes))
+    sample_shape = _ints(input_tensor.shape)[
+        1:
+    ]  # (3, 32, 32); dimension 0 is the dynamic batch (-1)
+    shape_min, shape_opt, shape_max = (
+        [batch, *sample_shape] for batch in profile_batches(batch_sizes)
+    )
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_tensor.name, trt.Dims(shape_min), trt.Dims(shape_opt), trt.Dims(shape_max))
+    profile.set_shape(
+        input_tensor.name, trt.Dims(shape_min), trt.Dims(shape_opt), trt.Dims(shape_max)
+    )
     config.add_optimization_profile(profile)
 
     cache_blob = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
@@ -181,14 +224,19 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes
     # A cache from another GPU or TensorRT version is refused (False), a damaged one not read (None): start afresh
     # rather than fail later, when the cache is written back.
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        print(f"note: {timing_cache_path} is from another GPU or TensorRT version, or damaged; "
-              "starting a fresh timing cache", flush=True)
+        print(
+            f"note: {timing_cache_path} is from another GPU or TensorRT version, or damaged; "
+            "starting a fresh timing cache",
+            flush=True,
+        )
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineError(f"TensorRT could not build a {precision} engine from {onnx_path}; its log above says why")
+        raise EngineError(
+            f"TensorRT could not build a {precision} engine from {onnx_path}; its log above says why"
+        )
     build_seconds = time.perf_counter() - started
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(engine_path, bytes(memoryview(serialized)))  # whole or not there, as every output
@@ -196,13 +244,28 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch_sizes
     if built_cache is not None:
         write_atomic(timing_cache_path, bytes(memoryview(built_cache.serialize())))
 
-    info = {"precision": precision, "tensorrt_version": str(trt.__version__), "gpu": gpu, "typing": "strongly typed",
-            "onnx": str(onnx_path), "engine": str(engine_path), "engine_bytes": engine_path.stat().st_size,
-            "profile": {"input": input_tensor.name, "min": shape_min, "opt": shape_opt, "max": shape_max},
-            "workspace_bytes": workspace_bytes, "timing_cache": str(timing_cache_path) if built_cache else None,
-            "build_seconds": round(build_seconds, 2)}
-    write_atomic(engine_path.with_name(engine_path.name + ".json"),
-                 (json.dumps(info, indent=2) + "\n").encode())
+    info = {
+        "precision": precision,
+        "tensorrt_version": str(trt.__version__),
+        "gpu": gpu,
+        "typing": "strongly typed",
+        "onnx": str(onnx_path),
+        "engine": str(engine_path),
+        "engine_bytes": engine_path.stat().st_size,
+        "profile": {
+            "input": input_tensor.name,
+            "min": shape_min,
+            "opt": shape_opt,
+            "max": shape_max,
+        },
+        "workspace_bytes": workspace_bytes,
+        "timing_cache": str(timing_cache_path) if built_cache else None,
+        "build_seconds": round(build_seconds, 2),
+    }
+    write_atomic(
+        engine_path.with_name(engine_path.name + ".json"),
+        (json.dumps(info, indent=2) + "\n").encode(),
+    )
     return info
 
 
@@ -237,13 +300,17 @@ class TrtRunner:
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
-            raise EngineError(f"TensorRT could not load {engine_path} (built by another TensorRT version or GPU?)")
+            raise EngineError(
+                f"TensorRT could not load {engine_path} (built by another TensorRT version or GPU?)"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise EngineError(f"{engine_path} has inputs {inputs} and outputs {outputs}; expected one of each")
+            raise EngineError(
+                f"{engine_path} has inputs {inputs} and outputs {outputs}; expected one of each"
+            )
         self.input_name, self.output_name = inputs[0], outputs[0]
         sample_shape = _ints(self.engine.get_tensor_shape(self.input_name))[1:]
         num_classes = _ints(self.engine.get_tensor_shape(self.output_name))[1]
@@ -267,10 +334,16 @@ class TrtRunner:
         """Put a batch (B, 3, 32, 32) into the page-locked input buffer and size the context for it."""
         batch_size = len(images)
         if not 1 <= batch_size <= self.max_batch_size:
-            raise EngineError(f"batch size {batch_size} is outside this runner's 1..{self.max_batch_size}")
+            raise EngineError(
+                f"batch size {batch_size} is outside this runner's 1..{self.max_batch_size}"
+            )
         if batch_size != self.batch_size:
-            if not self.context.set_input_shape(self.input_name, (batch_size, *self.host_input.shape[1:])):
-                raise EngineError(f"batch size {batch_size} is outside the engine's optimization profile")
+            if not self.context.set_input_shape(
+                self.input_name, (batch_size, *self.host_input.shape[1:])
+            ):
+                raise EngineError(
+                    f"batch size {batch_size} is outside the engine's optimization profile"
+                )
             self.release_graph()  # captured at the old shape
             self.batch_size = batch_size
         self.host_input[:batch_size] = images
@@ -287,8 +360,12 @@ class TrtRunner:
         if not self.context.execute_async_v3(handle):
             raise EngineError(f"execute_async_v3 failed at batch size {self.batch_size}")
         self.stream.synchronize()
-        cuda_check(cudart.cudaStreamBeginCapture(handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
-                   "cudaStreamBeginCapture")
+        cuda_check(
+            cudart.cudaStreamBeginCapture(
+                handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+            ),
+            "cudaStreamBeginCapture",
+        )
         enqueued = False
         try:
             enqueued = self.context.execute_async_v3(handle)
@@ -299,7 +376,9 @@ class TrtRunner:
                 cudart.cudaGraphDestroy(graph)
         cuda_check((error,), "cudaStreamEndCapture")
         if not enqueued:
-            raise EngineError(f"execute_async_v3 failed while capturing a CUDA graph at batch size {self.batch_size}")
+            raise EngineError(
+                f"execute_async_v3 failed while capturing a CUDA graph at batch size {self.batch_size}"
+            )
         self.graph = graph
         self.graph_exec = cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
 
@@ -318,11 +397,16 @@ class TrtRunner:
         """Copy in, compute, copy out, wait; return the GPU compute seconds (CUDA events around the enqueue only)."""
         b, cuda = self.batch_size, self.cuda
         if use_graph and self.graph_exec is None:
-            raise EngineError(f"no CUDA graph captured at batch size {b}: call capture_graph() first")
+            raise EngineError(
+                f"no CUDA graph captured at batch size {b}: call capture_graph() first"
+            )
         cuda.memcpy_htod_async(self.device_input, self.host_input[:b], self.stream)
         self.compute_start.record(self.stream)
         if use_graph:
-            cuda_check(cuda_runtime().cudaGraphLaunch(self.graph_exec, self.stream.handle), "cudaGraphLaunch")
+            cuda_check(
+                cuda_runtime().cudaGraphLaunch(self.graph_exec, self.stream.handle),
+                "cudaGraphLaunch",
+            )
         elif not self.context.execute_async_v3(self.stream.handle):
             raise EngineError(f"execute_async_v3 failed at batch size {b}")
         self.compute_end.record(self.stream)
@@ -334,4 +418,4 @@ class TrtRunner:
         """Logits (B, classes) as float32 for a batch of normalized images (B, 3, 32, 32)."""
         self.set_batch(images)
         self.step()
-        return self.host_output[:self.batch_size].astype(np.float32)
+        return self.host_output[: self.batch_size].astype(np.float32)

@@ -69,8 +69,9 @@ def study_folder(runs_dir: Path, name: str, uid: str | None, claim: bool = True)
     return folder  # the second is this study's alone: no other has its uid
 
 
-def own_trial_folder(study_dir: Path, uid: str, study: optuna.Study, trial: optuna.Trial,
-                     claim: ExitStack) -> None:
+def own_trial_folder(
+    study_dir: Path, uid: str, study: optuna.Study, trial: optuna.Trial, claim: ExitStack
+) -> None:
     """Hold the trial's folder in study_dir for this process (`claim` lets go of it), marked as
     this trial's of the study `uid` names.
 
@@ -82,10 +83,12 @@ def own_trial_folder(study_dir: Path, uid: str, study: optuna.Study, trial: optu
     mine = {"study": study.study_name, "uid": uid, "trial": trial.number}
     found = read_marker(run_dir / TRIAL_MARKER)
     if found not in (None, mine):
-        raise TrialFolderTaken(f"trial folder {run_dir} holds trial {found.get('trial')} of study "
-                               f"{found.get('study')!r} ({found.get('uid')}), not trial "
-                               f"{trial.number} of {study.study_name!r} ({uid}): move "
-                               "it aside")
+        raise TrialFolderTaken(
+            f"trial folder {run_dir} holds trial {found.get('trial')} of study "
+            f"{found.get('study')!r} ({found.get('uid')}), not trial "
+            f"{trial.number} of {study.study_name!r} ({uid}): move "
+            "it aside"
+        )
     write_json_atomic(mine, run_dir / TRIAL_MARKER)
 
 
@@ -102,12 +105,19 @@ def resume_point(previous: Path, run_dir: Path, expected: dict) -> dict | None:
         return None
     found = read_marker(previous / TRIAL_MARKER)
     if found not in (None, expected):
-        print(f"cannot resume: {previous} holds trial {found.get('trial')} of study "
-              f"{found.get('study')!r} ({found.get('uid')}), not trial {expected['trial']} of this "
-              "study; starting over", flush=True)
+        print(
+            f"cannot resume: {previous} holds trial {found.get('trial')} of study "
+            f"{found.get('study')!r} ({found.get('uid')}), not trial {expected['trial']} of this "
+            "study; starting over",
+            flush=True,
+        )
         return None
-    shutil.copytree(previous, run_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(OWNER_LOCK, TRIAL_MARKER))
+    shutil.copytree(
+        previous,
+        run_dir,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(OWNER_LOCK, TRIAL_MARKER),
+    )
     try:
         return load_checkpoint(run_dir / LAST_CHECKPOINT, needs=RESUME_KEYS)
     except CheckpointError as e:

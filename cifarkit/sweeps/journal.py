@@ -29,7 +29,9 @@ from optuna.storages.journal._storage import JournalOperation
 
 from cifarkit.core.cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, FileFailed
 
-RECORD_START = b'{"op_code":'  # how every record Optuna writes begins (json.dumps of {"op_code": ..., ...})
+RECORD_START = (
+    b'{"op_code":'  # how every record Optuna writes begins (json.dumps of {"op_code": ..., ...})
+)
 TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back from the end for the last line
 
 
@@ -43,7 +45,9 @@ class JournalReadOnly(CommandError):
     """The journal file exists but this process may not write it (its mode, its owner, a read-only mount); the
     message is one line saying what to do."""
 
-    exit_code = EXIT_BAD_INPUT  # a file the user must fix: the same command fails the same way until then
+    exit_code = (
+        EXIT_BAD_INPUT  # a file the user must fix: the same command fails the same way until then
+    )
 
 
 class JournalFailed(CommandError):
@@ -79,8 +83,12 @@ def _is_record(line: bytes) -> bool:
 
 
 def _is_log(log: Any) -> bool:
-    return (isinstance(log, dict) and type(log.get("op_code")) is int and log["op_code"] in OP_CODES
-            and isinstance(log.get("worker_id"), str))
+    return (
+        isinstance(log, dict)
+        and type(log.get("op_code")) is int
+        and log["op_code"] in OP_CODES
+        and isinstance(log.get("worker_id"), str)
+    )
 
 
 def _what_it_is(line: bytes) -> str:
@@ -134,16 +142,20 @@ def damage_message(path: Path, number: int | None = None, why: str = "") -> str:
     quoted = shlex.quote(str(path))
     start = whole_record_at(line)
     if start:
-        what = (f"its first {start} bytes are a record cut short (its writer died mid-append; never applied) with a "
-                "whole record glued after them")
+        what = (
+            f"its first {start} bytes are a record cut short (its writer died mid-append; never applied) with a "
+            "whole record glued after them"
+        )
         fix = f"LC_ALL=C sed -i.bak '{number}s/^.\\{{{start}\\}}//' {quoted}"
         safe = f"delete those {start} bytes"
     else:
         what = why or _what_it_is(line)
         fix = f"sed -i.bak '{number}d' {quoted}"
         safe = "delete that line"
-    return (f"journal {path} line {number} is damaged: {what}; Optuna cannot read the study past it. It is safe to "
-            f"{safe}, keeping a copy of the file: {fix}")
+    return (
+        f"journal {path} line {number} is damaged: {what}; Optuna cannot read the study past it. It is safe to "
+        f"{safe}, keeping a copy of the file: {fix}"
+    )
 
 
 def _line(path: Path, number: int) -> tuple[int, bytes] | None:
@@ -176,8 +188,12 @@ def set_aside_cut_record(path: Path) -> None:
             f.truncate(start)
             f.flush()
             os.fsync(f.fileno())
-            print(f"journal {path}: its last record ({len(cut)} bytes) was cut short when its writer died "
-                  f"mid-append; every reader had skipped it; moved it to {aside}", file=sys.stderr, flush=True)
+            print(
+                f"journal {path}: its last record ({len(cut)} bytes) was cut short when its writer died "
+                f"mid-append; every reader had skipped it; moved it to {aside}",
+                file=sys.stderr,
+                flush=True,
+            )
             size = start
         if size and not _is_record(_last_line(f, size)):
             raise DamagedJournal(damage_message(path))
@@ -198,7 +214,9 @@ def check(path: Path) -> None:
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
-            end = _line_start(f, size)  # past the last newline: a cut record after it is not checked here
+            end = _line_start(
+                f, size
+            )  # past the last newline: a cut record after it is not checked here
             if end and not _is_record(_last_line(f, end)):
                 raise DamagedJournal(damage_message(path))
     except OSError as e:
@@ -211,7 +229,9 @@ class SafeJournalFile(JournalFileBackend):
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         try:
             yield from super().read_logs(log_number_from)
-        except ValueError:  # json.JSONDecodeError, or Optuna's "Invalid log format." for a cut line mid-file
+        except (
+            ValueError
+        ):  # json.JSONDecodeError, or Optuna's "Invalid log format." for a cut line mid-file
             raise DamagedJournal(damage_message(Path(self._file_path))) from None
         except OSError as e:
             raise JournalFailed(FileFailed(e, "read the journal", self._file_path)) from None
@@ -239,9 +259,11 @@ class SafeJournalFile(JournalFileBackend):
 
 def read_only_message(path: Path) -> str:
     """One line for a journal this process may not write, and what to do."""
-    return (f"journal {path} cannot be written by this user (its mode, owner or a read-only mount): make it "
-            f"writable (chmod u+w {shlex.quote(str(path))}), or give --storage a journal file you can write; "
-            "--report only reads it")
+    return (
+        f"journal {path} cannot be written by this user (its mode, owner or a read-only mount): make it "
+        f"writable (chmod u+w {shlex.quote(str(path))}), or give --storage a journal file you can write; "
+        "--report only reads it"
+    )
 
 
 class SafeJournalStorage(JournalStorage):
@@ -269,7 +291,14 @@ class SafeJournalStorage(JournalStorage):
             if _is_log(log) and log["worker_id"] == replay.worker_id:
                 raise
             # log_number_read was counted before the record was applied: it is the record's 1-based line number
-            why = "" if not _is_log(log) else (f"Optuna cannot apply it ({type(e).__name__} {e}: a field is missing "
-                                               "or wrong; never applied)")
-            raise DamagedJournal(damage_message(Path(self._backend._file_path), replay.log_number_read,
-                                                why)) from None
+            why = (
+                ""
+                if not _is_log(log)
+                else (
+                    f"Optuna cannot apply it ({type(e).__name__} {e}: a field is missing "
+                    "or wrong; never applied)"
+                )
+            )
+            raise DamagedJournal(
+                damage_message(Path(self._backend._file_path), replay.log_number_read, why)
+            ) from None

@@ -28,7 +28,12 @@ from statistics import NormalDist
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import FrozenTrial
 
 from cifarkit.core.cli import EXIT_BAD_INPUT, CommandError, one_line
@@ -38,10 +43,23 @@ from cifarkit.core.settings import Settings
 # every epoch's history row (part_2_cifar.train's metrics), and the numbers only its summary holds
 # (run_training). The test accuracy is never chosen on (it would no longer measure anything), so a
 # sweep may not name it.
-HISTORY_METRICS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                   "learning_rate", "epoch_seconds", "train_images_per_second")
-SUMMARY_METRICS = ("best_val_accuracy", "best_epoch", "total_seconds", "parameters",
-                   "flops_per_image")
+HISTORY_METRICS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "epoch_seconds",
+    "train_images_per_second",
+)
+SUMMARY_METRICS = (
+    "best_val_accuracy",
+    "best_epoch",
+    "total_seconds",
+    "parameters",
+    "flops_per_image",
+)
 NEVER_CHOSEN_ON = ("test_accuracy", "test_loss")
 # Settings a sweep cannot vary, and the option that sets them for every trial: the validation split is what trials
 # are compared on, so it must be the same images for all of them (README: val_size is never swept)
@@ -51,19 +69,52 @@ QUANTILE_EPS = 1e-6
 QUANTILE = FloatDistribution(QUANTILE_EPS, 1 - QUANTILE_EPS)
 
 # W&B's sweep schema (sweeps 0.3.0, schema.json): the top-level keys, and those that hold text
-TOP_LEVEL_KEYS = ("apiVersion", "kind", "controller", "description", "program", "job", "image_uri",
-                  "entity", "project", "method", "command", "name", "run_cap", "metric", "metrics",
-                  "scheduler", "early_terminate", "parameters")
-TEXT_KEYS = ("apiVersion", "description", "program", "job", "image_uri", "entity", "project",
-             "name")
+TOP_LEVEL_KEYS = (
+    "apiVersion",
+    "kind",
+    "controller",
+    "description",
+    "program",
+    "job",
+    "image_uri",
+    "entity",
+    "project",
+    "method",
+    "command",
+    "name",
+    "run_cap",
+    "metric",
+    "metrics",
+    "scheduler",
+    "early_terminate",
+    "parameters",
+)
+TEXT_KEYS = (
+    "apiVersion",
+    "description",
+    "program",
+    "job",
+    "image_uri",
+    "entity",
+    "project",
+    "name",
+)
 METHODS = ("bayes", "random", "grid", "custom")
 METRIC_KEYS = ("name", "goal", "target", "impute", "impute_while_running")
 IMPUTE = ("latest", "best", "worst")
-SCHEDULER_KEYS = ("engine", "source", "optimizer", "search_space")  # W&B's schema allows no other key
+SCHEDULER_KEYS = (
+    "engine",
+    "source",
+    "optimizer",
+    "search_space",
+)  # W&B's schema allows no other key
 PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # W&B's schema: names of parameters
 GRID_KINDS = ("constant", "categorical", "int_uniform", "q_uniform")  # sweeps.grid_search_next_runs
-DEPRECATED = {"log_uniform": "log_uniform_values", "inv_log_uniform": "inv_log_uniform_values",
-              "q_log_uniform": "q_log_uniform_values"}  # W&B v1 kinds: min and max are natural logs
+DEPRECATED = {
+    "log_uniform": "log_uniform_values",
+    "inv_log_uniform": "inv_log_uniform_values",
+    "q_log_uniform": "q_log_uniform_values",
+}  # W&B v1 kinds: min and max are natural logs
 
 
 class SweepConfigError(CommandError, ValueError):
@@ -89,8 +140,10 @@ NON_NEGATIVE = ("a number >= 0", lambda v: _is_number(v) and v >= 0)
 POSITIVE = ("a number > 0", lambda v: _is_number(v) and v > 0)
 INTEGER = ("an integer", _is_int)
 LIST = ("a non-empty list", lambda v: isinstance(v, list) and len(v) > 0)
-WEIGHTS = ("a non-empty list of "
-           "numbers >= 0", lambda v: LIST[1](v) and all(NON_NEGATIVE[1](p) for p in v))
+WEIGHTS = (
+    "a non-empty list of numbers >= 0",
+    lambda v: LIST[1](v) and all(NON_NEGATIVE[1](p) for p in v),
+)
 ANYTHING = ("anything", lambda v: True)
 # Each kind: (required keys, the keys it takes and what each must be), in the order W&B's engine
 # tries them (schema.json definitions.parameter.anyOf; fill_parameter keeps the first kind the spec
@@ -99,8 +152,10 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, Callable[[Any], boo
     "q_beta": (("distribution",), {"a": NON_NEGATIVE, "b": NON_NEGATIVE, "q": POSITIVE}),
     "beta": (("distribution",), {"a": NON_NEGATIVE, "b": NON_NEGATIVE}),
     "categorical": (("values",), {"values": LIST}),
-    "categorical_w_probabilities": (("values", "probabilities"),
-                                    {"values": LIST, "probabilities": WEIGHTS}),
+    "categorical_w_probabilities": (
+        ("values", "probabilities"),
+        {"values": LIST, "probabilities": WEIGHTS},
+    ),
     "int_uniform": (("min", "max"), {"min": INTEGER, "max": INTEGER}),
     "uniform": (("min", "max"), {"min": NUMBER, "max": NUMBER}),
     "log_normal": (("distribution",), {"mu": NUMBER, "sigma": NON_NEGATIVE}),
@@ -108,15 +163,19 @@ KINDS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, Callable[[Any], boo
     "inv_log_uniform": (("distribution", "min", "max"), {"min": NUMBER, "max": NUMBER}),
     "normal": (("distribution",), {"mu": NUMBER, "sigma": NON_NEGATIVE}),
     "q_log_normal": (("distribution",), {"q": POSITIVE, "mu": NUMBER, "sigma": NON_NEGATIVE}),
-    "q_log_uniform": (("distribution", "min", "max"),
-                      {"min": NUMBER, "max": NUMBER, "q": POSITIVE}),
+    "q_log_uniform": (
+        ("distribution", "min", "max"),
+        {"min": NUMBER, "max": NUMBER, "q": POSITIVE},
+    ),
     "q_normal": (("distribution",), {"q": POSITIVE, "mu": NUMBER, "sigma": NON_NEGATIVE}),
     "q_uniform": (("distribution", "min", "max"), {"min": NUMBER, "max": NUMBER, "q": POSITIVE}),
     "constant": (("value",), {"value": ANYTHING}),
     "inv_log_uniform_values": (("distribution", "min", "max"), {"min": POSITIVE, "max": NUMBER}),
     "log_uniform_values": (("distribution", "min", "max"), {"min": POSITIVE, "max": NUMBER}),
-    "q_log_uniform_values": (("distribution", "min", "max"),
-                             {"min": POSITIVE, "max": NUMBER, "q": POSITIVE}),
+    "q_log_uniform_values": (
+        ("distribution", "min", "max"),
+        {"min": POSITIVE, "max": NUMBER, "q": POSITIVE},
+    ),
 }
 # W&B's defaults for what a kind leaves out (schema.json "default"); q's is a float: 1.0 gives
 # floats, as in W&B
@@ -129,8 +188,11 @@ def _fits(kind: str, spec: dict) -> bool:
         return False
     if "distribution" in spec and spec["distribution"] != kind:
         return False
-    if kind == "uniform" and "distribution" not in spec and not any(
-            isinstance(spec[k], float) for k in ("min", "max")):
+    if (
+        kind == "uniform"
+        and "distribution" not in spec
+        and not any(isinstance(spec[k], float) for k in ("min", "max"))
+    ):
         return False  # W&B infers uniform from a float bound; two integers are int_uniform
     return all(check(spec[key]) for key, (_, check) in takes.items() if key in spec)
 
@@ -142,8 +204,15 @@ def _intended(spec: dict) -> str | None:
         return kind
     if "distribution" in spec:
         return None
-    return "constant" if "value" in spec else "categorical" if "values" in spec else "uniform" if (
-        "min" in spec or "max" in spec) else None
+    return (
+        "constant"
+        if "value" in spec
+        else "categorical"
+        if "values" in spec
+        else "uniform"
+        if ("min" in spec or "max" in spec)
+        else None
+    )
 
 
 def _yaml_hint(value: Any) -> str:
@@ -152,8 +221,10 @@ def _yaml_hint(value: Any) -> str:
             float(value)
         except ValueError:
             return ""
-        return (" (`wandb sweep` reads the file as YAML 1.1, which reads a number without a "
-                "decimal point before its exponent as text: write 0.00001 or 1.0e-5)")
+        return (
+            " (`wandb sweep` reads the file as YAML 1.1, which reads a number without a "
+            "decimal point before its exponent as text: write 0.00001 or 1.0e-5)"
+        )
     return ""
 
 
@@ -167,13 +238,16 @@ def _why_not(name: str, spec: dict) -> str:
             close = difflib.get_close_matches(str(given), KINDS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f": use one of {', '.join(KINDS)}"
             return f"{where}: distribution {given!r} is not a W&B distribution{hint}"
-        return (f"{where}: W&B cannot tell its distribution from the keys {sorted(spec)}: give "
-                "value, values, or min and max (and distribution)")
+        return (
+            f"{where}: W&B cannot tell its distribution from the keys {sorted(spec)}: give "
+            "value, values, or min and max (and distribution)"
+        )
     required, takes = KINDS[kind]
-    problems = [f"needs {key} ({takes[key][0]})" for key in required
-                if key not in spec and key in takes]
+    problems = [
+        f"needs {key} ({takes[key][0]})" for key in required if key not in spec and key in takes
+    ]
     if "distribution" in required and "distribution" not in spec:
-        problems.append(f"needs \"distribution\": \"{kind}\"")
+        problems.append(f'needs "distribution": "{kind}"')
     for key in sorted(map(str, set(spec) - {"distribution", *takes})):
         close = difflib.get_close_matches(key, takes, n=1)
         problems.append(f"has no key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
@@ -189,22 +263,27 @@ def parameter_kind(name: str, spec: Any) -> str:
     """W&B's kind of a parameter spec ("nested" for a section of parameters), or SweepConfigError
     where W&B's engine could not use it (its schema matches no kind, or min is not below max)."""
     if not isinstance(spec, dict):
-        raise SweepConfigError(f"parameter {name!r}: expected an object like {{\"values\": "
-                               f"[...]}}, got {spec!r}")
+        raise SweepConfigError(
+            f'parameter {name!r}: expected an object like {{"values": [...]}}, got {spec!r}'
+        )
     if set(spec) == {"parameters"}:
         return "nested"
     kind = next((kind for kind in KINDS if _fits(kind, spec)), None)
     if kind is None:
         raise SweepConfigError(_why_not(name, spec))
     if "min" in spec and "max" in spec and spec["min"] >= spec["max"]:
-        raise SweepConfigError(f"parameter {name!r}: min {spec['min']} is not less than max "
-                               f"{spec['max']}, which W&B refuses")
+        raise SweepConfigError(
+            f"parameter {name!r}: min {spec['min']} is not less than max "
+            f"{spec['max']}, which W&B refuses"
+        )
     if kind == "categorical_w_probabilities":
         values, weights = spec["values"], spec["probabilities"]
         sums_to_1 = math.isclose(sum(weights), 1.0, rel_tol=1e-5, abs_tol=1e-8)  # numpy.isclose's
         if len(values) != len(weights) or not sums_to_1:
-            raise SweepConfigError(f"parameter {name!r}: probabilities {weights} must be one per "
-                                   f"value ({len(values)}) and sum to 1, as W&B's schema requires")
+            raise SweepConfigError(
+                f"parameter {name!r}: probabilities {weights} must be one per "
+                f"value ({len(values)}) and sum to 1, as W&B's schema requires"
+            )
     return kind
 
 
@@ -229,7 +308,9 @@ class Param:
     ends: tuple = ()
 
     @property
-    def optuna_name(self) -> str:  # a quantile is not the value: it gets its own name in the trial's params
+    def optuna_name(
+        self,
+    ) -> str:  # a quantile is not the value: it gets its own name in the trial's params
         return f"{self.name}_quantile" if self.ppf else self.name
 
     def value(self, x: Any) -> Any:
@@ -240,7 +321,11 @@ class Param:
         """W&B's q rounding: round(x / q) * q, an int when q is."""
         if self.q is None:
             return x
-        return int(round(x / self.q) * self.q) if isinstance(self.q, int) else round(x / self.q) * self.q
+        return (
+            int(round(x / self.q) * self.q)
+            if isinstance(self.q, int)
+            else round(x / self.q) * self.q
+        )
 
     def sample(self, trial: optuna.Trial) -> Any:
         d = self.distribution
@@ -259,15 +344,16 @@ class Param:
 
 def _scalars(name: str, values: list) -> list:
     if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
-        raise SweepConfigError(f"parameter {name!r}: values must be numbers, text, booleans or "
-                               "null (what Optuna's categorical distribution stores), got "
-                               f"{values!r}")
+        raise SweepConfigError(
+            f"parameter {name!r}: values must be numbers, text, booleans or "
+            "null (what Optuna's categorical distribution stores), got "
+            f"{values!r}"
+        )
     return values
 
 
 def _grid_key(value: Any) -> str:
-    """W&B's grid tells values apart by their YAML (grid_search.yaml_hash): 3.0 is 3, True is not 1.
-    """
+    """W&B's grid tells values apart by their YAML (grid_search.yaml_hash): 3.0 is 3, True is not 1."""
     as_yaml = int(value) if isinstance(value, float) and value.is_integer() else value
     return json.dumps(as_yaml, default=str)
 
@@ -276,8 +362,10 @@ def _finite(name: str, kind: str, values: list) -> None:
     """SweepConfigError unless each value a parameter takes at these quantiles is a finite number:
     W&B's engine would draw inf or NaN, which no run's config can hold."""
     if not all(_is_number(v) and math.isfinite(v) for v in values):
-        raise SweepConfigError(f"parameter {name!r}: {kind} gives {values} at its ends and middle: "
-                               "not finite numbers (an overflow); narrow the range")
+        raise SweepConfigError(
+            f"parameter {name!r}: {kind} gives {values} at its ends and middle: "
+            "not finite numbers (an overflow); narrow the range"
+        )
 
 
 def _grid_param(name: str, spec: dict, kind: str) -> Param:
@@ -285,8 +373,10 @@ def _grid_param(name: str, spec: dict, kind: str) -> Param:
     equal ones), int_uniform's integers min..max, q_uniform's numpy.arange(min, max, q) (max not
     included)."""
     if kind not in GRID_KINDS:
-        raise SweepConfigError(f"parameter {name!r}: grid search needs values, value, int_uniform "
-                               f"or q_uniform (W&B's engine refuses {kind} in a grid)")
+        raise SweepConfigError(
+            f"parameter {name!r}: grid search needs values, value, int_uniform "
+            f"or q_uniform (W&B's engine refuses {kind} in a grid)"
+        )
     if kind == "constant":
         return Param(name, None, constant=spec["value"], ends=(spec["value"],))
     if kind == "categorical":
@@ -312,22 +402,30 @@ def _custom_param(name: str, spec: dict, notes: list[str]) -> Param:
         with redirect_stderr(warned):  # wandb.termwarn: each warning becomes a note, in W&B's words
             d = sweep_parameter_to_distribution(spec)
     except (ValueError, TypeError, KeyError) as e:
-        raise SweepConfigError(f"parameter {name!r}: W&B's Optuna scheduler (method custom) cannot "
-                               f"take it: {one_line(e)}") from None
-    notes += [f"parameter {name!r}, W&B's Optuna scheduler (method custom): "
-              f"{line.split('WARNING', 1)[-1].strip()}" for line in warned.getvalue().splitlines()
-              if line.strip()]
+        raise SweepConfigError(
+            f"parameter {name!r}: W&B's Optuna scheduler (method custom) cannot "
+            f"take it: {one_line(e)}"
+        ) from None
+    notes += [
+        f"parameter {name!r}, W&B's Optuna scheduler (method custom): "
+        f"{line.split('WARNING', 1)[-1].strip()}"
+        for line in warned.getvalue().splitlines()
+        if line.strip()
+    ]
     if "probabilities" in spec:
-        notes.append(f"parameter {name!r}: W&B's Optuna scheduler (method custom) draws its values "
-                     "equally likely: probabilities are not used")
+        notes.append(
+            f"parameter {name!r}: W&B's Optuna scheduler (method custom) draws its values "
+            "equally likely: probabilities are not used"
+        )
     if isinstance(d, CategoricalDistribution):
         _scalars(name, list(d.choices))
         return Param(name, d, ends=tuple(d.choices))
     return Param(name, d, ends=(d.low, d.high))
 
 
-def translate_parameter(name: str, spec: Any, method: str = "random",
-                        notes: list[str] | None = None) -> Param:
+def translate_parameter(
+    name: str, spec: Any, method: str = "random", notes: list[str] | None = None
+) -> Param:
     """Optuna's version of one W&B parameter, drawn as W&B's engine draws it for `method` (random
     and bayes: HyperParameter.ppf of a uniform draw; grid: sweeps' grid; custom: W&B's Optuna
     scheduler). The trial's user attr "config" holds the value each run used. `notes` gets a line
@@ -335,16 +433,20 @@ def translate_parameter(name: str, spec: Any, method: str = "random",
     notes = [] if notes is None else notes
     kind = parameter_kind(name, spec)
     if kind == "nested":
-        raise SweepConfigError(f"parameter {name!r}: nested parameters are not supported; part_2_cifar.py takes "
-                               "flat keys")
+        raise SweepConfigError(
+            f"parameter {name!r}: nested parameters are not supported; part_2_cifar.py takes "
+            "flat keys"
+        )
     if method == "grid":
         return _grid_param(name, spec, kind)
     if method == "custom":
         return _custom_param(name, spec, notes)
     if method == "bayes" and kind == "categorical_w_probabilities":  # its cdf[float]: IndexError
-        raise SweepConfigError(f"parameter {name!r}: W&B's Bayesian search cannot draw values with "
-                               "probabilities (its engine fails on them): drop probabilities, or "
-                               "use method random")
+        raise SweepConfigError(
+            f"parameter {name!r}: W&B's Bayesian search cannot draw values with "
+            "probabilities (its engine fails on them): drop probabilities, or "
+            "use method random"
+        )
     spec = WANDB_DEFAULTS | spec  # the keys a kind takes; the others are not read
     q = spec["q"] if kind.startswith("q_") else None
     if kind == "constant":
@@ -354,8 +456,12 @@ def translate_parameter(name: str, spec: Any, method: str = "random",
         return Param(name, CategoricalDistribution(values), ends=tuple(values))
     if kind == "categorical_w_probabilities":  # W&B: the first value whose cumulative share > u
         values, cdf = spec["values"], list(accumulate(spec["probabilities"]))
-        return Param(name, QUANTILE, ends=tuple(values),
-                     ppf=lambda u: values[min(bisect.bisect_right(cdf, u), len(values) - 1)])
+        return Param(
+            name,
+            QUANTILE,
+            ends=tuple(values),
+            ppf=lambda u: values[min(bisect.bisect_right(cdf, u), len(values) - 1)],
+        )
     if kind == "int_uniform":
         low, high = spec["min"], spec["max"]
         return Param(name, IntDistribution(low, high), ends=(low, high))
@@ -368,21 +474,27 @@ def translate_parameter(name: str, spec: Any, method: str = "random",
         elif kind == "inv_log_uniform":  # X = exp(-U(min, max)): log X is uniform too
             low, high = math.exp(-high), math.exp(-low)
     except OverflowError:
-        raise SweepConfigError(f"parameter {name!r}: {kind} reads min and max as natural-log "
-                               f"exponents: e^{max(abs(spec['min']), abs(spec['max']))} overflows; "
-                               f"for values between {spec['min']} and {spec['max']} use "
-                               f"{DEPRECATED[kind]}") from None
+        raise SweepConfigError(
+            f"parameter {name!r}: {kind} reads min and max as natural-log "
+            f"exponents: e^{max(abs(spec['min']), abs(spec['max']))} overflows; "
+            f"for values between {spec['min']} and {spec['max']} use "
+            f"{DEPRECATED[kind]}"
+        ) from None
     _finite(name, kind, [low, high, high - low])
     if kind in DEPRECATED:  # W&B's schema warns, its engine draws: the same here, said in one line
-        notes.append(f"parameter {name!r}: {kind} reads min and max as natural-log exponents, as "
-                     f"W&B does (its schema: \"Use {DEPRECATED[kind]} to specify limit values\"): "
-                     f"values {low:.5g}..{high:.5g}")
+        notes.append(
+            f"parameter {name!r}: {kind} reads min and max as natural-log exponents, as "
+            f'W&B does (its schema: "Use {DEPRECATED[kind]} to specify limit values"): '
+            f"values {low:.5g}..{high:.5g}"
+        )
     if kind in ("uniform", "q_uniform"):  # q_uniform: round(U(min, max) / q) * q: ends weigh half
         param = Param(name, FloatDistribution(low, high), q=q)
     elif low <= 0:  # e^min underflowed
-        raise SweepConfigError(f"parameter {name!r}: {kind} with min {spec['min']} and max "
-                               f"{spec['max']} gives values down to {low}, which Optuna's log "
-                               "scale cannot hold: narrow the range")
+        raise SweepConfigError(
+            f"parameter {name!r}: {kind} with min {spec['min']} and max "
+            f"{spec['max']} gives values down to {low}, which Optuna's log "
+            "scale cannot hold: narrow the range"
+        )
     else:  # the log-uniform family: 1/X is log-uniform exactly when X is
         param = Param(name, FloatDistribution(low, high, log=True), q=q)
     return replace(param, ends=(param.value(low), param.value(high)))
@@ -433,8 +545,12 @@ class Sweep:
     # (summary key, goal) of each objective: `metrics` (or `metric`) of a method custom sweep, whose values are read
     # from the run's summary when it ends, as W&B's Optuna scheduler reads them; empty for bayes, random and grid
     objectives: tuple[tuple[str, str], ...] = ()
-    scheduler: Mapping[str, str] = field(default_factory=dict)  # method custom: W&B's scheduler block
-    search_space: Callable[[optuna.Trial], dict] | None = None  # scheduler.search_space, loaded by local_sweep.py
+    scheduler: Mapping[str, str] = field(
+        default_factory=dict
+    )  # method custom: W&B's scheduler block
+    search_space: Callable[[optuna.Trial], dict] | None = (
+        None  # scheduler.search_space, loaded by local_sweep.py
+    )
     # scheduler.optimizer: the (sampler, pruner) of the study the user's function makes, loaded by
     # local_sweep.py
     optimizer: tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner] | None = None
@@ -468,13 +584,15 @@ def read_sweep_file(path: Path) -> tuple[Any, Callable[[], Any]]:
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise SweepConfigError(f"cannot read sweep file {path}: "
-                               f"{getattr(e, 'strerror', None) or e}") from None
+        raise SweepConfigError(
+            f"cannot read sweep file {path}: {getattr(e, 'strerror', None) or e}"
+        ) from None
     try:
         raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
-        raise SweepConfigError(f"{path} is not valid YAML (nor JSON): "
-                               f"{' '.join(str(e).split())}") from None
+        raise SweepConfigError(
+            f"{path} is not valid YAML (nor JSON): {' '.join(str(e).split())}"
+        ) from None
     return raw, lambda: yaml.load(text, Loader=getattr(yaml, "CBaseLoader", yaml.BaseLoader))
 
 
@@ -482,8 +600,9 @@ def _one_of(what: str, value: Any, allowed: tuple) -> Any:
     if not isinstance(value, str) or value not in allowed:
         close = difflib.get_close_matches(str(value), allowed, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise SweepConfigError(f"{what} {value!r} is not one W&B takes{hint}: use one of "
-                               f"{', '.join(allowed)}")
+        raise SweepConfigError(
+            f"{what} {value!r} is not one W&B takes{hint}: use one of {', '.join(allowed)}"
+        )
     return value
 
 
@@ -492,8 +611,10 @@ def _unknown_keys(where: str, given: Mapping, known: tuple) -> None:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SweepConfigError(f"{where}{key!r} is not a key W&B's sweep schema knows "
-                                   f"({hint}W&B's: {', '.join(known)})")
+            raise SweepConfigError(
+                f"{where}{key!r} is not a key W&B's sweep schema knows "
+                f"({hint}W&B's: {', '.join(known)})"
+            )
 
 
 def _text(where: str, value: Any, written: Any, notes: list[str]) -> str:
@@ -505,10 +626,17 @@ def _text(where: str, value: Any, written: Any, notes: list[str]) -> str:
     if not isinstance(value, (bool, int, float, datetime.date)):
         raise SweepConfigError(f"{where}: W&B expects text, got {value!r}")
     text = written if isinstance(written, str) else str(value)
-    made = ("a date" if isinstance(value, datetime.date)
-            else "true/false" if isinstance(value, bool) else "a number")
-    notes.append(f"{where}: YAML made {text} {made}; it is the text {text!r} here (W&B's schema "
-                 "expects a string)")
+    made = (
+        "a date"
+        if isinstance(value, datetime.date)
+        else "true/false"
+        if isinstance(value, bool)
+        else "a number"
+    )
+    notes.append(
+        f"{where}: YAML made {text} {made}; it is the text {text!r} here (W&B's schema "
+        "expects a string)"
+    )
     return text
 
 
@@ -518,15 +646,19 @@ def load_sweep(path: Path, settings: Settings) -> Sweep:
     raise SweepConfigError for anything W&B or this program refuses."""
     raw, read_as_text = read_sweep_file(path)
     if not isinstance(raw, dict) or not raw:
-        raise SweepConfigError(f"{path} is not a W&B sweep config: expected a mapping with method "
-                               "and parameters")
+        raise SweepConfigError(
+            f"{path} is not a W&B sweep config: expected a mapping with method and parameters"
+        )
     _unknown_keys("", raw, TOP_LEVEL_KEYS)
     notes: list[str] = []
     raw = dict(raw)
     not_text = [key for key in raw if key in TEXT_KEYS and not isinstance(raw[key], str)]
     metric = raw.get("metric")
-    written = read_as_text() if not_text or isinstance(metric, dict) and not isinstance(
-        metric.get("name", ""), str) else {}
+    written = (
+        read_as_text()
+        if not_text or isinstance(metric, dict) and not isinstance(metric.get("name", ""), str)
+        else {}
+    )
     written = written if isinstance(written, dict) else {}
     for key in not_text:
         raw[key] = _text(key, raw[key], written.get(key), notes)
@@ -536,58 +668,92 @@ def load_sweep(path: Path, settings: Settings) -> Sweep:
     method = _one_of("method", raw["method"], METHODS)
     for key in ("job", "image_uri"):
         if key in raw:
-            raise SweepConfigError(f"{key} {raw[key]!r}: a W&B Launch sweep, which needs the W&B "
-                                   "server; local_sweep.py runs part_2_cifar.py (program)")
+            raise SweepConfigError(
+                f"{key} {raw[key]!r}: a W&B Launch sweep, which needs the W&B "
+                "server; local_sweep.py runs part_2_cifar.py (program)"
+            )
     program = raw.get("program")
     if program is not None and Path(program).name != "part_2_cifar.py":
         raise SweepConfigError(f"program {program!r}: local_sweep.py can only run part_2_cifar.py")
     scheduler = _scheduler(raw, method)
     if "search_space" in scheduler:
-        if "parameters" in raw:  # W&B's scheduler would silently take the function and ignore the section
-            raise SweepConfigError("scheduler.search_space defines the parameters: remove the parameters section")
+        if (
+            "parameters" in raw
+        ):  # W&B's scheduler would silently take the function and ignore the section
+            raise SweepConfigError(
+                "scheduler.search_space defines the parameters: remove the parameters section"
+            )
     elif not isinstance(raw.get("parameters"), dict) or not raw["parameters"]:
-        raise SweepConfigError(f"{path} has no parameters: W&B needs a parameters section with at "
-                               f"least one parameter, got {raw.get('parameters')!r}")
+        raise SweepConfigError(
+            f"{path} has no parameters: W&B needs a parameters section with at "
+            f"least one parameter, got {raw.get('parameters')!r}"
+        )
     metric_name, goal, target, objectives = _metric(raw, method, written.get("metric"), notes)
     params = []
     for name, spec in (raw.get("parameters") or {}).items():
         if not isinstance(name, str) or not PARAMETER_NAME.fullmatch(name):
-            raise SweepConfigError(f"parameter name {name!r}: W&B's schema takes a letter or _ and "
-                                   "then letters, digits, _, . or -")
+            raise SweepConfigError(
+                f"parameter name {name!r}: W&B's schema takes a letter or _ and "
+                "then letters, digits, _, . or -"
+            )
         param = translate_parameter(name, spec, method, notes)
         if name in NOT_SWEPT:
             raise SweepConfigError(not_swept_message(f"parameter {name!r}", name))
         if name not in settings:
-            raise SweepConfigError(f"parameter {name!r} is not a part_2_cifar.py setting (those are "
-                                   f"{', '.join(settings)})")
+            raise SweepConfigError(
+                f"parameter {name!r} is not a part_2_cifar.py setting (those are "
+                f"{', '.join(settings)})"
+            )
         for value in param.ends:
             try:
                 settings.validate({name: value})
             except ValueError as e:
-                raise SweepConfigError(f"parameter {name!r} can take {value!r}, which part_2_cifar.py rejects: "
-                                       f"{e}") from None
+                raise SweepConfigError(
+                    f"parameter {name!r} can take {value!r}, which part_2_cifar.py rejects: {e}"
+                ) from None
         params.append(param)
     if method == "bayes" and all(param.distribution is None for param in params):
-        raise SweepConfigError("method bayes needs a parameter that varies (W&B: \"Need at least "
-                               "one searchable parameter for bayes search\"): every parameter is a "
-                               "constant")
+        raise SweepConfigError(
+            'method bayes needs a parameter that varies (W&B: "Need at least '
+            'one searchable parameter for bayes search"): every parameter is a '
+            "constant"
+        )
     early = raw.get("early_terminate")
     if early is not None and scheduler:
-        raise SweepConfigError("early_terminate cannot be used with scheduler (W&B's schema refuses it: the "
-                               "scheduler's own study decides, and a study of several objectives cannot be pruned)")
+        raise SweepConfigError(
+            "early_terminate cannot be used with scheduler (W&B's schema refuses it: the "
+            "scheduler's own study decides, and a study of several objectives cannot be pruned)"
+        )
     if "early_terminate" in raw:
         hyperband_bands(early)  # fail now, not when the first trial reports
         if "metric" not in raw:
-            raise SweepConfigError("early_terminate needs a metric section to compare runs on "
-                                   "(W&B: \"early terminate requires \\\"metric\\\" section\")")
+            raise SweepConfigError(
+                "early_terminate needs a metric section to compare runs on "
+                '(W&B: "early terminate requires \\"metric\\" section")'
+            )
         if metric_name not in HISTORY_METRICS:
-            notes.append(f"early_terminate: metric {metric_name} is in no history row, which W&B's "
-                         "Hyperband compares runs on: it stops no run, here as under W&B")
-    return Sweep(method, metric_name, goal, tuple(params), early, target,
-                 json.loads(json.dumps(raw, default=str)), objectives=objectives,
-                 scheduler=scheduler, name=raw.get("name"), run_cap=_run_cap(raw),
-                 command=_command(raw), entity=raw.get("entity"), project=raw.get("project"),
-                 notes=tuple(notes), settings=settings)
+            notes.append(
+                f"early_terminate: metric {metric_name} is in no history row, which W&B's "
+                "Hyperband compares runs on: it stops no run, here as under W&B"
+            )
+    return Sweep(
+        method,
+        metric_name,
+        goal,
+        tuple(params),
+        early,
+        target,
+        json.loads(json.dumps(raw, default=str)),
+        objectives=objectives,
+        scheduler=scheduler,
+        name=raw.get("name"),
+        run_cap=_run_cap(raw),
+        command=_command(raw),
+        entity=raw.get("entity"),
+        project=raw.get("project"),
+        notes=tuple(notes),
+        settings=settings,
+    )
 
 
 def _check_controller(raw: dict) -> None:
@@ -595,9 +761,11 @@ def _check_controller(raw: dict) -> None:
         raise SweepConfigError(f"kind {raw['kind']!r}: W&B's only kind is sweep")
     controller = raw.get("controller", {"type": "cloud"})
     if not isinstance(controller, dict) or controller.get("type") not in ("local", "cloud"):
-        raise SweepConfigError(f"controller {controller!r}: W&B expects {{\"type\": \"local\"}} or "
-                               "{\"type\": \"cloud\"} (local_sweep.py is its own controller either "
-                               "way)")
+        raise SweepConfigError(
+            f'controller {controller!r}: W&B expects {{"type": "local"}} or '
+            '{"type": "cloud"} (local_sweep.py is its own controller either '
+            "way)"
+        )
 
 
 def _run_cap(raw: dict) -> int | None:
@@ -607,8 +775,9 @@ def _run_cap(raw: dict) -> int | None:
         return None
     cap = raw["run_cap"]
     if not _is_number(cap) or cap != int(cap) or cap <= 0:
-        raise SweepConfigError(f"run_cap {cap!r}: W&B expects an integer > 0, the most runs the "
-                               "sweep makes")
+        raise SweepConfigError(
+            f"run_cap {cap!r}: W&B expects an integer > 0, the most runs the sweep makes"
+        )
     return int(cap)
 
 
@@ -619,70 +788,95 @@ def _command(raw: dict) -> tuple[str, ...] | None:
         return None
     command = raw["command"]
     if not isinstance(command, list):
-        raise SweepConfigError(f"command {command!r}: W&B expects a list like [\"${{env}}\", "
-                               "\"${interpreter}\", \"${program}\", \"${args}\"]")
+        raise SweepConfigError(
+            f'command {command!r}: W&B expects a list like ["${{env}}", '
+            '"${interpreter}", "${program}", "${args}"]'
+        )
     return tuple(str(chunk) for chunk in command) or None
 
 
 def not_swept_message(where: str, name: str) -> str:
     """One line: `name` (a NOT_SWEPT key) found at `where` cannot be swept, and the option that sets it."""
-    return (f"{where} cannot be swept: every trial is validated on the same held-out images, so that trials compare; "
-            f"remove it and set it for all trials with {NOT_SWEPT[name]}")
+    return (
+        f"{where} cannot be swept: every trial is validated on the same held-out images, so that trials compare; "
+        f"remove it and set it for all trials with {NOT_SWEPT[name]}"
+    )
 
 
-def _metric_object(where: str, metric: Any, written: Any,
-                   notes: list[str]) -> tuple[str, str, float | None]:
+def _metric_object(
+    where: str, metric: Any, written: Any, notes: list[str]
+) -> tuple[str, str, float | None]:
     """(name, goal, target) of a W&B metric object, checked as W&B's schema checks it; goal defaults
     to minimize."""
     if not isinstance(metric, dict):
-        raise SweepConfigError(f"{where} {metric!r}: W&B expects an object like {{\"name\": "
-                               "\"val_accuracy\", \"goal\": \"maximize\"}")
+        raise SweepConfigError(
+            f'{where} {metric!r}: W&B expects an object like {{"name": '
+            '"val_accuracy", "goal": "maximize"}'
+        )
     _unknown_keys(f"{where}.", metric, METRIC_KEYS)
     if "name" not in metric:
         raise SweepConfigError(f"{where} has no name: W&B needs the name of the number to optimize")
     written = written.get("name") if isinstance(written, dict) else None
     name = _text(f"{where}.name", metric["name"], written, notes)
-    goal = _one_of(f"{where}.goal", metric.get("goal", "minimize"),  # W&B's default goal
-                   ("minimize", "maximize"))
+    goal = _one_of(
+        f"{where}.goal",
+        metric.get("goal", "minimize"),  # W&B's default goal
+        ("minimize", "maximize"),
+    )
     target = metric.get("target")
     if target is not None and not _is_number(target) or "target" in metric and target is None:
         raise SweepConfigError(f"{where}.target {target!r}: W&B expects a number")
     if "impute" in metric:
         _one_of(f"{where}.impute", metric["impute"], IMPUTE)
-        notes.append(f"{where}.impute {metric['impute']}: W&B's Bayesian search imputes a failed "
-                     "run's value; Optuna's TPE leaves failed trials out instead")
+        notes.append(
+            f"{where}.impute {metric['impute']}: W&B's Bayesian search imputes a failed "
+            "run's value; Optuna's TPE leaves failed trials out instead"
+        )
     if metric.get("impute_while_running", "false") != "false":
         _one_of(f"{where}.impute_while_running", metric["impute_while_running"], (*IMPUTE, "false"))
-        notes.append(f"{where}.impute_while_running {metric['impute_while_running']}: Optuna's TPE "
-                     "keeps running trials apart by its constant liar instead")
+        notes.append(
+            f"{where}.impute_while_running {metric['impute_while_running']}: Optuna's TPE "
+            "keeps running trials apart by its constant liar instead"
+        )
     if name in NEVER_CHOSEN_ON:
-        raise SweepConfigError(f"{where} {name}: the test images are never chosen on (they would "
-                               "no longer measure the chosen model); use best_val_accuracy or "
-                               "val_loss")
+        raise SweepConfigError(
+            f"{where} {name}: the test images are never chosen on (they would "
+            "no longer measure the chosen model); use best_val_accuracy or "
+            "val_loss"
+        )
     return name, goal, target
 
 
-def _metric(raw: dict, method: str, written: Any,
-            notes: list[str]) -> tuple[str, str, float | None, tuple]:
+def _metric(
+    raw: dict, method: str, written: Any, notes: list[str]
+) -> tuple[str, str, float | None, tuple]:
     """(metric name, goal, target, objectives) of the sweep: W&B's metric (or method custom's
     metrics)."""
     if "metrics" in raw and method != "custom":
-        raise SweepConfigError("metrics (several objectives) needs method custom with scheduler "
-                               f"engine optuna, as in W&B; got method {method}")
+        raise SweepConfigError(
+            "metrics (several objectives) needs method custom with scheduler "
+            f"engine optuna, as in W&B; got method {method}"
+        )
     if method == "custom":
         objectives = _objectives(raw, written, notes)
         return objectives[0][0], objectives[0][1], None, objectives
     if "metric" not in raw:
         if method == "bayes":
-            raise SweepConfigError("method bayes needs a metric section, the number to optimize "
-                                   "(W&B: \"Bayesian search requires \\\"metric\\\" section\")")
-        notes.append(f"no metric: {method} search optimizes nothing, as under W&B; the report "
-                     "ranks trials by val_accuracy, highest first")
+            raise SweepConfigError(
+                "method bayes needs a metric section, the number to optimize "
+                '(W&B: "Bayesian search requires \\"metric\\" section")'
+            )
+        notes.append(
+            f"no metric: {method} search optimizes nothing, as under W&B; the report "
+            "ranks trials by val_accuracy, highest first"
+        )
         return "val_accuracy", "maximize", None, ()
     name, goal, target = _metric_object("metric", raw["metric"], written, notes)
     if name not in HISTORY_METRICS + SUMMARY_METRICS:
-        raise SweepConfigError(f"metric {name!r} is not a number part_2_cifar.py writes to W&B: "
-                               f"use one of {', '.join(HISTORY_METRICS + SUMMARY_METRICS)}")
+        raise SweepConfigError(
+            f"metric {name!r} is not a number part_2_cifar.py writes to W&B: "
+            f"use one of {', '.join(HISTORY_METRICS + SUMMARY_METRICS)}"
+        )
     return name, goal, target, ()
 
 
@@ -692,29 +886,42 @@ def _scheduler(raw: dict, method: str) -> dict:
     scheduler = raw.get("scheduler")
     if scheduler is None:
         if method == "custom":
-            raise SweepConfigError("method custom needs a scheduler: add \"scheduler\": {\"engine\": \"optuna\"}")
+            raise SweepConfigError(
+                'method custom needs a scheduler: add "scheduler": {"engine": "optuna"}'
+            )
         return {}
     if not isinstance(scheduler, dict) or not all(isinstance(v, str) for v in scheduler.values()):
-        raise SweepConfigError(f"scheduler {scheduler!r}: expected an object of strings like {{\"engine\": "
-                               "\"optuna\"}")
+        raise SweepConfigError(
+            f'scheduler {scheduler!r}: expected an object of strings like {{"engine": "optuna"}}'
+        )
     unknown = sorted(map(str, set(scheduler) - set(SCHEDULER_KEYS)))
     if unknown:
-        raise SweepConfigError(f"scheduler.{unknown[0]} is not a scheduler key: use {', '.join(SCHEDULER_KEYS)}")
+        raise SweepConfigError(
+            f"scheduler.{unknown[0]} is not a scheduler key: use {', '.join(SCHEDULER_KEYS)}"
+        )
     if raw.get("controller", {}).get("type") == "local":
-        raise SweepConfigError("controller type local cannot be used with scheduler (W&B's schema "
-                               "refuses it)")
+        raise SweepConfigError(
+            "controller type local cannot be used with scheduler (W&B's schema refuses it)"
+        )
     if scheduler.get("engine") == "ax":
-        raise SweepConfigError("scheduler.engine 'ax': W&B's Ax scheduler does not run here; use "
-                               "engine optuna")
+        raise SweepConfigError(
+            "scheduler.engine 'ax': W&B's Ax scheduler does not run here; use engine optuna"
+        )
     engine = _one_of("scheduler.engine", scheduler.get("engine"), ("optuna", "wandb"))
     if (engine == "optuna") != (method == "custom"):
-        raise SweepConfigError(f"scheduler.engine {engine} with method {method}: W&B runs engine optuna with method "
-                               "custom, engine wandb with bayes, random or grid")
+        raise SweepConfigError(
+            f"scheduler.engine {engine} with method {method}: W&B runs engine optuna with method "
+            "custom, engine wandb with bayes, random or grid"
+        )
     if engine == "wandb" and set(scheduler) != {"engine"}:
-        raise SweepConfigError(f"scheduler.{sorted(set(scheduler) - {'engine'})[0]} needs scheduler.engine optuna")
+        raise SweepConfigError(
+            f"scheduler.{sorted(set(scheduler) - {'engine'})[0]} needs scheduler.engine optuna"
+        )
     for key in ("optimizer", "search_space"):
         if key in scheduler and not scheduler.get("source"):
-            raise SweepConfigError(f"scheduler.{key} needs scheduler.source, the Python file that defines it")
+            raise SweepConfigError(
+                f"scheduler.{key} needs scheduler.source, the Python file that defines it"
+            )
     return scheduler
 
 
@@ -722,32 +929,46 @@ def _objectives(raw: dict, written: Any, notes: list[str]) -> tuple[tuple[str, s
     """(summary key, goal) of a method custom sweep's `metrics`, or of its one `metric`, as W&B's
     Optuna scheduler reads them: each run's summary value when it ends."""
     if "metric" in raw and "metrics" in raw:
-        raise SweepConfigError("metric and metrics cannot both be set: metric for one objective, metrics for several")
+        raise SweepConfigError(
+            "metric and metrics cannot both be set: metric for one objective, metrics for several"
+        )
     if "metric" not in raw and "metrics" not in raw:
-        raise SweepConfigError("method custom needs metric (or metrics): W&B's Optuna scheduler "
-                               "reads each objective from a run's summary")
+        raise SweepConfigError(
+            "method custom needs metric (or metrics): W&B's Optuna scheduler "
+            "reads each objective from a run's summary"
+        )
     metrics = raw.get("metrics", [raw.get("metric")])
     if not isinstance(metrics, list) or len(metrics) < ("metrics" in raw) + 1:
-        raise SweepConfigError(f"metrics {metrics!r}: W&B expects a list of at least two objects "
-                               "like {\"name\": \"best_val_accuracy\", \"goal\": \"maximize\"} "
-                               "(one: use metric)")
+        raise SweepConfigError(
+            f"metrics {metrics!r}: W&B expects a list of at least two objects "
+            'like {"name": "best_val_accuracy", "goal": "maximize"} '
+            "(one: use metric)"
+        )
     allowed = tuple(m for m in HISTORY_METRICS + SUMMARY_METRICS if m != "val_accuracy")
     objectives = []
     for i, metric in enumerate(metrics):
         where = f"metrics[{i}]" if "metrics" in raw else "metric"
         name, goal, target = _metric_object(where, metric, written, notes)
         if name == "val_accuracy":
-            raise SweepConfigError("metric val_accuracy is {\"max\": x} in a run's W&B summary (define_metric), "
-                                   "which W&B's Optuna scheduler cannot tell the study: use best_val_accuracy")
+            raise SweepConfigError(
+                'metric val_accuracy is {"max": x} in a run\'s W&B summary (define_metric), '
+                "which W&B's Optuna scheduler cannot tell the study: use best_val_accuracy"
+            )
         if name not in allowed:
-            raise SweepConfigError(f"metric {name!r} is not a number in every run's summary: method custom takes "
-                                   f"{', '.join(allowed)}")
+            raise SweepConfigError(
+                f"metric {name!r} is not a number in every run's summary: method custom takes "
+                f"{', '.join(allowed)}"
+            )
         if target is not None:  # W&B's Optuna scheduler does not read it: said here
-            notes.append(f"{where}.target {target}: W&B's Optuna scheduler (method custom) has no "
-                         "target, so it does not end the sweep; --trials or run_cap does")
+            notes.append(
+                f"{where}.target {target}: W&B's Optuna scheduler (method custom) has no "
+                "target, so it does not end the sweep; --trials or run_cap does"
+            )
         objectives.append((name, goal))
     if len({name for name, _ in objectives}) < len(objectives):
-        raise SweepConfigError(f"metrics name {[name for name, _ in objectives]}: each objective once")
+        raise SweepConfigError(
+            f"metrics name {[name for name, _ in objectives]}: each objective once"
+        )
     return tuple(objectives)
 
 
@@ -765,8 +986,16 @@ def safe_file_name(name: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 # Sampler and pruner
 
-HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict")  # W&B's schema, hyperband_stopping
+HYPERBAND_KEYS = (
+    "type",
+    "min_iter",
+    "max_iter",
+    "s",
+    "eta",
+    "strict",
+)  # W&B's schema, hyperband_stopping
 MIN_ITER_BANDS = 100  # W&B's min_iter form computes this many bands
+
 
 def hyperband_bands(early: dict) -> tuple[list[int], float, bool]:
     """(bands in epochs, ascending; eta; strict) from a W&B early_terminate section, or SweepConfigError for what
@@ -777,14 +1006,25 @@ def hyperband_bands(early: dict) -> tuple[list[int], float, bool]:
     division or multiplication is repeated, as there, so a fractional eta rounds the same way.
     """
     if not isinstance(early, dict) or early.get("type") != "hyperband":
-        raise SweepConfigError(f"early_terminate {early!r} is not supported: only type hyperband exists")
+        raise SweepConfigError(
+            f"early_terminate {early!r} is not supported: only type hyperband exists"
+        )
     unknown = sorted(set(early) - set(HYPERBAND_KEYS))
     if unknown:
-        raise SweepConfigError(f"early_terminate: unknown key {unknown[0]!r}; hyperband takes "
-                               f"{', '.join(HYPERBAND_KEYS)}")
+        raise SweepConfigError(
+            f"early_terminate: unknown key {unknown[0]!r}; hyperband takes "
+            f"{', '.join(HYPERBAND_KEYS)}"
+        )
     eta, strict = early.get("eta", 3), early.get("strict", True)  # W&B's schema defaults
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta <= 1:
-        raise SweepConfigError(f"early_terminate eta={eta!r}: use a number > 1 (each band keeps the best 1/eta)")
+    if (
+        isinstance(eta, bool)
+        or not isinstance(eta, (int, float))
+        or not math.isfinite(eta)
+        or eta <= 1
+    ):
+        raise SweepConfigError(
+            f"early_terminate eta={eta!r}: use a number > 1 (each band keeps the best 1/eta)"
+        )
     if not isinstance(strict, bool):
         raise SweepConfigError(f"early_terminate strict={strict!r}: use true or false")
     bands = []
@@ -793,7 +1033,9 @@ def hyperband_bands(early: dict) -> tuple[list[int], float, bool]:
         if not _is_int(max_iter):
             raise SweepConfigError(f"early_terminate max_iter={max_iter!r}: use an integer")
         if not _is_int(s) or s < 1:
-            raise SweepConfigError(f"early_terminate s={s!r}: max_iter needs s, the number of bands, an integer >= 1")
+            raise SweepConfigError(
+                f"early_terminate s={s!r}: max_iter needs s, the number of bands, an integer >= 1"
+            )
         band = max_iter
         for _ in range(s):
             band /= eta
@@ -806,16 +1048,20 @@ def hyperband_bands(early: dict) -> tuple[list[int], float, bool]:
             raise SweepConfigError(f"early_terminate min_iter={band!r}: use an integer >= 1")
         for _ in range(MIN_ITER_BANDS):
             if not math.isfinite(band):  # W&B's int(band) raises: its engine cannot stop any run
-                raise SweepConfigError(f"early_terminate min_iter={early['min_iter']}, eta={eta}: "
-                                       f"W&B computes {MIN_ITER_BANDS} bands min_iter * eta^k, "
-                                       "which overflow: use a smaller eta")
+                raise SweepConfigError(
+                    f"early_terminate min_iter={early['min_iter']}, eta={eta}: "
+                    f"W&B computes {MIN_ITER_BANDS} bands min_iter * eta^k, "
+                    "which overflow: use a smaller eta"
+                )
             bands.append(int(band))
             band *= eta
     else:
         raise SweepConfigError("early_terminate hyperband needs min_iter, or max_iter and s")
     if not bands:
-        raise SweepConfigError(f"early_terminate max_iter={early['max_iter']}, s={early['s']}, eta={eta} gives no "
-                               "band >= 1 epoch: raise max_iter or lower eta")
+        raise SweepConfigError(
+            f"early_terminate max_iter={early['max_iter']}, s={early['s']}, eta={eta} gives no "
+            "band >= 1 epoch: raise max_iter or lower eta"
+        )
     return sorted(bands), eta, strict
 
 
@@ -838,28 +1084,44 @@ class WandbHyperbandPruner(optuna.pruners.BasePruner):
     """
 
     def __init__(self, bands: list[int], eta: float, strict: bool):
-        self.bands, self.rank_fraction, self.strict = sorted(bands), 1.0 / eta, strict  # W&B's r = 1 / eta
+        self.bands, self.rank_fraction, self.strict = (
+            sorted(bands),
+            1.0 / eta,
+            strict,
+        )  # W&B's r = 1 / eta
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0  # then lower is better
+        sign = (
+            -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        )  # then lower is better
         history = self._history(trial, sign)
         reached = [band for band in self.bands if band <= len(history)]
         if not reached:
             return False
         band = reached[-1]
         trials = study.get_trials(deepcopy=False)
-        replaced = {n for t in trials if t.intermediate_values
-                    for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
+        replaced = {
+            n
+            for t in trials
+            if t.intermediate_values
+            for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)
+        }
         histories = [self._history(t, sign) for t in trials if t.number not in replaced]
         at_band = sorted(h[band - 1] for h in histories if len(h) >= band)
-        if not at_band:  # only when this trial was itself replaced by a retry; W&B's threshold is then infinite
+        if (
+            not at_band
+        ):  # only when this trial was itself replaced by a retry; W&B's threshold is then infinite
             return False
         threshold = at_band[int(self.rank_fraction * len(at_band))]
         return (history[band - 1] if self.strict else min(history)) > threshold
 
     @staticmethod
     def _history(trial: FrozenTrial, sign: float) -> list[float]:
-        return [sign * value for _, value in sorted(trial.intermediate_values.items()) if math.isfinite(value)]
+        return [
+            sign * value
+            for _, value in sorted(trial.intermediate_values.items())
+            if math.isfinite(value)
+        ]
 
 
 def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
@@ -877,8 +1139,9 @@ def make_sampler(sweep: Sweep, seed: int | None = None) -> optuna.samplers.BaseS
     each draw). A grid's order is fixed without it (GridSampler shuffles with seed 0) and takes
     none: a grid study continued under another seed would give its trial numbers other points."""
     if sweep.method == "grid":
-        return optuna.samplers.GridSampler({p.optuna_name: p.grid() for p in sweep.params
-                                            if p.distribution is not None})
+        return optuna.samplers.GridSampler(
+            {p.optuna_name: p.grid() for p in sweep.params if p.distribution is not None}
+        )
     if sweep.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # bayes: multivariate TPE, chosen by measurement (README, "Without W&B": lower median regret than GPSampler on

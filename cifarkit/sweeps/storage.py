@@ -25,11 +25,19 @@ from cifarkit.sweeps import journal, space
 from cifarkit.sweeps.journal import DamagedJournal, JournalReadOnly
 from cifarkit.sweeps.space import Sweep, SweepConfigError
 
-DEFAULT_STORAGE_FILE = "optuna-journal.log"  # under --runs-dir: Optuna's journal file, for one machine
+DEFAULT_STORAGE_FILE = (
+    "optuna-journal.log"  # under --runs-dir: Optuna's journal file, for one machine
+)
 HEARTBEAT_SECONDS = 60  # PostgreSQL: a running trial writes a heartbeat this often; a waiting process looks this often
-GRACE_SECONDS = 300  # PostgreSQL: a trial whose heartbeat is this old is failed and retried by whoever looks
+GRACE_SECONDS = (
+    300  # PostgreSQL: a trial whose heartbeat is this old is failed and retried by whoever looks
+)
 MAX_RETRIES = 2  # a trial whose process died is retried at most this often (a config that kills machines stops)
-DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000"}  # module -> package
+DRIVERS = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+}  # module -> package
 SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables (a study's lock: crc32 of its name)
 
 
@@ -43,13 +51,19 @@ class StorageError(cli.CommandError, RuntimeError):
 # SQLAlchemy's errors in StorageInternalError; the scheduling lock's own connection raises them bare), a journal
 # file that cannot be read or written. A damaged journal, or one this user may not write, is the user's to fix:
 # exit 2, not 1 (JOURNAL_TO_FIX).
-STORAGE_FAILED = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, journal.JournalFailed)
+STORAGE_FAILED = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.SQLAlchemyError,
+    journal.JournalFailed,
+)
 JOURNAL_TO_FIX = (DamagedJournal, JournalReadOnly)
 
 
 def storage_failure(e: BaseException) -> str:
     """One line for a STORAGE_FAILED error: the database's own words (StorageInternalError hides them)."""
-    cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
+    cause = (
+        e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
+    )
     return f"the study's storage failed: {cli.one_line(getattr(cause, 'orig', None) or cause)}"
 
 
@@ -62,8 +76,6 @@ def as_storage_error(e: BaseException) -> BaseException:
 
 
 @dataclass
-
-
 class Store:
     """Optuna's storage, and how processes on it take turns and tell a dead one: file locks beside a journal file
     (one machine), or PostgreSQL's advisory lock and heartbeats (several machines)."""
@@ -74,10 +86,14 @@ class Store:
     @contextmanager
     def scheduling(self, study: optuna.Study) -> Iterator[None]:
         """Held while a process fails dead trials, counts and asks: two cannot both take the N-th trial."""
-        if self.lock_dir is None:  # released with the transaction, or by the server when the connection drops
+        if (
+            self.lock_dir is None
+        ):  # released with the transaction, or by the server when the connection drops
             with self.storage.engine.begin() as connection:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
-                                   {"key": zlib.crc32(study.study_name.encode())})
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": zlib.crc32(study.study_name.encode())},
+                )
                 yield
         else:
             lock = self.lock_dir / f"{space.safe_file_name(study.study_name)}.lock"
@@ -97,9 +113,12 @@ class Store:
                 yield
             return
         storage, stop = self.storage, threading.Event()
-        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
-                                                                   trial.number)
-        storage.record_heartbeat(trial_id)  # the first beat, inside the scheduling lock: never a trial without one
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), trial.number
+        )
+        storage.record_heartbeat(
+            trial_id
+        )  # the first beat, inside the scheduling lock: never a trial without one
 
         def beat() -> None:
             failing = False
@@ -107,9 +126,14 @@ class Store:
                 try:
                     storage.record_heartbeat(trial_id)
                     failing = False
-                except Exception as e:  # a database hiccup: the next beat may get through before the grace period
+                except (
+                    Exception
+                ) as e:  # a database hiccup: the next beat may get through before the grace period
                     if not failing:  # one line for a run of failed beats
-                        print(f"trial {trial.number}: heartbeat not written: {storage_failure(e)}", flush=True)
+                        print(
+                            f"trial {trial.number}: heartbeat not written: {storage_failure(e)}",
+                            flush=True,
+                        )
                     failing = True
 
         thread = threading.Thread(target=beat, daemon=True)
@@ -124,7 +148,9 @@ class Store:
         """Fail the running trials whose process is gone and queue a retry of each (inside `scheduling`)."""
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         if self.lock_dir is None:
-            optuna.storages.fail_stale_trials(study)  # with the storage's RetryHeartbeatStaleTrialCallback
+            optuna.storages.fail_stale_trials(
+                study
+            )  # with the storage's RetryHeartbeatStaleTrialCallback
             failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
             return [t.number for t in failed if t.number in running]
         dead = []
@@ -141,12 +167,16 @@ class Store:
         return dead
 
 
-def tell_once(study: optuna.Study, trial: optuna.Trial | int, value: float | None,
-              state: TrialState) -> optuna.trial.FrozenTrial | None:
+def tell_once(
+    study: optuna.Study, trial: optuna.Trial | int, value: float | None, state: TrialState
+) -> optuna.trial.FrozenTrial | None:
     """study.tell; None if another process ended the trial first (it failed it as dead and queued its retry)."""
     try:
         return study.tell(trial, value, state=state)
-    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # found finished / finished meanwhile
+    except (
+        ValueError,
+        optuna.exceptions.UpdateFinishedTrialError,
+    ):  # found finished / finished meanwhile
         return None
     except RuntimeError:
         # GridSampler calls study.stop() from tell once the grid is spent, which outside study.optimize raises
@@ -164,35 +194,54 @@ def retry_later(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
     RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, failed)
 
 
-def open_storage(storage: str | None, runs_dir: Path, heartbeat_interval: int = HEARTBEAT_SECONDS,
-                 grace_period: int = GRACE_SECONDS) -> Store:
+def open_storage(
+    storage: str | None,
+    runs_dir: Path,
+    heartbeat_interval: int = HEARTBEAT_SECONDS,
+    grace_period: int = GRACE_SECONDS,
+) -> Store:
     """A journal file (default <runs-dir>/optuna-journal.log) for one machine, or postgresql://... for several."""
     if storage is None or "://" not in storage:
         path = Path(storage) if storage else Path(runs_dir) / DEFAULT_STORAGE_FILE
         lock_dir = path.with_name(path.name + ".locks")
         lock_dir.mkdir(parents=True, exist_ok=True)
-        journal.check(path)  # a damaged last line: refused now, before anything is appended after it
+        journal.check(
+            path
+        )  # a damaged last line: refused now, before anything is appended after it
         return Store(journal.SafeJournalStorage(journal.SafeJournalFile(str(path))), lock_dir)
     url = sqlalchemy.engine.make_url(storage)
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() != "postgresql":
-        raise StorageError(f"storage {shown}: use postgresql://... (several machines) or a journal file (one machine)")
+        raise StorageError(
+            f"storage {shown}: use postgresql://... (several machines) or a journal file (one machine)"
+        )
     try:
         engine = sqlalchemy.create_engine(url)  # imports the driver
-        with engine.begin() as connection:  # machines creating the tables at once would collide in the catalog
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        with (
+            engine.begin() as connection
+        ):  # machines creating the tables at once would collide in the catalog
+            connection.execute(
+                sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
+            )
             # pool_pre_ping: a pooled connection the server dropped (a restart, an idle timeout) is replaced before
             # use instead of failing the trial's next update (Optuna turns it on only for MySQL)
-            rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True},
-                                             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                                 max_retry=MAX_RETRIES))
+            rdb = optuna.storages.RDBStorage(
+                storage,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRIES
+                ),
+            )
         engine.dispose()
         sessions_in_utc(rdb.engine)
     except ImportError as e:
         module = e.name or url.get_driver_name()
-        raise StorageError(f"storage {shown} needs the driver {module!r}, which is not installed: pip install "
-                           f"'{DRIVERS.get(module, module)}'") from None
+        raise StorageError(
+            f"storage {shown} needs the driver {module!r}, which is not installed: pip install "
+            f"'{DRIVERS.get(module, module)}'"
+        ) from None
     except sqlalchemy.exc.SQLAlchemyError as e:
         reason = cli.one_line(getattr(e, "orig", None) or e)
         raise StorageError(f"cannot open storage {shown}: {reason}") from None
@@ -226,23 +275,36 @@ def sessions_in_utc(engine: sqlalchemy.engine.Engine) -> None:
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:
     """Create the study, or load it and check it was made from the same sweep file."""
-    sampler, pruner = sweep.optimizer or (space.make_sampler(sweep),
-                                          space.make_pruner(sweep))
+    sampler, pruner = sweep.optimizer or (space.make_sampler(sweep), space.make_pruner(sweep))
     if not create:
         try:
-            return optuna.load_study(study_name=name, storage=store.storage, sampler=sampler, pruner=pruner)
+            return optuna.load_study(
+                study_name=name, storage=store.storage, sampler=sampler, pruner=pruner
+            )
         except KeyError:
-            raise SweepConfigError(f"no study {name!r} in this storage: check --study, --storage, --runs-dir") from None
-    study = optuna.create_study(study_name=name, storage=store.storage, directions=sweep.directions, sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
-    if len(sweep.objectives) > 1 and study.metric_names is None:  # Optuna's table and plots then name them
+            raise SweepConfigError(
+                f"no study {name!r} in this storage: check --study, --storage, --runs-dir"
+            ) from None
+    study = optuna.create_study(
+        study_name=name,
+        storage=store.storage,
+        directions=sweep.directions,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    if (
+        len(sweep.objectives) > 1 and study.metric_names is None
+    ):  # Optuna's table and plots then name them
         study.set_metric_names([name for name, _ in sweep.objectives])
     stored = study.user_attrs.get("sweep_config")
     if stored is None:
         study.set_user_attr("sweep_config", sweep.raw)
     elif stored != sweep.raw:
-        raise SweepConfigError(f"study {name!r} was created from a different sweep config; use another --study or "
-                               "the original file")
+        raise SweepConfigError(
+            f"study {name!r} was created from a different sweep config; use another --study or "
+            "the original file"
+        )
     drawn = {key: d for t in study.get_trials(deepcopy=False) for key, d in t.distributions.items()}
     for param in sweep.params:  # an older local_sweep.py may have drawn a parameter otherwise
         before = drawn.get(param.optuna_name)
@@ -250,9 +312,11 @@ def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> op
             if before is not None and param.distribution is not None:
                 optuna.distributions.check_distribution_compatibility(before, param.distribution)
         except ValueError:
-            raise SweepConfigError(f"study {name!r} drew {param.name} from {before}, this "
-                                   f"local_sweep.py from {param.distribution} (as W&B's engine "
-                                   "draws it): continue the sweep under another --study") from None
+            raise SweepConfigError(
+                f"study {name!r} drew {param.name} from {before}, this "
+                f"local_sweep.py from {param.distribution} (as W&B's engine "
+                "draws it): continue the sweep under another --study"
+            ) from None
     return study
 
 

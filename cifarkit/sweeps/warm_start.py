@@ -25,7 +25,14 @@ import optuna
 from optuna.trial import TrialState
 
 from cifarkit.core import cli
-from cifarkit.core.run_files import SUMMARY_FILE, describe_data, finite_number, read_summary, same_data, summaries_under
+from cifarkit.core.run_files import (
+    SUMMARY_FILE,
+    describe_data,
+    finite_number,
+    read_summary,
+    same_data,
+    summaries_under,
+)
 from cifarkit.sweeps import report, space
 from cifarkit.sweeps.space import Sweep
 from cifarkit.sweeps.storage import Store
@@ -52,8 +59,9 @@ def per_epoch(sweep: Sweep) -> bool:
     return not sweep.objectives and sweep.metric in space.HISTORY_METRICS
 
 
-def trial_outcome(sweep: Sweep, summary: dict,
-                  code: int = cli.EXIT_DONE) -> tuple[TrialState, float | list | None]:
+def trial_outcome(
+    sweep: Sweep, summary: dict, code: int = cli.EXIT_DONE
+) -> tuple[TrialState, float | list | None]:
     """What a run tells the study, from its summary and exit code: PRUNED if Hyperband stopped it;
     else COMPLETE with W&B's value of a run (SweepRun.metric_extremum: the best of the metric over
     its history rows, or its summary's number; method custom: each objective's summary value); FAIL
@@ -162,13 +170,16 @@ def space_point(sweep: Sweep, config: dict) -> dict:
         try:
             params[param.optuna_name] = draw_of(param, value, sweep.settings[key].default)
         except ValueError as e:
-            raise ValueError(f"{key}={value} is {e}: the sweep's {key} is "
-                             f"{json.dumps(sweep.raw['parameters'][key])}") from None
+            raise ValueError(
+                f"{key}={value} is {e}: the sweep's {key} is "
+                f"{json.dumps(sweep.raw['parameters'][key])}"
+            ) from None
     return params
 
 
-def prior_trial(sweep: Sweep, run_dir: Path, summary: dict, identity: dict,
-                **attrs: str) -> optuna.trial.FrozenTrial:
+def prior_trial(
+    sweep: Sweep, run_dir: Path, summary: dict, identity: dict, **attrs: str
+) -> optuna.trial.FrozenTrial:
     """The finished trial the run in `run_dir` (its `summary`) makes in a study of `sweep` on the
     data `identity`: the state and value it would have had as a trial (trial_outcome; a pruned
     one's value its last, as Optuna's tell gives it), its metric at every epoch as intermediate
@@ -185,7 +196,9 @@ def prior_trial(sweep: Sweep, run_dir: Path, summary: dict, identity: dict,
         raise ValueError(f"trained on other data: {describe_data(recorded)}")
     if not isinstance(summary.get("config"), dict):
         raise ValueError("its summary.json has no config")
-    config = sweep.settings.with_defaults(summary["config"])  # one added since: it trained the default
+    config = sweep.settings.with_defaults(
+        summary["config"]
+    )  # one added since: it trained the default
     params = space_point(sweep, config)
     history = summary.get("history") if isinstance(summary.get("history"), list) else []
     if per_epoch(sweep) and not all(finite_number(m.get(sweep.metric)) for m in history):
@@ -201,13 +214,22 @@ def prior_trial(sweep: Sweep, run_dir: Path, summary: dict, identity: dict,
     values = value if isinstance(value, list) else None if value is None else [value]
     distributions = {p.optuna_name: p.distribution for p in sweep.params if p.optuna_name in params}
     trial = optuna.trial.create_trial(
-        state=state, values=values, params=params, distributions=distributions,
+        state=state,
+        values=values,
+        params=params,
+        distributions=distributions,
         intermediate_values=curve,
-        user_attrs={"origin": report.PRIOR_RUN, "config": config, "epochs_completed": epochs,
-                    "test_accuracy": summary.get("test_accuracy"), "run_dir": str(run_dir),
-                    "device": summary.get("device", ""),
-                    "failure": f"diverged after epoch {epochs}" if status == "diverged" else "",
-                    **attrs})
+        user_attrs={
+            "origin": report.PRIOR_RUN,
+            "config": config,
+            "epochs_completed": epochs,
+            "test_accuracy": summary.get("test_accuracy"),
+            "run_dir": str(run_dir),
+            "device": summary.get("device", ""),
+            "failure": f"diverged after epoch {epochs}" if status == "diverged" else "",
+            **attrs,
+        },
+    )
     with contextlib.suppress(OSError, KeyError, TypeError, ValueError):  # else now, and 0 s
         trial.datetime_complete = datetime.fromtimestamp((run_dir / SUMMARY_FILE).stat().st_mtime)
         trial.datetime_start = trial.datetime_complete - timedelta(seconds=summary["total_seconds"])
@@ -225,8 +247,11 @@ def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], ident
     before, or the folder of one of its own trials, wherever found) is not added again."""
     trials = study.get_trials(deepcopy=False)
     known = {t.user_attrs.get("prior_run") for t in trials if is_prior(t)}
-    own = [read_summary(Path(t.user_attrs["run_dir"])) for t in trials
-           if not is_prior(t) and "run_dir" in t.user_attrs]
+    own = [
+        read_summary(Path(t.user_attrs["run_dir"]))
+        for t in trials
+        if not is_prior(t) and "run_dir" in t.user_attrs
+    ]
     own_keys = {summary_key(summary) for summary in own if summary is not None}
     added, already, skipped = Counter(), 0, 0
     for folder in folders:
@@ -252,8 +277,11 @@ def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], ident
             known.add(key)
             added[trial.state.name] += 1
     states = f" ({report.states_line(added)})" if added else ""
-    print(f"prior runs: {sum(added.values())} added{states}, {already} already in the study, "
-          f"{skipped} skipped", flush=True)
+    print(
+        f"prior runs: {sum(added.values())} added{states}, {already} already in the study, "
+        f"{skipped} skipped",
+        flush=True,
+    )
 
 
 def read_configs(path: Path) -> list:
@@ -270,12 +298,15 @@ def read_configs(path: Path) -> list:
         try:
             configs = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise WarmStartError(f"--start-from {path} is not valid JSON or YAML: "
-                                 f"{str(e).splitlines()[0]}") from None
+            raise WarmStartError(
+                f"--start-from {path} is not valid JSON or YAML: {str(e).splitlines()[0]}"
+            ) from None
     configs = configs if isinstance(configs, list) else [configs]
     if not configs or not all(isinstance(c, dict) and c for c in configs):
-        raise WarmStartError(f"--start-from {path}: expected a configuration such as "
-                             "{\"learning_rate\": 0.005}, or a list of them")
+        raise WarmStartError(
+            f"--start-from {path}: expected a configuration such as "
+            '{"learning_rate": 0.005}, or a list of them'
+        )
     return configs
 
 
@@ -287,8 +318,9 @@ def start_points(path: Path, sweep: Sweep) -> list[dict]:
     if path.is_dir():
         summary = read_summary(path)
         if summary is None or not isinstance(summary.get("config"), dict):
-            raise WarmStartError(f"--start-from {path}: a run folder needs its summary.json (a run "
-                                 "that ended)")
+            raise WarmStartError(
+                f"--start-from {path}: a run folder needs its summary.json (a run that ended)"
+            )
         configs = [sweep.settings.with_defaults(summary["config"])]
     else:
         configs = read_configs(path)
@@ -296,7 +328,9 @@ def start_points(path: Path, sweep: Sweep) -> list[dict]:
     for number, config in enumerate(configs, 1):
         where = f"--start-from {path}" + (f", configuration {number}" if len(configs) > 1 else "")
         try:
-            parsed = sweep.settings.validate(config)  # YAML's "0.005" a number; a bad value one line
+            parsed = sweep.settings.validate(
+                config
+            )  # YAML's "0.005" a number; a bad value one line
             params = space_point(sweep, {key: parsed[key] for key in config})
         except ValueError as e:  # ConfigError is one
             raise WarmStartError(f"{where}: {e}") from None
@@ -308,8 +342,6 @@ def start_points(path: Path, sweep: Sweep) -> list[dict]:
 
 
 @dataclass
-
-
 class WarmStart:
     """What the study starts from: --prior-runs (finished trials) and --start-from (the first
     trials it trains)."""
@@ -320,26 +352,41 @@ class WarmStart:
     @classmethod
     def from_args(cls, args: argparse.Namespace, sweep: Sweep) -> WarmStart:
         """The options checked against the sweep, the starting points read; before data loads."""
-        given = [option for option, value in (("--prior-runs", args.prior_runs),
-                                              ("--start-from", args.start_from)) if value]
+        given = [
+            option
+            for option, value in (
+                ("--prior-runs", args.prior_runs),
+                ("--start-from", args.start_from),
+            )
+            if value
+        ]
         if given and sweep.method == "grid":
-            raise WarmStartError(f"{given[0]} with method grid: a grid sweep trains every point of "
-                                 "its grid in its own order; use method bayes or random")
+            raise WarmStartError(
+                f"{given[0]} with method grid: a grid sweep trains every point of "
+                "its grid in its own order; use method bayes or random"
+            )
         if given and sweep.search_space is not None:
-            raise WarmStartError(f"{given[0]}: scheduler.search_space defines the parameters in "
-                                 "code, where a config cannot be matched; use a parameters section")
+            raise WarmStartError(
+                f"{given[0]}: scheduler.search_space defines the parameters in "
+                "code, where a config cannot be matched; use a parameters section"
+            )
         if args.sampler_seed is not None and "optimizer" in sweep.scheduler:
-            raise WarmStartError("--sampler-seed: scheduler.optimizer makes its own sampler; "
-                                 "seed it there")
+            raise WarmStartError(
+                "--sampler-seed: scheduler.optimizer makes its own sampler; seed it there"
+            )
         for folder in args.prior_runs:
             if not folder.is_dir():
-                raise WarmStartError(f"--prior-runs {folder}: no such folder; give a runs folder "
-                                     "or a run folder")
-        return cls(args.prior_runs, [(path, params) for path in args.start_from
-                                     for params in start_points(path, sweep)])
+                raise WarmStartError(
+                    f"--prior-runs {folder}: no such folder; give a runs folder or a run folder"
+                )
+        return cls(
+            args.prior_runs,
+            [(path, params) for path in args.start_from for params in start_points(path, sweep)],
+        )
 
-    def apply(self, study: optuna.Study, store: Store, sweep: Sweep,
-              identity: Callable[[], dict]) -> None:
+    def apply(
+        self, study: optuna.Study, store: Store, sweep: Sweep, identity: Callable[[], dict]
+    ) -> None:
         """Prior runs become finished trials, then the starting points are queued, under the
         scheduling lock: a second process (another machine's, the same command again) finds them
         and adds nothing. `identity()` is the data's run_files.data_identity, asked for only if needed."""
@@ -352,8 +399,9 @@ class WarmStart:
             for path, params in self.points:
                 count = len(study.get_trials(deepcopy=False))
                 # Not twice: a rerun finds it queued or trained; a prior run of it is known already
-                study.enqueue_trial(params, user_attrs={"origin": report.START_POINT},
-                                    skip_if_exists=True)
+                study.enqueue_trial(
+                    params, user_attrs={"origin": report.START_POINT}, skip_if_exists=True
+                )
                 queued = len(study.get_trials(deepcopy=False)) > count
                 said = f"trial {count}, before the sampler's" if queued else "already in the study"
                 print(f"start point from {path}: {said}", flush=True)
@@ -380,20 +428,32 @@ class SeededSampler(optuna.samplers.BaseSampler):
         self.current = space.make_sampler(self.sweep, int.from_bytes(digest[:4], "little"))
         self.current.before_trial(study, trial)
 
-    def infer_relative_search_space(self, study: optuna.Study,
-                                    trial: optuna.trial.FrozenTrial) -> dict:
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict:
         return self.current.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                        search_space: dict) -> dict:
+    def sample_relative(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict
+    ) -> dict:
         return self.current.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                           param_name: str, distribution: optuna.distributions.BaseDistribution):
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        param_name: str,
+        distribution: optuna.distributions.BaseDistribution,
+    ):
         return self.current.sample_independent(study, trial, param_name, distribution)
 
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
-                    values: list[float] | None) -> None:
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: TrialState,
+        values: list[float] | None,
+    ) -> None:
         self.current.after_trial(study, trial, state, values)
 
 
@@ -414,8 +474,9 @@ def duration(text: str) -> float:
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use seconds, or a number "
-                                         "with s, m, h or d (90m, 1.5h)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use seconds, or a number with s, m, h or d (90m, 1.5h)"
+        )
     return seconds
 
 
@@ -430,8 +491,6 @@ def wall_seconds(intervals: list) -> float:
 
 
 @dataclass
-
-
 class TimeBudget:
     """--time-budget: the study's wall time, over every process that worked on it with a budget
     (this one from its start; earlier commands, other workers and machines as they recorded theirs
@@ -462,8 +521,10 @@ class TimeBudget:
         if seconds < self.seconds:
             return False
         if not self.said:
-            print(f"time budget {self.seconds:g} s spent ({seconds:.1f} s of wall time on study "
-                  f"{study.study_name}): no new trial starts; a running one trains to its end",
-                  flush=True)
+            print(
+                f"time budget {self.seconds:g} s spent ({seconds:.1f} s of wall time on study "
+                f"{study.study_name}): no new trial starts; a running one trains to its end",
+                flush=True,
+            )
             self.said = True
         return True
