@@ -1,17 +1,18 @@
-"""Run the W&B sweep in sweep_config.json without a W&B server: Optuna samples, prunes, schedules and stores the
-trials, on one machine (a journal file) or on several that share a PostgreSQL database (README, "Several machines").
+"""Run the W&B sweep in sweep_config.json without a W&B server: Optuna samples, prunes, schedules
+and stores the trials, on one machine (a journal file) or on several that share a PostgreSQL
+database (README, "Several machines").
 
-    python local_sweep.py sweep_config.json --trials 30                  # one GPU (or CPU), resumable
-    python local_sweep.py sweep_config.json --trials 60 --workers 4      # 4 worker processes, spread over the GPUs
-    python local_sweep.py sweep_config.json --trials 200 --storage postgresql://user:pw@db-host/optuna  # each machine
-    python local_sweep.py sweep_config.json --report                     # table and plots of an existing study
+    python local_sweep.py sweep_config.json --trials 30              # one GPU (or CPU), resumable
+    python local_sweep.py sweep_config.json --trials 60 --workers 4  # 4 workers over the GPUs
+    python local_sweep.py sweep_config.json --trials 200 --storage postgresql://user:pw@db/optuna
+    python local_sweep.py sweep_config.json --report                 # table and plots of a study
     python local_sweep.py sweep_config.json --trials 30 --prior-runs runs/  # runs on disk first
     python local_sweep.py sweep_config.json --time-budget 8h --start-from good.yaml --sampler-seed 7
 
-Each trial is one part_2_cifar.run_training in <runs-dir>/<study>/trial-NNNN. The library is the sweep
-wing's, cifarkit/sweeps/: the sweep file's translation (space.py), the study's storage and its turns
-(storage.py), its folders (folders.py), prior runs, starting points, the seeded sampler and the time
-budget (warm_start.py), the journal file (journal.py), the report (report.py).
+Each trial is one part_2_cifar.run_training in <runs-dir>/<study>/trial-NNNN. The library is the
+sweep wing's, cifarkit/sweeps/: the sweep file's translation (space.py), the study's storage and its
+turns (storage.py), its folders (folders.py), prior runs, starting points, the seeded sampler and
+the time budget (warm_start.py), the journal file (journal.py), the report (report.py).
 """
 
 from __future__ import annotations
@@ -78,37 +79,42 @@ from cifarkit.sweeps.warm_start import (
     trial_outcome,
 )
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Settings
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts (prior runs aside)
-MAX_FAILURES_IN_A_ROW = (
-    5  # a process stops after this many failed trials in a row (out of memory, bad configs)
-)
+# a process stops after this many failed trials in a row (out of memory, bad configs)
+MAX_FAILURES_IN_A_ROW = 5
 
 
 class TrialRefused(p2.StopEarly):
-    """The storage refused or failed an update of a running trial: another process failed it meanwhile (its
-    heartbeat came late: this machine stalled), the storage failed, or the journal is damaged. Raised from the
-    epoch callback it ends the training after that epoch, as pruning does, with last.pt kept for the retry."""
+    """The storage refused or failed an update of a running trial: another process failed it
+    meanwhile (its heartbeat came late: this machine stalled), the storage failed, or the journal is
+    damaged. Raised from the epoch callback it ends the training after that epoch, as pruning does,
+    with last.pt kept for the retry."""
 
     def __init__(self, number: int, error: BaseException):
         self.error, self.shown = error, False
         if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
             reason = (
-                f"trial {number} was failed meanwhile by another process (its heartbeat was late: this process "
-                "stalled or lost the storage); this attempt stops, its retry continues it"
+                f"trial {number} was failed meanwhile by another process (its heartbeat was late: "
+                "this process stalled or lost the storage); this attempt stops, its retry "
+                "continues it"
             )
         elif isinstance(error, JOURNAL_TO_FIX):
             reason = str(error)
         else:
-            reason = f"trial {number}: {storage_failure(error)}; this attempt stops, its retry continues it"
+            reason = (
+                f"trial {number}: {storage_failure(error)}; this attempt stops, its retry "
+                "continues it"
+            )
         super().__init__("refused by the storage", reason)
 
 
 @contextmanager
 def refusals(number: int) -> Iterator[None]:
-    """Inside: a storage error of trial `number`'s updates (report, set_user_attr, tell) raises TrialRefused."""
+    """Inside: a storage error of trial `number`'s updates (report, set_user_attr, tell) raises
+    TrialRefused."""
     try:
         yield
     except (optuna.exceptions.UpdateFinishedTrialError, *JOURNAL_TO_FIX, *STORAGE_FAILED) as e:
@@ -118,8 +124,9 @@ def refusals(number: int) -> Iterator[None]:
 def refusals_end_training(
     number: int, on_epoch: Callable[[dict], None]
 ) -> tuple[Callable[[dict], None], list]:
-    """`on_epoch` for run_training, and a list that holds the TrialRefused that ended the training, if one did
-    (train() printed its line; the caller raises it again once the W&B run is finished)."""
+    """`on_epoch` for run_training, and a list that holds the TrialRefused that ended the training,
+    if one did (train() printed its line; the caller raises it again once the W&B run is
+    finished)."""
     refused: list[TrialRefused] = []
 
     def guarded(metrics: dict) -> None:
@@ -152,7 +159,9 @@ def load_sweep(path: Path) -> Sweep:
             optuna.create_study().ask()
         )  # a throw-away trial, as W&B's loader makes
         fixed = sorted(set(params) & set(space.NOT_SWEPT))
-        if fixed:  # run_trial would override it with --val-size: say so rather than ignore the function's value
+        # run_trial would override it with --val-size: say so rather than ignore the function's
+        # value
+        if fixed:
             raise SweepConfigError(
                 space.not_swept_message(
                     f"scheduler.search_space {name!r} in {source} gives {fixed[0]!r}, which",
@@ -275,8 +284,8 @@ def trainer_options(options: list[str]) -> dict:
         ) from None
     if parsed["unrecognized"]:
         raise SweepConfigError(
-            f"command {' '.join(options)}: part_2_cifar.py would refuse every "
-            f"run: {parsed['unrecognized']}"
+            f"command {' '.join(options)}: part_2_cifar.py would refuse every run: "
+            f"{parsed['unrecognized']}"
         )
     defaults = vars(p2.parse_args([], in_sweep=True))
     return {key: value for key, value in parsed.items() if value != defaults[key]}
@@ -302,20 +311,23 @@ def sweep_options(args: argparse.Namespace, sweep: Sweep) -> list[str]:
 
 @contextmanager
 def user_code(key: str, source: str, name: str) -> Iterator[None]:
-    """Run the user's scheduler.optimizer or scheduler.search_space: whatever it raises becomes one line."""
+    """Run the user's scheduler.optimizer or scheduler.search_space: whatever it raises becomes one
+    line."""
     try:
         yield
     except SweepConfigError:
         raise
-    except Exception as e:  # noqa: BLE001 (the user's code may raise anything; the user gets one line)
+    # the user's code may raise anything; the user gets one line
+    except Exception as e:  # noqa: BLE001
         raise SweepConfigError(f"{key} {name!r} in {source}: {cli.one_line(e)}") from None
 
 
 def study_factory(
     sweep: Sweep,
 ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner] | None:
-    """scheduler.optimizer: the sampler of the study the user's function makes (W&B's loader and its checks; the
-    study's storage and name are this program's --storage and --study) and no pruner, or None if there is none."""
+    """scheduler.optimizer: the sampler of the study the user's function makes (W&B's loader and its
+    checks; the study's storage and name are this program's --storage and --study) and no pruner, or
+    None if there is none."""
     if "optimizer" not in sweep.scheduler:
         return None
     from wandb.sdk.sweeps.scheduler.client import load_optimizer_config
@@ -345,12 +357,13 @@ def study_factory(
             f"scheduler.optimizer {name!r} in {source}: study directions {directions} do not match "
             f"the sweep's metric goals {sweep.directions}"
         )
-    # Its pruner (create_study's default is a MedianPruner) is not asked: the objectives are summary values, known
-    # when a run ends; under W&B's scheduler too, no history row carries them (README, "Accuracy and cost at once").
+    # Its pruner (create_study's default is a MedianPruner) is not asked: the objectives are summary
+    # values, known when a run ends; under W&B's scheduler too, no history row carries them (README,
+    # "Accuracy and cost at once").
     return study.sampler, optuna.pruners.NopPruner()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The study: its data, its size, its next trial (its storage: cifarkit/sweeps/storage.py)
 
 
@@ -363,7 +376,8 @@ def give_up_trial(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
 
 
 def data_fingerprint(source: CifarSource, val_size: int) -> dict:
-    """run_files.data_identity of the data the trials train on, without a device (for the launcher)."""
+    """run_files.data_identity of the data the trials train on, without a device (for the
+    launcher)."""
     train_x, train_y, test_x, test_y = load_cifar100(source)
     return data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size, p2.SPLIT_SEED)
 
@@ -379,9 +393,8 @@ def check_study_data(study: optuna.Study, store: Store, identity: dict) -> None:
             return
     if not same_data(recorded, identity):
         raise ConfigError(
-            f"study {study.study_name!r} trains on {describe_data(recorded)}, "
-            f"not on {describe_data(identity)}: pass its --data-dir and "
-            "--val-size, or another --study"
+            f"study {study.study_name!r} trains on {describe_data(recorded)}, not on "
+            f"{describe_data(identity)}: pass its --data-dir and --val-size, or another --study"
         )
 
 
@@ -400,8 +413,8 @@ def study_size(
         bounds.append((points, f"the grid ({points} points, each run once)"))
     if trials is None and not bounds and not timed:
         raise ConfigError(
-            "--trials N (N >= 1) is required: the sweep file has neither run_cap "
-            "nor method grid to end the study, and no --time-budget is given"
+            "--trials N (N >= 1) is required: the sweep file has neither run_cap nor method grid "
+            "to end the study, and no --time-budget is given"
         )
     runs, by = min(bounds, default=(math.inf, ""))
     if trials is None:
@@ -456,25 +469,28 @@ def next_trial(
         return trial
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # One trial
 
 
 @dataclass
 class Pruning:
-    """A trial's side of early termination: each epoch's metric goes to the study, and after each epoch trained here
-    the study's pruner (space.WandbHyperbandPruner: W&B's Hyperband) may stop the training."""
+    """A trial's side of early termination: each epoch's metric goes to the study, and after each
+    epoch trained here the study's pruner (space.WandbHyperbandPruner: W&B's Hyperband) may stop the
+    training."""
 
     trial: optuna.Trial
     metric: str  # the sweep's metric, as part_2_cifar.py logs it every epoch
     maximize: bool
-    # False for method custom: its objectives are read from the run's summary at the end, as W&B's Optuna scheduler
-    # reads them; a study of several objectives takes no intermediate values (nor can one be pruned)
+    # False for method custom: its objectives are read from the run's summary at the end, as W&B's
+    # Optuna scheduler reads them; a study of several objectives takes no intermediate values (nor
+    # can one be pruned)
     prunable: bool = True
     best: float | None = None  # the trial's result: its best value so far
 
     def report(self, metrics: dict) -> None:
-        """The raw value at this epoch, as W&B's history row holds it (strict false is the pruner's affair)."""
+        """The raw value at this epoch, as W&B's history row holds it (strict false is the pruner's
+        affair)."""
         self.trial.set_user_attr("epochs_completed", metrics["epoch"])
         if not self.prunable:
             return
@@ -489,13 +505,15 @@ class Pruning:
         self.trial.report(value, metrics["epoch"])
 
     def replay(self, history: list[dict]) -> None:
-        """A resumed trial's earlier epochs: they count at their bands for every trial, and were decided before the
-        crash, so they are not decided again (the next epoch trained is, as W&B checks a resumed run's next row)."""
+        """A resumed trial's earlier epochs: they count at their bands for every trial, and were
+        decided before the crash, so they are not decided again (the next epoch trained is, as W&B
+        checks a resumed run's next row)."""
         for metrics in history:
             self.report(metrics)
 
     def on_epoch(self, metrics: dict) -> None:
-        """part_2_cifar.train's callback after each epoch; raises StopEarly("pruned") when the pruner says stop."""
+        """part_2_cifar.train's callback after each epoch; raises StopEarly("pruned") when the
+        pruner says stop."""
         self.report(metrics)
         if self.prunable and self.trial.should_prune():
             raise p2.StopEarly(
@@ -513,11 +531,12 @@ def run_trial(
     trial: optuna.Trial,
     check_interrupt: Callable[[], None],
 ) -> tuple[int, TrialState, float | list[float] | None]:
-    """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state, value), the
-    value a list of the objectives' values for method custom.
+    """Train one sampled config, reporting the metric to the pruner every epoch; (exit code, state,
+    value), the value a list of the objectives' values for method custom.
 
-    Optuna's and the database's errors come out as they are; a storage error from the epoch callback ends the
-    training cleanly first (run_training finishes the W&B run) and comes out as TrialRefused."""
+    Optuna's and the database's errors come out as they are; a storage error from the epoch callback
+    ends the training cleanly first (run_training finishes the W&B run) and comes out as
+    TrialRefused."""
     host = socket.gethostname()
     sampled = (
         sweep.search_space(trial)
@@ -551,7 +570,9 @@ def run_trial(
     nulls = {
         key: config[key] for key, value in sampled.items() if value is None and key in p2.SETTINGS
     }
-    if nulls:  # the trainer's line under `wandb agent` (run_training gets the config with the defaults filled in)
+    # the trainer's line under `wandb agent` (run_training gets the config with the defaults filled
+    # in)
+    if nulls:
         print(
             f"null means the default: {', '.join(f'{k}={v}' for k, v in nulls.items())}", flush=True
         )
@@ -611,7 +632,7 @@ def run_trial(
     return code, *trial_outcome(sweep, summary, code)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Workers
 
 
@@ -644,7 +665,8 @@ def work(
                 check_interrupt()
             except cli.Interrupted as e:
                 print(
-                    f"interrupted by {signal.Signals(e.signum).name} before a trial started: run the same command "
+                    f"interrupted by {signal.Signals(e.signum).name} before a trial started: run "
+                    "the same command "
                     "again to continue",
                     file=sys.stderr,
                     flush=True,
@@ -675,8 +697,9 @@ def work(
                                 trial.number, optuna.exceptions.UpdateFinishedTrialError()
                             )
                 except TrialRefused as e:
-                    # Its last.pt stays for the retry: queued by whoever failed it, or by the dead-trial rule once
-                    # this process lets go of it. A signal that came meanwhile ends the loop at its top.
+                    # Its last.pt stays for the retry: queued by whoever failed it, or by the
+                    # dead-trial rule once this process lets go of it. A signal that came meanwhile
+                    # ends the loop at its top.
                     if isinstance(e.error, JOURNAL_TO_FIX):  # the user's to fix: this process ends
                         return cli.fail(e.error)
                     if not e.shown:
@@ -693,7 +716,8 @@ def work(
             failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 return cli.fail(
-                    f"{failures} trials in a row failed (last: {frozen.user_attrs.get('failure')}); "
+                    f"{failures} trials in a row failed (last: "
+                    f"{frozen.user_attrs.get('failure')}); "
                     "stopping",
                     cli.EXIT_FAILED,
                 )
@@ -713,15 +737,17 @@ def give_up_for_a_retry(study: optuna.Study, trial: optuna.Trial, failure: str) 
 
 
 def launch_workers(argv: list[str], workers: int) -> int:
-    """Start `workers` copies of this program as worker processes on the same study; wait; pass on stop signals
-    (cli.passed_on). Exit code: 128 + the first stop signal received, else the workers' worst."""
+    """Start `workers` copies of this program as worker processes on the same study; wait; pass on
+    stop signals (cli.passed_on). Exit code: 128 + the first stop signal received, else the workers'
+    worst."""
     procs: list[subprocess.Popen] = []
     with (
         cli.StopOnSignal() as stop
     ):  # main's: a signal that came while the study opened starts no worker
         if stop.signum is not None:
             print(
-                f"interrupted by {signal.Signals(stop.signum).name} before the workers started: run the same "
+                f"interrupted by {signal.Signals(stop.signum).name} before the workers started: "
+                "run the same "
                 "command again",
                 file=sys.stderr,
                 flush=True,
@@ -758,7 +784,7 @@ def launch_workers(argv: list[str], workers: int) -> int:
     return cli.stopped_by(stop.signum) if stop.signum is not None else max(codes, key=abs)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Command line and main
 
 
@@ -800,7 +826,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=cli.positive_int,
         default=GRACE_SECONDS,
         metavar="SECONDS",
-        help=f"PostgreSQL: a trial silent this long is failed and retried (default {GRACE_SECONDS})",
+        help="PostgreSQL: a trial silent this long is failed and retried (default "
+        f"{GRACE_SECONDS})",
     )
     parser.add_argument(
         "--report", action="store_true", help="only print the table and draw the plots of the study"
@@ -945,7 +972,8 @@ def run_sweep(argv: list[str]) -> int:
     if budget is not None:  # the time since the last trial began, an interrupted one's included
         budget.record(study, force=True)
     print(
-        f"{socket.gethostname()} pid {os.getpid()} stopped after {time.perf_counter() - started:.0f} s",
+        f"{socket.gethostname()} pid {os.getpid()} stopped after "
+        f"{time.perf_counter() - started:.0f} s",
         flush=True,
     )
     if args.worker_of is None and code == 0:

@@ -415,10 +415,10 @@ def divergence(train_loss: float, val: dict | None, model: nn.Module) -> str | N
 
 def format_epoch(m: dict, epochs: int) -> str:
     return (
-        f"epoch {m['epoch']:3d}/{epochs}  train_loss {m['train_loss']:.3f}  "
-        f"train_acc {m['train_accuracy']:5.2f}%  val_loss {m['val_loss']:.3f}  "
-        f"val_acc {m['val_accuracy']:5.2f}%  lr {m['learning_rate']:.2e}  "
-        f"{m['epoch_seconds']:.1f}s  {m['train_images_per_second']:,.0f} img/s"
+        f"epoch {m['epoch']:3d}/{epochs}  train_loss {m['train_loss']:.3f}  train_acc "
+        f"{m['train_accuracy']:5.2f}%  val_loss {m['val_loss']:.3f}  val_acc "
+        f"{m['val_accuracy']:5.2f}%  lr {m['learning_rate']:.2e}  {m['epoch_seconds']:.1f}s  "
+        f"{m['train_images_per_second']:,.0f} img/s"
     )
 
 
@@ -454,8 +454,8 @@ def train(
             optimizer.load_state_dict(resume["optimizer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(
-                f"{last}: its optimizer state does not fit SGD on this model "
-                f"({type(e).__name__}: {cli.one_line(e)})"
+                f"{last}: its optimizer state does not fit SGD on this model ({type(e).__name__}: "
+                f"{cli.one_line(e)})"
             ) from None
         state = {key: resume[key] for key in state}
     status, started, written_at = "finished", time.perf_counter() - state["seconds"], -math.inf
@@ -543,8 +543,8 @@ def outcome_line(summary: dict, run_dir: Path) -> str:
     if not summary.get("best_epoch"):
         hint = "a lower learning_rate or more warmup_epochs may help"
         return (
-            f"done: {summary['status']} before any epoch finished (no best.pt, no test "
-            f"accuracy; {hint}); summary in {run_dir}"
+            f"done: {summary['status']} before any epoch finished (no best.pt, no test accuracy; "
+            f"{hint}); summary in {run_dir}"
         )
     test, n = summary.get("test_accuracy"), summary["epochs_completed"]
     status = f" ({summary['status']}, {n} epochs completed)"

@@ -1,20 +1,22 @@
-"""Confirm a sweep's winners with new seeds and choose the model to deploy on the accuracy/cost front.
+"""Confirm a sweep's winners with new seeds and choose the model to deploy on the accuracy/cost
+front.
 
-    python select_model.py runs --top 5 --seeds 3                # top 5 configs under runs/, 3 new seeds each
-    python select_model.py runs --top 5 --seeds 3 --workers 4    # 4 trainings at once, spread over the GPUs
-    python select_model.py runs/sweep_deploy --front --seeds 3   # the configs on a sweep's accuracy/FLOPs front
-    python trt_export.py --checkpoint best --runs-dir runs       # exports what this chose (--within 1: cheaper)
+    python select_model.py runs --top 5 --seeds 3               # top 5 configs, 3 new seeds each
+    python select_model.py runs --top 5 --seeds 3 --workers 4   # 4 trainings at once, over the GPUs
+    python select_model.py runs/sweep_deploy --front --seeds 3  # a sweep's accuracy/FLOPs front
+    python trt_export.py --checkpoint best --runs-dir runs      # exports what this chose
 
-A sweep's best run is one seed's luck as much as its config: the maximum of many noisy trials is biased upward
-(the winner's curse). This reads every finished run at any depth under RUNS_DIR (single runs, `wandb agent`
-runs, local sweep trials: anything with a summary.json), takes the K configs with the highest
-best_val_accuracy (--front: the configs on the front of best_val_accuracy and flops_per_image), and trains
-each again with S seeds it has not used, as ordinary part_2_cifar.py runs in RUNS_DIR/selection/ (one W&B
-group). Per config it reports the mean, sample standard deviation and 95% confidence interval (Student's t) of
-best_val_accuracy over all its seeds, the original run included; test accuracy (reported, never used to
-choose); the model's cost; and whether it is on the Pareto front (higher mean val_accuracy, fewer FLOPs). Run
-the same command after a crash or Ctrl-C: finished seeds are kept, an interrupted one resumes from its last
-epoch. Writes RUNS_DIR/selection.json and images/selection_<name>.png.
+A sweep's best run is one seed's luck as much as its config: the maximum of many noisy trials is
+biased upward (the winner's curse). This reads every finished run at any depth under RUNS_DIR
+(single runs, `wandb agent` runs, local sweep trials: anything with a summary.json), takes the K
+configs with the highest best_val_accuracy (--front: the configs on the front of best_val_accuracy
+and flops_per_image), and trains each again with S seeds it has not used, as ordinary
+part_2_cifar.py runs in RUNS_DIR/selection/ (one W&B group). Per config it reports the mean, sample
+standard deviation and 95% confidence interval (Student's t) of best_val_accuracy over all its
+seeds, the original run included; test accuracy (reported, never used to choose); the model's cost;
+and whether it is on the Pareto front (higher mean val_accuracy, fewer FLOPs). Run the same command
+after a crash or Ctrl-C: finished seeds are kept, an interrupted one resumes from its last epoch.
+Writes RUNS_DIR/selection.json and images/selection_<name>.png.
 
 Only runs of one data set are compared: those whose summary.json records --data-dir's images
 (and --val-size's split, if given), which the new seeds train on. Runs of other data are left out
@@ -83,14 +85,15 @@ def config_key(config: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Statistics
 
 
 def mean_std_ci(
     values: list[float], confidence: float = CONFIDENCE
 ) -> tuple[float, float | None, list | None]:
-    """Mean, sample standard deviation and the Student's t confidence interval of the mean (None for one value)."""
+    """Mean, sample standard deviation and the Student's t confidence interval of the mean (None for
+    one value)."""
     from scipy import stats
 
     n = len(values)
@@ -103,13 +106,14 @@ def mean_std_ci(
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
-    """(accuracy, cost) points -> True where no other point is as accurate and as cheap, and better in one."""
+    """(accuracy, cost) points -> True where no other point is as accurate and as cheap, and better
+    in one."""
     return [
         not any(a2 >= a and c2 <= c and (a2 > a or c2 < c) for a2, c2 in points) for a, c in points
     ]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Finding the candidates and planning the seeds
 
 
@@ -173,8 +177,9 @@ def candidates_of(
 
 
 def on_front(candidates: list[Candidate]) -> list[Candidate]:
-    """The candidates no other beats on both best single-run best_val_accuracy and flops_per_image: the front of a
-    sweep_deploy.json study (its objectives are these summary values; trials.csv's pareto_front), of any runs."""
+    """The candidates no other beats on both best single-run best_val_accuracy and flops_per_image:
+    the front of a sweep_deploy.json study (its objectives are these summary values; trials.csv's
+    pareto_front), of any runs."""
     costs = [
         c.flops_per_image or flops_per_image(p2.model_from_config(c.config)) for c in candidates
     ]
@@ -185,13 +190,14 @@ def on_front(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def planned_runs(candidate: Candidate, seeds: int) -> list[tuple[str, dict]]:
-    """(run id, config) of the new seeds: the lowest seeds no run of this config has used, so reruns plan the same."""
+    """(run id, config) of the new seeds: the lowest seeds no run of this config has used, so reruns
+    plan the same."""
     used = candidate.seeds  # as read when the runs were found: a summary read again may fail
     new_seeds = [s for s in range(len(used) + seeds) if s not in used][:seeds]
     return [(f"{candidate.key}-seed{s}", candidate.config | {"seed": s}) for s in new_seeds]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training the seeds: ordinary trainer processes, several at once, spread over the GPUs
 
 
@@ -222,11 +228,12 @@ def train_seeds(
     group: str,
     stop: cli.StopOnSignal,
 ) -> int:
-    """Run the trainings, at most args.workers at a time; each writes its output to <run>/output.log. Once `stop`
-    has a signal, none starts and the running ones get it (cli.passed_on): each saves its last epoch.
-    Exit code: 128 + the signal, else 2 if a trainer exited 2 (a bad value, a checkpoint the user must fix), else 1
-    if a training failed, else 0. A training that cannot be started (its folder or log cannot be
-    written) starts no more, and once the running ones have ended is cli.FileFailed."""
+    """Run the trainings, at most args.workers at a time; each writes its output to
+    <run>/output.log. Once `stop` has a signal, none starts and the running ones get it
+    (cli.passed_on): each saves its last epoch. Exit code: 128 + the signal, else 2 if a trainer
+    exited 2 (a bad value, a checkpoint the user must fix), else 1 if a training failed, else 0. A
+    training that cannot be started (its folder or log cannot be written) starts no more, and once
+    the running ones have ended is cli.FileFailed."""
     slots, running, failures, forwarded = cli.gpu_slots(args.workers), {}, set(), False
     pending, not_started = list(todo), None
     while running or (
@@ -258,7 +265,8 @@ def train_seeds(
                     break
                 running[slot] = (run_id, process)
                 print(
-                    f"[{len(todo) - len(pending)}/{len(todo)}] training {run_id} (pid {process.pid})",
+                    f"[{len(todo) - len(pending)}/{len(todo)}] training {run_id} (pid "
+                    f"{process.pid})",
                     flush=True,
                 )
             if stop.signum is not None and not forwarded:
@@ -299,7 +307,9 @@ def train_seeds(
         except (
             KeyboardInterrupt
         ):  # Ctrl-C twice: the trainers got it too (one process group) and stop now;
-            pass  # wait for them (each saves nothing more and ends at once), so none is left running unseen
+            # wait for them (each saves nothing more and ends at once), so none is left running
+            # unseen
+            pass
     if stop.signum is not None:
         print(
             f"interrupted by {signal.Signals(stop.signum).name}: run the same command to continue",
@@ -315,13 +325,14 @@ def train_seeds(
     return cli.EXIT_FAILED if failures else cli.EXIT_DONE
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Report
 
 
 def config_report(candidate: Candidate, runs_dir: Path) -> dict:
-    """The numbers of one config over all its finished seeds; a seed that diverged before any epoch finished (no
-    best_val_accuracy) counts as 0, as the trainer reports it to a sweep: a config that diverges is not chosen."""
+    """The numbers of one config over all its finished seeds; a seed that diverged before any epoch
+    finished (no best_val_accuracy) counts as 0, as the trainer reports it to a sweep: a config that
+    diverges is not chosen."""
     summaries = [s for s in map(read_summary, candidate.runs) if s and s.get("status") in ENDED]
     mean, std, ci = mean_std_ci([s["best_val_accuracy"] or 0.0 for s in summaries])
     tests = [s["test_accuracy"] for s in summaries if s.get("test_accuracy") is not None]
@@ -346,8 +357,9 @@ def config_report(candidate: Candidate, runs_dir: Path) -> dict:
 
 def print_table(reports: list[dict]) -> None:
     print(
-        f"{'config':8}  {'lr':>7} {'bs':>4} {'filters':>11} {'drop':>5} {'ep':>3}  {'seeds':>5}  {'single':>6}  "
-        f"{'mean':>6} {'std':>5}  {'95% interval':>15}  {'test':>6}  {'MFLOP':>6}  front"
+        f"{'config':8}  {'lr':>7} {'bs':>4} {'filters':>11} {'drop':>5} {'ep':>3}  {'seeds':>5}  "
+        f"{'single':>6}  {'mean':>6} {'std':>5}  {'95% interval':>15}  {'test':>6}  {'MFLOP':>6}  "
+        "front"
     )
     for r in reports:
         c = r["config"]
@@ -360,9 +372,10 @@ def print_table(reports: list[dict]) -> None:
         test = f"{r['test_accuracy_mean']:.2f}" if r["test_accuracy_mean"] is not None else "-"
         filters = f"{c['num_filters_1']}/{c['num_filters_2']}/{c['num_filters_3']}"
         print(
-            f"{r['key']:8}  {c['learning_rate']:7.4f} {c['batch_size']:4d} {filters:>11} {c['dropout_rate']:5.3f} "
-            f"{c['epochs']:3d}  {r['seeds']:5d}  {r['single_run_val_accuracy']:6.2f}  {r['val_accuracy_mean']:6.2f} "
-            f"{std:>5}  {ci:>15}  {test:>6}  {r['flops_per_image'] / 1e6:6.1f}  {'*' if r['pareto'] else ''}"
+            f"{r['key']:8}  {c['learning_rate']:7.4f} {c['batch_size']:4d} {filters:>11} "
+            f"{c['dropout_rate']:5.3f} {c['epochs']:3d}  {r['seeds']:5d}  "
+            f"{r['single_run_val_accuracy']:6.2f}  {r['val_accuracy_mean']:6.2f} {std:>5}  "
+            f"{ci:>15}  {test:>6}  {r['flops_per_image'] / 1e6:6.1f}  {'*' if r['pareto'] else ''}"
         )
 
 
@@ -410,7 +423,8 @@ def plot_front(reports: list[dict], path: Path, title: str) -> None:
 
 
 def rank(reports: list[dict]) -> list[dict]:
-    """Mark the Pareto front and sort by mean val_accuracy, a tie going to the cheaper config: the first is chosen."""
+    """Mark the Pareto front and sort by mean val_accuracy, a tie going to the cheaper config: the
+    first is chosen."""
     front = pareto_front([(r["val_accuracy_mean"], r["flops_per_image"]) for r in reports])
     ranked = [r | {"pareto": on_front} for r, on_front in zip(reports, front, strict=True)]
     return sorted(ranked, key=lambda r: (-r["val_accuracy_mean"], r["flops_per_image"]))
@@ -445,7 +459,7 @@ def write_selection(
     return selection
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Command line and main
 
 
@@ -582,7 +596,8 @@ def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal, owned: ExitS
         write_selection(candidates, args.runs, args.images_dir, data)
     if stop.signum is not None and code < 128:  # arrived while the report was written: it is whole
         print(
-            f"{signal.Signals(stop.signum).name} arrived after the selection was written: it is complete",
+            f"{signal.Signals(stop.signum).name} arrived after the selection was written: it is "
+            "complete",
             flush=True,
         )
     return code

@@ -1,11 +1,12 @@
-"""Write a small, learnable stand-in for CIFAR-100 in the real on-disk layout (cifar-100-python/{train,test,meta}).
+"""Write a small, learnable stand-in for CIFAR-100 in the real on-disk layout
+(cifar-100-python/{train,test,meta}).
 
-    python synthetic_cifar100.py data-synthetic                 # 10,000 training and 1,000 test images
+    python synthetic_cifar100.py data-synthetic             # 10,000 training and 1,000 test images
     python part_2_cifar.py --data-dir data-synthetic --epochs 1 --wandb-mode offline
 
-For tests, benchmarks and trying the workflow without the 160 MB download. Each class is a fixed random
-4x4 colour pattern blown up to 32x32, and each image is its class pattern plus pixel noise, so a model
-can learn it in a few epochs. Accuracy on it says nothing about CIFAR-100.
+For tests, benchmarks and trying the workflow without the 160 MB download. Each class is a fixed
+random 4x4 colour pattern blown up to 32x32, and each image is its class pattern plus pixel noise,
+so a model can learn it in a few epochs. Accuracy on it says nothing about CIFAR-100.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ NUM_CLASSES = 100
 def _images(
     templates: np.ndarray, labels: np.ndarray, noise: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """(N, 3072) uint8 rows in CIFAR's order: 1024 red, 1024 green, then 1024 blue values of each image."""
+    """(N, 3072) uint8 rows in CIFAR's order: 1024 red, 1024 green, then 1024 blue values of each
+    image."""
     pixels = templates[labels] + rng.normal(0, noise, (labels.size, 3, 32, 32))
     return np.clip(pixels, 0, 255).astype(np.uint8).reshape(labels.size, 3 * 32 * 32)
 

@@ -1,48 +1,54 @@
-"""Export the best SimpleCNN checkpoint to ONNX and a TensorRT engine, check both against PyTorch, and time them.
+"""Export the best SimpleCNN checkpoint to ONNX and a TensorRT engine, check both against PyTorch,
+and time them.
 
-    python trt_export.py                                              # select_model.py's choice in ./runs, fp16
-    python trt_export.py --checkpoint best --within 1.0               # cheapest on its front within 1 point
-    python trt_export.py --checkpoint runs/<run-id>/best.pt --precision int8 --batch-sizes 1,32,256,1024
-    python trt_export.py --checkpoint best --batch-sizes 1,64 --warmup-seconds 0.05 --min-seconds 0.2   # quick look
+    python trt_export.py                                 # select_model.py's choice in ./runs, fp16
+    python trt_export.py --checkpoint best --within 1.0  # the cheapest on its front within 1 point
+    python trt_export.py --checkpoint runs/<run-id>/best.pt --precision int8 --batch-sizes 1,32,1024
+    python trt_export.py --batch-sizes 1,64 --warmup-seconds 0.05 --min-seconds 0.2   # a quick look
 
-Steps: checkpoint -> SimpleCNN (eval mode, built from the checkpoint's own config) -> ONNX with a dynamic batch
-dimension and the weights inside, checked by onnx.checker -> ONNX Runtime on the CPU must match PyTorch (max |logit
-difference| <= 1e-4, same top-1, at two batch sizes) -> TensorRT engine (strongly typed, batch 1..max) and a JSON
-beside it -> pycuda runner (cuda-python for the CUDA-graph replay) -> top-1 accuracy on the test images, PyTorch
-beside each exported model -> benchmark of every backend present.
-Without a GPU, TensorRT or pycuda it does all the rest and prints one `skipped:` line per part it could not run.
-Exit status (cli.EXIT_CODES): 0 all that ran passed; 1 a check that ran failed (parity, accuracy tolerance, engine
-build), a file that cannot be written; 2 bad input (an option, a checkpoint, the data set, no run to
-export, a broken onnxruntime install); 128+n a stop signal, at once, inside torch's exporter too.
+Steps: checkpoint -> SimpleCNN (eval mode, built from the checkpoint's own config) -> ONNX with a
+dynamic batch dimension and the weights inside, checked by onnx.checker -> ONNX Runtime on the CPU
+must match PyTorch (max |logit difference| <= 1e-4, same top-1, at two batch sizes) -> TensorRT
+engine (strongly typed, batch 1..max) and a JSON beside it -> pycuda runner (cuda-python for the
+CUDA-graph replay) -> top-1 accuracy on the test images, PyTorch beside each exported model ->
+benchmark of every backend present. Without a GPU, TensorRT or pycuda it does all the rest and
+prints one `skipped:` line per part it could not run. Exit status (cli.EXIT_CODES): 0 all that ran
+passed; 1 a check that ran failed (parity, accuracy tolerance, engine build), a file that cannot be
+written; 2 bad input (an option, a checkpoint, the data set, no run to export, a broken onnxruntime
+install); 128+n a stop signal, at once, inside torch's exporter too.
 
-Benchmark method, as trtexec's: warm up for --warmup-seconds, then iterate for at least --min-seconds and
---min-iterations on a fixed batch of test images. End-to-end time comes from the host clock around copy in +
-inference + copy out + synchronisation; GPU compute time from CUDA events around the inference call alone.
-Throughput is images / end-to-end time; latency is reported as mean, p50, p90 and p99 of the iterations.
-Every CPU backend computes with the same threads (--threads; default the CPUs of the affinity
-mask, or OMP_NUM_THREADS if fewer), recorded per row. Each figure is printed with its spread; one
-whose spread, or wait for a CPU (others on the cores), is too high to rank the backends is marked.
+Benchmark method, as trtexec's: warm up for --warmup-seconds, then iterate for at least
+--min-seconds and
+--min-iterations on a fixed batch of test images. End-to-end time comes from the host clock around
+copy in + inference + copy out + synchronisation; GPU compute time from CUDA events around the
+inference call alone. Throughput is images / end-to-end time; latency is reported as mean, p50, p90
+and p99 of the iterations. Every CPU backend computes with the same threads (--threads; default the
+CPUs of the affinity mask, or OMP_NUM_THREADS if fewer), recorded per row. Each figure is printed
+with its spread; one whose spread, or wait for a CPU (others on the cores), is too high to rank the
+backends is marked.
 
-Files: <out>/model.onnx (+ model_fp16.onnx, model_int8_qdq.onnx when needed), <out>/model_<precision>.engine and
-its .json, <out>/timing.cache, <out>/benchmark.json; the plot goes to --plot (default images/inference_benchmark.png).
-<out> defaults to <run folder>/export, inside the git-ignored runs/. One export writes there at a
-time: a second is refused in one line naming the first (folders.own_folder).
+Files: <out>/model.onnx (+ model_fp16.onnx, model_int8_qdq.onnx when needed),
+<out>/model_<precision>.engine and its .json, <out>/timing.cache, <out>/benchmark.json; the plot
+goes to --plot (default images/inference_benchmark.png). <out> defaults to <run folder>/export,
+inside the git-ignored runs/. One export writes there at a time: a second is refused in one line
+naming the first (folders.own_folder).
 
-Last measured result (2026-11-27, images/inference_benchmark.png): default SimpleCNN 64/128/256, CPU only, 2 cores
-shared with other jobs (load average ~6): ONNX Runtime 575-604 images/s at batch 256-1024 against 248-284 for
-PyTorch eager fp32; batch 1 p50 2.3 ms against 11 ms. fp32 ONNX max |logit diff| 9e-8, fp16 ONNX 1e-4. No GPU, so
-no TensorRT or CUDA numbers yet.
+Last measured result (2026-11-27, images/inference_benchmark.png): default SimpleCNN 64/128/256, CPU
+only, 2 cores shared with other jobs (load average ~6): ONNX Runtime 575-604 images/s at batch
+256-1024 against 248-284 for PyTorch eager fp32; batch 1 p50 2.3 ms against 11 ms. fp32 ONNX max
+|logit diff| 9e-8, fp16 ONNX 1e-4. No GPU, so no TensorRT or CUDA numbers yet.
 
 `--checkpoint best` is the default: with no arguments, this exports what select_model.py chose
-(runs/selection.json); with no selection.json, the single run with the highest best_val_accuracy anywhere under
+(runs/selection.json); with no selection.json, the single run with the highest best_val_accuracy
+anywhere under
 --runs-dir among those trained on --data-dir's images, with a note that no new seeds confirmed
 it. The checkpoint exported is always printed.
 choice.choose_checkpoint makes that choice, for select_model.py's selection and this command alike.
 
 This file is the command line and the pipeline; `main` reads top to bottom:
-choose the checkpoint -> export and check the ONNX -> build the engine -> accuracy -> benchmark -> write.
-The backends (PyTorch, ONNX Runtime, the engine), each with its predictor, timed step and accuracy tolerance,
-are listed in one registry in cifarkit/export/backends.py, with the ONNX export.
+choose the checkpoint -> export and check the ONNX -> build the engine -> accuracy -> benchmark ->
+write. The backends (PyTorch, ONNX Runtime, the engine), each with its predictor, timed step and
+accuracy tolerance, are listed in one registry in cifarkit/export/backends.py, with the ONNX export.
 Timing statistics, accuracy scoring, the tables and the plot are in cifarkit/export/bench.py.
 TensorRT and CUDA themselves are in cifarkit/export/tensorrt_runtime.py.
 
@@ -111,7 +117,7 @@ from cifarkit.export.bench import (
 )
 from part_2_cifar import SETTINGS, SPLIT_SEED, model_from_config, normalize
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Settings
 
 PRECISION = "fp16"  # default engine precision: tensor cores and half the memory traffic of fp32
@@ -123,23 +129,26 @@ BATCH_SIZES = (
 )  # latency (1) to throughput (1024); the engine's profile spans min..max
 PARITY_IMAGES = 256  # test images compared logit by logit between PyTorch and ONNX Runtime
 PARITY_MAX_ABS_DIFF = 1e-4  # fp32 ONNX vs PyTorch on the CPU: only summation order differs
-# fp16 ONNX: max |diff| <= this x max |logit| (fp16 keeps ~3 significant digits). Its top-1 agreement is reported,
-# not required: where two logits are closer than the rounding, either may win.
+# fp16 ONNX: max |diff| <= this x max |logit| (fp16 keeps ~3 significant digits). Its top-1
+# agreement is reported, not required: where two logits are closer than the rounding, either may
+# win.
 FP16_PARITY_RELATIVE = 1e-2
 CALIBRATION_IMAGES = 512  # training images ModelOpt calibrates int8 activation ranges on
 WARMUP_SECONDS = 0.2  # trtexec's --warmUp default
-MIN_SECONDS = 1.0  # trtexec runs --duration=3 s; 1 s keeps the CPU backends' run short (--min-seconds 3 for parity)
+# trtexec runs --duration=3 s; 1 s keeps the CPU backends' run short (--min-seconds 3 for parity)
+MIN_SECONDS = 1.0
 MIN_ITERATIONS = 10  # trtexec's --iterations default
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Model
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:
-    """SimpleCNN rebuilt from the checkpoint's stored config, weights loaded, in eval mode; and the checkpoint, its
-    config completed. CheckpointError, one line: unreadable, foreign (names and shapes that do not fit; the prefixes
-    of PyTorch's wrappers are removed first), a bad config, or NaN/inf weights (a diverged run's)."""
+    """SimpleCNN rebuilt from the checkpoint's stored config, weights loaded, in eval mode; and the
+    checkpoint, its config completed. CheckpointError, one line: unreadable, foreign (names and
+    shapes that do not fit; the prefixes of PyTorch's wrappers are removed first), a bad config, or
+    NaN/inf weights (a diverged run's)."""
     checkpoint = load_checkpoint(path)
     config = checkpoint_config(checkpoint, path, SETTINGS)
     model = model_from_config(config)
@@ -147,7 +156,7 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
     return model.eval(), {**checkpoint, "config": config}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -245,7 +254,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.checkpoint != "best" or not math.isfinite(args.within) or args.within < 0
     ):
         parser.error(
-            f"--within={args.within} is not allowed: use a number of points >= 0, with --checkpoint best"
+            f"--within={args.within} is not allowed: use a number of points >= 0, with "
+            "--checkpoint best"
         )
     for name in ("accuracy_images", "warmup_seconds", "min_seconds", "min_iterations"):
         if getattr(args, name) < (1 if name == "min_iterations" else 0):
@@ -256,16 +266,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Pipeline: export and check -> build -> accuracy -> benchmark -> write
 
 
 def begin_export(out: Path, checkpoint_path: Path, checkpoint: dict, device: torch.device) -> None:
     """Make the output folder `out`; say which checkpoint is exported and where PyTorch runs."""
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = (
-            True  # fixed shapes per batch size: cuDNN picks in the warm-up
-        )
+        # fixed shapes per batch size: cuDNN picks in the warm-up
+        torch.backends.cudnn.benchmark = True
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -313,7 +322,8 @@ def export_and_check(
         result = results[name] = parity(reference, ort_predictor(sessions[name]), parity_images)
         result["passed"] = check_parity(result, name)
         line = (
-            f"ONNX {name} vs PyTorch (ONNX Runtime CPU, {result['images']} test images, batch sizes "
+            f"ONNX {name} vs PyTorch (ONNX Runtime CPU, {result['images']} test images, batch "
+            "sizes "
             f"{result['images']} and 1): max |logit diff| {result['max_abs_diff']:.2e}, same top-1 "
             f"{result['top1_agreement']:.2f}%"
         )
@@ -351,8 +361,9 @@ def build_tensorrt(
     device: torch.device,
     report: Report,
 ) -> tuple[Engine, dict | None]:
-    """Build the engine and open a runner for it, or say why not. A build or a runner that fails is a failure.
-    Returns (the runner, or why there is none; the engine's JSON, or None when none was built)."""
+    """Build the engine and open a runner for it, or say why not. A build or a runner that fails is
+    a failure. Returns (the runner, or why there is none; the engine's JSON, or None when none was
+    built)."""
     part = f"TensorRT {args.precision} engine, its accuracy and benchmark"
     if device.type != "cuda":
         return Engine(
@@ -365,7 +376,8 @@ def build_tensorrt(
         return Engine(unavailable=why, part=part), None
     engine_path = out / f"model_{args.precision}.engine"
     try:
-        # One path on TensorRT 10 and 11: a strongly typed network whose precision comes from the ONNX.
+        # One path on TensorRT 10 and 11: a strongly typed network whose precision comes from the
+        # ONNX.
         if args.precision == "int8":
             source = out / "model_int8_qdq.onnx"
             tensorrt_runtime.quantize_int8(onnx_paths["fp32"], calibration(), source, INPUT_NAME)
@@ -453,8 +465,8 @@ def run_benchmark(
     steps = {backend.name: backend.make_step for backend in registry if backend.make_step}
     threads = {backend.name: backend.threads for backend in registry if backend.make_step}
     print(
-        f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and "
-        f">= {args.min_iterations} iterations per backend and batch size; CPU threads "
+        f"benchmark: warm-up {args.warmup_seconds} s, then >= {args.min_seconds} s and >= "
+        f"{args.min_iterations} iterations per backend and batch size; CPU threads "
         + ", ".join(f"{name} {n}" for name, n in threads.items() if n is not None),
         flush=True,
     )
@@ -530,7 +542,7 @@ def filters(config: dict) -> str:
     return f"{config['num_filters_1']}/{config['num_filters_2']}/{config['num_filters_3']}"
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Main
 
 

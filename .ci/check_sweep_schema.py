@@ -1,5 +1,6 @@
-"""Validate sweep files (sweep_config.json, sweep_deploy.json) against W&B's own sweep schema (the `sweeps`
-package, W&B's open-source engine): `python .ci/check_sweep_schema.py FILE...`, exit 1 if any file has a violation.
+"""Validate sweep files (sweep_config.json, sweep_deploy.json) against W&B's own sweep schema (the
+`sweeps` package, W&B's open-source engine): `python .ci/check_sweep_schema.py FILE...`, exit 1 if
+any file has a violation.
 
 `sweeps` pins numpy<2, so it runs in an environment of its own; tests/test_sweep_config.py and
 tests/test_sweep_deploy.py skip the same check in the product's environment.

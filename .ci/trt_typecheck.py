@@ -1,22 +1,25 @@
-"""Check the TensorRT layer statically: mypy against tensorrt-stubs, whose generated .pyi files do not parse as
-shipped, and every cuda-python call against the installed cuda-bindings, which ships no stubs at all.
+"""Check the TensorRT layer statically: mypy against tensorrt-stubs, whose generated .pyi files do
+not parse as shipped, and every cuda-python call against the installed cuda-bindings, which ships no
+stubs at all.
 
-    pip install --no-deps tensorrt-stubs==10.13.0.35.1     # the stubs only; the real tensorrt is not needed
-    python .ci/trt_typecheck.py                            # mypy the TensorRT layer and its callers, then cuda-python
-    python .ci/trt_typecheck.py cifarkit/export/tensorrt_runtime.py   # just the TensorRT/pycuda/cuda-python layer
+    pip install --no-deps tensorrt-stubs==10.13.0.35.1  # the stubs only, not tensorrt itself
+    python .ci/trt_typecheck.py                         # the TensorRT layer and its callers
+    python .ci/trt_typecheck.py cifarkit/export/tensorrt_runtime.py   # the TensorRT layer alone
 
-tensorrt-stubs 10.13.0.35.1 (pybind11-stubgen output, the only release) stops mypy with syntax errors before it
-checks a line: parameters named `in` (a keyword) and a parameter without a default after defaulted ones
-(`add_scale_nd(..., channel_axis)`); its folders also lack the py.typed marker, so mypy would not read them anyway.
-This copies the .pyi files to a temporary folder with exactly those faults fixed, puts the folder on MYPYPATH
-and runs mypy with errors *inside* the stubs silenced; the code that calls TensorRT is checked in full.
-Modules the files import (part_2_cifar.py, cifarkit's core, torch) are read for types, their own errors not
-reported (follow_imports = silent): they are checked where they are owned. File names are relative to the
+tensorrt-stubs 10.13.0.35.1 (pybind11-stubgen output, the only release) stops mypy with syntax
+errors before it checks a line: parameters named `in` (a keyword) and a parameter without a default
+after defaulted ones (`add_scale_nd(..., channel_axis)`); its folders also lack the py.typed marker,
+so mypy would not read them anyway. This copies the .pyi files to a temporary folder with exactly
+those faults fixed, puts the folder on MYPYPATH and runs mypy with errors *inside* the stubs
+silenced; the code that calls TensorRT is checked in full. Modules the files import
+(part_2_cifar.py, cifarkit's core, torch) are read for types, their own errors not reported
+(follow_imports = silent): they are checked where they are owned. File names are relative to the
 repository's root, where it runs whatever the current folder.
 
-cuda-python (`cuda.bindings.runtime`, installed with torch's CUDA 13 wheels, no GPU needed to import) is Cython with
-real signatures: each `cudart.NAME(...)` call in the checked files must name a function that exists and bind to its
-signature, and each `cudart.Enum.member` must exist. Exit status: mypy's, else 1 if a cuda-python call does not fit.
+cuda-python (`cuda.bindings.runtime`, installed with torch's CUDA 13 wheels, no GPU needed to
+import) is Cython with real signatures: each `cudart.NAME(...)` call in the checked files must name
+a function that exists and bind to its signature, and each `cudart.Enum.member` must exist. Exit
+status: mypy's, else 1 if a cuda-python call does not fit.
 """
 
 from __future__ import annotations
@@ -71,9 +74,9 @@ def write_fixed_stubs(root: Path) -> None:
 def cuda_python_problems(
     path: Path, runtime: object, alias: str = "cudart"
 ) -> tuple[int, list[str]]:
-    """(how many `alias.X` uses were checked, one line per use in `path` that the real cuda-python lacks: a missing
-    function or enum member, or a call that does not bind to the signature; arguments stand in as placeholders, so
-    only their number and names are checked)."""
+    """(how many `alias.X` uses were checked, one line per use in `path` that the real cuda-python
+    lacks: a missing function or enum member, or a call that does not bind to the signature;
+    arguments stand in as placeholders, so only their number and names are checked)."""
     uses, problems = 0, []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if (
@@ -84,7 +87,8 @@ def cuda_python_problems(
             uses += 1
             if not hasattr(runtime, node.attr):
                 problems.append(
-                    f"{path}:{node.lineno}: {alias}.{node.attr} does not exist in cuda.bindings.runtime"
+                    f"{path}:{node.lineno}: {alias}.{node.attr} does not exist in "
+                    "cuda.bindings.runtime"
                 )
         elif (
             isinstance(node, ast.Attribute)
@@ -109,7 +113,8 @@ def cuda_python_problems(
                 )
             except TypeError as e:
                 problems.append(
-                    f"{path}:{node.lineno}: {alias}.{node.func.attr}{inspect.signature(function)}: {e}"
+                    f"{path}:{node.lineno}: {alias}.{node.func.attr}{inspect.signature(function)}: "
+                    f"{e}"
                 )
     return uses, problems
 
@@ -128,8 +133,8 @@ def check_cuda_python(files: list[str]) -> int:
     for line in problems:
         print(line, file=sys.stderr)
     print(
-        f"cuda-python: {sum(uses for uses, _ in results)} uses of cudart checked against cuda-bindings "
-        f"{version('cuda-bindings')}: {len(problems) or 'no'} problem(s)"
+        f"cuda-python: {sum(uses for uses, _ in results)} uses of cudart checked against "
+        f"cuda-bindings {version('cuda-bindings')}: {len(problems) or 'no'} problem(s)"
     )
     return 1 if problems else 0
 

@@ -1,13 +1,15 @@
-"""W&B's own Hyperband decisions on replayed learning curves: `hyperband_stop_runs` from the `sweeps` package (W&B's
-open-source sweep engine). tests/test_hyperband.py compares them with local_sweep.py's pruner.
+"""W&B's own Hyperband decisions on replayed learning curves: `hyperband_stop_runs` from the
+`sweeps` package (W&B's open-source sweep engine). tests/test_hyperband.py compares them with
+local_sweep.py's pruner.
 
     .venv-sweeps/bin/python .ci/wandb_hyperband.py cases.json > decisions.json
 
-cases.json: a list of cases, each {"config": a W&B sweep config, "events": [...]}. An event {"run": name, "value": v,
-"running": [names]} appends the row {metric: v} to that run's history (a run is created by its first event), then
-asks W&B which runs to stop, the runs named in "running" being the running ones and the others finished. Prints a
-list with, per case, {"bands": W&B's bands, "stops": one sorted list of run names per event}. Exit 2 if a config
-breaks W&B's schema. `sweeps` pins numpy<2, so this runs in an environment of its own.
+cases.json: a list of cases, each {"config": a W&B sweep config, "events": [...]}. An event {"run":
+name, "value": v, "running": [names]} appends the row {metric: v} to that run's history (a run is
+created by its first event), then asks W&B which runs to stop, the runs named in "running" being the
+running ones and the others finished. Prints a list with, per case, {"bands": W&B's bands, "stops":
+one sorted list of run names per event}. Exit 2 if a config breaks W&B's schema. `sweeps` pins
+numpy<2, so this runs in an environment of its own.
 """
 
 import json

@@ -1,11 +1,13 @@
-"""Tuning options for the project's training step, each measured as one change from the project's defaults.
+"""Tuning options for the project's training step, each measured as one change from the project's
+defaults.
 
-Imported by train_throughput.py (`--ablation`). Every variant runs train_epoch below: the trainer's epoch built from
-its parts (part_2_cifar.epoch_batches: the same batches, augmentation and learning rates; the same loss and step),
-with the one change passed in (amp_dtype, and the forward / scaler / after_step hooks) or made to the model and
-optimizer it is given. With no change it is part_2_cifar.train_epoch exactly (tests/test_benchmarks.py checks the
-numbers), so the "project" row is the loop train() runs, and each other row is read against it. Each variant gets a
-fresh model, untimed warm-up epochs, then timed epochs; compiled variants also report their first epoch
+Imported by train_throughput.py (`--ablation`). Every variant runs train_epoch below: the trainer's
+epoch built from its parts (part_2_cifar.epoch_batches: the same batches, augmentation and learning
+rates; the same loss and step), with the one change passed in (amp_dtype, and the forward / scaler /
+after_step hooks) or made to the model and optimizer it is given. With no change it is
+part_2_cifar.train_epoch exactly (tests/test_benchmarks.py checks the numbers), so the "project" row
+is the loop train() runs, and each other row is read against it. Each variant gets a fresh model,
+untimed warm-up epochs, then timed epochs; compiled variants also report their first epoch
 (compilation included) and the epochs a run needs before the compile time pays for itself.
 """
 
@@ -41,9 +43,8 @@ class Variant:
     )
     compile_mode: str | None = None  # None for eager, else torch.compile's mode
     cuda_graph: bool = False  # forward and backward captured with torch.cuda.make_graphed_callables
-    sync_per_step: bool = (
-        False  # loss.item() every step, as many training loops do to print the loss
-    )
+    # loss.item() every step, as many training loops do to print the loss
+    sync_per_step: bool = False
 
 
 PROJECT = Variant(
@@ -119,7 +120,8 @@ SGD_OPTIONS = {
 
 @contextlib.contextmanager
 def fresh_compile_cache() -> Iterator[None]:
-    """Empty on-disk caches for inductor and Triton, so compile times are those of a user's first run."""
+    """Empty on-disk caches for inductor and Triton, so compile times are those of a user's first
+    run."""
     saved = {key: os.environ.get(key) for key in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     with tempfile.TemporaryDirectory(prefix="compile-cache-") as tmp:
         os.environ.update(
@@ -147,9 +149,10 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     after_step: Callable[[torch.Tensor], None] | None = None,
 ) -> dict:
-    """part_2_cifar.train_epoch with one thing changed: `forward` replaces model(x) (a compiled or CUDA-graphed
-    model), `scaler` is a GradScaler for fp16, and `after_step(loss)` runs after each step (e.g. loss.item(), the
-    host sync many loops do to print the loss). Returns the same metrics."""
+    """part_2_cifar.train_epoch with one thing changed: `forward` replaces model(x) (a compiled or
+    CUDA-graphed model), `scaler` is a GradScaler for fp16, and `after_step(loss)` runs after each
+    step (e.g. loss.item(), the host sync many loops do to print the loss). Returns the same
+    metrics."""
     device = data.train_labels.device
     forward = (
         model if forward is None else forward
@@ -192,7 +195,8 @@ def sync(loss: torch.Tensor) -> None:
 def build(
     variant: Variant, config: dict, data: p2.DeviceData | None, device: torch.device
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
-    """(model, optimizer, the rest of train_epoch's arguments) for one variant: the trainer's setup, one change."""
+    """(model, optimizer, the rest of train_epoch's arguments) for one variant: the trainer's setup,
+    one change."""
     model, optimizer = p2.new_model_and_optimizer(config, device)
     amp_dtype = machine.autocast_dtype(device) if variant.amp == "auto" else AMP_DTYPES[variant.amp]
     forward = None  # train_epoch's default: model(x)
@@ -240,7 +244,8 @@ def measure_variant(
     warmup: int,
     repeats: int,
 ) -> dict:
-    """Images/s of one variant: setup and first epoch timed apart (compilation, graph capture), then the median."""
+    """Images/s of one variant: setup and first epoch timed apart (compilation, graph capture), then
+    the median."""
     setup_seconds, (model, optimizer, options) = timed(
         device, lambda: build(variant, config, data, device)
     )
@@ -296,7 +301,8 @@ def eval_batch_sizes(
     return rows
 
 
-FLOAT_CHECK_PROCESSES = [  # (case, dropout_rate, learning_rate) run in order in one process; then the next process
+# (case, dropout_rate, learning_rate) run in order in one process; then the next process
+FLOAT_CHECK_PROCESSES = [
     [
         ("first compile in a new process, empty on-disk cache", 0.25, 0.01),
         ("same process, new model, same floats", 0.25, 0.01),
@@ -312,7 +318,8 @@ FLOAT_CHECK_PROCESSES = [  # (case, dropout_rate, learning_rate) run in order in
 def first_steps(
     cases: list[tuple[str, float, float]], config: dict, device: torch.device, mode: str
 ) -> list[dict]:
-    """In this process: the first and second training step of a freshly compiled model for each (case, p, lr)."""
+    """In this process: the first and second training step of a freshly compiled model for each
+    (case, p, lr)."""
     batch = config["batch_size"]
     generator = torch.Generator(device=device).manual_seed(0)
     images = torch.randint(
@@ -350,10 +357,11 @@ def first_steps(
 def compile_float_check(config: dict, device: torch.device, mode: str = "default") -> list[dict]:
     """Does a new trial's dropout or learning rate make torch.compile compile again?
 
-    Real processes, since in-memory caches outlive torch._dynamo.reset(): the first runs a first compile, a new
-    model with the same floats and one with a new dropout; the second, sharing the first's on-disk inductor and
-    Triton caches, the same floats again and then new ones. The learning rate never enters the compiled graph
-    (only the model is compiled), so it changes together with dropout in the last row.
+    Real processes, since in-memory caches outlive torch._dynamo.reset(): the first runs a first
+    compile, a new model with the same floats and one with a new dropout; the second, sharing the
+    first's on-disk inductor and Triton caches, the same floats again and then new ones. The
+    learning rate never enters the compiled graph (only the model is compiled), so it changes
+    together with dropout in the last row.
     """
     rows = []
     with tempfile.TemporaryDirectory(prefix="compile-cache-") as tmp:
@@ -379,7 +387,8 @@ def compile_float_check(config: dict, device: torch.device, mode: str = "default
             rows += json.loads(done.stdout.strip().splitlines()[-1])
             for row in rows[-len(cases) :]:
                 print(
-                    f"  compile check: {row['case']}: first step {row['first_step_seconds']:.1f} s, next "
+                    f"  compile check: {row['case']}: first step {row['first_step_seconds']:.1f} "
+                    "s, next "
                     f"{row['second_step_seconds']:.3f} s",
                     flush=True,
                 )
@@ -394,7 +403,8 @@ def measure_or_error(
     warmup: int,
     repeats: int,
 ) -> dict:
-    """measure_variant's row, or the variant with the error that stopped it (an option this torch or GPU lacks)."""
+    """measure_variant's row, or the variant with the error that stopped it (an option this torch or
+    GPU lacks)."""
     try:
         row = measure_variant(variant, config, data, device, warmup, repeats)
         print(
@@ -423,7 +433,8 @@ def run_ablation(
     eval_repeats: int,
     float_check: bool,
 ) -> dict:
-    """The project row first, then each variant; a failure is recorded as its error, not the end of the benchmark."""
+    """The project row first, then each variant; a failure is recorded as its error, not the end of
+    the benchmark."""
     rows = []
     for variant in [PROJECT, *(v for v in variants if v != PROJECT)]:
         with fresh_compile_cache():

@@ -1,4 +1,5 @@
-"""What every benchmark here shares: the machine's description, synchronised timing, median and spread."""
+"""What every benchmark here shares: the machine's description, synchronised timing, median and
+spread."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def cpu_model() -> str:
 
 
 def machine_info(device: torch.device) -> dict:
-    """Host, date, device, CPU model and cores, threads, versions and the load average (1 min) right now."""
+    """Host, date, device, CPU model and cores, threads, versions and the load average (1 min) right
+    now."""
     import torchvision
 
     info = {
@@ -58,15 +60,20 @@ def machine_info(device: torch.device) -> dict:
 
 
 def describe_data(data_dir: Path) -> str:
-    """ "synthetic ..." or "real ...", with the image counts, read from the training file's own labels."""
+    """ "synthetic ..." or "real ...", with the image counts, read from the training file's own
+    labels."""
     train = cifar_files.read_cifar_pickle(Path(data_dir) / cifar_files.CIFAR100_DIR / "train")
     test = cifar_files.read_cifar_pickle(Path(data_dir) / cifar_files.CIFAR100_DIR / "test")
     kind = "synthetic" if "synthetic" in str(train.get("batch_label", "")) else "real"
-    return f"{kind} CIFAR-100 layout, {len(train['fine_labels']):,} train / {len(test['fine_labels']):,} test images"
+    return (
+        f"{kind} CIFAR-100 layout, {len(train['fine_labels']):,} train / "
+        f"{len(test['fine_labels']):,} test images"
+    )
 
 
 def timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, object]:
-    """(seconds, result) of fn(), the device synchronised before and after: device work is asynchronous."""
+    """(seconds, result) of fn(), the device synchronised before and after: device work is
+    asynchronous."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -84,13 +91,15 @@ def summarize(values: list[float]) -> dict:
 
 
 def save_json(result: dict, path: Path) -> None:
-    """Write results atomically; callers save after every phase, so a run cut short keeps what it measured."""
+    """Write results atomically; callers save after every phase, so a run cut short keeps what it
+    measured."""
     path.parent.mkdir(parents=True, exist_ok=True)
     cli.write_json_atomic(result, path)
 
 
 def publish(result: dict, report: Callable[[dict], str], path: Path) -> None:
-    """End of a benchmark: note the closing load average, then make the table (it shows that load), print, save."""
+    """End of a benchmark: note the closing load average, then make the table (it shows that load),
+    print, save."""
     result["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
     table = report(result)
     print("\n" + table, flush=True)

@@ -1,15 +1,19 @@
-"""The conventional CIFAR-100 pipeline, as most tutorials write it: the yardstick for part_2_cifar.py's speed.
+"""The conventional CIFAR-100 pipeline, as most tutorials write it: the yardstick for
+part_2_cifar.py's speed.
 
-    python -m benchmarks.conventional_baseline --data-dir data --epochs 2 --val-size 500 --device cpu
+    python -m benchmarks.conventional_baseline --data-dir data --epochs 2 --val-size 500 \\
+        --device cpu
 
-torchvision's CIFAR100 Dataset hands out PIL images; RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor
-and Normalize run per image in DataLoader workers; the model trains in fp32 and NCHW memory. Everything else is
-the project's on purpose, so that only the pipeline differs: the same SimpleCNN, the same stratified train/val
-split, the same SGD (Nesterov momentum, weight decay), learning-rate schedule and label smoothing, full batches
-only, validation every epoch and the test set scored once at the end. The workers persist across epochs, which
-is kinder to the baseline than the DataLoader default.
+torchvision's CIFAR100 Dataset hands out PIL images; RandomCrop(32, padding=4),
+RandomHorizontalFlip, ToTensor and Normalize run per image in DataLoader workers; the model trains
+in fp32 and NCHW memory. Everything else is the project's on purpose, so that only the pipeline
+differs: the same SimpleCNN, the same stratified train/val split, the same SGD (Nesterov momentum,
+weight decay), learning-rate schedule and label smoothing, full batches only, validation every epoch
+and the test set scored once at the end. The workers persist across epochs, which is kinder to the
+baseline than the DataLoader default.
 
-train_throughput.py imports the pieces to time one epoch; run as a module it is the whole-process baseline.
+train_throughput.py imports the pieces to time one epoch; run as a module it is the whole-process
+baseline.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from cifarkit.core.run_files import BEST_CHECKPOINT
 
 
 class CIFAR100Files(datasets.CIFAR100):
-    """torchvision's CIFAR100 with no MD5 check of the official files (md5 None: only existence), so synthetic
-    stand-ins in the same layout load too."""
+    """torchvision's CIFAR100 with no MD5 check of the official files (md5 None: only existence), so
+    synthetic stand-ins in the same layout load too."""
 
     train_list = [["train", None]]
     test_list = [["test", None]]
@@ -40,7 +44,8 @@ class CIFAR100Files(datasets.CIFAR100):
 
 
 def default_workers(device: torch.device) -> int:
-    """DataLoader workers: most of the cores on a GPU machine; on the CPU, half, since training needs the rest."""
+    """DataLoader workers: most of the cores on a GPU machine; on the CPU, half, since training
+    needs the rest."""
     cores = os.cpu_count() or 1
     return min(8, cores) if device.type == "cuda" else max(1, cores // 2)
 
@@ -53,7 +58,8 @@ def cifar100_loaders(
     workers: int,
     device: torch.device,
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """(train, val, test) loaders over <data_dir>/cifar-100-python with the project's stratified split."""
+    """(train, val, test) loaders over <data_dir>/cifar-100-python with the project's stratified
+    split."""
     normalize = transforms.Normalize(p2.CIFAR100_MEAN, p2.CIFAR100_STD)
     train_tf = transforms.Compose(
         [
@@ -101,7 +107,8 @@ def train_epoch(
     epoch: int,
     device: torch.device,
 ) -> dict:
-    """One pass over the loader; the loss is summed on the device, as the project does, so no sync per step."""
+    """One pass over the loader; the loss is summed on the device, as the project does, so no sync
+    per step."""
     steps = len(loader)
     warmup_steps = round(config["warmup_epochs"] * steps)
     loss_sum = torch.zeros((), device=device)
@@ -149,7 +156,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
 def run(
     config: dict, data_dir: Path, device: torch.device, workers: int, run_dir: Path | None
 ) -> dict:
-    """A whole training run: N epochs with validation each epoch, the best model saved, the test set at the end."""
+    """A whole training run: N epochs with validation each epoch, the best model saved, the test set
+    at the end."""
     started = time.perf_counter()
     train_loader, val_loader, test_loader = cifar100_loaders(
         data_dir, config["val_size"], config["batch_size"], p2.EVAL_BATCH_SIZE, workers, device

@@ -1,15 +1,17 @@
-"""Sweep throughput: finished trials per hour with 1, 2, 4, 8 local_sweep.py workers sharing one device.
+"""Sweep throughput: finished trials per hour with 1, 2, 4, 8 local_sweep.py workers sharing one
+device.
 
-    python -m benchmarks.sweep_throughput --workers 1,2,4,8 --trials-per-worker 3 --epochs 3      # one GPU
-    python -m benchmarks.sweep_throughput --device cpu --workers 1,2 --trials-per-worker 1 --epochs 1 \\
-        --train-per-class 6 --val-size 100 --batch-size 64                                           # smoke test
+    python -m benchmarks.sweep_throughput --workers 1,2,4,8 --trials-per-worker 3 --epochs 3  # GPU
+    python -m benchmarks.sweep_throughput --device cpu --workers 1,2 --trials-per-worker 1 \\
+        --epochs 1 --train-per-class 6 --val-size 100 --batch-size 64                  # smoke test
 
-For each worker count K, `python local_sweep.py <sweep.json> --trials K*T --workers K` runs in a fresh runs
-folder on the same data, and the benchmark reports two rates: the whole command's (process start, imports and
-data loading included, what a user waits for) and the steady one, from the first trial's start to the last
-trial's end in Optuna's storage. The temporary sweep file keeps the real sweep's sampled floats (learning rate,
-momentum, dropout) but fixes the architecture, batch size and epochs and has no early termination, so every
-trial does the same work and the rates compare the worker counts, not the sampled configs.
+For each worker count K, `python local_sweep.py <sweep.json> --trials K*T --workers K` runs in a
+fresh runs folder on the same data, and the benchmark reports two rates: the whole command's
+(process start, imports and data loading included, what a user waits for) and the steady one, from
+the first trial's start to the last trial's end in Optuna's storage. The temporary sweep file keeps
+the real sweep's sampled floats (learning rate, momentum, dropout) but fixes the architecture, batch
+size and epochs and has no early termination, so every trial does the same work and the rates
+compare the worker counts, not the sampled configs.
 
 Last measured result: benchmarks/RESULTS.md.
 """
@@ -37,7 +39,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 
 def short_sweep(epochs: int, batch_size: int) -> dict:
-    """The project's sweep with fixed work per trial: sampled floats only, no pruning, random search."""
+    """The project's sweep with fixed work per trial: sampled floats only, no pruning, random
+    search."""
     real = json.loads((ROOT / "sweep_config.json").read_text())
     fixed = {
         "batch_size": batch_size,
@@ -59,7 +62,8 @@ def short_sweep(epochs: int, batch_size: int) -> dict:
 
 
 def trial_times(runs_dir: Path, study: str) -> list[tuple[float, float, str]]:
-    """(start, end, state) in epoch seconds of every trial in local_sweep's default journal storage."""
+    """(start, end, state) in epoch seconds of every trial in local_sweep's default journal
+    storage."""
     backend = optuna.storages.journal.JournalFileBackend(str(runs_dir / "optuna-journal.log"))
     trials = optuna.load_study(
         study_name=study, storage=optuna.storages.JournalStorage(backend)
@@ -80,7 +84,8 @@ def run_sweep(
     device: str,
     tmp: Path,
 ) -> dict:
-    """One local_sweep.py command with `workers` workers; its wall time and the trials' own times."""
+    """One local_sweep.py command with `workers` workers; its wall time and the trials' own
+    times."""
     runs_dir, study = tmp / f"runs-{workers}", f"throughput-{workers}"
     command = [
         sys.executable,
@@ -135,11 +140,14 @@ def report(result: dict) -> str:
     m = result["machine"]
     out = [
         f"## sweep_throughput: {m['device']}",
-        f"{m['cpu']}, {m['cpu_cores']} cores; torch {m['torch']}; {m['date_utc']} UTC on {m['host']}; load "
+        f"{m['cpu']}, {m['cpu_cores']} cores; torch {m['torch']}; {m['date_utc']} UTC on "
+        f"{m['host']}; load "
         f"average {m['load_average_start']} at start, {m.get('load_average_end')} at end",
-        f"trials: {result['epochs']} epochs, batch {result['batch_size']}, default filters; data {result['data']}",
+        f"trials: {result['epochs']} epochs, batch {result['batch_size']}, default filters; data "
+        f"{result['data']}",
         "",
-        "| workers | trials | wall s | trials/hour (wall) | trials/hour (steady) | vs 1 worker (steady) | "
+        "| workers | trials | wall s | trials/hour (wall) | trials/hour (steady) | vs 1 worker "
+        "(steady) | "
         "median trial s |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -155,8 +163,9 @@ def report(result: dict) -> str:
         )
         median = f"{r['trial_seconds']['median']:.1f}" if r["trial_seconds"] else "-"
         out.append(
-            f"| {r['workers']} | {r['trials']} | {r['wall_seconds']:.0f} | {r['trials_per_hour_wall']:.0f} | "
-            f"{r['trials_per_hour_steady']:.0f} | {rel} | {median} |"
+            f"| {r['workers']} | {r['trials']} | {r['wall_seconds']:.0f} | "
+            f"{r['trials_per_hour_wall']:.0f} | {r['trials_per_hour_steady']:.0f} | {rel} | "
+            f"{median} |"
         )
     return "\n".join(out)
 
@@ -234,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 + (
                     row.get("error")
                     or f"{row['trials']} trials in "
-                    f"{row['wall_seconds']:.0f} s, {row['trials_per_hour_steady']:.0f} trials/hour steady"
+                    f"{row['wall_seconds']:.0f} s, {row['trials_per_hour_steady']:.0f} trials/hour "
+                    "steady"
                 ),
                 flush=True,
             )

@@ -1,21 +1,26 @@
-"""Training and evaluation speed of part_2_cifar.py against the conventional pipeline, in one process and one run.
+"""Training and evaluation speed of part_2_cifar.py against the conventional pipeline, in one
+process and one run.
 
-    python -m benchmarks.train_throughput --mode cpu                 # ~3 minutes on a quiet 2-core CPU
-    python -m benchmarks.train_throughput --mode gpu                 # full size: 45,000 training images, batch 256
-    python -m benchmarks.train_throughput --mode gpu --ablation      # and each tuning option, one change at a time
+    python -m benchmarks.train_throughput --mode cpu             # ~3 minutes on a quiet 2-core CPU
+    python -m benchmarks.train_throughput --mode gpu             # 45,000 training images, batch 256
+    python -m benchmarks.train_throughput --mode gpu --ablation  # and each tuning option apart
     python -m benchmarks.train_throughput --mode cpu --ablation --only-ablation
 
 Measured, on the same device, data, batch size, model and optimiser settings:
-  - training images/s of one epoch: the project's train_epoch (uint8 data on the device, batched augmentation,
-    channels_last, autocast where the hardware has bf16) against conventional_baseline.py (torchvision Dataset of
-    PIL images, per-image transforms in DataLoader workers, fp32, NCHW);
+  - training images/s of one epoch: the project's train_epoch (uint8 data on the device, batched
+    augmentation, channels_last, autocast where the hardware has bf16) against
+    conventional_baseline.py (torchvision Dataset of PIL images, per-image transforms in DataLoader
+    workers, fp32, NCHW);
   - evaluation images/s of both on the validation split;
-  - the wall time of the project's train() for N epochs (checkpoints, evaluation and test scoring included);
-  - the whole-process wall time of `python part_2_cifar.py ...` and of `python -m benchmarks.conventional_baseline ...`
-    for the same epochs and data (imports, data loading and start-up included): the measure of the CPU target.
-The two pipelines alternate epoch by epoch, so a busy machine slows both alike. Each figure is the median over the
-repeats after warm-up epochs, with the spread (max - min) / median. Data: a synthetic CIFAR-100 stand-in in the
-real layout unless --data-dir names real data (speed does not depend on the pixels).
+  - the wall time of the project's train() for N epochs (checkpoints, evaluation and test scoring
+    included);
+  - the whole-process wall time of `python part_2_cifar.py ...` and of `python -m
+    benchmarks.conventional_baseline ...` for the same epochs and data (imports, data loading and
+    start-up included): the measure of the CPU target.
+The two pipelines alternate epoch by epoch, so a busy machine slows both alike. Each figure is the
+median over the repeats after warm-up epochs, with the spread (max - min) / median. Data: a
+synthetic CIFAR-100 stand-in in the real layout unless --data-dir names real data (speed does not
+depend on the pixels).
 
 Last measured result: benchmarks/RESULTS.md (each figure with its machine, load and command).
 """
@@ -50,20 +55,23 @@ from synthetic_cifar100 import write_synthetic_cifar100
 
 BENCH_DIR = Path(__file__).resolve().parent
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Settings: sizes per mode. The CPU sizes keep the whole benchmark near 3 minutes on the 2-core CPU (~240 img/s).
+# --------------------------------------------------------------------------------------------------
+# Settings: sizes per mode. The CPU sizes keep the whole benchmark near 3 minutes on the 2-core CPU
+# (~240 img/s).
 
 MODES = {
     "cpu": {
         "train_per_class": 25,  # synthetic images per class written: 2,500 training images ...
         "test_per_class": 5,  # ... and 500 test images
         "val_size": 500,  # held out, so 2,000 train: 7 full batches of 256 = 1,792 images per epoch
-        "warmup_epochs": 1,  # untimed epochs first (allocator, oneDNN primitive cache, worker start-up)
+        # untimed epochs first (allocator, oneDNN primitive cache, worker start-up)
+        "warmup_epochs": 1,
         "repeats": 3,  # timed epochs of each pipeline, alternating
         "eval_repeats": 3,  # timed passes over the validation images
         "run_epochs": 2,  # epochs of the in-process train() run
         "process_epochs": 2,  # epochs of each whole-process run
-        "process_repeats": 2,  # whole-process runs of each program, alternating (the CPU target's measure)
+        # whole-process runs of each program, alternating (the CPU target's measure)
+        "process_repeats": 2,
         "ablation_repeats": 2,  # timed epochs per ablation variant
     },
     "gpu": {
@@ -74,7 +82,8 @@ MODES = {
         "repeats": 5,
         "eval_repeats": 5,
         "run_epochs": 50,  # the target: a 50-epoch run in <= 20 s
-        "process_epochs": 5,  # the conventional pipeline is the slow one; 5 epochs keep it near a minute
+        # the conventional pipeline is the slow one; 5 epochs keep it near a minute
+        "process_epochs": 5,
         "process_repeats": 1,
         "ablation_repeats": 3,
     },
@@ -97,14 +106,15 @@ TARGETS = {  # from issue 5, default config, batch 256
 }
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Measurements
 
 
 def compare_epochs(
     config: dict, data: p2.DeviceData, loaders: tuple, device: torch.device, sizes: dict
 ) -> dict:
-    """Training then evaluation images/s of both pipelines, alternating so that load on the machine hits both."""
+    """Training then evaluation images/s of both pipelines, alternating so that load on the machine
+    hits both."""
     amp_dtype = machine.autocast_dtype(device)
     model, optimizer = p2.new_model_and_optimizer(config, device)
     base_model, base_optimizer = conventional.make_model_and_optimizer(config, device)
@@ -150,7 +160,8 @@ def compare_epochs(
 
 
 def time_train_run(config: dict, data: p2.DeviceData, device: torch.device) -> dict:
-    """Wall time of the project's train() for config["epochs"] epochs: checkpoints, evaluation and test included."""
+    """Wall time of the project's train() for config["epochs"] epochs: checkpoints, evaluation and
+    test included."""
     with tempfile.TemporaryDirectory() as run_dir:
         seconds, summary = timed(device, lambda: p2.train(config, data, Path(run_dir) / "run"))
     return {
@@ -164,7 +175,8 @@ def time_train_run(config: dict, data: p2.DeviceData, device: torch.device) -> d
 def time_processes(
     data_dir: Path, epochs: int, val_size: int, device: torch.device, workers: int, repeats: int
 ) -> dict:
-    """Whole-process wall seconds of both programs for the same epochs and data, in alternating order."""
+    """Whole-process wall seconds of both programs for the same epochs and data, in alternating
+    order."""
     env = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
     seconds = {"project": [], "conventional": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,7 +233,7 @@ def time_processes(
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Report
 
 
@@ -243,7 +255,8 @@ def targets_status(result: dict, mode: str) -> list[tuple[str, str]]:
             lines.append(
                 (
                     f">= {goal['train_images_per_second']:,} training images/s",
-                    f"{'met' if rate >= goal['train_images_per_second'] else 'NOT met'}: {rate:,.0f}",
+                    f"{'met' if rate >= goal['train_images_per_second'] else 'NOT met'}: "
+                    f"{rate:,.0f}",
                 )
             )
             lines.append(
@@ -257,7 +270,8 @@ def targets_status(result: dict, mode: str) -> list[tuple[str, str]]:
             lines.append(
                 (
                     f"50-epoch run <= {goal['run_seconds']:.0f} s wall including evaluation",
-                    f"{'met' if wall <= goal['run_seconds'] else 'NOT met'}: {wall:.1f} s (train(), in-process)",
+                    f"{'met' if wall <= goal['run_seconds'] else 'NOT met'}: {wall:.1f} s "
+                    "(train(), in-process)",
                 )
             )
     if mode == "cpu" and "process" in result["ratios"]:
@@ -275,8 +289,8 @@ def report(result: dict, mode: str) -> str:
     m = result["machine"]
     out = [
         f"## train_throughput --mode {mode}: {m['device']}",
-        f"{m['cpu']}, {m['cpu_cores']} cores, {m['torch_threads']} torch threads; torch {m['torch']}, "
-        f"torchvision {m['torchvision']}, Python {m['python']}"
+        f"{m['cpu']}, {m['cpu_cores']} cores, {m['torch_threads']} torch threads; torch "
+        f"{m['torch']}, torchvision {m['torchvision']}, Python {m['python']}"
         + (f", CUDA {m['cuda']}" if "cuda" in m else ""),
         f"{m['date_utc']} UTC on {m['host']}; load average {m['load_average_start']} at start, "
         f"{m.get('load_average_end')} at end; data {result['data']}; batch {result['batch_size']}; "
@@ -288,9 +302,12 @@ def report(result: dict, mode: str) -> str:
         out += [
             "| measure | project | conventional | project / conventional |",
             "|---|---|---|---|",
-            f"| training images/s, {e['images_per_epoch']:,}-image epoch, median of {e['train']['project']['n']}"
-            f" | {fmt_rate(e['train']['project'])} | {fmt_rate(e['train']['conventional'])} | {r['train']:.2f}x |",
-            f"| evaluation images/s, {e['eval_images']:,} images | {fmt_rate(e['eval']['project'])} | "
+            f"| training images/s, {e['images_per_epoch']:,}-image epoch, median of "
+            f"{e['train']['project']['n']}"
+            f" | {fmt_rate(e['train']['project'])} | {fmt_rate(e['train']['conventional'])} | "
+            f"{r['train']:.2f}x |",
+            f"| evaluation images/s, {e['eval_images']:,} images | "
+            f"{fmt_rate(e['eval']['project'])} | "
             f"{fmt_rate(e['eval']['conventional'])} | {r['eval']:.2f}x |",
         ]
         if "process" in result:
@@ -302,11 +319,12 @@ def report(result: dict, mode: str) -> str:
         if "train_run" in result:
             t = result["train_run"]
             out.append(
-                f"| train(), {t['epochs']} epochs, wall (in-process, data loaded) | {t['wall_seconds']:.1f} s "
-                f"| - | - |"
+                f"| train(), {t['epochs']} epochs, wall (in-process, data loaded) | "
+                f"{t['wall_seconds']:.1f} s | - | - |"
             )
         out.append(
-            f"\nproject autocast: {e['amp_dtype']}; data load to device {result['data_load_seconds']:.1f} s"
+            f"\nproject autocast: {e['amp_dtype']}; data load to device "
+            f"{result['data_load_seconds']:.1f} s"
         )
     if "ablation" in result:
         a = result["ablation"]
@@ -315,7 +333,8 @@ def report(result: dict, mode: str) -> str:
         )
         out += [
             "",
-            "| variant | change | training images/s | vs project | first-epoch extra s | break-even epochs |",
+            "| variant | change | training images/s | vs project | first-epoch extra s | "
+            "break-even epochs |",
             "|---|---|---|---|---|---|",
         ]
         for v in a["variants"]:
@@ -333,7 +352,8 @@ def report(result: dict, mode: str) -> str:
                 else ("never" if even is None else f"{even:.0f}")
             )
             out.append(
-                f"| {v['name']} | {v['change']} | {fmt_rate(v['train'])} | {rel} | {extra} | {even} |"
+                f"| {v['name']} | {v['change']} | {fmt_rate(v['train'])} | {rel} | {extra} | "
+                f"{even} |"
             )
         out += ["", "| evaluation batch | images/s (evaluate on the test images) |", "|---|---|"]
         for row in a["eval_batch_sizes"]:
@@ -357,7 +377,7 @@ def report(result: dict, mode: str) -> str:
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Main
 
 

@@ -56,7 +56,8 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def learnable_data_dir(tmp_path_factory) -> Path:
-    """10 well-separated classes x 60 images: a model that learns anything ends far above 10% chance."""
+    """10 well-separated classes x 60 images: a model that learns anything ends far above 10%
+    chance."""
     root = tmp_path_factory.mktemp("learnable_cifar")
     write_synthetic_cifar100(
         root, train_per_class=60, test_per_class=20, num_classes=10, noise=30.0, seed=2
@@ -66,8 +67,9 @@ def learnable_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def fresh_wandb_settings():
-    """wandb keeps its settings (WANDB_DIR, WANDB_MODE, ...) in a process-wide singleton from its first use, so a test
-    that runs W&B in-process would leave its settings to the next: end each test as a new process would begin."""
+    """wandb keeps its settings (WANDB_DIR, WANDB_MODE, ...) in a process-wide singleton from its
+    first use, so a test that runs W&B in-process would leave its settings to the next: end each
+    test as a new process would begin."""
     yield
     if "wandb" in sys.modules:
         sys.modules["wandb"].teardown()
@@ -98,7 +100,8 @@ def one_thread():
 
 @pytest.fixture()
 def offline(monkeypatch, tmp_path, one_thread):
-    """In-process runs: W&B offline, its files under tmp_path, no key to find; one torch thread. Yields tmp_path."""
+    """In-process runs: W&B offline, its files under tmp_path, no key to find; one torch thread.
+    Yields tmp_path."""
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -110,11 +113,13 @@ def offline(monkeypatch, tmp_path, one_thread):
 
 @pytest.fixture()
 def offline_env(tmp_path) -> dict:
-    """Environment for a subprocess: no W&B key, no netrc, W&B files under tmp_path, never a login prompt."""
+    """Environment for a subprocess: no W&B key, no netrc, W&B files under tmp_path, never a login
+    prompt."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     home = tmp_path / "home"
     home.mkdir()
-    # One thread: tiny models gain nothing from two, and a busy machine oversubscribed is many times slower.
+    # One thread: tiny models gain nothing from two, and a busy machine oversubscribed is many times
+    # slower.
     env.update(
         HOME=str(home),
         WANDB_DIR=str(tmp_path),
@@ -299,12 +304,13 @@ def terminal_signal_defaults():
             signal.signal(signum, handler)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A throw-away PostgreSQL server, for the sweeps that several machines share
 
 
 def postgres_bin_dir() -> Path | None:
-    """Debian's PostgreSQL server binaries (apt-get install postgresql), newest version first, or on PATH."""
+    """Debian's PostgreSQL server binaries (apt-get install postgresql), newest version first, or on
+    PATH."""
     found = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: -int(p.parts[-3])
     )
@@ -322,8 +328,9 @@ def _free_loopback_port() -> int:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
-    """A PostgreSQL server for the test session: own data folder, a loopback port, an unprivileged user, no
-    password (trust). Yields postgresql://postgres@127.0.0.1:PORT; the server and its folder go at the end."""
+    """A PostgreSQL server for the test session: own data folder, a loopback port, an unprivileged
+    user, no password (trust). Yields postgresql://postgres@127.0.0.1:PORT; the server and its
+    folder go at the end."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
@@ -413,13 +420,14 @@ def postgres_url(postgres_server: str, tmp_path: Path) -> str:
     return f"{postgres_server}/{name}"
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # What an offline W&B run recorded, as the W&B server will read it after `wandb sync`
 
 
 def wandb_records(wandb_dir: Path, run_id: str) -> list:
-    """The records of the offline W&B run `run_id`, read from its .wandb file (LevelDB log format: 32 KiB blocks of
-    chunks, each a 7-byte header of CRC, length and type; the file opens with a 7-byte W&B header)."""
+    """The records of the offline W&B run `run_id`, read from its .wandb file (LevelDB log format:
+    32 KiB blocks of chunks, each a 7-byte header of CRC, length and type; the file opens with a
+    7-byte W&B header)."""
     from wandb.proto import wandb_internal_pb2
 
     (path,) = wandb_dir.glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
@@ -439,7 +447,8 @@ def wandb_records(wandb_dir: Path, run_id: str) -> list:
 
 
 def offline_wandb_run(wandb_dir: Path, run_id: str) -> tuple[int | None, bool, dict, dict]:
-    """(exit code, marked preempting, summary, config) of an offline W&B run; values as JSON reads them."""
+    """(exit code, marked preempting, summary, config) of an offline W&B run; values as JSON reads
+    them."""
     code, preempting, summary, config = None, False, {}, {}
     for record in wandb_records(wandb_dir, run_id):
         kind = record.WhichOneof("record_type")

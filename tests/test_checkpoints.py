@@ -1,6 +1,7 @@
-"""Divergence and checkpoints: non-finite values end a run as diverged and are never kept; a checkpoint records the
-data it trained on and a resume on other data is refused; checkpoints of PyTorch's wrappers and of other tools load
-or are refused in one line, exit 2, from the trainer, trt_export.py and select_model.py alike."""
+"""Divergence and checkpoints: non-finite values end a run as diverged and are never kept; a
+checkpoint records the data it trained on and a resume on other data is refused; checkpoints of
+PyTorch's wrappers and of other tools load or are refused in one line, exit 2, from the trainer,
+trt_export.py and select_model.py alike."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def other_data_dir(tmp_path_factory) -> Path:
     return root
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Non-finite is diverged
 
 
@@ -158,7 +159,8 @@ def test_an_epoch_that_ends_with_non_finite_weights_is_not_kept(
 def test_validation_counts_the_non_finite_logits_a_finite_loss_hides(tiny_data_dir):
     data = trainer.prepare_data(tiny_data_dir, 200, CPU)
     model = trainer.model_from_config({**trainer.DEFAULTS, **SMALL})
-    absent = 99  # a class no validation image of the first 100 has: its -inf logit leaves every loss finite
+    # a class no validation image of the first 100 has: its -inf logit leaves every loss finite
+    absent = 99
     keep = data.val_labels != absent
     with torch.no_grad():
         model.fc3.bias[absent] = -float("inf")
@@ -185,7 +187,7 @@ def test_export_refuses_a_checkpoint_with_non_finite_weights_in_one_line(
     assert not (tmp_path / "export").exists()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A checkpoint knows its data
 
 
@@ -242,7 +244,7 @@ def test_resume_on_a_copy_of_the_same_data_continues(
     assert summary["status"] == "finished" and [m["epoch"] for m in summary["history"]] == [1, 2]
 
 
-def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes_on_once_it_is_copied(
+def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes_on_once_copied(
     crashed_run, tiny_data_dir, tmp_path, offline_env
 ):
     crashed = crashed_run
@@ -309,7 +311,7 @@ def test_a_last_pt_from_before_data_was_recorded_resumes_with_a_note(
     ]  # recorded from now on
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Foreign checkpoints
 
 
@@ -361,7 +363,8 @@ def test_resume_from_a_last_pt_of_a_data_parallel_model_continues(
 
 
 def other_models_weights(checkpoint: dict) -> dict:
-    """Names another model would use for the same tensors (torchvision style), one of them reshaped."""
+    """Names another model would use for the same tensors (torchvision style), one of them
+    reshaped."""
     weights = {
         key.replace("conv1.", "features.0."): value for key, value in checkpoint["model"].items()
     }
@@ -435,8 +438,8 @@ def test_a_config_missing_keys_is_filled_from_todays_defaults_with_a_line(tmp_pa
     assert loaded["config"]["val_size"] == trainer.DEFAULTS["val_size"]
     note = capsys.readouterr().out.strip()
     assert note == (
-        f"note: {tmp_path / 'best.pt'} has no lr_schedule, val_size in its config: using today's default "
-        f"lr_schedule=cosine, val_size={trainer.DEFAULTS['val_size']}"
+        f"note: {tmp_path / 'best.pt'} has no lr_schedule, val_size in its config: using today's "
+        f"default lr_schedule=cosine, val_size={trainer.DEFAULTS['val_size']}"
     )
 
 
@@ -494,7 +497,7 @@ def test_select_model_skips_a_summary_whose_config_it_cannot_use(tmp_path, capsy
     assert f"{tmp_path / 'odd' / 'summary.json'}" in out
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A checkpoint weights_only refuses
 
 

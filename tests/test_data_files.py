@@ -1,5 +1,6 @@
-"""Where the data is, as users give it: the folder, the extracted folder itself, one level too deep, the archive,
-a download cut short, read-only folders, no network, an old tarfile, a split the classes cannot give."""
+"""Where the data is, as users give it: the folder, the extracted folder itself, one level too deep,
+the archive, a download cut short, read-only folders, no network, an old tarfile, a split the
+classes cannot give."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ TINY = {"num_filters_1": 4, "num_filters_2": 4, "num_filters_3": 4, "batch_size"
 
 @pytest.fixture(scope="session")
 def ten_classes(tmp_path_factory) -> Path:
-    """10 classes x 120 training images (1,200, the issue's case), 2 test images each, in the real layout."""
+    """10 classes x 120 training images (1,200, the issue's case), 2 test images each, in the real
+    layout."""
     root = tmp_path_factory.mktemp("ten_classes")
     write_synthetic_cifar100(root, train_per_class=120, test_per_class=2, num_classes=10, seed=4)
     return root
@@ -47,7 +49,8 @@ def md5_of(path: Path) -> str:
 
 
 def no_network_env(env: dict) -> dict:
-    """urllib (torchvision's downloader) sends every request through a proxy nothing listens on: no network."""
+    """urllib (torchvision's downloader) sends every request through a proxy nothing listens on: no
+    network."""
     env = {k: v for k, v in env.items() if k.lower() != "no_proxy"}
     return env | {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
 
@@ -72,8 +75,9 @@ def wandb_runs(wandb_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def as_non_root() -> tuple[str, ...]:
-    """A command prefix under which permission bits hold: nothing as an ordinary user; as root (who ignores them),
-    setpriv dropping the capabilities that override them. Skips where neither is possible."""
+    """A command prefix under which permission bits hold: nothing as an ordinary user; as root (who
+    ignores them), setpriv dropping the capabilities that override them. Skips where neither is
+    possible."""
     if os.geteuid() != 0:
         return ()
     prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
@@ -87,7 +91,8 @@ def as_non_root() -> tuple[str, ...]:
 
 @pytest.fixture()
 def read_only(tmp_path):
-    """Make folders read-only (mode 555) for one test; writable again at the end, so pytest can clean up."""
+    """Make folders read-only (mode 555) for one test; writable again at the end, so pytest can
+    clean up."""
     made = []
 
     def make(folder: Path) -> Path:
@@ -100,7 +105,8 @@ def read_only(tmp_path):
         folder.chmod(0o755)
 
 
-# ------------------------------------------------------------------------------------------- where the files are
+# ------------------------------------------------------------------------------------------- where
+# the files are
 
 
 @pytest.mark.parametrize(
@@ -228,8 +234,8 @@ def test_a_repacked_archive_that_reads_as_cifar100_is_used_with_a_note(archive, 
 
 @pytest.fixture()
 def tarfile_of_python_3_11_2(monkeypatch):
-    """tarfile as Python 3.11.2 (Debian 12) and 3.10.11 ship it: no extraction filters, and extractall refuses
-    the `filter` keyword."""
+    """tarfile as Python 3.11.2 (Debian 12) and 3.10.11 ship it: no extraction filters, and
+    extractall refuses the `filter` keyword."""
     real_extractall = tarfile.TarFile.extractall
 
     def extractall(self, path=".", members=None, *, numeric_owner=False, **kwargs):
@@ -260,8 +266,8 @@ def test_the_archive_is_extracted_and_read_where_tarfile_has_no_extraction_filte
 
 
 def test_archive_members_never_write_outside_and_a_link_is_not_the_data(ten_classes, tmp_path):
-    """An archive with `../escaped`, an absolute path and a link named cifar-100-python/train: refused, and
-    nothing lands anywhere but the data folder."""
+    """An archive with `../escaped`, an absolute path and a link named cifar-100-python/train:
+    refused, and nothing lands anywhere but the data folder."""
     data = tmp_path / "sandbox" / "data"
     data.mkdir(parents=True)
     evil = data / cifar_files.CIFAR100_ARCHIVE
@@ -311,7 +317,8 @@ def test_a_file_of_the_data_set_given_as_data_dir_names_its_folder(ten_classes):
         cifar_files.cifar100_source(ten_classes / cifar_files.CIFAR100_DIR / "train")
 
 
-# ----------------------------------------------------------------------- broken files: named, never to be deleted
+# ----------------------------------------------------------------------- broken files: named, never
+# to be deleted
 
 
 def half_download(archive: Path, data: Path) -> Path:
@@ -331,8 +338,8 @@ def test_a_half_downloaded_archive_is_named_with_its_size_and_left_alone(
     assert result.returncode == 2
     line = one_line_error(result.stderr)
     assert (
-        f"{broken} fails the CIFAR-100 checksum: it is 300,000 bytes where the archive is 169,001,437"
-        in line
+        f"{broken} fails the CIFAR-100 checksum: it is 300,000 bytes where the archive is "
+        "169,001,437" in line
     )
     assert "put it at" not in line and "delete" not in line
     assert "downloading" not in result.stdout and broken.read_bytes() == before
@@ -403,7 +410,8 @@ def test_a_damaged_data_folder_is_named_and_never_to_be_deleted(
     assert (data / "cifar-100-python" / "meta").is_file() and not list(data.glob("*.tar.gz*"))
 
 
-# --------------------------------------------------------------------------------------------- no network at all
+# --------------------------------------------------------------------------------------------- no
+# network at all
 
 
 def test_no_network_for_the_download_is_one_line_and_leaves_no_wandb_run(tmp_path, offline_env):
@@ -420,7 +428,8 @@ def test_no_network_for_the_download_is_one_line_and_leaves_no_wandb_run(tmp_pat
     )  # no W&B run, no .part
 
 
-# -------------------------------------------------------------------------------------------- read-only folders
+# --------------------------------------------------------------------------------------------
+# read-only folders
 
 
 def test_a_read_only_data_folder_holding_only_the_archive_is_read_in_memory(
@@ -544,7 +553,8 @@ def test_sweep_and_selection_check_their_folders_before_any_work(
     assert not (tmp_path / "no-data").exists() and list((tmp_path / "runs").iterdir()) == []
 
 
-# ------------------------------------------------------------------------------------------ a split the data can give
+# ------------------------------------------------------------------------------------------ a split
+# the data can give
 
 
 def test_a_validation_size_the_classes_cannot_give_is_refused_with_the_class_counts(

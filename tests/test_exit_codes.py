@@ -1,5 +1,6 @@
-"""One exit-code policy (cli.EXIT_CODES) for every command, each run as a real process on each class of input:
-0 done, 1 a failure at run time, 2 bad input or a file the user must fix, 128 + n stopped by signal n."""
+"""One exit-code policy (cli.EXIT_CODES) for every command, each run as a real process on each class
+of input: 0 done, 1 a failure at run time, 2 bad input or a file the user must fix, 128 + n stopped
+by signal n."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def stopped(cmd: list[str], env: dict, cwd: Path, marker: str) -> int:
 
 @pytest.fixture()
 def inputs(tiny_data_dir, tmp_path) -> dict:
-    """Paths for every case: good data, a file where a folder belongs, an empty folder, a broken checkpoint."""
+    """Paths for every case: good data, a file where a folder belongs, an empty folder, a broken
+    checkpoint."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "a_file").write_text("not a data set")
     (tmp_path / "broken_run").mkdir()

@@ -311,8 +311,8 @@ def test_wandb_core_killed_mid_run_costs_wandb_only(tiny_data_dir, tmp_path, off
     (said,) = [line.rstrip() for line in process.lines if line.startswith("W&B: ")]
     (offline_run,) = tmp_path.glob("wandb/offline-run-*-nocore")
     assert re.fullmatch(
-        r"W&B: .* failed \(ConnectionResetError: .*\): W&B loses this run after "
-        r"epoch [123]; the training goes on; what W&B saved is uploaded with: "
+        r"W&B: .* failed \(ConnectionResetError: .*\): W&B loses this run after epoch [123]; the "
+        r"training goes on; what W&B saved is uploaded with: "
         rf"wandb sync {re.escape(str(offline_run))}",
         said,
     ), said
@@ -345,8 +345,11 @@ def test_wandb_core_killed_in_a_local_sweep_trial_leaves_no_trial_running(
 
 
 def test_a_home_folder_wandb_cannot_write_costs_the_model_artifact_only(
-    tiny_data_dir, tmp_path, offline_env, as_non_root
-):  # noqa: F811 (the fixture)
+    tiny_data_dir,
+    tmp_path,
+    offline_env,
+    as_non_root,  # noqa: F811 (the fixture)
+):
     # W&B stages artifacts under ~/.local/share/wandb, read-only on many clusters: after training,
     # 60 lines of PermissionError, exit 1, no `done:` line.
     home = tmp_path / "readonly-home"
@@ -456,7 +459,8 @@ def test_the_boundary_makes_each_kind_one_line_of_the_table(tmp_path, capsys):
         (
             raised(disk_full),
             cli.EXIT_FAILED,
-            f"error: {tmp_path / 'summary.json'}: No space left on device (ENOSPC); its file system "
+            f"error: {tmp_path / 'summary.json'}: No space left on device (ENOSPC); its file "
+            "system "
             "is full",
         ),
         (

@@ -1,8 +1,8 @@
 """local_sweep.py's Hyperband is W&B's: the same bands, the same thresholds, the same runs stopped.
 
-The comparison runs W&B's own engine (`sweeps.hyperband_stop_runs`, .ci/wandb_hyperband.py) in the environment
-`.venv-sweeps` (the `sweeps` package pins numpy<2, so it cannot share .venv); SWEEPS_PYTHON names another
-interpreter. The other tests here need no W&B code.
+The comparison runs W&B's own engine (`sweeps.hyperband_stop_runs`, .ci/wandb_hyperband.py) in the
+environment `.venv-sweeps` (the `sweeps` package pins numpy<2, so it cannot share .venv);
+SWEEPS_PYTHON names another interpreter. The other tests here need no W&B code.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from cifarkit.sweeps.space import SweepConfigError
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_PYTHON = ROOT / os.environ.get("SWEEPS_PYTHON", ".venv-sweeps/bin/python")  # .ci/run sets it
 METRIC = "val_accuracy"
-SETTINGS = [  # W&B-valid early_terminate sections: both forms, several s and eta (fractional too), strict or not
+# W&B-valid early_terminate sections: both forms, several s and eta (fractional too), strict or not
+SETTINGS = [
     {
         "max_iter": 36,
         "s": 2,
@@ -48,13 +49,14 @@ SETTINGS = [  # W&B-valid early_terminate sections: both forms, several s and et
 ]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A sweep replayed: curves fed to the local sweep's pruner, trial by trial and epoch by epoch
 
 
 def curves(rng: random.Random, runs: int, ties: bool, goal: str) -> list[list[float]]:
-    """Learning curves of 1..16 epochs: coarse random values (many ties, a few NaN or inf, which W&B drops), or
-    curves that improve towards the goal with fixed ranks and noise, rounded (ties at the same epoch)."""
+    """Learning curves of 1..16 epochs: coarse random values (many ties, a few NaN or inf, which W&B
+    drops), or curves that improve towards the goal with fixed ranks and noise, rounded (ties at the
+    same epoch)."""
     out = []
     for i in range(runs):
         length = rng.randint(1, 16)
@@ -86,12 +88,13 @@ def replay_sweep(
     rng: random.Random,
     crash_rate: float,
 ) -> tuple[list[dict], list[list[str]]]:
-    """Run `runs` as a sweep on `workers` workers that take turns at random, each trial reporting through
-    local_sweep.Pruning, as run_trial does. A trial may crash after an epoch: it is failed and queued for a retry,
-    which replays its epochs before it trains on (resume from last.pt).
+    """Run `runs` as a sweep on `workers` workers that take turns at random, each trial reporting
+    through local_sweep.Pruning, as run_trial does. A trial may crash after an epoch: it is failed
+    and queued for a retry, which replays its epochs before it trains on (resume from last.pt).
 
-    Returns the events (what W&B's controller would see: the run that logged a row, its value, the running runs)
-    and, per event, the runs the local pruner would stop then (every running trial asked).
+    Returns the events (what W&B's controller would see: the run that logged a row, its value, the
+    running runs) and, per event, the runs the local pruner would stop then (every running trial
+    asked).
     """
     pruner = sweep_space.WandbHyperbandPruner(*sweep_space.hyperband_bands(early))
     study = optuna.create_study(direction=goal, pruner=pruner)
@@ -203,14 +206,15 @@ def test_the_local_sweep_stops_exactly_the_runs_wandbs_engine_stops(tmp_path):
     assert any(stopped) and not all(stopped)  # the curves make W&B stop some runs and keep others
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The rule, by example (no W&B code needed)
 
 
 def study_with(
     curves_done: list[list[float]], early: dict, direction: str = "maximize"
 ) -> optuna.Study:
-    """A study holding finished trials with these curves (step = epoch), pruned by W&B's Hyperband."""
+    """A study holding finished trials with these curves (step = epoch), pruned by W&B's
+    Hyperband."""
     study = optuna.create_study(
         direction=direction,
         pruner=sweep_space.WandbHyperbandPruner(*sweep_space.hyperband_bands(early)),
@@ -246,7 +250,8 @@ def test_every_trial_is_checked_at_every_band_against_all_that_reached_it():
         [20] * 12,
         [30] * 4,
     ]  # the third stopped after epoch 4: it counts at band 4 only
-    # The threshold is the value ranked int(n / 3) from the best, 0 first: 2nd of 4 at band 4, 2nd of 3 at band 12
+    # The threshold is the value ranked int(n / 3) from the best, 0 first: 2nd of 4 at band 4, 2nd
+    # of 3 at band 12
     assert (
         first_pruned_epoch(study_with(others, early), [40] * 4 + [5] * 8) == 12
     )  # best at 4, last at 12
@@ -257,7 +262,8 @@ def test_every_trial_is_checked_at_every_band_against_all_that_reached_it():
 
 
 def test_after_the_last_band_a_trial_is_still_held_to_it():
-    """As under W&B: a trial past the last band is compared at that band again when others have reached it since."""
+    """As under W&B: a trial past the last band is compared at that band again when others have
+    reached it since."""
     early = {
         "type": "hyperband",
         "max_iter": 4,
@@ -302,8 +308,8 @@ def test_a_tie_with_the_threshold_stays_and_nan_is_not_a_value():
 
 
 def test_a_retried_trial_counts_once():
-    """A failed trial and its retry (which replays the same epochs) are one W&B run: the rank at the band is out of
-    2, not 3."""
+    """A failed trial and its retry (which replays the same epochs) are one W&B run: the rank at the
+    band is out of 2, not 3."""
     early = {
         "type": "hyperband",
         "max_iter": 4,
@@ -350,7 +356,7 @@ def test_a_resumed_trial_replays_its_epochs_without_deciding_them_again():
     assert pruning.best == 7.0
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Bands and refusals
 
 

@@ -1,4 +1,5 @@
-"""local_sweep.py: W&B distributions in Optuna, a sweep that finishes, resumes after SIGKILL, prunes, and refuses."""
+"""local_sweep.py: W&B distributions in Optuna, a sweep that finishes, resumes after SIGKILL,
+prunes, and refuses."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ TINY = {
 
 
 def draw(spec: dict, n: int = 1000) -> list:
-    """n values of a W&B parameter spec, sampled by Optuna's RandomSampler through the translation."""
+    """n values of a W&B parameter spec, sampled by Optuna's RandomSampler through the
+    translation."""
     param = translate_parameter("x", spec)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     return [param.sample(study.ask()) for _ in range(n)]
@@ -43,7 +45,7 @@ def share_below(values: list, threshold: float) -> float:
     return sum(v < threshold for v in values) / len(values)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Each W&B distribution, translated
 
 
@@ -247,7 +249,7 @@ def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
     assert rand.direction == "minimize"  # W&B's default goal
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Sweeps that train
 
 

@@ -1,4 +1,5 @@
-"""Faults end clearly and lose nothing: bad values, bad files, divergence, out of memory, signals, crashes mid-write."""
+"""Faults end clearly and lose nothing: bad values, bad files, divergence, out of memory, signals,
+crashes mid-write."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class FakeRun:
 
 @pytest.fixture()
 def fake_wandb(monkeypatch):
-    """Patch wandb.init so main() talks to a FakeRun; `overrides` play the part of a sweep's values."""
+    """Patch wandb.init so main() talks to a FakeRun; `overrides` play the part of a sweep's
+    values."""
     import wandb
 
     holder = {"overrides": {}}
@@ -83,7 +85,7 @@ def fast_args(data_dir: Path, runs_dir: Path, wandb_mode: str = "disabled", **ov
     ]
 
 
-# ------------------------------------------------------------------------------------------------------- bad values
+# --------------------------------------------------------------------------------------- bad values
 
 
 @pytest.mark.parametrize(
@@ -168,7 +170,8 @@ def test_integral_floats_from_q_uniform_are_accepted_as_integers():
         trainer.validate_config({"epochs": 35.5})
 
 
-# ----------------------------------------------------------------------------------------- divergence, out of memory
+# -----------------------------------------------------------------------------------------
+# divergence, out of memory
 
 
 def test_a_diverging_run_stops_logs_diverged_and_exits_0(fake_wandb, tiny_data_dir, tmp_path):
@@ -179,7 +182,8 @@ def test_a_diverging_run_stops_logs_diverged_and_exits_0(fake_wandb, tiny_data_d
     run = fake_wandb["run"]
     summary = json.loads((tmp_path / "runs" / run.id / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["epochs_completed"] < 3
-    # W&B's optimizer gets 0 for a run with no finished epoch (summary.json says None: there was no best epoch)
+    # W&B's optimizer gets 0 for a run with no finished epoch (summary.json says None: there was no
+    # best epoch)
     assert run.summary["diverged"] is True and run.summary["val_accuracy"] == (
         summary["best_val_accuracy"] or 0.0
     )
@@ -201,7 +205,7 @@ def test_out_of_memory_is_one_line_with_the_config_and_a_failed_run(
     )
 
 
-# ------------------------------------------------------------------------------------------------------ interruption
+# ------------------------------------------------------------------------------------- interruption
 
 
 @pytest.mark.parametrize("sweep", [False, True])
@@ -209,8 +213,9 @@ def test_out_of_memory_is_one_line_with_the_config_and_a_failed_run(
 def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agent_stopped_it(
     signum, sweep, fake_wandb, monkeypatch, tiny_data_dir, tmp_path, terminal_signal_defaults
 ):
-    # A sweep agent stops a run early (Hyperband) with SIGTERM: that must not get it requeued. Every other stop
-    # (a preemption notice, a closed terminal, a CPU-time limit, Ctrl-C) requeues it, sweep or not.
+    # A sweep agent stops a run early (Hyperband) with SIGTERM: that must not get it requeued. Every
+    # other stop (a preemption notice, a closed terminal, a CPU-time limit, Ctrl-C) requeues it,
+    # sweep or not.
     requeued = not (sweep and signum == signal.SIGTERM)
     real_train_epoch = trainer.train_epoch
 
@@ -232,7 +237,8 @@ def test_a_stop_signal_keeps_the_last_epoch_and_marks_preemption_unless_the_agen
 
 
 def test_any_exception_first_saves_the_last_finished_epoch(tiny_data_dir, tmp_path):
-    # Checkpoints are written at most once a minute; an exception must not lose the epochs since the last write.
+    # Checkpoints are written at most once a minute; an exception must not lose the epochs since the
+    # last write.
     config = trainer.validate_config({**FAST_CONFIG, "epochs": 5, "val_size": 200})
     data = trainer.prepare_data(tiny_data_dir, 200, torch.device("cpu"))
 
@@ -255,7 +261,8 @@ def test_any_exception_first_saves_the_last_finished_epoch(tiny_data_dir, tmp_pa
 def start_and_interrupt(
     args: list[str], env: dict, cwd: Path, last_pt_glob: str, signum: int
 ) -> tuple[int, str]:
-    """Start the trainer, send `signum` as soon as the first epoch's last.pt exists; return (exit code, stderr)."""
+    """Start the trainer, send `signum` as soon as the first epoch's last.pt exists; return (exit
+    code, stderr)."""
     process = subprocess.Popen(
         at_terminal_defaults(trainer_command(*args)),
         env=env,
@@ -343,8 +350,8 @@ def test_sigint_then_resume_option_finishes_the_run(tiny_data_dir, tmp_path, off
 def test_a_preemption_notice_during_start_up_requeues_the_run_instead_of_killing_it(
     tiny_data_dir, tmp_path, offline_env
 ):
-    # SIGUSR1 as soon as wandb.init has made the run, while data loads and before any epoch: the default action
-    # would kill the process (exit -10, never marked preempting, the trial lost).
+    # SIGUSR1 as soon as wandb.init has made the run, while data loads and before any epoch: the
+    # default action would kill the process (exit -10, never marked preempting, the trial lost).
     env = {**offline_env, "WANDB_RUN_ID": "early", "WANDB_SWEEP_ID": "sweep123"}
     args = fast_args(tiny_data_dir, tmp_path / "runs", wandb_mode="offline", epochs=3)  # W&B starts
     process = subprocess.Popen(
@@ -390,7 +397,7 @@ def test_epochs_are_logged_at_their_own_step_so_a_relaunch_cannot_collide(
     assert run.metrics["val_accuracy"] == {"summary": "max"}
 
 
-# ----------------------------------------------------------------------------------------------------------- resume
+# ------------------------------------------------------------------------------------------- resume
 
 
 def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoints(
@@ -453,7 +460,7 @@ def test_a_checkpoint_missing_a_key_resume_needs_is_one_line_and_exit_2(
     )
 
 
-# --------------------------------------------------------------------------------------------------------- bad files
+# ---------------------------------------------------------------------------------------- bad files
 
 
 @pytest.fixture()
@@ -516,7 +523,8 @@ def good_checkpoint(tmp_path) -> Path:
 
 
 class Payload:
-    """A class pickled into a checkpoint: with weights_only=True loading it must be refused, not executed."""
+    """A class pickled into a checkpoint: with weights_only=True loading it must be refused, not
+    executed."""
 
 
 @pytest.mark.parametrize(
@@ -561,7 +569,7 @@ def test_resuming_from_a_truncated_last_checkpoint_exits_2_with_one_line(tmp_pat
     assert "cannot resume" in one_line_error(result.stderr) and "last.pt" in result.stderr
 
 
-# ----------------------------------------------------------------------------------------------------- atomic writes
+# ------------------------------------------------------------------------------------ atomic writes
 
 
 class FailsWhenPickled:

@@ -1,4 +1,5 @@
-"""Model selection: the winners of a sweep retrained with new seeds, their statistics, the accuracy/cost front."""
+"""Model selection: the winners of a sweep retrained with new seeds, their statistics, the
+accuracy/cost front."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def select_command(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "select_model.py"), *args]
 
 
-# ----------------------------------------------------------------------------------------------------------- numbers
+# ------------------------------------------------------------------------------------------ numbers
 
 
 def test_mean_std_and_interval_of_a_fixed_list_match_students_t():
@@ -61,7 +62,7 @@ def test_the_chosen_config_has_the_best_mean_and_a_tie_goes_to_the_cheaper_one()
     assert [r["pareto"] for r in ranked] == [True, False, False]
 
 
-# ----------------------------------------------------------------------------------------------------------- the flow
+# ----------------------------------------------------------------------------------------- the flow
 
 
 def train_original(data_dir: Path, run_dir: Path, **overrides) -> dict:
@@ -71,7 +72,8 @@ def train_original(data_dir: Path, run_dir: Path, **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def finished_runs(learnable_data_dir, tmp_path_factory) -> Path:
-    """Three finished runs at different depths (a single run, two sweep trials) and one pruned trial."""
+    """Three finished runs at different depths (a single run, two sweep trials) and one pruned
+    trial."""
     runs = tmp_path_factory.mktemp("finished") / "runs"
     train_original(learnable_data_dir, runs / "single", epochs=3)
     train_original(learnable_data_dir, runs / "study" / "trial-0000", epochs=2, num_filters_3=16)
@@ -194,8 +196,9 @@ def test_a_killed_selection_resumes_without_retraining_finished_seeds(
         assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}")), (
             run_id
         )  # each seed is a W&B run
-    # The seed trained by the second command ended cleanly: its W&B run is in the selection's group. (The first was
-    # killed as its summary appeared, maybe before wandb wrote its buffer: its run folder is what counts.)
+    # The seed trained by the second command ended cleanly: its W&B run is in the selection's group.
+    # (The first was killed as its summary appeared, maybe before wandb wrote its buffer: its run
+    # folder is what counts.)
     (second,) = [p for p in runs.glob("selection/*") if p.is_dir() and p != finished]
     assert any(
         b"selection-runs" in f.read_bytes()
@@ -323,8 +326,8 @@ def test_a_sweep_then_selection_then_export_of_what_was_chosen(
 def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points(
     learnable_data_dir, tmp_path, monkeypatch, capsys
 ):
-    """sweep_deploy.json's form offline, then `select_model.py --front` and `trt_export.py --within`: the README's
-    deploy path, on tiny models whose flops_per_image differ."""
+    """sweep_deploy.json's form offline, then `select_model.py --front` and `trt_export.py
+    --within`: the README's deploy path, on tiny models whose flops_per_image differ."""
     import csv
 
     import local_sweep

@@ -1,7 +1,7 @@
-"""Every signal that asks a process to stop is a graceful stop, in the trainer, a local sweep and model selection;
-a signal the caller ignores (nohup, a script's background job) stays ignored. Real processes, real
-signals; each process starts with the dispositions its case needs (conftest.at_terminal_defaults),
-whatever pytest itself inherited."""
+"""Every signal that asks a process to stop is a graceful stop, in the trainer, a local sweep and
+model selection; a signal the caller ignores (nohup, a script's background job) stays ignored. Real
+processes, real signals; each process starts with the dispositions its case needs
+(conftest.at_terminal_defaults), whatever pytest itself inherited."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ class Process:
             time.sleep(0.05)
 
     def wait_for_epoch(self, epoch: int, seconds: float = 240) -> None:
-        """Until some process writing to stdout has printed the line of `epoch` (a trainer, or a sweep's worker)."""
+        """Until some process writing to stdout has printed the line of `epoch` (a trainer, or a
+        sweep's worker)."""
         deadline = time.monotonic() + seconds
         while not any(
             (m := EPOCH_LINE.match(line)) and int(m[1]) >= epoch for line in list(self.lines)
@@ -80,7 +81,8 @@ class Process:
             time.sleep(0.01)
 
     def wait_for_more_epochs(self, count: int, seconds: float = 240) -> None:
-        """Until `count` more epoch lines than now have been printed (by any of the processes writing to stdout)."""
+        """Until `count` more epoch lines than now have been printed (by any of the processes
+        writing to stdout)."""
         start, deadline = len(self.lines), time.monotonic() + seconds
         while sum(bool(EPOCH_LINE.match(line)) for line in self.lines[start:]) < count:
             assert self.popen.poll() is None, self.ended_early()
@@ -126,15 +128,16 @@ def saved_epoch(run_dir: Path) -> int:
     return run_files.load_checkpoint(run_dir / "last.pt", needs=("epoch",))["epoch"]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The trainer
 
 
 def test_sighup_to_the_trainer_keeps_the_latest_epoch_finishes_the_wandb_run_and_exits_129(
     tiny_data_dir, tmp_path, offline_env
 ):
-    # What `wandb agent --forward-signals` passes on. Checkpoints are written after epoch 1 and then once a minute:
-    # only a graceful stop (as SIGTERM's, tests/test_reliability.py) has epoch 2 or later in last.pt.
+    # What `wandb agent --forward-signals` passes on. Checkpoints are written after epoch 1 and then
+    # once a minute: only a graceful stop (as SIGTERM's, tests/test_reliability.py) has epoch 2 or
+    # later in last.pt.
     env = offline_env | {"WANDB_RUN_ID": "stopped"}
     process = Process(trainer_command(*run_args(tiny_data_dir, tmp_path / "runs")), env, tmp_path)
     process.wait_for_epoch(2)
@@ -150,8 +153,9 @@ def test_sighup_to_the_trainer_keeps_the_latest_epoch_finishes_the_wandb_run_and
 
 
 def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offline_env):
-    """The trainer on a terminal (a pseudo-terminal, as sshd gives) that goes away: the kernel sends SIGHUP and every
-    later write to the terminal fails; the run still saves, finishes its W&B run and exits 129."""
+    """The trainer on a terminal (a pseudo-terminal, as sshd gives) that goes away: the kernel sends
+    SIGHUP and every later write to the terminal fails; the run still saves, finishes its W&B run
+    and exits 129."""
     master, terminal = os.openpty()
 
     def on_the_terminal() -> (
@@ -188,8 +192,9 @@ def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offli
 def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(
     tiny_data_dir, tmp_path, offline_env
 ):
-    # `nohup` ignores SIGHUP; bash without job control starts `cmd &` with SIGINT and SIGQUIT ignored. The user asked
-    # for the run to go on after the terminal closes: it does, and SIGTERM still stops it gracefully.
+    # `nohup` ignores SIGHUP; bash without job control starts `cmd &` with SIGINT and SIGQUIT
+    # ignored. The user asked for the run to go on after the terminal closes: it does, and SIGTERM
+    # still stops it gracefully.
     args = run_args(tiny_data_dir, tmp_path / "runs", wandb_mode="disabled")
     command = " ".join(f"'{part}'" for part in trainer_command(*args))
     env = offline_env | {"WANDB_RUN_ID": "nohup"}
@@ -205,8 +210,9 @@ def test_signals_the_caller_ignores_stay_ignored_and_the_others_still_stop(
     assert 4 <= saved_epoch(tmp_path / "runs" / "nohup") < EPOCHS
 
 
-# W&B's start and the end of a run (upload, finish) are outside the training loop. A slow one is made here by a stand-in
-# that prints a line and sleeps; the process, its signals and what it prints are real.
+# W&B's start and the end of a run (upload, finish) are outside the training loop. A slow one is
+# made here by a stand-in that prints a line and sleeps; the process, its signals and what it prints
+# are real.
 SLOW_STAGE = """
 import sys, time
 import part_2_cifar as p2
@@ -245,7 +251,7 @@ def test_ctrl_c_twice_during_the_wandb_start_or_end_is_one_line_and_exit_130(
     assert one_line(stderr).startswith(f"interrupted by SIGINT: {said}")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Output that goes away without a SIGHUP: the work goes on unseen (cli.OutputThatMayGoAway)
 
 
@@ -262,7 +268,8 @@ def assert_finished_quietly(
 def test_a_pipe_whose_reader_exits_after_the_first_line_does_not_end_the_training(
     tiny_data_dir, tmp_path, offline_env
 ):
-    # `part_2_cifar.py ... | head -1`: once head exits, every write to stdout fails (EPIPE; Python ignores SIGPIPE).
+    # `part_2_cifar.py ... | head -1`: once head exits, every write to stdout fails (EPIPE; Python
+    # ignores SIGPIPE).
     epochs, read_end, write_end = 5, *os.pipe()
     process = subprocess.Popen(
         trainer_command(*run_args(tiny_data_dir, tmp_path / "runs", epochs)),
@@ -302,8 +309,9 @@ def test_only_a_reader_that_went_away_is_forgiven_a_full_disk_still_raises():
 def test_a_terminal_gone_without_a_sighup_does_not_end_the_training(
     tiny_data_dir, tmp_path, offline_env
 ):
-    # `part_2_cifar.py ... &` then logout: bash sends background jobs no SIGHUP, and every write to the terminal the job
-    # still holds fails (EIO), on stdout and stderr alike. A pty that is not the job's controlling terminal is that.
+    # `part_2_cifar.py ... &` then logout: bash sends background jobs no SIGHUP, and every write to
+    # the terminal the job still holds fails (EIO), on stdout and stderr alike. A pty that is not
+    # the job's controlling terminal is that.
     epochs, (master, terminal) = 5, os.openpty()
     process = subprocess.Popen(
         trainer_command(*run_args(tiny_data_dir, tmp_path / "runs", epochs)),
@@ -324,7 +332,7 @@ def test_a_terminal_gone_without_a_sighup_does_not_end_the_training(
     assert_finished_quietly(process.returncode, "", tmp_path, "bg", epochs)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A local sweep
 
 
@@ -448,14 +456,14 @@ def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_
     ]  # none left RUNNING
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Model selection
 
 
 @pytest.fixture()
 def one_finished_run(finished_run) -> Path:
-    """A runs folder with one finished run of FAST_CONFIG; its summary says `epochs` EPOCHS, which is what
-    select_model retrains (set_epochs changes it)."""
+    """A runs folder with one finished run of FAST_CONFIG; its summary says `epochs` EPOCHS, which
+    is what select_model retrains (set_epochs changes it)."""
     set_epochs(finished_run, EPOCHS)  # long enough to be stopped in the middle
     return finished_run.parent
 
@@ -533,7 +541,8 @@ def test_a_stop_with_trainings_not_yet_started_ends_model_selection_and_the_same
 
     for attempt in range(2):
         process = Process(command, offline_env, tmp_path)
-        # The first command stops its first seed once an epoch is saved; the second once it has resumed that seed.
+        # The first command stops its first seed once an epoch is saved; the second once it has
+        # resumed that seed.
         process.wait_until(saved if attempt == 0 else resumed)
         process.popen.send_signal(signal.SIGTERM)
         code, stderr = process.finish()

@@ -1,4 +1,5 @@
-"""sweep_config.json: W&B's schema, the trainer's settings, and a run launched exactly as `wandb agent` launches it."""
+"""sweep_config.json: W&B's schema, the trainer's settings, and a run launched exactly as `wandb
+agent` launches it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from cifarkit.sweeps import space as sweep_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = ROOT / "sweep_config.json"
-# Sampled values stay as drawn; only these change, after sampling, so the run takes seconds on a CPU: same code path.
+# Sampled values stay as drawn; only these change, after sampling, so the run takes seconds on a
+# CPU: same code path.
 FAST_OVERRIDES = {"epochs": 2, "num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 16}
 
 
@@ -38,15 +40,17 @@ def test_sweep_is_the_seed_bayes_search_with_hyperband():
     assert params["momentum"] == {"distribution": "uniform", "min": 0.8, "max": 0.99}
     assert params["epochs"] == {"distribution": "q_uniform", "min": 30, "max": 50, "q": 5}
     assert params["dropout_rate"]["values"] == [0.125, 0.25, 0.5]
-    # W&B stops runs at epochs max_iter / eta^k, k = 1..s: 4 and 12, both inside the first 40% of the shortest
-    # (30-epoch) cosine schedule, where every budget still trains near its peak learning rate.
+    # W&B stops runs at epochs max_iter / eta^k, k = 1..s: 4 and 12, both inside the first 40% of
+    # the shortest (30-epoch) cosine schedule, where every budget still trains near its peak
+    # learning rate.
     assert sweep_space.hyperband_bands(sweep["early_terminate"]) == ([4, 12], 3, True)
 
 
 def test_sweep_config_passes_wandbs_own_schema():
     sweeps = pytest.importorskip(
         "sweeps",
-        reason="W&B's sweep engine (`pip install sweeps`) pins numpy<2, so it is not in the product's "
+        reason="W&B's sweep engine (`pip install sweeps`) pins numpy<2, so it is not in the "
+        "product's "
         "environment; run this test in a separate one to check the schema",
     )
     from sweeps.config import schema_violations_from_proposed_config
@@ -56,7 +60,8 @@ def test_sweep_config_passes_wandbs_own_schema():
 
 
 def sample_config(seed: int) -> dict:
-    """One config drawn from sweep_config.json (through local_sweep's translation, tested in test_local_sweep.py)."""
+    """One config drawn from sweep_config.json (through local_sweep's translation, tested in
+    test_local_sweep.py)."""
     sweep = local_sweep.load_sweep(SWEEP_FILE)
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
     return {p.name: p.sample(trial) for p in sweep.params}
@@ -65,13 +70,15 @@ def sample_config(seed: int) -> dict:
 def run_like_the_agent(
     tmp_path: Path, data_dir: Path, env: dict, cli: dict | None, param_file: dict
 ) -> Path:
-    """What `wandb agent` does for one run (wandb_agent.Agent._command_run in wandb 0.31), with W&B offline.
+    """What `wandb agent` does for one run (wandb_agent.Agent._command_run in wandb 0.31), with W&B
+    offline.
 
-    The values go both ways the agent sends them: `--key=value` arguments built by wandb's own function, and a
-    params file named by WANDB_SWEEP_PARAM_PATH that wandb.init reads. The sweep file has no `command`, so the
-    default one runs, `${env} ${interpreter} ${program} ${args}`, with `${interpreter}` the word `python` (found
-    on PATH: this environment's bin goes first, as the README tells users to arrange). --val-size=100 stands for
-    the fixed options a sweep passes through its `command`.
+    The values go both ways the agent sends them: `--key=value` arguments built by wandb's own
+    function, and a params file named by WANDB_SWEEP_PARAM_PATH that wandb.init reads. The sweep
+    file has no `command`, so the default one runs, `${env} ${interpreter} ${program} ${args}`, with
+    `${interpreter}` the word `python` (found on PATH: this environment's bin goes first, as the
+    README tells users to arrange). --val-size=100 stands for the fixed options a sweep passes
+    through its `command`.
     """
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
     from wandb.sdk.lib import config_util
@@ -126,7 +133,8 @@ def test_agent_command_line_and_params_file_give_the_run_the_sampled_config(
 
 
 def test_params_file_alone_sets_the_config(tmp_path, tiny_data_dir, offline_env):
-    """Agents that pass no arguments (a `command` without ${args}) still configure the run through the file."""
+    """Agents that pass no arguments (a `command` without ${args}) still configure the run through
+    the file."""
     sample = sample_config(seed=4) | FAST_OVERRIDES
     summary = json.loads(
         run_like_the_agent(tmp_path, tiny_data_dir, offline_env, None, sample).read_text()

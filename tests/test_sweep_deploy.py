@@ -1,5 +1,6 @@
-"""sweep_deploy.json: a multi-objective sweep in W&B 0.31's own format (method custom, scheduler engine optuna,
-metrics), checked against W&B's own Optuna scheduler code (wandb/sdk/sweeps/scheduler/optuna.py) and run locally."""
+"""sweep_deploy.json: a multi-objective sweep in W&B 0.31's own format (method custom, scheduler
+engine optuna, metrics), checked against W&B's own Optuna scheduler code
+(wandb/sdk/sweeps/scheduler/optuna.py) and run locally."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ OBJECTIVES = [
     {"name": "best_val_accuracy", "goal": "maximize"},
     {"name": "flops_per_image", "goal": "minimize"},
 ]
-# Sampled values stay as drawn but these, so each run takes a second or two on a CPU: the same code path.
+# Sampled values stay as drawn but these, so each run takes a second or two on a CPU: the same code
+# path.
 FAST_OVERRIDES = {"epochs": 2, "batch_size": 64, "num_filters_1": 8, "num_filters_3": 16}
 
 wandb_optuna = pytest.importorskip("wandb.sdk.sweeps.scheduler.optuna")
@@ -63,11 +65,12 @@ def test_the_deploy_sweep_passes_wandbs_own_schema():
     assert schema_violations_from_proposed_config(deploy_file()) == []
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # One translation: sweep_space.py against wandb's search_space_from_sweep_config
 
 
-BOTH_SUPPORT = [  # every kind W&B's Optuna engine translates, with bounds on q's grid where q is involved
+# every kind W&B's Optuna engine translates, with bounds on q's grid where q is involved
+BOTH_SUPPORT = [
     {"value": 7},
     {"distribution": "constant", "value": "cosine"},
     {"values": [64, 128, 256]},
@@ -83,7 +86,8 @@ BOTH_SUPPORT = [  # every kind W&B's Optuna engine translates, with bounds on q'
 
 
 def same_values(ours: sweep_space.Param, theirs: optuna.distributions.BaseDistribution) -> bool:
-    """A constant is not drawn here, W&B draws it from a one-value categorical: the same value either way."""
+    """A constant is not drawn here, W&B draws it from a one-value categorical: the same value
+    either way."""
     if ours.distribution is None:
         return theirs == optuna.distributions.CategoricalDistribution([ours.constant])
     return (
@@ -160,13 +164,14 @@ def test_each_method_draws_as_the_wandb_engine_that_runs_it():
     )  # ... round
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # W&B's own Optuna optimizer, fed the summaries this trainer writes
 
 
 def wandb_records(path: Path) -> list:
-    """The records of a .wandb file: a LevelDB-style log of 32 KiB blocks with 7-byte record headers, after a 7-byte
-    ":W&B" file header; each record is wandb's protobuf Record (wandb 0.31 has no reader of its own)."""
+    """The records of a .wandb file: a LevelDB-style log of 32 KiB blocks with 7-byte record
+    headers, after a 7-byte ":W&B" file header; each record is wandb's protobuf Record (wandb 0.31
+    has no reader of its own)."""
     from wandb.proto import wandb_internal_pb2
 
     data, block, position, records, pending = path.read_bytes(), 32768, 7, [], b""
@@ -185,8 +190,9 @@ def wandb_records(path: Path) -> list:
 
 
 def wandb_summary(run_dir: Path, timeout: float = 60) -> dict:
-    """The summary W&B's server holds for an offline run once synced: its summary records applied in order. Read
-    once the run's exit record is in the file: wandb's own process may still be writing after run.finish()."""
+    """The summary W&B's server holds for an offline run once synced: its summary records applied in
+    order. Read once the run's exit record is in the file: wandb's own process may still be writing
+    after run.finish()."""
     (path,) = run_dir.glob("*.wandb")
     deadline = time.monotonic() + timeout
     records = wandb_records(path)
@@ -304,13 +310,13 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(
     )  # why local_sweep.py refuses it
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The same format offline: local_sweep.py
 
 
 def write_custom(path: Path, space: dict, **top) -> Path:
-    """A method custom sweep of tiny models (flops_per_image differs with num_filters_2), W&B's keys as in the file;
-    a key of `top` given None is left out."""
+    """A method custom sweep of tiny models (flops_per_image differs with num_filters_2), W&B's keys
+    as in the file; a key of `top` given None is left out."""
     sweep = {
         "program": "part_2_cifar.py",
         "method": "custom",
@@ -462,7 +468,8 @@ SOURCE = """
 import optuna
 
 def random_study(sweep):
-    return optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    sampler = optuna.samplers.RandomSampler(seed=1)
+    return optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
 
 def with_terminator(sweep):
     return random_study(sweep), lambda study: len(study.trials) > 3
@@ -474,8 +481,9 @@ def broken(sweep):
     raise RuntimeError("cannot reach the study database")
 
 def filters(trial):
-    return {"num_filters_2": trial.suggest_categorical("num_filters_2", [8, 24]), "learning_rate": 0.02,
-            "epochs": 1, "batch_size": 64, "num_filters_1": 8, "num_filters_3": 16}
+    return {"num_filters_2": trial.suggest_categorical("num_filters_2", [8, 24]),
+            "learning_rate": 0.02, "epochs": 1, "batch_size": 64, "num_filters_1": 8,
+            "num_filters_3": 16}
 
 def unknown_key(trial):
     return {"filters": trial.suggest_int("filters", 1, 2)}

@@ -1,10 +1,11 @@
-"""local_sweep.py when the study's storage refuses or fails an update, and when its journal file is cut or damaged.
+"""local_sweep.py when the study's storage refuses or fails an update, and when its journal file is
+cut or damaged.
 
-The storage cases: a grid sweep that reaches its end (Optuna's GridSampler calls study.stop() from tell, which raises
-outside study.optimize), and a trial failed meanwhile by another process at each of the three updates a trial makes
-(set_user_attr, report, tell). The journal cases use real files in the states a dead writer leaves them and run the
-commands as a user does; the machine-level cases (a stalled machine, a storage outage, random faults) are in
-test_sweep_machines.py.
+The storage cases: a grid sweep that reaches its end (Optuna's GridSampler calls study.stop() from
+tell, which raises outside study.optimize), and a trial failed meanwhile by another process at each
+of the three updates a trial makes (set_user_attr, report, tell). The journal cases use real files
+in the states a dead writer leaves them and run the commands as a user does; the machine-level cases
+(a stalled machine, a storage outage, random faults) are in test_sweep_machines.py.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[
 
 
 def stock_study(path: Path, name: str) -> optuna.Study:
-    """The study as plain Optuna reads the journal (its own backend, none of local_sweep's checks)."""
+    """The study as plain Optuna reads the journal (its own backend, none of local_sweep's
+    checks)."""
     return optuna.load_study(
         study_name=name, storage=optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     )
@@ -79,7 +81,7 @@ def assert_no_traceback(text: str) -> None:
     assert "Traceback" not in text, text[-3000:]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The storage refuses an update
 
 
@@ -161,7 +163,7 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
         assert retry.user_attrs["resumed_after_epoch"] == (1 if moment == "report" else 2)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A cut or damaged journal
 
 
@@ -177,7 +179,8 @@ def run_sweep_process(args: list[str], env: dict, cwd: Path) -> subprocess.Compl
 
 
 def cut_last_record(journal: Path, keep: int = 40) -> bytes:
-    """Leave the last record as a writer that died mid-append does: its first `keep` bytes, no newline."""
+    """Leave the last record as a writer that died mid-append does: its first `keep` bytes, no
+    newline."""
     data = journal.read_bytes()
     start = data.rstrip(b"\n").rfind(b"\n") + 1
     journal.write_bytes(data[: start + keep])
@@ -216,7 +219,8 @@ def test_a_cut_last_record_is_set_aside_and_the_same_command_continues_the_study
 
 
 def glued_in_the_middle(journal: Path) -> None:
-    """Optuna 5.0 appending after a cut record (optuna issue 5138): glued onto it, then a record after that."""
+    """Optuna 5.0 appending after a cut record (optuna issue 5138): glued onto it, then a record
+    after that."""
     cut_last_record(journal)
     for value in (1, 2):
         JournalFileBackend(str(journal)).append_logs(
@@ -225,8 +229,8 @@ def glued_in_the_middle(journal: Path) -> None:
 
 
 def glued_at_the_end(journal: Path) -> None:
-    """The same with one record after the cut: Optuna's reader skips the last line, so this one reads, but a
-    record appended after it would make the study unreadable."""
+    """The same with one record after the cut: Optuna's reader skips the last line, so this one
+    reads, but a record appended after it would make the study unreadable."""
     cut_last_record(journal)
     JournalFileBackend(str(journal)).append_logs(
         [{"op_code": 2, "worker_id": "other", "study_id": 0, "user_attr": {"note": 1}}]
@@ -244,7 +248,8 @@ def cut_then_newline(journal: Path) -> None:
 
 
 def a_line_in_the_middle(text: bytes) -> Callable[[Path], None]:
-    """A line that is not an Optuna record (JSON or not), then a whole record after it, as a stray write leaves."""
+    """A line that is not an Optuna record (JSON or not), then a whole record after it, as a stray
+    write leaves."""
 
     def damage(journal: Path) -> None:
         with open(journal, "ab") as f:
@@ -326,7 +331,8 @@ def test_a_damaged_journal_is_one_line_exit_2_and_its_advice_recovers_the_study(
 
 
 def is_record(line: bytes) -> bool:
-    """Whether a line is what Optuna writes: an object with a known op_code, a worker_id, and the ids it acts on."""
+    """Whether a line is what Optuna writes: an object with a known op_code, a worker_id, and the
+    ids it acts on."""
     try:
         log = json.loads(line)
     except ValueError:
@@ -344,7 +350,8 @@ def test_the_advice_quotes_a_journal_path_with_spaces(tmp_path):
     journal = tmp_path / "my runs" / "study journal.log"
     journal.parent.mkdir()
     journal.write_bytes(
-        b'{"op_code":0,"worker_id":"w","a":1}\n{"op_code":2,"b"{"op_code":2,"worker_id":"w","c":3}\n'
+        b'{"op_code":0,"worker_id":"w","a":1}\n'
+        b'{"op_code":2,"b"{"op_code":2,"worker_id":"w","c":3}\n'
         b'{"op_code":2,"worker_id":"w","d":4}\n'
     )
     fix = sweep_journal.damage_message(journal).split("keeping a copy of the file: ", 1)[1]
@@ -358,7 +365,8 @@ def test_the_advice_quotes_a_journal_path_with_spaces(tmp_path):
 
 
 def without_root_override() -> list[str]:
-    """The command prefix under which file modes bind (root's CAP_DAC_OVERRIDE dropped), as for any other user."""
+    """The command prefix under which file modes bind (root's CAP_DAC_OVERRIDE dropped), as for any
+    other user."""
     return (
         ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
         if os.geteuid() == 0
@@ -404,8 +412,9 @@ def test_a_read_only_journal_is_one_line_exit_2_and_its_report_still_works(
 def test_a_report_piped_into_a_reader_that_exits_is_still_written_and_exits_0(
     finished_journal, tmp_path, offline_env
 ):
-    # `local_sweep.py FILE --report | head -0`: the reader is gone before the first line; the CSV and the plots are
-    # still written, and the process ends 0 without a traceback (cli.OutputThatMayGoAway).
+    # `local_sweep.py FILE --report | head -0`: the reader is gone before the first line; the CSV
+    # and the plots are still written, and the process ends 0 without a traceback
+    # (cli.OutputThatMayGoAway).
     args, _ = finished_journal
     for old in (*tmp_path.glob("runs/*/trials.csv"), *tmp_path.glob("runs/images/*")):
         old.unlink()

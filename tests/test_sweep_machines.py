@@ -1,7 +1,9 @@
-"""Several machines on one study in a real PostgreSQL: exactly N trials, a killed machine's trial retried by another.
+"""Several machines on one study in a real PostgreSQL: exactly N trials, a killed machine's trial
+retried by another.
 
-Each "machine" is a local_sweep.py launcher with its own hostname (a UTS namespace, as `unshare --uts` makes) and its
-own process group, started with the same command a user types on each machine (README, "Several machines").
+Each "machine" is a local_sweep.py launcher with its own hostname (a UTS namespace, as `unshare
+--uts` makes) and its own process group, started with the same command a user types on each machine
+(README, "Several machines").
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ HEARTBEAT, GRACE = (
     1,
     3,
 )  # seconds: --heartbeat-interval and --grace-period; a beat may come 2 s late on a busy CPU
-EPOCHS = 6  # of a trial in the kill test: last.pt after epoch 1, then 5 epochs (about 1 s) to kill it mid-trial
+# of a trial in the kill test: last.pt after epoch 1, then 5 epochs (about 1 s) to kill it mid-trial
+EPOCHS = 6
 SET_HOSTNAME = (
     "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
 )
@@ -36,7 +39,8 @@ SET_HOSTNAME = (
 
 @pytest.fixture(scope="module")
 def own_hostname() -> list[str]:
-    """The command prefix that gives a process its own hostname: unshare --uts (as root, else in a user namespace)."""
+    """The command prefix that gives a process its own hostname: unshare --uts (as root, else in a
+    user namespace)."""
     for prefix in (["unshare", "--uts"], ["unshare", "--user", "--map-root-user", "--uts"]):
         try:
             done = subprocess.run(
@@ -197,9 +201,8 @@ def test_a_killed_machines_trial_is_failed_after_the_grace_period_and_retried_by
     while victim is None and time.monotonic() < deadline:
         for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
             if "host" in t.user_attrs and Path(t.user_attrs["run_dir"], "last.pt").is_file():
-                victim = (
-                    t  # mid-trial with at least one epoch saved; whichever machine got there first
-                )
+                # mid-trial with at least one epoch saved; whichever machine got there first
+                victim = t
         time.sleep(0.05)
     assert victim is not None, machines["machine-a"].output()[-3000:]
     dead, survivor = sorted(machines.values(), key=lambda m: m.name != victim.user_attrs["host"])
@@ -235,8 +238,8 @@ def test_a_killed_machines_trial_is_failed_after_the_grace_period_and_retried_by
         assert retry.user_attrs["resumed_after_epoch"] == 0
         assert not (runs[survivor.name] / "kill" / f"trial-{victim.number:04d}").exists()
     print(
-        f"killed {dead.name}'s trial {victim.number} after epoch {saved['epoch']} saved; retried as trial "
-        f"{retry.number} on {survivor.name} {waited:.1f} s later"
+        f"killed {dead.name}'s trial {victim.number} after epoch {saved['epoch']} saved; retried "
+        f"as trial {retry.number} on {survivor.name} {waited:.1f} s later"
     )
 
 
@@ -273,8 +276,8 @@ def test_a_storage_that_cannot_open_is_one_line(tmp_path, url, words, learnable_
 def test_two_machines_run_a_multi_objective_study_to_exactly_n_trials(
     tmp_path, postgres_url, learnable_data_dir, offline_env, own_hostname
 ):
-    """sweep_deploy.json's form (method custom, engine optuna, two metrics): one direction per objective in the
-    database, both values of every trial read from its run's summary."""
+    """sweep_deploy.json's form (method custom, engine optuna, two metrics): one direction per
+    objective in the database, both values of every trial read from its run's summary."""
     sweep = tmp_path / "front.json"
     sweep.write_text(
         json.dumps(
@@ -332,7 +335,8 @@ for i in range(40):
 
 
 def test_machines_that_write_the_same_report_file_at_once_both_succeed(tmp_path, offline_env):
-    """Each machine writes the study's report when it ends, to the shared folder: never over another's temporary."""
+    """Each machine writes the study's report when it ends, to the shared folder: never over
+    another's temporary."""
     start = time.time() + 3  # both import matplotlib first, then write in the same instant
     writers = [
         subprocess.Popen(
@@ -351,7 +355,7 @@ def test_machines_that_write_the_same_report_file_at_once_both_succeed(tmp_path,
     ]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A machine that stalls, and random faults on a whole sweep
 
 
@@ -481,7 +485,8 @@ def test_a_storage_outage_mid_trial_is_one_line_exit_1_and_the_same_command_cont
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], [
         t.state.name for t in trials
     ]
-    # The retry of trial 0 is trial 1 or 2: the same command may ask for a new trial before the lost one is stale.
+    # The retry of trial 0 is trial 1 or 2: the same command may ask for a new trial before the lost
+    # one is stale.
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retries) == 1 and retries[0].user_attrs["resumed_after_epoch"] == saved, [
         t.system_attrs for t in trials
@@ -508,10 +513,11 @@ DOCUMENTED_EXITS = {0} | {
 def test_random_faults_on_two_launchers_end_with_exactly_n_finished_trials(
     seed, tmp_path, postgres_url, learnable_data_dir, offline_env, own_hostname
 ):
-    """Two launchers; FAULT_COUNT faults drawn with `seed`, each at a random moment (1 to 4 s after the last, from
-    the first trial's start) on a random launcher that is running and not already stopping. A launcher that ends
-    other than by finishing is started again, as a cluster requeues a job; a stopped one is continued after the
-    grace period. The study must end as if nothing happened."""
+    """Two launchers; FAULT_COUNT faults drawn with `seed`, each at a random moment (1 to 4 s after
+    the last, from the first trial's start) on a random launcher that is running and not already
+    stopping. A launcher that ends other than by finishing is started again, as a cluster requeues a
+    job; a stopped one is continued after the grace period. The study must end as if nothing
+    happened."""
     rng = random.Random(seed)
     sweep = write_sweep(tmp_path / "faults.json", epochs=4)
     args = sweep_args(
@@ -559,7 +565,8 @@ def test_random_faults_on_two_launchers_end_with_exactly_n_finished_trials(
                 stops = [
                     f for f in got[m.name] if f != "SIGSTOP"
                 ]  # at most one: a stopping one gets no more
-                # 128 + the signal; 0 only if it was sent as the process was ending after the last trial
+                # 128 + the signal; 0 only if it was sent as the process was ending after the last
+                # trial
                 assert code == (128 + signal.Signals[stops[0]] if stops else 0) or (
                     code == 0 and study_was_done.get(m.name)
                 ), (m.name, got[m.name], code, ends)
@@ -607,5 +614,6 @@ def test_random_faults_on_two_launchers_end_with_exactly_n_finished_trials(
         sum(s in ("COMPLETE", "PRUNED") for s in states) == FAULT_TRIALS and "RUNNING" not in states
     ), states
     print(
-        f"seed {seed}: {len(ends)} process ends {ends}; trials {states}; {time.monotonic() - started:.0f} s"
+        f"seed {seed}: {len(ends)} process ends {ends}; trials {states}; "
+        f"{time.monotonic() - started:.0f} s"
     )

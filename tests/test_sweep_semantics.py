@@ -55,8 +55,8 @@ def with_parameters(**parameters: dict) -> dict:
 @pytest.mark.parametrize(
     "config, words",
     [
-        # 1. log_uniform with values for bounds: W&B reads them as natural logs; e^1000 overflows (it
-        # was a traceback)
+        # 1. log_uniform with values for bounds: W&B reads them as natural logs; e^1000 overflows
+        # (it was a traceback)
         (
             with_parameters(
                 weight_decay={"distribution": "log_uniform", "min": 0.0001, "max": 1000}

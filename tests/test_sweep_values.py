@@ -1,6 +1,6 @@
-"""What a sweep hands the trainer: `null` is the default under `wandb agent` and local_sweep.py alike; W&B's internal
-`--_wandb` arguments of a requeued run are ignored, so it resumes; a value the trainer refuses inside a W&B sweep
-fails the W&B run with the reason in its summary."""
+"""What a sweep hands the trainer: `null` is the default under `wandb agent` and local_sweep.py
+alike; W&B's internal `--_wandb` arguments of a requeued run are ignored, so it resumes; a value the
+trainer refuses inside a W&B sweep fails the W&B run with the reason in its summary."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ SWEEP_ID, RUN_ID = "localsweep", "agentrun1"
 
 
 def agent_launch(tmp_path: Path, data_dir: Path, env: dict, values: dict) -> tuple[list[str], dict]:
-    """(command, environment) of one run as `wandb agent` 0.31 launches it (wandb_agent.Agent._command_run), W&B
-    offline: `values` both as `--key=value` arguments made by wandb's own function and in the params file named by
-    WANDB_SWEEP_PARAM_PATH; the default command `${env} ${interpreter} ${program} ${args}`."""
+    """(command, environment) of one run as `wandb agent` 0.31 launches it
+    (wandb_agent.Agent._command_run), W&B offline: `values` both as `--key=value` arguments made by
+    wandb's own function and in the params file named by WANDB_SWEEP_PARAM_PATH; the default command
+    `${env} ${interpreter} ${program} ${args}`."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
     from wandb.sdk.lib import config_util
 
@@ -71,7 +72,7 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # null
 
 
@@ -153,7 +154,7 @@ def test_the_command_line_word_none_is_null_and_other_bad_values_are_still_refus
     assert "weight_decay=none is not allowed" in one_line(capsys.readouterr().err)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A requeued run
 
 
@@ -192,8 +193,8 @@ def test_a_requeued_run_relaunched_with_its_whole_config_as_arguments_resumes(
     saved = run_files.load_checkpoint(tmp_path / "runs" / RUN_ID / "last.pt")
     assert saved["epoch"] < 8
 
-    # The relaunch (wandb issues 4237, 4016, 9143): every key of the run's W&B config as an argument, W&B's own
-    # `_wandb` among them, and `None` for a key the run never set.
+    # The relaunch (wandb issues 4237, 4016, 9143): every key of the run's W&B config as an
+    # argument, W&B's own `_wandb` among them, and `None` for a key the run never set.
     whole = {"_wandb": WANDB_INTERNAL} | saved["config"] | {"weight_decay": None}
     again = run_as_the_agent(tmp_path, tiny_data_dir, offline_env, whole)
     assert again.returncode == 0, again.stderr
@@ -222,7 +223,7 @@ def test_outside_a_sweep_an_internal_argument_is_still_refused(tmp_path, offline
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A refused value, seen where the sweep is watched
 
 

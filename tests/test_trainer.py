@@ -1,4 +1,5 @@
-"""The trainer's specification: model, data files, split, augmentation, learning, CLI, W&B offline, files."""
+"""The trainer's specification: model, data files, split, augmentation, learning, CLI, W&B offline,
+files."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def run_trainer(
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------- model
+# -------------------------------------------------------------------------------------------- model
 
 
 def test_default_model_has_the_seed_architecture_and_parameter_count():
@@ -69,7 +70,7 @@ def test_filter_counts_set_the_conv_widths_and_fc1_inputs():
     assert model(torch.zeros(3, 3, 32, 32).to(memory_format=torch.channels_last)).shape == (3, 100)
 
 
-# ----------------------------------------------------------------------------------------------------------------- data
+# --------------------------------------------------------------------------------------------- data
 
 
 def test_str_and_bytes_keyed_pickles_load_to_the_same_arrays(tmp_path):
@@ -174,7 +175,7 @@ def test_a_failed_download_says_where_to_put_the_archive(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no partial file
 
 
-# --------------------------------------------------------------------------------------------------------- augmentation
+# ------------------------------------------------------------------------------------- augmentation
 
 
 def test_augmentation_keeps_shape_dtype_and_pixel_values():
@@ -238,7 +239,7 @@ def test_normalize_uses_the_cifar100_channel_statistics():
     torch.testing.assert_close(white[0, :, 0, 0], torch.tensor(expected))
 
 
-# --------------------------------------------------------------------------------------------------------- optimisation
+# ------------------------------------------------------------------------------------- optimisation
 
 
 def test_learning_rate_warms_up_then_anneals_to_zero_within_the_budget():
@@ -342,7 +343,8 @@ def test_every_summary_records_the_models_cost_counted_by_pytorch(tiny_data_dir,
     assert (
         on_disk["parameters"] == summary["parameters"] == sum(p.numel() for p in model.parameters())
     )
-    # An independent count: 2 FLOPs per multiply-add of the convolutions (32, 16 and 8 pixels square) and layers.
+    # An independent count: 2 FLOPs per multiply-add of the convolutions (32, 16 and 8 pixels
+    # square) and layers.
     f1, f2, f3 = 8, 24, 32
     convs = 2 * 9 * (32 * 32 * 3 * f1 + 16 * 16 * f1 * f2 + 8 * 8 * f2 * f3)
     assert on_disk["flops_per_image"] == convs + 2 * (f3 * 16 * 512 + 512 * 256 + 256 * 100)
@@ -398,7 +400,7 @@ def test_the_readme_table_of_hyperparameters_is_the_settings_table():
     assert trainer.SETTINGS.table() in readme
 
 
-# ------------------------------------------------------------------------------------------------------ CLI and W&B
+# -------------------------------------------------------------------------------------- CLI and W&B
 
 
 def test_every_swept_key_is_accepted_as_key_equals_value_and_lands_in_the_run_config(
@@ -447,7 +449,8 @@ def test_options_also_take_a_separate_value_and_integral_floats():
 def test_offline_run_without_a_key_never_prompts_and_leaves_its_wandb_run(
     tiny_data_dir, tmp_path, offline_env
 ):
-    # A terminal on stdin is what makes wandb ask for a login; without a key the trainer must go offline instead.
+    # A terminal on stdin is what makes wandb ask for a login; without a key the trainer must go
+    # offline instead.
     controller, terminal = pty.openpty()
     try:
         args = cli_args({**FAST_CONFIG, "epochs": 1}) + [

@@ -1,8 +1,9 @@
-"""trt_export.py and trt_runtime.py: ONNX export and parity, dynamic batch, timing statistics, checkpoint errors,
-choosing the checkpoint (select_model.py's selection.json, --within, the fallback at any depth), the CLI end to end on
-a checkpoint the trainer wrote; the TensorRT/CUDA layer on the CPU through stand-in tensorrt, pycuda, cuda-python and
-ModelOpt modules (profile, timing cache, graph capture, calibration arguments, error lines); and on a real GPU
-(marked `tensorrt`, skipped without a GPU, TensorRT and pycuda, with the reason)."""
+"""trt_export.py and trt_runtime.py: ONNX export and parity, dynamic batch, timing statistics,
+checkpoint errors, choosing the checkpoint (select_model.py's selection.json, --within, the fallback
+at any depth), the CLI end to end on a checkpoint the trainer wrote; the TensorRT/CUDA layer on the
+CPU through stand-in tensorrt, pycuda, cuda-python and ModelOpt modules (profile, timing cache,
+graph capture, calibration arguments, error lines); and on a real GPU (marked `tensorrt`, skipped
+without a GPU, TensorRT and pycuda, with the reason)."""
 
 from __future__ import annotations
 
@@ -38,21 +39,23 @@ TRT_MISSING = "; ".join(
 
 
 def needs_tensorrt(test):
-    """Marked `gpu` and `tensorrt`; skipped, with the reason, unless a CUDA GPU, TensorRT and pycuda are all here."""
+    """Marked `gpu` and `tensorrt`; skipped, with the reason, unless a CUDA GPU, TensorRT and pycuda
+    are all here."""
     skip = pytest.mark.skipif(bool(TRT_MISSING), reason=f"needs TensorRT: {TRT_MISSING}")
     return pytest.mark.gpu(pytest.mark.tensorrt(skip(test)))
 
 
 @pytest.fixture(scope="session")
 def data_dir(learnable_data_dir) -> Path:
-    """10 separable classes: a model that has learned gives decisive logits and a meaningful accuracy table."""
+    """10 separable classes: a model that has learned gives decisive logits and a meaningful
+    accuracy table."""
     return learnable_data_dir
 
 
 @pytest.fixture(scope="session")
 def trained_run(data_dir, tmp_path_factory) -> Path:
-    """A run folder with best.pt and summary.json written by the trainer's own train() (2 epochs, small filters),
-    two levels down as a local sweep's trial is: <runs>/<study>/trial-0000."""
+    """A run folder with best.pt and summary.json written by the trainer's own train() (2 epochs,
+    small filters), two levels down as a local sweep's trial is: <runs>/<study>/trial-0000."""
     config = part_2_cifar.validate_config({**part_2_cifar.DEFAULTS, **FAST_CONFIG, "val_size": 200})
     run_dir = tmp_path_factory.mktemp("trt_runs") / "study" / "trial-0000"
     threads = torch.get_num_threads()
@@ -71,7 +74,8 @@ def trained_run(data_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cli_run(trained_run, data_dir, tmp_path_factory) -> dict:
-    """One real `python trt_export.py --checkpoint best ...` on the CPU with a short benchmark; tests read its files."""
+    """One real `python trt_export.py --checkpoint best ...` on the CPU with a short benchmark;
+    tests read its files."""
     work = tmp_path_factory.mktemp("trt_cli")
     command = [
         sys.executable,
@@ -112,7 +116,7 @@ def normalized_test_images(
     return part_2_cifar.normalize(torch.from_numpy(images)).contiguous().numpy(), labels
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The CLI end to end, without TensorRT
 
 
@@ -125,8 +129,8 @@ def test_cli_exports_checks_benchmarks_and_says_what_it_skipped(cli_run, trained
     )  # found two levels down
     assert "not confirmed by select_model.py" in result.stdout  # there is no selection.json
     assert (
-        "| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms "
-        "| GPU compute p50 ms | threads | CPU wait % | load | ranks? |"
+        "| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms | GPU "
+        "compute p50 ms | threads | CPU wait % | load | ranks? |"
     ) in result.stdout
     assert "CPU threads pytorch-fp32 (cpu) 1, onnxruntime-fp32 (cpu) 1" in result.stdout
     assert "ONNX fp32 vs PyTorch (ONNX Runtime CPU" in result.stdout
@@ -169,7 +173,7 @@ def test_cli_benchmark_json_has_every_backend_and_batch_size(cli_run):
     assert [row["backend"] for row in report["accuracy"]][0] == "pytorch-fp32 (cpu)"
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # ONNX
 
 
@@ -241,7 +245,7 @@ def test_parity_check_rejects_a_model_that_differs_by_more_than_1e4():
     assert trt_export.check_parity(same, "fp32") and not trt_export.check_parity(off, "fp32")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Timing and accuracy
 
 
@@ -401,7 +405,7 @@ def test_a_cpu_registry_lists_every_backend_each_runnable_here_or_with_the_reaso
     }  # the engine's alone
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2, no traceback
 
 
@@ -526,12 +530,13 @@ def test_best_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
     assert line.startswith(f"error: no run in {tmp_path} has a summary.json with best_val_accuracy")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Choosing the checkpoint: select_model.py's selection.json, --within
 
 
 def copy_run(source: Path, run_dir: Path, best_val_accuracy: float) -> None:
-    """A run folder holding the trainer's real best.pt and summary.json, with a hand-written best_val_accuracy."""
+    """A run folder holding the trainer's real best.pt and summary.json, with a hand-written
+    best_val_accuracy."""
     run_dir.mkdir(parents=True)
     shutil.copy(source / "best.pt", run_dir / "best.pt")
     summary = json.loads((source / "summary.json").read_text())
@@ -557,9 +562,10 @@ def selection_config(name: str, runs: list[str], mean: float, flops: float, pare
 
 @pytest.fixture()
 def selection_runs(trained_run, tmp_path) -> Path:
-    """runs/ as select_model.py leaves it: sweep trials, retrained seeds in selection/, and selection.json naming
-    four configs: A best (60.0, 83.5 MFLOP), B cheaper within a point (59.5, 21 MFLOP), C off the front, D cheapest
-    but 5 points down. A lucky single trial (70.0) is the highest run of all: the selection must win over it."""
+    """runs/ as select_model.py leaves it: sweep trials, retrained seeds in selection/, and
+    selection.json naming four configs: A best (60.0, 83.5 MFLOP), B cheaper within a point (59.5,
+    21 MFLOP), C off the front, D cheapest but 5 points down. A lucky single trial (70.0) is the
+    highest run of all: the selection must win over it."""
     runs = tmp_path / "runs"
     seeds = {
         "study/trial-0003": 59.0,
@@ -713,7 +719,8 @@ def test_export_leaves_the_callers_model_as_it_was(trained_run, data_dir, tmp_pa
             "configs[0] needs numbers val_accuracy_mean and flops_per_image",
         ),
         (
-            '{"configs": [{"runs": ["x"], "val_accuracy_mean": 60, "flops_per_image": 1, "pareto": true}], "best": "gone"}',
+            '{"configs": [{"runs": ["x"], "val_accuracy_mean": 60, "flops_per_image": 1, "pareto": '
+            'true}], "best": "gone"}',
             "gone/best.pt does not exist",
         ),
     ],
@@ -750,7 +757,7 @@ def test_within_needs_best_and_points_at_least_0(args, capsys):
     assert "--within" in line and "use a number of points >= 0, with --checkpoint best" in line
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # TensorRT
 
 
@@ -763,7 +770,8 @@ def test_stub_only_or_absent_tensorrt_is_reported_not_used(monkeypatch):
     assert "cannot be imported" in trt_runtime.why_no_tensorrt()
 
 
-# The TensorRT, pycuda, cuda-python and ModelOpt layer on the CPU, through stand-in modules that record each call
+# The TensorRT, pycuda, cuda-python and ModelOpt layer on the CPU, through stand-in modules that
+# record each call
 
 
 class Logger:
@@ -773,8 +781,9 @@ class Logger:
 
 
 class FakeTensorRT(types.ModuleType):
-    """The slice of `tensorrt` that build_engine and TrtRunner call. A timing cache made from bytes other than ""
-    or "this-gpu" is refused as TensorRT refuses another GPU's; `profile` is the engine's batch range."""
+    """The slice of `tensorrt` that build_engine and TrtRunner call. A timing cache made from bytes
+    other than "" or "this-gpu" is refused as TensorRT refuses another GPU's; `profile` is the
+    engine's batch range."""
 
     TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
     NetworkDefinitionCreationFlag = types.SimpleNamespace(
@@ -879,7 +888,8 @@ class FakeTensorRT(types.ModuleType):
 
 
 class FakeCudaRuntime:
-    """cuda-python's runtime as the runner uses it: (error, *values) tuples; `fail` maps a call to its error."""
+    """cuda-python's runtime as the runner uses it: (error, *values) tuples; `fail` maps a call to
+    its error."""
 
     cudaError_t = types.SimpleNamespace(cudaSuccess=0, cudaErrorStreamCaptureInvalidated=901)
     cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal="global")
@@ -927,7 +937,8 @@ class FakeCudaRuntime:
 
 
 def fake_pycuda() -> types.ModuleType:
-    """pycuda.driver's buffers, stream and events, on the host. It has no graph API, as no released pycuda has."""
+    """pycuda.driver's buffers, stream and events, on the host. It has no graph API, as no released
+    pycuda has."""
     driver = types.ModuleType("pycuda.driver")
     driver.pagelocked_empty = lambda shape, dtype: np.zeros(shape, dtype)
     driver.mem_alloc = lambda nbytes: 4096
@@ -943,8 +954,8 @@ def fake_pycuda() -> types.ModuleType:
 
 @pytest.fixture()
 def fake_gpu(monkeypatch, tmp_path) -> types.SimpleNamespace:
-    """Stand-in tensorrt, pycuda and cuda-python in place of the real ones, for build_engine and TrtRunner; an
-    engine file at tmp_path/m.engine for the runner to read."""
+    """Stand-in tensorrt, pycuda and cuda-python in place of the real ones, for build_engine and
+    TrtRunner; an engine file at tmp_path/m.engine for the runner to read."""
     (tmp_path / "m.engine").write_bytes(b"engine")
     trt, cudart, pycuda = FakeTensorRT(), FakeCudaRuntime(), fake_pycuda()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
@@ -956,7 +967,8 @@ def fake_gpu(monkeypatch, tmp_path) -> types.SimpleNamespace:
     return types.SimpleNamespace(trt=trt, cudart=cudart)
 
 
-def build(tmp_path: Path, batch_sizes: list[int] = [32, 256]) -> dict:  # noqa: B006  (never mutated)
+# never mutated
+def build(tmp_path: Path, batch_sizes: list[int] = [32, 256]) -> dict:  # noqa: B006
     return trt_runtime.build_engine(
         tmp_path / "m.onnx",
         tmp_path / "m.engine",
@@ -1048,8 +1060,8 @@ def test_an_engine_failing_on_a_batch_is_a_failed_line_and_the_rest_still_runs(c
     )
     assert rows == [] and len(report.failures) == 2
     assert report.failures[0] == (
-        "tensorrt-fp16 on the test images: batch size 4 is outside the engine's "
-        "optimization profile"
+        "tensorrt-fp16 on the test images: batch size 4 is outside the engine's optimization "
+        "profile"
     )
     assert all(
         line.startswith("FAILED: ")

@@ -1,9 +1,11 @@
-"""W&B without a network: credentials found the way wandb finds them, and a server that cannot be reached.
+"""W&B without a network: credentials found the way wandb finds them, and a server that cannot be
+reached.
 
-Real processes throughout: the real `wandb login` CLI stores the key, the real trainer runs, and "no network" is a
-loopback port that refuses connections, so wandb retries until its init_timeout as it does on a node without a
-route. Nothing here speaks W&B's protocol. A server that drops packets instead behaves the same for the run; wandb
-0.31 then also spends up to ~10 s per telemetry probe at exit (README, "W&B without a network"), too slow for a test.
+Real processes throughout: the real `wandb login` CLI stores the key, the real trainer runs, and "no
+network" is a loopback port that refuses connections, so wandb retries until its init_timeout as it
+does on a node without a route. Nothing here speaks W&B's protocol. A server that drops packets
+instead behaves the same for the run; wandb 0.31 then also spends up to ~10 s per telemetry probe at
+exit (README, "W&B without a network"), too slow for a test.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ KEY = "k" * 40  # wandb 0.31 checks a key's form only (40+ characters) until it 
 INIT_TIMEOUT_S = (
     "2"  # the trainer's own default is 30 s; WANDB_INIT_TIMEOUT is wandb's own variable
 )
-BOUND_S = 60  # the old trainer waited ~100 s in wandb.init and then died; now: init timeout + startup + 1 epoch
+# the old trainer waited ~100 s in wandb.init and then died; now: init timeout + startup + 1 epoch
+BOUND_S = 60
 
 
 @pytest.fixture()
@@ -35,7 +38,8 @@ def unreachable_server():
 
 
 def wandb_login(env: dict, *options: str) -> None:
-    """`wandb login --no-verify [options] KEY`: stores the key exactly as a user's `wandb login` does, offline."""
+    """`wandb login --no-verify [options] KEY`: stores the key exactly as a user's `wandb login`
+    does, offline."""
     subprocess.run(
         [sys.executable, "-m", "wandb", "login", "--no-verify", *options, KEY],
         env=env,
@@ -48,7 +52,8 @@ def wandb_login(env: dict, *options: str) -> None:
 def train(
     env: dict, cwd: Path, data_dir: Path, *more: str
 ) -> tuple[subprocess.CompletedProcess, float]:
-    """One short epoch as a real process with a terminal on stdin (what would make wandb prompt); and its seconds."""
+    """One short epoch as a real process with a terminal on stdin (what would make wandb prompt);
+    and its seconds."""
     args = cli_args({**FAST_CONFIG, "epochs": 1}) + [
         "--data-dir",
         str(data_dir),
@@ -80,7 +85,8 @@ def our_lines(output: str) -> list[str]:
 
 
 def trained_offline(result: subprocess.CompletedProcess, cwd: Path) -> tuple[str, Path]:
-    """Exit 0, no traceback, the run folder, its offline W&B run; returns the one W&B line and that W&B run."""
+    """Exit 0, no traceback, the run folder, its offline W&B run; returns the one W&B line and that
+    W&B run."""
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     (line,) = our_lines(result.stdout + result.stderr)
@@ -96,7 +102,8 @@ def trained_offline(result: subprocess.CompletedProcess, cwd: Path) -> tuple[str
 def fell_back_offline(
     result: subprocess.CompletedProcess, seconds: float, cwd: Path, server: str
 ) -> None:
-    """Trained offline in bounded time, with one line naming the server that gave no run and the folder to sync."""
+    """Trained offline in bounded time, with one line naming the server that gave no run and the
+    folder to sync."""
     line, offline_run = trained_offline(result, cwd)
     assert line.startswith(f"W&B: {server} gave no run within {INIT_TIMEOUT_S} s")
     assert line.endswith(
@@ -105,11 +112,13 @@ def fell_back_offline(
     assert seconds < BOUND_S
 
 
-# ---------------------------------------------------------------------------------------------- finding credentials
+# ----------------------------------------------------------------------------------------------
+# finding credentials
 
 
 def test_a_key_from_wandb_login_for_the_default_server_means_online(offline_env, tmp_path):
-    # wandb 0.31 stores it under api.forge.coreweave.com; the trainer once looked for api.wandb.ai and went offline.
+    # wandb 0.31 stores it under api.forge.coreweave.com; the trainer once looked for api.wandb.ai
+    # and went offline.
     wandb_login(offline_env)
     code = "from cifarkit.core import wandb_connect as p; print(p.resolve_wandb_mode('auto'))"
     result = subprocess.run(
@@ -141,13 +150,15 @@ def test_a_malformed_wandb_setting_is_one_line(offline_env, tmp_path, tiny_data_
     assert "init_timeout" in line and "soon" in line
 
 
-# ---------------------------------------------------------------------------------------------- no route to W&B
+# ---------------------------------------------------------------------------------------------- no
+# route to W&B
 
 
 def test_no_credentials_goes_offline_at_once(
     offline_env, tmp_path, tiny_data_dir, unreachable_server
 ):
-    # An online attempt would wait the whole init timeout: 10 minutes here. Offline is decided before wandb.init.
+    # An online attempt would wait the whole init timeout: 10 minutes here. Offline is decided
+    # before wandb.init.
     env = {**offline_env, "WANDB_BASE_URL": unreachable_server, "WANDB_INIT_TIMEOUT": "600"}
     result, seconds = train(env, tmp_path, tiny_data_dir)
     line, _ = trained_offline(result, tmp_path)
@@ -161,8 +172,9 @@ def test_no_credentials_goes_offline_at_once(
 def test_wandb_login_and_no_network_trains_offline_with_one_line(
     offline_env, tmp_path, tiny_data_dir, unreachable_server
 ):
-    # As a user: `wandb login --host` stores the key in ~/.netrc and the server in wandb's settings file; nothing
-    # in the environment names either. wandb talks as it does for a user (not silenced).
+    # As a user: `wandb login --host` stores the key in ~/.netrc and the server in wandb's settings
+    # file; nothing in the environment names either. wandb talks as it does for a user (not
+    # silenced).
     env = {k: v for k, v in offline_env.items() if k != "WANDB_SILENT"} | {
         "WANDB_INIT_TIMEOUT": INIT_TIMEOUT_S
     }
@@ -186,7 +198,8 @@ def test_api_key_in_the_environment_and_no_network_trains_offline_with_one_line(
 def test_inside_a_sweep_no_network_exits_1_with_one_line_before_training(
     offline_env, tmp_path, tiny_data_dir, unreachable_server
 ):
-    # What `wandb agent` hands its run (wandb_agent.py): the ids and a params file written by wandb's own helper.
+    # What `wandb agent` hands its run (wandb_agent.py): the ids and a params file written by
+    # wandb's own helper.
     from wandb.sdk.lib import config_util
 
     params = tmp_path / "wandb" / "sweep-abc123" / "config-run12345.yaml"
@@ -215,12 +228,13 @@ def test_inside_a_sweep_no_network_exits_1_with_one_line_before_training(
 def test_a_local_sweep_trial_with_no_network_falls_back_to_offline_and_trains(
     offline_env, tmp_path, tiny_data_dir, unreachable_server
 ):
-    # Optuna, not W&B, keeps a local sweep's books: its trials need no server, so they fall back like a single run.
+    # Optuna, not W&B, keeps a local sweep's books: its trials need no server, so they fall back
+    # like a single run.
     sweep = tmp_path / "one.json"
     sweep.write_text(
-        '{"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": '
-        '{"num_filters_1": {"value": 8}, "num_filters_2": {"value": 16}, "num_filters_3": '
-        '{"value": 32}, "batch_size": {"value": 64}, "epochs": {"value": 1}}}'
+        '{"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, '
+        '"parameters": {"num_filters_1": {"value": 8}, "num_filters_2": {"value": 16}, '
+        '"num_filters_3": {"value": 32}, "batch_size": {"value": 64}, "epochs": {"value": 1}}}'
     )
     env = offline_env | {
         "WANDB_API_KEY": KEY,
@@ -256,7 +270,8 @@ def test_a_local_sweep_trial_with_no_network_falls_back_to_offline_and_trains(
     assert list(tmp_path.glob("wandb/offline-run-*/*.wandb"))
 
 
-# ---------------------------------------------------------------------------------------------- bounded waits
+# ----------------------------------------------------------------------------------------------
+# bounded waits
 
 
 @pytest.mark.parametrize(
@@ -269,12 +284,13 @@ def test_a_local_sweep_trial_with_no_network_falls_back_to_offline_and_trains(
 def test_a_run_waits_a_bounded_time_for_init_and_finish_unless_wandb_is_told_otherwise(
     offline_env, tmp_path, environment, expected
 ):
-    # run.finish would wait for uploads forever by default; a connection lost mid-run cannot be staged honestly here
-    # (no W&B server to lose), so this checks that the bound reaches the run wandb makes.
+    # run.finish would wait for uploads forever by default; a connection lost mid-run cannot be
+    # staged honestly here (no W&B server to lose), so this checks that the bound reaches the run
+    # wandb makes.
     code = (
-        "from cifarkit.core import wandb_connect as p; "
-        "run = p.start_wandb_run({'mode': 'offline'}, in_sweep=False); "
-        "print(run.settings.init_timeout, run.settings.finish_timeout); run.finish()"
+        "from cifarkit.core import wandb_connect as p; run = p.start_wandb_run({'mode': "
+        "'offline'}, in_sweep=False); print(run.settings.init_timeout, "
+        "run.settings.finish_timeout); run.finish()"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -38,7 +38,8 @@ def exportable(runs: Iterable[tuple[Path, dict | None]]) -> list[tuple[Path, dic
 
 
 def best_run(runs: Iterable[tuple[Path, dict | None]]) -> tuple[Path, float] | None:
-    """Of (run folder, summary) pairs, the run with the highest best_val_accuracy that has a best.pt to export.
+    """Of (run folder, summary) pairs, the run with the highest best_val_accuracy that has a best.pt
+    to export.
 
     Returns (its folder, that accuracy), the first of a tie; None if no run has both.
     """
@@ -52,7 +53,8 @@ def best_run(runs: Iterable[tuple[Path, dict | None]]) -> tuple[Path, float] | N
 def save_selection(selection: dict, runs_dir: Path) -> Path:
     """Write select_model.py's choice to <runs_dir>/selection.json; return its path.
 
-    `selection`: {"configs": [config reports, the chosen first], "best": its best seed's folder, relative}.
+    `selection`: {"configs": [config reports, the chosen first], "best": its best seed's folder,
+    relative}.
     """
     path = Path(runs_dir) / SELECTION_FILE
     write_json_atomic(selection, path)
@@ -60,7 +62,8 @@ def save_selection(selection: dict, runs_dir: Path) -> Path:
 
 
 def find_selection(runs_dir: Path) -> Path | None:
-    """RUNS_DIR/selection.json, else the one selection.json at any depth below; None if there is none."""
+    """RUNS_DIR/selection.json, else the one selection.json at any depth below; None if there is
+    none."""
     if (runs_dir / SELECTION_FILE).is_file():
         return runs_dir / SELECTION_FILE
     found = sorted(runs_dir.rglob(SELECTION_FILE))
@@ -73,7 +76,8 @@ def find_selection(runs_dir: Path) -> Path | None:
 
 
 def read_selection(path: Path) -> dict:
-    """select_model.py's selection.json, checked for what choosing a checkpoint reads; CheckpointError if not."""
+    """select_model.py's selection.json, checked for what choosing a checkpoint reads;
+    CheckpointError if not."""
     try:
         selection = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -109,7 +113,8 @@ def read_selection(path: Path) -> dict:
 
 
 def best_seed(config: dict, root: Path) -> Path | None:
-    """The folder of a selection config's seed with the highest best_val_accuracy and a best.pt to export.
+    """The folder of a selection config's seed with the highest best_val_accuracy and a best.pt to
+    export.
 
     Its `runs` are relative to root, or absolute; ties: the first. None if no seed has both.
     """
@@ -118,8 +123,9 @@ def best_seed(config: dict, root: Path) -> Path | None:
 
 
 def cheapest_within(configs: list[dict], points: float) -> dict:
-    """The config on the Pareto front with the lowest flops_per_image whose val_accuracy_mean is within `points` of
-    the best mean (ties: the higher mean). The best config is on the front, so there is always one."""
+    """The config on the Pareto front with the lowest flops_per_image whose val_accuracy_mean is
+    within `points` of the best mean (ties: the higher mean). The best config is on the front, so
+    there is always one."""
     best_mean = max(config["val_accuracy_mean"] for config in configs)
     near = [c for c in configs if c["pareto"] and c["val_accuracy_mean"] >= best_mean - points]
     if not near:
@@ -133,14 +139,15 @@ def cheapest_within(configs: list[dict], points: float) -> dict:
 def choose_checkpoint(
     spec: str, runs_dir: Path, within: float | None = None, data: Callable[[], dict] | None = None
 ) -> Path:
-    """`best`, a run folder or a checkpoint file -> the checkpoint file; for `best`, print how it was chosen.
+    """`best`, a run folder or a checkpoint file -> the checkpoint file; for `best`, print how it
+    was chosen.
 
-    `best` takes what select_model.py chose (selection.json under `runs_dir`: its `best`, or with `within`, the
-    cheapest config on the front within that many points of the best mean, at its best seed); without a selection,
-    the single run with the highest best_val_accuracy at any depth under `runs_dir`.
-    `data()` gives the data identity of the images the export is checked on: the single run is
-    chosen among the runs of those, and a selection's choice must be one (None: no check). It is
-    called only once there is a run to check: `python trt_export.py` before any training loads no
+    `best` takes what select_model.py chose (selection.json under `runs_dir`: its `best`, or with
+    `within`, the cheapest config on the front within that many points of the best mean, at its best
+    seed); without a selection, the single run with the highest best_val_accuracy at any depth under
+    `runs_dir`. `data()` gives the data identity of the images the export is checked on: the single
+    run is chosen among the runs of those, and a selection's choice must be one (None: no check). It
+    is called only once there is a run to check: `python trt_export.py` before any training loads no
     data. Raises CheckpointError, one line, when there is nothing to choose, when the runs span
     several data sets, or when the selection chose a run of other images.
     """
@@ -151,8 +158,8 @@ def choose_checkpoint(
     if selection_path is None:
         if within is not None:
             raise CheckpointError(
-                f"--within needs a selection.json under {runs_dir}: run select_model.py "
-                f"{runs_dir} first"
+                f"--within needs a selection.json under {runs_dir}: run select_model.py {runs_dir} "
+                "first"
             )
         return best_single_run(runs_dir, data) / BEST_CHECKPOINT
     selection, root = read_selection(selection_path), selection_path.parent
@@ -170,8 +177,9 @@ def choose_checkpoint(
         )
     check_chosen_data(seed_dir, data, selection_path)
     print(
-        f"--within {within:g} ({selection_path}): the cheapest config on the front within {within:g} points of "
-        f"the best mean val_accuracy {best_mean:.2f} has {config['val_accuracy_mean']:.2f} at "
+        f"--within {within:g} ({selection_path}): the cheapest config on the front within "
+        f"{within:g} points of the best mean val_accuracy {best_mean:.2f} has "
+        f"{config['val_accuracy_mean']:.2f} at "
         f"{config['flops_per_image']:,.0f} FLOPs per image; its best seed is {seed_dir}",
         flush=True,
     )
@@ -190,9 +198,8 @@ def check_chosen_data(run_dir: Path, data: Callable[[], dict] | None, selection_
         return
     recorded = data_label((summary or {}).get("data"))
     raise CheckpointError(
-        f"{selection_path} chose {run_dir}, trained on {recorded}, not on "
-        f"{data_label(data)}: pass --data-dir the data it was chosen on, or run "
-        "select_model.py with this --data-dir"
+        f"{selection_path} chose {run_dir}, trained on {recorded}, not on {data_label(data)}: pass "
+        "--data-dir the data it was chosen on, or run select_model.py with this --data-dir"
     )
 
 
@@ -207,7 +214,8 @@ def best_single_run(runs_dir: Path, data: Callable[[], dict] | None = None) -> P
     for run_dir, summary in runs:
         if summary is None:
             print(
-                f"note: {run_dir / SUMMARY_FILE} is missing or unreadable; that run is not considered",
+                f"note: {run_dir / SUMMARY_FILE} is missing or unreadable; that run is not "
+                "considered",
                 flush=True,
             )
     candidates, reference = exportable(runs), None
@@ -225,8 +233,7 @@ def best_single_run(runs_dir: Path, data: Callable[[], dict] | None = None) -> P
         on = f" trained on {data_label(reference)}" if reference else ""
         raise CheckpointError(
             f"no run in {runs_dir}{on} has a summary.json with best_val_accuracy "
-            "and a best.pt: train one with part_2_cifar.py, or pass --checkpoint "
-            "PATH"
+            "and a best.pt: train one with part_2_cifar.py, or pass --checkpoint PATH"
         )
     print(
         f"note: no selection.json under {runs_dir}: taking the single run with the highest "

@@ -1,8 +1,10 @@
-"""Where CIFAR-100 is on disk, and reading it: the folder or archive --data-dir names, the download, the extraction.
+"""Where CIFAR-100 is on disk, and reading it: the folder or archive --data-dir names, the download,
+the extraction.
 
-    find_cifar100(data_dir)     -> where the files are (a folder or an archive), or None
-    cifar100_source(data_dir)   -> the same, fetched and extracted first when needed: the one place that decides
-    load_cifar100(data_dir)     -> (train_images, train_labels, test_images, test_labels) as numpy arrays
+    find_cifar100(data_dir)    -> where the files are (a folder or an archive), or None
+    cifar100_source(data_dir)  -> the same, fetched and extracted first when needed: the one place
+                                  that decides
+    load_cifar100(data_dir)    -> (train_images, train_labels, test_images, test_labels), numpy
 
 The trainer (part_2_cifar.py) turns the arrays into tensors on the device.
 Every failure is a DataError: one line naming the file and what to do.
@@ -54,25 +56,30 @@ NUM_CLASSES = 100
 
 
 class DataError(CommandError, RuntimeError):
-    """The data set is missing, malformed or out of reach; the message names the file and what to do.
+    """The data set is missing, malformed or out of reach; the message names the file and what to
+    do.
 
-    exit_code 2: a file or folder the user must fix (DownloadError: 1, the network may work next time)."""
+    exit_code 2: a file or folder the user must fix (DownloadError: 1, the network may work next
+    time)."""
 
     exit_code = EXIT_BAD_INPUT
 
 
 class DownloadError(DataError):
-    """The download failed (no network, the server, a checksum): exit 1, the same command may work later."""
+    """The download failed (no network, the server, a checksum): exit 1, the same command may work
+    later."""
 
     exit_code = EXIT_FAILED
 
 
 @dataclass(frozen=True)
 class CifarSource:
-    """Where the CIFAR-100 files are, as cifar100_source decided: `path` is absolute and resolved, so it names the
-    same files from any working directory (what a run records about its data)."""
+    """Where the CIFAR-100 files are, as cifar100_source decided: `path` is absolute and resolved,
+    so it names the same files from any working directory (what a run records about its data)."""
 
-    path: Path  # a folder holding train, test and meta, or an archive holding cifar-100-python/ (read in memory)
+    # a folder holding train, test and meta, or an archive holding cifar-100-python/ (read in
+    # memory)
+    path: Path
     kind: str  # "folder" or "archive"
 
 
@@ -90,10 +97,11 @@ def _is_archive(path: Path) -> bool:
 def find_cifar100(data_dir: Path) -> CifarSource | None:
     """The CIFAR-100 files that --data-dir points at, or None if there are none (a download is due).
 
-    Looks, in this order, at D/cifar-100-python/, D itself (the extracted folder), D/cifar-100-python/cifar-100-
-    python/ (extracted once too often), D/cifar-100-python.tar.gz, D itself as an archive, and the archive beside D
-    when D is named cifar-100-python. Raises DataError for a D that is some other file, and for a folder that holds
-    only some of train, test and meta with no archive to use instead (it is never replaced: it may be the only copy).
+    Looks, in this order, at D/cifar-100-python/, D itself (the extracted folder),
+    D/cifar-100-python/cifar-100- python/ (extracted once too often), D/cifar-100-python.tar.gz, D
+    itself as an archive, and the archive beside D when D is named cifar-100-python. Raises
+    DataError for a D that is some other file, and for a folder that holds only some of train, test
+    and meta with no archive to use instead (it is never replaced: it may be the only copy).
     """
     d = Path(data_dir)
     folders = [d / CIFAR100_DIR, d, d / CIFAR100_DIR / CIFAR100_DIR]
@@ -124,18 +132,21 @@ def find_cifar100(data_dir: Path) -> CifarSource | None:
         if present:
             missing = [name for name in CIFAR100_FILES if name not in present]
             raise DataError(
-                f"{folder} holds {' and '.join(present)} but no {' or '.join(missing)}: an incomplete "
-                f"CIFAR-100 folder; put the missing file(s) back from {CIFAR100_URL}, or move the folder "
-                f"aside and run again to download the data set"
+                f"{folder} holds {' and '.join(present)} but no {' or '.join(missing)}: an "
+                "incomplete "
+                f"CIFAR-100 folder; put the missing file(s) back from {CIFAR100_URL}, or move the "
+                f"folder aside and run again to download the data set"
             )
     return None
 
 
 def read_archive(archive: Path) -> dict[str, bytes]:
-    """{"train": bytes, "test": bytes, "meta": bytes} of the archive's cifar-100-python/ (about 180 MB in memory).
+    """{"train": bytes, "test": bytes, "meta": bytes} of the archive's cifar-100-python/ (about 180
+    MB in memory).
 
-    Nothing is written and no member name is used as a path, so this is safe on every Python (tarfile's extraction
-    filters exist only from 3.10.12 / 3.11.4 / 3.12). Raises DataError naming the archive and what is wrong."""
+    Nothing is written and no member name is used as a path, so this is safe on every Python
+    (tarfile's extraction filters exist only from 3.10.12 / 3.11.4 / 3.12). Raises DataError naming
+    the archive and what is wrong."""
     wanted = {f"{CIFAR100_DIR}/{name}": name for name in CIFAR100_FILES}
     found: dict[str, bytes] = {}
     try:
@@ -162,8 +173,9 @@ def read_archive(archive: Path) -> dict[str, bytes]:
 
 
 def check_archive(archive: Path, md5: str = CIFAR100_MD5) -> None:
-    """Accept the official archive (md5, by torchvision), or one that differs but reads as CIFAR-100 (a repacked
-    copy: one line says so). Raises DataError for any other: its size beside the official one, and what to do."""
+    """Accept the official archive (md5, by torchvision), or one that differs but reads as CIFAR-100
+    (a repacked copy: one line says so). Raises DataError for any other: its size beside the
+    official one, and what to do."""
     from torchvision.datasets.utils import check_integrity
 
     if check_integrity(str(archive), md5):
@@ -173,22 +185,26 @@ def check_archive(archive: Path, md5: str = CIFAR100_MD5) -> None:
     except DataError as e:
         cause = str(e).removeprefix(f"{archive} ")
         raise DataError(
-            f"{archive} fails the CIFAR-100 checksum: it is {archive.stat().st_size:,} bytes where the archive is "
-            f"{CIFAR100_BYTES:,} (md5 {md5}), and it {cause}; a download cut short? Replace it with a complete copy "
+            f"{archive} fails the CIFAR-100 checksum: it is {archive.stat().st_size:,} bytes where "
+            "the archive is "
+            f"{CIFAR100_BYTES:,} (md5 {md5}), and it {cause}; a download cut short? Replace it "
+            "with a complete copy "
             f"of {CIFAR100_URL}, or move it aside and run again to download one"
         ) from None
     print(
-        f"note: {archive} is not byte for byte the official archive (md5 differs) but holds the CIFAR-100 files: "
+        f"note: {archive} is not byte for byte the official archive (md5 differs) but holds the "
+        "CIFAR-100 files: "
         "using it",
         flush=True,
     )
 
 
 def download_cifar100(folder: Path, url: str = CIFAR100_URL, md5: str = CIFAR100_MD5) -> Path:
-    """Fetch the archive into `folder` with torchvision (which checks its md5); return the archive's path.
+    """Fetch the archive into `folder` with torchvision (which checks its md5); return the archive's
+    path.
 
-    The bytes go to a .part file, renamed only once complete and checked, so a cut download is never where an
-    archive is looked for. Raises DownloadError (exit 1) when the download fails."""
+    The bytes go to a .part file, renamed only once complete and checked, so a cut download is never
+    where an archive is looked for. Raises DownloadError (exit 1) when the download fails."""
     from torchvision.datasets.utils import download_url
 
     archive = Path(folder) / Path(url).name
@@ -202,9 +218,9 @@ def download_cifar100(folder: Path, url: str = CIFAR100_URL, md5: str = CIFAR100
         if disk is not None and disk.errno in FILE_ADVICE and disk.errno != errno.ENOENT:
             raise FileFailed(disk, "write", part, kept="nothing of the download is kept") from None
         raise DownloadError(
-            f"could not download CIFAR-100 ({type(e).__name__}: {one_line(e)}); "
-            f"fetch {url} yourself and put it at {archive} (or its extracted "
-            f"folder at {archive.parent / CIFAR100_DIR})"
+            f"could not download CIFAR-100 ({type(e).__name__}: {one_line(e)}); fetch {url} "
+            f"yourself and put it at {archive} (or its extracted folder at "
+            f"{archive.parent / CIFAR100_DIR})"
         ) from None
     finally:
         part.unlink(missing_ok=True)
@@ -214,8 +230,9 @@ def download_cifar100(folder: Path, url: str = CIFAR100_URL, md5: str = CIFAR100
 def extract_archive(archive: Path) -> Path:
     """Write the archive's train, test and meta to cifar-100-python/ beside it; return that folder.
 
-    They go to a cifar-100-python.partial-* folder first, renamed when whole: a cut extraction never looks like
-    data. If another process extracted it meanwhile, its folder is used and ours removed."""
+    They go to a cifar-100-python.partial-* folder first, renamed when whole: a cut extraction never
+    looks like data. If another process extracted it meanwhile, its folder is used and ours
+    removed."""
     members = read_archive(archive)
     target = archive.parent / CIFAR100_DIR
     print(f"extracting {CIFAR100_DIR}/ from {archive} (once)", flush=True)
@@ -241,14 +258,15 @@ def extract_archive(archive: Path) -> Path:
 
 
 def _download_folder(data_dir: Path) -> Path:
-    """Where a download for --data-dir D goes: D, or D's parent when D is named cifar-100-python (the extracted
-    folder then lands at D). Raises DataError (exit 2) when that would guess at a mistyped path or cannot be
-    written."""
+    """Where a download for --data-dir D goes: D, or D's parent when D is named cifar-100-python
+    (the extracted folder then lands at D). Raises DataError (exit 2) when that would guess at a
+    mistyped path or cannot be written."""
     d = Path(data_dir)
     folder = d.parent if d.name == CIFAR100_DIR else d
     if d.name.endswith((".tar.gz", ".tgz", ".tar")):
         raise DataError(
-            f"--data-dir {d} does not exist: give the archive's path, or a folder to download it into"
+            f"--data-dir {d} does not exist: give the archive's path, or a folder to download it "
+            "into"
         )
     if not folder.exists() and not folder.parent.is_dir():
         raise DataError(
@@ -258,8 +276,8 @@ def _download_folder(data_dir: Path) -> Path:
     why = unwritable(folder)
     if why:
         raise DataError(
-            f"no CIFAR-100 in {d}, and it cannot be downloaded there: {why}; use a --data-dir you can "
-            f"write to, or one that holds {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}"
+            f"no CIFAR-100 in {d}, and it cannot be downloaded there: {why}; use a --data-dir you "
+            f"can write to, or one that holds {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}"
         )
     folder.mkdir(exist_ok=True)
     return folder
@@ -268,17 +286,19 @@ def _download_folder(data_dir: Path) -> Path:
 def cifar100_source(
     data_dir: Path, download: bool = True, url: str = CIFAR100_URL, md5: str = CIFAR100_MD5
 ) -> CifarSource:
-    """Where CIFAR-100 is read from for --data-dir, fetched first if it has none: the one place that decides.
+    """Where CIFAR-100 is read from for --data-dir, fetched first if it has none: the one place that
+    decides.
 
-    A folder is used as it is (find_cifar100 says where it may be). An archive is checked (check_archive) and, when
-    it was found in a folder that can be written and has no cifar-100-python/ yet, extracted there once; otherwise
-    it is read in memory on every run, and one line says why. Raises DataError: exit 2, a file or folder to fix
-    (DownloadError: exit 1)."""
+    A folder is used as it is (find_cifar100 says where it may be). An archive is checked
+    (check_archive) and, when it was found in a folder that can be written and has no
+    cifar-100-python/ yet, extracted there once; otherwise it is read in memory on every run, and
+    one line says why. Raises DataError: exit 2, a file or folder to fix (DownloadError: exit 1)."""
     source = find_cifar100(data_dir)
     if source is None:
         if not download:
             raise DataError(
-                f"no CIFAR-100 in {data_dir}: neither {CIFAR100_DIR}/ nor {CIFAR100_ARCHIVE} is there"
+                f"no CIFAR-100 in {data_dir}: neither {CIFAR100_DIR}/ nor {CIFAR100_ARCHIVE} is "
+                "there"
             )
         source = CifarSource(
             download_cifar100(_download_folder(data_dir), url, md5).resolve(), "archive"
@@ -288,7 +308,10 @@ def cifar100_source(
     check_archive(source.path, md5)
     target = source.path.parent / CIFAR100_DIR
     if Path(data_dir).is_file():
-        why = "an archive given as --data-dir is never extracted (give its folder to extract it there once)"
+        why = (
+            "an archive given as --data-dir is never extracted (give its folder to extract it "
+            "there once)"
+        )
     elif target.exists() and not (target.is_dir() and not any(target.iterdir())):
         why = f"{target} is there but incomplete, and is left as it is"
     else:
@@ -300,8 +323,9 @@ def cifar100_source(
 
 
 def read_cifar_pickle(path: Path | str, raw: bytes | None = None) -> dict:
-    """One CIFAR pickle as a dict with str keys; Python 2 wrote the official files, so keys may be bytes.
-    `raw`: the file's bytes, read from an archive (`path` then names the member, for messages)."""
+    """One CIFAR pickle as a dict with str keys; Python 2 wrote the official files, so keys may be
+    bytes. `raw`: the file's bytes, read from an archive (`path` then names the member, for
+    messages)."""
     try:
         if raw is None:
             with open(path, "rb") as f:
@@ -329,7 +353,8 @@ def read_cifar_pickle(path: Path | str, raw: bytes | None = None) -> dict:
 
 
 def _images_and_labels(path: Path | str, raw: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images as (N, 32, 32, 3) uint8 and fine labels as (N,) int64, checked against the CIFAR-100 format."""
+    """Images as (N, 32, 32, 3) uint8 and fine labels as (N,) int64, checked against the CIFAR-100
+    format."""
     batch = read_cifar_pickle(path, raw)
     if "data" not in batch or "fine_labels" not in batch:
         raise DataError(f"{path} has no 'data' or 'fine_labels' entry: not a CIFAR-100 data file")
@@ -353,8 +378,9 @@ def _images_and_labels(path: Path | str, raw: bytes | None = None) -> tuple[np.n
 def load_cifar100(
     data_dir: Path | CifarSource, download: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train_images, train_labels, test_images, test_labels) of the CIFAR-100 that data_dir points at (a path, as
-    cifar100_source resolves it, fetching it if absent and `download`; or a CifarSource it returned)."""
+    """(train_images, train_labels, test_images, test_labels) of the CIFAR-100 that data_dir points
+    at (a path, as cifar100_source resolves it, fetching it if absent and `download`; or a
+    CifarSource it returned)."""
     source = data_dir if isinstance(data_dir, CifarSource) else cifar100_source(data_dir, download)
     if source.kind == "archive":
         raw = read_archive(source.path)

@@ -11,8 +11,8 @@ holds a whole file.
 Their parsers print one line for a bad option.
 A stop signal is a graceful stop everywhere: saved, then exit 128 + n. Its exception, Interrupted,
 is a BaseException as KeyboardInterrupt is, so no library's `except Exception` swallows it.
-Output that goes away (`| head -1`, a terminal gone after logout) ends no work: it goes to /dev/null.
-Only the standard library is imported here, so any module can import this one.
+Output that goes away (`| head -1`, a terminal gone after logout) ends no work: it goes to
+/dev/null. Only the standard library is imported here, so any module can import this one.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import sys
 import traceback
 from pathlib import Path
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Exit codes: one policy for every command
 
 EXIT_DONE = 0  # the command did what was asked
-EXIT_FAILED = 1  # a failure at run time: the same command may work later (a network, a storage, a failed check)
-EXIT_BAD_INPUT = (
-    2  # bad input or a file the user must fix: an option, a value, a data set, a checkpoint
-)
+# a failure at run time: the same command may work later (a network, a storage, a failed check)
+EXIT_FAILED = 1
+# bad input or a file the user must fix: an option, a value, a data set, a checkpoint
+EXIT_BAD_INPUT = 2
 SIGNAL_BASE = 128  # stopped by signal n: 128 + n, as a shell reports a process a signal ended
 EXIT_CODES = {
     EXIT_DONE: "done",
@@ -46,8 +46,9 @@ EXIT_CODES = {
 
 
 class CommandError(Exception):
-    """The base of every error this project raises for people: str(error) is the one line a command prints, and
-    `exit_code` its row of EXIT_CODES (a subclass sets it). Each command's main turns one into that line and code."""
+    """The base of every error this project raises for people: str(error) is the one line a command
+    prints, and `exit_code` its row of EXIT_CODES (a subclass sets it). Each command's main turns
+    one into that line and code."""
 
     exit_code = EXIT_FAILED
 
@@ -55,14 +56,15 @@ class CommandError(Exception):
 def exit_code(error: BaseException) -> int:
     """The exit code an error ends a command with: its class's `exit_code`, else EXIT_FAILED.
 
-    Each error class of the project says which row of EXIT_CODES it is (ConfigError: EXIT_BAD_INPUT, ...).
-    An error of a library (a database that went away) is a failure at run time.
+    Each error class of the project says which row of EXIT_CODES it is (ConfigError: EXIT_BAD_INPUT,
+    ...). An error of a library (a database that went away) is a failure at run time.
     """
     return getattr(error, "exit_code", EXIT_FAILED)
 
 
 def fail(error: BaseException | str, code: int | None = None) -> int:
-    """Print `error: <the line>` to stderr and return the exit code (`code`, else exit_code(error))."""
+    """Print `error: <the line>` to stderr and return the exit code (`code`, else
+    exit_code(error))."""
     print(f"error: {error}", file=sys.stderr, flush=True)
     return (
         code
@@ -189,8 +191,8 @@ def require(module: str, *names: str, fix: str) -> object:
             or "an unknown place"
         )
         raise BrokenInstall(
-            f"the {module} package at {where} has no {', '.join(missing)}: a "
-            f"broken install (two builds over each other?); {fix}"
+            f"the {module} package at {where} has no {', '.join(missing)}: a broken install (two "
+            f"builds over each other?); {fix}"
         )
     return found
 
@@ -275,12 +277,13 @@ def boundary(
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Parsing
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """An argument parser described by the first paragraph of a module docstring, with one-line errors."""
+    """An argument parser described by the first paragraph of a module docstring, with one-line
+    errors."""
 
     def __init__(
         self,
@@ -309,12 +312,14 @@ def positive_int(text: str) -> int:
 
 
 def setting_value(text: str) -> str | None:
-    """An argparse type for the settings: `None`, the way `wandb agent` writes a sweep's null, is None (the default)."""
+    """An argparse type for the settings: `None`, the way `wandb agent` writes a sweep's null, is
+    None (the default)."""
     return None if text == "None" else text
 
 
 def common_options(data_dir_help: str, val_size_help: str) -> argparse.ArgumentParser:
-    """The options every command that trains shares (trainer, local sweep, model selection): a parent parser.
+    """The options every command that trains shares (trainer, local sweep, model selection): a
+    parent parser.
 
     The help of --data-dir and --val-size is their owners' (cifar_files.py, the trainer's settings).
     """
@@ -344,15 +349,16 @@ def common_options(data_dir_help: str, val_size_help: str) -> argparse.ArgumentP
     return parser
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Stop signals: a graceful stop, whoever sends it
 
-# Every signal that asks a process to stop, and who sends it: SIGTERM (kill, a scheduler ending a job, `wandb agent`
-# stopping a run), SIGINT (Ctrl-C), SIGHUP (a closed terminal or ssh session), SIGQUIT (Ctrl-\; `wandb agent
-# --forward-signals` passes on SIGTERM, SIGHUP and SIGQUIT, its _TERMINATING_SIGNALS), SIGUSR1 and SIGUSR2 (the
-# preemption notices of SLURM's --signal and Grid Engine's -notify), SIGXCPU (a CPU-time limit: RLIMIT_CPU, or a
-# scheduler's cputime; SIGKILL follows at the hard limit). Not in it: SIGALRM, SIGVTALRM, SIGPROF (timers nobody
-# uses to stop a job), SIGXFSZ (a write that failed: an error, not a request), SIGPIPE (Python ignores it).
+# Every signal that asks a process to stop, and who sends it: SIGTERM (kill, a scheduler ending a
+# job, `wandb agent` stopping a run), SIGINT (Ctrl-C), SIGHUP (a closed terminal or ssh session),
+# SIGQUIT (Ctrl-\; `wandb agent --forward-signals` passes on SIGTERM, SIGHUP and SIGQUIT, its
+# _TERMINATING_SIGNALS), SIGUSR1 and SIGUSR2 (the preemption notices of SLURM's --signal and Grid
+# Engine's -notify), SIGXCPU (a CPU-time limit: RLIMIT_CPU, or a scheduler's cputime; SIGKILL
+# follows at the hard limit). Not in it: SIGALRM, SIGVTALRM, SIGPROF (timers nobody uses to stop a
+# job), SIGXFSZ (a write that failed: an error, not a request), SIGPIPE (Python ignores it).
 STOP_SIGNALS = tuple(
     getattr(signal, name)
     for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
@@ -373,25 +379,28 @@ class Interrupted(BaseException):
 
 
 def requeues(signum: int, in_sweep: bool) -> bool:
-    """Whether a stop by `signum` marks the W&B run preempting, so that a W&B sweep requeues it: the one rule.
+    """Whether a stop by `signum` marks the W&B run preempting, so that a W&B sweep requeues it: the
+    one rule.
 
-    Inside a W&B sweep, SIGTERM is the agent stopping the run for good (Hyperband, or a stop from the W&B page), which
-    a requeue would undo. Every other stop signal, and any signal outside a sweep, cut the run short from outside (a
-    preemption notice, a closed terminal, a limit, Ctrl-C): the run is marked preempting and may continue.
+    Inside a W&B sweep, SIGTERM is the agent stopping the run for good (Hyperband, or a stop from
+    the W&B page), which a requeue would undo. Every other stop signal, and any signal outside a
+    sweep, cut the run short from outside (a preemption notice, a closed terminal, a limit, Ctrl-C):
+    the run is marked preempting and may continue.
     """
     return not (in_sweep and signum == signal.SIGTERM)
 
 
 def passed_on(signum: int) -> int:
-    """The signal a launcher sends its child processes when it receives `signum`: the same one, but SIGINT becomes
-    SIGTERM, because a terminal's Ctrl-C already reached the children (one process group) and a second SIGINT means
-    "stop now"."""
+    """The signal a launcher sends its child processes when it receives `signum`: the same one, but
+    SIGINT becomes SIGTERM, because a terminal's Ctrl-C already reached the children (one process
+    group) and a second SIGINT means "stop now"."""
     return signal.SIGTERM if signum == signal.SIGINT else signum
 
 
 def leave_a_lost_terminal() -> None:
-    """Point stdout and stderr at /dev/null where they are a terminal that hung up (an ssh session that dropped):
-    every write there fails (EIO), and the stop that SIGHUP asks for must still save, finish the W&B run and exit."""
+    """Point stdout and stderr at /dev/null where they are a terminal that hung up (an ssh session
+    that dropped): every write there fails (EIO), and the stop that SIGHUP asks for must still save,
+    finish the W&B run and exit."""
     import termios  # Unix only, like SIGHUP
 
     for fd in (1, 2):
@@ -420,11 +429,12 @@ def point_at_devnull(fd: int) -> None:
 class OutputThatMayGoAway:
     """sys.stdout or sys.stderr, whose writes survive the reader going away without a SIGHUP.
 
-    A pipe whose reader exited (`| head -1`: EPIPE, since Python ignores SIGPIPE) or a terminal left behind by a
-    background job after logout (EIO) make every write raise, and a print would end a training midway. The first
-    such failure points the stream's file descriptor at /dev/null (the dup2 of Python's "Note on SIGPIPE", so the
-    interpreter's final flush succeeds as well and the exit code stays the command's); the work goes on unseen.
-    Other errors (a full disk under `> file`) still raise. Everything but write/writelines/flush is the stream's.
+    A pipe whose reader exited (`| head -1`: EPIPE, since Python ignores SIGPIPE) or a terminal left
+    behind by a background job after logout (EIO) make every write raise, and a print would end a
+    training midway. The first such failure points the stream's file descriptor at /dev/null (the
+    dup2 of Python's "Note on SIGPIPE", so the interpreter's final flush succeeds as well and the
+    exit code stays the command's); the work goes on unseen. Other errors (a full disk under `>
+    file`) still raise. Everything but write/writelines/flush is the stream's.
     """
 
     def __init__(self, stream) -> None:
@@ -441,7 +451,8 @@ class OutputThatMayGoAway:
         ):  # a stream with no file descriptor (io.StringIO): replace the stream itself
             self.stream = open(os.devnull, "w")
         if error.errno == errno.EIO:
-            leave_a_lost_terminal()  # the other of stdout and stderr is most likely the same lost terminal
+            # the other of stdout and stderr is most likely the same lost terminal
+            leave_a_lost_terminal()
 
     def write(self, text: str) -> int:
         try:
@@ -468,7 +479,8 @@ class OutputThatMayGoAway:
 
 
 def survive_lost_output() -> None:
-    """Wrap sys.stdout and sys.stderr in OutputThatMayGoAway, once; StopOnSignal does it for every command."""
+    """Wrap sys.stdout and sys.stderr in OutputThatMayGoAway, once; StopOnSignal does it for every
+    command."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, OutputThatMayGoAway):
@@ -476,16 +488,19 @@ def survive_lost_output() -> None:
 
 
 class StopOnSignal:
-    """While active, STOP_SIGNALS only raise a flag; `check()` turns it into Interrupted between steps.
+    """While active, STOP_SIGNALS only raise a flag; `check()` turns it into Interrupted between
+    steps.
 
-    Raising from the handler itself could cut a checkpoint write or W&B's own code in half. main() keeps it active
-    from its first line to its last, so a notice during start-up or the final upload never kills the process by the
-    signal's default action. The first signal is the reason kept (a launcher may pass on what the terminal already
-    sent). A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, e.g. in a download. A signal the caller
-    ignores stays ignored: `nohup` ignores SIGHUP, and a non-interactive shell starts background jobs with SIGINT and
-    SIGQUIT ignored; child processes inherit that. One inside another (a local sweep's main, then its worker loop)
-    shares the signal with it, both ways. Entering it also makes stdout and stderr survive a reader that went away
-    (survive_lost_output): every command starts here, and a lost output ends no work.
+    Raising from the handler itself could cut a checkpoint write or W&B's own code in half. main()
+    keeps it active from its first line to its last, so a notice during start-up or the final upload
+    never kills the process by the signal's default action. The first signal is the reason kept (a
+    launcher may pass on what the terminal already sent). A second SIGINT (Ctrl-C twice) raises
+    KeyboardInterrupt at once, e.g. in a download. A signal the caller ignores stays ignored:
+    `nohup` ignores SIGHUP, and a non-interactive shell starts background jobs with SIGINT and
+    SIGQUIT ignored; child processes inherit that. One inside another (a local sweep's main, then
+    its worker loop) shares the signal with it, both ways. Entering it also makes stdout and stderr
+    survive a reader that went away (survive_lost_output): every command starts here, and a lost
+    output ends no work.
     """
 
     def __init__(self) -> None:
@@ -523,7 +538,8 @@ class StopOnSignal:
 
 
 class InterruptOnSignal(StopOnSignal):
-    """STOP_SIGNALS raise Interrupted at once, at the next Python line: for a command with nothing to save midway.
+    """STOP_SIGNALS raise Interrupted at once, at the next Python line: for a command with nothing
+    to save midway.
 
     trt_export.py is one: each run writes all its files again from the checkpoint.
     """
@@ -533,12 +549,13 @@ class InterruptOnSignal(StopOnSignal):
         raise Interrupted(signum)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Worker processes: several trainings at once, spread over the GPUs
 
 
 def gpu_slots(workers: int) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES for each worker: round-robin over the visible GPUs, several workers per GPU allowed."""
+    """CUDA_VISIBLE_DEVICES for each worker: round-robin over the visible GPUs, several workers per
+    GPU allowed."""
     import torch  # here, not at the top: this module stays free of heavy imports
 
     if not torch.cuda.is_available():
@@ -553,8 +570,8 @@ def gpu_slots(workers: int) -> list[str | None]:
 
 
 def worker_env(gpu: str | None, workers: int) -> dict:
-    """The environment of one of `workers` processes: its GPU (a gpu_slots entry), or on the CPU a share of the
-    cores (oversubscribed torch threads spin: 30x slower)."""
+    """The environment of one of `workers` processes: its GPU (a gpu_slots entry), or on the CPU a
+    share of the cores (oversubscribed torch threads spin: 30x slower)."""
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu

@@ -89,8 +89,7 @@ def locked(path: Path, what: str):
             f.close()
             raise FolderInUse(
                 f"{what} {path.parent} is in use by {holder}: two processes would "
-                "overwrite each other's files; wait for it to end, or use another "
-                "folder"
+                "overwrite each other's files; wait for it to end, or use another folder"
             ) from None
         try:
             if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
@@ -112,9 +111,9 @@ def holder_of(lock_file) -> str:
 
 
 def unwritable(folder: Path) -> str | None:
-    """Why no file can be written in `folder`, or None if one can. A folder that does not exist yet is judged by
-    the nearest one above it that does (nothing is created). A real file is tried and removed at once: permission
-    bits tell nothing for root, ACLs or read-only mounts."""
+    """Why no file can be written in `folder`, or None if one can. A folder that does not exist yet
+    is judged by the nearest one above it that does (nothing is created). A real file is tried and
+    removed at once: permission bits tell nothing for root, ACLs or read-only mounts."""
     for existing in (Path(folder), *Path(folder).parents):
         try:
             if existing.exists():

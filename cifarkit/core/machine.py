@@ -51,7 +51,8 @@ def versions() -> dict:
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), else None for fp32."""
+    """bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), else None
+    for fp32."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     try:

@@ -1,13 +1,13 @@
 """What a run folder holds, how it is written and read, and when it can be continued.
 
     <run>/best.pt        BEST_CHECKPOINT: the epoch with the highest val_accuracy (what is exported)
-    <run>/last.pt        LAST_CHECKPOINT: the last finished epoch and its optimizer (what a resume continues)
+    <run>/last.pt        LAST_CHECKPOINT: the last finished epoch and its optimizer (for a resume)
     <run>/summary.json   SUMMARY_FILE: status, config, best_val_accuracy, cost, learning curves
 
 A crash never leaves half a file: everything is made in memory and written by cli.write_atomic
 (a temporary file renamed over the old one); a write that fails is cli.FileFailed naming the file.
-Checkpoints are loaded as data only. A summary is read by read_summary alone, and the runs under a folder
-are found by summaries_under alone. The data a run trains on is identified by its arrays
+Checkpoints are loaded as data only. A summary is read by read_summary alone, and the runs under a
+folder are found by summaries_under alone. The data a run trains on is identified by its arrays
 (data_identity), recorded in its checkpoints and summary: a resume on other data is refused
 (check_resume_data), and a run's val_accuracy compares only with runs of the same data
 (of_one_data_set). A resume needs what RESUME_KEYS names in last.pt, best.pt beside it, and a run
@@ -76,8 +76,9 @@ class CheckpointError(CommandError, RuntimeError):
 
 
 class _NumpyDtype:
-    """Stands in for numpy.dtype while a checkpoint is read: it keeps the dtype's name and byte order and runs no
-    numpy code on what the file says (pickle calls numpy.dtype('f8', False, True), then __setstate__)."""
+    """Stands in for numpy.dtype while a checkpoint is read: it keeps the dtype's name and byte
+    order and runs no numpy code on what the file says (pickle calls numpy.dtype('f8', False, True),
+    then __setstate__)."""
 
     def __init__(self, name: object = None, align: object = False, copy: object = True):
         self.name, self.order = name, "="
@@ -88,8 +89,9 @@ class _NumpyDtype:
 
 
 def _numpy_number(dtype: object, data: object = None) -> bool | int | float | complex:
-    """A pickled numpy scalar (numpy.float64(3.5), np.int64 ...) as the Python number it holds. Only plain numbers
-    (bool, int, uint, float, complex) are decoded, from the raw bytes with a fresh dtype; anything else is refused."""
+    """A pickled numpy scalar (numpy.float64(3.5), np.int64 ...) as the Python number it holds. Only
+    plain numbers (bool, int, uint, float, complex) are decoded, from the raw bytes with a fresh
+    dtype; anything else is refused."""
     import numpy as np
 
     try:
@@ -111,8 +113,9 @@ def _numpy_number(dtype: object, data: object = None) -> bool | int | float | co
     return np.frombuffer(data, dtype=kind.newbyteorder(order))[0].item()
 
 
-# Metrics saved from numpy (a numpy.float64 val_accuracy) are common in checkpoints of other tools: numpy scalars of
-# plain number types load as Python numbers. The names are where numpy 1 and 2 pickle them from.
+# Metrics saved from numpy (a numpy.float64 val_accuracy) are common in checkpoints of other tools:
+# numpy scalars of plain number types load as Python numbers. The names are where numpy 1 and 2
+# pickle them from.
 NUMPY_NUMBERS = [
     (_numpy_number, "numpy.core.multiarray.scalar"),
     (_numpy_number, "numpy._core.multiarray.scalar"),
@@ -121,8 +124,8 @@ NUMPY_NUMBERS = [
 
 
 def _refused_types(path: Path, error: BaseException) -> str:
-    """What weights_only refused in `path`: the globals PyTorch's own scan of the file names, else the name in its
-    message, else the message's last line (what a stand-in above refused)."""
+    """What weights_only refused in `path`: the globals PyTorch's own scan of the file names, else
+    the name in its message, else the message's last line (what a stand-in above refused)."""
     try:
         with torch.serialization.safe_globals(NUMPY_NUMBERS):
             names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -142,10 +145,12 @@ def _refused_types(path: Path, error: BaseException) -> str:
 
 
 def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) -> dict:
-    """Load a checkpoint as data only (weights_only=True: a checkpoint must not run code) and check its keys.
+    """Load a checkpoint as data only (weights_only=True: a checkpoint must not run code) and check
+    its keys.
 
-    Tensors, Python containers and numbers, and numpy scalars of number types (returned as Python numbers) load;
-    anything else raises CheckpointError naming the refused types. Every error is one line naming the file.
+    Tensors, Python containers and numbers, and numpy scalars of number types (returned as Python
+    numbers) load; anything else raises CheckpointError naming the refused types. Every error is one
+    line naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -157,8 +162,8 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
         raise FileFailed(e, "read", path) from None
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"{path} holds {_refused_types(path, e)}, which a checkpoint may not hold (it is loaded "
-            "as plain data, so that it cannot run code): save tensors and Python numbers"
+            f"{path} holds {_refused_types(path, e)}, which a checkpoint may not hold (it is "
+            "loaded as plain data, so that it cannot run code): save tensors and Python numbers"
         ) from None
     except Exception as e:  # zip/EOF/runtime errors all mean the same thing to a person
         raise CheckpointError(
@@ -172,13 +177,15 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
     return checkpoint
 
 
-# Prefixes PyTorch's own wrappers put before every parameter name: DataParallel, DistributedDataParallel and
-# swa_utils.AveragedModel ("module."), torch.compile ("_orig_mod."); they nest in either order.
+# Prefixes PyTorch's own wrappers put before every parameter name: DataParallel,
+# DistributedDataParallel and swa_utils.AveragedModel ("module."), torch.compile ("_orig_mod.");
+# they nest in either order.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def without_wrapper_prefixes(weights: dict) -> dict:
-    """A copy of a state dict with the prefixes of WRAPPER_PREFIXES removed (and AveragedModel's n_averaged)."""
+    """A copy of a state dict with the prefixes of WRAPPER_PREFIXES removed (and AveragedModel's
+    n_averaged)."""
     weights = copy.copy(weights)  # an OrderedDict keeps its _metadata, which load_state_dict reads
     while weights:
         prefix = next(
@@ -197,7 +204,8 @@ def without_wrapper_prefixes(weights: dict) -> dict:
 
 
 def first_nonfinite(tensors: dict) -> str | None:
-    """The name of the first floating-point tensor holding a NaN or an infinity, else None; one host sync."""
+    """The name of the first floating-point tensor holding a NaN or an infinity, else None; one host
+    sync."""
     floats = {
         name: t
         for name, t in tensors.items()
@@ -217,8 +225,9 @@ def _named(names: list[str], tensors: dict) -> str:
 
 
 def load_weights(model: nn.Module, weights: object, path: Path) -> None:
-    """Load a checkpoint's state dict into `model`, wrapper prefixes removed. CheckpointError, one line naming
-    `path`: not a dict of tensors; the first missing and unexpected names and differing shapes; a NaN or inf."""
+    """Load a checkpoint's state dict into `model`, wrapper prefixes removed. CheckpointError, one
+    line naming `path`: not a dict of tensors; the first missing and unexpected names and differing
+    shapes; a NaN or inf."""
     if not isinstance(weights, dict) or not all(
         isinstance(t, torch.Tensor) for t in weights.values()
     ):
@@ -251,7 +260,8 @@ def load_weights(model: nn.Module, weights: object, path: Path) -> None:
 
 
 def to_cpu(obj: object) -> object:
-    """A copy of nested dicts/lists with every tensor cloned to host memory: a snapshot training cannot change."""
+    """A copy of nested dicts/lists with every tensor cloned to host memory: a snapshot training
+    cannot change."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
@@ -364,9 +374,9 @@ class Snapshots:
                     raise
 
     def write_end(self, write: Callable[[], T]) -> T:
-        """write() (the run's end: its summary and curves) and what it returns. A folder that vanished
-        meanwhile is made again with every checkpoint, and write() tried once more; a failure says
-        which epoch the checkpoints on disk hold."""
+        """write() (the run's end: its summary and curves) and what it returns. A folder that
+        vanished meanwhile is made again with every checkpoint, and write() tried once more; a
+        failure says which epoch the checkpoints on disk hold."""
         for attempt in (1, 2):
             try:
                 return write()
@@ -387,7 +397,7 @@ class Snapshots:
         return "no last.pt of this run is on disk"
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Runs: the one reader of a summary, the one walk over a runs folder
 
 
@@ -405,7 +415,8 @@ def read_summary(run_dir: Path) -> dict | None:
 
 
 def summaries_under(runs_dir: Path) -> list[tuple[Path, dict | None]]:
-    """(run folder, its summary or None) for each summary.json at any depth under runs_dir, sorted by path.
+    """(run folder, its summary or None) for each summary.json at any depth under runs_dir, sorted
+    by path.
 
     Single runs, `wandb agent` runs, sweep trials in <study>/trial-NNNN and selection seeds alike.
     """
@@ -522,9 +533,8 @@ def of_one_data_set(
         )
     if len({data_key(summary) for _, summary in kept}) > 1:
         raise CheckpointError(
-            f"the runs under {where} were trained on several data sets "
-            f"({by_data_set(kept)}): val_accuracy on other images or another "
-            f"validation split does not compare; {remedy}"
+            f"the runs under {where} were trained on several data sets ({by_data_set(kept)}): "
+            f"val_accuracy on other images or another validation split does not compare; {remedy}"
         )
     return kept
 
@@ -593,15 +603,13 @@ def check_resumable(run_dir: Path, resume: dict) -> None:
         and summary.get("epochs_completed") == resume["epoch"]
     ):
         raise RunComplete(
-            f"{run_dir} is complete ({summary['status']} after epoch "
-            f"{resume['epoch']}): nothing to resume and nothing changed; start a new "
-            "run to train again"
+            f"{run_dir} is complete ({summary['status']} after epoch {resume['epoch']}): nothing "
+            "to resume and nothing changed; start a new run to train again"
         )
     if resume["best_epoch"] and not (run_dir / BEST_CHECKPOINT).is_file():
         raise CheckpointError(
             f"{run_dir} has {LAST_CHECKPOINT} but no {BEST_CHECKPOINT} (epoch "
-            f"{resume['best_epoch']}'s weights, the best so far): copy the whole "
-            "run folder"
+            f"{resume['best_epoch']}'s weights, the best so far): copy the whole run folder"
         )
 
 
@@ -619,8 +627,7 @@ def check_resume_data(resume: dict, identity: dict, path: Path) -> None:
     elif identity and not same_data(recorded, identity):
         raise CheckpointError(
             f"{path} was trained on other data: {describe_data(recorded)}, not "
-            f"{describe_data(identity)}; resume with its --data-dir, or start a "
-            "new run"
+            f"{describe_data(identity)}; resume with its --data-dir, or start a new run"
         )
 
 

@@ -3,8 +3,8 @@ until both a minimum time and a minimum count are reached; report the mean and n
 percentiles of the iterations, and the throughput.
 
 Used for a run's latency_ms in summary.json (cost.py) and for every row of the export's
-benchmark.json (cifarkit/export/bench.py), so the two are measured alike. A step is one iteration on a
-batch fixed beforehand; it returns the GPU compute seconds when it measures them, else None.
+benchmark.json (cifarkit/export/bench.py), so the two are measured alike. A step is one iteration on
+a batch fixed beforehand; it returns the GPU compute seconds when it measures them, else None.
 """
 
 from __future__ import annotations

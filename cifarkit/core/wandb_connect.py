@@ -1,5 +1,6 @@
-"""W&B connection policy: online only with credentials wandb itself would use, never a login prompt, bounded waits,
-and an offline fallback that never costs a training. Used by part_2_cifar.run_training and the sweep commands.
+"""W&B connection policy: online only with credentials wandb itself would use, never a login prompt,
+bounded waits, and an offline fallback that never costs a training. Used by
+part_2_cifar.run_training and the sweep commands.
 A setting W&B refuses (WANDB_MODE= empty, WANDB_INIT_TIMEOUT=soon) is one line naming the
 variable, before any work. Once a run has started, W&B failing (its wandb-core process killed, a
 folder it cannot write, an upload that raises) costs W&B only: GuardedRun says in one line what W&B
@@ -10,8 +11,9 @@ Also here, `wandb agent`'s protocol as the trainer meets it: in_wandb_sweep, the
 inside a sweep shown where the sweep is watched (fail_sweep_run), and the end of a run
 (log_summary, upload_model, end_run).
 
-Behaviour of wandb 0.31 this relies on, read in its source: wandb/sdk/lib/wbauth/authenticate.py (the credential
-lookup wandb.init runs), wandb/sdk/wandb_settings.py (init_timeout 90 s, finish_timeout 0 = forever by default).
+Behaviour of wandb 0.31 this relies on, read in its source: wandb/sdk/lib/wbauth/authenticate.py
+(the credential lookup wandb.init runs), wandb/sdk/wandb_settings.py (init_timeout 90 s,
+finish_timeout 0 = forever by default).
 README "W&B without a network (HPC clusters)" says what a user sees.
 """
 
@@ -32,10 +34,11 @@ class WandbSettingsError(CommandError, ValueError):
     exit_code = EXIT_BAD_INPUT
 
 
-# W&B's own defaults wait 90 s for wandb.init and forever for run.finish. A server that answers at all answers within
-# seconds, and training never needs it: what is not uploaded stays in the run's wandb folder for `wandb sync`. So on
-# a node without a route wandb.init gives up after 30 s, and run.finish waits at most 120 s for uploads. A value set
-# the wandb way (WANDB_INIT_TIMEOUT, WANDB_FINISH_TIMEOUT, a settings file) wins over these.
+# W&B's own defaults wait 90 s for wandb.init and forever for run.finish. A server that answers at
+# all answers within seconds, and training never needs it: what is not uploaded stays in the run's
+# wandb folder for `wandb sync`. So on a node without a route wandb.init gives up after 30 s, and
+# run.finish waits at most 120 s for uploads. A value set the wandb way (WANDB_INIT_TIMEOUT,
+# WANDB_FINISH_TIMEOUT, a settings file) wins over these.
 WANDB_TIMEOUTS_S = {"init_timeout": 30.0, "finish_timeout": 120.0}
 # What a training's W&B summary gets at its end (log_summary): what a sweep reads
 SUMMARY_KEYS = (
@@ -52,7 +55,8 @@ SUMMARY_KEYS = (
 
 
 class WandbUnavailable(CommandError, RuntimeError):
-    """Inside a sweep, the W&B server gave no run: this run stops before training. The message is one line."""
+    """Inside a sweep, the W&B server gave no run: this run stops before training. The message is
+    one line."""
 
     exit_code = EXIT_FAILED
 
@@ -84,12 +88,14 @@ def wandb_settings():
 
 
 def wandb_credentials_found(server: str) -> bool:
-    """True when wandb.init would find credentials for `server` without a prompt; never touches the network.
+    """True when wandb.init would find credentials for `server` without a prompt; never touches the
+    network.
 
-    This is wandb's own lookup, the one wandb.init runs (wandb 0.31: wandb/sdk/lib/wbauth/authenticate.py):
-    WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, the key `wandb login` wrote to ~/.netrc (or $NETRC) under the server's
-    host, an api_key in a settings file. A hand-written netrc parse drifts from it: 0.31 logs in to
-    api.forge.coreweave.com, not api.wandb.ai.
+    This is wandb's own lookup, the one wandb.init runs (wandb 0.31:
+    wandb/sdk/lib/wbauth/authenticate.py): WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, the key `wandb
+    login` wrote to ~/.netrc (or $NETRC) under the server's host, an api_key in a settings file. A
+    hand-written netrc parse drifts from it: 0.31 logs in to api.forge.coreweave.com, not
+    api.wandb.ai.
     """
     from wandb.errors import AuthenticationError
     from wandb.sdk.lib import wbauth
@@ -193,8 +199,8 @@ def without_wandb(init: dict, error: BaseException, in_sweep: bool) -> GuardedRu
     if in_sweep:
         sweep = os.environ.get("WANDB_SWEEP_ID", "(unknown)")
         raise WandbUnavailable(
-            f"{reason}; a sweep run cannot train unseen, so this run of sweep "
-            f"{sweep} stops before training"
+            f"{reason}; a sweep run cannot train unseen, so this run of sweep {sweep} stops before "
+            "training"
         )
     let_go_of_wandb()
     print(f"W&B: {reason}: training without W&B; the run folder has everything", flush=True)

@@ -109,8 +109,8 @@ def export_onnx(model: nn.Module, path: Path) -> None:
 
 # ONNX Runtime's advice for onnxruntime and onnxruntime-gpu installed over each other (README)
 ONNXRUNTIME_FIX = (
-    "keep one: pip uninstall -y onnxruntime onnxruntime-gpu, then pip install "
-    "onnxruntime (or onnxruntime-gpu, which has the CPU provider too)"
+    "keep one: pip uninstall -y onnxruntime onnxruntime-gpu, then pip install onnxruntime (or "
+    "onnxruntime-gpu, which has the CPU provider too)"
 )
 
 

@@ -156,8 +156,8 @@ def parity(reference: Predictor, candidate: Predictor, images: np.ndarray) -> di
         expected, got = reference(batch), candidate(batch)
         if got.shape != expected.shape:
             raise ValueError(
-                f"logits of shape {got.shape} for a batch of {len(batch)}; "
-                f"expected {expected.shape}"
+                f"logits of shape {got.shape} for a batch of {len(batch)}; expected "
+                f"{expected.shape}"
             )
         diffs.append(float(np.abs(got - expected).max()))
         agree.extend(got.argmax(1) == expected.argmax(1))
@@ -296,16 +296,16 @@ def markdown_benchmark(rows: list[dict]) -> str:
         noisy = row.get("not_rankable")
         lines.append(
             f"| {row['backend']} | {row['batch_size']} | {e2e['iterations']} | "
-            f"{e2e['images_per_second']:,.0f} +-{e2e['spread_pct']:.0f}% | "
-            f"{e2e['mean_ms']:.3f} | {e2e['p50_ms']:.3f} | {e2e['p90_ms']:.3f} | "
-            f"{e2e['p99_ms']:.3f} | {gpu_p50} | {row.get('threads') or '-'} | {waited} | "
-            f"{row.get('load', 0):.1f} | {'**no**: ' + noisy if noisy else 'yes'} |"
+            f"{e2e['images_per_second']:,.0f} +-{e2e['spread_pct']:.0f}% | {e2e['mean_ms']:.3f} | "
+            f"{e2e['p50_ms']:.3f} | {e2e['p90_ms']:.3f} | {e2e['p99_ms']:.3f} | {gpu_p50} | "
+            f"{row.get('threads') or '-'} | {waited} | {row.get('load', 0):.1f} | "
+            f"{'**no**: ' + noisy if noisy else 'yes'} |"
         )
     noisy = sum(bool(row.get("not_rankable")) for row in rows)
     if noisy:
         lines.append(
-            f"\n{noisy} of {len(rows)} figures are too noisy to rank the backends "
-            f"(spread over +-{NOISY_SPREAD_PCT:g}%, or over {BUSY_WAIT_PCT:g}% of the "
+            f"\n{noisy} of {len(rows)} figures are too noisy to rank the backends (spread over "
+            f"+-{NOISY_SPREAD_PCT:g}%, or over {BUSY_WAIT_PCT:g}% of the "
             "time waiting for a CPU): other processes had the cores; rerun when idle"
         )
     return "\n".join(lines)
@@ -320,9 +320,8 @@ def markdown_accuracy(rows: list[dict], images: int) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {row['backend']} | {row['top1_accuracy']:.2f} | "
-            f"{row['points_vs_reference']:+.2f} | "
-            f"{row['top1_agreement_with_reference']:.2f} |"
+            f"| {row['backend']} | {row['top1_accuracy']:.2f} | {row['points_vs_reference']:+.2f} "
+            f"| {row['top1_agreement_with_reference']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -1,23 +1,25 @@
-"""The TensorRT and CUDA layer of trt_export.py: build an engine from ONNX, run it, time it. Nothing else.
+"""The TensorRT and CUDA layer of trt_export.py: build an engine from ONNX, run it, time it. Nothing
+else.
 
 Targets TensorRT 10.x and 11.x through the name-based API both share (`build_serialized_network`,
-`set_input_shape`, `set_tensor_address`, `execute_async_v3`), with one precision path for both: the network is
-strongly typed (TensorRT 11 always is; on 10 the flag is asked for by name, as its number changed between the two),
-so the ONNX carries the precision and no builder flag is set:
+`set_input_shape`, `set_tensor_address`, `execute_async_v3`), with one precision path for both: the
+network is strongly typed (TensorRT 11 always is; on 10 the flag is asked for by name, as its number
+changed between the two), so the ONNX carries the precision and no builder flag is set:
 
     fp32  the fp32 ONNX
     fp16  the fp16 ONNX (fp32 in and out, fp16 inside)
     int8  ModelOpt's Q/DQ copy of the fp32 ONNX (int8 where quantized, fp16 elsewhere)
 
-Buffers, copies, the stream and CUDA events come from pycuda; CUDA-graph capture and replay from cuda-python
-(`cuda.bindings.runtime`), as NVIDIA's TensorRT samples do it: no released pycuda (through 2026.1) has a graph API.
-`tensorrt`, `pycuda`, `cuda.bindings` and `modelopt` are imported inside the functions that use them, so importing
-this file needs only numpy: trt_export.py imports it on every machine, and the tests run without a GPU. Each `why_no_*`
-function returns "" when the part can run, else one sentence saying why not.
+Buffers, copies, the stream and CUDA events come from pycuda; CUDA-graph capture and replay from
+cuda-python (`cuda.bindings.runtime`), as NVIDIA's TensorRT samples do it: no released pycuda
+(through 2026.1) has a graph API. `tensorrt`, `pycuda`, `cuda.bindings` and `modelopt` are imported
+inside the functions that use them, so importing this file needs only numpy: trt_export.py imports
+it on every machine, and the tests run without a GPU. Each `why_no_*` function returns "" when the
+part can run, else one sentence saying why not.
 
-Checked statically with `python .ci/trt_typecheck.py`: mypy against tensorrt-stubs (the 10.x API), and every
-cuda-python call bound to the signature of the installed cuda-bindings. pycuda and modelopt ship no stubs, so their
-imports carry narrow ignores.
+Checked statically with `python .ci/trt_typecheck.py`: mypy against tensorrt-stubs (the 10.x API),
+and every cuda-python call bound to the signature of the installed cuda-bindings. pycuda and
+modelopt ship no stubs, so their imports carry narrow ignores.
 """
 
 from __future__ import annotations
@@ -43,17 +45,20 @@ MODELOPT_MIN_VERSION = (
     0,
     42,
 )  # before 0.42 every calibration step saw the same data (NVIDIA/Model-Optimizer#794)
-CALIBRATION_BATCH = (
-    64  # images per int8 calibration step; ModelOpt reads a dynamic batch as 1 unless told
+# images per int8 calibration step; ModelOpt reads a dynamic batch as 1 unless told
+CALIBRATION_BATCH = 64
+INSTALL_HINT = (
+    "on a GPU machine: pip install --extra-index-url https://pypi.nvidia.com -r "
+    "requirements-trt.txt"
 )
-INSTALL_HINT = "on a GPU machine: pip install --extra-index-url https://pypi.nvidia.com -r requirements-trt.txt"
 
 
 class EngineError(CommandError, RuntimeError):
-    """TensorRT or CUDA could not parse, build, load or run an engine; the message says which step and why."""
+    """TensorRT or CUDA could not parse, build, load or run an engine; the message says which step
+    and why."""
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # What this machine has
 
 
@@ -61,11 +66,17 @@ def why_no_tensorrt() -> str:
     try:
         import tensorrt as trt
     except (ImportError, OSError) as e:  # OSError: the wheel is there but libnvinfer is not
-        return f"the tensorrt package cannot be imported ({type(e).__name__}: {e}); install it {INSTALL_HINT}"
+        return (
+            f"the tensorrt package cannot be imported ({type(e).__name__}: {e}); install it "
+            f"{INSTALL_HINT}"
+        )
     if not hasattr(
         trt, "Builder"
     ):  # tensorrt-stubs alone leaves an importable namespace package with no code
-        return f"the tensorrt found here is only type stubs (no Builder); install the real package {INSTALL_HINT}"
+        return (
+            "the tensorrt found here is only type stubs (no Builder); install the real package "
+            f"{INSTALL_HINT}"
+        )
     return ""
 
 
@@ -73,7 +84,10 @@ def why_no_pycuda() -> str:
     try:
         import pycuda.driver  # type: ignore[import-not-found,import-untyped]  # noqa: F401
     except ImportError as e:
-        return f"pycuda cannot be imported ({e}); it builds from source against a CUDA toolkit: {INSTALL_HINT}"
+        return (
+            f"pycuda cannot be imported ({e}); it builds from source against a CUDA toolkit: "
+            f"{INSTALL_HINT}"
+        )
     return ""
 
 
@@ -81,18 +95,23 @@ def why_no_cuda_python() -> str:
     try:
         cuda_runtime()
     except ImportError as e:
-        return f"cuda-python cannot be imported ({e}); CUDA-graph replay needs it: pip install cuda-bindings"
+        return (
+            f"cuda-python cannot be imported ({e}); CUDA-graph replay needs it: pip install "
+            "cuda-bindings"
+        )
     return ""
 
 
 def why_no_modelopt() -> str:
     try:
         import modelopt  # type: ignore[import-not-found,import-untyped]
-        import modelopt.onnx.quantization  # type: ignore[import-not-found,import-untyped]  # noqa: F401
+
+        # # noqa: F401
+        import modelopt.onnx.quantization  # type: ignore[import-not-found,import-untyped]
     except ImportError as e:
         return (
-            f"int8 needs NVIDIA ModelOpt for explicit (Q/DQ) quantization and it cannot be imported ({e}); "
-            f"install nvidia-modelopt[onnx]>=0.42 {INSTALL_HINT}"
+            "int8 needs NVIDIA ModelOpt for explicit (Q/DQ) quantization and it cannot be "
+            f"imported ({e}); install nvidia-modelopt[onnx]>=0.42 {INSTALL_HINT}"
         )
     version = str(getattr(modelopt, "__version__", "0"))
     if _release(version) < MODELOPT_MIN_VERSION:
@@ -110,7 +129,8 @@ def _release(version: str) -> tuple[int, int]:
 
 
 def cuda_runtime() -> Any:
-    """cuda-python's CUDA runtime module (`cuda.bindings.runtime`); a function so that tests can stand one in."""
+    """cuda-python's CUDA runtime module (`cuda.bindings.runtime`); a function so that tests can
+    stand one in."""
     from cuda.bindings import runtime  # type: ignore[import-untyped]
 
     return runtime
@@ -122,14 +142,16 @@ def _ints(dims: trt.Dims) -> list[int]:
     ]  # Dims indexes like a sequence but the stubs declare no __iter__
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Int8: explicit quantization with ModelOpt (TensorRT 10 deprecated implicit calibration and 11 removed it)
+# --------------------------------------------------------------------------------------------------
+# Int8: explicit quantization with ModelOpt (TensorRT 10 deprecated implicit calibration and 11
+# removed it)
 
 
 def calibration_shapes(
     input_name: str, images: np.ndarray, batch_size: int = CALIBRATION_BATCH
 ) -> str:
-    """ModelOpt's shape of one calibration step, e.g. "images:64x3x32x32" (fewer images: one step of all of them)."""
+    """ModelOpt's shape of one calibration step, e.g. "images:64x3x32x32" (fewer images: one step of
+    all of them)."""
     return f"{input_name}:" + "x".join(
         str(n) for n in (min(batch_size, len(images)), *images.shape[1:])
     )
@@ -138,13 +160,15 @@ def calibration_shapes(
 def quantize_int8(
     onnx_path: Path, calibration_images: np.ndarray, out_path: Path, input_name: str
 ) -> None:
-    """Write a Q/DQ copy of the fp32 ONNX, with activation ranges calibrated on `calibration_images` (N, 3, 32, 32):
-    int8 where ModelOpt quantizes, fp16 elsewhere, fp32 in and out. Raises EngineError if ModelOpt fails."""
+    """Write a Q/DQ copy of the fp32 ONNX, with activation ranges calibrated on `calibration_images`
+    (N, 3, 32, 32): int8 where ModelOpt quantizes, fp16 elsewhere, fp32 in and out. Raises
+    EngineError if ModelOpt fails."""
     from modelopt.onnx.quantization import quantize  # type: ignore[import-not-found,import-untyped]
 
     try:
-        # calibration_shapes: without it ModelOpt reads the dynamic batch as 1 and runs one step per image.
-        # "cpu" only: calibration runs through ONNX Runtime, and its CPU provider is the one every install has.
+        # calibration_shapes: without it ModelOpt reads the dynamic batch as 1 and runs one step per
+        # image. "cpu" only: calibration runs through ONNX Runtime, and its CPU provider is the one
+        # every install has.
         quantize(
             onnx_path=str(onnx_path),
             quantize_mode="int8",
@@ -163,15 +187,16 @@ def quantize_int8(
         ) from e
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Build
 
 
 def profile_batches(batch_sizes: list[int]) -> tuple[int, int, int]:
     """(min, opt, max) batch of the engine's optimization profile for the benchmarked `batch_sizes`.
 
-    min is 1, not min(batch_sizes): a data set fed in chunks of the largest size ends with the remainder (10,000 test
-    images in chunks of 256 end with 16). opt = max: kernels are tuned for the throughput case.
+    min is 1, not min(batch_sizes): a data set fed in chunks of the largest size ends with the
+    remainder (10,000 test images in chunks of 256 end with 16). opt = max: kernels are tuned for
+    the throughput case.
     """
     largest = max(batch_sizes)
     return 1, largest, largest
@@ -186,11 +211,13 @@ def build_engine(
     timing_cache_path: Path,
     workspace_bytes: int = WORKSPACE_BYTES,
 ) -> dict:
-    """Parse the ONNX into a strongly typed network, build an engine for batches 1..max(batch_sizes), save it and a
+    """Parse the ONNX into a strongly typed network, build an engine for batches
+    1..max(batch_sizes), save it and a
     JSON beside it; return the JSON.
 
-    `onnx_path` carries the precision (see the module docstring); `precision` only names it. The timing cache is read
-    if present and written back, so a rebuild skips the kernel timing it already did.
+    `onnx_path` carries the precision (see the module docstring); `precision` only names it. The
+    timing cache is read if present and written back, so a rebuild skips the kernel timing it
+    already did.
     """
     import tensorrt as trt
 
@@ -221,8 +248,8 @@ def build_engine(
 
     cache_blob = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
     cache = config.create_timing_cache(cache_blob)
-    # A cache from another GPU or TensorRT version is refused (False), a damaged one not read (None): start afresh
-    # rather than fail later, when the cache is written back.
+    # A cache from another GPU or TensorRT version is refused (False), a damaged one not read
+    # (None): start afresh rather than fail later, when the cache is written back.
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         print(
             f"note: {timing_cache_path} is from another GPU or TensorRT version, or damaged; "
@@ -235,7 +262,8 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(
-            f"TensorRT could not build a {precision} engine from {onnx_path}; its log above says why"
+            f"TensorRT could not build a {precision} engine from {onnx_path}; its log above says "
+            "why"
         )
     build_seconds = time.perf_counter() - started
     engine_path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,12 +297,13 @@ def build_engine(
     return info
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Run
 
 
 def cuda_check(result: tuple, call: str) -> Any:
-    """cuda-python returns (error, *values): the value (or None) if the error is cudaSuccess, else EngineError."""
+    """cuda-python returns (error, *values): the value (or None) if the error is cudaSuccess, else
+    EngineError."""
     cudart = cuda_runtime()
     error, *values = result
     if error != cudart.cudaError_t.cudaSuccess:
@@ -283,11 +312,12 @@ def cuda_check(result: tuple, call: str) -> Any:
 
 
 class TrtRunner:
-    """One engine, one execution context, page-locked host buffers and device buffers for the largest batch, and
-    optionally a CUDA graph of one enqueue.
+    """One engine, one execution context, page-locked host buffers and device buffers for the
+    largest batch, and optionally a CUDA graph of one enqueue.
 
-    pycuda.autoprimaryctx retains the device's primary context, the same one PyTorch's runtime and cuda-python's
-    runtime API use, so all three share a process (pycuda.autoinit would create a second context that clashes).
+    pycuda.autoprimaryctx retains the device's primary context, the same one PyTorch's runtime and
+    cuda-python's runtime API use, so all three share a process (pycuda.autoinit would create a
+    second context that clashes).
     """
 
     def __init__(self, engine_path: Path, max_batch_size: int):
@@ -331,7 +361,8 @@ class TrtRunner:
         self.graph_exec: Any = None  # its instantiation (cudaGraphExec_t), what a replay launches
 
     def set_batch(self, images: np.ndarray) -> None:
-        """Put a batch (B, 3, 32, 32) into the page-locked input buffer and size the context for it."""
+        """Put a batch (B, 3, 32, 32) into the page-locked input buffer and size the context for
+        it."""
         batch_size = len(images)
         if not 1 <= batch_size <= self.max_batch_size:
             raise EngineError(
@@ -349,14 +380,16 @@ class TrtRunner:
         self.host_input[:batch_size] = images
 
     def capture_graph(self) -> None:
-        """Record one enqueue at the current batch size as a CUDA graph; `step(use_graph=True)` replays it.
+        """Record one enqueue at the current batch size as a CUDA graph; `step(use_graph=True)`
+        replays it.
 
-        As NVIDIA's TensorRT samples do (demo/Diffusion engine.py): cudaStreamBeginCapture on the stream,
-        execute_async_v3, cudaStreamEndCapture, cudaGraphInstantiate.
+        As NVIDIA's TensorRT samples do (demo/Diffusion engine.py): cudaStreamBeginCapture on the
+        stream, execute_async_v3, cudaStreamEndCapture, cudaGraphInstantiate.
         """
         cudart, handle = cuda_runtime(), self.stream.handle
         self.release_graph()
-        # One plain enqueue first: TensorRT finishes shape-dependent setup there, which a capture must not contain.
+        # One plain enqueue first: TensorRT finishes shape-dependent setup there, which a capture
+        # must not contain.
         if not self.context.execute_async_v3(handle):
             raise EngineError(f"execute_async_v3 failed at batch size {self.batch_size}")
         self.stream.synchronize()
@@ -370,20 +403,23 @@ class TrtRunner:
         try:
             enqueued = self.context.execute_async_v3(handle)
         finally:
-            # End the capture whatever happened: a stream left capturing makes every later call on it fail.
+            # End the capture whatever happened: a stream left capturing makes every later call on
+            # it fail.
             error, graph = cudart.cudaStreamEndCapture(handle)
             if graph is not None and not (enqueued and error == cudart.cudaError_t.cudaSuccess):
                 cudart.cudaGraphDestroy(graph)
         cuda_check((error,), "cudaStreamEndCapture")
         if not enqueued:
             raise EngineError(
-                f"execute_async_v3 failed while capturing a CUDA graph at batch size {self.batch_size}"
+                "execute_async_v3 failed while capturing a CUDA graph at batch size "
+                f"{self.batch_size}"
             )
         self.graph = graph
         self.graph_exec = cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
 
     def release_graph(self) -> None:
-        """Destroy the captured graph and its instantiation, if any (a new batch size or a recapture)."""
+        """Destroy the captured graph and its instantiation, if any (a new batch size or a
+        recapture)."""
         if self.graph is None and self.graph_exec is None:
             return
         cudart = cuda_runtime()
@@ -394,7 +430,8 @@ class TrtRunner:
         self.graph = self.graph_exec = None
 
     def step(self, use_graph: bool = False) -> float:
-        """Copy in, compute, copy out, wait; return the GPU compute seconds (CUDA events around the enqueue only)."""
+        """Copy in, compute, copy out, wait; return the GPU compute seconds (CUDA events around the
+        enqueue only)."""
         b, cuda = self.batch_size, self.cuda
         if use_graph and self.graph_exec is None:
             raise EngineError(

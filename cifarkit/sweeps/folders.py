@@ -85,9 +85,8 @@ def own_trial_folder(
     if found not in (None, mine):
         raise TrialFolderTaken(
             f"trial folder {run_dir} holds trial {found.get('trial')} of study "
-            f"{found.get('study')!r} ({found.get('uid')}), not trial "
-            f"{trial.number} of {study.study_name!r} ({uid}): move "
-            "it aside"
+            f"{found.get('study')!r} ({found.get('uid')}), not trial {trial.number} of "
+            f"{study.study_name!r} ({uid}): move it aside"
         )
     write_json_atomic(mine, run_dir / TRIAL_MARKER)
 

@@ -1,16 +1,18 @@
-"""Optuna's journal file, the study store of a local sweep on one machine (local_sweep.py), safe against a cut or
-damaged record.
+"""Optuna's journal file, the study store of a local sweep on one machine (local_sweep.py), safe
+against a cut or damaged record.
 
-Optuna's JournalFileBackend appends one JSON record per line, under a lock file. A writer that dies mid-append
-(a machine that lost power, a client cut off from NFS) leaves a last line with no newline: Optuna's reader skips
-it, but the next append is glued onto it, and once a line Optuna cannot parse has another after it, every read
-of the study fails (optuna issue 5138). Here:
+Optuna's JournalFileBackend appends one JSON record per line, under a lock file. A writer that dies
+mid-append (a machine that lost power, a client cut off from NFS) leaves a last line with no
+newline: Optuna's reader skips it, but the next append is glued onto it, and once a line Optuna
+cannot parse has another after it, every read of the study fails (optuna issue 5138). Here:
 
-- before appending, under Optuna's lock, a cut last record is moved to `<journal>.cut-at-<byte>` beside the
-  journal and the journal truncated to its last whole record, with one line saying so. Every reader had skipped
-  that record, so the study stays as every process saw it, and the cut bytes are kept;
-- a damaged line (a terminated line that is not one record, e.g. a cut record with the next glued onto it) is
-  never dropped or repaired: DamagedJournal says which line, what is safe to delete and the command that does it.
+- before appending, under Optuna's lock, a cut last record is moved to `<journal>.cut-at-<byte>`
+  beside the journal and the journal truncated to its last whole record, with one line saying so.
+  Every reader had skipped that record, so the study stays as every process saw it, and the cut
+  bytes are kept;
+- a damaged line (a terminated line that is not one record, e.g. a cut record with the next glued
+  onto it) is never dropped or repaired: DamagedJournal says which line, what is safe to delete
+  and the command that does it.
 """
 
 from __future__ import annotations
@@ -36,18 +38,18 @@ TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back from the end for 
 
 
 class DamagedJournal(CommandError):
-    """A journal line Optuna cannot read; the message is one line: the file, the line, how to recover."""
+    """A journal line Optuna cannot read; the message is one line: the file, the line, how to
+    recover."""
 
     exit_code = EXIT_BAD_INPUT  # a file the user must fix
 
 
 class JournalReadOnly(CommandError):
-    """The journal file exists but this process may not write it (its mode, its owner, a read-only mount); the
-    message is one line saying what to do."""
+    """The journal file exists but this process may not write it (its mode, its owner, a read-only
+    mount); the message is one line saying what to do."""
 
-    exit_code = (
-        EXIT_BAD_INPUT  # a file the user must fix: the same command fails the same way until then
-    )
+    # a file the user must fix: the same command fails the same way until then
+    exit_code = EXIT_BAD_INPUT
 
 
 class JournalFailed(CommandError):
@@ -58,7 +60,8 @@ class JournalFailed(CommandError):
 
 
 def _line_start(f, end: int) -> int:
-    """The offset just after the last newline before byte `end` of the open binary file `f` (0 if none)."""
+    """The offset just after the last newline before byte `end` of the open binary file `f` (0 if
+    none)."""
     pos = end
     while pos > 0:
         step = min(TAIL_CHUNK, pos)
@@ -74,8 +77,9 @@ OP_CODES = frozenset(op.value for op in JournalOperation)
 
 
 def _is_record(line: bytes) -> bool:
-    """Whether a line reads as an Optuna record: a JSON object with a known op_code and a worker_id (Optuna's
-    replay indexes both before anything else, and fails with a traceback on anything less)."""
+    """Whether a line reads as an Optuna record: a JSON object with a known op_code and a worker_id
+    (Optuna's replay indexes both before anything else, and fails with a traceback on anything
+    less)."""
     try:
         return _is_log(json.loads(line))
     except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
@@ -108,10 +112,12 @@ def _what_it_is(line: bytes) -> str:
 
 
 def whole_record_at(line: bytes) -> int | None:
-    """Where a whole record begins inside a damaged line (a cut record with the next one glued on), or None.
+    """Where a whole record begins inside a damaged line (a cut record with the next one glued on),
+    or None.
 
-    The glued record is the shortest tail of the line that starts like a record and parses as one: a nested
-    {"op_code": ...} inside it does not parse alone (the closing braces after it are unmatched).
+    The glued record is the shortest tail of the line that starts like a record and parses as one: a
+    nested {"op_code": ...} inside it does not parse alone (the closing braces after it are
+    unmatched).
     """
     start = line.rfind(RECORD_START)
     while start > 0:
@@ -122,7 +128,8 @@ def whole_record_at(line: bytes) -> int | None:
 
 
 def damaged_line(path: Path) -> tuple[int, bytes] | None:
-    """The first line (1-based number, bytes without its newline) that ends in a newline but is not a record."""
+    """The first line (1-based number, bytes without its newline) that ends in a newline but is not
+    a record."""
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if line.endswith(b"\n") and not _is_record(line):
@@ -131,10 +138,11 @@ def damaged_line(path: Path) -> tuple[int, bytes] | None:
 
 
 def damage_message(path: Path, number: int | None = None, why: str = "") -> str:
-    """One line: which line of the journal is damaged and how to recover, keeping a copy (sed -i.bak).
+    """One line: which line of the journal is damaged and how to recover, keeping a copy (sed
+    -i.bak).
 
-    `number` (1-based) names the line when the caller knows it (a record Optuna failed to apply, `why` in words);
-    else the first line that is not a record."""
+    `number` (1-based) names the line when the caller knows it (a record Optuna failed to apply,
+    `why` in words); else the first line that is not a record."""
     found = damaged_line(path) if number is None else _line(path, number)
     if found is None:  # changed since Optuna read it
         return f"journal {path} could not be read; run the command again"
@@ -143,8 +151,8 @@ def damage_message(path: Path, number: int | None = None, why: str = "") -> str:
     start = whole_record_at(line)
     if start:
         what = (
-            f"its first {start} bytes are a record cut short (its writer died mid-append; never applied) with a "
-            "whole record glued after them"
+            f"its first {start} bytes are a record cut short (its writer died mid-append; never "
+            "applied) with a whole record glued after them"
         )
         fix = f"LC_ALL=C sed -i.bak '{number}s/^.\\{{{start}\\}}//' {quoted}"
         safe = f"delete those {start} bytes"
@@ -153,8 +161,8 @@ def damage_message(path: Path, number: int | None = None, why: str = "") -> str:
         fix = f"sed -i.bak '{number}d' {quoted}"
         safe = "delete that line"
     return (
-        f"journal {path} line {number} is damaged: {what}; Optuna cannot read the study past it. It is safe to "
-        f"{safe}, keeping a copy of the file: {fix}"
+        f"journal {path} line {number} is damaged: {what}; Optuna cannot read the study past it. "
+        f"It is safe to {safe}, keeping a copy of the file: {fix}"
     )
 
 
@@ -168,9 +176,10 @@ def _line(path: Path, number: int) -> tuple[int, bytes] | None:
 
 
 def set_aside_cut_record(path: Path) -> None:
-    """Before an append, under the journal's lock: a last record with no newline (its writer died mid-append) goes
-    to <journal>.cut-at-<byte> and the journal is truncated to its last whole record; a damaged last line raises
-    DamagedJournal, since a record appended after it would make the whole study unreadable."""
+    """Before an append, under the journal's lock: a last record with no newline (its writer died
+    mid-append) goes to <journal>.cut-at-<byte> and the journal is truncated to its last whole
+    record; a damaged last line raises DamagedJournal, since a record appended after it would make
+    the whole study unreadable."""
     with open(path, "r+b") as f:
         size = f.seek(0, os.SEEK_END)
         if size == 0:
@@ -189,7 +198,8 @@ def set_aside_cut_record(path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
             print(
-                f"journal {path}: its last record ({len(cut)} bytes) was cut short when its writer died "
+                f"journal {path}: its last record ({len(cut)} bytes) was cut short when its writer "
+                "died "
                 f"mid-append; every reader had skipped it; moved it to {aside}",
                 file=sys.stderr,
                 flush=True,
@@ -207,8 +217,9 @@ def _last_line(f, size: int) -> bytes:
 
 
 def check(path: Path) -> None:
-    """Before opening: DamagedJournal if the last whole line is damaged (Optuna would skip it, and the next append
-    would bury it in the middle). A cut last record is left for the first append to set aside."""
+    """Before opening: DamagedJournal if the last whole line is damaged (Optuna would skip it, and
+    the next append would bury it in the middle). A cut last record is left for the first append to
+    set aside."""
     if not path.is_file():
         return
     try:
@@ -224,7 +235,8 @@ def check(path: Path) -> None:
 
 
 class SafeJournalFile(JournalFileBackend):
-    """Optuna's JournalFileBackend that never appends after a cut record and names a damaged line."""
+    """Optuna's JournalFileBackend that never appends after a cut record and names a damaged
+    line."""
 
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         try:
@@ -237,7 +249,8 @@ class SafeJournalFile(JournalFileBackend):
             raise JournalFailed(FileFailed(e, "read the journal", self._file_path)) from None
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        """Optuna's append (one line per record, fsync'd, under its lock file), after setting aside a cut record."""
+        """Optuna's append (one line per record, fsync'd, under its lock file), after setting aside
+        a cut record."""
         path = Path(self._file_path)
         text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
         self._lock.acquire()
@@ -260,16 +273,17 @@ class SafeJournalFile(JournalFileBackend):
 def read_only_message(path: Path) -> str:
     """One line for a journal this process may not write, and what to do."""
     return (
-        f"journal {path} cannot be written by this user (its mode, owner or a read-only mount): make it "
-        f"writable (chmod u+w {shlex.quote(str(path))}), or give --storage a journal file you can write; "
-        "--report only reads it"
+        f"journal {path} cannot be written by this user (its mode, owner or a read-only mount): "
+        "make it "
+        f"writable (chmod u+w {shlex.quote(str(path))}), or give --storage a journal file you can "
+        "write; --report only reads it"
     )
 
 
 class SafeJournalStorage(JournalStorage):
-    """Optuna's JournalStorage on a SafeJournalFile: a record another process wrote that Optuna cannot apply (a
-    line of JSON that is not an Optuna record, an op_code without its fields) is DamagedJournal naming its line,
-    not Optuna's KeyError, TypeError or AssertionError."""
+    """Optuna's JournalStorage on a SafeJournalFile: a record another process wrote that Optuna
+    cannot apply (a line of JSON that is not an Optuna record, an op_code without its fields) is
+    DamagedJournal naming its line, not Optuna's KeyError, TypeError or AssertionError."""
 
     def _sync_with_backend(self) -> None:
         replay = self._replay_result
@@ -287,10 +301,12 @@ class SafeJournalStorage(JournalStorage):
             raise
         except Exception as e:
             log = current[0]
-            # Optuna raises on purpose only for a record this process wrote (a finished trial, a study that exists)
+            # Optuna raises on purpose only for a record this process wrote (a finished trial, a
+            # study that exists)
             if _is_log(log) and log["worker_id"] == replay.worker_id:
                 raise
-            # log_number_read was counted before the record was applied: it is the record's 1-based line number
+            # log_number_read was counted before the record was applied: it is the record's 1-based
+            # line number
             why = (
                 ""
                 if not _is_log(log)

@@ -1,8 +1,8 @@
-"""The report of a local sweep (local_sweep.py, at the end and with --report): the top trials on the console, every
-trial in <study folder>/trials.csv (Optuna's trials_dataframe; folders.study_folder), and
-Optuna's plots in <images-dir>, each titled with its data and the machines that ran it. A study of
-several objectives (method custom, `metrics`) gets its Pareto front instead: a pareto_front column
-in trials.csv, the front first, and Optuna's plot_pareto_front.
+"""The report of a local sweep (local_sweep.py, at the end and with --report): the top trials on the
+console, every trial in <study folder>/trials.csv (Optuna's trials_dataframe; folders.study_folder),
+and Optuna's plots in <images-dir>, each titled with its data and the machines that ran it. A study
+of several objectives (method custom, `metrics`) gets its Pareto front instead: a pareto_front
+column in trials.csv, the front first, and Optuna's plot_pareto_front.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from cifarkit.core.figures import save_figure
 from cifarkit.sweeps.space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
-MIN_TRIALS_FOR_IMPORTANCE = (
-    10  # fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
-)
+# fANOVA on fewer completed trials ranks noise; the plot is skipped, with a line
+MIN_TRIALS_FOR_IMPORTANCE = 10
 # A trial's user attr "origin", set by local_sweep.py: a run folder on disk that became a finished
 # trial (--prior-runs), or a configuration the user queued first (--start-from); else the sampler's
 PRIOR_RUN, START_POINT, SAMPLED = "prior run", "start point", "sampler"
@@ -35,7 +34,8 @@ ENDED_UNSEEN = (
 
 
 def trials_table(study: optuna.Study, swept: list[str]):
-    """One row per trial, best first (completed by value, then pruned), then the rest by number (a DataFrame)."""
+    """One row per trial, best first (completed by value, then pruned), then the rest by number (a
+    DataFrame)."""
     df = study.trials_dataframe(
         attrs=("number", "state", "value", "duration", "user_attrs", "system_attrs")
     )
@@ -51,7 +51,8 @@ def trials_table(study: optuna.Study, swept: list[str]):
         key
     ) in swept:  # the value each run used (Optuna's params hold a normal parameter's quantile)
         df[key] = [c.get(key) for c in configs]
-    # a study whose trials all run has no duration at all: an object column of None, which has no .dt
+    # a study whose trials all run has no duration at all: an object column of None, which has no
+    # .dt
     df["seconds"] = pd.to_timedelta(df.pop("duration")).dt.total_seconds().round(1)
     history = df.get("system_attrs_retry_history", df["number"])
     df["retry_of"] = [h[-1] if isinstance(h, list) else None for h in history]
@@ -153,8 +154,8 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
         }
     )
     title = (
-        f"study {study.study_name}, {len(complete)} completed trials; data: {study.user_attrs.get('data', '?')}; "
-        f"on {', '.join(machines)}"
+        f"study {study.study_name}, {len(complete)} completed trials; data: "
+        f"{study.user_attrs.get('data', '?')}; on {', '.join(machines)}"
     )
     plots = {
         "history": oplt.plot_optimization_history,
@@ -168,13 +169,15 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
         front = table[table["pareto_front"]]
         goals = zip(study.metric_names or [], study.directions, strict=False)
         print(
-            f"Pareto front ({', '.join(f'{n} {d.name.lower()}' for n, d in goals)}): {len(front)} of "
-            f"{len(complete)} completed trials: {', '.join(map(str, front['number']))} (trials.csv: pareto_front)"
+            f"Pareto front ({', '.join(f'{n} {d.name.lower()}' for n, d in goals)}): {len(front)} "
+            f"of {len(complete)} completed trials: {', '.join(map(str, front['number']))} "
+            "(trials.csv: pareto_front)"
         )
     for kind, plot in plots.items():
         if kind == "importance" and len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
             print(
-                f"skipped the importance plot: {len(complete)} completed, it needs {MIN_TRIALS_FOR_IMPORTANCE}"
+                f"skipped the importance plot: {len(complete)} completed, it needs "
+                f"{MIN_TRIALS_FOR_IMPORTANCE}"
             )
             continue
         try:

@@ -61,8 +61,9 @@ SUMMARY_METRICS = (
     "flops_per_image",
 )
 NEVER_CHOSEN_ON = ("test_accuracy", "test_loss")
-# Settings a sweep cannot vary, and the option that sets them for every trial: the validation split is what trials
-# are compared on, so it must be the same images for all of them (README: val_size is never swept)
+# Settings a sweep cannot vary, and the option that sets them for every trial: the validation split
+# is what trials are compared on, so it must be the same images for all of them (README: val_size is
+# never swept)
 NOT_SWEPT = {"val_size": "--val-size"}
 # A distribution Optuna lacks is drawn as a quantile in [eps, 1 - eps] (normal: +-4.75 sigma)
 QUANTILE_EPS = 1e-6
@@ -118,7 +119,8 @@ DEPRECATED = {
 
 
 class SweepConfigError(CommandError, ValueError):
-    """The sweep file asks for something this program cannot honour; the message is one line for people."""
+    """The sweep file asks for something this program cannot honour; the message is one line for
+    people."""
 
     exit_code = EXIT_BAD_INPUT
 
@@ -222,8 +224,8 @@ def _yaml_hint(value: Any) -> str:
         except ValueError:
             return ""
         return (
-            " (`wandb sweep` reads the file as YAML 1.1, which reads a number without a "
-            "decimal point before its exponent as text: write 0.00001 or 1.0e-5)"
+            " (`wandb sweep` reads the file as YAML 1.1, which reads a number without a decimal "
+            "point before its exponent as text: write 0.00001 or 1.0e-5)"
         )
     return ""
 
@@ -273,27 +275,29 @@ def parameter_kind(name: str, spec: Any) -> str:
         raise SweepConfigError(_why_not(name, spec))
     if "min" in spec and "max" in spec and spec["min"] >= spec["max"]:
         raise SweepConfigError(
-            f"parameter {name!r}: min {spec['min']} is not less than max "
-            f"{spec['max']}, which W&B refuses"
+            f"parameter {name!r}: min {spec['min']} is not less than max {spec['max']}, which W&B "
+            "refuses"
         )
     if kind == "categorical_w_probabilities":
         values, weights = spec["values"], spec["probabilities"]
         sums_to_1 = math.isclose(sum(weights), 1.0, rel_tol=1e-5, abs_tol=1e-8)  # numpy.isclose's
         if len(values) != len(weights) or not sums_to_1:
             raise SweepConfigError(
-                f"parameter {name!r}: probabilities {weights} must be one per "
-                f"value ({len(values)}) and sum to 1, as W&B's schema requires"
+                f"parameter {name!r}: probabilities {weights} must be one per value "
+                f"({len(values)}) and sum to 1, as W&B's schema requires"
             )
     return kind
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Parameters: W&B parameter specs -> Optuna distributions, plus the map from Optuna's draw to the config value
+# --------------------------------------------------------------------------------------------------
+# Parameters: W&B parameter specs -> Optuna distributions, plus the map from Optuna's draw to the
+# config value
 
 
 @dataclass(frozen=True)
 class Param:
-    """One swept key: a constant (no distribution), or Optuna's draw from `distribution`, mapped by `value`."""
+    """One swept key: a constant (no distribution), or Optuna's draw from `distribution`, mapped by
+    `value`."""
 
     name: str
     distribution: BaseDistribution | None
@@ -345,15 +349,15 @@ class Param:
 def _scalars(name: str, values: list) -> list:
     if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
         raise SweepConfigError(
-            f"parameter {name!r}: values must be numbers, text, booleans or "
-            "null (what Optuna's categorical distribution stores), got "
-            f"{values!r}"
+            f"parameter {name!r}: values must be numbers, text, booleans or null (what Optuna's "
+            f"categorical distribution stores), got {values!r}"
         )
     return values
 
 
 def _grid_key(value: Any) -> str:
-    """W&B's grid tells values apart by their YAML (grid_search.yaml_hash): 3.0 is 3, True is not 1."""
+    """W&B's grid tells values apart by their YAML (grid_search.yaml_hash): 3.0 is 3, True is not
+    1."""
     as_yaml = int(value) if isinstance(value, float) and value.is_integer() else value
     return json.dumps(as_yaml, default=str)
 
@@ -374,8 +378,8 @@ def _grid_param(name: str, spec: dict, kind: str) -> Param:
     included)."""
     if kind not in GRID_KINDS:
         raise SweepConfigError(
-            f"parameter {name!r}: grid search needs values, value, int_uniform "
-            f"or q_uniform (W&B's engine refuses {kind} in a grid)"
+            f"parameter {name!r}: grid search needs values, value, int_uniform or q_uniform (W&B's "
+            f"engine refuses {kind} in a grid)"
         )
     if kind == "constant":
         return Param(name, None, constant=spec["value"], ends=(spec["value"],))
@@ -403,8 +407,8 @@ def _custom_param(name: str, spec: dict, notes: list[str]) -> Param:
             d = sweep_parameter_to_distribution(spec)
     except (ValueError, TypeError, KeyError) as e:
         raise SweepConfigError(
-            f"parameter {name!r}: W&B's Optuna scheduler (method custom) cannot "
-            f"take it: {one_line(e)}"
+            f"parameter {name!r}: W&B's Optuna scheduler (method custom) cannot take it: "
+            f"{one_line(e)}"
         ) from None
     notes += [
         f"parameter {name!r}, W&B's Optuna scheduler (method custom): "
@@ -444,8 +448,7 @@ def translate_parameter(
     if method == "bayes" and kind == "categorical_w_probabilities":  # its cdf[float]: IndexError
         raise SweepConfigError(
             f"parameter {name!r}: W&B's Bayesian search cannot draw values with "
-            "probabilities (its engine fails on them): drop probabilities, or "
-            "use method random"
+            "probabilities (its engine fails on them): drop probabilities, or use method random"
         )
     spec = WANDB_DEFAULTS | spec  # the keys a kind takes; the others are not read
     q = spec["q"] if kind.startswith("q_") else None
@@ -475,10 +478,9 @@ def translate_parameter(
             low, high = math.exp(-high), math.exp(-low)
     except OverflowError:
         raise SweepConfigError(
-            f"parameter {name!r}: {kind} reads min and max as natural-log "
-            f"exponents: e^{max(abs(spec['min']), abs(spec['max']))} overflows; "
-            f"for values between {spec['min']} and {spec['max']} use "
-            f"{DEPRECATED[kind]}"
+            f"parameter {name!r}: {kind} reads min and max as natural-log exponents: "
+            f"e^{max(abs(spec['min']), abs(spec['max']))} overflows; for values between "
+            f"{spec['min']} and {spec['max']} use {DEPRECATED[kind]}"
         ) from None
     _finite(name, kind, [low, high, high - low])
     if kind in DEPRECATED:  # W&B's schema warns, its engine draws: the same here, said in one line
@@ -491,9 +493,8 @@ def translate_parameter(
         param = Param(name, FloatDistribution(low, high), q=q)
     elif low <= 0:  # e^min underflowed
         raise SweepConfigError(
-            f"parameter {name!r}: {kind} with min {spec['min']} and max "
-            f"{spec['max']} gives values down to {low}, which Optuna's log "
-            "scale cannot hold: narrow the range"
+            f"parameter {name!r}: {kind} with min {spec['min']} and max {spec['max']} gives values "
+            f"down to {low}, which Optuna's log scale cannot hold: narrow the range"
         )
     else:  # the log-uniform family: 1/X is log-uniform exactly when X is
         param = Param(name, FloatDistribution(low, high, log=True), q=q)
@@ -527,7 +528,7 @@ def _quantile_param(name: str, kind: str, spec: dict, q: float | None) -> Param:
     return replace(param, ends=(param.rounded(values[0]), param.rounded(values[-1])))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The sweep file
 
 
@@ -542,15 +543,15 @@ class Sweep:
     early_terminate: dict | None
     target: float | None
     raw: dict  # the file as W&B reads it, as JSON; stored with the study: a changed file is noticed
-    # (summary key, goal) of each objective: `metrics` (or `metric`) of a method custom sweep, whose values are read
-    # from the run's summary when it ends, as W&B's Optuna scheduler reads them; empty for bayes, random and grid
+    # (summary key, goal) of each objective: `metrics` (or `metric`) of a method custom sweep, whose
+    # values are read from the run's summary when it ends, as W&B's Optuna scheduler reads them;
+    # empty for bayes, random and grid
     objectives: tuple[tuple[str, str], ...] = ()
     scheduler: Mapping[str, str] = field(
         default_factory=dict
     )  # method custom: W&B's scheduler block
-    search_space: Callable[[optuna.Trial], dict] | None = (
-        None  # scheduler.search_space, loaded by local_sweep.py
-    )
+    # scheduler.search_space, loaded by local_sweep.py
+    search_space: Callable[[optuna.Trial], dict] | None = None
     # scheduler.optimizer: the (sampler, pruner) of the study the user's function makes, loaded by
     # local_sweep.py
     optimizer: tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner] | None = None
@@ -566,7 +567,8 @@ class Sweep:
     # data_dir, ...)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
-    # The trainer's settings it was translated for (part_2_cifar.SETTINGS): their defaults and checks
+    # The trainer's settings it was translated for (part_2_cifar.SETTINGS): their defaults and
+    # checks
     settings: Settings = field(default_factory=Settings)
 
     @property
@@ -612,8 +614,8 @@ def _unknown_keys(where: str, given: Mapping, known: tuple) -> None:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise SweepConfigError(
-                f"{where}{key!r} is not a key W&B's sweep schema knows "
-                f"({hint}W&B's: {', '.join(known)})"
+                f"{where}{key!r} is not a key W&B's sweep schema knows ({hint}W&B's: "
+                f"{', '.join(known)})"
             )
 
 
@@ -685,8 +687,8 @@ def load_sweep(path: Path, settings: Settings) -> Sweep:
             )
     elif not isinstance(raw.get("parameters"), dict) or not raw["parameters"]:
         raise SweepConfigError(
-            f"{path} has no parameters: W&B needs a parameters section with at "
-            f"least one parameter, got {raw.get('parameters')!r}"
+            f"{path} has no parameters: W&B needs a parameters section with at least one "
+            f"parameter, got {raw.get('parameters')!r}"
         )
     metric_name, goal, target, objectives = _metric(raw, method, written.get("metric"), notes)
     params = []
@@ -714,8 +716,8 @@ def load_sweep(path: Path, settings: Settings) -> Sweep:
         params.append(param)
     if method == "bayes" and all(param.distribution is None for param in params):
         raise SweepConfigError(
-            'method bayes needs a parameter that varies (W&B: "Need at least '
-            'one searchable parameter for bayes search"): every parameter is a '
+            'method bayes needs a parameter that varies (W&B: "Need at least one searchable '
+            'parameter for bayes search"): every parameter is a '
             "constant"
         )
     early = raw.get("early_terminate")
@@ -796,10 +798,11 @@ def _command(raw: dict) -> tuple[str, ...] | None:
 
 
 def not_swept_message(where: str, name: str) -> str:
-    """One line: `name` (a NOT_SWEPT key) found at `where` cannot be swept, and the option that sets it."""
+    """One line: `name` (a NOT_SWEPT key) found at `where` cannot be swept, and the option that sets
+    it."""
     return (
-        f"{where} cannot be swept: every trial is validated on the same held-out images, so that trials compare; "
-        f"remove it and set it for all trials with {NOT_SWEPT[name]}"
+        f"{where} cannot be swept: every trial is validated on the same held-out images, so that "
+        f"trials compare; remove it and set it for all trials with {NOT_SWEPT[name]}"
     )
 
 
@@ -841,8 +844,7 @@ def _metric_object(
     if name in NEVER_CHOSEN_ON:
         raise SweepConfigError(
             f"{where} {name}: the test images are never chosen on (they would "
-            "no longer measure the chosen model); use best_val_accuracy or "
-            "val_loss"
+            "no longer measure the chosen model); use best_val_accuracy or val_loss"
         )
     return name, goal, target
 
@@ -874,15 +876,16 @@ def _metric(
     name, goal, target = _metric_object("metric", raw["metric"], written, notes)
     if name not in HISTORY_METRICS + SUMMARY_METRICS:
         raise SweepConfigError(
-            f"metric {name!r} is not a number part_2_cifar.py writes to W&B: "
-            f"use one of {', '.join(HISTORY_METRICS + SUMMARY_METRICS)}"
+            f"metric {name!r} is not a number part_2_cifar.py writes to W&B: use one of "
+            f"{', '.join(HISTORY_METRICS + SUMMARY_METRICS)}"
         )
     return name, goal, target, ()
 
 
 def _scheduler(raw: dict, method: str) -> dict:
-    """W&B's scheduler block, checked as W&B's schema checks it: engine optuna with method custom, engine wandb
-    (the same search as without a scheduler) with the others; source names the file of optimizer / search_space."""
+    """W&B's scheduler block, checked as W&B's schema checks it: engine optuna with method custom,
+    engine wandb (the same search as without a scheduler) with the others; source names the file of
+    optimizer / search_space."""
     scheduler = raw.get("scheduler")
     if scheduler is None:
         if method == "custom":
@@ -934,8 +937,8 @@ def _objectives(raw: dict, written: Any, notes: list[str]) -> tuple[tuple[str, s
         )
     if "metric" not in raw and "metrics" not in raw:
         raise SweepConfigError(
-            "method custom needs metric (or metrics): W&B's Optuna scheduler "
-            "reads each objective from a run's summary"
+            "method custom needs metric (or metrics): W&B's Optuna scheduler reads each objective "
+            "from a run's summary"
         )
     metrics = raw.get("metrics", [raw.get("metric")])
     if not isinstance(metrics, list) or len(metrics) < ("metrics" in raw) + 1:
@@ -983,7 +986,7 @@ def safe_file_name(name: str) -> str:
     return f"{readable}-{zlib.crc32(name.encode()):08x}"
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Sampler and pruner
 
 HYPERBAND_KEYS = (
@@ -998,12 +1001,13 @@ MIN_ITER_BANDS = 100  # W&B's min_iter form computes this many bands
 
 
 def hyperband_bands(early: dict) -> tuple[list[int], float, bool]:
-    """(bands in epochs, ascending; eta; strict) from a W&B early_terminate section, or SweepConfigError for what
-    W&B's schema or engine refuses.
+    """(bands in epochs, ascending; eta; strict) from a W&B early_terminate section, or
+    SweepConfigError for what W&B's schema or engine refuses.
 
-    As sweeps.hyperband_stopping.hyperband_stop_runs computes them: with max_iter (and s, which it then needs),
-    int(max_iter / eta^k) for k = 1..s while that is >= 1; otherwise int(min_iter * eta^k) for k = 0..99. The
-    division or multiplication is repeated, as there, so a fractional eta rounds the same way.
+    As sweeps.hyperband_stopping.hyperband_stop_runs computes them: with max_iter (and s, which it
+    then needs), int(max_iter / eta^k) for k = 1..s while that is >= 1; otherwise int(min_iter *
+    eta^k) for k = 0..99. The division or multiplication is repeated, as there, so a fractional eta
+    rounds the same way.
     """
     if not isinstance(early, dict) or early.get("type") != "hyperband":
         raise SweepConfigError(
@@ -1049,9 +1053,8 @@ def hyperband_bands(early: dict) -> tuple[list[int], float, bool]:
         for _ in range(MIN_ITER_BANDS):
             if not math.isfinite(band):  # W&B's int(band) raises: its engine cannot stop any run
                 raise SweepConfigError(
-                    f"early_terminate min_iter={early['min_iter']}, eta={eta}: "
-                    f"W&B computes {MIN_ITER_BANDS} bands min_iter * eta^k, "
-                    "which overflow: use a smaller eta"
+                    f"early_terminate min_iter={early['min_iter']}, eta={eta}: W&B computes "
+                    f"{MIN_ITER_BANDS} bands min_iter * eta^k, which overflow: use a smaller eta"
                 )
             bands.append(int(band))
             band *= eta
@@ -1066,21 +1069,24 @@ def hyperband_bands(early: dict) -> tuple[list[int], float, bool]:
 
 
 class WandbHyperbandPruner(optuna.pruners.BasePruner):
-    """W&B's Hyperband early termination, decided for one trial as W&B's open-source sweep engine decides it for a
-    run: `hyperband_stop_runs` in sweeps/hyperband_stopping.py (https://github.com/wandb/sweeps, sweeps 0.3.0; the
-    paper is https://arxiv.org/abs/1603.06560). tests/test_hyperband.py checks it against that function.
+    """W&B's Hyperband early termination, decided for one trial as W&B's open-source sweep engine
+    decides it for a run: `hyperband_stop_runs` in sweeps/hyperband_stopping.py
+    (https://github.com/wandb/sweeps, sweeps 0.3.0; the paper is https://arxiv.org/abs/1603.06560).
+    tests/test_hyperband.py checks it against that function.
 
-    A trial's history is its reported values in step order, non-finite ones left out (W&B: the history rows that
-    hold the metric, `filter_invalid`). At band b (an epoch from hyperband_bands) the threshold is the value ranked
-    int(n / eta) from the best (rank 0) among the b-th values of the n trials that reached b, whatever their state.
-    A trial is checked against the last band it has reached, with its value at that band (strict, W&B's default) or
-    its best value so far (strict false), and pruned when that is worse than the threshold; a tie stays. Optuna asks
-    after every epoch a trial reports, when W&B's controller would see the new row; thresholds move as other trials
-    reach a band, so a trial can be pruned between bands, or after the last one, as under W&B.
+    A trial's history is its reported values in step order, non-finite ones left out (W&B: the
+    history rows that hold the metric, `filter_invalid`). At band b (an epoch from hyperband_bands)
+    the threshold is the value ranked int(n / eta) from the best (rank 0) among the b-th values of
+    the n trials that reached b, whatever their state.
+    A trial is checked against the last band it has reached, with its value at that band (strict,
+    W&B's default) or its best value so far (strict false), and pruned when that is worse than the
+    threshold; a tie stays. Optuna asks after every epoch a trial reports, when W&B's controller
+    would see the new row; thresholds move as other trials reach a band, so a trial can be pruned
+    between bands, or after the last one, as under W&B.
 
-    Every trial is read from the study's storage, so workers on several machines decide alike. A trial that failed
-    and was queued for a retry (RetryHeartbeatStaleTrialCallback) is one W&B run resumed: once the retry has
-    reported values, only the retry's count.
+    Every trial is read from the study's storage, so workers on several machines decide alike. A
+    trial that failed and was queued for a retry (RetryHeartbeatStaleTrialCallback) is one W&B run
+    resumed: once the retry has reported values, only the retry's count.
     """
 
     def __init__(self, bands: list[int], eta: float, strict: bool):
@@ -1144,11 +1150,12 @@ def make_sampler(sweep: Sweep, seed: int | None = None) -> optuna.samplers.BaseS
         )
     if sweep.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    # bayes: multivariate TPE, chosen by measurement (README, "Without W&B": lower median regret than GPSampler on
-    # this space, 6 ms a trial against 3 s). Its constant liar keeps parallel workers from proposing the same
-    # config; one seed shared by K workers would make them propose the same configs
-    # (local_sweep.py's --sampler-seed gives each draw a seed of its own).
-    # custom (engine optuna): W&B's scheduler makes Optuna's default study, a TPE sampler; the same TPE here, with the
-    # same two options. With several objectives it is Optuna's MOTPE: NSGA-II's first generation (50 trials) would
-    # be random search for a whole sweep of tens of trials, and GPSampler lost to TPE on this space (above).
+    # bayes: multivariate TPE, chosen by measurement (README, "Without W&B": lower median regret
+    # than GPSampler on this space, 6 ms a trial against 3 s). Its constant liar keeps parallel
+    # workers from proposing the same config; one seed shared by K workers would make them propose
+    # the same configs (local_sweep.py's --sampler-seed gives each draw a seed of its own).
+    # custom (engine optuna): W&B's scheduler makes Optuna's default study, a TPE sampler; the same
+    # TPE here, with the same two options. With several objectives it is Optuna's MOTPE: NSGA-II's
+    # first generation (50 trials) would be random search for a whole sweep of tens of trials, and
+    # GPSampler lost to TPE on this space (above).
     return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)

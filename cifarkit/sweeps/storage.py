@@ -28,29 +28,32 @@ from cifarkit.sweeps.space import Sweep, SweepConfigError
 DEFAULT_STORAGE_FILE = (
     "optuna-journal.log"  # under --runs-dir: Optuna's journal file, for one machine
 )
-HEARTBEAT_SECONDS = 60  # PostgreSQL: a running trial writes a heartbeat this often; a waiting process looks this often
-GRACE_SECONDS = (
-    300  # PostgreSQL: a trial whose heartbeat is this old is failed and retried by whoever looks
-)
-MAX_RETRIES = 2  # a trial whose process died is retried at most this often (a config that kills machines stops)
+# PostgreSQL: a running trial writes a heartbeat this often; a waiting process looks this often
+HEARTBEAT_SECONDS = 60
+# PostgreSQL: a trial whose heartbeat is this old is failed and retried by whoever looks
+GRACE_SECONDS = 300
+# a trial whose process died is retried at most this often (a config that kills machines stops)
+MAX_RETRIES = 2
 DRIVERS = {
     "psycopg": "psycopg[binary]",
     "psycopg2": "psycopg2-binary",
     "pg8000": "pg8000",
 }  # module -> package
-SCHEMA_LOCK = -1  # PostgreSQL advisory lock key while Optuna creates its tables (a study's lock: crc32 of its name)
+# PostgreSQL advisory lock key while Optuna creates its tables (a study's lock: crc32 of its name)
+SCHEMA_LOCK = -1
 
 
 class StorageError(cli.CommandError, RuntimeError):
-    """The storage cannot be opened (missing driver, unreachable server); the message is one line for people."""
+    """The storage cannot be opened (missing driver, unreachable server); the message is one line
+    for people."""
 
     exit_code = cli.EXIT_FAILED
 
 
-# What the study's storage raises when it fails an operation: the database gone or refusing (RDBStorage wraps
-# SQLAlchemy's errors in StorageInternalError; the scheduling lock's own connection raises them bare), a journal
-# file that cannot be read or written. A damaged journal, or one this user may not write, is the user's to fix:
-# exit 2, not 1 (JOURNAL_TO_FIX).
+# What the study's storage raises when it fails an operation: the database gone or refusing
+# (RDBStorage wraps SQLAlchemy's errors in StorageInternalError; the scheduling lock's own
+# connection raises them bare), a journal file that cannot be read or written. A damaged journal, or
+# one this user may not write, is the user's to fix: exit 2, not 1 (JOURNAL_TO_FIX).
 STORAGE_FAILED = (
     optuna.exceptions.StorageInternalError,
     sqlalchemy.exc.SQLAlchemyError,
@@ -60,7 +63,8 @@ JOURNAL_TO_FIX = (DamagedJournal, JournalReadOnly)
 
 
 def storage_failure(e: BaseException) -> str:
-    """One line for a STORAGE_FAILED error: the database's own words (StorageInternalError hides them)."""
+    """One line for a STORAGE_FAILED error: the database's own words (StorageInternalError hides
+    them)."""
     cause = (
         e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
     )
@@ -77,15 +81,16 @@ def as_storage_error(e: BaseException) -> BaseException:
 
 @dataclass
 class Store:
-    """Optuna's storage, and how processes on it take turns and tell a dead one: file locks beside a journal file
-    (one machine), or PostgreSQL's advisory lock and heartbeats (several machines)."""
+    """Optuna's storage, and how processes on it take turns and tell a dead one: file locks beside a
+    journal file (one machine), or PostgreSQL's advisory lock and heartbeats (several machines)."""
 
     storage: optuna.storages.BaseStorage
     lock_dir: Path | None  # beside the journal file; None: PostgreSQL
 
     @contextmanager
     def scheduling(self, study: optuna.Study) -> Iterator[None]:
-        """Held while a process fails dead trials, counts and asks: two cannot both take the N-th trial."""
+        """Held while a process fails dead trials, counts and asks: two cannot both take the N-th
+        trial."""
         if (
             self.lock_dir is None
         ):  # released with the transaction, or by the server when the connection drops
@@ -106,7 +111,8 @@ class Store:
 
     @contextmanager
     def keep_alive(self, study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-        """While the trial runs: an exclusive lock on its lock file (journal), or its heartbeat (PostgreSQL)."""
+        """While the trial runs: an exclusive lock on its lock file (journal), or its heartbeat
+        (PostgreSQL)."""
         if self.lock_dir is not None:
             with open(self.trial_lock(study, trial.number), "a") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
@@ -145,7 +151,8 @@ class Store:
             thread.join()
 
     def fail_dead_trials(self, study: optuna.Study) -> list[int]:
-        """Fail the running trials whose process is gone and queue a retry of each (inside `scheduling`)."""
+        """Fail the running trials whose process is gone and queue a retry of each (inside
+        `scheduling`)."""
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         if self.lock_dir is None:
             optuna.storages.fail_stale_trials(
@@ -170,7 +177,8 @@ class Store:
 def tell_once(
     study: optuna.Study, trial: optuna.Trial | int, value: float | None, state: TrialState
 ) -> optuna.trial.FrozenTrial | None:
-    """study.tell; None if another process ended the trial first (it failed it as dead and queued its retry)."""
+    """study.tell; None if another process ended the trial first (it failed it as dead and queued
+    its retry)."""
     try:
         return study.tell(trial, value, state=state)
     except (
@@ -179,8 +187,9 @@ def tell_once(
     ):  # found finished / finished meanwhile
         return None
     except RuntimeError:
-        # GridSampler calls study.stop() from tell once the grid is spent, which outside study.optimize raises
-        # after the state was stored (optuna issues 4121, 5141); next_trial's count decides when the study is done
+        # GridSampler calls study.stop() from tell once the grid is spent, which outside
+        # study.optimize raises after the state was stored (optuna issues 4121, 5141); next_trial's
+        # count decides when the study is done
         number = trial if isinstance(trial, int) else trial.number
         stored = study.get_trials(deepcopy=False)[number]
         if stored.state == state:
@@ -200,7 +209,8 @@ def open_storage(
     heartbeat_interval: int = HEARTBEAT_SECONDS,
     grace_period: int = GRACE_SECONDS,
 ) -> Store:
-    """A journal file (default <runs-dir>/optuna-journal.log) for one machine, or postgresql://... for several."""
+    """A journal file (default <runs-dir>/optuna-journal.log) for one machine, or postgresql://...
+    for several."""
     if storage is None or "://" not in storage:
         path = Path(storage) if storage else Path(runs_dir) / DEFAULT_STORAGE_FILE
         lock_dir = path.with_name(path.name + ".locks")
@@ -213,7 +223,8 @@ def open_storage(
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() != "postgresql":
         raise StorageError(
-            f"storage {shown}: use postgresql://... (several machines) or a journal file (one machine)"
+            f"storage {shown}: use postgresql://... (several machines) or a journal file (one "
+            "machine)"
         )
     try:
         engine = sqlalchemy.create_engine(url)  # imports the driver
@@ -223,8 +234,9 @@ def open_storage(
             connection.execute(
                 sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
             )
-            # pool_pre_ping: a pooled connection the server dropped (a restart, an idle timeout) is replaced before
-            # use instead of failing the trial's next update (Optuna turns it on only for MySQL)
+            # pool_pre_ping: a pooled connection the server dropped (a restart, an idle timeout) is
+            # replaced before use instead of failing the trial's next update (Optuna turns it on
+            # only for MySQL)
             rdb = optuna.storages.RDBStorage(
                 storage,
                 engine_kwargs={"pool_pre_ping": True},
@@ -313,8 +325,8 @@ def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> op
                 optuna.distributions.check_distribution_compatibility(before, param.distribution)
         except ValueError:
             raise SweepConfigError(
-                f"study {name!r} drew {param.name} from {before}, this "
-                f"local_sweep.py from {param.distribution} (as W&B's engine "
+                f"study {name!r} drew {param.name} from {before}, this local_sweep.py from "
+                f"{param.distribution} (as W&B's engine "
                 "draws it): continue the sweep under another --study"
             ) from None
     return study

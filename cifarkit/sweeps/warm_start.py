@@ -389,7 +389,8 @@ class WarmStart:
     ) -> None:
         """Prior runs become finished trials, then the starting points are queued, under the
         scheduling lock: a second process (another machine's, the same command again) finds them
-        and adds nothing. `identity()` is the data's run_files.data_identity, asked for only if needed."""
+        and adds nothing. `identity()` is the data's run_files.data_identity, asked for only if
+        needed."""
         if not self.prior_runs and not self.points:
             return
         fingerprint = identity() if self.prior_runs else {}
