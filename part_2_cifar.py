@@ -11,10 +11,10 @@ batches by indexing and crops/flips them as batched tensor ops: no PIL, no per-i
 Validation accuracy (the sweep's metric) comes from 5,000 training images held out by a fixed,
 stratified split; the 10,000 test images are scored once, at the end, for the report.
 
-Last measured (2026-11-27, synthetic data in the CIFAR-100 layout, batch 256, RESULTS.md there):
-2-core Intel Xeon with AVX512-BF16/AMX (bf16 autocast) ~1,000 training images/s, 2.6-2.9x a PIL +
-DataLoader pipeline; 2-core AMD EPYC without AVX512 (fp32) 288 images/s, 1.27x. CIFAR-100 accuracy:
-not measured yet (no data set and no GPU where this was written); README "Results".
+Last measured (2026-11-27, benchmarks/RESULTS.md; synthetic data in the CIFAR-100 layout, batch
+256): 2-core Intel Xeon with AVX512-BF16/AMX (bf16 autocast) ~1,000 training images/s, 2.6-2.9x a
+PIL + DataLoader pipeline; 2-core AMD EPYC without AVX512 (fp32) 288 images/s, 1.27x. CIFAR-100
+accuracy: not measured yet (no data set and no GPU where this was written); README "Results".
 
 Sections: settings, data, model, train/evaluate, one training as one W&B run, command line, main.
 The rest is cifarkit/core's: settings.py (parsing and checking a setting), cifar_files.py (where
