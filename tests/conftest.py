@@ -23,6 +23,12 @@ from synthetic_cifar100 import write_synthetic_cifar100  # the repository root i
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One torch thread in this process and in every process a test starts (they inherit it): tiny models
+# gain nothing from two, and on a 2-core machine running two test workers, two threads per process
+# spin against each other (3 epochs of FAST_CONFIG: 3.4 s on one thread, 26 s on two). Set before
+# any test module imports torch, which reads it once. A test of the thread budget sets its own.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 # Small filters keep a CPU epoch near a second; the architecture is the same.
 FAST_CONFIG = {"num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 32, "batch_size": 64, "epochs": 2,
                "learning_rate": 0.01}
@@ -78,10 +84,8 @@ def torch_threads(count: int):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Every test's in-process training on one torch thread, as the subprocesses have
-    (OMP_NUM_THREADS=1 in offline_env): tiny models gain nothing from two, and two spinning threads
-    on a busy 2-core machine train many times slower (3 epochs of FAST_CONFIG: 3.4 s on one, 26 s
-    on two)."""
+    """Every test's in-process training on one torch thread, as OMP_NUM_THREADS above gives every
+    process, whatever an earlier test or a command run in-process (trt_export's --threads) set."""
     with torch_threads(1):
         yield
 

@@ -1,6 +1,10 @@
 """Divergence and checkpoints: non-finite values end a run as diverged and are never kept; a checkpoint records the
 data it trained on and a resume on other data is refused; checkpoints of PyTorch's wrappers and of other tools load
-or are refused in one line, exit 2, from the trainer, trt_export.py and select_model.py alike."""
+or are refused in one line, exit 2, from the trainer, trt_export.py and select_model.py alike.
+
+The commands run in this process (their main(), which a process exits with): what is checked here is what they do
+with a checkpoint. Each command as a real process, and its exit codes, is tests/test_exit_codes.py's; model
+selection runs as a process, and starts each of its trainings as one."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, trainer_command
+from conftest import FAST_CONFIG, ROOT
 from test_reliability import fast_args, one_line_error
 
 import part_2_cifar as trainer
@@ -26,14 +30,23 @@ CPU = torch.device("cpu")
 SMALL = {"num_filters_1": 8, "num_filters_2": 16, "num_filters_3": 32, "val_size": 200}  # fits the tiny data
 
 
-def run(command: list[str], env: dict, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+class Ran:
+    """A command's exit code and what it printed, as a process's would be read."""
+
+    def __init__(self, command, args: list[str], capsys) -> None:
+        capsys.readouterr()
+        self.returncode = command.main(args)
+        self.stdout, self.stderr = capsys.readouterr()
 
 
-def export_command(checkpoint: Path, data_dir: Path) -> list[str]:
-    """trt_export.py as a real process; the checkpoint is refused before any export work starts."""
-    return [sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", str(checkpoint), "--data-dir", str(data_dir),
-            "--device", "cpu"]
+def train(args: list[str], capsys) -> Ran:
+    """part_2_cifar.py with `args`, in this process."""
+    return Ran(trainer, args, capsys)
+
+
+def export(checkpoint: Path, data_dir: Path, capsys) -> Ran:
+    """trt_export.py on `checkpoint`, in this process; the checkpoint is refused before any export work starts."""
+    return Ran(trt_export, ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--device", "cpu"], capsys)
 
 
 def all_finite(checkpoint: dict) -> bool:
@@ -64,10 +77,10 @@ def other_data_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("learning_rate, batch_size", [(1e6, 64), (1e3, 256)])  # NaN in training / in validation
 def test_a_run_diverging_in_its_first_epoch_keeps_nothing_and_says_no_epoch_finished(
-        learning_rate, batch_size, tiny_data_dir, tmp_path, offline_env):
+        learning_rate, batch_size, tiny_data_dir, tmp_path, capsys):
     args = fast_args(tiny_data_dir, tmp_path / "runs", learning_rate=learning_rate, batch_size=batch_size,
                      warmup_epochs=0, epochs=3)
-    result = run(trainer_command(*args), offline_env, tmp_path)
+    result = train(args, capsys)
     assert result.returncode == 0, result.stderr
     assert "stopping (diverged)" in result.stdout
     done = result.stdout.strip().splitlines()[-1]
@@ -120,11 +133,11 @@ def test_validation_counts_the_non_finite_logits_a_finite_loss_hides(tiny_data_d
     assert trainer.divergence(1.0, val, model) == f"{int(keep.sum())} validation logits are NaN or infinite"
 
 
-def test_export_refuses_a_checkpoint_with_non_finite_weights_in_one_line(tiny_data_dir, tmp_path, offline_env):
+def test_export_refuses_a_checkpoint_with_non_finite_weights_in_one_line(tiny_data_dir, tmp_path, capsys):
     checkpoint = small_checkpoint(tmp_path / "best.pt")
     checkpoint["model"]["fc2.bias"][3] = float("inf")
     torch.save(checkpoint, tmp_path / "best.pt")
-    result = run(export_command(tmp_path / "best.pt", tiny_data_dir), offline_env, tmp_path)
+    result = export(tmp_path / "best.pt", tiny_data_dir, capsys)
     assert result.returncode == 2
     line = one_line_error(result.stderr)
     assert "best.pt holds non-finite weights (NaN or inf in fc2.bias)" in line and "diverged" in line
@@ -152,11 +165,11 @@ def test_checkpoints_and_summary_record_the_data_they_trained_on(
 
 
 def test_resume_on_other_data_is_refused_naming_both(
-        crashed_run, tiny_data_dir, other_data_dir, tmp_path, offline_env):
+        crashed_run, tiny_data_dir, other_data_dir, tmp_path, capsys):
     run_dir = crashed_run
     before = (run_dir / "last.pt").read_bytes()
     args = fast_args(other_data_dir, tmp_path / "runs") + ["--resume", str(run_dir)]
-    result = run(trainer_command(*args), offline_env, tmp_path)
+    result = train(args, capsys)
     assert result.returncode == 2
     line = one_line_error(result.stderr)
     assert "last.pt was trained on other data" in line
@@ -164,38 +177,36 @@ def test_resume_on_other_data_is_refused_naming_both(
     assert (run_dir / "last.pt").read_bytes() == before and not (run_dir / "summary.json").exists()
 
 
-def test_resume_on_a_copy_of_the_same_data_continues(crashed_run, tiny_data_dir, tmp_path,
-                                                     offline_env):
+def test_resume_on_a_copy_of_the_same_data_continues(crashed_run, tiny_data_dir, tmp_path, capsys):
     run_dir = crashed_run
     shutil.copytree(tiny_data_dir, tmp_path / "moved")
-    result = run(trainer_command(*fast_args(tmp_path / "moved", tmp_path / "runs"), "--resume", str(run_dir)),
-                 offline_env, tmp_path)
+    result = train([*fast_args(tmp_path / "moved", tmp_path / "runs"), "--resume", str(run_dir)], capsys)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and [m["epoch"] for m in summary["history"]] == [1, 2]
 
 
 def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes_on_once_it_is_copied(
-        crashed_run, tiny_data_dir, tmp_path, offline_env):
+        crashed_run, tiny_data_dir, tmp_path, capsys):
     crashed = crashed_run
     moved = tmp_path / "other-machine" / "crashed"  # the user copied last.pt alone
     moved.mkdir(parents=True)
     shutil.copy2(crashed / "last.pt", moved / "last.pt")
     args = [*fast_args(tiny_data_dir, tmp_path / "other-machine"), "--resume", str(moved)]
-    result = run(trainer_command(*args), offline_env, tmp_path)
+    result = train(args, capsys)
     assert result.returncode == 2
     assert one_line_error(result.stderr) == (f"error: cannot resume: {moved} has last.pt but no best.pt (epoch 1's "
                                              "weights, the best so far): copy the whole run folder")
     written = sorted(p.name for p in moved.iterdir())
     assert written == ["last.pt", run_files.OWNER_LOCK]  # nothing trained, only the hold taken
     shutil.copy2(crashed / "best.pt", moved / "best.pt")
-    again = run(trainer_command(*args), offline_env, tmp_path)
+    again = train(args, capsys)
     assert again.returncode == 0, again.stderr
     assert json.loads((moved / "summary.json").read_text())["status"] == "finished"
 
 
 def test_resuming_a_finished_run_changes_nothing_it_wrote(
-        finished_run, tiny_data_dir, other_data_dir, tmp_path, offline_env):
+        finished_run, tiny_data_dir, other_data_dir, tmp_path, capsys):
     run_dir = finished_run
 
     def files() -> dict:  # but owner.lock, which names each process that held the folder
@@ -204,21 +215,18 @@ def test_resuming_a_finished_run_changes_nothing_it_wrote(
 
     written = files()
     for data_dir in (other_data_dir, tiny_data_dir):
-        again = run(trainer_command(*fast_args(data_dir, tmp_path / "runs", epochs=1), "--resume", str(run_dir)),
-                    offline_env, tmp_path)
+        again = train([*fast_args(data_dir, tmp_path / "runs", epochs=1), "--resume", str(run_dir)], capsys)
         assert again.returncode == 0, again.stderr
         assert f"{run_dir} is complete (finished after epoch 1): nothing to resume" in again.stdout
         assert files() == written
 
 
-def test_a_last_pt_from_before_data_was_recorded_resumes_with_a_note(
-        crashed_run, tiny_data_dir, tmp_path, offline_env):
+def test_a_last_pt_from_before_data_was_recorded_resumes_with_a_note(crashed_run, tiny_data_dir, tmp_path, capsys):
     run_dir = crashed_run
     old = torch.load(run_dir / "last.pt", weights_only=True)
     del old["data"]
     torch.save(old, run_dir / "last.pt")
-    result = run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)),
-                 offline_env, tmp_path)
+    result = train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
     assert result.returncode == 0, result.stderr
     assert f"note: {run_dir / 'last.pt'} does not record its data" in result.stdout
     assert run_files.load_checkpoint(run_dir / "last.pt")["data"]["train_sha256"]  # recorded from now on
@@ -251,14 +259,12 @@ def test_a_checkpoint_saved_from_pytorchs_wrappers_loads_to_the_same_model(wrapp
         assert torch.equal(loaded(x), model(x))
 
 
-def test_resume_from_a_last_pt_of_a_data_parallel_model_continues(
-        crashed_run, tiny_data_dir, tmp_path, offline_env):
+def test_resume_from_a_last_pt_of_a_data_parallel_model_continues(crashed_run, tiny_data_dir, tmp_path, capsys):
     run_dir = crashed_run
     last = torch.load(run_dir / "last.pt", weights_only=True)
     last["model"] = {f"module.{key}": value for key, value in last["model"].items()}
     torch.save(last, run_dir / "last.pt")
-    result = run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)),
-                 offline_env, tmp_path)
+    result = train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
@@ -290,16 +296,14 @@ def test_a_checkpoint_of_another_model_names_the_first_missing_and_unexpected_ke
     (lambda c: {**c, "model": [1, 2]}, "its 'model' is not a state dict"),
     (lambda c: {**c, "history": np.zeros(3)}, "numpy.ndarray, which a checkpoint may not hold"),
 ])
-def test_every_foreign_checkpoint_is_one_line_and_exit_2(tool, damage, expected, tiny_data_dir, tmp_path,
-                                                          offline_env):
+def test_every_foreign_checkpoint_is_one_line_and_exit_2(tool, damage, expected, tiny_data_dir, tmp_path, capsys):
     run_dir = tmp_path / "runs" / "foreign"
     run_dir.mkdir(parents=True)
     checkpoint = small_checkpoint(run_dir / "best.pt", optimizer={}, history=[], best_val_accuracy=1.0,
                                   best_epoch=1, seconds=1.0)
     torch.save(damage(checkpoint), run_dir / ("last.pt" if tool == "trainer --resume" else "best.pt"))
-    command = (trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir))
-               if tool == "trainer --resume" else export_command(run_dir / "best.pt", tiny_data_dir))
-    result = run(command, offline_env, tmp_path)
+    result = (train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
+              if tool == "trainer --resume" else export(run_dir / "best.pt", tiny_data_dir, capsys))
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result.stderr)
     assert expected in line and "\x1b" not in line and "two options" not in line
@@ -317,26 +321,24 @@ def test_a_config_missing_keys_is_filled_from_todays_defaults_with_a_line(tmp_pa
                     f"lr_schedule=cosine, val_size={trainer.DEFAULTS['val_size']}")
 
 
-def test_resume_with_a_config_missing_a_key_uses_the_default_and_says_so(
-        crashed_run, tiny_data_dir, tmp_path, offline_env):
+def test_resume_with_a_config_missing_a_key_uses_the_default_and_says_so(crashed_run, tiny_data_dir, tmp_path,
+                                                                         capsys):
     run_dir = crashed_run
     last = torch.load(run_dir / "last.pt", weights_only=True)
     del last["config"]["label_smoothing"]
     torch.save(last, run_dir / "last.pt")
-    result = run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)),
-                 offline_env, tmp_path)
+    result = train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
     assert result.returncode == 0, result.stderr
     assert "has no label_smoothing in its config: using today's default label_smoothing=0.1" in result.stdout
 
 
-def test_a_resume_refused_inside_the_run_exits_2_like_one_refused_before_it(
-        crashed_run, tiny_data_dir, tmp_path, offline_env):
+def test_a_resume_refused_inside_the_run_exits_2_like_one_refused_before_it(crashed_run, tiny_data_dir, tmp_path,
+                                                                             capsys):
     run_dir = crashed_run
     last = torch.load(run_dir / "last.pt", weights_only=True)
     last["model"]["fc1.weight"][0, 0] = float("nan")  # an older version kept a diverged epoch
     torch.save(last, run_dir / "last.pt")
-    result = run(trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)),
-                 offline_env, tmp_path)
+    result = train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
     assert result.returncode == 2
     assert "last.pt holds non-finite weights (NaN or inf in fc1.weight)" in one_line_error(result.stderr)
 
@@ -401,7 +403,7 @@ def test_select_model_exits_2_when_a_seed_it_resumes_has_a_refused_checkpoint(
     torch.save({**last, "history": np.zeros(3)}, runs / "selection" / run_id / "last.pt")
     command = [sys.executable, str(ROOT / "select_model.py"), str(runs), "--top", "1", "--seeds", "1", "--data-dir",
                str(tiny_data_dir), "--wandb-mode", "offline", "--images-dir", str(tmp_path / "images")]
-    result = run(command, offline_env, tmp_path)
+    result = subprocess.run(command, env=offline_env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
     (failed,) = [line for line in result.stderr.splitlines() if " failed " in line]
     assert f"{run_id} failed (exit 2): error: cannot resume: " in failed and "numpy.ndarray, which" in failed

@@ -110,22 +110,24 @@ def test_every_plausible_data_dir_finds_the_same_folder(ten_classes, tmp_path, l
     assert source == cifar_files.CifarSource((tmp_path / layout).resolve(), "folder")
 
 
-def test_the_extracted_folder_itself_trains_and_one_level_too_deep_exports(ten_classes, tmp_path, offline_env):
+def test_the_extracted_folder_itself_trains_and_one_level_too_deep_exports(ten_classes, tmp_path, capsys):
+    # Both commands in this process: where --data-dir leads is the point, not the process (test_exit_codes.py
+    # runs each command as one).
+    import trt_export
+
     data = tmp_path / "data"
     shutil.copytree(ten_classes, data)
     args = cli_args(TINY) + ["--val-size", "100", "--wandb-mode", "disabled", "--runs-dir", str(tmp_path / "runs")]
-    trained = run(trainer_command(*args, "--data-dir", str(data / cifar_files.CIFAR100_DIR)), offline_env, tmp_path)
-    assert trained.returncode == 0, trained.stderr
-    assert "downloading" not in trained.stdout
+    assert trainer.main([*args, "--data-dir", str(data / cifar_files.CIFAR100_DIR)]) == 0, capsys.readouterr().err
+    assert "downloading" not in capsys.readouterr().out
     (best,) = (tmp_path / "runs").glob("*/best.pt")
 
     nested = tmp_path / "nested" / cifar_files.CIFAR100_DIR
     shutil.copytree(data / cifar_files.CIFAR100_DIR, nested / cifar_files.CIFAR100_DIR)
-    export = [sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", str(best), "--data-dir", str(nested),
-              "--device", "cpu", "--batch-sizes", "1", "--warmup-seconds", "0", "--min-seconds", "0",
-              "--min-iterations", "1", "--out", str(tmp_path / "export"), "--plot", str(tmp_path / "plot.png")]
-    exported = run(export, offline_env, tmp_path)
-    assert exported.returncode == 0, exported.stderr
+    export = ["--checkpoint", str(best), "--data-dir", str(nested), "--device", "cpu", "--batch-sizes", "1",
+              "--warmup-seconds", "0", "--min-seconds", "0", "--min-iterations", "1", "--precision", "fp32",
+              "--out", str(tmp_path / "export"), "--plot", str(tmp_path / "plot.png")]
+    assert trt_export.main(export) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "export" / "benchmark.json").read_text())["data"]["test_images"] == 20
 
 
@@ -256,7 +258,23 @@ def test_a_half_downloaded_archive_is_named_with_its_size_and_left_alone(archive
     assert wandb_runs(tmp_path) == [] and not (tmp_path / "runs").exists()
 
 
-def test_every_command_names_a_half_downloaded_archive_before_any_work(archive, tmp_path, offline_env):
+def in_this_process(program: str, args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """(exit code, stderr) of `program`'s main(args) run in this process from `cwd`, with no network: where the
+    command looks and what it says is the point, not its process (test_exit_codes.py runs each as one)."""
+    import local_sweep
+    import select_model
+
+    for key, value in no_network_env({}).items():
+        monkeypatch.setenv(key, value)
+    for key in [k for k in os.environ if k.lower() == "no_proxy"]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    code = {"local_sweep.py": local_sweep, "select_model.py": select_model}[program].main(args)
+    return code, capsys.readouterr().err
+
+
+def test_every_command_names_a_half_downloaded_archive_before_any_work(archive, tmp_path, monkeypatch, capsys):
     half_download(archive, tmp_path / "data")
     runs = tmp_path / "runs" / "old-run"
     runs.mkdir(parents=True)  # a finished run for select_model to retrain
@@ -267,10 +285,10 @@ def test_every_command_names_a_half_downloaded_archive_before_any_work(archive, 
         "select_model.py": ["runs", "--seeds", "1", "--images-dir", "images"],
     }
     for program, args in commands.items():
-        result = run([sys.executable, str(ROOT / program), *args, "--data-dir", "data", "--wandb-mode", "disabled"],
-                     no_network_env(offline_env), tmp_path)
-        assert result.returncode == 2, (program, result.stderr)
-        assert "fails the CIFAR-100 checksum" in one_line_error(result.stderr), program
+        code, stderr = in_this_process(program, [*args, "--data-dir", "data", "--wandb-mode", "disabled"], tmp_path,
+                                       monkeypatch, capsys)
+        assert code == 2, (program, stderr)
+        assert "fails the CIFAR-100 checksum" in one_line_error(stderr), program
         assert not (tmp_path / "runs" / "selection").exists() and not (tmp_path / "runs" / "sweep_config").exists()
 
 
@@ -363,13 +381,13 @@ def test_export_checks_its_output_folders_before_any_work(tmp_path, offline_env)
     ("local_sweep.py", [str(ROOT / "sweep_config.json"), "--trials", "1", "--images-dir", "a_file/images"]),
     ("select_model.py", ["runs", "--images-dir", "a_file/images"]),
 ])
-def test_sweep_and_selection_check_their_folders_before_any_work(tmp_path, offline_env, program, args):
+def test_sweep_and_selection_check_their_folders_before_any_work(tmp_path, monkeypatch, capsys, program, args):
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "runs").mkdir()
-    result = run([sys.executable, str(ROOT / program), *args, "--data-dir", "no-data", "--wandb-mode", "disabled"],
-                 offline_env, tmp_path)
-    assert result.returncode == 2
-    assert "cannot be written: a_file is a file" in one_line_error(result.stderr)
+    code, stderr = in_this_process(program, [*args, "--data-dir", "no-data", "--wandb-mode", "disabled"], tmp_path,
+                                   monkeypatch, capsys)
+    assert code == 2
+    assert "cannot be written: a_file is a file" in one_line_error(stderr)
     assert not (tmp_path / "no-data").exists() and list((tmp_path / "runs").iterdir()) == []
 
 
@@ -377,16 +395,16 @@ def test_sweep_and_selection_check_their_folders_before_any_work(tmp_path, offli
 
 
 def test_a_validation_size_the_classes_cannot_give_is_refused_with_the_class_counts(ten_classes, tmp_path,
-                                                                                    offline_env):
+                                                                                    capsys):
     for val_size, lacks in ((1199, "training"), (5, "validation")):
         args = cli_args(TINY) + ["--data-dir", str(ten_classes), "--val-size", str(val_size), "--wandb-mode",
                                  "disabled", "--runs-dir", str(tmp_path / "runs")]
-        result = run(trainer_command(*args), offline_env, tmp_path)
-        assert result.returncode == 2
-        line = one_line_error(result.stderr)
+        assert trainer.main(args) == 2
+        result = capsys.readouterr()
+        line = one_line_error(result.err)
         assert f"--val-size={val_size} is not allowed: with 1,200 training images in 10 classes of 120" in line
         assert f"it leaves a class with no {lacks} image; use 10..1190" in line
-        assert "epoch" not in result.stdout and not list((tmp_path / "runs").glob("*/last.pt"))
+        assert "epoch" not in result.out and not list((tmp_path / "runs").glob("*/last.pt"))
 
 
 @pytest.mark.parametrize("sizes", [[2, 3, 5, 9], [120] * 10, [1, 7, 7]])

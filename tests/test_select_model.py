@@ -173,7 +173,8 @@ def test_a_sweep_then_selection_then_export_of_what_was_chosen(learnable_data_di
     selection = json.loads((runs / "selection.json").read_text())
     export = ["--runs-dir", str(runs), "--data-dir", str(learnable_data_dir), "--device", "cpu", "--batch-sizes",
               "1,4", "--accuracy-images", "20", "--warmup-seconds", "0", "--min-seconds", "0", "--min-iterations",
-              "1", "--plot", str(tmp_path / "images" / "export.png")]
+              "1", "--plot", str(tmp_path / "images" / "export.png"),
+              "--precision", "fp32"]  # which checkpoint is chosen is the point: one ONNX export, not two
     capsys.readouterr()
     assert trt_export.main(["--checkpoint", "best", "--out", str(tmp_path / "best"), *export]) == 0
     assert f"exporting checkpoint {runs / selection['best'] / 'best.pt'} " in capsys.readouterr().out
@@ -220,6 +221,7 @@ def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points
     assert trt_export.main(["--checkpoint", "best", "--within", "100", "--runs-dir", str(runs), "--data-dir",
                             str(learnable_data_dir), "--device", "cpu", "--batch-sizes", "1,4", "--accuracy-images",
                             "20", "--warmup-seconds", "0", "--min-seconds", "0", "--min-iterations", "1", "--out",
-                            str(tmp_path / "cheap"), "--plot", str(tmp_path / "images" / "export.png")]) == 0
+                            str(tmp_path / "cheap"), "--plot", str(tmp_path / "images" / "export.png"),
+                            "--precision", "fp32"]) == 0  # the checkpoint chosen is the point: one ONNX export
     seed = run_files.best_seed(cheapest, runs / "deploy")  # the cheapest of the confirmed front, its best seed
     assert f"exporting checkpoint {runs / 'deploy' / seed / 'best.pt'} " in capsys.readouterr().out

@@ -312,13 +312,14 @@ def test_the_readme_table_of_hyperparameters_is_the_settings_table():
 
 
 def test_every_swept_key_is_accepted_as_key_equals_value_and_lands_in_the_run_config(tiny_data_dir, tmp_path,
-                                                                                      offline_env):
+                                                                                      offline, capsys):
+    # main() in this process, W&B offline: the parsing and run.config are the point (a real process that
+    # `wandb agent` starts is tests/test_sweep_values.py's).
     chosen = {**FAST_CONFIG, "momentum": 0.85, "dropout_rate": 0.125, "epochs": 1, "weight_decay": 1e-4,
               "label_smoothing": 0.0, "warmup_epochs": 0.5, "lr_schedule": "constant", "seed": 3}
     args = cli_args(chosen) + ["--data-dir", str(tiny_data_dir), "--runs-dir", str(tmp_path / "runs"),
                                "--val-size", "200", "--wandb-mode", "offline", "--no-log-model"]
-    result = run_trainer(args, offline_env, tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert trainer.main(args) == 0, capsys.readouterr().err
     (run_dir,) = (tmp_path / "runs").iterdir()
     config = json.loads((run_dir / "summary.json").read_text())["config"]  # what the program read from run.config
     assert {key: config[key] for key in chosen} == chosen
