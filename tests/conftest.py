@@ -102,16 +102,21 @@ def offline(monkeypatch, tmp_path, one_thread):
     yield tmp_path
 
 
-@pytest.fixture()
-def offline_env(tmp_path) -> dict:
-    """Environment for a subprocess: no W&B key, no netrc, W&B files under tmp_path, never a login prompt."""
+def process_env(folder: Path) -> dict:
+    """Environment for a subprocess: no W&B key, no netrc, W&B files under `folder` (HOME is
+    folder/home), never a login prompt; one torch thread (see OMP_NUM_THREADS above)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    home = tmp_path / "home"
+    home = folder / "home"
     home.mkdir()
-    # One thread: tiny models gain nothing from two, and a busy machine oversubscribed is many times slower.
-    env.update(HOME=str(home), WANDB_DIR=str(tmp_path), WANDB_SILENT="true", PYTHONPATH=str(ROOT),
+    env.update(HOME=str(home), WANDB_DIR=str(folder), WANDB_SILENT="true", PYTHONPATH=str(ROOT),
                NETRC=str(home / ".netrc"), OMP_NUM_THREADS="1")
     return env
+
+
+@pytest.fixture()
+def offline_env(tmp_path) -> dict:
+    """process_env(tmp_path): a subprocess with no W&B key, its W&B files under tmp_path."""
+    return process_env(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -363,16 +362,18 @@ def test_an_empty_read_only_data_folder_is_one_line_and_no_download(tmp_path, of
     assert "downloading" not in result.stdout and wandb_runs(tmp_path) == []
 
 
-def test_export_checks_its_output_folders_before_any_work(tmp_path, offline_env):
+def test_export_checks_its_output_folders_before_any_work(tmp_path, monkeypatch, capsys):
+    import trt_export
+
     (tmp_path / "a_file").write_text("not a folder")
     model = trainer.SimpleCNN(4, 4, 4)
     run_files.save_atomic({"model": model.state_dict(), "config": trainer.validate_config(TINY), "epoch": 1},
                         tmp_path / "best.pt")
-    result = run([sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", str(tmp_path / "best.pt"),
-                  "--plot", str(tmp_path / "a_file" / "plot.png"), "--data-dir", str(tmp_path / "no-data")],
-                 offline_env, tmp_path)
-    assert result.returncode == 2
-    assert "--plot" in one_line_error(result.stderr) and "a_file is a file" in result.stderr
+    monkeypatch.chdir(tmp_path)  # where the default --out would go
+    assert trt_export.main(["--checkpoint", str(tmp_path / "best.pt"), "--plot", str(tmp_path / "a_file" / "plot.png"),
+                            "--data-dir", str(tmp_path / "no-data")]) == 2  # in this process
+    stderr = capsys.readouterr().err
+    assert "--plot" in one_line_error(stderr) and "a_file is a file" in stderr
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "export").exists()
 
 

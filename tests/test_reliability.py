@@ -95,11 +95,11 @@ def test_a_bad_value_in_a_real_process_exits_2_before_any_work(tmp_path, offline
     assert not (tmp_path / "runs").exists() and not (tmp_path / "wandb").exists()
 
 
-def test_an_unknown_option_exits_2_with_one_line(tmp_path, offline_env):
-    result = subprocess.run(trainer_command("--learning-rate=0.1"), env=offline_env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "unrecognized arguments: --learning-rate=0.1" in one_line_error(result.stderr)
+def test_an_unknown_option_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's exit, in this process; as one: test_exit_codes.py
+        trainer.main(["--learning-rate=0.1"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --learning-rate=0.1" in one_line_error(capsys.readouterr().err)
 
 
 def test_a_bad_sweep_value_handed_over_by_the_agent_fails_the_run_in_one_line(tmp_path, offline_env, tiny_data_dir):

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import at_terminal_defaults, postgres_bin_dir
+from conftest import at_terminal_defaults, postgres_bin_dir, process_env
 
 import local_sweep
 import run_files
@@ -111,11 +111,7 @@ def two_machines_ran(tmp_path_factory, postgres_server, learnable_data_dir, own_
                        "num_filters_1": {"value": 8}, "num_filters_2": {"values": [8, 16]},
                        "num_filters_3": {"value": 16}}}))
     args = sweep_args(sweep, learnable_data_dir, tmp_path / "shared-runs", url, 3)  # odd: both ask for the last at once
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {
-        "HOME": str(home), "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT),
-        "NETRC": str(home / ".netrc")}  # as offline_env
+    env = process_env(tmp_path)
     machines = [Machine(name, own_hostname, args, env, tmp_path).start() for name in ("machine-a", "machine-b")]
     for machine in machines:
         assert machine.wait() == 0, machine.output()[-3000:]
