@@ -24,9 +24,10 @@ from synthetic_cifar100 import write_synthetic_cifar100  # the repository root i
 ROOT = Path(__file__).resolve().parents[1]
 
 # One torch thread in this process and in every process a test starts (they inherit it): tiny models
-# gain nothing from two, and on a 2-core machine running two test workers, two threads per process
-# spin against each other (3 epochs of FAST_CONFIG: 3.4 s on one thread, 26 s on two). Set before
-# any test module imports torch, which reads it once. A test of the thread budget sets its own.
+# gain nothing from two, and with two test workers on two cores, two threads per process spin
+# against each other (test_select_model's three fixture trainings: 41 s on two threads, 4 s on one,
+# on a busy 2-core machine). Set before any test module imports torch, which reads it once; a test
+# of the thread budget sets its own.
 os.environ["OMP_NUM_THREADS"] = "1"
 
 # Small filters keep a CPU epoch near a second; the architecture is the same.
