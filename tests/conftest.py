@@ -25,6 +25,13 @@ from synthetic_cifar100 import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One torch thread in this process and in every process a test starts (they inherit it): tiny models
+# gain nothing from two, and with two test workers on two cores, two threads per process spin
+# against each other (test_select_model's three fixture trainings: 41 s on two threads, 4 s on one,
+# on a busy 2-core machine). Set before any test module imports torch, which reads it once; a test
+# of the thread budget sets its own.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 # Small filters keep a CPU epoch near a second; the architecture is the same.
 FAST_CONFIG = {
     "num_filters_1": 8,
@@ -90,10 +97,8 @@ def torch_threads(count: int):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Every test's in-process training on one torch thread, as the subprocesses have
-    (OMP_NUM_THREADS=1 in offline_env): tiny models gain nothing from two, and two spinning threads
-    on a busy 2-core machine train many times slower (3 epochs of FAST_CONFIG: 3.4 s on one, 26 s
-    on two)."""
+    """Every test's in-process training on one torch thread, as OMP_NUM_THREADS above gives every
+    process, whatever an earlier test or a command run in-process (trt_export's --threads) set."""
     with torch_threads(1):
         yield
 
@@ -111,24 +116,27 @@ def offline(monkeypatch, tmp_path, one_thread):
     yield tmp_path
 
 
-@pytest.fixture()
-def offline_env(tmp_path) -> dict:
-    """Environment for a subprocess: no W&B key, no netrc, W&B files under tmp_path, never a login
-    prompt."""
+def process_env(folder: Path) -> dict:
+    """Environment for a subprocess: no W&B key, no netrc, W&B files under `folder` (HOME is
+    folder/home), never a login prompt; one torch thread (see OMP_NUM_THREADS above)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    home = tmp_path / "home"
+    home = folder / "home"
     home.mkdir()
-    # One thread: tiny models gain nothing from two, and a busy machine oversubscribed is many times
-    # slower.
     env.update(
         HOME=str(home),
-        WANDB_DIR=str(tmp_path),
+        WANDB_DIR=str(folder),
         WANDB_SILENT="true",
         PYTHONPATH=str(ROOT),
         NETRC=str(home / ".netrc"),
         OMP_NUM_THREADS="1",
     )
     return env
+
+
+@pytest.fixture()
+def offline_env(tmp_path) -> dict:
+    """process_env(tmp_path): a subprocess with no W&B key, its W&B files under tmp_path."""
+    return process_env(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,12 @@
 """Divergence and checkpoints: non-finite values end a run as diverged and are never kept; a
 checkpoint records the data it trained on and a resume on other data is refused; checkpoints of
 PyTorch's wrappers and of other tools load or are refused in one line, exit 2, from the trainer,
-trt_export.py and select_model.py alike."""
+trt_export.py and select_model.py alike.
+
+The commands run in this process (their main(), which a process exits with): what is checked here
+is what they do with a checkpoint. Each command as a real process, and its exit codes, is
+tests/test_exit_codes.py's; model selection runs as a process, and starts each of its trainings as
+one."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, trainer_command
+from conftest import FAST_CONFIG, ROOT
 from test_reliability import fast_args, one_line_error
 
 import part_2_cifar as trainer
@@ -32,26 +37,28 @@ SMALL = {
 }  # fits the tiny data
 
 
-def run(
-    command: list[str], env: dict, cwd: Path, timeout: float = 240
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+class Ran:
+    """A command's exit code and what it printed, as a process's would be read."""
+
+    def __init__(self, command, args: list[str], capsys) -> None:
+        capsys.readouterr()
+        self.returncode = command.main(args)
+        self.stdout, self.stderr = capsys.readouterr()
+
+
+def train(args: list[str], capsys) -> Ran:
+    """part_2_cifar.py with `args`, in this process."""
+    return Ran(trainer, args, capsys)
+
+
+def export(checkpoint: Path, data_dir: Path, capsys) -> Ran:
+    """trt_export.py on `checkpoint`, in this process; the checkpoint is refused before any export
+    work starts."""
+    return Ran(
+        trt_export,
+        ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--device", "cpu"],
+        capsys,
     )
-
-
-def export_command(checkpoint: Path, data_dir: Path) -> list[str]:
-    """trt_export.py as a real process; the checkpoint is refused before any export work starts."""
-    return [
-        sys.executable,
-        str(ROOT / "trt_export.py"),
-        "--checkpoint",
-        str(checkpoint),
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-    ]
 
 
 def all_finite(checkpoint: dict) -> bool:
@@ -91,7 +98,7 @@ def other_data_dir(tmp_path_factory) -> Path:
     "learning_rate, batch_size", [(1e6, 64), (1e3, 256)]
 )  # NaN in training / in validation
 def test_a_run_diverging_in_its_first_epoch_keeps_nothing_and_says_no_epoch_finished(
-    learning_rate, batch_size, tiny_data_dir, tmp_path, offline_env
+    learning_rate, batch_size, tiny_data_dir, tmp_path, capsys
 ):
     args = fast_args(
         tiny_data_dir,
@@ -101,7 +108,7 @@ def test_a_run_diverging_in_its_first_epoch_keeps_nothing_and_says_no_epoch_fini
         warmup_epochs=0,
         epochs=3,
     )
-    result = run(trainer_command(*args), offline_env, tmp_path)
+    result = train(args, capsys)
     assert result.returncode == 0, result.stderr
     assert "stopping (diverged)" in result.stdout
     done = result.stdout.strip().splitlines()[-1]
@@ -173,12 +180,12 @@ def test_validation_counts_the_non_finite_logits_a_finite_loss_hides(tiny_data_d
 
 
 def test_export_refuses_a_checkpoint_with_non_finite_weights_in_one_line(
-    tiny_data_dir, tmp_path, offline_env
+    tiny_data_dir, tmp_path, capsys
 ):
     checkpoint = small_checkpoint(tmp_path / "best.pt")
     checkpoint["model"]["fc2.bias"][3] = float("inf")
     torch.save(checkpoint, tmp_path / "best.pt")
-    result = run(export_command(tmp_path / "best.pt", tiny_data_dir), offline_env, tmp_path)
+    result = export(tmp_path / "best.pt", tiny_data_dir, capsys)
     assert result.returncode == 2
     line = one_line_error(result.stderr)
     assert (
@@ -214,12 +221,12 @@ def test_checkpoints_and_summary_record_the_data_they_trained_on(
 
 
 def test_resume_on_other_data_is_refused_naming_both(
-    crashed_run, tiny_data_dir, other_data_dir, tmp_path, offline_env
+    crashed_run, tiny_data_dir, other_data_dir, tmp_path, capsys
 ):
     run_dir = crashed_run
     before = (run_dir / "last.pt").read_bytes()
     args = fast_args(other_data_dir, tmp_path / "runs") + ["--resume", str(run_dir)]
-    result = run(trainer_command(*args), offline_env, tmp_path)
+    result = train(args, capsys)
     assert result.returncode == 2
     line = one_line_error(result.stderr)
     assert "last.pt was trained on other data" in line
@@ -227,17 +234,11 @@ def test_resume_on_other_data_is_refused_naming_both(
     assert (run_dir / "last.pt").read_bytes() == before and not (run_dir / "summary.json").exists()
 
 
-def test_resume_on_a_copy_of_the_same_data_continues(
-    crashed_run, tiny_data_dir, tmp_path, offline_env
-):
+def test_resume_on_a_copy_of_the_same_data_continues(crashed_run, tiny_data_dir, tmp_path, capsys):
     run_dir = crashed_run
     shutil.copytree(tiny_data_dir, tmp_path / "moved")
-    result = run(
-        trainer_command(
-            *fast_args(tmp_path / "moved", tmp_path / "runs"), "--resume", str(run_dir)
-        ),
-        offline_env,
-        tmp_path,
+    result = train(
+        [*fast_args(tmp_path / "moved", tmp_path / "runs"), "--resume", str(run_dir)], capsys
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -245,14 +246,14 @@ def test_resume_on_a_copy_of_the_same_data_continues(
 
 
 def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes_on_once_copied(
-    crashed_run, tiny_data_dir, tmp_path, offline_env
+    crashed_run, tiny_data_dir, tmp_path, capsys
 ):
     crashed = crashed_run
     moved = tmp_path / "other-machine" / "crashed"  # the user copied last.pt alone
     moved.mkdir(parents=True)
     shutil.copy2(crashed / "last.pt", moved / "last.pt")
     args = [*fast_args(tiny_data_dir, tmp_path / "other-machine"), "--resume", str(moved)]
-    result = run(trainer_command(*args), offline_env, tmp_path)
+    result = train(args, capsys)
     assert result.returncode == 2
     assert one_line_error(result.stderr) == (
         f"error: cannot resume: {moved} has last.pt but no best.pt (epoch 1's "
@@ -261,13 +262,13 @@ def test_resume_from_last_pt_without_best_pt_is_refused_before_any_work_and_goes
     written = sorted(p.name for p in moved.iterdir())
     assert written == ["last.pt", folders.OWNER_LOCK]  # nothing trained, only the hold taken
     shutil.copy2(crashed / "best.pt", moved / "best.pt")
-    again = run(trainer_command(*args), offline_env, tmp_path)
+    again = train(args, capsys)
     assert again.returncode == 0, again.stderr
     assert json.loads((moved / "summary.json").read_text())["status"] == "finished"
 
 
 def test_resuming_a_finished_run_changes_nothing_it_wrote(
-    finished_run, tiny_data_dir, other_data_dir, tmp_path, offline_env
+    finished_run, tiny_data_dir, other_data_dir, tmp_path, capsys
 ):
     run_dir = finished_run
 
@@ -280,12 +281,8 @@ def test_resuming_a_finished_run_changes_nothing_it_wrote(
 
     written = files()
     for data_dir in (other_data_dir, tiny_data_dir):
-        again = run(
-            trainer_command(
-                *fast_args(data_dir, tmp_path / "runs", epochs=1), "--resume", str(run_dir)
-            ),
-            offline_env,
-            tmp_path,
+        again = train(
+            [*fast_args(data_dir, tmp_path / "runs", epochs=1), "--resume", str(run_dir)], capsys
         )
         assert again.returncode == 0, again.stderr
         assert f"{run_dir} is complete (finished after epoch 1): nothing to resume" in again.stdout
@@ -293,17 +290,13 @@ def test_resuming_a_finished_run_changes_nothing_it_wrote(
 
 
 def test_a_last_pt_from_before_data_was_recorded_resumes_with_a_note(
-    crashed_run, tiny_data_dir, tmp_path, offline_env
+    crashed_run, tiny_data_dir, tmp_path, capsys
 ):
     run_dir = crashed_run
     old = torch.load(run_dir / "last.pt", weights_only=True)
     del old["data"]
     torch.save(old, run_dir / "last.pt")
-    result = run(
-        trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)),
-        offline_env,
-        tmp_path,
-    )
+    result = train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
     assert result.returncode == 0, result.stderr
     assert f"note: {run_dir / 'last.pt'} does not record its data" in result.stdout
     assert run_files.load_checkpoint(run_dir / "last.pt")["data"][
@@ -347,17 +340,13 @@ def test_a_checkpoint_saved_from_pytorchs_wrappers_loads_to_the_same_model(wrapp
 
 
 def test_resume_from_a_last_pt_of_a_data_parallel_model_continues(
-    crashed_run, tiny_data_dir, tmp_path, offline_env
+    crashed_run, tiny_data_dir, tmp_path, capsys
 ):
     run_dir = crashed_run
     last = torch.load(run_dir / "last.pt", weights_only=True)
     last["model"] = {f"module.{key}": value for key, value in last["model"].items()}
     torch.save(last, run_dir / "last.pt")
-    result = run(
-        trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)),
-        offline_env,
-        tmp_path,
-    )
+    result = train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
@@ -403,7 +392,7 @@ def test_a_checkpoint_of_another_model_names_the_first_missing_and_unexpected_ke
     ],
 )
 def test_every_foreign_checkpoint_is_one_line_and_exit_2(
-    tool, damage, expected, tiny_data_dir, tmp_path, offline_env
+    tool, damage, expected, tiny_data_dir, tmp_path, capsys
 ):
     run_dir = tmp_path / "runs" / "foreign"
     run_dir.mkdir(parents=True)
@@ -418,12 +407,11 @@ def test_every_foreign_checkpoint_is_one_line_and_exit_2(
     torch.save(
         damage(checkpoint), run_dir / ("last.pt" if tool == "trainer --resume" else "best.pt")
     )
-    command = (
-        trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir))
+    result = (
+        train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
         if tool == "trainer --resume"
-        else export_command(run_dir / "best.pt", tiny_data_dir)
+        else export(run_dir / "best.pt", tiny_data_dir, capsys)
     )
-    result = run(command, offline_env, tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result.stderr)
     assert expected in line and "\x1b" not in line and "two options" not in line
@@ -444,17 +432,13 @@ def test_a_config_missing_keys_is_filled_from_todays_defaults_with_a_line(tmp_pa
 
 
 def test_resume_with_a_config_missing_a_key_uses_the_default_and_says_so(
-    crashed_run, tiny_data_dir, tmp_path, offline_env
+    crashed_run, tiny_data_dir, tmp_path, capsys
 ):
     run_dir = crashed_run
     last = torch.load(run_dir / "last.pt", weights_only=True)
     del last["config"]["label_smoothing"]
     torch.save(last, run_dir / "last.pt")
-    result = run(
-        trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)),
-        offline_env,
-        tmp_path,
-    )
+    result = train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
     assert result.returncode == 0, result.stderr
     assert (
         "has no label_smoothing in its config: using today's default label_smoothing=0.1"
@@ -463,17 +447,13 @@ def test_resume_with_a_config_missing_a_key_uses_the_default_and_says_so(
 
 
 def test_a_resume_refused_inside_the_run_exits_2_like_one_refused_before_it(
-    crashed_run, tiny_data_dir, tmp_path, offline_env
+    crashed_run, tiny_data_dir, tmp_path, capsys
 ):
     run_dir = crashed_run
     last = torch.load(run_dir / "last.pt", weights_only=True)
     last["model"]["fc1.weight"][0, 0] = float("nan")  # an older version kept a diverged epoch
     torch.save(last, run_dir / "last.pt")
-    result = run(
-        trainer_command(*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)),
-        offline_env,
-        tmp_path,
-    )
+    result = train([*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(run_dir)], capsys)
     assert result.returncode == 2
     assert "last.pt holds non-finite weights (NaN or inf in fc1.weight)" in one_line_error(
         result.stderr
@@ -572,7 +552,9 @@ def test_select_model_exits_2_when_a_seed_it_resumes_has_a_refused_checkpoint(
         "--images-dir",
         str(tmp_path / "images"),
     ]
-    result = run(command, offline_env, tmp_path)
+    result = subprocess.run(
+        command, env=offline_env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
     (failed,) = [line for line in result.stderr.splitlines() if " failed " in line]
     assert (

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -126,8 +125,12 @@ def test_every_plausible_data_dir_finds_the_same_folder(ten_classes, tmp_path, l
 
 
 def test_the_extracted_folder_itself_trains_and_one_level_too_deep_exports(
-    ten_classes, tmp_path, offline_env
+    ten_classes, tmp_path, capsys
 ):
+    # Both commands in this process: where --data-dir leads is the point, not the process
+    # (test_exit_codes.py runs each command as one).
+    import trt_export
+
     data = tmp_path / "data"
     shutil.copytree(ten_classes, data)
     args = cli_args(TINY) + [
@@ -138,20 +141,15 @@ def test_the_extracted_folder_itself_trains_and_one_level_too_deep_exports(
         "--runs-dir",
         str(tmp_path / "runs"),
     ]
-    trained = run(
-        trainer_command(*args, "--data-dir", str(data / cifar_files.CIFAR100_DIR)),
-        offline_env,
-        tmp_path,
+    assert trainer.main([*args, "--data-dir", str(data / cifar_files.CIFAR100_DIR)]) == 0, (
+        capsys.readouterr().err
     )
-    assert trained.returncode == 0, trained.stderr
-    assert "downloading" not in trained.stdout
+    assert "downloading" not in capsys.readouterr().out
     (best,) = (tmp_path / "runs").glob("*/best.pt")
 
     nested = tmp_path / "nested" / cifar_files.CIFAR100_DIR
     shutil.copytree(data / cifar_files.CIFAR100_DIR, nested / cifar_files.CIFAR100_DIR)
     export = [
-        sys.executable,
-        str(ROOT / "trt_export.py"),
         "--checkpoint",
         str(best),
         "--data-dir",
@@ -166,13 +164,14 @@ def test_the_extracted_folder_itself_trains_and_one_level_too_deep_exports(
         "0",
         "--min-iterations",
         "1",
+        "--precision",
+        "fp32",
         "--out",
         str(tmp_path / "export"),
         "--plot",
         str(tmp_path / "plot.png"),
     ]
-    exported = run(export, offline_env, tmp_path)
-    assert exported.returncode == 0, exported.stderr
+    assert trt_export.main(export) == 0, capsys.readouterr().err
     assert (
         json.loads((tmp_path / "export" / "benchmark.json").read_text())["data"]["test_images"]
         == 20
@@ -346,8 +345,27 @@ def test_a_half_downloaded_archive_is_named_with_its_size_and_left_alone(
     assert wandb_runs(tmp_path) == [] and not (tmp_path / "runs").exists()
 
 
+def in_this_process(
+    program: str, args: list[str], cwd: Path, monkeypatch, capsys
+) -> tuple[int, str]:
+    """(exit code, stderr) of `program`'s main(args) run in this process from `cwd`, with no
+    network: where the command looks and what it says is the point, not its process
+    (test_exit_codes.py runs each as one)."""
+    import local_sweep
+    import select_model
+
+    for key, value in no_network_env({}).items():
+        monkeypatch.setenv(key, value)
+    for key in [k for k in os.environ if k.lower() == "no_proxy"]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    code = {"local_sweep.py": local_sweep, "select_model.py": select_model}[program].main(args)
+    return code, capsys.readouterr().err
+
+
 def test_every_command_names_a_half_downloaded_archive_before_any_work(
-    archive, tmp_path, offline_env
+    archive, tmp_path, monkeypatch, capsys
 ):
     half_download(archive, tmp_path / "data")
     runs = tmp_path / "runs" / "old-run"
@@ -361,21 +379,15 @@ def test_every_command_names_a_half_downloaded_archive_before_any_work(
         "select_model.py": ["runs", "--seeds", "1", "--images-dir", "images"],
     }
     for program, args in commands.items():
-        result = run(
-            [
-                sys.executable,
-                str(ROOT / program),
-                *args,
-                "--data-dir",
-                "data",
-                "--wandb-mode",
-                "disabled",
-            ],
-            no_network_env(offline_env),
+        code, stderr = in_this_process(
+            program,
+            [*args, "--data-dir", "data", "--wandb-mode", "disabled"],
             tmp_path,
+            monkeypatch,
+            capsys,
         )
-        assert result.returncode == 2, (program, result.stderr)
-        assert "fails the CIFAR-100 checksum" in one_line_error(result.stderr), program
+        assert code == 2, (program, stderr)
+        assert "fails the CIFAR-100 checksum" in one_line_error(stderr), program
         assert (
             not (tmp_path / "runs" / "selection").exists()
             and not (tmp_path / "runs" / "sweep_config").exists()
@@ -490,29 +502,31 @@ def test_an_empty_read_only_data_folder_is_one_line_and_no_download(
     assert "downloading" not in result.stdout and wandb_runs(tmp_path) == []
 
 
-def test_export_checks_its_output_folders_before_any_work(tmp_path, offline_env):
+def test_export_checks_its_output_folders_before_any_work(tmp_path, monkeypatch, capsys):
+    import trt_export
+
     (tmp_path / "a_file").write_text("not a folder")
     model = trainer.SimpleCNN(4, 4, 4)
     run_files.save_atomic(
         {"model": model.state_dict(), "config": trainer.validate_config(TINY), "epoch": 1},
         tmp_path / "best.pt",
     )
-    result = run(
-        [
-            sys.executable,
-            str(ROOT / "trt_export.py"),
-            "--checkpoint",
-            str(tmp_path / "best.pt"),
-            "--plot",
-            str(tmp_path / "a_file" / "plot.png"),
-            "--data-dir",
-            str(tmp_path / "no-data"),
-        ],
-        offline_env,
-        tmp_path,
-    )
-    assert result.returncode == 2
-    assert "--plot" in one_line_error(result.stderr) and "a_file is a file" in result.stderr
+    monkeypatch.chdir(tmp_path)  # where the default --out would go
+    assert (
+        trt_export.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "best.pt"),
+                "--plot",
+                str(tmp_path / "a_file" / "plot.png"),
+                "--data-dir",
+                str(tmp_path / "no-data"),
+            ]
+        )
+        == 2
+    )  # in this process
+    stderr = capsys.readouterr().err
+    assert "--plot" in one_line_error(stderr) and "a_file is a file" in stderr
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "export").exists()
 
 
@@ -531,25 +545,19 @@ def test_export_checks_its_output_folders_before_any_work(tmp_path, offline_env)
     ],
 )
 def test_sweep_and_selection_check_their_folders_before_any_work(
-    tmp_path, offline_env, program, args
+    tmp_path, monkeypatch, capsys, program, args
 ):
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "runs").mkdir()
-    result = run(
-        [
-            sys.executable,
-            str(ROOT / program),
-            *args,
-            "--data-dir",
-            "no-data",
-            "--wandb-mode",
-            "disabled",
-        ],
-        offline_env,
+    code, stderr = in_this_process(
+        program,
+        [*args, "--data-dir", "no-data", "--wandb-mode", "disabled"],
         tmp_path,
+        monkeypatch,
+        capsys,
     )
-    assert result.returncode == 2
-    assert "cannot be written: a_file is a file" in one_line_error(result.stderr)
+    assert code == 2
+    assert "cannot be written: a_file is a file" in one_line_error(stderr)
     assert not (tmp_path / "no-data").exists() and list((tmp_path / "runs").iterdir()) == []
 
 
@@ -558,7 +566,7 @@ def test_sweep_and_selection_check_their_folders_before_any_work(
 
 
 def test_a_validation_size_the_classes_cannot_give_is_refused_with_the_class_counts(
-    ten_classes, tmp_path, offline_env
+    ten_classes, tmp_path, capsys
 ):
     for val_size, lacks in ((1199, "training"), (5, "validation")):
         args = cli_args(TINY) + [
@@ -571,15 +579,15 @@ def test_a_validation_size_the_classes_cannot_give_is_refused_with_the_class_cou
             "--runs-dir",
             str(tmp_path / "runs"),
         ]
-        result = run(trainer_command(*args), offline_env, tmp_path)
-        assert result.returncode == 2
-        line = one_line_error(result.stderr)
+        assert trainer.main(args) == 2
+        result = capsys.readouterr()
+        line = one_line_error(result.err)
         assert (
             f"--val-size={val_size} is not allowed: with 1,200 training images in 10 classes of 120"
             in line
         )
         assert f"it leaves a class with no {lacks} image; use 10..1190" in line
-        assert "epoch" not in result.stdout and not list((tmp_path / "runs").glob("*/last.pt"))
+        assert "epoch" not in result.out and not list((tmp_path / "runs").glob("*/last.pt"))
 
 
 @pytest.mark.parametrize("sizes", [[2, 3, 5, 9], [120] * 10, [1, 7, 7]])

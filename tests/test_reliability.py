@@ -125,17 +125,13 @@ def test_a_bad_value_in_a_real_process_exits_2_before_any_work(tmp_path, offline
     assert not (tmp_path / "runs").exists() and not (tmp_path / "wandb").exists()
 
 
-def test_an_unknown_option_exits_2_with_one_line(tmp_path, offline_env):
-    result = subprocess.run(
-        trainer_command("--learning-rate=0.1"),
-        env=offline_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert "unrecognized arguments: --learning-rate=0.1" in one_line_error(result.stderr)
+def test_an_unknown_option_exits_2_with_one_line(capsys):
+    with pytest.raises(
+        SystemExit
+    ) as exit_info:  # argparse's exit, in this process; as one: test_exit_codes.py
+        trainer.main(["--learning-rate=0.1"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --learning-rate=0.1" in one_line_error(capsys.readouterr().err)
 
 
 def test_a_bad_sweep_value_handed_over_by_the_agent_fails_the_run_in_one_line(
@@ -294,18 +290,14 @@ def comparable(summary: dict) -> dict:
 
 
 def test_sigterm_then_relaunch_with_the_same_run_id_ends_like_an_uninterrupted_run(
-    tiny_data_dir, tmp_path, offline_env
+    tiny_data_dir, tmp_path, offline_env, monkeypatch, capsys
 ):
+    # The stopped run is a real process; the uninterrupted reference and the relaunch (the same
+    # command, as the agent starts it) run in this process: what they read and write, not their
+    # process, is checked.
     args = fast_args(tiny_data_dir, tmp_path / "runs", epochs=4)
-    reference = subprocess.run(
-        trainer_command(*args),
-        env={**offline_env, "WANDB_RUN_ID": "straight"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert reference.returncode == 0, reference.stderr
+    monkeypatch.setenv("WANDB_RUN_ID", "straight")
+    assert trainer.main(args) == 0, capsys.readouterr().err
 
     env = {
         **offline_env,
@@ -319,30 +311,23 @@ def test_sigterm_then_relaunch_with_the_same_run_id_ends_like_an_uninterrupted_r
     interrupted_at = run_files.load_checkpoint(tmp_path / "runs" / "preempted" / "last.pt")["epoch"]
     assert 1 <= interrupted_at < 4
 
-    resumed = subprocess.run(
-        trainer_command(*args), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"preempted after epoch {interrupted_at}" in resumed.stdout
+    monkeypatch.setenv("WANDB_RUN_ID", "preempted")
+    capsys.readouterr()
+    assert trainer.main(args) == 0, capsys.readouterr().err
+    assert f"preempted after epoch {interrupted_at}" in capsys.readouterr().out
     expected = json.loads((tmp_path / "runs" / "straight" / "summary.json").read_text())
     got = json.loads((tmp_path / "runs" / "preempted" / "summary.json").read_text())
     assert comparable(got) == comparable(expected)
 
 
-def test_sigint_then_resume_option_finishes_the_run(tiny_data_dir, tmp_path, offline_env):
+def test_sigint_then_resume_option_finishes_the_run(tiny_data_dir, tmp_path, offline_env, capsys):
     args = fast_args(tiny_data_dir, tmp_path / "runs", epochs=3)
     code, stderr = start_and_interrupt(args, offline_env, tmp_path, "runs/*/last.pt", signal.SIGINT)
     assert code == 128 + signal.SIGINT, stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
-    resumed = subprocess.run(
-        trainer_command(*args, "--resume", str(run_dir)),
-        env=offline_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    assert trainer.main([*args, "--resume", str(run_dir)]) == 0, (
+        capsys.readouterr().err
+    )  # in this process
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and [m["epoch"] for m in summary["history"]] == [1, 2, 3]
 
@@ -401,24 +386,17 @@ def test_epochs_are_logged_at_their_own_step_so_a_relaunch_cannot_collide(
 
 
 def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoints(
-    finished_run, tiny_data_dir, tmp_path, offline_env
+    finished_run, tiny_data_dir, tmp_path, capsys
 ):
     run_dir = finished_run  # FINISHED_RUN: epochs=1, learning_rate=0.01
     again = fast_args(tiny_data_dir, tmp_path / "runs", epochs=5, learning_rate=0.5) + [
         "--resume",
         str(run_dir),
     ]
-    resumed = subprocess.run(
-        trainer_command(*again),
-        env=offline_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    notes = [line for line in resumed.stdout.splitlines() if "ignored" in line]
-    assert len(notes) == 2, resumed.stdout
+    assert trainer.main(again) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if "ignored" in line]
+    assert len(notes) == 2, out
     assert notes[0].startswith(
         "--learning_rate=0.5 ignored: the resumed run keeps learning_rate=0.01"
     )
@@ -428,9 +406,7 @@ def test_resume_names_each_differing_command_line_value_and_keeps_the_checkpoint
 
 
 @pytest.mark.parametrize("missing", ["history", "optimizer"])
-def test_a_checkpoint_missing_a_key_resume_needs_is_one_line_and_exit_2(
-    missing, tmp_path, offline_env
-):
+def test_a_checkpoint_missing_a_key_resume_needs_is_one_line_and_exit_2(missing, tmp_path, capsys):
     run_dir = tmp_path / "runs" / "old"
     run_dir.mkdir(parents=True)
     model = trainer.SimpleCNN(8, 16, 32)
@@ -446,16 +422,8 @@ def test_a_checkpoint_missing_a_key_resume_needs_is_one_line_and_exit_2(
     }
     del checkpoint[missing]
     torch.save(checkpoint, run_dir / "last.pt")
-    result = subprocess.run(
-        trainer_command("--resume", str(run_dir), "--wandb-mode", "disabled"),
-        env=offline_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert one_line_error(result.stderr).endswith(
+    assert trainer.main(["--resume", str(run_dir), "--wandb-mode", "disabled"]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(
         f"last.pt is not a part_2_cifar checkpoint: it lacks {missing}"
     )
 
@@ -553,20 +521,13 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_clearly(good_checkpoint, dam
         run_files.load_checkpoint(good_checkpoint)
 
 
-def test_resuming_from_a_truncated_last_checkpoint_exits_2_with_one_line(tmp_path, offline_env):
+def test_resuming_from_a_truncated_last_checkpoint_exits_2_with_one_line(tmp_path, capsys):
     run_dir = tmp_path / "runs" / "broken"
     run_dir.mkdir(parents=True)
     (run_dir / "last.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
-    result = subprocess.run(
-        trainer_command("--resume", str(run_dir), "--wandb-mode", "disabled"),
-        env=offline_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert "cannot resume" in one_line_error(result.stderr) and "last.pt" in result.stderr
+    assert trainer.main(["--resume", str(run_dir), "--wandb-mode", "disabled"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "cannot resume" in line and "last.pt" in line
 
 
 # ------------------------------------------------------------------------------------ atomic writes

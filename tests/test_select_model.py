@@ -11,10 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT
+from conftest import FAST_CONFIG, ROOT, copy_of, process_env
 
 import part_2_cifar as trainer
 import select_model
@@ -119,10 +120,56 @@ def wait_for(path_glob: str, root: Path, process: subprocess.Popen, seconds: flo
         time.sleep(0.05)
 
 
-def test_a_killed_selection_resumes_without_retraining_finished_seeds(
-    two_sweeps_worth, learnable_data_dir, tmp_path, offline_env
-):
-    runs = two_sweeps_worth
+TINY_SWEEP = {
+    "program": "part_2_cifar.py",
+    "method": "random",
+    "metric": {"name": "val_accuracy", "goal": "maximize"},
+    "parameters": {
+        "num_filters_1": {"value": 8},
+        "num_filters_2": {"values": [8, 16]},
+        "num_filters_3": {"values": [16, 32]},
+        "batch_size": {"value": 64},
+        "learning_rate": {"min": 0.01, "max": 0.05},
+        "epochs": {"value": 2},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def swept_then_selected(learnable_data_dir, tmp_path_factory) -> SimpleNamespace:
+    """The README's flow up to the choice: a local sweep of TINY_SWEEP, 3 trials (in this process),
+    then `select_model.py --top 2 --seeds 1` as a process, W&B offline, killed with its trainer as
+    the first new seed's summary appears, and the same command again to its end. Built once for the
+    two tests below (next to each other, so that one test worker runs both), which read it or copy
+    it: (work folder, runs, the seed finished before the kill, its summary's bytes then, the second
+    command's CompletedProcess)."""
+    import local_sweep
+
+    work = tmp_path_factory.mktemp("swept_then_selected")
+    sweep, runs = work / "tiny.json", work / "runs"
+    sweep.write_text(json.dumps(TINY_SWEEP))
+    assert (
+        local_sweep.main(
+            [
+                str(sweep),
+                "--trials",
+                "3",
+                "--data-dir",
+                str(learnable_data_dir),
+                "--runs-dir",
+                str(runs),
+                "--val-size",
+                "100",
+                "--images-dir",
+                str(work / "images"),
+                "--wandb-mode",
+                "disabled",
+            ]
+        )
+        == 0
+    )
+
+    env = process_env(work)
     args = [
         str(runs),
         "--top",
@@ -134,12 +181,12 @@ def test_a_killed_selection_resumes_without_retraining_finished_seeds(
         "--wandb-mode",
         "offline",
         "--images-dir",
-        str(tmp_path / "images"),
+        str(work / "images"),
     ]
     process = subprocess.Popen(
         select_command(*args),
-        env=offline_env,
-        cwd=tmp_path,
+        env=env,
+        cwd=work,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -151,18 +198,24 @@ def test_a_killed_selection_resumes_without_retraining_finished_seeds(
     process.wait()
     (finished,) = [p.parent for p in runs.glob("selection/*/summary.json")]
     before = (finished / "summary.json").read_bytes()
-
     again = subprocess.run(
-        select_command(*args),
-        env=offline_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        select_command(*args), env=env, cwd=work, capture_output=True, text=True, timeout=300
+    )
+    return SimpleNamespace(work=work, runs=runs, finished=finished, before=before, again=again)
+
+
+def test_a_killed_selection_resumes_without_retraining_finished_seeds(swept_then_selected):
+    runs, work, finished, again = (
+        swept_then_selected.runs,
+        swept_then_selected.work,
+        swept_then_selected.finished,
+        swept_then_selected.again,
     )
     assert again.returncode == 0, again.stderr
     assert "1 trainings to run, 1 already finished" in again.stdout
-    assert (finished / "summary.json").read_bytes() == before  # never trained twice
+    assert (
+        finished / "summary.json"
+    ).read_bytes() == swept_then_selected.before  # never trained twice
     selection = json.loads((runs / "selection.json").read_text())
     assert [c["seeds"] for c in selection["configs"]] == [
         2,
@@ -186,14 +239,14 @@ def test_a_killed_selection_resumes_without_retraining_finished_seeds(
         assert low <= config["val_accuracy_mean"] <= high
     best = selection["configs"][0]
     assert selection["best"] in best["runs"] and (runs / selection["best"] / "best.pt").is_file()
-    assert (tmp_path / "images" / "selection_runs.png").is_file()
+    assert (work / "images" / "selection_runs.png").is_file()
     for run_id in (
         Path(run).name
         for c in selection["configs"]
         for run in c["runs"]
         if run.startswith("selection")
     ):
-        assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}")), (
+        assert list((work / "wandb").glob(f"offline-run-*-{run_id}")), (
             run_id
         )  # each seed is a W&B run
     # The seed trained by the second command ended cleanly: its W&B run is in the selection's group.
@@ -202,87 +255,20 @@ def test_a_killed_selection_resumes_without_retraining_finished_seeds(
     (second,) = [p for p in runs.glob("selection/*") if p.is_dir() and p != finished]
     assert any(
         b"selection-runs" in f.read_bytes()
-        for f in (tmp_path / "wandb").glob(f"*-{second.name}/*.wandb")
+        for f in (work / "wandb").glob(f"*-{second.name}/*.wandb")
     )
-
-
-def test_no_finished_run_is_one_line_and_exit_2(tmp_path, offline_env):
-    (tmp_path / "runs").mkdir()
-    result = subprocess.run(
-        select_command(str(tmp_path / "runs")),
-        env=offline_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2 and result.stderr.startswith("error: no finished run")
-    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_sweep_then_selection_then_export_of_what_was_chosen(
-    learnable_data_dir, tmp_path, offline_env, monkeypatch, capsys
+    swept_then_selected, learnable_data_dir, tmp_path, capsys
 ):
-    import local_sweep
     import trt_export
 
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    sweep = tmp_path / "tiny.json"
-    sweep.write_text(
-        json.dumps(
-            {
-                "program": "part_2_cifar.py",
-                "method": "random",
-                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                "parameters": {
-                    "num_filters_1": {"value": 8},
-                    "num_filters_2": {"values": [8, 16]},
-                    "num_filters_3": {"values": [16, 32]},
-                    "batch_size": {"value": 64},
-                    "learning_rate": {"min": 0.01, "max": 0.05},
-                    "epochs": {"value": 2},
-                },
-            }
-        )
-    )
-    runs = tmp_path / "runs"
-    assert (
-        local_sweep.main(
-            [
-                str(sweep),
-                "--trials",
-                "3",
-                "--data-dir",
-                str(learnable_data_dir),
-                "--runs-dir",
-                str(runs),
-                "--val-size",
-                "100",
-                "--images-dir",
-                str(tmp_path / "images"),
-            ]
-        )
-        == 0
-    )
+    assert swept_then_selected.again.returncode == 0, (
+        swept_then_selected.again.stderr
+    )  # the selection ended
+    runs = copy_of(swept_then_selected.runs, tmp_path / "runs")  # the exports write beside the runs
     assert len(list(runs.glob("tiny/trial-*/summary.json"))) == 3
-
-    monkeypatch.chdir(tmp_path)
-    assert (
-        select_model.main(
-            [
-                str(runs),
-                "--top",
-                "2",
-                "--seeds",
-                "1",
-                "--data-dir",
-                str(learnable_data_dir),
-                "--images-dir",
-                str(tmp_path / "images"),
-            ]
-        )
-        == 0
-    )
     selection = json.loads((runs / "selection.json").read_text())
     export = [
         "--runs-dir",
@@ -303,7 +289,9 @@ def test_a_sweep_then_selection_then_export_of_what_was_chosen(
         "1",
         "--plot",
         str(tmp_path / "images" / "export.png"),
-    ]
+        "--precision",
+        "fp32",
+    ]  # which checkpoint is chosen is the point: one ONNX export, not two
     capsys.readouterr()
     assert trt_export.main(["--checkpoint", "best", "--out", str(tmp_path / "best"), *export]) == 0
     assert (
@@ -321,6 +309,16 @@ def test_a_sweep_then_selection_then_export_of_what_was_chosen(
         == 0
     )
     assert f"exporting checkpoint {runs / seed / 'best.pt'} " in capsys.readouterr().out
+
+
+def test_no_finished_run_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert (
+        select_model.main([str(tmp_path / "runs")]) == 2
+    )  # in this process; as one: test_exit_codes.py
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: no finished run")
+    assert len(stderr.strip().splitlines()) == 1
 
 
 def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points(
@@ -435,10 +433,12 @@ def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points
                 str(tmp_path / "cheap"),
                 "--plot",
                 str(tmp_path / "images" / "export.png"),
+                "--precision",
+                "fp32",
             ]
         )
         == 0
-    )
+    )  # the checkpoint chosen is the point: one ONNX export
     seed = choice.best_seed(
         cheapest, runs / "deploy"
     )  # the cheapest of the confirmed front, its best seed

@@ -289,8 +289,10 @@ NOT_RECORDS = [
     ids=lambda x: getattr(x, "__name__", x),
 )
 def test_a_damaged_journal_is_one_line_exit_2_and_its_advice_recovers_the_study(
-    finished_journal, tmp_path, offline_env, capsys, damage, safe
+    finished_journal, capsys, damage, safe
 ):
+    # The commands in this process (main()): the journal's bytes are the point; a real process reads
+    # a cut journal in test_a_cut_last_record_..., a read-only one in test_a_read_only_journal_...
     args, journal = finished_journal
     damage(journal)
     capsys.readouterr()
@@ -298,12 +300,11 @@ def test_a_damaged_journal_is_one_line_exit_2_and_its_advice_recovers_the_study(
     damaged_line = (
         damaged.splitlines().index(next(x for x in damaged.splitlines() if not is_record(x))) + 1
     )
-    done = run_sweep_process(
-        [*args, "--trials", "2"], offline_env, tmp_path
-    )  # the command that would append
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert_no_traceback(done.stdout + done.stderr)
-    (line,) = done.stderr.strip().splitlines()
+    code = local_sweep.main([*args, "--trials", "2"])  # the command that would append
+    done = capsys.readouterr()
+    assert code == 2, done.err[-3000:]
+    assert_no_traceback(done.out + done.err)
+    (line,) = done.err.strip().splitlines()
     assert f"journal {journal} line {damaged_line} is damaged" in line and safe in line, line
     assert journal.read_bytes() == damaged  # nothing changed, nothing appended after the damage
     assert (

@@ -17,10 +17,11 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import at_terminal_defaults
+from conftest import at_terminal_defaults, postgres_bin_dir, process_env
 
 import local_sweep
 from cifarkit.core import run_files
@@ -149,20 +150,73 @@ def load(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials()
 
 
-def test_two_machines_finish_exactly_n_trials_and_the_same_command_after_the_end_does_nothing(
-    tmp_path, postgres_url, learnable_data_dir, offline_env, own_hostname
-):
-    sweep, runs = write_sweep(tmp_path / "pair.json", epochs=2), tmp_path / "shared-runs"
-    args = sweep_args(
-        sweep, learnable_data_dir, runs, postgres_url, 3
-    )  # odd: both ask for the last trial at once
-    a, b = (
-        Machine(name, own_hostname, args, offline_env, tmp_path).start()
-        for name in ("machine-a", "machine-b")
+@pytest.fixture(scope="module")
+def two_machines_ran(
+    tmp_path_factory, postgres_server, learnable_data_dir, own_hostname
+) -> SimpleNamespace:
+    """Two machines ran one study to its end: sweep_deploy.json's form (method custom, engine
+    optuna, two metrics), N = 3 trials of an epoch in a database of its own. Built once for the two
+    tests below, which change nothing in the study (next to each other, so that one test worker runs
+    both). (args, url, study name)."""
+    tmp_path = tmp_path_factory.mktemp("two_machines")
+    # The session's server is this worker's own; postgres_url names the others db_*.
+    database = "two_machines"
+    port = postgres_server.rsplit(":", 1)[1]
+    subprocess.run(
+        [
+            postgres_bin_dir() / "createdb",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-U",
+            "postgres",
+            database,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
-    assert a.wait() == 0, a.output()[-3000:]
-    assert b.wait() == 0, b.output()[-3000:]
-    trials = load(postgres_url, "pair")
+    url = f"{postgres_server}/{database}"
+    sweep = tmp_path / "front.json"
+    sweep.write_text(
+        json.dumps(
+            {
+                "program": "part_2_cifar.py",
+                "method": "custom",
+                "scheduler": {"engine": "optuna"},
+                "metrics": [
+                    {"name": "best_val_accuracy", "goal": "maximize"},
+                    {"name": "flops_per_image", "goal": "minimize"},
+                ],
+                "parameters": {
+                    "learning_rate": {"min": 0.01, "max": 0.05},
+                    "epochs": {"value": 1},
+                    "batch_size": {"value": 64},
+                    "num_filters_1": {"value": 8},
+                    "num_filters_2": {"values": [8, 16]},
+                    "num_filters_3": {"value": 16},
+                },
+            }
+        )
+    )
+    # N = 3, odd: both machines ask for the last trial at once.
+    args = sweep_args(sweep, learnable_data_dir, tmp_path / "shared-runs", url, 3)
+    env = process_env(tmp_path)
+    machines = [
+        Machine(name, own_hostname, args, env, tmp_path).start()
+        for name in ("machine-a", "machine-b")
+    ]
+    for machine in machines:
+        assert machine.wait() == 0, machine.output()[-3000:]
+    return SimpleNamespace(args=args, url=url, study="front")
+
+
+def test_two_machines_finish_exactly_n_trials_and_the_same_command_after_the_end_does_nothing(
+    two_machines_ran,
+):
+    args, url = two_machines_ran.args, two_machines_ran.url
+    trials = load(url, two_machines_ran.study)
     assert [t.state.name for t in trials] == [
         "COMPLETE"
     ] * 3  # not one more, and no FAIL for a lost race
@@ -172,8 +226,21 @@ def test_two_machines_finish_exactly_n_trials_and_the_same_command_after_the_end
     assert (
         local_sweep.main(args) == 0
     )  # the same command after the end, in this process (no hostname needed)
-    assert len(load(postgres_url, "pair")) == 3
+    assert len(load(url, two_machines_ran.study)) == 3
     assert time.monotonic() - started < 60  # it sees 3 finished and stops: no training
+
+
+def test_two_machines_run_a_multi_objective_study_to_exactly_n_trials(two_machines_ran):
+    """sweep_deploy.json's form (method custom, engine optuna, two metrics): one direction per
+    objective in the database, both values of every trial read from its run's summary."""
+    study = optuna.load_study(study_name=two_machines_ran.study, storage=two_machines_ran.url)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert {t.user_attrs["host"] for t in study.trials} == {"machine-a", "machine-b"}
+    for t in study.trials:
+        summary = json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text())
+        assert t.values == [summary["best_val_accuracy"], summary["flops_per_image"]]
+    assert study.best_trials  # Optuna's front, which the report writes to trials.csv
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-run-folders", "own-run-folders"])
@@ -271,50 +338,6 @@ def test_a_storage_that_cannot_open_is_one_line(tmp_path, url, words, learnable_
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, tmp_path / "runs", url, 1)) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
-
-
-def test_two_machines_run_a_multi_objective_study_to_exactly_n_trials(
-    tmp_path, postgres_url, learnable_data_dir, offline_env, own_hostname
-):
-    """sweep_deploy.json's form (method custom, engine optuna, two metrics): one direction per
-    objective in the database, both values of every trial read from its run's summary."""
-    sweep = tmp_path / "front.json"
-    sweep.write_text(
-        json.dumps(
-            {
-                "program": "part_2_cifar.py",
-                "method": "custom",
-                "scheduler": {"engine": "optuna"},
-                "metrics": [
-                    {"name": "best_val_accuracy", "goal": "maximize"},
-                    {"name": "flops_per_image", "goal": "minimize"},
-                ],
-                "parameters": {
-                    "learning_rate": {"min": 0.01, "max": 0.05},
-                    "epochs": {"value": 1},
-                    "batch_size": {"value": 64},
-                    "num_filters_1": {"value": 8},
-                    "num_filters_2": {"values": [8, 16]},
-                    "num_filters_3": {"value": 16},
-                },
-            }
-        )
-    )
-    args = sweep_args(sweep, learnable_data_dir, tmp_path / "shared-runs", postgres_url, 3)
-    a, b = (
-        Machine(name, own_hostname, args, offline_env, tmp_path).start()
-        for name in ("machine-a", "machine-b")
-    )
-    assert a.wait() == 0, a.output()[-3000:]
-    assert b.wait() == 0, b.output()[-3000:]
-    study = optuna.load_study(study_name="front", storage=postgres_url)
-    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    assert {t.user_attrs["host"] for t in study.trials} == {"machine-a", "machine-b"}
-    for t in study.trials:
-        summary = json.loads(Path(t.user_attrs["run_dir"], "summary.json").read_text())
-        assert t.values == [summary["best_val_accuracy"], summary["flops_per_image"]]
-    assert study.best_trials  # Optuna's front, which the report writes to trials.csv
 
 
 WRITE_AT_ONCE = """

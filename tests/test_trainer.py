@@ -404,8 +404,10 @@ def test_the_readme_table_of_hyperparameters_is_the_settings_table():
 
 
 def test_every_swept_key_is_accepted_as_key_equals_value_and_lands_in_the_run_config(
-    tiny_data_dir, tmp_path, offline_env
+    tiny_data_dir, tmp_path, offline, capsys
 ):
+    # main() in this process, W&B offline: the parsing and run.config are the point (a real process
+    # that `wandb agent` starts is tests/test_sweep_values.py's).
     chosen = {
         **FAST_CONFIG,
         "momentum": 0.85,
@@ -428,8 +430,7 @@ def test_every_swept_key_is_accepted_as_key_equals_value_and_lands_in_the_run_co
         "offline",
         "--no-log-model",
     ]
-    result = run_trainer(args, offline_env, tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert trainer.main(args) == 0, capsys.readouterr().err
     (run_dir,) = (tmp_path / "runs").iterdir()
     config = json.loads((run_dir / "summary.json").read_text())[
         "config"

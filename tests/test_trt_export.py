@@ -409,16 +409,14 @@ def test_a_cpu_registry_lists_every_backend_each_runnable_here_or_with_the_reaso
 # Bad input: one line, exit 2, no traceback
 
 
-def test_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "trt_export.py"), "--checkpoint", str(tmp_path / "nope.pt")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
+def test_missing_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
+    assert (
+        trt_export.main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    )  # as a process: test_exit_codes.py
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"
     )
-    assert result.returncode == 2
-    assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"
 
 
 def test_truncated_checkpoint_is_one_line_and_exit_2(trained_run, tmp_path, capsys):
@@ -499,16 +497,14 @@ def test_with_no_arguments_it_exports_the_best_run_under_runs(trained_run, data_
     assert (tmp_path / "images" / "inference_benchmark.png").is_file()
 
 
-def test_with_no_arguments_and_no_run_yet_it_says_what_to_do_and_exits_2(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "trt_export.py")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    (line,) = result.stderr.strip().splitlines()
+def test_with_no_arguments_and_no_run_yet_it_says_what_to_do_and_exits_2(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert trt_export.main([]) == 2  # in this process; as one: test_exit_codes.py
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    (line,) = stderr.strip().splitlines()
     assert (
         line.startswith("error: no run in runs has a summary.json")
         and "train one with part_2_cifar.py" in line
