@@ -776,9 +776,8 @@ def launch_workers(argv: list[str], workers: int) -> int:
                             proc.send_signal(cli.passed_on(stop.signum))
                     forwarded = True
                 time.sleep(0.2)
-            except (
-                KeyboardInterrupt
-            ):  # Ctrl-C twice: the workers got it too (one process group) and stop now
+            # Ctrl-C twice: the workers got it too (one process group) and stop now.
+            except KeyboardInterrupt:
                 pass
     codes = [proc.returncode for proc in procs]
     return cli.stopped_by(stop.signum) if stop.signum is not None else max(codes, key=abs)

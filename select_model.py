@@ -304,11 +304,9 @@ def train_seeds(
                         file=sys.stderr,
                     )
             time.sleep(0.2)
-        except (
-            KeyboardInterrupt
-        ):  # Ctrl-C twice: the trainers got it too (one process group) and stop now;
-            # wait for them (each saves nothing more and ends at once), so none is left running
-            # unseen
+        # Ctrl-C twice: the trainers got it too (one process group) and stop now; wait for them
+        # (each saves nothing more and ends at once), so none is left running unseen.
+        except KeyboardInterrupt:
             pass
     if stop.signum is not None:
         print(

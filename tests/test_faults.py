@@ -491,3 +491,35 @@ def test_an_error_of_this_projects_own_code_keeps_its_traceback():
         bug = e
     with pytest.raises(KeyError):
         cli.boundary(bug)
+
+
+def test_every_error_class_of_the_project_shares_one_base_with_an_exit_code_of_the_table():
+    # Every module of the project imported; then every exception class it defines.
+    import importlib
+    import pkgutil
+
+    import cifarkit
+
+    modules = ["part_2_cifar", "local_sweep", "select_model", "trt_export", "synthetic_cifar100"]
+    modules += [m.name for m in pkgutil.walk_packages(cifarkit.__path__, "cifarkit.")]
+    for name in modules:
+        importlib.import_module(name)
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    ours = {
+        cls
+        for cls in subclasses(BaseException)
+        if cls.__module__.split(".")[0] in {"cifarkit", *modules}
+    }
+    assert len(ours) >= 16, sorted(cls.__name__ for cls in ours)
+    outside = sorted(cls.__name__ for cls in ours if not issubclass(cls, cli.CommandExit))
+    assert outside == [], f"not a CommandExit: {outside}"
+    # A stop is no Exception (no library's `except Exception` swallows it); an error is one.
+    assert not issubclass(cli.Interrupted, Exception)
+    assert issubclass(cli.CommandError, Exception)
+    table = {cli.EXIT_DONE, cli.EXIT_FAILED, cli.EXIT_BAD_INPUT}
+    assert {cls.exit_code for cls in ours if cls is not cli.Interrupted} <= table

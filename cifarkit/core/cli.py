@@ -1,13 +1,13 @@
 """The command-line kit every command imports: exit codes, the error model, the parser, stop
 signals, worker processes.
 
-part_2_cifar.py, local_sweep.py, select_model.py, trt_export.py, synthetic_cifar100.py all end
-the same way. Their exit codes follow one table (EXIT_CODES, and the README's "Exit codes").
-Every error the project raises for people is a CommandError: one line (one_line makes it) and an
-exit code. Each command's main is its one boundary: `boundary` turns whatever reaches it into that
-line and code (an OSError by its errno, naming the file; a library's error by its library), after
-the command saved what it had in memory. Files are written by write_atomic: a final name only ever
-holds a whole file.
+part_2_cifar.py, local_sweep.py, select_model.py, trt_export.py, synthetic_cifar100.py all end the
+same way. Their exit codes follow one table (EXIT_CODES, and the README's "Exit codes"). Every way
+the project ends a command early is a CommandExit: one line (one_line makes it) and an exit code; an
+error is a CommandError, a stop signal an Interrupted. Each command's main is its one boundary:
+`boundary` turns whatever reaches it into that line and code (an OSError by its errno, naming the
+file; a library's error by its library), after the command saved what it had in memory. Files are
+written by write_atomic: a final name only ever holds a whole file.
 Their parsers print one line for a bad option.
 A stop signal is a graceful stop everywhere: saved, then exit 128 + n. Its exception, Interrupted,
 is a BaseException as KeyboardInterrupt is, so no library's `except Exception` swallows it.
@@ -45,12 +45,20 @@ EXIT_CODES = {
 }
 
 
-class CommandError(Exception):
-    """The base of every error this project raises for people: str(error) is the one line a command
-    prints, and `exit_code` its row of EXIT_CODES (a subclass sets it). Each command's main turns
-    one into that line and code."""
+class CommandExit(BaseException):
+    """The one base of every way this project ends a command early: str(error) is the one line the
+    command prints, `exit_code` its row of EXIT_CODES. Two branches: CommandError (an Exception:
+    bad input, a failure at run time) and Interrupted (a stop signal, a BaseException only, as
+    KeyboardInterrupt is, so that no library's `except Exception` swallows it). Each command's one
+    boundary turns either into its line and code."""
 
     exit_code = EXIT_FAILED
+
+
+class CommandError(CommandExit, Exception):
+    """The base of every error this project raises for people: str(error) is the one line a command
+    prints, and `exit_code` its row of EXIT_CODES (a subclass sets it). A library that catches
+    Exception around a callback of ours (Optuna's objective) sees it as the error it is."""
 
 
 def exit_code(error: BaseException) -> int:
@@ -366,7 +374,7 @@ STOP_SIGNALS = tuple(
 )
 
 
-class Interrupted(BaseException):
+class Interrupted(CommandExit):
     """A stop signal arrived; last.pt holds the last finished epoch. A BaseException, as
     KeyboardInterrupt is: a library that catches Exception around its own work (torch's ONNX
     exporter, Optuna, matplotlib, W&B) lets it pass, so a stop inside a library call still stops.
