@@ -148,16 +148,16 @@ def load_sweep(path: Path) -> Sweep:
     sweep = dataclasses.replace(sweep, optimizer=study_factory(sweep))  # before any study is made
     if "search_space" not in sweep.scheduler:
         return sweep
+    # W&B's own loader and checks
     from wandb.sdk.sweeps.scheduler.optuna import (
         load_trial_constructor,
-    )  # W&B's own loader and checks
+    )
 
     source, name = sweep.scheduler["source"], sweep.scheduler["search_space"]
     with user_code("scheduler.search_space", source, name):
         constructor = load_trial_constructor(source, name)
-        params = constructor(
-            optuna.create_study().ask()
-        )  # a throw-away trial, as W&B's loader makes
+        # a throw-away trial, as W&B's loader makes
+        params = constructor(optuna.create_study().ask())
         fixed = sorted(set(params) & set(space.NOT_SWEPT))
         # run_trial would override it with --val-size: say so rather than ignore the function's
         # value
@@ -344,9 +344,8 @@ def study_factory(
     )
     with user_code("scheduler.optimizer", source, name):
         study, terminator = load_optimizer_config(source, name, optuna.Study, info)
-    if (
-        terminator is not None
-    ):  # the sweep ends at --trials N; a second rule would have to be shared by machines
+    # the sweep ends at --trials N; a second rule would have to be shared by machines
+    if terminator is not None:
         raise SweepConfigError(
             f"scheduler.optimizer {name!r} in {source} returns a terminator, which local_sweep.py "
             "does not run: return the study alone and bound the sweep with --trials"
@@ -584,9 +583,8 @@ def run_trial(
         "resumed_after_epoch": resume["epoch"] if resume else 0,
         "device": device_name(data.train_labels.device),
     }.items():
-        trial.set_user_attr(
-            key, value
-        )  # a retry inherits the dead attempt's attrs: each is set again
+        # a retry inherits the dead attempt's attrs: each is set again
+        trial.set_user_attr(key, value)
     pruning = Pruning(
         trial,
         sweep.metric,
@@ -656,9 +654,8 @@ def work(
         def check_interrupt() -> None:
             stop.check()
             if args.worker_of is not None and os.getppid() != args.worker_of:
-                raise cli.Interrupted(
-                    signal.SIGHUP
-                )  # the launcher was killed: stop as if the terminal hung up
+                # the launcher was killed: stop as if the terminal hung up
+                raise cli.Interrupted(signal.SIGHUP)
 
         while True:
             try:
@@ -708,10 +705,10 @@ def work(
                 except cli.FileFailed as e:  # a full disk, a folder gone: so would every next trial
                     give_up_for_a_retry(study, trial, str(e))
                     return cli.fail(e)
-            if (
-                code > 128
-            ):  # interrupted (run_training printed the line): queue it again, so the same command
-                retry_later(study, frozen)  # continues it
+            # Interrupted (run_training printed the line): queue it again, so that the same
+            # command continues it.
+            if code > 128:
+                retry_later(study, frozen)
                 return code
             failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
@@ -741,9 +738,8 @@ def launch_workers(argv: list[str], workers: int) -> int:
     stop signals (cli.passed_on). Exit code: 128 + the first stop signal received, else the workers'
     worst."""
     procs: list[subprocess.Popen] = []
-    with (
-        cli.StopOnSignal() as stop
-    ):  # main's: a signal that came while the study opened starts no worker
+    # main's: a signal that came while the study opened starts no worker
+    with cli.StopOnSignal() as stop:
         if stop.signum is not None:
             print(
                 f"interrupted by {signal.Signals(stop.signum).name} before the workers started: "
@@ -878,9 +874,8 @@ def main(argv: list[str] | None = None) -> int:
     a bad value or a file to fix (the sweep file, a damaged journal, the data set); 128+n stopped
     by signal n. Its one boundary is cli.boundary; a trial a failure leaves running is failed and
     retried by the dead-trial rule."""
-    with (
-        cli.StopOnSignal()
-    ):  # from the first line, as in the trainer; work() and launch_workers() share its signal
+    # from the first line, as in the trainer; work() and launch_workers() share its signal
+    with cli.StopOnSignal():
         try:
             return run_sweep(sys.argv[1:] if argv is None else argv)
         except BaseException as e:  # Ctrl-C twice outside a trial (a trial ends itself): "stop now"
@@ -912,9 +907,8 @@ def run_sweep(argv: list[str]) -> int:
     args = parse_args(argv)
     budget = TimeBudget(args.time_budget) if args.time_budget else None  # loading data counts too
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings(
-        "ignore", category=optuna.exceptions.ExperimentalWarning
-    )  # heartbeat, retry, plots
+    # heartbeat, retry, plots
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings(
         "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
     )

@@ -236,9 +236,8 @@ def train_seeds(
     the running ones have ended is cli.FileFailed."""
     slots, running, failures, forwarded = cli.gpu_slots(args.workers), {}, set(), False
     pending, not_started = list(todo), None
-    while running or (
-        pending and stop.signum is None
-    ):  # after a signal, what has not started waits for a rerun
+    # after a signal, what has not started waits for a rerun
+    while running or (pending and stop.signum is None):
         try:
             for slot in [
                 s
@@ -279,9 +278,8 @@ def train_seeds(
                 del running[slot]
                 summary = read_summary(selection_dir / run_id)
                 if process.returncode == 0 and summary:
-                    best = summary.get(
-                        "best_val_accuracy"
-                    )  # None: it diverged before any epoch finished
+                    # None: it diverged before any epoch finished
+                    best = summary.get("best_val_accuracy")
                     print(
                         f"  {run_id}: "
                         + (
@@ -316,9 +314,8 @@ def train_seeds(
         return cli.stopped_by(stop.signum)
     if not_started is not None:
         raise not_started
-    if (
-        cli.EXIT_BAD_INPUT in failures
-    ):  # a file or value the user must fix (a checkpoint) is said first
+    # a file or value the user must fix (a checkpoint) is said first
+    if cli.EXIT_BAD_INPUT in failures:
         return cli.EXIT_BAD_INPUT
     return cli.EXIT_FAILED if failures else cli.EXIT_DONE
 

@@ -50,9 +50,8 @@ def write_synthetic_cifar100(
     """
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (num_classes, 3, 4, 4)).astype(np.float64)
-    templates = coarse.repeat(8, axis=2).repeat(
-        8, axis=3
-    )  # (classes, 3, 32, 32) blocks of 8x8 pixels
+    # (classes, 3, 32, 32) blocks of 8x8 pixels
+    templates = coarse.repeat(8, axis=2).repeat(8, axis=3)
     root = Path(data_dir) / "cifar-100-python"
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -121,12 +121,13 @@ from part_2_cifar import SETTINGS, SPLIT_SEED, model_from_config, normalize
 # Settings
 
 PRECISION = "fp16"  # default engine precision: tensor cores and half the memory traffic of fp32
+# latency (1) to throughput (1024); the engine's profile spans min..max
 BATCH_SIZES = (
     1,
     32,
     256,
     1024,
-)  # latency (1) to throughput (1024); the engine's profile spans min..max
+)
 PARITY_IMAGES = 256  # test images compared logit by logit between PyTorch and ONNX Runtime
 PARITY_MAX_ABS_DIFF = 1e-4  # fp32 ONNX vs PyTorch on the CPU: only summation order differs
 # fp16 ONNX: max |diff| <= this x max |logit| (fp16 keeps ~3 significant digits). Its top-1
@@ -312,9 +313,8 @@ def export_and_check(
     reference = torch_predictor(on_device(model, torch.device("cpu")), torch.device("cpu"), None)
     paths, sessions, results = {"fp32": out / "model.onnx"}, {}, {}
     export_onnx(model, paths["fp32"])
-    if (
-        precision == "fp16"
-    ):  # the engine is built from it; in ONNX Runtime it shows what fp16 does to the logits
+    # the engine is built from it; in ONNX Runtime it shows what fp16 does to the logits
+    if precision == "fp16":
         paths["fp16"] = out / "model_fp16.onnx"
         export_onnx(HalfPrecision(model).eval(), paths["fp16"])
     for name, path in paths.items():

@@ -37,10 +37,11 @@ from pathlib import Path
 STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
 FIXES = (
     (re.compile(r"([(, ])in: "), r"\1in_: "),  # `def f(self, in: list[...])` -> `in_`
+    # add_scale_nd's non-default after defaults
     (
         re.compile(r", channel_axis: int\)"),
         ", channel_axis: int = ...)",
-    ),  # add_scale_nd's non-default after defaults
+    ),
 )
 MYPY_CONFIG = """[mypy]
 follow_imports = silent

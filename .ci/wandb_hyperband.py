@@ -32,9 +32,8 @@ def decide(case: dict) -> dict:
         for name, each in runs.items():
             each.state = RunState.running if name in event["running"] else RunState.finished
         stops.append(sorted(run.name for run in hyperband_stop_runs(list(runs.values()), config)))
-    probe = SweepRun(
-        name="probe", state=RunState.running, history=[]
-    )  # W&B leaves its bands in the run's info
+    # W&B leaves its bands in the run's info
+    probe = SweepRun(name="probe", state=RunState.running, history=[])
     hyperband_stop_runs([probe], config)
     return {"bands": probe.early_terminate_info["bands"], "stops": stops}
 

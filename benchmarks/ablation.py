@@ -154,9 +154,8 @@ def train_epoch(
     step (e.g. loss.item(), the host sync many loops do to print the loss). Returns the same
     metrics."""
     device = data.train_labels.device
-    forward = (
-        model if forward is None else forward
-    )  # not `or`: bool() of a compiled module calls len()
+    # not `or`: bool() of a compiled module calls len()
+    forward = model if forward is None else forward
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -200,9 +199,8 @@ def build(
     model, optimizer = p2.new_model_and_optimizer(config, device)
     amp_dtype = machine.autocast_dtype(device) if variant.amp == "auto" else AMP_DTYPES[variant.amp]
     forward = None  # train_epoch's default: model(x)
-    if (
-        not variant.channels_last
-    ):  # NCHW weights (the same parameters, so the optimizer still holds them) and input
+    # NCHW weights (the same parameters, so the optimizer still holds them) and input
+    if not variant.channels_last:
         model.to(memory_format=torch.contiguous_format)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
@@ -217,9 +215,8 @@ def build(
                 : config["batch_size"], crop : crop + 32, crop : crop + 32
             ].contiguous()
         )
-        with machine.autocast(
-            device.type, amp_dtype, cache_enabled=False
-        ):  # graphed callables need the cache off
+        # graphed callables need the cache off
+        with machine.autocast(device.type, amp_dtype, cache_enabled=False):
             forward = torch.cuda.make_graphed_callables(model, (sample,))
     elif variant.compile_mode is not None:
         forward = torch.compile(model, mode=variant.compile_mode)
@@ -463,9 +460,8 @@ def run_ablation(
     return result
 
 
-if (
-    __name__ == "__main__"
-):  # one process of compile_float_check: JSON request in argv, JSON rows as stdout's last line
+# one process of compile_float_check: JSON request in argv, JSON rows as stdout's last line
+if __name__ == "__main__":
     request = json.loads(sys.argv[1])
     print(
         json.dumps(

@@ -16,9 +16,8 @@ import torch
 
 from cifarkit.core import cifar_files, cli, machine
 
-ROOT = (
-    Path(__file__).resolve().parents[1]
-)  # the repository root: run the benchmarks from it, `python -m benchmarks.x`
+# the repository root: run the benchmarks from it, `python -m benchmarks.x`
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:

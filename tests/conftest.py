@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from cifarkit.core import cli
+
+# the repository root is on sys.path: pythonpath in pyproject
 from synthetic_cifar100 import (
     write_synthetic_cifar100,
-)  # the repository root is on sys.path: pythonpath in pyproject
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -343,9 +345,8 @@ def postgres_server() -> str:
     if bin_dir is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
     as_user: list[str] = []
-    root = Path(
-        tempfile.mkdtemp(prefix="pytest-postgres-")
-    )  # not under pytest's tmp: the server's user reads it
+    # not under pytest's tmp: the server's user reads it
+    root = Path(tempfile.mkdtemp(prefix="pytest-postgres-"))
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         try:
             shutil.chown(root, "postgres")
@@ -353,10 +354,11 @@ def postgres_server() -> str:
             pytest.skip("running as root and there is no 'postgres' user to run the server as")
         as_user = ["runuser", "-u", "postgres", "--"]
     port, data = _free_loopback_port(), root / "data"
+    # a test database: speed over durability
     options = (
         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
         "-c full_page_writes=off"
-    )  # a test database: speed over durability
+    )
     try:
         subprocess.run(
             [
@@ -415,9 +417,8 @@ def postgres_server() -> str:
 @pytest.fixture()
 def postgres_url(postgres_server: str, tmp_path: Path) -> str:
     """A new, empty database on the session's server, for one test."""
-    name = "db_" + "".join(
-        c if c.isalnum() else "_" for c in tmp_path.name.lower()
-    )  # unique in a session
+    # unique in a session
+    name = "db_" + "".join(c if c.isalnum() else "_" for c in tmp_path.name.lower())
     port = postgres_server.rsplit(":", 1)[1]
     subprocess.run(
         [postgres_bin_dir() / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", name],

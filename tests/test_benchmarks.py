@@ -44,8 +44,7 @@ def test_the_ablation_hooks_change_only_what_they_name(tiny_data_dir):
         forward=lambda x: calls.append(len(x)) or model(x),
         after_step=lambda loss: losses.append(loss.item()),
     )
-    assert (
-        hooked == plain
-    )  # a forward that is the model, and a host sync per step, change no number
+    # a forward that is the model, and a host sync per step, change no number
+    assert hooked == plain
     steps = trainer.steps_per_epoch(data.train_labels.numel(), config["batch_size"])
     assert calls == [config["batch_size"]] * steps and len(losses) == steps

@@ -94,9 +94,8 @@ def other_data_dir(tmp_path_factory) -> Path:
 # Non-finite is diverged
 
 
-@pytest.mark.parametrize(
-    "learning_rate, batch_size", [(1e6, 64), (1e3, 256)]
-)  # NaN in training / in validation
+# NaN in training / in validation
+@pytest.mark.parametrize("learning_rate, batch_size", [(1e6, 64), (1e3, 256)])
 def test_a_run_diverging_in_its_first_epoch_keeps_nothing_and_says_no_epoch_finished(
     learning_rate, batch_size, tiny_data_dir, tmp_path, capsys
 ):
@@ -133,9 +132,8 @@ def poison_nan_weight(model: torch.nn.Module) -> None:
 
 
 def poison_running_variance(model: torch.nn.Module) -> None:
-    model.bn3.running_var[0] = float(
-        "inf"
-    )  # x / sqrt(inf) = 0: validation stays finite, the weights do not
+    # x / sqrt(inf) = 0: validation stays finite, the weights do not
+    model.bn3.running_var[0] = float("inf")
 
 
 @pytest.mark.parametrize("poison", [poison_nan_weight, poison_running_variance])
@@ -144,9 +142,8 @@ def test_an_epoch_that_ends_with_non_finite_weights_is_not_kept(
 ):
     real_train_epoch = trainer.train_epoch
 
-    def train_epoch(
-        model, *args, **kwargs
-    ):  # epoch 2's training ends with a non-finite value in the model
+    # epoch 2's training ends with a non-finite value in the model
+    def train_epoch(model, *args, **kwargs):
         metrics = real_train_epoch(model, *args, **kwargs)
         if args[3] == 2:
             with torch.no_grad():
@@ -310,13 +307,11 @@ def test_a_last_pt_from_before_data_was_recorded_resumes_with_a_note(
 
 def wrapped(name: str, model: torch.nn.Module) -> torch.nn.Module:
     if name == "DataParallel":
-        return torch.nn.DataParallel(
-            model
-        )  # on a machine without GPUs it only wraps: names get "module."
+        # on a machine without GPUs it only wraps: names get "module."
+        return torch.nn.DataParallel(model)
     if name == "torch.compile":
-        return torch.compile(
-            model
-        )  # compiles at the first call; the names get "_orig_mod." already
+        # compiles at the first call; the names get "_orig_mod." already
+        return torch.compile(model)
     if name == "AveragedModel":
         return torch.optim.swa_utils.AveragedModel(model)  # "module." and an n_averaged counter
     return torch.nn.DataParallel(torch.compile(model))
@@ -329,9 +324,8 @@ def test_a_checkpoint_saved_from_pytorchs_wrappers_loads_to_the_same_model(wrapp
     torch.manual_seed(0)
     model = trainer.model_from_config({**trainer.DEFAULTS, **SMALL}).eval()
     state = wrapped(wrapper, model).state_dict()
-    assert not any(
-        key.startswith("conv1.") for key in state
-    )  # the wrapper did rename the parameters
+    # the wrapper did rename the parameters
+    assert not any(key.startswith("conv1.") for key in state)
     torch.save({"model": state, "config": {**trainer.DEFAULTS, **SMALL}}, tmp_path / "best.pt")
     loaded, _ = trt_export.load_model(tmp_path / "best.pt")
     x = torch.randn(4, 3, 32, 32)
@@ -532,9 +526,8 @@ def test_select_model_exits_2_when_a_seed_it_resumes_has_a_refused_checkpoint(
     runs = finished_run.parent
     (candidate,) = select_model.find_candidates(runs, None)
     ((run_id, _),) = select_model.planned_runs(candidate, 1)
-    (runs / "selection" / run_id).mkdir(
-        parents=True
-    )  # that seed's interrupted run, with a last.pt saved elsewhere
+    # that seed's interrupted run, with a last.pt saved elsewhere
+    (runs / "selection" / run_id).mkdir(parents=True)
     last = torch.load(finished_run / "last.pt", weights_only=True)
     torch.save({**last, "history": np.zeros(3)}, runs / "selection" / run_id / "last.pt")
     command = [

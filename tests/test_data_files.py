@@ -221,9 +221,8 @@ def test_a_repacked_archive_that_reads_as_cifar100_is_used_with_a_note(archive, 
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(archive, data)
-    assert (
-        cifar_files.cifar100_source(data, download=False).kind == "folder"
-    )  # the official md5 does not match
+    # the official md5 does not match
+    assert cifar_files.cifar100_source(data, download=False).kind == "folder"
     out = capsys.readouterr().out
     assert (
         "not byte for byte the official archive" in out
@@ -415,9 +414,8 @@ def test_a_damaged_data_folder_is_named_and_never_to_be_deleted(
     shutil.copytree(ten_classes, data)
     damage(data)
     with pytest.raises(cifar_files.DataError, match=words) as caught:
-        cifar_files.load_cifar100(
-            data, download=True
-        )  # download allowed: still none over the user's folder
+        # download allowed: still none over the user's folder
+        cifar_files.load_cifar100(data, download=True)
     assert "delete" not in str(caught.value).lower()
     assert (data / "cifar-100-python" / "meta").is_file() and not list(data.glob("*.tar.gz*"))
 
@@ -435,9 +433,8 @@ def test_no_network_for_the_download_is_one_line_and_leaves_no_wandb_run(tmp_pat
         "could not download CIFAR-100" in line
         and f"put it at data/{cifar_files.CIFAR100_ARCHIVE}" in line
     )
-    assert (
-        wandb_runs(tmp_path) == [] and list((tmp_path / "data").iterdir()) == []
-    )  # no W&B run, no .part
+    # no W&B run, no .part
+    assert wandb_runs(tmp_path) == [] and list((tmp_path / "data").iterdir()) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,6 +509,7 @@ def test_export_checks_its_output_folders_before_any_work(tmp_path, monkeypatch,
         tmp_path / "best.pt",
     )
     monkeypatch.chdir(tmp_path)  # where the default --out would go
+    # in this process
     assert (
         trt_export.main(
             [
@@ -524,7 +522,7 @@ def test_export_checks_its_output_folders_before_any_work(tmp_path, monkeypatch,
             ]
         )
         == 2
-    )  # in this process
+    )
     stderr = capsys.readouterr().err
     assert "--plot" in one_line_error(stderr) and "a_file is a file" in stderr
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "export").exists()

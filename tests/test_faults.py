@@ -477,9 +477,8 @@ def test_the_boundary_makes_each_kind_one_line_of_the_table(tmp_path, capsys):
     for error, code, line in cases:
         assert cli.boundary(error) == code
         assert one_line(capsys.readouterr().err).startswith(line)
-    assert (
-        cli.boundary(raised(run_files.RunComplete("RUN is complete"))) == 0
-    )  # an outcome, not an error
+    # an outcome, not an error
+    assert cli.boundary(raised(run_files.RunComplete("RUN is complete"))) == 0
     assert capsys.readouterr().out == "RUN is complete\n"
 
 

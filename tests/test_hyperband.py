@@ -98,11 +98,12 @@ def replay_sweep(
     """
     pruner = sweep_space.WandbHyperbandPruner(*sweep_space.hyperband_bands(early))
     study = optuna.create_study(direction=goal, pruner=pruner)
+    # active: trial number -> (trial, Pruning, run)
     pending, active, run_of = (
         list(range(len(runs))),
         {},
         {},
-    )  # active: trial number -> (trial, Pruning, run)
+    )
     epochs_done, events, local_stops = [0] * len(runs), [], []
     while pending or active or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         while len(active) < workers and (
@@ -192,9 +193,8 @@ def test_the_local_sweep_stops_exactly_the_runs_wandbs_engine_stops(tmp_path):
         }
         cases.append({"config": config, "events": events})
         local.append({"bands": sweep_space.hyperband_bands(early)[0], "stops": stops})
-    wandb = wandb_decisions(
-        tmp_path, cases
-    )  # the cases stay in tmp_path/cases.json for a failure's reader
+    # the cases stay in tmp_path/cases.json for a failure's reader
+    wandb = wandb_decisions(tmp_path, cases)
     for case, ours, theirs in zip(cases, local, wandb, strict=True):
         where = f"{case['config']['early_terminate']}, {case['config']['metric']['goal']}"
         assert ours["bands"] == theirs["bands"], where
@@ -252,13 +252,11 @@ def test_every_trial_is_checked_at_every_band_against_all_that_reached_it():
     ]  # the third stopped after epoch 4: it counts at band 4 only
     # The threshold is the value ranked int(n / 3) from the best, 0 first: 2nd of 4 at band 4, 2nd
     # of 3 at band 12
-    assert (
-        first_pruned_epoch(study_with(others, early), [40] * 4 + [5] * 8) == 12
-    )  # best at 4, last at 12
+    # best at 4, last at 12
+    assert first_pruned_epoch(study_with(others, early), [40] * 4 + [5] * 8) == 12
     assert first_pruned_epoch(study_with(others, early), [15] * 12) == 4  # 3rd of 4 at band 4
-    assert (
-        first_pruned_epoch(study_with(others, early), [35] * 4 + [15] * 8) is None
-    )  # 2nd of 3 at 12: it stays
+    # 2nd of 3 at 12: it stays
+    assert first_pruned_epoch(study_with(others, early), [35] * 4 + [15] * 8) is None
 
 
 def test_after_the_last_band_a_trial_is_still_held_to_it():
@@ -288,9 +286,8 @@ def test_strict_compares_the_value_at_the_band_and_not_strict_the_best_so_far():
     early = {"type": "hyperband", "max_iter": 9, "s": 1, "eta": 3}  # one band, at epoch 3
     others = [[5, 5, 5], [6, 6, 6]]
     assert first_pruned_epoch(study_with(others, early), [9, 1, 1]) == 3  # strict: 1 at the band
-    assert (
-        first_pruned_epoch(study_with(others, early | {"strict": False}), [9, 1, 1]) is None
-    )  # its best, 9
+    # its best, 9
+    assert first_pruned_epoch(study_with(others, early | {"strict": False}), [9, 1, 1]) is None
     assert first_pruned_epoch(study_with([[5, 5, 5], [4, 4, 4]], early, "minimize"), [6, 6, 6]) == 3
 
 
@@ -302,9 +299,8 @@ def test_a_tie_with_the_threshold_stays_and_nan_is_not_a_value():
         "eta": 2,
     }  # band 2: of 3, the 2nd best is the threshold
     assert first_pruned_epoch(study_with([[3, 3], [3, 3]], early), [3, 3]) is None
-    assert (
-        first_pruned_epoch(study_with([[3, 3], [3, 3]], early), [3, math.nan, 2]) == 3
-    )  # 2 is its 2nd value
+    # 2 is its 2nd value
+    assert first_pruned_epoch(study_with([[3, 3], [3, 3]], early), [3, math.nan, 2]) == 3
 
 
 def test_a_retried_trial_counts_once():
@@ -327,9 +323,8 @@ def test_a_retried_trial_counts_once():
     local_sweep.Pruning(retry, METRIC, maximize=True).replay(
         [{"epoch": 1, METRIC: 5}, {"epoch": 2, METRIC: 5}]
     )
-    assert (
-        first_pruned_epoch(study, [4, 4]) is None
-    )  # 2nd of 2 stays; counted twice, 5 would be the threshold
+    # 2nd of 2 stays; counted twice, 5 would be the threshold
+    assert first_pruned_epoch(study, [4, 4]) is None
 
 
 def test_a_resumed_trial_replays_its_epochs_without_deciding_them_again():

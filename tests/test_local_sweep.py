@@ -73,9 +73,8 @@ def test_uniform_given_or_inferred_from_float_bounds():
 
 def test_q_uniform_gives_the_multiples_of_q_w_and_b_rounds_to():
     epochs = draw({"distribution": "q_uniform", "min": 30, "max": 50, "q": 5}, 500)
-    assert set(epochs) == {30, 35, 40, 45, 50} and all(
-        type(v) is int for v in epochs
-    )  # int q: ints, as in W&B
+    # int q: ints, as in W&B
+    assert set(epochs) == {30, 35, 40, 45, 50} and all(type(v) is int for v in epochs)
     quarters = draw({"distribution": "q_uniform", "min": 0.1, "max": 0.9, "q": 0.25}, 500)
     assert {round(v, 9) for v in quarters} == {
         0.0,
@@ -111,9 +110,8 @@ def test_q_uniform_gives_the_multiples_of_q_w_and_b_rounds_to():
 def test_log_uniform_family_is_uniform_in_log_space(spec):
     values = draw(spec)
     assert all(1e-4 * (1 - 1e-9) <= v <= 1e-2 * (1 + 1e-9) for v in values)
-    assert (
-        0.45 < share_below(values, 1e-3) < 0.55
-    )  # the geometric midpoint; a linear uniform would give 0.09
+    # the geometric midpoint; a linear uniform would give 0.09
+    assert 0.45 < share_below(values, 1e-3) < 0.55
     assert 0.2 < share_below(values, 10**-3.5) < 0.3
 
 
@@ -223,9 +221,8 @@ def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
         and sampler._multivariate
         and sweep.direction == "maximize"
     )
-    pruner = sweep_space.make_pruner(
-        sweep
-    )  # W&B's rule, checked against W&B's engine in test_hyperband.py
+    # W&B's rule, checked against W&B's engine in test_hyperband.py
+    pruner = sweep_space.make_pruner(sweep)
     assert (
         isinstance(pruner, sweep_space.WandbHyperbandPruner)
         and pruner.bands == [4, 12]
@@ -301,9 +298,8 @@ def test_three_trial_sweep_finishes_and_writes_its_report(offline, learnable_dat
         "sweep_three_parallel.png",
     }
     out = capsys.readouterr().out
-    assert (
-        "skipped the importance plot" in out
-    )  # 3 trials are too few to rank 2 parameters honestly
+    # 3 trials are too few to rank 2 parameters honestly
+    assert "skipped the importance plot" in out
     assert len(list(offline.glob("wandb/offline-run-*"))) == 3  # one W&B run per trial
 
 
@@ -334,9 +330,8 @@ def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials(
     dead_history = run_files.load_checkpoint(in_trial_1, needs=("history",))["history"]
     assert load_study(runs, "kill").trials[1].state == optuna.trial.TrialState.RUNNING
 
-    assert (
-        local_sweep.main(args) == 0
-    )  # the same command; in this process, as the kernel freed the dead one's locks
+    # the same command; in this process, as the kernel freed the dead one's locks
+    assert local_sweep.main(args) == 0
     trials = load_study(runs, "kill").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert (
@@ -346,9 +341,8 @@ def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials(
     assert retry.system_attrs["failed_trial"] == 1 and retry.params == trials[1].params
     history = json.loads(Path(retry.user_attrs["run_dir"], "summary.json").read_text())["history"]
     assert [m["epoch"] for m in history] == [1, 2, 3]
-    assert (
-        history[: len(dead_history)] == dead_history
-    )  # epochs the dead attempt finished were not run again
+    # epochs the dead attempt finished were not run again
+    assert history[: len(dead_history)] == dead_history
     assert retry.intermediate_values == {
         m["epoch"]: m["val_accuracy"] for m in history
     }  # the pruner sees them all
@@ -368,9 +362,8 @@ def test_a_poor_trial_is_pruned_at_the_hyperband_band(offline, learnable_data_di
         direction="maximize",
     )
     study.enqueue_trial({"learning_rate": 0.05})  # learns: far above chance by epoch 2
-    study.enqueue_trial(
-        {"learning_rate": 0.00001}
-    )  # barely moves: below the first trial at the band
+    # barely moves: below the first trial at the band
+    study.enqueue_trial({"learning_rate": 0.00001})
     args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "2", "--wandb-mode", "disabled")
     assert local_sweep.main(args) == 0
     good, poor = load_study(runs, "prune").trials

@@ -325,9 +325,8 @@ def test_sigint_then_resume_option_finishes_the_run(tiny_data_dir, tmp_path, off
     code, stderr = start_and_interrupt(args, offline_env, tmp_path, "runs/*/last.pt", signal.SIGINT)
     assert code == 128 + signal.SIGINT, stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert trainer.main([*args, "--resume", str(run_dir)]) == 0, (
-        capsys.readouterr().err
-    )  # in this process
+    # in this process
+    assert trainer.main([*args, "--resume", str(run_dir)]) == 0, capsys.readouterr().err
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and [m["epoch"] for m in summary["history"]] == [1, 2, 3]
 

@@ -34,12 +34,10 @@ def select_command(*args: str) -> list[str]:
 def test_mean_std_and_interval_of_a_fixed_list_match_students_t():
     mean, std, ci = select_model.mean_std_ci([60.0, 62.0, 61.0, 63.0])
     assert mean == pytest.approx(61.5)
-    assert std == pytest.approx(
-        (5 / 3) ** 0.5
-    )  # sample standard deviation: squares 2.25+0.25+0.25+2.25 over 3
-    half = (
-        3.182446 * (5 / 3) ** 0.5 / 2
-    )  # t(0.975, 3 degrees of freedom) from any t table, times std / sqrt(4)
+    # sample standard deviation: squares 2.25+0.25+0.25+2.25 over 3
+    assert std == pytest.approx((5 / 3) ** 0.5)
+    # t(0.975, 3 degrees of freedom) from any t table, times std / sqrt(4)
+    half = 3.182446 * (5 / 3) ** 0.5 / 2
     assert ci == pytest.approx([61.5 - half, 61.5 + half], abs=1e-5)
 
 
@@ -192,9 +190,8 @@ def swept_then_selected(learnable_data_dir, tmp_path_factory) -> SimpleNamespace
         stderr=subprocess.DEVNULL,
     )
     wait_for("selection/*/summary.json", runs, process)
-    os.killpg(
-        process.pid, signal.SIGKILL
-    )  # the launcher and its trainer, as a machine's death would
+    # the launcher and its trainer, as a machine's death would
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     (finished,) = [p.parent for p in runs.glob("selection/*/summary.json")]
     before = (finished / "summary.json").read_bytes()
@@ -246,9 +243,8 @@ def test_a_killed_selection_resumes_without_retraining_finished_seeds(swept_then
         for run in c["runs"]
         if run.startswith("selection")
     ):
-        assert list((work / "wandb").glob(f"offline-run-*-{run_id}")), (
-            run_id
-        )  # each seed is a W&B run
+        # each seed is a W&B run
+        assert list((work / "wandb").glob(f"offline-run-*-{run_id}")), run_id
     # The seed trained by the second command ended cleanly: its W&B run is in the selection's group.
     # (The first was killed as its summary appeared, maybe before wandb wrote its buffer: its run
     # folder is what counts.)
@@ -264,9 +260,8 @@ def test_a_sweep_then_selection_then_export_of_what_was_chosen(
 ):
     import trt_export
 
-    assert swept_then_selected.again.returncode == 0, (
-        swept_then_selected.again.stderr
-    )  # the selection ended
+    # the selection ended
+    assert swept_then_selected.again.returncode == 0, swept_then_selected.again.stderr
     runs = copy_of(swept_then_selected.runs, tmp_path / "runs")  # the exports write beside the runs
     assert len(list(runs.glob("tiny/trial-*/summary.json"))) == 3
     selection = json.loads((runs / "selection.json").read_text())
@@ -313,9 +308,8 @@ def test_a_sweep_then_selection_then_export_of_what_was_chosen(
 
 def test_no_finished_run_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
-    assert (
-        select_model.main([str(tmp_path / "runs")]) == 2
-    )  # in this process; as one: test_exit_codes.py
+    # in this process; as one: test_exit_codes.py
+    assert select_model.main([str(tmp_path / "runs")]) == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: no finished run")
     assert len(stderr.strip().splitlines()) == 1
@@ -406,6 +400,7 @@ def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points
         (c for c in selection["configs"] if c["pareto"]), key=lambda c: c["flops_per_image"]
     )
     capsys.readouterr()
+    # the checkpoint chosen is the point: one ONNX export
     assert (
         trt_export.main(
             [
@@ -438,8 +433,7 @@ def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points
             ]
         )
         == 0
-    )  # the checkpoint chosen is the point: one ONNX export
-    seed = choice.best_seed(
-        cheapest, runs / "deploy"
-    )  # the cheapest of the confirmed front, its best seed
+    )
+    # the cheapest of the confirmed front, its best seed
+    seed = choice.best_seed(cheapest, runs / "deploy")
     assert f"exporting checkpoint {runs / 'deploy' / seed / 'best.pt'} " in capsys.readouterr().out

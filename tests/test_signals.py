@@ -146,10 +146,11 @@ def test_sighup_to_the_trainer_keeps_the_latest_epoch_finishes_the_wandb_run_and
     assert code == 128 + signal.SIGHUP
     assert one_line(stderr).startswith("interrupted by SIGHUP: ") and "--resume" in stderr
     assert 2 <= saved_epoch(tmp_path / "runs" / "stopped") < EPOCHS
+    # finished, requeueable
     assert offline_wandb_run(tmp_path / "wandb", "stopped")[:2] == (
         128 + signal.SIGHUP,
         True,
-    )  # finished, requeueable
+    )
 
 
 def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offline_env):
@@ -158,9 +159,8 @@ def test_a_dropped_ssh_session_is_a_graceful_stop(tiny_data_dir, tmp_path, offli
     and exits 129."""
     master, terminal = os.openpty()
 
-    def on_the_terminal() -> (
-        None
-    ):  # a session of its own with the pty as controlling terminal, as a login shell has
+    # a session of its own with the pty as controlling terminal, as a login shell has
+    def on_the_terminal() -> None:
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
@@ -397,9 +397,8 @@ def test_sighup_to_a_local_sweep_leaves_its_trial_for_a_retry_that_continues_it(
     interrupted_at = saved_epoch(runs / "hup" / "trial-0000")
     assert interrupted_at >= 2
 
-    assert (
-        local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 0
-    )  # the same command
+    # the same command
+    assert local_sweep.main(sweep_command(sweep, tiny_data_dir, runs, "--trials", "1")[2:]) == 0
     assert states(runs, "hup") == ["FAIL", "COMPLETE"]
     assert f"resuming after epoch {interrupted_at}" in capsys.readouterr().out
 
@@ -410,9 +409,8 @@ def test_a_signal_while_a_local_sweep_starts_up_is_one_line_and_starts_no_trial(
     real_prepare_data = trainer.prepare_data
 
     def prepare_data_then_hang_up(*args, **kwargs):
-        signal.raise_signal(
-            signal.SIGHUP
-        )  # arrives while the data set loads, before the worker loop
+        # arrives while the data set loads, before the worker loop
+        signal.raise_signal(signal.SIGHUP)
         return real_prepare_data(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "prepare_data", prepare_data_then_hang_up)
@@ -437,12 +435,10 @@ def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_
         tmp_path,
         start_new_session=True,
     )
-    process.wait_until(
-        lambda: len(list(runs.glob("two/trial-*/last.pt"))) >= 2
-    )  # both workers saved an epoch
-    os.killpg(
-        process.popen.pid, signal.SIGHUP
-    )  # the terminal closes: launcher and workers all get it, and ignore it
+    # both workers saved an epoch
+    process.wait_until(lambda: len(list(runs.glob("two/trial-*/last.pt"))) >= 2)
+    # the terminal closes: launcher and workers all get it, and ignore it
+    os.killpg(process.popen.pid, signal.SIGHUP)
     process.wait_for_more_epochs(4)  # both still training
     process.popen.send_signal(signal.SIGQUIT)  # the launcher only: it passes the signal on
     code, stderr = process.finish()
@@ -502,9 +498,8 @@ def test_sighup_to_model_selection_stops_its_trainer_gracefully(
     assert code == 128 + signal.SIGHUP
     assert one_line(stderr) == "interrupted by SIGHUP: run the same command to continue"
     (seed,) = one_finished_run.glob("selection/*/")
-    assert (
-        "interrupted by SIGHUP" in (seed / "output.log").read_text()
-    )  # the trainer got it and saved
+    # the trainer got it and saved
+    assert "interrupted by SIGHUP" in (seed / "output.log").read_text()
     assert saved_epoch(seed) < EPOCHS and not (one_finished_run / "selection.json").exists()
 
 
@@ -527,9 +522,8 @@ def test_model_selection_under_nohup_ignores_sighup_and_finishes(
 def test_a_stop_with_trainings_not_yet_started_ends_model_selection_and_the_same_command_resumes(
     one_finished_run, tiny_data_dir, tmp_path, offline_env
 ):
-    command = select_command(
-        one_finished_run, tiny_data_dir, seeds=2
-    )  # one worker: the second seed waits its turn
+    # one worker: the second seed waits its turn
+    command = select_command(one_finished_run, tiny_data_dir, seeds=2)
 
     def saved() -> bool:
         return bool(list(one_finished_run.glob("selection/*/last.pt")))

@@ -99,9 +99,8 @@ def run_like_the_agent(
         "${args}": ["--val-size=100", *args],
     }
     command = [part for chunk in create_sweep_command(None) for part in fill[chunk]]
-    (tmp_path / "data").symlink_to(
-        data_dir
-    )  # the program's default --data-dir, relative to where the agent runs
+    # the program's default --data-dir, relative to where the agent runs
+    (tmp_path / "data").symlink_to(data_dir)
     env = env | {
         "WANDB_MODE": "offline",
         "WANDB_SWEEP_ID": sweep_id,

@@ -46,9 +46,8 @@ def test_the_deploy_sweep_searches_the_seed_space_for_two_objectives():
     assert deploy["parameters"] == seed["parameters"] and deploy["program"] == seed["program"]
     assert deploy["method"] == "custom" and deploy["scheduler"] == {"engine": "optuna"}
     assert deploy["metrics"] == OBJECTIVES
-    assert (
-        "early_terminate" not in deploy and "metric" not in deploy
-    )  # W&B's schema refuses both beside these
+    # W&B's schema refuses both beside these
+    assert "early_terminate" not in deploy and "metric" not in deploy
     sweep = local_sweep.load_sweep(DEPLOY_FILE)
     assert sweep.directions == ["maximize", "minimize"]
     assert {name for name, _ in sweep.objectives} <= set(sweep_space.SUMMARY_METRICS)
@@ -155,13 +154,13 @@ def test_each_method_draws_as_the_wandb_engine_that_runs_it():
     }  # integer log-uniform in both ...
     theirs = wandb_optuna.sweep_parameter_to_distribution(q_log)
     ours = translate_parameter("x", q_log, "bayes")
-    assert theirs == optuna.distributions.IntDistribution(
-        1, 1000, log=True
-    )  # ... ints in log([0.5, 1000.5]) ...
+    # ... ints in log([0.5, 1000.5]) ...
+    assert theirs == optuna.distributions.IntDistribution(1, 1000, log=True)
+    # ... round
     assert (
         ours.distribution == optuna.distributions.FloatDistribution(1, 1000, log=True)
         and ours.q == 1
-    )  # ... round
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,9 +241,8 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(
             id="s", name="deploy", entity="e", project="p", config=config, controller_run_name="c"
         )
 
-    optimizer = wandb_optuna.build_optuna_optimizer(
-        sweep_info(deploy_file())
-    )  # what `wandb sweep` + agents run
+    # what `wandb sweep` + agents run
+    optimizer = wandb_optuna.build_optuna_optimizer(sweep_info(deploy_file()))
     assert [d.name for d in optimizer.study.directions] == ["MAXIMIZE", "MINIMIZE"]
     finished = {}
     for suggestion in optimizer.ask_n_runs(2):
@@ -257,9 +255,8 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(
         finished[int(suggestion.run_id)] = summary, server
 
     def stop_after_epoch_1(metrics: dict) -> None:
-        raise cli.Interrupted(
-            15
-        )  # the agent's SIGTERM, say: the run ends killed, before any cost is measured
+        # the agent's SIGTERM, say: the run ends killed, before any cost is measured
+        raise cli.Interrupted(15)
 
     (stopped,) = optimizer.ask_n_runs(1)
     code, _, stopped_summary = run_offline(
@@ -279,9 +276,8 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(
             server["flops_per_image"], int
         )
         assert trials[number].values == [summary["best_val_accuracy"], summary["flops_per_image"]]
-        assert (
-            server["flops_per_image"] == summary["flops_per_image"]
-        )  # the W&B summary and summary.json agree
+        # the W&B summary and summary.json agree
+        assert server["flops_per_image"] == summary["flops_per_image"]
         assert server["val_accuracy"] == {
             "max": summary["best_val_accuracy"]
         }  # not a number: hence best_val_accuracy
@@ -289,25 +285,22 @@ def test_wandbs_optuna_optimizer_records_both_objectives_of_every_finished_run(
     assert stopped_summary["flops_per_image"] == cost.flops_per_image(
         p2.model_from_config(stopped_config)
     )
-    assert (
-        "latency_ms" not in stopped_summary
-    )  # measured at the end only: the cost above was written at the start
+    # measured at the end only: the cost above was written at the start
+    assert "latency_ms" not in stopped_summary
 
     naive = deploy_file() | {
         "metrics": [{"name": "val_accuracy", "goal": "maximize"}, OBJECTIVES[1]]
     }
     other = wandb_optuna.build_optuna_optimizer(sweep_info(naive))
     (suggestion,) = other.ask_n_runs(1)
-    with pytest.raises(
-        ValueError, match="could not be cast to float"
-    ):  # the scheduler's tell fails on it
+    # the scheduler's tell fails on it
+    with pytest.raises(ValueError, match="could not be cast to float"):
         other.tell_run(
             suggestion.run_id,
             RunWithMetrics(suggestion.config, RunState.FINISHED, "w", finished[0][1], []),
         )
-    assert not other.study.get_trials(
-        states=(optuna.trial.TrialState.COMPLETE,)
-    )  # why local_sweep.py refuses it
+    # why local_sweep.py refuses it
+    assert not other.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,9 +370,10 @@ def test_a_multi_objective_sweep_finishes_exactly_n_trials_with_its_pareto_front
         rows = list(csv.DictReader(f))
     front = {t.number for t in study.best_trials}  # Optuna's own front
     assert {int(r["number"]) for r in rows if r["pareto_front"] == "True"} == front
+    # front first
     assert [r["pareto_front"] for r in rows] == sorted(
         (r["pareto_front"] for r in rows), reverse=True
-    )  # front first
+    )
     assert (runs / "images" / "sweep_front_pareto.png").is_file()
     out = capsys.readouterr().out
     assert (
@@ -416,9 +410,8 @@ def test_sigkill_mid_trial_then_the_same_command_ends_with_exactly_n_trials_and_
     assert retry.system_attrs["failed_trial"] == 1 and retry.params == study.trials[1].params
     summary = json.loads(Path(retry.user_attrs["run_dir"], "summary.json").read_text())
     assert retry.values == [summary["best_val_accuracy"], summary["flops_per_image"]]
-    assert (
-        summary["history"][: len(dead_history)] == dead_history and len(summary["history"]) == 3
-    )  # resumed
+    # resumed
+    assert summary["history"][: len(dead_history)] == dead_history and len(summary["history"]) == 3
 
 
 @pytest.mark.parametrize(
@@ -508,12 +501,10 @@ def test_scheduler_optimizer_gives_the_study_its_sampler_as_in_wandb(tmp_path):
     study = sweep_storage.open_study(
         sweep, "s", sweep_storage.open_storage(None, tmp_path / "runs")
     )
-    assert isinstance(
-        study.sampler, optuna.samplers.RandomSampler
-    )  # in this program's storage, under --study
-    assert isinstance(
-        study.pruner, optuna.pruners.NopPruner
-    )  # not the factory's default MedianPruner: README
+    # in this program's storage, under --study
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+    # not the factory's default MedianPruner: README
+    assert isinstance(study.pruner, optuna.pruners.NopPruner)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
 
 
@@ -551,9 +542,8 @@ def test_scheduler_search_space_defines_each_trials_config_as_in_wandb(offline, 
 def test_a_scheduler_function_local_sweep_cannot_run_is_one_line(
     names, words, offline, learnable_data_dir, capsys
 ):
-    no_parameters = (
-        {"parameters": None} if "search_space" in names else {}
-    )  # the function defines them
+    # the function defines them
+    no_parameters = {"parameters": None} if "search_space" in names else {}
     sweep = write_custom(
         offline / "fn.json", {}, **no_parameters, scheduler=scheduler(offline, **names)
     )

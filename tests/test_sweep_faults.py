@@ -95,9 +95,8 @@ def test_a_grid_sweep_that_reaches_its_end_exits_0_and_writes_its_report(
     )
     runs = tmp_path / "runs"
     args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "2")
-    assert (
-        local_sweep.main(args) == 0
-    )  # GridSampler's study.stop() at the last tell raised RuntimeError here
+    # GridSampler's study.stop() at the last tell raised RuntimeError here
+    assert local_sweep.main(args) == 0
     trials = stock_study(runs / sweep_storage.DEFAULT_STORAGE_FILE, "grid").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert sorted(t.user_attrs["config"]["dropout_rate"] for t in trials) == [
@@ -143,9 +142,8 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
         return result
 
     if moment == "set_user_attr":
-        monkeypatch.setattr(
-            local_sweep, "device_name", device_name
-        )  # local_sweep imports it from machine
+        # local_sweep imports it from machine
+        monkeypatch.setattr(local_sweep, "device_name", device_name)
     monkeypatch.setattr(p2, "run_training", run_training)
     assert local_sweep.main(sweep_args(sweep, learnable_data_dir, runs, "--trials", "1")) == 0
     out = capsys.readouterr()
@@ -156,9 +154,8 @@ def test_a_trial_failed_meanwhile_by_another_process_is_one_line_and_its_retry_f
     failed, retry = stock_study(journal, "taken").trials
     assert failed.state.name == "FAIL" and retry.state.name == "COMPLETE"
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == failed.params
-    if (
-        moment != "set_user_attr"
-    ):  # it had trained: its checkpoints are kept, and the retry went on from them
+    # it had trained: its checkpoints are kept, and the retry went on from them
+    if moment != "set_user_attr":
         assert (runs / "taken" / "trial-0000" / "last.pt").is_file()
         assert retry.user_attrs["resumed_after_epoch"] == (1 if moment == "report" else 2)
 
@@ -191,13 +188,11 @@ def test_a_cut_last_record_is_set_aside_and_the_same_command_continues_the_study
     finished_journal, tmp_path, offline_env, capsys
 ):
     args, journal = finished_journal
-    cut = cut_last_record(
-        journal
-    )  # trial 0's tell COMPLETE: as far as anyone can read, trial 0 never ended
+    # trial 0's tell COMPLETE: as far as anyone can read, trial 0 never ended
+    cut = cut_last_record(journal)
     before = journal.read_bytes()
-    assert (
-        local_sweep.main([*args, "--report"]) == 0
-    )  # reading skips the cut record, as Optuna does
+    # reading skips the cut record, as Optuna does
+    assert local_sweep.main([*args, "--report"]) == 0
     assert journal.read_bytes() == before  # and changes nothing
     assert "cut short" not in capsys.readouterr().err
     done = run_sweep_process([*args, "--trials", "2"], offline_env, tmp_path)
@@ -207,15 +202,13 @@ def test_a_cut_last_record_is_set_aside_and_the_same_command_continues_the_study
     (line,) = [x for x in done.stderr.splitlines() if "cut short" in x]
     assert str(journal) in line and str(aside) in line
     assert aside.read_bytes() == cut + b"\n"  # nothing the user had is lost
-    assert journal.read_bytes().startswith(
-        before[: -len(cut)]
-    )  # the whole records before it untouched
+    # the whole records before it untouched
+    assert journal.read_bytes().startswith(before[: -len(cut)])
     states = [
         t.state.name for t in stock_study(journal, "cut").trials
     ]  # plain Optuna reads every line
-    assert states.count("COMPLETE") == 2 and states[0] == "FAIL", (
-        states
-    )  # its process was gone: failed, retried
+    # its process was gone: failed, retried
+    assert states.count("COMPLETE") == 2 and states[0] == "FAIL", states
 
 
 def glued_in_the_middle(journal: Path) -> None:
@@ -268,10 +261,11 @@ NOT_RECORDS = [
     (b"42", "JSON but not an Optuna record"),
     (b'{"op_code":99,"worker_id":"x"}', "JSON but not an Optuna record"),
     (b'{"op_code":"2","worker_id":"x","study_id":0}', "JSON but not an Optuna record"),
+    # a known op_code, a field missing
     (
         b'{"op_code":2,"worker_id":"x"}',
         "Optuna cannot apply it",
-    ),  # a known op_code, a field missing
+    ),
     (b"garbage", "not JSON"),
     (b"", "empty"),
     (b"\0\0\0\0", "not JSON"),
@@ -307,22 +301,21 @@ def test_a_damaged_journal_is_one_line_exit_2_and_its_advice_recovers_the_study(
     (line,) = done.err.strip().splitlines()
     assert f"journal {journal} line {damaged_line} is damaged" in line and safe in line, line
     assert journal.read_bytes() == damaged  # nothing changed, nothing appended after the damage
-    assert (
-        local_sweep.main([*args, "--report"]) == 2
-    )  # the same line: Optuna would read only up to the damage
+    # the same line: Optuna would read only up to the damage
+    assert local_sweep.main([*args, "--report"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == line, err
     assert journal.read_bytes() == damaged
+    # it names only what the line is
     if damage not in (
         glued_in_the_middle,
         glued_at_the_end,
         cut_then_newline,
-    ):  # it names only what the line is
+    ):
         assert "cut short" not in line and "delete that line" in line, line
     fix = line.split("keeping a copy of the file: ", 1)[1]
-    subprocess.run(
-        ["bash", "-c", fix], check=True, timeout=60
-    )  # the advice, as the user would run it
+    # the advice, as the user would run it
+    subprocess.run(["bash", "-c", fix], check=True, timeout=60)
     assert journal.with_name(journal.name + ".bak").read_bytes() == damaged  # sed kept a copy
     assert local_sweep.main([*args, "--trials", "2"]) == 0
     study = stock_study(journal, "cut")

@@ -27,10 +27,11 @@ import local_sweep
 from cifarkit.core import run_files
 
 ROOT = Path(__file__).resolve().parents[1]
+# seconds: --heartbeat-interval and --grace-period; a beat may come 2 s late on a busy CPU
 HEARTBEAT, GRACE = (
     1,
     3,
-)  # seconds: --heartbeat-interval and --grace-period; a beat may come 2 s late on a busy CPU
+)
 # of a trial in the kill test: last.pt after epoch 1, then 5 epochs (about 1 s) to kill it mid-trial
 EPOCHS = 6
 SET_HOSTNAME = (
@@ -223,9 +224,8 @@ def test_two_machines_finish_exactly_n_trials_and_the_same_command_after_the_end
     assert {t.user_attrs["host"] for t in trials} == {"machine-a", "machine-b"}
     assert all(Path(t.user_attrs["run_dir"], "summary.json").is_file() for t in trials)
     started = time.monotonic()
-    assert (
-        local_sweep.main(args) == 0
-    )  # the same command after the end, in this process (no hostname needed)
+    # the same command after the end, in this process (no hostname needed)
+    assert local_sweep.main(args) == 0
     assert len(load(url, two_machines_ran.study)) == 3
     assert time.monotonic() - started < 60  # it sees 3 finished and stops: no training
 
@@ -283,22 +283,19 @@ def test_a_killed_machines_trial_is_failed_after_the_grace_period_and_retried_by
     assert survivor.wait() == 0, survivor.output()[-3000:]
     trials = load(postgres_url, "kill")
     states = [t.state.name for t in trials]
-    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1, (
-        states
-    )  # nothing lost, nothing extra
+    # nothing lost, nothing extra
+    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1, states
     assert trials[victim.number].state.name == "FAIL"
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.state.name == "COMPLETE" and retry.user_attrs["host"] == survivor.name
     assert retry.params == victim.params
     waited = (retry.datetime_start - killed_at).total_seconds()
-    assert GRACE - HEARTBEAT <= waited < GRACE + 30, (
-        waited
-    )  # failed once its heartbeat was older than the grace
+    # failed once its heartbeat was older than the grace
+    assert GRACE - HEARTBEAT <= waited < GRACE + 30, waited
     history = json.loads(Path(retry.user_attrs["run_dir"], "summary.json").read_text())["history"]
     assert [m["epoch"] for m in history] == list(range(1, EPOCHS + 1))
-    if (
-        shared
-    ):  # the survivor reads the dead machine's last.pt: the epochs it saved are not run again
+    # the survivor reads the dead machine's last.pt: the epochs it saved are not run again
+    if shared:
         assert retry.user_attrs["resumed_after_epoch"] == saved["epoch"] >= 1
         assert history[: saved["epoch"]] == saved["history"]
     else:  # the dead machine's run folder is out of reach: the retry starts over
@@ -322,10 +319,11 @@ def _wait_for_study(url: str, timeout: float = 120) -> bool:
 @pytest.mark.parametrize(
     "url, words",
     [
+        # a driver that is not installed
         (
             "postgresql+pg8000://postgres@127.0.0.1:1/optuna",
             "pip install 'pg8000'",
-        ),  # a driver that is not installed
+        ),
         (
             "postgresql://postgres@127.0.0.1:1/optuna",
             "cannot open storage postgresql://postgres@127.0.0.1:1/optuna",
@@ -412,9 +410,8 @@ def test_a_machine_that_stalls_past_the_grace_period_gives_its_trial_up_with_one
             ]
 
         assert _wait_for(after_epoch_2, 180), a.output()[-3000:]
-        os.killpg(
-            a.proc.pid, signal.SIGSTOP
-        )  # the whole machine stalls (a VM paused, a swap storm) after epoch 2
+        # the whole machine stalls (a VM paused, a swap storm) after epoch 2
+        os.killpg(a.proc.pid, signal.SIGSTOP)
         b.start()
 
         def retry_running():
@@ -429,9 +426,8 @@ def test_a_machine_that_stalls_past_the_grace_period_gives_its_trial_up_with_one
             -3000:
         ]  # failed after the grace, retried by B
     finally:
-        os.killpg(
-            a.proc.pid, signal.SIGCONT
-        )  # A wakes up and reports its next epoch for a trial no longer its own
+        # A wakes up and reports its next epoch for a trial no longer its own
+        os.killpg(a.proc.pid, signal.SIGCONT)
     assert a.wait() == 0, a.output()[-3000:]  # it waits for B's retry, then the study is done
     assert b.wait() == 0, b.output()[-3000:]
     out = a.output()
@@ -476,9 +472,8 @@ def test_a_storage_outage_mid_trial_is_one_line_exit_1_and_the_same_command_cont
             lambda: [t for t in study.get_trials() if t.user_attrs.get("epochs_completed", 0) >= 1],
             180,
         )
-        with (
-            admin.connect() as c
-        ):  # the database goes away mid-trial: nobody can connect, every connection is cut
+        # the database goes away mid-trial: nobody can connect, every connection is cut
+        with admin.connect() as c:
             c.execute(sqlalchemy.text(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false"))
             c.execute(
                 sqlalchemy.text(
@@ -501,9 +496,8 @@ def test_a_storage_outage_mid_trial_is_one_line_exit_1_and_the_same_command_cont
         "epoch"
     ]
 
-    assert (
-        local_sweep.main(args) == 0
-    )  # once the database answers: the lost attempt is failed after the grace
+    # once the database answers: the lost attempt is failed after the grace
+    assert local_sweep.main(args) == 0
     trials = load(postgres_url, "outage")
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], [
         t.state.name for t in trials
@@ -517,12 +511,13 @@ def test_a_storage_outage_mid_trial_is_one_line_exit_1_and_the_same_command_cont
     assert "Traceback" not in "".join(capsys.readouterr())
 
 
+# what clusters, terminals and users do to a sweep's processes
 FAULTS = (
     "SIGKILL",
     "SIGSTOP",
     "SIGHUP",
     "SIGTERM",
-)  # what clusters, terminals and users do to a sweep's processes
+)
 FAULT_SEEDS = [
     int(s) for s in os.environ.get("SWEEP_FAULT_SEEDS", "1").split(",")
 ]  # e.g. SWEEP_FAULT_SEEDS=1,2,3,4,5
@@ -568,9 +563,8 @@ def test_random_faults_on_two_launchers_end_with_exactly_n_finished_trials(
     assert study and _wait_for(
         lambda: study.get_trials(states=(optuna.trial.TrialState.RUNNING,)), 90, every=0.1
     )
-    next_fault = (
-        time.monotonic() + plan[0][0]
-    )  # the clock starts with the first trial: faults land mid-sweep
+    # the clock starts with the first trial: faults land mid-sweep
+    next_fault = time.monotonic() + plan[0][0]
     try:
         while len(done) < len(machines):
             assert time.monotonic() - started < 110, (
@@ -610,9 +604,8 @@ def test_random_faults_on_two_launchers_end_with_exactly_n_finished_trials(
             if plan and now >= next_fault and running:
                 _, fault, pick = plan.pop(0)
                 target = running[int(pick * len(running))]
-                if (
-                    fault == "SIGSTOP"
-                ):  # paused past the grace period: its trial is failed and retried elsewhere
+                # paused past the grace period: its trial is failed and retried elsewhere
+                if fault == "SIGSTOP":
                     stopped_until[target.name] = now + GRACE + 2
                 else:
                     study_was_done[target.name] = FAULT_TRIALS <= sum(

@@ -44,9 +44,8 @@ def agent_launch(tmp_path: Path, data_dir: Path, env: dict, values: dict) -> tup
         "${args}": ["--val-size=200", "--no-log-model", *args],
     }
     if not (tmp_path / "data").exists():
-        (tmp_path / "data").symlink_to(
-            data_dir
-        )  # the default --data-dir, relative to where the agent runs
+        # the default --data-dir, relative to where the agent runs
+        (tmp_path / "data").symlink_to(data_dir)
     env = env | {
         "WANDB_MODE": "offline",
         "WANDB_SWEEP_ID": SWEEP_ID,
@@ -88,9 +87,8 @@ def test_null_under_wandb_agent_trains_with_the_default_and_records_it(
     summary = json.loads((tmp_path / "runs" / RUN_ID / "summary.json").read_text())
     assert summary["config"]["weight_decay"] == default
     _, _, wandb_summary, wandb_config = offline_wandb_run(tmp_path / "wandb", RUN_ID)
-    assert (
-        wandb_config["weight_decay"] is None
-    )  # what the sweep drew: its search must see its own value
+    # what the sweep drew: its search must see its own value
+    assert wandb_config["weight_decay"] is None
     assert wandb_summary["defaults_used"] == {"weight_decay": default}  # what the run used
 
 
@@ -148,9 +146,8 @@ def test_the_command_line_word_none_is_null_and_other_bad_values_are_still_refus
     assert {key: config[key] for key in ("weight_decay", "val_size", "momentum")} == {
         key: trainer.DEFAULTS[key] for key in ("weight_decay", "val_size", "momentum")
     }
-    assert (
-        trainer.main(["--weight_decay=none", "--wandb-mode", "disabled"]) == 2
-    )  # only W&B's spelling
+    # only W&B's spelling
+    assert trainer.main(["--weight_decay=none", "--wandb-mode", "disabled"]) == 2
     assert "weight_decay=none is not allowed" in one_line(capsys.readouterr().err)
 
 
@@ -185,9 +182,8 @@ def test_a_requeued_run_relaunched_with_its_whole_config_as_arguments_resumes(
     while not (tmp_path / "runs" / RUN_ID / "last.pt").exists():
         assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
         time.sleep(0.02)
-    first.send_signal(
-        signal.SIGUSR1
-    )  # a preemption notice: the run is marked preempting, the sweep requeues it
+    # a preemption notice: the run is marked preempting, the sweep requeues it
+    first.send_signal(signal.SIGUSR1)
     assert first.wait(timeout=240) == 128 + signal.SIGUSR1
     assert offline_wandb_run(tmp_path / "wandb", RUN_ID)[1]
     saved = run_files.load_checkpoint(tmp_path / "runs" / RUN_ID / "last.pt")
@@ -200,9 +196,8 @@ def test_a_requeued_run_relaunched_with_its_whole_config_as_arguments_resumes(
     assert again.returncode == 0, again.stderr
     assert "ignored W&B's internal arguments --_wandb" in again.stdout
     assert f"resuming runs/{RUN_ID} after epoch {saved['epoch']}" in again.stdout
-    assert (
-        " ignored: the resumed run keeps" not in again.stdout
-    )  # None is the default, the checkpoint's value
+    # None is the default, the checkpoint's value
+    assert " ignored: the resumed run keeps" not in again.stdout
     summary = json.loads((tmp_path / "runs" / RUN_ID / "summary.json").read_text())
     assert summary["status"] == "finished" and [m["epoch"] for m in summary["history"]] == list(
         range(1, 9)
@@ -225,10 +220,11 @@ def test_outside_a_sweep_an_internal_argument_is_still_refused(monkeypatch, caps
     "values, words",
     [
         ({"batch_size": 0}, "batch_size=0 is not allowed"),  # a value out of range
+        # a parameter the trainer lacks (not lr_schedule's prefix)
         (
             {"lr": 0.01},
             "unrecognized arguments: --lr=0.01",
-        ),  # a parameter the trainer lacks (not lr_schedule's prefix)
+        ),
     ],
 )
 def test_a_value_refused_inside_a_wandb_sweep_fails_the_wandb_run_with_the_line(

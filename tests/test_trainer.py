@@ -255,9 +255,8 @@ def test_learning_rate_warms_up_then_anneals_to_zero_within_the_budget():
 )
 def test_the_learning_rate_is_0_at_the_final_step_and_the_peak_right_after_warm_up(total, warmup):
     lrs = [trainer.learning_rate_at(s, total, warmup, 0.1, "cosine") for s in range(total)]
-    assert lrs[:warmup] == pytest.approx(
-        [0.1 * (s + 1) / warmup for s in range(warmup)]
-    )  # warm-up as before
+    # warm-up as before
+    assert lrs[:warmup] == pytest.approx([0.1 * (s + 1) / warmup for s in range(warmup)])
     if total - warmup > 1:
         assert lrs[warmup] == pytest.approx(0.1)
     assert lrs[-1] == 0.0
@@ -357,9 +356,10 @@ def test_every_summary_records_the_models_cost_counted_by_pytorch(tiny_data_dir,
 def test_a_run_of_seconds_times_its_latency_with_three_calls_per_batch_size():
     model = trainer.model_from_config({**trainer.DEFAULTS, **FAST_CONFIG})
     batches: list[int] = []
+    # not flops_per_image's copy
     model.register_forward_hook(
         lambda module, inputs, _: batches.append(inputs[0].shape[0]) if module is model else None
-    )  # not flops_per_image's copy
+    )
     cost = model_cost(model, CPU, contextlib.nullcontext, run_seconds=0.0)
     assert batches == [1] * 4 + [256] * 4  # a warm-up and 3 timed calls each
     assert all(ms > 0 for ms in cost["latency_ms"].values())
@@ -436,9 +436,8 @@ def test_every_swept_key_is_accepted_as_key_equals_value_and_lands_in_the_run_co
         "config"
     ]  # what the program read from run.config
     assert {key: config[key] for key in chosen} == chosen
-    assert list(
-        (tmp_path / "wandb").glob(f"offline-run-*-{run_dir.name}/*.wandb")
-    )  # the W&B run, named alike
+    # the W&B run, named alike
+    assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_dir.name}/*.wandb"))
 
 
 def test_options_also_take_a_separate_value_and_integral_floats():

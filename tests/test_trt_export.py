@@ -59,9 +59,8 @@ def trained_run(data_dir, tmp_path_factory) -> Path:
     config = part_2_cifar.validate_config({**part_2_cifar.DEFAULTS, **FAST_CONFIG, "val_size": 200})
     run_dir = tmp_path_factory.mktemp("trt_runs") / "study" / "trial-0000"
     threads = torch.get_num_threads()
-    torch.set_num_threads(
-        1
-    )  # on a busy 2-core machine one thread is several times faster than two contending
+    # on a busy 2-core machine one thread is several times faster than two contending
+    torch.set_num_threads(1)
     try:
         data = part_2_cifar.prepare_data(data_dir, config["val_size"], torch.device("cpu"))
         summary = part_2_cifar.train(config, data, run_dir)
@@ -101,9 +100,8 @@ def cli_run(trained_run, data_dir, tmp_path_factory) -> dict:
         "--min-iterations",
         "3",
     ]
-    env = dict(
-        os.environ, OMP_NUM_THREADS="1"
-    )  # see trained_run; the benchmark numbers are not what is tested
+    # see trained_run; the benchmark numbers are not what is tested
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env, timeout=600)
     return {"result": result, "out": work / "export", "plot": work / "plot.png"}
 
@@ -124,9 +122,8 @@ def test_cli_exports_checks_benchmarks_and_says_what_it_skipped(cli_run, trained
     result, out = cli_run["result"], cli_run["out"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert (
-        f"exporting checkpoint {trained_run / 'best.pt'} " in result.stdout
-    )  # found two levels down
+    # found two levels down
+    assert f"exporting checkpoint {trained_run / 'best.pt'} " in result.stdout
     assert "not confirmed by select_model.py" in result.stdout  # there is no selection.json
     assert (
         "| backend | batch | iterations | images/s | mean ms | p50 ms | p90 ms | p99 ms | GPU "
@@ -292,9 +289,8 @@ def test_engine_that_trails_pytorch_beyond_the_tolerance_fails():
     labels = np.arange(1000) % 100
     perfect = np.eye(100, dtype=np.float32)[labels]
     one_percent_wrong = perfect.copy()
-    one_percent_wrong[:10] = np.roll(
-        one_percent_wrong[:10], 1, axis=1
-    )  # 10 of 1000 images: 1 point lower
+    # 10 of 1000 images: 1 point lower
+    one_percent_wrong[:10] = np.roll(one_percent_wrong[:10], 1, axis=1)
     rows = inference_bench.accuracy_table(
         {"pytorch-fp32 (cuda)": perfect, "tensorrt-fp16": one_percent_wrong},
         labels,
@@ -303,13 +299,15 @@ def test_engine_that_trails_pytorch_beyond_the_tolerance_fails():
     assert rows[1]["points_vs_reference"] == pytest.approx(-1.0)
     assert rows[1]["top1_agreement_with_reference"] == pytest.approx(99.0)
     tolerance = export_backends.ACCURACY_TOLERANCE
+    # 0.5
     assert (
         len(inference_bench.accuracy_failures(rows, {"tensorrt-fp16": tolerance["fp16"]}, "fp16"))
         == 1
-    )  # 0.5
+    )
+    # 1.5
     assert (
         inference_bench.accuracy_failures(rows, {"tensorrt-fp16": tolerance["int8"]}, "int8") == []
-    )  # 1.5
+    )
 
 
 def test_accuracy_is_compared_with_the_named_reference_wherever_it_is_listed(capsys):
@@ -353,9 +351,8 @@ def identity_session(folder: Path, threads: int):
 
 
 def test_a_cpu_registry_lists_every_backend_each_runnable_here_or_with_the_reason(tmp_path):
-    args = trt_export.parse_args(
-        ["--checkpoint", "unused.pt", "--cuda-graph"]
-    )  # fp16 engine, CUDA graph asked
+    # fp16 engine, CUDA graph asked
+    args = trt_export.parse_args(["--checkpoint", "unused.pt", "--cuda-graph"])
     cpu = torch.device("cpu")
     engine, info = trt_export.build_tensorrt(
         args,
@@ -410,9 +407,8 @@ def test_a_cpu_registry_lists_every_backend_each_runnable_here_or_with_the_reaso
 
 
 def test_missing_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
-    assert (
-        trt_export.main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
-    )  # as a process: test_exit_codes.py
+    # as a process: test_exit_codes.py
+    assert trt_export.main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert (
         capsys.readouterr().err.strip()
         == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"
@@ -463,9 +459,8 @@ def test_best_picks_the_run_with_the_highest_best_val_accuracy_at_any_depth(tmp_
         tmp_path / "study" / "trial-0001",
         55.5,
     )
-    assert (
-        choice.choose_checkpoint(str(tmp_path / "a"), tmp_path) == tmp_path / "a" / "best.pt"
-    )  # a run folder
+    # a run folder
+    assert choice.choose_checkpoint(str(tmp_path / "a"), tmp_path) == tmp_path / "a" / "best.pt"
     assert (
         choice.choose_checkpoint("best", tmp_path) == tmp_path / "study" / "trial-0001" / "best.pt"
     )
@@ -598,9 +593,8 @@ def test_best_exports_what_select_model_chose_not_the_luckiest_run(selection_run
 
 def test_a_selection_json_below_runs_dir_is_found(selection_runs):
     study = selection_runs.parent / "all-runs" / "cifar"
-    shutil.move(
-        selection_runs, study
-    )  # select_model.py was given runs/cifar; the export looks in runs/
+    # select_model.py was given runs/cifar; the export looks in runs/
+    shutil.move(selection_runs, study)
     assert choice.choose_checkpoint("best", study.parent) == study / "selection/a-seed1/best.pt"
 
 
@@ -692,14 +686,12 @@ def test_export_leaves_the_callers_model_as_it_was(trained_run, data_dir, tmp_pa
     export_backends.torch_predictor(placed, torch.device("cpu"), None)(images)
     assert not model.training
     for name, tensor in model.state_dict().items():
-        assert tensor.stride() == before[name][1] and tensor.dtype == before[name][0].dtype, (
-            name
-        )  # not moved
+        # not moved
+        assert tensor.stride() == before[name][1] and tensor.dtype == before[name][0].dtype, name
         assert torch.equal(tensor, before[name][0]), name
     conv_weight = next(p for p in placed.parameters() if p.dim() == 4)
-    assert conv_weight.is_contiguous(
-        memory_format=torch.channels_last
-    )  # the copy was placed as the trainer runs
+    # the copy was placed as the trainer runs
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize(
@@ -758,9 +750,8 @@ def test_within_needs_best_and_points_at_least_0(args, capsys):
 
 
 def test_stub_only_or_absent_tensorrt_is_reported_not_used(monkeypatch):
-    monkeypatch.setitem(
-        sys.modules, "tensorrt", types.ModuleType("tensorrt")
-    )  # what tensorrt-stubs leaves behind
+    # what tensorrt-stubs leaves behind
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     assert "only type stubs" in trt_runtime.why_no_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed: import raises ImportError
     assert "cannot be imported" in trt_runtime.why_no_tensorrt()
@@ -782,13 +773,11 @@ class FakeTensorRT(types.ModuleType):
     engine's batch range."""
 
     TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
-    NetworkDefinitionCreationFlag = types.SimpleNamespace(
-        STRONGLY_TYPED=7
-    )  # a number unlike 10's or 11's
+    # a number unlike 10's or 11's
+    NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=7)
     MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    BuilderFlag = types.SimpleNamespace(
-        FP16="fp16", INT8="int8"
-    )  # TensorRT 10 still has them: they must go unused
+    # TensorRT 10 still has them: they must go unused
+    BuilderFlag = types.SimpleNamespace(FP16="fp16", INT8="int8")
     Dims = list
 
     def __init__(self, profile: tuple[int, int] = (1, 256), build_ok: bool = True) -> None:
@@ -1011,9 +1000,8 @@ def test_a_timing_cache_from_another_gpu_is_replaced_by_a_fresh_one(fake_gpu, tm
         in capsys.readouterr().out
     )
     assert (tmp_path / "timing.cache").read_bytes() == b"this-gpu"
-    assert (
-        json.loads((tmp_path / "m.engine.json").read_text()) == info
-    )  # written after the cache, not lost to it
+    # written after the cache, not lost to it
+    assert json.loads((tmp_path / "m.engine.json").read_text()) == info
 
 
 def test_a_failed_build_is_an_engine_error(fake_gpu, tmp_path):
@@ -1077,9 +1065,8 @@ def test_cuda_graph_is_captured_and_replayed_with_cuda_python(fake_gpu, tmp_path
     assert cudart.calls[-1] == ("cudaGraphLaunch", "exec-of-graph2", 77)
     runner.capture_graph()  # a recapture destroys the first graph and its instantiation
     assert len(cudart.live) == 2 and not cudart.live & {"graph2", "exec-of-graph2"}
-    runner.set_batch(
-        np.zeros((4, 3, 32, 32), np.float32)
-    )  # a new shape: the graph no longer matches
+    # a new shape: the graph no longer matches
+    runner.set_batch(np.zeros((4, 3, 32, 32), np.float32))
     assert cudart.live == set() and runner.graph_exec is None
     with pytest.raises(trt_runtime.EngineError, match="no CUDA graph captured at batch size 4"):
         runner.step(use_graph=True)
@@ -1092,9 +1079,8 @@ def test_a_failure_during_capture_ends_the_capture(fake_gpu, tmp_path, during_ca
     fake_gpu.trt.executes = [True, during_capture]  # the warm-up enqueue, then the captured one
     with pytest.raises((RuntimeError, trt_runtime.EngineError)):
         runner.capture_graph()
-    assert (
-        cudart.capturing == set() and cudart.live == set()
-    )  # the stream is usable again; nothing leaked
+    # the stream is usable again; nothing leaked
+    assert cudart.capturing == set() and cudart.live == set()
     assert runner.graph is None and runner.graph_exec is None
 
 
@@ -1134,17 +1120,15 @@ def test_int8_calibration_gives_modelopt_batches_of_distinct_images(fake_modelop
     images = np.random.default_rng(0).normal(size=(512, 3, 32, 32)).astype(np.float32)
     trt_runtime.quantize_int8(tmp_path / "m.onnx", images, tmp_path / "q.onnx", "images")
     (kwargs,) = fake_modelopt.calls
-    assert (
-        kwargs["calibration_shapes"] == "images:64x3x32x32"
-    )  # 8 steps of 64, not 512 steps of a batch read as 1
+    # 8 steps of 64, not 512 steps of a batch read as 1
+    assert kwargs["calibration_shapes"] == "images:64x3x32x32"
     assert np.array_equal(kwargs["calibration_data"]["images"], images)
     assert kwargs["quantize_mode"] == "int8" and kwargs["high_precision_dtype"] == "fp16"
     assert kwargs["onnx_path"] == str(tmp_path / "m.onnx") and kwargs["output_path"] == str(
         tmp_path / "q.onnx"
     )
-    assert (
-        trt_runtime.calibration_shapes("images", images[:10]) == "images:10x3x32x32"
-    )  # fewer: one step
+    # fewer: one step
+    assert trt_runtime.calibration_shapes("images", images[:10]) == "images:10x3x32x32"
 
 
 def test_a_modelopt_failure_is_one_engine_error_line(fake_modelopt, tmp_path):
@@ -1173,9 +1157,8 @@ def test_modelopt_before_0_42_is_refused_with_the_reason(fake_modelopt):
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_agrees_with_onnx_runtime(cli_run, data_dir, tmp_path, precision):
-    onnx_path = cli_run["out"] / (
-        "model_fp16.onnx" if precision == "fp16" else "model.onnx"
-    )  # strongly typed
+    # strongly typed
+    onnx_path = cli_run["out"] / ("model_fp16.onnx" if precision == "fp16" else "model.onnx")
     info = trt_runtime.build_engine(
         onnx_path,
         tmp_path / "m.engine",
@@ -1195,9 +1178,8 @@ def test_engine_agrees_with_onnx_runtime(cli_run, data_dir, tmp_path, precision)
     for batch_size in (1, 16):
         got = runner(images[:batch_size])
         assert got.shape == (batch_size, 100)
-        assert np.abs(got - expected[:batch_size]).max() <= (
-            2e-2 if precision == "fp32" else 1e-1
-        )  # TF32 / fp16
+        # TF32 / fp16
+        assert np.abs(got - expected[:batch_size]).max() <= (2e-2 if precision == "fp32" else 1e-1)
     assert runner.step() > 0  # GPU compute seconds from CUDA events
     runner.capture_graph()
     runner.host_output[:] = 0

@@ -92,9 +92,8 @@ def trained_offline(result: subprocess.CompletedProcess, cwd: Path) -> tuple[str
     (line,) = our_lines(result.stdout + result.stderr)
     (run_dir,) = (cwd / "runs").iterdir()
     assert (run_dir / "summary.json").is_file() and (run_dir / "best.pt").is_file()
-    (offline_run,) = cwd.glob(
-        f"wandb/offline-run-*-{run_dir.name}"
-    )  # WANDB_DIR is cwd (offline_env)
+    # WANDB_DIR is cwd (offline_env)
+    (offline_run,) = cwd.glob(f"wandb/offline-run-*-{run_dir.name}")
     assert list(offline_run.glob("*.wandb"))
     return line, offline_run
 

@@ -43,11 +43,12 @@ CIFAR100_MD5 = (
 CIFAR100_BYTES = 169_001_437  # size of the official archive, to set a cut-short download beside it
 CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
 CIFAR100_DIR = "cifar-100-python"
+# what cifar-100-python/ holds (the archive adds an unused file.txt~)
 CIFAR100_FILES = (
     "train",
     "test",
     "meta",
-)  # what cifar-100-python/ holds (the archive adds an unused file.txt~)
+)
 DATA_DIR_HELP = (
     f"the folder holding {CIFAR100_DIR}/ or {CIFAR100_ARCHIVE}, or either of those itself "
     "(default ./data; downloaded there if absent)"
@@ -125,9 +126,8 @@ def find_cifar100(data_dir: Path) -> CifarSource | None:
         raise DataError(
             f"--data-dir {d} is a file, neither a folder nor the CIFAR-100 archive: use {parent}"
         )
-    for folder in (
-        f for f in folders if f.name == CIFAR100_DIR
-    ):  # a folder of that name is meant to be the data
+    # a folder of that name is meant to be the data
+    for folder in (f for f in folders if f.name == CIFAR100_DIR):
         present = [name for name in CIFAR100_FILES if (folder / name).is_file()]
         if present:
             missing = [name for name in CIFAR100_FILES if name not in present]
@@ -153,9 +153,8 @@ def read_archive(archive: Path) -> dict[str, bytes]:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 name = wanted.get(posixpath.normpath(member.name))
-                if (
-                    name and member.isfile()
-                ):  # a link or device under a wanted name is not the data set
+                # a link or device under a wanted name is not the data set
+                if name and member.isfile():
                     found[name] = tar.extractfile(member).read()
     except (
         tarfile.TarError,

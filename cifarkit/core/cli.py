@@ -413,18 +413,18 @@ def leave_a_lost_terminal() -> None:
 
     for fd in (1, 2):
         try:
-            termios.tcgetattr(
-                fd
-            )  # EIO once the terminal is gone; ENOTTY for a file or pipe, which stay
+            # EIO once the terminal is gone; ENOTTY for a file or pipe, which stay
+            termios.tcgetattr(fd)
         except termios.error as e:
             if e.args[0] == errno.EIO:
                 point_at_devnull(fd)
 
 
+# the reader of a pipe exited (`| head`); the terminal is gone (logout)
 LOST_OUTPUT = (
     errno.EPIPE,
     errno.EIO,
-)  # the reader of a pipe exited (`| head`); the terminal is gone (logout)
+)
 
 
 def point_at_devnull(fd: int) -> None:
@@ -453,10 +453,11 @@ class OutputThatMayGoAway:
             raise error
         try:
             point_at_devnull(self.stream.fileno())
+        # a stream with no file descriptor (io.StringIO): replace the stream itself
         except (
             OSError,
             ValueError,
-        ):  # a stream with no file descriptor (io.StringIO): replace the stream itself
+        ):
             self.stream = open(os.devnull, "w")
         if error.errno == errno.EIO:
             # the other of stdout and stderr is most likely the same lost terminal
@@ -480,9 +481,8 @@ class OutputThatMayGoAway:
             self._lost(e)
             self.stream.flush()
 
-    def __getattr__(
-        self, name: str
-    ):  # fileno, isatty, encoding, buffer, closed ...: the stream's own
+    # fileno, isatty, encoding, buffer, closed ...: the stream's own
+    def __getattr__(self, name: str):
         return getattr(self.stream, name)
 
 

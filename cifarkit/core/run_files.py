@@ -51,10 +51,11 @@ from cifarkit.core.settings import ConfigError, Settings
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 SUMMARY_FILE = "summary.json"
+# a run with this status has its result; "diverged" is a real outcome of a config
 ENDED = (
     "finished",
     "diverged",
-)  # a run with this status has its result; "diverged" is a real outcome of a config
+)
 # What makes two runs' val_accuracy comparable: the same images (SHA-256 of the decoded training and
 # test arrays) and validation split, as data_identity records them (same_data's keys).
 DATA_KEYS = ("train_sha256", "test_sha256", "split_seed", "val_size")
@@ -286,10 +287,11 @@ class Snapshots:
     """
 
     def __init__(self, run_dir: Path, epoch: int):
+        # the last finished epoch (resumed: last.pt's)
         self.run_dir, self.epoch = (
             Path(run_dir),
             epoch,
-        )  # the last finished epoch (resumed: last.pt's)
+        )
         self.epoch_on_disk = epoch  # what last.pt holds
         self.checkpoints: dict[str, dict] = {}
         self.unsaved: set[str] = set()

@@ -37,14 +37,14 @@ from cifarkit.core.cli import CommandError, one_line, write_atomic
 if TYPE_CHECKING:
     import tensorrt as trt
 
-WORKSPACE_BYTES = (
-    1 << 30
-)  # builder scratch memory limit; SimpleCNN needs far less, big tactics may want more
+# builder scratch memory limit; SimpleCNN needs far less, big tactics may want more
+WORKSPACE_BYTES = 1 << 30
 PRECISIONS = ("fp32", "fp16", "int8")
+# before 0.42 every calibration step saw the same data (NVIDIA/Model-Optimizer#794)
 MODELOPT_MIN_VERSION = (
     0,
     42,
-)  # before 0.42 every calibration step saw the same data (NVIDIA/Model-Optimizer#794)
+)
 # images per int8 calibration step; ModelOpt reads a dynamic batch as 1 unless told
 CALIBRATION_BATCH = 64
 INSTALL_HINT = (
@@ -70,9 +70,8 @@ def why_no_tensorrt() -> str:
             f"the tensorrt package cannot be imported ({type(e).__name__}: {e}); install it "
             f"{INSTALL_HINT}"
         )
-    if not hasattr(
-        trt, "Builder"
-    ):  # tensorrt-stubs alone leaves an importable namespace package with no code
+    # tensorrt-stubs alone leaves an importable namespace package with no code
+    if not hasattr(trt, "Builder"):
         return (
             "the tensorrt found here is only type stubs (no Builder); install the real package "
             f"{INSTALL_HINT}"

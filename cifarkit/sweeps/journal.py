@@ -225,9 +225,8 @@ def check(path: Path) -> None:
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
-            end = _line_start(
-                f, size
-            )  # past the last newline: a cut record after it is not checked here
+            # past the last newline: a cut record after it is not checked here
+            end = _line_start(f, size)
             if end and not _is_record(_last_line(f, end)):
                 raise DamagedJournal(damage_message(path))
     except OSError as e:
@@ -241,9 +240,8 @@ class SafeJournalFile(JournalFileBackend):
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         try:
             yield from super().read_logs(log_number_from)
-        except (
-            ValueError
-        ):  # json.JSONDecodeError, or Optuna's "Invalid log format." for a cut line mid-file
+        # json.JSONDecodeError, or Optuna's "Invalid log format." for a cut line mid-file
+        except ValueError:
             raise DamagedJournal(damage_message(Path(self._file_path))) from None
         except OSError as e:
             raise JournalFailed(FileFailed(e, "read the journal", self._file_path)) from None

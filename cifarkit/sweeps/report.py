@@ -66,14 +66,12 @@ def trials_table(study: optuna.Study, swept: list[str]):
     ]
     rank = df["state"].map({"COMPLETE": 0, "PRUNED": 1}).fillna(2)
     values = ["value"] if "value" in df else [c for c in df.columns if c.startswith("values_")]
-    if (
-        len(study.directions) > 1
-    ):  # Optuna's own front: completed trials no other completed trial beats on all values
+    # Optuna's own front: completed trials no other completed trial beats on all values
+    if len(study.directions) > 1:
         front = {t.number for t in study.best_trials}
         df["pareto_front"] = df["number"].isin(front)
-        rank = rank - df["pareto_front"].astype(
-            int
-        )  # the front first, then the other completed trials
+        # the front first, then the other completed trials
+        rank = rank - df["pareto_front"].astype(int)
     sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
     df = df.assign(_rank=rank, _key=sign * df[values[0]].fillna(0)).sort_values(
         ["_rank", "_key", "number"]
@@ -162,9 +160,8 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
         "importance": oplt.plot_param_importances,
         "parallel": oplt.plot_parallel_coordinate,
     }
-    if (
-        len(study.directions) > 1
-    ):  # Optuna's history, importance and parallel plots take one objective
+    # Optuna's history, importance and parallel plots take one objective
+    if len(study.directions) > 1:
         plots = {"pareto": oplt.plot_pareto_front}
         front = table[table["pareto_front"]]
         goals = zip(study.metric_names or [], study.directions, strict=False)
@@ -181,18 +178,16 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
             )
             continue
         try:
-            with (
-                warnings.catch_warnings()
-            ):  # experimental-API notes; axes of parameters with one value
+            # experimental-API notes; axes of parameters with one value
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             print(f"skipped the {kind} plot: {one_line(e)}")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.suptitle(
-            textwrap.fill(title, 100), fontsize=8
-        )  # the Pareto plot's axes are narrower than the title
+        # the Pareto plot's axes are narrower than the title
+        fig.suptitle(textwrap.fill(title, 100), fontsize=8)
         fig.tight_layout()
         path = images_dir / f"sweep_{study_dir.name}_{kind}.png"
         save_figure(fig, path)

@@ -103,12 +103,13 @@ TEXT_KEYS = (
 METHODS = ("bayes", "random", "grid", "custom")
 METRIC_KEYS = ("name", "goal", "target", "impute", "impute_while_running")
 IMPUTE = ("latest", "best", "worst")
+# W&B's schema allows no other key
 SCHEDULER_KEYS = (
     "engine",
     "source",
     "optimizer",
     "search_space",
-)  # W&B's schema allows no other key
+)
 PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # W&B's schema: names of parameters
 GRID_KINDS = ("constant", "categorical", "int_uniform", "q_uniform")  # sweeps.grid_search_next_runs
 DEPRECATED = {
@@ -547,9 +548,8 @@ class Sweep:
     # values are read from the run's summary when it ends, as W&B's Optuna scheduler reads them;
     # empty for bayes, random and grid
     objectives: tuple[tuple[str, str], ...] = ()
-    scheduler: Mapping[str, str] = field(
-        default_factory=dict
-    )  # method custom: W&B's scheduler block
+    # method custom: W&B's scheduler block
+    scheduler: Mapping[str, str] = field(default_factory=dict)
     # scheduler.search_space, loaded by local_sweep.py
     search_space: Callable[[optuna.Trial], dict] | None = None
     # scheduler.optimizer: the (sampler, pruner) of the study the user's function makes, loaded by
@@ -679,9 +679,8 @@ def load_sweep(path: Path, settings: Settings) -> Sweep:
         raise SweepConfigError(f"program {program!r}: local_sweep.py can only run part_2_cifar.py")
     scheduler = _scheduler(raw, method)
     if "search_space" in scheduler:
-        if (
-            "parameters" in raw
-        ):  # W&B's scheduler would silently take the function and ignore the section
+        # W&B's scheduler would silently take the function and ignore the section
+        if "parameters" in raw:
             raise SweepConfigError(
                 "scheduler.search_space defines the parameters: remove the parameters section"
             )
@@ -989,6 +988,7 @@ def safe_file_name(name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Sampler and pruner
 
+# W&B's schema, hyperband_stopping
 HYPERBAND_KEYS = (
     "type",
     "min_iter",
@@ -996,7 +996,7 @@ HYPERBAND_KEYS = (
     "s",
     "eta",
     "strict",
-)  # W&B's schema, hyperband_stopping
+)
 MIN_ITER_BANDS = 100  # W&B's min_iter form computes this many bands
 
 
@@ -1090,16 +1090,16 @@ class WandbHyperbandPruner(optuna.pruners.BasePruner):
     """
 
     def __init__(self, bands: list[int], eta: float, strict: bool):
+        # W&B's r = 1 / eta
         self.bands, self.rank_fraction, self.strict = (
             sorted(bands),
             1.0 / eta,
             strict,
-        )  # W&B's r = 1 / eta
+        )
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        sign = (
-            -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-        )  # then lower is better
+        # then lower is better
+        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
         history = self._history(trial, sign)
         reached = [band for band in self.bands if band <= len(history)]
         if not reached:
@@ -1114,9 +1114,8 @@ class WandbHyperbandPruner(optuna.pruners.BasePruner):
         }
         histories = [self._history(t, sign) for t in trials if t.number not in replaced]
         at_band = sorted(h[band - 1] for h in histories if len(h) >= band)
-        if (
-            not at_band
-        ):  # only when this trial was itself replaced by a retry; W&B's threshold is then infinite
+        # only when this trial was itself replaced by a retry; W&B's threshold is then infinite
+        if not at_band:
             return False
         threshold = at_band[int(self.rank_fraction * len(at_band))]
         return (history[band - 1] if self.strict else min(history)) > threshold

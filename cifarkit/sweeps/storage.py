@@ -91,9 +91,8 @@ class Store:
     def scheduling(self, study: optuna.Study) -> Iterator[None]:
         """Held while a process fails dead trials, counts and asks: two cannot both take the N-th
         trial."""
-        if (
-            self.lock_dir is None
-        ):  # released with the transaction, or by the server when the connection drops
+        # released with the transaction, or by the server when the connection drops
+        if self.lock_dir is None:
             with self.storage.engine.begin() as connection:
                 connection.execute(
                     sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
@@ -122,9 +121,8 @@ class Store:
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(study.study_name), trial.number
         )
-        storage.record_heartbeat(
-            trial_id
-        )  # the first beat, inside the scheduling lock: never a trial without one
+        # the first beat, inside the scheduling lock: never a trial without one
+        storage.record_heartbeat(trial_id)
 
         def beat() -> None:
             failing = False
@@ -155,9 +153,8 @@ class Store:
         `scheduling`)."""
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         if self.lock_dir is None:
-            optuna.storages.fail_stale_trials(
-                study
-            )  # with the storage's RetryHeartbeatStaleTrialCallback
+            # with the storage's RetryHeartbeatStaleTrialCallback
+            optuna.storages.fail_stale_trials(study)
             failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
             return [t.number for t in failed if t.number in running]
         dead = []
@@ -181,10 +178,11 @@ def tell_once(
     its retry)."""
     try:
         return study.tell(trial, value, state=state)
+    # found finished / finished meanwhile
     except (
         ValueError,
         optuna.exceptions.UpdateFinishedTrialError,
-    ):  # found finished / finished meanwhile
+    ):
         return None
     except RuntimeError:
         # GridSampler calls study.stop() from tell once the grid is spent, which outside
@@ -215,9 +213,8 @@ def open_storage(
         path = Path(storage) if storage else Path(runs_dir) / DEFAULT_STORAGE_FILE
         lock_dir = path.with_name(path.name + ".locks")
         lock_dir.mkdir(parents=True, exist_ok=True)
-        journal.check(
-            path
-        )  # a damaged last line: refused now, before anything is appended after it
+        # a damaged last line: refused now, before anything is appended after it
+        journal.check(path)
         return Store(journal.SafeJournalStorage(journal.SafeJournalFile(str(path))), lock_dir)
     url = sqlalchemy.engine.make_url(storage)
     shown = url.render_as_string(hide_password=True)
@@ -228,9 +225,8 @@ def open_storage(
         )
     try:
         engine = sqlalchemy.create_engine(url)  # imports the driver
-        with (
-            engine.begin() as connection
-        ):  # machines creating the tables at once would collide in the catalog
+        # machines creating the tables at once would collide in the catalog
+        with engine.begin() as connection:
             connection.execute(
                 sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
             )
@@ -305,9 +301,8 @@ def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> op
         pruner=pruner,
         load_if_exists=True,
     )
-    if (
-        len(sweep.objectives) > 1 and study.metric_names is None
-    ):  # Optuna's table and plots then name them
+    # Optuna's table and plots then name them
+    if len(sweep.objectives) > 1 and study.metric_names is None:
         study.set_metric_names([name for name, _ in sweep.objectives])
     stored = study.user_attrs.get("sweep_config")
     if stored is None:

@@ -196,9 +196,8 @@ def prior_trial(
         raise ValueError(f"trained on other data: {describe_data(recorded)}")
     if not isinstance(summary.get("config"), dict):
         raise ValueError("its summary.json has no config")
-    config = sweep.settings.with_defaults(
-        summary["config"]
-    )  # one added since: it trained the default
+    # one added since: it trained the default
+    config = sweep.settings.with_defaults(summary["config"])
     params = space_point(sweep, config)
     history = summary.get("history") if isinstance(summary.get("history"), list) else []
     if per_epoch(sweep) and not all(finite_number(m.get(sweep.metric)) for m in history):
@@ -328,9 +327,8 @@ def start_points(path: Path, sweep: Sweep) -> list[dict]:
     for number, config in enumerate(configs, 1):
         where = f"--start-from {path}" + (f", configuration {number}" if len(configs) > 1 else "")
         try:
-            parsed = sweep.settings.validate(
-                config
-            )  # YAML's "0.005" a number; a bad value one line
+            # YAML's "0.005" a number; a bad value one line
+            parsed = sweep.settings.validate(config)
             params = space_point(sweep, {key: parsed[key] for key in config})
         except ValueError as e:  # ConfigError is one
             raise WarmStartError(f"{where}: {e}") from None
