@@ -377,8 +377,10 @@ def give_up_trial(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
 
 def data_fingerprint(source: CifarSource, val_size: int) -> dict:
     """run_files.data_identity of the data the trials train on, without a device (for the
-    launcher)."""
+    launcher). ConfigError, as every worker's prepare_data would raise it, for a --val-size the
+    data cannot split."""
     train_x, train_y, test_x, test_y = load_cifar100(source)
+    p2.stratified_split(train_y, val_size)
     return data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size, p2.SPLIT_SEED)
 
 
@@ -952,10 +954,14 @@ def run_sweep(argv: list[str]) -> int:
     args.study_uid = study_uid(study, store)  # trial folders are named and marked by it
     args.study_dir = study_folder(args.runs_dir, study.study_name, args.study_uid)
     if args.workers > 1 and args.worker_of is None:
-        warm.apply(study, store, sweep, lambda: data_fingerprint(source, args.val_size))
+        # What every worker would refuse for the whole command is refused here, once, before the
+        # warm start writes anything into the study: a study of other data never gets its runs
+        identity = data_fingerprint(source, args.val_size)
+        check_study_data(study, store, identity)
+        warm.apply(study, store, sweep, lambda: identity)
         code = launch_workers(argv, args.workers)
-        if code < cli.SIGNAL_BASE:  # the workers ended on their own, not stopped: the report
-            write_report(study, sweep, args.study_dir, args)
+        if code == cli.EXIT_DONE:  # as one process: a report only of a study that is done
+            return write_report(study, sweep, args.study_dir, args)
         return code
     data = p2.prepare_data(source, args.val_size, device)
     check_study_data(study, store, data.identity)  # its trials are ranked against each other

@@ -516,3 +516,58 @@ def test_a_time_budget_reads_seconds_minutes_hours_or_days(text, seconds):
 
 def test_overlapping_processes_count_their_shared_wall_time_once():
     assert warm_start.wall_seconds([[0, 10], [5, 12], [20, 21]]) == 13
+
+
+# --------------------------------------------------------------------------------------------------
+# What belongs: one data set per study, its own trials known wherever they are
+
+
+def with_data(args: list[str], data_dir: Path, val_size: int) -> list[str]:
+    """local_sweep.py `args` with another --data-dir and --val-size."""
+    args = list(args)
+    args[args.index("--data-dir") + 1] = str(data_dir)
+    args[args.index("--val-size") + 1] = str(val_size)
+    return args
+
+
+@pytest.mark.parametrize(
+    "data, val_size, words",
+    [
+        ("tiny", 200, "trains on"),  # the study is on the learnable data, val_size 100
+        ("learnable", 600, "--val-size=600 is not allowed"),  # all 600 images held out
+    ],
+)
+def test_a_launcher_refuses_what_its_workers_would_before_any_warm_start_write(
+    data,
+    val_size,
+    words,
+    finished_journal,
+    finished_run,
+    tiny_data_dir,
+    learnable_data_dir,
+    tmp_path,
+    capfd,
+):
+    args, journal = finished_journal
+    (journal.parent / "cut" / "trials.csv").unlink()
+    points = write_json(tmp_path / "points.json", {"learning_rate": 0.02})
+    data_dir = tiny_data_dir if data == "tiny" else learnable_data_dir
+    code = local_sweep.main(
+        [
+            *with_data(args, data_dir, val_size),
+            "--trials",
+            "2",
+            "--workers",
+            "2",
+            "--prior-runs",
+            str(finished_run),  # trained on tiny_data_dir, val_size 200
+            "--start-from",
+            str(points),
+        ]
+    )
+    out, err = capfd.readouterr()  # the workers' lines too, were any started
+    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+    assert "worker 0" not in out and "prior runs" not in out, out
+    (trial,) = load_study(journal.parent, "cut").trials  # the study as it was: nothing added
+    assert trial.user_attrs.get("origin") is None
+    assert not (journal.parent / "cut" / "trials.csv").exists()  # a refused command: no report
