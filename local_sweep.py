@@ -48,6 +48,7 @@ from cifarkit.core.settings import ConfigError
 from cifarkit.core.wandb_connect import resolve_wandb_mode
 from cifarkit.sweeps import report, space
 from cifarkit.sweeps.folders import (
+    DamagedMarker,
     TrialFolderTaken,
     own_trial_folder,
     resume_point,
@@ -685,7 +686,8 @@ def work(
                     continue
                 try:
                     own_trial_folder(args.study_dir, args.study_uid, study, trial, claim)
-                except (FolderInUse, TrialFolderTaken) as e:  # its retry gets another folder
+                # its retry gets another folder
+                except (FolderInUse, TrialFolderTaken, DamagedMarker) as e:
                     give_up_trial(study, trial, str(e))
                     return cli.fail(e)
                 try:

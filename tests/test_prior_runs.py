@@ -396,6 +396,51 @@ def test_a_starting_point_no_trial_trains_is_one_line_naming_the_file(
     assert f"--start-from {points}" in err and words in err, err
 
 
+def damaged(path: Path, damage: str) -> Path:
+    """`path` made into a file no reader takes: `latin-1` text, `empty`, or a `folder`."""
+    if damage == "folder":
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"learning_rate: 0.05  # caf\xe9\n" if damage == "latin-1" else b"")
+    return path
+
+
+@pytest.mark.parametrize(
+    "given, damage, words",
+    [
+        ("points.yaml", "latin-1", "is not UTF-8 text (byte 0xe9 at offset 26)"),
+        ("points.yaml", "empty", "expected a configuration"),
+        ("run", "folder", "a run folder needs its summary.json"),
+        ("run/summary.json", "latin-1", "its summary.json cannot be read as a JSON object"),
+        ("run/summary.json", "folder", "its summary.json cannot be read as a JSON object"),
+    ],
+)
+def test_a_start_point_file_that_cannot_be_read_is_one_line_naming_it(
+    given, damage, words, tmp_path, capsys
+):
+    damaged(tmp_path / given, damage)
+    points = tmp_path / given.split("/")[0]
+    sweep = write_json(tmp_path / "warm.json", WARM_SWEEP)
+    args = sweep_args(sweep, tmp_path / "no-data", tmp_path / "runs", "--trials", "1")
+    assert local_sweep.main([*args, "--start-from", str(points)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--start-from {points}" in err and words in err, err
+
+
+def test_a_start_point_that_names_a_setting_the_command_fixes_is_refused_not_ignored(
+    tmp_path, capsys
+):
+    points = tmp_path / "points.yaml"
+    points.write_text("learning_rate: 0.05\nval_size: 50\n")  # --val-size 100 trains every trial
+    sweep = write_json(tmp_path / "warm.json", WARM_SWEEP)
+    args = sweep_args(sweep, tmp_path / "no-data", tmp_path / "runs", "--trials", "1")
+    assert local_sweep.main([*args, "--start-from", str(points)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--start-from {points}: 'val_size' cannot be swept" in err and "--val-size" in err
+
+
 # --------------------------------------------------------------------------------------------------
 # Reproducible sweeps
 

@@ -287,9 +287,14 @@ def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], ident
 def read_configs(path: Path) -> list:
     """The configurations a --start-from file holds: JSON or YAML, one mapping or a list of them."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise WarmStartError(f"--start-from {path}: cannot read it: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise WarmStartError(
+            f"--start-from {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start}): save it as UTF-8 JSON or YAML"
+        ) from None
     try:  # JSON first: YAML 1.1 would read a number such as 1e-05 as text
         configs = json.loads(text)
     except json.JSONDecodeError:
@@ -317,16 +322,25 @@ def start_points(path: Path, sweep: Sweep) -> list[dict]:
     trains."""
     if path.is_dir():
         summary = read_summary(path)
+        if summary is None and (path / SUMMARY_FILE).exists():
+            raise WarmStartError(
+                f"--start-from {path}: its {SUMMARY_FILE} cannot be read as a JSON object "
+                "(damaged, not UTF-8, or not a file); give another run folder or a JSON/YAML file"
+            )
         if summary is None or not isinstance(summary.get("config"), dict):
             raise WarmStartError(
                 f"--start-from {path}: a run folder needs its summary.json (a run that ended)"
             )
+        # its whole config but val_size, which --val-size sets for every trial
         configs = [sweep.settings.with_defaults(summary["config"])]
     else:
         configs = read_configs(path)
     points = []
     for number, config in enumerate(configs, 1):
         where = f"--start-from {path}" + (f", configuration {number}" if len(configs) > 1 else "")
+        fixed = [key for key in config if key in space.NOT_SWEPT]
+        if fixed and not path.is_dir():  # space_point would skip it: refused, not ignored
+            raise WarmStartError(space.not_swept_message(f"{where}: {fixed[0]!r}", fixed[0]))
         try:
             parsed = sweep.settings.validate(
                 config
