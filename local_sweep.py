@@ -581,7 +581,7 @@ def run_trial(
         )
     for key, value in {
         "config": config,
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir.resolve()),  # as any working directory reads it (trials.csv)
         "host": host,
         "failure": "",
         "resumed_after_epoch": resume["epoch"] if resume else 0,

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import copy_of
 from optuna.trial import TrialState
 
 import local_sweep
@@ -616,3 +617,70 @@ def test_a_launcher_refuses_what_its_workers_would_before_any_warm_start_write(
     (trial,) = load_study(journal.parent, "cut").trials  # the study as it was: nothing added
     assert trial.user_attrs.get("origin") is None
     assert not (journal.parent / "cut" / "trials.csv").exists()  # a refused command: no report
+
+
+def test_a_study_knows_its_own_trials_after_its_runs_folder_moved_or_from_another_cwd(
+    finished_journal, tmp_path, monkeypatch, capsys
+):
+    args, journal = finished_journal
+    runs = journal.parent
+
+    def again(runs_dir: Path) -> list[str]:
+        moved = [str(runs_dir) if a == str(runs) else a for a in args]
+        moved[moved.index("--images-dir") + 1] = str(runs_dir / "images")
+        return [*moved, "--trials", "1", "--prior-runs", str(runs_dir)]
+
+    # The runs folder moved, its journal with it: the trial records the old path
+    runs.rename(tmp_path / "moved")
+    assert local_sweep.main(again(tmp_path / "moved")) == 0
+    assert "prior runs: 0 added, 0 already in the study, 0 skipped" in capsys.readouterr().out
+    assert len(load_study(tmp_path / "moved", "cut").trials) == 1
+
+    # As an older version wrote it, the trial's folder relative to the working directory of the
+    # command that trained it; the same study from another working directory, absolute paths
+    (tmp_path / "moved").rename(runs)
+    text = journal.read_text()
+    journal.write_text(text.replace(f'"{runs}{os.sep}', f'"{runs.name}{os.sep}'))
+    assert f'"{runs.name}{os.sep}cut{os.sep}trial-0000"' in journal.read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert local_sweep.main(again(runs)) == 0
+    assert "prior runs: 0 added, 0 already in the study, 0 skipped" in capsys.readouterr().out
+    assert len(load_study(runs, "cut").trials) == 1
+
+
+def test_a_run_reached_by_several_paths_or_copied_is_added_once(
+    finished_journal, learnable_data_dir, tmp_path, capsys
+):
+    args, journal = finished_journal
+    trial_dir = journal.parent / "cut" / "trial-0000"
+    copy = tmp_path / "copy" / "run"
+    copy.parent.mkdir()
+    copy_of(trial_dir, copy)
+    sweep = local_sweep.load_sweep(Path(args[0]))
+    study = optuna.create_study(directions=sweep.directions)  # another study: they are prior runs
+    identity = local_sweep.data_fingerprint(cifar100_source(learnable_data_dir), 100)
+    folders = [journal.parent, trial_dir, copy.parent]
+    warm_start.add_prior_runs(study, sweep, folders, identity)
+    assert "prior runs: 1 added (1 COMPLETE), 2 already in the study, 0 skipped" in (
+        capsys.readouterr().out
+    )
+    warm_start.add_prior_runs(study, sweep, folders, identity)
+    assert "prior runs: 0 added, 3 already in the study, 0 skipped" in capsys.readouterr().out
+    assert len(study.trials) == 1
+
+
+def test_a_run_whose_trial_marker_cannot_be_read_is_skipped_in_one_line(
+    finished_journal, learnable_data_dir, tmp_path, capsys
+):
+    args, journal = finished_journal
+    copy = copy_of(journal.parent / "cut" / "trial-0000", tmp_path / "copy" / "run")
+    (copy / "trial.json").write_bytes(b'{"study": "caf\xe9"}\n')  # whose trial it is: unknown
+    sweep = local_sweep.load_sweep(Path(args[0]))
+    study = optuna.create_study(directions=sweep.directions)
+    identity = local_sweep.data_fingerprint(cifar100_source(learnable_data_dir), 100)
+    warm_start.add_prior_runs(study, sweep, [copy], identity)
+    out = capsys.readouterr().out
+    assert f"prior run {copy} skipped: {copy / 'trial.json'} cannot be read" in out, out
+    assert "prior runs: 0 added, 0 already in the study, 1 skipped" in out and not study.trials

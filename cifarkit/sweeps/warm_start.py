@@ -34,6 +34,7 @@ from cifarkit.core.run_files import (
     summaries_under,
 )
 from cifarkit.sweeps import report, space
+from cifarkit.sweeps.folders import TRIAL_MARKER, DamagedMarker, read_marker
 from cifarkit.sweeps.space import Sweep
 from cifarkit.sweeps.storage import Store
 
@@ -241,11 +242,22 @@ def summary_key(summary: dict) -> str:
     return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def own_trial(run_dir: Path, uid: str | None) -> bool:
+    """Whether `run_dir` is a trial folder of the study `uid` names: its TRIAL_MARKER says so,
+    wherever the folder is now and whatever the working directory (a path would not: the study's
+    trials record theirs as the command gave it, and folders move). DamagedMarker if it has one
+    that cannot be read."""
+    marker = read_marker(run_dir / TRIAL_MARKER)
+    return uid is not None and marker is not None and marker.get("uid") == uid
+
+
 def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], identity: dict) -> None:
     """Each run under `folders` (runs folders or run folders) that belongs becomes a finished
-    trial of the study; each other one is one line with the reason. A run the study has (added
-    before, or the folder of one of its own trials, wherever found) is not added again."""
+    trial of the study; each other one is one line with the reason. A run the study has is not
+    added again, whatever its path: one of its own trials (own_trial; an older version's trial
+    folder, with no marker, by its summary's hash) or a run added before (its summary's hash)."""
     trials = study.get_trials(deepcopy=False)
+    uid = study.user_attrs.get("uid")
     known = {t.user_attrs.get("prior_run") for t in trials if is_prior(t)}
     own = [
         read_summary(Path(t.user_attrs["run_dir"]))
@@ -260,7 +272,12 @@ def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], ident
             print(f"--prior-runs {folder}: no run folder (a summary.json) under it", flush=True)
         for run_dir, summary in runs:
             key = summary_key(summary) if summary is not None else None
-            if key in own_keys:  # this study's own trial
+            try:
+                if key in own_keys or own_trial(run_dir, uid):  # this study's own trial
+                    continue
+            except DamagedMarker as e:
+                print(f"prior run {run_dir} skipped: {e}", flush=True)
+                skipped += 1
                 continue
             if key in known:
                 already += 1
