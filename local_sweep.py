@@ -684,6 +684,8 @@ def work(
                 if trial == "wait":
                     time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
+                if budget is not None:  # a SIGKILL loses no more than the time since a trial began
+                    budget.record(study, force=True)
                 try:
                     own_trial_folder(args.study_dir, args.study_uid, study, trial, claim)
                 # its retry gets another folder
@@ -712,6 +714,8 @@ def work(
                 except cli.FileFailed as e:  # a full disk, a folder gone: so would every next trial
                     give_up_for_a_retry(study, trial, str(e))
                     return cli.fail(e)
+            if budget is not None:  # ... or since one ended
+                budget.record(study, force=True)
             if (
                 code > 128
             ):  # interrupted (run_training printed the line): queue it again, so the same command

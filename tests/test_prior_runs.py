@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from conftest import copy_of
+from conftest import copy_of, process_env
 from optuna.trial import TrialState
 
 import local_sweep
@@ -551,6 +555,35 @@ def test_a_time_budget_starts_no_trial_once_spent_and_holds_over_the_same_comman
     )
     assert local_sweep.main(more) == 0  # a larger budget: the study goes on, counted by --trials
     assert len(load_study(runs, "seeded").trials) == len(first) + 1
+
+
+def test_a_sigkilled_sweep_has_recorded_its_time_up_to_the_start_of_its_last_trial(
+    learnable_data_dir, tmp_path
+):
+    sweep = write_json(tmp_path / "seeded.json", SEEDED_SWEEP)
+    runs, log = tmp_path / "runs", tmp_path / "out.log"
+    command = [sys.executable, str(ROOT / "local_sweep.py")]
+    args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "9", "--time-budget", "1h")
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [*command, *args], stdout=out, stderr=subprocess.STDOUT, env=process_env(tmp_path)
+        )
+    try:  # the line of trial 1 is printed after its start is recorded: kill it there
+        deadline = time.monotonic() + 240
+        while not re.search(r"^\S+: trial 1\b", log.read_text(), re.MULTILINE):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    study = load_study(runs, "seeded")
+    ((start, end),) = [
+        v for k, v in study.user_attrs.items() if k.startswith(warm_start.TIME_SPENT)
+    ]
+    first, second = study.trials[:2]
+    assert start <= first.datetime_start.timestamp()
+    # The record was written at trial 0's end and trial 1's start, not TIME_WRITE_SECONDS later
+    assert end >= second.datetime_start.timestamp() >= first.datetime_complete.timestamp()
 
 
 @pytest.mark.parametrize(

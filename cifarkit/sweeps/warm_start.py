@@ -40,7 +40,9 @@ from cifarkit.sweeps.storage import Store
 
 ENDED_RUNS = ("finished", "diverged", "pruned")  # a run folder with this status holds a result
 TIME_SPENT = "time_spent:"  # study user attrs: [start, end], Unix seconds, of each budgeted process
-TIME_WRITE_SECONDS = 30  # a waiting process looks each second, and writes its time this often
+# a waiting process looks each second and writes its time this often; a trial's start and end
+# are written at once (work() forces them), so a SIGKILL loses at most this much more while waiting
+TIME_WRITE_SECONDS = 30
 
 
 class WarmStartError(cli.CommandError):
