@@ -48,6 +48,7 @@ from cifarkit.core.settings import ConfigError
 from cifarkit.core.wandb_connect import resolve_wandb_mode
 from cifarkit.sweeps import report, space
 from cifarkit.sweeps.folders import (
+    DamagedMarker,
     TrialFolderTaken,
     own_trial_folder,
     resume_point,
@@ -376,8 +377,10 @@ def give_up_trial(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
 
 def data_fingerprint(source: CifarSource, val_size: int) -> dict:
     """run_files.data_identity of the data the trials train on, without a device (for the
-    launcher)."""
+    launcher). ConfigError, as every worker's prepare_data would raise it, for a --val-size the
+    data cannot split."""
     train_x, train_y, test_x, test_y = load_cifar100(source)
+    p2.stratified_split(train_y, val_size)
     return data_identity(source.path, (train_x, train_y), (test_x, test_y), val_size, p2.SPLIT_SEED)
 
 
@@ -577,7 +580,7 @@ def run_trial(
         )
     for key, value in {
         "config": config,
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir.resolve()),  # as any working directory reads it (trials.csv)
         "host": host,
         "failure": "",
         "resumed_after_epoch": resume["epoch"] if resume else 0,
@@ -678,9 +681,12 @@ def work(
                 if trial == "wait":
                     time.sleep(1 if store.lock_dir else store.storage.get_heartbeat_interval())
                     continue
+                if budget is not None:  # a SIGKILL loses no more than the time since a trial began
+                    budget.record(study, force=True)
                 try:
                     own_trial_folder(args.study_dir, args.study_uid, study, trial, claim)
-                except (FolderInUse, TrialFolderTaken) as e:  # its retry gets another folder
+                # its retry gets another folder
+                except (FolderInUse, TrialFolderTaken, DamagedMarker) as e:
                     give_up_trial(study, trial, str(e))
                     return cli.fail(e)
                 try:
@@ -705,6 +711,8 @@ def work(
                 except cli.FileFailed as e:  # a full disk, a folder gone: so would every next trial
                     give_up_for_a_retry(study, trial, str(e))
                     return cli.fail(e)
+            if budget is not None:  # ... or since one ended
+                budget.record(study, force=True)
             # Interrupted (run_training printed the line): queue it again, so that the same
             # command continues it.
             if code > 128:
@@ -945,10 +953,14 @@ def run_sweep(argv: list[str]) -> int:
     args.study_uid = study_uid(study, store)  # trial folders are named and marked by it
     args.study_dir = study_folder(args.runs_dir, study.study_name, args.study_uid)
     if args.workers > 1 and args.worker_of is None:
-        warm.apply(study, store, sweep, lambda: data_fingerprint(source, args.val_size))
+        # What every worker would refuse for the whole command is refused here, once, before the
+        # warm start writes anything into the study: a study of other data never gets its runs
+        identity = data_fingerprint(source, args.val_size)
+        check_study_data(study, store, identity)
+        warm.apply(study, store, sweep, lambda: identity)
         code = launch_workers(argv, args.workers)
-        if code < cli.SIGNAL_BASE:  # the workers ended on their own, not stopped: the report
-            write_report(study, sweep, args.study_dir, args)
+        if code == cli.EXIT_DONE:  # as one process: a report only of a study that is done
+            return write_report(study, sweep, args.study_dir, args)
         return code
     data = p2.prepare_data(source, args.val_size, device)
     check_study_data(study, store, data.identity)  # its trials are ranked against each other

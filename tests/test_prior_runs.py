@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from conftest import copy_of, process_env
 from optuna.trial import TrialState
 
 import local_sweep
@@ -396,6 +401,51 @@ def test_a_starting_point_no_trial_trains_is_one_line_naming_the_file(
     assert f"--start-from {points}" in err and words in err, err
 
 
+def damaged(path: Path, damage: str) -> Path:
+    """`path` made into a file no reader takes: `latin-1` text, `empty`, or a `folder`."""
+    if damage == "folder":
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"learning_rate: 0.05  # caf\xe9\n" if damage == "latin-1" else b"")
+    return path
+
+
+@pytest.mark.parametrize(
+    "given, damage, words",
+    [
+        ("points.yaml", "latin-1", "is not UTF-8 text (byte 0xe9 at offset 26)"),
+        ("points.yaml", "empty", "expected a configuration"),
+        ("run", "folder", "a run folder needs its summary.json"),
+        ("run/summary.json", "latin-1", "its summary.json cannot be read as a JSON object"),
+        ("run/summary.json", "folder", "its summary.json cannot be read as a JSON object"),
+    ],
+)
+def test_a_start_point_file_that_cannot_be_read_is_one_line_naming_it(
+    given, damage, words, tmp_path, capsys
+):
+    damaged(tmp_path / given, damage)
+    points = tmp_path / given.split("/")[0]
+    sweep = write_json(tmp_path / "warm.json", WARM_SWEEP)
+    args = sweep_args(sweep, tmp_path / "no-data", tmp_path / "runs", "--trials", "1")
+    assert local_sweep.main([*args, "--start-from", str(points)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--start-from {points}" in err and words in err, err
+
+
+def test_a_start_point_that_names_a_setting_the_command_fixes_is_refused_not_ignored(
+    tmp_path, capsys
+):
+    points = tmp_path / "points.yaml"
+    points.write_text("learning_rate: 0.05\nval_size: 50\n")  # --val-size 100 trains every trial
+    sweep = write_json(tmp_path / "warm.json", WARM_SWEEP)
+    args = sweep_args(sweep, tmp_path / "no-data", tmp_path / "runs", "--trials", "1")
+    assert local_sweep.main([*args, "--start-from", str(points)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--start-from {points}: 'val_size' cannot be swept" in err and "--val-size" in err
+
+
 # --------------------------------------------------------------------------------------------------
 # Reproducible sweeps
 
@@ -507,6 +557,35 @@ def test_a_time_budget_starts_no_trial_once_spent_and_holds_over_the_same_comman
     assert len(load_study(runs, "seeded").trials) == len(first) + 1
 
 
+def test_a_sigkilled_sweep_has_recorded_its_time_up_to_the_start_of_its_last_trial(
+    learnable_data_dir, tmp_path
+):
+    sweep = write_json(tmp_path / "seeded.json", SEEDED_SWEEP)
+    runs, log = tmp_path / "runs", tmp_path / "out.log"
+    command = [sys.executable, str(ROOT / "local_sweep.py")]
+    args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "9", "--time-budget", "1h")
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [*command, *args], stdout=out, stderr=subprocess.STDOUT, env=process_env(tmp_path)
+        )
+    try:  # the line of trial 1 is printed after its start is recorded: kill it there
+        deadline = time.monotonic() + 240
+        while not re.search(r"^\S+: trial 1\b", log.read_text(), re.MULTILINE):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    study = load_study(runs, "seeded")
+    ((start, end),) = [
+        v for k, v in study.user_attrs.items() if k.startswith(warm_start.TIME_SPENT)
+    ]
+    first, second = study.trials[:2]
+    assert start <= first.datetime_start.timestamp()
+    # The record was written at trial 0's end and trial 1's start, not TIME_WRITE_SECONDS later
+    assert end >= second.datetime_start.timestamp() >= first.datetime_complete.timestamp()
+
+
 @pytest.mark.parametrize(
     "text, seconds", [("90", 90), ("90s", 90), ("45m", 2700), ("1.5h", 5400), ("2d", 172800)]
 )
@@ -516,3 +595,125 @@ def test_a_time_budget_reads_seconds_minutes_hours_or_days(text, seconds):
 
 def test_overlapping_processes_count_their_shared_wall_time_once():
     assert warm_start.wall_seconds([[0, 10], [5, 12], [20, 21]]) == 13
+
+
+# --------------------------------------------------------------------------------------------------
+# What belongs: one data set per study, its own trials known wherever they are
+
+
+def with_data(args: list[str], data_dir: Path, val_size: int) -> list[str]:
+    """local_sweep.py `args` with another --data-dir and --val-size."""
+    args = list(args)
+    args[args.index("--data-dir") + 1] = str(data_dir)
+    args[args.index("--val-size") + 1] = str(val_size)
+    return args
+
+
+@pytest.mark.parametrize(
+    "data, val_size, words",
+    [
+        ("tiny", 200, "trains on"),  # the study is on the learnable data, val_size 100
+        ("learnable", 600, "--val-size=600 is not allowed"),  # all 600 images held out
+    ],
+)
+def test_a_launcher_refuses_what_its_workers_would_before_any_warm_start_write(
+    data,
+    val_size,
+    words,
+    finished_journal,
+    finished_run,
+    tiny_data_dir,
+    learnable_data_dir,
+    tmp_path,
+    capfd,
+):
+    args, journal = finished_journal
+    (journal.parent / "cut" / "trials.csv").unlink()
+    points = write_json(tmp_path / "points.json", {"learning_rate": 0.02})
+    data_dir = tiny_data_dir if data == "tiny" else learnable_data_dir
+    code = local_sweep.main(
+        [
+            *with_data(args, data_dir, val_size),
+            "--trials",
+            "2",
+            "--workers",
+            "2",
+            "--prior-runs",
+            str(finished_run),  # trained on tiny_data_dir, val_size 200
+            "--start-from",
+            str(points),
+        ]
+    )
+    out, err = capfd.readouterr()  # the workers' lines too, were any started
+    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+    assert "worker 0" not in out and "prior runs" not in out, out
+    (trial,) = load_study(journal.parent, "cut").trials  # the study as it was: nothing added
+    assert trial.user_attrs.get("origin") is None
+    assert not (journal.parent / "cut" / "trials.csv").exists()  # a refused command: no report
+
+
+def test_a_study_knows_its_own_trials_after_its_runs_folder_moved_or_from_another_cwd(
+    finished_journal, tmp_path, monkeypatch, capsys
+):
+    args, journal = finished_journal
+    runs = journal.parent
+
+    def again(runs_dir: Path) -> list[str]:
+        moved = [str(runs_dir) if a == str(runs) else a for a in args]
+        moved[moved.index("--images-dir") + 1] = str(runs_dir / "images")
+        return [*moved, "--trials", "1", "--prior-runs", str(runs_dir)]
+
+    # The runs folder moved, its journal with it: the trial records the old path
+    runs.rename(tmp_path / "moved")
+    assert local_sweep.main(again(tmp_path / "moved")) == 0
+    assert "prior runs: 0 added, 0 already in the study, 0 skipped" in capsys.readouterr().out
+    assert len(load_study(tmp_path / "moved", "cut").trials) == 1
+
+    # As an older version wrote it, the trial's folder relative to the working directory of the
+    # command that trained it; the same study from another working directory, absolute paths
+    (tmp_path / "moved").rename(runs)
+    text = journal.read_text()
+    journal.write_text(text.replace(f'"{runs}{os.sep}', f'"{runs.name}{os.sep}'))
+    assert f'"{runs.name}{os.sep}cut{os.sep}trial-0000"' in journal.read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert local_sweep.main(again(runs)) == 0
+    assert "prior runs: 0 added, 0 already in the study, 0 skipped" in capsys.readouterr().out
+    assert len(load_study(runs, "cut").trials) == 1
+
+
+def test_a_run_reached_by_several_paths_or_copied_is_added_once(
+    finished_journal, learnable_data_dir, tmp_path, capsys
+):
+    args, journal = finished_journal
+    trial_dir = journal.parent / "cut" / "trial-0000"
+    copy = tmp_path / "copy" / "run"
+    copy.parent.mkdir()
+    copy_of(trial_dir, copy)
+    sweep = local_sweep.load_sweep(Path(args[0]))
+    study = optuna.create_study(directions=sweep.directions)  # another study: they are prior runs
+    identity = local_sweep.data_fingerprint(cifar100_source(learnable_data_dir), 100)
+    folders = [journal.parent, trial_dir, copy.parent]
+    warm_start.add_prior_runs(study, sweep, folders, identity)
+    assert "prior runs: 1 added (1 COMPLETE), 2 already in the study, 0 skipped" in (
+        capsys.readouterr().out
+    )
+    warm_start.add_prior_runs(study, sweep, folders, identity)
+    assert "prior runs: 0 added, 3 already in the study, 0 skipped" in capsys.readouterr().out
+    assert len(study.trials) == 1
+
+
+def test_a_run_whose_trial_marker_cannot_be_read_is_skipped_in_one_line(
+    finished_journal, learnable_data_dir, tmp_path, capsys
+):
+    args, journal = finished_journal
+    copy = copy_of(journal.parent / "cut" / "trial-0000", tmp_path / "copy" / "run")
+    (copy / "trial.json").write_bytes(b'{"study": "caf\xe9"}\n')  # whose trial it is: unknown
+    sweep = local_sweep.load_sweep(Path(args[0]))
+    study = optuna.create_study(directions=sweep.directions)
+    identity = local_sweep.data_fingerprint(cifar100_source(learnable_data_dir), 100)
+    warm_start.add_prior_runs(study, sweep, [copy], identity)
+    out = capsys.readouterr().out
+    assert f"prior run {copy} skipped: {copy / 'trial.json'} cannot be read" in out, out
+    assert "prior runs: 0 added, 0 already in the study, 1 skipped" in out and not study.trials

@@ -428,3 +428,50 @@ def test_a_report_piped_into_a_reader_that_exits_is_still_written_and_exits_0(
     assert_no_traceback(report.stderr)
     assert "Exception ignored" not in report.stderr, report.stderr
     assert list(tmp_path.glob("runs/*/trials.csv")) and list(tmp_path.glob("runs/images/*.png"))
+
+
+# --------------------------------------------------------------------------------------------------
+# A file the sweep reads that is there but cannot be read: one line naming it, exit 2, nothing taken
+
+
+def unreadable(path: Path, damage: str) -> None:
+    """Make `path` a file no reader takes: Latin-1 text where UTF-8 JSON belongs, or a folder
+    (this user is root: a chmod 000 file is read all the same)."""
+    path.unlink(missing_ok=True)
+    if damage == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b'{"study": "caf\xe9"}\n')
+
+
+@pytest.mark.parametrize("damage", ["latin-1", "folder"])
+@pytest.mark.parametrize("marker", ["study", "trial"])
+def test_a_folder_marker_that_cannot_be_read_is_one_line_and_its_folder_is_not_taken(
+    marker, damage, finished_journal, capsys
+):
+    args, journal = finished_journal
+    study_dir = journal.parent / "cut"
+    next_trial = study_dir / "trial-0001"  # the folder the next trial would train in
+    next_trial.mkdir()
+    path = study_dir / "study.json" if marker == "study" else next_trial / "trial.json"
+    unreadable(path, damage)
+    code = local_sweep.main([*args, "--trials", "2"])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert f"{path} cannot be read" in line and "move the folder aside" in line, line
+    assert not (next_trial / "summary.json").exists() and "epoch 1" not in out
+    trials = stock_study(journal, "cut").trials
+    assert [t.state for t in trials][:1] == [TrialState.COMPLETE]
+    assert all(t.state != TrialState.RUNNING for t in trials)  # a claimed trial was given up
+
+
+def test_a_folder_where_the_journal_belongs_is_one_line_exit_2(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "s.json", {"learning_rate": {"value": 0.01}})
+    journal = tmp_path / "runs" / sweep_storage.DEFAULT_STORAGE_FILE
+    journal.mkdir(parents=True)
+    code = local_sweep.main(
+        sweep_args(sweep, tmp_path / "no-data", tmp_path / "runs", "--trials", "1")
+    )
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and f"journal {journal} is not a file" in line, line

@@ -32,13 +32,30 @@ class TrialFolderTaken(cli.CommandError):
     exit_code = cli.EXIT_BAD_INPUT
 
 
+class DamagedMarker(cli.CommandError):
+    """A STUDY_MARKER or TRIAL_MARKER that is there but cannot be read: whose the folder is cannot
+    be told, so it is not taken; the line names the file."""
+
+    exit_code = cli.EXIT_BAD_INPUT
+
+
 def read_marker(path: Path) -> dict | None:
-    """A STUDY_MARKER or TRIAL_MARKER as a dict; None if there is none, or not one."""
+    """A STUDY_MARKER or TRIAL_MARKER as a dict; None if there is none. DamagedMarker if one is
+    there but is not a JSON object in UTF-8 (a folder in its place, cut, another encoding): taken
+    as "none", it would hand the folder to whichever study came next."""
     try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
+        found = json.loads(path.read_text(encoding="utf-8"))
+        why = "not a JSON object"
+    except FileNotFoundError:
         return None
-    return found if isinstance(found, dict) else None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        found, why = None, getattr(e, "strerror", None) or cli.one_line(e)
+    if not isinstance(found, dict):
+        raise DamagedMarker(
+            f"{path} cannot be read ({why}): it says which study the folder holds; restore it, or "
+            "move the folder aside"
+        )
+    return found
 
 
 def study_folder(runs_dir: Path, name: str, uid: str | None, claim: bool = True) -> Path:
@@ -102,7 +119,11 @@ def resume_point(previous: Path, run_dir: Path, expected: dict) -> dict | None:
     owner.lock and marker are not copied."""
     if not (previous / LAST_CHECKPOINT).is_file():
         return None
-    found = read_marker(previous / TRIAL_MARKER)
+    try:
+        found = read_marker(previous / TRIAL_MARKER)
+    except DamagedMarker as e:
+        print(f"cannot resume: {e}; starting over", flush=True)
+        return None
     if found not in (None, expected):
         print(
             f"cannot resume: {previous} holds trial {found.get('trial')} of study "

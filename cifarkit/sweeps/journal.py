@@ -220,6 +220,11 @@ def check(path: Path) -> None:
     """Before opening: DamagedJournal if the last whole line is damaged (Optuna would skip it, and
     the next append would bury it in the middle). A cut last record is left for the first append to
     set aside."""
+    if path.exists() and not path.is_file():  # Optuna would fail on it at each read: no retry helps
+        raise DamagedJournal(
+            f"journal {path} is not a file (a folder or a device in its place): move it aside, or "
+            "give --storage a journal file"
+        )
     if not path.is_file():
         return
     try:

@@ -34,12 +34,15 @@ from cifarkit.core.run_files import (
     summaries_under,
 )
 from cifarkit.sweeps import report, space
+from cifarkit.sweeps.folders import TRIAL_MARKER, DamagedMarker, read_marker
 from cifarkit.sweeps.space import Sweep
 from cifarkit.sweeps.storage import Store
 
 ENDED_RUNS = ("finished", "diverged", "pruned")  # a run folder with this status holds a result
 TIME_SPENT = "time_spent:"  # study user attrs: [start, end], Unix seconds, of each budgeted process
-TIME_WRITE_SECONDS = 30  # a waiting process looks each second, and writes its time this often
+# a waiting process looks each second and writes its time this often; a trial's start and end
+# are written at once (work() forces them), so a SIGKILL loses at most this much more while waiting
+TIME_WRITE_SECONDS = 30
 
 
 class WarmStartError(cli.CommandError):
@@ -240,11 +243,22 @@ def summary_key(summary: dict) -> str:
     return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def own_trial(run_dir: Path, uid: str | None) -> bool:
+    """Whether `run_dir` is a trial folder of the study `uid` names: its TRIAL_MARKER says so,
+    wherever the folder is now and whatever the working directory (a path would not: the study's
+    trials record theirs as the command gave it, and folders move). DamagedMarker if it has one
+    that cannot be read."""
+    marker = read_marker(run_dir / TRIAL_MARKER)
+    return uid is not None and marker is not None and marker.get("uid") == uid
+
+
 def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], identity: dict) -> None:
     """Each run under `folders` (runs folders or run folders) that belongs becomes a finished
-    trial of the study; each other one is one line with the reason. A run the study has (added
-    before, or the folder of one of its own trials, wherever found) is not added again."""
+    trial of the study; each other one is one line with the reason. A run the study has is not
+    added again, whatever its path: one of its own trials (own_trial; an older version's trial
+    folder, with no marker, by its summary's hash) or a run added before (its summary's hash)."""
     trials = study.get_trials(deepcopy=False)
+    uid = study.user_attrs.get("uid")
     known = {t.user_attrs.get("prior_run") for t in trials if is_prior(t)}
     own = [
         read_summary(Path(t.user_attrs["run_dir"]))
@@ -259,7 +273,12 @@ def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], ident
             print(f"--prior-runs {folder}: no run folder (a summary.json) under it", flush=True)
         for run_dir, summary in runs:
             key = summary_key(summary) if summary is not None else None
-            if key in own_keys:  # this study's own trial
+            try:
+                if key in own_keys or own_trial(run_dir, uid):  # this study's own trial
+                    continue
+            except DamagedMarker as e:
+                print(f"prior run {run_dir} skipped: {e}", flush=True)
+                skipped += 1
                 continue
             if key in known:
                 already += 1
@@ -286,9 +305,14 @@ def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], ident
 def read_configs(path: Path) -> list:
     """The configurations a --start-from file holds: JSON or YAML, one mapping or a list of them."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise WarmStartError(f"--start-from {path}: cannot read it: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise WarmStartError(
+            f"--start-from {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start}): save it as UTF-8 JSON or YAML"
+        ) from None
     try:  # JSON first: YAML 1.1 would read a number such as 1e-05 as text
         configs = json.loads(text)
     except json.JSONDecodeError:
@@ -316,16 +340,25 @@ def start_points(path: Path, sweep: Sweep) -> list[dict]:
     trains."""
     if path.is_dir():
         summary = read_summary(path)
+        if summary is None and (path / SUMMARY_FILE).exists():
+            raise WarmStartError(
+                f"--start-from {path}: its {SUMMARY_FILE} cannot be read as a JSON object "
+                "(damaged, not UTF-8, or not a file); give another run folder or a JSON/YAML file"
+            )
         if summary is None or not isinstance(summary.get("config"), dict):
             raise WarmStartError(
                 f"--start-from {path}: a run folder needs its summary.json (a run that ended)"
             )
+        # its whole config but val_size, which --val-size sets for every trial
         configs = [sweep.settings.with_defaults(summary["config"])]
     else:
         configs = read_configs(path)
     points = []
     for number, config in enumerate(configs, 1):
         where = f"--start-from {path}" + (f", configuration {number}" if len(configs) > 1 else "")
+        fixed = [key for key in config if key in space.NOT_SWEPT]
+        if fixed and not path.is_dir():  # space_point would skip it: refused, not ignored
+            raise WarmStartError(space.not_swept_message(f"{where}: {fixed[0]!r}", fixed[0]))
         try:
             # YAML's "0.005" a number; a bad value one line
             parsed = sweep.settings.validate(config)
