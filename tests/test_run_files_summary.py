@@ -196,8 +196,8 @@ def test_the_best_run_to_export_skips_a_damaged_summary_in_one_line(
     assert trt_export.main([*args, "--plot", str(tmp_path / "b.png")]) == 2
     out = capsys.readouterr()
     assert out.out == (
-        f"note: {finished_run / 'summary.json'} is damaged: history[0] is null, not a JSON "
-        "object; that run is left out\n"
+        f"note: {finished_run / 'summary.json'} is damaged: history[0] is null, not a dict; "
+        "that run is left out\n"
     )
     assert out.err.startswith(f"error: no run in {finished_run.parent} has a summary.json")
 
@@ -230,6 +230,16 @@ def test_a_selection_with_a_number_out_of_range_is_one_line(field, value, tmp_pa
     path.write_text(json.dumps({"configs": [config | {field: value}], "best": "r"}))
     with pytest.raises(run_files.CheckpointError, match=f"^{path} is not a select_model.py"):
         choice.read_selection(path)
+
+
+def test_a_selection_that_chose_no_run_says_so_and_within_still_reads_it(tmp_path):
+    config = {"val_accuracy_mean": 0.0, "flops_per_image": 1e6, "pareto": True, "runs": ["r"]}
+    path = tmp_path / choice.SELECTION_FILE
+    path.write_text(json.dumps({"configs": [config], "best": None}))  # every seed diverged
+    with pytest.raises(run_files.CheckpointError, match="chose no run: no seed of its best"):
+        choice.choose_checkpoint("best", tmp_path)
+    with pytest.raises(run_files.CheckpointError, match="none of the runs of the chosen config"):
+        choice.choose_checkpoint("best", tmp_path, within=1.0)  # read: the config has no seed
 
 
 # --------------------------------------------------------------------------------------------------

@@ -91,8 +91,8 @@ def read_selection(path: Path) -> dict:
         isinstance(selection, dict)
         and isinstance(selection.get("configs"), list)
         and selection["configs"]
-        and isinstance(selection.get("best"), str)
-    ):
+        and (isinstance(selection.get("best"), str) or selection.get("best", "") is None)
+    ):  # best null: no seed of the chosen config has a best.pt (select_model.py writes that)
         raise CheckpointError(
             f'{not_selection}: it needs {{"configs": [...], "best": "<run folder>"}}'
         )
@@ -167,6 +167,11 @@ def choose_checkpoint(
         return best_single_run(runs_dir, data) / BEST_CHECKPOINT
     selection, root = read_selection(selection_path), selection_path.parent
     if within is None:
+        if selection["best"] is None:
+            raise CheckpointError(
+                f"{selection_path} chose no run: no seed of its best config has a best.pt (each "
+                "diverged before any epoch finished); pass --within POINTS, or --checkpoint PATH"
+            )
         check_chosen_data(root / selection["best"], data, selection_path)
         print(f"chosen by select_model.py ({selection_path}): {selection['best']}", flush=True)
         return root / selection["best"] / BEST_CHECKPOINT

@@ -153,8 +153,9 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
     its keys.
 
     Tensors, Python containers and numbers, and numpy scalars of number types (returned as Python
-    numbers) load; anything else raises CheckpointError naming the refused types. Every error is one
-    line naming the file.
+    numbers) load; anything else raises CheckpointError naming the refused types. The run's state
+    beside the weights is checked as a summary's is (checkpoint_problem). Every error is one line
+    naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -178,6 +179,8 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
         raise CheckpointError(
             f"{path} is not a part_2_cifar checkpoint: it lacks {', '.join(missing)}"
         )
+    if (problem := checkpoint_problem(checkpoint)) is not None:
+        raise CheckpointError(f"{path} is damaged: its {problem}")
     return checkpoint
 
 
@@ -477,6 +480,14 @@ HISTORY_ROW_SHAPE = {
     "epoch_seconds": (f"seconds in [0, {MAX_SECONDS:g}]", _between(0, MAX_SECONDS)),
     "train_images_per_second": ("a number >= 0", _between(0)),
 }
+# The run's state in best.pt (val_accuracy, epoch) and last.pt (RESUME_KEYS), each key where present
+CHECKPOINT_SHAPE = {
+    "epoch": _COUNT,
+    "val_accuracy": _PERCENT,
+    "best_val_accuracy": _PERCENT,
+    "best_epoch": _COUNT,
+    "seconds": (f"seconds in [0, {MAX_SECONDS:g}]", _between(0, MAX_SECONDS)),
+}
 # A data identity (data_identity's keys), in a summary or a checkpoint
 DATA_SHAPE = {
     "source": _TEXT,
@@ -489,11 +500,11 @@ DATA_SHAPE = {
 }
 
 
-def shape_problem(found: object, shape: dict, where: str = "") -> str | None:
+def shape_problem(found: object, shape: dict, where: str = "", kind: str = "a dict") -> str | None:
     """What is wrong with the dict `found` against `shape` (key -> (what it must be, check)), the
     first problem as "<where><key> is <value>, not <what>"; None if nothing is."""
     if not isinstance(found, dict):
-        return f"{where.rstrip('.') or 'it'} is {shown(found, True)}, not a JSON object"
+        return f"{where.rstrip('.') or 'it'} is {shown(found, True)}, not {kind}"
     for key, (what, check) in shape.items():
         if key in found and not check(found[key]):
             return f"{where}{key} is {shown(found[key], True)}, not {what}"
@@ -507,21 +518,33 @@ def data_problem(identity: object, where: str = "data.") -> str | None:
     return shape_problem(identity, DATA_SHAPE, where)
 
 
-def summary_problem(summary: object) -> str | None:
-    """What is wrong with a parsed summary.json (SUMMARY_SHAPE, data, history rows); None if
-    nothing is."""
-    problem = shape_problem(summary, SUMMARY_SHAPE)
-    if problem is not None or not isinstance(summary, dict):
-        return problem
-    if (problem := data_problem(summary.get("data"))) is not None:
-        return problem
-    history = summary.get("history", [])
+def history_problem(history: object) -> str | None:
+    """What is wrong with a run's history (a list of HISTORY_ROW_SHAPE rows); None if nothing."""
     if not isinstance(history, list):
         return f"history is {shown(history, True)}, not a list of epochs"
     for i, row in enumerate(history):
         if (problem := shape_problem(row, HISTORY_ROW_SHAPE, f"history[{i}].")) is not None:
             return problem
     return None
+
+
+def summary_problem(summary: object) -> str | None:
+    """What is wrong with a parsed summary.json (SUMMARY_SHAPE, data, history rows); None if
+    nothing is."""
+    problem = shape_problem(summary, SUMMARY_SHAPE, kind="a JSON object")
+    if problem is not None or not isinstance(summary, dict):
+        return problem
+    return data_problem(summary.get("data")) or history_problem(summary.get("history", []))
+
+
+def checkpoint_problem(checkpoint: dict) -> str | None:
+    """What is wrong with the run's state a checkpoint holds beside its weights (CHECKPOINT_SHAPE,
+    data, history rows; the config is checked by checkpoint_config); None if nothing is."""
+    return (
+        shape_problem(checkpoint, CHECKPOINT_SHAPE)
+        or data_problem(checkpoint.get("data"))
+        or history_problem(checkpoint.get("history", []))
+    )
 
 
 def load_summary(run_dir: Path) -> dict:
@@ -798,14 +821,12 @@ def check_resume_data(resume: dict, identity: dict, path: Path) -> None:
 def check_checkpoint_data(
     checkpoint: dict, identity: dict, path: Path, remedy: str, going_on: str
 ) -> None:
-    """Whether the checkpoint at `path` was trained on `identity`'s data: its DATA_KEYS that are
-    not None (val_size None: any split), as trained_on. CheckpointError naming both data sets and
-    ending in `remedy` if not, or naming what is wrong with a damaged data record; a checkpoint
+    """Whether the checkpoint at `path` (as load_checkpoint gives it: its data record checked) was
+    trained on `identity`'s data: its DATA_KEYS that are not None (val_size None: any split), as
+    trained_on. CheckpointError naming both data sets and ending in `remedy` if not; a checkpoint
     from before data was recorded is one note, "... without checking", `going_on` the data given.
     """
     recorded = checkpoint.get("data")
-    if (problem := data_problem(recorded)) is not None:
-        raise CheckpointError(f"{path} is damaged: its {problem}")
     if not recorded:
         print(
             f"note: {path} does not record its data (written by an older version): {going_on} "
