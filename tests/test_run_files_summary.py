@@ -268,3 +268,15 @@ def test_a_checkpoint_with_a_damaged_data_record_is_refused(finished_run, tiny_d
     assert capsys.readouterr().err == (
         f"error: {best} is damaged: its data.train_sha256 is [1], not text\n"
     )
+
+
+def test_resuming_a_run_whose_summary_is_damaged_writes_it_anew(
+    finished_run, tiny_data_dir, tmp_path, capsys
+):
+    path = damage(finished_run, lambda s: s["history"].__setitem__(0, 7))
+    args = ["--data-dir", str(tiny_data_dir), "--runs-dir", str(tmp_path / "runs")]
+    args += ["--wandb-mode", "disabled", "--resume", str(finished_run)]
+    assert part_2_cifar.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"note: {path} is damaged: history[0] is 7, not a dict; the resumed run")
+    assert run_files.load_summary(finished_run)["history"][0]["epoch"] == 1  # whole again

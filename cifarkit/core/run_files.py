@@ -792,8 +792,13 @@ class RunComplete(CommandError):
 def check_resumable(run_dir: Path, resume: dict) -> None:
     """RunComplete if the run in run_dir has ended at `resume`'s epoch (its loaded last.pt);
     CheckpointError if the best epoch last.pt names has no best.pt beside it (the end of a run
-    scores and uploads best.pt)."""
-    summary = read_summary(run_dir)
+    scores and uploads best.pt). A damaged summary.json is a note: the run's end writes it anew."""
+    try:
+        summary = load_summary(run_dir)
+    except SummaryError as e:
+        summary = None
+        if (run_dir / SUMMARY_FILE).is_file():
+            print(f"note: {e}; the resumed run writes it anew", flush=True)
     if (
         summary is not None
         and summary.get("status") in ENDED
