@@ -52,6 +52,7 @@ from cifarkit.core.run_files import (
     by_data_set,
     data_identity,
     data_label,
+    distinct_runs,
     finite_number,
     of_one_data_set,
     read_summary,
@@ -123,18 +124,20 @@ def find_candidates(runs_dir: Path, data: dict | None) -> list[Candidate]:
 
 
 def finished_runs(runs_dir: Path) -> list[tuple[Path, dict, dict]]:
-    """(folder, summary, its config checked) of each finished run under runs_dir but selection/."""
+    """(folder, summary, its config checked) of each finished run under runs_dir but selection/,
+    one per run (run_files.distinct_runs: a copied folder is the same run)."""
+    ended = [
+        (run_dir, summary)
+        for run_dir, summary in summaries_under(runs_dir)  # a damaged summary: a note there
+        if SELECTION_DIR not in run_dir.relative_to(runs_dir).parts
+        and summary is not None
+        and summary.get("status") in ENDED
+        and finite_number(summary.get("best_val_accuracy"))
+        and "config" in summary
+    ]
     finished = []
-    for run_dir, summary in summaries_under(runs_dir):
+    for run_dir, summary in distinct_runs(ended):  # a copied run folder is one seed, not two
         path = run_dir / SUMMARY_FILE
-        if (
-            SELECTION_DIR in run_dir.relative_to(runs_dir).parts
-            or summary is None
-            or summary.get("status") not in ENDED
-            or not finite_number(summary.get("best_val_accuracy"))
-            or "config" not in summary
-        ):
-            continue
         try:  # a summary written by hand, or by an older version with other settings
             if not isinstance(summary["config"], dict):
                 raise settings.ConfigError(

@@ -84,7 +84,13 @@ from cifarkit.core.cli import (
 )
 from cifarkit.core.folders import own_folder, unwritable
 from cifarkit.core.machine import device_name, pick_device, versions
-from cifarkit.core.run_files import checkpoint_config, data_identity, load_checkpoint, load_weights
+from cifarkit.core.run_files import (
+    check_checkpoint_data,
+    checkpoint_config,
+    data_identity,
+    load_checkpoint,
+    load_weights,
+)
 from cifarkit.core.settings import ConfigError
 from cifarkit.export import tensorrt_runtime
 from cifarkit.export.backends import (
@@ -572,6 +578,7 @@ def export(args: argparse.Namespace, owned: ExitStack) -> int:
     onnxruntime()  # a broken install: one line before any work
     dataset = cache(partial(load_cifar100, args.data_dir))  # read once, if at all
 
+    @cache
     def images_identity() -> dict:  # --data-dir's data: `best` chooses among the runs trained on it
         train_x, train_y, test_x, test_y = dataset()
         return data_identity(args.data_dir, (train_x, train_y), (test_x, test_y), None, SPLIT_SEED)
@@ -580,6 +587,15 @@ def export(args: argparse.Namespace, owned: ExitStack) -> int:
         args.checkpoint, args.runs_dir, args.within, images_identity
     )
     model, checkpoint = load_model(checkpoint_path)
+    # However it was chosen, a model is scored (and int8 calibrated) on the images it learned from:
+    # accuracy on other images would be recorded in benchmark.json as this model's
+    check_checkpoint_data(
+        checkpoint,
+        images_identity(),
+        checkpoint_path,
+        "pass --data-dir the data it was trained on",
+        "scoring it on",
+    )
     device = pick_device(args.device)
     out = args.out or checkpoint_path.parent / "export"
     for option, folder in (("--out", out), ("--plot", args.plot.parent)):

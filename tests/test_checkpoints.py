@@ -383,6 +383,11 @@ def test_a_checkpoint_of_another_model_names_the_first_missing_and_unexpected_ke
         ),
         (lambda c: {**c, "model": [1, 2]}, "its 'model' is not a state dict"),
         (lambda c: {**c, "history": np.zeros(3)}, "numpy.ndarray, which a checkpoint may not hold"),
+        # the run's state beside the weights, damaged in type or range: checked as a summary's is
+        (lambda c: {**c, "epoch": "x"}, 'is damaged: its epoch is "x", not a whole number >= 0'),
+        (lambda c: {**c, "seconds": 1e20}, "is damaged: its seconds is 1e+20, not seconds in"),
+        (lambda c: {**c, "best_val_accuracy": 10**400}, "its best_val_accuracy is <an integer of"),
+        (lambda c: {**c, "history": [None]}, "is damaged: its history[0] is null, not a dict"),
     ],
 )
 def test_every_foreign_checkpoint_is_one_line_and_exit_2(

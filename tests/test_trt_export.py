@@ -465,7 +465,7 @@ def test_best_picks_the_run_with_the_highest_best_val_accuracy_at_any_depth(tmp_
         choice.choose_checkpoint("best", tmp_path) == tmp_path / "study" / "trial-0001" / "best.pt"
     )
     out = capsys.readouterr().out
-    assert "e/summary.json is missing or unreadable" in out
+    assert "e/summary.json is not valid JSON" in out and "d/summary.json is damaged" in out
     assert "not confirmed by select_model.py" in out
 
 
@@ -704,7 +704,7 @@ def test_export_leaves_the_callers_model_as_it_was(trained_run, data_dir, tmp_pa
         ),
         (
             '{"configs": [{"runs": ["x"], "val_accuracy_mean": 60, "pareto": true}], "best": "x"}',
-            "configs[0] needs numbers val_accuracy_mean and flops_per_image",
+            "configs[0] needs val_accuracy_mean in [0, 100], flops_per_image > 0",
         ),
         (
             '{"configs": [{"runs": ["x"], "val_accuracy_mean": 60, "flops_per_image": 1, "pareto": '

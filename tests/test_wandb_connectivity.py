@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST_CONFIG, cli_args, trainer_command
+from conftest import FAST_CONFIG, cli_args, process_env, trainer_command
 
 KEY = "k" * 40  # wandb 0.31 checks a key's form only (40+ characters) until it talks to the server
 INIT_TIMEOUT_S = (
@@ -300,3 +301,22 @@ def test_a_run_waits_a_bounded_time_for_init_and_finish_unless_wandb_is_told_oth
         timeout=60,
     )
     assert result.stdout.strip() == expected, result.stderr
+
+
+def test_without_home_wandbs_process_logs_to_its_file_not_the_console(tiny_data_dir, tmp_path):
+    # HOME unset (cron, some batch systems): wandb-core 0.31 found no folder for its log and wrote
+    # ~18 lines of its own ("2026/12/03 08:44:13 ERROR main: failed to get logger path") around
+    # a clean offline run. Now its log is in wandb/cache, under W&B's own folder.
+    env = process_env(tmp_path)
+    for name in ("HOME", "XDG_CACHE_HOME", "WANDB_CACHE_DIR", "WANDB_SILENT"):
+        env.pop(name, None)
+    args = ["--data-dir", str(tiny_data_dir), "--runs-dir", str(tmp_path / "runs")]
+    args += ["--val-size", "200", "--wandb-mode", "offline", *cli_args(FAST_CONFIG | {"epochs": 1})]
+    result = subprocess.run(
+        trainer_command(*args), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    assert not re.findall(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d .*$", console, re.MULTILINE)
+    assert result.stdout.splitlines()[-1].startswith("done: ")
+    assert list((tmp_path / "wandb" / "cache" / "wandb" / "logs").glob("core-debug-*.log"))

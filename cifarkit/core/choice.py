@@ -14,10 +14,11 @@ from pathlib import Path
 from cifarkit.core.cli import write_json_atomic
 from cifarkit.core.run_files import (
     BEST_CHECKPOINT,
-    SUMMARY_FILE,
     CheckpointError,
     data_label,
+    distinct_runs,
     finite_number,
+    load_summary,
     of_one_data_set,
     read_summary,
     summaries_under,
@@ -90,8 +91,8 @@ def read_selection(path: Path) -> dict:
         isinstance(selection, dict)
         and isinstance(selection.get("configs"), list)
         and selection["configs"]
-        and isinstance(selection.get("best"), str)
-    ):
+        and (isinstance(selection.get("best"), str) or selection.get("best", "") is None)
+    ):  # best null: no seed of the chosen config has a best.pt (select_model.py writes that)
         raise CheckpointError(
             f'{not_selection}: it needs {{"configs": [...], "best": "<run folder>"}}'
         )
@@ -99,15 +100,17 @@ def read_selection(path: Path) -> dict:
         if not (
             isinstance(config, dict)
             and finite_number(config.get("val_accuracy_mean"))
+            and 0 <= config["val_accuracy_mean"] <= 100
             and finite_number(config.get("flops_per_image"))
+            and config["flops_per_image"] > 0
             and isinstance(config.get("pareto"), bool)
             and isinstance(config.get("runs"), list)
             and config["runs"]
             and all(isinstance(run, str) for run in config["runs"])
         ):
             raise CheckpointError(
-                f"{not_selection}: configs[{i}] needs numbers val_accuracy_mean and "
-                "flops_per_image, pareto true/false and a list of run folders in runs"
+                f"{not_selection}: configs[{i}] needs val_accuracy_mean in [0, 100], "
+                "flops_per_image > 0, pareto true/false and a list of run folders in runs"
             )
     return selection
 
@@ -164,6 +167,11 @@ def choose_checkpoint(
         return best_single_run(runs_dir, data) / BEST_CHECKPOINT
     selection, root = read_selection(selection_path), selection_path.parent
     if within is None:
+        if selection["best"] is None:
+            raise CheckpointError(
+                f"{selection_path} chose no run: no seed of its best config has a best.pt (each "
+                "diverged before any epoch finished); pass --within POINTS, or --checkpoint PATH"
+            )
         check_chosen_data(root / selection["best"], data, selection_path)
         print(f"chosen by select_model.py ({selection_path}): {selection['best']}", flush=True)
         return root / selection["best"] / BEST_CHECKPOINT
@@ -193,7 +201,7 @@ def check_chosen_data(run_dir: Path, data: Callable[[], dict] | None, selection_
     """
     if data is None or not (run_dir / BEST_CHECKPOINT).is_file():
         return
-    summary, data = read_summary(run_dir), data()
+    summary, data = load_summary(run_dir), data()  # the run chosen: a damaged summary refused
     if trained_on(summary, data):
         return
     recorded = data_label((summary or {}).get("data"))
@@ -207,18 +215,12 @@ def best_single_run(runs_dir: Path, data: Callable[[], dict] | None = None) -> P
     """The run folder under `runs_dir` with the highest best_val_accuracy and a best.pt, said in one
     line, among the runs of the data `data()` names (of_one_data_set; None: of the one data set).
 
-    A summary.json that cannot be read is a note. CheckpointError when no run qualifies, or the runs
-    span several data sets.
+    A summary.json that cannot be read or is damaged is a note, and a copied run folder counts
+    once (run_files.distinct_runs). CheckpointError when no run qualifies, or the runs span several
+    data sets.
     """
-    runs = summaries_under(runs_dir)
-    for run_dir, summary in runs:
-        if summary is None:
-            print(
-                f"note: {run_dir / SUMMARY_FILE} is missing or unreadable; that run is not "
-                "considered",
-                flush=True,
-            )
-    candidates, reference = exportable(runs), None
+    runs = summaries_under(runs_dir)  # a damaged summary is a note there, its run left out
+    candidates, reference = distinct_runs(exportable(runs)), None
     if candidates:
         reference = data() if data else None
         candidates = of_one_data_set(

@@ -6,12 +6,16 @@
 
 A crash never leaves half a file: everything is made in memory and written by cli.write_atomic
 (a temporary file renamed over the old one); a write that fails is cli.FileFailed naming the file.
-Checkpoints are loaded as data only. A summary is read by read_summary alone, and the runs under a
-folder are found by summaries_under alone. The data a run trains on is identified by its arrays
-(data_identity), recorded in its checkpoints and summary: a resume on other data is refused
-(check_resume_data), and a run's val_accuracy compares only with runs of the same data
-(of_one_data_set). A resume needs what RESUME_KEYS names in last.pt, best.pt beside it, and a run
-that has not ended (check_resumable); the run folder is held by one process (hold_run_folder).
+Checkpoints are loaded as data only. A summary is read by load_summary alone (read_summary: None
+where it is unfit), which checks its types and ranges (SUMMARY_SHAPE: a damaged one is SummaryError,
+one line naming the file and the value), and the runs under a folder are found by summaries_under
+alone (a damaged summary a note). A run is itself however its folder is named or copied
+(run_identity: config, seed and data; distinct_runs counts a copy once). The data a run trains on
+is identified by its arrays (data_identity), recorded in its checkpoints and summary: a resume or an
+export on other data is refused (check_checkpoint_data), and a run's val_accuracy compares only
+with runs of the same data (of_one_data_set). A resume needs what RESUME_KEYS names in last.pt,
+best.pt beside it, and a run that has not ended (check_resumable); the run folder is held by one
+process (hold_run_folder).
 Elsewhere: which checkpoint to export is choice.py's; one process at a time writes a folder
 (folders.own_folder); figures are figures.py's, the machine's facts machine.py's, a model's cost
 cost.py's.
@@ -46,7 +50,7 @@ from cifarkit.core.cli import (
     write_atomic,
 )
 from cifarkit.core.folders import own_folder
-from cifarkit.core.settings import ConfigError, Settings
+from cifarkit.core.settings import ConfigError, Settings, shown
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
@@ -150,8 +154,9 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
     its keys.
 
     Tensors, Python containers and numbers, and numpy scalars of number types (returned as Python
-    numbers) load; anything else raises CheckpointError naming the refused types. Every error is one
-    line naming the file.
+    numbers) load; anything else raises CheckpointError naming the refused types. The run's state
+    beside the weights is checked as a summary's is (checkpoint_problem). Every error is one line
+    naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -175,6 +180,8 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
         raise CheckpointError(
             f"{path} is not a part_2_cifar checkpoint: it lacks {', '.join(missing)}"
         )
+    if (problem := checkpoint_problem(checkpoint)) is not None:
+        raise CheckpointError(f"{path} is damaged: its {problem}")
     return checkpoint
 
 
@@ -402,30 +409,186 @@ class Snapshots:
 # --------------------------------------------------------------------------------------------------
 # Runs: the one reader of a summary, the one walk over a runs folder
 
+MAX_SECONDS = 1e9  # a run's wall time, ~32 years: more is a damaged file (past datetime's range)
+
+
+class SummaryError(CommandError, ValueError):
+    """A summary.json that cannot be read or is damaged (a wrong type, a number out of range); the
+    message names the file and what is wrong."""
+
+    exit_code = EXIT_BAD_INPUT
+
 
 def finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A number (not a bool) a float holds finitely: a 400-digit integer is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        return False
+
+
+def _between(low: float, high: float = math.inf, integral: bool = False) -> Callable:
+    def check(value: object) -> bool:
+        whole = isinstance(value, int) or not integral
+        return finite_number(value) and whole and low <= value <= high
+
+    return check
+
+
+def _or_none(check: Callable) -> Callable:
+    return lambda value: value is None or check(value)
+
+
+def _of(kind: type) -> Callable:
+    return lambda value: isinstance(value, kind)
+
+
+_PERCENT = ("a percentage in [0, 100]", _between(0, 100))
+_COUNT = ("a whole number >= 0", _between(0, integral=True))
+_TEXT = ("text", _of(str))
+# What each key of a summary.json must be where present (older versions wrote fewer keys): what
+# part_2_cifar.finish_run writes, as the commands read it. "history" is checked row by row.
+SUMMARY_SHAPE = {
+    "status": _TEXT,
+    "error": _TEXT,
+    "config": ("a dict of settings", _of(dict)),
+    "best_val_accuracy": ("a percentage in [0, 100] or null", _or_none(_PERCENT[1])),
+    "best_epoch": ("a whole number >= 0 or null", _or_none(_COUNT[1])),
+    "epochs_completed": _COUNT,
+    "test_accuracy": ("a percentage in [0, 100] or null", _or_none(_PERCENT[1])),
+    "test_loss": ("a number >= 0 or null", _or_none(_between(0))),
+    "train_images_per_second": ("a number >= 0 or null", _or_none(_between(0))),
+    "total_seconds": (f"seconds in [0, {MAX_SECONDS:g}]", _between(0, MAX_SECONDS)),
+    "device": _TEXT,
+    "versions": ("a dict", _of(dict)),
+    "parameters": _COUNT,
+    "flops_per_image": ("a number > 0", lambda v: _between(0)(v) and v > 0),
+    "latency_ms": (
+        "a dict of batch size -> milliseconds >= 0",
+        lambda v: isinstance(v, dict) and all(map(_between(0), v.values())),
+    ),
+    "latency_device": _TEXT,
+}
+# A history row (one epoch: part_2_cifar.train's metrics), each key where present
+HISTORY_ROW_SHAPE = {
+    "epoch": ("a whole number >= 1", _between(1, integral=True)),
+    "train_loss": ("a number >= 0", _between(0)),
+    "train_accuracy": _PERCENT,
+    "val_loss": ("a number >= 0", _between(0)),
+    "val_accuracy": _PERCENT,
+    "learning_rate": ("a number >= 0", _between(0)),
+    "epoch_seconds": (f"seconds in [0, {MAX_SECONDS:g}]", _between(0, MAX_SECONDS)),
+    "train_images_per_second": ("a number >= 0", _between(0)),
+}
+# The run's state in best.pt (val_accuracy, epoch) and last.pt (RESUME_KEYS), each key where present
+CHECKPOINT_SHAPE = {
+    "epoch": _COUNT,
+    "val_accuracy": _PERCENT,
+    "best_val_accuracy": _PERCENT,
+    "best_epoch": _COUNT,
+    "seconds": (f"seconds in [0, {MAX_SECONDS:g}]", _between(0, MAX_SECONDS)),
+}
+# A data identity (data_identity's keys), in a summary or a checkpoint
+DATA_SHAPE = {
+    "source": _TEXT,
+    "train_images": _COUNT,
+    "test_images": _COUNT,
+    "train_sha256": _TEXT,
+    "test_sha256": _TEXT,
+    "split_seed": ("a whole number", _between(-math.inf, integral=True)),
+    "val_size": ("a whole number >= 0 or null", _or_none(_COUNT[1])),
+}
+
+
+def shape_problem(found: object, shape: dict, where: str = "", kind: str = "a dict") -> str | None:
+    """What is wrong with the dict `found` against `shape` (key -> (what it must be, check)), the
+    first problem as "<where><key> is <value>, not <what>"; None if nothing is."""
+    if not isinstance(found, dict):
+        return f"{where.rstrip('.') or 'it'} is {shown(found, True)}, not {kind}"
+    for key, (what, check) in shape.items():
+        if key in found and not check(found[key]):
+            return f"{where}{key} is {shown(found[key], True)}, not {what}"
+    return None
+
+
+def data_problem(identity: object, where: str = "data.") -> str | None:
+    """What is wrong with a recorded data identity (None or {}: none recorded, not a problem)."""
+    if identity is None or identity == {}:
+        return None
+    return shape_problem(identity, DATA_SHAPE, where)
+
+
+def history_problem(history: object) -> str | None:
+    """What is wrong with a run's history (a list of HISTORY_ROW_SHAPE rows); None if nothing."""
+    if not isinstance(history, list):
+        return f"history is {shown(history, True)}, not a list of epochs"
+    for i, row in enumerate(history):
+        if (problem := shape_problem(row, HISTORY_ROW_SHAPE, f"history[{i}].")) is not None:
+            return problem
+    return None
+
+
+def summary_problem(summary: object) -> str | None:
+    """What is wrong with a parsed summary.json (SUMMARY_SHAPE, data, history rows); None if
+    nothing is."""
+    problem = shape_problem(summary, SUMMARY_SHAPE, kind="a JSON object")
+    if problem is not None or not isinstance(summary, dict):
+        return problem
+    return data_problem(summary.get("data")) or history_problem(summary.get("history", []))
+
+
+def checkpoint_problem(checkpoint: dict) -> str | None:
+    """What is wrong with the run's state a checkpoint holds beside its weights (CHECKPOINT_SHAPE,
+    data, history rows; the config is checked by checkpoint_config); None if nothing is."""
+    return (
+        shape_problem(checkpoint, CHECKPOINT_SHAPE)
+        or data_problem(checkpoint.get("data"))
+        or history_problem(checkpoint.get("history", []))
+    )
+
+
+def load_summary(run_dir: Path) -> dict:
+    """The run's summary.json, checked (summary_problem); SummaryError naming the file and what is
+    wrong if it is missing, unreadable, not JSON or damaged."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SummaryError(f"{path} does not exist: the run has not ended") from None
+    except OSError as e:
+        raise SummaryError(f"{path} cannot be read ({e.strerror})") from None
+    except ValueError as e:  # not JSON, not UTF-8, an integer of more than 4300 digits
+        raise SummaryError(f"{path} is not valid JSON ({one_line(e)})") from None
+    if (problem := summary_problem(summary)) is not None:
+        raise SummaryError(f"{path} is damaged: {problem}")
+    return summary
 
 
 def read_summary(run_dir: Path) -> dict | None:
-    """The run's summary.json as a dict; None if it is missing, unreadable or not a JSON object."""
+    """load_summary's summary; None if there is none fit to read (missing or damaged)."""
     try:
-        summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
+        return load_summary(run_dir)
+    except SummaryError:
         return None
-    return summary if isinstance(summary, dict) else None
 
 
 def summaries_under(runs_dir: Path) -> list[tuple[Path, dict | None]]:
     """(run folder, its summary or None) for each summary.json at any depth under runs_dir, sorted
-    by path.
+    by path; each one that cannot be read or is damaged (None) is one `note:` line naming the file
+    and what is wrong, the run left out of what the caller does.
 
     Single runs, `wandb agent` runs, sweep trials in <study>/trial-NNNN and selection seeds alike.
     """
-    return [
-        (path.parent, read_summary(path.parent))
-        for path in sorted(Path(runs_dir).rglob(SUMMARY_FILE))
-    ]
+    runs = []
+    for path in sorted(Path(runs_dir).rglob(SUMMARY_FILE)):
+        try:
+            runs.append((path.parent, load_summary(path.parent)))
+        except SummaryError as e:
+            print(f"note: {e}; that run is left out", flush=True)
+            runs.append((path.parent, None))
+    return runs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,10 +632,11 @@ def same_data(recorded: dict, current: dict) -> bool:
 
 def describe_data(identity: dict) -> str:
     """A data identity in one line: its folder, 12 hex digits of each digest, the split."""
+    size = identity.get("val_size")
+    split = f"split seed {identity.get('split_seed')}, val_size {size}" if size else "any split"
     return (
         f"{identity.get('source')} (train {str(identity.get('train_sha256'))[:12]}, test "
-        f"{str(identity.get('test_sha256'))[:12]}, split seed {identity.get('split_seed')}, "
-        f"val_size {identity.get('val_size')})"
+        f"{str(identity.get('test_sha256'))[:12]}, {split})"
     )
 
 
@@ -482,6 +646,39 @@ def data_key(summary: dict | None) -> tuple | None:
     if not isinstance(identity, dict) or not identity.get("train_sha256"):
         return None
     return tuple(identity.get(key) for key in DATA_KEYS)
+
+
+def run_identity(summary: dict) -> str | None:
+    """What makes a run itself, however its folder is named or copied (`cp -r runs/ID
+    runs/ID.bak`): 16 hex digits of SHA-256 over its config (every setting, the seed included) and
+    the data it trained on (DATA_KEYS; none recorded: the config alone). Two folders of one
+    identity hold one run, or the same training done twice: one seed of a config, one trial.
+    None for a summary with no config (written by hand): it is like no other."""
+    if not isinstance(summary.get("config"), dict):
+        return None
+    text = json.dumps([summary["config"], data_key(summary)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def distinct_runs(runs: Iterable[tuple[Path, dict | None]]) -> list[tuple[Path, dict | None]]:
+    """Of (run folder, summary) pairs, one per run_identity: the first by the order given; each
+    other is one `note:` line naming its folder and the one it repeats. Runs without an identity
+    (no summary, no config) are kept."""
+    first: dict[str, Path] = {}
+    kept = []
+    for run_dir, summary in runs:
+        key = run_identity(summary) if summary is not None else None
+        if key is not None and key in first:
+            print(
+                f"note: {run_dir} holds the same run as {first[key]} (the same config, seed and "
+                "data: a copy?); it is counted once",
+                flush=True,
+            )
+            continue
+        if key is not None:
+            first[key] = run_dir
+        kept.append((run_dir, summary))
+    return kept
 
 
 def data_label(identity: object) -> str:
@@ -597,8 +794,13 @@ class RunComplete(CommandError):
 def check_resumable(run_dir: Path, resume: dict) -> None:
     """RunComplete if the run in run_dir has ended at `resume`'s epoch (its loaded last.pt);
     CheckpointError if the best epoch last.pt names has no best.pt beside it (the end of a run
-    scores and uploads best.pt)."""
-    summary = read_summary(run_dir)
+    scores and uploads best.pt). A damaged summary.json is a note: the run's end writes it anew."""
+    try:
+        summary = load_summary(run_dir)
+    except SummaryError as e:
+        summary = None
+        if (run_dir / SUMMARY_FILE).is_file():
+            print(f"note: {e}; the resumed run writes it anew", flush=True)
     if (
         summary is not None
         and summary.get("status") in ENDED
@@ -616,20 +818,32 @@ def check_resumable(run_dir: Path, resume: dict) -> None:
 
 
 def check_resume_data(resume: dict, identity: dict, path: Path) -> None:
-    """CheckpointError naming both data sets if the checkpoint at `path` was trained on other data
-    than `identity`; a checkpoint from before data was recorded resumes with a note (the new
-    last.pt records it)."""
-    recorded = resume.get("data")
-    if not isinstance(recorded, dict) or not recorded:
+    """check_checkpoint_data for a resume: last.pt at `path` must record `identity`'s images and
+    split; one from before data was recorded resumes with a note (the new last.pt records it)."""
+    check_checkpoint_data(
+        resume, identity, path, "resume with its --data-dir, or start a new run", "resuming on"
+    )
+
+
+def check_checkpoint_data(
+    checkpoint: dict, identity: dict, path: Path, remedy: str, going_on: str
+) -> None:
+    """Whether the checkpoint at `path` (as load_checkpoint gives it: its data record checked) was
+    trained on `identity`'s data: its DATA_KEYS that are not None (val_size None: any split), as
+    trained_on. CheckpointError naming both data sets and ending in `remedy` if not; a checkpoint
+    from before data was recorded is one note, "... without checking", `going_on` the data given.
+    """
+    recorded = checkpoint.get("data")
+    if not recorded:
         print(
-            f"note: {path} does not record its data (written by an older version): resuming on "
+            f"note: {path} does not record its data (written by an older version): {going_on} "
             f"{identity.get('source', 'the data given')} without checking",
             flush=True,
         )
-    elif identity and not same_data(recorded, identity):
+    elif not trained_on({"data": recorded}, identity):
         raise CheckpointError(
             f"{path} was trained on other data: {describe_data(recorded)}, not "
-            f"{describe_data(identity)}; resume with its --data-dir, or start a new run"
+            f"{describe_data(identity)}; {remedy}"
         )
 
 

@@ -9,6 +9,7 @@ checked against `allowed`; a bad one is ConfigError, one line naming the key and
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +42,15 @@ def real(value: object) -> float:
     if not math.isfinite(number):
         raise ValueError(f"not a finite number: {value!r}")
     return number
+
+
+def shown(value: object, quote_text: bool = False) -> str:
+    """A value as a one-line message shows it: text as is (`quote_text`: in quotes), anything else
+    as JSON, cut to 40 characters; an integer past 20 digits by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        return f"<an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits>"
+    text = value if isinstance(value, str) and not quote_text else json.dumps(value, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -84,10 +94,12 @@ class Settings(dict):
             try:
                 clean[key] = setting.parse(value)
                 ok = setting.accepts(clean[key])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # Overflow: an int past float's range
                 ok = False
             if not ok:
-                raise ConfigError(f"{key}={value} is not allowed: use a value in {setting.allowed}")
+                raise ConfigError(
+                    f"{key}={shown(value)} is not allowed: use a value in {setting.allowed}"
+                )
         return clean
 
     def table(self) -> str:

@@ -139,6 +139,20 @@ def resolve_wandb_mode(requested: str) -> str:
     return "offline"
 
 
+def give_wandb_a_cache_folder() -> None:
+    """Set WANDB_CACHE_DIR to <WANDB_DIR or .>/wandb/cache when W&B would have no cache folder.
+
+    W&B's process (wandb-core 0.31) writes its debug log to $WANDB_CACHE_DIR/wandb/logs, else to
+    the user's cache folder ($XDG_CACHE_HOME, else $HOME/.cache); with none of them set (HOME unset:
+    cron, some batch systems and containers) it logs ~18 lines of its own to the console around
+    every run ("failed to get logger path") and caches artifacts in ./.wandb_cache. The folder
+    chosen is inside the git-ignored wandb/ folder W&B writes to anyway. A variable set is kept.
+    """
+    if not any(os.environ.get(name) for name in ("WANDB_CACHE_DIR", "XDG_CACHE_HOME", "HOME")):
+        base = Path(os.environ.get("WANDB_DIR") or ".")
+        os.environ["WANDB_CACHE_DIR"] = str((base / "wandb" / "cache").resolve())
+
+
 def start_wandb_run(init: dict, in_sweep: bool | None = None) -> GuardedRun:
     """wandb.init(**init) with bounded waits, as a GuardedRun. An online run whose server gives no
     run goes offline, with one line; a run W&B cannot start at all (a folder it cannot write)
@@ -153,6 +167,7 @@ def start_wandb_run(init: dict, in_sweep: bool | None = None) -> GuardedRun:
     import wandb
 
     in_sweep = in_wandb_sweep() if in_sweep is None else in_sweep
+    give_wandb_a_cache_folder()
     settings = wandb_settings()
     timeouts = {
         key: getattr(settings, key) if key in settings.model_fields_set else default

@@ -283,9 +283,10 @@ def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], ident
             if key in known:
                 already += 1
                 continue
+            if summary is None:  # damaged or unreadable: summaries_under said so in one line
+                skipped += 1
+                continue
             try:
-                if summary is None:
-                    raise ValueError("its summary.json cannot be read")
                 trial = prior_trial(sweep, run_dir, summary, identity, prior_run=key)
             except ValueError as e:
                 print(f"prior run {run_dir} skipped: {e}", flush=True)
