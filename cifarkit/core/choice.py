@@ -87,12 +87,13 @@ def read_selection(path: Path) -> dict:
             "or pass --checkpoint PATH"
         ) from None
     not_selection = f"{path} is not a select_model.py selection"
+    # best null: no seed of the chosen config has a best.pt (select_model.py writes that)
     if not (
         isinstance(selection, dict)
         and isinstance(selection.get("configs"), list)
         and selection["configs"]
         and (isinstance(selection.get("best"), str) or selection.get("best", "") is None)
-    ):  # best null: no seed of the chosen config has a best.pt (select_model.py writes that)
+    ):
         raise CheckpointError(
             f'{not_selection}: it needs {{"configs": [...], "best": "<run folder>"}}'
         )
