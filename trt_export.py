@@ -587,15 +587,6 @@ def export(args: argparse.Namespace, owned: ExitStack) -> int:
         args.checkpoint, args.runs_dir, args.within, images_identity
     )
     model, checkpoint = load_model(checkpoint_path)
-    # However it was chosen, a model is scored (and int8 calibrated) on the images it learned from:
-    # accuracy on other images would be recorded in benchmark.json as this model's
-    check_checkpoint_data(
-        checkpoint,
-        images_identity(),
-        checkpoint_path,
-        "pass --data-dir the data it was trained on",
-        "scoring it on",
-    )
     device = pick_device(args.device)
     out = args.out or checkpoint_path.parent / "export"
     for option, folder in (("--out", out), ("--plot", args.plot.parent)):
@@ -603,6 +594,16 @@ def export(args: argparse.Namespace, owned: ExitStack) -> int:
             raise ConfigError(
                 f"{option} {folder} cannot be written: {why}; use a folder you can write to"
             )
+    # However it was chosen, a model is scored (and int8 calibrated) on the images it learned from:
+    # accuracy on other images would be recorded in benchmark.json as this model's. After the
+    # output folders' checks, which cost nothing (the data may need a download).
+    check_checkpoint_data(
+        checkpoint,
+        images_identity(),
+        checkpoint_path,
+        "pass --data-dir the data it was trained on",
+        "scoring it on",
+    )
     owned.enter_context(own_folder(out, "export folder"))
     train_images, _, test_images, test_labels = dataset()
     threads = args.threads or thread_budget()
