@@ -206,7 +206,14 @@ EXPORTER_STAGES = [  # where torch's exporter catches Exception: the capture fal
 
 @pytest.mark.parametrize(("module", "stage"), EXPORTER_STAGES, ids=[s for _, s in EXPORTER_STAGES])
 def test_ctrl_c_inside_each_stage_of_the_onnx_exporter_ends_with_130(
-    module, stage, tiny_data_dir, tmp_path, monkeypatch, one_thread, capsys
+    module,
+    stage,
+    tiny_data_dir,
+    tmp_path,
+    monkeypatch,
+    one_thread,
+    capsys,
+    terminal_signal_defaults,
 ):
     # torch's exporter catches Exception, and a stop used to be one: of 12 tries 4 stopped, 5 ended
     # in an export-error traceback and 3 exported on and exited 0. The SIGINT is a real one, sent

@@ -469,7 +469,7 @@ def drawn(runs_dir: Path) -> list[dict]:
 
 
 def test_the_same_seed_draws_the_same_trials_in_one_command_or_over_an_interrupted_one(
-    learnable_data_dir, tmp_path, one_thread, monkeypatch
+    learnable_data_dir, tmp_path, one_thread, monkeypatch, terminal_signal_defaults
 ):
     sweep = write_json(tmp_path / "seeded.json", SEEDED_SWEEP)
 
