@@ -64,19 +64,23 @@ from cifarkit.core.settings import ConfigError, Setting, Settings
 # Settings: one row per key, the only place a hyperparameter is written down. Keys are exactly the
 # parameter names in sweep_config.json; each is a `--key=value` option too. A value is parsed by
 # its default's type and checked against `allowed` (settings.py).
+# Upper bounds no real run reaches, so that a damaged config is refused before it allocates: 4096
+# filters is twice the widest convolution of ResNet-50 (2048; WRN-28-10's is 640), and one such
+# 3x3 layer of 4096 -> 4096 already holds 151M weights; a batch is at most CIFAR-100's 50000
+# training images; 10000 epochs is ten times the longest CIFAR schedules in use (~1000).
 
 SETTINGS = Settings(  # key=Setting(default, allowed, help)
     learning_rate=Setting(0.01, "(0, inf)", "peak SGD rate after warm-up (swept 1e-4..1e-2)"),
     momentum=Setting(0.9, "[0, 1)", "SGD Nesterov momentum (swept 0.8..0.99)"),
-    batch_size=Setting(256, "[1, inf)", "training images per step (swept 64..512)"),
-    num_filters_1=Setting(64, "[1, inf)", "channels of the first 3x3 convolution"),
-    num_filters_2=Setting(128, "[1, inf)", "channels of the second 3x3 convolution"),
-    num_filters_3=Setting(256, "[1, inf)", "channels of the third 3x3 convolution"),
+    batch_size=Setting(256, "[1, 50000]", "training images per step (swept 64..512)"),
+    num_filters_1=Setting(64, "[1, 4096]", "channels of the first 3x3 convolution"),
+    num_filters_2=Setting(128, "[1, 4096]", "channels of the second 3x3 convolution"),
+    num_filters_3=Setting(256, "[1, 4096]", "channels of the third 3x3 convolution"),
     dropout_rate=Setting(0.25, "[0, 1)", "dropout before each fully connected layer"),
-    epochs=Setting(30, "[1, inf)", "the budget: the schedule anneals to 0 at its end"),
+    epochs=Setting(30, "[1, 10000]", "the budget: the schedule anneals to 0 at its end"),
     weight_decay=Setting(5e-4, "[0, inf)", "SGD's L2 penalty (CIFAR's usual, He et al. 2016)"),
     label_smoothing=Setting(0.1, "[0, 1)", "cross-entropy label smoothing (Szegedy et al. 2016)"),
-    warmup_epochs=Setting(1.0, "[0, inf)", "linear learning-rate warm-up from 0, in epochs"),
+    warmup_epochs=Setting(1.0, "[0, 10000]", "linear learning-rate warm-up from 0, in epochs"),
     lr_schedule=Setting("cosine", "{cosine, constant}", "after warm-up: cosine to 0, or constant"),
     seed=Setting(0, "[0, 2147483648)", "initialisation, batch order, augmentation, dropout"),
     val_size=Setting(5000, "[1, inf)", "images held out for validation, by class (not swept)"),

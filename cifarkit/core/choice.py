@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from cifarkit.core.cli import write_json_atomic
+from cifarkit.core.cli import DAMAGED_TEXT, NotARegularFile, read_regular_text, write_json_atomic
 from cifarkit.core.run_files import (
     BEST_CHECKPOINT,
     CheckpointError,
@@ -80,8 +80,8 @@ def read_selection(path: Path) -> dict:
     """select_model.py's selection.json, checked for what choosing a checkpoint reads;
     CheckpointError if not."""
     try:
-        selection = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        selection = json.loads(read_regular_text(path))
+    except (OSError, NotARegularFile, *DAMAGED_TEXT) as e:
         raise CheckpointError(
             f"{path} is unreadable ({type(e).__name__}): rerun select_model.py, "
             "or pass --checkpoint PATH"

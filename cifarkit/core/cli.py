@@ -24,6 +24,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import traceback
 from pathlib import Path
@@ -178,6 +179,56 @@ def write_atomic(path: os.PathLike | str, data: bytes) -> None:
 def write_json_atomic(obj: object, path: os.PathLike | str) -> None:
     """`obj` as indented JSON, written by write_atomic."""
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+# What json.loads (and PyYAML's Python loader) raise for a file that is not what it should be:
+# ValueError (not JSON, not UTF-8, an integer of more than 4300 digits) and RecursionError (lists
+# nested deeper than Python's stack, `[[[[...` 100000 deep): both a damaged file, never a rerun.
+DAMAGED_TEXT = (ValueError, RecursionError)
+
+
+class NotARegularFile(CommandError):
+    """A path where a file is read that holds something else: a named pipe (FIFO), a socket, a
+    device or a folder. One line naming it; exit 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, path: os.PathLike | str, mode: int):
+        kinds = {
+            stat.S_IFIFO: "a named pipe (FIFO)",
+            stat.S_IFSOCK: "a socket",
+            stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device",
+            stat.S_IFDIR: "a folder",
+        }
+        kind = kinds.get(stat.S_IFMT(mode), "not a file")
+        super().__init__(f"{path} is {kind}, not a regular file: put the file itself there")
+        self.path = path
+
+
+def read_regular(path: os.PathLike | str) -> bytes:
+    """The bytes of the regular file at `path` (symbolic links followed). NotARegularFile for a
+    FIFO, a socket, a device or a folder: open() of a FIFO blocks until a writer comes, and a stop
+    signal does not end that wait (Python retries the call after the handler). The kind is checked
+    before the file is opened (a device is never opened) and again on what was opened, which is
+    opened non-blocking in case it changed in between. OSError as the system raises it
+    (FileNotFoundError, a permission, an I/O error): the caller names the file and what it is."""
+    if not stat.S_ISREG(mode := os.stat(path).st_mode):
+        raise NotARegularFile(path, mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(mode := os.fstat(fd).st_mode):
+            raise NotARegularFile(path, mode)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def read_regular_text(path: os.PathLike | str, encoding: str = "utf-8") -> str:
+    """read_regular's bytes as text (UnicodeDecodeError, a ValueError, if they are not)."""
+    return read_regular(path).decode(encoding)
 
 
 class BrokenInstall(CommandError):

@@ -42,11 +42,15 @@ import torch.nn as nn
 
 from cifarkit.core.cli import (
     ANSI_ESCAPE,
+    DAMAGED_TEXT,
     EXIT_BAD_INPUT,
     EXIT_DONE,
     CommandError,
     FileFailed,
+    NotARegularFile,
     one_line,
+    read_regular,
+    read_regular_text,
     write_atomic,
 )
 from cifarkit.core.folders import own_folder
@@ -159,19 +163,27 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
     naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    # The file is read here and parsed from memory: an OSError then is the disk's (a permission, an
+    # I/O error: FileFailed), and whatever torch raises is the bytes' fault. Read by path, torch's
+    # zip reader fails on a file cut below ~64 KiB with OSError(EINVAL), as if the disk failed.
     try:
-        with torch.serialization.safe_globals(NUMPY_NUMBERS):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        data = read_regular(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except NotARegularFile as e:
+        raise CheckpointError(f"checkpoint {e}") from None
     except OSError as e:  # there but unreadable (permission, an I/O error): not the file's fault
         raise FileFailed(e, "read", path) from None
+    try:
+        with torch.serialization.safe_globals(NUMPY_NUMBERS):
+            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} holds {_refused_types(path, e)}, which a checkpoint may not hold (it is "
             "loaded as plain data, so that it cannot run code): save tensors and Python numbers"
         ) from None
-    except Exception as e:  # zip/EOF/runtime errors all mean the same thing to a person
+    # zip/EOF/runtime errors, an OSError of a seek past the start: all the bytes' fault
+    except Exception as e:
         raise CheckpointError(
             f"{path} is truncated or corrupt ({type(e).__name__}: {one_line(e)})"
         ) from None
@@ -180,9 +192,38 @@ def load_checkpoint(path: Path, needs: tuple[str, ...] = ("model", "config")) ->
         raise CheckpointError(
             f"{path} is not a part_2_cifar checkpoint: it lacks {', '.join(missing)}"
         )
-    if (problem := checkpoint_problem(checkpoint)) is not None:
+    if (problem := checkpoint_problem(checkpoint) or odd_tensor(checkpoint)) is not None:
         raise CheckpointError(f"{path} is damaged: its {problem}")
     return checkpoint
+
+
+def odd_tensor(checkpoint: dict) -> str | None:
+    """The first tensor in a loaded checkpoint (at any depth of its dicts and lists) that is not a
+    plain one: strided (not sparse), not quantised, with its data in host memory (map_location
+    moved every device's there; a meta tensor has no data). Such a tensor is what this project
+    saves; any other makes torch fail later with a traceback, or allocate what is not there. As
+    "<where> is a <what> tensor, not a dense one in memory"; None if every tensor is plain."""
+    found, seen = [("", checkpoint)], set()
+    while found:  # a walk without recursion: a deeply nested file does not overflow the stack
+        where, value = found.pop()
+        if id(value) in seen:  # pickle's memo may share a list, or put one inside itself
+            continue
+        seen.add(id(value))
+        items = (
+            value.items()
+            if isinstance(value, dict)
+            else enumerate(value)
+            if isinstance(value, (list, tuple))
+            else ()
+        )
+        found += [(f"{where}.{shown(key)}" if where else shown(key), item) for key, item in items]
+        if isinstance(value, torch.Tensor) and (
+            value.layout != torch.strided or value.is_meta or value.is_quantized
+        ):
+            what = "meta" if value.is_meta else str(value.layout).removeprefix("torch.")
+            what = "quantized" if value.is_quantized else what
+            return f"{where} is a {what} tensor, not a dense one in memory"
+    return None
 
 
 # Prefixes PyTorch's own wrappers put before every parameter name: DataParallel,
@@ -237,9 +278,9 @@ def load_weights(model: nn.Module, weights: object, path: Path) -> None:
     line naming `path`: not a dict of tensors; the first missing and unexpected names and differing
     shapes; a NaN or inf."""
     if not isinstance(weights, dict) or not all(
-        isinstance(t, torch.Tensor) for t in weights.values()
+        isinstance(name, str) and isinstance(t, torch.Tensor) for name, t in weights.items()
     ):
-        raise CheckpointError(f"{path}: its 'model' is not a state dict (names -> tensors)")
+        raise CheckpointError(f"{path}: its 'model' is not a state dict (text names -> tensors)")
     weights = without_wrapper_prefixes(weights)
     expected = model.state_dict()
     missing = [name for name in expected if name not in weights]
@@ -554,13 +595,17 @@ def load_summary(run_dir: Path) -> dict:
     wrong if it is missing, unreadable, not JSON or damaged."""
     path = Path(run_dir) / SUMMARY_FILE
     try:
-        summary = json.loads(path.read_text())
+        summary = json.loads(read_regular_text(path))
     except FileNotFoundError:
         raise SummaryError(f"{path} does not exist: the run has not ended") from None
+    except NotARegularFile as e:
+        raise SummaryError(str(e)) from None
     except OSError as e:
         raise SummaryError(f"{path} cannot be read ({e.strerror})") from None
-    except ValueError as e:  # not JSON, not UTF-8, an integer of more than 4300 digits
-        raise SummaryError(f"{path} is not valid JSON ({one_line(e)})") from None
+    except DAMAGED_TEXT as e:
+        raise SummaryError(
+            f"{path} is not valid JSON ({type(e).__name__}: {one_line(e)})"
+        ) from None
     if (problem := summary_problem(summary)) is not None:
         raise SummaryError(f"{path} is damaged: {problem}")
     return summary

@@ -44,11 +44,12 @@ def read_marker(path: Path) -> dict | None:
     there but is not a JSON object in UTF-8 (a folder in its place, cut, another encoding): taken
     as "none", it would hand the folder to whichever study came next."""
     try:
-        found = json.loads(path.read_text(encoding="utf-8"))
+        found = json.loads(cli.read_regular_text(path))
         why = "not a JSON object"
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+    # UnicodeDecodeError is a ValueError; a FIFO in its place is NotARegularFile
+    except (OSError, cli.NotARegularFile, *cli.DAMAGED_TEXT) as e:
         found, why = None, getattr(e, "strerror", None) or cli.one_line(e)
     if not isinstance(found, dict):
         raise DamagedMarker(

@@ -36,7 +36,13 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial
 
-from cifarkit.core.cli import EXIT_BAD_INPUT, CommandError, one_line
+from cifarkit.core.cli import (
+    EXIT_BAD_INPUT,
+    CommandError,
+    NotARegularFile,
+    one_line,
+    read_regular_text,
+)
 from cifarkit.core.settings import Settings
 
 # What part_2_cifar.py writes to W&B. A sweep's metric may name any of these numbers, as W&B's may:
@@ -584,14 +590,16 @@ def read_sweep_file(path: Path) -> tuple[Any, Callable[[], Any]]:
     import yaml  # wandb depends on PyYAML; `wandb sweep` reads its file with yaml.safe_load
 
     try:
-        text = Path(path).read_text()
+        text = read_regular_text(path)
+    except NotARegularFile as e:
+        raise SweepConfigError(f"sweep file {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SweepConfigError(
             f"cannot read sweep file {path}: {getattr(e, 'strerror', None) or e}"
         ) from None
     try:
         raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, RecursionError) as e:  # Recursion: PyYAML's Python loader, deep lists
         raise SweepConfigError(
             f"{path} is not valid YAML (nor JSON): {' '.join(str(e).split())}"
         ) from None

@@ -306,7 +306,9 @@ def add_prior_runs(study: optuna.Study, sweep: Sweep, folders: list[Path], ident
 def read_configs(path: Path) -> list:
     """The configurations a --start-from file holds: JSON or YAML, one mapping or a list of them."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = cli.read_regular_text(path)
+    except cli.NotARegularFile as e:
+        raise WarmStartError(f"--start-from {e}") from None
     except OSError as e:
         raise WarmStartError(f"--start-from {path}: cannot read it: {e.strerror}") from None
     except UnicodeDecodeError as e:
@@ -316,12 +318,16 @@ def read_configs(path: Path) -> list:
         ) from None
     try:  # JSON first: YAML 1.1 would read a number such as 1e-05 as text
         configs = json.loads(text)
+    except RecursionError:
+        raise WarmStartError(
+            f"--start-from {path} is not valid JSON: nested deeper than Python's stack"
+        ) from None
     except json.JSONDecodeError:
         import yaml
 
         try:
             configs = yaml.safe_load(text)
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, RecursionError) as e:
             raise WarmStartError(
                 f"--start-from {path} is not valid JSON or YAML: {str(e).splitlines()[0]}"
             ) from None
