@@ -67,6 +67,14 @@ def all_finite(checkpoint: dict) -> bool:
     )
 
 
+def sparse(weights: dict) -> dict:
+    return {name: t.to_sparse() if t.dim() == 2 else t for name, t in weights.items()}
+
+
+def on_meta(weights: dict) -> dict:
+    return {name: t.to("meta") for name, t in weights.items()}
+
+
 def small_checkpoint(path: Path, **extra) -> dict:
     """A best.pt of an untrained small SimpleCNN, written as the trainer writes it."""
     torch.manual_seed(0)
@@ -382,6 +390,15 @@ def test_a_checkpoint_of_another_model_names_the_first_missing_and_unexpected_ke
             "its config has batch_size=0 is not allowed",
         ),
         (lambda c: {**c, "model": [1, 2]}, "its 'model' is not a state dict"),
+        # a state dict torch cannot use: names that are not text, tensors without plain data
+        (lambda c: {**c, "model": dict(enumerate(c["model"].values()))}, "not a state dict (text"),
+        (lambda c: {**c, "model": sparse(c["model"])}, "model.fc3.weight is a sparse_coo tensor"),
+        (lambda c: {**c, "model": on_meta(c["model"])}, "is a meta tensor, not a dense one"),
+        # a config that would allocate terabytes: refused by the settings' bounds
+        (
+            lambda c: {**c, "config": {**c["config"], "num_filters_1": 2**40}},
+            "num_filters_1=1099511627776 is not allowed: use a value in [1, 4096]",
+        ),
         (lambda c: {**c, "history": np.zeros(3)}, "numpy.ndarray, which a checkpoint may not hold"),
         # the run's state beside the weights, damaged in type or range: checked as a summary's is
         (lambda c: {**c, "epoch": "x"}, 'is damaged: its epoch is "x", not a whole number >= 0'),
@@ -579,3 +596,27 @@ def test_a_seed_that_diverged_before_any_epoch_counts_as_0_in_the_selection(tmp_
     report = select_model.config_report(candidate, tmp_path)
     assert report["seeds"] == 2 and report["val_accuracy_mean"] == 20.0
     assert choice.best_seed(report, tmp_path) is None  # neither has a best.pt to export
+
+
+# A copy cut short (a full disk, an interrupted transfer): torch's zip reader fails below ~64 KiB
+# with OSError(EINVAL) when it reads the path itself; every length is the file's fault, exit 2
+@pytest.mark.parametrize("tool", ["trainer --resume", "trt_export.py"])
+def test_a_checkpoint_cut_at_any_length_is_truncated_or_corrupt_and_exit_2(
+    tool, crashed_run, tiny_data_dir, tmp_path, capsys
+):
+    name = "last.pt" if tool == "trainer --resume" else "best.pt"
+    whole = (crashed_run / name).read_bytes()
+    assert len(whole) > 64 * 1024  # the cuts below span both of the zip reader's ways to fail
+    (crashed_run / "best.pt").write_bytes(whole)  # a resume reads no best.pt before last.pt
+    for length in (10, 1024, 30_000, len(whole) // 2):
+        (crashed_run / name).write_bytes(whole[:length])
+        result = (
+            train(
+                [*fast_args(tiny_data_dir, tmp_path / "runs"), "--resume", str(crashed_run)],
+                capsys,
+            )
+            if tool == "trainer --resume"
+            else export(crashed_run / name, tiny_data_dir, capsys)
+        )
+        assert result.returncode == 2, (length, result.stderr)
+        assert f"{crashed_run / name} is truncated or corrupt (" in one_line_error(result.stderr)

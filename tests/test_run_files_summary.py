@@ -8,7 +8,10 @@ finished_run, copied and damaged as a disk, a hand or another tool would."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ import part_2_cifar
 import select_model
 import trt_export
 from cifarkit.core import choice, run_files
+from cifarkit.sweeps import space, warm_start
+from cifarkit.sweeps.folders import DamagedMarker, read_marker
 
 HUGE = 10**400  # JSON reads it as an int no float holds: math.isfinite raises OverflowError
 
@@ -280,3 +285,73 @@ def test_resuming_a_run_whose_summary_is_damaged_writes_it_anew(
     out = capsys.readouterr().out
     assert out.startswith(f"note: {path} is damaged: history[0] is 7, not a dict; the resumed run")
     assert run_files.load_summary(finished_run)["history"][0]["epoch"] == 1  # whole again
+
+
+# --------------------------------------------------------------------------------------------------
+# What no reader may do: block on a FIFO, overflow the stack on deep JSON
+
+DEEP_JSON = '{"config": ' + "[" * 100_000 + "]" * 100_000 + "}"  # RecursionError in json.loads
+
+
+@contextmanager
+def no_longer_than(seconds: int):
+    """Fail the test (TimeoutError) if the block takes longer: open() of a FIFO blocks forever."""
+
+    def timed_out(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, timed_out)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "deep JSON"])
+def test_the_walk_over_a_runs_folder_leaves_out_a_summary_that_is_a_fifo_or_deep_json(
+    kind, finished_run, tiny_data_dir, tmp_path, capsys
+):
+    (bad := finished_run.parent / "bad").mkdir()
+    if kind == "a FIFO":
+        os.mkfifo(bad / "summary.json")
+    else:
+        (bad / "summary.json").write_text(DEEP_JSON)
+    # select_model.py, trt_export.py --runs-dir and --prior-runs all walk with it
+    with no_longer_than(60):
+        assert run_files.summaries_under(finished_run.parent)[0] == (bad, None)
+    assert capsys.readouterr().out.startswith(f"note: {bad / 'summary.json'} ")
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "deep JSON"])
+def test_every_json_file_the_commands_read_refuses_a_fifo_and_deep_json_in_one_line(kind, tmp_path):
+    path = tmp_path / "file.json"
+    if kind == "a FIFO":
+        os.mkfifo(path)
+    else:
+        path.write_text(DEEP_JSON)
+    readers = [
+        (choice.read_selection, run_files.CheckpointError),
+        (read_marker, DamagedMarker),
+        (warm_start.read_configs, warm_start.WarmStartError),
+        (space.read_sweep_file, space.SweepConfigError),
+        (run_files.load_checkpoint, run_files.CheckpointError),
+    ]
+    for reader, error in readers:
+        with no_longer_than(10), pytest.raises(error) as refused:
+            reader(path)
+        assert str(path) in str(refused.value) and "\n" not in str(refused.value)
+        assert refused.value.exit_code == 2
+
+
+def test_a_sweep_file_that_is_a_fifo_is_one_line_and_exit_2(tiny_data_dir, tmp_path, capsys):
+    os.mkfifo(tmp_path / "sweep.json")
+    args = [str(tmp_path / "sweep.json"), "--data-dir", str(tiny_data_dir), "--trials", "1"]
+    args += ["--runs-dir", str(tmp_path / "runs"), "--wandb-mode", "disabled"]
+    with no_longer_than(60):
+        assert local_sweep.main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: sweep file {tmp_path / 'sweep.json'} is a named pipe (FIFO), not a regular file: "
+        "put the file itself there\n"
+    )
