@@ -34,13 +34,11 @@ from cifarkit.core import cifar_files, machine
 class Variant:
     name: str
     change: str  # what differs from part_2_cifar's defaults, in words
-    amp: str = (
-        "auto"  # "auto" (the project's autocast_dtype), "bf16", "fp16" (with GradScaler) or "fp32"
-    )
+    # "auto" (the project's autocast_dtype), "bf16", "fp16" (with GradScaler) or "fp32"
+    amp: str = "auto"
     channels_last: bool = True
-    sgd: str = (
-        "default"  # "default" (foreach on CUDA, for-loop on CPU), "for-loop", "foreach" or "fused"
-    )
+    # "default" (foreach on CUDA, for-loop on CPU), "for-loop", "foreach" or "fused"
+    sgd: str = "default"
     compile_mode: str | None = None  # None for eager, else torch.compile's mode
     cuda_graph: bool = False  # forward and backward captured with torch.cuda.make_graphed_callables
     # loss.item() every step, as many training loops do to print the loss

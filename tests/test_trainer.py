@@ -167,9 +167,8 @@ def test_a_download_that_fails_its_checksum_leaves_nothing_where_an_archive_is_l
 
 
 def test_a_failed_download_says_where_to_put_the_archive(tmp_path):
-    missing = (
-        "http://127.0.0.1:9/cifar-100-python.tar.gz"  # the discard port: nothing listens there
-    )
+    # the discard port: nothing listens there
+    missing = "http://127.0.0.1:9/cifar-100-python.tar.gz"
     with pytest.raises(cifar_files.DownloadError, match=r"put it at .*cifar-100-python\.tar\.gz"):
         cifar_files.download_cifar100(tmp_path, url=missing, md5=cifar_files.CIFAR100_MD5)
     assert list(tmp_path.iterdir()) == []  # no partial file

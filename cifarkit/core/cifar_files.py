@@ -37,9 +37,8 @@ from cifarkit.core.cli import (
 from cifarkit.core.folders import unwritable
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_MD5 = (
-    "eb9058c3a382ffc7106e4002c42a8d85"  # of the official archive, as torchvision checks it
-)
+# The official archive's md5, as torchvision checks it.
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 CIFAR100_BYTES = 169_001_437  # size of the official archive, to set a cut-short download beside it
 CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
 CIFAR100_DIR = "cifar-100-python"

@@ -31,9 +31,8 @@ from optuna.storages.journal._storage import JournalOperation
 
 from cifarkit.core.cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, FileFailed
 
-RECORD_START = (
-    b'{"op_code":'  # how every record Optuna writes begins (json.dumps of {"op_code": ..., ...})
-)
+# how every record Optuna writes begins (json.dumps of {"op_code": ..., ...})
+RECORD_START = b'{"op_code":'
 TAIL_CHUNK = 1 << 16  # bytes read at a time when looking back from the end for the last line
 
 

@@ -25,9 +25,8 @@ from cifarkit.sweeps import journal, space
 from cifarkit.sweeps.journal import DamagedJournal, JournalReadOnly
 from cifarkit.sweeps.space import Sweep, SweepConfigError
 
-DEFAULT_STORAGE_FILE = (
-    "optuna-journal.log"  # under --runs-dir: Optuna's journal file, for one machine
-)
+# under --runs-dir: Optuna's journal file, for one machine
+DEFAULT_STORAGE_FILE = "optuna-journal.log"
 # PostgreSQL: a running trial writes a heartbeat this often; a waiting process looks this often
 HEARTBEAT_SECONDS = 60
 # PostgreSQL: a trial whose heartbeat is this old is failed and retried by whoever looks
