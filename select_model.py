@@ -51,7 +51,7 @@ from cifarkit.core import cli, settings
 from cifarkit.core.choice import best_seed, save_selection
 from cifarkit.core.cifar_files import cifar100_source, load_cifar100
 from cifarkit.core.cost import flops_per_image
-from cifarkit.core.figures import save_figure
+from cifarkit.core.figures import pyplot, save_figure
 from cifarkit.core.folders import own_folder, unwritable
 from cifarkit.core.run_files import (
     ENDED,
@@ -385,10 +385,7 @@ def print_table(reports: list[dict]) -> None:
 
 
 def plot_front(reports: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in reports:

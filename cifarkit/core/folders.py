@@ -128,3 +128,15 @@ def unwritable(folder: Path) -> str | None:
     except OSError as e:
         return f"{existing} is not writable ({e.strerror or e})"
     return None
+
+
+def user_folder(variable: str, xdg_variable: str, under_home: str, name: str) -> Path | None:
+    """Where a library keeps a folder of the user's (a cache, its data, its settings) by the XDG
+    rule on Linux: $variable (the library's own, e.g. WANDB_CACHE_DIR), else $xdg_variable/name,
+    else $HOME/under_home/name; None when neither that nor HOME is set (cron, some containers)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
+    base = os.environ.get(xdg_variable) or (
+        os.environ.get("HOME") and str(Path(os.environ["HOME"], under_home))
+    )
+    return Path(base, name) if base else None
