@@ -24,6 +24,11 @@ from pathlib import Path
 from cifarkit.core.cli import EXIT_BAD_INPUT, CommandError
 
 OWNER_LOCK = "owner.lock"
+# In select_model.py's seeds folder (RUNS/selection): the folder is the selection's, not a study's
+# (sweeps/folders.py: study.json) or a run's. Whose a folder is goes by what it holds, not its name.
+SEEDS_MARKER = "seeds.json"
+# In a local sweep's study folder (sweeps/folders.py): the study (name, uid) whose trials it holds
+STUDY_MARKER = "study.json"
 
 
 class FolderInUse(CommandError):
