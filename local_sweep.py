@@ -17,6 +17,13 @@ the time budget (warm_start.py), the journal file (journal.py), the report (repo
 
 from __future__ import annotations
 
+# Run as a program, a stop signal while the imports below run (torch takes a second) is one line
+# and exit 128 + n, as from main on (cli.StopWhileImporting)
+if __name__ == "__main__":
+    from cifarkit.core.cli import stop_while_importing
+
+    stop_while_importing()
+
 import argparse
 import dataclasses
 import io
@@ -784,7 +791,17 @@ def launch_workers(argv: list[str], workers: int) -> int:
             except KeyboardInterrupt:
                 pass
     codes = [proc.returncode for proc in procs]
-    return cli.stopped_by(stop.signum) if stop.signum is not None else max(codes, key=abs)
+    if stop.signum is None:
+        return max(codes, key=abs)
+    # its own line, beside each worker's: a signal to the launcher alone (kill PID, a scheduler)
+    # has nobody else to say it
+    print(
+        f"interrupted by {signal.Signals(stop.signum).name}: passed on to the workers, which "
+        "stopped; run the same command again to continue",
+        file=sys.stderr,
+        flush=True,
+    )
+    return cli.stopped_by(stop.signum)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,13 @@ the first (folders.own_folder on RUNS_DIR/selection).
 
 from __future__ import annotations
 
+# Run as a program, a stop signal while the imports below run (torch takes a second) is one line
+# and exit 128 + n, as from main on (cli.StopWhileImporting)
+if __name__ == "__main__":
+    from cifarkit.core.cli import stop_while_importing
+
+    stop_while_importing()
+
 import argparse
 import hashlib
 import json
@@ -44,10 +51,11 @@ from cifarkit.core import cli, settings
 from cifarkit.core.choice import best_seed, save_selection
 from cifarkit.core.cifar_files import cifar100_source, load_cifar100
 from cifarkit.core.cost import flops_per_image
-from cifarkit.core.figures import save_figure
-from cifarkit.core.folders import own_folder, unwritable
+from cifarkit.core.figures import pyplot, save_figure
+from cifarkit.core.folders import SEEDS_MARKER, STUDY_MARKER, own_folder, unwritable
 from cifarkit.core.run_files import (
     ENDED,
+    LAST_CHECKPOINT,
     SUMMARY_FILE,
     by_data_set,
     data_identity,
@@ -62,6 +70,9 @@ from cifarkit.core.run_files import (
 from cifarkit.core.wandb_connect import resolve_wandb_mode
 
 SELECTION_DIR = "selection"  # under RUNS_DIR: the retrained seeds, one ordinary run folder each
+# ... unless RUNS_DIR/selection is another's (a study named `selection`, a run with that id): then
+# here, a name no study (space.safe_file_name) or run id starts with
+SPARE_SELECTION_DIR = ".selection"
 CONFIDENCE = 0.95
 
 
@@ -123,13 +134,43 @@ def find_candidates(runs_dir: Path, data: dict | None) -> list[Candidate]:
     return candidates_of(finished_runs(runs_dir), data, runs_dir)
 
 
+def owner_of(folder: Path) -> str | None:
+    """Whose `folder` is when it is not the selection's: `a study's` (its STUDY_MARKER), `a run's`
+    (a summary or checkpoint of its own), else None."""
+    if (folder / SEEDS_MARKER).exists():
+        return None
+    if (folder / STUDY_MARKER).exists():
+        return "a study's"
+    if any((folder / name).exists() for name in (SUMMARY_FILE, LAST_CHECKPOINT)):
+        return "a run's"
+    return None
+
+
+def is_seeds_folder(folder: Path) -> bool:
+    """Whether `folder` holds a selection's seeds: its SEEDS_MARKER, or (written before the marker
+    was) named `selection` and nobody else's."""
+    return (folder / SEEDS_MARKER).is_file() or (
+        folder.name == SELECTION_DIR and folder.is_dir() and owner_of(folder) is None
+    )
+
+
+def seeds_folder(runs_dir: Path) -> Path:
+    """Where the selection of `runs_dir` keeps its seeds: RUNS_DIR/selection, else (a study or a
+    run has it) RUNS_DIR/.selection. By what the folder holds, not its name: a study named
+    `selection` keeps its trials, which are candidates as any others."""
+    usual = runs_dir / SELECTION_DIR
+    return usual if owner_of(usual) is None else runs_dir / SPARE_SELECTION_DIR
+
+
 def finished_runs(runs_dir: Path) -> list[tuple[Path, dict, dict]]:
-    """(folder, summary, its config checked) of each finished run under runs_dir but selection/,
-    one per run (run_files.distinct_runs: a copied folder is the same run)."""
+    """(folder, summary, its config checked) of each finished run under runs_dir but a selection's
+    seeds (is_seeds_folder), one per run (run_files.distinct_runs: a copied folder is the same
+    run)."""
     ended = [
         (run_dir, summary)
         for run_dir, summary in summaries_under(runs_dir)  # a damaged summary: a note there
-        if SELECTION_DIR not in run_dir.relative_to(runs_dir).parts
+        # a seed of a selection (here, or of a runs folder below) is not a candidate of its own
+        if not any(is_seeds_folder(above) for above in run_dir.parents if runs_dir in above.parents)
         and summary is not None
         and summary.get("status") in ENDED
         and finite_number(summary.get("best_val_accuracy"))
@@ -378,10 +419,7 @@ def print_table(reports: list[dict]) -> None:
 
 
 def plot_front(reports: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in reports:
@@ -537,7 +575,7 @@ def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal, owned: ExitS
                 f"{option} {folder} cannot be written: {why}; use a folder you can write to",
                 cli.EXIT_BAD_INPUT,
             )
-    finished, selection_dir = finished_runs(args.runs), args.runs / SELECTION_DIR
+    finished, selection_dir = finished_runs(args.runs), seeds_folder(args.runs)
     if not finished:
         return cli.fail(
             f"no finished run (a summary.json with best_val_accuracy) under {args.runs}",
@@ -547,6 +585,10 @@ def run_selection(args: argparse.Namespace, stop: cli.StopOnSignal, owned: ExitS
     # given where it is
     args.data_dir = cifar100_source(args.data_dir).path
     owned.enter_context(own_folder(selection_dir, "selection folder"))
+    if not (selection_dir / SEEDS_MARKER).exists():  # whose it is: a study never takes it
+        cli.write_json_atomic(
+            {"owner": "select_model.py", "runs": str(args.runs)}, selection_dir / SEEDS_MARKER
+        )
     data = data_of(args.data_dir, val_size)  # the runs compared: those of the new seeds' data
     candidates = candidates_of(finished, data, args.runs)
     if not candidates:

@@ -11,6 +11,13 @@ so a model can learn it in a few epochs. Accuracy on it says nothing about CIFAR
 
 from __future__ import annotations
 
+# Run as a program, a stop signal while the imports below run (torch takes a second) is one line
+# and exit 128 + n, as from main on (cli.StopWhileImporting)
+if __name__ == "__main__":
+    from cifarkit.core.cli import stop_while_importing
+
+    stop_while_importing()
+
 import argparse
 import pickle
 import sys
@@ -18,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.core.cli import EXIT_DONE, FileFailed, OneLineErrorParser, boundary, write_atomic
+from cifarkit.core.cli import (
+    EXIT_DONE,
+    FileFailed,
+    InterruptOnSignal,
+    OneLineErrorParser,
+    boundary,
+    write_atomic,
+)
 
 NUM_CLASSES = 100
 
@@ -80,11 +94,15 @@ def write_synthetic_cifar100(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command: exit 0, or one line and its code in cli.EXIT_CODES (cli.boundary)."""
-    try:
-        return write_from_args(parse_args(argv))
-    except BaseException as e:
-        return boundary(e, kept="the files written before stay whole; run the same command again")
+    """The command: exit 0, or one line and its code in cli.EXIT_CODES (cli.boundary). A stop
+    signal ends it at once, as the export: each file is written whole or not at all."""
+    with InterruptOnSignal():
+        try:
+            return write_from_args(parse_args(argv))
+        except BaseException as e:
+            return boundary(
+                e, kept="the files written before stay whole; run the same command again"
+            )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -57,6 +57,13 @@ Sections, in order: settings, model, command line, pipeline, main.
 
 from __future__ import annotations
 
+# Run as a program, a stop signal while the imports below run (torch takes a second) is one line
+# and exit 128 + n, as from main on (cli.StopWhileImporting)
+if __name__ == "__main__":
+    from cifarkit.core.cli import stop_while_importing
+
+    stop_while_importing()
+
 import argparse
 import math
 import os

@@ -20,6 +20,8 @@ from conftest import FAST_CONFIG, ROOT, copy_of, process_env
 import part_2_cifar as trainer
 import select_model
 from cifarkit.core import choice
+from cifarkit.core.folders import SEEDS_MARKER
+from cifarkit.sweeps import folders as sweep_folders
 
 CPU = torch.device("cpu")
 
@@ -437,3 +439,58 @@ def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points
     # the cheapest of the confirmed front, its best seed
     seed = choice.best_seed(cheapest, runs / "deploy")
     assert f"exporting checkpoint {runs / 'deploy' / seed / 'best.pt'} " in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------- whose folder
+#
+# RUNS/selection is where select_model.py keeps its seeds (SEEDS_MARKER says so), but a study named
+# `selection` (sweep file selection.json, --study selection) or a run with that id has the same
+# folder name: whose a folder is goes by what it holds.
+
+
+@pytest.mark.parametrize("other", ["study", "run"])
+def test_a_study_or_run_named_selection_is_a_candidate_and_keeps_its_folder(
+    other, finished_runs, learnable_data_dir, tmp_path
+):
+    runs = tmp_path / "runs"
+    if other == "study":  # its trial, in the folder the study marked as its own
+        trial_dir = sweep_folders.study_folder(runs, "selection", "uid1") / "trial-0001"
+    else:  # a run with WANDB_RUN_ID=selection
+        trial_dir = runs / "selection"
+    shutil.copytree(finished_runs / "study" / "trial-0001", trial_dir)  # one epoch
+    before = sorted(p.name for p in (runs / "selection").iterdir())
+    code = select_model.main(
+        [str(runs), "--seeds", "1", "--data-dir", str(learnable_data_dir), "--val-size", "100"]
+        + ["--wandb-mode", "disabled", "--images-dir", str(tmp_path / "images")]
+    )
+    assert code == 0
+    (chosen,) = json.loads((runs / "selection.json").read_text())["configs"]
+    (seed,) = (runs / ".selection").glob("*-seed1")  # the seeds went beside it, in their own
+    # the only candidate: found, not excluded, with its new seed
+    assert chosen["runs"] == [str(trial_dir.relative_to(runs)), f".selection/{seed.name}"]
+    assert json.loads((seed / "summary.json").read_text())["status"] == "finished"
+    assert (runs / ".selection" / SEEDS_MARKER).is_file()
+    assert sorted(p.name for p in (runs / "selection").iterdir()) == before  # untouched
+
+
+def test_a_study_named_selection_never_takes_the_selections_seeds_folder(two_sweeps_worth):
+    seeds = two_sweeps_worth / "selection"
+    seeds.mkdir()
+    (seeds / SEEDS_MARKER).write_text('{"owner": "select_model.py"}\n')
+    assert select_model.seeds_folder(two_sweeps_worth) == seeds  # its own, by its marker
+    study_dir = sweep_folders.study_folder(two_sweeps_worth, "selection", "uid1")
+    assert study_dir == two_sweeps_worth / "selection-uid1"
+    assert sorted(p.name for p in seeds.iterdir()) == [SEEDS_MARKER]
+    assert sweep_folders.study_folder(two_sweeps_worth, "selection", "uid1", claim=False) == (
+        study_dir
+    )  # the report finds it again
+
+
+def test_seeds_of_a_selection_before_its_marker_are_still_no_candidates(two_sweeps_worth):
+    # RUNS/selection written by an earlier version: seed folders, no marker
+    shutil.copytree(two_sweeps_worth / "single", two_sweeps_worth / "selection" / "abc-seed1")
+    names = [
+        run.name for c in select_model.find_candidates(two_sweeps_worth, None) for run in c.runs
+    ]
+    assert "abc-seed1" not in names and "single" in names
+    assert select_model.seeds_folder(two_sweeps_worth) == two_sweeps_worth / "selection"

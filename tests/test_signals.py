@@ -443,7 +443,8 @@ def test_a_launcher_under_nohup_ignores_a_hangup_and_passes_other_signals_on_to_
     process.popen.send_signal(signal.SIGQUIT)  # the launcher only: it passes the signal on
     code, stderr = process.finish()
     assert code == 128 + signal.SIGQUIT and "Traceback" not in stderr
-    assert stderr.count("interrupted by SIGQUIT") == 2  # one line from each worker
+    assert stderr.count("interrupted by SIGQUIT: ") == 3  # each worker's line, the launcher's
+    assert "interrupted by SIGQUIT: passed on to the workers" in stderr
     assert sorted(states(runs, "two")) == [
         "FAIL",
         "FAIL",
@@ -545,3 +546,131 @@ def test_a_stop_with_trainings_not_yet_started_ends_model_selection_and_the_same
         (seed,) = one_finished_run.glob("selection/*/")  # the second seed never started
         assert saved_epoch(seed) < EPOCHS and not (one_finished_run / "selection.json").exists()
     assert "2 trainings to run, 0 already finished" in "".join(process.lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# A stop while a command starts up: Python still imports torch, Optuna, W&B (cli.StopWhileImporting)
+#
+# A command run as a program catches its stop signals before its imports. The tests wait until it
+# does (its SigCgt in /proc, SIGXCPU last of cli.STOP_SIGNALS), then send the signal at once: the
+# imports below take a second, the wait a millisecond.
+
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="needs Linux's /proc/PID/status"
+)
+
+
+def catches_stop_signals(pid: int) -> bool:
+    """Whether process `pid` has a handler of its own for SIGXCPU (the last stop signal that
+    StopWhileImporting takes)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # not there yet, or gone
+        return False
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE)[1], 16)
+    return bool(caught >> (signal.SIGXCPU - 1) & 1)
+
+
+def wait_for_handlers(pid: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not catches_stop_signals(pid):
+        assert time.monotonic() < deadline, f"pid {pid} never caught its stop signals"
+        time.sleep(0.001)
+
+
+COMMANDS = ["part_2_cifar.py", "local_sweep.py", "select_model.py", "trt_export.py"]
+
+
+@needs_proc
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("command", [*COMMANDS, "synthetic_cifar100.py"])
+def test_a_stop_while_a_command_imports_is_one_line_and_128_plus_n(command, signum, tmp_path):
+    # --help: a signal that missed the imports would end in the help text and exit 0
+    process = subprocess.Popen(
+        at_terminal_defaults([sys.executable, ROOT / command, "--help"]),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for_handlers(process.pid)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=60)
+    name = signal.Signals(signum).name
+    assert (process.returncode, output) == (
+        128 + signum,
+        f"interrupted by {name}: nothing was started\n",
+    )
+
+
+@needs_proc
+def test_a_signal_ignored_by_the_caller_stays_ignored_while_a_command_imports(tmp_path):
+    # a background job of a non-interactive shell: SIGINT ignored; SIGTERM still stops it
+    command = [sys.executable, ROOT / "part_2_cifar.py", "--help"]
+    process = subprocess.Popen(
+        ["bash", "-c", 'trap "" INT; exec "$@"', "bash", *map(str, command)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for_handlers(process.pid)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert (process.returncode, output) == (143, "interrupted by SIGTERM: nothing was started\n")
+
+
+def worker_pids(lines: list[str]) -> list[int]:
+    return [int(m[1]) for line in lines if (m := re.match(r"worker \d+: pid (\d+)", line))]
+
+
+@needs_proc
+def test_a_stop_while_a_launchers_workers_import_is_one_line_from_each_process(
+    tiny_data_dir, tmp_path
+):
+    sweep, runs = write_sweep(tmp_path / "two.json", epochs=EPOCHS), tmp_path / "runs"
+    command = sweep_command(sweep, tiny_data_dir, runs, "--trials", "2", "--workers", "2")
+    process = Process(
+        command, os.environ | {"OMP_NUM_THREADS": "1"}, tmp_path, start_new_session=True
+    )
+    process.wait_until(lambda: len(worker_pids(process.lines)) == 2)
+    for pid in worker_pids(process.lines):
+        wait_for_handlers(pid)
+    # kill PID, a scheduler: the launcher alone, which passes it on (a Ctrl-C reaches each worker
+    # itself: the case of a command above)
+    process.popen.send_signal(signal.SIGTERM)
+    code, stderr = process.finish()
+    name = "SIGTERM"
+    assert code == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert sorted(stderr.splitlines()) == [
+        f"interrupted by {name}: nothing was started",  # each worker
+        f"interrupted by {name}: nothing was started",
+        f"interrupted by {name}: passed on to the workers, which stopped; run the same command "
+        "again to continue",
+    ]
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    except OSError:
+        return []
+
+
+@needs_proc
+def test_a_stop_while_model_selections_trainer_imports_is_one_line_in_its_log(
+    one_finished_run, tiny_data_dir, tmp_path, offline_env
+):
+    process = Process(select_command(one_finished_run, tiny_data_dir), offline_env, tmp_path)
+    process.wait_until(lambda: children(process.popen.pid))
+    (trainer_pid,) = children(process.popen.pid)
+    wait_for_handlers(trainer_pid)
+    process.popen.send_signal(signal.SIGTERM)  # passed on to the trainer
+    code, stderr = process.finish()
+    assert code == 128 + signal.SIGTERM
+    assert one_line(stderr) == "interrupted by SIGTERM: run the same command to continue"
+    (log,) = one_finished_run.glob("selection/*/output.log")
+    assert log.read_text() == "interrupted by SIGTERM: nothing was started\n"

@@ -303,13 +303,41 @@ def test_a_run_waits_a_bounded_time_for_init_and_finish_unless_wandb_is_told_oth
     assert result.stdout.strip() == expected, result.stderr
 
 
-def test_without_home_wandbs_process_logs_to_its_file_not_the_console(tiny_data_dir, tmp_path):
-    # HOME unset (cron, some batch systems): wandb-core 0.31 found no folder for its log and wrote
-    # ~18 lines of its own ("2026/12/03 08:44:13 ERROR main: failed to get logger path") around
-    # a clean offline run. Now its log is in wandb/cache, under W&B's own folder.
+@pytest.fixture()
+def read_only_home(tmp_path):
+    """A HOME folder on a read-only file system (a container's, an HPC node's): a tmpfs mounted
+    read-only, since root writes through permission bits. Skips where mounting is not allowed."""
+    home = tmp_path / "read-only-home"
+    home.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(home)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}): a read-only "
+            "file system needs root with CAP_SYS_ADMIN"
+        )
+    yield home
+    subprocess.run(["umount", "-l", str(home)], capture_output=True)
+
+
+@pytest.mark.parametrize("home", ["unset", "read-only"])
+def test_without_a_writable_home_wandb_and_matplotlib_keep_off_the_console(
+    home, tiny_data_dir, tmp_path, request
+):
+    # HOME unset (cron, some batch systems) or read-only (containers, HPC nodes): wandb-core 0.31
+    # found no folder for its log and wrote ~18 lines of its own ("2026/12/03 08:44:13 ERROR main:
+    # failed to get logger path") around a clean offline run, W&B could not stage the model
+    # artifact, matplotlib warned in two lines. Now W&B's folders are under its own wandb/ folder.
     env = process_env(tmp_path)
-    for name in ("HOME", "XDG_CACHE_HOME", "WANDB_CACHE_DIR", "WANDB_SILENT"):
+    for name in ("HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR"):
         env.pop(name, None)
+    for name in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_SILENT"):
+        env.pop(name, None)
+    if home == "read-only":
+        env["HOME"] = str(request.getfixturevalue("read_only_home"))
     args = ["--data-dir", str(tiny_data_dir), "--runs-dir", str(tmp_path / "runs")]
     args += ["--val-size", "200", "--wandb-mode", "offline", *cli_args(FAST_CONFIG | {"epochs": 1})]
     result = subprocess.run(
@@ -318,5 +346,6 @@ def test_without_home_wandbs_process_logs_to_its_file_not_the_console(tiny_data_
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout + result.stderr
     assert not re.findall(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d .*$", console, re.MULTILINE)
+    assert "atplotlib" not in console and "artifact" not in console, console
     assert result.stdout.splitlines()[-1].startswith("done: ")
     assert list((tmp_path / "wandb" / "cache" / "wandb" / "logs").glob("core-debug-*.log"))

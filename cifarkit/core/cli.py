@@ -569,6 +569,8 @@ class StopOnSignal:
         survive_lost_output()
         handlers = [getattr(signal.getsignal(sig), "__self__", None) for sig in STOP_SIGNALS]
         self.outer = next((h for h in handlers if isinstance(h, StopOnSignal)), None)
+        if isinstance(self.outer, StopWhileImporting):
+            self.outer.importing = False  # main has begun: from here on it only keeps a flag
         self.signum = self.signum or (self.outer.signum if self.outer else None)
         self.previous = {
             sig: signal.signal(sig, self._catch)
@@ -594,6 +596,41 @@ class StopOnSignal:
     def check(self) -> None:
         if self.signum is not None:
             raise Interrupted(self.signum)
+
+
+class StopWhileImporting(StopOnSignal):
+    """A command's stop signals from its first lines, when it runs as a program: a stop while it
+    imports torch, Optuna or W&B (a second or more before main begins) ends it at once, with the
+    one line `interrupted by SIG...: nothing was started` and exit 128 + n, as from main on.
+
+    Nothing was started, so there is nothing to save: the process ends there (os._exit), because a
+    raise would come out of whichever import runs, with its traceback. Each command calls
+    `stop_while_importing()` under `if __name__ == "__main__":` above its imports, so a test that
+    imports it keeps its own signals. Once main's StopOnSignal is entered it takes over, and this
+    one, its outer, only keeps a flag. A signal the caller ignores stays ignored, as in
+    StopOnSignal.
+    """
+
+    importing = True
+
+    def _catch(self, signum: int, frame: object) -> None:
+        if not self.importing:
+            super()._catch(signum, frame)
+            return
+        if signum == getattr(signal, "SIGHUP", None):
+            leave_a_lost_terminal()
+        line = f"interrupted by {signal.Signals(signum).name}: nothing was started\n"
+        try:
+            os.write(2, line.encode())
+        except OSError:  # stderr is closed or gone: the exit code still says it
+            pass
+        os._exit(stopped_by(signum))
+
+
+def stop_while_importing() -> None:
+    """Enter StopWhileImporting, for good (main's StopOnSignal takes over): the first thing a
+    command run as a program does."""
+    StopWhileImporting().__enter__()
 
 
 class InterruptOnSignal(StopOnSignal):

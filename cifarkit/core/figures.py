@@ -6,16 +6,48 @@ and trt_export.py's charts. plot_learning_curve draws a run's curves.png.
 
 from __future__ import annotations
 
+import atexit
 import io
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from cifarkit.core.cli import FileFailed, write_atomic
+from cifarkit.core.folders import unwritable, user_folder
+
+
+def pyplot():
+    """matplotlib.pyplot, drawing in memory (the Agg backend: no display needed), with a config
+    folder it can write: the one way this project imports matplotlib.
+
+    Where the folders matplotlib would use (MPLCONFIGDIR, else XDG_CONFIG_HOME/matplotlib and
+    XDG_CACHE_HOME/matplotlib, else under HOME) cannot be written (a read-only HOME: containers, HPC
+    nodes), it gets a temporary folder, removed at exit: what matplotlib 3 does itself, without its
+    two lines of warning on the console. HOME unset is matplotlib's to resolve (the user's home
+    from the password database).
+    """
+    if "matplotlib" not in sys.modules:  # it reads MPLCONFIGDIR once, at its import
+        folders = [
+            user_folder("MPLCONFIGDIR", "XDG_CONFIG_HOME", ".config", "matplotlib"),
+            user_folder("MPLCONFIGDIR", "XDG_CACHE_HOME", ".cache", "matplotlib"),
+        ]
+        if any(folder is not None and unwritable(folder) for folder in folders):
+            os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="matplotlib-")
+            atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_figure(fig: object, path: Path, dpi: int = 100) -> None:
     """Save a matplotlib figure (drawn in memory, in the format of the path's suffix) and close it:
     a reader never sees half a PNG. FileFailed naming `path` when it cannot be written."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     buffer = io.BytesIO()
@@ -33,10 +65,7 @@ def save_figure(fig: object, path: Path, dpi: int = 100) -> None:
 def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
     """Loss and top-1 accuracy per epoch, training and validation, side by side, saved to `path`
     (a run's curves.png). `history`: the trainer's per-epoch metrics."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [m["epoch"] for m in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))

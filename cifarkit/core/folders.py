@@ -24,6 +24,11 @@ from pathlib import Path
 from cifarkit.core.cli import EXIT_BAD_INPUT, CommandError
 
 OWNER_LOCK = "owner.lock"
+# In select_model.py's seeds folder (RUNS/selection): the folder is the selection's, not a study's
+# (sweeps/folders.py: study.json) or a run's. Whose a folder is goes by what it holds, not its name.
+SEEDS_MARKER = "seeds.json"
+# In a local sweep's study folder (sweeps/folders.py): the study (name, uid) whose trials it holds
+STUDY_MARKER = "study.json"
 
 
 class FolderInUse(CommandError):
@@ -128,3 +133,15 @@ def unwritable(folder: Path) -> str | None:
     except OSError as e:
         return f"{existing} is not writable ({e.strerror or e})"
     return None
+
+
+def user_folder(variable: str, xdg_variable: str, under_home: str, name: str) -> Path | None:
+    """Where a library keeps a folder of the user's (a cache, its data, its settings) by the XDG
+    rule on Linux: $variable (the library's own, e.g. WANDB_CACHE_DIR), else $xdg_variable/name,
+    else $HOME/under_home/name; None when neither that nor HOME is set (cron, some containers)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
+    base = os.environ.get(xdg_variable) or (
+        os.environ.get("HOME") and str(Path(os.environ["HOME"], under_home))
+    )
+    return Path(base, name) if base else None

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from cifarkit.core.cli import EXIT_BAD_INPUT, EXIT_FAILED, CommandError, fail, one_line
+from cifarkit.core.folders import unwritable, user_folder
 
 
 class WandbSettingsError(CommandError, ValueError):
@@ -139,18 +140,32 @@ def resolve_wandb_mode(requested: str) -> str:
     return "offline"
 
 
-def give_wandb_a_cache_folder() -> None:
-    """Set WANDB_CACHE_DIR to <WANDB_DIR or .>/wandb/cache when W&B would have no cache folder.
+# The folders W&B writes outside its run folder: (its variable, the XDG variable and the folder
+# under HOME it uses without it, the folder under <WANDB_DIR or .>/wandb/ given it instead)
+WANDB_USER_FOLDERS = (
+    # wandb-core's debug log (in wandb/logs; "failed to get logger path" on the console without
+    # it), the artifact cache. The variable and XDG_CACHE_HOME are used as they are.
+    ("WANDB_CACHE_DIR", "XDG_CACHE_HOME", ".cache", "", "cache"),
+    # the staging of artifacts (--log-model's best.pt): "Unable to write staging files"
+    ("WANDB_DATA_DIR", "XDG_DATA_HOME", ".local/share", "wandb", "data"),
+)
 
-    W&B's process (wandb-core 0.31) writes its debug log to $WANDB_CACHE_DIR/wandb/logs, else to
-    the user's cache folder ($XDG_CACHE_HOME, else $HOME/.cache); with none of them set (HOME unset:
-    cron, some batch systems and containers) it logs ~18 lines of its own to the console around
-    every run ("failed to get logger path") and caches artifacts in ./.wandb_cache. The folder
-    chosen is inside the git-ignored wandb/ folder W&B writes to anyway. A variable set is kept.
+
+def give_wandb_writable_folders() -> None:
+    """Point WANDB_CACHE_DIR and WANDB_DATA_DIR at <WANDB_DIR or .>/wandb/cache and .../data where
+    the folder W&B would use cannot be written (a read-only HOME: containers, HPC nodes) or there is
+    none (HOME unset: cron, some batch systems).
+
+    Without them wandb-core 0.31 logs ~18 lines of its own to the console around every run
+    ("ERROR main: failed to get logger path ... read-only file system"), and a model artifact cannot
+    be staged. The folders given are inside the git-ignored wandb/ folder W&B writes to anyway. A
+    folder that can be written is kept, the user's variable included.
     """
-    if not any(os.environ.get(name) for name in ("WANDB_CACHE_DIR", "XDG_CACHE_HOME", "HOME")):
-        base = Path(os.environ.get("WANDB_DIR") or ".")
-        os.environ["WANDB_CACHE_DIR"] = str((base / "wandb" / "cache").resolve())
+    base = Path(os.environ.get("WANDB_DIR") or ".") / "wandb"
+    for variable, xdg_variable, under_home, name, ours in WANDB_USER_FOLDERS:
+        folder = user_folder(variable, xdg_variable, under_home, name)
+        if folder is None or unwritable(folder):
+            os.environ[variable] = str((base / ours).resolve())
 
 
 def start_wandb_run(init: dict, in_sweep: bool | None = None) -> GuardedRun:
@@ -167,7 +182,7 @@ def start_wandb_run(init: dict, in_sweep: bool | None = None) -> GuardedRun:
     import wandb
 
     in_sweep = in_wandb_sweep() if in_sweep is None else in_sweep
-    give_wandb_a_cache_folder()
+    give_wandb_writable_folders()
     settings = wandb_settings()
     timeouts = {
         key: getattr(settings, key) if key in settings.model_fields_set else default

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.core.figures import save_figure
+from cifarkit.core.figures import pyplot, save_figure
 from cifarkit.core.timing import Step, latency_stats, time_iterations
 from cifarkit.export import tensorrt_runtime
 
@@ -333,10 +333,7 @@ def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
 
     The figure is saved to `path`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_rate, ax_latency) = plt.subplots(1, 2, figsize=(11, 4.2))
     for backend in dict.fromkeys(row["backend"] for row in rows):

@@ -18,11 +18,10 @@ import optuna
 
 from cifarkit.core import cli
 from cifarkit.core.cli import write_json_atomic
-from cifarkit.core.folders import OWNER_LOCK, own_folder
+from cifarkit.core.folders import OWNER_LOCK, SEEDS_MARKER, STUDY_MARKER, own_folder
 from cifarkit.core.run_files import LAST_CHECKPOINT, RESUME_KEYS, CheckpointError, load_checkpoint
 from cifarkit.sweeps import space
 
-STUDY_MARKER = "study.json"  # in a study's folder under --runs-dir: whose trials it holds
 TRIAL_MARKER = "trial.json"  # in a trial's folder: which study's trial it is (own_trial_folder)
 
 
@@ -66,10 +65,13 @@ def study_folder(runs_dir: Path, name: str, uid: str | None, claim: bool = True)
 
     Its STUDY_MARKER says whose it is: written once, exclusively (a hard link fails if the name
     exists, on NFS too), by the first study that `claim`s it; a folder without one (an older
-    version's) goes to the first.
+    version's) goes to the first. A folder select_model.py keeps its seeds in (SEEDS_MARKER: a study
+    named `selection`) is never a study's.
     """
     base = space.safe_file_name(name)
     for folder in (runs_dir / base, runs_dir / f"{base}-{uid}"):
+        if (folder / SEEDS_MARKER).exists():
+            continue
         marker = folder / STUDY_MARKER
         if claim and read_marker(marker) is None:
             folder.mkdir(parents=True, exist_ok=True)

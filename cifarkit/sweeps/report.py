@@ -18,7 +18,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from cifarkit.core.cli import FileFailed, one_line, write_atomic
-from cifarkit.core.figures import save_figure
+from cifarkit.core.figures import pyplot, save_figure
 from cifarkit.sweeps.space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
@@ -107,9 +107,7 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
     """Console table of the top trials, all trials as <study_dir>/trials.csv, and the plots, each
     titled with its data and machines. The plots are named after study_dir
     (folders.study_folder): two studies of one name do not share them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    pyplot()  # Agg, a config folder it can write
     from optuna.visualization import matplotlib as oplt
 
     trials = study.get_trials(deepcopy=False)
