@@ -26,8 +26,7 @@ parser, stop signals), machine.py, cost.py, figures.py. benchmarks/ablation.py v
 
 from __future__ import annotations
 
-# Run as a program, a stop signal while the imports below run (torch takes a second) is one line
-# and exit 128 + n, as from main on (cli.StopWhileImporting)
+# As a program: a stop while torch imports (a second) is one line and 128 + n, as in main.
 if __name__ == "__main__":
     from cifarkit.core.cli import stop_while_importing
 
@@ -71,10 +70,8 @@ from cifarkit.core.settings import ConfigError, Setting, Settings
 # Settings: one row per key, the only place a hyperparameter is written down. Keys are exactly the
 # parameter names in sweep_config.json; each is a `--key=value` option too. A value is parsed by
 # its default's type and checked against `allowed` (settings.py).
-# Upper bounds no real run reaches, so that a damaged config is refused before it allocates: 4096
-# filters is twice the widest convolution of ResNet-50 (2048; WRN-28-10's is 640), and one such
-# 3x3 layer of 4096 -> 4096 already holds 151M weights; a batch is at most CIFAR-100's 50000
-# training images; 10000 epochs is ten times the longest CIFAR schedules in use (~1000).
+# Upper bounds refuse a damaged config before it allocates: 4096 filters is twice ResNet-50's widest
+# layer, a batch at most CIFAR-100's 50000 training images, 10000 epochs ten times ~1000 in use.
 
 SETTINGS = Settings(  # key=Setting(default, allowed, help)
     learning_rate=Setting(0.01, "(0, inf)", "peak SGD rate after warm-up (swept 1e-4..1e-2)"),

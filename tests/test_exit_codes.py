@@ -20,9 +20,8 @@ from conftest import FAST_CONFIG, ROOT, at_terminal_defaults, cli_args
 import part_2_cifar as p2
 from cifarkit.core import cli
 
-CLOSED_PORT = (
-    "http://127.0.0.1:9"  # the discard port: nothing listens, so a connection is refused at once
-)
+# the discard port: nothing listens, so a connection is refused at once
+CLOSED_PORT = "http://127.0.0.1:9"
 
 
 def command(name: str, *args: str) -> list[str]:

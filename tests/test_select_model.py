@@ -481,9 +481,10 @@ def test_a_study_named_selection_never_takes_the_selections_seeds_folder(two_swe
     study_dir = sweep_folders.study_folder(two_sweeps_worth, "selection", "uid1")
     assert study_dir == two_sweeps_worth / "selection-uid1"
     assert sorted(p.name for p in seeds.iterdir()) == [SEEDS_MARKER]
+    # the report finds it again
     assert sweep_folders.study_folder(two_sweeps_worth, "selection", "uid1", claim=False) == (
         study_dir
-    )  # the report finds it again
+    )
 
 
 def test_seeds_of_a_selection_before_its_marker_are_still_no_candidates(two_sweeps_worth):

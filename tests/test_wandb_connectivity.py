@@ -23,9 +23,8 @@ import pytest
 from conftest import FAST_CONFIG, cli_args, process_env, trainer_command
 
 KEY = "k" * 40  # wandb 0.31 checks a key's form only (40+ characters) until it talks to the server
-INIT_TIMEOUT_S = (
-    "2"  # the trainer's own default is 30 s; WANDB_INIT_TIMEOUT is wandb's own variable
-)
+# the trainer's own default is 30 s; WANDB_INIT_TIMEOUT is wandb's own variable
+INIT_TIMEOUT_S = "2"
 # the old trainer waited ~100 s in wandb.init and then died; now: init timeout + startup + 1 epoch
 BOUND_S = 60
 
