@@ -351,14 +351,16 @@ def test_wandb_core_killed_in_a_local_sweep_trial_leaves_no_trial_running(
     assert states(runs, "nocore") == ["COMPLETE"]  # it was left RUNNING
 
 
-def test_a_home_folder_wandb_cannot_write_costs_the_model_artifact_only(
+def test_a_home_folder_wandb_cannot_write_costs_nothing(
     tiny_data_dir,
     tmp_path,
     offline_env,
     as_non_root,  # noqa: F811 (the fixture)
 ):
     # W&B stages artifacts under ~/.local/share/wandb, read-only on many clusters: after training,
-    # 60 lines of PermissionError, exit 1, no `done:` line.
+    # 60 lines of PermissionError, exit 1, no `done:` line. W&B's folders now move under wandb/
+    # (give_wandb_writable_folders): the artifact is staged there and nothing is lost. An upload
+    # that fails anyway costs W&B only: test_fault_injection.py fails log_artifact.
     home = tmp_path / "readonly-home"
     home.mkdir()
     home.chmod(0o555)
@@ -381,9 +383,9 @@ def test_a_home_folder_wandb_cannot_write_costs_the_model_artifact_only(
         home.chmod(0o755)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
-    (said,) = [line for line in lines(result.stdout) if line.startswith("W&B: ")]
-    assert said.startswith("W&B: uploading best.pt as a model artifact failed (PermissionError")
-    assert "W&B has the run but not its model artifact" in said and "wandb sync" in said
+    assert [line for line in lines(result.stdout) if line.startswith("W&B: ")] == []
+    staged = list((tmp_path / "wandb" / "data").rglob("*"))
+    assert any(path.is_file() for path in staged), "the artifact staged under wandb/data"
     assert lines(result.stdout)[-1].startswith("done: ")
     assert (tmp_path / "runs" / "rohome" / "summary.json").is_file()
 
