@@ -55,6 +55,69 @@ def cli_args(config: dict) -> list[str]:
     return [f"--{key}={value}" for key, value in config.items()]
 
 
+def command_args(
+    data_dir: Path, runs_dir: Path, val_size: int, wandb_mode: str | None = "disabled"
+) -> list[str]:
+    """--data-dir, --runs-dir, --val-size and (unless None) --wandb-mode: the options every command
+    a test runs takes. W&B off unless the case is W&B's."""
+    mode = [] if wandb_mode is None else ["--wandb-mode", wandb_mode]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--val-size",
+        str(val_size),
+        *mode,
+    ]
+
+
+def trainer_args(
+    data_dir: Path,
+    runs_dir: Path,
+    val_size: int = 200,
+    wandb_mode: str = "disabled",
+    log_model: bool = True,
+    **config,
+) -> list[str]:
+    """part_2_cifar.py's arguments: FAST_CONFIG and `config` as `wandb agent` passes them, then
+    command_args; --no-log-model unless `log_model`."""
+    no_upload = [] if log_model else ["--no-log-model"]
+    return [
+        *cli_args({**FAST_CONFIG, **config}),
+        *command_args(data_dir, runs_dir, val_size, wandb_mode),
+        *no_upload,
+    ]
+
+
+def sweep_args(
+    sweep: Path,
+    data_dir: Path,
+    runs_dir: Path,
+    *more: str,
+    val_size: int = 100,
+    wandb_mode: str | None = "disabled",
+) -> list[str]:
+    """local_sweep.py's arguments: the sweep file, command_args, the report's images under the runs
+    folder, then `more`."""
+    images = ["--images-dir", str(runs_dir / "images")]
+    return [str(sweep), *command_args(data_dir, runs_dir, val_size, wandb_mode), *images, *more]
+
+
+def quick_benchmark(min_iterations: int = 1) -> list[str]:
+    """trt_export.py's options for a benchmark on the CPU that times as little as it can: for tests
+    of what the export writes and says, not of its figures."""
+    timing = [
+        "--warmup-seconds",
+        "0",
+        "--min-seconds",
+        "0",
+        "--min-iterations",
+        str(min_iterations),
+    ]
+    return ["--device", "cpu", *timing]
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
     """100 classes x 10 training images, 3 test images each: 1,000 + 300 images, str keys."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli_args, trainer_command
+from conftest import ROOT, cli_args, quick_benchmark, trainer_command
 
 import part_2_cifar as trainer
 from cifarkit.core import cifar_files, run_files, settings
@@ -154,16 +154,9 @@ def test_the_extracted_folder_itself_trains_and_one_level_too_deep_exports(
         str(best),
         "--data-dir",
         str(nested),
-        "--device",
-        "cpu",
         "--batch-sizes",
         "1",
-        "--warmup-seconds",
-        "0",
-        "--min-seconds",
-        "0",
-        "--min-iterations",
-        "1",
+        *quick_benchmark(),
         "--precision",
         "fp32",
         "--out",

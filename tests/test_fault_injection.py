@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST_CONFIG, cli_args
+from conftest import FAST_CONFIG, cli_args, quick_benchmark
 
 import local_sweep
 import part_2_cifar as p2
@@ -434,8 +434,6 @@ def command(name: str, made: Path, data: Path, work: Path) -> Command:
                 str(checkpoint),
                 "--data-dir",
                 str(data),
-                "--device",
-                "cpu",
                 "--out",
                 str(work / "export"),
                 "--plot",
@@ -444,12 +442,7 @@ def command(name: str, made: Path, data: Path, work: Path) -> Command:
                 "fp32",
                 "--batch-sizes",
                 "1",
-                "--warmup-seconds",
-                "0",
-                "--min-seconds",
-                "0",
-                "--min-iterations",
-                "1",
+                *quick_benchmark(),
                 "--accuracy-images",
                 "20",
             ],

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, cli_args, trainer_command
+from conftest import FAST_CONFIG, ROOT, quick_benchmark, trainer_args, trainer_command
 from test_data_files import as_non_root  # noqa: F401 (a fixture)
 from test_signals import Process, one_line, saved_epoch, states, sweep_command, write_sweep
 
@@ -89,8 +89,6 @@ def export_args(checkpoint: Path, data_dir: Path, out: Path) -> list[str]:
         str(checkpoint),
         "--data-dir",
         str(data_dir),
-        "--device",
-        "cpu",
         "--out",
         str(out),
         "--plot",
@@ -99,29 +97,14 @@ def export_args(checkpoint: Path, data_dir: Path, out: Path) -> list[str]:
         "fp32",
         "--batch-sizes",
         "1",
-        "--warmup-seconds",
-        "0",
-        "--min-seconds",
-        "0",
-        "--min-iterations",
-        "1",
+        *quick_benchmark(),
         "--accuracy-images",
         "20",
     ]
 
 
 def train_args(data_dir: Path, runs: Path, epochs: int, mode: str = "disabled") -> list[str]:
-    return [
-        *cli_args({**FAST_CONFIG, "epochs": epochs}),
-        "--data-dir",
-        str(data_dir),
-        "--val-size",
-        "100",
-        "--runs-dir",
-        str(runs),
-        "--wandb-mode",
-        mode,
-    ]
+    return trainer_args(data_dir, runs, val_size=100, wandb_mode=mode, epochs=epochs)
 
 
 # --------------------------------------------------------------------------------------------------

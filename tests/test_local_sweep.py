@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import optuna
 import pytest
 import yaml
@@ -251,18 +252,7 @@ def test_methods_goal_and_hyperband_map_to_optuna(tmp_path):
 
 
 def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
-    return [
-        str(sweep),
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--val-size",
-        "100",
-        "--images-dir",
-        str(runs_dir / "images"),
-        *more,
-    ]
+    return conftest.sweep_args(sweep, data_dir, runs_dir, *more, wandb_mode=None)
 
 
 def load_study(runs_dir: Path, name: str) -> optuna.Study:

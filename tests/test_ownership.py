@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import optuna
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, cli_args, trainer_command
+from conftest import FAST_CONFIG, ROOT, trainer_args, trainer_command
 
 import local_sweep
 import part_2_cifar as trainer
@@ -33,16 +34,7 @@ SINCE = r"since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"  # ISO 8601 with th
 
 
 def fast_args(data_dir: Path, runs_dir: Path) -> list[str]:
-    return cli_args({**FAST_CONFIG, "epochs": EPOCHS}) + [
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--val-size",
-        "200",
-        "--wandb-mode",
-        "disabled",
-    ]
+    return trainer_args(data_dir, runs_dir, epochs=EPOCHS)
 
 
 def wait_until(condition, process: subprocess.Popen, seconds: float = 240) -> None:
@@ -204,20 +196,7 @@ def write_sweep(path: Path, epochs: int = 1) -> Path:
 
 
 def sweep_args(sweep: Path, data_dir: Path, runs: Path, *more: str) -> list[str]:
-    return [
-        str(sweep),
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs),
-        "--val-size",
-        "200",
-        "--wandb-mode",
-        "disabled",
-        "--images-dir",
-        str(runs / "images"),
-        *more,
-    ]
+    return conftest.sweep_args(sweep, data_dir, runs, *more, val_size=200)
 
 
 def test_a_held_trial_folder_fails_its_trial_with_the_holder_and_the_retry_runs_once_free(

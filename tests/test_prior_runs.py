@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import copy_of, process_env
+from conftest import copy_of, process_env, sweep_args
 from optuna.trial import TrialState
 
 import local_sweep
@@ -46,23 +46,6 @@ WARM_SWEEP = {
 def write_json(path: Path, obj: object) -> Path:
     path.write_text(json.dumps(obj))
     return path
-
-
-def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
-    return [
-        str(sweep),
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--val-size",
-        "100",
-        "--images-dir",
-        str(runs_dir / "images"),
-        "--wandb-mode",
-        "disabled",
-        *more,
-    ]
 
 
 def train(data_dir: Path, runs_dir: Path, **config) -> Path:

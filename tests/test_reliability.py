@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, at_terminal_defaults, cli_args, trainer_command
+from conftest import FAST_CONFIG, at_terminal_defaults, trainer_args, trainer_command
 
 import part_2_cifar as trainer
 from cifarkit.core import cifar_files, cli, run_files, settings
@@ -72,17 +72,7 @@ def fake_wandb(monkeypatch):
 
 def fast_args(data_dir: Path, runs_dir: Path, wandb_mode: str = "disabled", **overrides) -> list:
     """The trainer's arguments for FAST_CONFIG and `overrides`; W&B off unless the case is W&B's."""
-    return cli_args({**FAST_CONFIG, **overrides}) + [
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--val-size",
-        "200",
-        "--wandb-mode",
-        wandb_mode,
-        "--no-log-model",
-    ]
+    return trainer_args(data_dir, runs_dir, wandb_mode=wandb_mode, log_model=False, **overrides)
 
 
 # --------------------------------------------------------------------------------------- bad values

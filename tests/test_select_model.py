@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, copy_of, process_env
+from conftest import FAST_CONFIG, ROOT, copy_of, process_env, quick_benchmark
 
 import part_2_cifar as trainer
 import select_model
@@ -272,18 +272,11 @@ def test_a_sweep_then_selection_then_export_of_what_was_chosen(
         str(runs),
         "--data-dir",
         str(learnable_data_dir),
-        "--device",
-        "cpu",
         "--batch-sizes",
         "1,4",
         "--accuracy-images",
         "20",
-        "--warmup-seconds",
-        "0",
-        "--min-seconds",
-        "0",
-        "--min-iterations",
-        "1",
+        *quick_benchmark(),
         "--plot",
         str(tmp_path / "images" / "export.png"),
         "--precision",
@@ -414,18 +407,11 @@ def test_a_multi_objective_sweeps_front_is_confirmed_then_exported_within_points
                 str(runs),
                 "--data-dir",
                 str(learnable_data_dir),
-                "--device",
-                "cpu",
                 "--batch-sizes",
                 "1,4",
                 "--accuracy-images",
                 "20",
-                "--warmup-seconds",
-                "0",
-                "--min-seconds",
-                "0",
-                "--min-iterations",
-                "1",
+                *quick_benchmark(),
                 "--out",
                 str(tmp_path / "cheap"),
                 "--plot",

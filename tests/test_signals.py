@@ -24,8 +24,8 @@ from conftest import (
     FAST_CONFIG,
     ROOT,
     at_terminal_defaults,
-    cli_args,
     offline_wandb_run,
+    trainer_args,
     trainer_command,
 )
 
@@ -110,18 +110,7 @@ def run_args(
     data_dir: Path, runs_dir: Path, epochs: int = EPOCHS, wandb_mode: str = "offline"
 ) -> list[str]:
     """The trainer's arguments; W&B offline, as most cases here check what the W&B run recorded."""
-    return [
-        *cli_args({**FAST_CONFIG, "epochs": epochs}),
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--val-size",
-        "200",
-        "--wandb-mode",
-        wandb_mode,
-        "--no-log-model",
-    ]
+    return trainer_args(data_dir, runs_dir, wandb_mode=wandb_mode, log_model=False, epochs=epochs)
 
 
 def saved_epoch(run_dir: Path) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import sweep_args
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -50,23 +51,6 @@ def write_sweep(path: Path, parameters: dict, method: str = "random") -> Path:
         )
     )
     return path
-
-
-def sweep_args(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:
-    return [
-        str(sweep),
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--val-size",
-        "100",
-        "--images-dir",
-        str(runs_dir / "images"),
-        "--wandb-mode",
-        "disabled",
-        *more,
-    ]
 
 
 def stock_study(path: Path, name: str) -> optuna.Study:

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import conftest
 import optuna
 import pytest
 from conftest import at_terminal_defaults, postgres_bin_dir, process_env
@@ -123,28 +124,10 @@ class Machine:
 def sweep_args(
     sweep: Path, data_dir: Path, runs_dir: Path, url: str, trials: int, *more: str
 ) -> list[str]:
-    return [
-        str(sweep),
-        "--trials",
-        str(trials),
-        "--storage",
-        url,
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs_dir),
-        "--val-size",
-        "100",
-        "--wandb-mode",
-        "disabled",
-        "--images-dir",
-        str(runs_dir / "images"),
-        "--heartbeat-interval",
-        str(HEARTBEAT),
-        "--grace-period",
-        str(GRACE),
-        *more,
-    ]
+    beats = ["--heartbeat-interval", str(HEARTBEAT), "--grace-period", str(GRACE)]
+    return conftest.sweep_args(
+        sweep, data_dir, runs_dir, "--trials", str(trials), "--storage", url, *beats, *more
+    )
 
 
 def load(url: str, name: str) -> list[optuna.trial.FrozenTrial]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT
+from conftest import FAST_CONFIG, ROOT, quick_benchmark
 
 import part_2_cifar
 import trt_export
@@ -89,16 +89,9 @@ def cli_run(trained_run, data_dir, tmp_path_factory) -> dict:
         str(work / "export"),
         "--plot",
         str(work / "plot.png"),
-        "--device",
-        "cpu",
         "--batch-sizes",
         "1,4",
-        "--warmup-seconds",
-        "0",
-        "--min-seconds",
-        "0",
-        "--min-iterations",
-        "3",
+        *quick_benchmark(min_iterations=3),
     ]
     # see trained_run; the benchmark numbers are not what is tested
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -648,18 +641,11 @@ def test_cli_within_exports_the_chosen_seed_normalizing_once_with_one_session_pe
             str(tmp_path / "export"),
             "--plot",
             str(tmp_path / "plot.png"),
-            "--device",
-            "cpu",
             "--batch-sizes",
             "1,3",
             "--accuracy-images",
             "40",
-            "--warmup-seconds",
-            "0",
-            "--min-seconds",
-            "0",
-            "--min-iterations",
-            "1",
+            *quick_benchmark(),
         ]
     )
     out = capsys.readouterr().out
