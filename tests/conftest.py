@@ -104,6 +104,13 @@ def sweep_args(
     return [str(sweep), *command_args(data_dir, runs_dir, val_size, wandb_mode), *images, *more]
 
 
+def write_sweep_file(path: Path, parameters: dict, method: str = "random") -> Path:
+    """A sweep file for part_2_cifar.py maximizing val_accuracy over `parameters`, as JSON."""
+    sweep = {"program": "part_2_cifar.py", "method": method, "parameters": parameters}
+    path.write_text(json.dumps(sweep | {"metric": {"name": "val_accuracy", "goal": "maximize"}}))
+    return path
+
+
 def quick_benchmark(min_iterations: int = 1) -> list[str]:
     """trt_export.py's options for a benchmark on the CPU that times as little as it can: for tests
     of what the export writes and says, not of its figures."""
@@ -482,14 +489,19 @@ def postgres_url(postgres_server: str, tmp_path: Path) -> str:
     """A new, empty database on the session's server, for one test."""
     # unique in a session
     name = "db_" + "".join(c if c.isalnum() else "_" for c in tmp_path.name.lower())
-    port = postgres_server.rsplit(":", 1)[1]
+    return create_database(postgres_server, name)
+
+
+def create_database(server: str, name: str) -> str:
+    """A new, empty database `name` on the server at URL `server`; its URL."""
+    port = server.rsplit(":", 1)[1]
     subprocess.run(
         [postgres_bin_dir() / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", name],
         check=True,
         capture_output=True,
         timeout=60,
     )
-    return f"{postgres_server}/{name}"
+    return f"{server}/{name}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import conftest
 import optuna
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, trainer_args, trainer_command
+from conftest import FAST_CONFIG, ROOT, trainer_args, trainer_command, write_sweep_file
 
 import local_sweep
 import part_2_cifar as trainer
@@ -175,24 +175,9 @@ def test_a_held_export_folder_refuses_a_second_export(tiny_data_dir, tmp_path, c
 
 
 def write_sweep(path: Path, epochs: int = 1) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "program": "part_2_cifar.py",
-                "method": "random",
-                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                "parameters": {
-                    "learning_rate": {"min": 0.001, "max": 0.05},
-                    "epochs": {"value": epochs},
-                    "batch_size": {"value": 64},
-                    "num_filters_1": {"value": 8},
-                    "num_filters_2": {"value": 8},
-                    "num_filters_3": {"value": 16},
-                },
-            }
-        )
-    )
-    return path
+    fixed = {"epochs": epochs, "batch_size": 64, "num_filters_1": 8, "num_filters_2": 8}
+    parameters = {key: {"value": value} for key, value in (fixed | {"num_filters_3": 16}).items()}
+    return write_sweep_file(path, {"learning_rate": {"min": 0.001, "max": 0.05}} | parameters)
 
 
 def sweep_args(sweep: Path, data_dir: Path, runs: Path, *more: str) -> list[str]:

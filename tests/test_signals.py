@@ -27,6 +27,7 @@ from conftest import (
     offline_wandb_run,
     trainer_args,
     trainer_command,
+    write_sweep_file,
 )
 
 import local_sweep
@@ -327,18 +328,8 @@ def test_a_terminal_gone_without_a_sighup_does_not_end_the_training(
 
 def write_sweep(path: Path, epochs: int) -> Path:
     tiny = {key: {"value": value} for key, value in FAST_CONFIG.items() if key != "epochs"}
-    path.write_text(
-        json.dumps(
-            {
-                "program": "part_2_cifar.py",
-                "method": "random",
-                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                "parameters": tiny
-                | {"epochs": {"value": epochs}, "seed": {"values": [0, 1, 2, 3]}},
-            }
-        )
-    )
-    return path
+    more = {"epochs": {"value": epochs}, "seed": {"values": [0, 1, 2, 3]}}
+    return write_sweep_file(path, tiny | more)
 
 
 def sweep_command(sweep: Path, data_dir: Path, runs_dir: Path, *more: str) -> list[str]:

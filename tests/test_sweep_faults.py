@@ -20,7 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import sweep_args
+from conftest import sweep_args, write_sweep_file
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -40,17 +40,7 @@ TINY = {
 
 
 def write_sweep(path: Path, parameters: dict, method: str = "random") -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "program": "part_2_cifar.py",
-                "method": method,
-                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                "parameters": TINY | parameters,
-            }
-        )
-    )
-    return path
+    return write_sweep_file(path, TINY | parameters, method)
 
 
 def stock_study(path: Path, name: str) -> optuna.Study:

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import conftest
 import optuna
 import pytest
-from conftest import at_terminal_defaults, postgres_bin_dir, process_env
+from conftest import at_terminal_defaults, process_env, write_sweep_file
 
 import local_sweep
 from cifarkit.core import run_files
@@ -59,24 +59,9 @@ def own_hostname() -> list[str]:
 
 
 def write_sweep(path: Path, epochs: int) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "program": "part_2_cifar.py",
-                "method": "random",
-                "metric": {"name": "val_accuracy", "goal": "maximize"},
-                "parameters": {
-                    "learning_rate": {"min": 0.01, "max": 0.05},
-                    "epochs": {"value": epochs},
-                    "batch_size": {"value": 64},
-                    "num_filters_1": {"value": 8},
-                    "num_filters_2": {"value": 16},
-                    "num_filters_3": {"value": 16},
-                },
-            }
-        )
-    )
-    return path
+    fixed = {"epochs": epochs, "batch_size": 64, "num_filters_1": 8, "num_filters_2": 16}
+    parameters = {key: {"value": value} for key, value in (fixed | {"num_filters_3": 16}).items()}
+    return write_sweep_file(path, {"learning_rate": {"min": 0.01, "max": 0.05}} | parameters)
 
 
 class Machine:
@@ -144,24 +129,7 @@ def two_machines_ran(
     both). (args, url, study name)."""
     tmp_path = tmp_path_factory.mktemp("two_machines")
     # The session's server is this worker's own; postgres_url names the others db_*.
-    database = "two_machines"
-    port = postgres_server.rsplit(":", 1)[1]
-    subprocess.run(
-        [
-            postgres_bin_dir() / "createdb",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            port,
-            "-U",
-            "postgres",
-            database,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    url = f"{postgres_server}/{database}"
+    url = conftest.create_database(postgres_server, "two_machines")
     sweep = tmp_path / "front.json"
     sweep.write_text(
         json.dumps(
