@@ -120,17 +120,33 @@ class TrialRefused(p2.StopEarly):
 
 
 @contextmanager
-def refusals(number: int) -> Iterator[None]:
+def refusals(study: optuna.Study, number: int) -> Iterator[None]:
     """Inside: a storage error of trial `number`'s updates (report, set_user_attr, tell) raises
-    TrialRefused."""
+    TrialRefused. A failed call on a trial that another process has failed meanwhile says so: a
+    machine that stalled inside a transaction wakes to a session the database ended
+    (storage.session_settings), after the others failed its trial."""
     try:
         yield
-    except (optuna.exceptions.UpdateFinishedTrialError, *JOURNAL_TO_FIX, *STORAGE_FAILED) as e:
+    except (optuna.exceptions.UpdateFinishedTrialError, *JOURNAL_TO_FIX) as e:
         raise TrialRefused(number, e) from None
+    except STORAGE_FAILED as e:
+        raise TrialRefused(number, failed_meanwhile(study, number) or e) from None
+
+
+def failed_meanwhile(study: optuna.Study, number: int) -> BaseException | None:
+    """UpdateFinishedTrialError if trial `number` is failed in the storage (another process failed
+    it), as a new session reads it; None if it runs, or the storage cannot say."""
+    try:
+        ended = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    except (*STORAGE_FAILED, *JOURNAL_TO_FIX):
+        return None
+    if any(t.number == number for t in ended):
+        return optuna.exceptions.UpdateFinishedTrialError(f"trial {number} is failed")
+    return None
 
 
 def refusals_end_training(
-    number: int, on_epoch: Callable[[dict], None]
+    study: optuna.Study, number: int, on_epoch: Callable[[dict], None]
 ) -> tuple[Callable[[dict], None], list]:
     """`on_epoch` for run_training, and a list that holds the TrialRefused that ended the training,
     if one did (train() printed its line; the caller raises it again once the W&B run is
@@ -139,7 +155,7 @@ def refusals_end_training(
 
     def guarded(metrics: dict) -> None:
         try:
-            with refusals(number):
+            with refusals(study, number):
                 on_epoch(metrics)
         except TrialRefused as e:
             e.shown = True  # train() prints "stopped after epoch N: <reason>"
@@ -612,7 +628,7 @@ def run_trial(
     }
     if sweep.entity:  # the sweep file's: where `wandb sync` puts the runs, as W&B puts a sweep's
         init["entity"] = sweep.entity
-    guarded_on_epoch, refused = refusals_end_training(trial.number, pruning.on_epoch)
+    guarded_on_epoch, refused = refusals_end_training(study, trial.number, pruning.on_epoch)
     code, summary = p2.run_training(
         config,
         lambda: data,
@@ -697,7 +713,7 @@ def work(
                     give_up_trial(study, trial, str(e))
                     return cli.fail(e)
                 try:
-                    with refusals(trial.number):
+                    with refusals(study, trial.number):
                         code, state, value = run_trial(
                             args, sweep, data, study, trial, check_interrupt
                         )

@@ -1,6 +1,7 @@
 """The study's storage, and how the processes on it take turns and tell a dead one: a journal
 file for one machine (file locks beside it), or a PostgreSQL database for several (its advisory
-lock and Optuna's heartbeats, in UTC). Opening the study checks that it was made from the same
+lock and Optuna's heartbeats, in UTC; a session stalled inside a transaction is ended after the
+grace period). Opening the study checks that it was made from the same
 sweep file. Used by local_sweep.py.
 """
 
@@ -242,7 +243,7 @@ def open_storage(
                 ),
             )
         engine.dispose()
-        sessions_in_utc(rdb.engine)
+        session_settings(rdb.engine, grace_period)
     except ImportError as e:
         module = e.name or url.get_driver_name()
         raise StorageError(
@@ -255,29 +256,44 @@ def open_storage(
     return Store(rdb, None)
 
 
-def sessions_in_utc(engine: sqlalchemy.engine.Engine) -> None:
-    """Make every session of `engine` keep time in UTC, from its next connection on.
+def session_settings(engine: sqlalchemy.engine.Engine, grace_period: int) -> None:
+    """Make every session of `engine`, from its next connection on, keep time in UTC and end itself
+    once it has been idle inside a transaction for `grace_period` seconds.
 
-    Optuna's RDBStorage writes a trial's heartbeat as the writer session's now() into a column
+    UTC: Optuna's RDBStorage writes a trial's heartbeat as the writer session's now() into a column
     without a time zone (`timestamp`): PostgreSQL stores the wall-clock time of that session's
     TimeZone. It judges it against the reader session's now() with the zone dropped
     (_get_stale_trial_ids). Sessions in other zones (PGTZ, a role's or database's setting, the
     server's default, a daylight-saving change) then see a live trial hours old and fail it, or a
     dead one hours ahead and never retry it. In UTC both are the database server's one clock, in
     one time base. Set after connecting: a PGTZ in the environment overrides a connect option
-    (libpq sends it later in the startup packet). The pool is emptied, so no session escapes.
+    (libpq sends it later in the startup packet).
+
+    The idle limit (PostgreSQL's idle_in_transaction_session_timeout): a machine that stalls (a
+    paused VM, a swap storm) inside a transaction keeps its locks for as long as it sleeps. An
+    update of its trial (a reported epoch) holds a lock on the trial's row; failing that trial
+    takes the row for update; the scheduling lock is a transaction's. Every other machine then
+    waits on the sleeping one, for hours on a paused VM. After the grace period the stalled machine
+    is dead to the others (its heartbeat says so); the server now ends its session too, and the
+    locks go with it. When it wakes, its call on that session fails as a dropped connection does.
+    Our own transactions last milliseconds; the scheduling lock's, while a process fails dead trials
+    and asks for one (a sampler's seconds at most).
+
+    The pool is emptied, so no session escapes.
     """
+    idle_ms = int(grace_period * 1000)
 
     @sqlalchemy.event.listens_for(engine, "connect")
-    def set_utc(connection: object, record: object) -> None:
+    def set_session(connection: object, record: object) -> None:
         autocommit = connection.autocommit
         connection.autocommit = True  # a SET in a transaction the pool rolls back is undone
         cursor = connection.cursor()
         cursor.execute("SET TIME ZONE 'UTC'")
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
         cursor.close()
         connection.autocommit = autocommit
 
-    engine.dispose()  # the connections Optuna opened to create its tables: made again, in UTC
+    engine.dispose()  # the connections Optuna opened to create its tables: made again, set
 
 
 def open_study(sweep: Sweep, name: str, store: Store, create: bool = True) -> optuna.Study:

@@ -1,0 +1,94 @@
+"""A machine that stalls inside a transaction (a paused VM, a swap storm, SIGSTOP) does not hold the
+others up past the grace period: PostgreSQL ends its session, and its locks go with it
+(storage.session_settings). When it wakes, its failed call on a trial that another process failed
+meanwhile says so. Real sessions on a throw-away server (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import pytest
+import sqlalchemy
+
+import local_sweep
+from cifarkit.sweeps import storage as sweep_storage
+
+GRACE = 2  # seconds: --grace-period
+
+
+@pytest.fixture()
+def quiet_optuna():
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
+def test_a_machine_stalled_in_a_transaction_holds_the_others_up_for_the_grace_period_only(
+    postgres_url, tmp_path, quiet_optuna
+):
+    stalled = sweep_storage.open_storage(
+        postgres_url, tmp_path, heartbeat_interval=1, grace_period=GRACE
+    )
+    study = optuna.create_study(study_name="stall", storage=stalled.storage)
+    trial = study.ask()
+    trial_id = stalled.storage.get_trial_id_from_study_id_trial_number(
+        study._study_id, trial.number
+    )
+    stalled.storage.record_heartbeat(trial_id)
+    # Mid-report, then asleep: a reported epoch inserts a row that refers to the trial's, which
+    # holds a key-share lock on the trial's row until the commit that never comes.
+    session = stalled.storage.engine.connect()
+    session.begin()
+    session.execute(
+        sqlalchemy.text("SELECT 1 FROM trials WHERE trial_id = :id FOR KEY SHARE"), {"id": trial_id}
+    )
+
+    judge = sweep_storage.open_storage(
+        postgres_url, tmp_path, heartbeat_interval=1, grace_period=GRACE
+    )
+    seen = optuna.load_study(study_name="stall", storage=judge.storage)
+    time.sleep(GRACE + 0.5)  # no heartbeat since: the trial is dead to the others
+    failed: list = []
+
+    def fail_dead_trials() -> None:
+        with judge.scheduling(seen):
+            failed.append(judge.fail_dead_trials(seen))  # takes the trial's row for update
+
+    started = time.monotonic()
+    other = threading.Thread(target=fail_dead_trials, daemon=True)
+    other.start()
+    other.join(timeout=GRACE + 30)
+    try:
+        assert not other.is_alive(), "failing the trial waited on the stalled session's lock"
+    finally:
+        if other.is_alive():
+            session.rollback()  # lets the other go (without the fix), so that nothing hangs
+    assert failed == [[0]] and time.monotonic() - started < GRACE + 10
+    assert seen.get_trials()[0].state.name == "FAIL"
+    # the stalled machine wakes: the server ended its session
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="idle-in-transaction"):
+        session.execute(sqlalchemy.text("SELECT 1"))
+    session.close()
+
+
+def test_a_storage_error_on_a_trial_failed_meanwhile_says_it_was_failed_meanwhile(tmp_path):
+    storage = sweep_storage.open_storage(None, tmp_path).storage
+    study = optuna.create_study(study_name="woke", storage=storage)
+    running, failed = study.ask(), study.ask()
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)  # by another process, meanwhile
+    lost = optuna.exceptions.StorageInternalError("server closed the connection unexpectedly")
+    with pytest.raises(local_sweep.TrialRefused) as refused:
+        with local_sweep.refusals(study, failed.number):
+            raise lost
+    assert f"trial {failed.number} was failed meanwhile by another process" in str(refused.value)
+    with pytest.raises(local_sweep.TrialRefused) as refused:  # still its own: the storage's words
+        with local_sweep.refusals(study, running.number):
+            raise lost
+    assert "server closed the connection unexpectedly" in str(refused.value)
+    assert "failed meanwhile" not in str(refused.value)
