@@ -71,9 +71,11 @@ from cifarkit.sweeps.storage import (
     STORAGE_FAILED,
     Store,
     as_storage_error,
+    ended_for_idling,
     open_storage,
     open_study,
     retry_later,
+    session_lost,
     storage_failure,
     study_uid,
     tell_once,
@@ -93,6 +95,8 @@ from cifarkit.sweeps.warm_start import (
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts (prior runs aside)
 # a process stops after this many failed trials in a row (out of memory, bad configs)
 MAX_FAILURES_IN_A_ROW = 5
+# sessions the database may end or drop in a row while this process asks for a trial
+MAX_SESSIONS_LOST = 3
 
 
 class TrialRefused(p2.StopEarly):
@@ -674,7 +678,7 @@ def work(
     `budget` is spent; return an exit code. A stop signal (any of cli.STOP_SIGNALS the caller does
     not ignore) stops training between steps: the trial is failed and queued for a retry, and the
     worker exits 128 + signal."""
-    failures = 0
+    failures = lost = 0  # trials failed in a row; sessions lost in a row while asking
     with cli.StopOnSignal() as stop:
 
         def check_interrupt() -> None:
@@ -698,7 +702,26 @@ def work(
             if budget is not None and budget.spent(study):
                 return cli.EXIT_DONE
             with ExitStack() as claim:
-                trial = next_trial(study, store, trials, sweep.target, claim, runs)
+                try:
+                    trial = next_trial(study, store, trials, sweep.target, claim, runs)
+                    lost = 0
+                except STORAGE_FAILED as e:
+                    lost += 1
+                    if not session_lost(e) or lost > MAX_SESSIONS_LOST:
+                        raise
+                    # Stalled inside the scheduling lock past the grace period (the database ended
+                    # the lock's session and the others went on), or the session dropped: a trial
+                    # asked meanwhile has no heartbeat or a stale one, and is failed and retried
+                    # (fail_dead_trials). A database that is down fails the next attempt.
+                    why = (
+                        "this process stalled inside the study's lock for longer than the grace "
+                        f"period ({args.grace_period} s): the database ended its session and the "
+                        "others went on"
+                        if ended_for_idling(e)
+                        else f"the database dropped this process's session ({storage_failure(e)})"
+                    )
+                    print(f"{why}; asking again", flush=True)
+                    continue
                 if trial == "done":
                     return cli.EXIT_DONE
                 if trial == "wait":

@@ -92,3 +92,55 @@ def test_a_storage_error_on_a_trial_failed_meanwhile_says_it_was_failed_meanwhil
             raise lost
     assert "server closed the connection unexpectedly" in str(refused.value)
     assert "failed meanwhile" not in str(refused.value)
+
+
+def test_a_running_trial_left_without_a_heartbeat_is_failed_and_retried_not_kept_for_good(
+    postgres_url, tmp_path, quiet_optuna
+):
+    # A process asked for its trial (study.ask commits on its own session) and was killed, or
+    # stalled past the grace period, before its first beat: Optuna fails only trials with a beat.
+    store = sweep_storage.open_storage(
+        postgres_url, tmp_path, heartbeat_interval=1, grace_period=GRACE
+    )
+    study = optuna.create_study(study_name="orphan", storage=store.storage)
+    study.ask()  # the orphan: no heartbeat
+    live = study.ask()
+    store.storage.record_heartbeat(
+        store.storage.get_trial_id_from_study_id_trial_number(study._study_id, live.number)
+    )
+    with store.scheduling(study):
+        assert store.fail_dead_trials(study) == [0]
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING", "WAITING"]
+
+
+def test_a_process_stalled_inside_the_scheduling_lock_learns_its_session_was_ended(
+    postgres_url, tmp_path, quiet_optuna
+):
+    store = sweep_storage.open_storage(postgres_url, tmp_path, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="held", storage=store.storage)
+    with pytest.raises(sqlalchemy.exc.DBAPIError) as ended:
+        with store.scheduling(study):
+            time.sleep(2.5)  # stalled: the lock's session idle in its transaction
+    assert sweep_storage.ended_for_idling(ended.value)  # local_sweep.work asks again
+    assert sweep_storage.session_lost(ended.value)
+    other = sweep_storage.open_storage(postgres_url, tmp_path, grace_period=1)
+    started = time.monotonic()
+    with other.scheduling(study):  # the lock went with the session
+        assert time.monotonic() - started < 1
+    assert not sweep_storage.ended_for_idling(RuntimeError("another failure"))
+    assert not sweep_storage.session_lost(RuntimeError("another failure"))
+
+
+def test_a_machine_stalled_while_the_tables_are_made_holds_the_others_start_for_a_bound(
+    postgres_url, tmp_path, monkeypatch, quiet_optuna
+):
+    real = optuna.storages.RDBStorage
+
+    def stalled(*args, **kwargs):
+        time.sleep(2.5)  # the table lock's session idle in its transaction meanwhile
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_storage, "SCHEMA_LOCK_IDLE_S", 1)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", stalled)
+    with pytest.raises(sweep_storage.StorageError, match="idle-in-transaction"):
+        sweep_storage.open_storage(postgres_url, tmp_path, grace_period=GRACE)

@@ -41,6 +41,9 @@ DRIVERS = {
 }  # module -> package
 # PostgreSQL advisory lock key while Optuna creates its tables (a study's lock: crc32 of its name)
 SCHEMA_LOCK = -1
+# seconds a session holding it may sit idle: longer than creating the tables takes on a slow
+# database, shorter than a start held up for good
+SCHEMA_LOCK_IDLE_S = 60
 
 
 class StorageError(cli.CommandError, RuntimeError):
@@ -151,14 +154,19 @@ class Store:
     def fail_dead_trials(self, study: optuna.Study) -> list[int]:
         """Fail the running trials whose process is gone and queue a retry of each (inside
         `scheduling`)."""
-        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if self.lock_dir is None:
+            orphans = self.without_heartbeat(running)
+            for trial in orphans:
+                failed = tell_once(study, trial.number, None, TrialState.FAIL)
+                if failed is not None:
+                    retry_later(study, failed)
             # with the storage's RetryHeartbeatStaleTrialCallback
             optuna.storages.fail_stale_trials(study)
             failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            return [t.number for t in failed if t.number in running]
+            return [t.number for t in failed if t.number in {r.number for r in running}]
         dead = []
-        for number in running:
+        for number in [t.number for t in running]:
             with open(self.trial_lock(study, number), "a") as f:
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -169,6 +177,54 @@ class Store:
                 retry_later(study, failed)
                 dead.append(number)
         return dead
+
+    def without_heartbeat(
+        self, running: list[optuna.trial.FrozenTrial]
+    ) -> list[optuna.trial.FrozenTrial]:
+        """The running trials with no heartbeat in the database (PostgreSQL; inside `scheduling`).
+
+        A process asks for its trial and writes the first beat inside the scheduling lock
+        (next_trial), but study.ask commits on a session of its own: a process killed, or stalled
+        past the grace period (the server then ends its lock's session: session_settings), between
+        the two leaves a running trial without a heartbeat. Optuna fails only trials with a stale
+        heartbeat; seen under the lock, such a trial's process has lost the lock for good."""
+        if not running:
+            return []
+        ids = [t._trial_id for t in running]
+        with self.storage.engine.connect() as connection:
+            beating = set(
+                connection.execute(
+                    sqlalchemy.text(
+                        "SELECT trial_id FROM trial_heartbeats WHERE trial_id = ANY(:ids)"
+                    ),
+                    {"ids": ids},
+                ).scalars()
+            )
+        return [t for t in running if t._trial_id not in beating]
+
+
+def ended_for_idling(error: BaseException | None) -> bool:
+    """True if PostgreSQL ended the session because it sat idle inside a transaction past the
+    limit session_settings gives it (SQLSTATE 25P03): this process stalled that long."""
+    while error is not None:
+        for candidate in (error, getattr(error, "orig", None)):
+            if getattr(candidate, "sqlstate", None) == "25P03":
+                return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def session_lost(error: BaseException | None) -> bool:
+    """True if the database ended or dropped the session `error` came from: ended_for_idling, or
+    a connection SQLAlchemy found closed (the server restarted, or closed it before its message
+    was read)."""
+    if ended_for_idling(error):
+        return True
+    while error is not None:
+        if getattr(error, "connection_invalidated", False):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def tell_once(
@@ -227,6 +283,13 @@ def open_storage(
         engine = sqlalchemy.create_engine(url)  # imports the driver
         # machines creating the tables at once would collide in the catalog
         with engine.begin() as connection:
+            # held while Optuna checks or creates its tables (a second or so): a machine stalled
+            # here holds the others' start no longer than SCHEMA_LOCK_IDLE_S
+            connection.execute(
+                sqlalchemy.text(
+                    f"SET LOCAL idle_in_transaction_session_timeout = {SCHEMA_LOCK_IDLE_S * 1000}"
+                )
+            )
             connection.execute(
                 sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
             )
