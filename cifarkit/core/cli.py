@@ -297,6 +297,19 @@ def os_error_in(error: BaseException) -> OSError | None:
     return None
 
 
+def stop_in(error: BaseException) -> BaseException | None:
+    """The stop (Interrupted, KeyboardInterrupt) in an error's chain: a stop raised inside a C
+    extension's import comes out as that library's ImportError caused by it (pybind11's
+    "initialization failed": matplotlib's modules)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def boundary(
     error: BaseException, stopped: str = "run the same command again", kept: str = ""
 ) -> int:
@@ -309,6 +322,7 @@ def boundary(
     library's error (W&B, Optuna, torch, ONNX) is one line naming the library, exit 1. SystemExit,
     and an error raised by this project's own code (a bug), go on with their traceback.
     """
+    error = stop_in(error) or error
     if isinstance(error, (Interrupted, KeyboardInterrupt)):
         signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
         print(
@@ -639,6 +653,22 @@ class InterruptOnSignal(StopOnSignal):
 
     trt_export.py is one: each run writes all its files again from the checkpoint.
     """
+
+    def __enter__(self) -> InterruptOnSignal:
+        super().__enter__()
+        # A stop raised where Python can only print it (a weakref or __del__ callback: "Exception
+        # ignored in ...", with its traceback) is kept quiet: its flag is set; check() raises it.
+        self.previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.unraisablehook = self.previous_hook
+        super().__exit__(*exc_info)
+
+    def _unraisable(self, unraisable: object) -> None:
+        if not isinstance(getattr(unraisable, "exc_value", None), Interrupted):
+            self.previous_hook(unraisable)
 
     def _catch(self, signum: int, frame: object) -> None:
         super()._catch(signum, frame)
