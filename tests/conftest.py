@@ -230,6 +230,21 @@ def process_env(folder: Path) -> dict:
 
 
 @pytest.fixture()
+def quiet_optuna():
+    """Optuna's INFO lines and its experimental-API warnings (heartbeats, retries) kept out of
+    tests that use its storage directly."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
+@pytest.fixture()
 def offline_env(tmp_path) -> dict:
     """process_env(tmp_path): a subprocess with no W&B key, its W&B files under tmp_path."""
     return process_env(tmp_path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import optuna
-import pytest
 import sqlalchemy
 
 from cifarkit.sweeps import storage as sweep_storage
@@ -43,17 +42,6 @@ def running_trial(store: sweep_storage.Store, name: str) -> tuple[optuna.Study, 
     trial_id = store.storage.get_trial_id_from_study_id_trial_number(study._study_id, trial.number)
     store.storage.record_heartbeat(trial_id)
     return study, trial_id
-
-
-@pytest.fixture()
-def quiet_optuna():
-    import warnings
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        yield
 
 
 def test_a_live_trial_is_not_failed_by_a_machine_whose_sessions_are_in_a_zone_ahead(

@@ -18,17 +18,6 @@ from cifarkit.sweeps import storage as sweep_storage
 GRACE = 2  # seconds: --grace-period
 
 
-@pytest.fixture()
-def quiet_optuna():
-    import warnings
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        yield
-
-
 def test_a_machine_stalled_in_a_transaction_holds_the_others_up_for_the_grace_period_only(
     postgres_url, tmp_path, quiet_optuna
 ):

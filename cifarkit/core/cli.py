@@ -27,6 +27,7 @@ import signal
 import stat
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 # --------------------------------------------------------------------------------------------------
@@ -285,29 +286,29 @@ def library_of(error: BaseException) -> str | None:
     return Path(frames[-1].filename).stem  # a module of Python's standard library
 
 
-def os_error_in(error: BaseException) -> OSError | None:
-    """The first OSError in an error's chain (itself, its cause, its context): a library that
-    wraps a full disk in its own error (torch's zip writer: "unexpected pos") failed on a file."""
+def in_chain(error: BaseException | None, matches: Callable[[BaseException], bool]):
+    """The first error in `error`'s chain (itself, its cause, its context) that `matches`, or
+    None."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, OSError):
+        if matches(error):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The first OSError in an error's chain (itself, its cause, its context): a library that
+    wraps a full disk in its own error (torch's zip writer: "unexpected pos") failed on a file."""
+    return in_chain(error, lambda e: isinstance(e, OSError))
 
 
 def stop_in(error: BaseException) -> BaseException | None:
     """The stop (Interrupted, KeyboardInterrupt) in an error's chain: a stop raised inside a C
     extension's import comes out as that library's ImportError caused by it (pybind11's
     "initialization failed": matplotlib's modules)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, (Interrupted, KeyboardInterrupt)):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+    return in_chain(error, lambda e: isinstance(e, (Interrupted, KeyboardInterrupt)))
 
 
 def boundary(

@@ -44,6 +44,8 @@ SCHEMA_LOCK = -1
 # seconds a session holding it may sit idle: longer than creating the tables takes on a slow
 # database, shorter than a start held up for good
 SCHEMA_LOCK_IDLE_S = 60
+# PostgreSQL's SQLSTATE for a session it ended for sitting idle in a transaction past the limit
+IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
 
 
 class StorageError(cli.CommandError, RuntimeError):
@@ -163,8 +165,9 @@ class Store:
                     retry_later(study, failed)
             # with the storage's RetryHeartbeatStaleTrialCallback
             optuna.storages.fail_stale_trials(study)
+            was_running = {t.number for t in running}
             failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            return [t.number for t in failed if t.number in {r.number for r in running}]
+            return [t.number for t in failed if t.number in was_running]
         dead = []
         for number in [t.number for t in running]:
             with open(self.trial_lock(study, number), "a") as f:
@@ -206,25 +209,22 @@ class Store:
 def ended_for_idling(error: BaseException | None) -> bool:
     """True if PostgreSQL ended the session because it sat idle inside a transaction past the
     limit session_settings gives it (SQLSTATE 25P03): this process stalled that long."""
-    while error is not None:
-        for candidate in (error, getattr(error, "orig", None)):
-            if getattr(candidate, "sqlstate", None) == "25P03":
-                return True
-        error = error.__cause__ or error.__context__
-    return False
+    return cli.in_chain(error, lambda e: sqlstate(e) == IDLE_IN_TRANSACTION_TIMEOUT) is not None
 
 
 def session_lost(error: BaseException | None) -> bool:
     """True if the database ended or dropped the session `error` came from: ended_for_idling, or
     a connection SQLAlchemy found closed (the server restarted, or closed it before its message
     was read)."""
-    if ended_for_idling(error):
-        return True
-    while error is not None:
-        if getattr(error, "connection_invalidated", False):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    dropped = cli.in_chain(error, lambda e: getattr(e, "connection_invalidated", False))
+    return ended_for_idling(error) or dropped is not None
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a driver's error, or of the one SQLAlchemy wraps (`orig`)."""
+    return getattr(error, "sqlstate", None) or getattr(
+        getattr(error, "orig", None), "sqlstate", None
+    )
 
 
 def tell_once(
