@@ -230,13 +230,7 @@ def test_a_killed_machines_trial_is_failed_after_the_grace_period_and_retried_by
     }
     assert _wait_for_study(postgres_url), machines["machine-a"].output()[-3000:]
     study = optuna.load_study(study_name="kill", storage=postgres_url)
-    deadline, victim = time.monotonic() + 180, None
-    while victim is None and time.monotonic() < deadline:
-        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-            if "host" in t.user_attrs and Path(t.user_attrs["run_dir"], "last.pt").is_file():
-                # mid-trial with at least one epoch saved; whichever machine got there first
-                victim = t
-        time.sleep(0.05)
+    victim = _freeze_a_machine_mid_trial(study, machines)
     assert victim is not None, machines["machine-a"].output()[-3000:]
     dead, survivor = sorted(machines.values(), key=lambda m: m.name != victim.user_attrs["host"])
     os.killpg(dead.proc.pid, signal.SIGKILL)  # the whole machine: its process group
@@ -275,6 +269,28 @@ def test_a_killed_machines_trial_is_failed_after_the_grace_period_and_retried_by
         f"killed {dead.name}'s trial {victim.number} after epoch {saved['epoch']} saved; retried "
         f"as trial {retry.number} on {survivor.name} {waited:.1f} s later"
     )
+
+
+def _freeze_a_machine_mid_trial(study, machines: dict, timeout: float = 180):
+    """The first trial seen running with at least one epoch saved, its machine stopped (SIGSTOP to
+    its process group) while the trial is still RUNNING in the study; None after `timeout`.
+
+    Stopped first, then asked again: a trial seen running may end before a kill lands (its last
+    epochs take well under a second, and a busy CPU can hold this loop up that long); a stopped
+    machine cannot end it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            if "host" not in t.user_attrs or not Path(t.user_attrs["run_dir"], "last.pt").is_file():
+                continue
+            machine = machines[t.user_attrs["host"]]
+            os.killpg(machine.proc.pid, signal.SIGSTOP)
+            (now,) = [u for u in study.get_trials(deepcopy=False) if u.number == t.number]
+            if now.state == optuna.trial.TrialState.RUNNING:
+                return t
+            os.killpg(machine.proc.pid, signal.SIGCONT)  # it ended meanwhile: look again
+        time.sleep(0.05)
+    return None
 
 
 def _wait_for_study(url: str, timeout: float = 120) -> bool:

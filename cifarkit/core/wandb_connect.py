@@ -277,7 +277,7 @@ class GuardedRun:
         try:
             return call(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 (a failure of W&B is W&B's; a stop is no Exception)
-            self.lost = "gone" if isinstance(e, ConnectionError) else "failed"
+            self.lost = "gone" if wandb_process_gone(e) else "failed"
             self.stop_console_copy()
             after = f" after epoch {self.epoch}" if self.epoch else ""
             loses = loses or f"W&B loses this run{after}; the training goes on"
@@ -330,6 +330,19 @@ class GuardedRun:
             except Exception:  # noqa: BLE001 (said already: W&B failed before)
                 pass
         let_go_of_wandb()
+
+
+def wandb_process_gone(error: Exception) -> bool:
+    """Whether `error` says W&B's process is gone: the socket to it reset or closed, or (wandb
+    0.31: wandb/sdk/mailbox/mailbox.py, Mailbox.close) a request abandoned because the connection
+    closed before an answer, whichever the call met first."""
+    if isinstance(error, ConnectionError):
+        return True
+    try:
+        from wandb.sdk.mailbox import HandleAbandonedError
+    except ImportError:  # another wandb version: only the socket's errors say it
+        return False
+    return isinstance(error, HandleAbandonedError)
 
 
 def without_import_telemetry() -> None:
