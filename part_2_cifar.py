@@ -60,7 +60,7 @@ from cifarkit.core.cifar_files import (
     load_cifar100,
 )
 from cifarkit.core.cost import model_cost, model_size
-from cifarkit.core.figures import curves_wanted, plot_learning_curve
+from cifarkit.core.figures import figures_wanted, plot_learning_curve
 from cifarkit.core.folders import unwritable
 from cifarkit.core.machine import autocast, autocast_dtype, device_name, pick_device, versions
 from cifarkit.core.run_files import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError
@@ -538,7 +538,7 @@ def finish_run(
     summary.update(total_seconds=seconds, device=device_name(device), versions=versions())
     summary.update(model_cost(model, device, lambda: autocast(device.type, amp_dtype), seconds))
     summary["history"] = history
-    if history and curves_wanted():  # before summary.json, which says the run is complete
+    if history and figures_wanted():  # before summary.json, which says the run is complete
         title = f"{run_dir.name} ({summary['device']})"
         plot_learning_curve(history, run_dir / "curves.png", title=title)
     cli.write_json_atomic(summary, run_dir / run_files.SUMMARY_FILE)

@@ -51,7 +51,7 @@ from cifarkit.core import cli, settings
 from cifarkit.core.choice import best_seed, save_selection
 from cifarkit.core.cifar_files import cifar100_source, load_cifar100
 from cifarkit.core.cost import flops_per_image
-from cifarkit.core.figures import pyplot, save_figure
+from cifarkit.core.figures import figures_wanted, pyplot, save_figure
 from cifarkit.core.folders import SEEDS_MARKER, STUDY_MARKER, own_folder, unwritable
 from cifarkit.core.run_files import (
     ENDED,
@@ -482,11 +482,12 @@ def write_selection(
     path = save_selection(selection, runs_dir)
     print_table(reports)
     name = runs_dir.resolve().name
-    plot_front(
-        reports,
-        images_dir / f"selection_{name}.png",
-        f"{name}: the top {len(reports)} configs retrained with new seeds",
-    )
+    if figures_wanted():
+        plot_front(
+            reports,
+            images_dir / f"selection_{name}.png",
+            f"{name}: the top {len(reports)} configs retrained with new seeds",
+        )
     print(
         f"chosen: {reports[0]['key']} (mean {reports[0]['val_accuracy_mean']:.2f}%); its best seed "
         f"{best}; wrote {path}",

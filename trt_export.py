@@ -89,6 +89,7 @@ from cifarkit.core.cli import (
     positive_int,
     write_json_atomic,
 )
+from cifarkit.core.figures import NO_FIGURES_VARIABLE, figures_wanted
 from cifarkit.core.folders import own_folder, unwritable
 from cifarkit.core.machine import device_name, pick_device, versions
 from cifarkit.core.run_files import (
@@ -509,7 +510,7 @@ def write_results(
     report: Report,
     results: dict,
 ) -> None:
-    """Write <out>/benchmark.json and the plot at --plot.
+    """Write <out>/benchmark.json and the plot at --plot (none where figures_wanted() is False).
 
     `results` holds onnx_parity, engine, accuracy and benchmark, as benchmark.json names them.
     """
@@ -541,6 +542,9 @@ def write_results(
         },
         out / "benchmark.json",
     )
+    if not figures_wanted():
+        print(f"wrote {out / 'benchmark.json'}; no plot: {NO_FIGURES_VARIABLE}=1", flush=True)
+        return
     plot_benchmark(
         results["benchmark"],
         args.plot,

@@ -34,27 +34,28 @@ ROOT = Path(__file__).resolve().parents[1]
 # of the thread budget sets its own.
 os.environ["OMP_NUM_THREADS"] = "1"
 
-# No curves.png in the runs a test trains (figures.curves_wanted: about 0.9 s of each training
-# process), in this process and the processes it starts. A test that looks at a run's figure, or at
-# every file a run writes, draws it: the `with_curves` fixture, or `curves_drawn()` in a session
-# fixture.
-os.environ["CIFARKIT_NO_CURVES"] = "1"
+# No figure from the commands a test runs (figures.figures_wanted: matplotlib's import and the
+# drawing, about 0.9 s of CPU in each training process and as much in each sweep report), in this
+# process and the processes it starts. A test that looks at a figure, or at every file a command
+# writes, draws them: the `with_figures` fixture, or `figures_drawn()` in a session fixture.
+os.environ["CIFARKIT_NO_FIGURES"] = "1"
 
 
 @contextlib.contextmanager
-def curves_drawn():
-    """Runs trained inside draw their curves.png, as a user's do."""
-    os.environ.pop("CIFARKIT_NO_CURVES")
+def figures_drawn():
+    """Commands run inside draw their figures (curves.png, the sweep report's plots, ...), as a
+    user's do."""
+    os.environ.pop("CIFARKIT_NO_FIGURES")
     try:
         yield
     finally:
-        os.environ["CIFARKIT_NO_CURVES"] = "1"
+        os.environ["CIFARKIT_NO_FIGURES"] = "1"
 
 
 @pytest.fixture()
-def with_curves():
-    """This test's runs draw their curves.png (and the processes it starts), as a user's do."""
-    with curves_drawn():
+def with_figures():
+    """This test's commands draw their figures (and the processes it starts), as a user's do."""
+    with figures_drawn():
         yield
 
 
@@ -313,7 +314,7 @@ def train_in_process(config: dict, data_dir: Path, run_dir: Path, **train_option
 @pytest.fixture(scope="session")
 def _finished_run_once(tiny_data_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("finished_run") / "finished"
-    with curves_drawn():  # every file a finished run holds
+    with figures_drawn():  # every file a finished run holds
         assert train_in_process(FINISHED_RUN, tiny_data_dir, run_dir)["status"] == "finished"
     return run_dir
 

@@ -471,7 +471,7 @@ FRESH = ("trainer", "trainer-wandb", "local_sweep")  # start empty (a run folder
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_outside_failure_ends_with_a_line_of_the_table_and_leaves_only_whole_files(
-    name, seed, made, data, tmp_path, monkeypatch, capsys, offline, with_curves
+    name, seed, made, data, tmp_path, monkeypatch, capsys, offline, with_figures
 ):
     monkeypatch.setattr(cost, "LATENCY_REPEATS", 3)  # the cost measurement at its least
     monkeypatch.setenv("WANDB_RUN_ID", "faultrun")  # the trainer's run folder: one name in all

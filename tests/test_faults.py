@@ -228,7 +228,7 @@ def finished_study(tiny_data_dir, tmp_path, one_thread) -> tuple[Path, Path]:
 
 
 def test_a_stop_signal_during_a_sweep_report_ends_it_with_128_plus_n(
-    finished_study, tiny_data_dir, tmp_path, offline_env
+    with_figures, finished_study, tiny_data_dir, tmp_path, offline_env
 ):
     # The report ran on after SIGINT or SIGTERM and exited 0, with no line.
     sweep, runs = finished_study
@@ -343,7 +343,9 @@ def test_wandb_core_killed_mid_run_costs_wandb_only(tiny_data_dir, tmp_path, off
     (said,) = [line.rstrip() for line in process.lines if line.startswith("W&B: ")]
     (offline_run,) = tmp_path.glob("wandb/offline-run-*-nocore")
     assert re.fullmatch(
-        r"W&B: .* failed \(ConnectionResetError: .*\): W&B loses this run after epoch [123]; the "
+        # whichever call meets the closed connection first: a write, or a request left unanswered
+        r"W&B: .* failed \((ConnectionResetError|BrokenPipeError|HandleAbandonedError): .*\): W&B "
+        r"loses this run after epoch [123]; the "
         r"training goes on; what W&B saved is uploaded with: "
         rf"wandb sync {re.escape(str(offline_run))}",
         said,

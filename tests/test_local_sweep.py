@@ -261,7 +261,9 @@ def load_study(runs_dir: Path, name: str) -> optuna.Study:
     )
 
 
-def test_three_trial_sweep_finishes_and_writes_its_report(offline, learnable_data_dir, capsys):
+def test_three_trial_sweep_finishes_and_writes_its_report(
+    with_figures, offline, learnable_data_dir, capsys
+):
     sweep = write_sweep(
         offline / "three.json",
         {

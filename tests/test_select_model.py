@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, copy_of, process_env, quick_benchmark
+from conftest import FAST_CONFIG, ROOT, copy_of, figures_drawn, process_env, quick_benchmark
 
 import part_2_cifar as trainer
 import select_model
@@ -169,7 +169,8 @@ def swept_then_selected(learnable_data_dir, tmp_path_factory) -> SimpleNamespace
         == 0
     )
 
-    env = process_env(work)
+    with figures_drawn():  # the selection's plot, which a test below looks at
+        env = process_env(work)
     args = [
         str(runs),
         "--top",

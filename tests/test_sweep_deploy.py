@@ -348,7 +348,7 @@ def test_a_custom_sweep_with_one_metric_has_one_direction(tmp_path):
 
 
 def test_a_multi_objective_sweep_finishes_exactly_n_trials_with_its_pareto_front(
-    offline, learnable_data_dir, capsys
+    with_figures, offline, learnable_data_dir, capsys
 ):
     sweep, runs = write_custom(offline / "front.json", {}), offline / "runs"
     args = sweep_args(sweep, learnable_data_dir, runs, "--trials", "5", "--wandb-mode", "disabled")

@@ -378,7 +378,7 @@ def test_a_read_only_journal_is_one_line_exit_2_and_its_report_still_works(
 
 
 def test_a_report_piped_into_a_reader_that_exits_is_still_written_and_exits_0(
-    finished_journal, tmp_path, offline_env
+    with_figures, finished_journal, tmp_path, offline_env
 ):
     # `local_sweep.py FILE --report | head -0`: the reader is gone before the first line; the CSV
     # and the plots are still written, and the process ends 0 without a traceback
@@ -402,6 +402,22 @@ def test_a_report_piped_into_a_reader_that_exits_is_still_written_and_exits_0(
     assert_no_traceback(report.stderr)
     assert "Exception ignored" not in report.stderr, report.stderr
     assert list(tmp_path.glob("runs/*/trials.csv")) and list(tmp_path.glob("runs/images/*.png"))
+
+
+def test_with_cifarkit_no_figures_a_report_writes_its_table_and_csv_and_no_plot(
+    finished_journal, tmp_path, monkeypatch, offline, capsys
+):
+    # the suite's own setting (conftest): the report is whole but for its figures
+    monkeypatch.setenv("CIFARKIT_NO_FIGURES", "1")
+    args, _ = finished_journal
+    for old in (*tmp_path.glob("runs/*/trials.csv"), *tmp_path.glob("runs/images/*")):
+        old.unlink()
+    assert local_sweep.main([*args, "--report"]) == 0
+    out = capsys.readouterr().out
+    assert "no plots: CIFARKIT_NO_FIGURES=1" in out and "1 COMPLETE" in out, out
+    (csv,) = tmp_path.glob("runs/*/trials.csv")
+    assert len(csv.read_text().splitlines()) == 2  # the header and the one trial
+    assert not list(tmp_path.glob("runs/images/*"))
 
 
 # --------------------------------------------------------------------------------------------------

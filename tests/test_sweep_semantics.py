@@ -198,7 +198,7 @@ def test_log_uniform_with_small_bounds_trains_at_e_to_the_bounds_and_says_so(
 
 @pytest.mark.parametrize("where", ["name", "--study"])
 def test_a_study_name_with_a_slash_keeps_its_name_and_gets_safe_file_names(
-    where, offline, learnable_data_dir, capsys
+    with_figures, where, offline, learnable_data_dir, capsys
 ):
     name = "cifar/lr-sweep"
     config = with_parameters() | ({"name": name} if where == "name" else {})

@@ -287,9 +287,9 @@ def test_a_short_run_learns_far_above_chance(learnable_data_dir, tmp_path):
     assert summary["test_accuracy"] > 50
 
 
-def test_cifarkit_no_curves_leaves_out_curves_png_alone(tiny_data_dir, tmp_path, monkeypatch):
+def test_cifarkit_no_figures_leaves_out_curves_png_alone(tiny_data_dir, tmp_path, monkeypatch):
     # the suite's own setting (conftest); a run otherwise writes the same files, summary complete
-    monkeypatch.setenv("CIFARKIT_NO_CURVES", "1")
+    monkeypatch.setenv("CIFARKIT_NO_FIGURES", "1")
     config = trainer.validate_config({**FAST_CONFIG, "epochs": 1, "val_size": 200})
     summary = trainer.train(config, trainer.prepare_data(tiny_data_dir, 200, CPU), tmp_path / "run")
     assert summary["status"] == "finished" and summary["test_accuracy"] is not None

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, quick_benchmark
+from conftest import FAST_CONFIG, ROOT, figures_drawn, quick_benchmark
 
 import part_2_cifar
 import trt_export
@@ -93,8 +93,9 @@ def cli_run(trained_run, data_dir, tmp_path_factory) -> dict:
         "1,4",
         *quick_benchmark(min_iterations=3),
     ]
-    # see trained_run; the benchmark numbers are not what is tested
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # see trained_run; the benchmark numbers are not what is tested; the plot is
+    with figures_drawn():
+        env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env, timeout=600)
     return {"result": result, "out": work / "export", "plot": work / "plot.png"}
 
@@ -462,7 +463,9 @@ def test_best_picks_the_run_with_the_highest_best_val_accuracy_at_any_depth(tmp_
     assert "not confirmed by select_model.py" in out
 
 
-def test_with_no_arguments_it_exports_the_best_run_under_runs(trained_run, data_dir, tmp_path):
+def test_with_no_arguments_it_exports_the_best_run_under_runs(
+    with_figures, trained_run, data_dir, tmp_path
+):
     """`python trt_export.py`, as the brief names it: ./runs and ./data, the default benchmark."""
     shutil.copytree(trained_run, tmp_path / "runs" / "study" / "trial-0000")
     (tmp_path / "data").symlink_to(data_dir)

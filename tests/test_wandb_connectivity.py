@@ -324,7 +324,7 @@ def read_only_home(tmp_path):
 
 @pytest.mark.parametrize("home", ["unset", "read-only"])
 def test_without_a_writable_home_wandb_and_matplotlib_keep_off_the_console(
-    home, tiny_data_dir, tmp_path, request, with_curves
+    home, tiny_data_dir, tmp_path, request, with_figures
 ):
     # HOME unset (cron, some batch systems) or read-only (containers, HPC nodes): wandb-core 0.31
     # found no folder for its log and wrote ~18 lines of its own ("2026/12/03 08:44:13 ERROR main:

@@ -1,8 +1,8 @@
 """Figures: drawn in memory (matplotlib's Agg backend) and written whole (cli.write_atomic).
 
 save_figure writes any figure: a run's curves.png, the sweep report's plots, select_model.py's
-and trt_export.py's charts. plot_learning_curve draws a run's curves.png, unless the environment
-sets CIFARKIT_NO_CURVES=1 (curves_wanted).
+and trt_export.py's charts; plot_learning_curve draws a run's curves.png. Where the environment
+sets CIFARKIT_NO_FIGURES=1 (figures_wanted) no command draws one.
 """
 
 from __future__ import annotations
@@ -63,15 +63,18 @@ def save_figure(fig: object, path: Path, dpi: int = 100) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-NO_CURVES_VARIABLE = "CIFARKIT_NO_CURVES"
+NO_FIGURES_VARIABLE = "CIFARKIT_NO_FIGURES"
 
 
-def curves_wanted() -> bool:
-    """False where the environment sets CIFARKIT_NO_CURVES=1: a run then writes no curves.png.
-    For scripts that train many short runs and never look at their curves, such as the test suite:
-    the figure costs a run about 0.9 s of CPU (matplotlib's import and one drawing, measured by
-    cProfile on a 2-core AMD EPYC), a fifth of a 1-epoch run of the tiny model."""
-    return os.environ.get(NO_CURVES_VARIABLE) != "1"
+def figures_wanted() -> bool:
+    """False where the environment sets CIFARKIT_NO_FIGURES=1: no command draws a figure (a run's
+    curves.png, the sweep report's plots, select_model.py's and trt_export.py's charts); the tables,
+    CSV and JSON files beside them are written as always.
+
+    For scripts that run many short commands and never look at their figures, such as the test
+    suite: matplotlib's import and the drawing cost a 1-epoch run of the tiny model about 0.9 s of
+    CPU, a fifth of it (cProfile, 2-core AMD EPYC), and a sweep's report about as much again."""
+    return os.environ.get(NO_FIGURES_VARIABLE) != "1"
 
 
 def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:

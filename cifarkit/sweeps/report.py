@@ -18,7 +18,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from cifarkit.core.cli import FileFailed, one_line, write_atomic
-from cifarkit.core.figures import pyplot, save_figure
+from cifarkit.core.figures import NO_FIGURES_VARIABLE, figures_wanted, pyplot, save_figure
 from cifarkit.sweeps.space import Sweep
 
 TOP_TRIALS = 10  # rows of the console table
@@ -106,10 +106,8 @@ def states_line(counts: Counter) -> str:
 def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir: Path) -> None:
     """Console table of the top trials, all trials as <study_dir>/trials.csv, and the plots, each
     titled with its data and machines. The plots are named after study_dir
-    (folders.study_folder): two studies of one name do not share them."""
-    pyplot()  # Agg, a config folder it can write
-    from optuna.visualization import matplotlib as oplt
-
+    (folders.study_folder): two studies of one name do not share them; none where the environment
+    sets CIFARKIT_NO_FIGURES=1 (figures.figures_wanted)."""
     trials = study.get_trials(deepcopy=False)
     prior = Counter(t.state.name for t in trials if t.user_attrs.get("origin") == PRIOR_RUN)
     trained = Counter(t.state.name for t in trials) - prior
@@ -143,6 +141,28 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
     if not complete:
         print("no completed trial yet: no plots")
         return
+    # optuna.visualization.matplotlib's plot_<name>; its history, importance and parallel plots
+    # take one objective
+    plots = {
+        "history": "optimization_history",
+        "importance": "param_importances",
+        "parallel": "parallel_coordinate",
+    }
+    if len(study.directions) > 1:
+        plots = {"pareto": "pareto_front"}
+        front = table[table["pareto_front"]]
+        goals = zip(study.metric_names or [], study.directions, strict=False)
+        print(
+            f"Pareto front ({', '.join(f'{n} {d.name.lower()}' for n, d in goals)}): {len(front)} "
+            f"of {len(complete)} completed trials: {', '.join(map(str, front['number']))} "
+            "(trials.csv: pareto_front)"
+        )
+    if not figures_wanted():
+        print(f"no plots: {NO_FIGURES_VARIABLE}=1")
+        return
+    pyplot()  # Agg, a config folder it can write
+    from optuna.visualization import matplotlib as oplt
+
     machines = sorted(
         {
             f"{t.user_attrs.get('host', socket.gethostname())} ({t.user_attrs.get('device', '?')})"
@@ -153,22 +173,7 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
         f"study {study.study_name}, {len(complete)} completed trials; data: "
         f"{study.user_attrs.get('data', '?')}; on {', '.join(machines)}"
     )
-    plots = {
-        "history": oplt.plot_optimization_history,
-        "importance": oplt.plot_param_importances,
-        "parallel": oplt.plot_parallel_coordinate,
-    }
-    # Optuna's history, importance and parallel plots take one objective
-    if len(study.directions) > 1:
-        plots = {"pareto": oplt.plot_pareto_front}
-        front = table[table["pareto_front"]]
-        goals = zip(study.metric_names or [], study.directions, strict=False)
-        print(
-            f"Pareto front ({', '.join(f'{n} {d.name.lower()}' for n, d in goals)}): {len(front)} "
-            f"of {len(complete)} completed trials: {', '.join(map(str, front['number']))} "
-            "(trials.csv: pareto_front)"
-        )
-    for kind, plot in plots.items():
+    for kind, name in plots.items():
         if kind == "importance" and len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
             print(
                 f"skipped the importance plot: {len(complete)} completed, it needs "
@@ -179,7 +184,7 @@ def write_report(study: optuna.Study, sweep: Sweep, study_dir: Path, images_dir:
             # experimental-API notes; axes of parameters with one value
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ax = plot(study)
+                ax = getattr(oplt, f"plot_{name}")(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             print(f"skipped the {kind} plot: {one_line(e)}")
             continue
