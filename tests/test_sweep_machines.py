@@ -289,7 +289,7 @@ def _freeze_a_machine_mid_trial(study, machines: dict, timeout: float = 180):
             if now.state == optuna.trial.TrialState.RUNNING:
                 return t
             os.killpg(machine.proc.pid, signal.SIGCONT)  # it ended meanwhile: look again
-        time.sleep(0.05)
+        time.sleep(0.2)  # a trial lasts EPOCHS epochs; each look reads every trial of the study
     return None
 
 
