@@ -343,9 +343,9 @@ def test_wandb_core_killed_mid_run_costs_wandb_only(tiny_data_dir, tmp_path, off
     (said,) = [line.rstrip() for line in process.lines if line.startswith("W&B: ")]
     (offline_run,) = tmp_path.glob("wandb/offline-run-*-nocore")
     assert re.fullmatch(
-        # whichever call meets the closed connection first: a write, or a request left unanswered
-        r"W&B: .* failed \((ConnectionResetError|BrokenPipeError|HandleAbandonedError): .*\): W&B "
-        r"loses this run after epoch [123]; the "
+        # the error is whichever the first call meets: the socket reset, W&B's mailbox closed, a
+        # request abandoned (wandb_connect.wandb_process_gone)
+        r"W&B: .* failed \(\w+: .*\): W&B loses this run after epoch [123]; the "
         r"training goes on; what W&B saved is uploaded with: "
         rf"wandb sync {re.escape(str(offline_run))}",
         said,
@@ -353,6 +353,45 @@ def test_wandb_core_killed_mid_run_costs_wandb_only(tiny_data_dir, tmp_path, off
     assert process.lines[-1].startswith("done: ")
     summary = json.loads((tmp_path / "runs" / "nocore" / "summary.json").read_text())
     assert summary["epochs_completed"] == 5
+
+
+@pytest.mark.parametrize(
+    "gone", ["ConnectionResetError", "HandleAbandonedError", "MailboxClosedError"]
+)
+def test_each_way_a_call_meets_wandbs_process_gone_is_one_line_and_no_second_finish(gone, capsys):
+    # The three errors seen when wandb-core is killed, by which call meets it first: W&B is asked
+    # nothing more, not even to finish (a finish would meet the same closed connection).
+    from wandb.sdk import mailbox
+
+    from cifarkit.core import wandb_connect
+
+    error = {
+        "ConnectionResetError": ConnectionResetError,
+        "HandleAbandonedError": mailbox.HandleAbandonedError,
+        "MailboxClosedError": mailbox.MailboxClosedError,
+    }[gone]
+    calls = []
+
+    class DeadRun:  # a wandb Run whose process is gone
+        settings = type("Settings", (), {"sync_dir": "wandb/offline-run-x"})()
+
+        def log(self, *args, **kwargs):
+            calls.append("log")
+            raise error()
+
+        def finish(self, **kwargs):
+            calls.append("finish")
+            raise error()
+
+    run = wandb_connect.GuardedRun(DeadRun())
+    run.log({"val_accuracy": 1.0}, step=1)
+    run.log({"val_accuracy": 2.0}, step=2)
+    run.finish(exit_code=0)
+    assert calls == ["log"] and run.lost == "gone"
+    (line,) = capsys.readouterr().out.splitlines()
+    assert (
+        line.startswith(f"W&B: logging epoch 1 failed ({error.__name__}") and "wandb sync" in line
+    )
 
 
 def test_wandb_core_killed_in_a_local_sweep_trial_leaves_no_trial_running(

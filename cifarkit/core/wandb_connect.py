@@ -333,16 +333,17 @@ class GuardedRun:
 
 
 def wandb_process_gone(error: Exception) -> bool:
-    """Whether `error` says W&B's process is gone: the socket to it reset or closed, or (wandb
-    0.31: wandb/sdk/mailbox/mailbox.py, Mailbox.close) a request abandoned because the connection
-    closed before an answer, whichever the call met first."""
+    """Whether `error` says W&B's process is gone, whichever way the call met it: the socket to it
+    reset or closed, or W&B's own mailbox closed with the connection (wandb 0.31:
+    wandb/sdk/mailbox/mailbox.py, Mailbox.close), so a request waiting for an answer is abandoned
+    and a new one refused."""
     if isinstance(error, ConnectionError):
         return True
     try:
-        from wandb.sdk.mailbox import HandleAbandonedError
+        from wandb.sdk.mailbox import HandleAbandonedError, MailboxClosedError
     except ImportError:  # another wandb version: only the socket's errors say it
         return False
-    return isinstance(error, HandleAbandonedError)
+    return isinstance(error, (HandleAbandonedError, MailboxClosedError))
 
 
 def without_import_telemetry() -> None:
