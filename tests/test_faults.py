@@ -355,6 +355,38 @@ def test_wandb_core_killed_mid_run_costs_wandb_only(tiny_data_dir, tmp_path, off
     assert summary["epochs_completed"] == 5
 
 
+_FINISH_THEN_LOSE_WANDB_CORE = """import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from cifarkit.core import wandb_connect
+run = wandb_connect.start_wandb_run(wandb_connect.run_init("offline", "p", "afterend"))
+run.log({"val_accuracy": 1.0}, step=1)
+wandb_connect.end_run(run, 0, {"status": "finished"})
+(core,) = [int(p.name) for p in Path("/proc").glob("[0-9]*/cmdline") for p in [p.parent]
+           if b"wandb-core" in p.joinpath("cmdline").read_bytes()
+           and p.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid())]
+os.kill(core, signal.SIGKILL)  # after the run's end, before this process's: a local sweep's report
+os.waitpid(core, 0)
+print("exiting", flush=True)
+"""
+
+
+def test_wandb_core_killed_after_the_run_finished_leaves_the_exit_quiet(tmp_path, offline_env):
+    # A local sweep's last run has finished and its report is being written when wandb-core dies:
+    # W&B's own exit hook then printed a 30-line "Exception ignored in atexit callback" traceback
+    # (ConnectionResetError) after a sweep that had done everything right.
+    done = subprocess.run(
+        [sys.executable, "-c", _FINISH_THEN_LOSE_WANDB_CORE, str(ROOT)],
+        env=offline_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "exiting", done
+    assert done.stderr == "", done.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     "gone", ["ConnectionResetError", "HandleAbandonedError", "MailboxClosedError"]
 )

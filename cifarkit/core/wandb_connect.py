@@ -20,6 +20,7 @@ README "W&B without a network (HPC clusters)" says what a user sees.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -248,6 +249,22 @@ def let_go_of_wandb() -> None:
         pass
 
 
+def let_go_of_finished_wandb() -> None:
+    """At exit, let go of W&B (let_go_of_wandb) once no run is left to finish.
+
+    W&B's own exit hook tears its process down too, and it prints a traceback ("Exception ignored
+    in atexit callback ... ConnectionResetError") when that process died after the last run had
+    finished: a local sweep's report, written after its last trial, leaves it seconds to die in.
+    GuardedRun registers this after W&B's hook, so it runs first (atexit: last in, first out), and
+    W&B's teardown unregisters W&B's hook (wandb 0.31: service_connection.py,
+    _start_and_connect_service). A run still open is left to W&B's hook, which finishes it with the
+    process's exit code."""
+    import wandb
+
+    if wandb.run is None:
+        let_go_of_wandb()
+
+
 class GuardedRun:
     """A wandb Run whose failures cost W&B only, never the training: the first call that raises
     (wandb-core killed, a staging folder W&B cannot write, an upload that fails) prints one line
@@ -265,6 +282,8 @@ class GuardedRun:
         # the closed socket ("socket.send() raised exception."), even before a call fails: the one
         # line of the failure says it for people.
         logging.getLogger("asyncio").setLevel(logging.ERROR)
+        atexit.unregister(let_go_of_finished_wandb)  # after W&B's exit hook of this run's process
+        atexit.register(let_go_of_finished_wandb)
 
     def __getattr__(self, name: str):  # id, config, settings, name ...: read from the run
         return getattr(self.run, name)
