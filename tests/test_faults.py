@@ -426,6 +426,28 @@ def test_each_way_a_call_meets_wandbs_process_gone_is_one_line_and_no_second_fin
     )
 
 
+def test_wandb_gone_when_a_stop_marks_the_run_preempting_says_the_training_stops(capsys):
+    # The stop's own line says where the run is; W&B's line must not say "the training goes on".
+    from cifarkit.core import wandb_connect
+
+    class DeadRun:
+        settings = type("Settings", (), {"sync_dir": "wandb/offline-run-x"})()
+
+        def log(self, *args, **kwargs):
+            pass
+
+        def mark_preempting(self):
+            raise ConnectionResetError("Connection lost")
+
+    run = wandb_connect.GuardedRun(DeadRun())
+    run.log({"val_accuracy": 1.0}, step=2)
+    run.mark_preempting()
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("W&B: marking the run preempting failed (ConnectionResetError: ")
+    assert "after epoch 2 and may not requeue it; the training stops here" in line, line
+    assert "goes on" not in line
+
+
 def test_wandb_core_killed_in_a_local_sweep_trial_leaves_no_trial_running(
     tiny_data_dir, tmp_path, monkeypatch, offline, capsys
 ):

@@ -328,7 +328,11 @@ class GuardedRun:
         self.attempt("define_metric", self.run.define_metric, *args, **kwargs)
 
     def mark_preempting(self) -> None:
-        self.attempt("marking the run preempting", self.run.mark_preempting)
+        """Tell W&B the run stops to be requeued (a stop signal in a sweep: cli.requeues); called as
+        the training stops, so a failure's line says so, not that the training goes on."""
+        after = f" after epoch {self.epoch}" if self.epoch else ""
+        loses = f"W&B loses this run{after} and may not requeue it; the training stops here"
+        self.attempt("marking the run preempting", self.run.mark_preempting, loses=loses)
 
     def finish(self, exit_code: int) -> None:
         """Finish the run with `exit_code` (bounded: finish_timeout), after a failure too: W&B may
