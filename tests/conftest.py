@@ -593,3 +593,29 @@ def offline_wandb_run(wandb_dir: Path, run_id: str) -> tuple[int | None, bool, d
             items = record.run.config.update if kind == "run" else record.config.update
             config.update({item.key: json.loads(item.value_json) for item in items if item.key})
     return code, preempting, summary, config
+
+
+# --------------------------------------------------------------------------------------------------
+# W&B's own process
+
+
+def wandb_core_under(pid: int) -> int | None:
+    """The pid of the wandb-core process among `pid`'s descendants, as /proc lists them."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            if b"wandb-core" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+        except OSError:
+            continue
+        todo += children.get(child, [])
+    return None

@@ -18,10 +18,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import FAST_CONFIG, ROOT, quick_benchmark, trainer_args, trainer_command
+from conftest import (
+    FAST_CONFIG,
+    ROOT,
+    quick_benchmark,
+    trainer_args,
+    trainer_command,
+    wandb_core_under,
+)
 from test_data_files import as_non_root  # noqa: F401 (a fixture)
 from test_signals import Process, one_line, saved_epoch, states, sweep_command, write_sweep
 
@@ -305,28 +313,6 @@ def test_a_stop_raised_where_python_can_only_print_it_is_kept_quiet(monkeypatch)
 # W&B failing after the run started; a W&B setting W&B refuses
 
 
-def wandb_core_under(pid: int) -> int | None:
-    """The pid of the wandb-core process among `pid`'s descendants, as /proc lists them."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):  # gone meanwhile
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        try:
-            if b"wandb-core" in Path(f"/proc/{child}/cmdline").read_bytes():
-                return child
-        except OSError:
-            continue
-        todo += children.get(child, [])
-    return None
-
-
 def test_wandb_core_killed_mid_run_costs_wandb_only(tiny_data_dir, tmp_path, offline_env):
     # As the OOM killer would, after epoch 2: two tracebacks, exit 1, no summary.json.
     process = Process(
@@ -356,15 +342,13 @@ def test_wandb_core_killed_mid_run_costs_wandb_only(tiny_data_dir, tmp_path, off
 
 
 _FINISH_THEN_LOSE_WANDB_CORE = """import os, signal, sys
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 from cifarkit.core import wandb_connect
+from conftest import wandb_core_under
 run = wandb_connect.start_wandb_run(wandb_connect.run_init("offline", "p", "afterend"))
 run.log({"val_accuracy": 1.0}, step=1)
 wandb_connect.end_run(run, 0, {"status": "finished"})
-(core,) = [int(p.name) for p in Path("/proc").glob("[0-9]*/cmdline") for p in [p.parent]
-           if b"wandb-core" in p.joinpath("cmdline").read_bytes()
-           and p.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid())]
+core = wandb_core_under(os.getpid())
 os.kill(core, signal.SIGKILL)  # after the run's end, before this process's: a local sweep's report
 os.waitpid(core, 0)
 print("exiting", flush=True)
@@ -387,6 +371,30 @@ def test_wandb_core_killed_after_the_run_finished_leaves_the_exit_quiet(tmp_path
     assert done.stderr == "", done.stderr[-3000:]
 
 
+class DeadWandbRun:
+    """A wandb Run whose calls named in `failing` raise `error`, as when W&B's process is gone;
+    `calls` records every call (log, finish, mark_preempting)."""
+
+    settings = SimpleNamespace(sync_dir="wandb/offline-run-x")
+
+    def __init__(self, error: type[Exception], failing: set[str]):
+        self.error, self.failing, self.calls = error, failing, []
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name in self.failing:
+            raise self.error("Connection lost")
+
+    def log(self, *args, **kwargs) -> None:
+        self._call("log")
+
+    def finish(self, **kwargs) -> None:
+        self._call("finish")
+
+    def mark_preempting(self) -> None:
+        self._call("mark_preempting")
+
+
 @pytest.mark.parametrize(
     "gone", ["ConnectionResetError", "HandleAbandonedError", "MailboxClosedError"]
 )
@@ -402,24 +410,12 @@ def test_each_way_a_call_meets_wandbs_process_gone_is_one_line_and_no_second_fin
         "HandleAbandonedError": mailbox.HandleAbandonedError,
         "MailboxClosedError": mailbox.MailboxClosedError,
     }[gone]
-    calls = []
-
-    class DeadRun:  # a wandb Run whose process is gone
-        settings = type("Settings", (), {"sync_dir": "wandb/offline-run-x"})()
-
-        def log(self, *args, **kwargs):
-            calls.append("log")
-            raise error()
-
-        def finish(self, **kwargs):
-            calls.append("finish")
-            raise error()
-
-    run = wandb_connect.GuardedRun(DeadRun())
+    dead = DeadWandbRun(error, failing={"log", "finish"})
+    run = wandb_connect.GuardedRun(dead)
     run.log({"val_accuracy": 1.0}, step=1)
     run.log({"val_accuracy": 2.0}, step=2)
     run.finish(exit_code=0)
-    assert calls == ["log"] and run.lost == "gone"
+    assert dead.calls == ["log"] and run.lost == "gone"
     (line,) = capsys.readouterr().out.splitlines()
     assert (
         line.startswith(f"W&B: logging epoch 1 failed ({error.__name__}") and "wandb sync" in line
@@ -430,16 +426,7 @@ def test_wandb_gone_when_a_stop_marks_the_run_preempting_says_the_training_stops
     # The stop's own line says where the run is; W&B's line must not say "the training goes on".
     from cifarkit.core import wandb_connect
 
-    class DeadRun:
-        settings = type("Settings", (), {"sync_dir": "wandb/offline-run-x"})()
-
-        def log(self, *args, **kwargs):
-            pass
-
-        def mark_preempting(self):
-            raise ConnectionResetError("Connection lost")
-
-    run = wandb_connect.GuardedRun(DeadRun())
+    run = wandb_connect.GuardedRun(DeadWandbRun(ConnectionResetError, failing={"mark_preempting"}))
     run.log({"val_accuracy": 1.0}, step=2)
     run.mark_preempting()
     (line,) = capsys.readouterr().out.splitlines()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -18,12 +19,15 @@ from cifarkit.sweeps import storage as sweep_storage
 GRACE = 2  # seconds: --grace-period
 
 
+def open_store(url: str, folder: Path) -> sweep_storage.Store:
+    """The study's storage as a machine of this file opens it: a beat a second, GRACE s of grace."""
+    return sweep_storage.open_storage(url, folder, heartbeat_interval=1, grace_period=GRACE)
+
+
 def test_a_machine_stalled_in_a_transaction_holds_the_others_up_for_the_grace_period_only(
     postgres_url, tmp_path, quiet_optuna
 ):
-    stalled = sweep_storage.open_storage(
-        postgres_url, tmp_path, heartbeat_interval=1, grace_period=GRACE
-    )
+    stalled = open_store(postgres_url, tmp_path)
     study = optuna.create_study(study_name="stall", storage=stalled.storage)
     trial = study.ask()
     trial_id = stalled.storage.get_trial_id_from_study_id_trial_number(
@@ -38,9 +42,7 @@ def test_a_machine_stalled_in_a_transaction_holds_the_others_up_for_the_grace_pe
         sqlalchemy.text("SELECT 1 FROM trials WHERE trial_id = :id FOR KEY SHARE"), {"id": trial_id}
     )
 
-    judge = sweep_storage.open_storage(
-        postgres_url, tmp_path, heartbeat_interval=1, grace_period=GRACE
-    )
+    judge = open_store(postgres_url, tmp_path)
     seen = optuna.load_study(study_name="stall", storage=judge.storage)
     time.sleep(GRACE + 0.5)  # no heartbeat since: the trial is dead to the others
     failed: list = []
@@ -88,9 +90,7 @@ def test_a_running_trial_left_without_a_heartbeat_is_failed_and_retried_not_kept
 ):
     # A process asked for its trial (study.ask commits on its own session) and was killed, or
     # stalled past the grace period, before its first beat: Optuna fails only trials with a beat.
-    store = sweep_storage.open_storage(
-        postgres_url, tmp_path, heartbeat_interval=1, grace_period=GRACE
-    )
+    store = open_store(postgres_url, tmp_path)
     study = optuna.create_study(study_name="orphan", storage=store.storage)
     study.ask()  # the orphan: no heartbeat
     live = study.ask()

@@ -298,8 +298,7 @@ class GuardedRun:
         except Exception as e:  # noqa: BLE001 (a failure of W&B is W&B's; a stop is no Exception)
             self.lost = "gone" if wandb_process_gone(e) else "failed"
             self.stop_console_copy()
-            after = f" after epoch {self.epoch}" if self.epoch else ""
-            loses = loses or f"W&B loses this run{after}; the training goes on"
+            loses = loses or f"W&B loses this run{self.after_epoch()}; the training goes on"
             sync = getattr(self.run.settings, "sync_dir", None)  # W&B may not have flushed it all
             print(
                 f"W&B: {what} failed ({type(e).__name__}: {one_line(e)}): {loses}"
@@ -307,6 +306,10 @@ class GuardedRun:
                 flush=True,
             )
             return None
+
+    def after_epoch(self) -> str:
+        """' after epoch N' for the last epoch W&B has, or '' before the first."""
+        return f" after epoch {self.epoch}" if self.epoch else ""
 
     def stop_console_copy(self) -> None:
         """Stop W&B copying what the training prints: with its process gone, each printed line would
@@ -330,8 +333,8 @@ class GuardedRun:
     def mark_preempting(self) -> None:
         """Tell W&B the run stops to be requeued (a stop signal in a sweep: cli.requeues); called as
         the training stops, so a failure's line says so, not that the training goes on."""
-        after = f" after epoch {self.epoch}" if self.epoch else ""
-        loses = f"W&B loses this run{after} and may not requeue it; the training stops here"
+        loses = f"W&B loses this run{self.after_epoch()} and may not requeue it"
+        loses += "; the training stops here"
         self.attempt("marking the run preempting", self.run.mark_preempting, loses=loses)
 
     def finish(self, exit_code: int) -> None:
