@@ -28,10 +28,10 @@ from synthetic_cifar100 import (
 ROOT = Path(__file__).resolve().parents[1]
 
 # One torch thread in this process and in every process a test starts (they inherit it): tiny models
-# gain nothing from two, and with three test workers on two cores, two threads per process spin
+# gain nothing from two, and with more test workers than cores, two threads per process spin
 # against each other (test_select_model's three fixture trainings: 41 s on two threads, 4 s on one,
-# on a busy 2-core machine). Set before any test module imports torch, which reads it once; a test
-# of the thread budget sets its own.
+# with two workers on a busy 2-core machine). Set before any test module imports torch, which reads
+# it once; a test of the thread budget sets its own.
 os.environ["OMP_NUM_THREADS"] = "1"
 
 # No figure from the commands a test runs (figures.figures_wanted: matplotlib's import and the
